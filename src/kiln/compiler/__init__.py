@@ -1,0 +1,1 @@
+"""The compiler driver: ONNX file + BuildConfig -> Engine."""

@@ -1,0 +1,59 @@
+"""The plan: the engine's program as plain data (JSON in the engine file).
+
+Every tensor the engine touches is a numbered slot. A Step reads slots, runs one
+tactic, and writes slots. `free_after[i]` lists the activation slots whose last reader
+is step i, so the executor drops them there and their memory is reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Dim = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """An engine input or output as the user sees it."""
+    name: str
+    dtype: str                 # declared type at the boundary (the model's)
+    shape: tuple[Dim, ...]     # symbolic dims as strings
+    slot: int                  # slot holding the tensor inside the engine
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    name: str
+    dtype: str | None          # compute type inside the engine
+    shape: tuple[Dim, ...] | None
+    kind: str                  # "input" | "const" | "activation"
+    const_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str                  # node name, for inspect and per-layer errors
+    op: str                    # qualified op ("Conv", "kiln::FusedConv")
+    tactic: str                # stable tactic id ("Conv.reference")
+    inputs: tuple[int | None, ...]
+    outputs: tuple[int, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    fused: tuple[str, ...] = ()  # source ONNX nodes folded into this step
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReport:
+    """Activation memory at the profile's opt shapes."""
+    peak_bytes: int            # arena size of the liveness-based plan
+    total_bytes: int           # sum of all activations, as if none were reused
+    offsets: tuple[tuple[int, int, int], ...] = ()  # (slot, offset, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    inputs: tuple[Binding, ...]
+    outputs: tuple[Binding, ...]
+    slots: tuple[Slot, ...]
+    steps: tuple[Step, ...]
+    free_after: tuple[tuple[int, ...], ...]
+    memory: MemoryReport

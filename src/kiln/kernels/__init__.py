@@ -1,0 +1,1 @@
+"""Kernels: the reference implementation of every op (the oracle) and, later, Triton kernels."""

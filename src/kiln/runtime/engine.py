@@ -1,0 +1,111 @@
+"""Engine: a loaded plan with its weights on a device, callable like a function."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from kiln.engine.device import check_compatible
+from kiln.engine.format import read_engine, write_engine
+from kiln.engine.plan import Plan
+from kiln.engine.serialize import plan_from_json, plan_to_json
+from kiln.errors import EngineFormatError, InputError
+from kiln.runtime.executor import Executor
+from kiln.runtime.validate import validate_inputs
+
+SOURCE_KEY = "source/model.onnx"
+
+
+class Engine:
+    """Run with `engine(name=array, ...)` or `engine(array, ...)` in binding order.
+
+    Returns a dict of output name -> array: numpy arrays when every input was numpy,
+    torch tensors (on the engine's device, no host copy) otherwise.
+    """
+
+    def __init__(self, plan: Plan, constants: Mapping[str, torch.Tensor], header: dict[str, Any],
+                 device: str, source: bytes | None = None) -> None:
+        self.plan = plan
+        self.header = header
+        self.device = torch.device(device)
+        self.source = source
+        self._const_by_key = {k: t.to(self.device) for k, t in constants.items()}
+        by_slot = {i: self._const_by_key[s.const_key] for i, s in enumerate(plan.slots) if s.kind == "const"}
+        self.executor = Executor(plan, by_slot)
+
+    # -- running ---------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [b.name for b in self.plan.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [b.name for b in self.plan.outputs]
+
+    @property
+    def profiles(self) -> list[dict[str, dict[str, list[int]]]]:
+        return self.header["build_config"]["profiles"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if len(args) > len(self.plan.inputs):
+            raise InputError(f"the engine takes {len(self.plan.inputs)} input(s) ({', '.join(self.input_names)}) "
+                             f"but {len(args)} were given.")
+        given = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k in given:
+                raise InputError(f"input {k!r} was given twice (positionally and by name); pass it once.")
+            given[k] = v
+        all_numpy = all(not isinstance(v, torch.Tensor) for v in given.values())
+        tensors = {k: self._to_tensor(k, v) for k, v in given.items()}
+        outputs = self.run_tensors(tensors)
+        if all_numpy:
+            return {k: v.detach().cpu().numpy() if v.dtype != torch.bfloat16 else v.float().cpu().numpy()
+                    for k, v in outputs.items()}
+        return outputs
+
+    def run_tensors(self, tensors: Mapping[str, torch.Tensor], validate: bool = True) -> dict[str, torch.Tensor]:
+        """The fast path: torch tensors in, torch tensors out (already on the engine's device)."""
+        if validate:
+            validate_inputs(self.plan.inputs, tensors, self.profiles)
+        feeds = {b.slot: tensors[b.name].to(self.device, non_blocking=True) for b in self.plan.inputs}
+        with torch.inference_mode():
+            env = self.executor.run(feeds)
+        return {b.name: env[b.slot] for b in self.plan.outputs}
+
+    def _to_tensor(self, name: str, value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value
+        try:
+            arr = np.asarray(value)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"input {name!r} is a {type(value).__name__}, not an array; pass a numpy array "
+                             "or a torch tensor.") from None
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise InputError(f"input {name!r} has numpy dtype {arr.dtype}, which no engine input can take; "
+                             "pass numeric arrays.")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        data, tensors = plan_to_json(self.plan)
+        tensors.update({k: t for k, t in self._const_by_key.items()})
+        if self.source is not None:
+            tensors[SOURCE_KEY] = torch.frombuffer(bytearray(self.source), dtype=torch.uint8)
+        write_engine(path, {**self.header, "plan": data}, tensors)
+
+
+def load(path: str | os.PathLike, device: str | None = None) -> Engine:
+    """Load an engine file; raises when it is corrupt, newer, or built for another GPU."""
+    header, tensors = read_engine(path)
+    if "plan" not in header or "device" not in header or "build_config" not in header:
+        raise EngineFormatError(f"{str(path)!r} lacks a plan, device or build config in its header; rebuild it.")
+    target = check_compatible(header["device"], str(path))
+    if device is not None and device != target:
+        raise EngineFormatError(f"engine {str(path)!r} was built for {target} and cannot run on {device}; "
+                                f"rebuild it with `kiln rebuild {path} --device {device}`.")
+    plan = plan_from_json(header.pop("plan"), tensors)
+    source = tensors.pop(SOURCE_KEY, None)
+    consts = {s.const_key: tensors[s.const_key] for s in plan.slots if s.const_key}
+    return Engine(plan, consts, header, target, None if source is None else source.numpy().tobytes())
