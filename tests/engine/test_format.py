@@ -13,6 +13,7 @@ def _tensors():
         "b": torch.tensor([1.5, -2.25], dtype=torch.bfloat16),
         "c": torch.tensor([True, False, True]),
         "empty": torch.zeros(0, 3, dtype=torch.int64),
+        "scalar": torch.tensor(7, dtype=torch.int64),
     }
 
 

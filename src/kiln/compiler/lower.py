@@ -75,5 +75,6 @@ def plan_memory(plan: Plan, sizes: dict[int, int]) -> Plan:
     keep = {b.slot for b in plan.outputs}
     lives = memory.lifetimes([(s.inputs, s.outputs) for s in plan.steps], activation, sizes, keep)
     peak, offsets = memory.assign_offsets(lives)
-    report = MemoryReport(peak, sum(life.size for life in lives), tuple(tuple(o) for o in offsets))
+    # The total counts aligned sizes too, as the peak does, so that peak <= total always holds.
+    report = MemoryReport(peak, sum(memory.aligned(life.size) for life in lives), tuple(tuple(o) for o in offsets))
     return Plan(plan.inputs, plan.outputs, plan.slots, plan.steps, plan.free_after, report)

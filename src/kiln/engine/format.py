@@ -43,7 +43,7 @@ def write_engine(path: str | os.PathLike, header: dict[str, Any], tensors: Mappi
     offset = 0
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         index[name] = {"dtype": dtypes.from_torch(t.dtype).name, "shape": list(t.shape),
                        "offset": offset, "nbytes": len(raw)}
         blobs.append(raw + b"\0" * _pad(len(raw)))

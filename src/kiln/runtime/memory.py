@@ -41,6 +41,11 @@ def lifetimes(steps_io: Sequence[tuple[Sequence[int | None], Sequence[int]]], ac
     return [Lifetime(s, first[s], end if s in keep else last[s], sizes.get(s, 0)) for s in first]
 
 
+def aligned(size: int) -> int:
+    """Bytes a slot takes in the arena (and in a separate allocation): rounded up to ALIGN."""
+    return size + (-size) % ALIGN
+
+
 def free_lists(n_steps: int, lives: Sequence[Lifetime]) -> tuple[tuple[int, ...], ...]:
     """For each step, the slots whose last reader it is (to release after it runs)."""
     out: list[list[int]] = [[] for _ in range(n_steps)]
@@ -56,7 +61,7 @@ def assign_offsets(lives: Sequence[Lifetime]) -> tuple[int, list[tuple[int, int,
     result: list[tuple[int, int, int]] = []
     peak = 0
     for life in sorted(lives, key=lambda x: (-x.size, x.first, x.slot)):
-        size = life.size + (-life.size) % ALIGN
+        size = aligned(life.size)
         busy = sorted((off, off + sz) for off, sz, other in placed
                       if not (other.last < life.first or life.last < other.first))
         offset = 0

@@ -8,5 +8,6 @@ from kiln.kernels.reference import (  # noqa: F401
     normalization,
     pooling,
     reduce,
+    resize,
     tensor,
 )

@@ -1,0 +1,180 @@
+"""`kiln bench`: trtexec-style throughput and latency of an engine.
+
+Design note. One timed loop. On CPU each iteration is timed with perf_counter. On CUDA
+each iteration copies pinned host inputs to the device, computes, and copies the
+outputs back into pinned host buffers, with a CUDA event between the phases; the wall
+time of the whole iteration is the end-to-end latency and the events give trtexec's
+H2D / GPU Compute / D2H split (compute runs on device-resident inputs, unvalidated).
+The compute phase is a callable from `make_compute`, so CUDA-graph replay (and a
+--no-cuda-graph switch) slots in there without touching the loop.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+import numpy as np
+
+from kiln.cli import output
+from kiln.cli.feeds import batch_size, random_feeds
+from kiln.cli.shapes import parse_shapes
+
+if TYPE_CHECKING:
+    import torch
+
+    from kiln.runtime.engine import Engine
+
+Compute = Callable[[dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
+DEFAULT_ITERATIONS = 10
+DEFAULT_DURATION = 3.0
+
+
+@dataclass(slots=True)
+class Timings:
+    """Per-iteration times in milliseconds; the split lists stay empty on CPU."""
+    latency: list[float] = field(default_factory=list)
+    h2d: list[float] = field(default_factory=list)
+    compute: list[float] = field(default_factory=list)
+    d2h: list[float] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def make_compute(engine: Engine) -> Compute:
+    """The compute phase on device-resident inputs (inputs were validated once before)."""
+    return lambda feeds: engine.run_tensors(feeds, validate=False)
+
+
+def stop_rule(iterations: int | None, duration: float | None) -> tuple[int, float]:
+    """trtexec runs at least N iterations and at least S seconds; given only N, just N."""
+    if iterations is None and duration is None:
+        return DEFAULT_ITERATIONS, DEFAULT_DURATION
+    return (iterations if iterations is not None else 1), (duration if duration is not None else 0.0)
+
+
+def bench_cpu(compute: Compute, feeds: dict[str, torch.Tensor], warmup: int, iterations: int,
+              duration: float) -> Timings:
+    for _ in range(warmup):
+        compute(feeds)
+    t = Timings()
+    start = time.perf_counter()
+    while len(t.latency) < iterations or time.perf_counter() - start < duration:
+        t0 = time.perf_counter()
+        compute(feeds)
+        t.latency.append((time.perf_counter() - t0) * 1e3)
+    t.wall_seconds = time.perf_counter() - start
+    return t
+
+
+def bench_cuda(compute: Compute, feeds: dict[str, torch.Tensor], warmup: int, iterations: int,
+               duration: float, device: torch.device) -> Timings:
+    import torch
+
+    host = {k: v.cpu().pin_memory() for k, v in feeds.items()}
+    device_feeds = {k: v.to(device) for k, v in host.items()}
+    for _ in range(max(warmup, 1)):
+        outs = compute(device_feeds)
+    torch.cuda.synchronize(device)
+    host_out = {k: torch.empty(v.shape, dtype=v.dtype, device="cpu").pin_memory() for k, v in outs.items()}
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    t = Timings()
+    start = time.perf_counter()
+    while len(t.latency) < iterations or time.perf_counter() - start < duration:
+        t0 = time.perf_counter()
+        events[0].record()
+        dev = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+        events[1].record()
+        outs = compute(dev)
+        events[2].record()
+        for k, v in outs.items():
+            host_out[k].copy_(v, non_blocking=True)
+        events[3].record()
+        events[3].synchronize()
+        t.latency.append((time.perf_counter() - t0) * 1e3)
+        t.h2d.append(events[0].elapsed_time(events[1]))
+        t.compute.append(events[1].elapsed_time(events[2]))
+        t.d2h.append(events[2].elapsed_time(events[3]))
+    t.wall_seconds = time.perf_counter() - start
+    return t
+
+
+def stats(ms: list[float]) -> dict[str, float] | None:
+    if not ms:
+        return None
+    a = np.asarray(ms, dtype=np.float64)
+    p90, p95, p99 = np.percentile(a, [90, 95, 99])
+    return {"min": float(a.min()), "mean": float(a.mean()), "median": float(np.median(a)),
+            "p90": float(p90), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+
+
+@click.command("bench")
+@click.argument("engine_path", metavar="ENGINE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help=f"Run at least N timed inferences [default: {DEFAULT_ITERATIONS}].")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help=f"Run for at least SECONDS [default: {DEFAULT_DURATION:g}, or 0 when only --iterations is given].")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed inferences before measuring.")
+@click.option("--shapes", metavar="NAME:DIMS[,...]", help="Input shapes (default: the profile's opt shapes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def bench(engine_path: Path, iterations: int | None, duration: float | None, warmup: int, shapes: str | None,
+          as_json: bool) -> None:
+    """Measure ENGINE's throughput and latency on random inputs.
+
+    Reports inferences/s and samples/s (batch = dim 0 of the first input) and latency
+    min/mean/median/p90/p95/p99/max in ms. On a GPU, latency is end to end (host->device
+    input copies, compute, device->host output copies) and is also split into H2D, GPU
+    compute (CUDA events, device-resident inputs) and D2H, as trtexec does.
+    """
+    import kiln
+
+    engine = kiln.load(engine_path)
+    feeds = random_feeds(engine, parse_shapes(shapes))
+    engine.run_tensors(feeds)  # validates the inputs once, so the timed loop need not
+    n, seconds = stop_rule(iterations, duration)
+    compute = make_compute(engine)
+    if engine.device.type == "cuda":
+        t = bench_cuda(compute, feeds, warmup, n, seconds, engine.device)
+    else:
+        t = bench_cpu(compute, feeds, warmup, n, seconds)
+    report = _report(engine_path, engine, feeds, t, warmup)
+    if as_json:
+        output.emit_json(report)
+    else:
+        _print(report)
+
+
+def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmup: int) -> dict[str, Any]:
+    batch = batch_size(feeds, engine)
+    per_second = len(t.latency) / t.wall_seconds
+    return {
+        "engine": str(path),
+        "device": str(engine.device),
+        "shapes": {k: list(v.shape) for k, v in feeds.items()},
+        "batch": batch,
+        "warmup": warmup,
+        "iterations": len(t.latency),
+        "seconds": t.wall_seconds,
+        "cuda_graph": False,
+        "throughput": {"inferences_per_second": per_second, "samples_per_second": per_second * batch},
+        "latency_ms": stats(t.latency),
+        "h2d_ms": stats(t.h2d),
+        "gpu_compute_ms": stats(t.compute),
+        "d2h_ms": stats(t.d2h),
+    }
+
+
+def _print(r: dict[str, Any]) -> None:
+    out = output.stdout()
+    shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+    out.print(f"{r['engine']} on {r['device']}; shapes {shapes}; {r['iterations']} iterations in "
+              f"{r['seconds']:.4g} s after {r['warmup']} warm-up", markup=False)
+    out.print(f"throughput: {r['throughput']['inferences_per_second']:.2f} inferences/s, "
+              f"{r['throughput']['samples_per_second']:.2f} samples/s (batch {r['batch']})", markup=False)
+    cols = ["min", "mean", "median", "p90", "p95", "p99", "max"]
+    rows = [[label] + [f"{r[key][c]:.3f}" for c in cols]
+            for label, key in (("latency (end to end)", "latency_ms"), ("H2D", "h2d_ms"),
+                               ("GPU compute", "gpu_compute_ms"), ("D2H", "d2h_ms")) if r[key]]
+    out.print(output.table("milliseconds", ["", *cols], rows, right=cols))

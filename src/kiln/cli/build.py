@@ -1,0 +1,168 @@
+"""`kiln build`: ONNX model -> engine file (trtexec --onnx ... --saveEngine ...)."""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import click
+
+from kiln.cli import output
+from kiln.cli.shapes import parse_shapes
+from kiln.config import DEVICES, PRECISIONS, BuildConfig, Profile
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from kiln.runtime.engine import Engine
+
+
+def precision_from_flags(fp16: bool, bf16: bool, precision: str | None) -> str:
+    chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16)) if on} | ({precision} if precision else set())
+    if len(chosen) > 1:
+        raise click.UsageError(f"conflicting precisions {', '.join(sorted(chosen))}; give one of "
+                               "--fp16, --bf16 or --precision.")
+    return chosen.pop() if chosen else "fp32"
+
+
+def profile_from_options(shapes: str | None, min_s: str | None, opt_s: str | None,
+                         max_s: str | None) -> tuple[Profile, ...]:
+    """--shapes gives a static profile; --min/--opt/--max-shapes a range (all three, same names)."""
+    ranged = {"--min-shapes": min_s, "--opt-shapes": opt_s, "--max-shapes": max_s}
+    given = [k for k, v in ranged.items() if v]
+    if shapes and given:
+        raise click.UsageError("give either --shapes (a static profile) or --min-shapes/--opt-shapes/"
+                               "--max-shapes (a range), not both.")
+    if shapes:
+        return (Profile.static(parse_shapes(shapes)),)
+    if not given:
+        return ()
+    if len(given) != 3:
+        missing = [k for k in ranged if k not in given]
+        raise click.UsageError(f"a shape range needs --min-shapes, --opt-shapes and --max-shapes together; "
+                               f"{' and '.join(missing)} missing.")
+    lo, opt, hi = (parse_shapes(v, k) for k, v in ranged.items())
+    if not (set(lo) == set(opt) == set(hi)):
+        raise click.UsageError(f"--min-shapes, --opt-shapes and --max-shapes must name the same inputs; they "
+                               f"name {sorted(lo)}, {sorted(opt)} and {sorted(hi)}.")
+    return (Profile.from_ranges({n: (lo[n], opt[n], hi[n]) for n in lo}),)
+
+
+@contextmanager
+def progress_display(label: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with the current stage on a terminal; plain stage lines on stderr otherwise."""
+    err = output.stderr()
+    t0 = time.perf_counter()
+    if err.is_terminal:
+        with err.status(f"{label}: starting") as status:
+            yield lambda stage: status.update(f"{label}: {stage}  ({time.perf_counter() - t0:.1f} s)")
+    else:
+        # In logs, one line per stage; the per-pass updates would only add noise there.
+        def log(stage: str) -> None:
+            if not stage.startswith("pass "):
+                err.print(f"{label}: {stage}", markup=False)
+        yield log
+
+
+def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig, out: Path,
+                   label: str = "building", source: dict[str, Any] | None = None) -> tuple[Engine, int]:
+    """Build with a progress display and write the engine; returns it and the file's size.
+
+    `source` overrides fields of the header's source record (rebuild keeps the original
+    file's name and path when it builds from the embedded bytes).
+
+    Engine.save writes a temporary file and renames it, so a failure here leaves no
+    partial engine at `out` (and an older file there untouched).
+    """
+    import kiln
+
+    with progress_display(label) as say:
+        engine = kiln.build(model, config, progress=say)
+        if source:
+            engine.header["source"].update(source)
+        say("writing engine")
+        engine.save(out)
+    return engine, out.stat().st_size
+
+
+def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
+    header = engine.header
+    return {
+        "engine": str(out),
+        "source": header["source"]["name"],
+        "source_nodes": header["build"]["source_nodes"],
+        "layers": len(engine.plan.steps),
+        "precision": header["build_config"]["precision"],
+        "device": {"kind": header["device"]["kind"], "name": header["device"].get("name")},
+        "profiles": header["build_config"]["profiles"],
+        "build_seconds": header["build"]["seconds"],
+        "engine_bytes": size,
+        "peak_activation_bytes": engine.plan.memory.peak_bytes,
+        "total_activation_bytes": engine.plan.memory.total_bytes,
+        "passes": header["build"]["passes"],
+    }
+
+
+def print_summary(info: dict[str, Any]) -> None:
+    dev = info["device"]
+    output.stdout().print(output.key_values("engine built", [
+        ("engine", info["engine"]),
+        ("layers", f"{info['source_nodes']} source nodes -> {info['layers']} engine layers"),
+        ("precision", info["precision"]),
+        ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
+        ("build time", f"{info['build_seconds']:.2f} s"),
+        ("engine size", output.fmt_bytes(info["engine_bytes"])),
+        ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
+                             f"(of {output.fmt_bytes(info['total_activation_bytes'])} if none were reused)"),
+    ]))
+
+
+@click.command("build")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "--saveEngine", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the engine (.kiln).")
+@click.option("--fp16", is_flag=True, help="Compute in float16 (same as --precision fp16).")
+@click.option("--bf16", is_flag=True, help="Compute in bfloat16 (same as --precision bf16).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Compute precision of float tensors [default: fp32]. Inputs and outputs keep the model's types.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Target device; auto picks CUDA when a GPU is present.")
+@click.option("--shapes", metavar="NAME:DIMS[,...]",
+              help="Static shapes for inputs with dynamic dims, e.g. input:8x3x224x224.")
+@click.option("--min-shapes", "--minShapes", "min_shapes", metavar="NAME:DIMS[,...]",
+              help="Smallest shapes of a dynamic range (needs --opt-shapes and --max-shapes).")
+@click.option("--opt-shapes", "--optShapes", "opt_shapes", metavar="NAME:DIMS[,...]",
+              help="Shapes to optimize for within the range.")
+@click.option("--max-shapes", "--maxShapes", "max_shapes", metavar="NAME:DIMS[,...]",
+              help="Largest shapes of a dynamic range.")
+@click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the IR after each optimization pass into this folder.")
+@click.option("--no-embed-source", is_flag=True,
+              help="Leave the source ONNX out of the engine (smaller file; `kiln rebuild` then needs --onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
+def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, device: str,
+          shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
+          dump_ir: Path | None, no_embed_source: bool, as_json: bool) -> None:
+    """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
+
+    Inputs with dynamic dims need shapes: --shapes for one static shape, or
+    --min-shapes/--opt-shapes/--max-shapes for a range (trtexec's --minShapes etc. are
+    accepted too). On failure nothing is written.
+    """
+    profiles = profile_from_options(shapes, min_shapes, opt_shapes, max_shapes)
+    if dump_ir is not None:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.is_dir():
+        raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
+    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision), device=device,
+                         profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
+                         embed_source=not no_embed_source)
+    engine, size = build_and_save(model, config, out)
+    info = summary(engine, out, size)
+    if as_json:
+        output.emit_json(info)
+    else:
+        print_summary(info)

@@ -1,0 +1,155 @@
+"""Reference implementations of kiln's own fused ops (domain "kiln").
+
+Each fused op is defined as the composition of the ONNX reference ops it replaces, so
+that a fusion pass is correct exactly when the fused node computes the same thing as
+the nodes it swallowed. The epilogue activations are one table, `ACTIVATIONS`, shared
+by FusedConv and FusedMatMul and meant to be read by codegen as well.
+
+Pointwise program format (the `program` attribute of kiln::Pointwise), JSON data:
+  program = [[op_type, [arg, ...], attrs], ...]   evaluated in order; instruction k
+            defines "t<k>". An arg is
+              "i<n>"                         the node's n-th input,
+              "t<k>"                         the result of instruction k (k < current),
+              None                           an omitted optional input (e.g. Clip's min),
+              {"const": v, "dtype": "float32"} an inlined rank-0 scalar.
+  outputs = ["t<k>", ...]                    the node's outputs (default: the last one).
+Design choice: captured tensors are node inputs; only one-element constants whose
+broadcast cannot change a shape are inlined, as rank-0 scalars, so a program never
+holds more than a few numbers and codegen can bake them into the kernel source.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kiln.ir.dtypes import from_name
+from kiln.kernels.reference.registry import lookup, reference_op
+
+Tensor = torch.Tensor
+ActivationFn = Callable[[Tensor, Sequence[float]], Tensor]
+
+
+def _param(params: Sequence[float], i: int, default: float) -> float:
+    return float(params[i]) if len(params) > i else default
+
+
+def _clip(x: Tensor, p: Sequence[float]) -> Tensor:
+    lo, hi = _param(p, 0, -math.inf), _param(p, 1, math.inf)
+    return torch.minimum(torch.maximum(x, x.new_tensor(lo)), x.new_tensor(hi))
+
+
+# name -> f(x, params). Parameters, in order: LeakyRelu [alpha], Clip [min, max],
+# HardSigmoid [alpha, beta], Gelu [1 for the tanh approximation else 0]. The formulas
+# follow the ONNX spec as the element-wise reference ops write them.
+ACTIVATIONS: dict[str, ActivationFn] = {
+    "": lambda x, p: x,
+    "Relu": lambda x, p: torch.clamp_min(x, 0),
+    "LeakyRelu": lambda x, p: torch.where(x >= 0, x, x * _param(p, 0, 0.01)),
+    "Clip": _clip,
+    "Sigmoid": lambda x, p: torch.sigmoid(x),
+    "HardSigmoid": lambda x, p: torch.clamp(_param(p, 0, 0.2) * x + _param(p, 1, 0.5), 0, 1),
+    "HardSwish": lambda x, p: x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0, 1),
+    "Tanh": lambda x, p: torch.tanh(x),
+    "Gelu": lambda x, p: F.gelu(x, approximate="tanh" if _param(p, 0, 0.0) else "none"),
+    "Silu": lambda x, p: x * torch.sigmoid(x),
+}
+
+
+def apply_activation(x: Tensor, activation: str, params: Sequence[float]) -> Tensor:
+    try:
+        fn = ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(f"unknown fused activation {activation!r}; known: {sorted(ACTIVATIONS)}") from None
+    return fn(x, list(params))
+
+
+@reference_op("FusedConv", domain="kiln")
+def fused_conv(x: Tensor, w: Tensor, b: Tensor | None = None, residual: Tensor | None = None, *,
+               auto_pad: str = "NOTSET", dilations: Sequence[int] | None = None, group: int = 1,
+               kernel_shape: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+               strides: Sequence[int] | None = None, activation: str = "",
+               activation_params: Sequence[float] = ()) -> Tensor:
+    """Y = act(Conv(X, W) + B + residual), B per output channel, residual of Y's shape."""
+    conv = lookup("Conv")
+    assert conv is not None
+    y = conv.fn(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
+                kernel_shape=kernel_shape, pads=pads, strides=strides)
+    if residual is not None:
+        y = y + residual
+    return apply_activation(y, activation, activation_params)
+
+
+@reference_op("FusedMatMul", domain="kiln")
+def fused_matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, *,
+                 trans_b: int = 0, alpha: float = 1.0, activation: str = "",
+                 activation_params: Sequence[float] = ()) -> Tensor:
+    """Y = act(alpha * A @ B' + bias + residual), B' = B^T (last two axes) if trans_b."""
+    y = torch.matmul(a, b.transpose(-1, -2) if trans_b else b)
+    if alpha != 1.0:
+        y = y * alpha
+    if bias is not None:
+        y = y + bias
+    if residual is not None:
+        y = y + residual
+    return apply_activation(y, activation, activation_params)
+
+
+def _resolve(arg: Any, inputs: Sequence[Tensor | None], temps: list[Tensor], device: torch.device) -> Tensor | None:
+    if arg is None:
+        return None
+    if isinstance(arg, dict):
+        return torch.tensor(arg["const"], dtype=from_name(arg["dtype"]).torch, device=device)
+    kind, index = arg[0], int(arg[1:])
+    if kind == "i":
+        return inputs[index]
+    if kind == "t" and index < len(temps):
+        return temps[index]
+    raise ValueError(f"Pointwise argument {arg!r} does not name an input or an earlier instruction")
+
+
+@reference_op("Pointwise", domain="kiln")
+def pointwise(*inputs: Tensor | None, program: list, outputs: Sequence[str] | None = None,
+              n_outputs: int = 1) -> Tensor | tuple[Tensor, ...]:
+    """Y = the element-wise `program` over the inputs (format in this module's docstring)."""
+    device = next((t.device for t in inputs if t is not None), torch.device("cpu"))
+    temps: list[Tensor] = []
+    for op_type, args, attrs in program:
+        op = lookup(op_type)
+        if op is None:
+            raise ValueError(f"Pointwise instruction {op_type!r} has no reference op")
+        values = [_resolve(a, inputs, temps, device) for a in args]
+        while values and values[-1] is None:
+            values.pop()
+        result = op.fn(*values, **attrs)
+        temps.append(result[0] if isinstance(result, tuple) else result)
+    refs = list(outputs) if outputs else [f"t{len(temps) - 1}"]
+    if len(refs) != n_outputs:
+        raise ValueError(f"Pointwise names {len(refs)} outputs but n_outputs is {n_outputs}")
+    results = tuple(_resolve(r, inputs, temps, device) for r in refs)
+    return results[0] if n_outputs == 1 else results
+
+
+@reference_op("Attention", domain="kiln")
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
+              scale: float = 0.0, is_causal: int = 0) -> Tensor:
+    """Y = softmax(Q @ K^T * scale + mask) @ V over [B, H, S, D]; computed in fp32.
+
+    scale 0 means 1/sqrt(D). A boolean mask keeps True positions; a float mask is added.
+    is_causal keeps key j for query i when j <= i (top-left aligned, as torch does).
+    """
+    d = q.shape[-1]
+    s = scale if scale != 0.0 else 1.0 / math.sqrt(d)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * s  # [B, H, S, Skv]
+    if is_causal:
+        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, -math.inf)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, -math.inf)
+        else:
+            scores = scores + mask.float()
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, v.float()).to(q.dtype)

@@ -1,0 +1,1 @@
+"""Graph-to-graph rewrites: one pass per file, ordered in pipeline.py."""

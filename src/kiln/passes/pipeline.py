@@ -1,0 +1,74 @@
+"""The optimization pipeline: which passes run, in which order, and why.
+
+The first CLEANUP_PASSES entries are repeated until none changes the graph (at most
+MAX_CLEANUP_ROUNDS rounds): folding exposes no-ops, removing no-ops exposes more
+folding. The pattern passes then run once each, most specific first, so that a
+general pass (epilogues, then pointwise) never swallows what a specific one owns.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from kiln.ir.graph import Graph
+from kiln.ir.printer import print_graph
+from kiln.ir.verify import verify
+from kiln.passes.eliminate_dead_code import eliminate_dead_code
+from kiln.passes.eliminate_noops import eliminate_noops
+from kiln.passes.fold_batchnorm import fold_batchnorm
+from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fuse_attention import fuse_attention
+from kiln.passes.fuse_epilogues import fuse_epilogues
+from kiln.passes.fuse_gelu import fuse_gelu
+from kiln.passes.fuse_layernorm import fuse_layernorm
+from kiln.passes.fuse_pointwise import fuse_pointwise
+from kiln.passes.fuse_softmax import fuse_softmax
+
+Pass = Callable[[Graph], bool]
+
+PASSES: list[tuple[str, Pass]] = [
+    ("fold_constants", fold_constants),            # weights/shapes computed from constants become constants
+    ("eliminate_noops", eliminate_noops),          # Identity, x*1, cancelling Transposes hide patterns
+    ("eliminate_dead_code", eliminate_dead_code),  # drop what folding and bypassing orphaned
+    ("fold_batchnorm", fold_batchnorm),            # BN into Conv/Gemm weights, before epilogue fusion
+    ("fuse_layernorm", fuse_layernorm),            # its Sub/Pow/Div would otherwise go to pointwise
+    ("fuse_gelu", fuse_gelu),                      # one Gelu node, so epilogues can take it as activation
+    ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
+    ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
+    ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
+    ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
+    ("eliminate_dead_code", eliminate_dead_code),  # constants and nodes the fusions left unread
+]
+CLEANUP_PASSES = 3
+MAX_CLEANUP_ROUNDS = 4
+
+
+def optimize(graph: Graph, *, dump_dir: Path | None = None,
+             on_pass: Callable[[str, bool], None] | None = None) -> list[tuple[str, bool]]:
+    """Run PASSES over `graph` in place; return (name, changed) for every pass run.
+
+    With `dump_dir`, the IR is written there first (00_imported.txt) and after each
+    pass run (NN_name.txt). `verify` runs after every pass, so a broken rewrite is
+    reported by the pass that made it.
+    """
+    runs: list[tuple[str, bool]] = []
+    if dump_dir is not None:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        (dump_dir / "00_imported.txt").write_text(print_graph(graph))
+
+    def run(name: str, fn: Pass) -> bool:
+        changed = fn(graph)
+        verify(graph)
+        runs.append((name, changed))
+        if dump_dir is not None:
+            (dump_dir / f"{len(runs):02d}_{name}.txt").write_text(print_graph(graph))
+        if on_pass is not None:
+            on_pass(name, changed)
+        return changed
+
+    for _ in range(MAX_CLEANUP_ROUNDS):
+        if not any([run(name, fn) for name, fn in PASSES[:CLEANUP_PASSES]]):
+            break
+    for name, fn in PASSES[CLEANUP_PASSES:]:
+        run(name, fn)
+    return runs
