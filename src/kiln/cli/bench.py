@@ -118,9 +118,11 @@ def stats(ms: list[float]) -> dict[str, float] | None:
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed inferences before measuring.")
 @click.option("--shapes", metavar="NAME:DIMS[,...]", help="Input shapes (default: the profile's opt shapes).")
+@click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
+              help="On a GPU, replay the engine as one captured CUDA graph per input shape.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def bench(engine_path: Path, iterations: int | None, duration: float | None, warmup: int, shapes: str | None,
-          as_json: bool) -> None:
+          cuda_graph: bool, as_json: bool) -> None:
     """Measure ENGINE's throughput and latency on random inputs.
 
     Reports inferences/s and samples/s (batch = dim 0 of the first input) and latency
@@ -131,6 +133,7 @@ def bench(engine_path: Path, iterations: int | None, duration: float | None, war
     import kiln
 
     engine = kiln.load(engine_path)
+    engine.use_cuda_graphs = cuda_graph and engine.device.type == "cuda"
     feeds = random_feeds(engine, parse_shapes(shapes))
     engine.run_tensors(feeds)  # validates the inputs once, so the timed loop need not
     n, seconds = stop_rule(iterations, duration)
@@ -157,7 +160,7 @@ def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmu
         "warmup": warmup,
         "iterations": len(t.latency),
         "seconds": t.wall_seconds,
-        "cuda_graph": False,
+        "cuda_graph": engine.use_cuda_graphs,
         "throughput": {"inferences_per_second": per_second, "samples_per_second": per_second * batch},
         "latency_ms": stats(t.latency),
         "h2d_ms": stats(t.h2d),

@@ -88,7 +88,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     sizes: dict[int, int] = {}
     feeds = synthetic_inputs(plan.inputs, profiles[0], "opt", engine.device)
     with torch.inference_mode():
-        engine.executor.run({b.slot: feeds[b.name] for b in plan.inputs}, record_sizes=sizes)
+        engine.executor.run({b.slot: feeds[b.name] for b in plan.inputs}, record_sizes=sizes, device=engine.device)
     engine.plan = engine.executor.plan = plan_memory(plan, sizes)
     engine.header["build"]["seconds"] = round(time.perf_counter() - t0, 3)
     return engine

@@ -11,9 +11,10 @@ import torch
 
 from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step
 from kiln.errors import BuildError
-from kiln.ir.graph import Graph, Value
+from kiln.ir.graph import Graph, Node, Value
 from kiln.runtime import memory
-from kiln.tactics import TacticQuery, candidates
+from kiln.tactics import TacticQuery, candidates, get_tactic
+from kiln.tactics.placement import HOST_INPUTS, HOST_OPS, MAX_HOST_CONST_ELEMENTS
 
 Prober = Callable[[Plan, dict[int, torch.Tensor]], dict[int, int]]
 
@@ -31,33 +32,57 @@ def _dims(v: Value) -> tuple[int | str, ...] | None:
 
 
 def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
-    """The plan (with free lists but no memory offsets yet) and its constants by key."""
-    slots: list[Slot] = []
-    index: dict[int, int] = {}
-    consts: dict[str, torch.Tensor] = {}
+    """The plan (with free lists but no memory offsets yet) and its constants by key.
 
-    def slot_of(v: Value, kind: str) -> int:
-        if id(v) in index:
-            return index[id(v)]
+    On CUDA, shape arithmetic is placed on the host (see tactics/placement.py): a step is
+    a host step when its tactic says so (Shape, Size) or when it is a small integer op all
+    of whose inputs are host values or small constants, at least one being a host value.
+    """
+    slots: list[Slot] = []
+    index: dict[tuple[int, bool], int] = {}
+    consts: dict[str, torch.Tensor] = {}
+    host_values: set[int] = set()
+
+    def slot_of(v: Value, kind: str, on_host: bool = False) -> int:
+        key_id = (id(v), on_host and v.is_const)
+        if key_id in index:
+            return index[key_id]
         key = None
         if v.is_const:
             kind, key = "const", f"const/{v.name}"
             c = v.const
             consts[key] = c if isinstance(c, torch.Tensor) else torch.from_numpy(c.copy())
-        index[id(v)] = len(slots)
-        slots.append(Slot(v.name, None if v.dtype is None else v.dtype.name, _dims(v), kind, key))
-        return index[id(v)]
+        index[key_id] = len(slots)
+        slots.append(Slot(v.name, None if v.dtype is None else v.dtype.name, _dims(v), kind, key,
+                          host=on_host and v.is_const))
+        return index[key_id]
+
+    def is_host_step(n: Node, placement: str) -> bool:
+        if device != "cuda":
+            return False
+        if placement == "host":
+            return True
+        present = [v for v in n.inputs if v is not None]
+        return (not n.domain and n.op in HOST_OPS and any(id(v) in host_values for v in present)
+                and all(id(v) in host_values or (v.is_const and _small(v)) for v in present))
 
     inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"))
                    for v in graph.inputs)
     steps: list[Step] = []
     for n in graph.nodes:
-        ins = tuple(None if v is None else slot_of(v, "activation") for v in n.inputs)
-        outs = tuple(slot_of(v, "activation") for v in n.outputs)
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
         tactic = choose_tactic(n.qualified_op, device, dts, n.attrs)
+        host = is_host_step(n, get_tactic(tactic).placement)
+        params = HOST_INPUTS.get(n.op, ()) if not n.domain and device == "cuda" else ()
+        ins = tuple(None if v is None else slot_of(v, "activation", on_host=host or i in params)
+                    for i, v in enumerate(n.inputs))
+        h2d = () if host else tuple(i for i, v in enumerate(n.inputs)
+                                    if v is not None and id(v) in host_values and i not in params)
+        outs = tuple(slot_of(v, "activation") for v in n.outputs)
+        if host:
+            host_values.update(id(v) for v in n.outputs)
         fused = tuple(n.attrs.pop("_fused_from", ()) or ())
-        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, dict(n.attrs), fused))
+        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, dict(n.attrs), fused, host, h2d))
     outputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "activation"))
                     for v in graph.outputs)
     activation = {i for i, s in enumerate(slots) if s.kind == "activation"}
@@ -67,6 +92,12 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
     plan = Plan(inputs, outputs, tuple(slots), tuple(steps), memory.free_lists(len(steps), lives),
                 MemoryReport(0, 0))
     return plan, consts
+
+
+def _small(v: Value) -> bool:
+    c = v.const
+    n = c.numel() if isinstance(c, torch.Tensor) else c.size
+    return n <= MAX_HOST_CONST_ELEMENTS
 
 
 def plan_memory(plan: Plan, sizes: dict[int, int]) -> Plan:

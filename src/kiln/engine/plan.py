@@ -28,6 +28,7 @@ class Slot:
     shape: tuple[Dim, ...] | None
     kind: str                  # "input" | "const" | "activation"
     const_key: str | None = None
+    host: bool = False         # a constant kept in host memory (read by host steps / shape inputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class Step:
     outputs: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
     fused: tuple[str, ...] = ()  # source ONNX nodes folded into this step
+    host: bool = False         # runs on the host on host tensors (shape arithmetic)
+    h2d: tuple[int, ...] = ()  # input positions holding host values to copy to the device first
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,12 +45,13 @@ def plan_to_json(plan: Plan) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for i, s in enumerate(plan.steps):
         steps.append({"name": s.name, "op": s.op, "tactic": s.tactic, "inputs": list(s.inputs),
                       "outputs": list(s.outputs), "fused": list(s.fused),
+                      "host": s.host, "h2d": list(s.h2d),
                       "attrs": {k: _encode_attr(v, f"attr/{i}/{k}", tensors) for k, v in s.attrs.items()}})
     data = {
         "inputs": [_binding(b) for b in plan.inputs],
         "outputs": [_binding(b) for b in plan.outputs],
         "slots": [{"name": s.name, "dtype": s.dtype, "shape": None if s.shape is None else list(s.shape),
-                   "kind": s.kind, "const_key": s.const_key} for s in plan.slots],
+                   "kind": s.kind, "const_key": s.const_key, "host": s.host} for s in plan.slots],
         "steps": steps,
         "free_after": [list(f) for f in plan.free_after],
         "memory": {"peak_bytes": plan.memory.peak_bytes, "total_bytes": plan.memory.total_bytes,
@@ -65,9 +66,10 @@ def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pl
             inputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"]) for b in data["inputs"]),
             outputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"]) for b in data["outputs"]),
             slots=tuple(Slot(s["name"], s["dtype"], None if s["shape"] is None else tuple(s["shape"]), s["kind"],
-                             s["const_key"]) for s in data["slots"]),
+                             s["const_key"], s.get("host", False)) for s in data["slots"]),
             steps=tuple(Step(s["name"], s["op"], s["tactic"], tuple(s["inputs"]), tuple(s["outputs"]),
-                             {k: _decode_attr(v, tensors) for k, v in s["attrs"].items()}, tuple(s["fused"]))
+                             {k: _decode_attr(v, tensors) for k, v in s["attrs"].items()}, tuple(s["fused"]),
+                             s.get("host", False), tuple(s.get("h2d", ())))
                         for s in data["steps"]),
             free_after=tuple(tuple(f) for f in data["free_after"]),
             memory=MemoryReport(data["memory"]["peak_bytes"], data["memory"]["total_bytes"],

@@ -1,8 +1,9 @@
 """Engine: a loaded plan with its weights on a device, callable like a function."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from kiln.engine.plan import Plan
 from kiln.engine.serialize import plan_from_json, plan_to_json
 from kiln.errors import EngineFormatError, InputError
 from kiln.runtime.executor import Executor
+from kiln.runtime.graphs import GraphRunner
 from kiln.runtime.validate import validate_inputs
 
 SOURCE_KEY = "source/model.onnx"
@@ -32,8 +34,13 @@ class Engine:
         self.device = torch.device(device)
         self.source = source
         self._const_by_key = {k: t.to(self.device) for k, t in constants.items()}
-        by_slot = {i: self._const_by_key[s.const_key] for i, s in enumerate(plan.slots) if s.kind == "const"}
+        by_slot = {i: constants[s.const_key] if s.host else self._const_by_key[s.const_key]
+                   for i, s in enumerate(plan.slots) if s.kind == "const"}
         self.executor = Executor(plan, by_slot)
+        # CUDA graphs on by default on a GPU (`kiln bench --no-cuda-graph` turns them off).
+        self.use_cuda_graphs = self.device.type == "cuda"
+        self._graphs: GraphRunner | None = None
+        self._strict_fp32 = header.get("build_config", {}).get("precision", "fp32") == "fp32"
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -70,9 +77,16 @@ class Engine:
         if validate:
             validate_inputs(self.plan.inputs, tensors, self.profiles)
         feeds = {b.slot: tensors[b.name].to(self.device, non_blocking=True) for b in self.plan.inputs}
-        with torch.inference_mode():
-            env = self.executor.run(feeds)
-        return {b.name: env[b.slot] for b in self.plan.outputs}
+        slots = [b.slot for b in self.plan.outputs]
+        with torch.inference_mode(), _fp32_math(self.device.type == "cuda" and self._strict_fp32):
+            if self.use_cuda_graphs:
+                if self._graphs is None:
+                    self._graphs = GraphRunner(self.executor, self.device)
+                outs = self._graphs.run(feeds, slots)
+            else:
+                env = self.executor.run(feeds, device=self.device)
+                outs = [env[s] for s in slots]
+        return {b.name: t.to(self.device) for b, t in zip(self.plan.outputs, outs)}
 
     def _to_tensor(self, name: str, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
@@ -94,6 +108,20 @@ class Engine:
         if self.source is not None:
             tensors[SOURCE_KEY] = torch.frombuffer(bytearray(self.source), dtype=torch.uint8)
         write_engine(path, {**self.header, "plan": data}, tensors)
+
+
+@contextlib.contextmanager
+def _fp32_math(strict: bool) -> Iterator[None]:
+    """An fp32 engine computes in IEEE fp32: TF32 tensor-core math is its own precision mode."""
+    if not strict:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> Engine:

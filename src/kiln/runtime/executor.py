@@ -25,15 +25,30 @@ class Executor:
         self.constants = constants
         self._kernels: list[Callable[..., Any]] = [get_tactic(s.tactic).kernel for s in plan.steps]
 
-    def run(self, feeds: dict[int, torch.Tensor], record_sizes: dict[int, int] | None = None) -> list[torch.Tensor | None]:
-        """Execute with input slots bound in `feeds`; returns the slot table after the run."""
+    def run(self, feeds: dict[int, torch.Tensor], record_sizes: dict[int, int] | None = None,
+            h2d_memo: dict[tuple[int, int], torch.Tensor] | None = None,
+            device: torch.device | None = None) -> list[torch.Tensor | None]:
+        """Execute with input slots bound in `feeds`; returns the slot table after the run.
+
+        Host values a device step reads as data are copied to `device` first. With
+        `h2d_memo`, each copy is made once per (step, input) and reused: valid because host
+        values depend only on input shapes, and required while a CUDA graph is captured.
+        """
         env: list[torch.Tensor | None] = [None] * len(self.plan.slots)
         for slot, t in self.constants.items():
             env[slot] = t
         for slot, t in feeds.items():
             env[slot] = t
-        for step, kernel, free in zip(self.plan.steps, self._kernels, self.plan.free_after):
+        for k, (step, kernel, free) in enumerate(zip(self.plan.steps, self._kernels, self.plan.free_after)):
             args = [env[i] if i is not None else None for i in step.inputs]
+            for pos in step.h2d:
+                if args[pos] is not None and device is not None:
+                    if h2d_memo is None:
+                        args[pos] = args[pos].to(device)
+                    else:
+                        if (k, pos) not in h2d_memo:
+                            h2d_memo[(k, pos)] = args[pos].to(device)
+                        args[pos] = h2d_memo[(k, pos)]
             while args and args[-1] is None:
                 args.pop()
             try:

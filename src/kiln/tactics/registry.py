@@ -33,6 +33,7 @@ class Tactic:
     devices: tuple[str, ...]
     kernel: Callable[..., Any]
     supports: Callable[[TacticQuery], bool]
+    placement: str = "device"                # "host": outputs are host tensors (shape arithmetic)
 
 
 TACTICS: dict[str, Tactic] = {}
@@ -50,6 +51,8 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
+    from kiln.tactics import host  # noqa: F401  (registers the host tactics)
+
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"
         if name not in TACTICS:

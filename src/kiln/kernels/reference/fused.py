@@ -101,7 +101,8 @@ def _resolve(arg: Any, inputs: Sequence[Tensor | None], temps: list[Tensor], dev
     if arg is None:
         return None
     if isinstance(arg, dict):
-        return torch.tensor(arg["const"], dtype=from_name(arg["dtype"]).torch, device=device)
+        # torch.full launches a fill kernel: no host-to-device copy, so CUDA graphs can capture it.
+        return torch.full((), arg["const"], dtype=from_name(arg["dtype"]).torch, device=device)
     kind, index = arg[0], int(arg[1:])
     if kind == "i":
         return inputs[index]

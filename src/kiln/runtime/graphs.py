@@ -1,0 +1,79 @@
+"""CUDA graphs: capture the whole plan once per input-shape signature, then replay it.
+
+Design note. The executor's Python loop costs microseconds per step; a graph replay
+launches every kernel of the plan in one call. A signature (the input shapes and dtypes)
+is captured lazily on first use, after one warm-up run on a side stream (which also makes
+the host-to-device copies of host values: see tactics/placement.py). Inputs are copied
+into the graph's static input tensors, outputs are cloned out of its static outputs.
+At most `max_graphs` signatures are kept (least recently used goes first). A plan that
+cannot be captured (a kernel that synchronises, data-dependent shapes) falls back to
+the plain loop for that signature, for good.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from kiln.runtime.executor import Executor
+
+Signature = tuple[tuple[int, tuple[int, ...], torch.dtype], ...]
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[int, torch.Tensor]
+    outputs: list[torch.Tensor]
+    memo: dict[tuple[int, int], torch.Tensor]
+
+
+class GraphRunner:
+    def __init__(self, executor: Executor, device: torch.device, max_graphs: int = 8) -> None:
+        self.executor = executor
+        self.device = device
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[Signature, _Captured | None] = OrderedDict()
+        self._pool = None
+
+    def run(self, feeds: dict[int, torch.Tensor], output_slots: Sequence[int]) -> list[torch.Tensor]:
+        sig = tuple((slot, tuple(t.shape), t.dtype) for slot, t in sorted(feeds.items()))
+        if sig not in self._graphs:
+            self._graphs[sig] = self._capture(feeds, output_slots)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(sig)
+        captured = self._graphs[sig]
+        if captured is None:  # not capturable: the plain loop
+            env = self.executor.run(feeds, device=self.device)
+            return [env[s] for s in output_slots]
+        for slot, t in feeds.items():
+            captured.inputs[slot].copy_(t, non_blocking=True)
+        captured.graph.replay()
+        return [t.clone() for t in captured.outputs]
+
+    @property
+    def captured_signatures(self) -> int:
+        return sum(1 for g in self._graphs.values() if g is not None)
+
+    def _capture(self, feeds: dict[int, torch.Tensor], output_slots: Sequence[int]) -> _Captured | None:
+        static = {slot: t.clone() for slot, t in feeds.items()}
+        memo: dict[tuple[int, int], torch.Tensor] = {}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                self.executor.run(static, device=self.device, h2d_memo=memo)  # warm-up: kernels, autotune, copies
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                env = self.executor.run(static, device=self.device, h2d_memo=memo)
+                outputs = [env[s] for s in output_slots]
+        except Exception:  # noqa: BLE001 - any capture failure means "run this signature eagerly"
+            torch.cuda.synchronize(self.device)
+            return None
+        return _Captured(graph, static, outputs, memo)
