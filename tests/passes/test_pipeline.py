@@ -58,3 +58,24 @@ def test_pass_table_shape():
     names = [n for n, _ in PASSES]
     assert names[:3] == ["fold_constants", "eliminate_noops", "eliminate_dead_code"]
     assert names.index("fuse_attention") < names.index("fuse_epilogues") < names.index("fuse_pointwise")
+
+
+def test_fused_nodes_remember_their_source_nodes():
+    from kiln.ir import Graph
+    from kiln.ir import dtypes
+    from kiln.passes.fuse_gelu import fuse_gelu
+    import numpy as np
+
+    g = Graph("gelu")
+    x = g.value("x", dtypes.FLOAT32, (2, 3))
+    g.inputs.append(x)
+    d = g.make_node("Div", [x, g.constant(np.float32(np.sqrt(2.0)))], name="div").outputs[0]
+    e = g.make_node("Erf", [d], name="erf").outputs[0]
+    a = g.make_node("Add", [e, g.constant(np.float32(1.0))], name="add").outputs[0]
+    m = g.make_node("Mul", [x, a], name="mul").outputs[0]
+    h = g.make_node("Mul", [m, g.constant(np.float32(0.5))], name="half").outputs[0]
+    g.outputs.append(h)
+    assert fuse_gelu(g)
+    (node,) = g.nodes
+    assert node.op == "Gelu"
+    assert sorted(node.fused_from) == ["add", "div", "erf", "half", "mul"]

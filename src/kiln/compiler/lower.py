@@ -81,8 +81,7 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
         outs = tuple(slot_of(v, "activation") for v in n.outputs)
         if host:
             host_values.update(id(v) for v in n.outputs)
-        fused = tuple(n.attrs.pop("_fused_from", ()) or ())
-        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, dict(n.attrs), fused, host, h2d))
+        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, dict(n.attrs), n.fused_from, host, h2d))
     outputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "activation"))
                     for v in graph.outputs)
     activation = {i for i, s in enumerate(slots) if s.kind == "activation"}

@@ -61,7 +61,7 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "domain", "name", "attrs", "_inputs", "outputs", "graph")
+    __slots__ = ("op", "domain", "name", "attrs", "_inputs", "outputs", "graph", "fused_from")
 
     def __init__(self, op: str, inputs: Iterable[Value | None], outputs: Iterable[Value],
                  attrs: dict[str, Any] | None = None, name: str = "", domain: str = "") -> None:
@@ -72,6 +72,8 @@ class Node:
         self._inputs: list[Value | None] = []
         self.outputs: list[Value] = list(outputs)
         self.graph: Graph | None = None
+        # Names of the source (ONNX) nodes a fused node replaced; empty for source nodes.
+        self.fused_from: tuple[str, ...] = ()
         for o in self.outputs:
             if o._producer is not None and o._producer is not self:
                 raise ValueError(f"value {o.name!r} already has a producer")

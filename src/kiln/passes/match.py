@@ -152,6 +152,7 @@ def replace_nodes(graph: Graph, nodes: Sequence[Node], op: str, inputs: Sequence
     anchor = next((n for n in graph.nodes[after:] if id(n) not in ids), None)
     graph.remove_nodes(nodes)
     node = Node(op, inputs, [out], attrs, name=graph.unique_name(op), domain=domain)
+    node.fused_from = tuple(name for n in nodes for name in (n.fused_from or (n.name,)))
     return graph.add_node(node, before=anchor)
 
 
