@@ -63,7 +63,7 @@ def _try(graph: Graph, out_mm: Node, keep: set[int]) -> bool:
     add = produced_by(scores, "Add")
     if add is not None:
         scores, mask = _split_mask(add)
-        if scores is None or add.outputs[0].shape is None or add.outputs[0].shape != scores.shape:
+        if scores is None or not _mask_fits(scores, mask):
             return False
         nodes.append(add)
     scores, scale = _peel(scores, keep, nodes)
@@ -102,6 +102,20 @@ def _split_mask(add: Node) -> tuple[Value | None, Value | None]:
         if produced_by(scores, "MatMul", "Mul", "Div") is not None:
             return scores, mask
     return None, None
+
+
+def _mask_fits(scores: Value, mask: Value | None) -> bool:
+    """True when adding `mask` cannot widen the scores: each static mask dim above 1 meets
+    an equal or symbolic scores dim (shape inference names unknown dims with fresh symbols,
+    so symbolic dims cannot be compared; attention scores are [B, H, S, Skv] in full)."""
+    if mask is None or scores.shape is None or mask.shape is None or len(mask.shape) > len(scores.shape):
+        return False
+    for m, s in zip(reversed(mask.shape), reversed(scores.shape)):
+        if isinstance(m, int) and m != 1 and isinstance(s, int) and s != m:
+            return False
+        if isinstance(s, int) and s == 1 and m != 1:
+            return False
+    return True
 
 
 def _transposed(graph: Graph, src: Value, perm: list[int], before: Node) -> Value:

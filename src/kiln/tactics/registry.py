@@ -51,7 +51,7 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import host  # noqa: F401  (registers the host tactics)
+    from kiln.tactics import attention, host  # noqa: F401  (their imports register tactics)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"
