@@ -46,25 +46,16 @@ def _attr_to_input(graph: Graph, node: Node, attr: str, index: int, dtype: Any =
     node.set_inputs(inputs)
 
 
-@rule("Squeeze", "Unsqueeze")
-def _axes_input_13(graph: Graph, node: Node, opset: int) -> None:
-    """Squeeze/Unsqueeze < 13: axes attribute -> input 1."""
-    if opset < 13:
-        _attr_to_input(graph, node, "axes", 1)
+# op -> the opset in which its `axes` attribute became input 1.
+_AXES_BECAME_INPUT = {"Squeeze": 13, "Unsqueeze": 13, "ReduceSum": 13, **{op: 18 for op in (
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceSumSquare")}}
 
 
-@rule("ReduceSum")
-def _reduce_sum_axes(graph: Graph, node: Node, opset: int) -> None:
-    """ReduceSum < 13: axes attribute -> input 1."""
-    if opset < 13:
-        _attr_to_input(graph, node, "axes", 1)
-
-
-@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-def _reduce_axes(graph: Graph, node: Node, opset: int) -> None:
-    """Reduce* (but ReduceSum) < 18: axes attribute -> input 1."""
-    if opset < 18:
+@rule(*_AXES_BECAME_INPUT)
+def _axes_input(graph: Graph, node: Node, opset: int) -> None:
+    """Squeeze/Unsqueeze/ReduceSum < 13, other Reduce* < 18: axes attribute -> input 1."""
+    if opset < _AXES_BECAME_INPUT[node.op]:
         _attr_to_input(graph, node, "axes", 1)
 
 

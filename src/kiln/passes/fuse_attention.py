@@ -13,7 +13,7 @@ Run fold_constants and fuse_softmax first; run before fuse_epilogues and fuse_po
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import only_read_by, pinned, produced_by, rank, replace_nodes, scalar_const, sole_user
+from kiln.passes.match import (live_nodes, only_read_by, pinned, produced_by, rank, replace_nodes, scalar_const, sole_user)
 
 SWAP_LAST = [0, 1, 3, 2]
 
@@ -22,9 +22,8 @@ def fuse_attention(graph: Graph) -> bool:
     """Replace each attention pattern (see module docstring) by kiln::Attention."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is graph and node.domain == "" and node.op == "MatMul":
-            changed |= _try(graph, node, keep)
+    for node in live_nodes(graph, "MatMul"):
+        changed |= _try(graph, node, keep)
     return changed
 
 

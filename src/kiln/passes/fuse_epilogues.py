@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import const_array, new_const, other_input, pinned, rank, replace_nodes, scalar_const, sole_user
+from kiln.passes.match import (const_array, live_nodes, new_const, other_input, pinned, rank, replace_nodes, scalar_const, sole_user)
 
 
 def _clip_params(node: Node) -> list[float] | None:
@@ -55,9 +55,7 @@ def fuse_epilogues(graph: Graph) -> bool:
     """Turn Conv/MatMul/Gemm plus their epilogue into kiln::FusedConv/FusedMatMul."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is not graph or node.domain != "":
-            continue
+    for node in live_nodes(graph, "Conv", "MatMul", "Gemm"):
         if node.op == "Conv":
             changed |= _fuse_conv(graph, node, keep)
         elif node.op in ("MatMul", "Gemm"):

@@ -11,16 +11,14 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import is_close, only_read_by, other_input, pinned, produced_by, replace_nodes, scalar_const, sole_user
+from kiln.passes.match import (is_close, live_nodes, only_read_by, other_input, pinned, produced_by, replace_nodes, scalar_const, sole_user)
 
 
 def fuse_gelu(graph: Graph) -> bool:
     """Replace each written-out Gelu (see module docstring) by the Gelu op."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is not graph or node.domain != "":
-            continue
+    for node in live_nodes(graph, "Erf", "Tanh"):
         found = _erf_form(node) if node.op == "Erf" else _tanh_form(node) if node.op == "Tanh" else None
         if found is not None:
             x, inner, approximate = found

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import (const_array, new_const, only_read_by, other_input, pinned,
+from kiln.passes.match import (const_array, live_nodes, new_const, only_read_by, other_input, pinned,
                                produced_by, rank, reduce_axes, replace_nodes, scalar_const, sole_user)
 
 
@@ -21,9 +21,8 @@ def fuse_layernorm(graph: Graph) -> bool:
     """Replace each decomposed LayerNorm (see module docstring) by LayerNormalization."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is graph and node.domain == "" and node.op in ("Div", "Mul"):
-            changed |= _try(graph, node, keep)
+    for node in live_nodes(graph, "Div", "Mul"):
+        changed |= _try(graph, node, keep)
     return changed
 
 

@@ -9,16 +9,15 @@ must be read only inside the pattern. Run fold_constants first (axes are constan
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import norm_axes, only_read_by, pinned, produced_by, rank, reduce_axes, replace_nodes
+from kiln.passes.match import live_nodes, norm_axes, only_read_by, pinned, produced_by, rank, reduce_axes, replace_nodes
 
 
 def fuse_softmax(graph: Graph) -> bool:
     """Replace each written-out softmax (see module docstring) by Softmax."""
     keep = pinned(graph)
     changed = False
-    for div in list(graph.nodes):
-        if div.graph is graph and div.domain == "" and div.op == "Div":
-            changed |= _try(graph, div, keep)
+    for div in live_nodes(graph, "Div"):
+        changed |= _try(graph, div, keep)
     return changed
 
 

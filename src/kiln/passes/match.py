@@ -6,7 +6,7 @@ the use lists do not see) is *pinned*: a pass may not remove it or give it away.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,15 @@ def pinned(graph: Graph) -> set[int]:
     if captured:
         ids |= {id(v) for v in graph.values() if v.name in captured}
     return ids
+
+
+def live_nodes(graph: Graph, *ops: str) -> Iterator[Node]:
+    """The graph's ai.onnx nodes (of `ops`, when given), skipping those a rewrite already removed.
+
+    Iterates over a snapshot, so the caller may rewrite the graph as it goes."""
+    for node in list(graph.nodes):
+        if node.graph is graph and node.domain == "" and (not ops or node.op in ops):
+            yield node
 
 
 def sole_user(v: Value, keep: set[int]) -> Node | None:
