@@ -13,7 +13,8 @@ Run fold_constants and fuse_softmax first; run before fuse_epilogues and fuse_po
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import (live_nodes, only_read_by, pinned, produced_by, rank, replace_nodes, scalar_const, sole_user)
+from kiln.passes.match import (live_nodes, only_read_by, pinned, produced_by, rank, replace_nodes,
+                               scalar_const, sole_user)
 
 SWAP_LAST = [0, 1, 3, 2]
 

@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import (const_array, live_nodes, new_const, other_input, pinned, rank, replace_nodes, scalar_const, sole_user)
+from kiln.passes.match import (const_array, live_nodes, new_const, other_input, pinned, rank, replace_nodes,
+                               scalar_const, sole_user)
 
 
 def _clip_params(node: Node) -> list[float] | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import (is_close, live_nodes, only_read_by, other_input, pinned, produced_by, replace_nodes, scalar_const, sole_user)
+from kiln.passes.match import (is_close, live_nodes, only_read_by, other_input, pinned, produced_by,
+                               replace_nodes, scalar_const, sole_user)
 
 
 def fuse_gelu(graph: Graph) -> bool:
