@@ -5,8 +5,6 @@ reference ones); the auto-tuner replaces `choose_tactic` without touching the pl
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step
@@ -15,8 +13,6 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.runtime import memory
 from kiln.tactics import TacticQuery, candidates, get_tactic
 from kiln.tactics.placement import HOST_INPUTS, HOST_OPS, MAX_HOST_CONST_ELEMENTS
-
-Prober = Callable[[Plan, dict[int, torch.Tensor]], dict[int, int]]
 
 
 def choose_tactic(node_op: str, device: str, input_dtypes: tuple[str | None, ...], attrs: dict) -> str:

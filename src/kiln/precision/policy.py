@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto
 
 from kiln.ir import dtypes
-from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.graph import Graph, Node
 
 _TARGET = {"fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16}
 

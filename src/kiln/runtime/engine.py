@@ -33,8 +33,10 @@ class Engine:
         self.header = header
         self.device = torch.device(device)
         self.source = source
-        self._const_by_key = {k: t.to(self.device) for k, t in constants.items()}
-        by_slot = {i: constants[s.const_key] if s.host else self._const_by_key[s.const_key]
+        self._constants = dict(constants)  # host copies: what host steps read and what save() writes
+        on_device = {s.const_key: self._constants[s.const_key].to(self.device)
+                     for s in plan.slots if s.kind == "const" and not s.host}
+        by_slot = {i: self._constants[s.const_key] if s.host else on_device[s.const_key]
                    for i, s in enumerate(plan.slots) if s.kind == "const"}
         self.executor = Executor(plan, by_slot)
         # CUDA graphs on by default on a GPU (`kiln bench --no-cuda-graph` turns them off).
@@ -104,7 +106,7 @@ class Engine:
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         data, tensors = plan_to_json(self.plan)
-        tensors.update({k: t for k, t in self._const_by_key.items()})
+        tensors.update(self._constants)
         if self.source is not None:
             tensors[SOURCE_KEY] = torch.frombuffer(bytearray(self.source), dtype=torch.uint8)
         write_engine(path, {**self.header, "plan": data}, tensors)

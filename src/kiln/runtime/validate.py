@@ -29,7 +29,7 @@ def validate_inputs(bindings: Sequence[Binding], given: Mapping[str, torch.Tenso
         got = dtypes.from_torch(t.dtype).name
         if got != b.dtype:
             raise InputError(f"input {b.name!r} has dtype {got} but the engine expects {b.dtype}; "
-                             f"convert it first (numpy: x.astype('{_np_name(b.dtype)}')).")
+                             f"convert it first (numpy: x.astype('{b.dtype}')).")
         if len(t.shape) != len(b.shape):
             raise InputError(f"input {b.name!r} has shape {_fmt(t.shape)} (rank {len(t.shape)}) but the engine "
                              f"expects rank {len(b.shape)}: {_fmt(b.shape)}.")
@@ -59,7 +59,3 @@ def _check_profiles(bindings: Sequence[Binding], given: Mapping[str, torch.Tenso
         problems.append(bad[0])
     raise InputError(f"{problems[0]}. Pass a shape within the range, or rebuild the engine with a wider "
                      "range (`kiln build ... --min/--opt/--max`).")
-
-
-def _np_name(name: str) -> str:
-    return {"bool": "bool"}.get(name, name)
