@@ -13,8 +13,11 @@ def model_input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     for inp in model.graph.input:
         if inp.name in inits:
             continue
+        tt = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue  # rank unknown (or not a tensor): the profile, if any, gives the dims
         dims: list[int | str] = []
-        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+        for i, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
             else:
@@ -29,11 +32,15 @@ def resolve_profiles(model: onnx.ModelProto, config: BuildConfig) -> tuple[tuple
     every profile fixes the dim, symbolic otherwise."""
     declared = model_input_dims(model)
     profiles = config.profiles
+    inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
     for p in profiles:
         for name in p.names():
-            if name not in declared:
+            if name not in inputs:
                 raise BuildError(f"the shape profile names input {name!r}, which the model does not have; "
-                                 f"its inputs are {', '.join(declared) or '(none)'}.")
+                                 f"its inputs are {', '.join(sorted(inputs)) or '(none)'}.")
+    for p in profiles:  # inputs of unknown rank take their dims from the profile
+        for name, r in p.ranges:
+            declared.setdefault(name, [f"{name}_dim{i}" for i in range(len(r.min))])
     missing = [n for n, dims in declared.items() if any(isinstance(d, str) for d in dims)
                and any(p.get(n) is None for p in profiles or [Profile(())])]
     if missing:

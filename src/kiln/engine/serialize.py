@@ -14,7 +14,7 @@ _TENSOR = "$tensor"
 
 def _encode_attr(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+        t = torch.from_numpy(np.asarray(value, order="C")) if isinstance(value, np.ndarray) else value
         tensors[key] = t
         return {_TENSOR: key}
     if isinstance(value, (list, tuple)):

@@ -43,6 +43,8 @@ _ALL = [
     DType("float64", TensorProto.DOUBLE, 64, True, "float64"),
     DType("float8_e4m3fn", TensorProto.FLOAT8E4M3FN, 8, True, "float8_e4m3fn"),
     DType("float8_e5m2", TensorProto.FLOAT8E5M2, 8, True, "float8_e5m2"),
+    DType("float8_e4m3fnuz", TensorProto.FLOAT8E4M3FNUZ, 8, True, "float8_e4m3fnuz"),
+    DType("float8_e5m2fnuz", TensorProto.FLOAT8E5M2FNUZ, 8, True, "float8_e5m2fnuz"),
     DType("int8", TensorProto.INT8, 8, False, "int8"),
     DType("uint8", TensorProto.UINT8, 8, False, "uint8"),
     DType("int16", TensorProto.INT16, 16, False, "int16"),
@@ -52,9 +54,14 @@ _ALL = [
     DType("int64", TensorProto.INT64, 64, False, "int64"),
     DType("uint64", TensorProto.UINT64, 64, False, "uint64"),
     DType("bool", TensorProto.BOOL, 8, False, "bool"),
-    # int4 values are held unpacked, one per int8, inside kiln.
+    # int4/int2 values are held unpacked, one per int8, inside kiln.
     DType("int4", TensorProto.INT4, 4, False, "int8"),
     DType("uint4", TensorProto.UINT4, 4, False, "uint8"),
+    DType("int2", TensorProto.INT2, 2, False, "int8"),
+    DType("uint2", TensorProto.UINT2, 2, False, "uint8"),
+    # float4 (e2m1) and float8 e8m0 values are held exactly in float32 inside kiln.
+    DType("float4_e2m1", TensorProto.FLOAT4E2M1, 4, True, "float32"),
+    DType("float8_e8m0", TensorProto.FLOAT8E8M0, 8, True, "float32"),
     DType("string", TensorProto.STRING, 0, False, None),
 ]
 
@@ -68,7 +75,7 @@ INT64 = BY_NAME["int64"]
 INT32 = BY_NAME["int32"]
 BOOL = BY_NAME["bool"]
 
-# torch dtype -> DType; int4/uint4 alias int8/uint8 in torch, so the 8-bit types win.
+# torch dtype -> DType; the sub-byte types alias int8/uint8/float32 in torch, so the full types win.
 _BY_TORCH: dict[torch.dtype, DType] = {}
 for _d in reversed(_ALL):
     if _d.torch_name is not None:

@@ -22,20 +22,19 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.shapes import Shape
 from kiln.onnx.load import check_model, default_opset, load_model
 from kiln.onnx.normalize import normalize_node
+from kiln.runtime.arrays import VIEWED_TORCH, array_to_tensor
 
 __all__ = ["import_model", "load_model", "tensor_to_array", "fix_input_dims"]
 
 
 def tensor_to_array(t: onnx.TensorProto) -> np.ndarray | torch.Tensor:
-    """An ONNX tensor as numpy, or as torch where numpy lacks the type (bf16, fp8)."""
-    dt = dtypes.from_onnx(t.data_type)
-    arr = numpy_helper.to_array(t)
-    if dt.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        raw = np.ascontiguousarray(arr).view(np.uint16 if dt.itemsize == 2 else np.uint8)
-        return torch.from_numpy(raw.copy()).view(dt.torch)
-    if dt.name in ("int4", "uint4"):
-        return np.asarray(arr).astype(np.int8 if dt.name == "int4" else np.uint8)
-    return np.array(arr)  # copy: detaches from the protobuf buffer
+    """An ONNX tensor as numpy, or as torch where numpy lacks the type (bf16, fp8); sub-byte
+    types come widened (int4 as int8, float4 as float32 ...), as kiln holds them."""
+    dtypes.from_onnx(t.data_type)  # rejects types kiln has no DType for
+    value = array_to_tensor(numpy_helper.to_array(t))
+    if value.dtype in VIEWED_TORCH:
+        return value
+    return value.numpy().copy()  # copy: detaches from the protobuf buffer
 
 
 def fix_input_dims(model: onnx.ModelProto, static_dims: Mapping[str, Sequence[int | str]]) -> onnx.ModelProto:
@@ -45,7 +44,13 @@ def fix_input_dims(model: onnx.ModelProto, static_dims: Mapping[str, Sequence[in
         dims = static_dims.get(inp.name)
         if dims is None:
             continue
+        if not inp.type.HasField("tensor_type"):
+            continue
+        had_shape = inp.type.tensor_type.HasField("shape")
         shape = inp.type.tensor_type.shape
+        if not had_shape:  # rank unknown in the model: take the profile's
+            for _ in dims:
+                shape.dim.add()
         if len(shape.dim) != len(dims):
             raise ModelLoadError(f"input {inp.name!r} has rank {len(shape.dim)} in the model but the shape "
                                  f"profile gives {len(dims)} dims; give a shape with {len(shape.dim)} dims.")

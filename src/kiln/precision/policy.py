@@ -59,7 +59,7 @@ def apply_precision(graph: Graph, precision: str) -> bool:
 
 
 def _convert(const: np.ndarray | torch.Tensor, target: dtypes.DType) -> np.ndarray | torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(const)) if isinstance(const, np.ndarray) else const
+    t = torch.from_numpy(np.asarray(const, order="C")) if isinstance(const, np.ndarray) else const
     t = t.to(target.torch)
     return t.numpy() if target == dtypes.FLOAT16 else t
 

@@ -13,6 +13,7 @@ from kiln.engine.format import read_engine, write_engine
 from kiln.engine.plan import Plan
 from kiln.engine.serialize import plan_from_json, plan_to_json
 from kiln.errors import EngineFormatError, InputError
+from kiln.runtime.arrays import array_to_tensor
 from kiln.runtime.executor import Executor
 from kiln.runtime.graphs import GraphRunner
 from kiln.runtime.validate import validate_inputs
@@ -101,7 +102,7 @@ class Engine:
         if arr.dtype == object or arr.dtype.kind in "USV":
             raise InputError(f"input {name!r} has numpy dtype {arr.dtype}, which no engine input can take; "
                              "pass numeric arrays.")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return array_to_tensor(arr)
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

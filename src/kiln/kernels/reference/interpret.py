@@ -19,7 +19,7 @@ def as_tensor(value: np.ndarray | torch.Tensor, device: torch.device | str = "cp
         return value.to(device)
     arr = np.asarray(value)
     if not arr.flags.writeable or not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr).copy()
+        arr = np.asarray(arr, order="C").copy()
     return torch.from_numpy(arr).to(device)
 
 
