@@ -3,7 +3,7 @@
 conv_relu     x[N,3,8,8] -> Conv(4x3x3x3, pad 1) + bias -> Relu -> y[N,4,8,8]
 matmul_add    a[batch,16] -> MatMul(16x8) -> Add(8) -> out[batch,8]
 unsupported   a custom-domain op (com.example::Frobnicate) after a Relu
-det           a standard op kiln lacks (Det), after a Relu
+image_decoder a standard op kiln lacks (ImageDecoder), after a Relu
 """
 from __future__ import annotations
 
@@ -54,12 +54,15 @@ def unsupported() -> onnx.ModelProto:
     return _model(helper.make_graph(nodes, "custom_op", [x], [y]), (("com.example", 1),))
 
 
-def det() -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+def image_decoder() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [64])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [None, None, 3])
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Det", ["r"], ["y"], name="det")]
-    return _model(helper.make_graph(nodes, "det", [x], [y]))
+             helper.make_node("ImageDecoder", ["r"], ["y"], name="decode")]
+    model = _model(helper.make_graph(nodes, "image_decoder", [x], [y]))
+    model.opset_import[0].version = 20  # ImageDecoder is new in opset 20
+    model.ir_version = 9
+    return model
 
 
 def save(model: onnx.ModelProto, folder: Path, name: str) -> Path:

@@ -129,7 +129,7 @@ def test_missing_onnx_file(folder: Path) -> None:
 # -- models kiln cannot build ---------------------------------------------------------------------
 @pytest.mark.parametrize("make, op, reason", [
     (cli_models.unsupported, "com.example::Frobnicate", "custom domain 'com.example' is not supported"),
-    (cli_models.det, "Det", "no kiln implementation"),
+    (cli_models.image_decoder, "ImageDecoder", "no kiln implementation"),
 ])
 def test_unsupported_op(folder: Path, make, op: str, reason: str) -> None:
     path = cli_models.save(make(), folder, f"unsupported_{op.split(':')[-1]}")

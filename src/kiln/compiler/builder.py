@@ -85,10 +85,28 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
 
     say("planning memory")
-    sizes: dict[int, int] = {}
-    feeds = synthetic_inputs(plan.inputs, profiles[0], "opt", engine.device)
-    with torch.inference_mode():
-        engine.executor.run({b.slot: feeds[b.name] for b in plan.inputs}, record_sizes=sizes, device=engine.device)
-    engine.plan = engine.executor.plan = plan_memory(plan, sizes)
+    probe = _probe_sizes(engine, profiles[0])
+    if isinstance(probe, str):
+        engine.header["build"]["memory_plan"] = f"skipped: {probe}"
+    else:
+        engine.plan = engine.executor.plan = plan_memory(plan, probe)
     engine.header["build"]["seconds"] = round(time.perf_counter() - t0, 3)
     return engine
+
+
+def _probe_sizes(engine: Engine, profile) -> dict[int, int] | str:  # noqa: ANN001
+    """Each activation's bytes from one run on synthetic inputs at the opt shapes, or why
+    there is none: synthetic data is not valid input for every model (sequence inputs,
+    shape tensors, indices that must be in range); the engine is built all the same."""
+    plan = engine.plan
+    if any(b.kind != "tensor" for b in plan.inputs):
+        return "the engine has sequence or optional inputs"
+    sizes: dict[int, int] = {}
+    feeds = synthetic_inputs(plan.inputs, profile, "opt", engine.device)
+    try:
+        with torch.inference_mode():
+            engine.executor.run({b.slot: feeds[b.name] for b in plan.inputs}, record_sizes=sizes,
+                                device=engine.device)
+    except Exception as exc:  # noqa: BLE001 - the probe is advisory
+        return f"a run on synthetic inputs failed ({type(exc).__name__})"
+    return sizes

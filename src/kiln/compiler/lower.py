@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step
+from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan
 from kiln.errors import BuildError
 from kiln.ir.graph import Graph, Node, Value
 from kiln.runtime import memory
@@ -62,8 +62,8 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
         return (not n.domain and n.op in HOST_OPS and any(id(v) in host_values for v in present)
                 and all(id(v) in host_values or (v.is_const and _small(v)) for v in present))
 
-    inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"))
-                   for v in graph.inputs)
+    inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"),
+                           v.kind) for v in graph.inputs)
     steps: list[Step] = []
     for n in graph.nodes:
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
@@ -77,9 +77,11 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
         outs = tuple(slot_of(v, "activation") for v in n.outputs)
         if host:
             host_values.update(id(v) for v in n.outputs)
-        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, dict(n.attrs), n.fused_from, host, h2d))
-    outputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "activation"))
-                    for v in graph.outputs)
+        attrs, captured = _lower_bodies(n, device)
+        ins += tuple(slot_of(v, "activation") for v in captured)
+        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, attrs, n.fused_from, host, h2d, len(captured)))
+    outputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "activation"),
+                            v.kind) for v in graph.outputs)
     activation = {i for i, s in enumerate(slots) if s.kind == "activation"}
     keep = {b.slot for b in outputs}
     io = [(s.inputs, s.outputs) for s in steps]
@@ -87,6 +89,35 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
     plan = Plan(inputs, outputs, tuple(slots), tuple(steps), memory.free_lists(len(steps), lives),
                 MemoryReport(0, 0))
     return plan, consts
+
+
+def _lower_bodies(n: Node, device: str) -> tuple[dict, list[Value]]:
+    """The node's attributes with each subgraph compiled to a SubPlan, and the outer values
+    the subgraphs capture (the union, in one order: every body takes all of them)."""
+    bodies = [g for a in n.attrs.values() for g in (a if isinstance(a, list) else [a]) if isinstance(g, Graph)]
+    if not bodies:
+        return dict(n.attrs), []
+    captured: dict[int, Value] = {}
+    for g in bodies:
+        for v in g.captured_values():
+            captured.setdefault(id(v), v)
+    caps = list(captured.values())
+
+    def compile_body(g: Graph) -> SubPlan:
+        wrapper = Graph(g.name, g.opset)
+        wrapper.inputs, wrapper.nodes, wrapper.outputs = list(g.inputs) + caps, g.nodes, g.outputs
+        plan, consts = lower(wrapper, device)
+        return SubPlan(plan, consts)
+
+    attrs = {}
+    for k, a in n.attrs.items():
+        if isinstance(a, Graph):
+            attrs[k] = compile_body(a)
+        elif isinstance(a, list) and a and all(isinstance(g, Graph) for g in a):
+            attrs[k] = [compile_body(g) for g in a]
+        else:
+            attrs[k] = a
+    return attrs, caps
 
 
 def _small(v: Value) -> bool:

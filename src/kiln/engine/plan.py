@@ -19,6 +19,7 @@ class Binding:
     dtype: str                 # declared type at the boundary (the model's)
     shape: tuple[Dim, ...]     # symbolic dims as strings
     slot: int                  # slot holding the tensor inside the engine
+    kind: str = "tensor"       # "tensor" | "sequence" (list of tensors) | "optional" (value or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,15 @@ class Step:
     fused: tuple[str, ...] = ()  # source ONNX nodes folded into this step
     host: bool = False         # runs on the host on host tensors (shape arithmetic)
     h2d: tuple[int, ...] = ()  # input positions holding host values to copy to the device first
+    captures: int = 0          # trailing inputs that are outer values the step's bodies read
+
+
+@dataclass(frozen=True, slots=True)
+class SubPlan:
+    """A subgraph (If/Loop/Scan/SequenceMap body) compiled to its own plan. Its inputs are
+    the body's formal inputs followed by the outer values it captures."""
+    plan: "Plan"
+    constants: dict[str, Any]  # const_key -> tensor
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step
+from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan
 from kiln.errors import EngineFormatError
 
 _TENSOR = "$tensor"
+_SUBPLAN = "$subplan"
 
 
 def _encode_attr(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, SubPlan):
+        data, inner = plan_to_json(value.plan, prefix=f"{key}/")
+        tensors.update(inner)
+        consts = {k: _encode_attr(t, f"{key}/{k}", tensors) for k, t in value.constants.items()}
+        return {_SUBPLAN: data, "constants": consts}
     if isinstance(value, (np.ndarray, torch.Tensor)):
         t = torch.from_numpy(np.asarray(value, order="C")) if isinstance(value, np.ndarray) else value
         tensors[key] = t
@@ -33,20 +39,23 @@ def _decode_attr(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if set(value) == {_TENSOR}:
             t = tensors[value[_TENSOR]]
             return t.numpy() if t.dtype not in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2) else t
+        if set(value) == {_SUBPLAN, "constants"}:
+            consts = {k: tensors[v[_TENSOR]] for k, v in value["constants"].items()}
+            return SubPlan(plan_from_json(value[_SUBPLAN], tensors), consts)
         return {k: _decode_attr(v, tensors) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode_attr(v, tensors) for v in value]
     return value
 
 
-def plan_to_json(plan: Plan) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def plan_to_json(plan: Plan, prefix: str = "") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     tensors: dict[str, torch.Tensor] = {}
     steps = []
     for i, s in enumerate(plan.steps):
         steps.append({"name": s.name, "op": s.op, "tactic": s.tactic, "inputs": list(s.inputs),
                       "outputs": list(s.outputs), "fused": list(s.fused),
-                      "host": s.host, "h2d": list(s.h2d),
-                      "attrs": {k: _encode_attr(v, f"attr/{i}/{k}", tensors) for k, v in s.attrs.items()}})
+                      "host": s.host, "h2d": list(s.h2d), "captures": s.captures,
+                      "attrs": {k: _encode_attr(v, f"{prefix}attr/{i}/{k}", tensors) for k, v in s.attrs.items()}})
     data = {
         "inputs": [_binding(b) for b in plan.inputs],
         "outputs": [_binding(b) for b in plan.outputs],
@@ -63,13 +72,15 @@ def plan_to_json(plan: Plan) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Plan:
     try:
         return Plan(
-            inputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"]) for b in data["inputs"]),
-            outputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"]) for b in data["outputs"]),
+            inputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"], b.get("kind", "tensor"))
+                         for b in data["inputs"]),
+            outputs=tuple(Binding(b["name"], b["dtype"], tuple(b["shape"]), b["slot"], b.get("kind", "tensor"))
+                          for b in data["outputs"]),
             slots=tuple(Slot(s["name"], s["dtype"], None if s["shape"] is None else tuple(s["shape"]), s["kind"],
                              s["const_key"], s.get("host", False)) for s in data["slots"]),
             steps=tuple(Step(s["name"], s["op"], s["tactic"], tuple(s["inputs"]), tuple(s["outputs"]),
                              {k: _decode_attr(v, tensors) for k, v in s["attrs"].items()}, tuple(s["fused"]),
-                             s.get("host", False), tuple(s.get("h2d", ())))
+                             s.get("host", False), tuple(s.get("h2d", ())), s.get("captures", 0))
                         for s in data["steps"]),
             free_after=tuple(tuple(f) for f in data["free_after"]),
             memory=MemoryReport(data["memory"]["peak_bytes"], data["memory"]["total_bytes"],
@@ -80,4 +91,4 @@ def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pl
 
 
 def _binding(b: Binding) -> dict[str, Any]:
-    return {"name": b.name, "dtype": b.dtype, "shape": list(b.shape), "slot": b.slot}
+    return {"name": b.name, "dtype": b.dtype, "shape": list(b.shape), "slot": b.slot, "kind": b.kind}

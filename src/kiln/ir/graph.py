@@ -23,11 +23,12 @@ from kiln.ir.shapes import Shape
 
 
 class Value:
-    __slots__ = ("name", "dtype", "shape", "const", "_producer", "_uses")
+    __slots__ = ("name", "dtype", "shape", "const", "kind", "_producer", "_uses")
 
     def __init__(self, name: str, dtype: DType | None = None, shape: Shape | None = None,
-                 const: np.ndarray | torch.Tensor | None = None) -> None:
+                 const: np.ndarray | torch.Tensor | None = None, kind: str = "tensor") -> None:
         self.name = name
+        self.kind = kind  # "tensor", "sequence" (a list of tensors) or "optional" (a tensor/list or None)
         self.dtype = dtype
         self.shape = shape
         self.const = const
@@ -134,6 +135,25 @@ class Graph:
         self._counter = itertools.count()
         # Values captured from an enclosing graph (for subgraphs), by name.
         self.outer: dict[str, Value] = {}
+
+    def captured_values(self) -> list[Value]:
+        """Non-constant values this graph (as a subgraph) reads from enclosing graphs, nested
+        bodies included, in first-use order: they become the trailing inputs of the body."""
+        defined = {id(v) for v in self.inputs}
+        defined.update(id(o) for n in self.nodes for o in n.outputs)
+        seen: dict[int, Value] = {}
+        refs: list[Value] = []
+        for n in self.nodes:
+            refs.extend(v for v in n.inputs if v is not None)
+            for attr in n.attrs.values():
+                for g in attr if isinstance(attr, list) else [attr]:
+                    if isinstance(g, Graph):
+                        refs.extend(g.captured_values())
+        refs.extend(self.outputs)
+        for v in refs:
+            if id(v) not in defined and not v.is_const:
+                seen.setdefault(id(v), v)
+        return list(seen.values())
 
     # -- construction -------------------------------------------------------------------
     def unique_name(self, hint: str) -> str:

@@ -14,7 +14,7 @@ def verify(graph: Graph) -> None:
     most one producer that is in the graph, use lists match node inputs, and every
     output is defined."""
     defined: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.outer.values()}
-    nodes = {id(n) for n in graph.nodes}
+    nodes = {id(n) for n in _all_nodes(graph)}  # subgraph nodes may read this graph's values
     for node in graph.nodes:
         if node.graph is not graph:
             raise GraphVerifyError(f"{node!r} does not point back to its graph")
@@ -42,3 +42,13 @@ def verify(graph: Graph) -> None:
     if len(names) != len(set(names)):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise GraphVerifyError(f"value names are not unique: {dup[:5]}")
+
+
+def _all_nodes(graph: Graph) -> list:
+    out = list(graph.nodes)
+    for n in graph.nodes:
+        for attr in n.attrs.values():
+            for g in attr if isinstance(attr, list) else [attr]:
+                if isinstance(g, Graph):
+                    out.extend(_all_nodes(g))
+    return out

@@ -38,9 +38,11 @@ class KilnBackendRep(BackendRep):
         self.precision = precision
         inits = {i.name for i in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in inits]
+        self.tensor_inputs = {i.name for i in model.graph.input if i.type.HasField("tensor_type")}
         self.output_types = [o.type for o in model.graph.output]
         self._engines: dict[tuple, Any] = {}
-        if all(_static_dims(i) is not None for i in model.graph.input if i.name not in inits):
+        if all(_static_dims(i) is not None for i in model.graph.input
+               if i.name not in inits and i.type.HasField("tensor_type")):
             self._engines[None] = self._build(())
 
     def _build(self, profiles: tuple[Profile, ...]) -> Any:
@@ -50,9 +52,9 @@ class KilnBackendRep(BackendRep):
     def engine_for(self, feeds: dict[str, Any]) -> Any:
         if None in self._engines:
             return self._engines[None]
-        key = tuple((n, tuple(np.shape(v))) for n, v in feeds.items())
+        key = tuple((n, tuple(np.shape(v))) for n, v in feeds.items() if n in self.tensor_inputs)
         if key not in self._engines:
-            self._engines[key] = self._build((Profile.static(dict(key)),))
+            self._engines[key] = self._build((Profile.static(dict(key)),) if key else ())
         return self._engines[key]
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -99,7 +101,7 @@ def _to_numpy(value: Any, onnx_type: onnx.TypeProto | None = None) -> Any:
         target = onnx.helper.tensor_dtype_to_np_dtype(onnx_type.tensor_type.elem_type)
     if t.dtype in VIEWED_TORCH:
         raw = t.contiguous().view(torch.uint16 if t.dtype == torch.bfloat16 else torch.uint8).numpy()
-        if target is not None and target.kind == "V" and target.itemsize == raw.itemsize:
+        if target is not None and target.kind in "Vf" and target.itemsize == raw.itemsize:
             return raw.view(target)
         return t.float().numpy()
     arr = t.numpy()

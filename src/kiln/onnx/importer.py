@@ -79,6 +79,13 @@ def import_model(model: onnx.ModelProto, *, run_shape_inference: bool = True) ->
     return _Importer(opset).graph(model.graph, outer={})
 
 
+_KINDS = {"tensor_type": "tensor", "sequence_type": "sequence", "optional_type": "optional"}
+
+
+def _value_kind(vi: onnx.ValueInfoProto) -> str:
+    return _KINDS.get(vi.type.WhichOneof("value") or "tensor_type", "tensor")
+
+
 def _value_type(vi: onnx.ValueInfoProto) -> tuple[dtypes.DType | None, Shape | None]:
     if not vi.type.HasField("tensor_type"):
         return None, None
@@ -108,8 +115,10 @@ class _Importer:
 
         def new_value(name: str) -> Value:
             g.reserve_name(name)
-            dt, shape = _value_type(infos[name]) if name in infos else (None, None)
-            return Value(name, dt, shape)
+            if name not in infos:
+                return Value(name)
+            dt, shape = _value_type(infos[name])
+            return Value(name, dt, shape, kind=_value_kind(infos[name]))
 
         for init in gp.initializer:
             arr = tensor_to_array(init)

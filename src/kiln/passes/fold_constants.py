@@ -84,6 +84,8 @@ def _evaluate(node: Node) -> list[torch.Tensor] | None:
         results = evaluate_node(node, [as_tensor(v.const) if v is not None else None for v in node.inputs])
     except UnsupportedOpError:
         return None
+    if len(results) < len(node.outputs) or not all(isinstance(t, torch.Tensor) for t in results):
+        return None  # sequences and optionals stay runtime values
     if sum(_nbytes(t) for t in results) > max(MAX_FOLDED_BYTES, in_bytes):
         return None
     return [t.contiguous() for t in results[:len(node.outputs)]]

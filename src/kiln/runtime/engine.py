@@ -14,7 +14,7 @@ from kiln.engine.plan import Plan
 from kiln.engine.serialize import plan_from_json, plan_to_json
 from kiln.errors import EngineFormatError, InputError
 from kiln.runtime.arrays import array_to_tensor
-from kiln.runtime.executor import Executor
+from kiln.runtime.executor import Executor, constants_by_slot
 from kiln.runtime.graphs import GraphRunner
 from kiln.runtime.validate import validate_inputs
 
@@ -35,13 +35,10 @@ class Engine:
         self.device = torch.device(device)
         self.source = source
         self._constants = dict(constants)  # host copies: what host steps read and what save() writes
-        on_device = {s.const_key: self._constants[s.const_key].to(self.device)
-                     for s in plan.slots if s.kind == "const" and not s.host}
-        by_slot = {i: self._constants[s.const_key] if s.host else on_device[s.const_key]
-                   for i, s in enumerate(plan.slots) if s.kind == "const"}
-        self.executor = Executor(plan, by_slot)
-        # CUDA graphs on by default on a GPU (`kiln bench --no-cuda-graph` turns them off).
-        self.use_cuda_graphs = self.device.type == "cuda"
+        self.executor = Executor(plan, constants_by_slot(plan, self._constants, self.device), self.device)
+        # CUDA graphs on by default on a GPU (`kiln bench --no-cuda-graph` turns them off), for
+        # plans of tensors only with no control flow (whose trip counts are data on the device).
+        self.use_cuda_graphs = self.device.type == "cuda" and graphable(plan)
         self._graphs: GraphRunner | None = None
         self._strict_fp32 = header.get("build_config", {}).get("precision", "fp32") == "fp32"
 
@@ -79,7 +76,7 @@ class Engine:
         """The fast path: torch tensors in, torch tensors out (already on the engine's device)."""
         if validate:
             validate_inputs(self.plan.inputs, tensors, self.profiles)
-        feeds = {b.slot: tensors[b.name].to(self.device, non_blocking=True) for b in self.plan.inputs}
+        feeds = {b.slot: _to_device(tensors[b.name], self.device) for b in self.plan.inputs}
         slots = [b.slot for b in self.plan.outputs]
         with torch.inference_mode(), _fp32_math(self.device.type == "cuda" and self._strict_fp32):
             if self.use_cuda_graphs:
@@ -89,7 +86,7 @@ class Engine:
             else:
                 env = self.executor.run(feeds, device=self.device)
                 outs = [env[s] for s in slots]
-        return {b.name: t.to(self.device) for b, t in zip(self.plan.outputs, outs)}
+        return {b.name: _to_device(t, self.device) for b, t in zip(self.plan.outputs, outs)}
 
     def _to_tensor(self, name: str, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
@@ -111,6 +108,25 @@ class Engine:
         if self.source is not None:
             tensors[SOURCE_KEY] = torch.frombuffer(bytearray(self.source), dtype=torch.uint8)
         write_engine(path, {**self.header, "plan": data}, tensors)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (list, tuple)):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
+# Steps whose work depends on tensor data read on the host: a CUDA graph cannot replay them.
+_DATA_DEPENDENT = {"If", "Loop", "Scan", "SequenceMap", "NonZero", "Unique", "NonMaxSuppression", "Compress",
+                   "TopK", "SequenceAt", "SequenceInsert", "SequenceErase", "SplitToSequence"}
+
+
+def graphable(plan: Plan) -> bool:
+    """Whether the whole plan can be captured as one CUDA graph per input shape."""
+    return (all(b.kind == "tensor" for b in (*plan.inputs, *plan.outputs))
+            and not any(s.op in _DATA_DEPENDENT or s.captures for s in plan.steps))
 
 
 @contextlib.contextmanager

@@ -26,6 +26,9 @@ def validate_inputs(bindings: Sequence[Binding], given: Mapping[str, torch.Tenso
         raise InputError(f"input {missing[0]!r} is missing; the engine needs {', '.join(names)}.")
     for b in bindings:
         t = given[b.name]
+        if b.kind != "tensor" or not isinstance(t, torch.Tensor):
+            _check_container(b, t)
+            continue
         got = dtypes.from_torch(t.dtype).name
         if t.dtype != dtypes.from_name(b.dtype).torch:  # int4 travels as int8, float4 as float32 ...
             raise InputError(f"input {b.name!r} has dtype {got} but the engine expects {b.dtype}; "
@@ -39,6 +42,15 @@ def validate_inputs(bindings: Sequence[Binding], given: Mapping[str, torch.Tenso
                                  f"(engine shape {_fmt(b.shape)}).")
     if profiles:
         _check_profiles(bindings, given, profiles)
+
+
+def _check_container(b: Binding, value: Any) -> None:
+    ok = {"tensor": (torch.Tensor,), "sequence": (list, tuple),
+          "optional": (torch.Tensor, list, tuple, type(None))}[b.kind]
+    if not isinstance(value, ok):
+        want = {"tensor": "a tensor", "sequence": "a list of tensors",
+                "optional": "a tensor, a list of tensors or None"}[b.kind]
+        raise InputError(f"input {b.name!r} is a {type(value).__name__} but the engine expects {want}.")
 
 
 def _check_profiles(bindings: Sequence[Binding], given: Mapping[str, torch.Tensor],

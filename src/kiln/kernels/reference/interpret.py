@@ -30,8 +30,8 @@ def evaluate_node(node: Node, inputs: list[torch.Tensor | None]) -> tuple[torch.
     while inputs and inputs[-1] is None:
         inputs = inputs[:-1]
     result = op.fn(*inputs, **node.attrs)
-    if isinstance(result, torch.Tensor):
-        result = (result,)
+    if isinstance(result, torch.Tensor) or len(node.outputs) == 1 and not isinstance(result, tuple):
+        result = (result,)  # one output: a tensor, a sequence (list) or an empty optional (None)
     return tuple(result)
 
 

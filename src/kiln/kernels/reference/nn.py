@@ -1,4 +1,4 @@
-"""Neural-network layers: Conv, ConvTranspose, Gemm, MatMul, the softmax family and
+"""Neural-network layers: Conv, ConvTranspose, Gemm, MatMul, Det, the softmax family and
 the layout ops Flatten, DepthToSpace, SpaceToDepth.
 
 Pooling lives in pooling.py, normalisation layers in normalization.py.
@@ -121,6 +121,13 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if b.dim() == 1:
         y = y.squeeze(-1)
     return y
+
+
+@reference_op("Det")
+def det(x: Tensor) -> Tensor:
+    """Y = determinant of each square matrix in the last two dims of X [*, M, M]."""
+    # LU in float64: exact enough for an oracle, and torch has no half-precision det.
+    return torch.linalg.det(x.to(torch.float64)).to(x.dtype)
 
 
 def _coerced(x: Tensor, axis: int, coerce_2d: int,
