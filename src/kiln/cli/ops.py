@@ -8,7 +8,8 @@ from kiln.cli import output
 
 @click.command("ops")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON on stdout.")
-def ops(as_json: bool) -> None:
+@click.option("--missing", is_flag=True, help="List the standard ONNX ops kiln cannot run instead.")
+def ops(as_json: bool, missing: bool) -> None:
     """List the supported operators: name, lowest opset, and a one-line description.
 
     Ops in the default ONNX domain are listed by name (Conv); kiln's own fused ops by
@@ -16,7 +17,15 @@ def ops(as_json: bool) -> None:
     ops are all among them.
     """
     from kiln.kernels.reference import supported_ops
+    from kiln.onnx.support import unsupported_standard_ops
 
+    if missing:
+        names = unsupported_standard_ops()
+        if as_json:
+            output.emit_json({"count": len(names), "missing": names})
+        else:
+            output.stdout().print(f"{len(names)} standard ONNX ops kiln cannot run: {', '.join(names) or 'none'}")
+        return
     rows = [{"op": d.op, "since": d.since, "doc": d.doc}
             for d in sorted(supported_ops().values(), key=lambda d: (d.op.startswith("kiln::"), d.op))]
     if as_json:

@@ -152,7 +152,11 @@ class _Importer:
                 scope[name] = Value(name, dt, tuple(arr.shape), const=arr)
                 continue
             inputs = [lookup(n, np_) for n in np_.input]
-            outputs = [new_value(n) for n in np_.output if n]
+            # An omitted optional output keeps its position (an unread placeholder) when a later one is used.
+            out_names = list(np_.output)
+            while out_names and not out_names[-1]:
+                out_names.pop()
+            outputs = [new_value(n) if n else g.value(f"{np_.name or np_.op_type}_unused") for n in out_names]
             inner_outer = {**outer, **scope}
             attrs = {a.name: self.attribute(a, inner_outer) for a in np_.attribute}
             domain = "" if np_.domain == "ai.onnx" else np_.domain

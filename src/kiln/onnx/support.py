@@ -7,6 +7,23 @@ from kiln.ir.graph import Graph
 from kiln.kernels.reference import supported_ops
 
 
+# ai.onnx ops the importer itself consumes (they never reach the kernel table).
+IMPORTED_OPS = {"Constant": "becomes a constant value at import"}
+
+
+def supported_op_names() -> set[str]:
+    """Qualified names of every op a model may contain: the kernel table plus IMPORTED_OPS."""
+    return set(supported_ops()) | set(IMPORTED_OPS)
+
+
+def unsupported_standard_ops() -> list[str]:
+    """ai.onnx ops of the installed onnx's newest opset that kiln cannot run."""
+    import onnx
+    names = {s.name for s in onnx.defs.get_all_schemas_with_history()
+             if s.domain in ("", "ai.onnx") and not s.deprecated}
+    return sorted(names - supported_op_names())
+
+
 @dataclass(frozen=True, slots=True)
 class Unsupported:
     node: str

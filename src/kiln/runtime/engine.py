@@ -64,12 +64,12 @@ class Engine:
             if k in given:
                 raise InputError(f"input {k!r} was given twice (positionally and by name); pass it once.")
             given[k] = v
-        all_numpy = all(not isinstance(v, torch.Tensor) for v in given.values())
+        all_numpy = not any(isinstance(v, torch.Tensor) or isinstance(v, list) and v and isinstance(v[0], torch.Tensor)
+                            for v in given.values())
         tensors = {k: self._to_tensor(k, v) for k, v in given.items()}
         outputs = self.run_tensors(tensors)
         if all_numpy:
-            return {k: v.detach().cpu().numpy() if v.dtype != torch.bfloat16 else v.float().cpu().numpy()
-                    for k, v in outputs.items()}
+            return {k: _to_numpy(v) for k, v in outputs.items()}
         return outputs
 
     def run_tensors(self, tensors: Mapping[str, torch.Tensor], validate: bool = True) -> dict[str, torch.Tensor]:
@@ -88,9 +88,11 @@ class Engine:
                 outs = [env[s] for s in slots]
         return {b.name: _to_device(t, self.device) for b, t in zip(self.plan.outputs, outs)}
 
-    def _to_tensor(self, name: str, value: Any) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
+    def _to_tensor(self, name: str, value: Any) -> Any:
+        if value is None or isinstance(value, torch.Tensor):
             return value
+        if isinstance(value, (list, tuple)) and self._kind(name) == "sequence":
+            return [self._to_tensor(name, v) for v in value]
         try:
             arr = np.asarray(value)
         except Exception:  # noqa: BLE001
@@ -101,6 +103,9 @@ class Engine:
                              "pass numeric arrays.")
         return array_to_tensor(arr)
 
+    def _kind(self, name: str) -> str:
+        return next((b.kind for b in self.plan.inputs if b.name == name), "tensor")
+
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         data, tensors = plan_to_json(self.plan)
@@ -108,6 +113,15 @@ class Engine:
         if self.source is not None:
             tensors[SOURCE_KEY] = torch.frombuffer(bytearray(self.source), dtype=torch.uint8)
         write_engine(path, {**self.header, "plan": data}, tensors)
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    if isinstance(value, (list, tuple)):
+        return [_to_numpy(v) for v in value]
+    return value
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

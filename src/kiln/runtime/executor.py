@@ -51,6 +51,8 @@ class Body:
             feeds = {b.slot: v for b, v in zip(self.plan.inputs, values)}
             env = self.executor.run(feeds, device=self.device)
             return [env[b.slot] for b in self.plan.outputs]
+        run.num_outputs = len(self.plan.outputs)  # type: ignore[attr-defined]
+        run.output_dtypes = [b.dtype for b in self.plan.outputs]  # type: ignore[attr-defined]
         return run
 
 
@@ -134,6 +136,9 @@ class Executor:
             if isinstance(result, torch.Tensor) or len(step.outputs) == 1 and not isinstance(result, tuple):
                 result = (result,)
             for slot, t in zip(step.outputs, result):
+                if device is not None and not step.host and isinstance(t, torch.Tensor) \
+                        and t.device.type != device.type:
+                    t = t.to(device)  # ops with no tensor inputs (RandomUniform ...) make theirs on the host
                 env[slot] = t
                 if record_sizes is not None and isinstance(t, torch.Tensor):
                     record_sizes[slot] = t.numel() * t.element_size()

@@ -31,8 +31,12 @@ def if_(cond: Tensor, *, then_branch: Body, else_branch: Body) -> tuple[Any, ...
     return tuple(branch())
 
 
-def _stack(parts: list[Tensor]) -> Tensor:
-    return torch.stack(parts) if parts else torch.zeros(0)
+def _empty_scan(body: Body, index: int, device: torch.device) -> Tensor:
+    """A scan output of a loop that ran zero times: no rows, in the body's declared type."""
+    from kiln.ir.dtypes import from_name
+    names = getattr(body, "output_dtypes", None)
+    dt = from_name(names[index]).torch if names else torch.float32
+    return torch.zeros(0, dtype=dt, device=device)
 
 
 @reference_op("Loop")
@@ -45,19 +49,22 @@ def loop(*inputs: Any, body: Body) -> tuple[Any, ...]:
     dev = _device(inputs)
     trips = int(m.reshape(-1)[0]) if m is not None else None
     keep = bool(cond.reshape(-1)[0]) if cond is not None else True
-    scans: list[list[Tensor]] = []
+    n_scans = getattr(body, "num_outputs", 1 + len(carried)) - 1 - len(carried)
+    scans: list[list[Tensor]] = [[] for _ in range(n_scans)]
     i = 0
     while keep and (trips is None or i < trips):
         outs = body(torch.tensor(i, dtype=torch.int64, device=dev), torch.tensor(keep, device=dev), *carried)
         keep = bool(outs[0].reshape(-1)[0])
         carried = list(outs[1:1 + len(carried)])
         step_scans = outs[1 + len(carried):]
-        if not scans:
+        if len(scans) < len(step_scans):
             scans = [[] for _ in step_scans]
         for acc, t in zip(scans, step_scans):
             acc.append(t)
         i += 1
-    return tuple(carried) + tuple(_stack(acc) for acc in scans)
+    first_scan = 1 + len(carried)
+    return tuple(carried) + tuple(torch.stack(acc) if acc else _empty_scan(body, first_scan + k, dev)
+                                  for k, acc in enumerate(scans))
 
 
 def _scan_once(states: list[Tensor], xs: list[Tensor], body: Body, num_scan_inputs: int,

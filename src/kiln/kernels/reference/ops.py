@@ -9,6 +9,7 @@ from kiln.kernels.reference import (  # noqa: F401
     fused,
     indexing,
     losses,
+    ngram,
     nn,
     normalization,
     pooling,

@@ -2,7 +2,8 @@
 
 Design note: every supported mode is separable, so the op resizes one axis at a time.
 For each axis it builds, on the device, the taps (source indices [out, T]) and their
-weights [out, T]: nearest has one tap of weight 1, linear two, cubic four. The axis
+weights [out, T]: nearest has one tap of weight 1, linear two, cubic four (more with
+antialias on a shrinking axis, where the kernel is stretched by 1/scale). The axis
 is then gathered and summed with the weights. One routine thus covers every
 coordinate transformation mode, any rank and the `axes` attribute. Nearest copies
 values exactly, so it keeps integer dtypes exact too; linear and cubic work in float64.
@@ -14,7 +15,6 @@ from typing import Sequence
 
 import torch
 
-from kiln.errors import UnsupportedOpError
 from kiln.kernels.reference.common import as_ints, norm_axes
 from kiln.kernels.reference.registry import reference_op
 
@@ -23,24 +23,32 @@ Tensor = torch.Tensor
 
 def _source_coords(out_len: int, in_len: int, scale: float, mode: str,
                    roi: tuple[float, float], device: torch.device) -> Tensor:
-    """x_original for each output position (float64 [out]), per coordinate_transformation_mode."""
+    """x_original for each output position (float64 [out]), per coordinate_transformation_mode.
+
+    As in the spec, align_corners and tf_crop_and_resize divide by the real-valued
+    resized length `scale * in_len`, which differs from `out_len` when it is fractional.
+    """
     x = torch.arange(out_len, dtype=torch.float64, device=device)
+    length = scale * in_len
     if mode == "half_pixel":
         return (x + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        adjust = out_len / (scale * in_len)
+        adjust = out_len / length
         return in_len / 2 * (1 - adjust) + (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out_len > 1 else torch.zeros_like(x)
+        # The spec's 0 for a resized length of 1 (onnx's reference uses -0.5; ORT the spec).
+        return (x + 0.5) / scale - 0.5 if length > 1 else torch.zeros_like(x)
     if mode == "align_corners":
-        return x * (in_len - 1) / (out_len - 1) if out_len > 1 else torch.zeros_like(x)
+        return x * (in_len - 1) / (length - 1) if length != 1 else torch.zeros_like(x)
     if mode == "asymmetric":
         return x / scale
+    if mode == "tf_half_pixel_for_nn":  # opsets 11-12 only
+        return (x + 0.5) / scale
     if mode == "tf_crop_and_resize":
         start, end = roi
-        if out_len > 1:
-            return start * (in_len - 1) + x * (end - start) * (in_len - 1) / (out_len - 1)
-        return torch.full_like(x, 0.5 * (start + end) * (in_len - 1))
+        if length != 1:
+            return start * (in_len - 1) + x * (end - start) * (in_len - 1) / (length - 1)
+        return torch.full_like(x, start * (in_len - 1) + (end - start) * (in_len - 1) / 2)
     raise ValueError(f"unknown Resize coordinate_transformation_mode {mode!r}")
 
 
@@ -56,42 +64,54 @@ def _nearest(x: Tensor, nearest_mode: str) -> Tensor:
     raise ValueError(f"unknown Resize nearest_mode {nearest_mode!r}")
 
 
-def _cubic_weights(t: Tensor, a: float) -> Tensor:
-    """Keys cubic convolution weights [out, 4] for taps floor(x) - 1 .. floor(x) + 2."""
-    d = torch.stack([t + 1, t, 1 - t, 2 - t], dim=-1)  # distance to each tap
+def _kernel(d: Tensor, mode: str, a: float) -> Tensor:
+    """Interpolation kernel at distances d: the triangle (linear) or Keys cubic (cubic)."""
+    d = d.abs()
+    if mode == "linear":
+        return (1 - d).clamp(min=0)
     near = ((a + 2) * d - (a + 3)) * d * d + 1
     far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return torch.where(d <= 1, near, far)
+    return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
 
 
-def _taps(x: Tensor, in_len: int, mode: str, nearest_mode: str, cubic_coeff_a: float,
-          exclude_outside: int) -> tuple[Tensor, Tensor]:
-    """(indices [out, T], weights [out, T]) interpolating at source coordinates x."""
+def _taps(x: Tensor, in_len: int, scale: float, attrs: dict) -> tuple[Tensor, Tensor]:
+    """(indices [out, T], weights [out, T]) interpolating at source coordinates x.
+
+    Linear has taps floor(x) + 0..1 and cubic floor(x) - 1..2. With antialias and a
+    shrinking axis the kernel is stretched by 1/scale (more taps, weights normalised
+    to sum 1), so that every input sample contributes, as the spec's reference does.
+    """
+    mode = attrs["mode"]
     if mode == "nearest":
-        return _nearest(x, nearest_mode).unsqueeze(1), torch.ones_like(x).unsqueeze(1)
-    base = x.floor()
-    t = x - base
-    if mode == "linear":
-        idx = torch.stack([base, base + 1], dim=-1)
-        w = torch.stack([1 - t, t], dim=-1)
-    elif mode == "cubic":
-        idx = base.unsqueeze(-1) + torch.arange(-1, 3, dtype=x.dtype, device=x.device)
-        w = _cubic_weights(t, cubic_coeff_a)
-        if exclude_outside:
-            # Taps outside the input get no weight; the rest are renormalised.
-            w = torch.where((idx >= 0) & (idx <= in_len - 1), w, torch.zeros_like(w))
-            w = w / w.sum(dim=-1, keepdim=True)
-    else:
+        return _nearest(x, attrs["nearest_mode"]).unsqueeze(1), torch.ones_like(x).unsqueeze(1)
+    if mode not in ("linear", "cubic"):
         raise ValueError(f"Resize mode must be nearest, linear or cubic; got {mode!r}")
+    stretch = attrs["antialias"] and scale < 1
+    s = scale if stretch else 1.0
+    radius = 1 if mode == "linear" else 2
+    start = math.floor(-radius / s) + 1
+    offsets = torch.arange(start, 1 - start + 1, dtype=x.dtype, device=x.device)
+    base = x.floor()
+    idx = base.unsqueeze(-1) + offsets
+    w = _kernel((offsets - (x - base).unsqueeze(-1)) * s, mode, attrs["cubic_coeff_a"])
+    if attrs["exclude_outside"]:
+        # Taps outside the input get no weight; the rest are renormalised below.
+        w = torch.where((idx >= 0) & (idx <= in_len - 1), w, torch.zeros_like(w))
+    if stretch or attrs["exclude_outside"]:
+        total = w.sum(dim=-1, keepdim=True)
+        w = w / torch.where(total == 0, torch.ones_like(total), total)
     return idx, w
 
 
 def _resize_axis(data: Tensor, axis: int, out_len: int, scale: float, roi: tuple[float, float],
                  attrs: dict) -> Tensor:
     in_len = data.shape[axis]
+    if out_len == 0 or in_len == 0:
+        shape = list(data.shape)
+        shape[axis] = out_len
+        return data.new_zeros(shape)
     x = _source_coords(out_len, in_len, scale, attrs["coordinate_transformation_mode"], roi, data.device)
-    idx, w = _taps(x, in_len, attrs["mode"], attrs["nearest_mode"], attrs["cubic_coeff_a"],
-                   attrs["exclude_outside"])
+    idx, w = _taps(x, in_len, scale, attrs)
     # Positions beyond the edge repeat the edge value (the spec's edge padding).
     flat = idx.clamp(0, in_len - 1).to(torch.int64).reshape(-1)
     picked = data.index_select(axis, flat)
@@ -120,8 +140,9 @@ def _plan(data: Tensor, axes: list[int], scales: list[float] | None, sizes: list
     if sizes is None:
         if scales is None:
             raise ValueError("Resize needs either the `scales` or the `sizes` input")
-        return [int(math.floor(n * s)) for n, s in zip(ins, scales)], list(scales)
-    ratios = [o / n for o, n in zip(sizes, ins)]
+        # Invalid (non-positive) scales give empty axes rather than a crash.
+        return [max(0, int(math.floor(n * s))) for n, s in zip(ins, scales)], list(scales)
+    ratios = [o / n if n else 1.0 for o, n in zip(sizes, ins)]
     if policy == "stretch":
         return list(sizes), ratios
     if policy not in ("not_larger", "not_smaller"):
@@ -139,8 +160,7 @@ def resize(x: Tensor, roi: Tensor | None = None, scales: Tensor | None = None, s
            nearest_mode: str = "round_prefer_floor") -> Tensor:
     """Y = X resampled to new sizes by nearest, linear or cubic interpolation, axis by axis.
 
-    Limitation: antialias=1 is only accepted where no axis shrinks (it then changes
-    nothing); downscaling with antialias raises UnsupportedOpError.
+    antialias=1 widens the linear/cubic kernel on shrinking axes (nearest ignores it).
     """
     ax = norm_axes(axes, x.dim()) if axes is not None else list(range(x.dim()))
     scale_list = None
@@ -148,19 +168,20 @@ def resize(x: Tensor, roi: Tensor | None = None, scales: Tensor | None = None, s
         scale_list = [float(v) for v in scales.reshape(-1).tolist()]
     size_list = as_ints(sizes) if sizes is not None and sizes.numel() > 0 else None
     out_lens, factors = _plan(x, ax, scale_list, size_list, keep_aspect_ratio_policy)
-    if antialias and mode != "nearest" and any(f < 1 for f in factors):
-        raise UnsupportedOpError("Resize with antialias=1 and downscaling is not supported by "
-                                 "kiln's reference ops; export the model with antialias=0")
     rois = [(0.0, 1.0)] * len(ax)
     if roi is not None and roi.numel() > 0:
         r = [float(v) for v in roi.reshape(-1).tolist()]
         rois = list(zip(r[: len(ax)], r[len(ax):]))
     attrs = {"coordinate_transformation_mode": coordinate_transformation_mode, "mode": mode,
              "nearest_mode": nearest_mode, "cubic_coeff_a": cubic_coeff_a,
-             "exclude_outside": exclude_outside, "extrapolation_value": extrapolation_value}
+             "exclude_outside": exclude_outside, "extrapolation_value": extrapolation_value,
+             "antialias": antialias}
     # Interpolating modes compute in float64 (as the spec's reference does) and round once.
     out = x if mode == "nearest" else x.to(torch.float64)
     for a, n, f, r in zip(ax, out_lens, factors, rois):
         if n != x.shape[a] or f != 1.0 or coordinate_transformation_mode == "tf_crop_and_resize":
             out = _resize_axis(out, a, n, f, r, attrs)
-    return out.to(x.dtype) if mode != "nearest" else out
+    if mode == "nearest" or x.dtype.is_floating_point:
+        return out.to(x.dtype)
+    info = torch.iinfo(x.dtype)  # integer inputs: round, then saturate
+    return out.round().clamp(info.min, info.max).to(x.dtype)
