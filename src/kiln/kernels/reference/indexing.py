@@ -1,4 +1,4 @@
-"""Indexing ops: Gather*, Scatter*, OneHot, NonZero, ReverseSequence, Compress, Unique.
+"""Indexing ops: Gather*, Scatter*, TensorScatter, OneHot, NonZero, ReverseSequence, Compress, Unique.
 
 ONNX indices may be negative (counted from the end of the axis); every op normalises
 them on the device with `_wrap` before handing them to torch.
@@ -77,6 +77,37 @@ def scatter_elements(data: Tensor, indices: Tensor, updates: Tensor, *, axis: in
     if reduction == "none":
         return data.scatter(ax, idx, updates)
     return data.scatter_reduce(ax, idx, updates, _SCATTER_REDUCE[reduction], include_self=True)
+
+
+@reference_op("Scatter")
+def scatter(data: Tensor, indices: Tensor, updates: Tensor, *, axis: int = 0) -> Tensor:
+    """Output = copy of data with updates written at indices along `axis` (deprecated ScatterElements)."""
+    return scatter_elements(data, indices, updates, axis=axis)
+
+
+@reference_op("TensorScatter")
+def tensor_scatter(past_cache: Tensor, update: Tensor, write_indices: Tensor | None = None, *,
+                   mode: str = "linear", axis: int = -2) -> Tensor:
+    """present_cache = past_cache with `update` written along `axis` from write_indices[batch] on.
+
+    A KV-cache append: update differs from the cache only in the `axis` dim (the
+    sequence). Each batch entry b writes at write_indices[b] + i (default 0); in
+    "circular" mode that position wraps modulo the cache's length.
+    """
+    if mode not in ("linear", "circular"):
+        raise ValueError(f"TensorScatter mode must be linear or circular; got {mode!r}")
+    ax = norm_axis(axis, past_cache.dim())
+    if ax == 0:
+        raise ValueError("TensorScatter axis must not be the batch axis 0")
+    size, steps = past_cache.shape[ax], update.shape[ax]
+    start = (write_indices.to(torch.int64) if write_indices is not None
+             else torch.zeros(past_cache.shape[0], dtype=torch.int64, device=past_cache.device))
+    pos = start.reshape(-1, 1) + torch.arange(steps, device=past_cache.device)  # [B, steps]
+    if mode == "circular":
+        pos = pos.remainder(size)
+    view = [1] * past_cache.dim()
+    view[0], view[ax] = pos.shape[0], steps
+    return past_cache.scatter(ax, pos.reshape(view).expand(update.shape), update.to(past_cache.dtype))
 
 
 @reference_op("ScatterND")

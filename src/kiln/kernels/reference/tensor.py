@@ -1,5 +1,5 @@
 """Shape and layout ops: Shape, Size, Reshape, Transpose, (Un)Squeeze, Concat, Split,
-Slice, Expand, Tile, Pad, ConstantOfShape, Range, Trilu, EyeLike.
+Slice, Expand, Tile, Pad, CenterCropPad, ConstantOfShape, Range, Trilu, EyeLike.
 
 Shape-defining inputs (Reshape's `shape`, Slice's `starts` ...) are read to the host:
 they decide output shapes. Results may be views of the inputs (Reshape, Transpose,
@@ -67,8 +67,11 @@ def squeeze(data: Tensor, axes: Tensor | None = None) -> Tensor:
 @reference_op("Unsqueeze")
 def unsqueeze(data: Tensor, axes: Tensor) -> Tensor:
     """Expanded = data with size-1 dims inserted at `axes` (positions in the output)."""
-    out_rank = data.dim() + len(as_ints(axes))
-    dims = set(norm_axes(as_ints(axes), out_rank))
+    axes_list = as_ints(axes)
+    out_rank = data.dim() + len(axes_list)
+    dims = set(norm_axes(axes_list, out_rank))
+    if len(dims) != len(axes_list):
+        raise ValueError(f"Unsqueeze axes {axes_list} repeat an axis of the rank-{out_rank} output")
     it = iter(data.shape)
     return data.reshape([1 if i in dims else next(it) for i in range(out_rank)])
 
@@ -201,6 +204,30 @@ def pad(data: Tensor, pads: Tensor, constant_value: Tensor | None = None, axes: 
     return out
 
 
+@reference_op("CenterCropPad")
+def center_crop_pad(x: Tensor, shape: Tensor, *, axes: Sequence[int] | None = None) -> Tensor:
+    """Output = input center-cropped or zero-padded to `shape` on `axes` (default all).
+
+    An odd difference puts the extra row at the end: a crop starts at floor(d/2) and a
+    pad adds floor(d/2) before.
+    """
+    target = as_ints(shape)
+    ax = norm_axes(axes, x.dim()) if axes is not None else list(range(x.dim()))
+    if len(target) != len(ax):
+        raise ValueError(f"CenterCropPad got shape {target} for {len(ax)} axes; need one size per axis")
+    out_shape, dst = list(x.shape), [slice(None)] * x.dim()
+    for a, size in zip(ax, target):
+        n = x.shape[a]
+        if size < n:
+            x = x.narrow(a, (n - size) // 2, size)
+        elif size > n:
+            dst[a] = slice((size - n) // 2, (size - n) // 2 + n)
+        out_shape[a] = size
+    out = torch.zeros(out_shape, dtype=x.dtype, device=x.device)
+    out[tuple(dst)] = x
+    return out
+
+
 @reference_op("ConstantOfShape")
 def constant_of_shape(x: Tensor, *, value: np.ndarray | None = None) -> Tensor:
     """Output = tensor of shape `input` filled with `value` (default float32 zero)."""
@@ -215,6 +242,8 @@ def constant_of_shape(x: Tensor, *, value: np.ndarray | None = None) -> Tensor:
 def range_(start: Tensor, limit: Tensor, delta: Tensor) -> Tensor:
     """Output = [start, start + delta, ...) up to limit, in start's dtype."""
     s, lim, d = as_scalar(start), as_scalar(limit), as_scalar(delta)
+    if d == 0:
+        raise ValueError("Range delta must not be 0")
     count = max(int(np.ceil((lim - s) / d)), 0)
     # start + i * delta in the input dtype, as the spec's loop computes it.
     steps = torch.arange(count, device=start.device).to(start.dtype)
