@@ -303,3 +303,15 @@ def _scan_batched(graph: Graph, node: Node, opset: int) -> None:
     kiln's Scan runs that form when `batched=1` (each batch row scanned on its own)."""
     if opset < 9:
         node.attrs["batched"] = 1
+
+
+@rule("CastLike")
+def _castlike_to_cast(graph: Graph, node: Node, opset: int) -> None:
+    """CastLike(x, like) with like's element type known -> Cast(x, to=type): int4, float4 ... are
+    held in wider torch types, so the kernel could not tell the target from `like` alone."""
+    like = node.input(1)
+    if like is None or like.dtype is None:
+        return
+    node.op = "Cast"
+    node.attrs["to"] = like.dtype.onnx
+    node.set_inputs([node.input(0)])

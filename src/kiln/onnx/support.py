@@ -8,7 +8,7 @@ from kiln.kernels.reference import supported_ops
 
 
 # ai.onnx ops the importer itself consumes (they never reach the kernel table).
-IMPORTED_OPS = {"Constant": "becomes a constant value at import"}
+IMPORTED_OPS = {"Constant": "becomes a constant value at import", "Upsample": "rewritten to Resize at import"}
 
 
 def supported_op_names() -> set[str]:

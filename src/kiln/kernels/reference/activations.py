@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kiln.kernels.reference.common import from_unsigned_ordered, unsigned_ordered
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
@@ -109,12 +110,14 @@ def mish(x: Tensor) -> Tensor:
 @reference_op("Clip")
 def clip(x: Tensor, min: Tensor | None = None, max: Tensor | None = None) -> Tensor:  # noqa: A002
     """Y = X limited to [min, max]; either bound may be omitted; min > max gives max."""
-    # Tensors as bounds keep the values on the device (no host read).
+    # Tensors as bounds keep the values on the device (no host read). uint16/32/64,
+    # which torch cannot compare, are clipped through order-preserving int64 keys.
+    y = unsigned_ordered(x)
     if min is not None:
-        x = torch.maximum(x, min.to(x.dtype))
+        y = torch.maximum(y, unsigned_ordered(min.to(x.dtype)))
     if max is not None:
-        x = torch.minimum(x, max.to(x.dtype))
-    return x
+        y = torch.minimum(y, unsigned_ordered(max.to(x.dtype)))
+    return from_unsigned_ordered(y, x.dtype)
 
 
 @reference_op("Shrink")
@@ -122,3 +125,9 @@ def shrink(x: Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> Tensor:
     """Y = X + bias if X < -lambd, X - bias if X > lambd, else 0."""
     zero = torch.zeros_like(x)
     return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero)).to(x.dtype)
+
+
+@reference_op("Swish")
+def swish(x: Tensor, *, alpha: float = 1.0) -> Tensor:
+    """Y = X * sigmoid(alpha * X)."""
+    return x * torch.sigmoid(alpha * x)

@@ -128,3 +128,118 @@ def to_torch_pad(pads: Sequence[int]) -> list[int]:
     for i in reversed(range(n)):
         out += [int(pads[i]), int(pads[i + n])]
     return out
+
+
+# ---------------------------------------------------------------- unsigned integers
+# torch's CPU kernels cover uint8 fully but only copies, views, comparisons for equality
+# and bitwise and/or/xor for uint16/uint32/uint64. Other ops compute on a signed stand-in.
+
+WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+_INT64_MIN = -(2 ** 63)
+
+
+def is_wide_unsigned(t: torch.Tensor) -> bool:
+    """Whether `t` is uint16/uint32/uint64, the unsigned types torch computes little with."""
+    return t.dtype in WIDE_UNSIGNED
+
+
+def unsigned_bits(t: torch.Tensor) -> torch.Tensor:
+    """`t` as int64 holding the same value modulo 2**64 (uint64 keeps its bits).
+
+    Addition, subtraction, multiplication and left shifts on the result, cast back with
+    `from_unsigned_bits`, wrap exactly as the unsigned type does.
+    """
+    if t.dtype == torch.uint64:
+        return t.view(torch.int64)
+    return t.to(torch.int64)
+
+
+def from_unsigned_bits(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of `unsigned_bits`: int64 values to `dtype`, wrapping modulo 2**bits."""
+    if dtype == torch.uint64:
+        return t.contiguous().view(torch.uint64)
+    return t.to(dtype)
+
+
+def unsigned_ordered(t: torch.Tensor) -> torch.Tensor:
+    """int64 whose signed order is the unsigned order of `t` (for max/min/compare/sort).
+
+    uint16/uint32 widen exactly; uint64 flips its sign bit. Other dtypes pass through.
+    """
+    if t.dtype == torch.uint64:
+        return torch.bitwise_xor(t.view(torch.int64), _INT64_MIN)
+    if t.dtype in WIDE_UNSIGNED:
+        return t.to(torch.int64)
+    return t
+
+
+def from_unsigned_ordered(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of `unsigned_ordered` for a result of the same values (max, min, clip)."""
+    if dtype == torch.uint64:
+        return torch.bitwise_xor(t, _INT64_MIN).contiguous().view(torch.uint64)
+    if dtype in WIDE_UNSIGNED:
+        return t.to(dtype)
+    return t
+
+
+# ---------------------------------------------------------------- sub-byte and MX types
+# kiln holds int4/int2 in int8, uint4/uint2 in uint8, float4_e2m1 and float8_e8m0 in
+# float32; these put arbitrary values onto those types' grids.
+
+
+def wrap_int_bits(t: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Integer `t` reduced modulo 2**bits into the signed or unsigned `bits`-wide range.
+
+    Two's complement wraparound, as a hardware cast keeps the low bits (200 -> int4 = -8 + 8).
+    """
+    span = 1 << bits
+    low = t.to(torch.int64) & (span - 1)
+    if signed:
+        low = low - ((low >> (bits - 1)) & 1) * span
+    return low
+
+
+def round_to_float4e2m1(x: torch.Tensor) -> torch.Tensor:
+    """float32 values on the float4 e2m1 grid {0, 0.5, 1, 1.5, 2, 3, 4, 6} (signed).
+
+    Rounds to nearest, ties to even; magnitudes past 6 and infinities saturate to 6.
+    The type has no NaN: like ml_dtypes (the onnx reference), NaN becomes -0.
+    """
+    x = x.to(torch.float32)
+    a = x.abs()
+    # Grid spacing: 0.5 below 2, 1 in [2, 4), 2 from 4. round() halves to even, and an
+    # even multiple of the spacing is exactly an even mantissa.
+    step = torch.where(a < 2, 0.5, torch.where(a < 4, 1.0, 2.0))
+    q = torch.clamp(torch.round(a / step) * step, max=6.0)
+    q = torch.where(torch.isnan(a), torch.full_like(q, -0.0), torch.copysign(q, x))
+    return q
+
+
+def round_to_float8e8m0(x: torch.Tensor, saturate: int = 1, round_mode: str = "up") -> torch.Tensor:
+    """float32 values on the float8 e8m0 grid (powers of two 2**-127 .. 2**127, NaN).
+
+    Follows the onnx reference bit for bit: the float32 exponent is kept (sign ignored,
+    zero and subnormals give 2**-127), the mantissa rounds it "up", "down" or to
+    "nearest"; NaN and infinities give NaN; without `saturate` rounding past 2**127 gives NaN.
+    """
+    if round_mode not in ("up", "down", "nearest"):
+        raise ValueError(f"round_mode must be 'up', 'down' or 'nearest', got {round_mode!r}")
+    bits = x.to(torch.float32).view(torch.int32).to(torch.int64)
+    exponent = (bits >> 23) & 0xFF
+    special = exponent == 0xFF
+    if round_mode == "up":
+        up = (bits & 0x7FFFFF) != 0
+    elif round_mode == "nearest":
+        guard = (bits & 0x400000) != 0
+        rest = (bits & 0x3FFFFF) != 0
+        up = guard & (rest | (exponent > 0))
+    else:
+        up = torch.zeros_like(special)
+    up = up & ~special
+    if saturate:
+        up = up & (exponent != 0xFE)
+    exponent = torch.where(special, 0xFF, exponent + up.to(torch.int64))
+    # 2**(e - 127) as float32 bits: a normal number for e >= 1, the subnormal 2**-127 for e = 0.
+    pattern = torch.where(exponent == 0, 1 << 22, exponent << 23).to(torch.int32)
+    value = pattern.view(torch.float32)
+    return torch.where(exponent == 0xFF, torch.full_like(value, float("nan")), value)

@@ -12,8 +12,19 @@ from typing import Callable
 
 import torch
 
-from kiln.ir.dtypes import onnx_to_torch
-from kiln.kernels.reference.common import as_scalar, float_like
+from kiln.ir.dtypes import from_onnx
+from kiln.kernels.reference.common import (
+    as_scalar,
+    float_like,
+    from_unsigned_bits,
+    from_unsigned_ordered,
+    is_wide_unsigned,
+    round_to_float4e2m1,
+    round_to_float8e8m0,
+    unsigned_bits,
+    unsigned_ordered,
+    wrap_int_bits,
+)
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
@@ -27,6 +38,34 @@ def _register_table(table: dict[str, tuple[Callable[..., Tensor], str]]) -> None
         fn.__doc__ = doc
         fn.__name__ = fn.__qualname__ = op
         reference_op(op)(fn)
+
+
+def _wrapping(impl: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """`impl` made to work on uint16/32/64 (which torch lacks kernels for): computed on
+    int64 stand-ins and cast back, so the result wraps modulo 2**bits like the unsigned type."""
+    def run(a: Tensor, b: Tensor) -> Tensor:
+        if is_wide_unsigned(a):
+            return from_unsigned_bits(impl(unsigned_bits(a), unsigned_bits(b)), a.dtype)
+        return impl(a, b)
+    return run
+
+
+def _ordered(impl: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """Comparison `impl` made to work on uint16/32/64 through order-preserving int64 keys."""
+    def run(a: Tensor, b: Tensor) -> Tensor:
+        if is_wide_unsigned(a):
+            return impl(unsigned_ordered(a), unsigned_ordered(b))
+        return impl(a, b)
+    return run
+
+
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+
+
+def _bitwise_not(x: Tensor) -> Tensor:
+    if x.dtype in _SIGNED_TWIN:  # same bits through the signed type of the same width
+        return torch.bitwise_not(x.view(_SIGNED_TWIN[x.dtype])).view(x.dtype)
+    return torch.bitwise_not(x)
 
 
 def _float_op(impl: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -62,19 +101,18 @@ _UNARY = {
     "Sign": (torch.sign, "Y = -1, 0 or 1 by the sign of X (NaN stays NaN)."),
     "IsNaN": (torch.isnan, "Y = whether X is NaN (bool)."),
     "Not": (torch.logical_not, "Y = logical not of bool X."),
-    "BitwiseNot": (torch.bitwise_not, "Y = bitwise complement of integer X."),
-    "Identity": (lambda x: x, "Y = X (the same tensor, not a copy)."),
+    "BitwiseNot": (_bitwise_not, "Y = bitwise complement of integer X."),
 }
 
 _BINARY = {
-    "Add": (torch.add, "C = A + B, broadcasting."),
-    "Sub": (torch.sub, "C = A - B, broadcasting."),
-    "Mul": (torch.mul, "C = A * B, broadcasting."),
+    "Add": (_wrapping(torch.add), "C = A + B, broadcasting; integers wrap around."),
+    "Sub": (_wrapping(torch.sub), "C = A - B, broadcasting; integers wrap around."),
+    "Mul": (_wrapping(torch.mul), "C = A * B, broadcasting; integers wrap around."),
     "Equal": (torch.eq, "C = (A == B), broadcasting, bool."),
-    "Greater": (torch.gt, "C = (A > B), broadcasting, bool."),
-    "GreaterOrEqual": (torch.ge, "C = (A >= B), broadcasting, bool."),
-    "Less": (torch.lt, "C = (A < B), broadcasting, bool."),
-    "LessOrEqual": (torch.le, "C = (A <= B), broadcasting, bool."),
+    "Greater": (_ordered(torch.gt), "C = (A > B), broadcasting, bool."),
+    "GreaterOrEqual": (_ordered(torch.ge), "C = (A >= B), broadcasting, bool."),
+    "Less": (_ordered(torch.lt), "C = (A < B), broadcasting, bool."),
+    "LessOrEqual": (_ordered(torch.le), "C = (A <= B), broadcasting, bool."),
     "And": (torch.logical_and, "C = A and B for bool tensors, broadcasting."),
     "Or": (torch.logical_or, "C = A or B for bool tensors, broadcasting."),
     "Xor": (torch.logical_xor, "C = A xor B for bool tensors, broadcasting."),
@@ -87,28 +125,84 @@ _register_table(_UNARY)
 _register_table(_BINARY)
 
 
+@reference_op("Identity")
+def identity(x: Tensor | list | None = None) -> Tensor | list | None:
+    """Y = X: the same tensor (not a copy), sequence (list) or absent optional (None)."""
+    return x
+
+
+_INT64_MAX = 2 ** 63 - 1
+
+
+def _udivmod64(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Unsigned 64-bit (quotient, remainder) of int64 bit patterns `a` / `b` (b != 0).
+
+    Long division by halves: divide a >>> 1 (now non-negative) by b, double, then fix
+    the quotient by one; a divisor of 2**63 or more gives a quotient of 0 or 1.
+    """
+    big = b < 0
+    bs = torch.where(big, torch.ones_like(b), b)
+    q = torch.div((a >> 1) & _INT64_MAX, bs, rounding_mode="trunc") << 1
+    r = a - q * bs
+    fix = (unsigned_ordered(r.view(torch.uint64)) >= unsigned_ordered(bs.view(torch.uint64))).to(torch.int64)
+    q, r = q + fix, r - fix * bs
+    qb = (unsigned_ordered(a.view(torch.uint64)) >= unsigned_ordered(b.view(torch.uint64))).to(torch.int64)
+    return torch.where(big, qb, q), torch.where(big, a - qb * b, r)
+
+
+def _int_divmod(a: Tensor, b: Tensor, fmod: bool) -> tuple[Tensor, Tensor]:
+    """(truncated quotient, remainder) of integer tensors; division by zero gives 0, 0 like numpy.
+
+    The remainder has the divisor's sign (Python %) unless `fmod` (sign of the dividend).
+    uint16/32/64 compute on int64 stand-ins.
+    """
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = torch.broadcast_tensors(a.to(dtype), b.to(dtype))
+    zero = b == 0
+    if is_wide_unsigned(a):
+        ua, ub = unsigned_bits(a), unsigned_bits(b)
+        ub = torch.where(zero, torch.ones_like(ub), ub)
+        if dtype == torch.uint64:
+            q, r = _udivmod64(ua, ub)
+        else:
+            q = torch.div(ua, ub, rounding_mode="trunc")
+            r = ua - q * ub
+        q, r = (torch.where(zero, torch.zeros_like(v), v) for v in (q, r))
+        return from_unsigned_bits(q, dtype), from_unsigned_bits(r, dtype)
+    safe = torch.where(zero, torch.ones_like(b), b)
+    q = torch.div(a, safe, rounding_mode="trunc")
+    r = torch.fmod(a, safe) if fmod else torch.remainder(a, safe)
+    return (torch.where(zero, torch.zeros_like(q), q), torch.where(zero, torch.zeros_like(r), r))
+
+
 @reference_op("Div")
 def div(a: Tensor, b: Tensor) -> Tensor:
-    """C = A / B, broadcasting; integer division truncates toward zero (as in C)."""
+    """C = A / B, broadcasting; integer division truncates toward zero (as in C), x / 0 = 0."""
     if a.dtype.is_floating_point:
         return a / b
-    return torch.div(a, b, rounding_mode="trunc")
+    return _int_divmod(a, b, fmod=False)[0]
 
 
 @reference_op("Mod")
 def mod(a: Tensor, b: Tensor, *, fmod: int = 0) -> Tensor:
     """C = A mod B: sign of the divisor (fmod=0, Python %) or of the dividend (fmod=1, C fmod)."""
-    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+    if a.dtype.is_floating_point:
+        return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+    return _int_divmod(a, b, fmod=bool(fmod))[1]
 
 
 @reference_op("Pow")
 def pow_(x: Tensor, y: Tensor) -> Tensor:
     """Z = X ** Y, broadcasting; the result keeps X's dtype whatever Y's dtype is."""
+    if is_wide_unsigned(y):
+        y = y.to(torch.float64) if x.dtype.is_floating_point else unsigned_bits(y)
     if x.dtype.is_floating_point:
         return torch.pow(x, y.to(x.dtype))
     if y.dtype.is_floating_point:
         # int base, float exponent: numpy computes in float64 and the spec casts back.
-        return torch.pow(x.to(torch.float64), y.to(torch.float64)).to(x.dtype)
+        return torch.pow(float_like(x), y.to(torch.float64)).to(x.dtype)
+    if is_wide_unsigned(x):
+        return from_unsigned_bits(torch.pow(unsigned_bits(x), y.to(torch.int64)), x.dtype)
     return torch.pow(x, y.to(x.dtype))
 
 
@@ -126,11 +220,21 @@ def is_inf(x: Tensor, *, detect_negative: int = 1, detect_positive: int = 1) -> 
 @reference_op("BitShift")
 def bit_shift(x: Tensor, y: Tensor, *, direction: str) -> Tensor:
     """Z = X << Y (direction "LEFT") or X >> Y ("RIGHT") on unsigned integers."""
+    if direction not in ("LEFT", "RIGHT"):
+        raise ValueError(f"BitShift direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+    if not is_wide_unsigned(x):
+        shift = torch.bitwise_left_shift if direction == "LEFT" else torch.bitwise_right_shift
+        return shift(x, y)
+    ux, uy = unsigned_bits(x), unsigned_bits(y)
     if direction == "LEFT":
-        return torch.bitwise_left_shift(x, y)
-    if direction == "RIGHT":
-        return torch.bitwise_right_shift(x, y)
-    raise ValueError(f"BitShift direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+        return from_unsigned_bits(torch.bitwise_left_shift(ux, uy), x.dtype)
+    if x.dtype != torch.uint64:  # widened values are non-negative: arithmetic = logical shift
+        return from_unsigned_bits(torch.bitwise_right_shift(ux, uy), x.dtype)
+    # Logical shift of 64 bits: shift arithmetically, then clear the copies of the sign bit.
+    ux, uy = torch.broadcast_tensors(ux, uy)
+    keep = torch.bitwise_left_shift(torch.ones_like(uy), 64 - uy) - 1  # low 64 - y bits
+    shifted = torch.bitwise_right_shift(ux, uy) & keep
+    return from_unsigned_bits(torch.where(uy == 0, ux, shifted), x.dtype)
 
 
 @reference_op("Where")
@@ -145,22 +249,29 @@ def _variadic(inputs: tuple[Tensor, ...], combine: Callable[[Tensor, Tensor], Te
     return functools.reduce(combine, inputs)
 
 
+def _extremum(inputs: tuple[Tensor, ...], pick: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    if inputs and is_wide_unsigned(inputs[0]):
+        keys = tuple(unsigned_ordered(t) for t in inputs)
+        return from_unsigned_ordered(_variadic(keys, pick), inputs[0].dtype)
+    return _variadic(inputs, pick)
+
+
 @reference_op("Max")
 def max_(*inputs: Tensor) -> Tensor:
     """Element-wise maximum of all inputs, broadcasting; NaN propagates."""
-    return _variadic(inputs, torch.maximum)
+    return _extremum(inputs, torch.maximum)
 
 
 @reference_op("Min")
 def min_(*inputs: Tensor) -> Tensor:
     """Element-wise minimum of all inputs, broadcasting; NaN propagates."""
-    return _variadic(inputs, torch.minimum)
+    return _extremum(inputs, torch.minimum)
 
 
 @reference_op("Sum")
 def sum_(*inputs: Tensor) -> Tensor:
     """Element-wise sum of all inputs, broadcasting."""
-    return _variadic(inputs, torch.add)
+    return _variadic(inputs, _wrapping(torch.add))
 
 
 @reference_op("Mean")
@@ -173,43 +284,146 @@ def mean(*inputs: Tensor) -> Tensor:
 _FP8_MAX = {
     torch.float8_e4m3fn: 448.0,
     torch.float8_e5m2: 57344.0,
+    torch.float8_e4m3fnuz: 240.0,
+    torch.float8_e5m2fnuz: 57344.0,
 }
+# e4m3fn without saturation: magnitudes that round past 448 (above 464, the tie that
+# rounds to even 448) become NaN. torch's own conversion saturates them instead.
+_E4M3FN_OVERFLOW = 464.0
+# Types kiln holds widened: (bits, signed) of the integer ones.
+_SUB_BYTE_INTS = {"int4": (4, True), "uint4": (4, False), "int2": (2, True), "uint2": (2, False)}
+
+
+def _to_fp8(x: Tensor, dtype: torch.dtype, saturate: int) -> Tensor:
+    """Round to a float8 type (to nearest even) with the spec's saturation table."""
+    if x.dtype.is_floating_point:
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    else:
+        xf = x.to(torch.float64)  # exact for every int32, rounds once for larger ints
+    if saturate:
+        # clamp keeps NaN and maps +-inf to the largest finite value, as the spec asks.
+        bound = _FP8_MAX[dtype]
+        xf = torch.clamp(xf, -bound, bound)
+    elif dtype == torch.float8_e4m3fn:
+        xf = torch.where(xf.abs() > _E4M3FN_OVERFLOW, torch.full_like(xf, math.nan), xf)
+    # e5m2 overflows to inf and the fnuz types to NaN on their own, as the spec asks.
+    return xf.to(dtype)
 
 
 def cast_to(x: Tensor, dtype: torch.dtype, saturate: int = 1) -> Tensor:
     """Convert `x` to `dtype` with ONNX rules (float -> int truncates, fp8 saturation)."""
     if x.dtype == dtype:
         return x
-    if dtype in _FP8_MAX:
-        xf = x if x.dtype == torch.float64 else x.to(torch.float32)
-        if saturate:
-            # clamp keeps NaN and maps +-inf to the largest finite value, as the spec asks.
-            bound = _FP8_MAX[dtype]
-            xf = torch.clamp(xf, -bound, bound)
-        elif dtype == torch.float8_e4m3fn:
-            # e4m3fn has no infinity: out-of-range values become NaN without saturation.
-            xf = torch.where(xf.abs() > _FP8_MAX[dtype], torch.full_like(xf, math.nan), xf)
-        return xf.to(dtype)
     if x.dtype in _FP8_MAX:
         x = x.to(torch.float32)
+        if x.dtype == dtype:
+            return x
+    if dtype in _FP8_MAX:
+        return _to_fp8(x, dtype, saturate)
     # torch's float -> int conversion truncates toward zero, matching the spec.
     return x.to(dtype)
+
+
+def _cast_to_held(x: Tensor, name: str, saturate: int, round_mode: str) -> Tensor | None:
+    """Cast to a type kiln holds widened (int4/uint4/int2/uint2, float4_e2m1, float8_e8m0),
+    put on that type's grid; None for any other type."""
+    if name in _SUB_BYTE_INTS:
+        bits, signed = _SUB_BYTE_INTS[name]
+        if x.dtype.is_floating_point:
+            # Float -> int truncates toward zero first (NaN/inf are undefined: they give 0).
+            xf = x.to(torch.float64)
+            x = torch.where(torch.isfinite(xf), xf, torch.zeros_like(xf)).trunc()
+        wrapped = wrap_int_bits(unsigned_bits(x) if is_wide_unsigned(x) else x, bits, signed)
+        return wrapped.to(torch.int8 if signed else torch.uint8)
+    if name == "float4_e2m1":
+        return round_to_float4e2m1(float_like(x).to(torch.float32))
+    if name == "float8_e8m0":
+        return round_to_float8e8m0(float_like(x).to(torch.float32), saturate, round_mode)
+    return None
 
 
 @reference_op("Cast")
 def cast(x: Tensor, *, to: int, saturate: int = 1, round_mode: str = "up") -> Tensor:
     """Y = X converted to the TensorProto type `to` (floats to ints truncate toward zero).
 
-    `round_mode` only concerns float8e8m0, which kiln does not support; it is accepted
-    so that models carrying the attribute still load.
+    float8 targets round to nearest even and saturate (or not) per `saturate`;
+    float8e8m0 rounds per `round_mode`. Sub-byte and MX targets come out on their grid
+    in kiln's widened holding type (int4 -> int8 with values in [-8, 7], ...).
     """
-    return cast_to(x, onnx_to_torch(to), saturate)
+    held = _cast_to_held(x, from_onnx(to).name, saturate, round_mode)
+    if held is not None:
+        return held
+    return cast_to(x, from_onnx(to).torch, saturate)
 
 
 @reference_op("CastLike")
 def cast_like(x: Tensor, target_type: Tensor, *, saturate: int = 1, round_mode: str = "up") -> Tensor:
-    """Y = X converted to the dtype of `target_type` (same rules as Cast)."""
+    """Y = X converted to the dtype of `target_type` (same rules as Cast).
+
+    Only the holding dtype of `target_type` is known here, so a widened target
+    (int4 in int8, float4_e2m1 in float32, ...) is cast to its holding type.
+    """
     return cast_to(x, target_type.dtype, saturate)
+
+
+def _held_bits(x: Tensor, name: str) -> Tensor:
+    """The raw bits (as int64, low bits) of `x` whose ONNX type is the widened `name`."""
+    if name in _SUB_BYTE_INTS:
+        bits = _SUB_BYTE_INTS[name][0]
+        return x.to(torch.int64) & ((1 << bits) - 1)
+    if name == "float4_e2m1":
+        a = x.abs()
+        # Code of |x| on the grid: 0, .5, 1, 1.5 -> 0..3, 2, 3 -> 4, 5, 4, 6 -> 6, 7.
+        code = torch.where(a < 2, a * 2, torch.where(a < 4, a + 2, a / 2 + 4)).to(torch.int64)
+        return code | (torch.signbit(x).to(torch.int64) << 3)
+    if name == "float8_e8m0":  # the float32 exponent field: 2**-127 has 0, NaN has 0xFF
+        return (x.to(torch.float32).view(torch.int32).to(torch.int64) >> 23) & 0xFF
+    raise ValueError(f"{name} is not a widened type")
+
+
+def _from_held_bits(bits: Tensor, name: str) -> Tensor:
+    """Values of the widened ONNX type `name` whose raw bits are the low bits of `bits`."""
+    if name in _SUB_BYTE_INTS:
+        width, signed = _SUB_BYTE_INTS[name]
+        return wrap_int_bits(bits, width, signed).to(torch.int8 if signed else torch.uint8)
+    if name == "float4_e2m1":
+        code = bits & 7
+        e, m = code >> 1, (code & 1).to(torch.float32)
+        mag = torch.where(e == 0, m * 0.5, torch.ldexp(1 + m * 0.5, e - 1))
+        return torch.where((bits & 8) != 0, -mag, mag)
+    if name == "float8_e8m0":
+        e = bits & 0xFF
+        pattern = torch.where(e == 0, 1 << 22, e << 23).to(torch.int32)
+        value = pattern.view(torch.float32)
+        return torch.where(e == 0xFF, torch.full_like(value, math.nan), value)
+    raise ValueError(f"{name} is not a widened type")
+
+
+def _held_name(x: Tensor, target_bits: int) -> str | None:
+    """The widened ONNX type `x` must be, given BitCast's equal widths; None if it is plain."""
+    width = torch.finfo(x.dtype).bits if x.dtype.is_floating_point else (
+        8 if x.dtype == torch.bool else torch.iinfo(x.dtype).bits)
+    if width == target_bits:
+        return None
+    by_width = {(4, torch.int8): "int4", (4, torch.uint8): "uint4", (4, torch.float32): "float4_e2m1",
+                (2, torch.int8): "int2", (2, torch.uint8): "uint2", (8, torch.float32): "float8_e8m0"}
+    name = by_width.get((target_bits, x.dtype))
+    if name is None:
+        raise ValueError(f"BitCast: input of {width} bits cannot become a {target_bits}-bit type")
+    return name
+
+
+@reference_op("BitCast")
+def bit_cast(x: Tensor, *, to: int) -> Tensor:
+    """Y = the bits of X reinterpreted as the TensorProto type `to` (same bit width, same shape)."""
+    target = from_onnx(to)
+    source = _held_name(x, target.itemsize_bits)
+    if target.torch_name != target.name:  # target held widened
+        raw = _held_bits(x, source) if source else x.view(torch.uint8).to(torch.int64)
+        return _from_held_bits(raw, target.name)
+    if source is not None:  # widened source, plain 8-bit target
+        return _held_bits(x, source).to(torch.uint8).view(target.torch)
+    return x.view(target.torch)
 
 
 @reference_op("Dropout")

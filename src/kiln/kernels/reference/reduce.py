@@ -6,11 +6,20 @@ Float reductions accumulate in float32 at least; integer sums stay integer.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from kiln.kernels.reference.common import as_ints, as_scalar, compute_dtype, norm_axes, norm_axis
+from kiln.kernels.reference.common import (
+    as_ints,
+    as_scalar,
+    compute_dtype,
+    from_unsigned_ordered,
+    norm_axes,
+    norm_axis,
+    unsigned_ordered,
+)
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
@@ -39,6 +48,26 @@ def _mean(x: Tensor, dims: list[int]) -> Tensor:
     return x.to(torch.float64).mean(dim=dims, keepdim=True)
 
 
+def _extreme(largest: bool) -> Reducer:
+    """Max (or min) over `dims`; over an empty set it is the identity of the operation
+    (-inf / the type's lowest value / False for max), as the onnx reference gives.
+    uint16/32/64, which torch cannot compare, go through order-preserving int64 keys."""
+    def run(x: Tensor, dims: list[int]) -> Tensor:
+        if any(x.shape[d] == 0 for d in dims):
+            shape = [1 if i in dims else n for i, n in enumerate(x.shape)]
+            if x.dtype == torch.bool:
+                fill: float | bool = not largest
+            elif x.dtype.is_floating_point:
+                fill = -math.inf if largest else math.inf
+            else:
+                info = torch.iinfo(x.dtype)
+                fill = info.min if largest else info.max
+            return torch.full(shape, fill, dtype=x.dtype, device=x.device)
+        pick = torch.amax if largest else torch.amin
+        return from_unsigned_ordered(pick(unsigned_ordered(x), dim=dims, keepdim=True), x.dtype)
+    return run
+
+
 def _as_float(x: Tensor) -> Tensor:
     # Integer L2 norms: numpy computes in float64 and the result is cast back.
     return x if x.is_floating_point() else x.to(torch.float64)
@@ -47,8 +76,8 @@ def _as_float(x: Tensor) -> Tensor:
 _REDUCERS: dict[str, tuple[Reducer, str]] = {
     "ReduceSum": (_sum, "sum"),
     "ReduceMean": (_mean, "mean"),
-    "ReduceMax": (lambda x, d: torch.amax(x, dim=d, keepdim=True), "maximum"),
-    "ReduceMin": (lambda x, d: torch.amin(x, dim=d, keepdim=True), "minimum"),
+    "ReduceMax": (_extreme(largest=True), "maximum"),
+    "ReduceMin": (_extreme(largest=False), "minimum"),
     "ReduceProd": (_prod, "product"),
     "ReduceL1": (lambda x, d: _sum(x.abs(), d), "sum of |x|"),
     "ReduceL2": (lambda x, d: torch.sqrt(_sum(_as_float(x) ** 2, d)), "sqrt of the sum of squares"),
