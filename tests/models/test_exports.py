@@ -5,6 +5,7 @@ No kiln compiler here: if these fail, test_models.py failures say nothing about 
 from __future__ import annotations
 
 import collections
+import shutil
 import sys
 from pathlib import Path
 
@@ -100,8 +101,11 @@ def test_tokenize_pads_to_the_longest_sentence() -> None:
     assert tokenize(["word " * 500], max_length=16)["input_ids"].shape == (1, 16)
 
 
-def test_default_model_path_reuses_its_cache(minilm_path: Path) -> None:
-    before = minilm_path.stat().st_mtime_ns
-    assert default_model_path(cache_dir=minilm_path.parent) == minilm_path
-    assert minilm_path.stat().st_mtime_ns == before
-    assert not [p for p in minilm_path.parent.iterdir() if p.name.endswith(".tmp")]
+def test_default_model_path_reuses_its_cache(minilm_path: Path, tmp_path: Path) -> None:
+    # A private copy of the cache: other test workers may be writing to the shared one.
+    cached = tmp_path / minilm_path.name
+    shutil.copy2(minilm_path, cached)
+    before = cached.stat().st_mtime_ns
+    assert default_model_path(cache_dir=tmp_path) == cached
+    assert cached.stat().st_mtime_ns == before
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name]

@@ -20,6 +20,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     s = scale if scale != 0.0 else 1.0 / math.sqrt(q.shape[-1])
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
+    if mask is not None and mask.dim() < 2:  # SDPA wants a mask with the [L, S] dims present
+        mask = mask.expand(q.shape[-2], k.shape[-2]) if mask.dim() == 0 else mask.expand(q.shape[-2], -1)
     if mask is not None and is_causal:
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, -math.inf)

@@ -116,9 +116,9 @@ _BINARY = {
     "And": (torch.logical_and, "C = A and B for bool tensors, broadcasting."),
     "Or": (torch.logical_or, "C = A or B for bool tensors, broadcasting."),
     "Xor": (torch.logical_xor, "C = A xor B for bool tensors, broadcasting."),
-    "BitwiseAnd": (torch.bitwise_and, "C = A & B bitwise, broadcasting."),
-    "BitwiseOr": (torch.bitwise_or, "C = A | B bitwise, broadcasting."),
-    "BitwiseXor": (torch.bitwise_xor, "C = A ^ B bitwise, broadcasting."),
+    "BitwiseAnd": (_wrapping(torch.bitwise_and), "C = A & B bitwise, broadcasting."),
+    "BitwiseOr": (_wrapping(torch.bitwise_or), "C = A | B bitwise, broadcasting."),
+    "BitwiseXor": (_wrapping(torch.bitwise_xor), "C = A ^ B bitwise, broadcasting."),
 }
 
 _register_table(_UNARY)

@@ -16,6 +16,7 @@ from kiln.kernels.reference.common import (
     as_scalar,
     compute_dtype,
     from_unsigned_ordered,
+    is_wide_unsigned,
     norm_axes,
     norm_axis,
     unsigned_ordered,
@@ -161,6 +162,9 @@ def top_k(x: Tensor, k: Tensor, *, axis: int = -1, largest: int = 1, sorted: int
     """
     ax = norm_axis(axis, x.dim())
     kk = int(as_scalar(k))
+    if is_wide_unsigned(x):  # torch sorts no uint16/32/64 on CUDA: sort an order-preserving int64
+        values, indices = torch.sort(unsigned_ordered(x), dim=ax, descending=bool(largest), stable=True)
+        return from_unsigned_ordered(values.narrow(ax, 0, kk), x.dtype), indices.narrow(ax, 0, kk)
     values, indices = torch.sort(x, dim=ax, descending=bool(largest), stable=True)
     return values.narrow(ax, 0, kk), indices.narrow(ax, 0, kk)
 
