@@ -44,6 +44,7 @@ class Step:
     host: bool = False         # runs on the host on host tensors (shape arithmetic)
     h2d: tuple[int, ...] = ()  # input positions holding host values to copy to the device first
     captures: int = 0          # trailing inputs that are outer values the step's bodies read
+    config: dict[str, Any] = field(default_factory=dict)  # the tactic's tuned config (see Tactic.configs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ def plan_to_json(plan: Plan, prefix: str = "") -> tuple[dict[str, Any], dict[str
     for i, s in enumerate(plan.steps):
         steps.append({"name": s.name, "op": s.op, "tactic": s.tactic, "inputs": list(s.inputs),
                       "outputs": list(s.outputs), "fused": list(s.fused),
-                      "host": s.host, "h2d": list(s.h2d), "captures": s.captures,
+                      "host": s.host, "h2d": list(s.h2d), "captures": s.captures, "config": s.config,
                       "attrs": {k: _encode_attr(v, f"{prefix}attr/{i}/{k}", tensors) for k, v in s.attrs.items()}})
     data = {
         "inputs": [_binding(b) for b in plan.inputs],
@@ -80,7 +80,8 @@ def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pl
                              s["const_key"], s.get("host", False)) for s in data["slots"]),
             steps=tuple(Step(s["name"], s["op"], s["tactic"], tuple(s["inputs"]), tuple(s["outputs"]),
                              {k: _decode_attr(v, tensors) for k, v in s["attrs"].items()}, tuple(s["fused"]),
-                             s.get("host", False), tuple(s.get("h2d", ())), s.get("captures", 0))
+                             s.get("host", False), tuple(s.get("h2d", ())), s.get("captures", 0),
+                             dict(s.get("config", {})))
                         for s in data["steps"]),
             free_after=tuple(tuple(f) for f in data["free_after"]),
             memory=MemoryReport(data["memory"]["peak_bytes"], data["memory"]["total_bytes"],

@@ -91,6 +91,9 @@ class Executor:
         self._kernels: list[Callable[..., Any]] = [get_tactic(s.tactic).kernel for s in plan.steps]
         dev = device or torch.device("cpu")
         self._attrs = [{k: _resolve(v, dev) for k, v in s.attrs.items()} for s in plan.steps]
+        for attrs, s in zip(self._attrs, plan.steps):
+            if s.config:
+                attrs["config"] = dict(s.config)
         self._has_body = [any(_is_body(v) for v in a.values()) for a in self._attrs]
 
     def run(self, feeds: dict[int, torch.Tensor], record_sizes: dict[int, int] | None = None,

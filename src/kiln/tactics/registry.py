@@ -23,6 +23,9 @@ class TacticQuery:
     device: str                              # "cpu" | "cuda"
     input_dtypes: tuple[str | None, ...]
     attrs: dict[str, Any]
+    # Dims per input (None: unknown rank; str dims are symbolic). The tuner asks again with
+    # the concrete shapes of the profile's opt point.
+    input_shapes: tuple[tuple[int | str, ...] | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,9 @@ class Tactic:
     kernel: Callable[..., Any]
     supports: Callable[[TacticQuery], bool]
     placement: str = "device"                # "host": outputs are host tensors (shape arithmetic)
+    # The tuning space, a literal list: the tuner times each config; the kernel receives the
+    # chosen one as the keyword `config`. One empty config means "nothing to tune" (and no keyword).
+    configs: tuple[dict[str, Any], ...] = ({},)
 
 
 TACTICS: dict[str, Tactic] = {}
