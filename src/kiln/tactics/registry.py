@@ -57,7 +57,7 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import attention, host  # noqa: F401  (their imports register tactics)
+    from kiln.tactics import attention, conv, host, matmul, norm, pointwise  # noqa: F401  (imports register tactics)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"
