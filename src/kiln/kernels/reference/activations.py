@@ -131,3 +131,9 @@ def shrink(x: Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> Tensor:
 def swish(x: Tensor, *, alpha: float = 1.0) -> Tensor:
     """Y = X * sigmoid(alpha * X)."""
     return x * torch.sigmoid(alpha * x)
+
+
+@reference_op("SwiGLU")
+def swiglu(a: Tensor, b: Tensor, *, alpha: float = 1.0) -> Tensor:
+    """Y = Swish_alpha(A) * B = A * sigmoid(alpha * A) * B (A and B of one shape)."""
+    return swish(a, alpha=alpha) * b

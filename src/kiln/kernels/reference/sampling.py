@@ -366,3 +366,26 @@ def max_unpool(x: Tensor, indices: Tensor, output_shape: Tensor | None = None, *
     common = tuple(slice(0, min(a, b)) for a, b in zip(shape, inferred))
     out[common] = y[common]
     return out
+
+
+@reference_op("MaxRoiPool")
+def max_roi_pool(x: Tensor, rois: Tensor, *, pooled_shape: Sequence[int], spatial_scale: float = 1.0) -> Tensor:
+    """Y[r, c] = max pooling of X[batch_r, c] over RoI r (x1, y1, x2, y2 scaled and rounded, as in
+    Caffe's RoI pooling) split into pooled_shape bins; an empty bin gives 0."""
+    ph_n, pw_n = int(pooled_shape[0]), int(pooled_shape[1])
+    n_rois, channels, height, width = rois.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    y = x.new_zeros((n_rois, channels, ph_n, pw_n))
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+        sx, sy = round(x1 * spatial_scale), round(y1 * spatial_scale)
+        ex, ey = round(x2 * spatial_scale), round(y2 * spatial_scale)
+        bin_h = max(ey - sy + 1, 1) / ph_n
+        bin_w = max(ex - sx + 1, 1) / pw_n
+        for ph in range(ph_n):
+            h0 = min(max(math.floor(ph * bin_h) + sy, 0), height)
+            h1 = min(max(math.ceil((ph + 1) * bin_h) + sy, 0), height)
+            for pw in range(pw_n):
+                w0 = min(max(math.floor(pw * bin_w) + sx, 0), width)
+                w1 = min(max(math.ceil((pw + 1) * bin_w) + sx, 0), width)
+                if h1 > h0 and w1 > w0:
+                    y[r, :, ph, pw] = x[int(b), :, h0:h1, w0:w1].amax(dim=(-2, -1))
+    return y
