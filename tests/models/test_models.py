@@ -164,3 +164,21 @@ def test_engines_round_trip_through_a_file(cases: Cases, tmp_path: Path) -> None
             mismatches += [f"{name} {key}" for key in loaded.files
                            if not np.array_equal(loaded[key], expected[name][key])]
     assert not mismatches, f"outputs of reloaded engines differ from the originals: {mismatches}"
+
+
+def test_one_engine_with_two_profiles(model_dir: Path, device: str) -> None:
+    """Two optimization profiles (batch 1..2 and 6..8) in one engine: shapes inside either run
+    and match onnxruntime; a shape between them is refused with the profiles named."""
+    model = BUILDERS["small_cnn"](model_dir)
+    profiles = tuple(kiln.Profile.from_ranges(model.profile_ranges(lo, opt, hi))
+                     for lo, opt, hi in ((1, 2, 2), (6, 8, 8)))
+    engine = kiln.build(str(model.path), kiln.BuildConfig(device=device, precision="fp32", profiles=profiles))
+    assert len(engine.profiles) == 2
+    for batch in (1, 2, 6, 8):
+        feeds = model.random_inputs(batch, seed=batch)
+        expected = _onnxruntime(model.path, feeds)
+        got = engine(**feeds)
+        for out_name, want in expected.items():
+            np.testing.assert_allclose(got[out_name], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(kiln.KilnError, match="outside the profile"):
+        engine(**model.random_inputs(4, seed=4))
