@@ -7,10 +7,10 @@ from kiln.config import BuildConfig, InputRange, Profile  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
 
 
-def build(model, config=None, progress=None):  # type: ignore[no-untyped-def]
+def build(model, config=None, progress=None, timer=None):  # type: ignore[no-untyped-def]
     """Compile an ONNX model (a path or a ModelProto) into an Engine. See kiln.compiler.builder.build."""
     from kiln.compiler.builder import build as _build
-    return _build(model, config, progress)
+    return _build(model, config, progress, timer)
 
 
 def load(path, device=None):  # type: ignore[no-untyped-def]

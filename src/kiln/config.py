@@ -75,12 +75,18 @@ class BuildConfig:
         model's static dims, and a dynamic dim not covered is an error at build time.
     dump_ir: folder where the IR is written after each pass.
     embed_source: keep the source ONNX inside the engine so `kiln rebuild` needs nothing else.
+    tune: time the candidate tactics of each layer on the target GPU and keep the fastest
+        (CPU builds never tune: they take the first supported tactic).
+    timing_cache: JSON file of tactic timings reused across builds (read, then updated);
+        like dump_ir a local build option, not stored in the engine.
     """
     precision: str = "fp32"
     device: str = "auto"
     profiles: tuple[Profile, ...] = ()
     dump_ir: str | None = None
     embed_source: bool = True
+    tune: bool = True
+    timing_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -90,10 +96,11 @@ class BuildConfig:
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "device": self.device,
-                "profiles": [p.to_json() for p in self.profiles], "embed_source": self.embed_source}
+                "profiles": [p.to_json() for p in self.profiles], "embed_source": self.embed_source,
+                "tune": self.tune}
 
     @staticmethod
     def from_json(data: Mapping) -> BuildConfig:
         return BuildConfig(precision=data["precision"], device=data["device"],
                            profiles=tuple(Profile.from_json(p) for p in data["profiles"]),
-                           embed_source=data.get("embed_source", True))
+                           embed_source=data.get("embed_source", True), tune=data.get("tune", True))

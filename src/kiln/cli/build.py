@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import time
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -51,19 +51,40 @@ def profile_from_options(shapes: str | None, min_s: str | None, opt_s: str | Non
     return (Profile.from_ranges({n: (lo[n], opt[n], hi[n]) for n in lo}),)
 
 
+# The builder's tuning messages, "tuning layer i/N", drive a progress bar.
+_TUNING = re.compile(r"tuning layer (\d+)/(\d+)$")
+
+
 @contextmanager
 def progress_display(label: str) -> Iterator[Callable[[str], None]]:
-    """A spinner with the current stage on a terminal; plain stage lines on stderr otherwise."""
+    """The current stage on a terminal (a bar while tuning); plain stage lines on stderr otherwise."""
     err = output.stderr()
-    t0 = time.perf_counter()
     if err.is_terminal:
-        with err.status(f"{label}: starting") as status:
-            yield lambda stage: status.update(f"{label}: {stage}  ({time.perf_counter() - t0:.1f} s)")
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(f"{label}: starting", total=None, count="")
+
+            def show(stage: str) -> None:
+                m = _TUNING.match(stage)
+                if m:
+                    i, n = int(m[1]), int(m[2])
+                    # Layer i is being tuned, so i - 1 are done (and the task never "finishes").
+                    bar.update(task, description=f"{label}: tuning layer", completed=i - 1, total=n,
+                               count=f"{i}/{n}")
+                else:
+                    bar.update(task, description=f"{label}: {stage}", completed=0, total=None, count="")
+            yield show
     else:
-        # In logs, one line per stage; the per-pass updates would only add noise there.
+        # In logs, one line per stage; per-pass and per-layer updates would only add noise there.
         def log(stage: str) -> None:
+            m = _TUNING.match(stage)
+            if m and m[1] != "1":
+                return
             if not stage.startswith("pass "):
-                err.print(f"{label}: {stage}", markup=False)
+                err.print(f"{label}: {stage}" if not m else f"{label}: tuning {m[2]} layers", markup=False)
         yield log
 
 
@@ -103,6 +124,7 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "peak_activation_bytes": engine.plan.memory.peak_bytes,
         "total_activation_bytes": engine.plan.memory.total_bytes,
         "passes": header["build"]["passes"],
+        "tuning": header["build"].get("tuning"),
     }
 
 
@@ -114,10 +136,22 @@ def print_summary(info: dict[str, Any]) -> None:
         ("precision", info["precision"]),
         ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
         ("build time", f"{info['build_seconds']:.2f} s"),
+        ("tuning", _tuning_line(info["tuning"])),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
         ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
                              f"(of {output.fmt_bytes(info['total_activation_bytes'])} if none were reused)"),
     ]))
+
+
+def _tuning_line(tuning: Any) -> str:
+    if not isinstance(tuning, dict):
+        return str(tuning or "off")
+    if "skipped" in tuning:
+        return f"skipped: {tuning['skipped']}"
+    rejected = tuning.get("rejected_count", len(tuning.get("rejected", ())))
+    return (f"{tuning['layers_timed']} layers timed in {tuning['seconds']:.2f} s, {tuning['cache_hits']} from the "
+            f"timing cache" + (f"; {rejected} candidate(s) rejected (see --json)" if rejected else "")
+            + (f"; stopped early: {tuning['stopped']}" if tuning.get("stopped") else ""))
 
 
 @click.command("build")
@@ -142,15 +176,22 @@ def print_summary(info: dict[str, Any]) -> None:
               help="Write the IR after each optimization pass into this folder.")
 @click.option("--no-embed-source", is_flag=True,
               help="Leave the source ONNX out of the engine (smaller file; `kiln rebuild` then needs --onnx).")
+@click.option("--timing-cache", "--timingCacheFile", "timing_cache", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Reuse tactic timings from this JSON file and add the new ones (created if absent).")
+@click.option("--no-tune", is_flag=True,
+              help="Skip timing tactics on the GPU: take the first supported one per layer (faster build).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, device: str,
           shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
-          dump_ir: Path | None, no_embed_source: bool, as_json: bool) -> None:
+          dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
+          as_json: bool) -> None:
     """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
 
     Inputs with dynamic dims need shapes: --shapes for one static shape, or
     --min-shapes/--opt-shapes/--max-shapes for a range (trtexec's --minShapes etc. are
-    accepted too). On failure nothing is written.
+    accepted too). On a GPU each layer's candidate tactics are timed at the opt shapes and
+    the fastest correct one is kept (--no-tune skips this; --timing-cache reuses timings
+    across builds). On failure nothing is written.
     """
     profiles = profile_from_options(shapes, min_shapes, opt_shapes, max_shapes)
     if dump_ir is not None:
@@ -159,7 +200,8 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision), device=device,
                          profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
-                         embed_source=not no_embed_source)
+                         embed_source=not no_embed_source, tune=not no_tune,
+                         timing_cache=None if timing_cache is None else str(timing_cache))
     engine, size = build_and_save(model, config, out)
     info = summary(engine, out, size)
     if as_json:

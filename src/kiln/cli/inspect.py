@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli import output
+from kiln.cli.build import _tuning_line
 from kiln.cli.enginefile import format_version, read_unchecked
 
 if TYPE_CHECKING:
@@ -25,9 +26,16 @@ def _layers(plan: Plan) -> list[dict[str, Any]]:
     for i, s in enumerate(plan.steps):
         outs = [{"name": plan.slots[o].name, "dtype": plan.slots[o].dtype,
                  "shape": None if plan.slots[o].shape is None else list(plan.slots[o].shape)} for o in s.outputs]
-        layers.append({"index": i, "name": s.name, "op": s.op, "tactic": s.tactic, "fused": list(s.fused),
-                       "outputs": outs})
+        layers.append({"index": i, "name": s.name, "op": s.op, "tactic": s.tactic, "config": dict(s.config),
+                       "fused": list(s.fused), "outputs": outs, "tuning": _tuning(s.tuning)})
     return layers
+
+
+def _tuning(t: Any) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {"ms": t.ms, "runner_up": t.runner_up, "runner_up_config": dict(t.runner_up_config),
+            "runner_up_ms": t.runner_up_ms, "candidates": t.candidates, "cached": t.cached}
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -97,6 +105,7 @@ def _print(r: dict[str, Any]) -> None:
                    + (" (embedded)" if src.get("embedded") else " (not embedded)")),
         ("build", f"{build.get('source_nodes', '?')} source nodes -> {len(r['layers'])} layers in "
                   f"{build.get('seconds', '?')} s"),
+        ("tuning", _tuning_line(build.get("tuning", "not recorded"))),
     ]))
     out.print(output.table("bindings", ["io", "name", "dtype", "shape"],
                            [["input", b["name"], b["dtype"], output.fmt_shape(b["shape"])] for b in r["inputs"]]
@@ -104,10 +113,7 @@ def _print(r: dict[str, Any]) -> None:
     out.print(output.table("profiles", ["#", "input", "min", "opt", "max"],
                            [[i, n, output.fmt_shape(v["min"]), output.fmt_shape(v["opt"]), output.fmt_shape(v["max"])]
                             for i, p in enumerate(r["profiles"]) for n, v in p.items()]))
-    out.print(output.table("layers", ["#", "name", "op", "tactic", "fused from", "outputs"], (
-        [l["index"], l["name"], l["op"], l["tactic"], ", ".join(l["fused"]),
-         "; ".join(f"{o['dtype']}{output.fmt_shape(o['shape'])}" for o in l["outputs"])] for l in r["layers"]),
-        right=["#"]))
+    _print_layers(out, r["layers"])
     out.print(output.table("op counts", ["op", "layers"], r["op_counts"].items(), right=["layers"]))
     m = r["memory"]
     out.print(output.key_values("memory", [
@@ -116,3 +122,33 @@ def _print(r: dict[str, Any]) -> None:
         ("weights", output.fmt_bytes(m["weights_bytes"])),
         ("embedded source", output.fmt_bytes(m["embedded_source_bytes"])),
     ]))
+
+
+def _print_layers(out: Any, layers: list[dict[str, Any]]) -> None:
+    """The layer table; with time and runner-up columns when the engine was tuned."""
+    tuned = any(l["tuning"] for l in layers)
+    head = ["#", "name", "op", "tactic", "fused from", "outputs"] + (["time", "runner-up"] if tuned else [])
+    rows = []
+    for l in layers:
+        tactic = l["tactic"] + (f" {_fmt_config(l['config'])}" if l["config"] else "")
+        row = [l["index"], l["name"], l["op"], tactic, ", ".join(l["fused"]),
+               "; ".join(f"{o['dtype']}{output.fmt_shape(o['shape'])}" for o in l["outputs"])]
+        if tuned:
+            row += _tuning_cells(l["tuning"])
+        rows.append(row)
+    out.print(output.table("layers", head, rows, right=["#", "time"]))
+
+
+def _tuning_cells(t: dict[str, Any] | None) -> list[str]:
+    if t is None:
+        return ["", ""]
+    time = "" if t["ms"] is None else f"{t['ms']:.4f} ms" + (" (cached)" if t["cached"] else "")
+    if t["runner_up"] is None:
+        return [time, "none valid" if t["candidates"] > 1 else ""]
+    cfg = f" {_fmt_config(t['runner_up_config'])}" if t["runner_up_config"] else ""
+    ru_ms = "" if t["runner_up_ms"] is None else f" {t['runner_up_ms']:.4f} ms"
+    return [time, f"{t['runner_up']}{cfg}{ru_ms}"]
+
+
+def _fmt_config(config: dict[str, Any]) -> str:
+    return "[" + ",".join(f"{k}={v}" for k, v in config.items()) + "]"

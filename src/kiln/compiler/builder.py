@@ -1,8 +1,9 @@
 """build(): the whole pipeline, in one direction.
 
 onnx file -> load + validate -> profiles -> import (shape inference at the profile's
-dims) -> supported-op check -> passes -> precision -> tactics + plan -> probe run at the
-opt shapes (real buffer sizes) -> memory plan -> Engine.
+dims) -> supported-op check -> passes -> precision -> tactics + plan -> one run at the opt
+shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pass.py),
+elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
 """
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ import torch
 from kiln import __version__
 from kiln.compiler.lower import lower, plan_memory
 from kiln.compiler.profiles import resolve_profiles
+from kiln.compiler.timer import CudaTimer, Timer
+from kiln.compiler.timing_cache import TimingCache, environment
+from kiln.compiler.tuning_pass import TuneOutcome, tune_plan
 from kiln.runtime.synthetic import synthetic_inputs
-from kiln.config import BuildConfig
+from kiln.config import BuildConfig, Profile
 from kiln.engine.device import fingerprint
+from kiln.engine.plan import Plan
 from kiln.errors import BuildError, UnsupportedOpError
 from kiln.onnx.importer import fix_input_dims, import_model
 from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
 from kiln.precision import apply_precision
-from kiln.runtime.engine import Engine
+from kiln.runtime.engine import Engine, fp32_math
 
 Progress = Callable[[str], None]
 
@@ -42,8 +47,11 @@ def resolve_device(device: str) -> str:
 
 
 def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None = None,
-          progress: Progress | None = None) -> Engine:
-    """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device."""
+          progress: Progress | None = None, timer: Timer | None = None) -> Engine:
+    """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device.
+
+    On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
+    `timer` replaces those, and makes a CPU build tune too (tests use a fake timer)."""
     config = config or BuildConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -73,6 +81,10 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
 
     say("selecting tactics")
     plan, consts = lower(graph, device)
+    tune = config.tune and (timer is not None or device == "cuda")
+    if tune:  # one run at the opt shapes: tactics timed and activation sizes recorded together
+        outcome = _tune(plan, consts, device, profiles[0], config, timer, say, graph.layout)
+        plan, probe = outcome.plan, outcome.sizes
     header = {
         "kiln_version": __version__,
         "build_config": {**config.to_json(), "device": device, "profiles": [p.to_json() for p in profiles]},
@@ -84,14 +96,27 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     }
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
 
+    if tune:
+        engine.header["build"]["tuning"] = outcome.summary
+    else:
+        engine.header["build"]["tuning"] = "off" if device == "cuda" else f"off (no tuning on {device})"
+        probe = _probe_sizes(engine, profiles[0])
     say("planning memory")
-    probe = _probe_sizes(engine, profiles[0])
     if isinstance(probe, str):
         engine.header["build"]["memory_plan"] = f"skipped: {probe}"
     else:
         engine.plan = engine.executor.plan = plan_memory(plan, probe)
     engine.header["build"]["seconds"] = round(time.perf_counter() - t0, 3)
     return engine
+
+
+def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Profile, config: BuildConfig,
+          timer: Timer | None, say: Progress, layout: str) -> TuneOutcome:
+    say("tuning")
+    cache = TimingCache(config.timing_cache, environment(device)) if config.timing_cache else None
+    # An fp32 engine runs with TF32 off (runtime/engine.py): time its kernels the same way.
+    with fp32_math(device == "cuda" and config.precision == "fp32"):
+        return tune_plan(plan, consts, device, profile, timer or CudaTimer(), cache, say, layout=layout)
 
 
 def _probe_sizes(engine: Engine, profile) -> dict[int, int] | str:  # noqa: ANN001

@@ -1,7 +1,8 @@
 """Graph -> Plan: number the tensors, pick a tactic per node, and plan memory.
 
 Tactic choice here is "first supported candidate" (faster tactics register before the
-reference ones); the auto-tuner replaces `choose_tactic` without touching the plan format.
+reference ones), with its first config. On a GPU the auto-tuner (tuning_pass.py) then
+times the candidates at the opt shapes and rewrites each step's tactic and config.
 """
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan
 from kiln.errors import BuildError
 from kiln.ir.graph import Graph, Node, Value
 from kiln.runtime import memory
-from kiln.tactics import TacticQuery, candidates, get_tactic
+from kiln.tactics import Tactic, TacticQuery, candidates
 from kiln.tactics.placement import HOST_INPUTS, HOST_OPS, MAX_HOST_CONST_ELEMENTS
 
 
-def choose_tactic(node_op: str, device: str, input_dtypes: tuple[str | None, ...], attrs: dict) -> str:
-    found = candidates(TacticQuery(node_op, device, input_dtypes, attrs))
+def choose_tactic(query: TacticQuery) -> Tactic:
+    found = candidates(query)
     if not found:
-        raise BuildError(f"no tactic can run op {node_op} on {device} with inputs {input_dtypes}; "
+        raise BuildError(f"no tactic can run op {query.op} on {query.device} with inputs {query.input_dtypes}; "
                          "build for another device or precision.")
-    return found[0].name
+    return found[0]
 
 
 def _dims(v: Value) -> tuple[int | str, ...] | None:
@@ -67,8 +68,10 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
     steps: list[Step] = []
     for n in graph.nodes:
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
-        tactic = choose_tactic(n.qualified_op, device, dts, n.attrs)
-        host = is_host_step(n, get_tactic(tactic).placement)
+        # Shapes as inferred (symbolic dims as str): the tactic must hold over the whole profile.
+        shapes = tuple(None if v is None else _dims(v) for v in n.inputs)
+        tactic = choose_tactic(TacticQuery(n.qualified_op, device, dts, n.attrs, shapes, graph.layout))
+        host = is_host_step(n, tactic.placement)
         params = HOST_INPUTS.get(n.op, ()) if not n.domain and device == "cuda" else ()
         ins = tuple(None if v is None else slot_of(v, "activation", on_host=host or i in params)
                     for i, v in enumerate(n.inputs))
@@ -79,7 +82,8 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
             host_values.update(id(v) for v in n.outputs)
         attrs, captured = _lower_bodies(n, device)
         ins += tuple(slot_of(v, "activation") for v in captured)
-        steps.append(Step(n.name, n.qualified_op, tactic, ins, outs, attrs, n.fused_from, host, h2d, len(captured)))
+        steps.append(Step(n.name, n.qualified_op, tactic.name, ins, outs, attrs, n.fused_from, host, h2d, len(captured),
+                          dict(tactic.configs[0])))
     outputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "activation"),
                             v.kind) for v in graph.outputs)
     activation = {i for i, s in enumerate(slots) if s.kind == "activation"}

@@ -11,7 +11,7 @@ from kiln.errors import DeviceMismatchError
 
 def fingerprint(device: str) -> dict[str, Any]:
     """What identifies the target: GPU name, compute capability and software versions, or "cpu"."""
-    soft = {"torch": torch.__version__, "triton": _triton_version()}
+    soft = {"torch": torch.__version__, "triton": triton_version()}
     if device == "cpu":
         return {"kind": "cpu", "name": platform.processor() or platform.machine(), **soft}
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -50,7 +50,7 @@ def _cc(fp: dict[str, Any]) -> str:
     return f"{cc[0]}.{cc[1]}"
 
 
-def _triton_version() -> str | None:
+def triton_version() -> str | None:
     try:
         import triton
         return triton.__version__

@@ -33,6 +33,17 @@ class Slot:
 
 
 @dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the auto-tuner chose a step's tactic (absent when it did not time the step)."""
+    ms: float | None           # median time of the chosen (tactic, config) at the opt shapes
+    runner_up: str | None = None  # the second fastest valid tactic, and its config and time
+    runner_up_config: dict[str, Any] = field(default_factory=dict)
+    runner_up_ms: float | None = None
+    candidates: int = 0        # (tactic, config) pairs considered
+    cached: bool = False       # the times came from the timing cache
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     name: str                  # node name, for inspect and per-layer errors
     op: str                    # qualified op ("Conv", "kiln::FusedConv")
@@ -45,6 +56,7 @@ class Step:
     h2d: tuple[int, ...] = ()  # input positions holding host values to copy to the device first
     captures: int = 0          # trailing inputs that are outer values the step's bodies read
     config: dict[str, Any] = field(default_factory=dict)  # the tactic's tuned config (see Tactic.configs)
+    tuning: Tuning | None = None  # the tuner's record (None: not timed, or an engine from before tuning)
 
 
 @dataclass(frozen=True, slots=True)

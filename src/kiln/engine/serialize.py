@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan
+from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan, Tuning
 from kiln.errors import EngineFormatError
 
 _TENSOR = "$tensor"
@@ -55,6 +55,7 @@ def plan_to_json(plan: Plan, prefix: str = "") -> tuple[dict[str, Any], dict[str
         steps.append({"name": s.name, "op": s.op, "tactic": s.tactic, "inputs": list(s.inputs),
                       "outputs": list(s.outputs), "fused": list(s.fused),
                       "host": s.host, "h2d": list(s.h2d), "captures": s.captures, "config": s.config,
+                      **({} if s.tuning is None else {"tuning": _tuning_to_json(s.tuning)}),
                       "attrs": {k: _encode_attr(v, f"{prefix}attr/{i}/{k}", tensors) for k, v in s.attrs.items()}})
     data = {
         "inputs": [_binding(b) for b in plan.inputs],
@@ -81,7 +82,7 @@ def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pl
             steps=tuple(Step(s["name"], s["op"], s["tactic"], tuple(s["inputs"]), tuple(s["outputs"]),
                              {k: _decode_attr(v, tensors) for k, v in s["attrs"].items()}, tuple(s["fused"]),
                              s.get("host", False), tuple(s.get("h2d", ())), s.get("captures", 0),
-                             dict(s.get("config", {})))
+                             dict(s.get("config", {})), _tuning_from_json(s.get("tuning")))
                         for s in data["steps"]),
             free_after=tuple(tuple(f) for f in data["free_after"]),
             memory=MemoryReport(data["memory"]["peak_bytes"], data["memory"]["total_bytes"],
@@ -93,3 +94,16 @@ def plan_from_json(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pl
 
 def _binding(b: Binding) -> dict[str, Any]:
     return {"name": b.name, "dtype": b.dtype, "shape": list(b.shape), "slot": b.slot, "kind": b.kind}
+
+
+def _tuning_to_json(t: Tuning) -> dict[str, Any]:
+    return {"ms": t.ms, "runner_up": t.runner_up, "runner_up_config": t.runner_up_config,
+            "runner_up_ms": t.runner_up_ms, "candidates": t.candidates, "cached": t.cached}
+
+
+def _tuning_from_json(data: dict[str, Any] | None) -> Tuning | None:
+    """Engines from before the tuner have no record; one from a newer kiln may have more keys."""
+    if data is None:
+        return None
+    return Tuning(data.get("ms"), data.get("runner_up"), dict(data.get("runner_up_config") or {}),
+                  data.get("runner_up_ms"), int(data.get("candidates", 0)), bool(data.get("cached", False)))

@@ -135,6 +135,8 @@ class Graph:
         self._counter = itertools.count()
         # Values captured from an enclosing graph (for subgraphs), by name.
         self.outer: dict[str, Value] = {}
+        # "nhwc": 2-D convolution regions run channels-last (passes/choose_layout.py decides).
+        self.layout: str = "nchw"
 
     def captured_values(self) -> list[Value]:
         """Non-constant values this graph (as a subgraph) reads from enclosing graphs, nested

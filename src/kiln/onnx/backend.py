@@ -5,6 +5,9 @@ Every prepare() goes through the normal build pipeline (import, passes, precisio
 plan) and returns a handle around the resulting Engine. A model whose inputs are all static
 is built at once; one with dynamic dims is built on first run for the shapes it is given
 (one static profile per input-shape signature, kept for reuse), as TensorRT's ONNX backend does.
+Builds are not auto-tuned unless `prepare(..., tune=True)`: each node then runs the first tactic
+that supports it (kiln's own kernels before the reference ones), which is what the conformance
+suite should check, without timing ~1,800 tiny engines.
 """
 from __future__ import annotations
 
@@ -32,10 +35,11 @@ def _device(device: str) -> str:
 class KilnBackendRep(BackendRep):
     """A prepared model: run(inputs) -> tuple of numpy arrays, in the graph's output order."""
 
-    def __init__(self, model: onnx.ModelProto, device: str, precision: str = "fp32") -> None:
+    def __init__(self, model: onnx.ModelProto, device: str, precision: str = "fp32", tune: bool = False) -> None:
         self.model = model
         self.device = device
         self.precision = precision
+        self.tune = tune
         inits = {i.name for i in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in inits]
         self.tensor_inputs = {i.name for i in model.graph.input if i.type.HasField("tensor_type")}
@@ -47,7 +51,8 @@ class KilnBackendRep(BackendRep):
 
     def _build(self, profiles: tuple[Profile, ...]) -> Any:
         from kiln.compiler.builder import build
-        return build(self.model, BuildConfig(precision=self.precision, device=self.device, profiles=profiles))
+        return build(self.model, BuildConfig(precision=self.precision, device=self.device, profiles=profiles,
+                                             tune=self.tune))
 
     def engine_for(self, feeds: dict[str, Any]) -> Any:
         if None in self._engines:
@@ -115,7 +120,7 @@ class KilnBackend(Backend):
 
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> KilnBackendRep:
-        return KilnBackendRep(model, _device(device), kwargs.get("precision", "fp32"))
+        return KilnBackendRep(model, _device(device), kwargs.get("precision", "fp32"), bool(kwargs.get("tune", False)))
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any) -> tuple[Any, ...]:

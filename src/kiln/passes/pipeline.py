@@ -13,6 +13,7 @@ from typing import Callable
 from kiln.ir.graph import Graph
 from kiln.ir.printer import print_graph
 from kiln.ir.verify import verify
+from kiln.passes.choose_layout import choose_layout
 from kiln.passes.eliminate_dead_code import eliminate_dead_code
 from kiln.passes.eliminate_noops import eliminate_noops
 from kiln.passes.fold_batchnorm import fold_batchnorm
@@ -30,6 +31,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fold_constants", fold_constants),            # weights/shapes computed from constants become constants
     ("eliminate_noops", eliminate_noops),          # Identity, x*1, cancelling Transposes hide patterns
     ("eliminate_dead_code", eliminate_dead_code),  # drop what folding and bypassing orphaned
+    ("choose_layout", choose_layout),              # NHWC exports' Transpose pairs out of conv chains; channels-last?
     ("fold_batchnorm", fold_batchnorm),            # BN into Conv/Gemm weights, before epilogue fusion
     ("fuse_layernorm", fuse_layernorm),            # its Sub/Pow/Div would otherwise go to pointwise
     ("fuse_gelu", fuse_gelu),                      # one Gelu node, so epilogues can take it as activation

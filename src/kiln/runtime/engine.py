@@ -78,7 +78,7 @@ class Engine:
             validate_inputs(self.plan.inputs, tensors, self.profiles)
         feeds = {b.slot: _to_device(tensors[b.name], self.device) for b in self.plan.inputs}
         slots = [b.slot for b in self.plan.outputs]
-        with torch.inference_mode(), _fp32_math(self.device.type == "cuda" and self._strict_fp32):
+        with torch.inference_mode(), fp32_math(self.device.type == "cuda" and self._strict_fp32):
             if self.use_cuda_graphs:
                 if self._graphs is None:
                     self._graphs = GraphRunner(self.executor, self.device)
@@ -144,7 +144,7 @@ def graphable(plan: Plan) -> bool:
 
 
 @contextlib.contextmanager
-def _fp32_math(strict: bool) -> Iterator[None]:
+def fp32_math(strict: bool) -> Iterator[None]:
     """An fp32 engine computes in IEEE fp32: TF32 tensor-core math is its own precision mode."""
     if not strict:
         yield

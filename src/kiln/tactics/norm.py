@@ -1,2 +1,83 @@
-"""Tactics for normalization and softmax: Triton LayerNorm / RMSNorm / Softmax kernels."""
+"""Tactics for normalization and softmax: Triton LayerNorm / RMSNorm / Softmax kernels.
+
+Each kernel views X as rows (one normalisation group each) of `cols` elements and keeps its
+math in float32. They register only where Triton imports, and run on CUDA only (the Triton
+interpreter is for tests). LayerNormalization.triton returns (Y, Mean, InvStdDev) like the
+reference, so it is right whichever outputs the node uses.
+"""
 from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from kiln.kernels import triton as kiln_triton
+from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
+
+FLOATS = ("float16", "bfloat16", "float32")
+# Rows longer than this fall back to the reference: the chunked kernel is correct for any
+# length but reads each row three times, and torch's kernels do better there.
+MAX_COLS = 65536
+
+
+def _axis(attrs: dict[str, Any], rank: int) -> int | None:
+    axis = int(attrs.get("axis", -1))
+    return axis + rank if -rank <= axis < 0 else axis if 0 <= axis < rank else None
+
+
+def _shape(query: TacticQuery, i: int) -> tuple[int | str, ...] | None:
+    shapes = query.input_shapes
+    return shapes[i] if i < len(shapes) else None
+
+
+def _cols_ok(shape: tuple[int | str, ...] | None, start: int, stop: int | None = None) -> bool:
+    """Whether the row length prod(shape[start:stop]) is 1..MAX_COLS (True if not known)."""
+    dims = shape[start:stop] if shape is not None else ()
+    if any(not isinstance(d, int) for d in dims):
+        return True
+    return 1 <= math.prod(dims) <= MAX_COLS
+
+
+def _rowwise_ok(query: TacticQuery, trailing: bool) -> bool:
+    """Shared checks: CUDA, X a float type, axis in range, row length in the kernels' domain."""
+    if query.device != "cuda" or not query.input_dtypes or query.input_dtypes[0] not in FLOATS:
+        return False
+    shape = _shape(query, 0)
+    if shape is None or len(shape) == 0:
+        return shape is None  # rank unknown: the kernel checks axis at run time
+    axis = _axis(query.attrs, len(shape))
+    if axis is None:
+        return False
+    return _cols_ok(shape, axis, None if trailing else axis + 1)
+
+
+def _supports_norm(query: TacticQuery) -> bool:
+    if int(query.attrs.get("stash_type", 1)) != 1 or not _rowwise_ok(query, trailing=True):
+        return False
+    x = _shape(query, 0)
+    if x is None:
+        return True
+    norm_rank = len(x) - _axis(query.attrs, len(x))
+    # Scale and B must broadcast over the normalised dims only (not vary per row).
+    params = [_shape(query, i) for i in (1, 2)]
+    return all(p is None or all(d == 1 for d in p[:max(0, len(p) - norm_rank)]) for p in params)
+
+
+def _supports_softmax(query: TacticQuery) -> bool:
+    return _rowwise_ok(query, trailing=bool(query.attrs.get("coerce_2d", 0)))
+
+
+def _register() -> None:
+    from kiln.kernels.triton import norm, softmax
+
+    table: list[tuple[str, Callable[..., Any], Callable[[TacticQuery], bool]]] = [
+        ("LayerNormalization", norm.layer_norm, _supports_norm),
+        ("RMSNormalization", norm.rms_norm, _supports_norm),
+        ("Softmax", softmax.softmax, _supports_softmax),
+        ("LogSoftmax", softmax.log_softmax, _supports_softmax),
+    ]
+    for op, kernel, supports in table:
+        register_tactic(Tactic(f"{op}.triton", op, 1, ("cuda",), kernel, supports, configs=norm.CONFIGS))
+
+
+if kiln_triton.available():
+    _register()

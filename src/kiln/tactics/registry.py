@@ -26,6 +26,7 @@ class TacticQuery:
     # Dims per input (None: unknown rank; str dims are symbolic). The tuner asks again with
     # the concrete shapes of the profile's opt point.
     input_shapes: tuple[tuple[int | str, ...] | None, ...] = ()
+    layout: str = "nchw"                     # the graph's layout decision (passes/choose_layout.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,49 @@
+"""Timers for the auto-tuner: `timer(fn, repeats) -> [ms per run]`.
+
+The tuner only needs the protocol, so tests pass a fake, deterministic timer and the
+selection logic runs on CPU. The real one, `CudaTimer`, times each run with its own pair
+of CUDA events after flushing the L2 cache, so every run starts cold as it would inside
+a full network (a kernel timed back to back on warm caches looks faster than it is).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any GPU's L2 (H100: 50 MB, B200: 126 MB)
+
+
+class Timer(Protocol):
+    def __call__(self, fn: Callable[[], Any], repeats: int) -> list[float]:
+        """Run `fn` `repeats` times (after any warm-up of its own); each run's time in ms."""
+        ...
+
+
+def median(times: Sequence[float]) -> float:
+    return float(statistics.median(times))
+
+
+class CudaTimer:
+    """CUDA-event timings of single runs on the current stream, each after an L2 flush."""
+
+    def __init__(self, warmup: int = 1, flush_bytes: int = L2_FLUSH_BYTES) -> None:
+        self.warmup = warmup
+        self.flush_bytes = flush_bytes
+        self._flush: torch.Tensor | None = None  # allocated on first use, freed with the timer
+
+    def __call__(self, fn: Callable[[], Any], repeats: int) -> list[float]:
+        if self._flush is None:
+            self._flush = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device="cuda")
+        for _ in range(self.warmup):
+            fn()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            self._flush.zero_()  # writes evict the kernel's inputs from L2
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in events]

@@ -1,0 +1,186 @@
+"""LayerNorm and RMSNorm over the trailing dims of X, in Triton.
+
+X is viewed as [rows, cols] (cols = prod(X.shape[axis:])). Two kernels:
+  - `_norm_block`: ROWS whole rows per program, held in registers ([ROWS, BLOCK_N], BLOCK_N =
+    next_pow2(cols), masked): one read and one write of X. Used while BLOCK_N <= BLOCK_MAX.
+  - `_norm_loop`: one row per program, walked in CHUNK-wide steps (mean, variance, write):
+    three reads of the row (the later ones mostly from L2), any length.
+Statistics are float32 (ONNX stash_type=1); Y is stored in X's dtype. LayerNorm also stores
+Mean and InvStdDev ([rows] float32), so the tactic returns all three ONNX outputs, like the
+reference op, whatever outputs the node uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# The tuning space: warps per program and rows per program (short rows only; clamped so a
+# program holds at most BLOCK_MAX elements).
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"num_warps": 4, "rows": 1},
+    {"num_warps": 8, "rows": 1},
+    {"num_warps": 16, "rows": 1},
+    {"num_warps": 4, "rows": 4},
+    {"num_warps": 8, "rows": 4},
+    {"num_warps": 4, "rows": 16},
+)
+
+BLOCK_MAX = 16384      # widest row (next_pow2) held in registers; wider rows take the loop kernel
+BLOCK_ELEMS = 8192     # at most this many elements per program when packing several short rows
+CHUNK = 4096           # loop kernel step
+
+
+@dataclass(frozen=True, slots=True)
+class RowLaunch:
+    """How a row-wise kernel is launched: chunk == 0 means the block kernel (whole rows)."""
+    rows: int          # rows per program (a power of two)
+    block_n: int       # next_pow2(cols), block kernel only
+    num_warps: int
+    chunk: int
+
+
+def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
+    """Launch shape for a [n_rows, n_cols] row-wise kernel, from a tuned config or a heuristic.
+
+    Shared by the norm and softmax kernels, which have the same row structure.
+    """
+    block_n = triton.next_power_of_2(n_cols)
+    if block_n > BLOCK_MAX:
+        return RowLaunch(1, 0, int((config or {}).get("num_warps", 16)), CHUNK)
+    if config:
+        rows, num_warps = int(config.get("rows", 1)), int(config.get("num_warps", 4))
+    else:  # untuned: ~2K elements per program, 4..16 warps by block size
+        rows = max(1, min(16, 2048 // block_n))
+        num_warps = 0
+    rows = max(1, min(rows, BLOCK_ELEMS // block_n, triton.next_power_of_2(n_rows)))
+    if not num_warps:
+        num_warps = min(16, max(4, rows * block_n // 512))
+    return RowLaunch(rows, block_n, num_warps, 0)
+
+
+@triton.jit
+def _norm_block(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, eps,
+                RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
+    cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
+    row_ok = rows < n_rows
+    col_ok = cols < n_cols
+    mask = row_ok[:, None] & col_ok[None, :]                      # [ROWS, BLOCK_N]
+    offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]    # int64: X may pass 2**31 elements
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    if RMS:
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+        xhat = x * rstd[:, None]
+    else:
+        mean = tl.sum(x, axis=1) / n_cols
+        d = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / n_cols + eps)
+        xhat = d * rstd[:, None]
+        if STATS:
+            tl.store(MEAN + rows, mean, mask=row_ok)
+            tl.store(RSTD + rows, rstd, mask=row_ok)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = xhat * w[None, :]
+    if HAS_B:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_loop(X, W, B, Y, MEAN, RSTD, n_cols, eps,
+               RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr, CHUNK: tl.constexpr):
+    row = tl.program_id(0)
+    base = row.to(tl.int64) * n_cols
+    cols = tl.arange(0, CHUNK)
+    mean = 0.0
+    if not RMS:
+        acc = tl.zeros([CHUNK], dtype=tl.float32)
+        for start in range(0, n_cols, CHUNK):
+            c = start + cols
+            acc += tl.load(X + base + c, mask=c < n_cols, other=0.0).to(tl.float32)
+        mean = tl.sum(acc, axis=0) / n_cols
+    acc2 = tl.zeros([CHUNK], dtype=tl.float32)
+    for start in range(0, n_cols, CHUNK):
+        c = start + cols
+        x = tl.load(X + base + c, mask=c < n_cols, other=0.0).to(tl.float32)
+        d = tl.where(c < n_cols, x - mean, 0.0)
+        acc2 += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc2, axis=0) / n_cols + eps)
+    if STATS:
+        tl.store(MEAN + row, mean)
+        tl.store(RSTD + row, rstd)
+    for start in range(0, n_cols, CHUNK):
+        c = start + cols
+        ok = c < n_cols
+        x = tl.load(X + base + c, mask=ok, other=0.0).to(tl.float32)
+        y = (x - mean) * rstd * tl.load(W + c, mask=ok, other=0.0).to(tl.float32)
+        if HAS_B:
+            y += tl.load(B + c, mask=ok, other=0.0).to(tl.float32)
+        tl.store(Y + base + c, y.to(Y.dtype.element_ty), mask=ok)
+
+
+def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
+    """Scale or B broadcast to the normalised shape, flat and contiguous ([cols])."""
+    if t.dim() > len(norm_shape):  # leading 1s (e.g. [1, C] for axis=-1) carry nothing
+        t = t.reshape(t.shape[t.dim() - len(norm_shape):])
+    return t.expand(norm_shape).contiguous().reshape(-1)
+
+
+def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
+            config: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Y, mean, rstd of X [rows, cols] normalised per row; mean/rstd are [rows] float32."""
+    assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
+    x = x.contiguous()
+    norm_shape = x.shape[axis:]
+    cols = norm_shape.numel()
+    rows = x.numel() // cols if cols else 0
+    wf = _per_col(w, norm_shape)
+    bf = _per_col(b, norm_shape) if b is not None else wf  # dummy pointer when HAS_B is False
+    y = torch.empty_like(x)
+    if x.numel() == 0:  # statistics of zero columns are NaN, as in the reference
+        rows = x.shape[:axis].numel()
+        nan = torch.full((rows,), float("nan"), dtype=torch.float32, device=x.device)
+        return y, nan, nan.clone()
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    p = launch_params(rows, cols, config)
+    flags = dict(RMS=rms, HAS_B=b is not None, STATS=not rms)
+    if p.chunk:
+        _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
+                            **flags)
+    else:
+        grid = (triton.cdiv(rows, p.rows),)
+        _norm_block[grid](x, wf, bf, y, mean, rstd, rows, cols, eps, ROWS=p.rows, BLOCK_N=p.block_n,
+                          num_warps=p.num_warps, **flags)
+    return y, mean, rstd
+
+
+def _axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis {axis} is out of range for a tensor of rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def layer_norm(x: Tensor, scale: Tensor, b: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
+               stash_type: int = 1, config: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """ONNX LayerNormalization: (Y, Mean, InvStdDev); Mean/InvStdDev are X.shape[:axis] + [1, ...] fp32."""
+    assert stash_type == 1, "the Triton LayerNorm keeps statistics in float32 (stash_type=1) only"
+    axis = _axis(axis, x.dim())
+    y, mean, rstd = _launch(x, scale, b, axis, float(epsilon), False, config)
+    stat_shape = tuple(x.shape[:axis]) + (1,) * (x.dim() - axis)
+    return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
+
+
+def rms_norm(x: Tensor, scale: Tensor, *, axis: int = -1, epsilon: float = 1e-5, stash_type: int = 1,
+             config: dict | None = None) -> Tensor:
+    """ONNX RMSNormalization: Y = X / sqrt(mean(X**2 over [axis, rank)) + epsilon) * Scale."""
+    assert stash_type == 1, "the Triton RMSNorm keeps statistics in float32 (stash_type=1) only"
+    return _launch(x, scale, None, _axis(axis, x.dim()), float(epsilon), True, config)[0]

@@ -1,0 +1,52 @@
+"""The agreement check between a candidate's outputs and the reference's (tolerance.py)."""
+from __future__ import annotations
+
+import torch
+
+from kiln.compiler.tolerance import mismatch
+
+G = torch.Generator().manual_seed(0)
+
+
+def test_fp32_accepts_rounding_differences_and_rejects_real_errors() -> None:
+    r = torch.randn(64, 64, generator=G)
+    assert mismatch(r + r.abs() * 1e-6, r) is None
+    assert mismatch(r + 1e-3, r) is not None
+    bad = r.clone()
+    bad[3, 5] += 0.01 * r.abs().max()
+    assert "max error" in mismatch(bad, r)
+
+
+def test_the_absolute_term_scales_with_the_tensor_s_magnitude() -> None:
+    # A sum that cancels to ~0 carries an error the size of its terms, not of the result.
+    r = torch.tensor([1000.0, 0.0, -500.0])
+    c = r + torch.tensor([0.0, 5e-3, 0.0])
+    assert mismatch(c, r) is None  # 5e-3 <= 1e-5 * 1000 + 0
+    assert mismatch(r * 1e-6 + torch.tensor([0.0, 5e-9, 0.0]), r * 1e-6) is None  # scale-free
+    assert mismatch(c * 1e-6 + torch.tensor([0.0, 1e-7, 0.0]), r * 1e-6) is not None
+
+
+def test_half_precision_is_looser() -> None:
+    r = torch.randn(128, generator=G).half()
+    c = (r.float() * 1.005).half()
+    assert mismatch(c, r) is None
+    assert mismatch((r.float() * 1.05).half(), r) is not None
+    assert mismatch(c.bfloat16(), r) is not None  # dtypes must match exactly
+
+
+def test_non_finite_values_must_match_in_place() -> None:
+    r = torch.tensor([1.0, float("nan"), float("inf"), -2.0])
+    assert mismatch(r.clone(), r) is None
+    assert mismatch(torch.tensor([1.0, 0.0, float("inf"), -2.0]), r) is not None
+    assert mismatch(torch.tensor([1.0, float("nan"), float("-inf"), -2.0]), r) is not None
+
+
+def test_integers_shapes_and_structures_compare_exactly() -> None:
+    i = torch.arange(6)
+    assert mismatch(i.clone(), i) is None and mismatch(i + 1, i) is not None
+    assert mismatch(i.reshape(2, 3), i) is not None
+    a, b = torch.ones(2), torch.zeros(2)
+    assert mismatch((a, b), (a.clone(), b.clone())) is None
+    assert mismatch((a,), (a, b)) is not None
+    assert "output 1" in mismatch((a, a), (a, b))
+    assert mismatch((a, None), (a, None)) is None

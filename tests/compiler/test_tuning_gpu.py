@@ -1,0 +1,97 @@
+"""The tuner on a real GPU: CUDA-event timings, tuned engines that agree with untuned ones,
+and a warm timing cache that times nothing. Skipped without CUDA."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+import cli_models  # noqa: E402
+
+import kiln  # noqa: E402
+from kiln.compiler.timer import CudaTimer  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_timer_times_every_run() -> None:
+    a = torch.randn(512, 512, device="cuda")
+    times = CudaTimer()(lambda: a @ a, 5)
+    assert len(times) == 5 and all(t > 0 for t in times)
+
+
+def _tuned_and_untuned(m, shapes: dict, precision: str, tmp_path: Path):  # noqa: ANN001, ANN202
+    profiles = (kiln.Profile.static(shapes),)
+    cache = str(tmp_path / "timing.json")
+    tuned = kiln.build(m, kiln.BuildConfig(device="cuda", precision=precision, profiles=profiles, timing_cache=cache))
+    plain = kiln.build(m, kiln.BuildConfig(device="cuda", precision=precision, profiles=profiles, tune=False))
+    return tuned, plain
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name, shapes", [("conv_relu", {"x": [2, 3, 8, 8]}), ("matmul_add", {"a": [64, 16]})])
+def test_a_tuned_engine_agrees_with_an_untuned_one(name: str, shapes: dict, precision: str, tmp_path: Path) -> None:
+    m = getattr(cli_models, name)()
+    tuned, plain = _tuned_and_untuned(m, shapes, precision, tmp_path)
+    summary = tuned.header["build"]["tuning"]
+    assert isinstance(summary, dict) and "stopped" not in summary, summary
+    for s in tuned.plan.steps:
+        if s.tuning is not None:
+            assert s.tuning.ms is not None and s.tuning.ms > 0 and s.tuning.candidates > 1
+    feeds = {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    got, want = tuned(**feeds), plain(**feeds)
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=tol, atol=tol * float(np.abs(want[k]).max()))
+
+
+def test_a_warm_timing_cache_times_nothing(tmp_path: Path) -> None:
+    m = cli_models.matmul_add()
+    config = kiln.BuildConfig(device="cuda", precision="fp16", profiles=(kiln.Profile.static({"a": [64, 16]}),),
+                              timing_cache=str(tmp_path / "timing.json"))
+    cold = kiln.build(m, config)
+    warm = kiln.build(m, config)
+    c, w = cold.header["build"]["tuning"], warm.header["build"]["tuning"]
+    assert w["timer_calls"] == 0 and w["cache_hits"] == w["layers_timed"] == c["layers_timed"]
+    assert [s.tactic for s in warm.plan.steps] == [s.tactic for s in cold.plan.steps]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_minilm_tuned(minilm_path: Path, tmp_path: Path, precision: str) -> None:
+    """MiniLM tuned vs untuned on the GPU; prints what the tuner did (run with -s to see it)."""
+    from kiln.models import SAMPLE_SENTENCES, tokenize
+
+    ranges = {n: ((1, 1), (8, 32), (16, 128)) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    profiles = (kiln.Profile.from_ranges(ranges),)
+    cache = str(tmp_path / "timing.json")
+    t0 = time.perf_counter()
+    tuned = kiln.build(str(minilm_path), kiln.BuildConfig(device="cuda", precision=precision, profiles=profiles,
+                                                          timing_cache=cache))
+    t1 = time.perf_counter()
+    kiln.build(str(minilm_path), kiln.BuildConfig(device="cuda", precision=precision, profiles=profiles,
+                                                  timing_cache=cache))
+    t2 = time.perf_counter()
+    plain = kiln.build(str(minilm_path), kiln.BuildConfig(device="cuda", precision=precision, profiles=profiles,
+                                                          tune=False))
+    t3 = time.perf_counter()
+    summary = tuned.header["build"]["tuning"]
+    print(f"\nMiniLM {precision}: build cold {t1 - t0:.1f} s, warm cache {t2 - t1:.1f} s, untuned {t3 - t2:.1f} s")
+    print(json.dumps(summary, indent=1))
+    for s in tuned.plan.steps:
+        if s.tuning is not None:
+            print(f"  {s.name:40s} {s.tactic} {s.config or ''} {s.tuning.ms:.4f} ms; runner-up {s.tuning.runner_up} "
+                  f"{s.tuning.runner_up_config or ''} {s.tuning.runner_up_ms}")
+    assert "stopped" not in summary, summary["stopped"]
+    feeds = tokenize(SAMPLE_SENTENCES[:8], max_length=32)
+    got, want = tuned(**feeds), plain(**feeds)
+    for k in want:
+        a, b = np.asarray(got[k], np.float64), np.asarray(want[k], np.float64)
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        assert cos.min() > 0.999, (k, cos.min())
