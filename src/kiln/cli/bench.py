@@ -7,6 +7,10 @@ time of the whole iteration is the end-to-end latency and the events give trtexe
 H2D / GPU Compute / D2H split (compute runs on device-resident inputs, unvalidated).
 The compute phase is a callable from `make_compute`, so CUDA-graph replay (and a
 --no-cuda-graph switch) slots in there without touching the loop.
+
+--profile-layers then runs the engine eagerly (no CUDA graph) with a timer around each
+step (kiln.runtime.profiler) and prints the steps slowest first, as trtexec's
+--dumpProfile does; the throughput figures above it are unaffected by the timers.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 Compute = Callable[[dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
 DEFAULT_ITERATIONS = 10
 DEFAULT_DURATION = 3.0
+PROFILE_RUNS = 100
 
 
 @dataclass(slots=True)
@@ -120,15 +125,22 @@ def stats(ms: list[float]) -> dict[str, float] | None:
 @click.option("--shapes", metavar="NAME:DIMS[,...]", help="Input shapes (default: the profile's opt shapes).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On a GPU, replay the engine as one captured CUDA graph per input shape.")
+@click.option("--profile-layers", is_flag=True,
+              help="Also time each layer (step) in an eager run, averaged over the iterations, and list "
+                   "them slowest first with op, tactic and share of the total.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def bench(engine_path: Path, iterations: int | None, duration: float | None, warmup: int, shapes: str | None,
-          cuda_graph: bool, as_json: bool) -> None:
+          cuda_graph: bool, profile_layers: bool, as_json: bool) -> None:
     """Measure ENGINE's throughput and latency on random inputs.
 
     Reports inferences/s and samples/s (batch = dim 0 of the first input) and latency
     min/mean/median/p90/p95/p99/max in ms. On a GPU, latency is end to end (host->device
     input copies, compute, device->host output copies) and is also split into H2D, GPU
     compute (CUDA events, device-resident inputs) and D2H, as trtexec does.
+
+    With --profile-layers, each layer's time (CUDA events around each step of an eager
+    run on a GPU, wall time on the CPU) is averaged over as many runs as were timed
+    (at most 100 unless --iterations is given).
     """
     import kiln
 
@@ -143,10 +155,25 @@ def bench(engine_path: Path, iterations: int | None, duration: float | None, war
     else:
         t = bench_cpu(compute, feeds, warmup, n, seconds)
     report = _report(engine_path, engine, feeds, t, warmup)
+    if profile_layers:
+        # as many runs as were timed, but no more than PROFILE_RUNS unless --iterations asked for them
+        runs = iterations if iterations is not None else min(len(t.latency), PROFILE_RUNS)
+        report["layers"] = _profile(engine, feeds, runs, warmup)
     if as_json:
         output.emit_json(report)
     else:
         _print(report)
+        if profile_layers:
+            _print_layers(report["layers"])
+
+
+def _profile(engine: Engine, feeds: dict[str, Any], iterations: int, warmup: int) -> dict[str, Any]:
+    from kiln.runtime.profiler import by_time, profile_engine
+
+    layers = by_time(profile_engine(engine, feeds, iterations, max(warmup, 1)))
+    return {"iterations": iterations, "cuda_graph": False,
+            "timer": "cuda events" if engine.device.type == "cuda" else "perf_counter",
+            "total_ms": sum(layer.ms for layer in layers), "steps": [layer.to_json() for layer in layers]}
 
 
 def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmup: int) -> dict[str, Any]:
@@ -181,3 +208,14 @@ def _print(r: dict[str, Any]) -> None:
             for label, key in (("latency (end to end)", "latency_ms"), ("H2D", "h2d_ms"),
                                ("GPU compute", "gpu_compute_ms"), ("D2H", "d2h_ms")) if r[key]]
     out.print(output.table("milliseconds", ["", *cols], rows, right=cols))
+
+
+def _print_layers(p: dict[str, Any]) -> None:
+    out = output.stdout()
+    cols = ["ms", "%", "host ms"]
+    rows = [[str(r["index"]), r["name"], r["op"], r["tactic"], f"{r['ms']:.4f}", f"{r['percent']:.1f}",
+             f"{r['host_ms']:.4f}"] for r in p["steps"]]
+    rows.append(["", "total", "", "", f"{p['total_ms']:.4f}", "100.0", ""])
+    title = (f"per-layer times ({p['timer']}, eager run without CUDA graph, average of "
+             f"{p['iterations']} runs), slowest first")
+    out.print(output.table(title, ["#", "layer", "op", "tactic", *cols], rows, right=["#", *cols]))

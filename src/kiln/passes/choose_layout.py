@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import bypass, const_ints, drop_if_dead, new_const, pinned, produced_by
+from kiln.passes.match import bypass, const_ints, drop_if_dead, pinned, produced_by
 
 Perm = tuple[int, ...]
 LAYOUT_PERMS: tuple[Perm, ...] = ((0, 2, 3, 1), (0, 3, 1, 2))
