@@ -1,0 +1,464 @@
+"""kiln::Pointwise as one generated Triton kernel: program -> source -> compiled kernel.
+
+Design note. A Pointwise program (format: kiln.kernels.reference.fused) is first *traced* through the
+reference ops on one-element probes, which gives every value its dtype exactly as the
+reference computes it (torch type promotion, rank-0 rules and all), and its shape. The iteration
+space is the broadcast of the inputs; each operand (inputs, then outputs) gets its strides
+against it (0 on broadcast dims), and adjacent dims that every operand walks contiguously are
+merged, so a bias over [M, N] becomes 2-D and most programs 1-D. Outputs take the strides of
+a dense input of their shape (as torch.empty_like would: channels-last stays channels-last), and
+dims are visited in the order the output walks memory, so NHWC tensors merge as well as NCHW. The kernel walks the flat
+index `offs` of the merged space; a "dense" operand (strides = the space's own) is addressed
+by `offs` itself (vectorised loads), a "scalar" one (all strides 0) is loaded once, and a
+"strided" one from per-dim indices (`offs % n_d`, ...) times its strides (passed as arguments;
+stride 1 is written into the source). Each input is loaded once, each instruction is one
+assignment, each output one store; floats compute in float32 and are stored in their dtype.
+The source depends only on the program, the dtypes and this broadcast pattern, so compiled
+kernels are cached by source text; launches are cached by input dtypes, shapes and strides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import linecache
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import triton
+
+from kiln.ir.dtypes import from_name
+from kiln.kernels.reference.fused import pointwise as reference_pointwise
+from kiln.kernels.triton.pointwise_ops import RULES, EmitContext, Unsupported
+from kiln.kernels.triton.pointwise_trace import Step, Trace, trace
+
+Tensor = torch.Tensor
+
+MAX_RANK = 6
+# The tuning space (BLOCK elements per program); the first is the untuned default.
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK": 1024, "num_warps": 4},
+    {"BLOCK": 512, "num_warps": 4},
+    {"BLOCK": 2048, "num_warps": 8},
+    {"BLOCK": 4096, "num_warps": 8},
+    {"BLOCK": 256, "num_warps": 2},
+)
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+# dtype -> the Triton type it is held in inside the kernel, and the one it is stored as.
+_HELD = {torch.float16: "tl.float32", torch.bfloat16: "tl.float32", torch.float32: "tl.float32",
+         torch.bool: "tl.int1", torch.int32: "tl.int32", torch.int64: "tl.int64"}
+_STORED = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32",
+           torch.bool: "tl.int1", torch.int32: "tl.int32", torch.int64: "tl.int64"}
+
+# ---------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The merged iteration space and every operand's strides over it (inputs, then outputs)."""
+    sizes: tuple[int, ...]                   # outer to inner, at least one dim
+    strides: tuple[tuple[int, ...], ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.sizes)
+
+    def kind(self, j: int) -> str:
+        """"dense" (addressed by the flat index), "scalar" (one element) or "strided"."""
+        st = self.strides[j]
+        if not any(st):
+            return "scalar"
+        dense = [math.prod(self.sizes[d + 1:]) for d in range(len(self.sizes))]
+        return "dense" if list(st) == dense else "strided"
+
+    def wide(self) -> bool:
+        """Whether an offset can pass int32 (then the kernel indexes in int64)."""
+        reach = max(sum((n - 1) * s for n, s in zip(self.sizes, st)) for st in self.strides)
+        return max(self.numel, reach) >= 2 ** 31
+
+
+def broadcast_strides(shape: Sequence[int], strides: Sequence[int], space: Sequence[int]) -> tuple[int, ...]:
+    """`strides` of a tensor of `shape` seen over `space` (right-aligned; 0 where it broadcasts)."""
+    lead = len(space) - len(shape)
+    return tuple(0 if d < lead or shape[d - lead] == 1 else strides[d - lead] for d in range(len(space)))
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(math.prod(shape[d + 1:]) for d in range(len(shape)))
+
+
+def is_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether a tensor covers exactly prod(shape) elements in some dim order (no gaps, no overlap)."""
+    dims = sorted((st, n) for n, st in zip(shape, strides) if n != 1)
+    expect = 1
+    for st, n in dims:
+        if st != expect:
+            return False
+        expect *= n
+    return True
+
+
+def dim_order(space: Sequence[int], strides: Sequence[int]) -> list[int]:
+    """The dims of `space` outer to inner as `strides` (an output's) walk them: a channels-last
+    output makes C innermost, so its loads and stores merge into one contiguous dim again."""
+    return sorted(range(len(space)), key=lambda d: -strides[d])
+
+
+def collapse(space: Sequence[int], strides: Sequence[Sequence[int]], order: Sequence[int] | None = None) -> Layout:
+    """Visit dims in `order`, drop size-1 dims and merge dim d into d+1 where every operand has
+    st[d] = st[d+1] * n[d+1]."""
+    keep = [d for d in (order if order is not None else range(len(space))) if space[d] != 1]
+    sizes = [space[d] for d in keep]
+    sts = [[st[d] for d in keep] for st in strides]
+    d = len(sizes) - 2
+    while d >= 0:
+        if all(st[d] == st[d + 1] * sizes[d + 1] for st in sts):
+            sizes[d] *= sizes[d + 1]
+            del sizes[d + 1]
+            for st in sts:
+                st[d] = st[d + 1]
+                del st[d + 1]
+        d -= 1
+    if not sizes:
+        sizes, sts = [1], [[0] for _ in sts]
+    return Layout(tuple(sizes), tuple(tuple(st) for st in sts))
+
+# ---------------------------------------------------------------------------- source
+
+
+def _float_literal(v: float) -> str:
+    """`v` rounded to float32, as Triton source that is a float32 constant (never float64)."""
+    with np.errstate(over="ignore"):
+        v = float(np.float32(v))
+    if math.isnan(v):
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else '(float("-inf"))'
+    if v != 0 and abs(v) < 2.0 ** -126:  # Triton would read a float32 subnormal as float64
+        return f"tl.full([1], {v!r}, tl.float32)"
+    return f"({v!r})" if v < 0 or (v == 0 and math.copysign(1, v) < 0) else repr(v)
+
+
+def _literal(value: Any, dtype: torch.dtype, target: torch.dtype) -> str:
+    """An inlined constant of `dtype`, converted to `target` as torch would, as source."""
+    v = torch.tensor(value, dtype=dtype).to(target).item()
+    if target == torch.bool:
+        return "True" if v else "False"
+    if target in FLOATS:
+        return _float_literal(float(v))
+    return f"({int(v)})" if int(v) < 0 else str(int(v))
+
+
+def convert(expr: str, src: torch.dtype, dst: torch.dtype) -> str:
+    """`expr` (held as `src` is) converted to `dst` with torch's rounding (casts, promotion)."""
+    if src == dst:
+        return expr
+    if dst == torch.bool:
+        return f"({expr} != 0)"
+    if dst in FLOATS:
+        if src in FLOATS and (dst == torch.float32 or src == dst):
+            return expr                      # widening is exact, and floats are held in float32
+        if src not in FLOATS and dst == torch.float32:
+            return f"{expr}.to(tl.float32)"
+        return f"{expr}.to({_STORED[dst]}).to(tl.float32)"   # round to the 16-bit type
+    return f"{expr}.to({_HELD[dst]})"        # to an integer: truncates floats, wraps integers
+
+
+def _check(dtype: torch.dtype | None, what: str) -> None:
+    if dtype is not None and dtype not in _HELD:
+        raise Unsupported(f"{what} of dtype {dtype}")
+
+
+_TARGETS = {
+    "result": lambda s, n: [s.dtype] * n,
+    "common": lambda s, n: [s.common] * n,
+    "first": lambda s, n: [s.arg_dtypes[0]] * n,
+    "bool": lambda s, n: [torch.bool] * n,
+    "where": lambda s, n: [torch.bool] + [s.dtype] * (n - 1),
+    "none": lambda s, n: list(s.arg_dtypes),
+}
+_DOMAINS = {
+    "float": lambda ts: all(t in FLOATS for t in ts),
+    "num": lambda ts: all(t != torch.bool for t in ts),
+    "bool": lambda ts: all(t == torch.bool for t in ts),
+    "any": lambda ts: True,
+}
+
+
+def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype]) -> str:
+    """`t<k> = <expression>` for one traced step."""
+    rule = RULES[step.op]
+    _check(step.dtype, f"{step.op}'s result")
+    if all(a is None or a[0] == "c" for a in step.args):
+        raise Unsupported(f"{step.op} of constants only (fold it first)")
+    targets = _TARGETS[rule.operands](step, len(step.args))
+    present = [t for a, t in zip(step.args, targets) if a is not None]
+    if not _DOMAINS[rule.domain](present):
+        raise Unsupported(f"{step.op} on {present}")
+    operands: list[str | None] = []
+    for a, target in zip(step.args, targets):
+        _check(target, f"{step.op}'s operand")
+        if a is None:
+            operands.append(None)
+        elif a[0] == "c":
+            operands.append(_literal(a[1], a[2], target))
+        else:
+            operands.append(convert(f"x{a[1]}" if a[0] == "i" else f"t{a[1]}", held[a[:2]], target))
+    if step.op in ("Cast", "CastLike"):
+        expr = convert(operands[0], step.arg_dtypes[0], step.dtype)
+    else:
+        consts = tuple(a[1] if a is not None and a[0] == "c" else None for a in step.args)
+        is_float = all(t in FLOATS for t in present)
+        expr = rule.emit(operands, EmitContext(step.attrs, consts, is_float, _float_literal))
+    held[("t", k)] = step.dtype
+    return f"t{k} = {expr}"
+
+
+def _address(layout: Layout, j: int) -> str:
+    """The element offset of operand j at the program's lanes."""
+    kind = layout.kind(j)
+    if kind == "dense":
+        return "offs"
+    if kind == "scalar":
+        return "0"
+    terms = [f"i{d}" if s == 1 else f"i{d} * st{j}_{d}" for d, s in enumerate(layout.strides[j]) if s]
+    return " + ".join(terms)
+
+
+def _indices(layout: Layout, n_in: int) -> tuple[list[str], list[str]]:
+    """(source lines that split `offs` into the per-dim indices strided operands need, size args).
+
+    Inputs need the dims they walk; an output narrower than the space needs the dims it is
+    broadcast over too (only the lanes at index 0 there store, so each element is written once).
+    """
+    r = len(layout.sizes)
+    needed = {d for j, st in enumerate(layout.strides) if layout.kind(j) == "strided"
+              for d, s in enumerate(st) if s or j >= n_in}
+    if not needed:
+        return [], []
+    lines, args, cur = [], [], "offs"
+    for d in range(r - 1, min(needed) - 1, -1):
+        if d == 0:
+            lines.append(f"i0 = {cur}")
+            break
+        args.append(f"n{d}")
+        if d in needed:
+            lines.append(f"i{d} = {cur} % n{d}")
+        if d > min(needed):
+            lines.append(f"q{d} = {cur} // n{d}")
+            cur = f"q{d}"
+    return lines, sorted(args)
+
+
+def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout, program: Any) -> tuple[str, list[str]]:
+    """(the kernel module's source, the names of its integer parameters after the pointers)."""
+    n_in = len(in_dtypes)
+    for i, d in enumerate(in_dtypes):
+        _check(d, f"input {i}")
+    held: dict[tuple[str, int], torch.dtype] = {("i", i): d for i, d in enumerate(in_dtypes)}
+    body = [_instruction(k, s, held) for k, s in enumerate(tr.steps)]
+    stores = []
+    for j, (ref, dt) in enumerate(zip(tr.outputs, tr.out_dtypes)):
+        _check(dt, f"output {j}")
+        value = f"x{ref[1]}" if ref[0] == "i" else f"t{ref[1]}"
+        if _HELD[dt] != _STORED[dt]:
+            value = f"{value}.to({_STORED[dt]})"
+        kind, st = layout.kind(n_in + j), layout.strides[n_in + j]
+        where = ("mask & (offs == 0)" if kind == "scalar" else
+                 " & ".join(["mask"] + [f"(i{d} == 0)" for d, s in enumerate(st) if not s]))
+        address = "offs * 0" if kind == "scalar" else _address(layout, n_in + j)
+        stores.append(f"tl.store(out{j} + {address}, {value}, mask={where})")
+    used = {int(m) for m in re.findall(r"\bx(\d+)\b", "\n".join(body + stores))}
+    loads = []
+    for i in sorted(used):
+        kind = layout.kind(i)
+        load = f"tl.load(in{i})" if kind == "scalar" else f"tl.load(in{i} + {_address(layout, i)}, mask=mask)"
+        loads.append(f"x{i} = {load}" + (".to(tl.float32)" if in_dtypes[i] in (torch.float16, torch.bfloat16) else ""))
+    index_lines, size_args = _indices(layout, n_in)
+    stride_args = [f"st{j}_{d}" for j, st in enumerate(layout.strides) if layout.kind(j) == "strided"
+                   for d, s in enumerate(st) if s not in (0, 1)]
+    params = ([f"in{i}" for i in range(n_in)] + [f"out{j}" for j in range(len(tr.outputs))]
+              + ["numel"] + size_args + stride_args + ["BLOCK: tl.constexpr"])
+    pid = "tl.program_id(0).to(tl.int64)" if layout.wide() else "tl.program_id(0)"
+    lines = ["offs = pid * BLOCK + tl.arange(0, BLOCK)", "mask = offs < numel", *index_lines,
+             *loads, *body, *stores]
+    source = "\n".join([
+        '"""Generated by kiln.kernels.triton.pointwise; do not edit."""',
+        "import triton",
+        "import triton.language as tl",
+        "from kiln.kernels.triton.pointwise_ops import pow_f32, tanh_f32",
+        "",
+        "",
+        "@triton.jit",
+        f"def kiln_pointwise({', '.join(params)}):",
+        f"    # program: {json.dumps(program)}",
+        f"    # rank {len(layout.sizes)}; operands: {[layout.kind(j) for j in range(len(layout.strides))]}",
+        f"    pid = {pid}",
+        *[f"    {line}" for line in lines],
+        "",
+    ])
+    return source, ["numel"] + size_args + stride_args
+
+# ---------------------------------------------------------------------------- plan and launch
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything a call needs but the tensors: the kernel, its integer arguments, the outputs."""
+    kernel: Any
+    args: tuple[int, ...]
+    numel: int
+    out_shapes: tuple[tuple[int, ...], ...]
+    out_strides: tuple[tuple[int, ...], ...]
+    out_dtypes: tuple[torch.dtype, ...]
+    source: str
+
+
+def _torch_dtype(d: torch.dtype | str) -> torch.dtype:
+    return d if isinstance(d, torch.dtype) else from_name(d).torch
+
+
+def output_strides(space: Sequence[int], shapes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
+                   out_shape: Sequence[int]) -> tuple[int, ...]:
+    """An output's strides: those of the first dense input of the output's full shape (as
+    torch.empty_like keeps a memory format such as channels-last), else contiguous."""
+    if tuple(out_shape) == tuple(space):
+        for sh, st in zip(shapes, strides):
+            if tuple(sh) == tuple(space) and is_dense(sh, st):
+                return tuple(st)
+    return contiguous_strides(out_shape)
+
+
+def _plan(program: Sequence[Any], dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
+          strides: Sequence[Sequence[int]] | None, outputs: Sequence[str] | None, n_outputs: int
+          ) -> tuple[str, list[str], Layout, Trace, list[tuple[int, ...]]]:
+    tr = trace(program, dtypes, shapes, outputs, n_outputs)
+    space = tr.shape
+    strides = strides if strides is not None else [contiguous_strides(s) for s in shapes]
+    out_strides = [output_strides(space, shapes, strides, sh) for sh in tr.out_shapes]
+    operand_strides = [broadcast_strides(sh, st, space) for sh, st in zip(shapes, strides)]
+    operand_strides += [broadcast_strides(sh, st, space) for sh, st in zip(tr.out_shapes, out_strides)]
+    full = next((st for sh, st in zip(tr.out_shapes, operand_strides[len(shapes):]) if tuple(sh) == space),
+                operand_strides[len(shapes)])
+    layout = collapse(space, operand_strides, dim_order(space, full))
+    if len(layout.sizes) > MAX_RANK:
+        raise Unsupported(f"{len(layout.sizes)} dims after merging (at most {MAX_RANK})")
+    source, params = _source(tr, dtypes, layout, program)
+    return source, params, layout, tr, out_strides
+
+
+def generate_source(program: Sequence[Any], input_dtypes: Sequence[torch.dtype | str],
+                    input_shapes: Sequence[Sequence[int]], outputs: Sequence[str] | None = None,
+                    n_outputs: int = 1, input_strides: Sequence[Sequence[int]] | None = None) -> str:
+    """The Triton module the program becomes for inputs of these dtypes, shapes (and strides;
+    contiguous if not given). Raises Unsupported when the generator cannot write it."""
+    dtypes = [_torch_dtype(d) for d in input_dtypes]
+    return _plan(program, dtypes, [tuple(s) for s in input_shapes], input_strides, outputs, n_outputs)[0]
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def compile_source(source: str) -> Any:
+    """The `kiln_pointwise` kernel of a generated module, one per distinct source text.
+
+    The text is registered with linecache under a made-up file name, so that Triton (which
+    reads a kernel's source through `inspect`) and tracebacks see it without a file on disk.
+    """
+    kernel = _KERNELS.get(source)
+    if kernel is None:
+        name = f"<kiln-pointwise-{hashlib.sha256(source.encode()).hexdigest()[:16]}>"
+        linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+        namespace: dict[str, Any] = {"__name__": name.strip("<>").replace("-", "_")}
+        exec(compile(source, name, "exec"), namespace)  # noqa: S102 (our own generated text)
+        kernel = _KERNELS[source] = namespace["kiln_pointwise"]
+    return kernel
+
+
+# id(program) -> (program, its JSON text): the attribute object is reused call after call, so the
+# text (part of every launch key) is computed once; holding the program keeps the id unique.
+_PROGRAM_KEYS: dict[int, tuple[Any, str]] = {}
+_LAUNCHES: dict[tuple[Any, ...], Launch | None] = {}
+_MAX_LAUNCHES = 4096
+
+
+def _program_key(program: Any) -> str:
+    entry = _PROGRAM_KEYS.get(id(program))
+    if entry is None or entry[0] is not program:
+        entry = _PROGRAM_KEYS[id(program)] = (program, json.dumps(program, sort_keys=True))
+    return entry[1]
+
+
+def _launch(inputs: Sequence[Tensor], program: Any, outputs: Sequence[str] | None, n_outputs: int) -> Launch | None:
+    key = (_program_key(program), tuple(outputs or ()), n_outputs,
+           tuple((t.dtype, tuple(t.shape), t.stride()) for t in inputs))
+    if key in _LAUNCHES:
+        return _LAUNCHES[key]
+    if len(_LAUNCHES) >= _MAX_LAUNCHES:
+        _LAUNCHES.clear()
+    try:
+        shapes = [tuple(t.shape) for t in inputs]
+        source, params, layout, tr, out_strides = _plan(program, [t.dtype for t in inputs], shapes,
+                                           [t.stride() for t in inputs], outputs, n_outputs)
+    except Unsupported:
+        _LAUNCHES[key] = None
+        return None
+    values = {"numel": layout.numel}
+    values.update({f"n{d}": n for d, n in enumerate(layout.sizes)})
+    values.update({f"st{j}_{d}": s for j, st in enumerate(layout.strides) for d, s in enumerate(st)})
+    launch = Launch(compile_source(source), tuple(values[p] for p in params), layout.numel,
+                    tr.out_shapes, tuple(out_strides), tr.out_dtypes, source)
+    _LAUNCHES[key] = launch
+    return launch
+
+
+def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = None, n_outputs: int = 1,
+              config: dict[str, int] | None = None) -> Tensor | tuple[Tensor, ...]:
+    """kiln::Pointwise in one generated kernel (the reference op's calling convention).
+
+    Inputs the generator cannot take at run time (a rank past MAX_RANK after merging dims,
+    mixed devices, an absent input) run the reference op instead, so the result is always right.
+    """
+    launch = None
+    if inputs and all(t is not None for t in inputs) and len({t.device for t in inputs}) == 1:
+        launch = _launch(inputs, program, outputs, n_outputs)
+    if launch is None:
+        return reference_pointwise(*inputs, program=program, outputs=outputs, n_outputs=n_outputs)
+    device = inputs[0].device
+    outs = tuple(torch.empty_strided(s, st, dtype=d, device=device)
+                 for s, st, d in zip(launch.out_shapes, launch.out_strides, launch.out_dtypes))
+    if launch.numel:
+        cfg = config or CONFIGS[0]
+        grid = (triton.cdiv(launch.numel, cfg["BLOCK"]),)
+        launch.kernel[grid](*inputs, *outs, *launch.args, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    return outs[0] if n_outputs == 1 else outs
+
+
+def supports_program(program: Any, input_dtypes: Sequence[str | None],
+                     input_shapes: Sequence[Sequence[int | str] | None] = (),
+                     outputs: Sequence[str] | None = None, n_outputs: int = 1) -> bool:
+    """Whether the generator writes this program for these input dtypes (and shapes, where known).
+
+    Unknown ranks and symbolic dims are taken as 1 (broadcasts with anything, dimensioned for type
+    promotion); the kernel plans again with the real shapes and falls back to the reference if needed.
+    """
+    if not input_dtypes or any(d is None for d in input_dtypes):
+        return False
+    try:
+        dtypes = [from_name(d).torch for d in input_dtypes]
+    except (KeyError, TypeError, ValueError):
+        return False
+    shapes = []
+    for i in range(len(dtypes)):
+        shape = input_shapes[i] if i < len(input_shapes) else None
+        if shape is not None and len(shape) > MAX_RANK:
+            return False
+        shapes.append((1,) if shape is None else tuple(d if isinstance(d, int) else 1 for d in shape))
+    try:
+        _plan(program, dtypes, shapes, None, outputs, n_outputs)
+    except (Unsupported, RuntimeError, ValueError, TypeError, KeyError, IndexError):
+        return False
+    return True

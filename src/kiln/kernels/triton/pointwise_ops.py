@@ -1,0 +1,208 @@
+"""The element-wise ops the Pointwise code generator can write, one rule per op.
+
+A rule says how the op's operands are typed before it runs (`operands`), which operand
+types it accepts (`domain`) and the Triton expression it becomes (`emit`). Operand typing
+follows the reference ops (kiln.kernels.reference): "result" converts every operand to the
+op's result dtype (what torch's type promotion does for arithmetic), "common" to the operands'
+promoted dtype (comparisons, whose result is bool), "first" to the first operand's dtype (Clip
+bounds, Pow's exponent), "bool" to bool (logical ops), "where" is Where's (bool, result,
+result) and "none" leaves them as they are (Cast). Floats are held in float32 in the kernel,
+so `emit` writes float32 math; an op not in RULES makes the generator refuse the program.
+
+Invariant: `emit` gets operand expressions already converted, and returns an expression of the
+kernel type of the op's result dtype (float32 for float results, int1 for bool).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tanh_f32(x):
+    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|) <= 1 (no overflow); near 0 the
+    # series x - x^3/3 + 2x^5/15 avoids the cancellation in 1 - e.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    t = tl.where(x < 0, -t, t)
+    x2 = x * x
+    return tl.where(tl.abs(x) < 0.0625, x * (1.0 - x2 * (0.3333333333333333 - x2 * 0.13333333333333333)), t)
+
+
+@triton.jit
+def pow_f32(x, y):
+    # x ** y as C's pow: |x| ** y through exp2/log2, the sign from an odd integer y, NaN for a
+    # negative x and a non-integer y, and x ** 0 == 1 ** y == 1 (even for NaN).
+    r = tl.exp2(y * tl.log2(tl.abs(x)))
+    y_int = tl.floor(y) == y
+    y_odd = y_int & (tl.floor(y * 0.5) * 2.0 != y)
+    r = tl.where((x < 0) & y_odd, -r, r)
+    r = tl.where((x < 0) & (~y_int), float("nan"), r)
+    return tl.where((y == 0) | (x == 1), 1.0, r)
+
+
+class Unsupported(Exception):
+    """The program (or one of its instructions) is outside what the generator writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmitContext:
+    attrs: dict[str, Any]
+    consts: tuple[Any, ...]          # per operand: its value if it is an inlined constant, else None
+    is_float: bool                   # whether the operands compute in float
+    literal: Callable[[float], str] = field(default=repr)   # a float as Triton source
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    emit: Callable[[list[str], EmitContext], str]
+    domain: str          # "float" | "num" (float or int, not bool) | "bool" | "any"
+    operands: str = "result"
+
+
+_NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"
+
+
+def _max(a: str, b: str) -> str:
+    return f"tl.maximum({a}, {b}, {_NAN_ALL})"
+
+
+def _min(a: str, b: str) -> str:
+    return f"tl.minimum({a}, {b}, {_NAN_ALL})"
+
+
+def _fold(args: list[str], combine: Callable[[str, str], str]) -> str:
+    out = args[0]
+    for a in args[1:]:
+        out = combine(out, a)
+    return out
+
+
+def _attr(c: EmitContext, name: str, default: float) -> str:
+    return c.literal(float(c.attrs.get(name, default)))
+
+
+def _pow(a: list[str], c: EmitContext) -> str:
+    x, y = a
+    special = {1.0: x, 2.0: f"{x} * {x}", 3.0: f"{x} * {x} * {x}", -1.0: f"1.0 / {x}"}
+    exponent = c.consts[1]
+    if exponent is not None and float(exponent) in special:
+        return special[float(exponent)]
+    return f"pow_f32({x}, {y})"
+
+
+def _gelu(a: list[str], c: EmitContext) -> str:
+    (x,) = a
+    approximate = c.attrs.get("approximate", "none")
+    if approximate == "none":   # x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))
+        return f"0.5 * {x} * (1.0 + tl.erf({x} * {math.sqrt(0.5)!r}))"
+    if approximate == "tanh":   # x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+        return f"0.5 * {x} * (1.0 + tanh_f32({math.sqrt(2 / math.pi)!r} * ({x} + 0.044715 * {x} * {x} * {x})))"
+    raise Unsupported(f"Gelu approximate={approximate!r}")
+
+
+def _clip(a: list[str], c: EmitContext) -> str:
+    out = a[0]
+    if len(a) > 1 and a[1] is not None:
+        out = _max(out, a[1])
+    if len(a) > 2 and a[2] is not None:
+        out = _min(out, a[2])
+    return out
+
+
+def _is_inf(a: list[str], c: EmitContext) -> str:
+    (x,) = a
+    terms = []
+    if int(c.attrs.get("detect_positive", 1)):
+        terms.append(f'({x} == float("inf"))')
+    if int(c.attrs.get("detect_negative", 1)):
+        terms.append(f'({x} == float("-inf"))')
+    return " | ".join(terms) if terms else f"({x} != {x}) & ({x} == {x})"
+
+
+def _softplus(x: str) -> str:  # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), no overflow
+    return f"(tl.maximum({x}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({x}))))"
+
+
+def _clamp01(e: str) -> str:
+    return _min(_max(e, "0.0"), "1.0")
+
+
+def _elu_neg(x: str, alpha: str) -> str:
+    return f"{alpha} * (tl.exp({x}) - 1.0)"
+
+
+def _celu(a: list[str], c: EmitContext) -> str:  # max(0, x) + min(0, alpha * (exp(x / alpha) - 1))
+    x, alpha = a[0], _attr(c, "alpha", 1.0)
+    return f"tl.where({x} < 0, 0.0, {x}) + {_min(_elu_neg(f'{x} / {alpha}', alpha), '0.0')}"
+
+
+def _shrink(a: list[str], c: EmitContext) -> str:  # x + bias below -lambd, x - bias above lambd, else 0
+    x, lambd, bias = a[0], _attr(c, "lambd", 0.5), _attr(c, "bias", 0.0)
+    return f"tl.where({x} < -{lambd}, {x} + {bias}, tl.where({x} > {lambd}, {x} - {bias}, 0.0))"
+
+
+RULES: dict[str, Rule] = {
+    # arithmetic (integers wrap, like the reference)
+    "Add": Rule(lambda a, c: f"{a[0]} + {a[1]}", "num"),
+    "Sub": Rule(lambda a, c: f"{a[0]} - {a[1]}", "num"),
+    "Mul": Rule(lambda a, c: f"{a[0]} * {a[1]}", "num"),
+    "Div": Rule(lambda a, c: f"{a[0]} / {a[1]}", "float"),   # integer division truncates: not here
+    "Pow": Rule(_pow, "float", "first"),
+    "Neg": Rule(lambda a, c: f"-{a[0]}", "num"),
+    "Abs": Rule(lambda a, c: f"tl.abs({a[0]})", "num"),
+    "Sign": Rule(lambda a, c: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, {a[0]}))", "num"),
+    "Identity": Rule(lambda a, c: a[0], "any"),
+    "Sum": Rule(lambda a, c: _fold(a, lambda p, q: f"{p} + {q}"), "num"),
+    "Mean": Rule(lambda a, c: f"({_fold(a, lambda p, q: f'{p} + {q}')}) / {float(len(a))!r}", "float"),
+    "Max": Rule(lambda a, c: _fold(a, _max), "num"),
+    "Min": Rule(lambda a, c: _fold(a, _min), "num"),
+    "Clip": Rule(_clip, "num", "first"),
+    # math (float only: the reference computes integer inputs in float64 and casts back)
+    "Sqrt": Rule(lambda a, c: f"tl.sqrt_rn({a[0]})", "float"),
+    "Reciprocal": Rule(lambda a, c: f"1.0 / {a[0]}", "float"),
+    "Exp": Rule(lambda a, c: f"tl.exp({a[0]})", "float"),
+    "Log": Rule(lambda a, c: f"tl.log({a[0]})", "float"),
+    "Erf": Rule(lambda a, c: f"tl.erf({a[0]})", "float"),
+    "Floor": Rule(lambda a, c: f"tl.floor({a[0]})", "float"),
+    "Ceil": Rule(lambda a, c: f"tl.ceil({a[0]})", "float"),
+    # activations, as activations.py writes them
+    "Tanh": Rule(lambda a, c: f"tanh_f32({a[0]})", "float"),
+    "Sigmoid": Rule(lambda a, c: f"1.0 / (1.0 + tl.exp(-{a[0]}))", "float"),
+    "Relu": Rule(lambda a, c: f"tl.where({a[0]} < 0, 0, {a[0]})", "num"),   # keeps NaN
+    "LeakyRelu": Rule(lambda a, c: f"tl.where({a[0]} >= 0, {a[0]}, {a[0]} * {_attr(c, 'alpha', 0.01)})", "float"),
+    "PRelu": Rule(lambda a, c: f"tl.where({a[0]} >= 0, {a[0]}, {a[0]} * {a[1]})", "float"),
+    "ThresholdedRelu": Rule(lambda a, c: f"tl.where({a[0]} > {_attr(c, 'alpha', 1.0)}, {a[0]}, 0.0)", "float"),
+    "Elu": Rule(lambda a, c: f"tl.where({a[0]} > 0, {a[0]}, {_elu_neg(a[0], _attr(c, 'alpha', 1.0))})", "float"),
+    "Selu": Rule(lambda a, c: (f"{_attr(c, 'gamma', 1.05070102214813232421875)} * tl.where({a[0]} > 0, {a[0]}, "
+                               f"{_elu_neg(a[0], _attr(c, 'alpha', 1.67326319217681884765625))})"), "float"),
+    "Celu": Rule(_celu, "float"),
+    "HardSigmoid": Rule(lambda a, c: _clamp01(f"{_attr(c, 'alpha', 0.2)} * {a[0]} + {_attr(c, 'beta', 0.5)}"), "float"),
+    "HardSwish": Rule(lambda a, c: f"{a[0]} * {_clamp01(f'{a[0]} * {1.0 / 6.0!r} + 0.5')}", "float"),
+    "Softplus": Rule(lambda a, c: _softplus(a[0]), "float"),
+    "Softsign": Rule(lambda a, c: f"{a[0]} / (1.0 + tl.abs({a[0]}))", "float"),
+    "Mish": Rule(lambda a, c: f"{a[0]} * tanh_f32({_softplus(a[0])})", "float"),
+    "Gelu": Rule(_gelu, "float"),
+    "Shrink": Rule(_shrink, "float"),
+    # comparisons and predicates (bool results)
+    "Equal": Rule(lambda a, c: f"{a[0]} == {a[1]}", "any", "common"),
+    "Greater": Rule(lambda a, c: f"{a[0]} > {a[1]}", "num", "common"),
+    "GreaterOrEqual": Rule(lambda a, c: f"{a[0]} >= {a[1]}", "num", "common"),
+    "Less": Rule(lambda a, c: f"{a[0]} < {a[1]}", "num", "common"),
+    "LessOrEqual": Rule(lambda a, c: f"{a[0]} <= {a[1]}", "num", "common"),
+    "IsNaN": Rule(lambda a, c: f"{a[0]} != {a[0]}", "float", "common"),
+    "IsInf": Rule(_is_inf, "float", "common"),
+    # logic: operands become bool (nonzero is true), like torch.logical_*
+    "Not": Rule(lambda a, c: f"~{a[0]}", "bool", "bool"),
+    "And": Rule(lambda a, c: f"{a[0]} & {a[1]}", "bool", "bool"),
+    "Or": Rule(lambda a, c: f"{a[0]} | {a[1]}", "bool", "bool"),
+    "Xor": Rule(lambda a, c: f"{a[0]} ^ {a[1]}", "bool", "bool"),
+    "Where": Rule(lambda a, c: f"tl.where({a[0]}, {a[1]}, {a[2]})", "any", "where"),
+    # casts: the generator converts the operand itself (see pointwise.convert)
+    "Cast": Rule(lambda a, c: a[0], "any", "none"),
+    "CastLike": Rule(lambda a, c: a[0], "any", "none"),
+}
