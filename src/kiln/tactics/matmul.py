@@ -6,9 +6,9 @@ torch.addmm / torch.mm call. torch routes addmm with a contiguous [N] bias (beta
 cublasLt with a bias epilogue, and torch._addmm_activation adds a ReLU or GELU epilogue to
 it. On CUDA that GELU is the tanh approximation (both the cublasLt epilogue and torch's own
 fallback), so only Gelu(approximate="tanh") uses it; exact Gelu runs after the GEMM. A
-residual is addmm's C operand (read in cuBLAS's epilogue, beta 1); a bias next to it is
-then one in-place add. Whatever epilogue is left runs as fused.ACTIVATIONS does, on the
-GEMM's output. float32 GEMMs follow torch's global tf32 switch, as the reference does.
+residual alone is addmm's C operand (beta 1); beside a bias it is one in-place add after
+the bias epilogue (see _gemm_2d). Whatever epilogue is left runs as fused.ACTIVATIONS
+does, on the GEMM's output. float32 GEMMs follow torch's global tf32 switch, as the reference does.
 
 Triton (kernels/triton/gemm.py): the whole epilogue in the GEMM's store, any activation,
 fp16/bf16 only (its float32 path is IEEE fp32 without tensor cores: never faster than cuBLAS).
@@ -36,15 +36,18 @@ TRITON_DTYPES = ("float16", "bfloat16")
 TRITON_ALIGN = 16
 
 
-def lt_activation(activation: str, params: Sequence[float], device: torch.device) -> str | None:
-    """The epilogue torch._addmm_activation computes exactly like fused.ACTIVATIONS, or None.
+def lt_activation(activation: str, params: Sequence[float], device: torch.device, dtype: torch.dtype) -> str | None:
+    """The epilogue torch._addmm_activation computes like fused.ACTIVATIONS, or None.
 
-    "relu" anywhere; "gelu" on CUDA for the tanh approximation only (torch's CUDA GELU
-    epilogue is tanh-approximate; on CPU it is exact, so CPU never uses it for Gelu).
+    "relu" anywhere. "gelu" on CUDA for the tanh approximation only (torch's CUDA GELU
+    epilogue is tanh-approximate; on CPU it is exact, so CPU never uses it for Gelu), and
+    only for fp16/bf16 outputs: cublasLt's tanh may be a fast approximation whose error
+    (~1e-4) the float32 tolerance does not cover, while fp16/bf16 rounding swamps it.
     """
     if activation == "Relu":
         return "relu"
-    if activation == "Gelu" and device.type == "cuda" and len(params) > 0 and float(params[0]) != 0.0:
+    tanh_gelu = activation == "Gelu" and len(params) > 0 and float(params[0]) != 0.0
+    if tanh_gelu and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         return "gelu"
     return None
 
@@ -58,7 +61,7 @@ def _gemm_2d(a2: Tensor, w: Tensor, bias: Tensor | None, r2: Tensor | None, alph
     residual the bias goes to cublasLt and the residual is one in-place add after it.
     """
     if bias is not None:
-        fused = lt_activation(activation, params, a2.device) if r2 is None else None
+        fused = lt_activation(activation, params, a2.device, a2.dtype) if r2 is None else None
         if fused is not None:                              # cublasLt bias + ReLU/GELU epilogue
             return torch._addmm_activation(bias, a2, w, alpha=alpha, use_gelu=fused == "gelu")
         y = torch.addmm(bias, a2, w, alpha=alpha)          # cublasLt bias epilogue

@@ -1,0 +1,230 @@
+"""Matrix multiply with a fused epilogue, in Triton: Y = act(alpha * A @ B + bias + residual).
+
+The oracle is kiln::FusedMatMul (kernels/reference/fused.py). A is viewed as [M, K] (leading
+dims folded into M), B as [K, N] (a [N, K] weight with trans_b is read through its strides,
+never copied), bias is [N] (one per output column), residual has Y's shape.
+
+Design: one program computes one [BLOCK_M, BLOCK_N] tile of Y. Programs are numbered in
+groups of GROUP_M tile rows, so consecutive programs share B's columns and A's rows while
+they sit in L2. The K loop accumulates in float32 with tl.dot (tensor cores for fp16/bf16;
+float32 inputs are multiplied in IEEE fp32, never tf32, because the kernel cannot know
+whether the build allows tf32). The epilogue runs on the float32 accumulator: scale, bias,
+residual, activation, then a single cast and store, so Y is rounded once where the
+reference rounds after every step (the difference is within the fp16 tolerance).
+Rows and columns past M/N are read wrapped (index % M) instead of masked, which keeps the
+inner loop's loads unmasked unless K is not a multiple of BLOCK_K; only the store is masked.
+Offsets are int32: the launcher refuses operands of 2**31 elements or more.
+Any M, N, K is computed correctly; the K loop is software-pipelined (16-byte cp.async, the
+configs' num_stages) only when K and N are multiples of 16 (see tactics/matmul.py).
+Registers (ptxas, sm_90a, fp16, triton 3.9): no spills for bias + any activation; bias +
+residual + erf-Gelu spills a few hundred bytes in 128x128/4-warp and 256-wide tiles, so the
+tuner tends to pick 8 warps there. Gelu's erf is a polynomial (A&S 7.1.26, error < 1.5e-7)
+because libdevice's erf spilled in every big tile.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# The tuning space: tile shape, L2 grouping, warps and pipeline depth. Chosen for Hopper
+# (H100/H200) fp16/bf16: shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes,
+# so 128x256x64 at 3 stages uses 144 KiB of the 227 KiB a block may have. Small tiles are
+# there for narrow N (768) where big tiles leave SMs idle.
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
+)
+
+# Epilogue activations by code (a constexpr, so each kernel carries only its own). Names and
+# parameters follow fused.ACTIVATIONS; Gelu splits by its approximation parameter.
+ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_HARDSIGMOID = 0, 1, 2, 3, 4, 5
+ACT_HARDSWISH, ACT_TANH, ACT_GELU_ERF, ACT_GELU_TANH, ACT_SILU = 6, 7, 8, 9, 10
+
+_ACT_NAMES: dict[str, int] = {
+    "": ACT_NONE, "Relu": ACT_RELU, "LeakyRelu": ACT_LEAKY, "Clip": ACT_CLIP, "Sigmoid": ACT_SIGMOID,
+    "HardSigmoid": ACT_HARDSIGMOID, "HardSwish": ACT_HARDSWISH, "Tanh": ACT_TANH, "Gelu": ACT_GELU_ERF,
+    "Silu": ACT_SILU,
+}
+# Parameter defaults per activation (as fused.ACTIVATIONS reads them): [p0, p1].
+_ACT_DEFAULTS: dict[str, tuple[float, float]] = {
+    "LeakyRelu": (0.01, 0.0), "Clip": (-math.inf, math.inf), "HardSigmoid": (0.2, 0.5),
+}
+
+ACTIVATIONS: frozenset[str] = frozenset(_ACT_NAMES)
+
+
+def activation_code(activation: str, params: Sequence[float]) -> tuple[int, float, float]:
+    """(code, p0, p1) for the kernel's epilogue; ValueError for an activation it lacks."""
+    if activation not in _ACT_NAMES:
+        raise ValueError(f"the Triton GEMM has no epilogue activation {activation!r}; known: {sorted(_ACT_NAMES)}")
+    d0, d1 = _ACT_DEFAULTS.get(activation, (0.0, 0.0))
+    p0 = float(params[0]) if len(params) > 0 else d0
+    p1 = float(params[1]) if len(params) > 1 else d1
+    code = _ACT_NAMES[activation]
+    if activation == "Gelu" and p0:
+        code = ACT_GELU_TANH
+    return code, p0, p1
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from exp, stable for large |x| (e -> 0): sign(x) * (1 - e) / (1 + e), e = exp(-2|x|).
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _erf(x):
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): an exp and five FMAs. libdevice's erf
+    # holds enough temporaries to spill registers over a 128x128 float32 tile.
+    ax = tl.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * ax)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    y = 1.0 - poly * tl.exp(-ax * ax)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _activation(x, ACT: tl.constexpr, p0, p1):
+    """act(x) on a float32 tile; formulas as fused.ACTIVATIONS / the ONNX spec write them."""
+    if ACT == 1:    # Relu
+        x = tl.where(x > 0, x, 0.0)
+    elif ACT == 2:  # LeakyRelu(alpha=p0)
+        x = tl.where(x >= 0, x, x * p0)
+    elif ACT == 3:  # Clip(min=p0, max=p1)
+        x = tl.minimum(tl.maximum(x, p0), p1)
+    elif ACT == 4:  # Sigmoid
+        x = 1.0 / (1.0 + tl.exp(-x))
+    elif ACT == 5:  # HardSigmoid(alpha=p0, beta=p1)
+        x = tl.minimum(tl.maximum(p0 * x + p1, 0.0), 1.0)
+    elif ACT == 6:  # HardSwish
+        x = x * tl.minimum(tl.maximum(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+    elif ACT == 7:  # Tanh
+        x = _tanh(x)
+    elif ACT == 8:  # Gelu, exact: x * Phi(x)
+        x = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+    elif ACT == 9:  # Gelu, tanh approximation
+        x = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    elif ACT == 10:  # Silu
+        x = x / (1.0 + tl.exp(-x))
+    return x
+
+
+@triton.jit
+def _gemm_epilogue_kernel(
+        A, B, BIAS, RES, Y, M, N, K,
+        stride_am, stride_ak, stride_bk, stride_bn, stride_ym,
+        alpha, p0, p1,
+        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
+        EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
+    # Grouped tile order: GROUP_M tile rows are walked column by column.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                         # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K)                                           # [BLOCK_K]
+    # Wrapped indices: rows/cols past the edge re-read valid memory and are never stored. No
+    # contiguity hints: Triton derives them from N's divisibility, and a hint would be false
+    # at the wrap when N is not a multiple of the vector width.
+    rm = offs_m % M
+    rn = offs_n % N
+    a_ptrs = A + rm[:, None] * stride_am + offs_k[None, :] * stride_ak       # [BLOCK_M, BLOCK_K]
+    b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :] * stride_bn       # [BLOCK_K, BLOCK_N]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # Epilogue on the float32 accumulator: alpha, bias per column, residual, activation.
+    acc = acc * alpha
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
+    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
+    if HAS_BIAS:
+        bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if HAS_RES:
+        acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
+    acc = _activation(acc, ACT, p0, p1)
+    tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+def _check(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, trans_b: int) -> None:
+    assert a.dtype in DTYPES and b.dtype == a.dtype, f"A and B must share a float dtype, got {a.dtype}, {b.dtype}"
+    assert a.dim() >= 2 and b.dim() == 2, f"A must be [..., M, K] and B 2-D, got {tuple(a.shape)}, {tuple(b.shape)}"
+    k_b = b.shape[1] if trans_b else b.shape[0]
+    assert a.shape[-1] == k_b, f"K differs: A {tuple(a.shape)}, B {tuple(b.shape)}, trans_b={trans_b}"
+    n = b.shape[0] if trans_b else b.shape[1]
+    if bias is not None:
+        assert bias.dtype == a.dtype and tuple(bias.shape) == (n,), f"bias must be [{n}] {a.dtype}"
+    if residual is not None:
+        assert residual.dtype == a.dtype, f"residual must be {a.dtype}, got {residual.dtype}"
+    for t in (a, b, residual):
+        assert t is None or t.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
+
+
+def fused_matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, *,
+                 trans_b: int = 0, alpha: float = 1.0, activation: str = "",
+                 activation_params: Sequence[float] = (), config: dict[str, Any] | None = None) -> Tensor:
+    """Y = act(alpha * A @ B' + bias + residual) in one kernel; A [..., M, K], B [K, N] or [N, K]."""
+    _check(a, b, bias, residual, trans_b)
+    cfg = dict(CONFIGS[0] if config is None else config)
+    lead, k = tuple(a.shape[:-1]), a.shape[-1]
+    a2 = a.reshape(math.prod(lead), k)                                       # [M, K]
+    if a2.stride(-1) != 1:
+        a2 = a2.contiguous()
+    w = b.t() if trans_b else b                                              # [K, N] (a view)
+    m, n = a2.shape[0], w.shape[1]
+    y = torch.empty((m, n), dtype=a.dtype, device=a.device)                  # [M, N]
+    if m == 0 or n == 0:
+        return y.reshape(*lead, n)
+    if k == 0:  # an empty sum: the epilogue alone
+        a2, w = a2.new_zeros((m, 1)), w.new_zeros((1, n))
+        k = 1
+    # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
+    r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
+    code, p0, p1 = activation_code(activation, activation_params)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _gemm_epilogue_kernel[grid](
+        a2, w, y if bias is None else bias, r2, y, m, n, k,
+        a2.stride(0), a2.stride(1), w.stride(0), w.stride(1), y.stride(0),
+        float(alpha), p0, p1,
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, IEEE=a.dtype == torch.float32,
+        EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y.reshape(*lead, n)
