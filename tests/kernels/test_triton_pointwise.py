@@ -7,6 +7,7 @@ tactic's whole domain (dtypes, broadcast patterns, every tuning config, odd size
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import pytest
@@ -34,8 +35,23 @@ GELU_BIAS_RESIDUAL = [["Add", ["i0", "i1"], {}], ["Gelu", ["t0"], {}], ["Add", [
 def _tol(dtypes: set[torch.dtype]) -> dict[str, float]:
     """fp32 tolerance, or 1e-2 where the reference rounds to a 16-bit float along the way
     (it computes each op in its operands' dtype; the kernel holds floats in fp32)."""
-    low = {torch.float16, torch.bfloat16} & dtypes
-    return {"rtol": 1e-2, "atol": 1e-2} if low else {"rtol": 1e-4, "atol": 1e-5}
+    if torch.bfloat16 in dtypes:  # 8 mantissa bits: one ulp at |x| in [2, 4) is 0.016
+        return {"rtol": 2e-2, "atol": 4e-2}
+    if torch.float16 in dtypes:
+        return {"rtol": 1e-2, "atol": 1e-2}
+    return {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def _kernel_device():  # noqa: ANN202
+    """Tensors made without a device go where the kernels run: the CPU under Triton's interpreter
+    (no GPU), the GPU otherwise (the compiled kernels take no CPU tensors)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        yield
+        return
+    torch.set_default_device("cuda")
+    yield
+    torch.set_default_device(None)
 
 
 @pytest.fixture(autouse=True)

@@ -139,8 +139,10 @@ _LOAD_AND_RUN = textwrap.dedent("""
 """)
 
 
-def test_engines_round_trip_through_a_file(cases: Cases, tmp_path: Path) -> None:
-    """Saved engines, loaded in a fresh process, give bit-identical outputs."""
+def test_engines_round_trip_through_a_file(cases: Cases, tmp_path: Path, device: str) -> None:
+    """Saved engines, loaded in a fresh process, give bit-identical outputs on the CPU. On a GPU
+    the plan is the same but cuDNN picks its convolution algorithm per process (benchmark mode,
+    see tactics/conv.py), so the outputs agree to fp32 rounding rather than bit for bit."""
     expected: dict[str, dict[str, np.ndarray]] = {}
     for name in ALL_MODELS:
         case = cases[name]
@@ -162,7 +164,8 @@ def test_engines_round_trip_through_a_file(cases: Cases, tmp_path: Path) -> None
         with np.load(tmp_path / f"{name}.outputs.npz") as loaded:
             assert sorted(loaded.files) == sorted(expected[name]), name
             mismatches += [f"{name} {key}" for key in loaded.files
-                           if not np.array_equal(loaded[key], expected[name][key])]
+                           if not (np.array_equal(loaded[key], expected[name][key]) if device == "cpu" else
+                                   np.allclose(loaded[key], expected[name][key], rtol=1e-5, atol=1e-6))]
     assert not mismatches, f"outputs of reloaded engines differ from the originals: {mismatches}"
 
 

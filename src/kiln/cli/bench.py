@@ -187,7 +187,7 @@ def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmu
         "warmup": warmup,
         "iterations": len(t.latency),
         "seconds": t.wall_seconds,
-        "cuda_graph": engine.use_cuda_graphs,
+        "cuda_graph": engine.cuda_graph_status,
         "throughput": {"inferences_per_second": per_second, "samples_per_second": per_second * batch},
         "latency_ms": stats(t.latency),
         "h2d_ms": stats(t.h2d),
@@ -200,7 +200,7 @@ def _print(r: dict[str, Any]) -> None:
     out = output.stdout()
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
     out.print(f"{r['engine']} on {r['device']}; shapes {shapes}; {r['iterations']} iterations in "
-              f"{r['seconds']:.4g} s after {r['warmup']} warm-up", markup=False)
+              f"{r['seconds']:.4g} s after {r['warmup']} warm-up; CUDA graph: {r['cuda_graph']}", markup=False)
     out.print(f"throughput: {r['throughput']['inferences_per_second']:.2f} inferences/s, "
               f"{r['throughput']['samples_per_second']:.2f} samples/s (batch {r['batch']})", markup=False)
     cols = ["min", "mean", "median", "p90", "p95", "p99", "max"]

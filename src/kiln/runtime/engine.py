@@ -55,6 +55,15 @@ class Engine:
     def profiles(self) -> list[dict[str, dict[str, list[int]]]]:
         return self.header["build_config"]["profiles"]
 
+    @property
+    def cuda_graph_status(self) -> str:
+        """"off", "captured", or why the last shape could not be captured (it then ran step by step)."""
+        if not self.use_cuda_graphs:
+            return "off"
+        if self._graphs is not None and self._graphs.captured_signatures == 0 and self._graphs.last_failure:
+            return f"not capturable ({self._graphs.last_failure}); ran step by step"
+        return "captured"
+
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if len(args) > len(self.plan.inputs):
             raise InputError(f"the engine takes {len(self.plan.inputs)} input(s) ({', '.join(self.input_names)}) "

@@ -37,6 +37,7 @@ class GraphRunner:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[Signature, _Captured | None] = OrderedDict()
         self._pool = None
+        self.last_failure: str | None = None  # why the last uncapturable signature could not be captured
 
     def run(self, feeds: dict[int, torch.Tensor], output_slots: Sequence[int]) -> list[torch.Tensor]:
         sig = tuple((slot, tuple(t.shape), t.dtype) for slot, t in sorted(feeds.items()))
@@ -73,7 +74,8 @@ class GraphRunner:
             with torch.cuda.graph(graph, pool=self._pool):
                 env = self.executor.run(static, device=self.device, h2d_memo=memo)
                 outputs = [env[s] for s in output_slots]
-        except Exception:  # noqa: BLE001 - any capture failure means "run this signature eagerly"
+        except Exception as exc:  # noqa: BLE001 - any capture failure means "run this signature eagerly"
             torch.cuda.synchronize(self.device)
+            self.last_failure = f"{type(exc).__name__}: {exc}"
             return None
         return _Captured(graph, static, outputs, memo)
