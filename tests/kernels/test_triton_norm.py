@@ -119,11 +119,12 @@ def _query(op, dtype="float16", shapes=((32, 128, 768), (768,), (768,)), device=
 
 
 def test_tactics_registered_first():
+    # LayerNormalization's Y-only node is offered torch's fused kernel first (faster on H200).
     from kiln.tactics import candidates
     for op in ("LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax"):
         shapes = ((8, 64), (64,)) if op != "Softmax" and op != "LogSoftmax" else ((8, 64),)
         names = [t.name for t in candidates(_query(op, shapes=shapes))]
-        assert names[0] == f"{op}.triton" and names[-1] == f"{op}.reference"
+        assert f"{op}.triton" in names[:2] and names[-1] == f"{op}.reference"
 
 
 @pytest.mark.parametrize("query,ok", [

@@ -12,7 +12,7 @@ from kiln.engine.plan import Binding, MemoryReport, Plan, Slot, Step, SubPlan
 from kiln.errors import BuildError
 from kiln.ir.graph import Graph, Node, Value
 from kiln.runtime import memory
-from kiln.tactics import Tactic, TacticQuery, candidates
+from kiln.tactics import Tactic, TacticQuery, candidates, get_tactic
 from kiln.tactics.placement import HOST_INPUTS, HOST_OPS, MAX_HOST_CONST_ELEMENTS
 
 
@@ -60,7 +60,7 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
         if placement == "host":
             return True
         present = [v for v in n.inputs if v is not None]
-        return (not n.domain and n.op in HOST_OPS and any(id(v) in host_values for v in present)
+        return (_host_op(n) and any(id(v) in host_values for v in present)
                 and all(id(v) in host_values or (v.is_const and _small(v)) for v in present))
 
     inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"),
@@ -70,8 +70,11 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
         # Shapes as inferred (symbolic dims as str): the tactic must hold over the whole profile.
         shapes = tuple(None if v is None else _dims(v) for v in n.inputs)
-        tactic = choose_tactic(TacticQuery(n.qualified_op, device, dts, n.attrs, shapes, graph.layout))
+        tactic = choose_tactic(TacticQuery(n.qualified_op, device, dts, n.attrs, shapes, graph.layout,
+                                             len(n.outputs)))
         host = is_host_step(n, tactic.placement)
+        if host and tactic.placement != "host":
+            tactic = get_tactic(f"{n.qualified_op}.reference")  # host steps compute on host tensors
         params = HOST_INPUTS.get(n.op, ()) if not n.domain and device == "cuda" else ()
         ins = tuple(None if v is None else slot_of(v, "activation", on_host=host or i in params)
                     for i, v in enumerate(n.inputs))
@@ -122,6 +125,16 @@ def _lower_bodies(n: Node, device: str) -> tuple[dict, list[Value]]:
         else:
             attrs[k] = a
     return attrs, caps
+
+
+def _host_op(n: Node) -> bool:
+    """Ops that may run on the host on shape values; a fused element-wise group qualifies when
+    all its instructions do (fuse_pointwise also groups shape arithmetic like Where(Equal(..)))."""
+    if not n.domain:
+        return n.op in HOST_OPS
+    if n.qualified_op == "kiln::Pointwise":
+        return all(op in HOST_OPS for op, _args, _attrs in n.attrs.get("program", []))
+    return False
 
 
 def _small(v: Value) -> bool:

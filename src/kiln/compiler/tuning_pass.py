@@ -144,7 +144,8 @@ class _StepTuner:
         ins = step.inputs[:len(step.inputs) - step.captures]
         symbolic = tuple(None if i is None else self.plan.slots[i].shape for i in ins)
         concrete = _shapes(args, len(ins))
-        query = TacticQuery(step.op, self.device, dtypes, step.attrs, symbolic, self.layout)
+        query = TacticQuery(step.op, self.device, dtypes, step.attrs, symbolic, self.layout,
+                            len(step.outputs))
         general = {t.name for t in candidates(query)}
         placement = get_tactic(step.tactic).placement
         found = candidates(replace(query, input_shapes=concrete))

@@ -65,6 +65,30 @@ def _supports_norm(query: TacticQuery) -> bool:
 def _supports_softmax(query: TacticQuery) -> bool:
     return _rowwise_ok(query, trailing=bool(query.attrs.get("coerce_2d", 0)))
 
+def torch_layer_norm(x: Any, scale: Any, b: Any = None, *, axis: int = -1, epsilon: float = 1e-5,
+                     stash_type: int = 1) -> Any:
+    """Y of LayerNormalization through torch's fused kernel (fp32 statistics for 16-bit inputs)."""
+    import torch.nn.functional as F
+    axis = axis + x.dim() if axis < 0 else axis
+    shape = tuple(x.shape[axis:])
+
+    def fit(t: Any) -> Any:  # [1, C] or [C] against normalised dims (.., C): same data, shape `shape`
+        if t is None or tuple(t.shape) == shape:
+            return t
+        return t.reshape(shape) if t.numel() == math.prod(shape) else t.broadcast_to(shape)
+    return F.layer_norm(x, shape, fit(scale), fit(b), epsilon)
+
+
+def _supports_torch_layer_norm(query: TacticQuery) -> bool:
+    """Only Y (torch returns no Mean/InvStdDev), and Scale/B in X's dtype, as F.layer_norm wants."""
+    dts = query.input_dtypes
+    return (query.n_outputs == 1 and _supports_norm(query)
+            and all(d is None or d == dts[0] for d in dts[1:3]))
+
+
+register_tactic(Tactic("LayerNormalization.torch", "LayerNormalization", 1, ("cuda",), torch_layer_norm,
+                       _supports_torch_layer_norm))
+
 
 def _register() -> None:
     from kiln.kernels.triton import norm, softmax

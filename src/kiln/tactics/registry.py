@@ -27,6 +27,7 @@ class TacticQuery:
     # the concrete shapes of the profile's opt point.
     input_shapes: tuple[tuple[int | str, ...] | None, ...] = ()
     layout: str = "nchw"                     # the graph's layout decision (passes/choose_layout.py)
+    n_outputs: int = 1                       # outputs the node uses (e.g. MaxPool without Indices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import attention, conv, host, matmul, norm, pointwise  # noqa: F401  (imports register tactics)
+    from kiln.tactics import attention, conv, host, matmul, norm, pointwise, pool  # noqa: F401  (they register)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"

@@ -26,7 +26,7 @@ from kiln.kernels.reference.registry import reference_op
 Tensor = torch.Tensor
 
 
-def _geometry(x: Tensor, auto_pad: str, ceil_mode: int, dilations: Sequence[int] | None,
+def pool_geometry(x: Tensor, auto_pad: str, ceil_mode: int, dilations: Sequence[int] | None,
               kernel_shape: Sequence[int], pads: Sequence[int] | None,
               strides: Sequence[int] | None) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
     """(kernel, strides, dilations, explicit pads, output spatial shape) of a pool."""
@@ -57,7 +57,7 @@ def _windows(x: Tensor, k: list[int], s: list[int], d: list[int], p: list[int], 
     return x.reshape(*x.shape[: 2 + n], -1)
 
 
-def _lowest(dtype: torch.dtype) -> float | int:
+def lowest_value(dtype: torch.dtype) -> float | int:
     return float("-inf") if dtype.is_floating_point else torch.iinfo(dtype).min
 
 
@@ -72,8 +72,8 @@ def max_pool(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     says; storage_order=1 numbers the spatial positions column-major. The result
     always has both tensors: the executor ignores Indices when the node lacks it.
     """
-    k, s, d, p, out = _geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
-    win = _windows(x, k, s, d, p, out, _lowest(x.dtype))
+    k, s, d, p, out = pool_geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
+    win = _windows(x, k, s, d, p, out, lowest_value(x.dtype))
     y, arg = torch.max(win, dim=-1)  # first maximum in row-major window order, as ONNX
     # Run the same windows over a tensor of flat positions to turn `arg` into indices.
     spatial = x.shape[2:]
@@ -97,7 +97,7 @@ def average_pool(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     Positions added by ceil mode beyond the explicit padding never count (as in
     PyTorch and ONNX Runtime).
     """
-    k, s, d, p, out = _geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
+    k, s, d, p, out = pool_geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
     acc = compute_dtype(x.dtype)
     total = _windows(x.to(acc), k, s, d, p, out, 0).sum(-1)
     # The divisor is the same windowing applied to a mask of the positions that count.
@@ -115,7 +115,7 @@ def lp_pool(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
             dilations: Sequence[int] | None = None, kernel_shape: Sequence[int], p: int = 2,
             pads: Sequence[int] | None = None, strides: Sequence[int] | None = None) -> Tensor:
     """Y = (sum over each window of |X|**p) ** (1/p), padding contributing zero."""
-    k, s, d, pd, out = _geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
+    k, s, d, pd, out = pool_geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
     acc = compute_dtype(x.dtype)
     win = _windows(x.to(acc).abs() ** p, k, s, d, pd, out, 0)
     return (win.sum(-1) ** (1.0 / p)).to(x.dtype)
