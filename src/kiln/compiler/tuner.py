@@ -93,10 +93,11 @@ class Choice:
 
 
 def as_outputs(result: Any, n_outputs: int) -> tuple[Any, ...]:
-    """A kernel's result as a tuple of outputs, by the executor's rule."""
+    """A kernel's result as a tuple of the node's `n_outputs` outputs, by the executor's rule
+    (the reference may return more, e.g. LayerNormalization's Mean, which the node does not use)."""
     if isinstance(result, torch.Tensor) or n_outputs == 1 and not isinstance(result, tuple):
         return (result,)
-    return tuple(result)
+    return tuple(result)[:n_outputs]
 
 
 def choose(cands: Sequence[Candidate], args: Sequence[Any], attrs: dict[str, Any], timer: Timer, n_outputs: int,
