@@ -15,7 +15,8 @@ The "all" row weights each layer by how often ResNet-50 runs it. Prints a markdo
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +24,11 @@ import torch
 from kiln.kernels.reference import lookup
 from kiln.tactics import get_tactic
 from kiln.tactics import conv as conv_tactics
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+from benchmarks.measure import cuda_median_ms  # noqa: E402
 
 # (name, count in ResNet-50, C_in, C_out, kernel, stride, H=W of the input, residual)
 LAYERS = [
@@ -55,18 +61,7 @@ COLUMNS = ["ref", "ref+bench", "nhwc", "nhwc fused", "nhwc+in", "nhwc-wcache"]
 
 
 def median_ms(fn: Callable[[], object], iters: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_median_ms(fn, iters, warmup)
 
 
 def _with_benchmark(fn: Callable[[], object]) -> Callable[[], object]:

@@ -15,7 +15,8 @@ Contenders:
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,25 +25,19 @@ from kiln.kernels.reference import lookup
 from kiln.kernels.triton import gemm
 from kiln.tactics import get_tactic
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+from benchmarks.measure import cuda_median_ms  # noqa: E402
+
 SHAPES = ((4096, 768, 3072), (4096, 3072, 768), (4096, 768, 768))   # (M, K, N): FFN up, FFN down, QKV/out proj
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 GELU = {"erf": ("Gelu", [0.0]), "tanh": ("Gelu", [1.0]), "none": ("", [])}
 
 
 def median_ms(fn: Callable[[], object], iters: int, flush: torch.Tensor) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        flush.zero_()   # evict A, B and Y from L2 (50 MiB on H100)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median with L2 evicted before each run (A, B and Y would otherwise stay in its 50 MiB)."""
+    return cuda_median_ms(fn, iters, before_each=flush.zero_)
 
 
 def config_name(c: dict) -> str:

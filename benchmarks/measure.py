@@ -21,11 +21,12 @@ class Timing:
 
 
 def time_ms(fn: Callable[[], Any], device: str, iters: int = 100, warmup: int = 10,
-            max_seconds: float = 3.0, min_iters: int = 10) -> Timing:
+            max_seconds: float = 3.0, min_iters: int = 10,
+            before_each: Callable[[], Any] | None = None) -> Timing:
     """Median of up to `iters` calls (at least `min_iters`, then stop after `max_seconds`).
 
-    On CUDA each call is bracketed by CUDA events and synchronised, as benchmarks/minilm.py
-    does; on the CPU it is timed with perf_counter.
+    On CUDA each call is bracketed by CUDA events and synchronised; on the CPU it is timed
+    with perf_counter. `before_each` runs, untimed, before every call (e.g. an L2 flush).
     """
     for _ in range(warmup):
         fn()
@@ -35,6 +36,8 @@ def time_ms(fn: Callable[[], Any], device: str, iters: int = 100, warmup: int = 
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < iters and (len(times) < min_iters or time.perf_counter() - start < max_seconds):
+        if before_each is not None:
+            before_each()
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -47,6 +50,13 @@ def time_ms(fn: Callable[[], Any], device: str, iters: int = 100, warmup: int = 
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return Timing(statistics.median(times), len(times))
+
+
+def cuda_median_ms(fn: Callable[[], Any], iters: int, warmup: int = 10,
+                   before_each: Callable[[], Any] | None = None) -> float:
+    """Median CUDA-event time of exactly `iters` calls (the kernel micro-benchmarks' timer)."""
+    return time_ms(fn, "cuda", iters=iters, warmup=warmup, max_seconds=math.inf, min_iters=iters,
+                   before_each=before_each).median_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,28 +8,23 @@ Prints a markdown table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import kiln
 from kiln.models import minilm
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+from benchmarks.measure import cuda_median_ms  # noqa: E402
+
 
 def median_ms(fn, iters: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_median_ms(fn, iters, warmup)
 
 
 def inputs(batch: int, seq: int) -> dict[str, torch.Tensor]:
