@@ -2,6 +2,7 @@
 from kiln.kernels.reference import (  # noqa: F401
     activations,
     attention,
+    casts,
     control_flow,
     cumulative,
     detection,
