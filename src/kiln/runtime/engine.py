@@ -149,6 +149,7 @@ _DATA_DEPENDENT = {"If", "Loop", "Scan", "SequenceMap", "NonZero", "Unique", "No
 def graphable(plan: Plan) -> bool:
     """Whether the whole plan can be captured as one CUDA graph per input shape."""
     return (all(b.kind == "tensor" for b in (*plan.inputs, *plan.outputs))
+            and any(not s.host for s in plan.steps)  # a plan of host steps only has no kernels to capture
             and not any(s.op in _DATA_DEPENDENT or s.captures for s in plan.steps))
 
 
