@@ -24,6 +24,7 @@ from kiln.passes.fuse_gelu import fuse_gelu
 from kiln.passes.fuse_layernorm import fuse_layernorm
 from kiln.passes.fuse_pointwise import fuse_pointwise
 from kiln.passes.fuse_softmax import fuse_softmax
+from kiln.passes.gather_to_slice import gather_to_slice
 
 Pass = Callable[[Graph], bool]
 
@@ -39,6 +40,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
+    ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views
     ("eliminate_dead_code", eliminate_dead_code),  # constants and nodes the fusions left unread
 ]
 CLEANUP_PASSES = 3
