@@ -1,0 +1,88 @@
+"""Collect activation ranges: run a Graph with the reference ops on calibration batches and
+feed every floating-point activation to one calibrator per tensor name.
+
+Activations are the floating-point graph inputs (the first quantized op reads them) and
+every floating-point node output; constants (weights) are not activations and get
+per-channel scales from `weight_scales` instead. The loop mirrors `run_graph` but sees each
+intermediate, and frees a tensor once its last reader has run, so memory stays near that
+of one forward pass. Subgraph (If/Loop) internals are not visited; their outputs are.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from kiln.calibration.calibrators import Calibrator, make_calibrator
+from kiln.errors import KilnError
+from kiln.ir.graph import Graph, Value
+from kiln.kernels.reference.interpret import as_tensor, evaluate_node
+
+
+def collect_ranges(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]],
+                   method: str = "entropy", percentile: float = 99.99,
+                   progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """amax per floating-point activation name; `progress(n)` is called after each of n batches."""
+    make_calibrator(method, percentile)  # reject an unknown method before any work
+    calibrators: dict[str, Calibrator] = {}
+
+    def observe(v: Value, t: object) -> None:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            if v.name not in calibrators:
+                calibrators[v.name] = make_calibrator(method, percentile)
+            calibrators[v.name].observe(t)
+
+    last_use = _last_use(graph)
+    n = 0
+    for feed in batches:
+        _run_observed(graph, feed, last_use, observe)
+        n += 1
+        if progress is not None:
+            progress(n)
+    if n == 0:
+        raise KilnError(f"the calibration data gave no batches for graph {graph.name!r}; pass at least one "
+                        "feed dict {input name: array}.")
+    return {name: cal.amax() for name, cal in calibrators.items()}
+
+
+def _last_use(graph: Graph) -> dict[int, int]:
+    """id(value) -> index of the last node that reads it; graph outputs are never freed."""
+    last: dict[int, int] = {}
+    for k, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            if v is not None and not v.is_const:
+                last[id(v)] = k
+    for v in graph.outputs:
+        last[id(v)] = len(graph.nodes)
+    return last
+
+
+def _run_observed(graph: Graph, feeds: Mapping[str, np.ndarray | torch.Tensor], last_use: dict[int, int],
+                  observe: Callable[[Value, object], None]) -> None:
+    env: dict[int, object] = {}
+
+    def read(v: Value | None) -> object:
+        if v is None:
+            return None
+        if id(v) in env:
+            return env[id(v)]
+        if v.is_const:
+            return as_tensor(v.const)
+        raise KilnError(f"value {v.name!r} of graph {graph.name!r} is read before any node computes it; "
+                        "the graph is not in topological order: run graph.sort() first.")
+
+    for v in graph.inputs:
+        if v.name not in feeds:
+            raise KilnError(f"calibration feed lacks input {v.name!r} of graph {graph.name!r}; key the arrays "
+                            "by input name.")
+        env[id(v)] = as_tensor(feeds[v.name])
+        observe(v, env[id(v)])
+    for k, node in enumerate(graph.nodes):
+        outs = evaluate_node(node, [read(v) for v in node.inputs])  # type: ignore[misc]
+        for o, t in zip(node.outputs, outs):
+            env[id(o)] = t
+            observe(o, t)
+        for v in node.inputs:
+            if v is not None and last_use.get(id(v)) == k:
+                env.pop(id(v), None)
