@@ -14,6 +14,7 @@ from kiln import __version__
 from kiln.cli.bench import bench
 from kiln.cli.build import build
 from kiln.cli.check import check
+from kiln.cli.compare import compare
 from kiln.cli.demo import demo
 from kiln.cli.inspect import inspect
 from kiln.cli.ops import ops
@@ -53,7 +54,7 @@ def main() -> None:
     """
 
 
-for _command in (build, run, bench, inspect, check, rebuild, ops, demo):
+for _command in (build, run, bench, inspect, check, rebuild, ops, demo, compare):
     main.add_command(_command)
 
 
