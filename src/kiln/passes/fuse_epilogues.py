@@ -64,7 +64,7 @@ def fuse_epilogues(graph: Graph) -> bool:
     return changed
 
 
-def _channel_vector(c: Value, out: Value, axis: int, channels: int | None) -> np.ndarray | None:
+def channel_vector(c: Value, out: Value, axis: int, channels: int | None) -> np.ndarray | None:
     """c as a [channels] vector when it is a constant varying along `axis` of `out` only."""
     arr, r = const_array(c), rank(out)
     if arr is None or r is None or channels is None or arr.ndim > r or c.dtype != out.dtype:
@@ -76,7 +76,7 @@ def _channel_vector(c: Value, out: Value, axis: int, channels: int | None) -> np
     return np.broadcast_to(arr.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def _collect(graph: Graph, out: Value, ep: Epilogue, keep: set[int],
+def collect_epilogue(graph: Graph, out: Value, ep: Epilogue, keep: set[int],
              as_bias: Callable[[Value], np.ndarray | None]) -> Epilogue:
     cur, user = out, sole_user(out, keep)
     if _is(user, "Add") and not isinstance(ep.bias, Value):
@@ -123,10 +123,10 @@ def _fuse_conv(graph: Graph, conv: Node, keep: set[int]) -> bool:
     channels = w.shape[0] if w.shape is not None and isinstance(w.shape[0], int) else None
     b = conv.input(2)
     base = None if b is None else (const_array(b).astype(np.float64).reshape(-1) if b.is_const else b)
-    ep = _collect(graph, out, Epilogue(base, None), keep, lambda c: _channel_vector(c, out, 1, channels))
+    ep = collect_epilogue(graph, out, Epilogue(base, None), keep, lambda c: channel_vector(c, out, 1, channels))
     if not ep.nodes:
         return False
-    bias = _bias_value(graph, ep, out, [w, b, *(v for n in ep.nodes for v in n.inputs)])
+    bias = bias_value(graph, ep, out, [w, b, *(v for n in ep.nodes for v in n.inputs)])
     if bias is False:
         return False
     attrs = dict(conv.attrs, activation=ep.activation, activation_params=ep.params)
@@ -134,7 +134,7 @@ def _fuse_conv(graph: Graph, conv: Node, keep: set[int]) -> bool:
     return True
 
 
-def _bias_value(graph: Graph, ep: Epilogue, out: Value, sources: list[Value | None]) -> Value | None | bool:
+def bias_value(graph: Graph, ep: Epilogue, out: Value, sources: list[Value | None]) -> Value | None | bool:
     """The bias input of the fused node; False when no constant shows its storage type."""
     if not isinstance(ep.bias, np.ndarray):
         return ep.bias
@@ -142,7 +142,7 @@ def _bias_value(graph: Graph, ep: Epilogue, out: Value, sources: list[Value | No
     return False if like is None else new_const(graph, ep.bias, like, "bias")
 
 
-def _gemm_start(gemm: Node) -> Epilogue | None:
+def gemm_start(gemm: Node) -> Epilogue | None:
     """The bias/residual Gemm's own C term contributes, or None when it cannot be fused."""
     c, out = gemm.input(2), gemm.outputs[0]
     if gemm.attrs.get("transA", 0):
@@ -151,7 +151,7 @@ def _gemm_start(gemm: Node) -> Epilogue | None:
         return Epilogue(None, None)
     beta = float(gemm.attrs.get("beta", 1.0))
     n = out.shape[-1] if out.shape is not None else None
-    vec = _channel_vector(c, out, -1, n if isinstance(n, int) else None)
+    vec = channel_vector(c, out, -1, n if isinstance(n, int) else None)
     if vec is not None:
         return Epilogue(beta * vec, None)
     if c.shape != out.shape or (beta != 1.0 and not c.is_const):
@@ -166,15 +166,15 @@ def _scaled(gemm: Node, c: Value, beta: float) -> Value:
 
 
 def _fuse_matmul(graph: Graph, mm: Node, keep: set[int]) -> bool:
-    start = _gemm_start(mm) if mm.op == "Gemm" else Epilogue(None, None)
+    start = gemm_start(mm) if mm.op == "Gemm" else Epilogue(None, None)
     if start is None:
         return False
     out = mm.outputs[0]
     n = out.shape[-1] if out.shape else None
-    ep = _collect(graph, out, start, keep, lambda c: _channel_vector(c, out, -1, n if isinstance(n, int) else None))
+    ep = collect_epilogue(graph, out, start, keep, lambda c: channel_vector(c, out, -1, n if isinstance(n, int) else None))
     if not ep.nodes:
         return False
-    bias = _bias_value(graph, ep, out, [mm.input(1), mm.input(2), *(v for n in ep.nodes for v in n.inputs)])
+    bias = bias_value(graph, ep, out, [mm.input(1), mm.input(2), *(v for n in ep.nodes for v in n.inputs)])
     if bias is False:
         return False
     attrs = {"trans_b": int(mm.attrs.get("transB", 0)), "alpha": float(mm.attrs.get("alpha", 1.0)),

@@ -23,6 +23,7 @@ from kiln.passes.fuse_epilogues import fuse_epilogues
 from kiln.passes.fuse_gelu import fuse_gelu
 from kiln.passes.fuse_layernorm import fuse_layernorm
 from kiln.passes.fuse_pointwise import fuse_pointwise
+from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
 
@@ -38,6 +39,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_gelu", fuse_gelu),                      # one Gelu node, so epilogues can take it as activation
     ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
+    ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
     ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views

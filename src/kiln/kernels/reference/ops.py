@@ -15,6 +15,7 @@ from kiln.kernels.reference import (  # noqa: F401
     normalization,
     pooling,
     quantize,
+    quantized,
     random,
     recurrent,
     reduce,

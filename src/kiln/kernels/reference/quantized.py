@@ -1,0 +1,138 @@
+"""Reference implementations of kiln's quantized layers: kiln::QMatMul and kiln::QConv.
+
+They are what passes/fuse_qdq.py turns a QDQ chain into,
+  [Q](act(DQ(A) @ DQ(B) + bias + residual))        -> kiln::QMatMul
+  [Q](act(Conv(DQ(X), DQ(W)) + bias + residual))   -> kiln::QConv
+and they are defined so that every step is exact up to one final rounding:
+
+  acc  = sum_k (a - a_zp)(b - b_zp)     integer; held in float64, which is exact while
+                                        K * 2^16 < 2^53 (int8/uint8 inputs: any real K)
+  v    = acc * (a_scale * b_scale) + bias + residual      in float64
+  v    = act(v)                                           ACTIVATIONS, in float64
+  Y    = v rounded once to a_scale's dtype                 (no out_scale: float output)
+  Y    = saturate(round_half_even(v / out_scale) + out_zp) (out_scale given)
+
+a_scale/a_zp are per tensor (one element). b_scale/b_zp are per tensor or per output
+channel: 1-D of length N, the last axis of Y (QMatMul; the column of B, or its row when
+trans_b) or dim 1 of Y (QConv; dim 0 of W). out_scale/out_zp are per tensor. The
+requantized type is `out_dtype` (an ONNX TensorProto enum) when non-zero, else out_zp's
+type, else uint8, as QuantizeLinear; integer types saturate to their range, float8 types
+saturate to their largest finite value (QuantizeLinear's saturate=1).
+The unfused float32 graph rounds to float32 after every op; the fused op does not, so
+the two can differ in the last float32 bit, which moves a requantized output by one step
+only when it falls within that bit of a rounding tie.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from kiln.ir import dtypes
+from kiln.kernels.reference.fused import apply_activation
+from kiln.kernels.reference.nn import conv
+from kiln.kernels.reference.quantize import _FP8, _INT_RANGES, _to_fp8
+from kiln.kernels.reference.registry import reference_op
+
+Tensor = torch.Tensor
+
+
+def _f64(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.to(torch.float64)
+
+
+def _per_tensor(p: Tensor | None, what: str) -> Tensor | None:
+    if p is not None and p.numel() != 1:
+        raise ValueError(f"{what} must be per tensor (one element); got shape {tuple(p.shape)}")
+    return None if p is None else p.to(torch.float64).reshape(())
+
+
+def _channel(p: Tensor | None, channels: int, shape: list[int], what: str) -> Tensor | None:
+    """A per-tensor or per-channel (1-D [channels]) parameter reshaped to `shape` (one -1)."""
+    if p is None or p.numel() == 1:
+        return None if p is None else p.to(torch.float64).reshape(())
+    if p.dim() != 1 or p.numel() != channels:
+        raise ValueError(f"{what} must have one element or {channels} (one per output channel); "
+                         f"got shape {tuple(p.shape)}")
+    return p.to(torch.float64).reshape(shape)
+
+
+def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None,
+            activation: str, activation_params: Sequence[float], float_dtype: torch.dtype,
+            out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> Tensor:
+    """Scale the exact accumulator, add the epilogue, and round once (module docstring)."""
+    v = acc * scale
+    if bias is not None:
+        v = v + bias.to(torch.float64).reshape(bias_shape)
+    if residual is not None:
+        v = v + residual.to(torch.float64)
+    v = apply_activation(v, activation, activation_params)
+    if out_scale is None:
+        return v.to(float_dtype)
+    return _requantize(v, out_scale, out_zp, out_dtype)
+
+
+def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int) -> Tensor:
+    if out_dtype:
+        qt = dtypes.from_onnx(out_dtype)
+    elif out_zp is not None:
+        qt = dtypes.from_torch(out_zp.dtype)
+    else:
+        qt = dtypes.BY_NAME["uint8"]
+    zp = _per_tensor(out_zp, "out_zp")
+    v = v / _per_tensor(out_scale, "out_scale")
+    if qt.name in _INT_RANGES:
+        lo, hi = _INT_RANGES[qt.name]
+        v = torch.round(v) if zp is None else torch.round(v) + zp
+        return v.clamp(lo, hi).to(qt.torch)
+    if qt.torch in _FP8:
+        return _to_fp8((v if zp is None else v + zp).to(torch.float32), qt.torch, 1)
+    raise TypeError(f"kiln quantized ops cannot requantize to {qt.name}; use an 8-bit integer or float8 type")
+
+
+@reference_op("QMatMul", domain="kiln")
+def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
+            b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
+            out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
+            activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
+    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), integer-exact accumulation (module docstring)."""
+    n = b_q.shape[-2] if trans_b else b_q.shape[-1]
+    # b_zp per channel centers B's columns ([K, N]) or rows when transposed ([N, K]).
+    zb = _channel(b_zp, n, [-1, 1] if trans_b else [-1], "b_zp")
+    a = a_q.to(torch.float64)
+    b = b_q.to(torch.float64)
+    if a_zp is not None:
+        a = a - _per_tensor(a_zp, "a_zp")
+    if zb is not None:
+        b = b - zb
+    acc = torch.matmul(a, b.transpose(-1, -2) if trans_b else b)  # [..., M, N]
+    scale = _per_tensor(a_scale, "a_scale") * _channel(b_scale, n, [-1], "b_scale")
+    return _finish(acc, scale, bias, [-1], residual, activation, activation_params, a_scale.dtype,
+                   out_scale, out_zp, out_dtype)
+
+
+@reference_op("QConv", domain="kiln")
+def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
+          w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
+          out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
+          pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
+          activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
+    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), integer-exact accumulation (module docstring).
+
+    Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
+    """
+    m, rank = w_q.shape[0], w_q.dim()
+    x = x_q.to(torch.float64)
+    w = w_q.to(torch.float64)
+    if x_zp is not None:
+        x = x - _per_tensor(x_zp, "x_zp")
+    zw = _channel(w_zp, m, [-1] + [1] * (rank - 1), "w_zp")
+    if zw is not None:
+        w = w - zw
+    acc = conv(x, w, None, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+               pads=pads, strides=strides)  # [N, M, *D]
+    per_channel = [1, -1] + [1] * (rank - 2)
+    scale = _per_tensor(x_scale, "x_scale") * _channel(w_scale, m, per_channel, "w_scale")
+    return _finish(acc, scale, bias, per_channel, residual, activation, activation_params, x_scale.dtype,
+                   out_scale, out_zp, out_dtype)

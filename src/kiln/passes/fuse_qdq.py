@@ -1,0 +1,242 @@
+"""Turn explicit quantization (QDQ: QuantizeLinear/DequantizeLinear pairs) into quantized layers.
+
+Rules, in the order they run (DQ = DequantizeLinear, Q = QuantizeLinear, p = the same
+constant per-tensor scale and zero point, S a shape op: Reshape, Transpose, Flatten,
+Squeeze, Unsqueeze, or MaxPool without Indices):
+
+  Q(S(DQ(x, p)), p)                  -> S(x)       S only moves or picks elements, and
+  Q(DQ(x, p), p)                     -> x          Q(DQ(x, p), p) = x exactly
+  [Q](act(DQ(a) @ DQ(w) + c + r))    -> kiln::QMatMul(a, w, scales, zero points, c, r, ...)
+  [Q](act(Conv(DQ(x), DQ(w)) + ...)) -> kiln::QConv(x, w, ...)
+  (Gemm with transA=0 and alpha=1 counts as MatMul, transB as trans_b, beta*C as bias)
+
+- Activations (a, x) must be int8/uint8 with a constant per-tensor scale and zero point.
+  Weights are an int8/uint8 constant with a constant scale and zero point, per tensor or
+  per output channel (DQ's axis on W's output axis: MatMul 1, Gemm 0 if transB else 1,
+  Conv 0). Anything else (runtime scales, per-channel activations, blocked scales) is
+  left unchanged.
+- fold_constants runs first in the pipeline and turns DQ(w_q) into a float constant W.
+  Such a W is accepted when it is *exactly* a symmetric int8 dequantization, W =
+  fl32(q * s_c) with |q| <= 127 and one s_c per output channel; s_c is searched near
+  max|W_c| / qmax (qmax 127, 64, 63: ORT's symmetric and reduced ranges) and every
+  element is checked, so the fused layer's DQ(q, s) is W bit for bit.
+- The epilogue (constant per-channel bias c, a residual r of the output's shape, one
+  activation) is matched as fuse_epilogues does; a trailing Q with constant per-tensor
+  parameters (saturating, to an 8-bit integer or float8 type) becomes the output
+  requantization (out_scale, out_zp, out_dtype). An intermediate is absorbed only when
+  the next step is its sole reader and not a graph output.
+- DQ(Q(x)) pairs that no quantized layer consumes are kept: they simulate quantization
+  of a float tensor, and removing them would change the numbers. A DQ whose readers are
+  all fused away is removed; one that still has float readers stays for them.
+Run after fold_batchnorm and fuse_gelu (weights final, Gelu one node), before
+fuse_epilogues, which would take the float layer and hide the DQ -> layer -> Q pattern.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue, gemm_start
+from kiln.passes.match import (bypass, const_array, drop_if_dead, live_nodes, pinned, produced_by, rank,
+                               replace_nodes, sole_user)
+
+SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
+# Input types whose products and sums float64 holds exactly (kernels/reference/quantized.py).
+QUANT_INPUTS = ("int8", "uint8")
+QUANT_OUTPUTS = ("int8", "uint8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
+SYMMETRIC_QMAX = (127, 64, 63)
+
+
+@dataclass(frozen=True, slots=True)
+class QParams:
+    """A Q/DQ node's constant scale and zero point; `channels` 1 means per tensor."""
+    scale: Value
+    zero_point: Value | None
+    channels: int
+    axis: int
+
+
+def fuse_qdq(graph: Graph) -> bool:
+    """Drop redundant Q/DQ around shape ops, then fuse DQ -> layer -> [Q] into QMatMul/QConv."""
+    changed = False
+    keep = pinned(graph)
+    for q in live_nodes(graph, "QuantizeLinear"):
+        changed |= _sink_shape_op(graph, q, keep)
+    keep = pinned(graph)
+    for node in live_nodes(graph, "MatMul", "Gemm", "Conv"):
+        changed |= _fuse_layer(graph, node, keep)
+    return changed
+
+
+def _qparams(node: Node | None) -> QParams | None:
+    if node is None or node.attrs.get("block_size", 0) or node.input(1) is None:
+        return None
+    scale, zp = node.input(1), node.input(2)
+    s, z = const_array(scale), const_array(zp)
+    if s is None or (zp is not None and (z is None or z.size != s.size)):
+        return None
+    if s.size == 1:
+        return QParams(scale, zp, 1, 0)
+    r = rank(node.input(0))
+    if s.ndim != 1 or r is None:
+        return None
+    return QParams(scale, zp, s.size, int(node.attrs.get("axis", 1)) % r)
+
+
+def _dtype(v: Value | None) -> str | None:
+    return None if v is None or v.dtype is None else v.dtype.name
+
+
+def _same(p: QParams, q: QParams) -> bool:
+    """Both per tensor with equal scale and zero point (an omitted zero point is 0)."""
+    if p.channels != 1 or q.channels != 1:
+        return False
+    zp = [0.0 if v is None else float(const_array(v).reshape(-1)[0]) for v in (p.zero_point, q.zero_point)]
+    return float(const_array(p.scale).reshape(-1)[0]) == float(const_array(q.scale).reshape(-1)[0]) \
+        and zp[0] == zp[1] and _dtype(p.scale) == _dtype(q.scale)
+
+
+def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
+    """Q(S(DQ(x, p)), p) -> S(x) and Q(DQ(x, p), p) -> x."""
+    src = q.input(0)
+    shape_op = produced_by(src, *SHAPE_OPS)
+    if shape_op is not None:
+        if sole_user(src, keep) is not q or any(o.uses() or id(o) in keep for o in shape_op.outputs[1:]):
+            return False
+        dq = produced_by(shape_op.input(0), "DequantizeLinear")
+    else:
+        dq = produced_by(src, "DequantizeLinear")
+    pq, pdq = _qparams(q), _qparams(dq)
+    if pq is None or pdq is None or not _same(pq, pdq) or _dtype(dq.input(0)) != _dtype(q.outputs[0]):
+        return False
+    x_q = dq.input(0)
+    if shape_op is None:
+        if not bypass(graph, q, x_q, keep):
+            return False
+    else:
+        shape_op.set_input(0, x_q)
+        shape_op.outputs[0].dtype = x_q.dtype
+        bypass(graph, q, shape_op.outputs[0], keep)  # cannot fail: the source has a producer, is unpinned
+    drop_if_dead(graph, dq, keep)
+    return True
+
+
+def _activation_input(v: Value | None) -> tuple[Node, QParams] | None:
+    dq = produced_by(v, "DequantizeLinear")
+    p = _qparams(dq)
+    if p is None or p.channels != 1 or _dtype(dq.input(0)) not in QUANT_INPUTS:
+        return None
+    return dq, p
+
+
+def _channel_axis(node: Node) -> int:
+    if node.op == "Conv":
+        return 0
+    return 0 if node.op == "Gemm" and node.attrs.get("transB", 0) else 1
+
+
+def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None) -> tuple[list[Value | None], Node | None] | None:
+    """[w_q, w_scale, w_zp] and the weight's DQ node (None when recovered from a float constant,
+    which then stays for its other readers or for eliminate_dead_code)."""
+    dq = produced_by(w, "DequantizeLinear")
+    if dq is not None:
+        p = _qparams(dq)
+        if p is None or not dq.input(0).is_const or _dtype(dq.input(0)) not in QUANT_INPUTS:
+            return None
+        if p.channels != 1 and (p.axis != axis or p.channels != channels):
+            return None
+        return [dq.input(0), p.scale, p.zero_point], dq
+    arr = const_array(w)
+    if arr is None or arr.dtype != np.float32 or arr.size == 0:
+        return None
+    found = recover_int8(arr, axis)
+    if found is None:
+        return None
+    q, scale = found
+    return [graph.constant(q, f"{w.name}_q"), graph.constant(scale, f"{w.name}_scale"), None], None
+
+
+def recover_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q int8, s float32 [channels]) with fl32(q * s) == w exactly, per channel along `axis`; else None."""
+    rows = np.moveaxis(w, axis, 0)
+    flat = rows.reshape(rows.shape[0], -1).astype(np.float64)  # [C, R]
+    absmax = np.abs(flat).max(axis=1)
+    scale = np.ones(flat.shape[0], dtype=np.float32)
+    q = np.zeros_like(flat)
+    done = absmax == 0  # an all-zero channel is q = 0 with any scale
+    for qmax in SYMMETRIC_QMAX:
+        base = (absmax / qmax).astype(np.float32)
+        for ulps in (0, -1, 1, -2, 2):
+            s = base
+            for _ in range(abs(ulps)):
+                s = np.nextafter(s, np.float32(np.inf if ulps > 0 else 0))
+            s64 = s.astype(np.float64)[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cand = np.round(flat / s64)
+            exact = ((cand * s64).astype(np.float32) == flat.astype(np.float32)).all(axis=1)
+            ok = ~done & (s > 0) & exact & (np.abs(cand).max(axis=1) <= 127)
+            q[ok], scale[ok], done = cand[ok], s[ok], done | ok
+    if not done.all():
+        return None
+    return np.moveaxis(q.reshape(rows.shape), 0, axis).astype(np.int8), scale
+
+
+def _output_q(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
+    q = sole_user(v, keep)
+    if q is None or q.domain != "" or q.op != "QuantizeLinear" or q.input(0) is not v:
+        return None
+    p = _qparams(q)
+    if p is None or p.channels != 1 or not q.attrs.get("saturate", 1) or _dtype(q.outputs[0]) not in QUANT_OUTPUTS:
+        return None
+    return q, p
+
+
+def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
+    act = _activation_input(node.input(0))
+    w, out = node.input(1), node.outputs[0]
+    if act is None or w is None or (node.op != "Conv" and rank(w) != 2):
+        return False
+    if node.op == "Gemm" and float(node.attrs.get("alpha", 1.0)) != 1.0:
+        return False
+    axis = _channel_axis(node)
+    channels = w.shape[axis] if w.shape is not None and isinstance(w.shape[axis], int) else None
+    if node.op == "Conv":
+        b = node.input(2)
+        start: Epilogue | None = Epilogue(None if b is None else
+                                          (const_array(b).astype(np.float64).reshape(-1) if b.is_const else b), None)
+        out_axis = 1
+    else:
+        start = gemm_start(node) if node.op == "Gemm" else Epilogue(None, None)
+        out_axis = -1
+    if start is None or channels is None:
+        return False
+    weight = _weight_input(graph, w, axis, channels)
+    if weight is None:
+        return False
+    ep = collect_epilogue(graph, out, start, keep, lambda c: channel_vector(c, out, out_axis, channels))
+    bias = bias_value(graph, ep, out, [w, node.input(2), *(v for n in ep.nodes for v in n.inputs),
+                                        act[1].scale])
+    if bias is False:
+        return False
+    tail = ep.nodes[-1].outputs[0] if ep.nodes else out
+    requant = _output_q(tail, keep)
+    dq_a, pa = act
+    inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, ep.residual]
+    attrs = {"activation": ep.activation, "activation_params": ep.params, "out_dtype": 0}
+    if requant is not None:
+        inputs += [requant[1].scale, requant[1].zero_point]
+        attrs["out_dtype"] = requant[0].outputs[0].dtype.onnx
+    while inputs[-1] is None:
+        inputs.pop()
+    if node.op == "Conv":
+        attrs = {**node.attrs, **attrs}
+    else:
+        attrs["trans_b"] = int(node.attrs.get("transB", 0))
+    nodes = [node, *ep.nodes, *([requant[0]] if requant is not None else [])]
+    replace_nodes(graph, nodes, "QConv" if node.op == "Conv" else "QMatMul", inputs, attrs, "kiln")
+    for dq in (dq_a, weight[1]):
+        if dq is not None:
+            drop_if_dead(graph, dq, keep)
+    return True
