@@ -6,7 +6,14 @@ from typing import Mapping, Sequence
 
 from kiln.errors import KilnError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# Engine precisions. tf32 computes like fp32 (fp32 weights and activations) but lets CUDA
+# matmuls and convolutions use TF32 tensor cores; fp32 engines turn TF32 off.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# What one layer may be kept in (--layer-precision NAME=...): TF32 is a process-wide math mode,
+# not a tensor type, so it is an engine precision only.
+LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
+# Precisions a strongly typed engine may have: they convert no tensor type.
+STRONGLY_TYPED_PRECISIONS = ("fp32", "tf32")
 DEVICES = ("auto", "cpu", "cuda")
 
 Dims = tuple[int, ...]
@@ -68,8 +75,13 @@ class Profile:
 class BuildConfig:
     """What to build: precision, target device, shape profiles and build options.
 
-    precision: "fp32" | "fp16" | "bf16" (float tensors computed in that type; bindings keep
-        the model's declared types).
+    precision: "fp32" | "tf32" | "fp16" | "bf16" (float tensors computed in that type; bindings
+        keep the model's declared types). tf32 keeps fp32 tensors and allows TF32 tensor-core math.
+    layer_precision: (name or fnmatch pattern, "fp32" | "fp16" | "bf16") pairs: the matching
+        layers (by ONNX node name, or any source name of a fused layer) keep that precision while
+        the rest follow `precision`; earlier pairs win. A pattern that matches nothing is an error.
+    strongly_typed: keep exactly the types the ONNX graph states (no conversion at all, like
+        TensorRT's strongly typed networks); needs precision fp32 or tf32 and no layer_precision.
     device: "auto" (CUDA when present, else CPU) | "cpu" | "cuda".
     profiles: shape ranges for inputs with dynamic dims; inputs not named keep the
         model's static dims, and a dynamic dim not covered is an error at build time.
@@ -87,20 +99,40 @@ class BuildConfig:
     embed_source: bool = True
     tune: bool = True
     timing_cache: str | None = None
+    layer_precision: tuple[tuple[str, str], ...] = ()
+    strongly_typed: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise KilnError(f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise KilnError(f"device {self.device!r} is not known; choose one of {', '.join(DEVICES)}")
+        for rule in self.layer_precision:
+            if not (isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(x, str) for x in rule) and rule[0]):
+                raise KilnError(f"layer precision rule {rule!r} is not a (pattern, precision) pair of strings; "
+                                "give e.g. ('encoder/*', 'fp32').")
+            if rule[1] not in LAYER_PRECISIONS:
+                raise KilnError(f"layer precision {rule[1]!r} for {rule[0]!r} is not one a layer can keep; choose "
+                                f"one of {', '.join(LAYER_PRECISIONS)} (tf32 is an engine precision only).")
+        if self.strongly_typed and self.precision not in STRONGLY_TYPED_PRECISIONS:
+            raise KilnError(f"a strongly typed engine keeps the model's types, so it cannot compute in "
+                            f"{self.precision}; build with precision {' or '.join(STRONGLY_TYPED_PRECISIONS)}, or "
+                            "leave strongly typed off (or store the model in that type).")
+        if self.strongly_typed and self.layer_precision:
+            raise KilnError("a strongly typed engine keeps the model's types, so it takes no layer precision "
+                            f"rules ({', '.join(f'{p}={t}' for p, t in self.layer_precision)}); drop them or "
+                            "leave strongly typed off.")
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "device": self.device,
                 "profiles": [p.to_json() for p in self.profiles], "embed_source": self.embed_source,
-                "tune": self.tune}
+                "tune": self.tune, "layer_precision": [list(r) for r in self.layer_precision],
+                "strongly_typed": self.strongly_typed}
 
     @staticmethod
     def from_json(data: Mapping) -> BuildConfig:
         return BuildConfig(precision=data["precision"], device=data["device"],
                            profiles=tuple(Profile.from_json(p) for p in data["profiles"]),
-                           embed_source=data.get("embed_source", True), tune=data.get("tune", True))
+                           embed_source=data.get("embed_source", True), tune=data.get("tune", True),
+                           layer_precision=tuple((p, t) for p, t in data.get("layer_precision", ())),
+                           strongly_typed=data.get("strongly_typed", False))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -203,10 +203,8 @@ def _engine(proto: onnx.ModelProto, engine: Engine | str | os.PathLike | None, p
         if not rebuild:
             return engine, label
         # Intermediate tensors need outputs the given engine lacks: rebuild it the same way.
-        cfg = engine.header.get("build_config", {})
-        profiles = tuple(Profile.from_json(p) for p in cfg.get("profiles", ()))
-        built = kiln.build(proto, BuildConfig(precision=cfg.get("precision", "fp32"), device=engine.device.type,
-                                              profiles=profiles, embed_source=False))
+        stored = BuildConfig.from_json(engine.header.get("build_config", {}))
+        built = kiln.build(proto, replace(stored, device=engine.device.type, embed_source=False))
         return built, f"{label} (rebuilt with every tensor as an output)"
     dims = dict(shapes) if shapes else ({k: v.shape for k, v in feeds.items()} if feeds else None)
     return _build(proto, precision, device, dims), f"built from the model ({precision})"

@@ -11,7 +11,7 @@ import click
 
 from kiln.cli import output
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, PRECISIONS, BuildConfig, Profile
+from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -26,6 +26,21 @@ def precision_from_flags(fp16: bool, bf16: bool, precision: str | None) -> str:
         raise click.UsageError(f"conflicting precisions {', '.join(sorted(chosen))}; give one of "
                                "--fp16, --bf16 or --precision.")
     return chosen.pop() if chosen else "fp32"
+
+
+def layer_rules_from_options(rules: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """--layer-precision NAME_OR_PATTERN=PRECISION, repeatable, in the order given (earlier wins)."""
+    parsed = []
+    for rule in rules:
+        pattern, sep, precision = rule.rpartition("=")
+        if not sep or not pattern:
+            raise click.UsageError(f"--layer-precision {rule!r} is not NAME_OR_PATTERN=PRECISION; give e.g. "
+                                   "--layer-precision 'encoder/*=fp32'.")
+        if precision not in LAYER_PRECISIONS:
+            raise click.UsageError(f"--layer-precision {rule!r} asks for {precision!r}; a layer can keep one of "
+                                   f"{', '.join(LAYER_PRECISIONS)} (tf32 is an engine precision: use --precision tf32).")
+        parsed.append((pattern, precision))
+    return tuple(parsed)
 
 
 def profile_from_options(shapes: str | None, min_s: str | None, opt_s: str | None,
@@ -117,6 +132,8 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "source_nodes": header["build"]["source_nodes"],
         "layers": len(engine.plan.steps),
         "precision": header["build_config"]["precision"],
+        "strongly_typed": header["build_config"].get("strongly_typed", False),
+        "layer_precision": header["build"].get("precision", {}).get("layers", []),
         "device": {"kind": header["device"]["kind"], "name": header["device"].get("name")},
         "profiles": header["build_config"]["profiles"],
         "build_seconds": header["build"]["seconds"],
@@ -133,7 +150,7 @@ def print_summary(info: dict[str, Any]) -> None:
     output.stdout().print(output.key_values("engine built", [
         ("engine", info["engine"]),
         ("layers", f"{info['source_nodes']} source nodes -> {info['layers']} engine layers"),
-        ("precision", info["precision"]),
+        ("precision", precision_line(info["precision"], info["strongly_typed"], info["layer_precision"])),
         ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
         ("build time", f"{info['build_seconds']:.2f} s"),
         ("tuning", _tuning_line(info["tuning"])),
@@ -141,6 +158,18 @@ def print_summary(info: dict[str, Any]) -> None:
         ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
                              f"(of {output.fmt_bytes(info['total_activation_bytes'])} if none were reused)"),
     ]))
+
+
+def precision_line(precision: str, strongly_typed: bool, layers: list[dict[str, str]]) -> str:
+    """E.g. "fp16; 2 layers in another precision (fp32: 2)"; the layers are in --json and `kiln inspect`."""
+    text = precision + (" (strongly typed: the model's types as stated)" if strongly_typed else "")
+    if layers:
+        counts: dict[str, int] = {}
+        for l in layers:
+            counts[l["precision"]] = counts.get(l["precision"], 0) + 1
+        text += (f"; {len(layers)} layer(s) in another precision ("
+                 + ", ".join(f"{p}: {n}" for p, n in sorted(counts.items())) + ")")
+    return text
 
 
 def _tuning_line(tuning: Any) -> str:
@@ -161,7 +190,13 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--fp16", is_flag=True, help="Compute in float16 (same as --precision fp16).")
 @click.option("--bf16", is_flag=True, help="Compute in bfloat16 (same as --precision bf16).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="Compute precision of float tensors [default: fp32]. Inputs and outputs keep the model's types.")
+              help="Compute precision of float tensors [default: fp32]; tf32 is fp32 with TF32 tensor-core math "
+                   "on CUDA. Inputs and outputs keep the model's types.")
+@click.option("--layer-precision", "layer_precision", multiple=True, metavar="NAME_OR_PATTERN=PRECISION",
+              help="Keep the layers whose ONNX node name matches (exactly or as a glob such as 'encoder/*'; fused "
+                   "layers by their source names) in fp32, fp16 or bf16; repeatable, earlier rules win.")
+@click.option("--strongly-typed", is_flag=True,
+              help="Keep exactly the types the ONNX graph states (no conversion; precision fp32 or tf32).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Target device; auto picks CUDA when a GPU is present.")
 @click.option("--shapes", metavar="NAME:DIMS[,...]",
@@ -181,8 +216,8 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--no-tune", is_flag=True,
               help="Skip timing tactics on the GPU: take the first supported one per layer (faster build).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, device: str,
-          shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
+def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
+          layer_precision: tuple[str, ...], strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
           as_json: bool) -> None:
     """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
@@ -199,7 +234,8 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
     if out.exists() and out.is_dir():
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision), device=device,
-                         profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
+                         layer_precision=layer_rules_from_options(layer_precision),
+                         strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
                          embed_source=not no_embed_source, tune=not no_tune,
                          timing_cache=None if timing_cache is None else str(timing_cache))
     engine, size = build_and_save(model, config, out)

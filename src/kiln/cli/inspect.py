@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli import output
-from kiln.cli.build import _tuning_line
+from kiln.cli.build import _tuning_line, precision_line
 from kiln.cli.enginefile import format_version, read_unchecked
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ def engine_report(path: Path) -> dict[str, Any]:
         "kiln_version": header.get("kiln_version"),
         "device": header["device"],
         "precision": header["build_config"].get("precision"),
+        # Layers computed in a type other than the engine's, and why (precision/decision.py).
+        "layer_precision": header.get("build", {}).get("precision", {}).get("layers", []),
         "build_config": header["build_config"],
         "source": header.get("source", {}),
         "build": header.get("build", {}),
@@ -100,7 +102,8 @@ def _print(r: dict[str, Any]) -> None:
         ("engine", f"{r['engine']} ({output.fmt_bytes(r['file_bytes'])})"),
         ("kiln / format", f"kiln {r['kiln_version']}, engine format {r['format_version']}"),
         ("device", f"{dev['kind']}: {where}; torch {dev.get('torch')}, triton {dev.get('triton')}"),
-        ("precision", r["precision"]),
+        ("precision", precision_line(r["precision"], r["build_config"].get("strongly_typed", False),
+                                     r["layer_precision"])),
         ("source", f"{src.get('name')} sha256 {src.get('sha256')}"
                    + (" (embedded)" if src.get("embedded") else " (not embedded)")),
         ("build", f"{build.get('source_nodes', '?')} source nodes -> {len(r['layers'])} layers in "
@@ -114,6 +117,10 @@ def _print(r: dict[str, Any]) -> None:
                            [[i, n, output.fmt_shape(v["min"]), output.fmt_shape(v["opt"]), output.fmt_shape(v["max"])]
                             for i, p in enumerate(r["profiles"]) for n, v in p.items()]))
     _print_layers(out, r["layers"])
+    if r["layer_precision"]:
+        out.print(output.table("layer precision (exceptions to the engine's)", ["layer", "op", "fused from", "precision", "why"],
+                               [[l["layer"], l["op"], ", ".join(l.get("fused_from", ())), l["precision"], l["reason"]]
+                                for l in r["layer_precision"]]))
     out.print(output.table("op counts", ["op", "layers"], r["op_counts"].items(), right=["layers"]))
     m = r["memory"]
     out.print(output.key_values("memory", [

@@ -32,7 +32,7 @@ from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
 from kiln.precision import apply_precision
-from kiln.runtime.engine import Engine, fp32_math
+from kiln.runtime.engine import Engine, math_mode
 
 Progress = Callable[[str], None]
 
@@ -75,7 +75,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     say("optimizing")
     dump = Path(config.dump_ir) if config.dump_ir else None
     passes = optimize(graph, dump_dir=dump, on_pass=lambda name, changed: say(f"pass {name}"))
-    if apply_precision(graph, config.precision) and dump is not None:
+    precision = apply_precision(graph, config)
+    if precision.changed and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))
 
@@ -92,7 +93,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         "source": {"name": Path(source_name).name, "sha256": hashlib.sha256(source).hexdigest(),
                    "embedded": config.embed_source, "path": str(Path(source_name).resolve())
                    if not isinstance(model, onnx.ModelProto) else None},
-        "build": {"source_nodes": n_source, "passes": [[n, c] for n, c in passes]},
+        "build": {"source_nodes": n_source, "passes": [[n, c] for n, c in passes],
+                  "precision": precision.to_json()},
     }
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
 
@@ -114,8 +116,8 @@ def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Pro
           timer: Timer | None, say: Progress, layout: str) -> TuneOutcome:
     say("tuning")
     cache = TimingCache(config.timing_cache, environment(device)) if config.timing_cache else None
-    # An fp32 engine runs with TF32 off (runtime/engine.py): time its kernels the same way.
-    with fp32_math(device == "cuda" and config.precision == "fp32"):
+    # Time the kernels under the engine's math mode (fp32: TF32 off, tf32: on; runtime/engine.py).
+    with math_mode(config.precision if device == "cuda" else None):
         return tune_plan(plan, consts, device, profile, timer or CudaTimer(), cache, say, layout=layout)
 
 

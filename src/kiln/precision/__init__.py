@@ -1,4 +1,5 @@
-"""Precision: the compute types of the graph (fp32/fp16/bf16 now; int8/fp8 later)."""
+"""Precision: the compute types of the graph (fp32/tf32/fp16/bf16 and per-layer exceptions)."""
+from kiln.precision.decision import LayerPrecision, PrecisionReport
 from kiln.precision.policy import apply_precision
 
-__all__ = ["apply_precision"]
+__all__ = ["LayerPrecision", "PrecisionReport", "apply_precision"]

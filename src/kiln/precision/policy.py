@@ -1,93 +1,59 @@
-"""Lower a graph's float32 computation to fp16 or bf16.
+"""The precision policy: which type each layer computes in, then the rewrite (retype.py).
 
-Rewrite: every float32 value inside the graph becomes the compute type; float32 constants
-are converted once at build time; Cast(to=float32) becomes Cast(to=compute type). The
-engine's bindings keep the model's declared types: a Cast is inserted after each float32
-graph input and before each float32 graph output, so callers pass and receive float32.
-Run after the fusion passes (they match on the original constants).
+Engine precision: fp32 and tf32 compute in float32 (tf32 only changes the CUDA math mode,
+runtime/engine.py); fp16 and bf16 compute float32 tensors in that type. Exceptions, in
+order of authority:
+1. layer precision rules (BuildConfig.layer_precision, layer_rules.py): a matching layer
+   computes in the rule's type, whatever the engine precision;
+2. the safety table (safety.py): in fp16/bf16 engines, layers unsafe by nature (large sums,
+   exp of unbounded inputs ...) keep fp32 math.
+A strongly typed engine converts nothing: every tensor keeps the type the ONNX graph states.
+Every exception is recorded (decision.py) for the engine header and `kiln inspect`.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-from onnx import TensorProto
-
+from kiln.config import BuildConfig
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
+from kiln.precision.decision import LayerPrecision, PrecisionReport
+from kiln.precision.layer_rules import match_layer_rules
+from kiln.precision.retype import F32, retype
+from kiln.precision.safety import fp32_reason
 
-_TARGET = {"fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16}
+# precision (engine or layer) -> the type its float32 tensors compute in
+COMPUTE_TYPE = {"fp32": F32, "tf32": F32, "fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16}
 
 
-def apply_precision(graph: Graph, precision: str) -> bool:
-    if precision not in _TARGET:
-        return False
-    target = _TARGET[precision]
-    changed = False
-    boundary_in = [v for v in graph.inputs if v.dtype == dtypes.FLOAT32]
-    boundary_out = [v for v in graph.outputs if v.dtype == dtypes.FLOAT32]
-    inner = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
-    for v in list(graph.values()):
-        if id(v) in inner or v.dtype != dtypes.FLOAT32:
+def apply_precision(graph: Graph, config: BuildConfig) -> PrecisionReport:
+    """Rewrite `graph` to compute in config.precision with its per-layer exceptions."""
+    if config.strongly_typed:
+        return PrecisionReport(config.precision, True, False)
+    default = COMPUTE_TYPE[config.precision]
+    decisions = layer_decisions(graph, config)
+    compute = {id(n): COMPUTE_TYPE[d.precision] for n, d in decisions}
+    changed = retype(graph, compute, default)
+    return PrecisionReport(config.precision, False, changed, tuple(d for _, d in decisions))
+
+
+def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, LayerPrecision]]:
+    """The layers (with float32 math) whose compute type differs from the engine's, and why."""
+    default = COMPUTE_TYPE[config.precision]
+    rules = match_layer_rules(graph, config.layer_precision)
+    out = []
+    for n in graph.nodes:
+        if not _has_float32_math(n):
             continue
-        if v.is_const:
-            v.const = _convert(v.const, target)
-        v.dtype = target
-        changed = True
-    for node in graph.nodes:
-        changed |= _retarget_attrs(node, target)
-    first = graph.nodes[0] if graph.nodes else None
-    for v in boundary_in:
-        inner_v = graph.value(f"{v.name}_{precision}", target, v.shape)
-        v.replace_all_uses_with(inner_v)
-        graph.add_node(Node("Cast", [v], [inner_v], {"to": target.onnx}, name=graph.unique_name(f"{v.name}_cast")),
-                       before=first)
-        changed = True
-    for v in boundary_out:
-        producer = v.producer()
-        if producer is None:
+        if id(n) in rules:
+            precision, pattern = rules[id(n)]
+            reason = f"layer precision rule {pattern}={precision}"
+        elif default != F32 and (why := fp32_reason(n)):
+            precision, reason = "fp32", why
+        else:
             continue
-        inner_v = graph.value(f"{v.name}_{precision}", target, v.shape)
-        i = producer.outputs.index(v)
-        producer.outputs[i] = inner_v
-        inner_v._producer = producer
-        v._producer = None
-        v.replace_all_uses_with(inner_v)
-        graph.add_node(Node("Cast", [inner_v], [v], {"to": TensorProto.FLOAT}, name=graph.unique_name(f"{v.name}_cast")))
-        changed = True
-    graph.sort()
-    return changed
+        if COMPUTE_TYPE[precision] != default:
+            out.append((n, LayerPrecision(n.name, n.qualified_op, precision, reason, n.fused_from)))
+    return out
 
 
-def _convert(const: np.ndarray | torch.Tensor, target: dtypes.DType) -> np.ndarray | torch.Tensor:
-    t = torch.from_numpy(np.asarray(const, order="C")) if isinstance(const, np.ndarray) else const
-    t = t.to(target.torch)
-    return t.numpy() if target == dtypes.FLOAT16 else t
-
-
-def _retarget_attrs(node: Node, target: dtypes.DType) -> bool:
-    changed = False
-    if node.op in ("Cast", "RandomNormal", "RandomUniform", "EyeLike") and node.attrs.get("to", node.attrs.get("dtype")) == TensorProto.FLOAT:
-        node.attrs["to" if "to" in node.attrs else "dtype"] = target.onnx
-        changed = True
-    for k, a in list(node.attrs.items()):
-        if isinstance(a, np.ndarray) and a.dtype == np.float32:
-            node.attrs[k] = _convert(a, target)
-            changed = True
-        elif k == "program" and isinstance(a, list):
-            changed |= _retarget_program(a, target)
-    return changed
-
-
-def _retarget_program(program: list, target: dtypes.DType) -> bool:
-    """Pointwise programs carry inlined scalars and Casts: move their float32 to the target."""
-    changed = False
-    for instr in program:
-        attrs = instr[2] if len(instr) > 2 and isinstance(instr[2], dict) else {}
-        if instr[0] == "Cast" and attrs.get("to") == TensorProto.FLOAT:
-            attrs["to"] = target.onnx
-            changed = True
-        for arg in instr[1]:
-            if isinstance(arg, dict) and arg.get("dtype") == "float32":
-                arg["dtype"] = target.name
-                changed = True
-    return changed
+def _has_float32_math(n: Node) -> bool:
+    return any(v is not None and v.dtype == F32 for v in (*n.inputs, *n.outputs))

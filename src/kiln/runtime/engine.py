@@ -40,7 +40,7 @@ class Engine:
         # plans of tensors only with no control flow (whose trip counts are data on the device).
         self.use_cuda_graphs = self.device.type == "cuda" and graphable(plan)
         self._graphs: GraphRunner | None = None
-        self._strict_fp32 = header.get("build_config", {}).get("precision", "fp32") == "fp32"
+        self._precision = header.get("build_config", {}).get("precision", "fp32")
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -54,6 +54,11 @@ class Engine:
     @property
     def profiles(self) -> list[dict[str, dict[str, list[int]]]]:
         return self.header["build_config"]["profiles"]
+
+    @property
+    def precision(self) -> str:
+        """The precision the engine was built for (fp32, tf32, fp16, bf16)."""
+        return self._precision
 
     @property
     def cuda_graph_status(self) -> str:
@@ -87,7 +92,7 @@ class Engine:
             validate_inputs(self.plan.inputs, tensors, self.profiles)
         feeds = {b.slot: _to_device(tensors[b.name], self.device) for b in self.plan.inputs}
         slots = [b.slot for b in self.plan.outputs]
-        with torch.inference_mode(), fp32_math(self.device.type == "cuda" and self._strict_fp32):
+        with torch.inference_mode(), math_mode(self._precision if self.device.type == "cuda" else None):
             if self.use_cuda_graphs:
                 if self._graphs is None:
                     self._graphs = GraphRunner(self.executor, self.device)
@@ -153,18 +158,29 @@ def graphable(plan: Plan) -> bool:
             and not any(s.op in _DATA_DEPENDENT or s.captures for s in plan.steps))
 
 
+# Engine precision -> whether CUDA matmuls and convolutions may use TF32 tensor cores. fp32 is
+# IEEE fp32; tf32 is its own precision mode. Others (fp16/bf16) leave torch's flags as they are.
+_ALLOW_TF32 = {"fp32": False, "tf32": True}
+
+
 @contextlib.contextmanager
-def fp32_math(strict: bool) -> Iterator[None]:
-    """An fp32 engine computes in IEEE fp32: TF32 tensor-core math is its own precision mode."""
-    if not strict:
+def math_mode(precision: str | None) -> Iterator[None]:
+    """The CUDA math flags an engine of `precision` runs under (None: leave them), restored after."""
+    allow = _ALLOW_TF32.get(precision) if precision else None
+    if allow is None:
         yield
         return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def fp32_math(strict: bool) -> contextlib.AbstractContextManager[None]:
+    """An fp32 engine computes in IEEE fp32 (TF32 off) when `strict`; math_mode for any precision."""
+    return math_mode("fp32" if strict else None)
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> Engine:

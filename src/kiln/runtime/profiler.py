@@ -118,11 +118,10 @@ def _layers(executor: Executor, timers: _Timers, iterations: int) -> list[LayerT
 def profile_engine(engine: Engine, tensors: Mapping[str, torch.Tensor], iterations: int,
                    warmup: int = 1) -> list[LayerTime]:
     """Per-step times of `engine` on validated inputs `tensors` (by input name), in plan order."""
-    from kiln.runtime.engine import fp32_math
+    from kiln.runtime.engine import math_mode
 
     feeds = {b.slot: tensors[b.name].to(engine.device) for b in engine.plan.inputs}
-    strict = engine.device.type == "cuda" and engine._strict_fp32
-    with torch.inference_mode(), fp32_math(strict):
+    with torch.inference_mode(), math_mode(engine.precision if engine.device.type == "cuda" else None):
         return profile_executor(engine.executor, feeds, engine.device, iterations, warmup)
 
 
