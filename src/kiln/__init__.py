@@ -7,10 +7,12 @@ from kiln.config import BuildConfig, InputRange, Profile  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
 
 
-def build(model, config=None, progress=None, timer=None):  # type: ignore[no-untyped-def]
-    """Compile an ONNX model (a path or a ModelProto) into an Engine. See kiln.compiler.builder.build."""
+def build(model, config=None, progress=None, timer=None, calibration=None):  # type: ignore[no-untyped-def]
+    """Compile an ONNX model (a path or a ModelProto) into an Engine. See kiln.compiler.builder.build.
+
+    `calibration`: an iterable of feed dicts for int8 builds (instead of BuildConfig.calib_data)."""
     from kiln.compiler.builder import build as _build
-    return _build(model, config, progress, timer)
+    return _build(model, config, progress, timer, calibration=calibration)
 
 
 def load(path, device=None):  # type: ignore[no-untyped-def]

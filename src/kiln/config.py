@@ -7,14 +7,18 @@ from typing import Mapping, Sequence
 from kiln.errors import KilnError
 
 # Engine precisions. tf32 computes like fp32 (fp32 weights and activations) but lets CUDA
-# matmuls and convolutions use TF32 tensor cores; fp32 engines turn TF32 off.
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# matmuls and convolutions use TF32 tensor cores; fp32 engines turn TF32 off. int8 runs the
+# calibrated matmuls and convolutions on int8 (precision/int8.py) and everything else in fp32.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 # What one layer may be kept in (--layer-precision NAME=...): TF32 is a process-wide math mode,
 # not a tensor type, so it is an engine precision only.
 LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
 # Precisions a strongly typed engine may have: they convert no tensor type.
 STRONGLY_TYPED_PRECISIONS = ("fp32", "tf32")
 DEVICES = ("auto", "cpu", "cuda")
+# Activation range calibrators (kiln.calibration.calibrators.METHODS; named here so that
+# reading a config imports no torch).
+CALIB_METHODS = ("entropy", "minmax", "percentile")
 
 Dims = tuple[int, ...]
 
@@ -91,6 +95,15 @@ class BuildConfig:
         (CPU builds never tune: they take the first supported tactic).
     timing_cache: JSON file of tactic timings reused across builds (read, then updated);
         like dump_ir a local build option, not stored in the engine.
+    calib_data: int8 calibration data, an .npz file (one array per input, axis 0 the samples,
+        cut into batches of calib_batch_size; a batch dim the model fixes wins) or a folder of
+        .npy/.npz files (one batch each). The Python API also takes an iterable of feed dicts
+        (builder.build(..., calibration=...)), which is not stored here. Local, not stored.
+    calib_method: "entropy" (TensorRT's KL threshold) | "minmax" | "percentile".
+    calib_percentile: the percentile of |x| kept by calib_method "percentile".
+    calib_cache: JSON file of activation ranges: reused when made for the same ONNX bytes and
+        method, else calibrated again and rewritten. Local, not stored in the engine.
+    calib_batch_size: samples per calibration batch cut from an .npz file.
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -101,6 +114,11 @@ class BuildConfig:
     timing_cache: str | None = None
     layer_precision: tuple[tuple[str, str], ...] = ()
     strongly_typed: bool = False
+    calib_data: str | None = None
+    calib_method: str = "entropy"
+    calib_percentile: float = 99.99
+    calib_cache: str | None = None
+    calib_batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -122,12 +140,33 @@ class BuildConfig:
             raise KilnError("a strongly typed engine keeps the model's types, so it takes no layer precision "
                             f"rules ({', '.join(f'{p}={t}' for p, t in self.layer_precision)}); drop them or "
                             "leave strongly typed off.")
+        self._check_calibration()
+
+    def _check_calibration(self) -> None:
+        if self.calib_method not in CALIB_METHODS:
+            raise KilnError(f"calibration method {self.calib_method!r} is not known; choose one of "
+                            f"{', '.join(CALIB_METHODS)}.")
+        if not 0.0 < self.calib_percentile <= 100.0:
+            raise KilnError(f"calibration percentile {self.calib_percentile} is outside (0, 100]; give e.g. 99.99.")
+        if isinstance(self.calib_batch_size, bool) or not isinstance(self.calib_batch_size, int) \
+                or self.calib_batch_size < 1:
+            raise KilnError(f"calibration batch size {self.calib_batch_size!r} is not a whole number >= 1; "
+                            "give e.g. 8.")
+        given = [k for k in ("calib_data", "calib_cache") if getattr(self, k) is not None]
+        if given and self.precision != "int8":
+            raise KilnError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} only read by int8 builds, "
+                            f"but the precision is {self.precision}; build with precision int8 (--int8) or "
+                            "drop the calibration options.")
 
     def to_json(self) -> dict:
-        return {"precision": self.precision, "device": self.device,
+        data = {"precision": self.precision, "device": self.device,
                 "profiles": [p.to_json() for p in self.profiles], "embed_source": self.embed_source,
                 "tune": self.tune, "layer_precision": [list(r) for r in self.layer_precision],
                 "strongly_typed": self.strongly_typed}
+        if self.precision == "int8":  # how it was calibrated; the data and cache paths are local
+            data.update(calib_method=self.calib_method, calib_percentile=self.calib_percentile,
+                        calib_batch_size=self.calib_batch_size)
+        return data
 
     @staticmethod
     def from_json(data: Mapping) -> BuildConfig:
@@ -135,4 +174,7 @@ class BuildConfig:
                            profiles=tuple(Profile.from_json(p) for p in data["profiles"]),
                            embed_source=data.get("embed_source", True), tune=data.get("tune", True),
                            layer_precision=tuple((p, t) for p, t in data.get("layer_precision", ())),
-                           strongly_typed=data.get("strongly_typed", False))
+                           strongly_typed=data.get("strongly_typed", False),
+                           calib_method=data.get("calib_method", "entropy"),
+                           calib_percentile=data.get("calib_percentile", 99.99),
+                           calib_batch_size=data.get("calib_batch_size", 8))

@@ -19,7 +19,7 @@ from kiln.cli.main import main  # noqa: E402
 from kiln.cli.shapes import parse_shapes  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-COMMANDS = ["build", "run", "bench", "inspect", "check", "rebuild", "ops", "compare"]
+COMMANDS = ["build", "run", "bench", "inspect", "check", "rebuild", "ops", "compare", "calibrate"]
 
 
 def kiln(*args: object) -> Result:

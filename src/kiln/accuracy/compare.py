@@ -25,6 +25,9 @@ from kiln.accuracy.metrics import OutputMetrics, default_tolerances, output_metr
 from kiln.config import DEVICES, PRECISIONS, BuildConfig, Profile
 from kiln.errors import InputError, KilnError
 
+# Precisions compare can build itself (int8 needs calibration data: give a built engine instead).
+COMPARABLE = tuple(p for p in PRECISIONS if p != "int8")
+
 if TYPE_CHECKING:
     import onnx
     import torch
@@ -121,8 +124,9 @@ def compare(model_path: str | os.PathLike, engine: Engine | str | os.PathLike | 
 
 def _check_options(precision: str, against: str, feeds: Any, shapes: Any, atol: float | None,
                    rtol: float | None, top_k: int | None, device: str) -> None:
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} is not one kiln builds; use one of {', '.join(PRECISIONS)}.")
+    if precision not in COMPARABLE:
+        raise InputError(f"precision {precision!r} cannot be built here; use one of {', '.join(COMPARABLE)} "
+                         "(for an int8 engine, build it with `kiln build --int8 --calib-data ...` and pass --engine).")
     if against not in AGAINST:
         raise InputError(f"reference {against!r} is unknown; compare against one of {', '.join(AGAINST)}.")
     if device not in DEVICES:

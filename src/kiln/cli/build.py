@@ -11,7 +11,7 @@ import click
 
 from kiln.cli import output
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
+from kiln.config import CALIB_METHODS, DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from kiln.runtime.engine import Engine
 
 
-def precision_from_flags(fp16: bool, bf16: bool, precision: str | None) -> str:
-    chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16)) if on} | ({precision} if precision else set())
+def precision_from_flags(fp16: bool, bf16: bool, precision: str | None, int8: bool = False) -> str:
+    chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8)) if on} | \
+        ({precision} if precision else set())
     if len(chosen) > 1:
         raise click.UsageError(f"conflicting precisions {', '.join(sorted(chosen))}; give one of "
-                               "--fp16, --bf16 or --precision.")
+                               "--fp16, --bf16, --int8 or --precision.")
     return chosen.pop() if chosen else "fp32"
 
 
@@ -142,6 +143,7 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "total_activation_bytes": engine.plan.memory.total_bytes,
         "passes": header["build"]["passes"],
         "tuning": header["build"].get("tuning"),
+        "int8": header["build"].get("int8"),
     }
 
 
@@ -153,6 +155,7 @@ def print_summary(info: dict[str, Any]) -> None:
         ("precision", precision_line(info["precision"], info["strongly_typed"], info["layer_precision"])),
         ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
         ("build time", f"{info['build_seconds']:.2f} s"),
+        *([("int8", int8_line(info["int8"]))] if info.get("int8") else []),
         ("tuning", _tuning_line(info["tuning"])),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
         ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
@@ -170,6 +173,16 @@ def precision_line(precision: str, strongly_typed: bool, layers: list[dict[str, 
         text += (f"; {len(layers)} layer(s) in another precision ("
                  + ", ".join(f"{p}: {n}" for p, n in sorted(counts.items())) + ")")
     return text
+
+
+def int8_line(int8: dict[str, Any]) -> str:
+    """E.g. "3 layers quantized, 1 kept float (see --json); ranges: entropy, calibrated on 2 batches"."""
+    calib = int8["calibration"]
+    where = (f"from the cache {calib['cache']}" if calib["source"] == "cache"
+             else f"calibrated on {calib['batches']} batch(es)" + (f", cached in {calib['cache']}" if calib["cache"] else ""))
+    kept = len(int8["kept_float"])
+    return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
+            + f"; ranges: {calib['method']}, {where}")
 
 
 def _tuning_line(tuning: Any) -> str:
@@ -192,6 +205,21 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Compute precision of float tensors [default: fp32]; tf32 is fp32 with TF32 tensor-core math "
                    "on CUDA. Inputs and outputs keep the model's types.")
+@click.option("--int8", is_flag=True,
+              help="Run the matmuls and convolutions on int8 with calibrated activation ranges, the rest in fp32 "
+                   "(same as --precision int8); needs --calib-data or a usable --calib-cache.")
+@click.option("--calib-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="int8 calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
+                   ".npz/.npy files, one batch each.")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+              help="How an activation's range is chosen from the calibration data.")
+@click.option("--calib-percentile", type=float, default=99.99, show_default=True,
+              help="The percentile of |x| kept by --calib-method percentile.")
+@click.option("--calib-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Samples per calibration batch cut from an .npz (a batch dim the model fixes wins).")
+@click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
+                   "earlier build), else calibrated and written here.")
 @click.option("--layer-precision", "layer_precision", multiple=True, metavar="NAME_OR_PATTERN=PRECISION",
               help="Keep the layers whose ONNX node name matches (exactly or as a glob such as 'encoder/*'; fused "
                    "layers by their source names) in fp32, fp16 or bf16; repeatable, earlier rules win.")
@@ -216,8 +244,9 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--no-tune", is_flag=True,
               help="Skip timing tactics on the GPU: take the first supported one per layer (faster build).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
-          layer_precision: tuple[str, ...], strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
+def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool,
+          calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
+          calib_cache: Path | None, layer_precision: tuple[str, ...], strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
           as_json: bool) -> None:
     """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
@@ -226,14 +255,18 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
     --min-shapes/--opt-shapes/--max-shapes for a range (trtexec's --minShapes etc. are
     accepted too). On a GPU each layer's candidate tactics are timed at the opt shapes and
     the fastest correct one is kept (--no-tune skips this; --timing-cache reuses timings
-    across builds). On failure nothing is written.
+    across builds). --int8 quantizes the calibrated matmuls and convolutions (give
+    --calib-data, or a --calib-cache from `kiln calibrate`). On failure nothing is written.
     """
     profiles = profile_from_options(shapes, min_shapes, opt_shapes, max_shapes)
     if dump_ir is not None:
         dump_ir.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.is_dir():
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
-    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision), device=device,
+    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision, int8), device=device,
+                         calib_data=None if calib_data is None else str(calib_data), calib_method=calib_method,
+                         calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
+                         calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
                          embed_source=not no_embed_source, tune=not no_tune,

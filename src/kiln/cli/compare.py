@@ -14,7 +14,8 @@ import click
 from kiln.cli import output
 from kiln.cli.build import precision_from_flags
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, PRECISIONS
+from kiln.accuracy.compare import COMPARABLE
+from kiln.config import DEVICES
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ COLUMNS = ["name", "shape", "max abs", "mean abs", "max rel", "mean rel", "cosin
               help="The engine to check; built from MODEL (at --precision, on --device) when omitted.")
 @click.option("--fp16", is_flag=True, help="Build the engine in float16 (same as --precision fp16).")
 @click.option("--bf16", is_flag=True, help="Build the engine in bfloat16 (same as --precision bf16).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+@click.option("--precision", type=click.Choice(COMPARABLE), default=None,
               help="Precision of the engine built from MODEL [default: fp32].")
 @click.option("--device", type=click.Choice(DEVICES), default=None,
               help="Device of the engine built from MODEL [default: auto].")

@@ -13,6 +13,7 @@ import click
 from kiln import __version__
 from kiln.cli.bench import bench
 from kiln.cli.build import build
+from kiln.cli.calibrate import calibrate
 from kiln.cli.check import check
 from kiln.cli.compare import compare
 from kiln.cli.demo import demo
@@ -54,7 +55,7 @@ def main() -> None:
     """
 
 
-for _command in (build, run, bench, inspect, check, rebuild, ops, demo, compare):
+for _command in (build, run, bench, inspect, check, rebuild, ops, demo, compare, calibrate):
     main.add_command(_command)
 
 

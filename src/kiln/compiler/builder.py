@@ -4,6 +4,9 @@ onnx file -> load + validate -> profiles -> import (shape inference at the profi
 dims) -> supported-op check -> passes -> precision -> tactics + plan -> one run at the opt
 shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pass.py),
 elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
+An int8 build gets activation ranges between the passes and precision (the calibration
+cache, else a calibration run of the optimised fp32 graph) and quantizes the calibrated
+layers (precision/int8.py) before the rest is typed fp32.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import onnx
 import torch
@@ -27,11 +31,14 @@ from kiln.config import BuildConfig, Profile
 from kiln.engine.device import fingerprint
 from kiln.engine.plan import Plan
 from kiln.errors import BuildError, UnsupportedOpError
+from kiln.ir.graph import Graph
 from kiln.onnx.importer import fix_input_dims, import_model
 from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
 from kiln.precision import apply_precision
+from kiln.precision.int8 import quantize_layers
+from kiln.precision.layer_rules import match_layer_rules
 from kiln.runtime.engine import Engine, math_mode
 
 Progress = Callable[[str], None]
@@ -46,15 +53,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None = None,
-          progress: Progress | None = None, timer: Timer | None = None) -> Engine:
-    """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device.
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """The model read, imported at the profiles' dims and optimised: what precision starts from."""
+    source: bytes  # the serialized ONNX model (hashed for the engine and the calibration cache)
+    source_name: str
+    profiles: tuple[Profile, ...]
+    graph: Graph
+    passes: list[tuple[str, bool]]
+    source_nodes: int
 
-    On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
-    `timer` replaces those, and makes a CPU build tune too (tests use a fake timer)."""
-    config = config or BuildConfig()
-    say = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
+
+def optimized_graph(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig, say: Progress) -> Frontend:
+    """Load, check, import and optimise `model` (the build's steps before precision)."""
     if isinstance(model, onnx.ModelProto):
         check_model(model)
         proto, source_name = model, model.graph.name or "model"
@@ -62,7 +73,6 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         say("loading ONNX")
         proto, source_name = load_model(model), str(model)
     source = proto.SerializeToString()
-    device = resolve_device(config.device)
     profiles, dims = resolve_profiles(proto, config)
 
     say("importing")
@@ -75,8 +85,33 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     say("optimizing")
     dump = Path(config.dump_ir) if config.dump_ir else None
     passes = optimize(graph, dump_dir=dump, on_pass=lambda name, changed: say(f"pass {name}"))
+    return Frontend(source, source_name, profiles, graph, passes, n_source)
+
+
+def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None = None,
+          progress: Progress | None = None, timer: Timer | None = None,
+          calibration: Iterable[Mapping[str, Any]] | None = None) -> Engine:
+    """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device.
+
+    On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
+    `timer` replaces those, and makes a CPU build tune too (tests use a fake timer).
+    `calibration`: int8 calibration batches, feed dicts {input name: array}, used in place
+    of config.calib_data."""
+    config = config or BuildConfig()
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    front = optimized_graph(model, config, say)
+    source, source_name, profiles, graph, passes = front.source, front.source_name, front.profiles, front.graph, \
+        front.passes
+    int8: dict[str, Any] | None = None
+    if config.precision == "int8":
+        ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
+        keep = match_layer_rules(graph, config.layer_precision)
+        int8 = {"calibration": calibrated, **quantize_layers(graph, ranges, keep_float=keep).to_json()}
+    dump = Path(config.dump_ir) if config.dump_ir else None
     precision = apply_precision(graph, config)
-    if precision.changed and dump is not None:
+    if (precision.changed or int8) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))
 
@@ -93,9 +128,11 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         "source": {"name": Path(source_name).name, "sha256": hashlib.sha256(source).hexdigest(),
                    "embedded": config.embed_source, "path": str(Path(source_name).resolve())
                    if not isinstance(model, onnx.ModelProto) else None},
-        "build": {"source_nodes": n_source, "passes": [[n, c] for n, c in passes],
+        "build": {"source_nodes": front.source_nodes, "passes": [[n, c] for n, c in passes],
                   "precision": precision.to_json()},
     }
+    if int8 is not None:
+        header["build"]["int8"] = int8
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
 
     if tune:
@@ -110,6 +147,68 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         engine.plan = engine.executor.plan = plan_memory(plan, probe)
     engine.header["build"]["seconds"] = round(time.perf_counter() - t0, 3)
     return engine
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRecord:
+    """Where the ranges came from, for the engine header and `kiln calibrate`'s report."""
+    method: str
+    source: str  # "cache" (read from calib_cache) | "calibrated"
+    batches: int  # batches calibrated on (0 when read from the cache)
+    cache: str | None  # the cache file read or written
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "source": self.source, "batches": self.batches, "cache": self.cache}
+
+
+def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
+                      calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
+                      on_batch: Callable[[int], None] | None = None,
+                      reuse_cache: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """amax per activation of the optimised `graph`: from config.calib_cache when it was made for
+    these ONNX bytes and this method, else calibrated on the batches (then cached when a cache
+    path is set). Returns the ranges and a record of where they came from."""
+    from kiln.calibration import calibration_batches, collect_ranges, load_cache, model_hash, save_cache
+
+    say = say or (lambda _msg: None)
+    digest = model_hash(source)
+    params = {"percentile": config.calib_percentile} if config.calib_method == "percentile" else {}
+    if reuse_cache and config.calib_cache:
+        cached = load_cache(config.calib_cache, digest, config.calib_method, params)
+        if cached is not None:
+            say("calibration ranges from the cache")
+            return cached, CalibrationRecord(config.calib_method, "cache", 0, config.calib_cache).to_json()
+    data = calibration if calibration is not None else config.calib_data
+    if data is None:
+        cache_note = (f"the calibration cache {config.calib_cache!r} is absent or was made for another model or "
+                      "method, and " if config.calib_cache else "")
+        raise BuildError(f"an int8 build needs activation ranges, but {cache_note}no calibration data was given; "
+                         "pass representative inputs with --calib-data PATH (an .npz keyed by input name, axis 0 "
+                         "the samples, or a folder of .npz/.npy batches), BuildConfig(calib_data=...) or "
+                         "build(..., calibration=[{input: array}, ...]), or a cache written by `kiln calibrate` "
+                         "with --calib-cache.")
+    batch, drop_last = _calibration_batch_size(graph, config.calib_batch_size)
+    batches = calibration_batches(data, graph.inputs, batch, drop_last)
+    count = [0]
+
+    def seen(n: int) -> None:
+        count[0] = n
+        if on_batch is not None:
+            on_batch(n)
+    say("calibrating")
+    ranges = collect_ranges(graph, batches, config.calib_method, config.calib_percentile, progress=seen)
+    if config.calib_cache:
+        save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params)
+    return ranges, CalibrationRecord(config.calib_method, "calibrated", count[0], config.calib_cache).to_json()
+
+
+def _calibration_batch_size(graph: Graph, wanted: int) -> tuple[int, bool]:
+    """Samples per .npz batch: the batch dim the model (or its static profile) fixes when every
+    input fixes the same one, cutting only whole batches; else `wanted`."""
+    fixed = {v.shape[0] if v.shape and isinstance(v.shape[0], int) else None for v in graph.inputs}
+    if len(fixed) == 1 and None not in fixed and next(iter(fixed)) > 0:
+        return next(iter(fixed)), True
+    return wanted, False
 
 
 def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Profile, config: BuildConfig,

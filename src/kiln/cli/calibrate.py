@@ -1,0 +1,95 @@
+"""`kiln calibrate`: activation ranges of a model on calibration data -> a calibration cache
+(trtexec's --calib file), so that `kiln build --int8 --calib-cache FILE` needs no data."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from kiln.cli import output
+from kiln.cli.build import profile_from_options
+from kiln.config import CALIB_METHODS, BuildConfig
+from kiln.errors import KilnError
+
+
+@contextmanager
+def calibration_progress() -> Iterator[tuple[Callable[[str], None], Callable[[int], None]]]:
+    """(stage, batch) callbacks: one live line on a terminal (stage, batches done, time); on a log,
+    one line per stage and none per batch."""
+    err = output.stderr()
+    if err.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[count]}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("calibrating: starting", total=None, count="")
+
+            def stage(text: str) -> None:
+                if not text.startswith("pass "):
+                    bar.update(task, description=f"calibrating: {text}")
+
+            def batch(n: int) -> None:
+                bar.update(task, description="calibrating", count=f"{n} batch{'es' if n != 1 else ''} done")
+            yield stage, batch
+    else:
+        def log(text: str) -> None:
+            if not text.startswith("pass "):
+                err.print(f"calibrating: {text}", markup=False)
+        yield log, lambda _n: None
+
+
+def ranges_report(record: dict[str, Any], ranges: dict[str, float], out: Path) -> dict[str, Any]:
+    top = sorted(ranges.items(), key=lambda kv: -kv[1])
+    return {"cache": str(out), "method": record["method"], "batches": record["batches"], "tensors": len(ranges),
+            "largest_ranges": [{"tensor": n, "amax": a} for n, a in top[:5]]}
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calib-data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
+                   ".npz/.npy files, one batch each.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the calibration cache (JSON).")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+              help="How an activation's range is chosen from the calibration data.")
+@click.option("--calib-percentile", type=float, default=99.99, show_default=True,
+              help="The percentile of |x| kept by --calib-method percentile.")
+@click.option("--calib-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Samples per batch cut from an .npz (a batch dim the model fixes wins).")
+@click.option("--shapes", metavar="NAME:DIMS[,...]",
+              help="Static shapes for inputs with dynamic dims, e.g. input:8x3x224x224.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def calibrate(model: Path, calib_data: Path, out: Path, calib_method: str, calib_percentile: float,
+              calib_batch_size: int, shapes: str | None, as_json: bool) -> None:
+    """Calibrate MODEL (an .onnx file) on --calib-data and write the activation ranges to -o.
+
+    The ranges are those an int8 build uses (same optimised graph, same method); give the
+    file to `kiln build MODEL --int8 --calib-cache FILE`, which reuses it while the model and
+    method are unchanged. The file is written atomically.
+    """
+    from kiln.compiler.builder import activation_ranges, optimized_graph
+
+    if out.exists() and out.is_dir():
+        raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.calib.json.")
+    config = BuildConfig(precision="int8", device="cpu", profiles=profile_from_options(shapes, None, None, None),
+                         calib_data=str(calib_data), calib_method=calib_method, calib_percentile=calib_percentile,
+                         calib_batch_size=calib_batch_size, calib_cache=str(out))
+    with calibration_progress() as (stage, batch):
+        front = optimized_graph(model, config, stage)
+        ranges, record = activation_ranges(front.graph, front.source, config, say=stage, on_batch=batch,
+                                           reuse_cache=False)
+    info = ranges_report(record, ranges, out)
+    if as_json:
+        output.emit_json(info)
+        return
+    output.stdout().print(output.key_values("calibration cache written", [
+        ("cache", info["cache"]),
+        ("method", calib_method + (f" ({calib_percentile}th percentile)" if calib_method == "percentile" else "")),
+        ("data", f"{info['batches']} batch(es) from {calib_data}"),
+        ("tensors", f"{info['tensors']} activation ranges"),
+        ("largest", ", ".join(f"{r['tensor']}: {output.fmt_float(r['amax'])}" for r in info["largest_ranges"])),
+    ]))

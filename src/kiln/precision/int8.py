@@ -1,0 +1,238 @@
+"""Implicit (calibrated) INT8: matmuls and convolutions with a calibrated input range run on int8.
+
+Rewrite, for each layer L whose weight W is a float constant and whose activation input x
+has a calibrated range amax > 0 (s_x = amax / 127, s_w[c] = max|W_c| / 127 per output channel):
+
+  L(x, W, bias, residual, act)  ->  kiln::QMatMul | kiln::QConv(
+                                        QuantizeLinear(x, s_x, 0 int8),       per tensor
+                                        round(W / s_w) int8, s_w,             per output channel
+                                        bias, residual, act)                  float output
+
+with L one of kiln::FusedMatMul, kiln::FusedConv, MatMul, Gemm (transA=0, alpha=1, beta=1) or
+Conv. The quantized op accumulates exactly and rounds once to x's float type
+(kernels/reference/quantized.py), so the output keeps its dtype and every reader, graph
+outputs included, is untouched. FusedMatMul's alpha is folded into s_w. One QuantizeLinear
+per activation serves all of its quantized readers. Layers that do not fit stay float and
+the report says why (no range, a weight that is not a float constant, a batched weight ...).
+
+Run after the optimisation passes (layers fused, weights folded into constants) and with
+ranges collected on that same graph (kiln.calibration.collect_ranges): ranges are keyed by
+the names of its values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Collection, Mapping
+
+import numpy as np
+from onnx import TensorProto
+
+from kiln.calibration.calibrators import INT8_QMAX, weight_scales
+from kiln.ir import dtypes
+from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.match import const_array, replace_nodes
+
+# Activation types a quantized layer can take (its float output is rounded to this type).
+_FLOAT_ACTIVATIONS = ("float32", "float16")
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedLayer:
+    """A layer that now runs on int8 (`layer` is the new node's name), or one that stays float, and why."""
+    layer: str
+    op: str      # the op it was: "kiln::FusedMatMul", "Conv", ...
+    reason: str  # empty for a quantized layer
+    fused_from: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layer": self.layer, "op": self.op, "fused_from": list(self.fused_from)}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Report:
+    quantized: tuple[QuantizedLayer, ...]
+    kept_float: tuple[QuantizedLayer, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.quantized)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quantized": [q.to_json() for q in self.quantized],
+                "kept_float": [q.to_json() for q in self.kept_float]}
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """What a candidate layer computes, read off its node: act(alpha * x @ W' + bias + residual)."""
+    x: Value
+    w: np.ndarray
+    axis: int               # W's output-channel axis
+    bias: Value | None
+    residual: Value | None
+    attrs: dict[str, Any]   # the quantized op's attributes
+    alpha: float = 1.0
+
+
+def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> Int8Report:
+    """Quantize every supported layer with a calibrated input range (module docstring).
+
+    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names)."""
+    quantized: list[QuantizedLayer] = []
+    kept: list[QuantizedLayer] = []
+    shared_q: dict[int, Value] = {}
+    for node in list(graph.nodes):
+        if node.qualified_op not in _CANDIDATES:
+            continue
+        entry = QuantizedLayer(node.name, node.qualified_op, "", node.fused_from)
+        if id(node) in keep_float:
+            kept.append(_why(entry, "a layer precision rule keeps it in float"))
+            continue
+        layer = _CANDIDATES[node.qualified_op](node)
+        why = layer if isinstance(layer, str) else _unsupported(layer, ranges)
+        if why:
+            kept.append(_why(entry, why))
+            continue
+        new = _rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
+        quantized.append(QuantizedLayer(new.name, entry.op, "", new.fused_from))
+    graph.sort()
+    return Int8Report(tuple(quantized), tuple(kept))
+
+
+def _why(entry: QuantizedLayer, reason: str) -> QuantizedLayer:
+    return QuantizedLayer(entry.layer, entry.op, reason, entry.fused_from)
+
+
+def _unsupported(layer: _Layer, ranges: Mapping[str, float]) -> str:
+    x = layer.x
+    if x.dtype is None or x.dtype.name not in _FLOAT_ACTIVATIONS:
+        return f"its input {x.name!r} is {x.dtype.name if x.dtype else 'of unknown type'}, not float32 or float16"
+    if x.name not in ranges:
+        return f"its input {x.name!r} has no calibrated range"
+    if not ranges[x.name] > 0:
+        return f"its input {x.name!r} was all zeros in the calibration data (range 0)"
+    return ""
+
+
+# ---------------------------------------------------------------- reading the candidates
+
+
+def _weight(v: Value | None, rank: int | None = None) -> np.ndarray | str:
+    arr = const_array(v)
+    if arr is None:
+        return "its weight is not a constant"
+    if arr.dtype not in (np.float32, np.float16):
+        return f"its weight is {arr.dtype}, not a float32 or float16 constant"
+    if rank is not None and arr.ndim != rank:
+        return f"its weight has rank {arr.ndim}, not {rank} (only one weight matrix shared by all rows is supported)"
+    if arr.size == 0:
+        return "its weight is empty"
+    return arr
+
+
+def _channel_bias(b: Value | None, channels: int) -> bool:
+    """A bias the quantized op can add: one value per output channel (any leading 1 dims)."""
+    if b is None:
+        return True
+    if b.shape is None or not all(isinstance(d, int) for d in b.shape):
+        return False
+    dims = list(b.shape)
+    return bool(dims) and dims[-1] == channels and all(d == 1 for d in dims[:-1])
+
+
+def _matmul_layer(x: Value | None, w_v: Value | None, trans_b: int, bias: Value | None, residual: Value | None,
+                  activation: str, params: Any, alpha: float) -> _Layer | str:
+    if x is None:
+        return "it has no activation input"
+    w = _weight(w_v, 2)
+    if isinstance(w, str):
+        return w
+    axis = 0 if trans_b else 1
+    if not _channel_bias(bias, w.shape[axis]):
+        return "its bias is not one value per output channel"
+    attrs = {"trans_b": int(trans_b), "activation": activation, "activation_params": list(params), "out_dtype": 0}
+    return _Layer(x, w, axis, bias, residual, attrs, alpha)
+
+
+def _fused_matmul(n: Node) -> _Layer | str:
+    a = n.attrs
+    return _matmul_layer(n.input(0), n.input(1), a.get("trans_b", 0), n.input(2), n.input(3),
+                         a.get("activation", ""), a.get("activation_params", ()), float(a.get("alpha", 1.0)))
+
+
+def _matmul(n: Node) -> _Layer | str:
+    return _matmul_layer(n.input(0), n.input(1), 0, None, None, "", (), 1.0)
+
+
+def _gemm(n: Node) -> _Layer | str:
+    a = n.attrs
+    if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+        return "Gemm with transA, alpha != 1 or beta != 1 is not supported"
+    return _matmul_layer(n.input(0), n.input(1), a.get("transB", 0), n.input(2), None, "", (), 1.0)
+
+
+def _conv_layer(n: Node, residual: Value | None, activation: str, params: Any) -> _Layer | str:
+    if n.input(0) is None:
+        return "it has no activation input"
+    w = _weight(n.input(1))
+    if isinstance(w, str):
+        return w
+    if w.ndim < 3:
+        return f"its weight has rank {w.ndim}; a convolution weight is [M, C/group, *kernel]"
+    if not _channel_bias(n.input(2), w.shape[0]) or (n.input(2) is not None and len(n.input(2).shape) != 1):
+        return "its bias is not a 1-D vector of one value per output channel"
+    attrs = {k: v for k, v in n.attrs.items() if k in _CONV_ATTRS}
+    attrs.update(activation=activation, activation_params=list(params), out_dtype=0)
+    return _Layer(n.input(0), w, 0, n.input(2), residual, attrs)
+
+
+def _fused_conv(n: Node) -> _Layer | str:
+    return _conv_layer(n, n.input(3), n.attrs.get("activation", ""), n.attrs.get("activation_params", ()))
+
+
+def _conv(n: Node) -> _Layer | str:
+    return _conv_layer(n, None, "", ())
+
+
+# qualified op -> how to read it as a layer (or why it cannot be quantized)
+_CANDIDATES = {
+    "kiln::FusedMatMul": _fused_matmul,
+    "kiln::FusedConv": _fused_conv,
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "Conv": _conv,
+}
+
+
+# ---------------------------------------------------------------- the rewrite
+
+
+def _rewrite(graph: Graph, node: Node, layer: _Layer, amax: float, shared_q: dict[int, Value]) -> Node:
+    x = layer.x
+    if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
+        scale = graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_scale")
+        zp = graph.constant(np.array(0, dtype=np.int8), f"{x.name}_zero_point")
+        x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
+        q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1},
+                 name=graph.unique_name(f"{x.name}_quantize"))
+        graph.add_node(q, before=node)
+        shared_q[id(x)] = x_q
+    x_q = shared_q[id(x)]
+    scale, zp = x_q.producer().input(1), x_q.producer().input(2)
+
+    w = layer.w.astype(np.float32)
+    w_scale = weight_scales(w, layer.axis)  # [C] float32
+    shape = [1] * w.ndim
+    shape[layer.axis] = -1
+    w_q = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX).astype(np.int8)
+    w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
+    inputs = [x_q, graph.constant(w_q, f"{node.name}_w_int8"), scale, zp,
+              graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]
+    while inputs[-1] is None:
+        inputs.pop()
+    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
+    return replace_nodes(graph, [node], op, inputs, dict(layer.attrs), "kiln")
