@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from kiln.cli import output
+from kiln.cli.calib_options import calibration_method_options
 from kiln.cli.shapes import parse_shapes
-from kiln.config import CALIB_METHODS, DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
+from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -211,12 +212,7 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--calib-data", type=click.Path(exists=True, path_type=Path), default=None,
               help="int8 calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
                    ".npz/.npy files, one batch each.")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
-              help="How an activation's range is chosen from the calibration data.")
-@click.option("--calib-percentile", type=float, default=99.99, show_default=True,
-              help="The percentile of |x| kept by --calib-method percentile.")
-@click.option("--calib-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Samples per calibration batch cut from an .npz (a batch dim the model fixes wins).")
+@calibration_method_options
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")

@@ -10,7 +10,8 @@ import click
 
 from kiln.cli import output
 from kiln.cli.build import profile_from_options
-from kiln.config import CALIB_METHODS, BuildConfig
+from kiln.cli.calib_options import calibration_method_options
+from kiln.config import BuildConfig
 from kiln.errors import KilnError
 
 
@@ -54,12 +55,7 @@ def ranges_report(record: dict[str, Any], ranges: dict[str, float], out: Path) -
                    ".npz/.npy files, one batch each.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the calibration cache (JSON).")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
-              help="How an activation's range is chosen from the calibration data.")
-@click.option("--calib-percentile", type=float, default=99.99, show_default=True,
-              help="The percentile of |x| kept by --calib-method percentile.")
-@click.option("--calib-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Samples per batch cut from an .npz (a batch dim the model fixes wins).")
+@calibration_method_options
 @click.option("--shapes", metavar="NAME:DIMS[,...]",
               help="Static shapes for inputs with dynamic dims, e.g. input:8x3x224x224.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

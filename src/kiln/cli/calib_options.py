@@ -1,0 +1,23 @@
+"""Click options shared by `kiln build` and `kiln calibrate`."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from kiln.config import CALIB_METHODS
+
+
+def calibration_method_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--calib-method, --calib-percentile and --calib-batch-size, shared by `calibrate` and `build`."""
+    options = [
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+                     help="How an activation's range is chosen from the calibration data."),
+        click.option("--calib-percentile", type=float, default=99.99, show_default=True,
+                     help="The percentile of |x| kept by --calib-method percentile."),
+        click.option("--calib-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Samples per calibration batch cut from an .npz (a batch dim the model fixes wins)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
