@@ -104,6 +104,10 @@ class BuildConfig:
     calib_cache: JSON file of activation ranges: reused when made for the same ONNX bytes and
         method, else calibrated again and rewritten. Local, not stored in the engine.
     calib_batch_size: samples per calibration batch cut from an .npz file.
+    accuracy_budget: (metric, value), e.g. ("cosine", 0.999): before building, search the fewest
+        layers to keep in fp32 so the reduced engine stays within the budget of an fp32 engine
+        (compiler/accuracy_budget.py); the found layers become layer_precision rules. Local, not
+        stored (the engine stores the rules and build.accuracy_budget).
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -119,6 +123,7 @@ class BuildConfig:
     calib_percentile: float = 99.99
     calib_cache: str | None = None
     calib_batch_size: int = 8
+    accuracy_budget: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -145,6 +145,7 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "passes": header["build"]["passes"],
         "tuning": header["build"].get("tuning"),
         "int8": header["build"].get("int8"),
+        "accuracy_budget": header["build"].get("accuracy_budget"),
     }
 
 
@@ -157,6 +158,7 @@ def print_summary(info: dict[str, Any]) -> None:
         ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
         ("build time", f"{info['build_seconds']:.2f} s"),
         *([("int8", int8_line(info["int8"]))] if info.get("int8") else []),
+        *([("accuracy budget", budget_line(info["accuracy_budget"]))] if info.get("accuracy_budget") else []),
         ("tuning", _tuning_line(info["tuning"])),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
         ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
@@ -184,6 +186,15 @@ def int8_line(int8: dict[str, Any]) -> str:
     kept = len(int8["kept_float"])
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
             + f"; ranges: {calib['method']}, {where}")
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    """E.g. "cosine=0.9995 (target 0.999): 2 layer(s) kept in fp32 of 40 ranked, 48 builds"."""
+    kept = ", ".join(k["layer"] for k in budget["kept"][:4]) + (" ..." if len(budget["kept"]) > 4 else "")
+    achieved = budget["achieved"]
+    achieved = f"{achieved:.6g}" if isinstance(achieved, float) else achieved  # "inf"/"-inf" come as strings
+    return (f"{budget['metric']}={achieved} (target {budget['target']}): {len(budget['kept'])} layer(s) "
+            f"kept in fp32 of {budget['candidates']} ranked, {budget['builds']} builds" + (f" ({kept})" if kept else ""))
 
 
 def _tuning_line(tuning: Any) -> str:
@@ -219,6 +230,10 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--layer-precision", "layer_precision", multiple=True, metavar="NAME_OR_PATTERN=PRECISION",
               help="Keep the layers whose ONNX node name matches (exactly or as a glob such as 'encoder/*'; fused "
                    "layers by their source names) in fp32, fp16 or bf16; repeatable, earlier rules win.")
+@click.option("--accuracy-budget", "accuracy_budget", metavar="METRIC=VALUE", default=None,
+              help="Keep the fewest layers in fp32 (found by building with each one reduced alone) so that the "
+                   "fp16/bf16/int8 engine stays within this budget of an fp32 engine on synthetic or calibration "
+                   "inputs: cosine=0.999 (min over outputs), max_abs=1e-2 or mean_abs=1e-3.")
 @click.option("--strongly-typed", is_flag=True,
               help="Keep exactly the types the ONNX graph states (no conversion; precision fp32 or tf32).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -242,7 +257,8 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
-          calib_cache: Path | None, layer_precision: tuple[str, ...], strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
+          calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
+          strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
           as_json: bool) -> None:
     """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
@@ -259,11 +275,14 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         dump_ir.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.is_dir():
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
+    from kiln.compiler.accuracy_budget import parse_budget
+
     config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision, int8), device=device,
                          calib_data=None if calib_data is None else str(calib_data), calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
                          calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
+                         accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
                          embed_source=not no_embed_source, tune=not no_tune,
                          timing_cache=None if timing_cache is None else str(timing_cache))

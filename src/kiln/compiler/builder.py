@@ -14,7 +14,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import onnx
@@ -96,10 +96,18 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
     `timer` replaces those, and makes a CPU build tune too (tests use a fake timer).
     `calibration`: int8 calibration batches, feed dicts {input name: array}, used in place
-    of config.calib_data."""
+    of config.calib_data. config.accuracy_budget first searches the layers to keep in fp32
+    (compiler/accuracy_budget.py) and builds with them as layer precision rules."""
     config = config or BuildConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
+    budget = None
+    if config.accuracy_budget is not None:
+        from kiln.compiler.accuracy_budget import search
+        calibration = list(calibration) if calibration is not None else None  # read by the search and the build
+        budget = search(model, replace(config, accuracy_budget=None), config.accuracy_budget,
+                        calibration=calibration, progress=say)
+        config = budget.config
     device = resolve_device(config.device)
     front = optimized_graph(model, config, say)
     source, source_name, profiles, graph, passes = front.source, front.source_name, front.profiles, front.graph, \
@@ -133,6 +141,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     }
     if int8 is not None:
         header["build"]["int8"] = int8
+    if budget is not None:
+        header["build"]["accuracy_budget"] = budget.to_json()
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
 
     if tune:

@@ -1,0 +1,317 @@
+"""--accuracy-budget METRIC=VALUE: the automatic mixed-precision search.
+
+Design note. Given a reduced-precision BuildConfig (fp16, bf16 or int8) and a budget such as
+cosine=0.999, find a small set of layers to keep in fp32 (as exact-name layer precision
+rules) so that the engine's outputs stay within the budget of an fp32 engine's outputs.
+
+1. Feeds: the caller's, else (int8) the first EVAL_BATCHES calibration batches, else
+   EVAL_BATCHES synthetic batches at the profile's opt shapes (seeds 0, 1, ...). Reference:
+   an fp32 engine of the same model and profiles run on them.
+2. Build the reduced engine. Within budget: done, no layer kept.
+3. Candidates: the layers of the optimised graph (builder.optimized_graph, the graph layer
+   rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
+   float32 math that no rule or safety-table entry already keeps wider (policy.layer_decisions);
+   int8 - the layers the reduced engine quantized (header build.int8.quantized, matched by
+   their source names). At most `max_candidates`, taken weighted layers first (they hold most
+   of the reduced math), then other compute, then data movement, each in graph order.
+4. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
+   fp32) and measure the metric. Keeping L alone in fp32 would say nothing about a chain of
+   layers that all overflow (keeping one of them still leaves the others broken); reducing L
+   alone measures the error L itself brings in. Rank by that error, worst first.
+5. Keeping all candidates must meet the budget, else BuildError with the best value reached.
+   Then binary search the smallest k in [1, N] for which keeping the k most sensitive layers
+   meets the budget (monotone in practice; only a measured k ever becomes the answer, so the
+   result is verified even where monotonicity fails).
+Builds: 2 (reference, reduced) + N (ranking) + 1 (all kept) + ceil(log2 N) (search). Search
+builds do not tune (tune=False) and use a temporary calibration cache for int8, so each build
+is cheap and calibrates once; the returned config keeps the caller's settings.
+
+Metrics: "cosine" (min over outputs of the cosine of the flattened outputs, all batches
+together; higher is better), "max_abs" and "mean_abs" (max over outputs; lower is better).
+An output with inf/NaN where the reference is finite (or another shape) scores the worst
+value: -inf for cosine, inf for the errors.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, replace
+from glob import escape
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from kiln.accuracy.metrics import output_metrics
+from kiln.config import BuildConfig
+from kiln.errors import BuildError, KilnError
+from kiln.ir.graph import Graph, Node
+
+Progress = Callable[[str], None]
+Feed = dict[str, np.ndarray]
+
+# metric -> True when higher is better
+METRICS: Mapping[str, bool] = {"cosine": True, "max_abs": False, "mean_abs": False}
+REDUCED = ("fp16", "bf16", "int8")
+EVAL_BATCHES = 3
+# ops that only move or reshape data: ranked last (they add no rounding of their own beyond
+# the cast of their input)
+_DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice",
+                            "Gather", "GatherElements", "Expand", "Identity", "Cast", "Pad", "Tile", "Shape", "Size"})
+
+
+@dataclass(frozen=True, slots=True)
+class RankedLayer:
+    """A candidate layer and the metric of the engine in which it alone is reduced."""
+    name: str
+    op: str
+    sensitivity: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.name, "op": self.op, "sensitivity": _json_float(self.sensitivity)}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetResult:
+    """What the search found: the layers kept in fp32 and the config to build with."""
+    metric: str
+    target: float
+    achieved: float  # the metric of the engine built with `config`
+    reduced: float   # the metric of the engine with no layer kept
+    kept: tuple[RankedLayer, ...]  # most sensitive first
+    candidates: int  # layers ranked
+    builds: int
+    config: BuildConfig
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "target": self.target, "achieved": _json_float(self.achieved),
+                "reduced": _json_float(self.reduced), "kept": [k.to_json() for k in self.kept],
+                "candidates": self.candidates, "builds": self.builds}
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """'cosine=0.999' -> ("cosine", 0.999), checked."""
+    metric, sep, value = text.partition("=")
+    if not sep:
+        raise KilnError(f"accuracy budget {text!r} is not METRIC=VALUE; give e.g. cosine=0.999 or max_abs=1e-2.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise KilnError(f"accuracy budget {text!r} has value {value!r}, which is not a number; give e.g. "
+                        "cosine=0.999.") from None
+    return check_budget((metric.strip(), number))
+
+
+def check_budget(budget: tuple[str, float]) -> tuple[str, float]:
+    metric, value = budget
+    if metric not in METRICS:
+        raise KilnError(f"accuracy budget metric {metric!r} is not known; choose one of {', '.join(METRICS)} "
+                        "(e.g. cosine=0.999).")
+    if not math.isfinite(value) or (metric == "cosine" and not -1.0 <= value <= 1.0) or \
+            (metric != "cosine" and value < 0):
+        wanted = "within [-1, 1]" if metric == "cosine" else "a finite number >= 0"
+        raise KilnError(f"accuracy budget {metric}={value} is out of range; the value must be {wanted}.")
+    return metric, float(value)
+
+
+def meets(metric: str, value: float, target: float) -> bool:
+    return value >= target if METRICS[metric] else value <= target
+
+
+def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str, float],
+           feeds: Sequence[Mapping[str, Any]] | None = None, calibration: Iterable[Mapping[str, Any]] | None = None,
+           progress: Progress | None = None, max_candidates: int = 64) -> BudgetResult:
+    """The layers to keep in fp32 so that `config`'s engine meets `budget` (module docstring)."""
+    metric, target = check_budget(budget)
+    _check_config(config, max_candidates)
+    say = progress or (lambda _msg: None)
+    calib = list(calibration) if calibration is not None else None
+    with tempfile.TemporaryDirectory(prefix="kiln-budget-") as tmp:
+        run = _Runner(model, config, calib, tmp, say)
+        reference = run.reference(feeds)
+        reduced_engine = run.build(config.layer_precision)
+        reduced = _measure(metric, reduced_engine, run.feeds, reference)
+        say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
+        if meets(metric, reduced, target):
+            return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config)
+        nodes = _candidates(model, config, reduced_engine, max_candidates)
+        ranked = _rank(run, metric, nodes, reference)
+        best = _measure(metric, run.build(_keep(config, [r.name for r in ranked])), run.feeds, reference)
+        if not meets(metric, best, target):
+            raise BuildError(f"accuracy budget {metric}={target} cannot be met: with all {len(ranked)} candidate "
+                             f"layers kept in fp32 the {config.precision} engine reaches {metric}={_fmt(best)} "
+                             f"(none kept: {_fmt(reduced)}). Loosen the budget, raise the number of candidates "
+                             f"(now {max_candidates}), or build in fp32.")
+        k, achieved = _smallest_k(run, metric, target, ranked, reference, best)
+        kept = tuple(ranked[:k])
+        say(f"accuracy budget: {k} layer(s) kept in fp32, {metric}={_fmt(achieved)}")
+        return BudgetResult(metric, target, achieved, reduced, kept, len(ranked), run.builds,
+                            replace(config, layer_precision=_keep(config, [r.name for r in kept])))
+
+
+def _check_config(config: BuildConfig, max_candidates: int) -> None:
+    if config.precision not in REDUCED or config.strongly_typed:
+        raise BuildError(f"an accuracy budget chooses which layers of a reduced-precision engine to keep in fp32, "
+                         f"but this build is {config.precision}{' and strongly typed' if config.strongly_typed else ''}"
+                         f"; build with precision {', '.join(REDUCED)} (e.g. --fp16), or drop the budget.")
+    if max_candidates < 1:
+        raise BuildError(f"max_candidates {max_candidates} leaves no layer to rank; give at least 1.")
+
+
+class _Runner:
+    """Builds engines of one model and runs them on the evaluation feeds, counting builds."""
+
+    def __init__(self, model: str | onnx.ModelProto, config: BuildConfig, calibration: list | None, tmp: str,
+                 say: Progress) -> None:
+        self.model, self.calibration, self.say = model, calibration, say
+        # Search builds: no tuning, no IR dumps, no embedded source; int8 calibrates once into a cache.
+        cache = config.calib_cache or (str(Path(tmp) / "ranges.json") if config.precision == "int8" else None)
+        self.config = replace(config, tune=False, dump_ir=None, embed_source=False, calib_cache=cache)
+        self.builds = 0
+        self.feeds: list[Feed] = []
+
+    def build(self, rules: tuple[tuple[str, str], ...], precision: str | None = None) -> Any:
+        from kiln.compiler.builder import build
+
+        self.builds += 1
+        if precision == "fp32":
+            config = BuildConfig(device=self.config.device, profiles=self.config.profiles, tune=False,
+                                 embed_source=False)
+        else:
+            config = replace(self.config, layer_precision=rules)
+        return build(self.model, config, calibration=self.calibration if config.precision == "int8" else None)
+
+    def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
+        self.say("accuracy budget: fp32 reference")
+        engine = self.build((), "fp32")
+        self.feeds = _eval_feeds(engine, feeds, self.calibration, self.config)
+        return [_run(engine, f) for f in self.feeds]
+
+
+def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibration: list | None,
+                config: BuildConfig) -> list[Feed]:
+    from kiln.accuracy.compare import to_numpy
+    from kiln.runtime.synthetic import synthetic_inputs
+
+    if feeds is not None:
+        chosen = list(feeds)
+    elif config.precision == "int8" and calibration is not None:
+        chosen = calibration[:EVAL_BATCHES]
+    else:
+        profile = dict(engine.profiles[0]) if engine.profiles else None
+        try:
+            chosen = [{k: to_numpy(v) for k, v in synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
+                      for s in range(EVAL_BATCHES)]
+        except ValueError as exc:
+            raise BuildError(f"the accuracy budget needs inputs to measure on: {exc}; give shapes (--shapes) or "
+                             "pass feeds to search().") from None
+    if not chosen:
+        raise BuildError("the accuracy budget has no inputs to measure on (the feeds are empty); give at least one.")
+    return [{k: np.asarray(v) for k, v in f.items()} for f in chosen]
+
+
+def _run(engine: Any, feed: Feed) -> dict[str, np.ndarray]:
+    from kiln.accuracy.compare import run_engine
+    from kiln.runtime.arrays import array_to_tensor
+
+    return run_engine(engine, {k: array_to_tensor(v) for k, v in feed.items()})
+
+
+def _measure(metric: str, engine: Any, feeds: list[Feed], reference: list[dict[str, np.ndarray]]) -> float:
+    """The metric over all outputs (worst output) and all feeds (flattened together)."""
+    runs = [_run(engine, f) for f in feeds]
+    values = []
+    for name in reference[0]:
+        refs, outs = [r[name] for r in reference], [o.get(name) for o in runs]
+        if not all(isinstance(x, np.ndarray) for x in (*refs, *outs)):
+            continue  # sequences and optional outputs are not measured
+        if any(o.shape != r.shape for o, r in zip(outs, refs)):
+            return -math.inf if METRICS[metric] else math.inf
+        m = output_metrics(name, np.concatenate([o.reshape(-1) for o in outs]),
+                           np.concatenate([r.reshape(-1) for r in refs]), 0.0, 0.0)
+        value = getattr(m, metric)
+        if m.nonfinite_mismatches or math.isnan(value):
+            value = -math.inf if METRICS[metric] else math.inf
+        values.append(value)
+    if not values:
+        raise BuildError("the accuracy budget measures tensor outputs, but the model has none.")
+    return min(values) if METRICS[metric] else max(values)
+
+
+def _candidates(model: str | onnx.ModelProto, config: BuildConfig, reduced: Any, limit: int) -> list[Node]:
+    """The layers `config` reduces, weighted ones first, at most `limit`, in graph order."""
+    from kiln.compiler.builder import optimized_graph
+    from kiln.precision.policy import layer_decisions
+
+    graph = optimized_graph(model, config, lambda _msg: None).graph
+    if config.precision == "int8":
+        quantized = {tuple(q["fused_from"]) for q in reduced.header["build"]["int8"]["quantized"]}
+        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized]
+    else:
+        wider = {id(n) for n, _ in layer_decisions(graph, config)}
+        nodes = [n for n in graph.nodes if id(n) not in wider and _float32_math(n) and not _holds_subgraph(n)]
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    chosen = sorted(nodes, key=lambda n: (_priority(n), order[id(n)]))[:limit]
+    return sorted(chosen, key=lambda n: order[id(n)])
+
+
+def _priority(n: Node) -> int:
+    if any(v is not None and v.is_const and v.dtype is not None and v.dtype.is_float and v.shape
+           for v in n.inputs):
+        return 0
+    return 2 if not n.domain and n.op in _DATA_MOVEMENT else 1
+
+
+def _float32_math(n: Node) -> bool:
+    return any(v is not None and v.dtype is not None and v.dtype.name == "float32" for v in (*n.inputs, *n.outputs))
+
+
+def _holds_subgraph(n: Node) -> bool:
+    return any(isinstance(a, Graph) or isinstance(a, list) and any(isinstance(g, Graph) for g in a)
+               for a in n.attrs.values())
+
+
+def _rank(run: _Runner, metric: str, nodes: list[Node], reference: list[dict[str, np.ndarray]]) -> list[RankedLayer]:
+    """Each candidate's metric when it alone is reduced; worst first (stable: graph order on ties)."""
+    names = [n.name for n in nodes]
+    ranked = []
+    for i, n in enumerate(nodes):
+        run.say(f"accuracy budget: ranking layer {i + 1}/{len(nodes)}")
+        others = [m for m in names if m != n.name]
+        value = _measure(metric, run.build(_keep(run.config, others)), run.feeds, reference)
+        ranked.append(RankedLayer(n.name, n.qualified_op, value))
+    return sorted(ranked, key=lambda r: r.sensitivity, reverse=not METRICS[metric])
+
+
+def _smallest_k(run: _Runner, metric: str, target: float, ranked: list[RankedLayer],
+                reference: list[dict[str, np.ndarray]], best: float) -> tuple[int, float]:
+    """Binary search over k in [1, N]; hi is always a k measured to meet the budget."""
+    lo, hi, at_hi = 1, len(ranked), best
+    while lo < hi:
+        mid = (lo + hi) // 2
+        run.say(f"accuracy budget: trying {mid} layer(s) in fp32")
+        value = _measure(metric, run.build(_keep(run.config, [r.name for r in ranked[:mid]])), run.feeds, reference)
+        if meets(metric, value, target):
+            hi, at_hi = mid, value
+        else:
+            lo = mid + 1
+    return hi, at_hi
+
+
+def _keep(config: BuildConfig, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The config's own rules (they win), then one exact-name fp32 rule per layer."""
+    return config.layer_precision + tuple((_exact(n), "fp32") for n in names)
+
+
+def _exact(name: str) -> str:
+    """A pattern matching only `name`: glob characters escaped (match_layer_rules also uses fnmatch)."""
+    return escape(name) if any(c in name for c in "*?[") else name
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")

@@ -1,0 +1,138 @@
+"""The accuracy-budget search on CPU, with small MLPs built in fp16.
+
+Model: x[8,16] -> fc1 (MatMul + Relu, fused) -> fc2 -> fc3 -> y. With `big`, fc1's columns
+come in identical pairs and fc2's weights in pairs +-(1e5 + small): the 1e5 terms cancel
+exactly, so fc2's output is moderate in fp32, but its weights overflow fp16 (max 65504) to
+inf and the fp16 engine's output is inf/NaN. Keeping fc2 alone in fp32 fixes it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from kiln.compiler.accuracy_budget import BudgetResult, check_budget, parse_budget, search
+from kiln.compiler.builder import build
+from kiln.config import BuildConfig
+from kiln.errors import BuildError, KilnError
+
+FP16 = BuildConfig(precision="fp16", device="cpu", tune=False)
+
+
+def mlp(big: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    half = rng.standard_normal((16, 8)) / 4
+    w1 = np.repeat(half, 2, axis=1)  # columns 2i and 2i+1 equal: fc1's outputs come in equal pairs
+    small = rng.standard_normal((16, 16)) / 4
+    w2 = small.copy()
+    if big:  # rows 2i and 2i+1: +(1e5 + a) and -(1e5) + b, so a1[2i] * (a + b) survives in fp32
+        w2[0::2] += 1e5
+        w2[1::2] -= 1e5
+    w3 = rng.standard_normal((16, 16)) / 4
+    inits = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in (("w1", w1), ("w2", w2), ("w3", w3))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
+             helper.make_node("MatMul", ["h2", "w3"], ["y"], name="fc3")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 16])
+    m = helper.make_model(helper.make_graph(nodes, "mlp", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def cosine_vs_fp32(model: onnx.ModelProto, config: BuildConfig) -> float:
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32))
+    ref = build(model, BuildConfig(device="cpu", tune=False)).run_tensors({"x": x})["y"].double().numpy().ravel()
+    out = build(model, config).run_tensors({"x": x})["y"].double().numpy().ravel()
+    if not np.isfinite(out).all():
+        return float("-inf")
+    return float(ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out)))
+
+
+def test_overflowing_layer_is_kept_and_the_config_meets_the_budget() -> None:
+    model = mlp(big=True)
+    assert cosine_vs_fp32(model, FP16) == float("-inf")  # plain fp16: inf/NaN outputs
+    result = search(model, FP16, ("cosine", 0.999))
+    assert isinstance(result, BudgetResult)
+    assert result.reduced == float("-inf")  # inf/NaN outputs in plain fp16
+    assert [k.name for k in result.kept] == ["fc2"]
+    assert result.kept[0].op == "MatMul" and result.kept[0].sensitivity == float("-inf")
+    assert result.achieved >= 0.999
+    assert result.config.layer_precision == (("fc2", "fp32"),)
+    assert result.config.tune is False and result.config.precision == "fp16"
+    assert result.candidates == 3  # FusedMatMul(fc1, relu1), fc2, fc3
+    assert result.builds == 2 + 3 + 1 + 2  # reference, reduced, ranking, all kept, bisection over [1, 3]
+    assert cosine_vs_fp32(model, result.config) >= 0.999
+    assert result.to_json()["kept"] == [{"layer": "fc2", "op": "MatMul", "sensitivity": "-inf"}]
+
+
+def test_model_within_budget_keeps_nothing() -> None:
+    result = search(mlp(big=False), FP16, parse_budget("cosine=0.999"))
+    assert result.kept == () and result.candidates == 0 and result.builds == 2
+    assert result.config == FP16 and result.achieved >= 0.999
+
+
+def test_user_rules_are_kept_first() -> None:
+    config = BuildConfig(precision="fp16", device="cpu", tune=False, layer_precision=(("fc3", "fp32"),))
+    result = search(mlp(big=True), config, ("max_abs", 1.0))
+    assert result.config.layer_precision == (("fc3", "fp32"), ("fc2", "fp32"))
+    assert result.candidates == 2  # fc3 is already kept wider by the user's rule
+
+
+def test_impossible_budget_raises_with_the_best_value() -> None:
+    # Only fc1 is ranked (max_candidates=1): keeping it does not save fc2's weights.
+    with pytest.raises(BuildError, match=r"cosine=0.999 cannot be met: with all 1 candidate layers kept in fp32 "
+                                         r"the fp16 engine reaches cosine=-inf"):
+        search(mlp(big=True), FP16, ("cosine", 0.999), max_candidates=1)
+
+
+def test_given_feeds_are_used() -> None:
+    feeds = [{"x": np.zeros((8, 16), np.float32)}]  # zeros: every engine is exact
+    result = search(mlp(big=False), FP16, ("max_abs", 0.0), feeds=feeds)
+    assert result.kept == () and result.achieved == 0.0
+
+
+def test_reduced_precision_is_required() -> None:
+    with pytest.raises(BuildError, match="reduced-precision engine"):
+        search(mlp(big=False), BuildConfig(device="cpu"), ("cosine", 0.99))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("cosine", "is not METRIC=VALUE"),
+    ("cosine=high", "is not a number"),
+    ("l2=0.1", "metric 'l2' is not known; choose one of cosine, max_abs, mean_abs"),
+    ("cosine=1.5", "within \\[-1, 1\\]"),
+    ("max_abs=-1", ">= 0"),
+    ("mean_abs=nan", ">= 0"),
+])
+def test_budget_parsing_errors(text: str, message: str) -> None:
+    with pytest.raises(KilnError, match=message):
+        parse_budget(text)
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget("cosine=0.999") == ("cosine", 0.999)
+    assert parse_budget("max_abs=1e-2") == ("max_abs", 0.01)
+    assert check_budget(("mean_abs", 0)) == ("mean_abs", 0.0)
+
+
+def test_cli_build_with_an_accuracy_budget(tmp_path) -> None:
+    import json
+
+    import onnx as onnx_lib
+    from click.testing import CliRunner
+
+    from kiln.cli.main import main
+    path = tmp_path / "mlp.onnx"
+    onnx_lib.save(mlp(big=True), str(path))
+    result = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "mlp.kiln"), "--fp16",
+                                       "--device", "cpu", "--accuracy-budget", "cosine=0.999", "--json"])
+    assert result.exit_code == 0, result.output
+    budget = json.loads(result.stdout)["accuracy_budget"]
+    assert [k["layer"] for k in budget["kept"]] == ["fc2"] and budget["achieved"] >= 0.999
+    bad = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "x.kiln"), "--fp16",
+                                    "--device", "cpu", "--accuracy-budget", "speed=2"])
+    assert bad.exit_code != 0 and "speed" in bad.output
