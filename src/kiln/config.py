@@ -7,9 +7,12 @@ from typing import Mapping, Sequence
 from kiln.errors import KilnError
 
 # Engine precisions. tf32 computes like fp32 (fp32 weights and activations) but lets CUDA
-# matmuls and convolutions use TF32 tensor cores; fp32 engines turn TF32 off. int8 runs the
-# calibrated matmuls and convolutions on int8 (precision/int8.py) and everything else in fp32.
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+# matmuls and convolutions use TF32 tensor cores; fp32 engines turn TF32 off. int8 and fp8 run the
+# calibrated matmuls and convolutions on int8 (precision/int8.py) or float8 e4m3 (precision/fp8.py)
+# and everything else in fp32.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+# Precisions that quantize calibrated layers: they read the calibration options.
+CALIBRATED_PRECISIONS = ("int8", "fp8")
 # What one layer may be kept in (--layer-precision NAME=...): TF32 is a process-wide math mode,
 # not a tensor type, so it is an engine precision only.
 LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -95,7 +98,7 @@ class BuildConfig:
         (CPU builds never tune: they take the first supported tactic).
     timing_cache: JSON file of tactic timings reused across builds (read, then updated);
         like dump_ir a local build option, not stored in the engine.
-    calib_data: int8 calibration data, an .npz file (one array per input, axis 0 the samples,
+    calib_data: int8/fp8 calibration data, an .npz file (one array per input, axis 0 the samples,
         cut into batches of calib_batch_size; a batch dim the model fixes wins) or a folder of
         .npy/.npz files (one batch each). The Python API also takes an iterable of feed dicts
         (builder.build(..., calibration=...)), which is not stored here. Local, not stored.
@@ -158,17 +161,17 @@ class BuildConfig:
             raise KilnError(f"calibration batch size {self.calib_batch_size!r} is not a whole number >= 1; "
                             "give e.g. 8.")
         given = [k for k in ("calib_data", "calib_cache") if getattr(self, k) is not None]
-        if given and self.precision != "int8":
-            raise KilnError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} only read by int8 builds, "
-                            f"but the precision is {self.precision}; build with precision int8 (--int8) or "
-                            "drop the calibration options.")
+        if given and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} only read by int8 and fp8 "
+                            f"builds, but the precision is {self.precision}; build with precision int8 (--int8) or "
+                            "fp8 (--fp8), or drop the calibration options.")
 
     def to_json(self) -> dict:
         data = {"precision": self.precision, "device": self.device,
                 "profiles": [p.to_json() for p in self.profiles], "embed_source": self.embed_source,
                 "tune": self.tune, "layer_precision": [list(r) for r in self.layer_precision],
                 "strongly_typed": self.strongly_typed}
-        if self.precision == "int8":  # how it was calibrated; the data and cache paths are local
+        if self.precision in CALIBRATED_PRECISIONS:  # how it was calibrated; the data and cache paths are local
             data.update(calib_method=self.calib_method, calib_percentile=self.calib_percentile,
                         calib_batch_size=self.calib_batch_size)
         return data

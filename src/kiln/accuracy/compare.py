@@ -25,8 +25,8 @@ from kiln.accuracy.metrics import OutputMetrics, default_tolerances, output_metr
 from kiln.config import DEVICES, PRECISIONS, BuildConfig, Profile
 from kiln.errors import InputError, KilnError
 
-# Precisions compare can build itself (int8 needs calibration data: give a built engine instead).
-COMPARABLE = tuple(p for p in PRECISIONS if p != "int8")
+# Precisions compare can build itself (int8 and fp8 need calibration data: give a built engine instead).
+COMPARABLE = tuple(p for p in PRECISIONS if p not in ("int8", "fp8"))
 
 if TYPE_CHECKING:
     import onnx

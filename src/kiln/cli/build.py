@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     from kiln.runtime.engine import Engine
 
 
-def precision_from_flags(fp16: bool, bf16: bool, precision: str | None, int8: bool = False) -> str:
-    chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8)) if on} | \
+def precision_from_flags(fp16: bool, bf16: bool, precision: str | None, int8: bool = False,
+                         fp8: bool = False) -> str:
+    chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on} | \
         ({precision} if precision else set())
     if len(chosen) > 1:
         raise click.UsageError(f"conflicting precisions {', '.join(sorted(chosen))}; give one of "
-                               "--fp16, --bf16, --int8 or --precision.")
+                               "--fp16, --bf16, --int8, --fp8 or --precision.")
     return chosen.pop() if chosen else "fp32"
 
 
@@ -145,6 +146,7 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "passes": header["build"]["passes"],
         "tuning": header["build"].get("tuning"),
         "int8": header["build"].get("int8"),
+        "fp8": header["build"].get("fp8"),
         "accuracy_budget": header["build"].get("accuracy_budget"),
     }
 
@@ -158,6 +160,7 @@ def print_summary(info: dict[str, Any]) -> None:
         ("device", f"{dev['kind']} ({dev['name']})" if dev["name"] else dev["kind"]),
         ("build time", f"{info['build_seconds']:.2f} s"),
         *([("int8", int8_line(info["int8"]))] if info.get("int8") else []),
+        *([("fp8", int8_line(info["fp8"]))] if info.get("fp8") else []),
         *([("accuracy budget", budget_line(info["accuracy_budget"]))] if info.get("accuracy_budget") else []),
         ("tuning", _tuning_line(info["tuning"])),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
@@ -220,8 +223,12 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--int8", is_flag=True,
               help="Run the matmuls and convolutions on int8 with calibrated activation ranges, the rest in fp32 "
                    "(same as --precision int8); needs --calib-data or a usable --calib-cache.")
+@click.option("--fp8", is_flag=True,
+              help="Run the matmuls and convolutions on float8 e4m3 with calibrated activation ranges, the rest in "
+                   "fp32 (same as --precision fp8; CPU reference arithmetic for now); needs --calib-data or a usable "
+                   "--calib-cache.")
 @click.option("--calib-data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="int8 calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
+              help="int8/fp8 calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
                    ".npz/.npy files, one batch each.")
 @calibration_method_options
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -255,7 +262,7 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--no-tune", is_flag=True,
               help="Skip timing tactics on the GPU: take the first supported one per layer (faster build).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool,
+def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
@@ -267,7 +274,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
     --min-shapes/--opt-shapes/--max-shapes for a range (trtexec's --minShapes etc. are
     accepted too). On a GPU each layer's candidate tactics are timed at the opt shapes and
     the fastest correct one is kept (--no-tune skips this; --timing-cache reuses timings
-    across builds). --int8 quantizes the calibrated matmuls and convolutions (give
+    across builds). --int8 (--fp8) quantizes the calibrated matmuls and convolutions (give
     --calib-data, or a --calib-cache from `kiln calibrate`). On failure nothing is written.
     """
     profiles = profile_from_options(shapes, min_shapes, opt_shapes, max_shapes)
@@ -277,7 +284,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     from kiln.compiler.accuracy_budget import parse_budget
 
-    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision, int8), device=device,
+    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision, int8, fp8), device=device,
                          calib_data=None if calib_data is None else str(calib_data), calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
                          calib_cache=None if calib_cache is None else str(calib_cache),

@@ -4,9 +4,9 @@ onnx file -> load + validate -> profiles -> import (shape inference at the profi
 dims) -> supported-op check -> passes -> precision -> tactics + plan -> one run at the opt
 shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pass.py),
 elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
-An int8 build gets activation ranges between the passes and precision (the calibration
+An int8 or fp8 build gets activation ranges between the passes and precision (the calibration
 cache, else a calibration run of the optimised fp32 graph) and quantizes the calibrated
-layers (precision/int8.py) before the rest is typed fp32.
+layers (precision/int8.py, precision/fp8.py) before the rest is typed fp32.
 """
 from __future__ import annotations
 
@@ -37,11 +37,15 @@ from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
 from kiln.precision import apply_precision
+from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.layer_rules import match_layer_rules
 from kiln.runtime.engine import Engine, math_mode
 
 Progress = Callable[[str], None]
+
+# Calibrated precisions -> the rewrite that quantizes their layers (its report: header["build"][precision]).
+QUANTIZERS = {"int8": quantize_layers, "fp8": quantize_fp8}
 
 
 def resolve_device(device: str) -> str:
@@ -95,7 +99,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
 
     On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
     `timer` replaces those, and makes a CPU build tune too (tests use a fake timer).
-    `calibration`: int8 calibration batches, feed dicts {input name: array}, used in place
+    `calibration`: int8/fp8 calibration batches, feed dicts {input name: array}, used in place
     of config.calib_data. config.accuracy_budget first searches the layers to keep in fp32
     (compiler/accuracy_budget.py) and builds with them as layer precision rules."""
     config = config or BuildConfig()
@@ -112,11 +116,12 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     front = optimized_graph(model, config, say)
     source, source_name, profiles, graph, passes = front.source, front.source_name, front.profiles, front.graph, \
         front.passes
-    int8: dict[str, Any] | None = None
-    if config.precision == "int8":
+    int8: dict[str, Any] | None = None  # the quantization report of an int8 or fp8 build
+    if config.precision in QUANTIZERS:
         ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
         keep = match_layer_rules(graph, config.layer_precision)
-        int8 = {"calibration": calibrated, **quantize_layers(graph, ranges, keep_float=keep).to_json()}
+        quantize = QUANTIZERS[config.precision]
+        int8 = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
     dump = Path(config.dump_ir) if config.dump_ir else None
     precision = apply_precision(graph, config)
     if (precision.changed or int8) and dump is not None:
@@ -140,7 +145,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
                   "precision": precision.to_json()},
     }
     if int8 is not None:
-        header["build"]["int8"] = int8
+        header["build"][config.precision] = int8
     if budget is not None:
         header["build"]["accuracy_budget"] = budget.to_json()
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
@@ -192,7 +197,8 @@ def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
     if data is None:
         cache_note = (f"the calibration cache {config.calib_cache!r} is absent or was made for another model or "
                       "method, and " if config.calib_cache else "")
-        raise BuildError(f"an int8 build needs activation ranges, but {cache_note}no calibration data was given; "
+        raise BuildError(f"an {config.precision} build needs activation ranges, but {cache_note}no calibration data "
+                         "was given; "
                          "pass representative inputs with --calib-data PATH (an .npz keyed by input name, axis 0 "
                          "the samples, or a folder of .npz/.npy batches), BuildConfig(calib_data=...) or "
                          "build(..., calibration=[{input: array}, ...]), or a cache written by `kiln calibrate` "

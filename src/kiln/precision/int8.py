@@ -53,7 +53,7 @@ class QuantizedLayer:
 
 
 @dataclass(frozen=True, slots=True)
-class Int8Report:
+class QuantizeReport:
     quantized: tuple[QuantizedLayer, ...]
     kept_float: tuple[QuantizedLayer, ...]
 
@@ -67,7 +67,7 @@ class Int8Report:
 
 
 @dataclass(frozen=True, slots=True)
-class _Layer:
+class QuantizableLayer:
     """What a candidate layer computes, read off its node: act(alpha * x @ W' + bias + residual)."""
     x: Value
     w: np.ndarray
@@ -78,7 +78,7 @@ class _Layer:
     alpha: float = 1.0
 
 
-def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> Int8Report:
+def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> QuantizeReport:
     """Quantize every supported layer with a calibrated input range (module docstring).
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names)."""
@@ -86,28 +86,28 @@ def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Colle
     kept: list[QuantizedLayer] = []
     shared_q: dict[int, Value] = {}
     for node in list(graph.nodes):
-        if node.qualified_op not in _CANDIDATES:
+        if node.qualified_op not in QUANTIZABLE_OPS:
             continue
         entry = QuantizedLayer(node.name, node.qualified_op, "", node.fused_from)
         if id(node) in keep_float:
-            kept.append(_why(entry, "a layer precision rule keeps it in float"))
+            kept.append(kept_float(entry, "a layer precision rule keeps it in float"))
             continue
-        layer = _CANDIDATES[node.qualified_op](node)
-        why = layer if isinstance(layer, str) else _unsupported(layer, ranges)
+        layer = QUANTIZABLE_OPS[node.qualified_op](node)
+        why = layer if isinstance(layer, str) else unsupported_reason(layer, ranges)
         if why:
-            kept.append(_why(entry, why))
+            kept.append(kept_float(entry, why))
             continue
         new = _rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
         quantized.append(QuantizedLayer(new.name, entry.op, "", new.fused_from))
     graph.sort()
-    return Int8Report(tuple(quantized), tuple(kept))
+    return QuantizeReport(tuple(quantized), tuple(kept))
 
 
-def _why(entry: QuantizedLayer, reason: str) -> QuantizedLayer:
+def kept_float(entry: QuantizedLayer, reason: str) -> QuantizedLayer:
     return QuantizedLayer(entry.layer, entry.op, reason, entry.fused_from)
 
 
-def _unsupported(layer: _Layer, ranges: Mapping[str, float]) -> str:
+def unsupported_reason(layer: QuantizableLayer, ranges: Mapping[str, float]) -> str:
     x = layer.x
     if x.dtype is None or x.dtype.name not in _FLOAT_ACTIVATIONS:
         return f"its input {x.name!r} is {x.dtype.name if x.dtype else 'of unknown type'}, not float32 or float16"
@@ -145,7 +145,7 @@ def _channel_bias(b: Value | None, channels: int) -> bool:
 
 
 def _matmul_layer(x: Value | None, w_v: Value | None, trans_b: int, bias: Value | None, residual: Value | None,
-                  activation: str, params: Any, alpha: float) -> _Layer | str:
+                  activation: str, params: Any, alpha: float) -> QuantizableLayer | str:
     if x is None:
         return "it has no activation input"
     w = _weight(w_v, 2)
@@ -155,27 +155,27 @@ def _matmul_layer(x: Value | None, w_v: Value | None, trans_b: int, bias: Value 
     if not _channel_bias(bias, w.shape[axis]):
         return "its bias is not one value per output channel"
     attrs = {"trans_b": int(trans_b), "activation": activation, "activation_params": list(params), "out_dtype": 0}
-    return _Layer(x, w, axis, bias, residual, attrs, alpha)
+    return QuantizableLayer(x, w, axis, bias, residual, attrs, alpha)
 
 
-def _fused_matmul(n: Node) -> _Layer | str:
+def _fused_matmul(n: Node) -> QuantizableLayer | str:
     a = n.attrs
     return _matmul_layer(n.input(0), n.input(1), a.get("trans_b", 0), n.input(2), n.input(3),
                          a.get("activation", ""), a.get("activation_params", ()), float(a.get("alpha", 1.0)))
 
 
-def _matmul(n: Node) -> _Layer | str:
+def _matmul(n: Node) -> QuantizableLayer | str:
     return _matmul_layer(n.input(0), n.input(1), 0, None, None, "", (), 1.0)
 
 
-def _gemm(n: Node) -> _Layer | str:
+def _gemm(n: Node) -> QuantizableLayer | str:
     a = n.attrs
     if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
         return "Gemm with transA, alpha != 1 or beta != 1 is not supported"
     return _matmul_layer(n.input(0), n.input(1), a.get("transB", 0), n.input(2), None, "", (), 1.0)
 
 
-def _conv_layer(n: Node, residual: Value | None, activation: str, params: Any) -> _Layer | str:
+def _conv_layer(n: Node, residual: Value | None, activation: str, params: Any) -> QuantizableLayer | str:
     if n.input(0) is None:
         return "it has no activation input"
     w = _weight(n.input(1))
@@ -187,19 +187,19 @@ def _conv_layer(n: Node, residual: Value | None, activation: str, params: Any) -
         return "its bias is not a 1-D vector of one value per output channel"
     attrs = {k: v for k, v in n.attrs.items() if k in _CONV_ATTRS}
     attrs.update(activation=activation, activation_params=list(params), out_dtype=0)
-    return _Layer(n.input(0), w, 0, n.input(2), residual, attrs)
+    return QuantizableLayer(n.input(0), w, 0, n.input(2), residual, attrs)
 
 
-def _fused_conv(n: Node) -> _Layer | str:
+def _fused_conv(n: Node) -> QuantizableLayer | str:
     return _conv_layer(n, n.input(3), n.attrs.get("activation", ""), n.attrs.get("activation_params", ()))
 
 
-def _conv(n: Node) -> _Layer | str:
+def _conv(n: Node) -> QuantizableLayer | str:
     return _conv_layer(n, None, "", ())
 
 
 # qualified op -> how to read it as a layer (or why it cannot be quantized)
-_CANDIDATES = {
+QUANTIZABLE_OPS = {
     "kiln::FusedMatMul": _fused_matmul,
     "kiln::FusedConv": _fused_conv,
     "MatMul": _matmul,
@@ -211,7 +211,7 @@ _CANDIDATES = {
 # ---------------------------------------------------------------- the rewrite
 
 
-def _rewrite(graph: Graph, node: Node, layer: _Layer, amax: float, shared_q: dict[int, Value]) -> Node:
+def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
         scale = graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_scale")

@@ -3,7 +3,7 @@
 Engine precision: fp32 and tf32 compute in float32 (tf32 only changes the CUDA math mode,
 runtime/engine.py); fp16 and bf16 compute float32 tensors in that type; int8 engines have had
 their calibrated layers quantized first (precision/int8.py, run by the builder because it needs
-activation ranges) and compute everything else in float32. Exceptions, in
+activation ranges) and compute everything else in float32; fp8 engines likewise (precision/fp8.py). Exceptions, in
 order of authority:
 1. layer precision rules (BuildConfig.layer_precision, layer_rules.py): a matching layer
    computes in the rule's type, whatever the engine precision;
@@ -23,8 +23,8 @@ from kiln.precision.retype import F32, retype
 from kiln.precision.safety import fp32_reason
 
 # precision (engine or layer) -> the type its float32 tensors compute in
-# (int8: the layers left in float after quantize_layers compute in float32)
-COMPUTE_TYPE = {"fp32": F32, "tf32": F32, "fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16, "int8": F32}
+# (int8/fp8: the layers left in float after quantize_layers/quantize_fp8 compute in float32)
+COMPUTE_TYPE = {"fp32": F32, "tf32": F32, "fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16, "int8": F32, "fp8": F32}
 
 
 def apply_precision(graph: Graph, config: BuildConfig) -> PrecisionReport:

@@ -5,8 +5,7 @@ They are what passes/fuse_qdq.py turns a QDQ chain into,
   [Q](act(Conv(DQ(X), DQ(W)) + bias + residual))   -> kiln::QConv
 and they are defined so that every step is exact up to one final rounding:
 
-  acc  = sum_k (a - a_zp)(b - b_zp)     integer; held in float64, which is exact while
-                                        K * 2^16 < 2^53 (int8/uint8 inputs: any real K)
+  acc  = sum_k (a - a_zp)(b - b_zp)     exact; held in float64 (bounds below)
   v    = acc * (a_scale * b_scale) + bias + residual      in float64
   v    = act(v)                                           ACTIVATIONS, in float64
   Y    = v rounded once to a_scale's dtype                 (no out_scale: float output)
@@ -18,12 +17,29 @@ trans_b) or dim 1 of Y (QConv; dim 0 of W). out_scale/out_zp are per tensor. The
 requantized type is `out_dtype` (an ONNX TensorProto enum) when non-zero, else out_zp's
 type, else uint8, as QuantizeLinear; integer types saturate to their range, float8 types
 saturate to their largest finite value (QuantizeLinear's saturate=1).
+Inputs A/B (X/W) are int8, uint8 or float8_e4m3fn (either may be either). Why the float64
+accumulator is exact, for any order of summation (every partial sum obeys the same bound):
+- int8/uint8: each product is an integer of magnitude <= 2^16, so a sum of K of them is an
+  integer below K * 2^16, exact while that is < 2^53: any real K.
+- float8_e4m3fn (precision/fp8.py): every value is a multiple of 2^-9 (the smallest
+  subnormal) of magnitude <= 448, so a product is a multiple of 2^-18 of magnitude <= 448^2
+  = 200704 (a mixed fp8 x int8 product: a multiple of 2^-9, <= 448 * 255), and a sum of K
+  products is a multiple of 2^-18 below K * 448^2. float64 holds every multiple of 2^-18
+  below 2^35 exactly, so the sum is exact while K * 448^2 <= 2^35: K <= FP8_EXACT_K
+  (171196). K is the reduction length: A's last dim (QMatMul) or C/group * prod(kernel)
+  (QConv). A longer reduction is refused rather than rounded. float8 has no zero point:
+  a_zp/b_zp of a float8 input must be absent or zero.
+This reference defines the arithmetic that GPU fast paths (int8 and fp8 tensor-core
+kernels: torch._scaled_mm, Triton fp8 dots, future work for fp8) must match: exact
+products, a sum rounded at most once at the end, then the float64 epilogue.
+
 The unfused float32 graph rounds to float32 after every op; the fused op does not, so
 the two can differ in the last float32 bit, which moves a requantized output by one step
 only when it falls within that bit of a rounding tie.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -35,6 +51,11 @@ from kiln.kernels.reference.quantize import _FP8, _INT_RANGES, _to_fp8
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
+
+# Input types of the quantized ops, and the longest fp8 reduction summed exactly in float64:
+# the largest K with K * 448^2 <= 2^35 (module docstring).
+_INPUT_TYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
+FP8_EXACT_K = 2**35 // (448 * 448)
 
 
 def _f64(t: Tensor | None) -> Tensor | None:
@@ -55,6 +76,20 @@ def _channel(p: Tensor | None, channels: int, shape: list[int], what: str) -> Te
         raise ValueError(f"{what} must have one element or {channels} (one per output channel); "
                          f"got shape {tuple(p.shape)}")
     return p.to(torch.float64).reshape(shape)
+
+
+def _check_inputs(op: str, a: Tensor, b: Tensor, a_zp: Tensor | None, b_zp: Tensor | None, k: int) -> None:
+    """Input types the exact accumulation covers; no zero point and a bounded K for float8."""
+    for name, t, zp in (("A", a, a_zp), ("B", b, b_zp)):
+        if t.dtype not in _INPUT_TYPES:
+            raise TypeError(f"kiln::{op} input {name} is {t.dtype}; it takes int8, uint8 or float8_e4m3fn "
+                            "(quantize it with QuantizeLinear first)")
+        if t.dtype == torch.float8_e4m3fn and zp is not None and bool(torch.any(zp.to(torch.float64) != 0)):
+            raise ValueError(f"kiln::{op} input {name} is float8_e4m3fn, which has no zero point, but its zero "
+                             "point is non-zero; pass None (or 0)")
+    if torch.float8_e4m3fn in (a.dtype, b.dtype) and k > FP8_EXACT_K:
+        raise ValueError(f"kiln::{op} sums {k} float8 products per output, more than the {FP8_EXACT_K} that "
+                         "float64 holds exactly; split the reduction or keep this layer in float")
 
 
 def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None,
@@ -95,8 +130,9 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
             out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), integer-exact accumulation (module docstring)."""
+    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring)."""
     n = b_q.shape[-2] if trans_b else b_q.shape[-1]
+    _check_inputs("QMatMul", a_q, b_q, a_zp, b_zp, a_q.shape[-1])
     # b_zp per channel centers B's columns ([K, N]) or rows when transposed ([N, K]).
     zb = _channel(b_zp, n, [-1, 1] if trans_b else [-1], "b_zp")
     a = a_q.to(torch.float64)
@@ -118,11 +154,12 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), integer-exact accumulation (module docstring).
+    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), exact accumulation (module docstring).
 
     Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
     """
     m, rank = w_q.shape[0], w_q.dim()
+    _check_inputs("QConv", x_q, w_q, x_zp, w_zp, math.prod(w_q.shape[1:]))
     x = x_q.to(torch.float64)
     w = w_q.to(torch.float64)
     if x_zp is not None:

@@ -1,0 +1,111 @@
+"""Implicit (calibrated) FP8 E4M3: matmuls and convolutions with a calibrated input range run on float8.
+
+The fp8 twin of precision/int8.py, with the same candidates, the same calibration ranges and
+the same reasons for keeping a layer float; only the quantized type and its qmax differ. For
+each layer L whose weight W is a float constant and whose activation input x has a calibrated
+range amax > 0 (s_x = amax / 448, s_w[c] = max|W_c| / 448 per output channel; 448 is the
+largest finite float8_e4m3fn):
+
+  L(x, W, bias, residual, act)  ->  kiln::QMatMul | kiln::QConv(
+                                        QuantizeLinear(x, s_x -> float8_e4m3fn, saturate=1),  per tensor
+                                        fp8(W / s_w), s_w,                    per output channel
+                                        bias, residual, act)                  float output
+
+fp8(.) rounds to nearest even and saturates at +-448; float8 has no zero point, so every zero
+point is absent (QuantizeLinear takes its type from output_dtype). Activations beyond the
+calibrated range saturate to +-448 * s_x rather than overflow to NaN. The weights are
+torch.float8_e4m3fn constants (numpy has no float8 type), which engine files store as raw
+bytes like any other tensor.
+
+The quantized op upcasts the fp8 values exactly, sums their products exactly in float64 and
+rounds once to x's float type (kernels/reference/quantized.py, which states the bound on the
+reduction length). That reference is the arithmetic contract of the GPU fast path, which is
+future work: torch._scaled_mm or a Triton fp8 dot (float32 accumulation on the tensor cores,
+to be accepted within the tolerance the tactic declares against this reference).
+
+Run after the optimisation passes and with ranges collected on that same graph
+(kiln.calibration.collect_ranges), as int8.
+"""
+from __future__ import annotations
+
+from typing import Collection, Mapping
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from kiln.calibration.calibrators import FP8_E4M3_QMAX, weight_scales
+from kiln.ir import dtypes
+from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.match import replace_nodes
+from kiln.precision.int8 import (
+    QUANTIZABLE_OPS,
+    QuantizableLayer,
+    QuantizedLayer,
+    QuantizeReport,
+    kept_float,
+    unsupported_reason,
+)
+
+FP8 = dtypes.BY_NAME["float8_e4m3fn"]
+
+
+def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> QuantizeReport:
+    """Quantize every supported layer with a calibrated input range to fp8 E4M3 (module docstring).
+
+    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names).
+    The report has int8's shape (QuantizeReport): which layers were quantized, which kept float and why."""
+    quantized: list[QuantizedLayer] = []
+    kept: list[QuantizedLayer] = []
+    shared_q: dict[int, Value] = {}
+    for node in list(graph.nodes):
+        if node.qualified_op not in QUANTIZABLE_OPS:
+            continue
+        entry = QuantizedLayer(node.name, node.qualified_op, "", node.fused_from)
+        if id(node) in keep_float:
+            kept.append(kept_float(entry, "a layer precision rule keeps it in float"))
+            continue
+        layer = QUANTIZABLE_OPS[node.qualified_op](node)
+        why = layer if isinstance(layer, str) else unsupported_reason(layer, ranges)
+        if why:
+            kept.append(kept_float(entry, why))
+            continue
+        new = _rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
+        quantized.append(QuantizedLayer(new.name, entry.op, "", new.fused_from))
+    graph.sort()
+    return QuantizeReport(tuple(quantized), tuple(kept))
+
+
+def fp8_weight(w: np.ndarray, axis: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(fp8(W / s_w) as float8_e4m3fn, s_w float32 [C]) with s_w[c] = max|W_c| / 448 along `axis`."""
+    w32 = np.asarray(w, dtype=np.float32)
+    scale = weight_scales(w32, axis, FP8_E4M3_QMAX)  # [C] float32
+    shape = [1] * w32.ndim
+    shape[axis] = -1
+    # max|W_c| / s_w can land a float32 ulp above 448: clamp (saturate) before the RNE cast.
+    q = torch.from_numpy(w32 / scale.reshape(shape)).clamp(-FP8_E4M3_QMAX, FP8_E4M3_QMAX)
+    return q.to(torch.float8_e4m3fn), scale
+
+
+def _quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
+    scale = graph.constant(np.array(amax / FP8_E4M3_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_fp8_scale")
+    x_q = graph.value(f"{x.name}_fp8", FP8, x.shape)
+    q = Node("QuantizeLinear", [x, scale], [x_q], {"output_dtype": TensorProto.FLOAT8E4M3FN, "saturate": 1},
+             name=graph.unique_name(f"{x.name}_quantize_fp8"))
+    graph.add_node(q, before=before)
+    return x_q
+
+
+def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
+    x = layer.x
+    if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
+        shared_q[id(x)] = _quantize_input(graph, x, amax, node)
+    x_q = shared_q[id(x)]
+    w_q, w_scale = fp8_weight(layer.w, layer.axis)
+    w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
+    inputs = [x_q, graph.constant(w_q, f"{node.name}_w_fp8"), x_q.producer().input(1), None,
+              graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]
+    while inputs[-1] is None:
+        inputs.pop()
+    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
+    return replace_nodes(graph, [node], op, inputs, dict(layer.attrs), "kiln")
