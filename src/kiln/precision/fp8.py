@@ -38,14 +38,7 @@ from kiln.calibration.calibrators import FP8_E4M3_QMAX, weight_scales
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import replace_nodes
-from kiln.precision.int8 import (
-    QUANTIZABLE_OPS,
-    QuantizableLayer,
-    QuantizedLayer,
-    QuantizeReport,
-    kept_float,
-    unsupported_reason,
-)
+from kiln.precision.int8 import QuantizableLayer, QuantizeReport, quantize_with
 
 FP8 = dtypes.BY_NAME["float8_e4m3fn"]
 
@@ -55,25 +48,7 @@ def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collecti
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names).
     The report has int8's shape (QuantizeReport): which layers were quantized, which kept float and why."""
-    quantized: list[QuantizedLayer] = []
-    kept: list[QuantizedLayer] = []
-    shared_q: dict[int, Value] = {}
-    for node in list(graph.nodes):
-        if node.qualified_op not in QUANTIZABLE_OPS:
-            continue
-        entry = QuantizedLayer(node.name, node.qualified_op, "", node.fused_from)
-        if id(node) in keep_float:
-            kept.append(kept_float(entry, "a layer precision rule keeps it in float"))
-            continue
-        layer = QUANTIZABLE_OPS[node.qualified_op](node)
-        why = layer if isinstance(layer, str) else unsupported_reason(layer, ranges)
-        if why:
-            kept.append(kept_float(entry, why))
-            continue
-        new = _rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
-        quantized.append(QuantizedLayer(new.name, entry.op, "", new.fused_from))
-    graph.sort()
-    return QuantizeReport(tuple(quantized), tuple(kept))
+    return quantize_with(graph, ranges, keep_float, _rewrite)
 
 
 def fp8_weight(w: np.ndarray, axis: int) -> tuple[torch.Tensor, np.ndarray]:

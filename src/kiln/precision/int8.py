@@ -22,7 +22,7 @@ the names of its values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 from onnx import TensorProto
@@ -79,9 +79,16 @@ class QuantizableLayer:
 
 
 def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> QuantizeReport:
-    """Quantize every supported layer with a calibrated input range (module docstring).
+    """Quantize every supported layer with a calibrated input range to int8 (module docstring).
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names)."""
+    return quantize_with(graph, ranges, keep_float, _rewrite)
+
+
+def quantize_with(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int],
+                  rewrite: Callable[..., Node]) -> QuantizeReport:
+    """The walk shared by int8 and fp8: `rewrite(graph, node, layer, amax, shared_q)` turns one
+    supported layer into its quantized form; the rest are reported as kept float, with why."""
     quantized: list[QuantizedLayer] = []
     kept: list[QuantizedLayer] = []
     shared_q: dict[int, Value] = {}
@@ -97,7 +104,7 @@ def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Colle
         if why:
             kept.append(kept_float(entry, why))
             continue
-        new = _rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
+        new = rewrite(graph, node, layer, ranges[layer.x.name], shared_q)
         quantized.append(QuantizedLayer(new.name, entry.op, "", new.fused_from))
     graph.sort()
     return QuantizeReport(tuple(quantized), tuple(kept))
