@@ -13,9 +13,11 @@ import torch
 
 from kiln.ir.dtypes import from_onnx
 from kiln.kernels.reference.common import (
+    FLOAT8_LIMITS,
     float_like,
     is_wide_unsigned,
     round_to_float4e2m1,
+    round_to_float8,
     round_to_float8e8m0,
     unsigned_bits,
     wrap_int_bits,
@@ -25,45 +27,28 @@ from kiln.kernels.reference.registry import reference_op
 Tensor = torch.Tensor
 
 
-# Largest finite value of each float8 type: Cast with saturate=1 clamps to it.
-_FP8_MAX = {
-    torch.float8_e4m3fn: 448.0,
-    torch.float8_e5m2: 57344.0,
-    torch.float8_e4m3fnuz: 240.0,
-    torch.float8_e5m2fnuz: 57344.0,
-}
-# e4m3fn without saturation: magnitudes that round past 448 (above 464, the tie that
-# rounds to even 448) become NaN. torch's own conversion saturates them instead.
-_E4M3FN_OVERFLOW = 464.0
 # Types kiln holds widened: (bits, signed) of the integer ones.
 _SUB_BYTE_INTS = {"int4": (4, True), "uint4": (4, False), "int2": (2, True), "uint2": (2, False)}
 
 
 def _to_fp8(x: Tensor, dtype: torch.dtype, saturate: int) -> Tensor:
-    """Round to a float8 type (to nearest even) with the spec's saturation table."""
+    """Round to a float8 type (to nearest even) with the spec's saturation rules."""
     if x.dtype.is_floating_point:
         xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
     else:
         xf = x.to(torch.float64)  # exact for every int32, rounds once for larger ints
-    if saturate:
-        # clamp keeps NaN and maps +-inf to the largest finite value, as the spec asks.
-        bound = _FP8_MAX[dtype]
-        xf = torch.clamp(xf, -bound, bound)
-    elif dtype == torch.float8_e4m3fn:
-        xf = torch.where(xf.abs() > _E4M3FN_OVERFLOW, torch.full_like(xf, math.nan), xf)
-    # e5m2 overflows to inf and the fnuz types to NaN on their own, as the spec asks.
-    return xf.to(dtype)
+    return round_to_float8(xf, dtype, saturate)
 
 
 def cast_to(x: Tensor, dtype: torch.dtype, saturate: int = 1) -> Tensor:
     """Convert `x` to `dtype` with ONNX rules (float -> int truncates, fp8 saturation)."""
     if x.dtype == dtype:
         return x
-    if x.dtype in _FP8_MAX:
+    if x.dtype in FLOAT8_LIMITS:
         x = x.to(torch.float32)
         if x.dtype == dtype:
             return x
-    if dtype in _FP8_MAX:
+    if dtype in FLOAT8_LIMITS:
         return _to_fp8(x, dtype, saturate)
     # torch's float -> int conversion truncates toward zero, matching the spec.
     return x.to(dtype)

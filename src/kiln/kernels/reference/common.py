@@ -243,3 +243,30 @@ def round_to_float8e8m0(x: torch.Tensor, saturate: int = 1, round_mode: str = "u
     pattern = torch.where(exponent == 0, 1 << 22, exponent << 23).to(torch.int32)
     value = pattern.view(torch.float32)
     return torch.where(exponent == 0xFF, torch.full_like(value, float("nan")), value)
+
+
+# float8 type -> (largest finite value, half an ulp at it, whether a tie at max + half ulp
+# rounds up (the max's mantissa is odd), what overflow gives without saturation).
+FLOAT8_LIMITS = {
+    torch.float8_e4m3fn: (448.0, 16.0, False, float("nan")),
+    torch.float8_e4m3fnuz: (240.0, 8.0, True, float("nan")),
+    torch.float8_e5m2: (57344.0, 4096.0, True, float("inf")),
+    torch.float8_e5m2fnuz: (57344.0, 4096.0, True, float("nan")),
+}
+
+
+def round_to_float8(v: torch.Tensor, dtype: torch.dtype, saturate: int) -> torch.Tensor:
+    """float -> float8 with ONNX's rules: round to nearest even; out of range clamps to the
+    largest finite value (saturate, infinities included) or overflows (inf for e5m2, NaN for
+    the others). NaN stays NaN. Done here rather than by torch's cast, which saturates e4m3fn
+    and turns every out-of-range value into NaN for the fnuz types."""
+    top, half_ulp, tie_up, overflow = FLOAT8_LIMITS[dtype]
+    if saturate:
+        return v.clamp(-top, top).to(dtype)
+    mag = v.abs()
+    over = (mag >= top + half_ulp) if tie_up else (mag > top + half_ulp)
+    if overflow == float("inf"):
+        big = torch.copysign(torch.full_like(v, overflow), v)
+    else:
+        big = torch.full_like(v, overflow)
+    return torch.where(over, big, v.clamp(-top, top)).to(dtype)

@@ -15,26 +15,18 @@ from typing import Sequence
 import torch
 
 from kiln.ir import dtypes
-from kiln.kernels.reference.common import norm_axis
+from kiln.kernels.reference.common import FLOAT8_LIMITS, norm_axis, round_to_float8
 from kiln.kernels.reference.nn import conv
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
 
 # Saturation range of each integer quantized type, by kiln dtype name.
-_INT_RANGES = {
+INT_RANGES = {
     "uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
     "uint4": (0, 15), "int4": (-8, 7), "uint2": (0, 3), "int2": (-2, 1), "int32": (-2**31, 2**31 - 1),
 }
 
-# float8 type -> (largest finite value, half an ulp at it, whether a tie at max + half ulp
-# rounds up (the max's mantissa is odd), what overflow gives without saturation).
-_FP8 = {
-    torch.float8_e4m3fn: (448.0, 16.0, False, float("nan")),
-    torch.float8_e4m3fnuz: (240.0, 8.0, True, float("nan")),
-    torch.float8_e5m2: (57344.0, 4096.0, True, float("inf")),
-    torch.float8_e5m2fnuz: (57344.0, 4096.0, True, float("nan")),
-}
 
 _FP4_MAX = 6.0
 
@@ -81,20 +73,6 @@ def _round_fp4(v: Tensor) -> Tensor:
     return torch.copysign(q.clamp(max=_FP4_MAX), v)
 
 
-def _to_fp8(v: Tensor, dtype: torch.dtype, saturate: int) -> Tensor:
-    """float -> float8 with ONNX's rules: RNE; out of range clamps (saturate) or overflows."""
-    top, half_ulp, tie_up, overflow = _FP8[dtype]
-    if saturate:
-        return v.clamp(-top, top).to(dtype)
-    mag = v.abs()
-    over = (mag >= top + half_ulp) if tie_up else (mag > top + half_ulp)
-    if overflow == float("inf"):
-        big = torch.copysign(torch.full_like(v, overflow), v)
-    else:
-        big = torch.full_like(v, overflow)
-    return torch.where(over, big, v.clamp(-top, top)).to(dtype)
-
-
 def _as_float(t: Tensor) -> Tensor:
     """`t` as float64 (exact for every quantized type kiln holds)."""
     return t.to(torch.float64)
@@ -130,8 +108,8 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     scale = _broadcastable(y_scale, x.shape, axis, block_size).to(prec)
     v = (x.to(prec) / scale).to(torch.float64)
     zp = None if y_zero_point is None else _as_float(_broadcastable(y_zero_point, x.shape, axis, block_size))
-    if qt.name in _INT_RANGES:
-        lo, hi = _INT_RANGES[qt.name]
+    if qt.name in INT_RANGES:
+        lo, hi = INT_RANGES[qt.name]
         v = torch.round(v)
         if zp is not None:
             v = v + zp
@@ -140,8 +118,8 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
         v = v + zp
     if qt.name == "float4_e2m1":
         return _round_fp4(v).to(torch.float32)
-    if qt.torch in _FP8:
-        return _to_fp8(v.to(torch.float32), qt.torch, saturate)
+    if qt.torch in FLOAT8_LIMITS:
+        return round_to_float8(v.to(torch.float32), qt.torch, saturate)
     raise TypeError(f"QuantizeLinear cannot produce {qt.name}")
 
 
@@ -213,8 +191,8 @@ def _requantize(acc: Tensor, multiplier: Tensor, y_zero_point: Tensor | None,
     v = acc * _as_float(multiplier)
     if y_zero_point is not None:
         v = v + _as_float(y_zero_point)
-    if out in _FP8:
-        return _to_fp8(v.to(torch.float32), out, 1)
+    if out in FLOAT8_LIMITS:
+        return round_to_float8(v.to(torch.float32), out, 1)
     info = torch.iinfo(out)
     return torch.round(v).clamp(info.min, info.max).to(out)
 

@@ -45,9 +45,10 @@ from typing import Sequence
 import torch
 
 from kiln.ir import dtypes
+from kiln.kernels.reference.common import FLOAT8_LIMITS, round_to_float8
 from kiln.kernels.reference.fused import apply_activation
 from kiln.kernels.reference.nn import conv
-from kiln.kernels.reference.quantize import _FP8, _INT_RANGES, _to_fp8
+from kiln.kernels.reference.quantize import INT_RANGES
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
@@ -116,12 +117,12 @@ def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: 
         qt = dtypes.BY_NAME["uint8"]
     zp = _per_tensor(out_zp, "out_zp")
     v = v / _per_tensor(out_scale, "out_scale")
-    if qt.name in _INT_RANGES:
-        lo, hi = _INT_RANGES[qt.name]
+    if qt.name in INT_RANGES:
+        lo, hi = INT_RANGES[qt.name]
         v = torch.round(v) if zp is None else torch.round(v) + zp
         return v.clamp(lo, hi).to(qt.torch)
-    if qt.torch in _FP8:
-        return _to_fp8((v if zp is None else v + zp).to(torch.float32), qt.torch, 1)
+    if qt.torch in FLOAT8_LIMITS:
+        return round_to_float8((v if zp is None else v + zp).to(torch.float32), qt.torch, 1)
     raise TypeError(f"kiln quantized ops cannot requantize to {qt.name}; use an 8-bit integer or float8 type")
 
 
