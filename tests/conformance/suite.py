@@ -75,8 +75,8 @@ def exclusions(path: Path = EXCLUSIONS) -> dict[str, Exclusion]:
     if not path.exists():
         return out
     for i, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
-        if not line:
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
         parts = line.split(None, 2)
         if len(parts) < 3 or parts[1] not in ("cpu", "cuda", "all"):

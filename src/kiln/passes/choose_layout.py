@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.passes.match import bypass, const_ints, drop_if_dead, pinned, produced_by
+from kiln.passes.match import bypass, const_ints, drop_if_dead, live_nodes, pinned, produced_by
 
 Perm = tuple[int, ...]
 LAYOUT_PERMS: tuple[Perm, ...] = ((0, 2, 3, 1), (0, 3, 1, 2))
@@ -270,9 +270,7 @@ def remove_layout_transposes(graph: Graph) -> bool:
     for _ in range(MAX_ROUNDS):
         keep = pinned(graph)
         round_changed = False
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.domain:
-                continue
+        for node in live_nodes(graph):
             if node.op == "Transpose" and _cancel(graph, node, keep):
                 round_changed = True
             elif _sink(graph, node, keep):

@@ -95,6 +95,8 @@ class Executor:
             if s.config:
                 attrs["config"] = dict(s.config)
         self._has_body = [any(_is_body(v) for v in a.values()) for a in self._attrs]
+        # Device steps without inputs (RandomUniform ...) make their outputs on the host: moved after.
+        self._to_device = [not s.host and all(i is None for i in s.inputs) for s in plan.steps]
 
     def run(self, feeds: dict[int, torch.Tensor], record_sizes: dict[int, int] | None = None,
             h2d_memo: dict[tuple[int, int], torch.Tensor] | None = None,
@@ -139,9 +141,8 @@ class Executor:
             if isinstance(result, torch.Tensor) or len(step.outputs) == 1 and not isinstance(result, tuple):
                 result = (result,)
             for slot, t in zip(step.outputs, result):
-                if device is not None and not step.host and isinstance(t, torch.Tensor) \
-                        and t.device.type != device.type:
-                    t = t.to(device)  # ops with no tensor inputs (RandomUniform ...) make theirs on the host
+                if self._to_device[k] and device is not None and isinstance(t, torch.Tensor):
+                    t = t.to(device)
                 env[slot] = t
                 if record_sizes is not None and isinstance(t, torch.Tensor):
                     record_sizes[slot] = t.numel() * t.element_size()

@@ -2,7 +2,7 @@
 is None. These ops only move references; no tensor data is copied except by concatenation."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
