@@ -116,15 +116,15 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     front = optimized_graph(model, config, say)
     source, source_name, profiles, graph, passes = front.source, front.source_name, front.profiles, front.graph, \
         front.passes
-    int8: dict[str, Any] | None = None  # the quantization report of an int8 or fp8 build
+    quantized: dict[str, Any] | None = None  # the quantization report of an int8 or fp8 build
     if config.precision in QUANTIZERS:
         ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
         keep = match_layer_rules(graph, config.layer_precision)
         quantize = QUANTIZERS[config.precision]
-        int8 = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
+        quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
     dump = Path(config.dump_ir) if config.dump_ir else None
     precision = apply_precision(graph, config)
-    if (precision.changed or int8) and dump is not None:
+    if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))
 
@@ -144,8 +144,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         "build": {"source_nodes": front.source_nodes, "passes": [[n, c] for n, c in passes],
                   "precision": precision.to_json()},
     }
-    if int8 is not None:
-        header["build"][config.precision] = int8
+    if quantized is not None:
+        header["build"][config.precision] = quantized
     if budget is not None:
         header["build"]["accuracy_budget"] = budget.to_json()
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
