@@ -174,6 +174,19 @@ def test_candidates_by_device_dtype_and_shape():
     assert _names("Gemm", "cuda", ("float16", "float16", "float32")) == ["Gemm.reference"]
 
 
+def test_tanh_gelu_epilogue_only_for_exact_gelu_with_bias_in_half_types():
+    ffn = ((8, 128, 768), (768, 3072), (3072,))
+    exact = {"activation": "Gelu", "activation_params": [0.0]}
+    name = "kiln::FusedMatMul.cublas_tanh_gelu"
+    assert name in _names("kiln::FusedMatMul", "cuda", ("float16",) * 3, exact, ffn)
+    assert name in _names("kiln::FusedMatMul", "cuda", ("bfloat16",) * 3, exact, ffn)
+    assert name not in _names("kiln::FusedMatMul", "cuda", ("float32",) * 3, exact, ffn)     # fp32: exact only
+    assert name not in _names("kiln::FusedMatMul", "cpu", ("float16",) * 3, exact, ffn)
+    assert name not in _names("kiln::FusedMatMul", "cuda", ("float16",) * 3, {"activation": "Relu"}, ffn)
+    assert name not in _names("kiln::FusedMatMul", "cuda", ("float16", "float16", None), exact, ffn[:2])
+    assert name not in _names("kiln::FusedMatMul", "cuda", ("float16",) * 4, exact, ffn + ((8, 128, 3072),))
+
+
 # --- GPU --------------------------------------------------------------------------------------
 
 GPU_SHAPES = [((), 4096, 3072, 768), ((), 4096, 768, 3072), ((8,), 128, 768, 768), ((2,), 33, 72, 40),
@@ -218,6 +231,14 @@ def test_gpu_triton_every_config(config):
     ops = _operands((), 1000, 768, 320, torch.float16, "cuda")    # ragged M, K not a multiple of 64 or 128
     _check_fused(triton_gemm.fused_matmul, ops, torch.float16, activation="Gelu", activation_params=[0.0],
                  config=config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_tanh_gelu_epilogue_within_tolerance_of_exact_gelu(dtype):
+    ops = _operands((8,), 128, 3072, 768, dtype, "cuda", residual=False)
+    _check_fused(get_tactic("kiln::FusedMatMul.cublas_tanh_gelu").kernel, ops, dtype, activation="Gelu",
+                 activation_params=[0.0])
 
 
 @pytest.mark.gpu

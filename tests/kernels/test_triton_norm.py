@@ -54,6 +54,25 @@ def test_layer_norm_small(shape, axis, bias, dtype):
           dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n_outputs", [1, 2])
+@pytest.mark.parametrize("shape,axis", [((7, 13), -1), ((2, 3, 8), -1), ((3, 4, 5), 1)])
+def test_add_layer_norm_small(shape, axis, n_outputs, dtype):
+    x, r = rand(*shape, dtype=dtype), rand(*shape, dtype=dtype, seed=3)
+    w, b = rand(*shape[axis:], seed=1), rand(*shape[axis:], seed=2)
+    y, s = norm.add_layer_norm(x, r, w, b, axis=axis, epsilon=1e-3, n_outputs=n_outputs)
+    want_y, want_s = ref("kiln::AddLayerNorm", x, r, w, b, axis=axis, epsilon=1e-3)
+    close(y, want_y, dtype)
+    if n_outputs == 2:  # the sum is rounded to X's type exactly as the reference's Add
+        assert torch.equal(s, want_s)
+
+
+def test_add_layer_norm_rejects_a_broadcast_residual():
+    x = rand(4, 8)
+    with pytest.raises(ValueError, match="residual .* must match X"):
+        norm.add_layer_norm(x, rand(1, 8), rand(8), rand(8))
+
+
 def test_layer_norm_broadcast_scale():
     # Scale [1, C] and a scalar-like B [1] broadcast over the normalised dim.
     x, w, b = rand(5, 6), rand(1, 6, seed=1), rand(1, seed=2)
@@ -186,6 +205,41 @@ def test_gpu_norm_tactics(op, shape, axis, dtype):
     for config in _configs(tactic, dtype):
         close(tactic.kernel(*args, axis=axis, config=config), want, dtype)
     close(tactic.kernel(*args, axis=axis), want, dtype)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+@pytest.mark.parametrize("shapes,axis,ok", [
+    (((32, 128, 768), (32, 128, 768), (768,), (768,)), -1, True),
+    (((32, 128, 768), (1, 128, 768), (768,), (768,)), -1, False),    # residual broadcast
+    ((("B", 128, 768), ("B", 128, 768), (768,), (768,)), -1, False),  # the fused kernel wants known rows
+    (((4, 20000), (4, 20000), (20000,), (20000,)), -1, False),         # longer than a register block
+])
+def test_add_layer_norm_supports(shapes, axis, ok, n_outputs):
+    from kiln.tactics import TacticQuery, get_tactic
+    q = TacticQuery("kiln::AddLayerNorm", "cuda", ("float16",) * 4, {"axis": axis}, shapes, n_outputs=n_outputs)
+    assert get_tactic("kiln::AddLayerNorm.triton").supports(q) is (ok and n_outputs == 2)
+    assert get_tactic("kiln::AddLayerNorm.triton_y").supports(q) is (ok and n_outputs == 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", [(32, 128, 768), (7, 13), (64, 4096), (3, 16384)])
+@pytest.mark.parametrize("name", ["triton", "triton_y", "torch"])
+def test_gpu_add_layer_norm_tactics(name, shape, dtype):
+    from kiln.tactics import TacticQuery, get_tactic
+    tactic = get_tactic(f"kiln::AddLayerNorm.{name}")
+    x, r = rand(*shape, dtype=dtype, device="cuda"), rand(*shape, dtype=dtype, seed=3, device="cuda")
+    w, b = rand(shape[-1], seed=1, device="cuda").to(dtype), rand(shape[-1], seed=2, device="cuda").to(dtype)
+    n_out = 1 if name == "triton_y" else 2
+    q = TacticQuery("kiln::AddLayerNorm", "cuda", (str(dtype).removeprefix("torch."),) * 4, {},
+                    (shape, shape, (shape[-1],), (shape[-1],)), n_outputs=n_out)
+    assert tactic.supports(q)
+    want = ref("kiln::AddLayerNorm", x, r, w, b)
+    for config in _configs(tactic, dtype):
+        got = tactic.kernel(x, r, w, b, **({"config": config} if config else {}))
+        close(got[0], want[0], dtype)
+        if n_out == 2:
+            close(got[1], want[1], dtype)
 
 
 @pytest.mark.gpu

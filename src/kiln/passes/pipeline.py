@@ -15,6 +15,7 @@ from kiln.ir.printer import print_graph
 from kiln.ir.verify import verify
 from kiln.passes.choose_layout import choose_layout
 from kiln.passes.eliminate_dead_code import eliminate_dead_code
+from kiln.passes.fuse_add_layernorm import fuse_add_layernorm
 from kiln.passes.eliminate_noops import eliminate_noops
 from kiln.passes.fold_batchnorm import fold_batchnorm
 from kiln.passes.fold_constants import fold_constants
@@ -41,6 +42,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
+    ("fuse_add_layernorm", fuse_add_layernorm),    # residual add + LayerNorm in one kernel; the GEMM keeps its bias
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
     ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views
     ("eliminate_dead_code", eliminate_dead_code),  # constants and nodes the fusions left unread

@@ -46,6 +46,7 @@ FP32_MATH: Mapping[str, str] = MappingProxyType({
 KERNEL_FP32_STATISTICS: Mapping[str, str] = MappingProxyType({
     "Softmax": "max and sum of exponentials in fp32 (kernels/triton/softmax.py); only Y is rounded",
     "LayerNormalization": "mean and variance in fp32 (stash_type=1, kernels/triton/norm.py); only Y is rounded",
+    "kiln::AddLayerNorm": "mean and variance in fp32 like LayerNormalization; only Y and the sum are rounded",
     "kiln::Attention": "scores and softmax in fp32 (kernels/reference/attention.py); only the output is rounded",
 })
 

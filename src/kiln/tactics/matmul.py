@@ -190,8 +190,35 @@ def _residual_fits(query: TacticQuery, n: int | str | None) -> bool:
     return len(r) <= len(out) and all(rd == od or rd == 1 for rd, od in zip(reversed(r), reversed(out)))
 
 
+def cublas_fused_matmul_tanh_gelu(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+                                  *, trans_b: int = 0, alpha: float = 1.0, activation: str = "",
+                                  activation_params: Sequence[float] = ()) -> Tensor:
+    """An exact (erf) Gelu epilogue computed in its tanh form, inside cublasLt's GELU epilogue.
+
+    For fp16/bf16 outputs only: the two forms differ by at most 4.7e-4 (at x = 2.70, where
+    fp16's spacing is 2e-3 and bf16's 1.6e-2), less than half a unit in the last place of the
+    rounded result there, and less elsewhere in absolute terms. The tuner still checks the
+    output against the exact reference within the precision's tolerance before choosing it.
+    """
+    params = [1.0] if activation == "Gelu" else list(activation_params)
+    return cublas_fused_matmul(a, b, bias, residual, trans_b=trans_b, alpha=alpha, activation=activation,
+                               activation_params=params)
+
+
+def supports_cublas_tanh_gelu(query: TacticQuery) -> bool:
+    """Exact Gelu with a bias and no residual (cublasLt's bias+GELU epilogue), fp16/bf16."""
+    params = query.attrs.get("activation_params", ())
+    exact = query.attrs.get("activation", "") == "Gelu" and (not params or float(params[0]) == 0.0)
+    has_bias = len(query.input_dtypes) > 2 and query.input_dtypes[2] is not None
+    no_residual = len(query.input_dtypes) < 4 or query.input_dtypes[3] is None
+    return (exact and has_bias and no_residual and query.device == "cuda"
+            and _same_dtype(query, ("float16", "bfloat16")) and _fused_shapes_ok(query))
+
+
 register_tactic(Tactic("kiln::FusedMatMul.cublas", "kiln::FusedMatMul", 1, ("cuda",),
                        cublas_fused_matmul, supports_cublas_fused))
+register_tactic(Tactic("kiln::FusedMatMul.cublas_tanh_gelu", "kiln::FusedMatMul", 1, ("cuda",),
+                       cublas_fused_matmul_tanh_gelu, supports_cublas_tanh_gelu))
 register_tactic(Tactic("MatMul.cublas", "MatMul", 1, ("cuda",), cublas_matmul, supports_cublas_matmul))
 register_tactic(Tactic("Gemm.cublas", "Gemm", 1, ("cuda",), cublas_gemm, supports_cublas_gemm))
 

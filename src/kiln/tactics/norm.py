@@ -7,6 +7,7 @@ reference, so it is right whichever outputs the node uses.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ FLOATS = ("float16", "bfloat16", "float32")
 # Rows longer than this fall back to the reference: the chunked kernel is correct for any
 # length but reads each row three times, and torch's kernels do better there.
 MAX_COLS = 65536
+# kiln::AddLayerNorm's fused kernel holds a row in registers: rows up to this many elements.
+BLOCK_COLS = 16384
 
 
 def _axis(attrs: dict[str, Any], rank: int) -> int | None:
@@ -90,6 +93,45 @@ register_tactic(Tactic("LayerNormalization.torch", "LayerNormalization", 1, ("cu
                        _supports_torch_layer_norm))
 
 
+def _without_residual(query: TacticQuery) -> TacticQuery | None:
+    """kiln::AddLayerNorm's query as LayerNormalization's (X, Scale, B), or None when Residual
+    differs from X in type or (known) shape."""
+    dts, shapes = query.input_dtypes, query.input_shapes
+    if len(dts) < 3 or dts[1] != dts[0]:
+        return None
+    if len(shapes) >= 2 and (shapes[0] is None or shapes[1] is None or tuple(shapes[0]) != tuple(shapes[1])):
+        return None
+    return TacticQuery("LayerNormalization", query.device, (dts[0], *dts[2:]), query.attrs,
+                       (shapes[0], *shapes[2:]) if shapes else (), query.layout, 1)
+
+
+def torch_add_layer_norm(x: Any, residual: Any, scale: Any, b: Any = None, *, axis: int = -1,
+                         epsilon: float = 1e-5) -> tuple[Any, Any]:
+    """kiln::AddLayerNorm as torch's add, then its LayerNorm kernel (two passes)."""
+    s = x + residual
+    return torch_layer_norm(s, scale, b, axis=axis, epsilon=epsilon), s
+
+
+def _supports_torch_add_norm(query: TacticQuery) -> bool:
+    rest = _without_residual(query)
+    return rest is not None and _supports_torch_layer_norm(rest)
+
+
+def _supports_add_norm(query: TacticQuery, n_outputs: int) -> bool:
+    """The fused kernel: rows of at most BLOCK_COLS known elements; `n_outputs` as the node's."""
+    rest = _without_residual(query)
+    if query.n_outputs != n_outputs or rest is None or not _supports_norm(rest):
+        return False
+    x = query.input_shapes[0] if query.input_shapes else None
+    if x is None or not all(isinstance(d, int) for d in x):
+        return False
+    return math.prod(x[_axis(query.attrs, len(x)):]) <= BLOCK_COLS
+
+
+register_tactic(Tactic("kiln::AddLayerNorm.torch", "kiln::AddLayerNorm", 1, ("cuda",), torch_add_layer_norm,
+                       _supports_torch_add_norm))
+
+
 def _register() -> None:
     from kiln.kernels.triton import norm, softmax
 
@@ -101,6 +143,11 @@ def _register() -> None:
     ]
     for op, kernel, supports in table:
         register_tactic(Tactic(f"{op}.triton", op, 1, ("cuda",), kernel, supports, configs=norm.CONFIGS))
+    # kiln::AddLayerNorm in one pass: one tactic that also writes Sum, one for nodes that read Y only.
+    for name, n_outputs in (("triton", 2), ("triton_y", 1)):
+        register_tactic(Tactic(f"kiln::AddLayerNorm.{name}", "kiln::AddLayerNorm", 1, ("cuda",),
+                               functools.partial(norm.add_layer_norm, n_outputs=n_outputs),
+                               functools.partial(_supports_add_norm, n_outputs=n_outputs), configs=norm.CONFIGS))
 
 
 if kiln_triton.available():

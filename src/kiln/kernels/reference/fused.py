@@ -154,3 +154,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
             scores = scores + mask.float()
     probs = torch.softmax(scores, dim=-1)
     return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+@reference_op("AddLayerNorm", domain="kiln")
+def add_layer_norm(x: Tensor, residual: Tensor, scale: Tensor, b: Tensor | None = None, *, axis: int = -1,
+                   epsilon: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(Y, Sum): Sum = X + Residual in X's type (the Add it replaced), Y = LayerNormalization(Sum).
+
+    Statistics in float32 (stash_type 1), as the LayerNormalization it replaced
+    (passes/fuse_add_layernorm.py); Sum is the second output, used when the sum has
+    readers besides the normalisation (pre-norm transformers' residual stream).
+    """
+    s = x + residual
+    return lookup("LayerNormalization").fn(s, scale, b, axis=axis, epsilon=epsilon)[0], s

@@ -66,8 +66,9 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, eps,
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, n_rows, n_cols, eps,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
+                HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
@@ -75,7 +76,12 @@ def _norm_block(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, eps,
     col_ok = cols < n_cols
     mask = row_ok[:, None] & col_ok[None, :]                      # [ROWS, BLOCK_N]
     offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]    # int64: X may pass 2**31 elements
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    if HAS_RES:  # x + residual rounded to X's type, as the Add this replaced (add_layer_norm)
+        x = (x.to(tl.float32) + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
+        if SUM_OUT:
+            tl.store(S + offs, x, mask=mask)
+    x = x.to(tl.float32)
     if RMS:
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
         xhat = x * rstd[:, None]
@@ -135,8 +141,14 @@ def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
 
 
 def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
-            config: dict | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Y, mean, rstd of X [rows, cols] normalised per row; mean/rstd are [rows] float32."""
+            config: dict | None, residual: Tensor | None = None, sum_out: Tensor | None = None,
+            stats: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Y, mean, rstd of X [rows, cols] normalised per row; mean/rstd are [rows] float32.
+
+    With `residual` (X's shape and type) the rows normalised are X + residual, rounded to X's
+    type, and stored into `sum_out` when given (block kernel only: add_layer_norm checks).
+    Without `stats`, mean and rstd are not stored (their buffers are returned unwritten).
+    """
     assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
     x = x.contiguous()
     norm_shape = x.shape[axis:]
@@ -152,14 +164,17 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     p = launch_params(rows, cols, config)
-    flags = dict(RMS=rms, HAS_B=b is not None, STATS=not rms)
+    flags = dict(RMS=rms, HAS_B=b is not None, STATS=stats and not rms)
     if p.chunk:
+        assert residual is None, "the residual add is fused for rows of at most BLOCK_MAX elements"
         _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
                             **flags)
     else:
         grid = (triton.cdiv(rows, p.rows),)
-        _norm_block[grid](x, wf, bf, y, mean, rstd, rows, cols, eps, ROWS=p.rows, BLOCK_N=p.block_n,
-                          num_warps=p.num_warps, **flags)
+        r = x if residual is None else residual.contiguous()
+        _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd, rows, cols, eps,
+                          HAS_RES=residual is not None, SUM_OUT=sum_out is not None, ROWS=p.rows,
+                          BLOCK_N=p.block_n, num_warps=p.num_warps, **flags)
     return y, mean, rstd
 
 
@@ -184,3 +199,22 @@ def rms_norm(x: Tensor, scale: Tensor, *, axis: int = -1, epsilon: float = 1e-5,
     """ONNX RMSNormalization: Y = X / sqrt(mean(X**2 over [axis, rank)) + epsilon) * Scale."""
     assert stash_type == 1, "the Triton RMSNorm keeps statistics in float32 (stash_type=1) only"
     return _launch(x, scale, None, _axis(axis, x.dim()), float(epsilon), True, config)[0]
+
+
+def add_layer_norm(x: Tensor, residual: Tensor, scale: Tensor, b: Tensor | None = None, *, axis: int = -1,
+                   epsilon: float = 1e-5, n_outputs: int = 2, config: dict | None = None) -> tuple[Tensor, Tensor]:
+    """kiln::AddLayerNorm: (Y, Sum), Sum = X + Residual in X's type, Y = LayerNorm(Sum), one pass.
+
+    Rows up to BLOCK_MAX elements (one block per row group). Sum is written only when
+    n_outputs is 2; otherwise the second value returned is X (the node does not read it).
+    """
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"AddLayerNorm: residual {residual.dtype}{list(residual.shape)} must match X "
+                         f"{x.dtype}{list(x.shape)}")
+    axis = _axis(axis, x.dim())
+    if triton.next_power_of_2(x.shape[axis:].numel()) > BLOCK_MAX:
+        raise ValueError(f"AddLayerNorm rows of {x.shape[axis:].numel()} elements exceed the fused kernel's "
+                         f"{BLOCK_MAX}")
+    s = torch.empty_like(x, memory_format=torch.contiguous_format) if n_outputs > 1 else None
+    y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False)[0]
+    return y, (x if s is None else s)
