@@ -46,8 +46,9 @@ def test_pipeline_fuses_a_block(tmp_path):
     assert [name for name, _ in runs] == seen
     changed = {name for name, c in runs if c}
     assert {"fold_constants", "eliminate_noops", "fold_batchnorm", "fuse_layernorm", "fuse_gelu",
-            "fuse_attention", "fuse_epilogues", "fuse_pointwise"} <= changed
-    assert ops(b.graph) == {"LayerNormalization": 1, "kiln::FusedMatMul": 6, "Reshape": 4, "Transpose": 4,
+            "fuse_attention", "fuse_epilogues", "merge_parallel_matmuls", "fuse_pointwise"} <= changed
+    # Q, K and V: one merged GEMM and a Split
+    assert ops(b.graph) == {"LayerNormalization": 1, "kiln::FusedMatMul": 4, "Split": 1, "Reshape": 4, "Transpose": 4,
                             "kiln::Attention": 1, "kiln::Pointwise": 1, "kiln::FusedConv": 1}
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files[0] == "00_imported.txt" and len(files) == len(runs) + 1

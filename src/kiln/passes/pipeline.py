@@ -27,6 +27,7 @@ from kiln.passes.fuse_pointwise import fuse_pointwise
 from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
+from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
 
 Pass = Callable[[Graph], bool]
 
@@ -42,6 +43,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
+    ("merge_parallel_matmuls", merge_parallel_matmuls),  # Q/K/V projections of one input: one wider GEMM
     ("fuse_add_layernorm", fuse_add_layernorm),    # residual add + LayerNorm in one kernel; the GEMM keeps its bias
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
     ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views
