@@ -160,11 +160,13 @@ class BuildConfig:
                 or self.calib_batch_size < 1:
             raise KilnError(f"calibration batch size {self.calib_batch_size!r} is not a whole number >= 1; "
                             "give e.g. 8.")
-        given = [k for k in ("calib_data", "calib_cache") if getattr(self, k) is not None]
-        if given and self.precision not in CALIBRATED_PRECISIONS:
-            raise KilnError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} only read by int8 and fp8 "
-                            f"builds, but the precision is {self.precision}; build with precision int8 (--int8) or "
-                            "fp8 (--fp8), or drop the calibration options.")
+        if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
+                            "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
+        if self.calib_data is not None and self.precision not in (*CALIBRATED_PRECISIONS, "fp16"):
+            raise KilnError(f"calib_data is only read by int8 and fp8 builds (calibration) and fp16 builds (the "
+                            f"fp16 overflow check), but the precision is {self.precision}; build with one of those "
+                            "precisions, or drop --calib-data.")
 
     def to_json(self) -> dict:
         data = {"precision": self.precision, "device": self.device,

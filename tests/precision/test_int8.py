@@ -153,8 +153,11 @@ def test_npz_calibration_data(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_config_checks_and_json() -> None:
-    with pytest.raises(KilnError, match="only read by int8"):
-        BuildConfig(precision="fp16", calib_data="x.npz")
+    with pytest.raises(KilnError, match="only read by int8 and fp8 builds .* and fp16 builds"):
+        BuildConfig(precision="bf16", calib_data="x.npz")
+    with pytest.raises(KilnError, match="calib_cache is only read by int8"):
+        BuildConfig(precision="fp16", calib_cache="c.json")
+    assert BuildConfig(precision="fp16", calib_data="x.npz").calib_data == "x.npz"   # the fp16 overflow check
     with pytest.raises(KilnError, match="calibration method"):
         BuildConfig(precision="int8", calib_method="kl")
     config = BuildConfig(precision="int8", calib_method="percentile", calib_percentile=99.9, calib_data="d.npz")

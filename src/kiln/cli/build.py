@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -107,23 +108,34 @@ def progress_display(label: str) -> Iterator[Callable[[str], None]]:
 
 
 def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig, out: Path,
-                   label: str = "building", source: dict[str, Any] | None = None) -> tuple[Engine, int]:
+                   label: str = "building", source: dict[str, Any] | None = None,
+                   calibration: str | None = None) -> tuple[Engine, int]:
     """Build with a progress display and write the engine; returns it and the file's size.
 
     `source` overrides fields of the header's source record (rebuild keeps the original
-    file's name and path when it builds from the embedded bytes).
+    file's name and path when it builds from the embedded bytes). `calibration`: a path to
+    calibration data the build reads outside the config (an fp16 build's overflow check).
+    Overflow warnings are printed as "warning: ..." lines once the progress display is gone.
 
     Engine.save writes a temporary file and renames it, so a failure here leaves no
     partial engine at `out` (and an older file there untouched).
     """
     import kiln
+    from kiln.precision.overflow import Fp16OverflowWarning
 
-    with progress_display(label) as say:
-        engine = kiln.build(model, config, progress=say)
-        if source:
-            engine.header["source"].update(source)
-        say("writing engine")
-        engine.save(out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Fp16OverflowWarning)
+        with progress_display(label) as say:
+            engine = kiln.build(model, config, progress=say, calibration=calibration)
+            if source:
+                engine.header["source"].update(source)
+            say("writing engine")
+            engine.save(out)
+    for w in caught:
+        if issubclass(w.category, Fp16OverflowWarning):
+            output.stderr().print(f"warning: {w.message}", markup=False)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return engine, out.stat().st_size
 
 
@@ -147,6 +159,7 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "tuning": header["build"].get("tuning"),
         "int8": header["build"].get("int8"),
         "fp8": header["build"].get("fp8"),
+        "fp16_overflow": header["build"].get("fp16_overflow"),
         "accuracy_budget": header["build"].get("accuracy_budget"),
     }
 
@@ -161,6 +174,7 @@ def print_summary(info: dict[str, Any]) -> None:
         ("build time", f"{info['build_seconds']:.2f} s"),
         *([("int8", int8_line(info["int8"]))] if info.get("int8") else []),
         *([("fp8", int8_line(info["fp8"]))] if info.get("fp8") else []),
+        *([("fp16 overflow", overflow_line(info["fp16_overflow"]))] if info.get("fp16_overflow") else []),
         *([("accuracy budget", budget_line(info["accuracy_budget"]))] if info.get("accuracy_budget") else []),
         ("tuning", _tuning_line(info["tuning"])),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
@@ -187,8 +201,20 @@ def int8_line(int8: dict[str, Any]) -> str:
     where = (f"from the cache {calib['cache']}" if calib["source"] == "cache"
              else f"calibrated on {calib['batches']} batch(es)" + (f", cached in {calib['cache']}" if calib["cache"] else ""))
     kept = len(int8["kept_float"])
+    folded = int8.get("requantize_folded", 0)
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
-            + f"; ranges: {calib['method']}, {where}")
+            + (f", {folded} requantizing their output" if folded else "") + f"; ranges: {calib['method']}, {where}")
+
+
+def overflow_line(overflow: dict[str, Any]) -> str:
+    """E.g. "2 layer(s) kept in fp32 (mm1: max 1.2e+06, ...) on 4 calibration batch(es)"."""
+    kept = overflow["kept_fp32"]
+    names = ", ".join(f"{k['layer']}: max {k['amax']:.3g}" for k in kept[:4]) + (" ..." if len(kept) > 4 else "")
+    text = (f"{len(kept)} layer(s) kept in fp32" + (f" ({names})" if kept else "")
+            + f" on {overflow['batches']} calibration batch(es)")
+    if overflow["overridden"]:
+        text += f"; {len(overflow['overridden'])} overflowing layer(s) kept in fp16 by --layer-precision"
+    return text
 
 
 def budget_line(budget: dict[str, Any]) -> str:
@@ -228,8 +254,9 @@ def _tuning_line(tuning: Any) -> str:
                    "fp32 (same as --precision fp8; CPU reference arithmetic for now); needs --calib-data or a usable "
                    "--calib-cache.")
 @click.option("--calib-data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="int8/fp8 calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
-                   ".npz/.npy files, one batch each.")
+              help="Calibration inputs: an .npz keyed by input name (axis 0 the samples) or a folder of "
+                   ".npz/.npy files, one batch each. int8/fp8 calibrate on them; fp16 keeps the layers that "
+                   "overflow fp16 on them in fp32.")
 @calibration_method_options
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
@@ -275,7 +302,9 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
     accepted too). On a GPU each layer's candidate tactics are timed at the opt shapes and
     the fastest correct one is kept (--no-tune skips this; --timing-cache reuses timings
     across builds). --int8 (--fp8) quantizes the calibrated matmuls and convolutions (give
-    --calib-data, or a --calib-cache from `kiln calibrate`). On failure nothing is written.
+    --calib-data, or a --calib-cache from `kiln calibrate`). --fp16 with --calib-data checks
+    the data for fp16 overflow and keeps the layers concerned in fp32, with a warning naming
+    each. On failure nothing is written.
     """
     profiles = profile_from_options(shapes, min_shapes, opt_shapes, max_shapes)
     if dump_ir is not None:
@@ -284,8 +313,13 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     from kiln.compiler.accuracy_budget import parse_budget
 
-    config = BuildConfig(precision=precision_from_flags(fp16, bf16, precision, int8, fp8), device=device,
-                         calib_data=None if calib_data is None else str(calib_data), calib_method=calib_method,
+    chosen = precision_from_flags(fp16, bf16, precision, int8, fp8)
+    # fp16 reads --calib-data for its overflow check, outside the config (which keeps calib_data for
+    # the calibrated precisions); any other precision gets the config's error for it.
+    overflow_data = str(calib_data) if calib_data is not None and chosen == "fp16" else None
+    config = BuildConfig(precision=chosen, device=device,
+                         calib_data=str(calib_data) if calib_data is not None and overflow_data is None else None,
+                         calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
                          calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
@@ -293,7 +327,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
                          embed_source=not no_embed_source, tune=not no_tune,
                          timing_cache=None if timing_cache is None else str(timing_cache))
-    engine, size = build_and_save(model, config, out)
+    engine, size = build_and_save(model, config, out, calibration=overflow_data)
     info = summary(engine, out, size)
     if as_json:
         output.emit_json(info)

@@ -5,14 +5,18 @@ dims) -> supported-op check -> passes -> precision -> tactics + plan -> one run 
 shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pass.py),
 elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
 An int8 or fp8 build gets activation ranges between the passes and precision (the calibration
-cache, else a calibration run of the optimised fp32 graph) and quantizes the calibrated
-layers (precision/int8.py, precision/fp8.py) before the rest is typed fp32.
+cache, else a calibration run of the optimised fp32 graph), quantizes the calibrated
+layers (precision/int8.py, precision/fp8.py) and folds the QuantizeLinear between two of them
+into the first (precision/fold_requantize.py) before the rest is typed fp32. An fp16 build
+given calibration data first runs it through the fp32 graph and keeps the layers that overflow
+fp16 in fp32, with a warning naming each (precision/overflow.py).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+import warnings
 from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
@@ -37,9 +41,11 @@ from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
 from kiln.precision import apply_precision
+from kiln.precision.fold_requantize import fold_requantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.layer_rules import match_layer_rules
+from kiln.precision.overflow import Fp16OverflowWarning, OverflowReport, find_fp16_overflow
 from kiln.runtime.engine import Engine, math_mode
 
 Progress = Callable[[str], None]
@@ -94,21 +100,24 @@ def optimized_graph(model: str | os.PathLike | onnx.ModelProto, config: BuildCon
 
 def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None = None,
           progress: Progress | None = None, timer: Timer | None = None,
-          calibration: Iterable[Mapping[str, Any]] | None = None) -> Engine:
+          calibration: Iterable[Mapping[str, Any]] | str | os.PathLike | None = None) -> Engine:
     """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device.
 
     On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
     `timer` replaces those, and makes a CPU build tune too (tests use a fake timer).
-    `calibration`: int8/fp8 calibration batches, feed dicts {input name: array}, used in place
-    of config.calib_data. config.accuracy_budget first searches the layers to keep in fp32
-    (compiler/accuracy_budget.py) and builds with them as layer precision rules."""
+    `calibration`: calibration batches, feed dicts {input name: array} (or a path, as
+    config.calib_data takes), used in place of config.calib_data: int8/fp8 builds calibrate on
+    them, fp16 builds check them for fp16 overflow. config.accuracy_budget first searches the
+    layers to keep in fp32 (compiler/accuracy_budget.py) and builds with them as layer
+    precision rules."""
     config = config or BuildConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     budget = None
     if config.accuracy_budget is not None:
         from kiln.compiler.accuracy_budget import search
-        calibration = list(calibration) if calibration is not None else None  # read by the search and the build
+        if calibration is not None and not isinstance(calibration, (str, os.PathLike)):
+            calibration = list(calibration)  # read by the search and the build
         budget = search(model, replace(config, accuracy_budget=None), config.accuracy_budget,
                         calibration=calibration, progress=say)
         config = budget.config
@@ -122,8 +131,17 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         keep = match_layer_rules(graph, config.layer_precision)
         quantize = QUANTIZERS[config.precision]
         quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
+        before = graph.op_counts().get("QuantizeLinear", 0)
+        fold_requantize(graph)
+        quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
+    overflow = None
+    if config.precision == "fp16" and (calibration is not None or config.calib_data is not None):
+        overflow = fp16_overflow(graph, config, calibration, say)
+        config = replace(config, layer_precision=config.layer_precision + overflow.rules())
     dump = Path(config.dump_ir) if config.dump_ir else None
     precision = apply_precision(graph, config)
+    if overflow is not None:
+        precision = overflow.explain(precision)
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))
@@ -146,6 +164,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     }
     if quantized is not None:
         header["build"][config.precision] = quantized
+    if overflow is not None:
+        header["build"]["fp16_overflow"] = overflow.to_json()
     if budget is not None:
         header["build"]["accuracy_budget"] = budget.to_json()
     engine = Engine(plan, consts, header, device, source if config.embed_source else None)
@@ -216,6 +236,24 @@ def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
     if config.calib_cache:
         save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params)
     return ranges, CalibrationRecord(config.calib_method, "calibrated", count[0], config.calib_cache).to_json()
+
+
+def fp16_overflow(graph: Graph, config: BuildConfig,
+                  calibration: Iterable[Mapping[str, Any]] | str | os.PathLike | None, say: Progress) -> OverflowReport:
+    """The layers of the optimised fp32 `graph` that overflow fp16 on the calibration data (the
+    batches given, else config.calib_data), each announced with an Fp16OverflowWarning."""
+    from kiln.calibration import calibration_batches
+
+    batch, drop_last = _calibration_batch_size(graph, config.calib_batch_size)
+    data = calibration if calibration is not None else config.calib_data
+    say("checking fp16 overflow on the calibration data")
+    report = find_fp16_overflow(graph, calibration_batches(data, graph.inputs, batch, drop_last),
+                                config.layer_precision)
+    for message in report.warnings():
+        warnings.warn(message, Fp16OverflowWarning, stacklevel=3)
+    if report.kept:
+        say(f"fp16 overflow: {len(report.kept)} layer(s) kept in fp32")
+    return report
 
 
 def _calibration_batch_size(graph: Graph, wanted: int) -> tuple[int, bool]:
