@@ -70,3 +70,14 @@ def test_not_fused_when_shapes_differ_or_statistics_are_read():
     g = b.output(y, mean)
     assert not check_pass(fuse_add_layernorm, b)
     assert "kiln::AddLayerNorm" not in ops(g)
+
+
+def test_symbolic_dims_match_by_name():
+    b = Builder()
+    a, r = b.input("a", (2, 3, 16)), b.input("r", (2, 3, 16))
+    s = _matmul_residual(b, a, r)
+    g = b.output(_ln(b, s))
+    for v in (a, r, s, g.outputs[0]):
+        v.shape = ("batch", 3, 16)
+    assert check_pass(fuse_add_layernorm, b, rtol=1e-4, atol=1e-5)
+    assert "kiln::AddLayerNorm" in ops(g)

@@ -43,9 +43,9 @@ def fuse_add_layernorm(graph: Graph) -> bool:
 
 
 def _same_known_shape(a: Value | None, b: Value | None) -> bool:
+    """Same dtype and the same dims (a symbolic dim matches only itself: the same name is the same size)."""
     return (a is not None and b is not None and a.shape is not None and b.shape is not None
-            and tuple(a.shape) == tuple(b.shape) and all(isinstance(d, int) for d in a.shape)
-            and a.dtype == b.dtype)
+            and tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype)
 
 
 def _operands(producer: Node, x: Value) -> tuple[Value | None, Value] | None:
