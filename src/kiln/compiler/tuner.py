@@ -150,7 +150,7 @@ def _trial(c: Candidate, is_oracle: bool, reference: tuple[Any, ...], args: Sequ
     calls = 0
     try:
         outputs = reference if is_oracle else as_outputs(c.run(args, attrs), n_outputs)
-        why = None if is_oracle else mismatch(outputs, reference)
+        why = None if is_oracle else mismatch(outputs, reference, c.tactic.op)
         if why is not None:
             return Trial(c, "invalid", None, why), None, calls
         fn = lambda: c.run(args, attrs)  # noqa: E731

@@ -59,7 +59,7 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import attention, conv, host, matmul, norm, pointwise, pool  # noqa: F401  (they register)
+    from kiln.tactics import attention, conv, host, matmul, norm, pointwise, pool, quantized, quantized_conv  # noqa: F401  (they register)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"

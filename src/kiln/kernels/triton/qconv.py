@@ -1,0 +1,451 @@
+"""kiln::QConv in Triton: an implicit-GEMM INT8 / FP8 2-D convolution over channels-last tensors.
+
+The oracle is kiln::QConv (kernels/reference/quantized.py): exact products, one sum, the
+float epilogue, one final rounding. The convolution is computed as the GEMM
+
+    Y[m, oc] = sum_k A[m, k] * B[k, oc]      m = (n, oh, ow): M = N*OH*OW output pixels
+                                             k = (kh, kw, c): K = KH*KW*C
+    A[m, k]  = X[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]   (0 outside the image)
+    B[k, oc] = W[oc, c, kh, kw]
+
+A is never built ("implicit GEMM"): the program that computes a [BLOCK_M, BLOCK_N] tile of Y
+loads, per K step, BLOCK_M rows x[n, ih, iw, c0:c0+BLOCK_K]. In channels-last memory each
+row is one contiguous run of BLOCK_K bytes (16-byte vector loads); a pixel whose tap falls
+in the padding is masked to 0, which is exact because X's zero point is 0 (DQ(0) = 0, the
+value the float Conv pads with). W is packed once per weight tensor as [OC, KH*KW*C],
+K-contiguous (W's own channels-last order): the operand order 8-bit tensor-core MMAs read
+without a transpose. Y's tile is [pixels, channels]; in channels-last Y that is a row-major
+[M, OC] matrix, so the store is a plain 2-D store.
+
+The K loop is one flat loop over K steps (step -> kernel position by scalar arithmetic)
+rather than nested loops over kh, kw and c, so that the software pipeline (num_stages)
+spans taps: a 3x3 conv over 64 channels is 9 steps of one tap each, not 9 loops of one
+step. Three walks (the constexpr PATH, chosen by `k_loop`):
+- TAPS, C a multiple of 32: a step is one tap's block of BLOCK_K channels; BLOCK_K is the
+  largest power of two <= the config's that divides C, so no step straddles two taps and
+  no load needs a channel mask (only the padding mask, per pixel).
+- PIXELS, a 1x1 stride-1 unpadded conv over densely stored pixels: a plain GEMM with
+  A = X viewed as [M, C], rows addressed as m * C, no pixel arithmetic and no masks.
+- ROWS, small C (ResNet's stem: C = 3) with dilation 1 along W: for one kh, the KW taps of
+  all C channels are one contiguous run of KW*C elements of channels-last X, so a step is a
+  BLOCK_K block of that run (tap = element // C, masked per element at the image's edge and
+  past KW*C), and W is packed with each kernel row zero-padded to a multiple of BLOCK_K.
+  A 7x7 stem over 3 channels is 7 steps of 32 (21 used), where taps would be 49 of 32.
+BLOCK_K is at least 32 there and in TAPS when 32 divides C: 8-bit MMAs take K in 32s.
+(C a multiple of 16 only, with dilation along W: TAPS with BLOCK_K 16.)
+
+Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). float8
+e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA does not add in full
+float32: it aligns the products and the accumulator to the largest exponent among them and
+keeps ~14 bits, so the error of each step grows with the running sum. The config key
+FP8_ACC bounds that: every FP8_ACC products (32 = one wgmma instruction, up to BLOCK_K) are
+summed from zero in the MMA's precision and then added to a separate float32 accumulator
+(tl.dot's max_num_imprecise_acc), so the loss is relative to one partial sum of FP8_ACC
+products, not to the whole dot product; the price is a second accumulator (registers) and
+one add per partial sum. FP8_ACC = 0 lets the hardware accumulate throughout: fastest,
+least exact. The tuner keeps a config only when its output agrees with the reference
+within compiler/tolerance.py, so the space offers all three.
+
+Epilogue, in float32 on the accumulator tile, in the store: acc * (x_scale * w_scale[oc])
++ bias[oc] + residual, the activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a
+cast to the float output (x_scale's dtype) or the requantization: v / out_scale + out_zp,
+saturated to the output type's range and rounded half to even as (v + 1.5*2^23) - 1.5*2^23
+(exact for |v| < 2^22, which the clamp ensures). float8 outputs are rounded onto the e4m3
+grid the same way, after scaling by the grid step (a power of two), so that the final cast
+is exact on every backend (Triton's interpreter rounds fp8 ties away from zero). The
+reference rounds once from float64; this epilogue rounds in float32, which moves a
+requantized output by one step only next to a tie (the tuner's tolerance allows that).
+The residual is read through its own strides (any memory format; broadcast dims have
+stride 0). Y has the reference's logical shape [N, OC, OH, OW] and is allocated
+channels-last (as tactics/conv.py's outputs: a channels-last region stays so), or NCHW
+on request (for graphs that run NCHW: X is then converted on every call).
+
+Zero points must be absent or 0 (symmetric quantization, what kiln's calibration makes):
+the launcher checks a zero-point tensor once (memoised per tensor, like the packed weight)
+and raises otherwise. Offsets are int32: tensors of 2**31 elements or more are refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
+
+from kiln.ir import dtypes
+from kiln.kernels.reference.common import resolve_pads, spatial_attrs
+from kiln.kernels.triton.gemm import _activation, activation_code
+
+Tensor = torch.Tensor
+
+INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn)     # X and W: the same one of these
+FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
+# Requantized output types (DType names) and the range each saturates to.
+REQUANT_RANGES: dict[str, tuple[float, float]] = {
+    "int8": (-128.0, 127.0), "uint8": (0.0, 255.0), "float8_e4m3fn": (-448.0, 448.0),
+}
+OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
+PIXELS, TAPS, ROWS = 0, 1, 2           # the kernel's K walks (module docstring)
+MIN_BLOCK_K = 32                       # 8-bit MMAs take K in steps of 32
+
+_TILE = {"GROUP_M": 8}
+# The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
+# operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
+# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage.
+INT8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+)
+# fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
+# registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
+# is the default when tuning is off: promoted once per K step.
+FP8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+)
+
+
+@triton.jit
+def _round_even(x):
+    # Round half to even for |x| < 2^22: adding 1.5 * 2^23 leaves no fraction bits, so the
+    # float32 add rounds (ties to even); the subtract is then exact.
+    return (x + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _round_e4m3(q):
+    """q (|q| <= 448) rounded to the nearest float8 e4m3fn value, ties to even, in float32."""
+    bits = q.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127                 # q's binary exponent (-127 for 0)
+    e = tl.maximum(e, -6) - 3                       # log2 of the e4m3 grid step: 3 mantissa bits, subnormal below 2^-6
+    up = ((127 - e) << 23).to(tl.float32, bitcast=True)    # 2^-e
+    down = ((127 + e) << 23).to(tl.float32, bitcast=True)  # 2^e
+    return _round_even(q * up) * down
+
+
+@triton.jit
+def _qconv_kernel(
+        X, W, Y, XS, WS, BIAS, RES, OS, OZP,
+        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW, ROW,
+        sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
+        PATH: tl.constexpr, IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
+        WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, FLAT_OUT: tl.constexpr,
+        ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
+    # consecutive programs reuse the same input rows while they sit in L2.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(OC, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M] pixels
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                         # [BLOCK_N] channels
+    offs_k = tl.arange(0, BLOCK_K)                                           # [BLOCK_K]
+    # Wrapped indices: rows/channels past the edge re-read valid memory and are never stored.
+    rm = offs_m % M
+    rn = offs_n % OC
+    w_ptrs = W + rn[None, :] * KTOT + offs_k[:, None]                        # [BLOCK_K, BLOCK_N]
+    if IS_FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    if PATH == 0:
+        # PIXELS: a 1x1 stride-1 conv over dense pixels is X [M, C] @ B.
+        a_ptrs = X + rm[:, None] * sxw + offs_k[None, :]                    # [BLOCK_M, BLOCK_K]
+        for _ in range(K_STEPS):
+            a = tl.load(a_ptrs)
+            b = tl.load(w_ptrs)
+            if FP8_ACC > 0:
+                acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+    else:
+        ow = rm % OW
+        oh = (rm // OW) % OH
+        n = rm // (OW * OH)
+        ih0 = oh * stride_h - pad_h                                          # [BLOCK_M] tap (0, 0)
+        iw0 = ow * stride_w - pad_w
+        row0 = n * sxn + ih0 * sxh + iw0 * sxw                               # may point into the padding
+        for step in range(K_STEPS):
+            if PATH == 1:
+                # TAPS: step = (kh, kw, channel block); one tap's BLOCK_K channels per row.
+                tap = step // C_STEPS
+                c0 = (step - tap * C_STEPS) * BLOCK_K
+                kh = tap // KW
+                kw = tap - kh * KW
+                ih = ih0 + kh * dil_h
+                iw = iw0 + kw * dil_w
+                inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)        # [BLOCK_M]
+                rows = row0 + (kh * dil_h) * sxh + (kw * dil_w) * sxw + c0
+                a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
+            else:
+                # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
+                # kw = 0..KW-1 of all C channels are one contiguous run of ROW = KW*C elements
+                # of X (dilation 1 along W, pixels C apart); element j is tap j // C.
+                kh = step // C_STEPS
+                j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
+                ih = ih0 + kh * dil_h
+                iw = iw0[:, None] + (j // C)[None, :]                        # [BLOCK_M, BLOCK_K]
+                inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
+                rows = row0 + (kh * dil_h) * sxh
+                a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
+            b = tl.load(w_ptrs)
+            if FP8_ACC > 0:
+                acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
+            else:
+                acc = tl.dot(a, b, acc)
+            w_ptrs += BLOCK_K
+
+    # Epilogue on the float32 accumulator (module docstring).
+    xs = tl.load(XS).to(tl.float32)
+    if WS_PER_CHANNEL:
+        v = acc.to(tl.float32) * (xs * tl.load(WS + rn).to(tl.float32))[None, :]
+    else:
+        v = acc.to(tl.float32) * (xs * tl.load(WS).to(tl.float32))
+    if HAS_BIAS:
+        v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]                    # [BLOCK_M, BLOCK_N]
+    if FLAT_OUT:
+        # Y (and the residual) channels-last and dense: a row-major [M, OC] matrix.
+        y_off = rm[:, None] * OC + offs_n[None, :]
+        r_off = y_off
+    else:
+        ow_o = rm % OW
+        oh_o = (rm // OW) % OH
+        n_o = rm // (OW * OH)
+        y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
+        r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
+    if HAS_RES:
+        v = v + tl.load(RES + r_off, mask=mask, other=0.0).to(tl.float32)
+    v = _activation(v, ACT, p0, p1)
+    if OUT_KIND != 0:
+        v = tl.math.div_rn(v, tl.load(OS).to(tl.float32))
+        if HAS_OZP:
+            v = v + tl.load(OZP).to(tl.float32)
+        v = tl.minimum(tl.maximum(v, QMIN), QMAX)
+        if OUT_KIND == 1:
+            v = _round_even(v)
+        else:
+            v = _round_e4m3(v)
+    tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)
+
+
+# --- the launcher ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ConvGeometry:
+    """A 2-D convolution's window: kernel, strides, dilations, begin pads, output size."""
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+
+    def pointwise(self, h: int, w: int) -> bool:
+        """1x1, stride 1, no padding (an H x W output): output pixel m reads input pixel m alone."""
+        unit = self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0
+        return unit and (self.oh, self.ow) == (h, w)
+
+
+def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: str = "NOTSET",
+                  dilations: Sequence[int] | None = None, kernel_shape: Sequence[int] | None = None,
+                  pads: Sequence[int] | None = None, strides: Sequence[int] | None = None) -> ConvGeometry:
+    """The window of Conv(X [N, C, H, W], W [M, C, KH, KW]) with ONNX attributes (auto_pad resolved)."""
+    k, s, d = spatial_attrs(2, kernel_shape or w_shape[2:], strides, dilations)
+    if list(k) != list(w_shape[2:]):
+        raise ValueError(f"kiln::QConv kernel_shape {k} differs from the weight's spatial dims {list(w_shape[2:])}")
+    p = resolve_pads(auto_pad, x_shape[2:], k, s, d, pads)                  # [top, left, bottom, right]
+    oh = (x_shape[2] + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (x_shape[3] + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return ConvGeometry(k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], max(oh, 0), max(ow, 0))
+
+
+def output_type(x_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
+    """Y's type, by the reference's rule: x_scale's float type, or the requantized type
+    (out_dtype when non-zero, else out_zp's type, else uint8)."""
+    if out_scale is None:
+        return dtypes.from_torch(x_scale.dtype)
+    if out_dtype:
+        return dtypes.from_onnx(out_dtype)
+    return dtypes.from_torch(out_zp.dtype) if out_zp is not None else dtypes.BY_NAME["uint8"]
+
+
+# weight tensor (by identity) -> (its version counter, row_pad, its packed copy). Weak keys: an
+# entry lives as long as the engine's constant does; an in-place change bumps _version.
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# zero-point tensor -> (its version counter, whether every element is 0).
+_ZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def packed_weight(w: Tensor, row_pad: int = 0) -> Tensor:
+    """W [OC, C, KH, KW] as B^T, K-contiguous, packed once per tensor: [OC, KH*KW*C] in (kh, kw, c)
+    order, or with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
+    followed by zeros up to row_pad."""
+    oc, c, kh, kw = w.shape
+    if not row_pad and w.is_contiguous(memory_format=torch.channels_last):   # a view, nothing to keep
+        return w.permute(0, 2, 3, 1).reshape(oc, -1)
+    hit = _PACKED.get(w)
+    if hit is not None and hit[0] == w._version and hit[1] == row_pad:
+        return hit[2]
+    rows = w.permute(0, 2, 3, 1).reshape(oc, kh, kw * c)
+    if row_pad:
+        padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
+        padded[:, :, :kw * c] = rows
+        rows = padded
+    packed = rows.reshape(oc, -1).contiguous()
+    _PACKED[w] = (w._version, row_pad, packed)
+    return packed
+
+
+@dataclass(frozen=True, slots=True)
+class KLoop:
+    """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
+    TAPS) or per kernel row (ROWS), and the padded kernel-row length (ROWS, else 0)."""
+    path: int
+    block_k: int
+    steps: int
+    row_pad: int = 0
+
+
+def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
+    """The K walk for C = `channels` and a config's BLOCK_K. C a multiple of 32: tap by tap, BLOCK_K
+    the largest power of two dividing C (a 1x1 stride-1 conv over dense pixels: the plain GEMM).
+    Otherwise, with dilation 1 along W: kernel row by kernel row (ROWS), BLOCK_K >= 32 (8-bit MMAs
+    take K in 32s) chosen for the least padding. Else C a multiple of 16: taps with BLOCK_K 16."""
+    if channels % MIN_BLOCK_K == 0 or (channels % 16 == 0 and geo.dw != 1):
+        bk = _block_k(block_k, channels)
+        path = PIXELS if geo.pointwise(h, w) and pixels_dense else TAPS
+        return KLoop(path, bk, channels // bk)
+    if geo.dw != 1:
+        raise ValueError(f"the Triton kiln::QConv needs C a multiple of 16 or dilation 1 along W; got C={channels}, "
+                         f"dilation {geo.dw}. The reference tactic runs it.")
+    row = geo.kw * channels
+    sizes = [bk for bk in (32, 64, 128) if bk <= max(block_k, MIN_BLOCK_K)]
+    bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                    # least padding, then larger
+    pad = -(-row // bk) * bk
+    return KLoop(ROWS, bk, pad // bk, pad)
+
+
+def _require_zero(zp: Tensor | None, name: str) -> None:
+    """Raise unless `zp` is absent or all zeros (read once per tensor: engine constants)."""
+    if zp is None:
+        return
+    hit = _ZERO.get(zp)
+    if hit is None or hit[0] != zp._version:
+        hit = (zp._version, not bool(torch.any(zp.to(torch.float32) != 0)))
+        _ZERO[zp] = hit
+    if not hit[1]:
+        raise ValueError(f"the Triton kiln::QConv takes {name} absent or 0 (symmetric quantization); this one is "
+                         "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
+
+
+def _block_k(block_k: int, channels: int) -> int:
+    """The largest power of two <= block_k dividing `channels`."""
+    bk = block_k
+    while channels % bk:
+        bk //= 2
+    return bk
+
+
+def _fp8_acc(cfg: dict[str, Any], block_k: int) -> int:
+    """Products per partial sum of an fp8 dot (0: the hardware accumulates throughout)."""
+    acc = int(cfg.get("FP8_ACC", block_k))
+    return min(acc, block_k) if acc > 0 else 0
+
+
+def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
+           out: dtypes.DType, requant: bool) -> None:
+    assert x.dtype in INPUT_DTYPES and w.dtype == x.dtype, \
+        f"X and W must both be int8 or both float8_e4m3fn, got {x.dtype}, {w.dtype}"
+    assert x.dim() == 4 and w.dim() == 4, f"a 2-D conv: X and W are 4-D, got {tuple(x.shape)}, {tuple(w.shape)}"
+    assert group == 1 and w.shape[1] == x.shape[1], f"group 1 only: X has {x.shape[1]} channels, W {w.shape[1]}"
+    assert x_scale.numel() == 1 and x_scale.dtype in FLOAT_OUTPUTS, "x_scale: one float16/bfloat16/float32 value"
+    assert w_scale.numel() in (1, w.shape[0]), f"w_scale must have 1 or {w.shape[0]} elements"
+    assert bias is None or bias.numel() in (1, w.shape[0]), f"bias must have 1 or {w.shape[0]} elements"
+    assert out.name in REQUANT_RANGES if requant else out.torch in FLOAT_OUTPUTS, f"cannot write a {out.name} output"
+    assert x.numel() < 2**31 and w.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
+
+
+def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
+          w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
+          out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
+          pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
+          activation_params: Sequence[float] = (), out_dtype: int = 0,
+          config: dict[str, Any] | None = None, channels_last_out: bool = True) -> Tensor:
+    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), the reference kiln::QConv's contract,
+    for X [N, C, H, W] int8 or float8_e4m3fn in any memory format (channels-last is read in
+    place, others are converted). Y is channels-last, or contiguous NCHW if not channels_last_out."""
+    out = output_type(x_scale, out_scale, out_zp, out_dtype)
+    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None)
+    _require_zero(x_zp, "x_zp")
+    _require_zero(w_zp, "w_zp")
+    code, p0, p1 = activation_code(activation, activation_params)
+    is_fp8 = x_q.dtype == torch.float8_e4m3fn
+    cfg = dict((FP8_CONFIGS if is_fp8 else INT8_CONFIGS)[0] if config is None else config)
+    geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
+                        pads=pads, strides=strides)
+    n, c, h, w = x_q.shape
+    oc = w_q.shape[0]
+    x = x_q if x_q.stride(1) == 1 else x_q.contiguous(memory_format=torch.channels_last)  # once per region
+    fmt = torch.channels_last if channels_last_out else torch.contiguous_format
+    y = torch.empty((n, oc, geo.oh, geo.ow), dtype=out.torch, device=x.device, memory_format=fmt)
+    m = n * geo.oh * geo.ow
+    if m == 0 or oc == 0:
+        return y
+    assert y.numel() < 2**31, "an output of 2**31 elements or more overflows int32 offsets"
+    dense = x.stride(2) == w * x.stride(3) and x.stride(0) == h * x.stride(2)
+    loop = k_loop(c, geo, int(cfg["BLOCK_K"]), dense, h, w)
+    if loop.path == ROWS and x.stride(3) != c:
+        x = x.contiguous(memory_format=torch.channels_last)                  # ROWS reads (w, c) runs
+    bk = loop.block_k
+    wp = packed_weight(w_q, loop.row_pad)                                    # [OC, K]
+    res = y if residual is None else residual.expand(y.shape)
+    flat = channels_last_out and (residual is None or res.stride() == y.stride())
+    b = None if bias is None else bias.reshape(-1)
+    kind = OUT_FLOAT if out_scale is None else (OUT_FP8 if out.name == "float8_e4m3fn" else OUT_INT)
+    qmin, qmax = REQUANT_RANGES.get(out.name, (0.0, 0.0))
+    bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
+    grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
+    _qconv_kernel[grid](
+        x, wp, y, x_scale, w_scale, x_scale if b is None else b, res, x_scale if out_scale is None else out_scale,
+        x_scale if out_zp is None else out_zp,
+        m, oc, c, h, w, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
+        loop.steps, geo.kw, geo.kw * c,
+        x.stride(0), x.stride(2), x.stride(3), 0 if b is None or b.numel() == 1 else b.stride(0),
+        res.stride(0), res.stride(1), res.stride(2), res.stride(3),
+        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+        geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
+        PATH=loop.path, IS_FP8=is_fp8, FP8_ACC=_fp8_acc(cfg, bk) if is_fp8 else 0,
+        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
+        ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
+    return y
+

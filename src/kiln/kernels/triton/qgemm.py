@@ -1,0 +1,282 @@
+"""Quantized matrix multiply with a fused epilogue, in Triton: kiln::QMatMul on tensor cores.
+
+The oracle is kiln::QMatMul (kernels/reference/quantized.py):
+
+  Y = [Q](act(sum_k (a - a_zp)(b - b_zp) * a_scale * b_scale[n] + bias[n] + residual))
+
+A [..., M, K] (leading dims folded into M) is int8/uint8 or float8_e4m3fn; B is the weight
+as stored, [K, N], or [N, K] with trans_b (read through its strides, never copied here; the
+tactic hands over a K-major copy, which is what 8-bit tensor-core operands want).
+
+Accumulation. int8 x int8 is summed in int32 by tl.dot (exact: every partial sum is below
+MAX_K * 2^14 < 2^31, see MAX_K). uint8 operands become int8 as a - 128 (the top bit
+flipped; exact), and zero points are handled by expanding the product:
+
+  sum (a' - za)(b' - zb[n]) = S - za * colsum(b')[n] - zb[n] * rowsum(a')[m] + K * za * zb[n]
+
+with a' = a - 128 for uint8 A (else a), za = a_zp - 128 for uint8 (else a_zp; 0 if absent),
+and the same for B. The correction sums run in loops of their own, after the main loop and
+only when the loaded zero point is non-zero, so the symmetric case kiln's calibration makes
+(zero points absent or 0) costs one scalar load and no branch in the K loop. Nothing is read
+on the host: zero points and scales are loaded by the kernel, so the launch never
+synchronises and CUDA graphs capture it. float8 x float8 is summed in float32 by tl.dot
+(fp8e4nv, sm_89+): each product is exact in float32 (4 + 4 significant bits), the sum is
+rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32, so the
+partial sum is moved to a float32 register every BLOCK_K (max_num_imprecise_acc), as
+cuBLASLt does without fast accumulation. float8 has no zero point.
+
+Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
+activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
+output type (a_scale's) or the requantization: v * (1 / out_scale), round half to even, add
+out_zp, saturate (int8/uint8), or clamp to +-448 and round to the e4m3 grid (float8). The
+reference does all of this in float64; float32 moves a value by a few ulps, which changes a
+requantized output by one step only near a rounding tie (compiler/tolerance.py's rule).
+Per-channel parameters (b_scale, b_zp, bias) are read with a stride (0 for one element),
+so per-tensor and per-channel are the same kernel.
+Rows/columns past M/N are read wrapped (index % M) as in gemm.py; only stores are masked.
+Offsets are int32: the launcher refuses operands of 2**31 elements or more.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.ir import dtypes
+from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
+from kiln.kernels.triton.gemm import activation_code
+from kiln.kernels.triton.quantize import OUT_TYPES, requantize
+
+Tensor = torch.Tensor
+
+INT_INPUTS = (torch.int8, torch.uint8)
+FP8 = torch.float8_e4m3fn
+FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
+REQUANT_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "float8_e4m3fn": torch.float8_e4m3fn}
+# Longest reduction: |a'|, |b'|, |za|, |zb| <= 128, so S and each correction term is at most
+# K * 2^14 in magnitude and their running sum at most 4 * K * 2^14 = 2^30 for K = 2^14:
+# int32 never overflows. (float8 has its own limit, quantized.FP8_EXACT_K, in the reference.)
+MAX_K = 16384
+
+# The tuning space (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
+# so 128x256x128 at 3 stages is 144 KiB of the 227 KiB a block may have. BLOCK_K = 128 is one
+# 128-byte swizzle row of 8-bit K; the 64-deep tiles are for short K (ResNet's 1x1 convs: 64).
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
+)
+
+
+@triton.jit
+def _signed(x, U8: tl.constexpr):
+    """uint8 -> int8 as the value minus 128 (the top bit flipped), exactly; int8 passes."""
+    if U8:
+        x = (x.to(tl.int32) - 128).to(tl.int8)
+    return x
+
+
+@triton.jit
+def _col_sums(B, rn, K, stride_bk, stride_bn, B_U8: tl.constexpr, B_PAD: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum_k b'[k, n] for the tile's columns, int32 [BLOCK_N]."""
+    offs_k = tl.arange(0, BLOCK_K)
+    total = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        kk = k * BLOCK_K + offs_k
+        b = tl.load(B + kk[:, None] * stride_bk + rn[None, :] * stride_bn, mask=kk[:, None] < K, other=B_PAD)
+        total += tl.sum(_signed(b, B_U8).to(tl.int32), axis=0)
+    return total
+
+
+@triton.jit
+def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, A_PAD: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """sum_k a'[m, k] for the tile's rows, int32 [BLOCK_M]."""
+    offs_k = tl.arange(0, BLOCK_K)
+    total = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        kk = k * BLOCK_K + offs_k
+        a = tl.load(A + rm[:, None] * stride_am + kk[None, :], mask=kk[None, :] < K, other=A_PAD)
+        total += tl.sum(_signed(a, A_U8).to(tl.int32), axis=1)
+    return total
+
+
+@triton.jit
+def _qgemm_kernel(
+        A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, p0, p1,
+        FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr, A_PAD: tl.constexpr, B_PAD: tl.constexpr,
+        CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
+        OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+        EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
+    # Grouped tile order (gemm.py): GROUP_M tile rows are walked column by column.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                         # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K)                                           # [BLOCK_K]
+    rm = offs_m % M
+    rn = offs_n % N
+    a_ptrs = A + rm[:, None] * stride_am + offs_k[None, :]                   # [BLOCK_M, BLOCK_K]
+    b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :] * stride_bn       # [BLOCK_K, BLOCK_N]
+
+    if FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=A_PAD)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=B_PAD)
+        if FP8:
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(_signed(a, A_U8), _signed(b, B_U8), acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_bk
+
+    # Zero points (int only; module docstring): za, zb as int32 in the signed (a', b') domain.
+    # A_PAD/B_PAD are 128 for uint8 (the shift to int8), else 0.
+    if CORR_A:
+        if HAS_AZP:
+            za = tl.load(A_ZP).to(tl.int32) - A_PAD
+        else:
+            za = -A_PAD
+        if za != 0:
+            acc -= za * _col_sums(B, rn, K, stride_bk, stride_bn, B_U8, B_PAD, BLOCK_K, BLOCK_N)[None, :]
+    if CORR_B:
+        if HAS_BZP:
+            zb = tl.load(B_ZP + rn * stride_bz).to(tl.int32) - B_PAD
+        else:
+            zb = tl.full((BLOCK_N,), -B_PAD, tl.int32)
+        if tl.max(tl.abs(zb), axis=0) != 0:
+            acc -= zb[None, :] * _row_sums(A, rm, K, stride_am, A_U8, A_PAD, BLOCK_K, BLOCK_M)[:, None]
+        if CORR_A:
+            acc += (K * za) * zb[None, :]
+
+    # Epilogue in float32: scales, bias per column, residual, activation; then store or requantize.
+    scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
+    v = acc.to(tl.float32) * scale[None, :]
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
+    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
+    if HAS_BIAS:
+        v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
+    if HAS_RES:
+        v += tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
+    v = activation_epilogue(v, ACT, p0, p1)
+    if REQUANT:
+        zp = 0.0
+        if HAS_OUT_ZP:
+            zp = tl.load(OUT_ZP).to(tl.float32)
+        # 1 / out_scale correctly rounded (div_rn, once per column), then one multiply per element.
+        inv = tl.math.div_rn(tl.full((BLOCK_N,), 1.0, tl.float32), tl.load(OUT_SCALE + rn * 0).to(tl.float32))
+        v = requantize(v * inv[None, :], zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
+    tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
+
+
+def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
+    """Y's dtype as the reference decides it: a_scale's without out_scale, else the requantized
+    type (out_dtype when non-zero, else out_zp's, else uint8)."""
+    if out_scale is None:
+        return a_scale.dtype
+    if out_dtype:
+        name = dtypes.from_onnx(out_dtype).name
+    else:
+        name = "uint8" if out_zp is None else dtypes.from_torch(out_zp.dtype).name
+    # By name: int4 is held in torch.int8 but saturates at +-8, which this kernel does not do.
+    assert name in REQUANT_TYPES, f"the quantized GEMM requantizes to {sorted(REQUANT_TYPES)}, not {name}"
+    return REQUANT_TYPES[name]
+
+
+def _per_channel(p: Tensor | None, n: int, what: str) -> int:
+    """The stride to read `p` (one element or [n]) per output column: 0 or its own."""
+    if p is None:
+        return 0
+    assert p.numel() in (1, n) and (p.numel() == 1 or p.dim() == 1), \
+        f"{what} must have one element or shape [{n}], got {tuple(p.shape)}"
+    return 0 if p.numel() == 1 else p.stride(0)
+
+
+def _check(a: Tensor, b: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_zp: Tensor | None,
+           out_scale: Tensor | None, out_zp: Tensor | None, y_dtype: torch.dtype, trans_b: int) -> None:
+    fp8 = a.dtype == FP8
+    assert (a.dtype in INT_INPUTS and b.dtype in INT_INPUTS) or (fp8 and b.dtype == FP8), \
+        f"A and B must both be int8/uint8 or both float8_e4m3fn, got {a.dtype}, {b.dtype}"
+    assert a.dim() >= 2 and b.dim() == 2, f"A must be [..., M, K] and B 2-D, got {tuple(a.shape)}, {tuple(b.shape)}"
+    k_b = b.shape[1] if trans_b else b.shape[0]
+    assert a.shape[-1] == k_b, f"K differs: A {tuple(a.shape)}, B {tuple(b.shape)}, trans_b={trans_b}"
+    assert fp8 or a.shape[-1] <= MAX_K, f"K={a.shape[-1]} passes MAX_K={MAX_K}: the int32 sum could overflow"
+    assert a_scale.numel() == 1 and a_scale.dtype in FLOAT_OUTPUTS, \
+        f"a_scale must be one float16/bfloat16/float32 element, got {a_scale.dtype}{list(a_scale.shape)}"
+    assert not fp8 or (a_zp is None and b_zp is None), "float8 inputs take no zero point (pass None)"
+    assert a_zp is None or a_zp.numel() == 1, f"a_zp must be per tensor, got shape {tuple(a_zp.shape)}"
+    if out_scale is not None:
+        assert out_scale.numel() == 1 and (out_zp is None or out_zp.numel() == 1), "out_scale/out_zp are per tensor"
+    for t in (a, b):
+        assert t.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
+
+
+def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
+            b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
+            out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
+            activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
+            config: dict[str, Any] | None = None) -> Tensor:
+    """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring."""
+    y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
+    _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
+    cfg = dict(CONFIGS[0] if config is None else config)
+    lead, k = tuple(a_q.shape[:-1]), a_q.shape[-1]
+    a2 = a_q.reshape(math.prod(lead), k)                                     # [M, K]
+    if a2.stride(-1) != 1:
+        a2 = a2.contiguous()
+    w = b_q if trans_b else b_q.t()                                          # [N, K] (a view)
+    m, n = a2.shape[0], w.shape[0]
+    y = torch.empty((m, n), dtype=y_dtype, device=a_q.device)                # [M, N]
+    assert y.numel() < 2**31, "Y of 2**31 elements or more overflows int32 offsets"
+    if m == 0 or n == 0:
+        return y.reshape(*lead, n)
+    strides = (_per_channel(b_scale, n, "b_scale"), _per_channel(b_zp, n, "b_zp"), _per_channel(bias, n, "bias"))
+    # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
+    r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
+    code, p0, p1 = activation_code(activation, activation_params)
+    fp8, a_u8, b_u8 = a_q.dtype == FP8, a_q.dtype == torch.uint8, b_q.dtype == torch.uint8
+    qrange = OUT_TYPES.get(y_dtype) or (0.0, 0.0)
+    # What masked K loads read: what becomes 0 after _signed (128 for uint8), a float 0 for float8.
+    a_pad, b_pad = (0.0, 0.0) if fp8 else (128 if a_u8 else 0, 128 if b_u8 else 0)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, out_scale, out_zp)]
+    a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
+    _qgemm_kernel[grid](
+        a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y, out_scale1, out_zp1, m, n, k,
+        a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1,
+        FP8=fp8, A_U8=a_u8, B_U8=b_u8, A_PAD=a_pad, B_PAD=b_pad,
+        CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
+        HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
+        REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
+        QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y.reshape(*lead, n)

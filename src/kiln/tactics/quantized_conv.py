@@ -1,0 +1,161 @@
+"""Tactics for kiln::QConv: the Triton implicit-GEMM convolution on int8 / float8 tensor cores
+(kernels/triton/qconv.py). One tactic per input type, because each has its own tuning space
+(fp8 also tunes how its accumulator is promoted), and per graph layout:
+- `.triton_nhwc` / `.triton_nhwc_fp8` when the graph runs channels-last (layout "nhwc", see
+  passes/choose_layout.py and tactics/conv.py): X is read in place (the first conv of a
+  region converts it once) and Y is channels-last, so the region stays channels-last.
+- `.triton_nchw` / `.triton_nchw_fp8` otherwise: the same kernel converts X to channels-last
+  on every call and writes Y as contiguous NCHW, so that the graph's NCHW tensors stay NCHW;
+  the conversion is in the tuner's timing, against the reference.
+
+What `supports` accepts, and why:
+- device cuda with a GPU that has the MMAs: int8 needs compute capability 8.0 (Ampere's
+  int8 mma; Triton's int8 dot), float8_e4m3fn 8.9 (Ada/Hopper fp8 mma; also for a float8
+  output, whose conversion Triton emits from sm_89 on).
+- X and W both int8, or both float8_e4m3fn. uint8 activations (ONNX Runtime's asymmetric
+  QDQ models) carry a zero point the kernel does not subtract; they stay on the reference.
+- zero points absent or of the input's type; their values must be 0, which a query cannot
+  see (they are constants): the kernel checks each zero-point tensor once and raises on a
+  non-zero one, so the tuner drops the tactic for that node and keeps the reference.
+- x_scale float16/bfloat16/float32 (the float output's type); w_scale per tensor or per
+  output channel; bias with 1 or OC elements; a residual of at most Y's rank.
+- the output: float, or requantized to int8, uint8 or float8_e4m3fn.
+- a 2-D conv (4-D X and W), group 1 (grouped and depthwise convs stay on the reference),
+  and C (W's dim 1) a multiple of 16, or any C with dilation 1 along W: small C such as
+  ResNet's stem (C = 3) runs the kernel's ROWS walk (kernels/triton/qconv.py).
+- the activation is one the Triton epilogue has (gemm.py's, the fused.ACTIVATIONS names).
+"""
+from __future__ import annotations
+
+import torch
+
+from kiln.ir import dtypes
+from kiln.kernels.reference.fused import ACTIVATIONS
+from kiln.kernels.triton import available as triton_available
+from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
+
+FLOAT_TYPES = ("float16", "bfloat16", "float32")
+REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
+# Input or output type -> the compute capability the kernel needs for it (MMA, conversion).
+MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
+CHANNEL_MULTIPLE = 16
+
+# Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp.
+X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10)
+
+
+def device_capability() -> tuple[int, int] | None:
+    """The current CUDA device's compute capability, or None without a usable GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())
+
+
+def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape
+    return seq[i] if i < len(seq) else None
+
+
+def _output_type(query: TacticQuery) -> str | None:
+    """The output's type name by the reference's rule (kernels/reference/quantized.py)."""
+    dts = query.input_dtypes
+    if _at(dts, OUT_SCALE) is None:
+        return _at(dts, X_SCALE)
+    code = int(query.attrs.get("out_dtype", 0) or 0)
+    if code:
+        try:
+            return dtypes.from_onnx(code).name
+        except TypeError:
+            return None
+    return _at(dts, OUT_ZP) or "uint8"
+
+
+def _types_ok(query: TacticQuery, input_type: str) -> bool:
+    dts = query.input_dtypes
+    if _at(dts, X) != input_type or _at(dts, W) != input_type:
+        return False
+    if any(_at(dts, i) not in (None, input_type) for i in (X_ZP, W_ZP)):
+        return False
+    if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
+        return False
+    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, RESIDUAL, OUT_SCALE)):
+        return False
+    out = _output_type(query)
+    return out in (REQUANT_TYPES if _at(dts, OUT_SCALE) is not None else FLOAT_TYPES)
+
+
+def _shapes_ok(query: TacticQuery) -> bool:
+    """2-D conv, group 1, channels the kernel can walk (`_channels_ok`), parameters that fit [OC]."""
+    shapes = query.input_shapes
+    xs, ws = _at(shapes, X), _at(shapes, W)
+    if xs is None or ws is None or len(xs) != 4 or len(ws) != 4:
+        return False
+    c, oc = ws[1], ws[0]
+    if int(query.attrs.get("group", 1)) != 1 or not _channels_ok(c, query.attrs):
+        return False
+    if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
+        return False
+    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP):
+        s = _at(shapes, i)
+        if s is not None and not _one_element(s):
+            return False
+    for i in (W_SCALE, BIAS, W_ZP):
+        s = _at(shapes, i)
+        if s is not None and not (_one_element(s) or (len(s) == 1 and s[0] == oc)):
+            return False
+    r = _at(shapes, RESIDUAL)
+    return _at(query.input_dtypes, RESIDUAL) is None or (r is not None and len(r) <= 4)
+
+
+def _channels_ok(c: int | str, attrs: dict) -> bool:
+    """C (W's dim 1, a constant) a multiple of 16 (tensor-core K steps), or any C with dilation 1
+    along W (the kernel's ROWS walk: ResNet's C = 3 stem)."""
+    dilations = attrs.get("dilations") or [1, 1]
+    return isinstance(c, int) and c > 0 and (c % CHANNEL_MULTIPLE == 0 or int(dilations[-1]) == 1)
+
+
+def _one_element(shape: tuple) -> bool:
+    return all(d == 1 for d in shape)
+
+
+def _supports(query: TacticQuery, input_type: str, nhwc: bool) -> bool:
+    if query.device != "cuda" or (query.layout == "nhwc") != nhwc:
+        return False
+    if not _types_ok(query, input_type) or not _shapes_ok(query):
+        return False
+    if query.attrs.get("activation", "") not in ACTIVATIONS:
+        return False
+    cap = device_capability()
+    need = max(MIN_CAPABILITY[input_type], MIN_CAPABILITY.get(_output_type(query) or "", (0, 0)))
+    return cap is not None and cap >= need
+
+
+def supports_int8(query: TacticQuery) -> bool:
+    return _supports(query, "int8", nhwc=True)
+
+
+def supports_fp8(query: TacticQuery) -> bool:
+    return _supports(query, "float8_e4m3fn", nhwc=True)
+
+
+def supports_int8_nchw(query: TacticQuery) -> bool:
+    return _supports(query, "int8", nhwc=False)
+
+
+def supports_fp8_nchw(query: TacticQuery) -> bool:
+    return _supports(query, "float8_e4m3fn", nhwc=False)
+
+
+if triton_available():
+    from kiln.kernels.triton import qconv as _triton_qconv
+
+    def qconv_nchw(*inputs, **attrs):  # noqa: ANN002, ANN003, ANN201 - the reference's convention
+        """kiln::QConv with a contiguous NCHW output (graphs that run NCHW)."""
+        return _triton_qconv.qconv(*inputs, **attrs, channels_last_out=False)
+
+    _INT8, _FP8 = _triton_qconv.INT8_CONFIGS, _triton_qconv.FP8_CONFIGS
+    for _name, _kernel, _supports_fn, _configs in (
+            ("kiln::QConv.triton_nhwc", _triton_qconv.qconv, supports_int8, _INT8),
+            ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
+            ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
+            ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
+        register_tactic(Tactic(_name, "kiln::QConv", 1, ("cuda",), _kernel, _supports_fn, configs=_configs))

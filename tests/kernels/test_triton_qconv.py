@@ -1,0 +1,372 @@
+"""The Triton implicit-GEMM kiln::QConv (kernels/triton/qconv.py) against the reference kiln::QConv.
+
+CPU: the kernel runs in Triton's interpreter at tiny shapes and tiles. int8 and float8 both
+run there (the interpreter's fp8 dot sums in float32: exact for the small integer-valued
+fp8 inputs the exact tests use). Exact tests pick power-of-two scales and small integer
+bias/residual values, so every float32 step of the kernel's epilogue is exact and the
+requantized output must equal the reference's bit for bit, ties included. Tolerance tests
+use arbitrary scales: float outputs agree to float32 rounding, requantized ones within one
+step (the epilogue rounds in float32, the reference from float64).
+GPU (marked): the same checks compiled, with the real tuning spaces."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from kiln.kernels.reference.fused import ACTIVATIONS
+from kiln.kernels.reference.quantized import qconv as reference_qconv
+from kiln.kernels.triton import available
+
+if not available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+from kiln.kernels.triton import qconv as tq  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"          # interpreted on CPU, compiled on the GPU
+TINY = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
+        "FP8_ACC": 32}
+I8, F8 = torch.int8, torch.float8_e4m3fn
+ONNX_INT8, ONNX_UINT8, ONNX_FP8 = 3, 2, 17
+
+# (x shape, w shape, conv attributes, the K walk it takes with TINY): every path and geometry.
+GEOMETRIES = {
+    "1x1s1": ((2, 32, 5, 5), (16, 32, 1, 1), {}, tq.PIXELS),
+    "1x1s2": ((2, 32, 7, 7), (24, 32, 1, 1), {"strides": [2, 2]}, tq.TAPS),
+    "3x3s1p1": ((2, 32, 6, 6), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}, tq.TAPS),
+    "3x3s2p1": ((2, 64, 7, 7), (16, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, tq.TAPS),
+    "7x7s2p3": ((2, 16, 9, 9), (16, 16, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, tq.ROWS),
+    "3x3d2": ((2, 16, 8, 7), (16, 16, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, tq.TAPS),
+    "asym_pads": ((1, 32, 7, 6), (16, 32, 3, 2), {"pads": [0, 1, 2, 0], "strides": [1, 2]}, tq.TAPS),
+    "same_upper": ((1, 16, 7, 6), (24, 16, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, tq.ROWS),
+    "stem_c3": ((2, 3, 11, 11), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, tq.ROWS),
+    "c24_dil_h": ((1, 24, 8, 8), (16, 24, 3, 3), {"pads": [2, 1, 2, 1], "dilations": [2, 1]}, tq.ROWS),
+    "1x1c16": ((2, 16, 5, 5), (16, 16, 1, 1), {}, tq.ROWS),
+}
+
+
+def _ints(shape, lo, hi, g, dtype=I8):
+    """Integers in [lo, hi] as `dtype` (every one of them exact in int8 and in float8 e4m3)."""
+    return torch.randint(lo, hi + 1, shape, generator=g).to(dtype)
+
+
+def _out_shape(xs, ws, attrs):
+    geo = tq.conv_geometry(xs, ws, **attrs)
+    return (xs[0], ws[0], geo.oh, geo.ow)
+
+
+def _exact_operands(xs, ws, attrs, dtype=I8, seed=0):
+    """Operands whose every epilogue step is exact in float32 (module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    lo = -127 if dtype == I8 else -4              # fp8: small integers, so sums stay exact
+    x = _ints(xs, lo, -lo, g, dtype)
+    w = _ints(ws, lo, -lo, g, dtype)
+    x_scale = torch.tensor(2.0 ** -6)
+    w_scale = 2.0 ** -_ints((ws[0],), 4, 8, g, torch.int64).float()      # per channel, powers of two
+    bias = _ints((ws[0],), -40, 40, g, torch.int64).float() / 4
+    residual = _ints(_out_shape(xs, ws, attrs), -40, 40, g, torch.int64).float() / 4
+    return x, w, x_scale, w_scale, bias, residual
+
+
+def _to(device, *ts):
+    return [None if t is None else t.to(device) for t in ts]
+
+
+def _channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _call(fn, x, w, x_scale, w_scale, bias=None, residual=None, out_scale=None, out_zp=None, **attrs):
+    return fn(x, w, x_scale, None, w_scale, None, bias, residual, out_scale, out_zp, **attrs)
+
+
+def _both(x, w, x_scale, w_scale, bias=None, residual=None, out_scale=None, out_zp=None, config=TINY, **attrs):
+    """(kernel output, reference output): the kernel on DEV, the reference on CPU."""
+    args = (x, w, x_scale, w_scale, bias, residual, out_scale, out_zp)
+    got = _call(tq.qconv, *_to(DEV, *args), config=config, **attrs)
+    want = _call(reference_qconv, *args, **attrs)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    return got.cpu(), want
+
+
+def _within_one_step(got, want, max_fraction=0.02):
+    """Requantized outputs: at most one quantization step apart, in few elements."""
+    if got.dtype == F8:
+        # One float8 step: the gap to the neighbouring e4m3 value is at most 2^-3 of the magnitude.
+        g, w = got.float(), want.float()
+        diff = (g - w).abs()
+        assert bool((diff <= w.abs().clamp_min(2.0 ** -6) / 8 + 2.0 ** -9).all())
+    else:
+        diff = (got.int() - want.int()).abs()
+        assert int(diff.max()) <= 1
+    assert float((diff > 0).float().mean()) <= max_fraction
+
+
+# --- exact: every geometry, int8 and fp8, requantized with residual and Relu --------------------
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_int8_requantized_exact(name):
+    xs, ws, attrs, path = GEOMETRIES[name]
+    geo = tq.conv_geometry(xs, ws, **attrs)
+    assert tq.k_loop(xs[1], geo, TINY["BLOCK_K"], True, *xs[2:]).path == path
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
+                      torch.tensor(0, dtype=I8), activation="Relu", **attrs)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert int(want.max()) == 127 and int((want == 0).sum()) > 0      # saturation and Relu both exercised
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s2p1", "7x7s2p3", "3x3d2", "stem_c3"])
+def test_fp8_exact(name):
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, F8)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, r, **attrs)                      # float32 out
+    assert torch.equal(got, want)
+    got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(2.0 ** -7), out_dtype=ONNX_FP8, **attrs)
+    assert float(want.float().abs().max()) == 448.0                                      # saturates
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(0.5), out_dtype=ONNX_INT8, activation="Relu", **attrs)
+    assert torch.equal(got, want)
+
+
+def test_uint8_output_with_zero_point_and_the_default_type():
+    xs, ws, attrs, _ = GEOMETRIES["3x3s1p1"]
+    x, w, xsc, wsc, b, _ = _exact_operands(xs, ws, attrs, seed=1)
+    got, want = _both(x, w, xsc, wsc, b, None, torch.tensor(0.25), torch.tensor(128, dtype=torch.uint8), **attrs)
+    assert got.dtype == torch.uint8 and int(want.min()) == 0 and int(want.max()) == 255
+    assert torch.equal(got, want)
+    got, want = _both(x, w, xsc, wsc, b, None, torch.tensor(0.5), **attrs)   # no zero point, no out_dtype: uint8
+    assert got.dtype == torch.uint8 and torch.equal(got, want)
+
+
+def test_rounds_half_to_even():
+    # Y = x / 2 from input channel 0 alone: x = -24..23 puts every odd x on a tie (-11.5 ... 11.5).
+    x = torch.zeros(1, 16, 8, 6, dtype=I8)
+    x[0, 0] = torch.arange(-24, 24, dtype=I8).reshape(8, 6)
+    w = torch.zeros(16, 16, 1, 1, dtype=I8)
+    w[:, 0] = 1
+    got, want = _both(x, w, torch.tensor(1.0), torch.tensor(1.0), None, None, torch.tensor(2.0),
+                      torch.tensor(0, dtype=I8))
+    half_even = torch.round(torch.arange(-24, 24) / 2).to(I8).reshape(8, 6)     # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+    assert torch.equal(got, want) and torch.equal(got[0, 3], half_even)
+
+
+# --- tolerance: arbitrary scales, every output type --------------------------------------------
+
+def _random_operands(xs, ws, attrs, dtype=I8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == I8:
+        x, w = _ints(xs, -128, 127, g), _ints(ws, -127, 127, g)
+    else:
+        x = (torch.randn(xs, generator=g) * 3).to(F8)
+        w = (torch.randn(ws, generator=g) * 3).to(F8)
+    x_scale = torch.tensor(0.0173)
+    w_scale = torch.rand(ws[0], generator=g) * 0.004 + 0.001
+    bias = torch.randn(ws[0], generator=g)
+    residual = torch.randn(_out_shape(xs, ws, attrs), generator=g)
+    return x, w, x_scale, w_scale, bias, residual
+
+
+@pytest.mark.parametrize("out_type", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+def test_float_outputs(dtype, out_type):
+    xs, ws, attrs, _ = GEOMETRIES["3x3s2p1"]
+    x, w, xsc, wsc, b, r = _random_operands(xs, ws, attrs, dtype)
+    got, want = _both(_channels_last(x), w, xsc.to(out_type), wsc, b, r.to(out_type), activation="Relu", **attrs)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[out_type]
+    scale = float(want.float().abs().max())
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype,out_dtype", [(I8, ONNX_INT8), (I8, ONNX_UINT8), (I8, ONNX_FP8), (F8, ONNX_FP8),
+                                             (F8, ONNX_INT8)], ids=["i8-i8", "i8-u8", "i8-f8", "f8-f8", "f8-i8"])
+def test_requantized_within_one_step(dtype, out_dtype):
+    xs, ws, attrs, _ = GEOMETRIES["3x3s1p1"]
+    x, w, xsc, wsc, b, r = _random_operands(xs, ws, attrs, dtype, seed=3)
+    out_scale = torch.tensor(0.0371 if out_dtype != ONNX_FP8 else 0.0123)
+    got, want = _both(x, w, xsc, wsc, b, r, out_scale, out_dtype=out_dtype, activation="LeakyRelu",
+                      activation_params=[0.1], **attrs)
+    _within_one_step(got, want)
+
+
+def test_every_activation():
+    xs, ws, attrs, _ = GEOMETRIES["1x1s1"]
+    x, w, xsc, wsc, b, r = _random_operands(xs, ws, attrs, seed=4)
+    params = {"LeakyRelu": [0.2], "Clip": [-0.5, 0.8], "HardSigmoid": [0.3, 0.4], "Gelu": [1.0]}
+    for act in ACTIVATIONS:
+        got, want = _both(x, w, xsc, wsc, b, r, activation=act, activation_params=params.get(act, []), **attrs)
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()), msg=act)
+    got, want = _both(x, w, xsc, wsc, b, r, activation="Gelu", activation_params=[0.0], **attrs)   # exact Gelu
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+
+
+# --- memory formats, parameter shapes, edges ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1", "stem_c3"])
+def test_nchw_input_and_both_output_formats(name):
+    # An NCHW X is converted; Y is channels-last by default, NCHW when asked (the nchw tactics).
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, seed=5)
+    args = (x, w, xsc, None, wsc, None, b, _channels_last(r), torch.tensor(0.25), torch.tensor(0, dtype=I8))
+    want = reference_qconv(*args, **attrs)
+    got = tq.qconv(*_to(DEV, *args), config=TINY, **attrs).cpu()
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+    got = tq.qconv(*_to(DEV, *args), config=TINY, channels_last_out=False, **attrs).cpu()
+    assert got.is_contiguous() and torch.equal(got, want)
+    got, want = _both(x, w, xsc, wsc, b, r, **attrs)                          # float output, NCHW residual
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+
+
+def test_per_tensor_scale_scalar_bias_and_broadcast_residual():
+    xs, ws, attrs, _ = GEOMETRIES["3x3d2"]
+    x, w, xsc, _, _, _ = _exact_operands(xs, ws, attrs, seed=6)
+    out = _out_shape(xs, ws, attrs)
+    residual = (torch.arange(ws[0], dtype=torch.float32) / 4).reshape(1, ws[0], 1, 1)       # stride-0 dims
+    got, want = _both(x, w, xsc, torch.tensor(2.0 ** -5), torch.tensor([1.25]), residual.expand(out),
+                      torch.tensor(0.5), torch.tensor(3, dtype=I8), activation="Clip", activation_params=[-20, 20],
+                      **attrs)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("c", [64, 48])
+def test_channels_and_pixels_past_the_tile_edge(c):
+    # OC = 24 and M = 2*5*5 = 50 are not multiples of BLOCK_N = 16 / BLOCK_M = 32; C = 64 takes
+    # two channel blocks per tap, C = 48 five blocks of a 144-long kernel row padded to 160.
+    xs, ws, attrs = (2, c, 5, 5), (24, c, 3, 3), {"pads": [1, 1, 1, 1]}
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, seed=7)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, r, torch.tensor(0.25), torch.tensor(0, dtype=I8), **attrs)
+    assert torch.equal(got, want)
+
+
+def test_k_loop_choices():
+    def loop(c, ws, bk=128, dense=True, hw=(56, 56), **attrs):
+        return tq.k_loop(c, tq.conv_geometry((1, c, *hw), (8, c, *ws), **attrs), bk, dense, *hw)
+    assert loop(64, (3, 3), pads=[1] * 4) == tq.KLoop(tq.TAPS, 64, 1)
+    assert loop(256, (3, 3), pads=[1] * 4) == tq.KLoop(tq.TAPS, 128, 2)
+    assert loop(256, (1, 1)) == tq.KLoop(tq.PIXELS, 128, 2)
+    assert loop(256, (1, 1), dense=False).path == tq.TAPS and loop(256, (1, 1), strides=[2, 2]).path == tq.TAPS
+    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == tq.KLoop(tq.ROWS, 32, 1, 32)     # ResNet's stem
+    assert loop(48, (3, 3)) == tq.KLoop(tq.ROWS, 32, 5, 160)                                 # least padding
+    assert loop(16, (3, 3)) == tq.KLoop(tq.ROWS, 64, 1, 64)
+    assert loop(16, (3, 3), dilations=[1, 2]) == tq.KLoop(tq.TAPS, 16, 1)
+    assert tq._block_k(32, 48) == 16 and tq._block_k(128, 64) == 64 and tq._block_k(64, 192) == 64
+
+
+def test_zero_points_zero_or_refused():
+    xs, ws, attrs, _ = GEOMETRIES["1x1s1"]
+    x, w, xsc, wsc, b, _ = _exact_operands(xs, ws, attrs, seed=8)
+    zero = torch.tensor(0, dtype=I8)
+    got = tq.qconv(*_to(DEV, x, w, xsc, zero, wsc, torch.zeros(ws[0], dtype=I8), b), config=TINY)
+    torch.testing.assert_close(got.cpu(), reference_qconv(x, w, xsc, zero, wsc, None, b))
+    with pytest.raises(ValueError, match="x_zp absent or 0"):
+        tq.qconv(*_to(DEV, x, w, xsc, torch.tensor(3, dtype=I8), wsc), config=TINY)
+    with pytest.raises(ValueError, match="w_zp absent or 0"):
+        tq.qconv(*_to(DEV, x, w, xsc, None, wsc, torch.ones(ws[0], dtype=I8)), config=TINY)
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 16, 5, 5, dtype=I8, device=DEV)
+    w = torch.ones(16, 16, 3, 3, dtype=I8, device=DEV)
+    one = torch.tensor(1.0, device=DEV)
+    y = tq.qconv(x, w, one, None, one, pads=[1, 1, 1, 1], config=TINY)
+    assert y.shape == (0, 16, 5, 5) and y.dtype == torch.float32
+
+
+def test_launcher_refuses_what_it_cannot_run():
+    one = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="C a multiple of 16 or dilation 1 along W"):
+        tq.qconv(torch.zeros(1, 3, 9, 9, dtype=I8), torch.zeros(16, 3, 3, 3, dtype=I8), one, None, one,
+                 dilations=[1, 2])
+    with pytest.raises(AssertionError, match="group 1"):
+        tq.qconv(torch.zeros(1, 32, 5, 5, dtype=I8), torch.zeros(32, 16, 3, 3, dtype=I8), one, None, one, group=2)
+    with pytest.raises(AssertionError, match="both be int8 or both float8"):
+        tq.qconv(torch.zeros(1, 16, 5, 5, dtype=torch.uint8), torch.zeros(16, 16, 1, 1, dtype=I8), one, None, one)
+    with pytest.raises(AssertionError, match="cannot write a int16"):
+        tq.qconv(torch.zeros(1, 16, 5, 5, dtype=I8), torch.zeros(16, 16, 1, 1, dtype=I8), one, None, one,
+                 out_scale=one, out_dtype=5)
+
+
+def test_weight_is_packed_once_per_tensor():
+    w = torch.randint(-5, 5, (8, 16, 3, 3), dtype=I8)
+    first = tq.packed_weight(w)
+    assert first.shape == (8, 144) and first.is_contiguous() and tq.packed_weight(w) is first
+    assert torch.equal(first.reshape(8, 3, 3, 16), w.permute(0, 2, 3, 1))
+    w.add_(1)                                                   # in place: a new version, a new copy
+    again = tq.packed_weight(w)
+    assert again is not first and torch.equal(again.reshape(8, 3, 3, 16), w.permute(0, 2, 3, 1))
+    cl = _channels_last(w)                                      # already packed: a view, nothing kept
+    count = len(tq._PACKED)
+    assert tq.packed_weight(cl).data_ptr() == cl.data_ptr() and len(tq._PACKED) == count
+    del w, first, again
+    gc.collect()
+    assert len(tq._PACKED) == count - 1
+    stem = torch.randint(-5, 5, (8, 3, 7, 7), dtype=I8)            # ROWS: kernel rows of 21 padded to 32
+    rows = tq.packed_weight(stem, 32).reshape(8, 7, 32)
+    assert torch.equal(rows[:, :, :21], stem.permute(0, 2, 3, 1).reshape(8, 7, 21)) and not rows[:, :, 21:].any()
+
+
+def test_geometry_matches_the_reference_and_configs_are_well_formed():
+    for xs, ws, attrs, _ in GEOMETRIES.values():
+        x, w = torch.zeros(xs, dtype=I8), torch.zeros(ws, dtype=I8)
+        one = torch.tensor(1.0)
+        assert _out_shape(xs, ws, attrs) == tuple(reference_qconv(x, w, one, None, one, **attrs).shape)
+    assert tq.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1)).pointwise(5, 5)
+    assert not tq.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1), pads=[0, 0, 1, 1]).pointwise(5, 5)
+    keys = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
+    assert all(set(c) == keys for c in tq.INT8_CONFIGS)
+    assert all(set(c) == keys | {"FP8_ACC"} for c in tq.FP8_CONFIGS) and tq.FP8_CONFIGS[0]["FP8_ACC"] > 0
+    assert tq._fp8_acc({"FP8_ACC": 128}, 64) == 64 and tq._fp8_acc({"FP8_ACC": 0}, 64) == 0
+    for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
+        assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
+
+
+# --- GPU: the real tiles -------------------------------------------------------------------------
+
+GPU_SHAPES = [
+    ((8, 64, 28, 28), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((8, 64, 28, 28), (256, 64, 1, 1), {}),
+    ((8, 256, 14, 14), (128, 256, 1, 1), {"strides": [2, 2]}),
+    ((4, 128, 15, 15), (96, 128, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((2, 16, 33, 31), (64, 16, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
+    ((2, 48, 9, 9), (40, 48, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s[0] + s[1])))
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+def test_gpu_every_config_exact(shape, dtype):
+    if dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    xs, ws, attrs = shape
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, dtype)
+    # fp8: the configs that promote partial sums (FP8_ACC > 0); those of <= 128 products of
+    # integers <= 16 are < 2^11, exact in any MMA accumulator of >= 12 bits.
+    for config in (tq.INT8_CONFIGS if dtype == I8 else [c for c in tq.FP8_CONFIGS if c["FP8_ACC"]]):
+        got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
+                          torch.tensor(0, dtype=I8), activation="Relu", config=config, **attrs)
+        assert torch.equal(got, want), config
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+def test_gpu_float_and_requantized_outputs(dtype):
+    if dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    xs, ws, attrs = GPU_SHAPES[0]
+    x, w, xsc, wsc, b, r = _random_operands(xs, ws, attrs, dtype)
+    # int8 sums exactly: float32 outputs within float32 rounding. fp8 sums on MMAs of ~14 bits
+    # (module docstring of qconv.py): held to float16 accuracy here; how close each fp8 config
+    # comes to the float32 tolerance is what .gpu/qconv_check.py reports.
+    tol = 1e-4 if dtype == I8 else 1e-2
+    for config in tq.INT8_CONFIGS if dtype == I8 else tq.FP8_CONFIGS:
+        got, want = _both(_channels_last(x), w, xsc, wsc, b, r, activation="Relu", config=config, **attrs)
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale / 10, msg=str(config))
+        if dtype == I8:
+            got, want = _both(_channels_last(x), w, xsc, wsc, b, r, torch.tensor(0.05), torch.tensor(0, dtype=I8),
+                              config=config, **attrs)
+            _within_one_step(got, want)

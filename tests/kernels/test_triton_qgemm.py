@@ -1,0 +1,211 @@
+"""The Triton quantized GEMM (kernels/triton/qgemm.py) against the reference kiln::QMatMul.
+
+CPU: Triton's interpreter at small shapes with a 16x16x32 tile, so M, N and K cross tile
+edges: int8/uint8 and float8_e4m3fn operands (the interpreter runs fp8 dots), per-tensor and
+per-channel scales, zero points (the correction terms), bias/residual/activation, float and
+requantized outputs, leading dims, both weight layouts. Agreement is the tuner's own rule
+(compiler/tolerance.py with op kiln::QMatMul): float outputs within their dtype's tolerance,
+8-bit outputs equal but for one step in a few elements; integer accumulation cases are also
+checked to be exact where the epilogue cannot round differently.
+GPU (marked): the real configs at BERT-like sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.compiler.tolerance import mismatch
+from kiln.kernels.reference import lookup
+from kiln.kernels.triton import available as triton_available
+
+REF = lookup("kiln::QMatMul").fn
+OP = "kiln::QMatMul"
+TINY = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
+
+if triton_available():
+    from kiln.kernels.triton import qgemm
+else:
+    qgemm = None
+pytestmark = pytest.mark.skipif(qgemm is None, reason="Triton is not installed")
+
+
+def _ints(shape, dtype, g):
+    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
+    return torch.randint(lo, hi, shape, generator=g, dtype=torch.int32).to(dtype)
+
+
+def _fp8(shape, g, spread=40.0):
+    return (torch.randn(shape, generator=g) * spread).to(torch.float8_e4m3fn)
+
+
+def _layer(m, n, k, *, lead=(), a_dt=torch.int8, b_dt=torch.int8, trans_b=0, per_channel=True, a_zp=None,
+           b_zp=None, bias=True, residual=False, scale_dtype=torch.float32, seed=0, dev=DEV):
+    """(args, kwargs) of one QMatMul: operands, scales about 1/(sqrt(K) * 64), a [N] bias."""
+    g = torch.Generator().manual_seed(seed)
+    fp8 = a_dt == torch.float8_e4m3fn
+    a = _fp8((*lead, m, k), g) if fp8 else _ints((*lead, m, k), a_dt, g)
+    b_shape = (n, k) if trans_b else (k, n)
+    b = _fp8(b_shape, g) if fp8 else _ints(b_shape, b_dt, g)
+    a_scale = torch.tensor(0.02 if fp8 else 1.0 / 64, dtype=scale_dtype)
+    b_scale = (torch.rand(n, generator=g) + 0.5) / (max(k, 1) ** 0.5 * (40 if fp8 else 64))
+    if not per_channel:
+        b_scale = b_scale[:1].clone()
+    c = torch.randn(n, generator=g) if bias else None
+    r = torch.randn(*lead, m, n, generator=g).to(scale_dtype) if residual else None
+    args = [a, b, a_scale, a_zp, b_scale, b_zp, c, r]
+    return [None if t is None else t.to(dev) for t in args]
+
+
+def _check(args, **attrs):
+    got = qgemm.qmatmul(*args, config=attrs.pop("config", TINY), **attrs)
+    want = REF(*[None if t is None else t.cpu() for t in args], **attrs)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    why = mismatch(got.cpu(), want, OP)
+    assert why is None, why
+    return got.cpu(), want
+
+
+def _requant(out_type, zp=None, scale=0.05, dev=DEV):
+    onnx = {torch.int8: TensorProto.INT8, torch.uint8: TensorProto.UINT8,
+            torch.float8_e4m3fn: TensorProto.FLOAT8E4M3FN}[out_type]
+    zp_t = None if zp is None else torch.tensor(zp, dtype=out_type, device=dev)
+    return dict(out_scale=torch.tensor(scale, device=dev), out_zp=zp_t, out_dtype=onnx)
+
+
+# --- int8 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_int8_float_output_scales_and_layouts(per_channel, trans_b):
+    args = _layer(37, 40, 80, trans_b=trans_b, per_channel=per_channel)
+    got, want = _check(args, trans_b=trans_b)
+    assert got.dtype == torch.float32
+
+
+def test_int8_leading_dims_residual_and_each_output_float_type():
+    for dt in (torch.float16, torch.bfloat16):
+        args = _layer(9, 32, 64, lead=(2, 3), residual=True, scale_dtype=dt, seed=1)
+        got, _ = _check(args, activation="Relu")
+        assert got.shape == (2, 3, 9, 32) and got.dtype == dt
+
+
+@pytest.mark.parametrize("act, params", [("Relu", []), ("Gelu", [0.0]), ("Gelu", [1.0]), ("Sigmoid", []),
+                                         ("Tanh", []), ("LeakyRelu", [0.2])])
+def test_int8_activations(act, params):
+    args = _layer(20, 16, 32, residual=True, seed=2)
+    _check(args, activation=act, activation_params=params)
+
+
+@pytest.mark.parametrize("out_type, zp", [(torch.int8, 3), (torch.uint8, 100), (torch.int8, None),
+                                          (torch.float8_e4m3fn, None)])
+def test_int8_requantized_outputs(out_type, zp):
+    args = _layer(37, 40, 80, residual=True, seed=3)
+    got, want = _check(args, activation="Gelu", **_requant(out_type, zp))
+    assert got.dtype == out_type
+    assert want.float().unique().numel() > 20          # spread over the range, not saturated
+    # The default requantized type is uint8 (no out_dtype, no out_zp), as QuantizeLinear's.
+    if out_type == torch.int8 and zp is None:
+        plain = dict(out_scale=torch.tensor(0.05, device=DEV))
+        got, _ = _check(args, activation="Gelu", **plain)
+        assert got.dtype == torch.uint8
+
+
+def test_requantization_saturates_and_rounds_ties_to_even():
+    # One-hot rows: acc = b[k, n] exactly, and scales that are powers of two make every value
+    # exact in float32 too, so ties (x.5) must round to even and the ends must saturate.
+    k, n = 32, 16
+    a = torch.zeros(16, k, dtype=torch.int8)
+    a[torch.arange(16), torch.arange(16)] = 1                       # Y = B[:16] * scale
+    b = ((torch.arange(k * n) % 256) - 128).reshape(k, n).to(torch.int8)   # rows 0..15: -128..127
+    args = [a, b, torch.tensor(1.0), None, torch.tensor(0.5), None, None, None]
+    args = [None if t is None else t.to(DEV) for t in args]
+    for out_type, zp in ((torch.int8, 0), (torch.uint8, 128)):
+        got, want = _check(args, **_requant(out_type, zp, scale=1.0))
+        assert torch.equal(got, want)                  # exact: no float32 rounding anywhere
+    got, want = _check(args, **_requant(torch.int8, 0, scale=1.0 / 8))   # 8 * b / 2 saturates
+    assert torch.equal(got, want) and int(got.max()) == 127 and int(got.min()) == -128
+
+
+# --- zero points and uint8 ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("a_dt, b_dt", [(torch.int8, torch.int8), (torch.uint8, torch.int8),
+                                        (torch.int8, torch.uint8), (torch.uint8, torch.uint8)])
+def test_zero_points_and_uint8_operands(a_dt, b_dt):
+    g = torch.Generator().manual_seed(4)
+    n = 24
+    a_zp = torch.tensor(-5 if a_dt == torch.int8 else 131, dtype=a_dt)
+    b_zp = _ints((n,), b_dt, g)
+    args = _layer(21, n, 48, a_dt=a_dt, b_dt=b_dt, a_zp=a_zp.to(DEV), b_zp=b_zp.to(DEV), seed=5)
+    _check(args)
+    # Unit scales, no bias, float32 out: Y is the integer sum itself (|sum| < 2^24, exact in
+    # float32), so the zero-point corrections must be exact to the unit.
+    args[2], args[4], args[6] = torch.ones((), device=DEV), torch.ones(n, device=DEV), None
+    got, want = _check(args)
+    assert torch.equal(got, want)
+
+
+def test_uint8_without_zero_points_and_zero_zero_points():
+    # uint8 with no zero point still needs the 128-shift correction; an all-zero zero point is
+    # the symmetric case, whose correction loops are skipped at run time.
+    for a_dt, a_zp in ((torch.uint8, None), (torch.int8, torch.tensor(0, dtype=torch.int8))):
+        args = _layer(18, 16, 64, a_dt=a_dt, b_dt=torch.uint8, a_zp=None if a_zp is None else a_zp.to(DEV),
+                      b_zp=torch.zeros(16, dtype=torch.uint8, device=DEV), seed=6)
+        _check(args)
+
+
+# --- float8 ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("trans_b, per_channel", [(1, True), (0, False)])
+def test_fp8_float_outputs(trans_b, per_channel):
+    for dt in (torch.float32, torch.float16):
+        args = _layer(37, 40, 80, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn, trans_b=trans_b,
+                      per_channel=per_channel, residual=True, scale_dtype=dt, seed=7)
+        _check(args, trans_b=trans_b, activation="Gelu", activation_params=[1.0])
+
+
+def test_fp8_requantized_outputs():
+    args = _layer(20, 32, 64, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn, seed=8)
+    for out_type in (torch.float8_e4m3fn, torch.int8):
+        got, _ = _check(args, **_requant(out_type, scale=0.02))
+        assert got.dtype == out_type
+
+
+# --- edges and refusals --------------------------------------------------------------------------
+
+def test_empty_m_and_empty_k():
+    args = _layer(0, 16, 32)
+    got = qgemm.qmatmul(*args, config=TINY)
+    assert got.shape == (0, 16)
+    args = _layer(5, 16, 0, residual=True)    # K = 0: the epilogue alone (bias + residual)
+    got, _ = _check(args)
+    torch.testing.assert_close(got, (args[6] + args[7]).cpu())
+
+
+def test_launcher_refusals():
+    args = _layer(4, 16, 32)
+    with pytest.raises(AssertionError, match="both be int8/uint8 or both float8"):
+        qgemm.qmatmul(args[0], args[1].to(torch.float8_e4m3fn), *args[2:], config=TINY)
+    with pytest.raises(AssertionError, match="requantizes to"):
+        qgemm.qmatmul(*args, out_scale=torch.tensor(1.0, device=DEV), out_dtype=TensorProto.INT4, config=TINY)
+    with pytest.raises(AssertionError, match="b_scale must have one element or shape"):
+        qgemm.qmatmul(args[0], args[1], args[2], None, torch.ones(3, device=DEV), config=TINY)
+    fp = _layer(4, 16, 32, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn)
+    with pytest.raises(AssertionError, match="no zero point"):
+        qgemm.qmatmul(fp[0], fp[1], fp[2], torch.zeros((), device=DEV), fp[4], config=TINY)
+
+
+# --- GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m, n, k", [(4096, 768, 768), (4096, 3072, 768), (1000, 768, 3072)])
+@pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])
+def test_gpu_bert_sizes_every_config(m, n, k, a_dt):
+    if a_dt == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 dots need compute capability 8.9+")
+    args = _layer(m, n, k, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, scale_dtype=torch.float16,
+                  dev="cuda")
+    for cfg in qgemm.CONFIGS:
+        _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
+        _check(args, trans_b=1, config=dict(cfg), **_requant(torch.int8, 0, scale=0.05, dev="cuda"))

@@ -1,0 +1,135 @@
+"""The Triton QuantizeLinear (kernels/triton/quantize.py) against the reference, bit for bit.
+
+CPU: Triton's interpreter. Every input x scale type x output type; ties (round half to even),
+saturation, the float8 grid (binade carries, subnormals, +-448, NaN), the division in the
+scale's type or in `precision`, memory formats (channels_last stays channels_last, strided
+inputs), empty tensors and the launcher's refusals. GPU (marked): a ResNet-sized activation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.kernels.reference import lookup
+from kiln.kernels.triton import available as triton_available
+
+REF = lookup("QuantizeLinear").fn
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+SMALL = {"BLOCK": 64, "num_warps": 4}
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# (output_dtype attribute, zero point): each output type, with and without a zero point.
+OUTPUTS = [(TensorProto.INT8, torch.tensor(3, dtype=torch.int8)), (TensorProto.INT8, None),
+           (TensorProto.UINT8, torch.tensor(128, dtype=torch.uint8)), (0, None),
+           (TensorProto.FLOAT8E4M3FN, None), (0, torch.tensor(0.0).to(torch.float8_e4m3fn))]
+
+if triton_available():
+    from kiln.kernels.triton import quantize
+else:
+    quantize = None
+pytestmark = pytest.mark.skipif(quantize is None, reason="Triton is not installed")
+
+
+def _same(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal dtype, shape and bits (float8 NaN included, on the GPU: the interpreter's float8
+    cast turns NaN into 0x7C, 256, where the GPU's cvt gives NaN; there NaN is only checked
+    to stay out of the other elements)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    got, want = got.cpu(), want.view(torch.uint8)
+    if not HAS_CUDA and got.dtype == torch.float8_e4m3fn:
+        nan = torch.isnan(want.view(torch.float8_e4m3fn).float())
+        got, want = got.view(torch.uint8)[~nan], want[~nan]
+    assert torch.equal(got.view(torch.uint8), want)
+
+
+def _run(x, scale, zp=None, **attrs):
+    args = [t if t is None else t.to(DEV) for t in (x, scale, zp)]
+    got = quantize.quantize_linear(*args, config=SMALL, **attrs)
+    want = REF(x, scale, zp, **attrs)
+    _same(got, want)
+    return got
+
+
+@pytest.mark.parametrize("x_dt", FLOATS)
+@pytest.mark.parametrize("scale_dt", FLOATS)
+def test_every_input_scale_and_output_type(x_dt, scale_dt):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 50, generator=g) * 60).to(x_dt)
+    for out, zp in OUTPUTS:
+        _run(x, torch.tensor(0.37, dtype=scale_dt), zp, output_dtype=out)
+
+
+def test_ties_round_half_to_even_and_saturate():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, 128.5, -128.5, -129.5, 1e9, -1e9,
+                      float("inf"), float("-inf"), 0.49999997, 3.0])
+    got = _run(x, torch.tensor(1.0), torch.tensor(0, dtype=torch.int8), output_dtype=TensorProto.INT8)
+    assert got.tolist() == [0, 2, 2, 0, -2, -2, 126, 127, 127, -128, -128, 127, -128, 127, -128, 0, 3]
+    got = _run(x, torch.tensor(1.0), torch.tensor(10, dtype=torch.uint8))
+    assert got.tolist()[:6] == [10, 12, 12, 10, 8, 8] and got.tolist()[11:15] == [255, 0, 255, 0]
+
+
+def test_float8_grid_carries_subnormals_saturation_and_nan():
+    # Values near every kind of float8 boundary: a rounding carry into the next binade
+    # (15.5 * 2^e), ties between grid points, subnormals (multiples of 2^-9), the largest
+    # finite value and beyond (saturate=1), NaN.
+    base = torch.tensor([1.0, 1.0625, 1.1875, 1.9375, 1.96875, 0.5 + 2 ** -5, 3.0, 7.75, 15.5, 127.9, 240.0,
+                         447.0, 448.0, 460.0, 464.0, 1e6, float("inf"), 2 ** -7, 2 ** -9, 1.5 * 2 ** -9,
+                         2.5 * 2 ** -9, 2 ** -10, 2 ** -11, 0.0, -0.0, float("nan")])
+    x = torch.cat([base, -base, base * 1.0001, base * 0.9999])
+    for zp in (None, torch.tensor(0.5).to(torch.float8_e4m3fn)):
+        _run(x, torch.tensor(1.0), zp, output_dtype=TensorProto.FLOAT8E4M3FN)
+    _run(x.half(), torch.tensor(0.25, dtype=torch.float16), None, output_dtype=TensorProto.FLOAT8E4M3FN)
+
+
+def test_division_in_the_scale_type_or_precision():
+    # float32 X with a float16/bfloat16 scale divides in the 16-bit type (X rounded to it
+    # first); `precision` overrides the scale's type. Both move results vs float32 math.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, generator=g) * 100
+    for scale_dt in (torch.float16, torch.bfloat16):
+        _run(x, torch.tensor(0.0713, dtype=scale_dt), torch.tensor(0, dtype=torch.int8), output_dtype=TensorProto.INT8)
+    _run(x, torch.tensor(0.0713), None, output_dtype=TensorProto.INT8, precision=TensorProto.BFLOAT16)
+    _run(x, torch.tensor(0.0713), None, output_dtype=TensorProto.INT8, precision=TensorProto.FLOAT16)
+
+
+def test_memory_format_is_kept():
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 8, 5, 3, generator=g) * 40).half().contiguous(memory_format=torch.channels_last)
+    got = _run(x, torch.tensor(0.3, dtype=torch.float16), torch.tensor(0, dtype=torch.int8),
+               output_dtype=TensorProto.INT8)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert got.stride() == x.stride()
+    # Not dense (a strided slice, a transposed view with a gap): made contiguous first.
+    for view in (x[:, ::2], x.float().transpose(1, 3)[..., 1:]):
+        got = _run(view, torch.tensor(0.3), None)
+        assert got.is_contiguous() or got.stride() == view.stride()
+    _run(torch.randn(4, 6, generator=g).t(), torch.tensor(0.1), None)   # dense, transposed: kept
+
+
+def test_empty_and_scalar_inputs():
+    assert quantize.quantize_linear(torch.zeros(0, 3, device=DEV), torch.tensor(1.0, device=DEV)).shape == (0, 3)
+    _run(torch.tensor(2.6), torch.tensor(0.5), torch.tensor(1, dtype=torch.int8))
+
+
+def test_launcher_refusals():
+    x = torch.randn(4, 3, device=DEV)
+    with pytest.raises(AssertionError, match="per tensor"):
+        quantize.quantize_linear(x, torch.ones(3, device=DEV), axis=1)
+    with pytest.raises(AssertionError, match="produces"):
+        quantize.quantize_linear(x, torch.ones((), device=DEV), output_dtype=TensorProto.INT4)
+    with pytest.raises(AssertionError, match="saturates float8"):
+        quantize.quantize_linear(x, torch.ones((), device=DEV), output_dtype=TensorProto.FLOAT8E4M3FN, saturate=0)
+    with pytest.raises(AssertionError, match="float16/bfloat16/float32 X"):
+        quantize.quantize_linear(x.double(), torch.ones((), device=DEV))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out, zp", OUTPUTS)
+def test_gpu_resnet_activation(out, zp):
+    x = (torch.randn(32, 64, 56, 56, device="cuda") * 8).half().contiguous(memory_format=torch.channels_last)
+    scale = torch.tensor(0.05, dtype=torch.float16, device="cuda")
+    zp_d = None if zp is None else zp.cuda()
+    for cfg in quantize.CONFIGS:
+        got = quantize.quantize_linear(x, scale, zp_d, output_dtype=out, config=dict(cfg))
+        _same(got, REF(x.cpu(), scale.cpu(), zp, output_dtype=out))
+        assert got.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,166 @@
+"""The kiln::QConv tactics (tactics/quantized_conv.py): what `supports` accepts and rejects, and
+the tactics' kernels against the reference kiln::QConv (interpreted on CPU, compiled on the GPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.reference.quantized import qconv as reference_qconv
+from kiln.kernels.triton import available
+from kiln.tactics import TacticQuery, candidates, get_tactic
+from kiln.tactics import quantized_conv as qc
+
+if not available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+INT8, FP8 = "kiln::QConv.triton_nhwc", "kiln::QConv.triton_nhwc_fp8"
+INT8_NCHW, FP8_NCHW = "kiln::QConv.triton_nchw", "kiln::QConv.triton_nchw_fp8"
+HOPPER = (9, 0)
+X_SHAPE, W_SHAPE = (64, 64, 56, 56), (64, 64, 3, 3)
+ATTRS = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "activation": "Relu"}
+
+
+def _query(q="int8", device="cuda", layout="nhwc", x_shape=X_SHAPE, w_shape=W_SHAPE, scale="float32",
+           out=None, residual=False, **attrs):
+    """A QConv node: x, w, x_scale, x_zp, w_scale, w_zp, bias, residual[, out_scale, out_zp]."""
+    oc = w_shape[0]
+    dts = [q, q, scale, q, "float32", None, "float32", scale if residual else None]
+    shapes = [x_shape, w_shape, (), (), (oc,), None, (oc,), (64, oc, 56, 56) if residual else None]
+    if out is not None:
+        dts += ["float32", out]
+        shapes += [(), ()]
+    return TacticQuery("kiln::QConv", device, tuple(dts), {**ATTRS, **attrs}, tuple(shapes), layout)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Pretend a GPU of compute capability (9, 0) is present; the test may change it."""
+    cap = {"value": HOPPER}
+    monkeypatch.setattr(qc, "device_capability", lambda: cap["value"])
+    return cap
+
+
+def test_accepts_int8_and_fp8_convs(gpu):
+    assert qc.supports_int8(_query())
+    assert qc.supports_int8(_query(out="int8", residual=True))             # requantized, residual
+    assert qc.supports_int8(_query(out="uint8", scale="float16"))
+    assert qc.supports_int8(_query(out="int8", out_dtype=17))              # out_dtype wins: float8 output
+    assert qc.supports_int8(_query(w_shape=(256, 64, 1, 1), kernel_shape=[1, 1], pads=[0, 0, 0, 0]))
+    assert qc.supports_int8(_query(x_shape=("N", 64, 56, 56), activation="Silu"))   # symbolic batch
+    assert qc.supports_int8(_query(x_shape=("N", "C", 56, 56)))            # C is W's
+    # Small C (ResNet's stem) walks kernel rows; C % 16 == 0 with a dilation along W walks taps.
+    assert qc.supports_int8(_query(x_shape=(64, 3, 224, 224), w_shape=(64, 3, 7, 7), kernel_shape=[7, 7],
+                                   pads=[3] * 4, strides=[2, 2]))
+    assert qc.supports_int8(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 1]))
+    assert qc.supports_int8(_query(x_shape=(64, 48, 56, 56), w_shape=(64, 48, 3, 3), dilations=[2, 2]))
+    assert qc.supports_fp8(_query("float8_e4m3fn"))
+    assert qc.supports_fp8(_query("float8_e4m3fn", out="float8_e4m3fn", scale="bfloat16"))
+    assert not qc.supports_fp8(_query()) and not qc.supports_int8(_query("float8_e4m3fn"))
+
+
+def test_rejects_what_the_kernel_cannot_run(gpu):
+    assert not qc.supports_int8(_query(device="cpu"))
+    assert not qc.supports_int8(_query("uint8"))                           # zero point not subtracted
+    assert not qc.supports_int8(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 2]))
+    assert not qc.supports_int8(_query(x_shape=(64, 32, 56, 56)))          # X and W disagree on C
+    assert not qc.supports_int8(_query(w_shape=(64, 32, 3, 3), group=2))
+    assert not qc.supports_int8(_query(x_shape=(64, 64, 56), w_shape=(64, 64, 3), kernel_shape=[3]))   # 1-D
+    assert not qc.supports_int8(_query(x_shape=None))                     # unknown rank
+    assert not qc.supports_int8(_query(activation="Softmax"))
+    assert not qc.supports_int8(_query(scale="float64"))                  # float64 output
+    assert not qc.supports_int8(_query(out="int16"))                      # requantized type
+    assert not qc.supports_int8(_query(out="int8", out_dtype=5))          # out_dtype INT16
+    mixed = _query()
+    mixed = TacticQuery(mixed.op, mixed.device, ("int8", "float8_e4m3fn") + mixed.input_dtypes[2:], mixed.attrs,
+                        mixed.input_shapes, mixed.layout)
+    assert not qc.supports_int8(mixed) and not qc.supports_fp8(mixed)
+    bad_scale = _query()
+    bad_scale = TacticQuery(bad_scale.op, "cuda", bad_scale.input_dtypes, bad_scale.attrs,
+                            bad_scale.input_shapes[:4] + ((32,),) + bad_scale.input_shapes[5:], "nhwc")
+    assert not qc.supports_int8(bad_scale)                                # w_scale of neither 1 nor OC
+
+
+def test_one_tactic_per_layout(gpu):
+    nchw = _query(layout="nchw")
+    assert not qc.supports_int8(nchw) and qc.supports_int8_nchw(nchw)
+    assert not qc.supports_int8_nchw(_query()) and not qc.supports_fp8_nchw(_query("float8_e4m3fn"))
+    assert qc.supports_fp8_nchw(_query("float8_e4m3fn", layout="nchw"))
+
+
+def test_needs_a_gpu_with_the_mma(gpu):
+    gpu["value"] = (8, 6)                                                  # Ampere: int8 yes, fp8 no
+    assert qc.supports_int8(_query()) and not qc.supports_fp8(_query("float8_e4m3fn"))
+    assert qc.supports_int8(_query(out="int8")) and not qc.supports_int8(_query(out="float8_e4m3fn"))
+    gpu["value"] = (7, 5)
+    assert not qc.supports_int8(_query())
+    gpu["value"] = None                                                    # no GPU visible
+    assert not qc.supports_int8(_query()) and not qc.supports_fp8(_query("float8_e4m3fn"))
+
+
+def test_capability_without_cuda_is_none():
+    if not torch.cuda.is_available():
+        assert qc.device_capability() is None
+    else:
+        assert qc.device_capability() == tuple(torch.cuda.get_device_capability())
+
+
+def test_registered_before_the_reference(gpu):
+    found = [t.name for t in candidates(_query())]
+    assert found == [INT8, "kiln::QConv.reference"]
+    found = [t.name for t in candidates(_query("float8_e4m3fn", out="float8_e4m3fn"))]
+    assert found == [FP8, "kiln::QConv.reference"]
+    assert [t.name for t in candidates(_query(layout="nchw"))] == [INT8_NCHW, "kiln::QConv.reference"]
+    assert [t.name for t in candidates(_query(device="cpu"))] == ["kiln::QConv.reference"]
+    assert get_tactic(INT8).configs and get_tactic(FP8).configs[0]["FP8_ACC"] > 0
+
+
+# --- the kernels behind the tactics ----------------------------------------------------------------
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TINY = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "num_stages": 2, "FP8_ACC": 32}
+
+
+def _operands(q, seed=0):
+    """A ResNet bottleneck's 3x3 conv in miniature, channels-last, per-channel power-of-two scales."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-4, 5, (2, 32, 6, 6), generator=g).to(q).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-4, 5, (32, 32, 3, 3), generator=g).to(q)
+    w_scale = 2.0 ** -torch.randint(2, 6, (32,), generator=g).float()
+    bias = torch.randint(-8, 9, (32,), generator=g).float() / 4
+    residual = torch.randint(-8, 9, (2, 32, 6, 6), generator=g).float() / 4
+    return x, w, torch.tensor(2.0 ** -4), None, w_scale, None, bias, residual
+
+
+@pytest.mark.parametrize("name,q", [(INT8, torch.int8), (FP8, torch.float8_e4m3fn), (INT8_NCHW, torch.int8),
+                                    (FP8_NCHW, torch.float8_e4m3fn)], ids=["int8", "fp8", "int8-nchw", "fp8-nchw"])
+def test_tactic_kernel_matches_the_reference(name, q):
+    if DEV == "cuda" and q == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    ops = _operands(q)
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "activation": "Relu"}
+    out = (torch.tensor(0.125), torch.tensor(0, dtype=torch.int8))
+    want = reference_qconv(*ops, *out, **attrs)
+    dev = [None if t is None else t.to(DEV) for t in (*ops, *out)]
+    got = get_tactic(name).kernel(*dev, **attrs, config=TINY)
+    nhwc = name in (INT8, FP8)
+    assert got.dtype == torch.int8 and got.is_contiguous(memory_format=torch.channels_last if nhwc else
+                                                        torch.contiguous_format)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,q", [(INT8, torch.int8), (FP8, torch.float8_e4m3fn)], ids=["int8", "fp8"])
+def test_gpu_every_config_of_the_tactic(name, q):
+    """What the tuner does per config: run on CUDA, compare with the reference (exact here)."""
+    if q == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    ops = _operands(q, seed=1)
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "activation": "Relu"}
+    want = reference_qconv(*ops, **attrs)                                   # float32 output
+    tactic = get_tactic(name)
+    assert tactic.supports(TacticQuery("kiln::QConv", "cuda", tuple(None if t is None else str(t.dtype)[6:]
+                                                                      for t in ops), attrs,
+                                       tuple(None if t is None else tuple(t.shape) for t in ops), "nhwc"))
+    for config in tactic.configs:
+        got = tactic.kernel(*[None if t is None else t.cuda() for t in ops], **attrs, config=config)
+        assert torch.equal(got.cpu(), want), config

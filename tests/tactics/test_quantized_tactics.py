@@ -1,0 +1,245 @@
+"""kiln::QMatMul.triton, kiln::QMatMul.scaled_mm and QuantizeLinear.triton (tactics/quantized.py).
+
+supports(): what each accepts and refuses (device, dtypes, capability, shapes, parameters,
+epilogue), with the device capability patched so the CPU machine can ask as a GPU would.
+Kernels on CPU: the Triton GEMM through the tactic (interpreter; the K-major weight memo) and
+the scaled_mm tactic on torch's CPU _scaled_mm (its epilogue logic). GPU (marked): each tactic
+against the reference on CUDA, checked with the tuner's own rule (tolerance.mismatch)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.compiler.tolerance import mismatch
+from kiln.kernels.reference import lookup
+from kiln.tactics import TacticQuery, candidates
+from kiln.tactics import quantized as qt
+
+REF = lookup("kiln::QMatMul").fn
+OP = "kiln::QMatMul"
+TINY = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+FP8 = "float8_e4m3fn"
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """Ask as on the H200 (sm_90, torch built with CUDA 13)."""
+    monkeypatch.setattr(qt, "device_capability", lambda: (9, 0))
+    monkeypatch.setattr(qt, "_cuda_at_least", lambda major, minor: True)
+
+
+def _qmm(a="int8", b="int8", *, m=64, n=768, k=768, trans_b=0, scale="float16", b_scale=None, a_zp="int8",
+         b_zp=None, bias="float16", residual=None, out=None, out_zp=None, device="cuda", **attrs) -> TacticQuery:
+    """A QMatMul query as int8.py / fp8.py build them (shapes: A [2, m, k], B [k, n] or [n, k])."""
+    b_shape = (n, k) if trans_b else (k, n)
+    dts = [a, b, scale, a_zp, "float32", b_zp, bias, residual, out and "float32", out_zp]
+    shapes = [(2, m, k), b_shape, (), (), b_scale or (n,), (n,), (n,), (2, m, n), (), ()]
+    attrs = {"trans_b": trans_b, "activation": "", "activation_params": [], **attrs}
+    if out:
+        attrs["out_dtype"] = out
+    while dts and dts[-1] is None:
+        dts.pop()
+    return TacticQuery(OP, device, tuple(dts), attrs, tuple(shapes[:len(dts)]))
+
+
+# --- supports ----------------------------------------------------------------------------------
+
+def test_triton_accepts_what_int8_and_fp8_builds_make(hopper):
+    assert qt.supports_triton_qmatmul(_qmm())                                          # int8.py
+    assert qt.supports_triton_qmatmul(_qmm(FP8, FP8, a_zp=None))                       # fp8.py
+    assert qt.supports_triton_qmatmul(_qmm("uint8", "int8", b_zp="int8", trans_b=1, residual="float16",
+                                           activation="Gelu", activation_params=[0.0]))
+    assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8"))       # fuse_qdq's requant
+    assert qt.supports_triton_qmatmul(_qmm(b_scale=(1,), bias=None, a_zp=None))        # per tensor
+
+
+def test_triton_refusals(hopper):
+    refused = [
+        _qmm(device="cpu"),                                       # CUDA only
+        _qmm(FP8, "int8", a_zp=None),                             # mixed fp8 x int8
+        _qmm(FP8, FP8),                                           # float8 with a zero point
+        _qmm(k=760),                                              # K not a multiple of 16
+        _qmm(n=100),                                              # N not a multiple of 16
+        _qmm(k=qt.TRITON_MAX_K + 16),                             # int32 sum could overflow
+        _qmm(k="K"),                                              # K unknown at build time
+        _qmm(b_scale=(3,)),                                       # scale neither per tensor nor per N
+        _qmm(scale="float64"),                                    # float64 output
+        _qmm(out=TensorProto.INT4),                               # requantized type it lacks
+        _qmm(out=TensorProto.INT8, out_zp="int16"),
+        _qmm(residual="float16", activation="Softplus"),          # activation outside the vocabulary
+        TacticQuery(OP, "cuda", ("int8", "int8", "float16", None, "float32"),
+                    {"trans_b": 0}, ((64, 768), (2, 768, 768), (), None, (768,))),   # batched B
+    ]
+    for q in refused:
+        assert not qt.supports_triton_qmatmul(q), q
+    q = _qmm()
+    bad_residual = TacticQuery(OP, "cuda", q.input_dtypes[:7] + ("float16",), q.attrs,
+                               q.input_shapes[:7] + ((3, 64, 768),))          # would grow Y
+    assert not qt.supports_triton_qmatmul(bad_residual)
+
+
+def test_capability_gates(monkeypatch):
+    monkeypatch.setattr(qt, "device_capability", lambda: None)          # no CUDA device to ask
+    assert not qt.supports_triton_qmatmul(_qmm())
+    assert not qt.supports_scaled_mm(_qmm(FP8, FP8, a_zp=None))
+    monkeypatch.setattr(qt, "device_capability", lambda: (8, 0))        # Ampere: int8 only
+    assert qt.supports_triton_qmatmul(_qmm())
+    assert not qt.supports_triton_qmatmul(_qmm(FP8, FP8, a_zp=None))
+    assert not qt.supports_triton_qmatmul(_qmm(out=TensorProto.FLOAT8E4M3FN))   # fp8 output cast
+    assert not qt.supports_scaled_mm(_qmm(FP8, FP8, a_zp=None))
+    monkeypatch.setattr(qt, "device_capability", lambda: (7, 5))
+    assert not qt.supports_triton_qmatmul(_qmm())
+
+
+def test_scaled_mm_supports(hopper, monkeypatch):
+    fp8 = dict(a=FP8, b=FP8, a_zp=None)
+    assert qt.supports_scaled_mm(_qmm(**fp8, b_scale=(1,)))                       # tensorwise
+    assert qt.supports_scaled_mm(_qmm(**fp8, residual="float16", activation="Gelu", activation_params=[0.0]))
+    assert qt.supports_scaled_mm(_qmm(**fp8, out=TensorProto.INT8))               # requantized (torch)
+    assert not qt.supports_scaled_mm(_qmm())                                      # int8
+    assert not qt.supports_scaled_mm(_qmm(**fp8, n=760))                          # N % 16
+    assert not qt.supports_scaled_mm(_qmm(**fp8, device="cpu"))
+    # Rowwise (per-channel b_scale) with a non-bfloat16 output needs cuBLASLt's (CUDA 12.9+).
+    monkeypatch.setattr(qt, "_cuda_at_least", lambda major, minor: False)
+    assert not qt.supports_scaled_mm(_qmm(**fp8))
+    assert qt.supports_scaled_mm(_qmm(**fp8, scale="bfloat16", bias="bfloat16"))
+    assert qt.supports_scaled_mm(_qmm(**fp8, b_scale=(1,)))
+
+
+def test_quantize_supports(hopper):
+    q = lambda dts, shapes, **attrs: TacticQuery("QuantizeLinear", "cuda", dts, attrs, shapes)  # noqa: E731
+    x = (32, 64, 56, 56)
+    assert qt.supports_triton_quantize(q(("float16", "float16", "int8"), (x, (), ()),
+                                         output_dtype=TensorProto.INT8))
+    assert qt.supports_triton_quantize(q(("float32", "float32"), (x, (1,)), output_dtype=TensorProto.FLOAT8E4M3FN,
+                                         saturate=1))
+    assert qt.supports_triton_quantize(q(("bfloat16", "float32"), (x, ())))       # uint8 default
+    refused = [
+        q(("float16", "float16"), (x, (64,)), axis=1),                             # per axis
+        q(("float16", "float16"), (x, (1, 64, 1, 1)), block_size=2),               # blocked
+        q(("float64", "float64"), (x, ())),                                        # float64
+        q(("float32", "float32"), (x, ()), output_dtype=TensorProto.INT4),         # int4
+        q(("float32", "float32"), (x, ()), output_dtype=TensorProto.FLOAT8E4M3FN, saturate=0),
+        q(("float32", "float32"), (x, ()), output_dtype=TensorProto.FLOAT8E5M2),
+        q(("float32", "float32"), (x, ()), precision=TensorProto.DOUBLE),
+        q(("float32", "float32"), (x, None)),                                      # scale shape unknown
+    ]
+    for r in refused:
+        assert not qt.supports_triton_quantize(r), r
+    assert not qt.supports_triton_quantize(TacticQuery("QuantizeLinear", "cpu", ("float32", "float32"), {},
+                                                       (x, ())))
+
+
+def test_candidates_list_the_tactics_before_the_reference(hopper):
+    names = [t.name for t in candidates(_qmm(FP8, FP8, a_zp=None))]
+    assert names[-1] == "kiln::QMatMul.reference"
+    assert {"kiln::QMatMul.triton", "kiln::QMatMul.scaled_mm"} <= set(names)
+    assert [t.name for t in candidates(_qmm(device="cpu"))] == ["kiln::QMatMul.reference"]
+
+
+# --- kernels on CPU ------------------------------------------------------------------------------
+
+def _operands(m, n, k, dtype, *, trans_b=0, per_channel=True, seed=0, dev=DEV):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.float8_e4m3fn:
+        a = (torch.randn(2, m, k, generator=g) * 40).to(dtype)
+        b = (torch.randn(*((n, k) if trans_b else (k, n)), generator=g) * 40).to(dtype)
+        a_scale, a_zp = torch.tensor(0.02), None
+    else:
+        a = torch.randint(-128, 128, (2, m, k), generator=g, dtype=torch.int32).to(dtype)
+        b = torch.randint(-128, 128, (n, k) if trans_b else (k, n), generator=g, dtype=torch.int32).to(dtype)
+        a_scale, a_zp = torch.tensor(1 / 64), torch.tensor(0, dtype=torch.int8)
+    b_scale = (torch.rand(n if per_channel else 1, generator=g) + 0.5) / (k ** 0.5 * 48)
+    bias, residual = torch.randn(n, generator=g), torch.randn(2, m, n, generator=g)
+    return [None if t is None else t.to(dev) for t in (a, b, a_scale, a_zp, b_scale, None, bias, residual)]
+
+
+def _agrees(got, args, **attrs):
+    want = REF(*[None if t is None else t.cpu() for t in args], **attrs)
+    why = mismatch(got.cpu(), want, OP)
+    assert why is None, why
+
+
+@pytest.mark.skipif(not qt.triton_available(), reason="Triton is not installed")
+def test_triton_tactic_uses_one_k_major_copy_per_weight():
+    args = _operands(9, 32, 64, torch.int8)
+    before = qt.cached_weights()
+    got = qt.triton_qmatmul(*args, activation="Relu", config=TINY)
+    _agrees(got, args, activation="Relu")
+    copy = qt.k_major(args[1], 0)
+    assert qt.cached_weights() == before + 1 and qt.k_major(args[1], 0) is copy
+    assert copy.shape == (32, 64) and copy.is_contiguous()
+    args_t = _operands(9, 32, 64, torch.int8, trans_b=1)
+    assert qt.k_major(args_t[1], 1) is args_t[1]                 # already K-major: a view, no copy
+    _agrees(qt.triton_qmatmul(*args_t, trans_b=1, config=TINY), args_t, trans_b=1)
+
+
+def _cpu_scaled_mm() -> bool:
+    """Whether this torch build has a CPU torch._scaled_mm (2.5+ with oneDNN)."""
+    a = torch.zeros(16, 16, dtype=torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), torch.ones(()), torch.ones(()), out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _cpu_scaled_mm(), reason="this torch has no CPU torch._scaled_mm")
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_scaled_mm_tactic_epilogue_on_cpu(per_channel, dtype):
+    # torch's CPU _scaled_mm computes what cuBLASLt does; this checks the tactic's handling of
+    # scales, the fused or deferred bias, residual, activation and output types.
+    a, b, _, _, b_scale, _, bias, residual = _operands(5, 32, 48, torch.float8_e4m3fn, per_channel=per_channel,
+                                                       dev="cpu")
+    a_scale = torch.tensor(0.02, dtype=dtype)
+    for bias_t in (bias, bias.to(dtype)):
+        args = [a, b, a_scale, None, b_scale, None, bias_t, residual.to(dtype)]
+        got = qt.scaled_mm_qmatmul(*args, activation="Gelu")
+        assert got.dtype == dtype and got.shape == (2, 5, 32)
+        _agrees(got, args, activation="Gelu")
+    args = [a, b, a_scale, None, b_scale, None, bias, None]
+    for out in (TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT8E4M3FN):
+        got = qt.scaled_mm_qmatmul(*args, out_scale=torch.tensor(0.02), out_dtype=out, activation="Relu")
+        _agrees(got, args, out_scale=torch.tensor(0.02), out_dtype=out, activation="Relu")
+    bt = b.t().contiguous()
+    _agrees(qt.scaled_mm_qmatmul(a, bt, a_scale, None, b_scale, trans_b=1), [a, bt, a_scale, None, b_scale],
+            trans_b=1)
+
+
+# --- GPU -----------------------------------------------------------------------------------------
+
+def _cuda_fp8() -> bool:
+    return HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gpu_tactics_match_the_reference(dtype, trans_b):
+    if dtype == torch.float8_e4m3fn and not _cuda_fp8():
+        pytest.skip("float8 needs compute capability 8.9+")
+    args = _operands(512, 768, 768, dtype, trans_b=trans_b, dev="cuda")
+    args[2] = args[2].half()
+    args[7] = args[7].half()
+    tactics = [qt.triton_qmatmul] + ([qt.scaled_mm_qmatmul] if dtype == torch.float8_e4m3fn else [])
+    for fn in tactics:
+        for attrs in (dict(activation="Gelu"),
+                      dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.INT8)):
+            _agrees(fn(*args, trans_b=trans_b, **attrs), args, trans_b=trans_b, **attrs)
+
+
+@pytest.mark.gpu
+def test_gpu_quantize_tactic_is_offered_and_exact():
+    x = torch.randn(8, 64, 28, 28, device="cuda").half().contiguous(memory_format=torch.channels_last)
+    scale, zp = torch.tensor(0.02, dtype=torch.float16, device="cuda"), torch.tensor(0, dtype=torch.int8,
+                                                                                      device="cuda")
+    q = TacticQuery("QuantizeLinear", "cuda", ("float16", "float16", "int8"),
+                    {"output_dtype": TensorProto.INT8}, (tuple(x.shape), (), ()))
+    tactic = next(t for t in candidates(q) if t.name == "QuantizeLinear.triton")
+    got = tactic.kernel(x, scale, zp, output_dtype=TensorProto.INT8)
+    want = lookup("QuantizeLinear").fn(x, scale, zp, output_dtype=TensorProto.INT8)
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
