@@ -154,7 +154,7 @@ def _qgemm_kernel(
         if FP8:
             acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
         else:
-            acc = tl.dot(_signed(a, A_U8), _signed(b, B_U8), acc)
+            acc = tl.dot(_signed(a, A_U8), _signed(b, B_U8), acc, out_dtype=tl.int32)  # int32 accumulator
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
 
