@@ -26,6 +26,20 @@ def test_cuda_timer_times_every_run() -> None:
     assert len(times) == 5 and all(t > 0 for t in times)
 
 
+def test_cuda_timer_excludes_the_cpu_launch_time() -> None:
+    # A candidate that spends 2 ms on the CPU before a tiny kernel: the held GPU does not see it.
+    import time
+    x = torch.zeros(16, device="cuda")
+
+    def slow_launch() -> None:
+        time.sleep(0.002)
+        x.add_(1)
+
+    held = CudaTimer(hold_cycles=20_000_000)(slow_launch, 3)   # ~10 ms hold: longer than the 2 ms launch
+    unheld = CudaTimer(hold_cycles=0)(slow_launch, 3)
+    assert max(held) < 0.5 <= min(unheld), (held, unheld)
+
+
 def _tuned_and_untuned(m, shapes: dict, precision: str, tmp_path: Path):  # noqa: ANN001, ANN202
     profiles = (kiln.Profile.static(shapes),)
     cache = str(tmp_path / "timing.json")
