@@ -16,6 +16,8 @@ CALIBRATED_PRECISIONS = ("int8", "fp8")
 # What one layer may be kept in (--layer-precision NAME=...): TF32 is a process-wide math mode,
 # not a tensor type, so it is an engine precision only.
 LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
+# What an int8/fp8 engine's non-quantized layers may compute in (BuildConfig.float_precision).
+FLOAT_PRECISIONS = LAYER_PRECISIONS
 # Precisions a strongly typed engine may have: they convert no tensor type.
 STRONGLY_TYPED_PRECISIONS = ("fp32", "tf32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -107,6 +109,10 @@ class BuildConfig:
     calib_cache: JSON file of activation ranges: reused when made for the same ONNX bytes and
         method, else calibrated again and rewritten. Local, not stored in the engine.
     calib_batch_size: samples per calibration batch cut from an .npz file.
+    float_precision: what an int8/fp8 engine computes its non-quantized layers in: "fp32"
+        (the default, like trtexec --int8) | "fp16" | "bf16" (like trtexec --int8 --fp16: the
+        float layers, activations between quantized layers and the quantized layers' float
+        outputs in 16 bits; the speed configuration). Only with precision int8 or fp8.
     accuracy_budget: (metric, value), e.g. ("cosine", 0.999): before building, search the fewest
         layers to keep in fp32 so the reduced engine stays within the budget of an fp32 engine
         (compiler/accuracy_budget.py); the found layers become layer_precision rules. Local, not
@@ -127,6 +133,7 @@ class BuildConfig:
     calib_cache: str | None = None
     calib_batch_size: int = 8
     accuracy_budget: tuple[str, float] | None = None
+    float_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -160,6 +167,12 @@ class BuildConfig:
                 or self.calib_batch_size < 1:
             raise KilnError(f"calibration batch size {self.calib_batch_size!r} is not a whole number >= 1; "
                             "give e.g. 8.")
+        if self.float_precision not in FLOAT_PRECISIONS:
+            raise KilnError(f"float precision {self.float_precision!r} is not one of {', '.join(FLOAT_PRECISIONS)}.")
+        if self.float_precision != "fp32" and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"a float precision ({self.float_precision}) for the non-quantized layers needs an int8 or "
+                            f"fp8 engine, but the precision is {self.precision}; build with --int8 or --fp8, or give "
+                            f"the precision as the engine's (--precision {self.float_precision}).")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
@@ -175,7 +188,7 @@ class BuildConfig:
                 "strongly_typed": self.strongly_typed}
         if self.precision in CALIBRATED_PRECISIONS:  # how it was calibrated; the data and cache paths are local
             data.update(calib_method=self.calib_method, calib_percentile=self.calib_percentile,
-                        calib_batch_size=self.calib_batch_size)
+                        calib_batch_size=self.calib_batch_size, float_precision=self.float_precision)
         return data
 
     @staticmethod
@@ -187,4 +200,5 @@ class BuildConfig:
                            strongly_typed=data.get("strongly_typed", False),
                            calib_method=data.get("calib_method", "entropy"),
                            calib_percentile=data.get("calib_percentile", 99.99),
-                           calib_batch_size=data.get("calib_batch_size", 8))
+                           calib_batch_size=data.get("calib_batch_size", 8),
+                           float_precision=data.get("float_precision", "fp32"))

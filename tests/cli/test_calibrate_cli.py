@@ -70,5 +70,15 @@ def test_build_int8_without_data_fails(tmp_path) -> None:  # noqa: ANN001
     assert result.exit_code != 0 and isinstance(result.exception, BuildError)
     assert "--calib-data" in str(result.exception)
     assert not (tmp_path / "m.kiln").exists()
-    result = invoke(build, model, "-o", tmp_path / "m.kiln", "--int8", "--fp16", "--device", "cpu")
+    result = invoke(build, model, "-o", tmp_path / "m.kiln", "--int8", "--fp8", "--device", "cpu")
     assert result.exit_code == 2 and "conflicting precisions" in result.output
+    result = invoke(build, model, "-o", tmp_path / "m.kiln", "--fp16", "--bf16", "--int8", "--device", "cpu")
+    assert result.exit_code == 2 and "conflicting precisions" in result.output
+
+
+def test_build_int8_with_fp16_float_layers(tmp_path) -> None:  # noqa: ANN001
+    model, data = files(tmp_path)
+    out = tmp_path / "m.kiln"
+    info = json.loads(ok(build, model, "-o", out, "--int8", "--fp16", "--calib-data", data, "--device", "cpu",
+                         "--json").stdout)
+    assert info["precision"] == "int8 (float layers fp16)" and info["int8"]["quantized"]

@@ -96,6 +96,27 @@ def test_int8_engine_matches_fp32(make, shape, qop) -> None:  # noqa: ANN001
     assert int8.header["build_config"]["precision"] == "int8"
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("make, shape", [(mlp, (BATCH, 16)), (cnn, (BATCH, 3, 8, 8))])
+def test_fp16_float_layers(make, shape, precision) -> None:  # noqa: ANN001
+    # --int8 --fp16: quantized layers plus 16-bit float layers and activations between them.
+    model = make()
+    fp32 = builder.build(model, BuildConfig(device="cpu"))
+    q16 = builder.build(model, BuildConfig(device="cpu", precision=precision, float_precision="fp16"),
+                        calibration=batches(shape))
+    slots = q16.plan.slots
+    float_types = {slots[i].dtype for st in q16.plan.steps if st.op != "Cast" for i in st.outputs
+                   if slots[i].dtype in ("float16", "float32")}
+    assert float_types == {"float16"}, float_types   # only the Casts at the float32 bindings are 32-bit
+    assert any(st.op in ("kiln::QMatMul", "kiln::QConv") for st in q16.plan.steps)
+    for feed in batches(shape):
+        want, got = np.asarray(fp32(**feed)["y"]), np.asarray(q16(**feed)["y"])
+        assert got.dtype == np.float32 and cosine(want, got) >= 0.99   # the binding keeps its declared type
+    assert q16.header["build_config"]["float_precision"] == "fp16"
+    with pytest.raises(KilnError, match="float precision .* needs an int8 or fp8 engine"):
+        BuildConfig(precision="fp32", float_precision="fp16")
+
+
 def test_cnn_quantizes_conv_and_gemm() -> None:
     engine = builder.build(cnn(), int8_config(), calibration=batches((BATCH, 3, 8, 8)))
     ops = [s.op for s in engine.plan.steps]

@@ -24,11 +24,17 @@ if TYPE_CHECKING:
 
 def precision_from_flags(fp16: bool, bf16: bool, precision: str | None, int8: bool = False,
                          fp8: bool = False) -> str:
+    """The one precision the flags ask for, or "int8+fp16"-style for --int8/--fp8 with --fp16/--bf16
+    (TensorRT's --int8 --fp16: the non-quantized layers in 16 bits)."""
     chosen = {p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on} | \
         ({precision} if precision else set())
+    quantized, floats = sorted(chosen & {"int8", "fp8"}), sorted(chosen & {"fp16", "bf16"})
+    if len(chosen) == 2 and len(quantized) == 1 and len(floats) == 1:
+        return f"{quantized[0]}+{floats[0]}"
     if len(chosen) > 1:
         raise click.UsageError(f"conflicting precisions {', '.join(sorted(chosen))}; give one of "
-                               "--fp16, --bf16, --int8, --fp8 or --precision.")
+                               "--fp16, --bf16, --int8, --fp8 or --precision (or --int8/--fp8 with --fp16/--bf16 "
+                               "for 16-bit float layers beside the quantized ones).")
     return chosen.pop() if chosen else "fp32"
 
 
@@ -146,7 +152,8 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "source": header["source"]["name"],
         "source_nodes": header["build"]["source_nodes"],
         "layers": len(engine.plan.steps),
-        "precision": header["build_config"]["precision"],
+        "precision": header["build_config"]["precision"] + (
+            f" (float layers {fp})" if (fp := header["build_config"].get("float_precision", "fp32")) != "fp32" else ""),
         "strongly_typed": header["build_config"].get("strongly_typed", False),
         "layer_precision": header["build"].get("precision", {}).get("layers", []),
         "device": {"kind": header["device"]["kind"], "name": header["device"].get("name")},
@@ -313,11 +320,11 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     from kiln.compiler.accuracy_budget import parse_budget
 
-    chosen = precision_from_flags(fp16, bf16, precision, int8, fp8)
+    chosen, _, float_precision = precision_from_flags(fp16, bf16, precision, int8, fp8).partition("+")
     # fp16 reads --calib-data for its overflow check, outside the config (which keeps calib_data for
     # the calibrated precisions); any other precision gets the config's error for it.
     overflow_data = str(calib_data) if calib_data is not None and chosen == "fp16" else None
-    config = BuildConfig(precision=chosen, device=device,
+    config = BuildConfig(precision=chosen, float_precision=float_precision or "fp32", device=device,
                          calib_data=str(calib_data) if calib_data is not None and overflow_data is None else None,
                          calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,

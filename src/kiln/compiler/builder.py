@@ -40,7 +40,9 @@ from kiln.onnx.importer import fix_input_dims, import_model
 from kiln.onnx.load import check_model, load_model
 from kiln.onnx.support import describe_unsupported, unsupported_nodes
 from kiln.passes.pipeline import optimize
+from kiln.ir import dtypes
 from kiln.precision import apply_precision
+from kiln.precision.policy import engine_compute_type
 from kiln.precision.fold_requantize import fold_requantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
@@ -135,7 +137,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         fold_requantize(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
     overflow = None
-    if config.precision == "fp16" and (calibration is not None or config.calib_data is not None):
+    if engine_compute_type(config) == dtypes.FLOAT16 and (calibration is not None or config.calib_data is not None):
         overflow = fp16_overflow(graph, config, calibration, say)
         config = replace(config, layer_precision=config.layer_precision + overflow.rules())
     dump = Path(config.dump_ir) if config.dump_ir else None

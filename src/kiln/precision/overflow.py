@@ -3,7 +3,8 @@
 fp16's largest finite value is 65504. A layer computing in fp16 that meets a larger value
 writes inf, and the next op turns it into NaN (inf - inf, 0 * inf, inf / inf). bf16 has
 float32's exponent range, so it overflows only where fp32 does: bf16 engines need no check,
-and neither do int8/fp8 engines, whose float layers compute in fp32 (policy.COMPUTE_TYPE).
+and neither do int8/fp8 engines whose float layers compute in fp32 (their float_precision, the default); with
+float_precision fp16 they are checked like fp16 engines.
 
 Rule. The optimised fp32 graph runs on the calibration batches with the reference ops (on
 CPU, as calibration does), and every float32 tensor that an fp16 engine would hold in fp16 is

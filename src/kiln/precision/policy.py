@@ -3,7 +3,8 @@
 Engine precision: fp32 and tf32 compute in float32 (tf32 only changes the CUDA math mode,
 runtime/engine.py); fp16 and bf16 compute float32 tensors in that type; int8 engines have had
 their calibrated layers quantized first (precision/int8.py, run by the builder because it needs
-activation ranges) and compute everything else in float32; fp8 engines likewise (precision/fp8.py). Exceptions, in
+activation ranges) and compute everything else in BuildConfig.float_precision (float32 unless
+asked: fp16 is TensorRT's --int8 --fp16); fp8 engines likewise (precision/fp8.py). Exceptions, in
 order of authority:
 1. layer precision rules (BuildConfig.layer_precision, layer_rules.py): a matching layer
    computes in the rule's type, whatever the engine precision;
@@ -27,11 +28,18 @@ from kiln.precision.safety import fp32_reason
 COMPUTE_TYPE = {"fp32": F32, "tf32": F32, "fp16": dtypes.FLOAT16, "bf16": dtypes.BFLOAT16, "int8": F32, "fp8": F32}
 
 
+def engine_compute_type(config: BuildConfig) -> dtypes.DType:
+    """The type the engine's float layers compute in (an int8/fp8 engine's: its float_precision)."""
+    if config.precision in ("int8", "fp8"):
+        return COMPUTE_TYPE[config.float_precision]
+    return COMPUTE_TYPE[config.precision]
+
+
 def apply_precision(graph: Graph, config: BuildConfig) -> PrecisionReport:
     """Rewrite `graph` to compute in config.precision with its per-layer exceptions."""
     if config.strongly_typed:
         return PrecisionReport(config.precision, True, False)
-    default = COMPUTE_TYPE[config.precision]
+    default = engine_compute_type(config)
     decisions = layer_decisions(graph, config)
     compute = {id(n): COMPUTE_TYPE[d.precision] for n, d in decisions}
     changed = retype(graph, compute, default)
@@ -40,7 +48,7 @@ def apply_precision(graph: Graph, config: BuildConfig) -> PrecisionReport:
 
 def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, LayerPrecision]]:
     """The layers (with float32 math) whose compute type differs from the engine's, and why."""
-    default = COMPUTE_TYPE[config.precision]
+    default = engine_compute_type(config)
     rules = match_layer_rules(graph, config.layer_precision)
     out = []
     for n in graph.nodes:
