@@ -11,6 +11,7 @@ GPU (marked): the same checks compiled, with the real tuning spaces."""
 from __future__ import annotations
 
 import gc
+import math
 
 import pytest
 import torch
@@ -91,8 +92,9 @@ def _both(x, w, x_scale, w_scale, bias=None, residual=None, out_scale=None, out_
     return got.cpu(), want
 
 
-def _within_one_step(got, want, max_fraction=0.02):
-    """Requantized outputs: at most one quantization step apart, in few elements."""
+def _within_one_step(got, want, max_fraction=1e-3):
+    """Requantized outputs: at most one quantization step apart, in few elements (at most one in
+    1000 and at least one allowed: compiler/tolerance.py's rule for quantized ops)."""
     if got.dtype == F8:
         # One float8 step: the gap to the neighbouring e4m3 value is at most 2^-3 of the magnitude.
         g, w = got.float(), want.float()
@@ -101,7 +103,7 @@ def _within_one_step(got, want, max_fraction=0.02):
     else:
         diff = (got.int() - want.int()).abs()
         assert int(diff.max()) <= 1
-    assert float((diff > 0).float().mean()) <= max_fraction
+    assert int((diff > 0).sum()) <= math.ceil(diff.numel() * max_fraction)
 
 
 # --- exact: every geometry, int8 and fp8, requantized with residual and Relu --------------------
@@ -127,7 +129,7 @@ def test_fp8_exact(name):
     assert torch.equal(got, want)
     got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(2.0 ** -7), out_dtype=ONNX_FP8, **attrs)
     assert float(want.float().abs().max()) == 448.0                                      # saturates
-    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert torch.equal(got.float(), want.float())                                    # -0 == +0
     got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(0.5), out_dtype=ONNX_INT8, activation="Relu", **attrs)
     assert torch.equal(got, want)
 

@@ -77,7 +77,7 @@ def node_flops(node: Node) -> tuple[int, bool]:
     out = node.outputs[0] if node.outputs else None
     n_out = _numel(out.shape) if out is not None else 0
     w = node.input(1)
-    if node.op in ("Conv", "FusedConv") and w is not None and w.shape is not None:
+    if node.op in ("Conv", "FusedConv", "QConv") and w is not None and w.shape is not None:
         return 2 * n_out * _numel(w.shape[1:]), len(w.shape) == 4
     a = node.input(0)
     if node.op in ("MatMul", "FusedMatMul", "Gemm") and a is not None and a.shape:

@@ -35,9 +35,10 @@ BLOCK_K is at least 32 there and in TAPS when 32 divides C: 8-bit MMAs take K in
 (C a multiple of 16 only, with dilation along W: TAPS with BLOCK_K 16.)
 
 Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). float8
-e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA does not add in full
-float32: it aligns the products and the accumulator to the largest exponent among them and
-keeps ~14 bits, so the error of each step grows with the running sum. The config key
+e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA is reported not to add
+in full float32 (about 14 bits kept after aligning the products and the accumulator to the
+largest exponent; DeepSeek-V3's measurement, not re-measured here), so the error of each
+step grows with the running sum. The config key
 FP8_ACC bounds that: every FP8_ACC products (32 = one wgmma instruction, up to BLOCK_K) are
 summed from zero in the MMA's precision and then added to a separate float32 accumulator
 (tl.dot's max_num_imprecise_acc), so the loss is relative to one partial sum of FP8_ACC
@@ -177,7 +178,7 @@ def _qconv_kernel(
             if FP8_ACC > 0:
                 acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
             else:
-                acc = tl.dot(a, b, acc)
+                acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
     else:
@@ -214,7 +215,7 @@ def _qconv_kernel(
             if FP8_ACC > 0:
                 acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
             else:
-                acc = tl.dot(a, b, acc)
+                acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
             w_ptrs += BLOCK_K
 
     # Epilogue on the float32 accumulator (module docstring).
