@@ -121,7 +121,8 @@ def test_suite_end_to_end_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     args = suite.parse(["--models", "tiny_conv", "--batches", "2,1", "--precisions", "fp32",
                         "--peers", "eager", "--device", "cpu", "--iters", "3", "--max-seconds", "0.5",
-                        "--cache-dir", str(tmp_path / "cache"), "--out", str(out)], REGISTRY)
+                        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--warm-build", "in-process",
+                        "--accuracy-samples", "2"], REGISTRY)
     args.flops_on_cpu = True
     results = suite.run(args)
     suite.save(results, args)
@@ -129,7 +130,10 @@ def test_suite_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert [m["name"] for m in saved["models"]] == ["tiny_conv"]
     for m in saved["models"]:
         assert "error" not in m, m.get("error")
-        assert m["builds"]["fp32"]["build_s"] > 0 and sum(m["builds"]["fp32"]["tactic_kinds"].values()) >= 2
+        b = m["builds"]["fp32"]
+        assert b["build_s"] > 0 and sum(b["tactic_kinds"].values()) >= 2
+        assert b["warm_build_s"] > 0 and b["same_kernels"] and b["warm"]["mode"] == "in-process"
+        assert b["accuracy"]["samples"] == 2 and b["accuracy"]["cosine_min"] > 0.99999 and b["accuracy"]["ok"]
         assert [(r["precision"], r["batch"]) for r in m["rows"]] == [("fp32", 1), ("fp32", 2)]
         for r in m["rows"]:
             assert r["status"] == "ok" and r["check"]["cosine"] > 0.99999
@@ -149,7 +153,7 @@ def test_failed_check_is_reported_not_timed(tmp_path: Path) -> None:
     m = tiny_conv()
     args = suite.parse(["--models", "tiny_conv", "--batches", "2", "--precisions", "fp32", "--peers", "eager",
                         "--device", "cpu", "--iters", "3"], REGISTRY)
-    ctx = {"budget": suite.Budget(None), "peak": {}, "reference": suite.reference(m, args)}
+    ctx = {"budget": suite.Budget(None), "peak": {}, "reference": suite.reference(m, args), "first_call": {}}
     row = suite.bench_row(m, Wrong(), m.module, "fp32", 2, args, ctx)
     assert row["status"] == "FAILED" and row["kiln"] is None and "kiln_vs_best" not in row
     assert row["peers"]["eager"]["ms"] > 0  # the peers still give their baseline
@@ -174,7 +178,7 @@ def test_an_engine_that_raises_is_reported(tmp_path: Path) -> None:
     m = tiny_conv()
     args = suite.parse(["--models", "tiny_conv", "--batches", "1", "--precisions", "fp32", "--peers", "eager",
                         "--device", "cpu", "--iters", "3"], REGISTRY)
-    ctx = {"budget": suite.Budget(None), "peak": {}, "reference": suite.reference(m, args)}
+    ctx = {"budget": suite.Budget(None), "peak": {}, "reference": suite.reference(m, args), "first_call": {}}
     row = suite.bench_row(m, Broken(), m.module, "fp32", 1, args, ctx)
     assert row["status"] == "RUN FAILED" and "kernel exploded" in row["error"] and row["kiln"] is None
     assert row["peers"]["eager"]["ms"] > 0
