@@ -63,6 +63,21 @@ def calibrate_batchnorm(module: torch.nn.Module, x: torch.Tensor) -> None:
     module.eval()
 
 
+def randomize_zero_biases(module: torch.nn.Module, seed: int) -> None:
+    """Give every all-zero bias small random values (N(0, 0.02)), as trained weights have.
+
+    Random initialisation (timm, transformers) zeroes biases, and an x + 0 is folded away by an
+    optimising compiler: that would benchmark a model without bias adds that no real checkpoint
+    has. Both kiln and the torch peers then run the same biased model.
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in module.modules():
+            b = getattr(m, "bias", None)
+            if isinstance(b, torch.nn.Parameter) and not bool(b.any()):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+
+
 def _timm(arch: str, **kwargs: object) -> tuple[torch.nn.Module, str] | None:
     try:
         import timm
@@ -90,6 +105,7 @@ def vit_b16(seed: int = 0) -> BenchModel:
         from benchmarks.nets import ViTB16
         made = ViTB16(), "benchmarks/nets.py ViTB16 (timm vit_base_patch16_224 architecture)"
     module, source = made
+    randomize_zero_biases(module, seed)
     return BenchModel("vit_b16", module.eval(), module.eval(), ("pixel_values",), "logits", IMAGE, "image", source)
 
 
@@ -114,6 +130,7 @@ def bert(seed: int = 0, name: str = "bert_base", seq: int = SEQ, **config: objec
     torch.manual_seed(seed)
     eager = BertModel(BertConfig(attn_implementation="eager", **config), add_pooling_layer=False).eval()
     sdpa = BertModel(BertConfig(attn_implementation="sdpa", **config), add_pooling_layer=False).eval()
+    randomize_zero_biases(eager, seed)
     sdpa.load_state_dict(eager.state_dict())
     return BenchModel(name, LastHidden(sdpa).eval(), LastHidden(eager).eval(),
                       ("input_ids", "attention_mask", "token_type_ids"), "last_hidden_state", (seq,), "tokens",

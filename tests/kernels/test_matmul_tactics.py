@@ -183,7 +183,7 @@ def test_tanh_gelu_epilogue_only_for_exact_gelu_with_bias_in_half_types():
     assert name not in _names("kiln::FusedMatMul", "cuda", ("float32",) * 3, exact, ffn)     # fp32: exact only
     assert name not in _names("kiln::FusedMatMul", "cpu", ("float16",) * 3, exact, ffn)
     assert name not in _names("kiln::FusedMatMul", "cuda", ("float16",) * 3, {"activation": "Relu"}, ffn)
-    assert name not in _names("kiln::FusedMatMul", "cuda", ("float16", "float16", None), exact, ffn[:2])
+    assert name in _names("kiln::FusedMatMul", "cuda", ("float16", "float16", None), exact, ffn[:2])   # zero bias
     assert name not in _names("kiln::FusedMatMul", "cuda", ("float16",) * 4, exact, ffn + ((8, 128, 3072),))
 
 
@@ -236,9 +236,10 @@ def test_gpu_triton_every_config(config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_tanh_gelu_epilogue_within_tolerance_of_exact_gelu(dtype):
-    ops = _operands((8,), 128, 3072, 768, dtype, "cuda", residual=False)
-    _check_fused(get_tactic("kiln::FusedMatMul.cublas_tanh_gelu").kernel, ops, dtype, activation="Gelu",
-                 activation_params=[0.0])
+    for bias in (True, False):
+        ops = _operands((8,), 128, 3072, 768, dtype, "cuda", bias=bias, residual=False)
+        _check_fused(get_tactic("kiln::FusedMatMul.cublas_tanh_gelu").kernel, ops, dtype, activation="Gelu",
+                     activation_params=[0.0])
 
 
 @pytest.mark.gpu

@@ -15,6 +15,7 @@ fp16/bf16 only (its float32 path is IEEE fp32 without tensor cores: never faster
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -201,17 +202,23 @@ def cublas_fused_matmul_tanh_gelu(a: Tensor, b: Tensor, bias: Tensor | None = No
     output against the exact reference within the precision's tolerance before choosing it.
     """
     params = [1.0] if activation == "Gelu" else list(activation_params)
+    if bias is None:  # the epilogue comes with a bias: a zero one (made once per width and type)
+        bias = _zeros(b.shape[0] if trans_b else b.shape[1], b.dtype, b.device)
     return cublas_fused_matmul(a, b, bias, residual, trans_b=trans_b, alpha=alpha, activation=activation,
                                activation_params=params)
 
 
+@functools.lru_cache(maxsize=64)
+def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.zeros(n, dtype=dtype, device=device)
+
+
 def supports_cublas_tanh_gelu(query: TacticQuery) -> bool:
-    """Exact Gelu with a bias and no residual (cublasLt's bias+GELU epilogue), fp16/bf16."""
+    """Exact Gelu and no residual (cublasLt's bias+GELU epilogue; a zero bias when none), fp16/bf16."""
     params = query.attrs.get("activation_params", ())
     exact = query.attrs.get("activation", "") == "Gelu" and (not params or float(params[0]) == 0.0)
-    has_bias = len(query.input_dtypes) > 2 and query.input_dtypes[2] is not None
     no_residual = len(query.input_dtypes) < 4 or query.input_dtypes[3] is None
-    return (exact and has_bias and no_residual and query.device == "cuda"
+    return (exact and no_residual and query.device == "cuda"
             and _same_dtype(query, ("float16", "bfloat16")) and _fused_shapes_ok(query))
 
 
