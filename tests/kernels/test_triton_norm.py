@@ -211,7 +211,8 @@ def test_gpu_norm_tactics(op, shape, axis, dtype):
 @pytest.mark.parametrize("shapes,axis,ok", [
     (((32, 128, 768), (32, 128, 768), (768,), (768,)), -1, True),
     (((32, 128, 768), (1, 128, 768), (768,), (768,)), -1, False),    # residual broadcast
-    ((("B", 128, 768), ("B", 128, 768), (768,), (768,)), -1, False),  # the fused kernel wants known rows
+    ((("B", 128, 768), ("B", 128, 768), (768,), (768,)), -1, True),   # a dynamic batch: any number of rows
+    (((4, "C"), (4, "C"), ("C",), ("C",)), -1, False),                # the row length must be known
     (((4, 20000), (4, 20000), (20000,), (20000,)), -1, False),         # longer than a register block
 ])
 def test_add_layer_norm_supports(shapes, axis, ok, n_outputs):

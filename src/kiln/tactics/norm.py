@@ -118,14 +118,16 @@ def _supports_torch_add_norm(query: TacticQuery) -> bool:
 
 
 def _supports_add_norm(query: TacticQuery, n_outputs: int) -> bool:
-    """The fused kernel: rows of at most BLOCK_COLS known elements; `n_outputs` as the node's."""
+    """The fused kernel: rows of at most BLOCK_COLS known elements (the leading dims may be
+    symbolic: a dynamic batch is any number of rows); `n_outputs` as the node's."""
     rest = _without_residual(query)
     if query.n_outputs != n_outputs or rest is None or not _supports_norm(rest):
         return False
     x = query.input_shapes[0] if query.input_shapes else None
-    if x is None or not all(isinstance(d, int) for d in x):
+    if x is None:
         return False
-    return math.prod(x[_axis(query.attrs, len(x)):]) <= BLOCK_COLS
+    cols = x[_axis(query.attrs, len(x)):]
+    return all(isinstance(d, int) for d in cols) and math.prod(cols) <= BLOCK_COLS
 
 
 register_tactic(Tactic("kiln::AddLayerNorm.torch", "kiln::AddLayerNorm", 1, ("cuda",), torch_add_layer_norm,
