@@ -41,7 +41,7 @@ def test_build_int8_with_calib_data(tmp_path) -> None:  # noqa: ANN001
                          "--json").stdout)
     assert out.is_file() and info["precision"] == "int8"
     assert len(info["int8"]["quantized"]) == 2
-    assert info["int8"]["calibration"] == {"method": "entropy", "source": "calibrated", "batches": 4, "cache": None}
+    assert info["int8"]["calibration"] == {"method": "minmax", "source": "calibrated", "batches": 4, "cache": None}
     text = ok(build, model, "-o", out, "--precision", "int8", "--calib-data", data, "--calib-method", "minmax",
               "--device", "cpu").stdout
     assert "2 layer(s) quantized" in text and "minmax" in text
@@ -55,7 +55,7 @@ def test_calibrate_then_build_from_the_cache(tmp_path) -> None:  # noqa: ANN001
     doc = json.loads(cache.read_text())
     assert doc["method"] == "percentile" and "x" in doc["ranges"]
     info = json.loads(ok(calibrate, model, "--calib-data", data, "-o", cache, "--json").stdout)
-    assert info["batches"] == SAMPLES // 4 and info["method"] == "entropy" and info["tensors"] == len(
+    assert info["batches"] == SAMPLES // 4 and info["method"] == "minmax" and info["tensors"] == len(
         json.loads(cache.read_text())["ranges"])
 
     out = tmp_path / "mlp.kiln"

@@ -11,7 +11,7 @@ from kiln.config import CALIB_METHODS
 def calibration_method_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--calib-method, --calib-percentile and --calib-batch-size, shared by `calibrate` and `build`."""
     options = [
-        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True,
                      help="How an activation's range is chosen from the calibration data."),
         click.option("--calib-percentile", type=float, default=99.99, show_default=True,
                      help="The percentile of |x| kept by --calib-method percentile."),
