@@ -147,10 +147,10 @@ def test_cache_written_reused_and_invalidated(tmp_path, monkeypatch) -> None:  #
 
     builder.build(mlp(seed=5), config, calibration=batches((BATCH, 16)))  # another model: recalibrated
     assert len(calls) == 2
-    builder.build(mlp(seed=5), int8_config(calib_cache=str(cache), calib_method="minmax"),
+    builder.build(mlp(seed=5), int8_config(calib_cache=str(cache), calib_method="entropy"),
                   calibration=batches((BATCH, 16)))  # another method: recalibrated
     assert len(calls) == 3
-    assert json.loads(cache.read_text())["method"] == "minmax"
+    assert json.loads(cache.read_text())["method"] == "entropy"
 
 
 def test_missing_calibration_data_is_an_error(tmp_path) -> None:  # noqa: ANN001
