@@ -1,6 +1,7 @@
 """The Triton implicit-GEMM kiln::QConv (kernels/triton/qconv.py) against the reference kiln::QConv.
 
-CPU: the kernel runs in Triton's interpreter at tiny shapes and tiles. int8 and float8 both
+CPU: the kernel runs in Triton's interpreter at tiny shapes and tiles (tiles the GPU compiles
+too: BLOCK_K >= 32; the same tests run compiled with `pytest --device cuda`). int8 and float8 both
 run there (the interpreter's fp8 dot sums in float32: exact for the small integer-valued
 fp8 inputs the exact tests use). Exact tests pick power-of-two scales and small integer
 bias/residual values, so every float32 step of the kernel's epilogue is exact and the
@@ -45,6 +46,10 @@ GEOMETRIES = {
     "stem_c3": ((2, 3, 11, 11), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, tq.ROWS),
     "c24_dil_h": ((1, 24, 8, 8), (16, 24, 3, 3), {"pads": [2, 1, 2, 1], "dilations": [2, 1]}, tq.ROWS),
     "1x1c16": ((2, 16, 5, 5), (16, 16, 1, 1), {}, tq.ROWS),
+    # C not a multiple of 32 with a dilation along W: taps over channels padded to BLOCK_K.
+    "c40_dil_w": ((1, 40, 7, 7), (16, 40, 3, 3), {"pads": [1, 2, 1, 2], "dilations": [1, 2]}, tq.TAPS),
+    "c3_dil_w": ((2, 3, 8, 9), (16, 3, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, tq.TAPS),
+    "c24_kw1_dil_w": ((1, 24, 7, 6), (16, 24, 3, 1), {"pads": [1, 0, 1, 0], "dilations": [1, 2]}, tq.ROWS),
 }
 
 
@@ -121,7 +126,7 @@ def test_int8_requantized_exact(name):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("name", ["1x1s1", "3x3s2p1", "7x7s2p3", "3x3d2", "stem_c3"])
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s2p1", "7x7s2p3", "3x3d2", "stem_c3", "c40_dil_w"])
 def test_fp8_exact(name):
     xs, ws, attrs, _ = GEOMETRIES[name]
     x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, F8)
@@ -129,7 +134,7 @@ def test_fp8_exact(name):
     assert torch.equal(got, want)
     got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(2.0 ** -7), out_dtype=ONNX_FP8, **attrs)
     assert float(want.float().abs().max()) == 448.0                                      # saturates
-    assert torch.equal(got.float(), want.float())                                    # -0 == +0
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))               # bits, -0 too
     got, want = _both(x, w, xsc, wsc, b, r, torch.tensor(0.5), out_dtype=ONNX_INT8, activation="Relu", **attrs)
     assert torch.equal(got, want)
 
@@ -253,8 +258,15 @@ def test_k_loop_choices():
     assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == tq.KLoop(tq.ROWS, 32, 1, 32)     # ResNet's stem
     assert loop(48, (3, 3)) == tq.KLoop(tq.ROWS, 32, 5, 160)                                 # least padding
     assert loop(16, (3, 3)) == tq.KLoop(tq.ROWS, 64, 1, 64)
-    assert loop(16, (3, 3), dilations=[1, 2]) == tq.KLoop(tq.TAPS, 16, 1)
+    # A dilation along W: taps, channels padded to a BLOCK_K of 32..128 (least padding, then larger).
+    assert loop(16, (3, 3), dilations=[1, 2]) == tq.KLoop(tq.TAPS, 32, 1, tap_pad=32)
+    assert loop(48, (3, 3), dilations=[2, 2]) == tq.KLoop(tq.TAPS, 64, 1, tap_pad=64)
+    assert loop(48, (3, 3), bk=32, dilations=[2, 2]) == tq.KLoop(tq.TAPS, 32, 2, tap_pad=64)
+    assert loop(40, (1, 3), dilations=[2, 1]).path == tq.ROWS and loop(40, (3, 1), dilations=[1, 2]).path == tq.ROWS
     assert tq._block_k(32, 48) == 16 and tq._block_k(128, 64) == 64 and tq._block_k(64, 192) == 64
+    # No 8-bit dot compiles with a 16-deep K on the GPU, so no walk takes one.
+    with pytest.raises(AssertionError, match="K in steps of 32"):
+        loop(64, (3, 3), bk=16)
 
 
 def test_zero_points_zero_or_refused():
@@ -279,9 +291,6 @@ def test_empty_batch():
 
 def test_launcher_refuses_what_it_cannot_run():
     one = torch.tensor(1.0)
-    with pytest.raises(ValueError, match="C a multiple of 16 or dilation 1 along W"):
-        tq.qconv(torch.zeros(1, 3, 9, 9, dtype=I8), torch.zeros(16, 3, 3, 3, dtype=I8), one, None, one,
-                 dilations=[1, 2])
     with pytest.raises(AssertionError, match="group 1"):
         tq.qconv(torch.zeros(1, 32, 5, 5, dtype=I8), torch.zeros(32, 16, 3, 3, dtype=I8), one, None, one, group=2)
     with pytest.raises(AssertionError, match="both be int8 or both float8"):
@@ -308,6 +317,9 @@ def test_weight_is_packed_once_per_tensor():
     stem = torch.randint(-5, 5, (8, 3, 7, 7), dtype=I8)            # ROWS: kernel rows of 21 padded to 32
     rows = tq.packed_weight(stem, 32).reshape(8, 7, 32)
     assert torch.equal(rows[:, :, :21], stem.permute(0, 2, 3, 1).reshape(8, 7, 21)) and not rows[:, :, 21:].any()
+    taps = tq.packed_weight(stem, tap_pad=32).reshape(8, 7, 7, 32)  # TAPS over padded channels: 3 of 32
+    assert torch.equal(taps[..., :3], stem.permute(0, 2, 3, 1)) and not taps[..., 3:].any()
+    assert tq.packed_weight(stem, 32) is not tq.packed_weight(stem, tap_pad=32)    # one entry per packing
 
 
 def test_geometry_matches_the_reference_and_configs_are_well_formed():
@@ -323,6 +335,7 @@ def test_geometry_matches_the_reference_and_configs_are_well_formed():
     assert tq._fp8_acc({"FP8_ACC": 128}, 64) == 64 and tq._fp8_acc({"FP8_ACC": 0}, 64) == 0
     for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
+        assert c["BLOCK_K"] >= tq.MIN_BLOCK_K                      # 8-bit dots take K in 32s
 
 
 # --- GPU: the real tiles -------------------------------------------------------------------------

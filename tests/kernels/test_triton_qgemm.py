@@ -6,7 +6,11 @@ per-channel scales, zero points (the correction terms), bias/residual/activation
 requantized outputs, leading dims, both weight layouts. Agreement is the tuner's own rule
 (compiler/tolerance.py with op kiln::QMatMul): float outputs within their dtype's tolerance,
 8-bit outputs equal but for one step in a few elements; integer accumulation cases are also
-checked to be exact where the epilogue cannot round differently.
+checked to be exact where the epilogue cannot round differently. The same tests run compiled
+with `pytest --device cuda` on a GPU (every tile here is one the GPU compiles: BLOCK_K >= 32);
+the reference always runs on CPU, on CPU copies of every tensor. Requantized float8 cases use
+float8 operands that are small integers, which any tensor-core float8 accumulator sums
+exactly (Hopper's is narrower than float32), so they test the epilogue, not the accumulator.
 GPU (marked): the real configs at BERT-like sizes."""
 from __future__ import annotations
 
@@ -36,20 +40,24 @@ def _ints(shape, dtype, g):
     return torch.randint(lo, hi, shape, generator=g, dtype=torch.int32).to(dtype)
 
 
-def _fp8(shape, g, spread=40.0):
+def _fp8(shape, g, spread=40.0, ints=False):
+    """float8 values: spread * N(0, 1) rounded to e4m3, or (ints) integers in [-4, 4], whose
+    products (<= 16) sum exactly in any float8 MMA accumulator over 128 of them (< 2^11)."""
+    if ints:
+        return torch.randint(-4, 5, shape, generator=g).to(torch.float8_e4m3fn)
     return (torch.randn(shape, generator=g) * spread).to(torch.float8_e4m3fn)
 
 
 def _layer(m, n, k, *, lead=(), a_dt=torch.int8, b_dt=torch.int8, trans_b=0, per_channel=True, a_zp=None,
-           b_zp=None, bias=True, residual=False, scale_dtype=torch.float32, seed=0, dev=DEV):
+           b_zp=None, bias=True, residual=False, scale_dtype=torch.float32, seed=0, dev=DEV, fp8_ints=False):
     """(args, kwargs) of one QMatMul: operands, scales about 1/(sqrt(K) * 64), a [N] bias."""
     g = torch.Generator().manual_seed(seed)
     fp8 = a_dt == torch.float8_e4m3fn
-    a = _fp8((*lead, m, k), g) if fp8 else _ints((*lead, m, k), a_dt, g)
+    a = _fp8((*lead, m, k), g, ints=fp8_ints) if fp8 else _ints((*lead, m, k), a_dt, g)
     b_shape = (n, k) if trans_b else (k, n)
-    b = _fp8(b_shape, g) if fp8 else _ints(b_shape, b_dt, g)
+    b = _fp8(b_shape, g, ints=fp8_ints) if fp8 else _ints(b_shape, b_dt, g)
     a_scale = torch.tensor(0.02 if fp8 else 1.0 / 64, dtype=scale_dtype)
-    b_scale = (torch.rand(n, generator=g) + 0.5) / (max(k, 1) ** 0.5 * (40 if fp8 else 64))
+    b_scale = (torch.rand(n, generator=g) + 0.5) / (max(k, 1) ** 0.5 * (0.15 if fp8_ints else 40 if fp8 else 64))
     if not per_channel:
         b_scale = b_scale[:1].clone()
     c = torch.randn(n, generator=g) if bias else None
@@ -58,9 +66,13 @@ def _layer(m, n, k, *, lead=(), a_dt=torch.int8, b_dt=torch.int8, trans_b=0, per
     return [None if t is None else t.to(dev) for t in args]
 
 
+def _cpu(t):
+    return t.cpu() if isinstance(t, torch.Tensor) else t
+
+
 def _check(args, **attrs):
     got = qgemm.qmatmul(*args, config=attrs.pop("config", TINY), **attrs)
-    want = REF(*[None if t is None else t.cpu() for t in args], **attrs)
+    want = REF(*[_cpu(t) for t in args], **{name: _cpu(v) for name, v in attrs.items()})   # all on CPU
     assert got.dtype == want.dtype and got.shape == want.shape
     why = mismatch(got.cpu(), want, OP)
     assert why is None, why
@@ -126,6 +138,17 @@ def test_requantization_saturates_and_rounds_ties_to_even():
         assert torch.equal(got, want)                  # exact: no float32 rounding anywhere
     got, want = _check(args, **_requant(torch.int8, 0, scale=1.0 / 8))   # 8 * b / 2 saturates
     assert torch.equal(got, want) and int(got.max()) == 127 and int(got.min()) == -128
+    # float8, bit for bit. Scale 2^9: Y = b / 2^10 puts |b| < 16 on the subnormal grid (steps
+    # of 2^-9, a tie at every odd b), larger b between normal neighbours with ties (b = 17:
+    # 8.5 steps of 2^-9 -> 2^-6), b = -1 on -0; with a zero point of 0.5 the same shifted;
+    # scale 1/8: Y = 4 b saturates at +-448.
+    for scale, zp in ((2.0 ** 9, None), (2.0 ** 9, 0.5), (0.125, None)):
+        req = _requant(torch.float8_e4m3fn, None, scale=scale)
+        if zp is not None:
+            req["out_zp"] = torch.tensor(zp).to(torch.float8_e4m3fn).to(DEV)
+        got, want = _check(args, **req)
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))    # -0 and +0 included
+    assert float(want.float().max()) == 448.0 and float(want.float().min()) == -448.0
 
 
 # --- zero points and uint8 ---------------------------------------------------------------------
@@ -166,10 +189,11 @@ def test_fp8_float_outputs(trans_b, per_channel):
 
 
 def test_fp8_requantized_outputs():
-    args = _layer(20, 32, 64, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn, seed=8)
-    for out_type in (torch.float8_e4m3fn, torch.int8):
-        got, _ = _check(args, **_requant(out_type, scale=0.02))
-        assert got.dtype == out_type
+    args = _layer(20, 32, 64, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn, seed=8, fp8_ints=True,
+                  residual=True)
+    for out_type, zp in ((torch.float8_e4m3fn, None), (torch.int8, None), (torch.uint8, 128)):
+        got, want = _check(args, activation="Relu", **_requant(out_type, zp, scale=0.02))
+        assert got.dtype == out_type and want.float().unique().numel() > 20
 
 
 # --- edges and refusals --------------------------------------------------------------------------
@@ -194,6 +218,14 @@ def test_launcher_refusals():
     fp = _layer(4, 16, 32, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn)
     with pytest.raises(AssertionError, match="no zero point"):
         qgemm.qmatmul(fp[0], fp[1], fp[2], torch.zeros((), device=DEV), fp[4], config=TINY)
+    # A 16-deep K tile runs in the interpreter but no 8-bit dot compiles with it on the GPU.
+    with pytest.raises(AssertionError, match="BLOCK_K >= 32"):
+        qgemm.qmatmul(*args, config={**TINY, "BLOCK_K": 16})
+
+
+def test_every_config_is_one_the_gpu_compiles():
+    assert all(c["BLOCK_K"] >= qgemm.MIN_BLOCK_K and c["BLOCK_M"] >= 16 and c["BLOCK_N"] >= 16
+               for c in qgemm.CONFIGS)
 
 
 # --- GPU ---------------------------------------------------------------------------------------
@@ -204,8 +236,30 @@ def test_launcher_refusals():
 def test_gpu_bert_sizes_every_config(m, n, k, a_dt):
     if a_dt == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 dots need compute capability 8.9+")
+    fp8 = a_dt == torch.float8_e4m3fn
     args = _layer(m, n, k, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, scale_dtype=torch.float16,
                   dev="cuda")
+    # Requantized outputs: float8 operands of small integers, which Hopper's float8 accumulator
+    # (narrower than float32) sums exactly, so the one-step rule tests the epilogue alone.
+    exact = _layer(m, n, k, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, scale_dtype=torch.float16,
+                   dev="cuda", fp8_ints=True) if fp8 else args
+    outputs = [(torch.int8, 0), (torch.float8_e4m3fn, None)]
     for cfg in qgemm.CONFIGS:
         _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
-        _check(args, trans_b=1, config=dict(cfg), **_requant(torch.int8, 0, scale=0.05, dev="cuda"))
+        for out_type, zp in outputs:
+            _check(exact, trans_b=1, config=dict(cfg), **_requant(out_type, zp, scale=0.05, dev="cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_uint8_zero_points_and_a_k_tail_every_config():
+    # K = 720: a masked last K step under every config (64- and 128-deep), where the uint8
+    # operands' masked lanes must count as 0 after the shift; unit scales and float32 output
+    # make Y the integer sum, exact.
+    g = torch.Generator().manual_seed(11)
+    m, n, k = 300, 256, 720
+    args = _layer(m, n, k, a_dt=torch.uint8, b_dt=torch.uint8, trans_b=1, bias=False, dev="cuda",
+                  a_zp=torch.tensor(131, dtype=torch.uint8, device="cuda"), b_zp=_ints((n,), torch.uint8, g).cuda())
+    args[2], args[4] = torch.ones((), device="cuda"), torch.ones(n, device="cuda")
+    for cfg in qgemm.CONFIGS:
+        got, want = _check(args, trans_b=1, config=dict(cfg))
+        assert torch.equal(got, want), cfg

@@ -48,11 +48,13 @@ def test_accepts_int8_and_fp8_convs(gpu):
     assert qc.supports_int8(_query(w_shape=(256, 64, 1, 1), kernel_shape=[1, 1], pads=[0, 0, 0, 0]))
     assert qc.supports_int8(_query(x_shape=("N", 64, 56, 56), activation="Silu"))   # symbolic batch
     assert qc.supports_int8(_query(x_shape=("N", "C", 56, 56)))            # C is W's
-    # Small C (ResNet's stem) walks kernel rows; C % 16 == 0 with a dilation along W walks taps.
+    # Small C (ResNet's stem) walks kernel rows; C % 32 != 0 with a dilation along W walks taps
+    # over padded channels: every C runs with K steps of at least 32.
     assert qc.supports_int8(_query(x_shape=(64, 3, 224, 224), w_shape=(64, 3, 7, 7), kernel_shape=[7, 7],
                                    pads=[3] * 4, strides=[2, 2]))
     assert qc.supports_int8(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 1]))
     assert qc.supports_int8(_query(x_shape=(64, 48, 56, 56), w_shape=(64, 48, 3, 3), dilations=[2, 2]))
+    assert qc.supports_int8(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 2]))
     assert qc.supports_fp8(_query("float8_e4m3fn"))
     assert qc.supports_fp8(_query("float8_e4m3fn", out="float8_e4m3fn", scale="bfloat16"))
     assert not qc.supports_fp8(_query()) and not qc.supports_int8(_query("float8_e4m3fn"))
@@ -61,7 +63,6 @@ def test_accepts_int8_and_fp8_convs(gpu):
 def test_rejects_what_the_kernel_cannot_run(gpu):
     assert not qc.supports_int8(_query(device="cpu"))
     assert not qc.supports_int8(_query("uint8"))                           # zero point not subtracted
-    assert not qc.supports_int8(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 2]))
     assert not qc.supports_int8(_query(x_shape=(64, 32, 56, 56)))          # X and W disagree on C
     assert not qc.supports_int8(_query(w_shape=(64, 32, 3, 3), group=2))
     assert not qc.supports_int8(_query(x_shape=(64, 64, 56), w_shape=(64, 64, 3), kernel_shape=[3]))   # 1-D
@@ -112,6 +113,9 @@ def test_registered_before_the_reference(gpu):
     assert [t.name for t in candidates(_query(layout="nchw"))] == [INT8_NCHW, "kiln::QConv.reference"]
     assert [t.name for t in candidates(_query(device="cpu"))] == ["kiln::QConv.reference"]
     assert get_tactic(INT8).configs and get_tactic(FP8).configs[0]["FP8_ACC"] > 0
+    # The tuner tries every config: each must compile on the GPU (8-bit dots take K in 32s).
+    for name in (INT8, FP8, INT8_NCHW, FP8_NCHW):
+        assert all(c["BLOCK_K"] >= 32 for c in get_tactic(name).configs), name
 
 
 # --- the kernels behind the tactics ----------------------------------------------------------------

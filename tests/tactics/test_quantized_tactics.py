@@ -3,8 +3,10 @@
 supports(): what each accepts and refuses (device, dtypes, capability, shapes, parameters,
 epilogue), with the device capability patched so the CPU machine can ask as a GPU would.
 Kernels on CPU: the Triton GEMM through the tactic (interpreter; the K-major weight memo) and
-the scaled_mm tactic on torch's CPU _scaled_mm (its epilogue logic). GPU (marked): each tactic
-against the reference on CUDA, checked with the tuner's own rule (tolerance.mismatch)."""
+the scaled_mm tactic on torch's CPU _scaled_mm (its epilogue logic; per-channel scales only
+where this torch's CPU _scaled_mm takes them). GPU (marked): each tactic against the
+reference on CUDA, checked with the tuner's own rule (tolerance.mismatch); the reference
+always runs on CPU copies of every tensor."""
 from __future__ import annotations
 
 import pytest
@@ -142,9 +144,16 @@ def test_candidates_list_the_tactics_before_the_reference(hopper):
 
 # --- kernels on CPU ------------------------------------------------------------------------------
 
-def _operands(m, n, k, dtype, *, trans_b=0, per_channel=True, seed=0, dev=DEV):
+def _operands(m, n, k, dtype, *, trans_b=0, per_channel=True, seed=0, dev=DEV, fp8_ints=False):
+    """A QMatMul's inputs. fp8_ints: float8 operands that are integers in [-4, 4], which any
+    float8 tensor-core accumulator sums exactly (Hopper's is narrower than float32), so a
+    requantized output is held to the one-step rule by its epilogue alone."""
     g = torch.Generator().manual_seed(seed)
-    if dtype == torch.float8_e4m3fn:
+    if dtype == torch.float8_e4m3fn and fp8_ints:
+        a = torch.randint(-4, 5, (2, m, k), generator=g).to(dtype)
+        b = torch.randint(-4, 5, (n, k) if trans_b else (k, n), generator=g).to(dtype)
+        a_scale, a_zp = torch.tensor(4.0), None
+    elif dtype == torch.float8_e4m3fn:
         a = (torch.randn(2, m, k, generator=g) * 40).to(dtype)
         b = (torch.randn(*((n, k) if trans_b else (k, n)), generator=g) * 40).to(dtype)
         a_scale, a_zp = torch.tensor(0.02), None
@@ -157,8 +166,12 @@ def _operands(m, n, k, dtype, *, trans_b=0, per_channel=True, seed=0, dev=DEV):
     return [None if t is None else t.to(dev) for t in (a, b, a_scale, a_zp, b_scale, None, bias, residual)]
 
 
+def _cpu(t):
+    return t.cpu() if isinstance(t, torch.Tensor) else t
+
+
 def _agrees(got, args, **attrs):
-    want = REF(*[None if t is None else t.cpu() for t in args], **attrs)
+    want = REF(*[_cpu(t) for t in args], **{name: _cpu(v) for name, v in attrs.items()})   # all on CPU
     why = mismatch(got.cpu(), want, OP)
     assert why is None, why
 
@@ -177,11 +190,13 @@ def test_triton_tactic_uses_one_k_major_copy_per_weight():
     _agrees(qt.triton_qmatmul(*args_t, trans_b=1, config=TINY), args_t, trans_b=1)
 
 
-def _cpu_scaled_mm() -> bool:
-    """Whether this torch build has a CPU torch._scaled_mm (2.5+ with oneDNN)."""
+def _cpu_scaled_mm(rowwise: bool = False) -> bool:
+    """Whether this torch build has a CPU torch._scaled_mm (2.5+ with oneDNN), and (rowwise) one
+    that takes per-row/per-column scales ([M, 1] and [1, N]; some builds take per-tensor only)."""
     a = torch.zeros(16, 16, dtype=torch.float8_e4m3fn)
+    sa, sb = (torch.ones(16, 1), torch.ones(1, 16)) if rowwise else (torch.ones(()), torch.ones(()))
     try:
-        torch._scaled_mm(a, a.t(), torch.ones(()), torch.ones(()), out_dtype=torch.float32)
+        torch._scaled_mm(a, a.t(), sa, sb, out_dtype=torch.float32)
     except (RuntimeError, NotImplementedError):
         return False
     return True
@@ -193,6 +208,8 @@ def _cpu_scaled_mm() -> bool:
 def test_scaled_mm_tactic_epilogue_on_cpu(per_channel, dtype):
     # torch's CPU _scaled_mm computes what cuBLASLt does; this checks the tactic's handling of
     # scales, the fused or deferred bias, residual, activation and output types.
+    if per_channel and not _cpu_scaled_mm(rowwise=True):
+        pytest.skip("this torch's CPU torch._scaled_mm takes per-tensor scales only")
     a, b, _, _, b_scale, _, bias, residual = _operands(5, 32, 48, torch.float8_e4m3fn, per_channel=per_channel,
                                                        dev="cpu")
     a_scale = torch.tensor(0.02, dtype=dtype)
@@ -222,14 +239,22 @@ def _cuda_fp8() -> bool:
 def test_gpu_tactics_match_the_reference(dtype, trans_b):
     if dtype == torch.float8_e4m3fn and not _cuda_fp8():
         pytest.skip("float8 needs compute capability 8.9+")
+    fp8 = dtype == torch.float8_e4m3fn
     args = _operands(512, 768, 768, dtype, trans_b=trans_b, dev="cuda")
-    args[2] = args[2].half()
-    args[7] = args[7].half()
-    tactics = [qt.triton_qmatmul] + ([qt.scaled_mm_qmatmul] if dtype == torch.float8_e4m3fn else [])
+    # Requantized: float8 operands of small integers, summed exactly by any float8 accumulator.
+    exact = _operands(512, 768, 768, dtype, trans_b=trans_b, dev="cuda", fp8_ints=True) if fp8 else args
+    for ops in (args, exact):
+        ops[2] = ops[2].half()
+        ops[7] = ops[7].half()
+    requant = [dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.INT8)]
+    if fp8:
+        requant.append(dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.FLOAT8E4M3FN))
+    tactics = [qt.triton_qmatmul] + ([qt.scaled_mm_qmatmul] if fp8 else [])
     for fn in tactics:
-        for attrs in (dict(activation="Gelu"),
-                      dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.INT8)):
-            _agrees(fn(*args, trans_b=trans_b, **attrs), args, trans_b=trans_b, **attrs)
+        attrs = dict(activation="Gelu")
+        _agrees(fn(*args, trans_b=trans_b, **attrs), args, trans_b=trans_b, **attrs)
+        for attrs in requant:
+            _agrees(fn(*exact, trans_b=trans_b, **attrs), exact, trans_b=trans_b, **attrs)
 
 
 @pytest.mark.gpu

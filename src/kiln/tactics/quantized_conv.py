@@ -21,8 +21,10 @@ What `supports` accepts, and why:
   output channel; bias with 1 or OC elements; a residual of at most Y's rank.
 - the output: float, or requantized to int8, uint8 or float8_e4m3fn.
 - a 2-D conv (4-D X and W), group 1 (grouped and depthwise convs stay on the reference),
-  and C (W's dim 1) a multiple of 16, or any C with dilation 1 along W: small C such as
-  ResNet's stem (C = 3) runs the kernel's ROWS walk (kernels/triton/qconv.py).
+  any static C (W's dim 1): the kernel walks every C with K steps of at least 32, which
+  8-bit tensor-core dots need on the GPU (kernels/triton/qconv.py: C a multiple of 32 tap
+  by tap, other C kernel row by kernel row, or with a dilation along W tap by tap over
+  channels padded to the step). No config or walk takes a 16-deep step.
 - the activation is one the Triton epilogue has (gemm.py's, the fused.ACTIVATIONS names).
 """
 from __future__ import annotations
@@ -38,7 +40,6 @@ FLOAT_TYPES = ("float16", "bfloat16", "float32")
 REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 # Input or output type -> the compute capability the kernel needs for it (MMA, conversion).
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
-CHANNEL_MULTIPLE = 16
 
 # Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp.
 X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10)
@@ -90,7 +91,7 @@ def _shapes_ok(query: TacticQuery) -> bool:
     if xs is None or ws is None or len(xs) != 4 or len(ws) != 4:
         return False
     c, oc = ws[1], ws[0]
-    if int(query.attrs.get("group", 1)) != 1 or not _channels_ok(c, query.attrs):
+    if int(query.attrs.get("group", 1)) != 1 or not _channels_ok(c):
         return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
@@ -106,11 +107,9 @@ def _shapes_ok(query: TacticQuery) -> bool:
     return _at(query.input_dtypes, RESIDUAL) is None or (r is not None and len(r) <= 4)
 
 
-def _channels_ok(c: int | str, attrs: dict) -> bool:
-    """C (W's dim 1, a constant) a multiple of 16 (tensor-core K steps), or any C with dilation 1
-    along W (the kernel's ROWS walk: ResNet's C = 3 stem)."""
-    dilations = attrs.get("dilations") or [1, 1]
-    return isinstance(c, int) and c > 0 and (c % CHANNEL_MULTIPLE == 0 or int(dilations[-1]) == 1)
+def _channels_ok(c: int | str) -> bool:
+    """C (W's dim 1) known: the kernel packs W for its K walk, which takes any C (module docstring)."""
+    return isinstance(c, int) and c > 0
 
 
 def _one_element(shape: tuple) -> bool:

@@ -20,19 +20,23 @@ without a transpose. Y's tile is [pixels, channels]; in channels-last Y that is 
 The K loop is one flat loop over K steps (step -> kernel position by scalar arithmetic)
 rather than nested loops over kh, kw and c, so that the software pipeline (num_stages)
 spans taps: a 3x3 conv over 64 channels is 9 steps of one tap each, not 9 loops of one
-step. Three walks (the constexpr PATH, chosen by `k_loop`):
+step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
 - TAPS, C a multiple of 32: a step is one tap's block of BLOCK_K channels; BLOCK_K is the
   largest power of two <= the config's that divides C, so no step straddles two taps and
   no load needs a channel mask (only the padding mask, per pixel).
 - PIXELS, a 1x1 stride-1 unpadded conv over densely stored pixels: a plain GEMM with
   A = X viewed as [M, C], rows addressed as m * C, no pixel arithmetic and no masks.
-- ROWS, small C (ResNet's stem: C = 3) with dilation 1 along W: for one kh, the KW taps of
-  all C channels are one contiguous run of KW*C elements of channels-last X, so a step is a
-  BLOCK_K block of that run (tap = element // C, masked per element at the image's edge and
-  past KW*C), and W is packed with each kernel row zero-padded to a multiple of BLOCK_K.
+- ROWS, C not a multiple of 32 (ResNet's stem: C = 3) with dilation 1 along W: for one
+  kh, the KW taps of all C channels are one contiguous run of KW*C elements of channels-last
+  X, so a step is a BLOCK_K block of that run (tap = element // C, masked per element at the
+  image's edge and past KW*C), and W is packed with each kernel row zero-padded to a
+  multiple of BLOCK_K.
   A 7x7 stem over 3 channels is 7 steps of 32 (21 used), where taps would be 49 of 32.
-BLOCK_K is at least 32 there and in TAPS when 32 divides C: 8-bit MMAs take K in 32s.
-(C a multiple of 16 only, with dilation along W: TAPS with BLOCK_K 16.)
+- TAPS over padded channels, C not a multiple of 32 with a dilation along W (no ROWS): each
+  tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
+  and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
+BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
+does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it).
 
 Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). float8
 e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA is reported not to add
@@ -49,13 +53,15 @@ within compiler/tolerance.py, so the space offers all three.
 
 Epilogue, in float32 on the accumulator tile, in the store: acc * (x_scale * w_scale[oc])
 + bias[oc] + residual, the activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a
-cast to the float output (x_scale's dtype) or the requantization: v / out_scale + out_zp,
-saturated to the output type's range and rounded half to even as (v + 1.5*2^23) - 1.5*2^23
-(exact for |v| < 2^22, which the clamp ensures). float8 outputs are rounded onto the e4m3
-grid the same way, after scaling by the grid step (a power of two), so that the final cast
-is exact on every backend (Triton's interpreter rounds fp8 ties away from zero). The
-reference rounds once from float64; this epilogue rounds in float32, which moves a
-requantized output by one step only next to a tie (the tuner's tolerance allows that).
+cast to the float output (x_scale's dtype) or the requantization, quantize.py's requantize
+as in qgemm.py: v * (1 / out_scale), the reciprocal correctly rounded once per program (an
+IEEE division per element is a long instruction sequence with a slow-path call, unrolled
+over the tile; with it an int8 output took up to 4x the float16 output's time); rounded
+half to even by one float32 add of 1.5*2^23, plus out_zp, saturated to the type's range;
+float8 outputs are encoded as e4m3 bits (nearest, ties to even, saturating at +-448) and
+stored through a uint8 view of Y, exact on every backend (no float8 cast). The reference
+rounds once from float64; this epilogue rounds in float32, which moves a requantized output
+by one step only next to a tie (the tuner's tolerance allows that).
 The residual is read through its own strides (any memory format; broadcast dims have
 stride 0). Y has the reference's logical shape [N, OC, OH, OW] and is allocated
 channels-last (as tactics/conv.py's outputs: a channels-last region stays so), or NCHW
@@ -78,14 +84,15 @@ from torch.utils.weak import WeakIdKeyDictionary
 from kiln.ir import dtypes
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.triton.gemm import _activation, activation_code
+from kiln.kernels.triton.quantize import requantize
 
 Tensor = torch.Tensor
 
 INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn)     # X and W: the same one of these
 FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
 # Requantized output types (DType names) and the range each saturates to.
-REQUANT_RANGES: dict[str, tuple[float, float]] = {
-    "int8": (-128.0, 127.0), "uint8": (0.0, 255.0), "float8_e4m3fn": (-448.0, 448.0),
+REQUANT_RANGES: dict[str, tuple[int, int]] = {
+    "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 PIXELS, TAPS, ROWS = 0, 1, 2           # the kernel's K walks (module docstring)
@@ -120,30 +127,12 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
 
 
 @triton.jit
-def _round_even(x):
-    # Round half to even for |x| < 2^22: adding 1.5 * 2^23 leaves no fraction bits, so the
-    # float32 add rounds (ties to even); the subtract is then exact.
-    return (x + 12582912.0) - 12582912.0
-
-
-@triton.jit
-def _round_e4m3(q):
-    """q (|q| <= 448) rounded to the nearest float8 e4m3fn value, ties to even, in float32."""
-    bits = q.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 127                 # q's binary exponent (-127 for 0)
-    e = tl.maximum(e, -6) - 3                       # log2 of the e4m3 grid step: 3 mantissa bits, subnormal below 2^-6
-    up = ((127 - e) << 23).to(tl.float32, bitcast=True)    # 2^-e
-    down = ((127 + e) << 23).to(tl.float32, bitcast=True)  # 2^e
-    return _round_even(q * up) * down
-
-
-@triton.jit
 def _qconv_kernel(
         X, W, Y, XS, WS, BIAS, RES, OS, OZP,
         M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW, ROW,
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
-        PATH: tl.constexpr, IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
+        PATH: tl.constexpr, MASK_C: tl.constexpr, IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -190,7 +179,8 @@ def _qconv_kernel(
         row0 = n * sxn + ih0 * sxh + iw0 * sxw                               # may point into the padding
         for step in range(K_STEPS):
             if PATH == 1:
-                # TAPS: step = (kh, kw, channel block); one tap's BLOCK_K channels per row.
+                # TAPS: step = (kh, kw, channel block); one tap's BLOCK_K channels per row
+                # (MASK_C: the tap's last block runs past C, masked; W is zero-padded there).
                 tap = step // C_STEPS
                 c0 = (step - tap * C_STEPS) * BLOCK_K
                 kh = tap // KW
@@ -199,7 +189,11 @@ def _qconv_kernel(
                 iw = iw0 + kw * dil_w
                 inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)        # [BLOCK_M]
                 rows = row0 + (kh * dil_h) * sxh + (kw * dil_w) * sxw + c0
-                a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
+                if MASK_C:
+                    a = tl.load(X + rows[:, None] + offs_k[None, :],
+                                mask=inside[:, None] & (c0 + offs_k < C)[None, :], other=0.0)
+                else:
+                    a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
             else:
                 # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
                 # kw = 0..KW-1 of all C channels are one contiguous run of ROW = KW*C elements
@@ -241,15 +235,18 @@ def _qconv_kernel(
         v = v + tl.load(RES + r_off, mask=mask, other=0.0).to(tl.float32)
     v = _activation(v, ACT, p0, p1)
     if OUT_KIND != 0:
-        v = tl.math.div_rn(v, tl.load(OS).to(tl.float32))
+        # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
+        # rounded once per program (a division per element is a long IEEE sequence with a
+        # slow-path call, unrolled over the tile), rounded by one float32 add, the zero point
+        # added, saturated; float8 stores the e4m3 bits into Y viewed as uint8.
+        zp = 0
         if HAS_OZP:
-            v = v + tl.load(OZP).to(tl.float32)
-        v = tl.minimum(tl.maximum(v, QMIN), QMAX)
-        if OUT_KIND == 1:
-            v = _round_even(v)
-        else:
-            v = _round_e4m3(v)
-    tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)
+            zp = tl.load(OZP)
+        inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
+        code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+        tl.store(Y + y_off, code.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)
 
 
 # --- the launcher ---------------------------------------------------------------------------------
@@ -297,60 +294,73 @@ def output_type(x_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None
     return dtypes.from_torch(out_zp.dtype) if out_zp is not None else dtypes.BY_NAME["uint8"]
 
 
-# weight tensor (by identity) -> (its version counter, row_pad, its packed copy). Weak keys: an
-# entry lives as long as the engine's constant does; an in-place change bumps _version.
+# weight tensor (by identity) -> (its version counter, (row_pad, tap_pad), its packed copy). Weak
+# keys: an entry lives as long as the engine's constant does; an in-place change bumps _version.
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # zero-point tensor -> (its version counter, whether every element is 0).
 _ZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def packed_weight(w: Tensor, row_pad: int = 0) -> Tensor:
+def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
     """W [OC, C, KH, KW] as B^T, K-contiguous, packed once per tensor: [OC, KH*KW*C] in (kh, kw, c)
-    order, or with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
-    followed by zeros up to row_pad."""
+    order; with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
+    followed by zeros up to row_pad; with `tap_pad` (TAPS over padded channels)
+    [OC, KH*KW*tap_pad], each tap's C values followed by zeros up to tap_pad."""
     oc, c, kh, kw = w.shape
-    if not row_pad and w.is_contiguous(memory_format=torch.channels_last):   # a view, nothing to keep
+    if not row_pad and not tap_pad and w.is_contiguous(memory_format=torch.channels_last):  # a view
         return w.permute(0, 2, 3, 1).reshape(oc, -1)
+    key = (row_pad, tap_pad)
     hit = _PACKED.get(w)
-    if hit is not None and hit[0] == w._version and hit[1] == row_pad:
+    if hit is not None and hit[0] == w._version and hit[1] == key:
         return hit[2]
-    rows = w.permute(0, 2, 3, 1).reshape(oc, kh, kw * c)
+    taps = w.permute(0, 2, 3, 1)                                             # [OC, KH, KW, C]
+    if tap_pad:
+        padded = torch.zeros((oc, kh, kw, tap_pad), dtype=w.dtype, device=w.device)
+        padded[..., :c] = taps
+        taps = padded
+    rows = taps.reshape(oc, kh, -1)
     if row_pad:
         padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
-        padded[:, :, :kw * c] = rows
+        padded[:, :, :rows.shape[2]] = rows
         rows = padded
     packed = rows.reshape(oc, -1).contiguous()
-    _PACKED[w] = (w._version, row_pad, packed)
+    _PACKED[w] = (w._version, key, packed)
     return packed
 
 
 @dataclass(frozen=True, slots=True)
 class KLoop:
     """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
-    TAPS) or per kernel row (ROWS), and the padded kernel-row length (ROWS, else 0)."""
+    TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0) and the padded
+    channels per tap (TAPS when C is not a multiple of 32, else 0)."""
     path: int
     block_k: int
     steps: int
     row_pad: int = 0
+    tap_pad: int = 0
 
 
 def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
-    """The K walk for C = `channels` and a config's BLOCK_K. C a multiple of 32: tap by tap, BLOCK_K
-    the largest power of two dividing C (a 1x1 stride-1 conv over dense pixels: the plain GEMM).
-    Otherwise, with dilation 1 along W: kernel row by kernel row (ROWS), BLOCK_K >= 32 (8-bit MMAs
-    take K in 32s) chosen for the least padding. Else C a multiple of 16: taps with BLOCK_K 16."""
-    if channels % MIN_BLOCK_K == 0 or (channels % 16 == 0 and geo.dw != 1):
+    """The K walk for C = `channels` and a config's BLOCK_K (>= 32: 8-bit MMAs take K in 32s).
+    C a multiple of 32: tap by tap, BLOCK_K the largest power of two dividing C (a 1x1 stride-1
+    conv over dense pixels: the plain GEMM). Otherwise, with dilation 1 along W (or KW = 1):
+    kernel row by kernel row (ROWS). Else (a dilation along W): tap by tap with each tap's C
+    channels padded (masked in X, zeros in W) to a multiple of BLOCK_K. ROWS and padded TAPS
+    take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger."""
+    assert block_k >= MIN_BLOCK_K, f"8-bit tensor-core dots take K in steps of {MIN_BLOCK_K}; BLOCK_K is {block_k}"
+    if channels % MIN_BLOCK_K == 0:
         bk = _block_k(block_k, channels)
         path = PIXELS if geo.pointwise(h, w) and pixels_dense else TAPS
         return KLoop(path, bk, channels // bk)
-    if geo.dw != 1:
-        raise ValueError(f"the Triton kiln::QConv needs C a multiple of 16 or dilation 1 along W; got C={channels}, "
-                         f"dilation {geo.dw}. The reference tactic runs it.")
-    row = geo.kw * channels
-    sizes = [bk for bk in (32, 64, 128) if bk <= max(block_k, MIN_BLOCK_K)]
-    bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                    # least padding, then larger
-    pad = -(-row // bk) * bk
-    return KLoop(ROWS, bk, pad // bk, pad)
+    sizes = [bk for bk in (32, 64, 128) if bk <= block_k]
+    if geo.dw == 1 or geo.kw == 1:
+        row = geo.kw * channels
+        bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
+        pad = -(-row // bk) * bk
+        return KLoop(ROWS, bk, pad // bk, row_pad=pad)
+    bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
+    pad = -(-channels // bk) * bk
+    return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
 
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
@@ -426,16 +436,17 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     if loop.path == ROWS and x.stride(3) != c:
         x = x.contiguous(memory_format=torch.channels_last)                  # ROWS reads (w, c) runs
     bk = loop.block_k
-    wp = packed_weight(w_q, loop.row_pad)                                    # [OC, K]
+    wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
     flat = channels_last_out and (residual is None or res.stride() == y.stride())
     b = None if bias is None else bias.reshape(-1)
     kind = OUT_FLOAT if out_scale is None else (OUT_FP8 if out.name == "float8_e4m3fn" else OUT_INT)
-    qmin, qmax = REQUANT_RANGES.get(out.name, (0.0, 0.0))
+    qmin, qmax = REQUANT_RANGES.get(out.name, (0, 0))
+    y_out = y.view(torch.uint8) if kind == OUT_FP8 else y                    # float8: the kernel stores bits
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
     _qconv_kernel[grid](
-        x, wp, y, x_scale, w_scale, x_scale if b is None else b, res, x_scale if out_scale is None else out_scale,
+        x, wp, y_out, x_scale, w_scale, x_scale if b is None else b, res, x_scale if out_scale is None else out_scale,
         x_scale if out_zp is None else out_zp,
         m, oc, c, h, w, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
         loop.steps, geo.kw, geo.kw * c,
@@ -443,7 +454,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, IS_FP8=is_fp8, FP8_ACC=_fp8_acc(cfg, bk) if is_fp8 else 0,
+        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=_fp8_acc(cfg, bk) if is_fp8 else 0,
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),

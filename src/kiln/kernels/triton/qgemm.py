@@ -17,9 +17,11 @@ flipped; exact), and zero points are handled by expanding the product:
 with a' = a - 128 for uint8 A (else a), za = a_zp - 128 for uint8 (else a_zp; 0 if absent),
 and the same for B. The correction sums run in loops of their own, after the main loop and
 only when the loaded zero point is non-zero, so the symmetric case kiln's calibration makes
-(zero points absent or 0) costs one scalar load and no branch in the K loop. Nothing is read
-on the host: zero points and scales are loaded by the kernel, so the launch never
-synchronises and CUDA graphs capture it. float8 x float8 is summed in float32 by tl.dot
+(zero points absent or 0) costs one scalar load and no branch in the K loop. Masked K
+loads (K not a multiple of BLOCK_K) read 0, and a uint8 tile is zeroed there after the shift
+(_load_signed): Triton 3.6 fills the masked lanes of a vectorised 8-bit load wrongly from
+an `other` of 128. Nothing is read on the host: zero points and scales are loaded by the
+kernel, so the launch never synchronises and CUDA graphs capture it. float8 x float8 is summed in float32 by tl.dot
 (fp8e4nv, sm_89+): each product is exact in float32 (4 + 4 significant bits), the sum is
 rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32, so the
 partial sum is moved to a float32 register every BLOCK_K (max_num_imprecise_acc), as
@@ -27,10 +29,14 @@ cuBLASLt does without fast accumulation. float8 has no zero point.
 
 Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
-output type (a_scale's) or the requantization: v * (1 / out_scale), round half to even, add
-out_zp, saturate (int8/uint8), or clamp to +-448 and round to the e4m3 grid (float8). The
-reference does all of this in float64; float32 moves a value by a few ulps, which changes a
-requantized output by one step only near a rounding tie (compiler/tolerance.py's rule).
+output type (a_scale's) or the requantization (quantize.py's requantize): v * (1 / out_scale)
+with the reciprocal correctly rounded once per program (one scalar division: an IEEE
+division per element or column unrolls into a long sequence with a slow-path call each),
+round half to even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448
+and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
+every backend, no float8 cast). The reference does all of this in float64; float32 (and the
+reciprocal) move a value by a few ulps, which changes a requantized output by one step only
+near a rounding tie (compiler/tolerance.py's rule).
 Per-channel parameters (b_scale, b_zp, bias) are read with a stride (0 for one element),
 so per-tensor and per-channel are the same kernel.
 Rows/columns past M/N are read wrapped (index % M) as in gemm.py; only stores are masked.
@@ -60,6 +66,9 @@ REQUANT_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "float8_e4m3fn": torc
 # K * 2^14 in magnitude and their running sum at most 4 * K * 2^14 = 2^30 for K = 2^14:
 # int32 never overflows. (float8 has its own limit, quantized.FP8_EXACT_K, in the reference.)
 MAX_K = 16384
+# 8-bit tensor-core dots (mma/wgmma) take K in steps of 32: a smaller BLOCK_K does not compile
+# on the GPU ("K >= 32"), though the interpreter would run it.
+MIN_BLOCK_K = 32
 
 # The tuning space (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
 # so 128x256x128 at 3 stages is 144 KiB of the 227 KiB a block may have. BLOCK_K = 128 is one
@@ -86,28 +95,41 @@ def _signed(x, U8: tl.constexpr):
 
 
 @triton.jit
-def _col_sums(B, rn, K, stride_bk, stride_bn, B_U8: tl.constexpr, B_PAD: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _load_signed(ptrs, mask, U8: tl.constexpr):
+    """An 8-bit int tile in the signed domain (_signed), 0 where `mask` is false.
+
+    Masked lanes read 0, never 128 (what becomes 0 after the shift): Triton 3.6 fills the
+    masked lanes of a vectorised 8-bit load from a constant `other` sign-extended across the
+    32-bit word, so 128 (0x80) reads as 128, 255, 255, 255 (fixed in later Triton). uint8
+    tiles are zeroed after the shift instead; int8 tiles load 0 directly."""
+    x = tl.load(ptrs, mask=mask, other=0)
+    if U8:
+        x = _signed(x, U8)
+        x = tl.where(mask, x, tl.zeros_like(x))
+    return x
+
+
+@triton.jit
+def _col_sums(B, rn, K, stride_bk, stride_bn, B_U8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     """sum_k b'[k, n] for the tile's columns, int32 [BLOCK_N]."""
     offs_k = tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         kk = k * BLOCK_K + offs_k
-        b = tl.load(B + kk[:, None] * stride_bk + rn[None, :] * stride_bn, mask=kk[:, None] < K, other=B_PAD)
-        total += tl.sum(_signed(b, B_U8).to(tl.int32), axis=0)
+        b = _load_signed(B + kk[:, None] * stride_bk + rn[None, :] * stride_bn, kk[:, None] < K, B_U8)
+        total += tl.sum(b.to(tl.int32), axis=0)
     return total
 
 
 @triton.jit
-def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, A_PAD: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
     """sum_k a'[m, k] for the tile's rows, int32 [BLOCK_M]."""
     offs_k = tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         kk = k * BLOCK_K + offs_k
-        a = tl.load(A + rm[:, None] * stride_am + kk[None, :], mask=kk[None, :] < K, other=A_PAD)
-        total += tl.sum(_signed(a, A_U8).to(tl.int32), axis=1)
+        a = _load_signed(A + rm[:, None] * stride_am + kk[None, :], kk[None, :] < K, A_U8)
+        total += tl.sum(a.to(tl.int32), axis=1)
     return total
 
 
@@ -115,7 +137,7 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, A_PAD: tl.constexpr,
 def _qgemm_kernel(
         A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
         stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, p0, p1,
-        FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr, A_PAD: tl.constexpr, B_PAD: tl.constexpr,
+        FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
@@ -145,35 +167,39 @@ def _qgemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
+            a = _signed(tl.load(a_ptrs), A_U8)
+            b = _signed(tl.load(b_ptrs), B_U8)
+        elif FP8:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         else:
             k_left = K - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=A_PAD)
-            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=B_PAD)
+            a = _load_signed(a_ptrs, offs_k[None, :] < k_left, A_U8)
+            b = _load_signed(b_ptrs, offs_k[:, None] < k_left, B_U8)
         if FP8:
             acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
         else:
-            acc = tl.dot(_signed(a, A_U8), _signed(b, B_U8), acc, out_dtype=tl.int32)  # int32 accumulator
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)                         # int32 accumulator
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
 
-    # Zero points (int only; module docstring): za, zb as int32 in the signed (a', b') domain.
-    # A_PAD/B_PAD are 128 for uint8 (the shift to int8), else 0.
+    # Zero points (int only; module docstring): za, zb as int32 in the signed (a', b') domain,
+    # where uint8 values and zero points are shifted by 128.
     if CORR_A:
         if HAS_AZP:
-            za = tl.load(A_ZP).to(tl.int32) - A_PAD
+            za = tl.load(A_ZP).to(tl.int32) - (128 if A_U8 else 0)
         else:
-            za = -A_PAD
+            za = -128 if A_U8 else 0
         if za != 0:
-            acc -= za * _col_sums(B, rn, K, stride_bk, stride_bn, B_U8, B_PAD, BLOCK_K, BLOCK_N)[None, :]
+            acc -= za * _col_sums(B, rn, K, stride_bk, stride_bn, B_U8, BLOCK_K, BLOCK_N)[None, :]
     if CORR_B:
         if HAS_BZP:
-            zb = tl.load(B_ZP + rn * stride_bz).to(tl.int32) - B_PAD
+            zb = tl.load(B_ZP + rn * stride_bz).to(tl.int32) - (128 if B_U8 else 0)
         else:
-            zb = tl.full((BLOCK_N,), -B_PAD, tl.int32)
+            zb = tl.full((BLOCK_N,), -128 if B_U8 else 0, tl.int32)
         if tl.max(tl.abs(zb), axis=0) != 0:
-            acc -= zb[None, :] * _row_sums(A, rm, K, stride_am, A_U8, A_PAD, BLOCK_K, BLOCK_M)[:, None]
+            acc -= zb[None, :] * _row_sums(A, rm, K, stride_am, A_U8, BLOCK_K, BLOCK_M)[:, None]
         if CORR_A:
             acc += (K * za) * zb[None, :]
 
@@ -188,13 +214,17 @@ def _qgemm_kernel(
         v += tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
     v = activation_epilogue(v, ACT, p0, p1)
     if REQUANT:
-        zp = 0.0
+        zp = 0
         if HAS_OUT_ZP:
-            zp = tl.load(OUT_ZP).to(tl.float32)
-        # 1 / out_scale correctly rounded (div_rn, once per column), then one multiply per element.
-        inv = tl.math.div_rn(tl.full((BLOCK_N,), 1.0, tl.float32), tl.load(OUT_SCALE + rn * 0).to(tl.float32))
-        v = requantize(v * inv[None, :], zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
-    tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
+            zp = tl.load(OUT_ZP)
+        # 1 / out_scale correctly rounded, one scalar division per program (an IEEE division
+        # per element or per column is a long instruction sequence with a slow-path call
+        # each, unrolled over the tile); then one multiply and a few integer ops per element.
+        inv = tl.math.div_rn(1.0, tl.load(OUT_SCALE).to(tl.float32))
+        code = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
+        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
+    else:
+        tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
 
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
@@ -263,17 +293,18 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
     fp8, a_u8, b_u8 = a_q.dtype == FP8, a_q.dtype == torch.uint8, b_q.dtype == torch.uint8
-    qrange = OUT_TYPES.get(y_dtype) or (0.0, 0.0)
-    # What masked K loads read: what becomes 0 after _signed (128 for uint8), a float 0 for float8.
-    a_pad, b_pad = (0.0, 0.0) if fp8 else (128 if a_u8 else 0, 128 if b_u8 else 0)
+    qrange = OUT_TYPES.get(y_dtype) or (0, 0)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    assert bk >= MIN_BLOCK_K and bm >= 16 and bn >= 16, \
+        f"config {cfg}: 8-bit tensor-core dots need BLOCK_K >= {MIN_BLOCK_K} and BLOCK_M, BLOCK_N >= 16"
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, out_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
+    y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
     _qgemm_kernel[grid](
-        a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y, out_scale1, out_zp1, m, n, k,
+        a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1,
-        FP8=fp8, A_U8=a_u8, B_U8=b_u8, A_PAD=a_pad, B_PAD=b_pad,
+        FP8=fp8, A_U8=a_u8, B_U8=b_u8,
         CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
         HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
         REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,

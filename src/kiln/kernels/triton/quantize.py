@@ -1,4 +1,4 @@
-"""QuantizeLinear (per tensor) in Triton, and the rounding helpers the quantized GEMM's epilogue shares.
+"""QuantizeLinear (per tensor) in Triton, and the rounding helpers the quantized GEMM and conv epilogues share.
 
 The oracle is QuantizeLinear (kernels/reference/quantize.py):
 
@@ -12,8 +12,16 @@ float32 quotient of two 16-bit values rounded once more is the correctly rounded
 quotient (24 >= 2 * 11 + 2 bits), which is what torch computes, so Y equals the reference
 bit for bit. Every rounding is float32/bit arithmetic that is exact on the GPU and in the
 interpreter alike (which has no libdevice rint, and whose bfloat16 and float8 casts do not
-round to nearest even): half-to-even with floor, bfloat16 and the float8 grid on the bits;
-the final cast then only stores a value the type holds.
+round to nearest even): integers by one float32 add of 1.5 * 2^23 read off the bits
+(requantize), bfloat16 on the bits, and float8 straight to its bit pattern
+(float8e4m3_code), stored through a uint8 view of Y, so no backend's float8 cast is
+involved. NaN in a float8 output is 0x7F with the sign bit of the NaN computed (the GPU's
+arithmetic drops the sign of NaN, x86's keeps it: its sign is no part of the contract).
+
+The same helpers round the requantizing epilogues of the quantized GEMM and convolution
+(qgemm.py, qconv.py): requantize() returns the code to store (the integer, or the e4m3fn
+bits), a few instructions per element and no division, so that an 8-bit output costs no
+more than a float one.
 
 Memory format: a non-overlapping, dense X (contiguous, channels_last, any permutation of
 dims) is quantized in its storage order and Y gets X's strides, so a channels_last input
@@ -37,8 +45,8 @@ IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The division's type (the scale's, or `precision`): code for the kernel.
 PRECISIONS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # Quantized types: saturation range (integers) or None (float8 e4m3fn, saturating at 448).
-OUT_TYPES: dict[torch.dtype, tuple[float, float] | None] = {
-    torch.int8: (-128.0, 127.0), torch.uint8: (0.0, 255.0), torch.float8_e4m3fn: None,
+OUT_TYPES: dict[torch.dtype, tuple[int, int] | None] = {
+    torch.int8: (-128, 127), torch.uint8: (0, 255), torch.float8_e4m3fn: None,
 }
 OUT_NAMES = frozenset({"int8", "uint8", "float8_e4m3fn"})
 
@@ -49,19 +57,6 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK": 2048, "num_warps": 4},
     {"BLOCK": 4096, "num_warps": 8},
 )
-
-
-@triton.jit
-def round_half_even(x):
-    """x rounded to the nearest integer, ties to even (float32 in, float32 out).
-
-    f = floor(x) and d = x - f are exact in float32 (d in [0, 1)); round up when d > 1/2,
-    or d == 1/2 and f is odd. |x| >= 2^23 is already an integer (d = 0); +-inf stays."""
-    f = tl.floor(x)
-    d = x - f
-    odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
-    up = (d > 0.5) | ((d == 0.5) & odd)
-    return tl.where(up, f + 1.0, f)
 
 
 @triton.jit
@@ -77,41 +72,59 @@ def round_to_bfloat16(x):
 
 
 @triton.jit
-def round_to_float8e4m3(v):
-    """float32 v, already within +-448, rounded to the float8 e4m3fn grid (ties to even), in float32.
+def float8e4m3_code(v):
+    """The float8 e4m3fn encoding (0..255, int32) of float32 v within +-448 or NaN, rounded to
+    the nearest e4m3 value, ties to even; NaN gives 0x7F with v's sign bit.
 
-    The grid step at |v| in [2^e, 2^(e+1)) is 2^(e-3) (three mantissa bits), and 2^-9 for
-    every |v| < 2^-6 (subnormals): |v| / step rounded half to even, times step, all exact in
-    float32. The caller's cast to float8 is then exact; done here, not by the cast, because
-    the interpreter's float32 -> float8 cast does not carry a rounding into the exponent."""
+    Normal range (|v| >= 2^-6): e4m3 keeps 3 of float32's 23 fraction bits. Adding 2^19 - 1 plus
+    the lowest kept bit (bit 20) to the magnitude's bits rounds the fraction half to even,
+    a carry moving into the exponent; then bits >> 20 is (exponent << 3 | fraction) with
+    float32's exponent bias 127, and the e4m3 code is that minus (127 - 7) << 3 = 960 (the
+    subtraction is folded into the add, on bits shifted by 20). Subnormals (|v| < 2^-6, the
+    grid step 2^-9): |v| * 2^9 + 2^23 rounds |v| / 2^-9 to an integer m (the float32 step is 1
+    there, exact on both backends) and the code is m (8 reaches 2^-6, the first normal code).
+    Integer arithmetic on the bits, so the result is the same on the GPU and in the
+    interpreter, whose float32 -> float8 casts neither carry a rounding into the exponent nor
+    keep NaN (0x7C, the value 256); the caller stores the code into the output viewed as uint8."""
     bits = v.to(tl.int32, bitcast=True)
-    mag = (bits & 0x7FFFFFFF).to(tl.float32, bitcast=True)                # |v|
-    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)                      # floor(log2|v|), >= -6
-    step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)            # 2^(e-3)
-    inv = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)             # 2^(3-e)
-    r = round_half_even(mag * inv) * step
-    # v's sign back on the bits: a negative value that rounds to 0 is -0, as the cast gives.
-    return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+    mag = bits & 0x7FFFFFFF
+    normal = (mag + (0x7FFFF - (960 << 20)) + ((mag >> 20) & 1)) >> 20
+    sub = (mag.to(tl.float32, bitcast=True) * 512.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+    code = tl.where(mag < 0x3C800000, sub, normal)          # 0x3C800000: 2^-6
+    code = tl.where(mag > 0x7F800000, 0x7F, code)           # NaN
+    return code | ((bits >> 24) & 0x80)
 
 
 @triton.jit
 def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """v (float32, already divided by the scale) as the quantized type's value, in float32.
+    """v (float32, already divided by the scale) as the code the quantized output stores (int32).
 
-    Integers: round half to even, add the zero point, saturate to [QMIN, QMAX]. Float8: add
-    the zero point (only when there is one: -0 + 0 would lose the sign of zero), clamp to
-    +-448 and round to the e4m3 grid (NaN stays NaN: the comparisons are false), so the
-    caller's cast to float8 is exact."""
+    Integers: saturate(round_half_even(v) + zp) to [QMIN, QMAX], computed as v clamped to
+    [QMIN - zp, QMAX - zp] (the same result: rounding is monotonic and the bounds are
+    integers), rounded by one float32 add of 1.5 * 2^23 (in [2^23, 2^24) float32's step is 1,
+    so the add rounds half to even, IEEE's default on the GPU and in numpy alike), and read
+    off the bits: those of the sum minus those of 1.5 * 2^23 (0x4B400000) are the integer, to
+    which the zero point is added by the same subtraction: four instructions per element (in
+    the GEMM and conv epilogues a multiply by 1 / out_scale before them), no branch, no
+    division. NaN saturates (to QMIN on the GPU, whose min/max drop a NaN; the interpreter's
+    keep it: an integer output has no NaN and the reference's is undefined).
+    Float8: add the zero point (only when there is one: -0 + 0 would lose the sign of zero),
+    clamp to +-448 keeping NaN, and encode (float8e4m3_code). The caller stores
+    code.to(Y's element type), a float8 Y viewed as uint8."""
     if FLOAT8:
         if HAS_ZP:
-            v = v + zp
-        v = round_to_float8e4m3(tl.where(v > 448.0, 448.0, tl.where(v < -448.0, -448.0, v)))
+            v = v + zp.to(tl.float32)
+        v = tl.maximum(v, -448.0, propagate_nan=tl.PropagateNan.ALL)
+        q = float8e4m3_code(tl.minimum(v, 448.0, propagate_nan=tl.PropagateNan.ALL))
     else:
-        v = round_half_even(v)
+        z = 0
         if HAS_ZP:
-            v = v + zp
-        v = tl.minimum(tl.maximum(v, QMIN), QMAX)
-    return v
+            z = zp.to(tl.int32)
+        lo = (QMIN - z) * 1.0
+        hi = (QMAX - z) * 1.0
+        x = tl.minimum(tl.maximum(v, lo), hi)
+        q = (x + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 - z)
+    return q
 
 
 @triton.jit
@@ -134,11 +147,11 @@ def _quantize_kernel(X, Y, SCALE, ZP, n, HAS_ZP: tl.constexpr, PREC: tl.constexp
     x = _in_precision(tl.load(X + offs, mask=mask, other=0.0), PREC)
     s = _in_precision(tl.load(SCALE), PREC)
     v = _in_precision(tl.math.div_rn(x, s), PREC)                           # X / y_scale in its type
-    zp = 0.0
+    zp = 0
     if HAS_ZP:
-        zp = tl.load(ZP).to(tl.float32)
-    y = requantize(v, zp, HAS_ZP, FLOAT8, QMIN, QMAX)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        zp = tl.load(ZP)
+    code = requantize(v, zp, HAS_ZP, FLOAT8, QMIN, QMAX)
+    tl.store(Y + offs, code.to(Y.dtype.element_ty), mask=mask)              # Y: int8/uint8, float8 as uint8
 
 
 def quantized_dtype(zero_point: Tensor | None, output_dtype: int) -> torch.dtype:
@@ -193,10 +206,11 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     if n == 0:
         return y
     info = OUT_TYPES[out]
-    qmin, qmax = info if info is not None else (0.0, 0.0)
+    qmin, qmax = info if info is not None else (0, 0)
     zp = y_scale if y_zero_point is None else y_zero_point   # a placeholder pointer when absent
     grid = (triton.cdiv(n, cfg["BLOCK"]),)
-    _quantize_kernel[grid](x, y, y_scale, zp, n, HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec],
+    y_codes = y.view(torch.uint8) if info is None else y     # float8: the kernel stores its bits
+    _quantize_kernel[grid](x, y_codes, y_scale, zp, n, HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec],
                            FLOAT8=info is None, QMIN=qmin, QMAX=qmax, BLOCK=cfg["BLOCK"],
                            num_warps=cfg["num_warps"])
     return y
