@@ -83,7 +83,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.ir import dtypes
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
-from kiln.kernels.triton.gemm import _activation, activation_code
+from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.quantize import requantize
 
 Tensor = torch.Tensor
@@ -138,14 +138,7 @@ def _qconv_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
     # consecutive programs reuse the same input rows while they sit in L2.
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(OC, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, OC, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M] pixels
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                         # [BLOCK_N] channels

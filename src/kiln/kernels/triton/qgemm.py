@@ -53,7 +53,7 @@ import triton.language as tl
 
 from kiln.ir import dtypes
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
-from kiln.kernels.triton.gemm import activation_code
+from kiln.kernels.triton.gemm import activation_code, grouped_tile
 from kiln.kernels.triton.quantize import OUT_TYPES, requantize
 
 Tensor = torch.Tensor
@@ -143,15 +143,7 @@ def _qgemm_kernel(
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr):
-    # Grouped tile order (gemm.py): GROUP_M tile rows are walked column by column.
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                         # [BLOCK_N]
