@@ -59,7 +59,8 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import attention, conv, host, matmul, norm, pointwise, pool, quantized, quantized_conv  # noqa: F401  (they register)
+    from kiln.tactics import (attention, conv, host, matmul, norm, pointwise, pool, quantized,  # noqa: F401  (they register)
+                              quantized_conv, quantized_fallback)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"
