@@ -136,3 +136,20 @@ def test_cli_build_with_an_accuracy_budget(tmp_path) -> None:
     bad = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "x.kiln"), "--fp16",
                                     "--device", "cpu", "--accuracy-budget", "speed=2"])
     assert bad.exit_code != 0 and "speed" in bad.output
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_budget_keeps_quantized_layers_only(precision: str) -> None:
+    # A budget tighter than the plain quantized engine reaches: the search keeps some of the
+    # quantized matmuls in fp32 (never another op) and the returned config meets the budget.
+    model = mlp(big=False)
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    config = BuildConfig(precision=precision, device="cpu", tune=False)
+    plain = search(model, config, ("cosine", -1.0), calibration=calib)
+    assert plain.kept == ()
+    target = min(1.0, plain.reduced + (1.0 - plain.reduced) * 0.9)   # most of the way to exact
+    result = search(model, config, ("cosine", target), calibration=calib)
+    assert result.kept and result.achieved >= target and result.candidates == 3
+    assert {k.op for k in result.kept} <= {"MatMul", "kiln::FusedMatMul"}   # fc1 is fused with its Relu
+    assert result.config.layer_precision and all(p == "fp32" for _, p in result.config.layer_precision)

@@ -1,18 +1,18 @@
 """--accuracy-budget METRIC=VALUE: the automatic mixed-precision search.
 
-Design note. Given a reduced-precision BuildConfig (fp16, bf16 or int8) and a budget such as
+Design note. Given a reduced-precision BuildConfig (fp16, bf16, int8 or fp8) and a budget such as
 cosine=0.999, find a small set of layers to keep in fp32 (as exact-name layer precision
 rules) so that the engine's outputs stay within the budget of an fp32 engine's outputs.
 
-1. Feeds: the caller's, else (int8) the first EVAL_BATCHES calibration batches, else
+1. Feeds: the caller's, else (int8/fp8) the first EVAL_BATCHES calibration batches, else
    EVAL_BATCHES synthetic batches at the profile's opt shapes (seeds 0, 1, ...). Reference:
    an fp32 engine of the same model and profiles run on them.
 2. Build the reduced engine. Within budget: done, no layer kept.
 3. Candidates: the layers of the optimised graph (builder.optimized_graph, the graph layer
    rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
    float32 math that no rule or safety-table entry already keeps wider (policy.layer_decisions);
-   int8 - the layers the reduced engine quantized (header build.int8.quantized, matched by
-   their source names). At most `max_candidates`, taken weighted layers first (they hold most
+   int8/fp8 - the layers the reduced engine quantized (header build.int8/fp8.quantized, matched
+   by their source names; only matmuls and convolutions). At most `max_candidates`, taken weighted layers first (they hold most
    of the reduced math), then other compute, then data movement, each in graph order.
 4. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
    fp32) and measure the metric. Keeping L alone in fp32 would say nothing about a chain of
@@ -23,7 +23,7 @@ rules) so that the engine's outputs stay within the budget of an fp32 engine's o
    meets the budget (monotone in practice; only a measured k ever becomes the answer, so the
    result is verified even where monotonicity fails).
 Builds: 2 (reference, reduced) + N (ranking) + 1 (all kept) + ceil(log2 N) (search). Search
-builds do not tune (tune=False) and use a temporary calibration cache for int8, so each build
+builds do not tune (tune=False) and use a temporary calibration cache for int8/fp8, so each build
 is cheap and calibrates once; the returned config keeps the caller's settings.
 
 Metrics: "cosine" (min over outputs of the cosine of the flattened outputs, all batches
@@ -53,7 +53,10 @@ Feed = dict[str, np.ndarray]
 
 # metric -> True when higher is better
 METRICS: Mapping[str, bool] = {"cosine": True, "max_abs": False, "mean_abs": False}
-REDUCED = ("fp16", "bf16", "int8")
+REDUCED = ("fp16", "bf16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")
+# The ops a quantized layer was before the rewrite (a merged Q/K/V Split shares its fused_from).
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv")
 EVAL_BATCHES = 3
 # ops that only move or reshape data: ranked last (they add no rounding of their own beyond
 # the cast of their input)
@@ -166,7 +169,7 @@ class _Runner:
                  say: Progress) -> None:
         self.model, self.calibration, self.say = model, calibration, say
         # Search builds: no tuning, no IR dumps, no embedded source; int8 calibrates once into a cache.
-        cache = config.calib_cache or (str(Path(tmp) / "ranges.json") if config.precision == "int8" else None)
+        cache = config.calib_cache or (str(Path(tmp) / "ranges.json") if config.precision in QUANTIZED else None)
         self.config = replace(config, tune=False, dump_ir=None, embed_source=False, calib_cache=cache)
         self.builds = 0
         self.feeds: list[Feed] = []
@@ -180,7 +183,7 @@ class _Runner:
                                  embed_source=False)
         else:
             config = replace(self.config, layer_precision=rules)
-        return build(self.model, config, calibration=self.calibration if config.precision == "int8" else None)
+        return build(self.model, config, calibration=self.calibration if config.precision in QUANTIZED else None)
 
     def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
         self.say("accuracy budget: fp32 reference")
@@ -196,7 +199,7 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
 
     if feeds is not None:
         chosen = list(feeds)
-    elif config.precision == "int8" and calibration is not None:
+    elif config.precision in QUANTIZED and calibration is not None:
         chosen = calibration[:EVAL_BATCHES]
     else:
         profile = dict(engine.profiles[0]) if engine.profiles else None
@@ -245,9 +248,9 @@ def _candidates(model: str | onnx.ModelProto, config: BuildConfig, reduced: Any,
     from kiln.precision.policy import layer_decisions
 
     graph = optimized_graph(model, config, lambda _msg: None).graph
-    if config.precision == "int8":
-        quantized = {tuple(q["fused_from"]) for q in reduced.header["build"]["int8"]["quantized"]}
-        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized]
+    if config.precision in QUANTIZED:
+        quantized = {tuple(q["fused_from"]) for q in reduced.header["build"][config.precision]["quantized"]}
+        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized and n.op in QUANTIZABLE_OPS]
     else:
         wider = {id(n) for n, _ in layer_decisions(graph, config)}
         nodes = [n for n in graph.nodes if id(n) not in wider and _float32_math(n) and not _holds_subgraph(n)]
