@@ -66,6 +66,7 @@ IMAGE_BATCH = 10
 EVAL_IMAGE_SEEDS = range(0, 50)
 CALIB_IMAGE_SEEDS = range(1000, 1032)
 CALIB_IMAGE_BATCH = 8
+SMOOTH_QUANT: list[float | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
 
 
 def log(msg: str) -> None:
@@ -77,8 +78,9 @@ def log(msg: str) -> None:
 
 def build_engine(model: str | Path, precision: str, profile: Profile, device: str, method: str = "minmax",
                  calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None) -> Any:
-    """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts)."""
-    extra = {"calib_method": method} if precision in PRECISIONS else {}
+    """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
+    with SmoothQuant alpha SMOOTH_QUANT[0] when --smooth-quant is given."""
+    extra = {"calib_method": method, "smooth_quant": SMOOTH_QUANT[0]} if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
@@ -316,6 +318,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--budget-method", default="minmax", help="calibration method of the budget build")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--nudenet-model", type=Path, help="320n.onnx (default: fetched from the nudenet wheel)")
+    ap.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
+                    help="build every int8/fp8 engine with SmoothQuant alpha ALPHA (BuildConfig.smooth_quant)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")
     args = ap.parse_args(argv)
@@ -337,6 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": {
         "card": card, "date": datetime.date.today().isoformat(), "device": args.device,
         "command": "python benchmarks/accuracy_real.py " + shlex.join(args.argv), "python": platform.python_version(),
+        "smooth_quant": args.smooth_quant,
         "torch": torch.__version__, "kiln": kiln.__version__,
         "note": "int8/fp8 layers run kiln's exact reference kernels on the CPU; the GPU kernels are tested to "
                 "match them, so CPU accuracy holds on the GPU."}, "errors": {}}
@@ -360,6 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
+    SMOOTH_QUANT[0] = args.smooth_quant
     results = run(args)
     text = markdown(results)
     if args.out:

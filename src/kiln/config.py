@@ -120,6 +120,10 @@ class BuildConfig:
         layers to keep in fp32 so the reduced engine stays within the budget of an fp32 engine
         (compiler/accuracy_budget.py); the found layers become layer_precision rules. Local, not
         stored (the engine stores the rules and build.accuracy_budget).
+    smooth_quant: SmoothQuant's alpha in [0, 1], or None (the default: off). An int8/fp8 build
+        then also calibrates per-channel maxima and divides the channels of each LayerNorm output
+        read only by quantized matmuls by s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha), folding s
+        into the norm and the weights (precision/smooth_quant.py). Only with precision int8 or fp8.
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -137,6 +141,7 @@ class BuildConfig:
     calib_batch_size: int = 8
     accuracy_budget: tuple[str, float] | None = None
     float_precision: str = "fp32"
+    smooth_quant: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -176,6 +181,16 @@ class BuildConfig:
             raise KilnError(f"a float precision ({self.float_precision}) for the non-quantized layers needs an int8 or "
                             f"fp8 engine, but the precision is {self.precision}; build with --int8 or --fp8, or give "
                             f"the precision as the engine's (--precision {self.float_precision}).")
+        if self.smooth_quant is not None:
+            alpha = self.smooth_quant
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+                raise KilnError(f"smooth_quant alpha {alpha!r} is not a number in [0, 1]: it is the share of each "
+                                "activation channel's range moved into the weights (0 none, 1 all); give e.g. "
+                                "0.5 or 0.85, or None (no --smooth-quant) to leave SmoothQuant off.")
+            if self.precision not in CALIBRATED_PRECISIONS:
+                raise KilnError(f"smooth_quant (SmoothQuant alpha {alpha}) only changes int8 and fp8 builds, which "
+                                f"quantize calibrated activations, but the precision is {self.precision}; build with "
+                                "--int8 or --fp8, or drop --smooth-quant.")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
@@ -192,6 +207,8 @@ class BuildConfig:
         if self.precision in CALIBRATED_PRECISIONS:  # how it was calibrated; the data and cache paths are local
             data.update(calib_method=self.calib_method, calib_percentile=self.calib_percentile,
                         calib_batch_size=self.calib_batch_size, float_precision=self.float_precision)
+            if self.smooth_quant is not None:
+                data["smooth_quant"] = self.smooth_quant
         return data
 
     @staticmethod
@@ -204,4 +221,5 @@ class BuildConfig:
                            calib_method=data.get("calib_method", "entropy"),  # engines from before minmax became the default
                            calib_percentile=data.get("calib_percentile", 99.99),
                            calib_batch_size=data.get("calib_batch_size", 8),
-                           float_precision=data.get("float_precision", "fp32"))
+                           float_precision=data.get("float_precision", "fp32"),
+                           smooth_quant=data.get("smooth_quant"))

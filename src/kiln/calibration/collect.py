@@ -6,10 +6,14 @@ every floating-point node output; constants (weights) are not activations and ge
 per-channel scales from `weight_scales` instead. The loop mirrors `run_graph` but sees each
 intermediate, and frees a tensor once its last reader has run, so memory stays near that
 of one forward pass. Subgraph (If/Loop) internals are not visited; their outputs are.
+
+`collect_statistics` also keeps, for the activations named in `channels`, the max |x| of
+each channel of the last axis over all batches (a float64 vector): what SmoothQuant
+(precision/smooth_quant.py) divides the channels by.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -24,14 +28,28 @@ def collect_ranges(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | tor
                    method: str = "entropy", percentile: float = 99.99,
                    progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """amax per floating-point activation name; `progress(n)` is called after each of n batches."""
+    return collect_statistics(graph, batches, method, percentile, progress)[0]
+
+
+def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]],
+                       method: str = "entropy", percentile: float = 99.99,
+                       progress: Callable[[int], None] | None = None,
+                       channels: Collection[str] = ()) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(amax per floating-point activation name, max |x| per last-axis channel of each activation
+    named in `channels` that the graph computes in floating point)."""
     make_calibrator(method, percentile)  # reject an unknown method before any work
     calibrators: dict[str, Calibrator] = {}
+    wanted = set(channels)
+    channel_max: dict[str, np.ndarray] = {}
 
     def observe(v: Value, t: object) -> None:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
             if v.name not in calibrators:
                 calibrators[v.name] = make_calibrator(method, percentile)
             calibrators[v.name].observe(t)
+            if v.name in wanted and t.dim() >= 1 and t.numel() > 0:
+                m = t.detach().abs().reshape(-1, t.shape[-1]).amax(dim=0).to("cpu", torch.float64).numpy()
+                channel_max[v.name] = m if v.name not in channel_max else np.maximum(channel_max[v.name], m)
 
     last_use = _last_use(graph)
     n = 0
@@ -43,7 +61,7 @@ def collect_ranges(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | tor
     if n == 0:
         raise KilnError(f"the calibration data gave no batches for graph {graph.name!r}; pass at least one "
                         "feed dict {input name: array}.")
-    return {name: cal.amax() for name, cal in calibrators.items()}
+    return {name: cal.amax() for name, cal in calibrators.items()}, channel_max
 
 
 def _last_use(graph: Graph) -> dict[int, int]:

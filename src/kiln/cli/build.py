@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from kiln.cli import output
-from kiln.cli.calib_options import calibration_method_options
+from kiln.cli.calib_options import calibration_method_options, smooth_quant_option
 from kiln.cli.shapes import parse_shapes
 from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
 from kiln.errors import KilnError
@@ -210,7 +210,9 @@ def int8_line(int8: dict[str, Any]) -> str:
     kept = len(int8["kept_float"])
     folded = int8.get("requantize_folded", 0)
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
-            + (f", {folded} requantizing their output" if folded else "") + f"; ranges: {calib['method']}, {where}")
+            + (f", {folded} requantizing their output" if folded else "") + f"; ranges: {calib['method']}, {where}"
+            + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
+               if (sq := int8.get("smooth_quant")) else ""))
 
 
 def overflow_line(overflow: dict[str, Any]) -> str:
@@ -265,6 +267,7 @@ def _tuning_line(tuning: Any) -> str:
                    ".npz/.npy files, one batch each. int8/fp8 calibrate on them; fp16 keeps the layers that "
                    "overflow fp16 on them in fp32.")
 @calibration_method_options
+@smooth_quant_option
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")
@@ -298,6 +301,7 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
+          smooth_quant: float | None,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
@@ -328,7 +332,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          calib_data=str(calib_data) if calib_data is not None and overflow_data is None else None,
                          calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
-                         calib_cache=None if calib_cache is None else str(calib_cache),
+                         smooth_quant=smooth_quant, calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),

@@ -21,3 +21,11 @@ def calibration_method_options(command: Callable[..., Any]) -> Callable[..., Any
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def smooth_quant_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--smooth-quant ALPHA of `kiln build` (BuildConfig.smooth_quant, which checks the value)."""
+    return click.option("--smooth-quant", "smooth_quant", type=float, default=None, metavar="ALPHA",
+                        help="SmoothQuant for --int8/--fp8: divide the channels of each LayerNorm output read only "
+                             "by quantized matmuls by max|x|^ALPHA / max|W|^(1-ALPHA), folded into the norm and the "
+                             "weights (ALPHA in [0, 1], e.g. 0.85; off when not given).")(command)

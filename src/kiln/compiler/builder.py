@@ -6,7 +6,8 @@ shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pas
 elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
 An int8 or fp8 build gets activation ranges between the passes and precision (the calibration
 cache, else a calibration run of the optimised fp32 graph), quantizes the calibrated
-layers (precision/int8.py, precision/fp8.py) and folds the QuantizeLinear between two of them
+layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after SmoothQuant,
+precision/smooth_quant.py) and folds the QuantizeLinear between two of them
 into the first (precision/fold_requantize.py) before the rest is typed fp32. An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
@@ -129,10 +130,20 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         front.passes
     quantized: dict[str, Any] | None = None  # the quantization report of an int8 or fp8 build
     if config.precision in QUANTIZERS:
-        ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
         keep = match_layer_rules(graph, config.layer_precision)
+        smoothed = None
+        if config.smooth_quant is None:
+            ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
+        else:  # SmoothQuant: per-channel maxima too, folded into the norms and weights before quantizing
+            from kiln.precision.smooth_quant import smooth, smoothing_inputs
+            ranges, channel_max, calibrated = calibration_statistics(graph, source, config, calibration, say,
+                                                                     channels=smoothing_inputs(graph))
+            smoothed = smooth(graph, ranges, channel_max, config.smooth_quant, keep)
+            ranges = smoothed.ranges
         quantize = QUANTIZERS[config.precision]
         quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
+        if smoothed is not None:
+            quantized["smooth_quant"] = smoothed.to_json()
         before = graph.op_counts().get("QuantizeLinear", 0)
         fold_requantize(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
@@ -205,16 +216,32 @@ def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
     """amax per activation of the optimised `graph`: from config.calib_cache when it was made for
     these ONNX bytes and this method, else calibrated on the batches (then cached when a cache
     path is set). Returns the ranges and a record of where they came from."""
-    from kiln.calibration import calibration_batches, collect_ranges, load_cache, model_hash, save_cache
+    ranges, _, record = calibration_statistics(graph, source, config, calibration, say, on_batch, reuse_cache)
+    return ranges, record
+
+
+def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
+                           calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
+                           on_batch: Callable[[int], None] | None = None, reuse_cache: bool = True,
+                           channels: Iterable[str] = ()) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """activation_ranges, plus the per-channel maxima of the activations named in `channels`
+    (SmoothQuant's statistics); a cache without all of those maxima is a miss."""
+    from kiln.calibration import (calibration_batches, collect_ranges, collect_statistics, load_cache,
+                                  load_channel_max, model_hash, save_cache)
 
     say = say or (lambda _msg: None)
+    channels = list(channels)
     digest = model_hash(source)
     params = {"percentile": config.calib_percentile} if config.calib_method == "percentile" else {}
     if reuse_cache and config.calib_cache:
         cached = load_cache(config.calib_cache, digest, config.calib_method, params)
-        if cached is not None:
+        cached_channels = load_channel_max(config.calib_cache, digest, config.calib_method, params) \
+            if cached is not None and channels else {}
+        # an activation that is not floating point has a range neither in the cache nor in a calibration run
+        if cached is not None and all(n in cached_channels for n in channels if n in cached):
             say("calibration ranges from the cache")
-            return cached, CalibrationRecord(config.calib_method, "cache", 0, config.calib_cache).to_json()
+            return cached, cached_channels, CalibrationRecord(config.calib_method, "cache", 0,
+                                                              config.calib_cache).to_json()
     data = calibration if calibration is not None else config.calib_data
     if data is None:
         cache_note = (f"the calibration cache {config.calib_cache!r} is absent or was made for another model or "
@@ -234,10 +261,17 @@ def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
         if on_batch is not None:
             on_batch(n)
     say("calibrating")
-    ranges = collect_ranges(graph, batches, config.calib_method, config.calib_percentile, progress=seen)
+    if channels:
+        ranges, channel_max = collect_statistics(graph, batches, config.calib_method, config.calib_percentile,
+                                                 progress=seen, channels=channels)
+    else:
+        ranges, channel_max = collect_ranges(graph, batches, config.calib_method, config.calib_percentile,
+                                             progress=seen), {}
     if config.calib_cache:
-        save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params)
-    return ranges, CalibrationRecord(config.calib_method, "calibrated", count[0], config.calib_cache).to_json()
+        save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params,
+                   channel_max=channel_max)
+    return ranges, channel_max, CalibrationRecord(config.calib_method, "calibrated", count[0],
+                                                  config.calib_cache).to_json()
 
 
 def fp16_overflow(graph: Graph, config: BuildConfig,

@@ -17,7 +17,9 @@ the report says why (no range, a weight that is not a float constant, a batched 
 
 Run after the optimisation passes (layers fused, weights folded into constants) and with
 ranges collected on that same graph (kiln.calibration.collect_ranges): ranges are keyed by
-the names of its values.
+the names of its values. A build with BuildConfig.smooth_quant first runs SmoothQuant
+(precision/smooth_quant.py), which folds per-channel factors into LayerNorms and weights and
+returns the ranges to quantize with here.
 """
 from __future__ import annotations
 

@@ -1,0 +1,187 @@
+"""SmoothQuant: move activation outliers into the weights before int8/fp8 quantization.
+
+A calibrated layer quantizes its activation x per tensor (s_x = amax / qmax), so one outlier
+channel (all-MiniLM-L6-v2's LayerNorm outputs: one channel near 28 where the rest stay near
+2) sets the step for every channel and the small ones keep few levels. The weights are
+quantized per output channel and have room to spare. SmoothQuant (Xiao et al., 2022) divides
+each input channel k of x by a factor s_k and multiplies row k of W (the weights that channel
+meets) by the same factor:
+
+  x @ W = (x / s) @ (diag(s) W),        s_k = max|x_k|^alpha / max|W_k,:|^(1 - alpha)
+
+with max|x_k| the calibrated per-channel maximum over the last axis and max|W_k,:| the largest
+|weight| row k holds across every reader of x. alpha = 1 moves all of the range into the
+weights, alpha = 0 none of the activation's; 0.5 to 0.85 balances the two. A factor whose
+channel or weight row is all zeros is 1.
+
+It is done only where it is free at run time: x is output Y of a LayerNormalization or of
+kiln::AddLayerNorm (whose second output, Sum, is left alone), and that normalisation is
+affine per channel, Y = n * Scale + B, so
+
+  Y / s = n * (Scale / s) + B / s
+
+divides its Scale and B constants instead of adding an op. Every reader of Y must be a
+MatMul, Gemm or kiln::FusedMatMul that will be quantized (a constant float weight, not kept
+float by a layer precision rule, input range calibrated), or a Shape or Size (which read no
+values), and Y must not be a graph output: each reader's weight rows are multiplied by s, so
+all of them see the same x / s. Other layers are not smoothed and quantize as before.
+
+A limit: in a post-norm transformer (BERT, all-MiniLM-L6-v2) every LayerNorm output is also
+the residual input of the next block's add (kiln::AddLayerNorm's second input), which needs x
+itself, so none of them qualifies and such a model quantizes as without smoothing. Pre-norm
+models (the norm output read only by the QKV or FFN matmuls) are where the fold applies.
+
+The per-tensor range of the smoothed activation is then max_k(max|x_k| / s_k), the largest
+of the per-channel maxima divided by s (for an entropy or percentile calibration this is the
+smoothed maximum, not a clipped threshold), and the quantizer takes its per-channel weight
+scales from diag(s) W. In real arithmetic the rewrite is exact; in floating point Scale / s,
+B / s and s * W are each rounded once to the constant's type (one ulp, relative 2^-24 in
+float32), so an fp32 run of the smoothed graph matches the original to float rounding, not
+bit for bit. The gain comes only once x / s and diag(s) W are quantized.
+
+Run after the optimisation passes and before precision/int8.py or precision/fp8.py, with the
+ranges and the channel maxima collected on that same graph (kiln.calibration.collect_statistics
+with channels=smoothing_inputs(graph)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Collection, Mapping
+
+import numpy as np
+
+from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.match import const_array
+from kiln.precision.int8 import QUANTIZABLE_OPS, QuantizableLayer, unsupported_reason
+
+# The quantizable layers whose activation's last axis is the input-channel axis of W.
+SMOOTHABLE_READERS = ("MatMul", "Gemm", "kiln::FusedMatMul")
+# Readers that see only a tensor's shape, never its values: they do not mind x / s.
+_SHAPE_READERS = ("Shape", "Size")
+# Normalisations whose first output is affine per channel: Y = n * Scale + B (inputs: scale, B).
+_NORMS = {"LayerNormalization": (1, 2), "kiln::AddLayerNorm": (2, 3)}
+
+
+@dataclass(frozen=True, slots=True)
+class SmoothedActivation:
+    """One activation divided by its smoothing factors: the norm that makes it, its readers."""
+    activation: str
+    norm: str
+    readers: tuple[str, ...]
+    amax_before: float
+    amax_after: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"activation": self.activation, "norm": self.norm, "readers": list(self.readers),
+                "amax_before": self.amax_before, "amax_after": self.amax_after}
+
+
+@dataclass(frozen=True, slots=True)
+class SmoothReport:
+    alpha: float
+    smoothed: tuple[SmoothedActivation, ...]
+    ranges: dict[str, float]  # the ranges to quantize with: the smoothed activations' recomputed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "smoothed": [s.to_json() for s in self.smoothed]}
+
+
+def smoothing_inputs(graph: Graph) -> list[str]:
+    """Names of the activations read by a MatMul, Gemm or kiln::FusedMatMul: those whose
+    per-channel maxima a smoothed build calibrates."""
+    names: dict[str, None] = {}
+    for node in graph.nodes:
+        if node.qualified_op in SMOOTHABLE_READERS and node.input(0) is not None and not node.input(0).is_const:
+            names[node.input(0).name] = None
+    return list(names)
+
+
+def smoothing_factors(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
+    """s_k = x_max_k^alpha / w_max_k^(1 - alpha) (float64); 1 where either maximum is 0."""
+    x_max = np.asarray(x_max, dtype=np.float64)
+    w_max = np.asarray(w_max, dtype=np.float64)
+    ok = (x_max > 0) & (w_max > 0) & np.isfinite(x_max) & np.isfinite(w_max)
+    s = np.ones_like(x_max)
+    s[ok] = x_max[ok] ** alpha / w_max[ok] ** (1.0 - alpha)
+    return s
+
+
+def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray], alpha: float,
+           keep_float: Collection[int] = ()) -> SmoothReport:
+    """Smooth every activation that qualifies (module docstring), rewriting `graph`'s norm and
+    weight constants in place; returns what was smoothed and the ranges to quantize with."""
+    new_ranges = dict(ranges)
+    done: list[SmoothedActivation] = []
+    for node in list(graph.nodes):
+        if node.qualified_op not in _NORMS or not node.outputs:
+            continue
+        y = node.outputs[0]
+        plan = _plan(graph, node, y, new_ranges, channel_max, keep_float)
+        if plan is None:
+            continue
+        readers, x_max = plan
+        w_max = np.max([_row_max(layer) for _, layer in readers], axis=0)
+        s = smoothing_factors(x_max, w_max, alpha)
+        scale_i, bias_i = _NORMS[node.qualified_op]
+        _divide(graph, node, scale_i, s)
+        if node.input(bias_i) is not None:
+            _divide(graph, node, bias_i, s)
+        for reader, layer in readers:
+            _scale_rows(graph, reader, layer, s)
+        after = float(np.max(x_max / s))
+        done.append(SmoothedActivation(y.name, node.name, tuple(r.name for r, _ in readers),
+                                       float(new_ranges[y.name]), after))
+        new_ranges[y.name] = after
+    return SmoothReport(float(alpha), tuple(done), new_ranges)
+
+
+def _plan(graph: Graph, norm: Node, y: Value, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray],
+          keep_float: Collection[int]) -> tuple[list[tuple[Node, QuantizableLayer]], np.ndarray] | None:
+    """The readers of `y` and its channel maxima when `y` can be smoothed, else None."""
+    if graph.is_output(y) or y.name not in channel_max or not y.uses():
+        return None
+    x_max = np.asarray(channel_max[y.name], dtype=np.float64).reshape(-1)
+    channels = x_max.size
+    if channels == 0 or not np.all(np.isfinite(x_max)):
+        return None
+    scale_i, bias_i = _NORMS[norm.qualified_op]
+    for i in (scale_i, bias_i):
+        v = norm.input(i)
+        if i == bias_i and v is None:
+            continue
+        arr = const_array(v)
+        if arr is None or arr.dtype not in (np.float32, np.float16) or arr.ndim == 0 or arr.shape[-1] != channels:
+            return None
+    readers: list[tuple[Node, QuantizableLayer]] = []
+    for reader, index in y.uses():
+        if reader.qualified_op in _SHAPE_READERS:
+            continue
+        if index != 0 or reader.qualified_op not in SMOOTHABLE_READERS or id(reader) in keep_float:
+            return None
+        layer = QUANTIZABLE_OPS[reader.qualified_op](reader)
+        if isinstance(layer, str) or unsupported_reason(layer, ranges) or layer.x is not y:
+            return None
+        if layer.w.shape[1 - layer.axis] != channels:
+            return None
+        readers.append((reader, layer))
+    return (readers, x_max) if readers else None
+
+
+def _row_max(layer: QuantizableLayer) -> np.ndarray:
+    """max |W_k,:| per input channel k (W's axis 1 - layer.axis)."""
+    return np.max(np.abs(layer.w.astype(np.float64)), axis=layer.axis)
+
+
+def _divide(graph: Graph, node: Node, i: int, s: np.ndarray) -> None:
+    v = node.input(i)
+    arr = const_array(v)
+    new = (arr.astype(np.float64) / s).astype(arr.dtype)
+    node.set_input(i, graph.constant(new, f"{v.name}_smoothed"))
+
+
+def _scale_rows(graph: Graph, reader: Node, layer: QuantizableLayer, s: np.ndarray) -> None:
+    shape = [1, 1]
+    shape[1 - layer.axis] = -1
+    w = layer.w
+    new = (w.astype(np.float64) * s.reshape(shape)).astype(w.dtype)
+    reader.set_input(1, graph.constant(new, f"{reader.input(1).name}_smoothed"))

@@ -1,0 +1,244 @@
+"""SmoothQuant (precision/smooth_quant.py): the rewrite's structure, that it leaves the fp32
+function unchanged, that it makes int8 more accurate on an outlier channel, and its config/CLI checks."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from kiln.calibration import collect_statistics, load_channel_max, save_cache
+from kiln.cli.main import main
+from kiln.compiler import builder
+from kiln.config import BuildConfig
+from kiln.errors import KilnError
+from kiln.kernels.reference.interpret import run_graph
+from kiln.passes.match import const_array
+from kiln.precision.smooth_quant import SMOOTHABLE_READERS, smooth, smoothing_factors, smoothing_inputs
+
+C, N, T, BATCH, SAMPLES = 16, 8, 4, 4, 16
+OUTLIER = 3  # the channel whose LayerNorm scale is 30x the others
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr.astype(np.float32), name)
+
+
+def ln_model(add: bool = False) -> onnx.ModelProto:
+    """x[B,T,C] (+ r when `add`: the fused kiln::AddLayerNorm) -> LayerNormalization "ln" (an
+    outlier channel in its scale) -> MatMul "q" and MatMul "k" (two readers) -> Add -> y; with
+    `add` the sum also feeds y (AddLayerNorm's second output stays unscaled)."""
+    rng = np.random.default_rng(0)
+    scale = 1.0 + 0.1 * rng.standard_normal(C)
+    scale[OUTLIER] = 30.0
+    inits = [_init("scale", scale), _init("bias", 0.1 * rng.standard_normal(C)),
+             _init("wq", rng.standard_normal((C, N)) / 4), _init("wk", rng.standard_normal((C, N)) / 4),
+             _init("bq", 0.1 * rng.standard_normal(N))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, T, C])]
+    nodes = []
+    src = "x"
+    if add:
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [BATCH, T, C]))
+        nodes.append(helper.make_node("Add", ["x", "r"], ["s"], name="res"))
+        src = "s"
+    nodes += [helper.make_node("LayerNormalization", [src, "scale", "bias"], ["h"], name="ln", axis=-1),
+              helper.make_node("MatMul", ["h", "wq"], ["q0"], name="q"),
+              helper.make_node("Add", ["q0", "bq"], ["q1"], name="qb"),
+              helper.make_node("MatMul", ["h", "wk"], ["k0"], name="k"),
+              helper.make_node("Add", ["q1", "k0"], ["y0"], name="sum")]
+    if add:
+        inits.append(_init("wo", rng.standard_normal((C, N)) / 4))
+        nodes += [helper.make_node("MatMul", ["s", "wo"], ["o"], name="o"),
+                  helper.make_node("Add", ["y0", "o"], ["y"], name="out")]
+    else:
+        nodes[-1].output[0] = "y"
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, T, N])
+    model = helper.make_model(helper.make_graph(nodes, "ln_mm", inputs, [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def feeds(add: bool, seed: int = 100) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(SAMPLES // BATCH):
+        feed = {"x": rng.standard_normal((BATCH, T, C)).astype(np.float32)}
+        if add:
+            feed["r"] = rng.standard_normal((BATCH, T, C)).astype(np.float32)
+        out.append(feed)
+    return out
+
+
+def graph_of(model: onnx.ModelProto):  # noqa: ANN201
+    return builder.optimized_graph(model, BuildConfig(device="cpu"), lambda _m: None).graph
+
+
+def norm_of(graph):  # noqa: ANN001, ANN201
+    return next(n for n in graph.nodes if n.qualified_op in ("LayerNormalization", "kiln::AddLayerNorm"))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_structure_norm_divided_weights_multiplied_range_recomputed(add: bool) -> None:
+    graph = graph_of(ln_model(add))
+    norm = norm_of(graph)
+    assert norm.qualified_op == ("kiln::AddLayerNorm" if add else "LayerNormalization")
+    y = norm.outputs[0]
+    assert y.name in smoothing_inputs(graph)
+    readers = sorted(y.consumers(), key=lambda n: n.name)
+    assert len(readers) == 2
+    scale_i, bias_i = (2, 3) if add else (1, 2)
+    scale0, bias0 = const_array(norm.input(scale_i)).copy(), const_array(norm.input(bias_i)).copy()
+    w0 = [const_array(r.input(1)).copy() for r in readers]
+    other = [n for n in graph.nodes if n.qualified_op not in ("LayerNormalization", "kiln::AddLayerNorm")
+             and n not in readers and n.input(1) is not None and n.input(1).is_const]
+    other_w = [const_array(n.input(1)).copy() for n in other]
+
+    ranges, channel_max = collect_statistics(graph, feeds(add), "minmax", channels=smoothing_inputs(graph))
+    x_max = channel_max[y.name]
+    assert x_max.shape == (C,) and ranges[y.name] == pytest.approx(x_max.max(), rel=1e-6)
+    assert x_max.argmax() == OUTLIER
+    report = smooth(graph, ranges, channel_max, 0.85)
+
+    assert [s.activation for s in report.smoothed] == [y.name]
+    w_max = np.maximum(*[np.abs(w.astype(np.float64)).max(axis=1) for w in w0])
+    s = smoothing_factors(x_max, w_max, 0.85)
+    np.testing.assert_allclose(s, x_max ** 0.85 / w_max ** 0.15, rtol=1e-12)
+    np.testing.assert_allclose(const_array(norm.input(scale_i)), scale0 / s, rtol=1e-6)
+    np.testing.assert_allclose(const_array(norm.input(bias_i)), bias0 / s, rtol=1e-6)
+    for r, w in zip(readers, w0):
+        np.testing.assert_allclose(const_array(r.input(1)), w * s[:, None], rtol=1e-6)
+    for n, w in zip(other, other_w):  # the residual-stream reader of Sum is not smoothed
+        np.testing.assert_array_equal(const_array(n.input(1)), w)
+    assert report.ranges[y.name] == pytest.approx(float(np.max(x_max / s)), rel=1e-12)
+    assert report.ranges[y.name] < ranges[y.name] / 2  # the outlier no longer sets the step
+    assert {k: v for k, v in report.ranges.items() if k != y.name} == {k: v for k, v in ranges.items() if k != y.name}
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_fp32_function_unchanged(add: bool) -> None:
+    plain, smoothed = graph_of(ln_model(add)), graph_of(ln_model(add))
+    ranges, channel_max = collect_statistics(smoothed, feeds(add), "minmax", channels=smoothing_inputs(smoothed))
+    assert smooth(smoothed, ranges, channel_max, 0.85).smoothed
+    for feed in feeds(add, seed=7):
+        want = run_graph(plain, feed)["y"].numpy()
+        got = run_graph(smoothed, feed)["y"].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_not_smoothed_when_a_reader_is_not_quantized() -> None:
+    graph = graph_of(ln_model())
+    y = norm_of(graph).outputs[0]
+    ranges, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
+    keep = {id(y.consumers()[0])}  # a layer precision rule keeps one reader float
+    before = {v.name: const_array(v).copy() for n in graph.nodes for v in n.inputs if v is not None and v.is_const}
+    report = smooth(graph, ranges, channel_max, 0.5, keep_float=keep)
+    assert report.smoothed == () and report.ranges == ranges
+    after = {v.name: const_array(v) for n in graph.nodes for v in n.inputs if v is not None and v.is_const}
+    assert before.keys() == after.keys()
+
+
+def test_post_norm_residual_reader_is_not_smoothed() -> None:
+    """y = LN(x) read by a matmul and by the residual add (a post-norm block): that add needs x
+    itself, so the norm and the weight stay as they are."""
+    model = ln_model()
+    model.graph.node[-1].output[0] = "y1"
+    model.graph.node.extend([helper.make_node("Add", ["h", "x"], ["hr"], name="residual"),
+                             helper.make_node("MatMul", ["hr", "wk"], ["o"], name="o"),
+                             helper.make_node("Add", ["y1", "o"], ["y"], name="out")])
+    graph = graph_of(model)
+    y = norm_of(graph).outputs[0]
+    assert any(n.qualified_op in SMOOTHABLE_READERS for n in y.consumers())
+    ranges, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
+    assert y.name in channel_max
+    report = smooth(graph, ranges, channel_max, 0.85)
+    assert report.smoothed == () and report.ranges == ranges
+
+
+def test_smoothing_factors_zero_channels_are_one() -> None:
+    s = smoothing_factors(np.array([4.0, 0.0, 2.0]), np.array([1.0, 3.0, 0.0]), 0.5)
+    np.testing.assert_allclose(s, [2.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("precision, gain", [("int8", 4.0), ("fp8", 1.0)])
+def test_engine_more_accurate_with_smooth_quant(precision: str, gain: float) -> None:
+    """int8's error (1 - cosine to fp32) falls at least 4x; fp8's, with 3 mantissa bits at every
+    magnitude, does not grow."""
+    model = ln_model()
+    fp32 = builder.build(model, BuildConfig(device="cpu"))
+    plain = builder.build(model, BuildConfig(device="cpu", precision=precision), calibration=feeds(False))
+    smoothed = builder.build(model, BuildConfig(device="cpu", precision=precision, smooth_quant=0.85),
+                             calibration=feeds(False))
+    report = smoothed.header["build"][precision]["smooth_quant"]
+    assert report["alpha"] == 0.85 and len(report["smoothed"]) == 1
+    assert sorted(report["smoothed"][0]["readers"]) and "smooth_quant" not in plain.header["build"][precision]
+    assert smoothed.header["build_config"]["smooth_quant"] == 0.85
+    for feed in feeds(False, seed=100):
+        want = np.asarray(fp32(**feed)["y"])
+        c_plain, c_smooth = cosine(want, np.asarray(plain(**feed)["y"])), cosine(want, np.asarray(smoothed(**feed)["y"]))
+        assert (1 - c_smooth) * gain <= 1 - c_plain, (c_plain, c_smooth)
+
+
+def test_cache_holds_channel_maxima(tmp_path: Path) -> None:
+    cache = tmp_path / "calib.json"
+    save_cache(cache, {"a": 1.0}, graph_hash="h", method="minmax")  # a cache without maxima: a miss for smoothing
+    assert load_channel_max(cache, "h", "minmax") == {}
+    config = BuildConfig(device="cpu", precision="int8", smooth_quant=0.5, calib_cache=str(cache))
+    first = builder.build(ln_model(), config, calibration=feeds(False))
+    doc = json.loads(cache.read_text())
+    assert doc["version"] == 1 and len(next(iter(doc["channel_max"].values()))) == C
+    again = builder.build(ln_model(), config)  # no data: ranges and maxima from the cache
+    assert again.header["build"]["int8"]["calibration"]["source"] == "cache"
+    assert again.header["build"]["int8"]["smooth_quant"] == first.header["build"]["int8"]["smooth_quant"]
+    feed = feeds(False, seed=3)[0]
+    np.testing.assert_array_equal(np.asarray(first(**feed)["y"]), np.asarray(again(**feed)["y"]))
+
+
+def test_config_checks_and_round_trip() -> None:
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(KilnError, match=r"smooth_quant alpha .* is not a number in \[0, 1\]"):
+            BuildConfig(precision="int8", smooth_quant=bad)
+    with pytest.raises(KilnError, match="only changes int8 and fp8 builds.*precision is fp16"):
+        BuildConfig(precision="fp16", smooth_quant=0.5)
+    config = BuildConfig(precision="fp8", smooth_quant=0.85)
+    assert BuildConfig.from_json(config.to_json()) == config
+    assert "smooth_quant" not in BuildConfig(precision="int8").to_json()
+    assert BuildConfig.from_json(BuildConfig(precision="int8").to_json()).smooth_quant is None
+
+
+def test_cli_option(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(ln_model(), model)
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.concatenate([f["x"] for f in feeds(False)]))
+    out = tmp_path / "m.kiln"
+    runner = CliRunner()
+    result = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
+                                  "--smooth-quant", "0.85", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    smoothed = json.loads(result.stdout)["int8"]["smooth_quant"]
+    assert smoothed["alpha"] == 0.85 and len(smoothed["smoothed"]) == 1
+    text = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
+                                "--smooth-quant", "0.5", "--device", "cpu"])
+    assert text.exit_code == 0 and "SmoothQuant alpha 0.5: 1 activation(s) smoothed" in text.output, text.output
+    result = runner.invoke(main, ["build", str(model), "-o", str(out), "--fp16", "--smooth-quant", "0.5",
+                                  "--device", "cpu"])
+    assert result.exit_code == 1 and "drop --smooth-quant" in result.output
+    result = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
+                                  "--smooth-quant", "2", "--device", "cpu"])
+    assert result.exit_code == 1 and "is not a number in [0, 1]" in result.output
+
+
+if __name__ == "__main__":
+    sys.exit(__import__("pytest").main([__file__, "-q"]))
