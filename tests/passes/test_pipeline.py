@@ -57,7 +57,7 @@ def test_pipeline_fuses_a_block(tmp_path):
 
 def test_pass_table_shape():
     names = [n for n, _ in PASSES]
-    assert names[:3] == ["fold_constants", "eliminate_noops", "eliminate_dead_code"]
+    assert names[:4] == ["fold_constants", "eliminate_noops", "eliminate_dead_code", "refine_shapes"]
     assert names.index("fuse_attention") < names.index("fuse_epilogues") < names.index("fuse_pointwise")
 
 

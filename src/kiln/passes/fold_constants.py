@@ -3,6 +3,7 @@
   op(c1, ..., cn)                    -> c            (reference op, on CPU)
   Shape(x)[start:end], dims static   -> int64 constant
   Gather(Shape(x), c), picked static -> int64 constant
+  Slice(Shape(x), s, e), picked static -> int64 constant
   Size(x), x static                  -> int64 constant
 
 A folded node's output Values become the constants themselves (`Value.const` is set
@@ -110,12 +111,26 @@ def _fold_shape_arithmetic(node: Node) -> list[torch.Tensor] | None:
         return [torch.tensor(numel(node.input(0).shape), dtype=torch.int64)]
     elif node.op == "Gather" and node.attrs.get("axis", 0) == 0:
         dims = _gathered_dims(node)
+    elif node.op == "Slice":
+        dims = _sliced_dims(node)
     if dims is None or not is_static(dims):
         return None
     if node.op == "Gather":
         idx = const_array(node.input(1))
         return [torch.tensor(dims, dtype=torch.int64).reshape(idx.shape)]
     return [torch.tensor(dims, dtype=torch.int64).reshape(len(dims))]
+
+
+def _sliced_dims(node: Node) -> Shape | None:
+    """Slice(Shape(x), starts, ends[, axes=[0], steps=[1]]): the dims picked, when constant."""
+    shape_node = produced_by(node.input(0), "Shape")
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes = const_ints(node.input(3)) if node.input(3) is not None else [0]
+    steps = const_ints(node.input(4)) if node.input(4) is not None else [1]
+    if shape_node is None or starts is None or ends is None or axes not in ([0], [-1]) or steps != [1]:
+        return None
+    dims = _shape_slice(shape_node)
+    return None if dims is None else tuple(dims[starts[0]:ends[0]])
 
 
 def _gathered_dims(node: Node) -> Shape | None:

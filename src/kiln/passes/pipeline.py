@@ -28,6 +28,7 @@ from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
 from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
+from kiln.passes.refine_shapes import refine_shapes
 
 Pass = Callable[[Graph], bool]
 
@@ -35,6 +36,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fold_constants", fold_constants),            # weights/shapes computed from constants become constants
     ("eliminate_noops", eliminate_noops),          # Identity, x*1, cancelling Transposes hide patterns
     ("eliminate_dead_code", eliminate_dead_code),  # drop what folding and bypassing orphaned
+    ("refine_shapes", refine_shapes),              # dims the folded shape arithmetic fixes become static
     ("choose_layout", choose_layout),              # NHWC exports' Transpose pairs out of conv chains; channels-last?
     ("fold_batchnorm", fold_batchnorm),            # BN into Conv/Gemm weights, before epilogue fusion
     ("fuse_layernorm", fuse_layernorm),            # its Sub/Pow/Div would otherwise go to pointwise
@@ -49,8 +51,8 @@ PASSES: list[tuple[str, Pass]] = [
     ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views
     ("eliminate_dead_code", eliminate_dead_code),  # constants and nodes the fusions left unread
 ]
-CLEANUP_PASSES = 3
-MAX_CLEANUP_ROUNDS = 4
+CLEANUP_PASSES = 4
+MAX_CLEANUP_ROUNDS = 6
 
 
 def optimize(graph: Graph, *, dump_dir: Path | None = None,
