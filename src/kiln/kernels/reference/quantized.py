@@ -108,13 +108,20 @@ def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[in
     return _requantize(v, out_scale, out_zp, out_dtype)
 
 
-def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int) -> Tensor:
+def requantized_type(out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
+    """The type a requantizing layer writes: out_dtype when non-zero, else out_zp's, else uint8."""
     if out_dtype:
-        qt = dtypes.from_onnx(out_dtype)
-    elif out_zp is not None:
-        qt = dtypes.from_torch(out_zp.dtype)
-    else:
-        qt = dtypes.BY_NAME["uint8"]
+        return dtypes.from_onnx(out_dtype)
+    return dtypes.from_torch(out_zp.dtype) if out_zp is not None else dtypes.BY_NAME["uint8"]
+
+
+def output_type(float_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
+    """Y's type: the activation scale's float type, or the requantized type when out_scale is given."""
+    return dtypes.from_torch(float_scale.dtype) if out_scale is None else requantized_type(out_zp, out_dtype)
+
+
+def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int) -> Tensor:
+    qt = requantized_type(out_zp, out_dtype)
     zp = _per_tensor(out_zp, "out_zp")
     v = v / _per_tensor(out_scale, "out_scale")
     if qt.name in INT_RANGES:

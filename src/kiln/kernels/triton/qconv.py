@@ -83,6 +83,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.ir import dtypes
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
+from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.quantize import requantize
 
@@ -275,16 +276,6 @@ def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: s
     oh = (x_shape[2] + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
     ow = (x_shape[3] + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
     return ConvGeometry(k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], max(oh, 0), max(ow, 0))
-
-
-def output_type(x_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
-    """Y's type, by the reference's rule: x_scale's float type, or the requantized type
-    (out_dtype when non-zero, else out_zp's type, else uint8)."""
-    if out_scale is None:
-        return dtypes.from_torch(x_scale.dtype)
-    if out_dtype:
-        return dtypes.from_onnx(out_dtype)
-    return dtypes.from_torch(out_zp.dtype) if out_zp is not None else dtypes.BY_NAME["uint8"]
 
 
 # weight tensor (by identity) -> (its version counter, (row_pad, tap_pad), its packed copy). Weak

@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.ir import dtypes
+from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
 from kiln.kernels.triton.quantize import OUT_TYPES, requantize
@@ -224,10 +224,7 @@ def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | Non
     type (out_dtype when non-zero, else out_zp's, else uint8)."""
     if out_scale is None:
         return a_scale.dtype
-    if out_dtype:
-        name = dtypes.from_onnx(out_dtype).name
-    else:
-        name = "uint8" if out_zp is None else dtypes.from_torch(out_zp.dtype).name
+    name = requantized_type(out_zp, out_dtype).name
     # By name: int4 is held in torch.int8 but saturates at +-8, which this kernel does not do.
     assert name in REQUANT_TYPES, f"the quantized GEMM requantizes to {sorted(REQUANT_TYPES)}, not {name}"
     return REQUANT_TYPES[name]
