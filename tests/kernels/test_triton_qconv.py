@@ -25,6 +25,7 @@ if not available():
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 from kiln.kernels.triton import qconv as tq  # noqa: E402
+from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"          # interpreted on CPU, compiled on the GPU
@@ -35,21 +36,21 @@ ONNX_INT8, ONNX_UINT8, ONNX_FP8 = 3, 2, 17
 
 # (x shape, w shape, conv attributes, the K walk it takes with TINY): every path and geometry.
 GEOMETRIES = {
-    "1x1s1": ((2, 32, 5, 5), (16, 32, 1, 1), {}, tq.PIXELS),
-    "1x1s2": ((2, 32, 7, 7), (24, 32, 1, 1), {"strides": [2, 2]}, tq.TAPS),
-    "3x3s1p1": ((2, 32, 6, 6), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}, tq.TAPS),
-    "3x3s2p1": ((2, 64, 7, 7), (16, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, tq.TAPS),
-    "7x7s2p3": ((2, 16, 9, 9), (16, 16, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, tq.ROWS),
-    "3x3d2": ((2, 16, 8, 7), (16, 16, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, tq.TAPS),
-    "asym_pads": ((1, 32, 7, 6), (16, 32, 3, 2), {"pads": [0, 1, 2, 0], "strides": [1, 2]}, tq.TAPS),
-    "same_upper": ((1, 16, 7, 6), (24, 16, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, tq.ROWS),
-    "stem_c3": ((2, 3, 11, 11), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, tq.ROWS),
-    "c24_dil_h": ((1, 24, 8, 8), (16, 24, 3, 3), {"pads": [2, 1, 2, 1], "dilations": [2, 1]}, tq.ROWS),
-    "1x1c16": ((2, 16, 5, 5), (16, 16, 1, 1), {}, tq.ROWS),
+    "1x1s1": ((2, 32, 5, 5), (16, 32, 1, 1), {}, plan.PIXELS),
+    "1x1s2": ((2, 32, 7, 7), (24, 32, 1, 1), {"strides": [2, 2]}, plan.TAPS),
+    "3x3s1p1": ((2, 32, 6, 6), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}, plan.TAPS),
+    "3x3s2p1": ((2, 64, 7, 7), (16, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, plan.TAPS),
+    "7x7s2p3": ((2, 16, 9, 9), (16, 16, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, plan.ROWS),
+    "3x3d2": ((2, 16, 8, 7), (16, 16, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, plan.TAPS),
+    "asym_pads": ((1, 32, 7, 6), (16, 32, 3, 2), {"pads": [0, 1, 2, 0], "strides": [1, 2]}, plan.TAPS),
+    "same_upper": ((1, 16, 7, 6), (24, 16, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, plan.ROWS),
+    "stem_c3": ((2, 3, 11, 11), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, plan.ROWS),
+    "c24_dil_h": ((1, 24, 8, 8), (16, 24, 3, 3), {"pads": [2, 1, 2, 1], "dilations": [2, 1]}, plan.ROWS),
+    "1x1c16": ((2, 16, 5, 5), (16, 16, 1, 1), {}, plan.ROWS),
     # C not a multiple of 32 with a dilation along W: taps over channels padded to BLOCK_K.
-    "c40_dil_w": ((1, 40, 7, 7), (16, 40, 3, 3), {"pads": [1, 2, 1, 2], "dilations": [1, 2]}, tq.TAPS),
-    "c3_dil_w": ((2, 3, 8, 9), (16, 3, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, tq.TAPS),
-    "c24_kw1_dil_w": ((1, 24, 7, 6), (16, 24, 3, 1), {"pads": [1, 0, 1, 0], "dilations": [1, 2]}, tq.ROWS),
+    "c40_dil_w": ((1, 40, 7, 7), (16, 40, 3, 3), {"pads": [1, 2, 1, 2], "dilations": [1, 2]}, plan.TAPS),
+    "c3_dil_w": ((2, 3, 8, 9), (16, 3, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, plan.TAPS),
+    "c24_kw1_dil_w": ((1, 24, 7, 6), (16, 24, 3, 1), {"pads": [1, 0, 1, 0], "dilations": [1, 2]}, plan.ROWS),
 }
 
 
@@ -59,7 +60,7 @@ def _ints(shape, lo, hi, g, dtype=I8):
 
 
 def _out_shape(xs, ws, attrs):
-    geo = tq.conv_geometry(xs, ws, **attrs)
+    geo = plan.conv_geometry(xs, ws, **attrs)
     return (xs[0], ws[0], geo.oh, geo.ow)
 
 
@@ -116,8 +117,8 @@ def _within_one_step(got, want, max_fraction=1e-3):
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_int8_requantized_exact(name):
     xs, ws, attrs, path = GEOMETRIES[name]
-    geo = tq.conv_geometry(xs, ws, **attrs)
-    assert tq.k_loop(xs[1], geo, TINY["BLOCK_K"], True, *xs[2:]).path == path
+    geo = plan.conv_geometry(xs, ws, **attrs)
+    assert plan.k_loop(xs[1], geo, TINY["BLOCK_K"], True, *xs[2:]).path == path
     x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs)
     got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
                       torch.tensor(0, dtype=I8), activation="Relu", **attrs)
@@ -250,20 +251,20 @@ def test_channels_and_pixels_past_the_tile_edge(c):
 
 def test_k_loop_choices():
     def loop(c, ws, bk=128, dense=True, hw=(56, 56), **attrs):
-        return tq.k_loop(c, tq.conv_geometry((1, c, *hw), (8, c, *ws), **attrs), bk, dense, *hw)
-    assert loop(64, (3, 3), pads=[1] * 4) == tq.KLoop(tq.TAPS, 64, 1)
-    assert loop(256, (3, 3), pads=[1] * 4) == tq.KLoop(tq.TAPS, 128, 2)
-    assert loop(256, (1, 1)) == tq.KLoop(tq.PIXELS, 128, 2)
-    assert loop(256, (1, 1), dense=False).path == tq.TAPS and loop(256, (1, 1), strides=[2, 2]).path == tq.TAPS
-    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == tq.KLoop(tq.ROWS, 32, 1, 32)     # ResNet's stem
-    assert loop(48, (3, 3)) == tq.KLoop(tq.ROWS, 32, 5, 160)                                 # least padding
-    assert loop(16, (3, 3)) == tq.KLoop(tq.ROWS, 64, 1, 64)
+        return plan.k_loop(c, plan.conv_geometry((1, c, *hw), (8, c, *ws), **attrs), bk, dense, *hw)
+    assert loop(64, (3, 3), pads=[1] * 4) == plan.KLoop(plan.TAPS, 64, 1)
+    assert loop(256, (3, 3), pads=[1] * 4) == plan.KLoop(plan.TAPS, 128, 2)
+    assert loop(256, (1, 1)) == plan.KLoop(plan.PIXELS, 128, 2)
+    assert loop(256, (1, 1), dense=False).path == plan.TAPS and loop(256, (1, 1), strides=[2, 2]).path == plan.TAPS
+    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == plan.KLoop(plan.ROWS, 32, 1, 32)     # ResNet's stem
+    assert loop(48, (3, 3)) == plan.KLoop(plan.ROWS, 32, 5, 160)                                 # least padding
+    assert loop(16, (3, 3)) == plan.KLoop(plan.ROWS, 64, 1, 64)
     # A dilation along W: taps, channels padded to a BLOCK_K of 32..128 (least padding, then larger).
-    assert loop(16, (3, 3), dilations=[1, 2]) == tq.KLoop(tq.TAPS, 32, 1, tap_pad=32)
-    assert loop(48, (3, 3), dilations=[2, 2]) == tq.KLoop(tq.TAPS, 64, 1, tap_pad=64)
-    assert loop(48, (3, 3), bk=32, dilations=[2, 2]) == tq.KLoop(tq.TAPS, 32, 2, tap_pad=64)
-    assert loop(40, (1, 3), dilations=[2, 1]).path == tq.ROWS and loop(40, (3, 1), dilations=[1, 2]).path == tq.ROWS
-    assert tq._block_k(32, 48) == 16 and tq._block_k(128, 64) == 64 and tq._block_k(64, 192) == 64
+    assert loop(16, (3, 3), dilations=[1, 2]) == plan.KLoop(plan.TAPS, 32, 1, tap_pad=32)
+    assert loop(48, (3, 3), dilations=[2, 2]) == plan.KLoop(plan.TAPS, 64, 1, tap_pad=64)
+    assert loop(48, (3, 3), bk=32, dilations=[2, 2]) == plan.KLoop(plan.TAPS, 32, 2, tap_pad=64)
+    assert loop(40, (1, 3), dilations=[2, 1]).path == plan.ROWS and loop(40, (3, 1), dilations=[1, 2]).path == plan.ROWS
+    assert plan._block_k(32, 48) == 16 and plan._block_k(128, 64) == 64 and plan._block_k(64, 192) == 64
     # No 8-bit dot compiles with a 16-deep K on the GPU, so no walk takes one.
     with pytest.raises(AssertionError, match="K in steps of 32"):
         loop(64, (3, 3), bk=16)
@@ -302,24 +303,24 @@ def test_launcher_refuses_what_it_cannot_run():
 
 def test_weight_is_packed_once_per_tensor():
     w = torch.randint(-5, 5, (8, 16, 3, 3), dtype=I8)
-    first = tq.packed_weight(w)
-    assert first.shape == (8, 144) and first.is_contiguous() and tq.packed_weight(w) is first
+    first = plan.packed_weight(w)
+    assert first.shape == (8, 144) and first.is_contiguous() and plan.packed_weight(w) is first
     assert torch.equal(first.reshape(8, 3, 3, 16), w.permute(0, 2, 3, 1))
     w.add_(1)                                                   # in place: a new version, a new copy
-    again = tq.packed_weight(w)
+    again = plan.packed_weight(w)
     assert again is not first and torch.equal(again.reshape(8, 3, 3, 16), w.permute(0, 2, 3, 1))
     cl = _channels_last(w)                                      # already packed: a view, nothing kept
-    count = len(tq._PACKED)
-    assert tq.packed_weight(cl).data_ptr() == cl.data_ptr() and len(tq._PACKED) == count
+    count = len(plan._PACKED)
+    assert plan.packed_weight(cl).data_ptr() == cl.data_ptr() and len(plan._PACKED) == count
     del w, first, again
     gc.collect()
-    assert len(tq._PACKED) == count - 1
+    assert len(plan._PACKED) == count - 1
     stem = torch.randint(-5, 5, (8, 3, 7, 7), dtype=I8)            # ROWS: kernel rows of 21 padded to 32
-    rows = tq.packed_weight(stem, 32).reshape(8, 7, 32)
+    rows = plan.packed_weight(stem, 32).reshape(8, 7, 32)
     assert torch.equal(rows[:, :, :21], stem.permute(0, 2, 3, 1).reshape(8, 7, 21)) and not rows[:, :, 21:].any()
-    taps = tq.packed_weight(stem, tap_pad=32).reshape(8, 7, 7, 32)  # TAPS over padded channels: 3 of 32
+    taps = plan.packed_weight(stem, tap_pad=32).reshape(8, 7, 7, 32)  # TAPS over padded channels: 3 of 32
     assert torch.equal(taps[..., :3], stem.permute(0, 2, 3, 1)) and not taps[..., 3:].any()
-    assert tq.packed_weight(stem, 32) is not tq.packed_weight(stem, tap_pad=32)    # one entry per packing
+    assert plan.packed_weight(stem, 32) is not plan.packed_weight(stem, tap_pad=32)    # one entry per packing
 
 
 def test_geometry_matches_the_reference_and_configs_are_well_formed():
@@ -327,15 +328,15 @@ def test_geometry_matches_the_reference_and_configs_are_well_formed():
         x, w = torch.zeros(xs, dtype=I8), torch.zeros(ws, dtype=I8)
         one = torch.tensor(1.0)
         assert _out_shape(xs, ws, attrs) == tuple(reference_qconv(x, w, one, None, one, **attrs).shape)
-    assert tq.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1)).pointwise(5, 5)
-    assert not tq.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1), pads=[0, 0, 1, 1]).pointwise(5, 5)
+    assert plan.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1)).pointwise(5, 5)
+    assert not plan.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1), pads=[0, 0, 1, 1]).pointwise(5, 5)
     keys = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
     assert all(set(c) == keys for c in tq.INT8_CONFIGS)
     assert all(set(c) == keys | {"FP8_ACC"} for c in tq.FP8_CONFIGS) and tq.FP8_CONFIGS[0]["FP8_ACC"] > 0
     assert tq._fp8_acc({"FP8_ACC": 128}, 64) == 64 and tq._fp8_acc({"FP8_ACC": 0}, 64) == 0
     for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
-        assert c["BLOCK_K"] >= tq.MIN_BLOCK_K                      # 8-bit dots take K in 32s
+        assert c["BLOCK_K"] >= plan.MIN_BLOCK_K                      # 8-bit dots take K in 32s
 
 
 # --- GPU: the real tiles -------------------------------------------------------------------------

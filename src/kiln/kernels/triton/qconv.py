@@ -36,7 +36,9 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
-does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it).
+does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
+decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel
+and its launcher.
 
 Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). float8
 e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA is reported not to add
@@ -73,7 +75,6 @@ and raises otherwise. Offsets are int32: tensors of 2**31 elements or more are r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -82,9 +83,9 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.ir import dtypes
-from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
+from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
 from kiln.kernels.triton.quantize import requantize
 
 Tensor = torch.Tensor
@@ -96,8 +97,6 @@ REQUANT_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
-PIXELS, TAPS, ROWS = 0, 1, 2           # the kernel's K walks (module docstring)
-MIN_BLOCK_K = 32                       # 8-bit MMAs take K in steps of 32
 
 _TILE = {"GROUP_M": 8}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
@@ -245,106 +244,8 @@ def _qconv_kernel(
 
 # --- the launcher ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class ConvGeometry:
-    """A 2-D convolution's window: kernel, strides, dilations, begin pads, output size."""
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    ph: int
-    pw: int
-    oh: int
-    ow: int
-
-    def pointwise(self, h: int, w: int) -> bool:
-        """1x1, stride 1, no padding (an H x W output): output pixel m reads input pixel m alone."""
-        unit = self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0
-        return unit and (self.oh, self.ow) == (h, w)
-
-
-def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: str = "NOTSET",
-                  dilations: Sequence[int] | None = None, kernel_shape: Sequence[int] | None = None,
-                  pads: Sequence[int] | None = None, strides: Sequence[int] | None = None) -> ConvGeometry:
-    """The window of Conv(X [N, C, H, W], W [M, C, KH, KW]) with ONNX attributes (auto_pad resolved)."""
-    k, s, d = spatial_attrs(2, kernel_shape or w_shape[2:], strides, dilations)
-    if list(k) != list(w_shape[2:]):
-        raise ValueError(f"kiln::QConv kernel_shape {k} differs from the weight's spatial dims {list(w_shape[2:])}")
-    p = resolve_pads(auto_pad, x_shape[2:], k, s, d, pads)                  # [top, left, bottom, right]
-    oh = (x_shape[2] + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-    ow = (x_shape[3] + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
-    return ConvGeometry(k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], max(oh, 0), max(ow, 0))
-
-
-# weight tensor (by identity) -> (its version counter, (row_pad, tap_pad), its packed copy). Weak
-# keys: an entry lives as long as the engine's constant does; an in-place change bumps _version.
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # zero-point tensor -> (its version counter, whether every element is 0).
 _ZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
-    """W [OC, C, KH, KW] as B^T, K-contiguous, packed once per tensor: [OC, KH*KW*C] in (kh, kw, c)
-    order; with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
-    followed by zeros up to row_pad; with `tap_pad` (TAPS over padded channels)
-    [OC, KH*KW*tap_pad], each tap's C values followed by zeros up to tap_pad."""
-    oc, c, kh, kw = w.shape
-    if not row_pad and not tap_pad and w.is_contiguous(memory_format=torch.channels_last):  # a view
-        return w.permute(0, 2, 3, 1).reshape(oc, -1)
-    key = (row_pad, tap_pad)
-    hit = _PACKED.get(w)
-    if hit is not None and hit[0] == w._version and hit[1] == key:
-        return hit[2]
-    taps = w.permute(0, 2, 3, 1)                                             # [OC, KH, KW, C]
-    if tap_pad:
-        padded = torch.zeros((oc, kh, kw, tap_pad), dtype=w.dtype, device=w.device)
-        padded[..., :c] = taps
-        taps = padded
-    rows = taps.reshape(oc, kh, -1)
-    if row_pad:
-        padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
-        padded[:, :, :rows.shape[2]] = rows
-        rows = padded
-    packed = rows.reshape(oc, -1).contiguous()
-    _PACKED[w] = (w._version, key, packed)
-    return packed
-
-
-@dataclass(frozen=True, slots=True)
-class KLoop:
-    """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
-    TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0) and the padded
-    channels per tap (TAPS when C is not a multiple of 32, else 0)."""
-    path: int
-    block_k: int
-    steps: int
-    row_pad: int = 0
-    tap_pad: int = 0
-
-
-def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
-    """The K walk for C = `channels` and a config's BLOCK_K (>= 32: 8-bit MMAs take K in 32s).
-    C a multiple of 32: tap by tap, BLOCK_K the largest power of two dividing C (a 1x1 stride-1
-    conv over dense pixels: the plain GEMM). Otherwise, with dilation 1 along W (or KW = 1):
-    kernel row by kernel row (ROWS). Else (a dilation along W): tap by tap with each tap's C
-    channels padded (masked in X, zeros in W) to a multiple of BLOCK_K. ROWS and padded TAPS
-    take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger."""
-    assert block_k >= MIN_BLOCK_K, f"8-bit tensor-core dots take K in steps of {MIN_BLOCK_K}; BLOCK_K is {block_k}"
-    if channels % MIN_BLOCK_K == 0:
-        bk = _block_k(block_k, channels)
-        path = PIXELS if geo.pointwise(h, w) and pixels_dense else TAPS
-        return KLoop(path, bk, channels // bk)
-    sizes = [bk for bk in (32, 64, 128) if bk <= block_k]
-    if geo.dw == 1 or geo.kw == 1:
-        row = geo.kw * channels
-        bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
-        pad = -(-row // bk) * bk
-        return KLoop(ROWS, bk, pad // bk, row_pad=pad)
-    bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
-    pad = -(-channels // bk) * bk
-    return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
 
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
@@ -358,14 +259,6 @@ def _require_zero(zp: Tensor | None, name: str) -> None:
     if not hit[1]:
         raise ValueError(f"the Triton kiln::QConv takes {name} absent or 0 (symmetric quantization); this one is "
                          "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
-
-
-def _block_k(block_k: int, channels: int) -> int:
-    """The largest power of two <= block_k dividing `channels`."""
-    bk = block_k
-    while channels % bk:
-        bk //= 2
-    return bk
 
 
 def _fp8_acc(cfg: dict[str, Any], block_k: int) -> int:

@@ -1,0 +1,131 @@
+"""How the Triton implicit-GEMM kiln::QConv (qconv.py) walks a 2-D convolution, decided on the host.
+
+- ConvGeometry / conv_geometry: the window (kernel, strides, dilations, begin pads, output size)
+  from the ONNX attributes, auto_pad resolved.
+- packed_weight: W [OC, C, KH, KW] as the GEMM's B^T, K-contiguous in (kh, kw, c) order, packed
+  once per weight tensor (padded per kernel row or per tap when the K walk needs it).
+- KLoop / k_loop: which K walk the kernel takes (PIXELS, TAPS or ROWS; qconv.py's docstring
+  explains each) and its BLOCK_K, steps and padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from kiln.kernels.reference.common import resolve_pads, spatial_attrs
+
+Tensor = torch.Tensor
+
+PIXELS, TAPS, ROWS = 0, 1, 2           # the kernel's K walks (qconv.py's docstring)
+MIN_BLOCK_K = 32                       # 8-bit MMAs take K in steps of 32
+
+
+@dataclass(frozen=True, slots=True)
+class ConvGeometry:
+    """A 2-D convolution's window: kernel, strides, dilations, begin pads, output size."""
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+
+    def pointwise(self, h: int, w: int) -> bool:
+        """1x1, stride 1, no padding (an H x W output): output pixel m reads input pixel m alone."""
+        unit = self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0
+        return unit and (self.oh, self.ow) == (h, w)
+
+
+def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: str = "NOTSET",
+                  dilations: Sequence[int] | None = None, kernel_shape: Sequence[int] | None = None,
+                  pads: Sequence[int] | None = None, strides: Sequence[int] | None = None) -> ConvGeometry:
+    """The window of Conv(X [N, C, H, W], W [M, C, KH, KW]) with ONNX attributes (auto_pad resolved)."""
+    k, s, d = spatial_attrs(2, kernel_shape or w_shape[2:], strides, dilations)
+    if list(k) != list(w_shape[2:]):
+        raise ValueError(f"kiln::QConv kernel_shape {k} differs from the weight's spatial dims {list(w_shape[2:])}")
+    p = resolve_pads(auto_pad, x_shape[2:], k, s, d, pads)                  # [top, left, bottom, right]
+    oh = (x_shape[2] + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (x_shape[3] + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return ConvGeometry(k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], max(oh, 0), max(ow, 0))
+
+
+# weight tensor (by identity) -> (its version counter, (row_pad, tap_pad), its packed copy). Weak
+# keys: an entry lives as long as the engine's constant does; an in-place change bumps _version.
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
+    """W [OC, C, KH, KW] as B^T, K-contiguous, packed once per tensor: [OC, KH*KW*C] in (kh, kw, c)
+    order; with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
+    followed by zeros up to row_pad; with `tap_pad` (TAPS over padded channels)
+    [OC, KH*KW*tap_pad], each tap's C values followed by zeros up to tap_pad."""
+    oc, c, kh, kw = w.shape
+    if not row_pad and not tap_pad and w.is_contiguous(memory_format=torch.channels_last):  # a view
+        return w.permute(0, 2, 3, 1).reshape(oc, -1)
+    key = (row_pad, tap_pad)
+    hit = _PACKED.get(w)
+    if hit is not None and hit[0] == w._version and hit[1] == key:
+        return hit[2]
+    taps = w.permute(0, 2, 3, 1)                                             # [OC, KH, KW, C]
+    if tap_pad:
+        padded = torch.zeros((oc, kh, kw, tap_pad), dtype=w.dtype, device=w.device)
+        padded[..., :c] = taps
+        taps = padded
+    rows = taps.reshape(oc, kh, -1)
+    if row_pad:
+        padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
+        padded[:, :, :rows.shape[2]] = rows
+        rows = padded
+    packed = rows.reshape(oc, -1).contiguous()
+    _PACKED[w] = (w._version, key, packed)
+    return packed
+
+
+@dataclass(frozen=True, slots=True)
+class KLoop:
+    """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
+    TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0) and the padded
+    channels per tap (TAPS when C is not a multiple of 32, else 0)."""
+    path: int
+    block_k: int
+    steps: int
+    row_pad: int = 0
+    tap_pad: int = 0
+
+
+def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
+    """The K walk for C = `channels` and a config's BLOCK_K (>= 32: 8-bit MMAs take K in 32s).
+    C a multiple of 32: tap by tap, BLOCK_K the largest power of two dividing C (a 1x1 stride-1
+    conv over dense pixels: the plain GEMM). Otherwise, with dilation 1 along W (or KW = 1):
+    kernel row by kernel row (ROWS). Else (a dilation along W): tap by tap with each tap's C
+    channels padded (masked in X, zeros in W) to a multiple of BLOCK_K. ROWS and padded TAPS
+    take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger."""
+    assert block_k >= MIN_BLOCK_K, f"8-bit tensor-core dots take K in steps of {MIN_BLOCK_K}; BLOCK_K is {block_k}"
+    if channels % MIN_BLOCK_K == 0:
+        bk = _block_k(block_k, channels)
+        path = PIXELS if geo.pointwise(h, w) and pixels_dense else TAPS
+        return KLoop(path, bk, channels // bk)
+    sizes = [bk for bk in (32, 64, 128) if bk <= block_k]
+    if geo.dw == 1 or geo.kw == 1:
+        row = geo.kw * channels
+        bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
+        pad = -(-row // bk) * bk
+        return KLoop(ROWS, bk, pad // bk, row_pad=pad)
+    bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
+    pad = -(-channels // bk) * bk
+    return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
+
+
+def _block_k(block_k: int, channels: int) -> int:
+    """The largest power of two <= block_k dividing `channels`."""
+    bk = block_k
+    while channels % bk:
+        bk //= 2
+    return bk
