@@ -147,7 +147,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
 
     With `residual` (X's shape and type) the rows normalised are X + residual, rounded to X's
     type, and stored into `sum_out` when given (block kernel only: add_layer_norm checks).
-    Without `stats`, mean and rstd are not stored (their buffers are returned unwritten).
+    Without `stats` (and for RMSNorm), no statistics are stored and Y is returned in their place.
     """
     assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
     x = x.contiguous()
@@ -161,10 +161,14 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         rows = x.shape[:axis].numel()
         nan = torch.full((rows,), float("nan"), dtype=torch.float32, device=x.device)
         return y, nan, nan.clone()
-    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    store_stats = stats and not rms
+    if store_stats:
+        mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+        rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    else:  # nothing is stored through them: Y stands in as the pointer, no allocation on the hot path
+        mean = rstd = y
     p = launch_params(rows, cols, config)
-    flags = dict(RMS=rms, HAS_B=b is not None, STATS=stats and not rms)
+    flags = dict(RMS=rms, HAS_B=b is not None, STATS=store_stats)
     if p.chunk:
         assert residual is None, "the residual add is fused for rows of at most BLOCK_MAX elements"
         _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
