@@ -1,0 +1,83 @@
+"""Kernel-level profile of kiln fp16 engines: CUDA-graph time, tuner choices, and GPU kernel time by kernel.
+
+    PYTHONPATH=src [PEERS=1] python benchmarks/profile_kernels.py bert_base:32 vit_b16:32:1
+
+Each argument is model:batch[:min_batch] (a min_batch below batch builds one dynamic-batch
+profile). The engine is replayed eagerly under torch.profiler to attribute GPU time to
+kernels; with PEERS=1 torch.compile (default mode) of the same module is profiled the same
+way. Writes prof_<model>_<batch>_<min>.txt under $OUT (default /tmp).
+"""
+import collections
+import os
+import sys
+import time
+from pathlib import Path
+import torch
+sys.path.insert(0, ".")
+from benchmarks import models
+import kiln
+from kiln.config import BuildConfig, Profile
+OUT = Path(os.environ.get("OUT", "/tmp"))
+which = sys.argv[1:] or ["bert_base:32", "vit_b16:32", "resnet50:64"]
+
+def timeit(fn, n=20):
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(n): fn()
+    e.record(); torch.cuda.synchronize()
+    return s.elapsed_time(e) / n
+
+def kernel_table(fn, label, f):
+    from torch.profiler import profile, ProfilerActivity
+    for _ in range(2): fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5): fn()
+        torch.cuda.synchronize()
+    tot = collections.Counter(); cnt = collections.Counter()
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA":
+            tot[ev.name[:90]] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+            cnt[ev.name[:90]] += 1
+    allt = sum(tot.values()) / 5
+    print(f"== {label}: GPU kernel time per run {allt/1000:.3f} ms, kernels/run {sum(cnt.values())/5:.0f}", file=f, flush=True)
+    for k, v in tot.most_common(28):
+        print(f"  {v/5/1000:8.3f} ms  x{cnt[k]//5:4d}  {k}", file=f)
+
+for spec in which:
+    parts = spec.split(":"); name, batch = parts[0], int(parts[1]); lo = int(parts[2]) if len(parts) > 2 else batch
+    m = getattr(models, {"bert_base": "bert"}.get(name, name))(0)
+    p = models.export_onnx(m, Path("/tmp/bench"))
+    t0 = time.time()
+    e = kiln.build(str(p), BuildConfig(precision="fp16", device="cuda", timing_cache="/tmp/tc.json",
+                   profiles=(Profile.from_ranges(models.profile_ranges(m, sorted({lo, batch}))),)))
+    bt = time.time() - t0
+    feeds = {k: v.cuda() for k, v in models.make_inputs(m, batch).items()}
+    with open(OUT / f"prof_{name}_{batch}_{lo}.txt", "w") as f:
+        g = timeit(lambda: e.run_tensors(feeds, validate=False))
+        print(f"{name} b{batch}: build {bt:.1f}s; CUDA graph {g:.3f} ms ({e.cuda_graph_status[:80]})", file=f, flush=True)
+        print("  tactics", collections.Counter(s.tactic for s in e.plan.steps if not s.host).most_common(30), file=f)
+        tun = e.header["build"].get("tuning", {})
+        print("  tuning", {k: v for k, v in tun.items() if k != "rejected"}, file=f)
+        for r in tun.get("rejected", [])[:8]:
+            print("  rejected", str(r)[:300], file=f)
+        shown = collections.Counter()
+        for st in e.plan.steps:
+            if st.tuning is not None and shown[st.op] < 2 and st.op in ("LayerNormalization", "kiln::AddLayerNorm", "kiln::FusedMatMul", "kiln::QMatMul", "kiln::QConv", "QuantizeLinear", "Conv", "kiln::FusedConv"):
+                shown[st.op] += 1
+                t = st.tuning
+                print(f"  step {st.name[:40]} {st.tactic} {st.config} {t.ms} | runner-up {t.runner_up} {t.runner_up_config} {t.runner_up_ms}", file=f)
+        e.use_cuda_graphs = False
+        print(f"  eager {timeit(lambda: e.run_tensors(feeds, validate=False)):.3f} ms", file=f)
+        kernel_table(lambda: e.run_tensors(feeds, validate=False), f"kiln {name} b{batch}", f)
+        mod = m.module.cuda().half() if os.environ.get("PEERS") else None
+        if mod is not None:
+            hf = {k: (v.half() if v.is_floating_point() else v) for k, v in feeds.items()}
+            c = torch.compile(mod)
+            with torch.no_grad():
+                ct = timeit(lambda: c(*[hf[n] for n in m.input_names]))
+                print(f"  torch.compile(default) {ct:.3f} ms", file=f)
+                kernel_table(lambda: c(*[hf[n] for n in m.input_names]), f"torch.compile {name} b{batch}", f)
+    print(open(OUT / f"prof_{name}_{batch}_{lo}.txt").read(), flush=True)
