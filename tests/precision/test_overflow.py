@@ -236,3 +236,58 @@ def test_cli_build_fp16_with_calib_data(tmp_path: Path) -> None:
     bf16 = runner.invoke(build_command, [str(model), "-o", str(out), "--bf16", "--calib-data", str(data),
                                          "--device", "cpu"])
     assert bf16.exit_code != 0 and "calib_data is only read by" in str(bf16.exception)
+
+
+def attention_with_mask(mask_op: str) -> onnx.ModelProto:
+    """softmax(x @ x^T * 0.35 + bias) @ x over [1, 2, 4, 8], the additive mask bias built from a
+    0/1 key mask m [1, 1, 1, 4] the way exporters write it: Where(m == 0, -3.4e38, 0) ("Where")
+    or (1 - m) * -3.4e38 ("Mul")."""
+    big = float(np.finfo(np.float32).min)
+    if mask_op == "Where":
+        mask_nodes = [helper.make_node("Equal", ["m", "zero"], ["off"], name="is_pad"),
+                      helper.make_node("Where", ["off", "neg", "zero"], ["bias"], name="mask")]
+    else:
+        mask_nodes = [helper.make_node("Sub", ["one", "m"], ["off"], name="invert"),
+                      helper.make_node("Mul", ["off", "neg"], ["bias"], name="mask")]
+    nodes = [*mask_nodes,
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2], name="kt"),
+             helper.make_node("MatMul", ["x", "xt"], ["s"], name="qk"),
+             helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale"),
+             helper.make_node("Add", ["ss", "bias"], ["a"], name="add_mask"),
+             helper.make_node("Softmax", ["a"], ["p"], axis=-1, name="softmax"),
+             helper.make_node("MatMul", ["p", "x"], ["y"], name="pv")]
+    shape = [1, 2, 4, 8]
+    graph = helper.make_graph(
+        nodes, f"attention_{mask_op}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 1, 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [_scalar("zero", 0.0), _scalar("one", 1.0), _scalar("neg", big), _scalar("scale", 0.35)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("mask_op", ["Where", "Mul"])
+def test_negative_attention_mask_keeps_the_attention_in_fp16(mask_op: str) -> None:
+    """A -3.4e38 mask read only by kiln::Attention is -inf in fp16 with the same softmax: the
+    attention stays fp16; the layer reading the constant keeps fp32 (in fp16 the Mul form would
+    compute 0 * -inf = NaN), and the engine matches fp32."""
+    rng = np.random.default_rng(5)
+    m = np.array([1, 1, 1, 0], np.float32).reshape(1, 1, 1, 4)
+    data = [{"x": rng.standard_normal((1, 2, 4, 8)).astype(np.float32), "m": m} for _ in range(2)]
+    model = attention_with_mask(mask_op)
+    engine, caught = fp16_build(model, data)
+    report = engine.header["build"]["fp16_overflow"]
+    kept = [(k["layer"], k["role"]) for k in report["kept_fp32"]]
+    assert len(kept) == 1 and kept[0][1] in ("reads constant", "computes"), kept  # computes: fused in a program
+    ops = {s.name: s.op for s in engine.plan.steps}
+    attention = [name for name, op in ops.items() if op == "kiln::Attention"]
+    assert len(attention) == 1 and step_dtypes(engine)[attention[0]] == "float16"
+    assert step_dtypes(engine)[kept[0][0]] == "float32" and len(caught) == 1
+    fp32 = builder.build(model, BuildConfig(device="cpu"))
+    feed = {"x": rng.standard_normal((1, 2, 4, 8)).astype(np.float32), "m": m}
+    want, got = np.asarray(fp32(**feed)["y"]), np.asarray(engine(**feed)["y"])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)

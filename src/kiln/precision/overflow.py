@@ -18,6 +18,15 @@ no wider type removes it). A tensor leaves fp16's range when
   - it is a float32 constant a node reads (an input, an inlined program scalar, a tensor
     attribute) that fp16 rounds to inf, |c| >= 65520. Static, but checked here too: it is
     the same overflow, and a fused program hides it from the measurements.
+One exception: an additive attention mask. A tensor read only as the mask of kiln::Attention
+layers, whose out-of-range values are all negative (a -3.4e38 standing for -inf, as exported
+by Hugging Face models), becomes -inf in fp16; adding -inf to a score gives a softmax weight
+of 0, exactly what -3.4e38 gives in fp32, so neither the mask's writer nor the attention
+layers are kept for it (without the exception every attention layer of such a model would
+run in fp32). A layer that reads the -3.4e38 as a constant is still kept (it is cheap, and
+arithmetic on -inf can be NaN where arithmetic on -3.4e38 is not: 0 * -inf); the attention
+reads its fp32 output through a Cast to fp16. A row whose every key is masked differs (NaN
+in fp16, a uniform softmax in fp32); no padding mask masks every key of a sequence.
 Such a tensor must not exist in fp16, so its producer and every reader keep fp32 math (Shape
 and Size read only shapes): a kept reader reads the fp32 tensor directly where an fp16 reader
 would read it through a Cast to fp16, that is as inf. A chain of large tensors stays fp32 end
@@ -138,7 +147,7 @@ def find_fp16_overflow(graph: Graph, batches: Iterable[Mapping[str, Any]],
 
     `rules`: the build's layer precision rules; a layer they name is not kept by the check
     (reported as overridden when the rule says fp16)."""
-    values, programs, n = _measure(graph, batches)
+    values, highs, programs, n = _measure(graph, batches)
     found: dict[int, Overflow] = {}
 
     def flag(node: Node | None, tensor: str, amax: float, role: str) -> None:
@@ -148,7 +157,7 @@ def find_fp16_overflow(graph: Graph, batches: Iterable[Mapping[str, Any]],
             found[id(node)] = Overflow(node.name, node.qualified_op, tensor, amax, role, node.fused_from)
 
     for v in _activations(graph):
-        if values.get(id(v), 0.0) > LIMIT:
+        if values.get(id(v), 0.0) > LIMIT :
             flag(v.producer(), v.name, values[id(v)], "writes")
             for reader in v.consumers():
                 flag(reader, v.name, values[id(v)], "reads")
@@ -175,12 +184,13 @@ def find_fp16_overflow(graph: Graph, batches: Iterable[Mapping[str, Any]],
 
 
 def _measure(graph: Graph, batches: Iterable[Mapping[str, Any]]
-             ) -> tuple[dict[int, float], dict[tuple[int, int], float], int]:
+             ) -> tuple[dict[int, float], dict[int, float], dict[tuple[int, int], float], int]:
     """Largest finite |t| over the batches: id(value) -> of each float32 input and node output,
-    (id(node), k) -> of instruction k's result in each kiln::Pointwise program (float32 ones); and
-    the batch count.
+    the largest finite t (signed) of the same, (id(node), k) -> |t| of instruction k's result in
+    each kiln::Pointwise program (float32 ones); and the batch count.
     Tensors are freed after their last reader, so memory stays near one forward pass."""
     values: dict[int, float] = {}
+    highs: dict[int, float] = {}
     programs: dict[tuple[int, int], float] = {}
     last = {id(v): k for k, n in enumerate(graph.nodes) for v in n.inputs if v is not None and not v.is_const}
     outputs = {id(v) for v in graph.outputs}
@@ -192,12 +202,12 @@ def _measure(graph: Graph, batches: Iterable[Mapping[str, Any]]
                 raise KilnError(f"calibration feed lacks input {v.name!r} of graph {graph.name!r}; key the arrays "
                                 "by input name.")
             env[id(v)] = as_tensor(feed[v.name])
-            _note(values, id(v), env[id(v)])
+            _note(values, id(v), env[id(v)], highs)
         for k, node in enumerate(graph.nodes):
             args = [None if v is None else env[id(v)] if id(v) in env else as_tensor(v.const) for v in node.inputs]
             for o, t in zip(node.outputs, evaluate_node(node, args)):
                 env[id(o)] = t
-                _note(values, id(o), t)
+                _note(values, id(o), t, highs)
             if node.qualified_op == "kiln::Pointwise":
                 for step, t in enumerate(_program_steps(node, args)):
                     _note(programs, (id(node), step), t)
@@ -208,17 +218,18 @@ def _measure(graph: Graph, batches: Iterable[Mapping[str, Any]]
     if n == 0:
         raise KilnError(f"the calibration data gave no batches for graph {graph.name!r}; pass at least one feed "
                         "dict {input name: array} to check fp16 overflow on.")
-    return values, programs, n
+    return values, highs, programs, n
 
 
-def _note(seen: dict[Any, float], key: Any, t: object) -> None:
-    """seen[key] = the largest finite |t| so far, for a float32 tensor t."""
+def _note(seen: dict[Any, float], key: Any, t: object, highs: dict[Any, float] | None = None) -> None:
+    """seen[key] = the largest finite |t| so far, for a float32 tensor t; highs[key] the largest finite t."""
     if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() == 0:
         return
-    mag = t.detach().abs()
-    mag = mag[torch.isfinite(mag)]
-    if mag.numel():
-        seen[key] = max(seen.get(key, 0.0), float(mag.max()))
+    finite = t.detach()[torch.isfinite(t.detach())]
+    if finite.numel():
+        seen[key] = max(seen.get(key, 0.0), float(finite.abs().max()))
+        if highs is not None:
+            highs[key] = max(highs.get(key, -math.inf), float(finite.max()))
 
 
 def _program_steps(node: Node, args: list[Any]) -> tuple[torch.Tensor, ...]:
@@ -258,6 +269,14 @@ def _activations(graph: Graph) -> list[Value]:
     """The float32 tensors an fp16 engine would move to fp16: graph inputs and node outputs."""
     outs = [o for n in graph.nodes for o in n.outputs]
     return [v for v in (*graph.inputs, *outs) if v.dtype == F32 and v.kind == "tensor"]
+
+
+def _negative_mask(graph: Graph, v: Value, high: float) -> bool:
+    """An additive attention mask whose overflow is -inf only (module docstring: the exception)."""
+    readers = v.consumers()
+    return (high <= LIMIT and bool(readers) and all(v is not o for o in graph.outputs)
+            and all(r.qualified_op == "kiln::Attention" and len(r.inputs) > 3 and r.inputs[3] is v
+                    and not any(x is v for x in r.inputs[:3]) for r in readers))
 
 
 def _reducible(node: Node) -> bool:
