@@ -157,7 +157,7 @@ def find_fp16_overflow(graph: Graph, batches: Iterable[Mapping[str, Any]],
             found[id(node)] = Overflow(node.name, node.qualified_op, tensor, amax, role, node.fused_from)
 
     for v in _activations(graph):
-        if values.get(id(v), 0.0) > LIMIT :
+        if values.get(id(v), 0.0) > LIMIT and not _negative_mask(graph, v, highs.get(id(v), 0.0)):
             flag(v.producer(), v.name, values[id(v)], "writes")
             for reader in v.consumers():
                 flag(reader, v.name, values[id(v)], "reads")
