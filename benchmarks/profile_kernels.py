@@ -2,10 +2,11 @@
 
     PYTHONPATH=src [PEERS=1] python benchmarks/profile_kernels.py bert_base:32 vit_b16:32:1
 
-Each argument is model:batch[:min_batch] (a min_batch below batch builds one dynamic-batch
-profile). The engine is replayed eagerly under torch.profiler to attribute GPU time to
+Each argument is model:batch[:min_batch[:precision]] (a min_batch below batch builds one
+dynamic-batch profile; precision fp16 by default, or int8/fp8 with fp16 float layers,
+calibrated on 4 batches of the benchmark's random inputs). The engine is replayed eagerly under torch.profiler to attribute GPU time to
 kernels; with PEERS=1 torch.compile (default mode) of the same module is profiled the same
-way. Writes prof_<model>_<batch>_<min>.txt under $OUT (default /tmp).
+way. Writes prof_<model>_<batch>_<min>_<precision>.txt under $OUT (default /tmp).
 """
 import collections
 import os
@@ -48,16 +49,22 @@ def kernel_table(fn, label, f):
 
 for spec in which:
     parts = spec.split(":"); name, batch = parts[0], int(parts[1]); lo = int(parts[2]) if len(parts) > 2 else batch
+    precision = parts[3] if len(parts) > 3 else "fp16"
     m = getattr(models, {"bert_base": "bert"}.get(name, name))(0)
     p = models.export_onnx(m, Path("/tmp/bench"))
     t0 = time.time()
-    e = kiln.build(str(p), BuildConfig(precision="fp16", device="cuda", timing_cache="/tmp/tc.json",
-                   profiles=(Profile.from_ranges(models.profile_ranges(m, sorted({lo, batch}))),)))
+    quantized = precision in ("int8", "fp8")
+    calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)] \
+        if quantized else None
+    e = kiln.build(str(p), BuildConfig(precision=precision, device="cuda", timing_cache="/tmp/tc.json",
+                                       float_precision="fp16" if quantized else "fp32",
+                                       profiles=(Profile.from_ranges(models.profile_ranges(m, sorted({lo, batch}))),)),
+                   calibration=calibration)
     bt = time.time() - t0
     feeds = {k: v.cuda() for k, v in models.make_inputs(m, batch).items()}
-    with open(OUT / f"prof_{name}_{batch}_{lo}.txt", "w") as f:
+    with open(OUT / f"prof_{name}_{batch}_{lo}_{precision}.txt", "w") as f:
         g = timeit(lambda: e.run_tensors(feeds, validate=False))
-        print(f"{name} b{batch}: build {bt:.1f}s; CUDA graph {g:.3f} ms ({e.cuda_graph_status[:80]})", file=f, flush=True)
+        print(f"{name} {precision} b{batch}: build {bt:.1f}s; CUDA graph {g:.3f} ms ({e.cuda_graph_status[:80]})", file=f, flush=True)
         print("  tactics", collections.Counter(s.tactic for s in e.plan.steps if not s.host).most_common(30), file=f)
         tun = e.header["build"].get("tuning", {})
         print("  tuning", {k: v for k, v in tun.items() if k != "rejected"}, file=f)
@@ -80,4 +87,4 @@ for spec in which:
                 ct = timeit(lambda: c(*[hf[n] for n in m.input_names]))
                 print(f"  torch.compile(default) {ct:.3f} ms", file=f)
                 kernel_table(lambda: c(*[hf[n] for n in m.input_names]), f"torch.compile {name} b{batch}", f)
-    print(open(OUT / f"prof_{name}_{batch}_{lo}.txt").read(), flush=True)
+    print(open(OUT / f"prof_{name}_{batch}_{lo}_{precision}.txt").read(), flush=True)
