@@ -57,11 +57,26 @@ def test_float8_steps_are_neighbouring_grid_values():
         assert mismatch(c, r, Q) is None, v
         assert mismatch(c, r) is not None                        # exact elsewhere
     c = r.clone()
-    c[1] = torch.tensor(1.375).to(f8)                            # two steps
-    assert "up to 2 steps" in mismatch(c, r, Q)
-    c = r.clone()
-    c[0] = torch.tensor(-1.0).to(f8)                             # the sign flipped
+    c[2] = torch.tensor(-15.0).to(f8)                            # the sign flipped
     assert mismatch(c, r, Q) is not None
+
+
+def test_float8_outputs_of_quantized_ops_allow_float16_sized_errors():
+    """More than one step passes when the error is within the float16 tolerance of the tensor's
+    scale (float8's fine grid near zero); beyond it, it fails, one step always passes."""
+    f8 = torch.float8_e4m3fn
+    r = torch.tensor([8.0, 0.01, 0.5, -3.0] * 100).to(f8)         # max |r| = 8: atol x max = 0.08
+    c = r.clone()
+    c[1] = torch.tensor(0.05).to(f8)                             # many subnormal steps, error 0.04
+    assert mismatch(c, r, Q) is None
+    assert mismatch(c, r) is not None                            # exact outside quantized ops
+    c[2] = torch.tensor(0.625).to(f8)                            # 2 steps, error 0.125 > 0.08 + 0.005
+    assert "up to 2 steps" in mismatch(c, r, Q) and "in 1 elements" in mismatch(c, r, Q)
+    c = r.clone()
+    c[:] = torch.tensor(9.0).to(f8)                              # 8 -> 9: one step everywhere
+    c[1::4], c[2::4], c[3::4] = r[1::4], r[2::4], r[3::4]
+    assert mismatch(c, r, Q) is None
+    assert mismatch(r.float().mul(2).to(f8), r, Q) is not None   # a wrong scale: 8 steps
 
 
 def test_float8_exact_compare_treats_nan_and_signed_zero_like_floats():

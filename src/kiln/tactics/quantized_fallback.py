@@ -10,8 +10,8 @@ cuBLAS / cuDNN instead:
   Y = [Q](act(DQ(A) @ DQ(B) + bias + residual))       QMatMul: torch.matmul (cuBLAS)
   Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual))  QConv: F.conv2d (cuDNN, channels-last kept)
 
-computed in the float output type (a_scale's; float32 math when the layer requantizes, then
-the reference's own requantization). The dequantized weight is made once per weight tensor
+computed in the float output type (a_scale's; float32 math when the layer requantizes to an
+integer type; then the reference's own requantization). The dequantized weight is made once per weight tensor
 and memoised, as tactics/conv.py memoises channels-last weights. Every 8-bit value is exact
 in float16/bfloat16/float32; the difference from the reference is one rounding of each
 dequantized operand and the float kernel's accumulation, which the tuner checks against the
@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.kernels.reference.common import resolve_pads, to_torch_pad
 from kiln.kernels.reference.fused import ACTIVATIONS, apply_activation
-from kiln.kernels.reference.quantized import _requantize
+from kiln.kernels.reference.quantized import _requantize, requantized_type
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
@@ -74,8 +74,13 @@ def _finish(y: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Ten
     return y.to(out_dtype_float)
 
 
-def _compute_dtype(a_scale: Tensor, out_scale: Tensor | None) -> torch.dtype:
-    return torch.float32 if out_scale is not None else a_scale.dtype
+def _compute_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
+    """float32 when the layer requantizes to an integer type (its uniform grid leaves no room for a
+    16-bit rounding before it: compiler/tolerance.py); otherwise the float output type, also for a
+    float8 output (the tolerance judges it beside float16 errors)."""
+    if out_scale is not None and not requantized_type(out_zp, out_dtype).name.startswith("float8"):
+        return torch.float32
+    return a_scale.dtype
 
 
 def dequant_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
@@ -83,7 +88,7 @@ def dequant_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | No
                     out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
                     activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
     """kiln::QMatMul as dequantize + torch.matmul (cuBLAS) + the epilogue in torch."""
-    dt = _compute_dtype(a_scale, out_scale)
+    dt = _compute_dtype(a_scale, out_scale, out_zp, out_dtype)
     b = _weight(b_q, b_scale, b_zp, [-1, 1] if trans_b else [-1], dt)
     a = _dequantize(a_q, a_scale, a_zp, [-1], dt)
     y = torch.matmul(a, b.transpose(-1, -2) if trans_b else b)
@@ -98,7 +103,7 @@ def dequant_qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None
                   pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
                   activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
     """kiln::QConv (2-D) as dequantize + F.conv2d (cuDNN) + the epilogue in torch."""
-    dt = _compute_dtype(x_scale, out_scale)
+    dt = _compute_dtype(x_scale, out_scale, out_zp, out_dtype)
     cl = x_q.is_contiguous(memory_format=torch.channels_last) and not x_q.is_contiguous()
     w = _weight(w_q, w_scale, w_zp, [-1, 1, 1, 1], dt, channels_last=cl)
     x = _dequantize(x_q, x_scale, x_zp, [1, -1, 1, 1], dt)
