@@ -8,7 +8,8 @@ An int8 or fp8 build gets activation ranges between the passes and precision (th
 cache, else a calibration run of the optimised fp32 graph), quantizes the calibrated
 layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after SmoothQuant,
 precision/smooth_quant.py) and folds the QuantizeLinear between two of them
-into the first (precision/fold_requantize.py) before the rest is typed fp32. An fp16 build
+into the first (precision/fold_requantize.py) before the rest is typed fp32; once it is typed,
+a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
 """
@@ -45,6 +46,7 @@ from kiln.ir import dtypes
 from kiln.precision import apply_precision
 from kiln.precision.policy import engine_compute_type
 from kiln.precision.fold_requantize import fold_requantize
+from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.layer_rules import match_layer_rules
@@ -155,6 +157,9 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     precision = apply_precision(graph, config)
     if overflow is not None:
         precision = overflow.explain(precision)
+    if quantized is not None:  # once the types are final: the norm kernels quantize their own outputs
+        fuse_norm_quantize(graph)
+        quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))

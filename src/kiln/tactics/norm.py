@@ -1,4 +1,5 @@
-"""Tactics for normalization and softmax: Triton LayerNorm / RMSNorm / Softmax kernels.
+"""Tactics for normalization and softmax: Triton LayerNorm / RMSNorm / Softmax kernels, and
+kiln::NormQuantize (a LayerNorm whose output is quantized in the same kernel).
 
 Each kernel views X as rows (one normalisation group each) of `cols` elements and keeps its
 math in float32. They register only where Triton imports, and run on CUDA only (the Triton
@@ -134,6 +135,30 @@ register_tactic(Tactic("kiln::AddLayerNorm.torch", "kiln::AddLayerNorm", 1, ("cu
                        _supports_torch_add_norm))
 
 
+def _supports_norm_quantize(query: TacticQuery) -> bool:
+    """kiln::NormQuantize in one kernel: the fused norm's domain (rows of at most BLOCK_COLS known
+    elements, Residual like X) and QuantizeLinear.triton's (per tensor, int8/uint8/float8 out)."""
+    from kiln.tactics.quantized import supports_triton_quantize
+
+    dts = (*query.input_dtypes, *(None,) * 6)[:6]
+    shapes = (*query.input_shapes, *(None,) * 6)[:6]
+    x = shapes[0]
+    if x is None or (dts[1] is not None and (dts[1] != dts[0] or shapes[1] is None or tuple(shapes[1]) != tuple(x))):
+        return False
+    ln = TacticQuery("LayerNormalization", query.device, (dts[0], dts[2], dts[3]), query.attrs,
+                     (x, shapes[2], shapes[3]), query.layout, 1)
+    axis = _axis(query.attrs, len(x))
+    if not _supports_norm(ln) or axis is None:
+        return False
+    cols = x[axis:]
+    if not all(isinstance(d, int) for d in cols) or math.prod(cols) > BLOCK_COLS:
+        return False
+    q = TacticQuery("QuantizeLinear", query.device, (dts[0], dts[4], dts[5]),
+                    {"output_dtype": query.attrs.get("output_dtype", 0), "precision": query.attrs.get("precision", 0),
+                     "saturate": 1}, (x, shapes[4], shapes[5]), query.layout, 1)
+    return supports_triton_quantize(q)
+
+
 def _register() -> None:
     from kiln.kernels.triton import norm, softmax
 
@@ -150,6 +175,8 @@ def _register() -> None:
         register_tactic(Tactic(f"kiln::AddLayerNorm.{name}", "kiln::AddLayerNorm", 1, ("cuda",),
                                functools.partial(norm.add_layer_norm, n_outputs=n_outputs),
                                functools.partial(_supports_add_norm, n_outputs=n_outputs), configs=norm.CONFIGS))
+    register_tactic(Tactic("kiln::NormQuantize.triton", "kiln::NormQuantize", 1, ("cuda",), norm.norm_quantize,
+                           _supports_norm_quantize, configs=norm.CONFIGS))
 
 
 if kiln_triton.available():

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _in_precision, requantize
+
 Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -66,9 +68,11 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, n_rows, n_cols, eps,
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, n_rows, n_cols, eps,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
-                HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr,
+                HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr, STORE_Y: tl.constexpr,
+                QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
+                QMIN: tl.constexpr, QMAX: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
@@ -97,7 +101,17 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, n_rows, n_cols, eps,
     y = xhat * w[None, :]
     if HAS_B:
         y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    y = y.to(Y.dtype.element_ty)
+    if STORE_Y:
+        tl.store(Y + offs, y, mask=mask)
+    if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), bit for bit
+        qs = _in_precision(tl.load(QS), Q_PREC)
+        v = _in_precision(tl.math.div_rn(_in_precision(y, Q_PREC), qs), Q_PREC)
+        zp = 0
+        if Q_HAS_ZP:
+            zp = tl.load(QZ)
+        code = requantize(v, zp, Q_HAS_ZP, Q_FP8, QMIN, QMAX)
+        tl.store(YQ + offs, code.to(YQ.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -140,14 +154,31 @@ def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
     return t.expand(norm_shape).contiguous().reshape(-1)
 
 
+@dataclass(frozen=True, slots=True)
+class QuantOut:
+    """The QuantizeLinear a norm kernel applies to Y as it stores it (norm_quantize)."""
+    codes: Tensor | None        # Yq (X's shape); float8 viewed as uint8: the kernel stores bits
+    scale: Tensor | None        # one element
+    zero_point: Tensor | None   # one element or None
+    precision: int              # quantize.PRECISIONS code of the division's type
+    fp8: bool
+    qmin: int
+    qmax: int
+
+
+_NO_QUANT = QuantOut(None, None, None, 0, False, 0, 0)
+
+
 def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
             config: dict | None, residual: Tensor | None = None, sum_out: Tensor | None = None,
-            stats: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+            stats: bool = True, quant: QuantOut | None = None, store_y: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Y, mean, rstd of X [rows, cols] normalised per row; mean/rstd are [rows] float32.
 
     With `residual` (X's shape and type) the rows normalised are X + residual, rounded to X's
     type, and stored into `sum_out` when given (block kernel only: add_layer_norm checks).
     Without `stats` (and for RMSNorm), no statistics are stored and Y is returned in their place.
+    With `quant` (block kernel only) Y is also quantized into quant.codes; without `store_y`
+    Y itself is not stored (the returned Y is then uninitialised memory).
     """
     assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
     x = x.contiguous()
@@ -170,14 +201,20 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     p = launch_params(rows, cols, config)
     flags = dict(RMS=rms, HAS_B=b is not None, STATS=store_stats)
     if p.chunk:
-        assert residual is None, "the residual add is fused for rows of at most BLOCK_MAX elements"
+        assert residual is None and quant is None and store_y, \
+            "the residual add and the quantized output are fused for rows of at most BLOCK_MAX elements"
         _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
                             **flags)
     else:
         grid = (triton.cdiv(rows, p.rows),)
         r = x if residual is None else residual.contiguous()
-        _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd, rows, cols, eps,
-                          HAS_RES=residual is not None, SUM_OUT=sum_out is not None, ROWS=p.rows,
+        q = quant or _NO_QUANT
+        _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
+                          y if quant is None else q.codes, y if quant is None else q.scale,
+                          y if q.zero_point is None else q.zero_point, rows, cols, eps,
+                          HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
+                          QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
+                          Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
                           BLOCK_N=p.block_n, num_warps=p.num_warps, **flags)
     return y, mean, rstd
 
@@ -222,3 +259,39 @@ def add_layer_norm(x: Tensor, residual: Tensor, scale: Tensor, b: Tensor | None 
     s = torch.empty_like(x, memory_format=torch.contiguous_format) if n_outputs > 1 else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False)[0]
     return y, (x if s is None else s)
+
+
+def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor | None, y_scale: Tensor,
+                  y_zero_point: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
+                  output_dtype: int = 0, precision: int = 0, float_output: int = 0, sum_output: int = 0,
+                  config: dict | None = None) -> tuple[Tensor, ...]:
+    """kiln::NormQuantize (kernels/reference/norm_quantize.py): (Yq, [Y], [Sum]) in one pass.
+
+    LayerNorm of X (+ Residual) with the per-tensor QuantizeLinear of Y fused into the store,
+    bit-exact with LayerNormalization then QuantizeLinear.triton. Rows up to BLOCK_MAX elements."""
+    from kiln.kernels.reference.quantize import _division_dtype
+    from kiln.kernels.triton.quantize import quantized_dtype
+
+    axis = _axis(axis, x.dim())
+    if triton.next_power_of_2(x.shape[axis:].numel()) > BLOCK_MAX:
+        raise ValueError(f"NormQuantize rows of {x.shape[axis:].numel()} elements exceed the fused kernel's "
+                         f"{BLOCK_MAX}")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+        raise ValueError(f"NormQuantize: residual {residual.dtype}{list(residual.shape)} must match X "
+                         f"{x.dtype}{list(x.shape)}")
+    assert y_scale.numel() == 1 and (y_zero_point is None or y_zero_point.numel() == 1), \
+        "NormQuantize quantizes per tensor (one-element y_scale and y_zero_point)"
+    out = quantized_dtype(y_zero_point, output_dtype)
+    prec = _division_dtype(y_scale, precision)
+    assert prec in PRECISIONS, f"NormQuantize divides in float16/bfloat16/float32, not {prec}"
+    x = x.contiguous()
+    yq = torch.empty(x.shape, dtype=out, device=x.device)
+    info = OUT_TYPES[out]
+    qmin, qmax = info if info is not None else (0, 0)
+    quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1),
+                     None if y_zero_point is None else y_zero_point.reshape(-1), PRECISIONS[prec], info is None,
+                     qmin, qmax)
+    s = torch.empty_like(x) if residual is not None and sum_output else None
+    y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,
+                quant=quant, store_y=bool(float_output))[0]
+    return (yq, *((y,) if float_output else ()), *((s,) if s is not None else ()))

@@ -1,0 +1,36 @@
+"""kiln::NormQuantize: a LayerNorm (with or without a residual add in front) and the
+QuantizeLinear that reads its output, as one op.
+
+  kiln::NormQuantize(X, Residual?, Scale, B?, y_scale, y_zero_point?)
+      -> (Yq, [Y], [Sum])
+  Sum = X + Residual in X's type (when Residual is given; kiln::AddLayerNorm's sum)
+  Y   = LayerNormalization(Sum or X, Scale, B, axis, epsilon)    in X's type, float32 statistics
+  Yq  = QuantizeLinear(Y, y_scale, y_zero_point, output_dtype, precision, saturate=1)
+
+Y is an output when `float_output` is 1 (other layers read it: a post-norm transformer's
+next residual add), Sum when `sum_output` is 1 (a pre-norm transformer's residual stream);
+Yq always comes first. The op is exactly the two it replaces, so the oracle is their
+references in sequence: fusing changes no value (precision/fuse_norm_quantize.py makes it,
+after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
+rounds Y to X's type and quantizes it while the row is still in registers, instead of
+writing Y for a QuantizeLinear kernel to read back.
+"""
+from __future__ import annotations
+
+import torch
+
+from kiln.kernels.reference.registry import lookup, reference_op
+
+Tensor = torch.Tensor
+
+
+@reference_op("NormQuantize", domain="kiln")
+def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor | None, y_scale: Tensor,
+                  y_zero_point: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
+                  output_dtype: int = 0, precision: int = 0, float_output: int = 0,
+                  sum_output: int = 0) -> tuple[Tensor, ...]:
+    """(Yq, [Y], [Sum]) as the module docstring defines them."""
+    s = x if residual is None else x + residual
+    y = lookup("LayerNormalization").fn(s, scale, b, axis=axis, epsilon=epsilon)[0]
+    yq = lookup("QuantizeLinear").fn(y, y_scale, y_zero_point, output_dtype=output_dtype, precision=precision)
+    return (yq, *((y,) if float_output else ()), *((s,) if sum_output and residual is not None else ()))

@@ -1,0 +1,131 @@
+"""kiln::NormQuantize: the Triton norm kernel quantizing its own output (kernels/triton/norm.py
+norm_quantize) against the two kernels it replaces, bit for bit, and the reference op.
+
+Without a GPU the cases run in Triton's interpreter on CPU tensors; with one on CUDA. The
+fused kernel must equal LayerNorm (or AddLayerNorm) followed by QuantizeLinear.triton exactly:
+the same float32 row math, Y rounded to X's type, then quantize.py's division and rounding.
+Against the reference (float32 LayerNorm in torch, then the reference QuantizeLinear) Y
+differs by float rounding, so Yq may differ by one step near a rounding boundary.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.kernels import triton as kiln_triton
+from kiln.kernels.reference.registry import lookup
+
+pytestmark = pytest.mark.skipif(not kiln_triton.available(), reason="Triton does not import here")
+
+if kiln_triton.available():
+    from kiln.kernels.triton import norm, quantize
+
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+CONFIG = {"num_warps": 4, "rows": 4}
+# (output_dtype attribute, zero point) per quantized type.
+OUTPUTS = [(TensorProto.INT8, None), (TensorProto.INT8, torch.tensor(-5, dtype=torch.int8)),
+           (0, torch.tensor(128, dtype=torch.uint8)), (TensorProto.FLOAT8E4M3FN, None)]
+
+
+def rand(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 2 + 0.5).to(dtype).to(DEV)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.cpu().view(torch.uint8) if t.element_size() == 1 else t.cpu()
+
+
+def unfused(x, r, w, b, scale, zp, out_dtype, sum_output):
+    """The two kernels the fused one replaces."""
+    if r is None:
+        y = norm.layer_norm(x, w, b, epsilon=1e-3, config=CONFIG)[0]
+        s = None
+    else:
+        y, s = norm.add_layer_norm(x, r, w, b, epsilon=1e-3, n_outputs=2 if sum_output else 1, config=CONFIG)
+    return quantize.quantize_linear(y, scale, zp, output_dtype=out_dtype), y, s
+
+
+@pytest.mark.parametrize("out_dtype,zp", OUTPUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("residual,float_output,sum_output", [(False, 1, 0), (False, 0, 0), (True, 1, 0),
+                                                              (True, 0, 1), (True, 1, 1)])
+def test_norm_quantize_equals_norm_then_quantize(residual, float_output, sum_output, dtype, out_dtype, zp):
+    if out_dtype == TensorProto.FLOAT8E4M3FN and DEV == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs sm_89+")
+    x, r = rand(6, 40, dtype=dtype), rand(6, 40, dtype=dtype, seed=3) if residual else None
+    w, b = rand(40, seed=1).to(dtype), rand(40, seed=2).to(dtype)
+    scale = torch.tensor(0.03, dtype=dtype).to(DEV)
+    zp_dev = None if zp is None else zp.to(DEV)
+    got = norm.norm_quantize(x, r, w, b, scale, zp_dev, epsilon=1e-3, output_dtype=out_dtype,
+                             float_output=float_output, sum_output=sum_output, config=CONFIG)
+    want_q, want_y, want_s = unfused(x, r, w, b, scale, zp_dev, out_dtype, sum_output)
+    assert len(got) == 1 + float_output + (sum_output if residual else 0)
+    assert got[0].dtype == want_q.dtype and torch.equal(bits(got[0]), bits(want_q))
+    if float_output:
+        assert torch.equal(got[1].cpu(), want_y.cpu())
+    if residual and sum_output:
+        assert torch.equal(got[-1].cpu(), want_s.cpu())
+    # The reference op: the same outputs, Yq within one step (Y is rounded differently).
+    ref = lookup("kiln::NormQuantize").fn(x.cpu(), None if r is None else r.cpu(), w.cpu(), b.cpu(), scale.cpu(),
+                                          zp, epsilon=1e-3, output_dtype=out_dtype, float_output=float_output,
+                                          sum_output=sum_output)
+    assert len(ref) == len(got) and ref[0].dtype == got[0].dtype
+    if got[0].dtype == torch.float8_e4m3fn:
+        step = (bits(got[0]).to(torch.int16) - bits(ref[0]).to(torch.int16)).abs()
+    else:
+        step = (got[0].cpu().to(torch.int16) - ref[0].to(torch.int16)).abs()
+    assert int(step.max()) <= 1 and int((step > 0).sum()) <= 3
+
+
+def test_norm_quantize_refuses_long_rows_and_mismatched_residuals():
+    x = rand(2, 8)
+    with pytest.raises(ValueError, match="residual .* must match X"):
+        norm.norm_quantize(x, rand(1, 8), rand(8), None, torch.tensor(0.1).to(DEV))
+    with pytest.raises(ValueError, match="exceed the fused kernel"):
+        norm.norm_quantize(rand(1, 20000), None, rand(20000), None, torch.tensor(0.1).to(DEV))
+
+
+@pytest.mark.parametrize("dtypes,shapes,attrs,ok", [
+    (("float16", "float16", "float16", "float16", "float16", "int8"),
+     ((32, 128, 768), (32, 128, 768), (768,), (768,), (), ()), {"output_dtype": 3}, True),
+    (("float16", None, "float16", "float16", "float32", None),
+     ((32, 128, 768), None, (768,), (768,), (), None), {"output_dtype": 3}, True),
+    (("float16", "float32", "float16", "float16", "float16", "int8"),                # residual of another type
+     ((4, 768), (4, 768), (768,), (768,), (), ()), {"output_dtype": 3}, False),
+    (("float16", None, "float16", "float16", "float16", None),                       # per-channel scale
+     ((4, 768), None, (768,), (768,), (768,), None), {"output_dtype": 3}, False),
+    (("float16", None, "float16", "float16", "float16", None),                       # a row too long
+     ((4, 20000), None, (20000,), (20000,), (), None), {"output_dtype": 3}, False),
+    (("float16", None, "float16", "float16", "float16", None),                       # int32 out
+     ((4, 768), None, (768,), (768,), (), None), {"output_dtype": 6}, False),
+])
+def test_norm_quantize_supports(dtypes, shapes, attrs, ok, monkeypatch):
+    from kiln.tactics import TacticQuery, get_tactic
+    from kiln.tactics import quantized
+    monkeypatch.setattr(quantized, "device_capability", lambda: (9, 0))
+    q = TacticQuery("kiln::NormQuantize", "cuda", dtypes, {"axis": -1, **attrs}, shapes)
+    assert get_tactic("kiln::NormQuantize.triton").supports(q) is ok
+    assert not get_tactic("kiln::NormQuantize.triton").supports(
+        TacticQuery("kiln::NormQuantize", "cpu", dtypes, {"axis": -1, **attrs}, shapes))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [TensorProto.INT8, TensorProto.FLOAT8E4M3FN])
+@pytest.mark.parametrize("config", norm.CONFIGS if kiln_triton.available() else [])
+def test_gpu_norm_quantize_bert_sized(config, out_dtype):
+    """A BERT-base activation [32, 128, 768] fp16 with its residual, every config: equal to the
+    unfused kernels."""
+    if out_dtype == TensorProto.FLOAT8E4M3FN and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs sm_89+")
+    x, r = rand(32, 128, 768, dtype=torch.float16), rand(32, 128, 768, dtype=torch.float16, seed=3)
+    w, b = rand(768, seed=1).half(), rand(768, seed=2).half()
+    scale = torch.tensor(0.05, dtype=torch.float16, device=DEV)
+    got = norm.norm_quantize(x, r, w, b, scale, None, output_dtype=out_dtype, float_output=1, sum_output=1,
+                             config=config)
+    y, s = norm.add_layer_norm(x, r, w, b, n_outputs=2, config=config)
+    want = quantize.quantize_linear(y, scale, None, output_dtype=out_dtype)
+    assert torch.equal(bits(got[0]), bits(want)) and torch.equal(got[1], y) and torch.equal(got[2], s)
