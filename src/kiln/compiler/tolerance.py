@@ -16,7 +16,8 @@ be equal; float8 outputs too (value for value, -0 equal to +0, NaN where the ref
 NaN being don't-care as above); dtypes and shapes always must.
 
 One step for quantized layers. kiln::QMatMul and kiln::QConv (QUANTIZED_OPS) round a
-float epilogue once to an 8-bit type. Their reference computes that epilogue in float64;
+float epilogue once to an 8-bit type; kiln::NormQuantize likewise rounds its LayerNorm
+output, whose float rounding depends on the kernel's reduction order. Their reference computes that epilogue in float64;
 a GPU kernel computes it in float32 (scales multiplied, bias and residual added, the
 activation, the multiplication by 1 / out_scale), which moves the value by a few float32
 ulps. Where the exact value lies within those ulps of a rounding boundary (a .5 tie for
@@ -60,7 +61,7 @@ FLOAT8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.f
 
 # Ops whose 8-bit outputs are a float epilogue rounded once; their kernels may round one
 # element in STEP_FRACTION to the neighbouring value (module docstring).
-QUANTIZED_OPS = frozenset({"kiln::QMatMul", "kiln::QConv"})
+QUANTIZED_OPS = frozenset({"kiln::QMatMul", "kiln::QConv", "kiln::NormQuantize"})
 STEP_FRACTION = 1e-3
 FLOAT8_QUANTIZED = TOLERANCES[torch.float16]  # (rtol, atol) beside the one-step rule (module docstring)
 

@@ -20,7 +20,10 @@ parameters (fold_requantize.py's _per_tensor); one such QuantizeLinear is fused 
 Exactness: kiln::NormQuantize is defined as the two ops in sequence on Y as typed
 (kernels/reference/norm_quantize.py), so it runs after the precision policy
 (compiler/builder.py), when Y's type (fp16 in `--int8 --fp16`) and the QuantizeLinear's are
-final; no value changes. The norm keeps its name (layer precision rules, inspect).
+final; the reference gives the same values fused or not. A GPU kernel sums each row in its
+own order, as any two LayerNorm kernels do, so Yq may differ by one step where Y/s meets a
+rounding boundary (the tuner's rule for quantized layers, compiler/tolerance.py). The norm
+keeps its name (layer precision rules, inspect).
 """
 from __future__ import annotations
 

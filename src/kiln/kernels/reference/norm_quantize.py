@@ -10,8 +10,8 @@ QuantizeLinear that reads its output, as one op.
 Y is an output when `float_output` is 1 (other layers read it: a post-norm transformer's
 next residual add), Sum when `sum_output` is 1 (a pre-norm transformer's residual stream);
 Yq always comes first. The op is exactly the two it replaces, so the oracle is their
-references in sequence: fusing changes no value (precision/fuse_norm_quantize.py makes it,
-after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
+references in sequence: fusing changes no reference value (precision/fuse_norm_quantize.py
+makes it, after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
 rounds Y to X's type and quantizes it while the row is still in registers, instead of
 writing Y for a QuantizeLinear kernel to read back.
 """

@@ -104,7 +104,7 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, n_rows, n_cols, eps,
     y = y.to(Y.dtype.element_ty)
     if STORE_Y:
         tl.store(Y + offs, y, mask=mask)
-    if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), bit for bit
+    if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), the same arithmetic
         qs = _in_precision(tl.load(QS), Q_PREC)
         v = _in_precision(tl.math.div_rn(_in_precision(y, Q_PREC), qs), Q_PREC)
         zp = 0
@@ -268,7 +268,9 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     """kiln::NormQuantize (kernels/reference/norm_quantize.py): (Yq, [Y], [Sum]) in one pass.
 
     LayerNorm of X (+ Residual) with the per-tensor QuantizeLinear of Y fused into the store,
-    bit-exact with LayerNormalization then QuantizeLinear.triton. Rows up to BLOCK_MAX elements."""
+    the same arithmetic as LayerNormalization then QuantizeLinear.triton (compiled separately, the
+    two may sum a row in another order: Yq within compiler/tolerance.py's one step). Rows up to
+    BLOCK_MAX elements."""
     from kiln.kernels.reference.quantize import _division_dtype
     from kiln.kernels.triton.quantize import quantized_dtype
 
