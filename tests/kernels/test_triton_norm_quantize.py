@@ -39,7 +39,6 @@ def rand(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torc
     return (torch.randn(*shape, generator=g) * 2 + 0.5).to(dtype).to(DEV)
 
 
-
 def unfused(x, r, w, b, scale, zp, out_dtype, sum_output):
     """The two kernels the fused one replaces."""
     if r is None:
