@@ -83,6 +83,12 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
+    # TMA (_qgemm_tma_kernel; where it does not apply, the same tiles through plain loads).
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "TMA": 1},
 )
 
 
@@ -195,7 +201,16 @@ def _qgemm_kernel(
         if CORR_A:
             acc += (K * za) * zb[None, :]
 
-    # Epilogue in float32: scales, bias per column, residual, activation; then store or requantize.
+    _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+              stride_bs, stride_bias, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN, QMAX)
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+              stride_bs, stride_bias, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+              REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
+              QMAX: tl.constexpr):
+    """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
@@ -218,6 +233,54 @@ def _qgemm_kernel(
     else:
         tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
 
+
+
+@triton.jit
+def _qgemm_tma_kernel(
+        a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+        stride_ym, stride_bs, stride_bias, p0, p1,
+        FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
+        QMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
+    """The same GEMM with A [M, K] and B [N, K] tiles brought in by the tensor memory accelerator
+    (TMA descriptors: out-of-range rows and K read as 0), int8 or float8 without zero points."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    if FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
+        b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
+        if FP8:
+            acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    _epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+              stride_bs, stride_bias, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN, QMAX)
+
+
+def _descriptor_type():  # noqa: ANN202
+    """Triton's host-side TMA descriptor class, or None where this Triton has none (before 3.4)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
+
+
+def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
+    """TMA applies: int8 x int8 or fp8 x fp8 without zero points, both K-contiguous, 16-byte
+    aligned rows and bases (K a multiple of 16)."""
+    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FP8)
+    return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
+            and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
+            and _descriptor_type() is not None)
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
     """Y's dtype as the reference decides it: a_scale's without out_scale, else the requantized
@@ -290,6 +353,16 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, out_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
+    if cfg.get("TMA") and _tma_ok(a2, w, a_zp, b_zp):
+        desc = _descriptor_type()
+        _qgemm_tma_kernel[grid](
+            desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,
+            y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], p0, p1,
+            FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
+            REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
+            QMIN=qrange[0], QMAX=qrange[1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1,
