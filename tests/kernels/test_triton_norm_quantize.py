@@ -76,6 +76,28 @@ def test_norm_quantize_equals_norm_then_quantize(residual, float_output, sum_out
     assert mismatch(tuple(g.cpu() for g in got), ref, OP) is None
 
 
+@pytest.mark.parametrize("out_dtype,zp", OUTPUTS)
+@pytest.mark.parametrize("residual", [False, True])
+def test_norm_quantize_per_channel_scales(residual, out_dtype, zp):
+    """A scale (and zero point) per channel of the row: SmoothQuant's activation scales."""
+    if out_dtype == TensorProto.FLOAT8E4M3FN and DEV == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs sm_89+")
+    x, r = rand(5, 24, dtype=torch.float16), rand(5, 24, dtype=torch.float16, seed=3) if residual else None
+    w, b = rand(24, seed=1).half(), rand(24, seed=2).half()
+    g = torch.Generator().manual_seed(4)
+    scale = (torch.rand(24, generator=g) * 0.05 + 0.005).to(DEV)
+    zp_c = None if zp is None else zp.expand(24).clone().to(DEV)
+    got = norm.norm_quantize(x, r, w, b, scale, zp_c, epsilon=1e-3, output_dtype=out_dtype, float_output=1,
+                             sum_output=int(residual), config=CONFIG)
+    y = got[1]
+    want = quantize.quantize_linear(y, scale, zp_c, axis=-1, output_dtype=out_dtype)
+    assert mismatch(got[0], want, OP) is None
+    ref = lookup("kiln::NormQuantize").fn(x.cpu(), None if r is None else r.cpu(), w.cpu(), b.cpu(), scale.cpu(),
+                                          None if zp_c is None else zp_c.cpu(), epsilon=1e-3, output_dtype=out_dtype,
+                                          float_output=1, sum_output=int(residual))
+    assert mismatch(tuple(t.cpu() for t in got), ref, OP) is None
+
+
 def test_norm_quantize_refuses_long_rows_and_mismatched_residuals():
     x = rand(2, 8)
     with pytest.raises(ValueError, match="residual .* must match X"):
@@ -91,8 +113,12 @@ def test_norm_quantize_refuses_long_rows_and_mismatched_residuals():
      ((32, 128, 768), None, (768,), (768,), (), None), {"output_dtype": 3}, True),
     (("float16", "float32", "float16", "float16", "float16", "int8"),                # residual of another type
      ((4, 768), (4, 768), (768,), (768,), (), ()), {"output_dtype": 3}, False),
-    (("float16", None, "float16", "float16", "float16", None),                       # per-channel scale
-     ((4, 768), None, (768,), (768,), (768,), None), {"output_dtype": 3}, False),
+    (("float16", None, "float16", "float16", "float16", None),                       # per channel of the row
+     ((4, 768), None, (768,), (768,), (768,), None), {"output_dtype": 3}, True),
+    (("float16", None, "float16", "float16", "float16", None),                       # ... not the row's
+     ((4, 768), None, (768,), (768,), (4,), None), {"output_dtype": 3}, False),
+    (("float16", None, "float16", "float16", "float16", None),                       # a row of two axes
+     ((4, 8, 96), None, (8, 96), (8, 96), (96,), None), {"output_dtype": 3, "axis": 1}, False),
     (("float16", None, "float16", "float16", "float16", None),                       # a row too long
      ((4, 20000), None, (20000,), (20000,), (), None), {"output_dtype": 3}, False),
     (("float16", None, "float16", "float16", "float16", None),                       # int32 out
@@ -102,7 +128,7 @@ def test_norm_quantize_supports(dtypes, shapes, attrs, ok, monkeypatch):
     from kiln.tactics import TacticQuery, get_tactic
     from kiln.tactics import quantized
     monkeypatch.setattr(quantized, "device_capability", lambda: (9, 0))
-    q = TacticQuery("kiln::NormQuantize", "cuda", dtypes, {"axis": -1, **attrs}, shapes)
+    q = TacticQuery("kiln::NormQuantize", "cuda", dtypes, {"axis": -1, **attrs}, shapes)  # attrs may set axis
     assert get_tactic("kiln::NormQuantize.triton").supports(q) is ok
     assert not get_tactic("kiln::NormQuantize.triton").supports(
         TacticQuery("kiln::NormQuantize", "cpu", dtypes, {"axis": -1, **attrs}, shapes))

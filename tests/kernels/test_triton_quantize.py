@@ -118,10 +118,25 @@ def test_empty_and_scalar_inputs():
     _run(torch.tensor(2.6), torch.tensor(0.5), torch.tensor(1, dtype=torch.int8))
 
 
+@pytest.mark.parametrize("out, zp", OUTPUTS)
+def test_per_channel_of_the_last_axis(out, zp):
+    """SmoothQuant's activation scales: one per channel of the last axis (row-major X, also a
+    transposed one, made contiguous), each channel its own scale (and zero point)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 24, generator=g) * 6
+    scale = torch.rand(24, generator=g) * 0.2 + 0.01
+    zp_c = None if zp is None else zp.expand(24).clone()
+    for axis in (-1, 2):
+        got = _run(x, scale, zp_c, axis=axis, output_dtype=out)
+        assert got.shape == x.shape
+    _run(x.transpose(0, 1), scale, zp_c, axis=-1, output_dtype=out)
+    _run(x.half(), scale.half(), zp_c, axis=-1, output_dtype=out)
+
+
 def test_launcher_refusals():
     x = torch.randn(4, 3, device=DEV)
-    with pytest.raises(AssertionError, match="per tensor"):
-        quantize.quantize_linear(x, torch.ones(3, device=DEV), axis=1)
+    with pytest.raises(AssertionError, match="per channel of the last axis"):
+        quantize.quantize_linear(x.t(), torch.ones(3, device=DEV), axis=1)   # X [3, 4]: axis 1 has 4
     with pytest.raises(AssertionError, match="produces"):
         quantize.quantize_linear(x, torch.ones((), device=DEV), output_dtype=TensorProto.INT4)
     with pytest.raises(AssertionError, match="saturates float8"):

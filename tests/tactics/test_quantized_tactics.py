@@ -119,7 +119,12 @@ def test_quantize_supports(hopper):
     assert qt.supports_triton_quantize(q(("float32", "float32"), (x, (1,)), output_dtype=TensorProto.FLOAT8E4M3FN,
                                          saturate=1))
     assert qt.supports_triton_quantize(q(("bfloat16", "float32"), (x, ())))       # uint8 default
+    tokens = (32, 128, 384)                                                        # per channel of the last axis
+    assert qt.supports_triton_quantize(q(("float16", "float32"), (tokens, (384,)), axis=-1))
+    assert qt.supports_triton_quantize(q(("float16", "float32", "int8"), (tokens, (384,), (384,)), axis=2))
     refused = [
+        q(("float16", "float32", "int8"), (tokens, (384,), ()), axis=2),          # zero point per tensor
+        q(("float16", "float32"), (tokens, (128,)), axis=1),                       # not the last axis
         q(("float16", "float16"), (x, (64,)), axis=1),                             # per axis
         q(("float16", "float16"), (x, (1, 64, 1, 1)), block_size=2),               # blocked
         q(("float64", "float64"), (x, ())),                                        # float64

@@ -146,6 +146,9 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
         if smoothed is not None:
             quantized["smooth_quant"] = smoothed.to_json()
+        if smoothed is not None:
+            from kiln.precision.smooth_quant import fold_channel_scales
+            fold_channel_scales(graph, smoothed)
         before = graph.op_counts().get("QuantizeLinear", 0)
         fold_requantize(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)

@@ -15,7 +15,8 @@ it (post-norm models add it to the next residual) or it is a graph output; Sum a
 When: the norm's Mean/InvStdDev are unused and stash_type is 1 (LayerNormalization), the
 normalised dims are known and at most MAX_ROW elements (the fused kernel holds a row in
 registers, as kiln::AddLayerNorm's), and a QuantizeLinear reads Y per tensor with constant
-parameters (fold_requantize.py's _per_tensor); one such QuantizeLinear is fused per norm.
+parameters (fold_requantize.py's _per_tensor) or per channel of the last axis when the norm
+normalises that axis alone (SmoothQuant's scales); one such QuantizeLinear is fused per norm.
 
 Exactness: kiln::NormQuantize is defined as the two ops in sequence on Y as typed
 (kernels/reference/norm_quantize.py), so it runs after the precision policy
@@ -30,7 +31,9 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.match import pinned
+from kiln.kernels.reference.quantize import per_last_axis
+from kiln.passes.fuse_qdq import QUANT_OUTPUTS
+from kiln.passes.match import const_array, pinned
 from kiln.precision.fold_requantize import _per_tensor
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
@@ -48,6 +51,21 @@ def fuse_norm_quantize(graph: Graph) -> bool:
     return changed
 
 
+def _per_last_channel(q: Node, shape: tuple, axis: int) -> bool:
+    """Q has constant parameters per channel of the last axis, which the norm normalises alone
+    (SmoothQuant's per-channel activation scales, precision/smooth_quant.py)."""
+    scale, zp, out = q.input(1), q.input(2), q.outputs[0]
+    s = const_array(scale) if scale is not None else None
+    if s is None or not scale.dtype.is_float or axis != len(shape) - 1 or q.attrs.get("block_size", 0):
+        return False
+    if out.dtype is None or out.dtype.name not in QUANT_OUTPUTS or (out.dtype.name.startswith("float8")
+                                                                     and not q.attrs.get("saturate", 1)):
+        return False
+    z = const_array(zp) if zp is not None else None
+    return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
+            and (zp is None or (z is not None and z.shape == s.shape)))
+
+
 def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:
     add = norm.qualified_op == "kiln::AddLayerNorm"
     if not add and (int(norm.attrs.get("stash_type", 1)) != 1
@@ -62,7 +80,7 @@ def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:
     if row is None or not all(isinstance(d, int) for d in row) or math.prod(row) > MAX_ROW:
         return False
     q = next((user for user, _ in y.uses() if user.qualified_op == "QuantizeLinear" and user.input(0) is y
-              and _per_tensor(user)), None)
+              and (_per_tensor(user) or _per_last_channel(user, x.shape, axis))), None)
     if q is None:
         return False
     yq = q.outputs[0]

@@ -26,10 +26,19 @@ float by a layer precision rule, input range calibrated), or a Shape or Size (wh
 values), and Y must not be a graph output: each reader's weight rows are multiplied by s, so
 all of them see the same x / s. Other layers are not smoothed and quantize as before.
 
-A limit: in a post-norm transformer (BERT, all-MiniLM-L6-v2) every LayerNorm output is also
-the residual input of the next block's add (kiln::AddLayerNorm's second input), which needs x
-itself, so none of them qualifies and such a model quantizes as without smoothing. Pre-norm
-models (the norm output read only by the QKV or FFN matmuls) are where the fold applies.
+Everywhere else the division goes into the quantizer. In a post-norm transformer (BERT,
+all-MiniLM-L6-v2) every LayerNorm output is also the residual input of the next block's add,
+which needs x itself, and an FFN's second matmul reads the GELU output of the first, which no
+norm makes. There x / s is an explicit per-channel Mul(x, 1 / s) that only the quantized
+readers read (the others keep x), and after quantization (fold_channel_scales) the Mul and
+the per-tensor QuantizeLinear of its output, scale t, become one QuantizeLinear of x with the
+per-channel scale t * s_k along the last axis: x_k / (t * s_k) rounded, the same values as
+(x_k / s_k) / t up to one float rounding. The quantized matmul keeps the per-tensor t as its
+activation scale: sum_k round(x_k / (t s_k)) * t * (s_k W_kn) = x @ W. The cost at run time is
+a per-channel instead of a per-tensor scale in that QuantizeLinear (or in the norm kernel that
+quantizes its output, precision/fuse_norm_quantize.py), and where x is a quantized layer's
+output, that layer writes x in float for the QuantizeLinear instead of requantizing it itself
+(precision/fold_requantize.py folds per-tensor QuantizeLinears only).
 
 The per-tensor range of the smoothed activation is then max_k(max|x_k| / s_k), the largest
 of the per-channel maxima divided by s (for an entropy or percentile calibration this is the
@@ -64,16 +73,18 @@ _NORMS = {"LayerNormalization": (1, 2), "kiln::AddLayerNorm": (2, 3)}
 
 @dataclass(frozen=True, slots=True)
 class SmoothedActivation:
-    """One activation divided by its smoothing factors: the norm that makes it, its readers."""
+    """One activation divided by its smoothing factors: the norm that makes it (or the Mul that
+    divides it, folded into its QuantizeLinear later), its readers."""
     activation: str
     norm: str
     readers: tuple[str, ...]
     amax_before: float
     amax_after: float
+    into: str = "norm"  # "norm": Scale and B divided; "quantizer": a per-channel QuantizeLinear scale
 
     def to_json(self) -> dict[str, Any]:
         return {"activation": self.activation, "norm": self.norm, "readers": list(self.readers),
-                "amax_before": self.amax_before, "amax_after": self.amax_after}
+                "amax_before": self.amax_before, "amax_after": self.amax_after, "into": self.into}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +119,10 @@ def smoothing_factors(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.
 
 def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray], alpha: float,
            keep_float: Collection[int] = ()) -> SmoothReport:
-    """Smooth every activation that qualifies (module docstring), rewriting `graph`'s norm and
-    weight constants in place; returns what was smoothed and the ranges to quantize with."""
+    """Smooth every activation that qualifies (module docstring): through its norm's constants
+    where that is free, else through an explicit per-channel Mul before its quantized readers
+    (fold_channel_scales moves it into their QuantizeLinear). Rewrites `graph` in place; returns
+    what was smoothed and the ranges to quantize with."""
     new_ranges = dict(ranges)
     done: list[SmoothedActivation] = []
     for node in list(graph.nodes):
@@ -132,7 +145,90 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
         done.append(SmoothedActivation(y.name, node.name, tuple(r.name for r, _ in readers),
                                        float(new_ranges[y.name]), after))
         new_ranges[y.name] = after
+    smoothed = {a.activation for a in done}
+    for name in smoothing_inputs(graph):
+        if name in smoothed:
+            continue
+        found = _divide_before_readers(graph, name, new_ranges, channel_max, alpha, keep_float)
+        if found is not None:
+            done.append(found)
     return SmoothReport(float(alpha), tuple(done), new_ranges)
+
+
+def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], channel_max: Mapping[str, np.ndarray],
+                           alpha: float, keep_float: Collection[int]) -> SmoothedActivation | None:
+    """x -> Mul(x, 1 / s) -> x / s for x's quantized readers (their weight rows times s); x's
+    other readers keep x. None (nothing changed) when x has no such reader or no maxima."""
+    y = next((v for n in graph.nodes for v in n.inputs if v is not None and v.name == name), None)
+    if y is None or y.is_const or y.dtype is None or y.dtype.name != "float32" or name not in channel_max:
+        return None
+    x_max = np.asarray(channel_max[name], dtype=np.float64).reshape(-1)
+    if x_max.size == 0 or not np.all(np.isfinite(x_max)) or not y.shape or y.shape[-1] != x_max.size:
+        return None
+    readers: list[tuple[Node, QuantizableLayer]] = []
+    for reader, index in y.uses():
+        if index != 0 or reader.qualified_op not in SMOOTHABLE_READERS or id(reader) in keep_float:
+            continue
+        layer = QUANTIZABLE_OPS[reader.qualified_op](reader)
+        if isinstance(layer, str) or unsupported_reason(layer, ranges) or layer.x is not y:
+            continue
+        if layer.w.shape[1 - layer.axis] == x_max.size:
+            readers.append((reader, layer))
+    if not readers:
+        return None
+    s = smoothing_factors(x_max, np.max([_row_max(layer) for _, layer in readers], axis=0), alpha)
+    first = min(graph.nodes.index(r) for r, _ in readers)
+    inverse = graph.constant((1.0 / s).astype(np.float32), f"{name}_smooth_inverse")
+    mul = graph.make_node("Mul", [y, inverse], name=f"{name}_smooth", before=graph.nodes[first])
+    out = mul.outputs[0]
+    out.dtype, out.shape = y.dtype, y.shape
+    for reader, layer in readers:
+        reader.set_input(0, out)
+        _scale_rows(graph, reader, layer, s)
+    after = float(np.max(x_max / s))
+    ranges[out.name] = after
+    return SmoothedActivation(name, mul.name, tuple(r.name for r, _ in readers), float(ranges[name]), after,
+                              "quantizer")
+
+
+def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
+    """QuantizeLinear(Mul(x, c), t, zp) -> QuantizeLinear(x, t / c, zp, axis=-1) for the Muls that
+    smooth() inserted (`report`'s "quantizer" entries: a positive float32 [C] factor over x's last
+    axis), where per-tensor QuantizeLinears alone read the Mul. Run after quantize_layers /
+    quantize_fp8; True when any changed."""
+    changed = False
+    names = {a.norm for a in report.smoothed if a.into == "quantizer"}
+    for mul in [n for n in graph.nodes if n.qualified_op == "Mul" and n.name in names]:
+        x, c_v = mul.input(0), mul.input(1)
+        c = const_array(c_v) if c_v is not None else None
+        out = mul.outputs[0]
+        users = [u for u, _ in out.uses()]
+        if (c is None or c.ndim != 1 or not np.all(c > 0) or not np.all(np.isfinite(c)) or x is None or not x.shape
+                or x.shape[-1] != c.size or graph.is_output(out)
+                or not users or not all(u.qualified_op == "QuantizeLinear" and u.input(0) is out
+                                        and _per_tensor_quantize(u) for u in users)):
+            continue
+        for q in users:
+            t = const_array(q.input(1)).reshape(()).astype(np.float64)
+            scale = (t / c.astype(np.float64)).astype(const_array(q.input(1)).dtype)
+            zp = q.input(2)
+            q.set_input(0, x)
+            q.set_input(1, graph.constant(scale, f"{q.input(1).name}_per_channel"))
+            if zp is not None:
+                z = const_array(zp)
+                q.set_input(2, graph.constant(np.full(c.shape, z.reshape(()), dtype=z.dtype), f"{zp.name}_per_channel"))
+            q.attrs["axis"] = len(x.shape) - 1
+        graph.remove_node(mul)
+        changed = True
+    return changed
+
+
+def _per_tensor_quantize(q: Node) -> bool:
+    """A QuantizeLinear with a constant one-element scale (and zero point), no blocks."""
+    s = const_array(q.input(1)) if q.input(1) is not None else None
+    zp = q.input(2)
+    return (s is not None and s.size == 1 and not q.attrs.get("block_size", 0)
+            and (zp is None or (zp.is_const and const_array(zp).size == 1)))
 
 
 def _plan(graph: Graph, norm: Node, y: Value, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray],

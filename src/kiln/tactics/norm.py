@@ -153,9 +153,12 @@ def _supports_norm_quantize(query: TacticQuery) -> bool:
     cols = x[axis:]
     if not all(isinstance(d, int) for d in cols) or math.prod(cols) > BLOCK_COLS:
         return False
+    per_column = shapes[4] is not None and math.prod(d for d in shapes[4] if isinstance(d, int)) > 1
+    if per_column and axis != len(x) - 1:
+        return False  # a per-channel scale must run along the row the kernel holds
     q = TacticQuery("QuantizeLinear", query.device, (dts[0], dts[4], dts[5]),
                     {"output_dtype": query.attrs.get("output_dtype", 0), "precision": query.attrs.get("precision", 0),
-                     "saturate": 1}, (x, shapes[4], shapes[5]), query.layout, 1)
+                     "saturate": 1, "axis": -1}, (x, shapes[4], shapes[5]), query.layout, 1)
     return supports_triton_quantize(q)
 
 

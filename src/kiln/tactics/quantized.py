@@ -42,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from kiln.ir import dtypes
 from kiln.kernels.reference.fused import ACTIVATIONS as TORCH_ACTIVATIONS
 from kiln.kernels.reference.fused import apply_activation
+from kiln.kernels.reference.quantize import per_last_axis
 from kiln.kernels.reference.quantized import FP8_EXACT_K, _requantize
 from kiln.kernels.triton import available as triton_available
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
@@ -272,14 +273,20 @@ def _cuda_at_least(major: int, minor: int) -> bool:
 
 
 def supports_triton_quantize(q: TacticQuery) -> bool:
-    """Per-tensor QuantizeLinear: float16/bfloat16/float32 X, a float scale (division in it or in
-    `precision`), int8/uint8/float8_e4m3fn out (float8: saturate=1, sm_89+)."""
+    """QuantizeLinear per tensor or per channel of X's last axis: float16/bfloat16/float32 X, a
+    float scale (division in it or in `precision`), int8/uint8/float8_e4m3fn out (float8:
+    saturate=1, sm_89+)."""
     if q.device != "cuda" or _dtype(q, 0) not in FLOATS or _dtype(q, 1) not in FLOATS:
         return False
-    if int(q.attrs.get("block_size", 0) or 0) != 0 or not _one(q, 1):
+    if int(q.attrs.get("block_size", 0) or 0) != 0:
+        return False
+    x, scale = _shape(q, 0), _shape(q, 1)
+    if not _one(q, 1) and not (x is not None and scale is not None and all(isinstance(d, int) for d in scale)
+                               and isinstance(x[-1] if x else None, int)
+                               and per_last_axis(x, scale, int(q.attrs.get("axis", 1)))):
         return False
     zp = _dtype(q, 2)
-    if zp is not None and (zp not in REQUANT_TYPES or not _one(q, 2)):
+    if zp is not None and (zp not in REQUANT_TYPES or not (_one(q, 2) and _one(q, 1) or _shape(q, 2) == scale)):
         return False
     precision, code = int(q.attrs.get("precision", 0) or 0), int(q.attrs.get("output_dtype", 0) or 0)
     try:

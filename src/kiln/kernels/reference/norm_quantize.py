@@ -6,6 +6,8 @@ QuantizeLinear that reads its output, as one op.
   Sum = X + Residual in X's type (when Residual is given; kiln::AddLayerNorm's sum)
   Y   = LayerNormalization(Sum or X, Scale, B, axis, epsilon)    in X's type, float32 statistics
   Yq  = QuantizeLinear(Y, y_scale, y_zero_point, output_dtype, precision, saturate=1)
+        y_scale (and y_zero_point) per tensor, or per channel of the last axis (axis=-1), which
+        is then the normalised axis
 
 Y is an output when `float_output` is 1 (other layers read it: a post-norm transformer's
 next residual add), Sum when `sum_output` is 1 (a pre-norm transformer's residual stream);
@@ -32,5 +34,6 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     """(Yq, [Y], [Sum]) as the module docstring defines them."""
     s = x if residual is None else x + residual
     y = lookup("LayerNormalization").fn(s, scale, b, axis=axis, epsilon=epsilon)[0]
-    yq = lookup("QuantizeLinear").fn(y, y_scale, y_zero_point, output_dtype=output_dtype, precision=precision)
+    yq = lookup("QuantizeLinear").fn(y, y_scale, y_zero_point, axis=-1, output_dtype=output_dtype,
+                                     precision=precision)
     return (yq, *((y,) if float_output else ()), *((s,) if sum_output and residual is not None else ()))

@@ -10,7 +10,7 @@ products exactly and has matmul/conv kernels on CPU and CUDA alike.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -96,6 +96,14 @@ def _division_dtype(scale: Tensor, precision: int) -> torch.dtype:
     """The dtype of x / y_scale: `precision` if given, else y_scale's (int scales: float64)."""
     dt = dtypes.onnx_to_torch(precision) if precision else scale.dtype
     return dt if dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float64
+
+
+def per_last_axis(x_shape: Sequence[Any], scale_shape: Sequence[Any], axis: int) -> bool:
+    """Parameters per channel of X's last axis: a 1-D scale of X.shape[-1] > 1 elements, `axis`
+    the last (what the Triton QuantizeLinear takes besides per-tensor parameters)."""
+    rank = len(x_shape)
+    return (rank > 0 and len(scale_shape) == 1 and scale_shape[0] == x_shape[-1] and x_shape[-1] != 1
+            and axis in (-1, rank - 1))
 
 
 @reference_op("QuantizeLinear")

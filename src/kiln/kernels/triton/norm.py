@@ -68,7 +68,7 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, n_rows, n_cols, eps,
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, q_stride, n_rows, n_cols, eps,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
                 HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr, STORE_Y: tl.constexpr,
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
@@ -105,11 +105,12 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, n_rows, n_cols, eps,
     if STORE_Y:
         tl.store(Y + offs, y, mask=mask)
     if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), the same arithmetic
-        qs = _in_precision(tl.load(QS), Q_PREC)
-        v = _in_precision(tl.math.div_rn(_in_precision(y, Q_PREC), qs), Q_PREC)
+        qcol = tl.where(col_ok, cols, 0) * q_stride                   # per tensor (0) or per column (1)
+        qs = _in_precision(tl.load(QS + qcol), Q_PREC)
+        v = _in_precision(tl.math.div_rn(_in_precision(y, Q_PREC), qs[None, :]), Q_PREC)
         zp = 0
         if Q_HAS_ZP:
-            zp = tl.load(QZ)
+            zp = tl.load(QZ + qcol)[None, :]
         code = requantize(v, zp, Q_HAS_ZP, Q_FP8, QMIN, QMAX)
         tl.store(YQ + offs, code.to(YQ.dtype.element_ty), mask=mask)
 
@@ -164,6 +165,7 @@ class QuantOut:
     fp8: bool
     qmin: int
     qmax: int
+    per_column: bool = False    # scale (and zero point) per column of the row: [cols] elements
 
 
 _NO_QUANT = QuantOut(None, None, None, 0, False, 0, 0)
@@ -211,7 +213,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         q = quant or _NO_QUANT
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
-                          y if q.zero_point is None else q.zero_point, rows, cols, eps,
+                          y if q.zero_point is None else q.zero_point, int(q.per_column), rows, cols, eps,
                           HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
@@ -281,8 +283,11 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise ValueError(f"NormQuantize: residual {residual.dtype}{list(residual.shape)} must match X "
                          f"{x.dtype}{list(x.shape)}")
-    assert y_scale.numel() == 1 and (y_zero_point is None or y_zero_point.numel() == 1), \
-        "NormQuantize quantizes per tensor (one-element y_scale and y_zero_point)"
+    cols = x.shape[axis:].numel()
+    per_column = y_scale.numel() > 1
+    assert (y_scale.numel() == 1 or (axis == x.dim() - 1 and y_scale.numel() == cols)) and \
+        (y_zero_point is None or y_zero_point.numel() == y_scale.numel()), \
+        "NormQuantize quantizes per tensor or per channel of the normalised last axis"
     out = quantized_dtype(y_zero_point, output_dtype)
     prec = _division_dtype(y_scale, precision)
     assert prec in PRECISIONS, f"NormQuantize divides in float16/bfloat16/float32, not {prec}"
@@ -290,9 +295,9 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     yq = torch.empty(x.shape, dtype=out, device=x.device)
     info = OUT_TYPES[out]
     qmin, qmax = info if info is not None else (0, 0)
-    quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1),
-                     None if y_zero_point is None else y_zero_point.reshape(-1), PRECISIONS[prec], info is None,
-                     qmin, qmax)
+    quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
+                     None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
+                     info is None, qmin, qmax, per_column)
     s = torch.empty_like(x) if residual is not None and sum_output else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,
                 quant=quant, store_y=bool(float_output))[0]

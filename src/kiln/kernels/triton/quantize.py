@@ -1,4 +1,4 @@
-"""QuantizeLinear (per tensor) in Triton, and the rounding helpers the quantized GEMM and conv epilogues share.
+"""QuantizeLinear (per tensor, or per channel of the last axis) in Triton, and the rounding helpers the quantized GEMM and conv epilogues share.
 
 The oracle is QuantizeLinear (kernels/reference/quantize.py):
 
@@ -27,7 +27,8 @@ Memory format: a non-overlapping, dense X (contiguous, channels_last, any permut
 dims) is quantized in its storage order and Y gets X's strides, so a channels_last input
 gives a channels_last output with no copy; other X are made contiguous first. The kernel
 is one flat pass over numel elements (the parameters are per tensor, so order is free);
-offsets are int64.
+offsets are int64. Parameters per channel of the last axis (SmoothQuant's per-channel
+activation scales, precision/smooth_quant.py) are read at offset % C of a row-major X.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.reference.quantize import _division_dtype, _quant_type
+from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 
 Tensor = torch.Tensor
 
@@ -140,16 +141,23 @@ def _in_precision(x, PREC: tl.constexpr):
 
 
 @triton.jit
-def _quantize_kernel(X, Y, SCALE, ZP, n, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
-                     QMIN: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr):
+def _quantize_kernel(X, Y, SCALE, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
+                     QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # [BLOCK], storage order
     mask = offs < n
     x = _in_precision(tl.load(X + offs, mask=mask, other=0.0), PREC)
-    s = _in_precision(tl.load(SCALE), PREC)
+    if PER_CHANNEL:  # X row-major, the parameters along its last axis of C (always in range)
+        ch = offs % C
+        s = _in_precision(tl.load(SCALE + ch), PREC)
+    else:
+        s = _in_precision(tl.load(SCALE), PREC)
     v = _in_precision(tl.math.div_rn(x, s), PREC)                           # X / y_scale in its type
     zp = 0
     if HAS_ZP:
-        zp = tl.load(ZP)
+        if PER_CHANNEL:
+            zp = tl.load(ZP + ch)
+        else:
+            zp = tl.load(ZP)
     code = requantize(v, zp, HAS_ZP, FLOAT8, QMIN, QMAX)
     tl.store(Y + offs, code.to(Y.dtype.element_ty), mask=mask)              # Y: int8/uint8, float8 as uint8
 
@@ -174,11 +182,13 @@ def is_dense(t: Tensor) -> bool:
 
 
 def _check(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None, out: torch.dtype, prec: torch.dtype,
-           block_size: int, saturate: int) -> None:
+           block_size: int, saturate: int, axis: int) -> None:
     assert x.dtype in IN_DTYPES, f"QuantizeLinear.triton takes float16/bfloat16/float32 X, got {x.dtype}"
-    assert y_scale.numel() == 1, f"QuantizeLinear.triton is per tensor; y_scale has shape {tuple(y_scale.shape)}"
-    assert y_zero_point is None or y_zero_point.numel() == 1, \
-        f"QuantizeLinear.triton is per tensor; y_zero_point has shape {tuple(y_zero_point.shape)}"
+    per_channel = per_last_axis(tuple(x.shape), tuple(y_scale.shape), axis)
+    assert y_scale.numel() == 1 or per_channel, \
+        f"QuantizeLinear.triton is per tensor or per channel of the last axis; y_scale has shape {tuple(y_scale.shape)}"
+    assert y_zero_point is None or y_zero_point.numel() == y_scale.numel(), \
+        f"y_zero_point has shape {tuple(y_zero_point.shape)}, y_scale {tuple(y_scale.shape)}"
     assert block_size == 0, "QuantizeLinear.triton does not do blocked quantization (block_size must be 0)"
     assert out in OUT_TYPES, f"QuantizeLinear.triton produces int8, uint8 or float8_e4m3fn, not {out}"
     assert prec in PRECISIONS, f"QuantizeLinear.triton divides in float16/bfloat16/float32, not {prec}"
@@ -188,14 +198,14 @@ def _check(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None, out: torch.d
 def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = None, *, axis: int = 1,
                     block_size: int = 0, output_dtype: int = 0, precision: int = 0, saturate: int = 1,
                     config: dict[str, Any] | None = None) -> Tensor:
-    """Y = QuantizeLinear(X) with per-tensor parameters, in X's memory format (module docstring).
-
-    `axis` only places per-axis parameters, which this kernel does not take."""
+    """Y = QuantizeLinear(X) with per-tensor parameters, in X's memory format (module docstring), or
+    with parameters per channel of X's last axis (`axis` the last; X then row-major)."""
     out = quantized_dtype(y_zero_point, output_dtype)
     prec = _division_dtype(y_scale, precision)
-    _check(x, y_scale, y_zero_point, out, prec, block_size, saturate)
+    _check(x, y_scale, y_zero_point, out, prec, block_size, saturate, axis)
     cfg = dict(CONFIGS[0] if config is None else config)
-    if not is_dense(x):
+    per_channel = y_scale.numel() > 1
+    if not is_dense(x) or (per_channel and not x.is_contiguous()):  # per channel: row-major, channel = offset % C
         x = x.contiguous()
     y = torch.empty_like(x, dtype=out)  # preserve_format: a dense X's strides
     if any(sx != sy for d, sx, sy in zip(x.shape, x.stride(), y.stride()) if d != 1):
@@ -210,7 +220,7 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     zp = y_scale if y_zero_point is None else y_zero_point   # a placeholder pointer when absent
     grid = (triton.cdiv(n, cfg["BLOCK"]),)
     y_codes = y.view(torch.uint8) if info is None else y     # float8: the kernel stores its bits
-    _quantize_kernel[grid](x, y_codes, y_scale, zp, n, HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec],
-                           FLOAT8=info is None, QMIN=qmin, QMAX=qmax, BLOCK=cfg["BLOCK"],
-                           num_warps=cfg["num_warps"])
+    _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
+                           HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None, QMIN=qmin,
+                           QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return y
