@@ -77,10 +77,12 @@ def log(msg: str) -> None:
 
 
 def build_engine(model: str | Path, precision: str, profile: Profile, device: str, method: str = "minmax",
-                 calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None) -> Any:
+                 calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None,
+                 smooth_quant: float | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
-    with SmoothQuant alpha SMOOTH_QUANT[0] when --smooth-quant is given."""
-    extra = {"calib_method": method, "smooth_quant": SMOOTH_QUANT[0]} if precision in PRECISIONS else {}
+    with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant)."""
+    alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
+    extra = {"calib_method": method, "smooth_quant": alpha} if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
@@ -203,10 +205,12 @@ def minilm_part(model: MiniLM, precisions: Sequence[str], methods: Sequence[str]
             "rows": rows, "best": best_methods(rows)}
 
 
-def budget_part(model: MiniLM, budget: tuple[str, float], method: str) -> dict[str, Any]:
+def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
+                smooth_quant: float | None = None) -> dict[str, Any]:
     """An int8 build with the accuracy budget; the plan it found and how it does on the evaluation set."""
     t0 = time.perf_counter()
-    engine = build_engine(model.path, "int8", model.profile, model.device, method, model.calibration, budget)
+    engine = build_engine(model.path, "int8", model.profile, model.device, method, model.calibration, budget,
+                          smooth_quant)
     build_s = time.perf_counter() - t0
     plan = engine.header["build"]["accuracy_budget"]
     metrics = model.evaluate(engine)

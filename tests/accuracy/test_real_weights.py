@@ -36,12 +36,13 @@ from benchmarks import accuracy_real as ar  # noqa: E402
 MINILM_METHOD = "minmax"      # MiniLM: minmax > percentile > entropy for int8 and fp8
 YOLO_METHOD = "percentile"    # YOLOv8n: percentile > minmax > entropy for int8 and fp8
 
-INT8_PER_TENSOR = ("kiln's int8 quantizes each activation with one scale per tensor; MiniLM's LayerNorm outputs "
-                   "carry an outlier channel (|x| ~ 28 vs a median channel max of ~1.9) and its GELU outputs "
-                   "outliers up to ~25, so the FFN layers lose most of their int8 resolution. Measured (minmax, "
-                   "the best method): per-sentence cosine min 0.957, mean 0.983; ranking 0.938. Needs per-input-"
-                   "channel smoothing (SmoothQuant) in precision/int8.py, or an accuracy budget: "
-                   "test_minilm_int8_accuracy_budget_plan_meets_budget_and_thresholds meets these thresholds.")
+INT8_PER_TENSOR = ("int8 without SmoothQuant quantizes each activation with one scale per tensor; MiniLM's "
+                   "LayerNorm outputs carry an outlier channel (|x| ~ 28 vs a median channel max of ~1.9) and its "
+                   "GELU outputs outliers up to ~25, so the FFN layers lose most of their int8 resolution. Measured "
+                   "(minmax, the best method): per-sentence cosine min 0.957, mean 0.983; ranking 0.938. With "
+                   "--smooth-quant 0.9 the cosines pass (test_minilm_int8_smooth_quant_cosine), and an accuracy "
+                   "budget meets every threshold (test_minilm_int8_accuracy_budget_*).")
+SMOOTH_ALPHA = 0.9            # MiniLM int8: of 0.5 / 0.7 / 0.8 / 0.85 / 0.9 / 0.95, the best ranking at min >= 0.99
 
 
 # ---------------------------------------------------------------- data and metrics (fast)
@@ -138,9 +139,10 @@ def _minilm(path: Path) -> ar.MiniLM:
 
 
 @functools.lru_cache(maxsize=None)
-def _minilm_metrics(path: Path, precision: str) -> dict:
+def _minilm_metrics(path: Path, precision: str, smooth_quant: float | None = None) -> dict:
     model = _minilm(path)
-    engine = ar.build_engine(model.path, precision, model.profile, "cpu", MINILM_METHOD, model.calibration)
+    engine = ar.build_engine(model.path, precision, model.profile, "cpu", MINILM_METHOD, model.calibration,
+                             smooth_quant=smooth_quant)
     return model.evaluate(engine)
 
 
@@ -163,6 +165,20 @@ def test_minilm_int8_cosine(minilm_model: Path) -> None:
 @pytest.mark.xfail(strict=True, reason=INT8_PER_TENSOR)
 def test_minilm_int8_ranking(minilm_model: Path) -> None:
     m = _minilm_metrics(minilm_model, "int8")
+    assert m["ranking"] >= metrics.MIN_RANKING, m
+
+
+def test_minilm_int8_smooth_quant_cosine(minilm_model: Path) -> None:
+    """SmoothQuant (alpha 0.9) through the norms' and the quantizers' per-channel scales: every
+    sentence's embedding within the thresholds (measured: min 0.9932, mean 0.9979)."""
+    m = _minilm_metrics(minilm_model, "int8", SMOOTH_ALPHA)
+    assert m["cosine_min"] >= metrics.MIN_COSINE and m["cosine_mean"] >= metrics.MEAN_COSINE, m
+
+
+@pytest.mark.xfail(strict=True, reason="measured 0.9794 with --smooth-quant 0.9 (0.938 without): the remaining "
+                                       "int8 rounding moves near-tied similarity pairs; an accuracy budget meets it")
+def test_minilm_int8_smooth_quant_ranking(minilm_model: Path) -> None:
+    m = _minilm_metrics(minilm_model, "int8", SMOOTH_ALPHA)
     assert m["ranking"] >= metrics.MIN_RANKING, m
 
 
@@ -189,6 +205,18 @@ def test_minilm_int8_accuracy_budget_plan_meets_budget_and_thresholds(minilm_mod
     result = ar.budget_part(_minilm(minilm_model), ("cosine", 0.999), MINILM_METHOD)
     assert 0 < len(result["plan"]["kept"]) < result["plan"]["candidates"]
     assert result["plan"]["achieved"] >= 0.999
+    m = result["eval"]
+    assert m["flat_cosine"] >= 0.999, m
+    assert m["cosine_min"] >= metrics.MIN_COSINE and m["cosine_mean"] >= metrics.MEAN_COSINE, m
+    assert m["ranking"] >= metrics.MIN_RANKING, m
+
+
+@pytest.mark.slow
+def test_minilm_int8_accuracy_budget_with_smooth_quant_keeps_few_layers(minilm_model: Path) -> None:
+    """With SmoothQuant the same budget keeps far fewer layers in fp32 (measured: 4 of 24, against
+    13 without) and still meets every threshold on the evaluation sentences."""
+    result = ar.budget_part(_minilm(minilm_model), ("cosine", 0.999), MINILM_METHOD, SMOOTH_ALPHA)
+    assert 0 < len(result["plan"]["kept"]) <= 6, result["plan"]["kept"]
     m = result["eval"]
     assert m["flat_cosine"] >= 0.999, m
     assert m["cosine_min"] >= metrics.MIN_COSINE and m["cosine_mean"] >= metrics.MEAN_COSINE, m
