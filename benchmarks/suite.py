@@ -4,7 +4,8 @@ Usage (GPU machine):
   python benchmarks/suite.py [--models resnet50,vit_b16,bert_base,minilm | resnet50:64,bert_base:1+32]
       [--batches 1,32,64] [--precisions fp16,bf16,fp32,int8,fp8] [--peers default|all|compiled|NAME,...]
       [--out results.json] [--markdown] [--time-budget SECONDS] [--warm-build new-process|in-process|off]
-      [--timing-cache FILE] [--calib-method minmax|entropy|percentile] [--calib-samples N] [--accuracy-samples N]
+      [--timing-cache FILE] [--calib-method minmax|entropy|percentile] [--smooth-quant ALPHA]
+      [--calib-samples N] [--accuracy-samples N]
 A ~5 minute subset:
   python benchmarks/suite.py --models bert_base,resnet50 --batches 1,32 --precisions fp16 \
       --peers eager,reduce-overhead --time-budget 240 --out results.json --markdown
@@ -96,7 +97,8 @@ def meta(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "peak_n": args.peak_n, "peers": list(args.peers), "weights": report.WEIGHTS_NOTE,
             "precisions": list(args.precisions), "precision_note": args.precision_note,
             "warm_build": args.warm_build, "timing_cache": args.timing_cache or "fresh per model and precision",
-            "calib_method": args.calib_method, "calib_samples": args.calib_samples,
+            "calib_method": args.calib_method, "smooth_quant": getattr(args, "smooth_quant", None),
+            "calib_samples": args.calib_samples,
             "accuracy_samples": args.accuracy_samples,
             "min_cosine": {p: measure.MIN_COSINE[p] for p in args.precisions}}
 
