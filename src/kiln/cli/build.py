@@ -209,8 +209,10 @@ def int8_line(int8: dict[str, Any]) -> str:
              else f"calibrated on {calib['batches']} batch(es)" + (f", cached in {calib['cache']}" if calib["cache"] else ""))
     kept = len(int8["kept_float"])
     folded = int8.get("requantize_folded", 0)
+    norms = int8.get("norm_quantize_fused", 0)
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
-            + (f", {folded} requantizing their output" if folded else "") + f"; ranges: {calib['method']}, {where}"
+            + (f", {folded} requantizing their output" if folded else "")
+            + (f", {norms} norm(s) quantizing their output" if norms else "") + f"; ranges: {calib['method']}, {where}"
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
                if (sq := int8.get("smooth_quant")) else ""))
 

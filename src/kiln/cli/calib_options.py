@@ -26,6 +26,8 @@ def calibration_method_options(command: Callable[..., Any]) -> Callable[..., Any
 def smooth_quant_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """--smooth-quant ALPHA of `kiln build` (BuildConfig.smooth_quant, which checks the value)."""
     return click.option("--smooth-quant", "smooth_quant", type=float, default=None, metavar="ALPHA",
-                        help="SmoothQuant for --int8/--fp8: divide the channels of each LayerNorm output read only "
-                             "by quantized matmuls by max|x|^ALPHA / max|W|^(1-ALPHA), folded into the norm and the "
-                             "weights (ALPHA in [0, 1], e.g. 0.85; off when not given).")(command)
+                        help="SmoothQuant for --int8/--fp8: divide the channels of each activation a quantized "
+                             "matmul reads by max|x|^ALPHA / max|W|^(1-ALPHA) and multiply the weights' rows by the "
+                             "same; folded into the LayerNorm when only quantized matmuls read its output, else "
+                             "into per-channel QuantizeLinear scales (ALPHA in [0, 1], e.g. 0.9; off when not "
+                             "given).")(command)
