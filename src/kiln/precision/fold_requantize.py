@@ -71,13 +71,20 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
     return True
 
 
-def _per_tensor(q: Node) -> bool:
-    """Q quantizes per tensor with constant parameters to a type the fused op writes."""
-    scale, zp, out = q.input(1), q.input(2), q.outputs[0]
+def fusable_output(q: Node) -> bool:
+    """Q writes a type fused ops write (8-bit integer or saturating float8), without blocks."""
+    out = q.outputs[0]
     if q.attrs.get("block_size", 0) or out.dtype is None or out.dtype.name not in QUANT_OUTPUTS:
         return False
-    if out.dtype.name.startswith("float8") and not q.attrs.get("saturate", 1):
-        return False  # a non-saturating float8 Q turns overflow into NaN/inf; the fused op saturates
+    # A non-saturating float8 Q turns overflow into NaN/inf; the fused ops saturate.
+    return not (out.dtype.name.startswith("float8") and not q.attrs.get("saturate", 1))
+
+
+def _per_tensor(q: Node) -> bool:
+    """Q quantizes per tensor with constant parameters to a type the fused op writes."""
+    scale, zp = q.input(1), q.input(2)
+    if not fusable_output(q):
+        return False
     s = const_array(scale)
     if s is None or s.size != 1 or not scale.dtype.is_float:
         return False

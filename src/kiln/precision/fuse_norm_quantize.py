@@ -32,9 +32,8 @@ import math
 
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantize import per_last_axis
-from kiln.passes.fuse_qdq import QUANT_OUTPUTS
 from kiln.passes.match import const_array, pinned
-from kiln.precision.fold_requantize import _per_tensor
+from kiln.precision.fold_requantize import _per_tensor, fusable_output
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
 NORMS = ("LayerNormalization", "kiln::AddLayerNorm")
@@ -54,12 +53,9 @@ def fuse_norm_quantize(graph: Graph) -> bool:
 def _per_last_channel(q: Node, shape: tuple, axis: int) -> bool:
     """Q has constant parameters per channel of the last axis, which the norm normalises alone
     (SmoothQuant's per-channel activation scales, precision/smooth_quant.py)."""
-    scale, zp, out = q.input(1), q.input(2), q.outputs[0]
+    scale, zp = q.input(1), q.input(2)
     s = const_array(scale) if scale is not None else None
-    if s is None or not scale.dtype.is_float or axis != len(shape) - 1 or q.attrs.get("block_size", 0):
-        return False
-    if out.dtype is None or out.dtype.name not in QUANT_OUTPUTS or (out.dtype.name.startswith("float8")
-                                                                     and not q.attrs.get("saturate", 1)):
+    if s is None or not scale.dtype.is_float or axis != len(shape) - 1 or not fusable_output(q):
         return False
     z = const_array(zp) if zp is not None else None
     return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
