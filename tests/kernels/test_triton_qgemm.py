@@ -25,6 +25,7 @@ from kiln.kernels.triton import available as triton_available
 REF = lookup("kiln::QMatMul").fn
 OP = "kiln::QMatMul"
 TINY = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
+TINY_TMA = {**TINY, "TMA": 1}
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
 
@@ -124,6 +125,27 @@ def test_int8_requantized_outputs(out_type, zp):
         assert got.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("a_dt, out_type, zp", [(torch.int8, torch.int8, True), (torch.int8, torch.uint8, True),
+                                                 (torch.float8_e4m3fn, torch.float8_e4m3fn, False)])
+def test_per_column_output_scales(a_dt, out_type, zp):
+    """out_scale (and out_zp) per output column: SmoothQuant's per-channel activation scales of
+    the next layer's input, requantized by this one."""
+    fp8 = a_dt == torch.float8_e4m3fn
+    args = _layer(37, 40, 80, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, seed=16, fp8_ints=fp8)
+    g = torch.Generator().manual_seed(17)
+    onnx = {torch.int8: TensorProto.INT8, torch.uint8: TensorProto.UINT8,
+            torch.float8_e4m3fn: TensorProto.FLOAT8E4M3FN}[out_type]
+    out_scale = (torch.rand(40, generator=g) * 0.1 + 0.01).to(DEV)
+    out_zp = None
+    if zp:
+        lo, hi = (-10, 10) if out_type == torch.int8 else (100, 150)
+        out_zp = torch.randint(lo, hi, (40,), generator=g).to(out_type).to(DEV)
+    for cfg in (TINY, TINY_TMA):
+        got, want = _check(args, trans_b=1, activation="Relu", out_scale=out_scale, out_zp=out_zp, out_dtype=onnx,
+                           config=cfg)
+        assert got.dtype == out_type and want.float().unique().numel() > 20
+
+
 def test_requantization_saturates_and_rounds_ties_to_even():
     # One-hot rows: acc = b[k, n] exactly, and scales that are powers of two make every value
     # exact in float32 too, so ties (x.5) must round to even and the ends must saturate.
@@ -197,8 +219,6 @@ def test_fp8_requantized_outputs():
 
 
 # --- TMA ---------------------------------------------------------------------------------------
-
-TINY_TMA = {**TINY, "TMA": 1}
 
 
 @pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])

@@ -62,6 +62,27 @@ def test_qmatmul_int8_and_fp8_outputs():
     assert torch.equal(y8.float(), (v / 0.5).clamp(-448, 448).float().to(torch.float8_e4m3fn).float())
 
 
+def test_per_channel_output_scales_requantize_each_channel():
+    """out_scale / out_zp per output channel (SmoothQuant's per-channel activation scales): each
+    column of QMatMul's Y, each channel of QConv's, requantized with its own; a mismatched zero
+    point is refused."""
+    a, b = _int8(3, 16), _int8(16, 4)
+    out_s, out_zp = _f32(0.02, 0.05, 0.1, 0.4), torch.tensor([0, 1, -2, 3], dtype=torch.int8)
+    v = (a.double() * 0.1) @ (b.double() * 0.05)
+    y = qmatmul(a, b, _f32(0.1), None, _f32(0.05), None, out_scale=out_s, out_zp=out_zp)
+    want = torch.stack([_requant_f64(v[:, j], float(out_s[j]), int(out_zp[j]), -128, 127) for j in range(4)], 1)
+    assert y.dtype == torch.int8 and torch.equal(y.double(), want)
+    x, w = _int8(1, 3, 5, 5), _int8(4, 3, 1, 1)
+    yc = qconv(x, w, _f32(0.5), None, _f32(0.25), None, None, None, out_s, out_zp)
+    vc = F.conv2d(x.double() * 0.5, w.double() * 0.25)
+    wantc = torch.stack([_requant_f64(vc[:, j], float(out_s[j]), int(out_zp[j]), -128, 127) for j in range(4)], 1)
+    assert torch.equal(yc.double(), wantc)
+    with pytest.raises(ValueError, match="out_zp must have out_scale's 4 elements"):
+        qmatmul(a, b, _f32(0.1), None, _f32(0.05), None, out_scale=out_s, out_zp=torch.tensor(0, dtype=torch.int8))
+    with pytest.raises(ValueError, match="out_scale must have one element or 4"):
+        qmatmul(a, b, _f32(0.1), None, _f32(0.05), None, out_scale=_f32(0.1, 0.2))
+
+
 @pytest.mark.parametrize("group,pads,strides,dilations", [(1, [1, 1, 1, 1], [1, 1], [1, 1]),
                                                           (2, [0, 1, 2, 0], [2, 1], [1, 2])])
 def test_qconv_per_channel_against_float64(group, pads, strides, dilations):

@@ -220,6 +220,48 @@ def test_post_norm_engine_quantizes_per_channel_and_is_more_accurate(precision: 
     assert min(gains) > (2.0 if precision == "int8" else 0.5), gains
 
 
+def _ffn_model() -> onnx.ModelProto:
+    """x -> LN -> MatMul "up" + Relu -> MatMul "down" -> y: the down matmul's input is the up
+    matmul's output, which an outlier column of W_up makes large in one channel."""
+    rng = np.random.default_rng(1)
+    w_up = rng.standard_normal((C, 2 * C)) / 4
+    w_up[:, OUTLIER] *= 30
+    inits = [_init("scale", 1.0 + 0.1 * rng.standard_normal(C)), _init("bias", 0.1 * rng.standard_normal(C)),
+             _init("w_up", w_up), _init("w_down", rng.standard_normal((2 * C, N)) / 4)]
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["h"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["h", "w_up"], ["u"], name="up"),
+             helper.make_node("Relu", ["u"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w_down"], ["y"], name="down")]
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, T, C])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, T, N])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_smoothed_input_of_a_quantized_layer_is_its_per_channel_requantization(precision: str,
+                                                                              monkeypatch) -> None:  # noqa: ANN001
+    """The down matmul's smoothed input comes from the up matmul: after fold_channel_scales its
+    QuantizeLinear is per channel, and fold_requantize makes the up matmul requantize per output
+    column (no QuantizeLinear left between them); the engine agrees with the unfolded one (the
+    fold rounds once where the chain rounds through float32: one step near ties)."""
+    model = _ffn_model()
+    config = BuildConfig(device="cpu", precision=precision, smooth_quant=0.85)
+    engine = builder.build(model, config, calibration=feeds(False))
+    steps = engine.plan.steps
+    up = next(s for s in steps if s.op == "kiln::QMatMul" and len(s.inputs) > 8 and s.inputs[8] is not None)
+    assert np.prod(engine.plan.slots[up.inputs[8]].shape) == 2 * C            # out_scale per column
+    assert engine.plan.slots[up.outputs[0]].dtype == {"int8": "int8", "fp8": "float8_e4m3fn"}[precision]
+    assert [s.op for s in steps if s.op == "QuantizeLinear"] == []             # the norm quantizes x itself
+    assert engine.header["build"][precision]["requantize_folded"] == 1
+    monkeypatch.setattr(builder, "fold_requantize", lambda graph: False)
+    unfolded = builder.build(model, config, calibration=feeds(False))
+    assert sum(s.op == "QuantizeLinear" for s in unfolded.plan.steps) == 1
+    for feed in feeds(False, seed=101):
+        assert cosine(np.asarray(engine(**feed)["y"]), np.asarray(unfolded(**feed)["y"])) > 0.9999
+
+
 def test_smoothing_factors_zero_channels_are_one() -> None:
     s = smoothing_factors(np.array([4.0, 0.0, 2.0]), np.array([1.0, 3.0, 0.0]), 0.5)
     np.testing.assert_allclose(s, [2.0, 1.0, 1.0])

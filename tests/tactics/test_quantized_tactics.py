@@ -34,11 +34,12 @@ def hopper(monkeypatch):
 
 
 def _qmm(a="int8", b="int8", *, m=64, n=768, k=768, trans_b=0, scale="float16", b_scale=None, a_zp="int8",
-         b_zp=None, bias="float16", residual=None, out=None, out_zp=None, device="cuda", **attrs) -> TacticQuery:
+         b_zp=None, bias="float16", residual=None, out=None, out_zp=None, out_shape=(), device="cuda",
+         **attrs) -> TacticQuery:
     """A QMatMul query as int8.py / fp8.py build them (shapes: A [2, m, k], B [k, n] or [n, k])."""
     b_shape = (n, k) if trans_b else (k, n)
     dts = [a, b, scale, a_zp, "float32", b_zp, bias, residual, out and "float32", out_zp]
-    shapes = [(2, m, k), b_shape, (), (), b_scale or (n,), (n,), (n,), (2, m, n), (), ()]
+    shapes = [(2, m, k), b_shape, (), (), b_scale or (n,), (n,), (n,), (2, m, n), out_shape, out_shape]
     attrs = {"trans_b": trans_b, "activation": "", "activation_params": [], **attrs}
     if out:
         attrs["out_dtype"] = out
@@ -56,6 +57,12 @@ def test_triton_accepts_what_int8_and_fp8_builds_make(hopper):
                                            activation="Gelu", activation_params=[0.0]))
     assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8"))       # fuse_qdq's requant
     assert qt.supports_triton_qmatmul(_qmm(b_scale=(1,), bias=None, a_zp=None))        # per tensor
+    # Requantized per output column (SmoothQuant's per-channel scales of the next input): Triton
+    # only, scaled_mm requantizes per tensor.
+    assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8", out_shape=(768,)))
+    assert not qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_shape=(384,)))
+    fp8_cols = _qmm(FP8, FP8, a_zp=None, out=TensorProto.FLOAT8E4M3FN, out_shape=(768,))
+    assert qt.supports_triton_qmatmul(fp8_cols) and not qt.supports_scaled_mm(fp8_cols)
 
 
 def test_triton_refusals(hopper):

@@ -12,7 +12,8 @@ T (int8, float8): folded, the layer writes T once and the float tensor never exi
 When: the layer has no requantization yet (out_dtype 0, no out_scale); its float output y is
 read by Q alone, once, and is neither a graph output nor captured by a subgraph
 (passes/match.py: pinned); Q is per tensor: a constant one-element scale, a zero point absent
-or a constant one element, no blocks; T is an 8-bit integer or float8 type; a float8 Q
+or a constant one element, no blocks (or, for kiln::QMatMul, per channel of y's last axis,
+the output columns: SmoothQuant's per-channel activation scales); T is an 8-bit integer or float8 type; a float8 Q
 saturates (saturate=1), as the fused op always does (integer types saturate either way).
 Q's output Value (its name, its readers, a graph output binding) passes to the layer.
 
@@ -32,6 +33,7 @@ policy), on a topologically sorted graph; the layer keeps its name and place.
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.quantize import per_last_axis
 from kiln.passes.fuse_qdq import QUANT_OUTPUTS
 from kiln.passes.match import const_array, pinned, sole_user
 
@@ -57,7 +59,10 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
         return False
     y = layer.outputs[0]
     q = sole_user(y, keep)
-    if q is None or q.qualified_op != "QuantizeLinear" or q.input(0) is not y or not _per_tensor(q):
+    if q is None or q.qualified_op != "QuantizeLinear" or q.input(0) is not y:
+        return False
+    per_channel = layer.qualified_op == "kiln::QMatMul" and y.shape is not None and per_last_channel(q, y.shape)
+    if not (_per_tensor(q) or per_channel):
         return False
     y_q = q.outputs[0]
     scale, zp = q.input(1), q.input(2)
@@ -89,6 +94,18 @@ def _per_tensor(q: Node) -> bool:
     if s is None or s.size != 1 or not scale.dtype.is_float:
         return False
     return zp is None or (zp.is_const and const_array(zp).size == 1)
+
+
+def per_last_channel(q: Node, shape: tuple) -> bool:
+    """Q quantizes per channel of the last axis of a tensor of `shape`, with constant parameters
+    (zero point of the scale's shape), to a type fused ops write: SmoothQuant's activation scales."""
+    scale, zp = q.input(1), q.input(2)
+    s = const_array(scale) if scale is not None else None
+    if s is None or not scale.dtype.is_float or not fusable_output(q):
+        return False
+    z = const_array(zp) if zp is not None else None
+    return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
+            and (zp is None or (z is not None and z.shape == s.shape)))
 
 
 def _take_output(layer: Node, old: Value, new: Value) -> None:

@@ -31,9 +31,8 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node
-from kiln.kernels.reference.quantize import per_last_axis
-from kiln.passes.match import const_array, pinned
-from kiln.precision.fold_requantize import _per_tensor, fusable_output
+from kiln.passes.match import pinned
+from kiln.precision.fold_requantize import _per_tensor, per_last_channel
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
 NORMS = ("LayerNormalization", "kiln::AddLayerNorm")
@@ -53,13 +52,7 @@ def fuse_norm_quantize(graph: Graph) -> bool:
 def _per_last_channel(q: Node, shape: tuple, axis: int) -> bool:
     """Q has constant parameters per channel of the last axis, which the norm normalises alone
     (SmoothQuant's per-channel activation scales, precision/smooth_quant.py)."""
-    scale, zp = q.input(1), q.input(2)
-    s = const_array(scale) if scale is not None else None
-    if s is None or not scale.dtype.is_float or axis != len(shape) - 1 or not fusable_output(q):
-        return False
-    z = const_array(zp) if zp is not None else None
-    return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
-            and (zp is None or (z is not None and z.shape == s.shape)))
+    return axis == len(shape) - 1 and per_last_channel(q, shape)
 
 
 def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:

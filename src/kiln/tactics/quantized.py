@@ -189,11 +189,12 @@ def _residual_fits(q: TacticQuery, n: int | str) -> bool:
     return len(r) <= len(out) and all(rd == od or rd == 1 for rd, od in zip(reversed(r), reversed(out)))
 
 
-def _layer_ok(q: TacticQuery, fp8: bool) -> tuple[int | str, int | str] | None:
+def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple[int | str, int | str] | None:
     """(K, N) when the node's ranks, parameters and epilogue fit both GEMM tactics, else None:
     A [..., M, K], B 2-D, float scales (a_scale per tensor, b_scale per tensor or channel),
     zero points per tensor/channel (none for float8), a float bias of one or N elements,
-    a residual that fits Y, and a requantization (if any) to int8/uint8/float8_e4m3fn."""
+    a residual that fits Y, and a requantization (if any) to int8/uint8/float8_e4m3fn, per
+    tensor (or, with `per_channel_out`, per output channel: out_zp then out_scale's shape)."""
     a, b = _shape(q, A), _shape(q, B)
     if a is None or b is None or len(a) < 2 or len(b) != 2:
         return None
@@ -215,8 +216,10 @@ def _layer_ok(q: TacticQuery, fp8: bool) -> tuple[int | str, int | str] | None:
         return None
     out = _out_type(q)
     if out is not None:
-        zp_ok = _dtype(q, OUT_ZP) is None or (_dtype(q, OUT_ZP) in REQUANT_TYPES and _one(q, OUT_ZP))
-        if out not in REQUANT_TYPES or _dtype(q, OUT_SCALE) not in FLOATS or not _one(q, OUT_SCALE) or not zp_ok:
+        scale_ok = _one(q, OUT_SCALE) or (per_channel_out and _per_channel(q, OUT_SCALE, n))
+        zp_ok = _dtype(q, OUT_ZP) is None or (_dtype(q, OUT_ZP) in REQUANT_TYPES and (
+            _one(q, OUT_ZP) if _one(q, OUT_SCALE) else _shape(q, OUT_ZP) == _shape(q, OUT_SCALE)))
+        if out not in REQUANT_TYPES or _dtype(q, OUT_SCALE) not in FLOATS or not scale_ok or not zp_ok:
             return None
     return k, n
 
@@ -239,7 +242,7 @@ def supports_triton_qmatmul(q: TacticQuery) -> bool:
     cap = device_capability()
     if cap is None or cap < (8, 0) or ((fp8 or _out_type(q) == FP8) and cap < (8, 9)):
         return False
-    kn = _layer_ok(q, fp8)
+    kn = _layer_ok(q, fp8, per_channel_out=True)
     if kn is None:
         return False
     return _aligned(kn[0], FP8_EXACT_K if fp8 else TRITON_MAX_K) and _aligned(kn[1], 2**31)

@@ -70,7 +70,7 @@ def _finish(y: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Ten
         y = y + residual.to(y.dtype)
     y = apply_activation(y, activation, params) if activation else y
     if out_scale is not None:
-        return _requantize(y.to(torch.float32), out_scale, out_zp, out_dtype)
+        return _requantize(y.to(torch.float32), out_scale, out_zp, out_dtype, bias_shape)
     return y.to(out_dtype_float)
 
 

@@ -13,7 +13,9 @@ and they are defined so that every step is exact up to one final rounding:
 
 a_scale/a_zp are per tensor (one element). b_scale/b_zp are per tensor or per output
 channel: 1-D of length N, the last axis of Y (QMatMul; the column of B, or its row when
-trans_b) or dim 1 of Y (QConv; dim 0 of W). out_scale/out_zp are per tensor. The
+trans_b) or dim 1 of Y (QConv; dim 0 of W). out_scale/out_zp are per tensor or per output
+channel likewise (per channel: the requantization of an activation that SmoothQuant divides
+per channel, precision/smooth_quant.py; out_zp then has out_scale's shape). The
 requantized type is `out_dtype` (an ONNX TensorProto enum) when non-zero, else out_zp's
 type, else uint8, as QuantizeLinear; integer types saturate to their range, float8 types
 saturate to their largest finite value (QuantizeLinear's saturate=1).
@@ -105,7 +107,7 @@ def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[in
     v = apply_activation(v, activation, activation_params)
     if out_scale is None:
         return v.to(float_dtype)
-    return _requantize(v, out_scale, out_zp, out_dtype)
+    return _requantize(v, out_scale, out_zp, out_dtype, bias_shape)
 
 
 def requantized_type(out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
@@ -120,10 +122,21 @@ def output_type(float_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | 
     return dtypes.from_torch(float_scale.dtype) if out_scale is None else requantized_type(out_zp, out_dtype)
 
 
-def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int) -> Tensor:
+def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int,
+                channel_shape: list[int] | None = None) -> Tensor:
+    """v / out_scale rounded to the requantized type (+ out_zp, saturated). With `channel_shape`
+    (v's output-channel axis as -1: [-1] for QMatMul, [1, -1, 1, 1] for QConv) out_scale and
+    out_zp may also hold one value per output channel."""
     qt = requantized_type(out_zp, out_dtype)
-    zp = _per_tensor(out_zp, "out_zp")
-    v = v / _per_tensor(out_scale, "out_scale")
+    if channel_shape is None or out_scale.numel() == 1:
+        zp, scale = _per_tensor(out_zp, "out_zp"), _per_tensor(out_scale, "out_scale")
+    else:
+        channels = v.shape[channel_shape.index(-1) - len(channel_shape)]
+        scale = _channel(out_scale, channels, channel_shape, "out_scale")
+        if out_zp is not None and out_zp.numel() != out_scale.numel():
+            raise ValueError(f"out_zp must have out_scale's {out_scale.numel()} elements; got {out_zp.numel()}")
+        zp = _channel(out_zp, channels, channel_shape, "out_zp")
+    v = v / scale
     if qt.name in INT_RANGES:
         lo, hi = INT_RANGES[qt.name]
         v = torch.round(v) if zp is None else torch.round(v) + zp

@@ -30,15 +30,16 @@ cuBLASLt does without fast accumulation. float8 has no zero point.
 Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
 output type (a_scale's) or the requantization (quantize.py's requantize): v * (1 / out_scale)
-with the reciprocal correctly rounded once per program (one scalar division: an IEEE
-division per element or column unrolls into a long sequence with a slow-path call each),
+with the reciprocal correctly rounded once per column of the tile (an IEEE division per
+element unrolls into a long sequence with a slow-path call each),
 round half to even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448
 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
 every backend, no float8 cast). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
 near a rounding tie (compiler/tolerance.py's rule).
-Per-channel parameters (b_scale, b_zp, bias) are read with a stride (0 for one element),
-so per-tensor and per-channel are the same kernel.
+Per-channel parameters (b_scale, b_zp, bias, and out_scale/out_zp when the layer requantizes
+an activation that SmoothQuant divides per channel) are read with a stride (0 for one
+element), so per-tensor and per-channel are the same kernel.
 Rows/columns past M/N are read wrapped (index % M) as in gemm.py; only stores are masked.
 Offsets are int32: the launcher refuses operands of 2**31 elements or more.
 """
@@ -142,7 +143,7 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BL
 @triton.jit
 def _qgemm_kernel(
         A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, p0, p1,
+        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1,
         FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
@@ -202,12 +203,14 @@ def _qgemm_kernel(
             acc += (K * za) * zb[None, :]
 
     _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN, QMAX)
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN,
+              QMAX)
 
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+              ACT: tl.constexpr,
               REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
               QMAX: tl.constexpr):
     """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
@@ -222,13 +225,14 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
     v = activation_epilogue(v, ACT, p0, p1)
     if REQUANT:
         zp = 0
+        # out_scale / out_zp per tensor (stride 0) or per column (stride 1).
         if HAS_OUT_ZP:
-            zp = tl.load(OUT_ZP)
-        # 1 / out_scale correctly rounded, one scalar division per program (an IEEE division
-        # per element or per column is a long instruction sequence with a slow-path call
-        # each, unrolled over the tile); then one multiply and a few integer ops per element.
-        inv = tl.math.div_rn(1.0, tl.load(OUT_SCALE).to(tl.float32))
-        code = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
+            zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
+        # 1 / out_scale correctly rounded, once per column of the tile (an IEEE division per
+        # element is a long instruction sequence with a slow-path call each, unrolled over
+        # the tile); then one multiply and a few integer ops per element.
+        inv = tl.math.div_rn(1.0, tl.load(OUT_SCALE + rn * stride_os).to(tl.float32))
+        code = requantize(v * inv[None, :], zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
         tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
     else:
         tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
@@ -238,7 +242,7 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
 @triton.jit
 def _qgemm_tma_kernel(
         a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-        stride_ym, stride_bs, stride_bias, p0, p1,
+        stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
         QMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -262,7 +266,8 @@ def _qgemm_tma_kernel(
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     _epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN, QMAX)
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN,
+              QMAX)
 
 
 def _descriptor_type():  # noqa: ANN202
@@ -316,7 +321,9 @@ def _check(a: Tensor, b: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_zp: Ten
     assert not fp8 or (a_zp is None and b_zp is None), "float8 inputs take no zero point (pass None)"
     assert a_zp is None or a_zp.numel() == 1, f"a_zp must be per tensor, got shape {tuple(a_zp.shape)}"
     if out_scale is not None:
-        assert out_scale.numel() == 1 and (out_zp is None or out_zp.numel() == 1), "out_scale/out_zp are per tensor"
+        n = b.shape[0] if trans_b else b.shape[1]
+        assert out_scale.numel() in (1, n) and (out_zp is None or out_zp.numel() == out_scale.numel()), \
+            f"out_scale/out_zp are per tensor or per output column ([{n}]), got {tuple(out_scale.shape)}"
     for t in (a, b):
         assert t.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
 
@@ -340,7 +347,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     assert y.numel() < 2**31, "Y of 2**31 elements or more overflows int32 offsets"
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
-    strides = (_per_channel(b_scale, n, "b_scale"), _per_channel(b_zp, n, "b_zp"), _per_channel(bias, n, "bias"))
+    strides = (_per_channel(b_scale, n, "b_scale"), _per_channel(b_zp, n, "b_zp"), _per_channel(bias, n, "bias"),
+               _per_channel(out_scale, n, "out_scale"))
     # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
@@ -357,7 +365,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         desc = _descriptor_type()
         _qgemm_tma_kernel[grid](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,
-            y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], p0, p1,
+            y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
             FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
             REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
             QMIN=qrange[0], QMAX=qrange[1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
