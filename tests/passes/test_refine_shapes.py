@@ -39,6 +39,49 @@ def test_ints_and_ranks_are_never_changed():
     x = b.input("x", (2, 6))
     r = b.op("Reshape", x, b.const([3, -1], dtype="int64"))
     g = b.output(r)
-    r.shape = (3, "n")                                    # -1 does not fix the dim
+    x.shape = ("B", 6)
+    r.shape = (3, "n")                                    # -1 of a symbolic size does not fix the dim
     assert not check_pass(refine_shapes, b)
     assert r.shape == (3, "n") and g.outputs[0] is r
+
+
+def test_reshape_minus_one_and_zero_from_a_static_input():
+    """-1 is what the static input's size leaves; 0 copies the input's dim (allowzero 0)."""
+    b = Builder()
+    x = b.input("x", (2, 6, 4))
+    r = b.op("Reshape", x, b.const([0, -1, 2], dtype="int64"))
+    b.output(r)
+    r.shape = ("a", "b", 2)
+    assert check_pass(refine_shapes, b)
+    assert r.shape == (2, 12, 2)
+
+
+def test_broadcasting_batch_one_embedding_sum():
+    """ONNX inference leaves 1 against a symbolic dim unknown: at a static batch of 1 the
+    embedding sum [1, S, H] + [1, S, H] stayed [?, S, H], and so did everything after it (the
+    norm, the matmul, the shape arithmetic that then could not fold)."""
+    b = Builder()
+    w = b.input("w", (1, 4, 8))
+    p = b.input("p", (1, 4, 8))
+    s = b.op("Add", w, p)
+    scale, bias = b.const([1.0] * 8), b.const([0.0] * 8)
+    n = b.op("LayerNormalization", s, scale, bias, axis=-1)
+    m = b.op("MatMul", n, b.const([[0.5] * 3] * 8))
+    wide = b.op("Mul", m, b.const([[2.0]]))              # [1, 4, 3] * [1, 1]: rank-2 broadcast
+    b.output(wide)
+    for v, dims in ((s, ("u", 4, 8)), (n, ("u", 4, 8)), (m, ("u", 4, 3)), (wide, ("u", 4, 3))):
+        v.shape = dims
+    assert check_pass(refine_shapes, b)
+    assert s.shape == n.shape == (1, 4, 8) and m.shape == wide.shape == (1, 4, 3)
+
+
+def test_broadcast_keeps_a_dim_that_only_a_symbolic_input_sets():
+    b = Builder()
+    x = b.input("x", (1, 8))
+    y = b.input("y", (3, 8))
+    s = b.op("Add", x, y)
+    b.output(s)
+    y.shape = ("B", 8)
+    s.shape = ("B", 8)
+    assert not check_pass(refine_shapes, b)              # 1 against B: B, whatever it is
+    assert s.shape == ("B", 8)

@@ -162,11 +162,26 @@ def test_folds_to_float8_when_quantize_saturates() -> None:
     assert int((_ordinal(got) - _ordinal(want)).abs().max()) <= 1
 
 
-@pytest.mark.parametrize("case", ["another reader", "graph output", "per channel", "float8 without saturation"])
+def test_folds_per_channel_of_the_last_axis() -> None:
+    """A QuantizeLinear per output column (SmoothQuant's scales of the next layer's input): the
+    QMatMul requantizes with out_scale/out_zp of N elements, within one step of the chain."""
+    b = Builder()
+    y, y_q = _layer_then_quantize(b, scale=np.array([0.02, 0.05, 0.08, 0.11], np.float32), axis=1)
+    graph = b.output(y_q)
+    want = run_graph(graph, b.feeds)[y_q.name]
+    assert fold_requantize(graph)
+    (layer,) = graph.nodes
+    assert layer.input(OUT_SCALE).shape == (4,) and layer.input(OUT_SCALE + 1).shape == (4,)
+    got = run_graph(graph, b.feeds)[y_q.name]
+    assert got.dtype == want.dtype and int((_ordinal(got) - _ordinal(want)).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("case", ["another reader", "graph output", "per channel of another axis",
+                                  "float8 without saturation"])
 def test_no_fold(case: str) -> None:
     b = Builder()
-    if case == "per channel":
-        y, y_q = _layer_then_quantize(b, scale=np.full(4, 0.05, np.float32), axis=1)
+    if case == "per channel of another axis":   # per row: not what a layer's epilogue requantizes
+        y, y_q = _layer_then_quantize(b, scale=np.full(3, 0.05, np.float32), axis=0)
     elif case == "float8 without saturation":
         y, y_q = _layer_then_quantize(b, output_dtype=TensorProto.FLOAT8E4M3FN, saturate=0)
     else:

@@ -7,7 +7,11 @@ Once fold_constants has folded the Div branch, the shape input holds constants i
 position but the batch, and this pass writes them into the output's dims. It then carries
 static dims forward through the ops that only move dims (Transpose, Squeeze, Unsqueeze,
 Slice and Gather on other axes, element-wise unary ops), so that Shape(...) of a head tensor folds and
-the attention scale sqrt(head size) becomes a constant the attention matcher can read.
+the attention scale sqrt(head size) becomes a constant the attention matcher can read. It
+also recomputes broadcasting (ONNX inference leaves 1 against a symbolic dim unknown, so a
+batch-1 model's embedding sum [1, S, H] + [?, S, H] stays [?, S, H] after the ? is fixed), and
+the dims of norms, 2-D-weight matmuls and kiln::Attention from their inputs: a static batch of
+1 then folds its shape arithmetic as a larger batch does.
 
 Sound by construction: a dim is refined only from what the op's definition fixes (a
 positive constant entry of a Reshape shape, a permutation, ...); a symbolic dim becomes an
@@ -16,6 +20,7 @@ refinement can let fold_constants fold more.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from kiln.ir.graph import Graph, Node, Value
@@ -26,15 +31,27 @@ UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Log", "Sqrt
                    "Cast", "Softmax", "LeakyRelu", "Clip", "Reciprocal", "Floor", "Ceil", "Round", "Sign"})
 
 
+# Element-wise ops whose output is the broadcast of their inputs (one output).
+BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Where", "And", "Or", "Xor", "Equal", "Less",
+                       "LessOrEqual", "Greater", "GreaterOrEqual", "Max", "Min", "Sum", "Mean", "PRelu",
+                       "BitShift", "kiln::Pointwise"})
+# Ops whose first output has the shape of input 0; of the last two, every output has it.
+SAME_AS_INPUT = frozenset({"LayerNormalization", "RMSNormalization", "kiln::AddLayerNorm", "kiln::NormQuantize"})
+ALL_OUTPUTS_AS_INPUT = frozenset({"kiln::AddLayerNorm", "kiln::NormQuantize"})
+
+
 def refine_shapes(graph: Graph) -> bool:
     changed = False
     for node in live_nodes(graph):
-        rule = RULES.get(node.op) or (_same_as_input if node.op in UNARY else None)
+        op = node.op if not node.domain else node.qualified_op
+        rule = RULES.get(op) or (_same_as_input if op in UNARY else None)
         if rule is None or not node.outputs or node.outputs[0].shape is None or node.input(0) is None:
             continue
         dims = rule(node)
         if dims is not None:
-            changed |= _refine(node.outputs[0], dims)
+            outputs = node.outputs if op in ALL_OUTPUTS_AS_INPUT else node.outputs[:1]
+            for out in outputs:
+                changed |= _refine(out, dims)
     return changed
 
 
@@ -51,22 +68,41 @@ def _refine(v: Value, dims: Shape) -> bool:
 
 
 def _reshape(node: Node) -> Shape | None:
-    """Positive constant entries of the shape input (a constant, or a Concat of parts)."""
+    """Constant entries of the shape input (a constant, or a Concat of parts): a positive one is
+    the dim; 0 copies X's dim there (allowzero 0); -1 is what X's size leaves once every other
+    dim is static."""
     target = node.input(1)
     if target is None:
         return None
     whole = const_ints(target)
     if whole is not None:
-        return tuple(d if d > 0 else "?" for d in whole)
-    producer = target.producer()
-    if producer is None or producer.op != "Concat" or producer.domain != "":
-        return None
-    dims: list[int | str] = []
-    for part in producer.inputs:
-        if part is None or part.shape is None or len(part.shape) != 1 or not isinstance(part.shape[0], int):
+        entries: list[int | None] = list(whole)
+    else:
+        producer = target.producer()
+        if producer is None or producer.op != "Concat" or producer.domain != "":
             return None
-        values = const_ints(part)
-        dims += [d if d > 0 else "?" for d in values] if values is not None else ["?"] * part.shape[0]
+        entries = []
+        for part in producer.inputs:
+            if part is None or part.shape is None or len(part.shape) != 1 or not isinstance(part.shape[0], int):
+                return None
+            values = const_ints(part)
+            entries += list(values) if values is not None else [None] * part.shape[0]
+    x = node.input(0).shape
+    copy = not node.attrs.get("allowzero", 0)
+    dims: list[int | str] = []
+    for i, e in enumerate(entries):
+        if e is not None and e > 0:
+            dims.append(e)
+        elif e == 0 and copy and x is not None and i < len(x):
+            dims.append(x[i])
+        else:
+            dims.append("?")
+    if entries.count(-1) == 1 and x is not None and all(isinstance(d, int) for d in x):
+        i = entries.index(-1)
+        rest = math.prod(d for j, d in enumerate(dims) if j != i) if all(
+            isinstance(d, int) for j, d in enumerate(dims) if j != i) else None
+        if rest:
+            dims[i] = math.prod(x) // rest
     return tuple(dims)
 
 
@@ -123,6 +159,39 @@ def _same_as_input(node: Node) -> Shape | None:
     return node.input(0).shape
 
 
+def _broadcast(node: Node) -> Shape | None:
+    """Multidirectional broadcasting, dim by dim from the right: a dim other than 1 in any input
+    fixes the output's (valid broadcasting allows no other), all inputs 1 give 1, else unknown."""
+    if node.qualified_op == "kiln::Pointwise" and len(node.outputs) != 1:
+        return None  # a multi-output program's outputs need not read every input
+    shapes = [v.shape for v in node.inputs if v is not None]
+    if not shapes or any(sh is None for sh in shapes):
+        return None
+    rank = max(len(sh) for sh in shapes)
+    out: list[int | str] = []
+    for i in range(rank):
+        dims = [sh[len(sh) - rank + i] for sh in shapes if len(sh) - rank + i >= 0]
+        fixed = [d for d in dims if isinstance(d, int) and d != 1]
+        out.append(fixed[0] if fixed else 1 if all(d == 1 for d in dims) else "?")
+    return tuple(out)
+
+
+def _matmul(node: Node) -> Shape | None:
+    """A [..., M, K] @ B [K, N] (a 2-D B, kiln::FusedMatMul's and most exporters' weights)."""
+    a, b = node.input(0).shape, node.input(1).shape if node.input(1) is not None else None
+    if a is None or b is None or len(a) < 2 or len(b) != 2:
+        return None
+    return (*a[:-1], b[-1])
+
+
+def _attention(node: Node) -> Shape | None:
+    """kiln::Attention: Q's dims with V's head size last."""
+    q, v = node.input(0).shape, node.input(2).shape if node.input(2) is not None else None
+    if q is None or v is None or not q or not v:
+        return None
+    return (*q[:-1], v[-1])
+
+
 RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Reshape": _reshape,
     "Transpose": _transpose,
@@ -130,4 +199,9 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Unsqueeze": _unsqueeze,
     "Slice": _slice,
     "Gather": _gather,
+    "MatMul": _matmul,
+    "kiln::FusedMatMul": _matmul,
+    "kiln::Attention": _attention,
+    **{op: _broadcast for op in BROADCAST},
+    **{op: _same_as_input for op in SAME_AS_INPUT},
 }
