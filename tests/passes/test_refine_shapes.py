@@ -85,3 +85,19 @@ def test_broadcast_keeps_a_dim_that_only_a_symbolic_input_sets():
     s.shape = ("B", 8)
     assert not check_pass(refine_shapes, b)              # 1 against B: B, whatever it is
     assert s.shape == ("B", 8)
+
+
+def test_expand_and_batched_matmul_refine():
+    """Expand against a constant shape broadcasts; a batched MatMul keeps the broadcast batch
+    dims and takes M from A and N from B (an attention's scores and output)."""
+    b = Builder()
+    m = b.input("m", (1, 1, 1, 6))
+    q = b.input("q", (1, 2, 6, 4))
+    k = b.input("k", (1, 2, 4, 6))
+    mask = b.op("Expand", m, b.const([1, 2, 6, 6], dtype="int64"))
+    scores = b.op("MatMul", q, k)
+    out = b.op("Add", scores, mask)
+    b.output(out)
+    mask.shape, scores.shape, out.shape = ("a", "b", "c", "d"), ("e", 2, 6, 6), ("f", "g", 6, 6)
+    assert check_pass(refine_shapes, b)
+    assert mask.shape == scores.shape == out.shape == (1, 2, 6, 6)

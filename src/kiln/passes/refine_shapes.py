@@ -159,14 +159,9 @@ def _same_as_input(node: Node) -> Shape | None:
     return node.input(0).shape
 
 
-def _broadcast(node: Node) -> Shape | None:
-    """Multidirectional broadcasting, dim by dim from the right: a dim other than 1 in any input
-    fixes the output's (valid broadcasting allows no other), all inputs 1 give 1, else unknown."""
-    if node.qualified_op == "kiln::Pointwise" and len(node.outputs) != 1:
-        return None  # a multi-output program's outputs need not read every input
-    shapes = [v.shape for v in node.inputs if v is not None]
-    if not shapes or any(sh is None for sh in shapes):
-        return None
+def _broadcast_dims(shapes: list[Shape]) -> Shape:
+    """Multidirectional broadcasting, dim by dim from the right: a dim other than 1 in any shape
+    fixes the result's (valid broadcasting allows no other), all 1 give 1, else unknown."""
     rank = max(len(sh) for sh in shapes)
     out: list[int | str] = []
     for i in range(rank):
@@ -176,12 +171,30 @@ def _broadcast(node: Node) -> Shape | None:
     return tuple(out)
 
 
-def _matmul(node: Node) -> Shape | None:
-    """A [..., M, K] @ B [K, N] (a 2-D B, kiln::FusedMatMul's and most exporters' weights)."""
-    a, b = node.input(0).shape, node.input(1).shape if node.input(1) is not None else None
-    if a is None or b is None or len(a) < 2 or len(b) != 2:
+def _broadcast(node: Node) -> Shape | None:
+    if node.qualified_op == "kiln::Pointwise" and len(node.outputs) != 1:
+        return None  # a multi-output program's outputs need not read every input
+    shapes = [v.shape for v in node.inputs if v is not None]
+    if not shapes or any(sh is None for sh in shapes):
         return None
-    return (*a[:-1], b[-1])
+    return _broadcast_dims(shapes)
+
+
+def _expand(node: Node) -> Shape | None:
+    """X broadcast against the constant target shape."""
+    x, target = node.input(0).shape, const_ints(node.input(1)) if node.input(1) is not None else None
+    if x is None or target is None:
+        return None
+    return _broadcast_dims([x, tuple(target)])
+
+
+def _matmul(node: Node) -> Shape | None:
+    """A [..., M, K] @ B [..., K, N]: the broadcast batch dims, M, N (ranks >= 2)."""
+    a, b = node.input(0).shape, node.input(1).shape if node.input(1) is not None else None
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    batch = _broadcast_dims([a[:-2], b[:-2]]) if len(a) > 2 or len(b) > 2 else ()
+    return (*batch, a[-2], b[-1])
 
 
 def _attention(node: Node) -> Shape | None:
@@ -201,6 +214,7 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Gather": _gather,
     "MatMul": _matmul,
     "kiln::FusedMatMul": _matmul,
+    "Expand": _expand,
     "kiln::Attention": _attention,
     **{op: _broadcast for op in BROADCAST},
     **{op: _same_as_input for op in SAME_AS_INPUT},
