@@ -62,7 +62,7 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
     if q is None or q.qualified_op != "QuantizeLinear" or q.input(0) is not y:
         return False
     per_channel = layer.qualified_op == "kiln::QMatMul" and y.shape is not None and per_last_channel(q, y.shape)
-    if not (_per_tensor(q) or per_channel):
+    if not (per_tensor(q) or per_channel):
         return False
     y_q = q.outputs[0]
     scale, zp = q.input(1), q.input(2)
@@ -85,7 +85,7 @@ def fusable_output(q: Node) -> bool:
     return not (out.dtype.name.startswith("float8") and not q.attrs.get("saturate", 1))
 
 
-def _per_tensor(q: Node) -> bool:
+def per_tensor(q: Node) -> bool:
     """Q quantizes per tensor with constant parameters to a type the fused op writes."""
     scale, zp = q.input(1), q.input(2)
     if not fusable_output(q):

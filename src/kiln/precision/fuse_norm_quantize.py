@@ -15,7 +15,7 @@ it (post-norm models add it to the next residual) or it is a graph output; Sum a
 When: the norm's Mean/InvStdDev are unused and stash_type is 1 (LayerNormalization), the
 normalised dims are known and at most MAX_ROW elements (the fused kernel holds a row in
 registers, as kiln::AddLayerNorm's), and a QuantizeLinear reads Y per tensor with constant
-parameters (fold_requantize.py's _per_tensor) or per channel of the last axis when the norm
+parameters (fold_requantize.py's per_tensor) or per channel of the last axis when the norm
 normalises that axis alone (SmoothQuant's scales); one such QuantizeLinear is fused per norm.
 
 Exactness: kiln::NormQuantize is defined as the two ops in sequence on Y as typed
@@ -32,7 +32,7 @@ import math
 
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import pinned
-from kiln.precision.fold_requantize import _per_tensor, per_last_channel
+from kiln.precision.fold_requantize import per_tensor, per_last_channel
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
 NORMS = ("LayerNormalization", "kiln::AddLayerNorm")
@@ -69,7 +69,7 @@ def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:
     if row is None or not all(isinstance(d, int) for d in row) or math.prod(row) > MAX_ROW:
         return False
     q = next((user for user, _ in y.uses() if user.qualified_op == "QuantizeLinear" and user.input(0) is y
-              and (_per_tensor(user) or _per_last_channel(user, x.shape, axis))), None)
+              and (per_tensor(user) or _per_last_channel(user, x.shape, axis))), None)
     if q is None:
         return False
     yq = q.outputs[0]

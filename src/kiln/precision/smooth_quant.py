@@ -36,9 +36,10 @@ per-channel scale t * s_k along the last axis: x_k / (t * s_k) rounded, the same
 (x_k / s_k) / t up to one float rounding. The quantized matmul keeps the per-tensor t as its
 activation scale: sum_k round(x_k / (t s_k)) * t * (s_k W_kn) = x @ W. The cost at run time is
 a per-channel instead of a per-tensor scale in that QuantizeLinear (or in the norm kernel that
-quantizes its output, precision/fuse_norm_quantize.py), and where x is a quantized layer's
-output, that layer writes x in float for the QuantizeLinear instead of requantizing it itself
-(precision/fold_requantize.py folds per-tensor QuantizeLinears only).
+quantizes its output, precision/fuse_norm_quantize.py; or in the requantizing epilogue of the
+kiln::QMatMul that makes x, precision/fold_requantize.py). Where x is a quantized convolution's
+output, that layer writes x in float for the QuantizeLinear instead (its kernel requantizes per
+tensor only).
 
 The per-tensor range of the smoothed activation is then max_k(max|x_k| / s_k), the largest
 of the per-channel maxima divided by s (for an entropy or percentile calibration this is the
@@ -61,6 +62,7 @@ import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array
+from kiln.precision.fold_requantize import per_tensor
 from kiln.precision.int8 import QUANTIZABLE_OPS, QuantizableLayer, unsupported_reason
 
 # The quantizable layers whose activation's last axis is the input-channel axis of W.
@@ -206,7 +208,7 @@ def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
         if (c is None or c.ndim != 1 or not np.all(c > 0) or not np.all(np.isfinite(c)) or x is None or not x.shape
                 or x.shape[-1] != c.size or graph.is_output(out)
                 or not users or not all(u.qualified_op == "QuantizeLinear" and u.input(0) is out
-                                        and _per_tensor_quantize(u) for u in users)):
+                                        and per_tensor(u) for u in users)):
             continue
         for q in users:
             t = const_array(q.input(1)).reshape(()).astype(np.float64)
@@ -221,14 +223,6 @@ def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
         graph.remove_node(mul)
         changed = True
     return changed
-
-
-def _per_tensor_quantize(q: Node) -> bool:
-    """A QuantizeLinear with a constant one-element scale (and zero point), no blocks."""
-    s = const_array(q.input(1)) if q.input(1) is not None else None
-    zp = q.input(2)
-    return (s is not None and s.size == 1 and not q.attrs.get("block_size", 0)
-            and (zp is None or (zp.is_const and const_array(zp).size == 1)))
 
 
 def _plan(graph: Graph, norm: Node, y: Value, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray],
