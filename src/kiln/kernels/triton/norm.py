@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _in_precision, requantize
+from kiln.kernels.reference.quantize import _division_dtype
+from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _in_precision, quantized_dtype, requantize
 
 Tensor = torch.Tensor
 
@@ -159,8 +160,8 @@ def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
 class QuantOut:
     """The QuantizeLinear a norm kernel applies to Y as it stores it (norm_quantize)."""
     codes: Tensor | None        # Yq (X's shape); float8 viewed as uint8: the kernel stores bits
-    scale: Tensor | None        # one element
-    zero_point: Tensor | None   # one element or None
+    scale: Tensor | None        # one element, or one per column (per_column)
+    zero_point: Tensor | None   # the scale's size, or None
     precision: int              # quantize.PRECISIONS code of the division's type
     fp8: bool
     qmin: int
@@ -269,13 +270,11 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
                   config: dict | None = None) -> tuple[Tensor, ...]:
     """kiln::NormQuantize (kernels/reference/norm_quantize.py): (Yq, [Y], [Sum]) in one pass.
 
-    LayerNorm of X (+ Residual) with the per-tensor QuantizeLinear of Y fused into the store,
+    LayerNorm of X (+ Residual) with the QuantizeLinear of Y (per tensor, or per channel of the
+    normalised last axis) fused into the store,
     the same arithmetic as LayerNormalization then QuantizeLinear.triton (compiled separately, the
     two may sum a row in another order: Yq within compiler/tolerance.py's one step). Rows up to
     BLOCK_MAX elements."""
-    from kiln.kernels.reference.quantize import _division_dtype
-    from kiln.kernels.triton.quantize import quantized_dtype
-
     axis = _axis(axis, x.dim())
     if triton.next_power_of_2(x.shape[axis:].numel()) > BLOCK_MAX:
         raise ValueError(f"NormQuantize rows of {x.shape[axis:].numel()} elements exceed the fused kernel's "
