@@ -16,19 +16,21 @@ be equal; float8 outputs too (value for value, -0 equal to +0, NaN where the ref
 NaN being don't-care as above); dtypes and shapes always must.
 
 One step for quantized layers. kiln::QMatMul and kiln::QConv (QUANTIZED_OPS) round a
-float epilogue once to an 8-bit type; kiln::NormQuantize likewise rounds its LayerNorm
-output, whose float rounding depends on the kernel's reduction order. Their reference computes that epilogue in float64;
+float epilogue once to an 8-bit type. Their reference computes that epilogue in float64;
 a GPU kernel computes it in float32 (scales multiplied, bias and residual added, the
 activation, the multiplication by 1 / out_scale), which moves the value by a few float32
 ulps. Where the exact value lies within those ulps of a rounding boundary (a .5 tie for
 integers, a midpoint between neighbours for float8) the two round to neighbouring values.
 So for these ops only, integer outputs may differ from the reference's by ONE STEP
-(adjacent representable values: 1 apart) in at most ceil(numel * STEP_FRACTION) elements. Why this is sound: with an exact integer
-accumulator the float32 epilogue's relative error is below ~1e-6, so for |v / out_scale|
-<= 255 a value moves by < 3e-4 of a step and lands that close to a boundary with
-probability < 6e-4 on spread inputs (typically ~1e-5); a wrong kernel (a wrong scale or
-zero point, rounding half away from zero on a grid of ties, a transposed operand) differs
-by more than one step, or by one step in a large share of elements, and is rejected.
+(adjacent representable values: 1 apart) in at most ceil(numel * STEP_FRACTION) elements.
+Why this is sound: with an exact integer accumulator the float32 epilogue's relative error
+is below ~1e-6, so for |v / out_scale| <= 255 a value moves by < 3e-4 of a step and lands
+that close to a boundary with probability < 6e-4 on spread inputs (typically ~1e-5); a
+wrong kernel (a wrong scale or zero point, rounding half away from zero on a grid of ties,
+a transposed operand) differs by more than one step, or by one step in a large share of
+elements, and is rejected. kiln::NormQuantize quantizes its LayerNorm output Y as stored:
+a kernel that sums a row in another order moves Y by one ulp of its type in a few elements,
+and only those near a tie (at most 6% of them for fp16 Y and |Y / s| <= 127) change Yq.
 Float8 outputs of these ops (FLOAT8_QUANTIZED): float8 operands are summed by the tensor
 cores in a narrower accumulator than float32 (Hopper keeps ~14 bits per partial sum), so the
 value before rounding carries an error proportional to the terms summed, as in any float16
@@ -39,8 +41,8 @@ An element passes when it is at most one step from the reference's value (the ro
 a value near a boundary), or when its error is within the float16 tolerance, |c - r| <=
 atol * max|r| + rtol * |r| (the accumulation error, judged as for a float16 output). A
 wrong scale, a lost bias or a transposed operand is many steps and far outside that.
-Float outputs of these ops compare with the float tolerances above. The op is the tactic's op (Tactic.op), which
-the tuner passes; without one every output compares as above.
+Float outputs of these ops compare with the float tolerances above. The op is the tactic's
+op (Tactic.op), which the tuner passes; without one every output compares as above.
 """
 from __future__ import annotations
 
