@@ -137,7 +137,8 @@ register_tactic(Tactic("kiln::AddLayerNorm.torch", "kiln::AddLayerNorm", 1, ("cu
 
 def _supports_norm_quantize(query: TacticQuery) -> bool:
     """kiln::NormQuantize in one kernel: the fused norm's domain (rows of at most BLOCK_COLS known
-    elements, Residual like X) and QuantizeLinear.triton's (per tensor, int8/uint8/float8 out)."""
+    elements, Residual like X) and QuantizeLinear.triton's (per tensor, or per channel of the row
+    the kernel holds; int8/uint8/float8 out)."""
     from kiln.tactics.quantized import supports_triton_quantize
 
     dts = (*query.input_dtypes, *(None,) * 6)[:6]
