@@ -40,7 +40,7 @@ FLOATS = ("float16", "bfloat16", "float32")
 
 
 def fuse_norm_quantize(graph: Graph) -> bool:
-    """Fuse each per-tensor QuantizeLinear of a LayerNorm's output into the norm (module docstring)."""
+    """Fuse a QuantizeLinear of each LayerNorm's output into the norm (module docstring); True if any."""
     keep = pinned(graph)
     changed = False
     for node in list(graph.nodes):
