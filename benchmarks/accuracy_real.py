@@ -66,7 +66,7 @@ IMAGE_BATCH = 10
 EVAL_IMAGE_SEEDS = range(0, 50)
 CALIB_IMAGE_SEEDS = range(1000, 1032)
 CALIB_IMAGE_BATCH = 8
-SMOOTH_QUANT: list[float | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
+SMOOTH_QUANT: list[float | str | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
 
 
 def log(msg: str) -> None:
@@ -78,7 +78,7 @@ def log(msg: str) -> None:
 
 def build_engine(model: str | Path, precision: str, profile: Profile, device: str, method: str = "minmax",
                  calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None,
-                 smooth_quant: float | None = None) -> Any:
+                 smooth_quant: float | str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
     with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant)."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
@@ -206,7 +206,7 @@ def minilm_part(model: MiniLM, precisions: Sequence[str], methods: Sequence[str]
 
 
 def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
-                smooth_quant: float | None = None) -> dict[str, Any]:
+                smooth_quant: float | str | None = None) -> dict[str, Any]:
     """An int8 build with the accuracy budget; the plan it found and how it does on the evaluation set."""
     t0 = time.perf_counter()
     engine = build_engine(model.path, "int8", model.profile, model.device, method, model.calibration, budget,
@@ -322,7 +322,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--budget-method", default="minmax", help="calibration method of the budget build")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--nudenet-model", type=Path, help="320n.onnx (default: fetched from the nudenet wheel)")
-    ap.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
+    ap.add_argument("--smooth-quant", type=lambda v: v if v == "auto" else float(v), default=None,
+                    metavar="ALPHA|auto",
                     help="build every int8/fp8 engine with SmoothQuant alpha ALPHA (BuildConfig.smooth_quant)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")

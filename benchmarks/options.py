@@ -78,7 +78,8 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
                     help="rebuild each engine from the cold build's timing cache: in a fresh process (as a later "
                          "`kiln build` would), in this one, or not [%(default)s]")
     ap.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8/fp8 ranges [%(default)s]")
-    ap.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
+    ap.add_argument("--smooth-quant", type=lambda v: v if v == "auto" else float(v), default=None,
+                    metavar="ALPHA|auto",
                     help="build int8/fp8 engines with SmoothQuant alpha ALPHA (kiln build --smooth-quant) [off]")
     ap.add_argument("--quant-float", choices=("fp16", "bf16", "fp32"), default="fp16",
                     help="what int8/fp8 engines run their non-quantized layers in (kiln build --int8 --fp16) "

@@ -120,10 +120,12 @@ class BuildConfig:
         layers to keep in fp32 so the reduced engine stays within the budget of an fp32 engine
         (compiler/accuracy_budget.py); the found layers become layer_precision rules. Local, not
         stored (the engine stores the rules and build.accuracy_budget).
-    smooth_quant: SmoothQuant's alpha in [0, 1], or None (the default: off). An int8/fp8 build
-        then also calibrates per-channel maxima and divides the channels of each LayerNorm output
-        read only by quantized matmuls by s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha), folding s
-        into the norm and the weights (precision/smooth_quant.py). Only with precision int8 or fp8.
+    smooth_quant: SmoothQuant's alpha in [0, 1], "auto", or None (the default: off). An int8/fp8
+        build then also calibrates per-channel maxima and divides the channels of each activation
+        a quantized matmul reads by s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha), folding s into the
+        norm (or a per-channel QuantizeLinear scale) and the weights (precision/smooth_quant.py);
+        "auto" picks each activation's alpha on calibration rows (the calibration cache is then
+        not read: it holds no rows). Only with precision int8 or fp8.
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -141,7 +143,7 @@ class BuildConfig:
     calib_batch_size: int = 8
     accuracy_budget: tuple[str, float] | None = None
     float_precision: str = "fp32"
-    smooth_quant: float | None = None
+    smooth_quant: float | str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -183,10 +185,12 @@ class BuildConfig:
                             f"the precision as the engine's (--precision {self.float_precision}).")
         if self.smooth_quant is not None:
             alpha = self.smooth_quant
-            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                    or not 0.0 <= alpha <= 1.0):
                 raise KilnError(f"smooth_quant alpha {alpha!r} is not a number in [0, 1]: it is the share of each "
                                 "activation channel's range moved into the weights (0 none, 1 all); give e.g. "
-                                "0.5 or 0.85, or None (no --smooth-quant) to leave SmoothQuant off.")
+                                "0.5 or 0.85, \"auto\" (searched per activation on the calibration data), or None "
+                                "(no --smooth-quant) to leave SmoothQuant off.")
             if self.precision not in CALIBRATED_PRECISIONS:
                 raise KilnError(f"smooth_quant (SmoothQuant alpha {alpha}) only changes int8 and fp8 builds, which "
                                 f"quantize calibrated activations, but the precision is {self.precision}; build with "

@@ -262,6 +262,59 @@ def test_smoothed_input_of_a_quantized_layer_is_its_per_channel_requantization(p
         assert cosine(np.asarray(engine(**feed)["y"]), np.asarray(unfolded(**feed)["y"])) > 0.9999
 
 
+def _numpy_error(rows: np.ndarray, x_max: np.ndarray, w: np.ndarray, alpha: float) -> float:
+    """|| Q(x / s) @ Qw(s W) - x @ W ||^2 with int8 fake quantization, written independently."""
+    s = smoothing_factors(x_max, np.abs(w).max(axis=1), alpha)
+    xs, ws = rows / s, w * s[:, None]
+    t = np.max(x_max / s) / 127.0
+    xq = np.clip(np.round(xs / t), -127, 127) * t
+    tw = np.abs(ws).max(axis=0, keepdims=True) / 127.0
+    wq = np.clip(np.round(ws / tw), -127, 127) * tw
+    return float(((xq @ wq - rows @ w) ** 2).sum())
+
+
+def test_auto_alpha_is_the_grid_point_with_the_least_error() -> None:
+    """choose_alpha on rows with an outlier channel: the grid's alpha of least quantization error
+    (checked against an independent computation); without rows, the documented fallback."""
+    from kiln.precision.int8 import QuantizableLayer
+    from kiln.precision.smooth_quant import ALPHAS, AUTO_FALLBACK, choose_alpha
+
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((256, C)).astype(np.float32)
+    rows[:, OUTLIER] *= 40
+    w = (rng.standard_normal((C, N)) / 4).astype(np.float32)
+    x_max = np.abs(rows).max(axis=0).astype(np.float64)
+    layer = QuantizableLayer(x=None, w=w, axis=1, bias=None, residual=None, attrs={})
+    chosen = choose_alpha(rows, x_max, [layer], "int8")
+    errors = {a: _numpy_error(rows.astype(np.float64), x_max, w.astype(np.float64), a) for a in ALPHAS}
+    assert chosen in ALPHAS and errors[chosen] <= min(errors.values()) * (1 + 1e-3), (chosen, errors)
+    assert errors[chosen] < errors[0.5]                 # the outlier channel makes smoothing pay
+    transposed = QuantizableLayer(x=None, w=np.ascontiguousarray(w.T), axis=0, bias=None, residual=None, attrs={})
+    assert choose_alpha(rows, x_max, [transposed], "int8") == chosen   # W stored [N, K] (Gemm transB)
+    assert choose_alpha(None, x_max, [layer], "int8") == AUTO_FALLBACK
+    assert choose_alpha(rows, x_max, [layer], "fp8") in ALPHAS
+
+
+def test_auto_build_reports_an_alpha_per_activation() -> None:
+    model = _post_norm_model()
+    engine = builder.build(model, BuildConfig(device="cpu", precision="int8", smooth_quant="auto"),
+                           calibration=feeds(False))
+    report = engine.header["build"]["int8"]["smooth_quant"]
+    from kiln.precision.smooth_quant import ALPHAS
+    assert report["alpha"] == "auto" and report["smoothed"]
+    assert all(entry["alpha"] in ALPHAS for entry in report["smoothed"])
+    assert engine.header["build_config"]["smooth_quant"] == "auto"
+
+
+def test_calibration_keeps_sample_rows() -> None:
+    graph = graph_of(ln_model())
+    y = norm_of(graph).outputs[0]
+    samples: dict = {}
+    collect_statistics(graph, feeds(False), "minmax", channels=[y.name], samples=samples)
+    assert list(samples) == [y.name] and samples[y.name].shape == (SAMPLES * T, C)
+    assert samples[y.name].dtype == np.float32
+
+
 def test_smoothing_factors_zero_channels_are_one() -> None:
     s = smoothing_factors(np.array([4.0, 0.0, 2.0]), np.array([1.0, 3.0, 0.0]), 0.5)
     np.testing.assert_allclose(s, [2.0, 1.0, 1.0])
@@ -302,13 +355,14 @@ def test_cache_holds_channel_maxima(tmp_path: Path) -> None:
 
 
 def test_config_checks_and_round_trip() -> None:
-    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5", "automatic"):
         with pytest.raises(KilnError, match=r"smooth_quant alpha .* is not a number in \[0, 1\]"):
             BuildConfig(precision="int8", smooth_quant=bad)
     with pytest.raises(KilnError, match="only changes int8 and fp8 builds.*precision is fp16"):
         BuildConfig(precision="fp16", smooth_quant=0.5)
-    config = BuildConfig(precision="fp8", smooth_quant=0.85)
-    assert BuildConfig.from_json(config.to_json()) == config
+    for alpha in (0.85, "auto"):
+        config = BuildConfig(precision="fp8", smooth_quant=alpha)
+        assert BuildConfig.from_json(config.to_json()) == config
     assert "smooth_quant" not in BuildConfig(precision="int8").to_json()
     assert BuildConfig.from_json(BuildConfig(precision="int8").to_json()).smooth_quant is None
 
@@ -335,6 +389,12 @@ def test_cli_option(tmp_path: Path) -> None:
     result = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
                                   "--smooth-quant", "2", "--device", "cpu"])
     assert result.exit_code == 1 and "is not a number in [0, 1]" in result.output
+    result = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
+                                  "--smooth-quant", "maybe", "--device", "cpu"])
+    assert result.exit_code == 2 and "neither a number nor 'auto'" in result.output
+    result = runner.invoke(main, ["build", str(model), "-o", str(out), "--int8", "--calib-data", str(data),
+                                  "--smooth-quant", "auto", "--device", "cpu", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["int8"]["smooth_quant"]["alpha"] == "auto"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from kiln.ir.graph import Graph, Value
 from kiln.kernels.reference.interpret import as_tensor, evaluate_node
 
 
+SAMPLE_ROWS = 1024           # rows kept per sampled activation
+SAMPLE_ROWS_PER_BATCH = 128  # about this many from each batch, spread over it
+
+
 def collect_ranges(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]],
                    method: str = "entropy", percentile: float = 99.99,
                    progress: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -34,9 +38,12 @@ def collect_ranges(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | tor
 def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray | torch.Tensor]],
                        method: str = "entropy", percentile: float = 99.99,
                        progress: Callable[[int], None] | None = None,
-                       channels: Collection[str] = ()) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                       channels: Collection[str] = (),
+                       samples: dict[str, np.ndarray] | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(amax per floating-point activation name, max |x| per last-axis channel of each activation
-    named in `channels` that the graph computes in floating point)."""
+    named in `channels` that the graph computes in floating point). With `samples` (a dict to
+    fill), also up to SAMPLE_ROWS rows [rows, C] (float32) of each of those activations, a
+    strided pick of about SAMPLE_ROWS_PER_BATCH rows from each batch (SmoothQuant's alpha search)."""
     make_calibrator(method, percentile)  # reject an unknown method before any work
     calibrators: dict[str, Calibrator] = {}
     wanted = set(channels)
@@ -48,8 +55,14 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
                 calibrators[v.name] = make_calibrator(method, percentile)
             calibrators[v.name].observe(t)
             if v.name in wanted and t.dim() >= 1 and t.numel() > 0:
-                m = t.detach().abs().reshape(-1, t.shape[-1]).amax(dim=0).to("cpu", torch.float64).numpy()
+                rows = t.detach().reshape(-1, t.shape[-1])
+                m = rows.abs().amax(dim=0).to("cpu", torch.float64).numpy()
                 channel_max[v.name] = m if v.name not in channel_max else np.maximum(channel_max[v.name], m)
+                if samples is not None and len(samples.get(v.name, ())) < SAMPLE_ROWS:
+                    pick = rows[::max(1, rows.shape[0] // SAMPLE_ROWS_PER_BATCH)].to("cpu", torch.float32).numpy()
+                    have = samples.get(v.name)
+                    both = pick if have is None else np.concatenate([have, pick])
+                    samples[v.name] = both[:SAMPLE_ROWS]
 
     last_use = _last_use(graph)
     n = 0

@@ -303,7 +303,7 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
-          smooth_quant: float | None,
+          smooth_quant: float | str | None,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,

@@ -25,9 +25,22 @@ def calibration_method_options(command: Callable[..., Any]) -> Callable[..., Any
 
 def smooth_quant_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """--smooth-quant ALPHA of `kiln build` (BuildConfig.smooth_quant, which checks the value)."""
-    return click.option("--smooth-quant", "smooth_quant", type=float, default=None, metavar="ALPHA",
+    return click.option("--smooth-quant", "smooth_quant", type=AlphaType(), default=None, metavar="ALPHA|auto",
                         help="SmoothQuant for --int8/--fp8: divide the channels of each activation a quantized "
                              "matmul reads by max|x|^ALPHA / max|W|^(1-ALPHA) and multiply the weights' rows by the "
                              "same; folded into the LayerNorm when only quantized matmuls read its output, else "
-                             "into per-channel QuantizeLinear scales (ALPHA in [0, 1], e.g. 0.9; off when not "
-                             "given).")(command)
+                             "into per-channel QuantizeLinear scales (ALPHA in [0, 1], e.g. 0.9, or auto: searched "
+                             "per activation on the calibration data; off when not given).")(command)
+
+
+class AlphaType(click.ParamType):
+    """A number (BuildConfig checks its range) or "auto"."""
+    name = "alpha"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, (int, float)) or value == "auto":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)

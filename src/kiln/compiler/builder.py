@@ -138,9 +138,11 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
             ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
         else:  # SmoothQuant: per-channel maxima too, folded into the norms and weights before quantizing
             from kiln.precision.smooth_quant import smooth, smoothing_inputs
+            samples = {} if config.smooth_quant == "auto" else None
             ranges, channel_max, calibrated = calibration_statistics(graph, source, config, calibration, say,
-                                                                     channels=smoothing_inputs(graph))
-            smoothed = smooth(graph, ranges, channel_max, config.smooth_quant, keep)
+                                                                     channels=smoothing_inputs(graph), samples=samples)
+            smoothed = smooth(graph, ranges, channel_max, config.smooth_quant, keep, samples=samples,
+                              precision=config.precision)
             ranges = smoothed.ranges
         quantize = QUANTIZERS[config.precision]
         quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
@@ -231,9 +233,12 @@ def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
 def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
                            calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
                            on_batch: Callable[[int], None] | None = None, reuse_cache: bool = True,
-                           channels: Iterable[str] = ()) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+                           channels: Iterable[str] = (), samples: dict[str, Any] | None = None
+                           ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """activation_ranges, plus the per-channel maxima of the activations named in `channels`
-    (SmoothQuant's statistics); a cache without all of those maxima is a miss."""
+    (SmoothQuant's statistics); a cache without all of those maxima is a miss. With `samples`
+    (a dict to fill: rows of those activations, for SmoothQuant's alpha search), the data is
+    always run: the cache holds no rows."""
     from kiln.calibration import (calibration_batches, collect_ranges, collect_statistics, load_cache,
                                   load_channel_max, model_hash, save_cache)
 
@@ -241,7 +246,7 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
     channels = list(channels)
     digest = model_hash(source)
     params = {"percentile": config.calib_percentile} if config.calib_method == "percentile" else {}
-    if reuse_cache and config.calib_cache:
+    if reuse_cache and config.calib_cache and samples is None:
         cached = load_cache(config.calib_cache, digest, config.calib_method, params)
         cached_channels = load_channel_max(config.calib_cache, digest, config.calib_method, params) \
             if cached is not None and channels else {}
@@ -271,7 +276,7 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
     say("calibrating")
     if channels:
         ranges, channel_max = collect_statistics(graph, batches, config.calib_method, config.calib_percentile,
-                                                 progress=seen, channels=channels)
+                                                 progress=seen, channels=channels, samples=samples)
     else:
         ranges, channel_max = collect_ranges(graph, batches, config.calib_method, config.calib_percentile,
                                              progress=seen), {}

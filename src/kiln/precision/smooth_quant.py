@@ -56,9 +56,10 @@ with channels=smoothing_inputs(graph)).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array
@@ -83,20 +84,22 @@ class SmoothedActivation:
     amax_before: float
     amax_after: float
     into: str = "norm"  # "norm": Scale and B divided; "quantizer": a per-channel QuantizeLinear scale
+    alpha: float | None = None  # the alpha this activation got (the build's, or the search's with "auto")
 
     def to_json(self) -> dict[str, Any]:
         return {"activation": self.activation, "norm": self.norm, "readers": list(self.readers),
-                "amax_before": self.amax_before, "amax_after": self.amax_after, "into": self.into}
+                "amax_before": self.amax_before, "amax_after": self.amax_after, "into": self.into,
+                "alpha": self.alpha}
 
 
 @dataclass(frozen=True, slots=True)
 class SmoothReport:
-    alpha: float
+    alpha: float | str
     smoothed: tuple[SmoothedActivation, ...]
     ranges: dict[str, float]  # the ranges to quantize with: the smoothed activations' recomputed
 
     def to_json(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "smoothed": [s.to_json() for s in self.smoothed]}
+        return {"alpha": self.alpha, "smoothed": [a.to_json() for a in self.smoothed]}
 
 
 def smoothing_inputs(graph: Graph) -> list[str]:
@@ -119,14 +122,22 @@ def smoothing_factors(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.
     return s
 
 
-def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray], alpha: float,
-           keep_float: Collection[int] = ()) -> SmoothReport:
+def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, np.ndarray], alpha: float | str,
+           keep_float: Collection[int] = (), samples: Mapping[str, np.ndarray] | None = None,
+           precision: str = "int8") -> SmoothReport:
     """Smooth every activation that qualifies (module docstring): through its norm's constants
     where that is free, else through an explicit per-channel Mul before its quantized readers
     (fold_channel_scales moves it into their QuantizeLinear). Rewrites `graph` in place; returns
-    what was smoothed and the ranges to quantize with."""
+    what was smoothed and the ranges to quantize with. `alpha` "auto": each activation's alpha
+    is searched on its calibration `samples` (choose_alpha), for `precision`'s quantizer."""
     new_ranges = dict(ranges)
     done: list[SmoothedActivation] = []
+
+    def factors(name: str, x_max: np.ndarray, layers: list[QuantizableLayer]) -> tuple[np.ndarray, float]:
+        w_max = np.max([_row_max(layer) for layer in layers], axis=0)
+        a = alpha if alpha != "auto" else choose_alpha((samples or {}).get(name), x_max, layers, precision)
+        return smoothing_factors(x_max, w_max, float(a)), float(a)
+
     for node in list(graph.nodes):
         if node.qualified_op not in _NORMS or not node.outputs:
             continue
@@ -135,8 +146,7 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
         if plan is None:
             continue
         readers, x_max = plan
-        w_max = np.max([_row_max(layer) for _, layer in readers], axis=0)
-        s = smoothing_factors(x_max, w_max, alpha)
+        s, a = factors(y.name, x_max, [layer for _, layer in readers])
         scale_i, bias_i = _NORMS[node.qualified_op]
         _divide(graph, node, scale_i, s)
         if node.input(bias_i) is not None:
@@ -145,20 +155,21 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
             _scale_rows(graph, reader, layer, s)
         after = float(np.max(x_max / s))
         done.append(SmoothedActivation(y.name, node.name, tuple(r.name for r, _ in readers),
-                                       float(new_ranges[y.name]), after))
+                                       float(new_ranges[y.name]), after, "norm", a))
         new_ranges[y.name] = after
     smoothed = {a.activation for a in done}
     for name in smoothing_inputs(graph):
         if name in smoothed:
             continue
-        found = _divide_before_readers(graph, name, new_ranges, channel_max, alpha, keep_float)
+        found = _divide_before_readers(graph, name, new_ranges, channel_max, factors, keep_float)
         if found is not None:
             done.append(found)
-    return SmoothReport(float(alpha), tuple(done), new_ranges)
+    return SmoothReport(alpha if alpha == "auto" else float(alpha), tuple(done), new_ranges)
 
 
 def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], channel_max: Mapping[str, np.ndarray],
-                           alpha: float, keep_float: Collection[int]) -> SmoothedActivation | None:
+                           factors: Callable[..., tuple[np.ndarray, float]],
+                           keep_float: Collection[int]) -> SmoothedActivation | None:
     """x -> Mul(x, 1 / s) -> x / s for x's quantized readers (their weight rows times s); x's
     other readers keep x. None (nothing changed) when x has no such reader or no maxima."""
     y = next((v for n in graph.nodes for v in n.inputs if v is not None and v.name == name), None)
@@ -178,7 +189,7 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
             readers.append((reader, layer))
     if not readers:
         return None
-    s = smoothing_factors(x_max, np.max([_row_max(layer) for _, layer in readers], axis=0), alpha)
+    s, a = factors(name, x_max, [layer for _, layer in readers])
     first = min(graph.nodes.index(r) for r, _ in readers)
     inverse = graph.constant((1.0 / s).astype(np.float32), f"{name}_smooth_inverse")
     mul = graph.make_node("Mul", [y, inverse], name=f"{name}_smooth", before=graph.nodes[first])
@@ -190,7 +201,49 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
     after = float(np.max(x_max / s))
     ranges[out.name] = after
     return SmoothedActivation(name, mul.name, tuple(r.name for r, _ in readers), float(ranges[name]), after,
-                              "quantizer")
+                              "quantizer", a)
+
+
+ALPHAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)  # the "auto" search's grid
+AUTO_FALLBACK = 0.85  # "auto" for an activation without calibration rows
+
+
+def choose_alpha(rows: np.ndarray | None, x_max: np.ndarray, layers: Sequence[QuantizableLayer],
+                 precision: str) -> float:
+    """The alpha of ALPHAS whose smoothing quantizes these calibration rows of x and the readers'
+    weights with the least error: || Q(x / s) @ Qw(diag(s) W) - x @ W ||^2 over the rows, Q per
+    tensor over the range the build will use (max_k x_max_k / s_k), Qw per output channel, both
+    int8 (round to 127 steps) or float8 e4m3 (precision "fp8"), W the readers' weights side by
+    side. AUTO_FALLBACK without rows."""
+    if rows is None or len(rows) == 0:
+        return AUTO_FALLBACK
+    x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    w = torch.cat([torch.from_numpy(np.asarray(layer.w if layer.axis == 1 else layer.w.T, dtype=np.float32))
+                   for layer in layers], dim=1)                                       # [K, N]
+    want = x @ w
+    w_max = np.max([_row_max(layer) for layer in layers], axis=0)
+    best, best_err = AUTO_FALLBACK, float("inf")
+    for a in ALPHAS:
+        s = smoothing_factors(x_max, w_max, a)
+        st = torch.from_numpy(s.astype(np.float32))
+        xq = _fake_quantize(x / st, torch.tensor(float(np.max(x_max / s))), precision)
+        ws = w * st[:, None]
+        wq = _fake_quantize(ws, ws.abs().amax(dim=0, keepdim=True), precision)
+        err = float(((xq @ wq - want) ** 2).sum())
+        if err < best_err:
+            best, best_err = a, err
+    return best
+
+
+def _fake_quantize(v: torch.Tensor, amax: torch.Tensor, precision: str) -> torch.Tensor:
+    """v quantized symmetrically over [-amax, amax] (per tensor, or per column for a [1, N] amax)
+    and dequantized: int8's 127 steps, or float8 e4m3 scaled so that amax is 448."""
+    amax = torch.where(amax > 0, amax, torch.ones_like(amax))
+    if precision == "fp8":
+        scale = amax / 448.0
+        return (v / scale).clamp(-448, 448).to(torch.float8_e4m3fn).to(torch.float32) * scale
+    step = amax / 127.0
+    return torch.round(v / step).clamp(-127, 127) * step
 
 
 def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
