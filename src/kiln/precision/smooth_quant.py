@@ -41,6 +41,12 @@ kiln::QMatMul that makes x, precision/fold_requantize.py). Where x is a quantize
 output, that layer writes x in float for the QuantizeLinear instead (its kernel requantizes per
 tensor only).
 
+Alpha "auto" (choose_alpha): one alpha per activation, the point of a grid (ALPHAS) whose
+smoothing quantizes calibration rows of the activation (up to 1024, kept by the calibration
+run) and its readers' weights with the least squared error of their product. Activations
+differ: on all-MiniLM-L6-v2 it picks 0.8 for the attention blocks' LayerNorm outputs and up
+to 1.0 for the GELU outputs, which reaches accuracy no single alpha does (BENCHMARKS.md).
+
 The per-tensor range of the smoothed activation is then max_k(max|x_k| / s_k), the largest
 of the per-channel maxima divided by s (for an entropy or percentile calibration this is the
 smoothed maximum, not a clipped threshold), and the quantizer takes its per-channel weight
