@@ -19,7 +19,7 @@ from kiln.config import BuildConfig
 from kiln.errors import KilnError
 from kiln.kernels.reference.interpret import run_graph
 from kiln.passes.match import const_array
-from kiln.precision.smooth_quant import SMOOTHABLE_READERS, smooth, smoothing_factors, smoothing_inputs
+from kiln.precision.smooth_quant import smooth, smoothing_factors, smoothing_inputs
 
 C, N, T, BATCH, SAMPLES = 16, 8, 4, 4, 16
 OUTLIER = 3  # the channel whose LayerNorm scale is 30x the others
