@@ -101,3 +101,15 @@ def test_expand_and_batched_matmul_refine():
     mask.shape, scores.shape, out.shape = ("a", "b", "c", "d"), ("e", 2, 6, 6), ("f", "g", 6, 6)
     assert check_pass(refine_shapes, b)
     assert mask.shape == scores.shape == out.shape == (1, 2, 6, 6)
+
+
+def test_concat_sums_its_axis():
+    """A class token [B, 1, C] before the patches [B, 196, C]: [B, 197, C] (ViT)."""
+    b = Builder()
+    cls = b.input("cls", (2, 1, 8))
+    patches = b.input("patches", (2, 6, 8))
+    c = b.op("Concat", cls, patches, axis=1)
+    b.output(c)
+    c.shape = (2, "n", 8)
+    assert check_pass(refine_shapes, b)
+    assert c.shape == (2, 7, 8)

@@ -10,7 +10,7 @@ Slice and Gather on other axes, element-wise unary ops), so that Shape(...) of a
 the attention scale sqrt(head size) becomes a constant the attention matcher can read. It
 also recomputes broadcasting (ONNX inference leaves 1 against a symbolic dim unknown, so a
 batch-1 model's embedding sum [1, S, H] + [?, S, H] stays [?, S, H] after the ? is fixed), and
-the dims of norms, 2-D-weight matmuls and kiln::Attention from their inputs: a static batch of
+the dims of Concat, Expand, norms, matmuls and kiln::Attention from their inputs: a static batch of
 1 then folds its shape arithmetic as a larger batch does.
 
 Sound by construction: a dim is refined only from what the op's definition fixes (a
@@ -188,6 +188,27 @@ def _expand(node: Node) -> Shape | None:
     return _broadcast_dims([x, tuple(target)])
 
 
+def _concat(node: Node) -> Shape | None:
+    """The inputs' sizes along `axis` summed (when all known); any input's dim elsewhere (a valid
+    Concat has them equal)."""
+    shapes = [v.shape for v in node.inputs if v is not None]
+    if not shapes or any(sh is None for sh in shapes) or len({len(sh) for sh in shapes}) != 1 or not shapes[0]:
+        return None
+    rank = len(shapes[0])
+    axis = int(node.attrs.get("axis", 0))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank:
+        return None
+    out: list[int | str] = []
+    for i in range(rank):
+        dims = [sh[i] for sh in shapes]
+        if i == axis:
+            out.append(sum(dims) if all(isinstance(d, int) for d in dims) else "?")
+        else:
+            out.append(next((d for d in dims if isinstance(d, int)), "?"))
+    return tuple(out)
+
+
 def _matmul(node: Node) -> Shape | None:
     """A [..., M, K] @ B [..., K, N]: the broadcast batch dims, M, N (ranks >= 2)."""
     a, b = node.input(0).shape, node.input(1).shape if node.input(1) is not None else None
@@ -215,6 +236,7 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "MatMul": _matmul,
     "kiln::FusedMatMul": _matmul,
     "Expand": _expand,
+    "Concat": _concat,
     "kiln::Attention": _attention,
     **{op: _broadcast for op in BROADCAST},
     **{op: _same_as_input for op in SAME_AS_INPUT},
