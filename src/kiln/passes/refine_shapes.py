@@ -10,8 +10,9 @@ Slice and Gather on other axes, element-wise unary ops), so that Shape(...) of a
 the attention scale sqrt(head size) becomes a constant the attention matcher can read. It
 also recomputes broadcasting (ONNX inference leaves 1 against a symbolic dim unknown, so a
 batch-1 model's embedding sum [1, S, H] + [?, S, H] stays [?, S, H] after the ? is fixed), and
-the dims of Concat, Expand, norms, matmuls and kiln::Attention from their inputs: a static batch of
-1 then folds its shape arithmetic as a larger batch does.
+the dims of Concat, Expand, norms and matmuls from their inputs: a static batch of 1 then folds
+its shape arithmetic as a larger batch does. The pass runs in the cleanup rounds, before any
+fusion, so it reads ai.onnx nodes only (passes/match.py: live_nodes).
 
 Sound by construction: a dim is refined only from what the op's definition fixes (a
 positive constant entry of a Reshape shape, a permutation, ...); a symbolic dim becomes an
@@ -34,24 +35,20 @@ UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Log", "Sqrt
 # Element-wise ops whose output is the broadcast of their inputs (one output).
 BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Where", "And", "Or", "Xor", "Equal", "Less",
                        "LessOrEqual", "Greater", "GreaterOrEqual", "Max", "Min", "Sum", "Mean", "PRelu",
-                       "BitShift", "kiln::Pointwise"})
-# Ops whose first output has the shape of input 0; of the last two, every output has it.
-SAME_AS_INPUT = frozenset({"LayerNormalization", "RMSNormalization", "kiln::AddLayerNorm", "kiln::NormQuantize"})
-ALL_OUTPUTS_AS_INPUT = frozenset({"kiln::AddLayerNorm", "kiln::NormQuantize"})
+                       "BitShift"})
+# Ops whose first output has the shape of input 0 (Mean/InvStdDev do not).
+SAME_AS_INPUT = frozenset({"LayerNormalization", "RMSNormalization"})
 
 
 def refine_shapes(graph: Graph) -> bool:
     changed = False
     for node in live_nodes(graph):
-        op = node.op if not node.domain else node.qualified_op
-        rule = RULES.get(op) or (_same_as_input if op in UNARY else None)
+        rule = RULES.get(node.op) or (_same_as_input if node.op in UNARY else None)
         if rule is None or not node.outputs or node.outputs[0].shape is None or node.input(0) is None:
             continue
         dims = rule(node)
         if dims is not None:
-            outputs = node.outputs if op in ALL_OUTPUTS_AS_INPUT else node.outputs[:1]
-            for out in outputs:
-                changed |= _refine(out, dims)
+            changed |= _refine(node.outputs[0], dims)
     return changed
 
 
@@ -172,8 +169,6 @@ def _broadcast_dims(shapes: list[Shape]) -> Shape:
 
 
 def _broadcast(node: Node) -> Shape | None:
-    if node.qualified_op == "kiln::Pointwise" and len(node.outputs) != 1:
-        return None  # a multi-output program's outputs need not read every input
     shapes = [v.shape for v in node.inputs if v is not None]
     if not shapes or any(sh is None for sh in shapes):
         return None
@@ -218,14 +213,6 @@ def _matmul(node: Node) -> Shape | None:
     return (*batch, a[-2], b[-1])
 
 
-def _attention(node: Node) -> Shape | None:
-    """kiln::Attention: Q's dims with V's head size last."""
-    q, v = node.input(0).shape, node.input(2).shape if node.input(2) is not None else None
-    if q is None or v is None or not q or not v:
-        return None
-    return (*q[:-1], v[-1])
-
-
 RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Reshape": _reshape,
     "Transpose": _transpose,
@@ -234,10 +221,8 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Slice": _slice,
     "Gather": _gather,
     "MatMul": _matmul,
-    "kiln::FusedMatMul": _matmul,
     "Expand": _expand,
     "Concat": _concat,
-    "kiln::Attention": _attention,
     **{op: _broadcast for op in BROADCAST},
     **{op: _same_as_input for op in SAME_AS_INPUT},
 }
