@@ -47,6 +47,14 @@ def live_nodes(graph: Graph, *ops: str) -> Iterator[Node]:
             yield node
 
 
+def live_ops(graph: Graph, *qualified_ops: str) -> Iterator[Node]:
+    """The graph's nodes of `qualified_ops` ("QuantizeLinear", "kiln::QMatMul", ...), of any
+    domain, skipping those a rewrite already removed; a snapshot, as live_nodes."""
+    for node in list(graph.nodes):
+        if node.graph is graph and node.qualified_op in qualified_ops:
+            yield node
+
+
 def sole_user(v: Value, keep: set[int]) -> Node | None:
     """The one node that reads `v`, once, when `v` is not pinned; else None."""
     uses = v.uses()

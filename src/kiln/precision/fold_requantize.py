@@ -35,7 +35,7 @@ from __future__ import annotations
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantize import per_last_axis
 from kiln.passes.fuse_qdq import QUANT_OUTPUTS
-from kiln.passes.match import const_array, pinned, sole_user
+from kiln.passes.match import const_array, live_ops, pinned, sole_user
 
 QUANTIZED_LAYERS = ("kiln::QMatMul", "kiln::QConv")
 # Input index of out_scale (out_zp follows it), the same in QMatMul and QConv:
@@ -48,9 +48,8 @@ def fold_requantize(graph: Graph) -> bool:
     that QuantizeLinear's output itself (module docstring); True when any was folded."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is graph and node.qualified_op in QUANTIZED_LAYERS:
-            changed |= _fold(graph, node, keep)
+    for node in live_ops(graph, *QUANTIZED_LAYERS):
+        changed |= _fold(graph, node, keep)
     return changed
 
 

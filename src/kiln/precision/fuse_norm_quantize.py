@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.match import pinned
+from kiln.passes.match import live_ops, pinned
 from kiln.precision.fold_requantize import per_tensor, per_last_channel
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
@@ -43,9 +43,8 @@ def fuse_norm_quantize(graph: Graph) -> bool:
     """Fuse a QuantizeLinear of each LayerNorm's output into the norm (module docstring); True if any."""
     keep = pinned(graph)
     changed = False
-    for node in list(graph.nodes):
-        if node.graph is graph and node.qualified_op in NORMS:
-            changed |= _fuse(graph, node, keep)
+    for node in live_ops(graph, *NORMS):
+        changed |= _fuse(graph, node, keep)
     return changed
 
 
