@@ -181,7 +181,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     type, and stored into `sum_out` when given (block kernel only: add_layer_norm checks).
     Without `stats` (and for RMSNorm), no statistics are stored and Y is returned in their place.
     With `quant` (block kernel only) Y is also quantized into quant.codes; without `store_y`
-    Y itself is not stored (the returned Y is then uninitialised memory).
+    Y itself is not stored and no memory is allocated for it (X is returned in its place).
     """
     assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
     x = x.contiguous()
@@ -190,7 +190,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     rows = x.numel() // cols if cols else 0
     wf = _per_col(w, norm_shape)
     bf = _per_col(b, norm_shape) if b is not None else wf  # dummy pointer when HAS_B is False
-    y = torch.empty_like(x)
+    y = torch.empty_like(x) if store_y else x  # not stored: X stands in as the (unwritten) pointer
     if x.numel() == 0:  # statistics of zero columns are NaN, as in the reference
         rows = x.shape[:axis].numel()
         nan = torch.full((rows,), float("nan"), dtype=torch.float32, device=x.device)
