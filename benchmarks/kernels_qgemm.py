@@ -35,7 +35,8 @@ REF_Q = lookup("QuantizeLinear").fn
 OP = "kiln::QMatMul"
 SHAPES = [("bert qkv/out", 4096, 768, 768), ("bert ffn1", 4096, 3072, 768), ("bert ffn2", 4096, 768, 3072),
           ("resnet 1x1", 64 * 56 * 56, 256, 64)]
-SHORT = (0, 1, 2, 3, 7, 8)        # indices into qgemm.CONFIGS timed without --all
+SHORT = {False: (0, 1, 2, 3, 7, 8), True: (0, 2, 4, 5, 6, 7)}   # indices into qgemm.INT8_/FP8_CONFIGS
+                                                                # timed without --all (key: fp8)
 LINES: list[str] = []
 BENCH_EAGER: list[int] = []       # one entry per timed call that could not be captured in a CUDA graph
 SUMMARY: dict[str, dict[str, float]] = {}
@@ -124,16 +125,20 @@ def correctness(name: str, m: int, n: int, k: int, dtype: torch.dtype, cfg: dict
         f8 = dict(trans_b=1, out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.FLOAT8E4M3FN)
         check("triton fp8 out (requantized)", qgemm.qmatmul(*args, **f8, config=cfg), args, **f8)
         check("scaled_mm tactic fp16 out, Gelu", qt.scaled_mm_qmatmul(*args, **gelu), args, **gelu)
+        fast = {"fast_accum": 1}
+        check("scaled_mm fast-accum fp16 out, Gelu", qt.scaled_mm_qmatmul(*args, **gelu, config=fast), args, **gelu)
         check("scaled_mm tactic int8 out", qt.scaled_mm_qmatmul(*args, **req), args, **req)
 
 
 def timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, all_configs: bool) -> dict:
     """Times of the Triton configs; returns the best config."""
     a, w, a_scale, b_scale, bias, _ = operands(m, n, k, dtype)
-    picks = range(len(qgemm.CONFIGS)) if all_configs else SHORT
+    fp8 = dtype == torch.float8_e4m3fn
+    space = qgemm.FP8_CONFIGS if fp8 else qgemm.INT8_CONFIGS
+    picks = range(len(space)) if all_configs else SHORT[fp8]
     best = (float("inf"), None)
     for i in picks:
-        cfg = dict(qgemm.CONFIGS[i])
+        cfg = dict(space[i])
         if cfg["BLOCK_K"] > k:
             continue
         try:
@@ -141,12 +146,13 @@ def timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, all_configs: b
         except Exception as exc:  # noqa: BLE001 - report and go on
             say(f"    config {i} {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
             continue
+        extra = "".join(f" {key}={cfg[key]}" for key in ("FP8_ACC", "TMA") if key in cfg)
         say(f"    triton cfg {i} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} "
-            f"s{cfg['num_stages']}: {ms:8.4f} ms  {tops(m, n, k, ms)} TOPS")
+            f"s{cfg['num_stages']}{extra}: {ms:8.4f} ms  {tops(m, n, k, ms)} TOPS")
         best = min(best, (ms, i), key=lambda t: t[0])
     if best[1] is None:
-        return dict(qgemm.CONFIGS[0])
-    cfg = dict(qgemm.CONFIGS[best[1]])
+        return dict(space[0])
+    cfg = dict(space[best[1]])
     req = dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=TensorProto.INT8)
     ms_req = bench(lambda: qgemm.qmatmul(a, w, a_scale, None, b_scale, None, bias, trans_b=1, config=cfg, **req))
     say(f"  * triton {str(dtype)[6:]:13s} best cfg {best[1]}: fp16 out+bias {best[0]:8.4f} ms "
@@ -195,9 +201,11 @@ def tactic_timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, cfg: di
     ms = bench(lambda: qt.triton_qmatmul(a, w_kn, a_scale, None, b_scale, None, bias, config=cfg))
     say(f"  * tactic kiln::QMatMul.triton ({str(dtype)[6:]}, [K,N] weight) {ms:8.4f} ms {tops(m, n, k, ms)} TOPS")
     if dtype != torch.int8:
-        ms = bench(lambda: qt.scaled_mm_qmatmul(a, w_kn, a_scale, None, b_scale, None, bias))
-        SUMMARY[name]["scaled_mm tactic"] = ms
-        say(f"  * tactic kiln::QMatMul.scaled_mm (rowwise, fp16+bias)   {ms:8.4f} ms {tops(m, n, k, ms)} TOPS")
+        for cfg_mm in qt.SCALED_MM_CONFIGS:
+            ms = bench(lambda: qt.scaled_mm_qmatmul(a, w_kn, a_scale, None, b_scale, None, bias, config=cfg_mm))
+            SUMMARY[name]["scaled_mm tactic" + (" fast" if cfg_mm["fast_accum"] else "")] = ms
+            say(f"  * tactic kiln::QMatMul.scaled_mm (rowwise, fp16+bias) {cfg_mm}  {ms:8.4f} ms "
+                f"{tops(m, n, k, ms)} TOPS")
 
 
 def quantize_check() -> None:
@@ -258,7 +266,7 @@ def main() -> None:
 def summary() -> None:
     """ms per GEMM and speed-up over kiln's fp16 (cuBLAS addmm), one row per shape."""
     cols = ["fp16 cuBLAS", "triton int8", "triton int8 int8-out", "triton float8_e4m3fn", "scaled_mm tactic",
-            "_int_mm"]
+            "scaled_mm tactic fast", "_int_mm"]
     say("\nsummary: ms (x speed-up vs fp16 cuBLAS)")
     say(f"  {'shape':14s}" + "".join(f"{c:>24s}" for c in cols))
     for name, row in SUMMARY.items():

@@ -277,8 +277,23 @@ def test_launcher_refusals():
 
 
 def test_every_config_is_one_the_gpu_compiles():
+    assert qgemm.CONFIGS == qgemm.INT8_CONFIGS + qgemm.FP8_CONFIGS
     assert all(c["BLOCK_K"] >= qgemm.MIN_BLOCK_K and c["BLOCK_M"] >= 16 and c["BLOCK_N"] >= 16
                for c in qgemm.CONFIGS)
+    for c in qgemm.CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
+        assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
+    assert all("FP8_ACC" not in c for c in qgemm.INT8_CONFIGS)
+    assert all("FP8_ACC" in c for c in qgemm.FP8_CONFIGS) and qgemm.FP8_CONFIGS[0]["FP8_ACC"] > 0
+    assert qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 128}) == 64
+    assert qgemm.fp8_promotion({"BLOCK_K": 128}) == 128 and qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 0}) == 0
+
+
+def test_fp8_unpromoted_accumulation_matches_on_small_integers():
+    # FP8_ACC 0 (the MMA accumulates throughout) in the interpreter: the same arithmetic path
+    # and epilogue, exact where the sums are small integers.
+    args = _layer(20, 32, 64, a_dt=torch.float8_e4m3fn, b_dt=torch.float8_e4m3fn, seed=9, fp8_ints=True)
+    for cfg in ({**TINY, "FP8_ACC": 0}, {**TINY, "FP8_ACC": 32}):
+        _check(args, activation="Relu", config=cfg)
 
 
 # --- GPU ---------------------------------------------------------------------------------------
@@ -297,8 +312,10 @@ def test_gpu_bert_sizes_every_config(m, n, k, a_dt):
     exact = _layer(m, n, k, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, scale_dtype=torch.float16,
                    dev="cuda", fp8_ints=True) if fp8 else args
     outputs = [(torch.int8, 0), (torch.float8_e4m3fn, None)]
-    for cfg in qgemm.CONFIGS:
-        _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
+    for cfg in qgemm.FP8_CONFIGS if fp8 else qgemm.INT8_CONFIGS:
+        # Unpromoted fp8 accumulation (FP8_ACC 0) is exact on small integers only: the tuner
+        # judges it on real data by the tolerance; here it gets the exact operands.
+        _check(exact if cfg.get("FP8_ACC") == 0 else args, trans_b=1, activation="Gelu", config=dict(cfg))
         for out_type, zp in outputs:
             _check(exact, trans_b=1, config=dict(cfg), **_requant(out_type, zp, scale=0.05, dev="cuda"))
 

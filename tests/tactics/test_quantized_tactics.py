@@ -52,7 +52,9 @@ def _qmm(a="int8", b="int8", *, m=64, n=768, k=768, trans_b=0, scale="float16", 
 
 def test_triton_accepts_what_int8_and_fp8_builds_make(hopper):
     assert qt.supports_triton_qmatmul(_qmm())                                          # int8.py
-    assert qt.supports_triton_qmatmul(_qmm(FP8, FP8, a_zp=None))                       # fp8.py
+    assert qt.supports_triton_qmatmul_fp8(_qmm(FP8, FP8, a_zp=None))                   # fp8.py
+    # One tactic per input type (each with its own tuning space).
+    assert not qt.supports_triton_qmatmul(_qmm(FP8, FP8, a_zp=None)) and not qt.supports_triton_qmatmul_fp8(_qmm())
     assert qt.supports_triton_qmatmul(_qmm("uint8", "int8", b_zp="int8", trans_b=1, residual="float16",
                                            activation="Gelu", activation_params=[0.0]))
     assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8"))       # fuse_qdq's requant
@@ -62,7 +64,7 @@ def test_triton_accepts_what_int8_and_fp8_builds_make(hopper):
     assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8", out_shape=(768,)))
     assert not qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_shape=(384,)))
     fp8_cols = _qmm(FP8, FP8, a_zp=None, out=TensorProto.FLOAT8E4M3FN, out_shape=(768,))
-    assert qt.supports_triton_qmatmul(fp8_cols) and not qt.supports_scaled_mm(fp8_cols)
+    assert qt.supports_triton_qmatmul_fp8(fp8_cols) and not qt.supports_scaled_mm(fp8_cols)
 
 
 def test_triton_refusals(hopper):
@@ -83,7 +85,7 @@ def test_triton_refusals(hopper):
                     {"trans_b": 0}, ((64, 768), (2, 768, 768), (), None, (768,))),   # batched B
     ]
     for q in refused:
-        assert not qt.supports_triton_qmatmul(q), q
+        assert not qt.supports_triton_qmatmul(q) and not qt.supports_triton_qmatmul_fp8(q), q
     q = _qmm()
     bad_residual = TacticQuery(OP, "cuda", q.input_dtypes[:7] + ("float16",), q.attrs,
                                q.input_shapes[:7] + ((3, 64, 768),))          # would grow Y
@@ -96,7 +98,7 @@ def test_capability_gates(monkeypatch):
     assert not qt.supports_scaled_mm(_qmm(FP8, FP8, a_zp=None))
     monkeypatch.setattr(qt, "device_capability", lambda: (8, 0))        # Ampere: int8 only
     assert qt.supports_triton_qmatmul(_qmm())
-    assert not qt.supports_triton_qmatmul(_qmm(FP8, FP8, a_zp=None))
+    assert not qt.supports_triton_qmatmul_fp8(_qmm(FP8, FP8, a_zp=None))
     assert not qt.supports_triton_qmatmul(_qmm(out=TensorProto.FLOAT8E4M3FN))   # fp8 output cast
     assert not qt.supports_scaled_mm(_qmm(FP8, FP8, a_zp=None))
     monkeypatch.setattr(qt, "device_capability", lambda: (7, 5))
@@ -150,7 +152,7 @@ def test_quantize_supports(hopper):
 def test_candidates_list_the_tactics_before_the_reference(hopper):
     names = [t.name for t in candidates(_qmm(FP8, FP8, a_zp=None))]
     assert names[-1] == "kiln::QMatMul.reference"
-    assert {"kiln::QMatMul.triton", "kiln::QMatMul.scaled_mm"} <= set(names)
+    assert {"kiln::QMatMul.triton_fp8", "kiln::QMatMul.scaled_mm"} <= set(names) and "kiln::QMatMul.triton" not in names
     assert [t.name for t in candidates(_qmm(device="cpu"))] == ["kiln::QMatMul.reference"]
 
 
@@ -237,6 +239,8 @@ def test_scaled_mm_tactic_epilogue_on_cpu(per_channel, dtype):
     bt = b.t().contiguous()
     _agrees(qt.scaled_mm_qmatmul(a, bt, a_scale, None, b_scale, trans_b=1), [a, bt, a_scale, None, b_scale],
             trans_b=1)
+    for cfg in qt.SCALED_MM_CONFIGS:   # precise and fast accumulation: the same result on small integers
+        _agrees(qt.scaled_mm_qmatmul(*args, config=cfg), args)
 
 
 # --- GPU -----------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Tactics for kiln::QMatMul and QuantizeLinear: a Triton int8/fp8 GEMM, cuBLASLt fp8 through
 torch._scaled_mm, and a Triton QuantizeLinear.
 
-kiln::QMatMul.triton (kernels/triton/qgemm.py): int8/uint8 x int8/uint8 -> int32 or
-float8_e4m3fn x float8_e4m3fn -> float32 on tensor cores, the whole epilogue (scales, bias,
+kiln::QMatMul.triton and .triton_fp8 (kernels/triton/qgemm.py): int8/uint8 x int8/uint8 ->
+int32, or float8_e4m3fn x float8_e4m3fn -> float32, on tensor cores (one tactic per input
+type, because each has its own tuning space: fp8 also tunes how its accumulator is promoted), the whole epilogue (scales, bias,
 residual, activation, float output or requantization) in the store. The weight is handed
 over K-major ([N, K] contiguous), what 8-bit tensor-core operands want: a [K, N] weight
 (trans_b=0) is transposed once and memoised per weight tensor (`k_major`), as tactics/conv.py
@@ -20,8 +21,10 @@ constraints, and what this tactic does with them:
     bias with float32 output); otherwise added after the call.
   - no residual, activation or requantization: done after the call in torch, on the
     output (float output) or on a float32 output (requantized: the reference's own
-    requantization, in float32). Accumulation is cuBLASLt's precise fp8 mode
-    (use_fast_accum=False).
+    requantization, in float32).
+  - accumulation: two configs, cuBLASLt's precise fp8 mode (fast_accum 0, the default when
+    tuning is off) and its fast accumulation (fast_accum 1, the MMA's own accumulator
+    throughout), which the tuner keeps only where the output meets the tolerance.
 The result is the reference's up to float32 rounding, and the float output's rounding after
 the scale and again after bias/residual (within the fp16/bf16 tolerance).
 
@@ -58,6 +61,8 @@ A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10
 # K and N multiples of 16 (when static): 16-byte rows for 8-bit operands, which the Triton
 # GEMM needs to pipeline its K loop (tactics/matmul.py's TRITON_ALIGN) and _scaled_mm requires.
 ALIGN = 16
+# torch._scaled_mm's accumulation modes (module docstring); the first is the untuned default.
+SCALED_MM_CONFIGS: tuple[dict[str, int], ...] = ({"fast_accum": 0}, {"fast_accum": 1})
 # Longest int8 reduction of the Triton GEMM (int32 sums; kernels/triton/qgemm.py MAX_K).
 TRITON_MAX_K = 16384
 
@@ -115,7 +120,8 @@ def triton_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | Non
 def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
                       b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
                       out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
-                      activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
+                      activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
+                      config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul for fp8 as one torch._scaled_mm (cuBLASLt) plus the epilogue it cannot fuse."""
     assert a_q.dtype == b_q.dtype == torch.float8_e4m3fn and a_zp is None and b_zp is None, \
         "QMatMul.scaled_mm takes float8_e4m3fn A and B without zero points"
@@ -131,7 +137,8 @@ def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | 
         sa = a_scale.to(torch.float32).reshape(1, 1).expand(m, 1).contiguous()
         sb = b_scale.to(torch.float32).reshape(1, n).contiguous()
     fused_bias = bias is not None and mm_dtype != torch.float32 and bias.dtype == mm_dtype and bias.numel() == n
-    y = torch._scaled_mm(a2, w, sa, sb, bias=bias.reshape(n) if fused_bias else None, out_dtype=mm_dtype)
+    y = torch._scaled_mm(a2, w, sa, sb, bias=bias.reshape(n) if fused_bias else None, out_dtype=mm_dtype,
+                         use_fast_accum=bool((config or SCALED_MM_CONFIGS[0]).get("fast_accum", 0)))
     if bias is not None and not fused_bias:
         y.add_(bias.reshape(-1))
     if residual is not None:
@@ -230,14 +237,19 @@ def _aligned(d: int | str, limit: int) -> bool:
 
 
 def supports_triton_qmatmul(q: TacticQuery) -> bool:
-    """int8/uint8 (sm_80+) or float8_e4m3fn (sm_89+) A and B; K, N static multiples of 16."""
+    """int8/uint8 A and B (sm_80+); K, N static multiples of 16."""
+    return _dtype(q, A) in INTS and _dtype(q, B) in INTS and _supports_triton(q, fp8=False)
+
+
+def supports_triton_qmatmul_fp8(q: TacticQuery) -> bool:
+    """float8_e4m3fn A and B (sm_89+); K, N static multiples of 16."""
+    return _dtype(q, A) == _dtype(q, B) == FP8 and _supports_triton(q, fp8=True)
+
+
+def _supports_triton(q: TacticQuery, fp8: bool) -> bool:
     from kiln.kernels.triton.gemm import ACTIVATIONS as TRITON_ACTIVATIONS
 
     if q.device != "cuda" or q.attrs.get("activation", "") not in TRITON_ACTIVATIONS:
-        return False
-    a, b = _dtype(q, A), _dtype(q, B)
-    fp8 = a == b == FP8
-    if not fp8 and not (a in INTS and b in INTS):
         return False
     cap = device_capability()
     if cap is None or cap < (8, 0) or ((fp8 or _out_type(q) == FP8) and cap < (8, 9)):
@@ -313,9 +325,11 @@ if triton_available():
     from kiln.kernels.triton import quantize as _quantize
 
     register_tactic(Tactic("kiln::QMatMul.triton", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
-                           supports_triton_qmatmul, configs=_qgemm.CONFIGS))
+                           supports_triton_qmatmul, configs=_qgemm.INT8_CONFIGS))
+    register_tactic(Tactic("kiln::QMatMul.triton_fp8", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
+                           supports_triton_qmatmul_fp8, configs=_qgemm.FP8_CONFIGS))
     register_tactic(Tactic("QuantizeLinear.triton", "QuantizeLinear", 1, ("cuda",), _quantize.quantize_linear,
                            supports_triton_quantize, configs=_quantize.CONFIGS))
 
 register_tactic(Tactic("kiln::QMatMul.scaled_mm", "kiln::QMatMul", 1, ("cuda",), scaled_mm_qmatmul,
-                       supports_scaled_mm))
+                       supports_scaled_mm, configs=SCALED_MM_CONFIGS))

@@ -86,6 +86,7 @@ from kiln.ir import dtypes
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
+from kiln.kernels.triton.qgemm import fp8_promotion
 from kiln.kernels.triton.quantize import requantize
 
 Tensor = torch.Tensor
@@ -261,12 +262,6 @@ def _require_zero(zp: Tensor | None, name: str) -> None:
                          "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
 
 
-def _fp8_acc(cfg: dict[str, Any], block_k: int) -> int:
-    """Products per partial sum of an fp8 dot (0: the hardware accumulates throughout)."""
-    acc = int(cfg.get("FP8_ACC", block_k))
-    return min(acc, block_k) if acc > 0 else 0
-
-
 def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
            out: dtypes.DType, requant: bool) -> None:
     assert x.dtype in INPUT_DTYPES and w.dtype == x.dtype, \
@@ -331,7 +326,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=_fp8_acc(cfg, bk) if is_fp8 else 0,
+        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg) if is_fp8 else 0,
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),

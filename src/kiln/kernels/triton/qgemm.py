@@ -23,9 +23,12 @@ loads (K not a multiple of BLOCK_K) read 0, and a uint8 tile is zeroed there aft
 an `other` of 128. Nothing is read on the host: zero points and scales are loaded by the
 kernel, so the launch never synchronises and CUDA graphs capture it. float8 x float8 is summed in float32 by tl.dot
 (fp8e4nv, sm_89+): each product is exact in float32 (4 + 4 significant bits), the sum is
-rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32, so the
-partial sum is moved to a float32 register every BLOCK_K (max_num_imprecise_acc), as
-cuBLASLt does without fast accumulation. float8 has no zero point.
+rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32 (qconv.py's
+docstring), so by default the partial sum is moved to a float32 register every BLOCK_K
+products (tl.dot's max_num_imprecise_acc), as cuBLASLt does without fast accumulation. The
+config key FP8_ACC tunes that (fp8_promotion): 0 lets the MMA accumulate throughout, as
+cuBLASLt's fast-accumulation mode does; the tuner keeps such a config only where the output
+meets the tolerance. float8 has no zero point.
 
 Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
@@ -71,10 +74,14 @@ MAX_K = 16384
 # on the GPU ("K >= 32"), though the interpreter would run it.
 MIN_BLOCK_K = 32
 
-# The tuning space (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
+# The tuning spaces (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
 # so 128x256x128 at 3 stages is 144 KiB of the 227 KiB a block may have. BLOCK_K = 128 is one
 # 128-byte swizzle row of 8-bit K; the 64-deep tiles are for short K (ResNet's 1x1 convs: 64).
-CONFIGS: tuple[dict[str, int], ...] = (
+# TMA=1 uses _qgemm_tma_kernel (where it does not apply, the same tiles through plain loads).
+# On the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27) the two TMA tilings here were
+# the fastest fp8 config on BERT's FFN1 and the fastest int8 one on FFN2 (6% over plain
+# loads); three other TMA tilings never won and were dropped.
+INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
@@ -84,13 +91,32 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
-    # TMA (_qgemm_tma_kernel; where it does not apply, the same tiles through plain loads). On
-    # the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27) these two were the fastest fp8
-    # config on BERT's FFN1 and the fastest int8 one on FFN2 (6% over plain loads); three
-    # other TMA tilings never won and were dropped.
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
 )
+# fp8 also tunes how the accumulator is promoted (FP8_ACC, module docstring): every FP8_ACC
+# products (up to BLOCK_K) into a separate float32 accumulator, or 0: the MMA's own
+# accumulator throughout (fastest, least exact; the tuner keeps it only where the output
+# meets the tolerance). The first config is the default when tuning is off: promoted once per
+# K step. A promoted 128x256 tile holds two 128-register accumulators per thread.
+FP8_CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128,
+     "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0,
+     "TMA": 1},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "FP8_ACC": 0,
+     "TMA": 1},
+)
+# Both spaces, for callers that time every config of either input type.
+CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
 
 
 @triton.jit
@@ -148,8 +174,8 @@ def _qgemm_kernel(
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-        EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+        EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -177,7 +203,7 @@ def _qgemm_kernel(
             a = _load_signed(a_ptrs, offs_k[None, :] < k_left, A_U8)
             b = _load_signed(b_ptrs, offs_k[:, None] < k_left, B_U8)
         if FP8:
-            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
         else:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)                         # int32 accumulator
         a_ptrs += BLOCK_K
@@ -245,8 +271,8 @@ def _qgemm_tma_kernel(
         stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
-        QMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+        QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """The same GEMM with A [M, K] and B [N, K] tiles brought in by the tensor memory accelerator
     (TMA descriptors: out-of-range rows and K read as 0), int8 or float8 without zero points."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -260,7 +286,7 @@ def _qgemm_tma_kernel(
         a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
         b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
         if FP8:
-            acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=BLOCK_K)
+            acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=FP8_ACC)
         else:
             acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
     offs_m = off_m + tl.arange(0, BLOCK_M)
@@ -286,6 +312,14 @@ def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> 
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and _descriptor_type() is not None)
+
+def fp8_promotion(cfg: dict[str, Any]) -> int:
+    """Products per partial sum of an fp8 dot (config key FP8_ACC, default BLOCK_K; 0: the MMA
+    accumulates throughout). tl.dot takes at most its own K (BLOCK_K)."""
+    k = int(cfg["BLOCK_K"])
+    acc = int(cfg.get("FP8_ACC", k))
+    return min(acc, k) if acc > 0 else 0
+
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
     """Y's dtype as the reference decides it: a_scale's without out_scale, else the requantized
@@ -336,7 +370,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
-    cfg = dict(CONFIGS[0] if config is None else config)
+    fp8 = a_q.dtype == FP8
+    cfg = dict((FP8_CONFIGS if fp8 else INT8_CONFIGS)[0] if config is None else config)
     lead, k = tuple(a_q.shape[:-1]), a_q.shape[-1]
     a2 = a_q.reshape(math.prod(lead), k)                                     # [M, K]
     if a2.stride(-1) != 1:
@@ -352,11 +387,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
-    fp8, a_u8, b_u8 = a_q.dtype == FP8, a_q.dtype == torch.uint8, b_q.dtype == torch.uint8
+    a_u8, b_u8 = a_q.dtype == torch.uint8, b_q.dtype == torch.uint8
     qrange = OUT_TYPES.get(y_dtype) or (0, 0)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     assert bk >= MIN_BLOCK_K and bm >= 16 and bn >= 16, \
         f"config {cfg}: 8-bit tensor-core dots need BLOCK_K >= {MIN_BLOCK_K} and BLOCK_M, BLOCK_N >= 16"
+    fp8_acc = fp8_promotion(cfg) if fp8 else 0
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, out_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
@@ -368,7 +404,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
             FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
             REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-            QMIN=qrange[0], QMAX=qrange[1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+            QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
@@ -378,6 +414,6 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
         HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
         REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-        QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y.reshape(*lead, n)
