@@ -17,11 +17,12 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tuning_fakes import UNLOGGED, FakeTimer, fake, registered, relu, wrong_relu  # noqa: E402
+from tuning_fakes import UNLOGGED, FakeTimer, failing, fake, registered, relu, wrong_relu  # noqa: E402
 
 import kiln  # noqa: E402
 from kiln.compiler.builder import build  # noqa: E402
 from kiln.compiler.timing_cache import TimingCacheWarning  # noqa: E402
+from kiln.compiler.tuning_pass import TuningStoppedWarning  # noqa: E402
 from kiln.config import BuildConfig, Profile  # noqa: E402
 from kiln.engine.serialize import plan_from_json, plan_to_json  # noqa: E402
 from kiln.tactics import TacticQuery  # noqa: E402
@@ -165,3 +166,19 @@ def test_cli_build_takes_the_tuning_options(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["tuning"].startswith("off")
     assert not (tmp_path / "t.json").exists()  # nothing timed on CPU, nothing written
+
+
+def test_a_failing_tuning_run_warns_and_keeps_the_steps_tuned_before_it(fakes: None, log: list[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Abs's only tactic fails on the synthetic inputs: the run stops at step 3 of 3, Relu (step 1)
+    # keeps its tuned choice, and the build says so instead of leaving the rest silently untuned.
+    from dataclasses import replace
+
+    from kiln.tactics import registry
+
+    registry._ensure_loaded()
+    monkeypatch.setitem(registry.TACTICS, "Abs.reference", replace(registry.TACTICS["Abs.reference"], kernel=failing))
+    with pytest.warns(TuningStoppedWarning, match=r"tuning stopped at step 3 of 3 \(StepError.*steps 3 to 3 keep"):
+        engine = build(model(), BuildConfig(device="cpu"), timer=FakeTimer(TIMES, log))
+    assert "this kernel always fails" in engine.header["build"]["tuning"]["stopped"]
+    assert steps_by_name(engine)["relu"].tactic == "Relu.test_fast"

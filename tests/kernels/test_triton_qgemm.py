@@ -286,6 +286,8 @@ def test_every_config_is_one_the_gpu_compiles():
     assert all("FP8_ACC" in c for c in qgemm.FP8_CONFIGS) and qgemm.FP8_CONFIGS[0]["FP8_ACC"] > 0
     assert qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 128}) == 64
     assert qgemm.fp8_promotion({"BLOCK_K": 128}) == 128 and qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 0}) == 0
+    # The convolution's walk may step K by less than BLOCK_K: the dot's own K bounds FP8_ACC.
+    assert qgemm.fp8_promotion({"BLOCK_K": 128, "FP8_ACC": 128}, 64) == 64
 
 
 def test_fp8_unpromoted_accumulation_matches_on_small_integers():

@@ -162,7 +162,9 @@ def test_constant_that_fp16_rounds_to_inf() -> None:
     model = divide()
     plain, _ = fp16_build(model, None)
     feed = feeds()[0]
-    assert not run(plain, feed).any(), "x / fp16(1e6) = x / inf = 0"
+    # Without calibration data the constant is clamped to fp16's largest finite value (as
+    # TensorRT clamps weights), not rounded to inf: x / 65504.
+    np.testing.assert_allclose(run(plain, feed), feed["x"] / 65504.0, rtol=2e-3, atol=1e-7)
     engine, caught = fp16_build(model, feeds(1))
     (entry,) = engine.header["build"]["fp16_overflow"]["kept_fp32"]
     assert entry == {"layer": "shrink", "op": "Div", "tensor": "k", "amax": 1e6, "role": "reads constant",
@@ -291,3 +293,42 @@ def test_negative_attention_mask_keeps_the_attention_in_fp16(mask_op: str) -> No
     want, got = np.asarray(fp32(**feed)["y"]), np.asarray(engine(**feed)["y"])
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("mask_op", ["Where", "Mul"])
+def test_mask_constant_clamped_without_calibration_data(mask_op: str) -> None:
+    """Without calibration data (no overflow check) the -3.4e38 mask constant is clamped to
+    -65504 in fp16, inline in a fused program or as a tensor: no kernel is handed a scalar its
+    type cannot hold, and the Mul form computes 0 * -65504 = 0 where -inf would give NaN."""
+    model = attention_with_mask(mask_op)
+    engine, caught = fp16_build(model, None)
+    assert not caught
+    for step in engine.plan.steps:
+        for instr in step.attrs.get("program", []):
+            for arg in instr[1]:
+                if isinstance(arg, dict) and arg.get("dtype") == "float16":
+                    assert abs(arg["const"]) <= 65504.0, (step.name, arg)
+    m = np.array([1, 1, 1, 0], np.float32).reshape(1, 1, 1, 4)
+    feed = {"x": np.random.default_rng(6).standard_normal((1, 2, 4, 8)).astype(np.float32), "m": m}
+    want = np.asarray(builder.build(model, BuildConfig(device="cpu"))(**feed)["y"])
+    got = np.asarray(engine(**feed)["y"])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_retype_clamps_finite_constants_only() -> None:
+    import torch
+
+    from kiln.ir import dtypes
+    from kiln.precision.retype import _convert, in_range
+
+    got = _convert(np.array([-3.4e38, 7e4, 1.5, np.inf, -np.inf, np.nan], np.float32), dtypes.FLOAT16)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got[:5], np.array([-65504, 65504, 1.5, np.inf, -np.inf], np.float16))
+    assert np.isnan(got[5])
+    assert in_range(-3.4e38, dtypes.FLOAT16) == -65504.0 and in_range(float("-inf"), dtypes.FLOAT16) == float("-inf")
+    assert in_range(-3.0e38, dtypes.BFLOAT16) == -3.0e38            # within bfloat16's range
+    # float32's lowest is past bfloat16's largest (3.39e38), where it would round to -inf.
+    assert in_range(float(np.finfo(np.float32).min), dtypes.BFLOAT16) == -float(torch.finfo(torch.bfloat16).max)
+    bf = _convert(torch.tensor([-3.4e38]), dtypes.BFLOAT16)
+    assert torch.isfinite(bf).all()

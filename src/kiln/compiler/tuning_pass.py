@@ -14,6 +14,7 @@ saw them), so a choice made at the opt shapes holds over the whole profile.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -27,6 +28,10 @@ from kiln.engine.plan import Plan, Step, SubPlan
 from kiln.runtime.executor import Executor, constants_by_slot
 from kiln.runtime.synthetic import synthetic_inputs
 from kiln.tactics import TacticQuery, candidates, get_tactic
+
+
+class TuningStoppedWarning(UserWarning):
+    """The tuning run failed at a step: the steps from there on keep their untuned tactics."""
 
 
 MAX_REJECTED_LISTED = 50  # the header lists the first rejected candidates (and counts them all)
@@ -58,6 +63,11 @@ def tune_plan(plan: Plan, constants: dict[str, torch.Tensor], device: str, profi
     except Exception as exc:  # noqa: BLE001 - steps tuned before the failure keep their choice
         sizes = f"a run on synthetic inputs failed ({type(exc).__name__})"
         tuner.stats["stopped"] = f"{type(exc).__name__}: {exc}"[:500]
+        warnings.warn(f"tuning stopped at step {tuner.reached} of {len(plan.steps)} ({type(exc).__name__}: "
+                      f"{str(exc)[:300]}); steps {tuner.reached} to {len(plan.steps)} keep their first supported tactic, "
+                      "untuned, so the engine may be slower than it could be. Synthetic inputs are not valid for "
+                      "every model; if this one should accept them, report the failing layer.",
+                      TuningStoppedWarning, stacklevel=2)
     finally:
         if cache is not None:
             cache.save()
@@ -104,10 +114,12 @@ class _StepTuner:
         self.settings = settings
         self.progress = progress
         self.choices: dict[int, Choice | Candidate] = {}
+        self.reached = 0   # the 1-based index of the last step routed through the tuner
         self.stats: dict[str, Any] = {"layers_timed": 0, "cache_hits": 0, "timer_calls": 0, "rejected_count": 0,
                                       "rejected": []}
 
     def __call__(self, k: int, args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
+        self.reached = k + 1
         step = self.plan.steps[k]
         self.progress(f"tuning layer {k + 1}/{len(self.plan.steps)}")
         attrs = {a: v for a, v in attrs.items() if a != "config"}  # each candidate brings its own

@@ -8,12 +8,19 @@ inserted (one per value and type, shared by its readers). The engine's bindings 
 model's declared types: a float32 graph input is cast to each reader's type and a float32
 graph output produced in another type is computed under a new name and cast back.
 
+Finite constants beyond the target type's range (float16: |x| > 65504) are clamped to its
+largest finite value, as TensorRT clamps fp16 weights, rather than becoming infinite: a
+float32 "minus the largest float" attention mask stays a finite large negative number (a row
+masked entirely softmaxes to uniform weights, not NaN), and a scalar inlined into a fused
+program is one every kernel can hold. Infinities and NaN keep their value.
+
 Only top-level float32 tensors move; values of other types (int, an fp16 model's fp16) keep
 theirs. Shape and Size read only shapes, so they never cast their input.
 Run after the fusion passes (they match on the original constants).
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -115,8 +122,17 @@ def _insert_casts(graph: Graph, moving: set[int], type_of) -> bool:  # noqa: ANN
 
 def _convert(const: np.ndarray | torch.Tensor, target: dtypes.DType) -> np.ndarray | torch.Tensor:
     t = torch.from_numpy(np.asarray(const, order="C")) if isinstance(const, np.ndarray) else const
+    top = torch.finfo(target.torch).max
+    if t.is_floating_point() and top < torch.finfo(t.dtype).max:   # clamp finite values (module docstring)
+        t = torch.where(torch.isfinite(t), t.clamp(-top, top), t)
     t = t.to(target.torch)
     return t.numpy() if target in (dtypes.FLOAT16, F32) else t
+
+
+def in_range(value: float, target: dtypes.DType) -> float:
+    """A finite scalar clamped to the target float type's largest finite magnitude (module docstring)."""
+    top = float(torch.finfo(target.torch).max)
+    return value if not math.isfinite(value) or abs(value) <= top else math.copysign(top, value)
 
 
 def _retarget_attrs(node: Node, target: dtypes.DType) -> bool:
@@ -144,5 +160,6 @@ def _retarget_program(program: list, target: dtypes.DType) -> bool:
         for arg in instr[1]:
             if isinstance(arg, dict) and arg.get("dtype") == "float32":
                 arg["dtype"] = target.name
+                arg["const"] = in_range(arg["const"], target)
                 changed = True
     return changed

@@ -326,7 +326,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg) if is_fp8 else 0,
+        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),

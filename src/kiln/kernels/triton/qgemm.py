@@ -313,10 +313,11 @@ def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> 
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and _descriptor_type() is not None)
 
-def fp8_promotion(cfg: dict[str, Any]) -> int:
-    """Products per partial sum of an fp8 dot (config key FP8_ACC, default BLOCK_K; 0: the MMA
-    accumulates throughout). tl.dot takes at most its own K (BLOCK_K)."""
-    k = int(cfg["BLOCK_K"])
+def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
+    """Products per partial sum of an fp8 dot (config key FP8_ACC, default the dot's K; 0: the
+    MMA accumulates throughout). tl.dot takes at most its own K: `block_k` where the kernel's
+    K step is not the config's BLOCK_K (the convolution's walk may take a shorter one)."""
+    k = int(cfg["BLOCK_K"] if block_k is None else block_k)
     acc = int(cfg.get("FP8_ACC", k))
     return min(acc, k) if acc > 0 else 0
 
