@@ -335,3 +335,15 @@ def test_gpu_uint8_zero_points_and_a_k_tail_every_config():
     for cfg in qgemm.CONFIGS:
         got, want = _check(args, trans_b=1, config=dict(cfg))
         assert torch.equal(got, want), cfg
+
+
+def test_reciprocal_of_out_scale_is_memoised_and_correctly_rounded():
+    s = torch.tensor([0.05, 3.0, 1e-3, 7.1e-5], dtype=torch.float32)
+    inv = qgemm.reciprocal_of(s)
+    assert qgemm.reciprocal_of(s) is inv                                   # one division per scale tensor
+    want = (1.0 / s.double()).float()                                      # float64 then float32: no tie here
+    assert inv.dtype == torch.float32 and torch.equal(inv, want)
+    s.mul_(2.0)                                                            # an in-place change recomputes
+    assert torch.equal(qgemm.reciprocal_of(s), (1.0 / s.double()).float())
+    half = torch.tensor(0.02, dtype=torch.float16)
+    assert qgemm.reciprocal_of(half).dtype == torch.float32

@@ -284,3 +284,15 @@ def test_gpu_quantize_tactic_is_offered_and_exact():
     got = tactic.kernel(x, scale, zp, output_dtype=TensorProto.INT8)
     want = lookup("QuantizeLinear").fn(x, scale, zp, output_dtype=TensorProto.INT8)
     assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_scaled_mm_scale_operands_are_memoised_float32():
+    a_scale = torch.tensor(0.5, dtype=torch.float16)
+    b_scale = torch.tensor([1.0, 2.0, 3.0])
+    sa = qt.scale_operand(a_scale, (4, 1))
+    assert sa.shape == (4, 1) and sa.dtype == torch.float32 and sa.is_contiguous() and (sa == 0.5).all()
+    assert qt.scale_operand(a_scale, (4, 1)) is sa and qt.scale_operand(a_scale, ()).shape == ()
+    sb = qt.scale_operand(b_scale, (1, 3))
+    assert sb.tolist() == [[1.0, 2.0, 3.0]] and qt.scale_operand(b_scale, (1, 3)) is sb
+    b_scale.add_(1.0)                                                      # a changed constant is re-read
+    assert qt.scale_operand(b_scale, (1, 3)).tolist() == [[2.0, 3.0, 4.0]]

@@ -102,6 +102,26 @@ def cached_weights() -> int:
     return len(_K_MAJOR)
 
 
+# scale tensor (by identity) -> (its version counter, {shape: float32 copy}): _scaled_mm's scale
+# operands, made once per engine constant rather than by two copy kernels per call.
+_SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def scale_operand(scale: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """`scale` (one element, or per column for shape (1, N)) as a contiguous float32 tensor of
+    `shape`, memoised per scale tensor and shape."""
+    hit = _SCALES.get(scale)
+    if hit is None or hit[0] != scale._version:
+        hit = (scale._version, {})
+        _SCALES[scale] = hit
+    made = hit[1].get(shape)
+    if made is None:
+        source = scale.to(torch.float32)
+        made = source.reshape(()) if shape == () else source.reshape(1, -1).expand(shape).contiguous()
+        hit[1][shape] = made
+    return made
+
+
 # --- kernels -----------------------------------------------------------------------------------
 
 def triton_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
@@ -132,10 +152,9 @@ def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | 
     n = w.shape[1]
     mm_dtype = a_scale.dtype if out_scale is None else torch.float32
     if b_scale.numel() == 1:   # tensorwise
-        sa, sb = a_scale.to(torch.float32).reshape(()), b_scale.to(torch.float32).reshape(())
+        sa, sb = scale_operand(a_scale, ()), scale_operand(b_scale, ())
     else:                      # rowwise: [M, 1] and [1, N]
-        sa = a_scale.to(torch.float32).reshape(1, 1).expand(m, 1).contiguous()
-        sb = b_scale.to(torch.float32).reshape(1, n).contiguous()
+        sa, sb = scale_operand(a_scale, (m, 1)), scale_operand(b_scale, (1, n))
     fused_bias = bias is not None and mm_dtype != torch.float32 and bias.dtype == mm_dtype and bias.numel() == n
     y = torch._scaled_mm(a2, w, sa, sb, bias=bias.reshape(n) if fused_bias else None, out_dtype=mm_dtype,
                          use_fast_accum=bool((config or SCALED_MM_CONFIGS[0]).get("fast_accum", 0)))

@@ -26,16 +26,17 @@ kernel, so the launch never synchronises and CUDA graphs capture it. float8 x fl
 rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32 (qconv.py's
 docstring), so by default the partial sum is moved to a float32 register every BLOCK_K
 products (tl.dot's max_num_imprecise_acc), as cuBLASLt does without fast accumulation. The
-config key FP8_ACC tunes that (fp8_promotion): 0 lets the MMA accumulate throughout, as
-cuBLASLt's fast-accumulation mode does; the tuner keeps such a config only where the output
-meets the tolerance. float8 has no zero point.
+config key FP8_ACC sets that (fp8_promotion): 0 lets the MMA accumulate throughout, as
+cuBLASLt's fast-accumulation mode does, which the tuner would keep only where the output
+meets the tolerance; with Triton 3.6 on the H200 it is slower, and FP8_CONFIGS leaves it out.
+float8 has no zero point.
 
 Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
 output type (a_scale's) or the requantization (quantize.py's requantize): v * (1 / out_scale)
-with the reciprocal correctly rounded once per column of the tile (an IEEE division per
-element unrolls into a long sequence with a slow-path call each),
-round half to even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448
+with the reciprocal correctly rounded in float32 once per scale tensor on the host side
+(reciprocal_of, memoised; an IEEE division in the kernel is a long instruction sequence with
+a slow-path call, per element or even per column of the tile), round half to even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448
 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
 every backend, no float8 cast). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
@@ -54,6 +55,7 @@ from typing import Any, Sequence
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
@@ -94,25 +96,22 @@ INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
 )
-# fp8 also tunes how the accumulator is promoted (FP8_ACC, module docstring): every FP8_ACC
-# products (up to BLOCK_K) into a separate float32 accumulator, or 0: the MMA's own
-# accumulator throughout (fastest, least exact; the tuner keeps it only where the output
-# meets the tolerance). The first config is the default when tuning is off: promoted once per
-# K step. A promoted 128x256 tile holds two 128-register accumulators per thread.
+# fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring), default
+# BLOCK_K. FP8_ACC 0 (the MMA's own accumulator throughout, what cuBLASLt's fast accumulation
+# does) measured 1.5x-2x slower than promotion every BLOCK_K on every BERT shape and tiling on
+# the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27), so no config here uses it. The
+# first config is the default when tuning is off. 64x128 and 128x128x64 tiles are the fastest
+# with a GELU + requantizing epilogue (BERT's FFN1), the wide ones without.
 FP8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128,
      "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0,
-     "TMA": 1},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "FP8_ACC": 0,
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 64},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "FP8_ACC": 64,
      "TMA": 1},
 )
 # Both spaces, for callers that time every config of either input type.
@@ -254,10 +253,11 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
         # out_scale / out_zp per tensor (stride 0) or per column (stride 1).
         if HAS_OUT_ZP:
             zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
-        # 1 / out_scale correctly rounded, once per column of the tile (an IEEE division per
-        # element is a long instruction sequence with a slow-path call each, unrolled over
-        # the tile); then one multiply and a few integer ops per element.
-        inv = tl.math.div_rn(1.0, tl.load(OUT_SCALE + rn * stride_os).to(tl.float32))
+        # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (reciprocal_of): one
+        # multiply and a few integer ops per element. (Dividing in the kernel, even once per
+        # column of the tile, costs an IEEE division sequence per column a thread holds: up to
+        # +17 us on BERT's FFN1 GEMM on the H200.)
+        inv = tl.load(OUT_SCALE + rn * stride_os).to(tl.float32)
         code = requantize(v * inv[None, :], zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
         tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
     else:
@@ -312,6 +312,22 @@ def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> 
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and _descriptor_type() is not None)
+
+# out_scale tensor (by identity) -> (its version counter, 1 / out_scale in float32). Weak keys:
+# an entry lives as long as the engine's constant does; an in-place change bumps `_version`.
+_RECIPROCALS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def reciprocal_of(scale: Tensor) -> Tensor:
+    """1 / scale in float32, correctly rounded (torch's float32 division is IEEE on CPU and
+    CUDA), memoised per scale tensor: the requantizing epilogue multiplies by it."""
+    hit = _RECIPROCALS.get(scale)
+    if hit is not None and hit[0] == scale._version:
+        return hit[1]
+    inv = torch.reciprocal(scale.to(torch.float32))
+    _RECIPROCALS[scale] = (scale._version, inv)
+    return inv
+
 
 def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
     """Products per partial sum of an fp8 dot (config key FP8_ACC, default the dot's K; 0: the
@@ -395,7 +411,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         f"config {cfg}: 8-bit tensor-core dots need BLOCK_K >= {MIN_BLOCK_K} and BLOCK_M, BLOCK_N >= 16"
     fp8_acc = fp8_promotion(cfg) if fp8 else 0
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, out_scale, out_zp)]
+    inv_scale = None if out_scale is None else reciprocal_of(out_scale)
+    flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, inv_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
     if cfg.get("TMA") and _tma_ok(a2, w, a_zp, b_zp):
