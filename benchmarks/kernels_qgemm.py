@@ -1,6 +1,6 @@
 """GPU check of the quantized GEMM tactics and the Triton QuantizeLinear (task H1).
 
-Run from the repo root:  PYTHONPATH=$PWD/src python3 benchmarks/kernels_qgemm.py [--all]
+Run from the repo root:  PYTHONPATH=$PWD/src python3 benchmarks/kernels_qgemm.py [--all | --epilogue]
 Writes its report to $OUT/qgemm_check.txt too when $OUT is set. About 40-60 s (Triton compiles).
 
 1. Correctness on CUDA against the float64 reference (kiln::QMatMul / QuantizeLinear), with the
@@ -11,6 +11,8 @@ Writes its report to $OUT/qgemm_check.txt too when $OUT is set. About 40-60 s (T
    the scaled_mm tactic, against torch fp16 addmm (cuBLAS, what kiln's fp16 build runs), torch._int_mm
    (int32 out, no epilogue) and raw torch._scaled_mm (tensorwise/rowwise). TOPS = 2*M*N*K / time.
 3. QuantizeLinear on a channels_last ResNet activation: bit-exactness and GB/s against torch ops.
+--epilogue times only BERT's FFN1 GEMM under every config with each epilogue the engines use
+(bias or bias + GELU, float16 or requantized output): what a heavy epilogue costs per tiling.
 Every case runs in its own try block, so one failure is reported and the rest still run.
 """
 from __future__ import annotations
@@ -230,7 +232,37 @@ def quantize_check() -> None:
     say(f"    x.clone() (memory bound reference): {ms:.4f} ms {x.numel() * 4 / ms / 1e6:7.1f} GB/s")
 
 
+def epilogues() -> None:
+    """BERT-base FFN1 (M=4096, N=3072, K=768) under every config of each tuning space, with each
+    epilogue the engines use: bias only or bias + exact GELU, float16 out or requantized
+    (int8 out for int8, float8 out for fp8). us per call."""
+    m, n, k = 4096, 3072, 768
+    gelu = dict(activation="Gelu", activation_params=[0.0])
+    for dtype, space in ((torch.int8, qgemm.INT8_CONFIGS), (torch.float8_e4m3fn, qgemm.FP8_CONFIGS)):
+        if dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
+            continue
+        a, w, a_scale, b_scale, bias, _ = operands(m, n, k, dtype)
+        out = TensorProto.FLOAT8E4M3FN if dtype == torch.float8_e4m3fn else TensorProto.INT8
+        req = dict(out_scale=torch.tensor(0.05, device="cuda"), out_dtype=out)
+        cases = {"bias/f16": {}, "gelu/f16": gelu, "bias/requant": req, "gelu/requant": {**gelu, **req}}
+        say(f"\n== epilogues, {str(dtype)[6:]} FFN1 {m}x{n}x{k}: us per call  " + "".join(f"{c:>14s}" for c in cases))
+        for i, cfg in enumerate(space):
+            cells = []
+            for attrs in cases.values():
+                try:
+                    ms = bench(lambda: qgemm.qmatmul(a, w, a_scale, None, b_scale, None, bias, trans_b=1,
+                                                     config=dict(cfg), **attrs))
+                    cells.append(f"{ms * 1000:14.1f}")
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    cells.append(f"{'FAILED ' + type(exc).__name__:>14s}")
+            label = {key: v for key, v in cfg.items() if key != "GROUP_M"}
+            say(f"  {i:2d} {str(label):96s}" + "".join(cells))
+
+
 def main() -> None:
+    if "--epilogue" in sys.argv:
+        epilogues()
+        return
     all_configs = "--all" in sys.argv
     props = torch.cuda.get_device_properties(0)
     say(f"device {props.name} sm_{props.major}{props.minor}, torch {torch.__version__} (CUDA {torch.version.cuda}), "

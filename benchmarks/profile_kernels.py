@@ -47,6 +47,41 @@ def kernel_table(fn, label, f):
     for k, v in tot.most_common(28):
         print(f"  {v/5/1000:8.3f} ms  x{cnt[k]//5:4d}  {k}", file=f)
 
+GEMM_KERNELS = ("_qgemm_kernel", "_qgemm_tma_kernel", "_qconv_kernel")
+
+
+def gemm_steps(fn, steps, f):
+    """Each Triton int8/fp8 GEMM step's kernel time in the engine (one eager run, in launch
+    order: each such step launches one kernel) against the tuner's L2-flushed time for it,
+    grouped by tactic, activation, output (float or requantized) and config."""
+    from torch.profiler import profile, ProfilerActivity
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = sorted((ev for ev in prof.events() if ev.device_type.name == "CUDA"
+                      and ev.name.startswith(GEMM_KERNELS)), key=lambda ev: ev.time_range.start)
+    gemms = [s for s in steps if s.tactic.startswith(("kiln::QMatMul.triton", "kiln::QConv.triton"))]
+    if not gemms:
+        return
+    print(f"  Triton int8/fp8 GEMM steps: {len(gemms)}, their kernels: {len(kernels)}", file=f)
+    groups = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for st, ev in zip(gemms, kernels):
+        c = st.config
+        tile = f"{c.get('BLOCK_M')}x{c.get('BLOCK_N')}x{c.get('BLOCK_K')} w{c.get('num_warps')} s{c.get('num_stages')}" + \
+            "".join(f" {k}={c[k]}" for k in ("FP8_ACC", "TMA") if k in c)
+        requant = len(st.inputs) > 8 and st.inputs[8] is not None
+        key = (st.tactic.split(".")[-1], st.attrs.get("activation", "") or "-", "requant" if requant else "float", tile)
+        g = groups[key]
+        g[0] += 1
+        g[1] += ev.time_range.elapsed_us()
+        g[2] += 1000 * (st.tuning.ms if st.tuning is not None and st.tuning.ms else float("nan"))
+    for key, (n, us, tuned) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        print(f"    {' | '.join(key):70s} x{n:3d}  in engine {us / n:7.1f} us, tuned (L2 flushed) {tuned / n:7.1f} us",
+              file=f)
+
+
 for spec in which:
     parts = spec.split(":"); name, batch = parts[0], int(parts[1]); lo = int(parts[2]) if len(parts) > 2 else batch
     precision = parts[3] if len(parts) > 3 else "fp16"
@@ -68,6 +103,8 @@ for spec in which:
         print("  tactics", collections.Counter(s.tactic for s in e.plan.steps if not s.host).most_common(30), file=f)
         tun = e.header["build"].get("tuning", {})
         print("  tuning", {k: v for k, v in tun.items() if k != "rejected"}, file=f)
+        if tun.get("stopped"):
+            print("  TUNING STOPPED: the steps from the failing one on are untuned", file=f)
         for r in tun.get("rejected", [])[:8]:
             print("  rejected", str(r)[:300], file=f)
         shown = collections.Counter()
@@ -79,6 +116,7 @@ for spec in which:
         e.use_cuda_graphs = False
         print(f"  eager {timeit(lambda: e.run_tensors(feeds, validate=False)):.3f} ms", file=f)
         kernel_table(lambda: e.run_tensors(feeds, validate=False), f"kiln {name} b{batch}", f)
+        gemm_steps(lambda: e.run_tensors(feeds, validate=False), e.plan.steps, f)
         mod = m.module.cuda().half() if os.environ.get("PEERS") else None
         if mod is not None:
             hf = {k: (v.half() if v.is_floating_point() else v) for k, v in feeds.items()}
