@@ -3,11 +3,11 @@ torch._scaled_mm, and a Triton QuantizeLinear.
 
 kiln::QMatMul.triton and .triton_fp8 (kernels/triton/qgemm.py): int8/uint8 x int8/uint8 ->
 int32, or float8_e4m3fn x float8_e4m3fn -> float32, on tensor cores (one tactic per input
-type, because each has its own tuning space: fp8 also tunes how its accumulator is promoted), the whole epilogue (scales, bias,
-residual, activation, float output or requantization) in the store. The weight is handed
-over K-major ([N, K] contiguous), what 8-bit tensor-core operands want: a [K, N] weight
-(trans_b=0) is transposed once and memoised per weight tensor (`k_major`), as tactics/conv.py
-memoises channels-last weights. A's leading dims fold into M.
+type, each with its own tuning space: fp8 also sets how its accumulator is promoted), the
+whole epilogue (scales, bias, residual, activation, float output or requantization) in the
+store. The weight is handed over K-major ([N, K] contiguous), what 8-bit tensor-core operands
+want: a [K, N] weight (trans_b=0) is transposed once and memoised per weight tensor
+(`k_major`), as tactics/conv.py memoises channels-last weights. A's leading dims fold into M.
 
 kiln::QMatMul.scaled_mm: fp8 x fp8 through torch._scaled_mm (cuBLASLt; sm_89+). Its
 constraints, and what this tactic does with them:

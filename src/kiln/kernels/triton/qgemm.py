@@ -36,8 +36,8 @@ activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast 
 output type (a_scale's) or the requantization (quantize.py's requantize): v * (1 / out_scale)
 with the reciprocal correctly rounded in float32 once per scale tensor on the host side
 (reciprocal_of, memoised; an IEEE division in the kernel is a long instruction sequence with
-a slow-path call, per element or even per column of the tile), round half to even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448
-and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
+a slow-path call, per element or even per column of the tile), round half to even by one
+float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
 every backend, no float8 cast). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
 near a rounding tie (compiler/tolerance.py's rule).
