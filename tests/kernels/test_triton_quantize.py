@@ -155,3 +155,85 @@ def test_gpu_resnet_activation(out, zp):
         got = quantize.quantize_linear(x, scale, zp_d, output_dtype=out, config=dict(cfg))
         _same(got, REF(x.cpu(), scale.cpu(), zp, output_dtype=out))
         assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- divide: x / s from the reciprocal, bit for bit what div_rn gives ------------------------------
+
+if quantize is not None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _divide_both(X, S, INV, Q, WANT, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(X + offs, mask=mask, other=1.0)
+        s = tl.load(S + offs, mask=mask, other=1.0)
+        inv = tl.load(INV + offs, mask=mask, other=1.0)
+        tl.store(Q + offs, quantize.divide(x, s, inv), mask=mask)
+        tl.store(WANT + offs, tl.math.div_rn(x, s), mask=mask)
+
+
+def _divide_against_div_rn(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x, s = x.float().contiguous(), s.float().contiguous()
+    inv = torch.reciprocal(s)   # what quantize.reciprocal_of makes: correctly rounded float32
+    q, want = torch.empty_like(x), torch.empty_like(x)
+    block = 1024
+    _divide_both[(triton.cdiv(x.numel(), block),)](x, s, inv, q, want, x.numel(), BLOCK=block)
+    return q, want
+
+
+def _bits_equal(q: torch.Tensor, want: torch.Tensor) -> None:
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(q), nan)
+    same = q.view(torch.int32) == want.view(torch.int32)
+    assert bool(same[~nan].all()), (q[~nan][~same[~nan]][:5], want[~nan][~same[~nan]][:5])
+
+
+def _float16_values(dev: str) -> torch.Tensor:
+    """Every float16 bit pattern but NaNs, as float32: all the numerators a float16 division takes."""
+    v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    return v[~torch.isnan(v)].float().to(dev)
+
+
+def test_divide_matches_div_rn_on_every_float16_numerator():
+    x = _float16_values(DEV)
+    # Scales with and without a short mantissa, tiny and huge, a power of two, negative.
+    for scale in (0.05, 1 / 3, 0.0078125, 7.1e-5, 3.0e-3, 113.7, -0.37, 6.0e-8):
+        s = torch.tensor(scale, dtype=torch.float16).float().to(DEV).expand_as(x)
+        _bits_equal(*_divide_against_div_rn(x, s))
+
+
+def test_divide_zero_signs_infinities_and_random_float32():
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-30, -3e38, 1.0]),
+                   torch.randn(20000, generator=g) * torch.exp2(torch.randint(-60, 60, (20000,), generator=g).float())])
+    s = torch.cat([torch.tensor([0.5, 0.5, 0.02, 0.02, 0.3, 7e-3, 3.0]),
+                   torch.rand(20000, generator=g) * torch.exp2(torch.randint(-30, 10, (20000,), generator=g).float()) + 1e-9])
+    q, want = _divide_against_div_rn(x.to(DEV), s.to(DEV))
+    _bits_equal(q, want)
+    assert q[1].item() == 0.0 and torch.signbit(q[1]) and torch.isinf(q[2]) and q[3].item() < 0
+
+
+def test_reciprocal_of_rounds_the_scale_to_the_division_type_first():
+    s = torch.tensor([0.1, 3.3], dtype=torch.float32)
+    assert torch.equal(quantize.reciprocal_of(s, torch.float16), torch.reciprocal(s.half().float()))
+    assert quantize.reciprocal_of(s, torch.float16) is quantize.reciprocal_of(s, torch.float16)
+    assert torch.equal(quantize.reciprocal_of(s), torch.reciprocal(s))
+
+
+@pytest.mark.gpu
+def test_gpu_divide_matches_div_rn_on_many_float16_and_float32_pairs():
+    x16 = _float16_values("cuda")
+    for scale in torch.rand(256, generator=torch.Generator().manual_seed(4)).mul(2.0).add(1e-4).half().tolist():
+        _bits_equal(*_divide_against_div_rn(x16, torch.full_like(x16, scale)))
+    g = torch.Generator(device="cuda").manual_seed(5)
+    n = 1 << 24
+    x = torch.randint(-2**31, 2**31 - 1, (n,), device="cuda", generator=g, dtype=torch.int32).view(torch.float32)
+    s = torch.randint(0x00800000, 0x7F000000, (n,), device="cuda", generator=g, dtype=torch.int32).view(torch.float32)
+    q, want = _divide_against_div_rn(x, s)
+    # Below the normal range an ulp may differ, and next to the largest float the result may be
+    # inf (divide's docstring): both saturate a quantized output alike.
+    inside = ((torch.abs(want) >= torch.finfo(torch.float32).tiny) & (torch.abs(want) < 2.0 ** 127)) | (want == 0)
+    assert inside.float().mean() > 0.5
+    _bits_equal(q[inside], want[inside])

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _in_precision, quantized_dtype, requantize
+from kiln.kernels.triton.quantize import (OUT_TYPES, PRECISIONS, _in_precision, divide, quantized_dtype,
+                                          reciprocal_of, requantize)
 
 Tensor = torch.Tensor
 
@@ -69,7 +70,7 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, q_stride, n_rows, n_cols, eps,
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, q_stride, n_rows, n_cols, eps,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
                 HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr, STORE_Y: tl.constexpr,
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
@@ -108,7 +109,8 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QZ, q_stride, n_rows, n_co
     if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), the same arithmetic
         qcol = tl.where(col_ok, cols, 0) * q_stride                   # per tensor (0) or per column (1)
         qs = _in_precision(tl.load(QS + qcol), Q_PREC)
-        v = _in_precision(tl.math.div_rn(_in_precision(y, Q_PREC), qs[None, :]), Q_PREC)
+        qi = tl.load(QI + qcol)                                       # 1 / qs, correctly rounded
+        v = _in_precision(divide(_in_precision(y, Q_PREC), qs[None, :], qi[None, :]), Q_PREC)
         zp = 0
         if Q_HAS_ZP:
             zp = tl.load(QZ + qcol)[None, :]
@@ -161,6 +163,7 @@ class QuantOut:
     """The QuantizeLinear a norm kernel applies to Y as it stores it (norm_quantize)."""
     codes: Tensor | None        # Yq (X's shape); float8 viewed as uint8: the kernel stores bits
     scale: Tensor | None        # one element, or one per column (per_column)
+    inverse: Tensor | None      # 1 / scale in float32, correctly rounded (quantize.reciprocal_of)
     zero_point: Tensor | None   # the scale's size, or None
     precision: int              # quantize.PRECISIONS code of the division's type
     fp8: bool
@@ -169,7 +172,7 @@ class QuantOut:
     per_column: bool = False    # scale (and zero point) per column of the row: [cols] elements
 
 
-_NO_QUANT = QuantOut(None, None, None, 0, False, 0, 0)
+_NO_QUANT = QuantOut(None, None, None, None, 0, False, 0, 0)
 
 
 def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
@@ -214,7 +217,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         q = quant or _NO_QUANT
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
-                          y if q.zero_point is None else q.zero_point, int(q.per_column), rows, cols, eps,
+                          y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point, int(q.per_column), rows, cols, eps,
                           HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
@@ -295,7 +298,7 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     info = OUT_TYPES[out]
     qmin, qmax = info if info is not None else (0, 0)
     quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
-                     None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
+                     reciprocal_of(y_scale, prec).reshape(-1), None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
                      info is None, qmin, qmax, per_column)
     s = torch.empty_like(x) if residual is not None and sum_output else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,

@@ -35,9 +35,9 @@ Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + resi
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
 output type (a_scale's) or the requantization (quantize.py's requantize): v * (1 / out_scale)
 with the reciprocal correctly rounded in float32 once per scale tensor on the host side
-(reciprocal_of, memoised; an IEEE division in the kernel is a long instruction sequence with
-a slow-path call, per element or even per column of the tile), round half to even by one
-float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
+(quantize.reciprocal_of, memoised; an IEEE division in the kernel is a long instruction
+sequence with a slow-path call, per element or even per column of the tile), round half to
+even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
 every backend, no float8 cast). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
 near a rounding tie (compiler/tolerance.py's rule).
@@ -55,12 +55,11 @@ from typing import Any, Sequence
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
-from kiln.kernels.triton.quantize import OUT_TYPES, requantize
+from kiln.kernels.triton.quantize import OUT_TYPES, reciprocal_of, requantize
 
 Tensor = torch.Tensor
 
@@ -253,7 +252,7 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
         # out_scale / out_zp per tensor (stride 0) or per column (stride 1).
         if HAS_OUT_ZP:
             zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
-        # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (reciprocal_of): one
+        # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (quantize.reciprocal_of): one
         # multiply and a few integer ops per element. (Dividing in the kernel, even once per
         # column of the tile, costs an IEEE division sequence per column a thread holds: up to
         # +17 us on BERT's FFN1 GEMM on the H200.)
@@ -312,22 +311,6 @@ def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> 
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and _descriptor_type() is not None)
-
-# out_scale tensor (by identity) -> (its version counter, 1 / out_scale in float32). Weak keys:
-# an entry lives as long as the engine's constant does; an in-place change bumps `_version`.
-_RECIPROCALS: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def reciprocal_of(scale: Tensor) -> Tensor:
-    """1 / scale in float32, correctly rounded (torch's float32 division is IEEE on CPU and
-    CUDA), memoised per scale tensor: the requantizing epilogue multiplies by it."""
-    hit = _RECIPROCALS.get(scale)
-    if hit is not None and hit[0] == scale._version:
-        return hit[1]
-    inv = torch.reciprocal(scale.to(torch.float32))
-    _RECIPROCALS[scale] = (scale._version, inv)
-    return inv
-
 
 def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
     """Products per partial sum of an fp8 dot (config key FP8_ACC, default the dot's K; 0: the

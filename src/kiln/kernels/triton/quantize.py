@@ -6,9 +6,10 @@ The oracle is QuantizeLinear (kernels/reference/quantize.py):
   Y = fp8(clamp(X / y_scale + y_zero_point, -448, 448))          float8_e4m3fn (saturate=1)
 
 with the division done in the scale's type (or `precision`): X and y_scale are rounded to
-it, divided, and the quotient rounded to it. The kernel divides in float32 with IEEE
-division (div_rn) and rounds the quotient to float16/bfloat16 when that is the type: the
-float32 quotient of two 16-bit values rounded once more is the correctly rounded 16-bit
+it, divided, and the quotient rounded to it. The kernel divides in float32, correctly rounded
+(divide: the quotient div_rn gives, from the scale's reciprocal made once on the host, with
+two FMAs per element instead of an IEEE division's long sequence and slow-path call), and
+rounds the quotient to float16/bfloat16 when that is the type: the float32 quotient of two 16-bit values rounded once more is the correctly rounded 16-bit
 quotient (24 >= 2 * 11 + 2 bits), which is what torch computes, so Y equals the reference
 bit for bit. Every rounding is float32/bit arithmetic that is exact on the GPU and in the
 interpreter alike (which has no libdevice rint, and whose bfloat16 and float8 casts do not
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 
@@ -140,8 +142,45 @@ def _in_precision(x, PREC: tl.constexpr):
     return x
 
 
+# scale tensor (by identity) -> (its version counter, {division dtype: 1 / scale in float32}).
+# Weak keys: an entry lives as long as the engine's constant does; an in-place change bumps
+# `_version`.
+_RECIPROCALS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def reciprocal_of(scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """1 / scale as float32, correctly rounded, the scale first rounded to `dtype` (the
+    division's type), memoised per scale tensor and dtype (torch's float32 division is IEEE on
+    CPU and CUDA). Made without reading the scale on the host, so a CUDA graph may capture it."""
+    hit = _RECIPROCALS.get(scale)
+    if hit is None or hit[0] != scale._version:
+        hit = (scale._version, {})
+        _RECIPROCALS[scale] = hit
+    inv = hit[1].get(dtype)
+    if inv is None:
+        inv = torch.reciprocal(scale.to(dtype).to(torch.float32))
+        hit[1][dtype] = inv
+    return inv
+
+
 @triton.jit
-def _quantize_kernel(X, Y, SCALE, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
+def divide(x, s, inv):
+    """x / s in float32, correctly rounded (div_rn's result), given inv = 1 / s correctly
+    rounded: q = x * inv is within an ulp of the quotient, r = x - s * q is exact in one FMA,
+    and q + r * inv rounded once is the correctly rounded quotient (Markstein's theorem). Where
+    it does not apply the cases are taken apart: x = +-0 gives x * s (the sign of x / s); an
+    infinite or NaN q (x infinite or NaN, or s so small that inv overflowed) stays q, which a
+    quantized output saturates as it would the true quotient (so may a quotient within an ulp
+    of float32's largest value, which can come out infinite). A quotient below float32's normal
+    range may be an ulp off, far below anything a quantized output resolves."""
+    q = x * inv
+    r = tl.fma(-q, s, x)
+    exact = tl.fma(r, inv, q)
+    return tl.where(x == 0, x * s, tl.where(tl.abs(q) < float("inf"), exact, q))
+
+
+@triton.jit
+def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
                      QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # [BLOCK], storage order
     mask = offs < n
@@ -149,9 +188,11 @@ def _quantize_kernel(X, Y, SCALE, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.const
     if PER_CHANNEL:  # X row-major, the parameters along its last axis of C (always in range)
         ch = offs % C
         s = _in_precision(tl.load(SCALE + ch), PREC)
+        inv = tl.load(INV + ch)
     else:
         s = _in_precision(tl.load(SCALE), PREC)
-    v = _in_precision(tl.math.div_rn(x, s), PREC)                           # X / y_scale in its type
+        inv = tl.load(INV)
+    v = _in_precision(divide(x, s, inv), PREC)                               # X / y_scale in its type
     zp = 0
     if HAS_ZP:
         if PER_CHANNEL:
@@ -220,7 +261,8 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     zp = y_scale if y_zero_point is None else y_zero_point   # a placeholder pointer when absent
     grid = (triton.cdiv(n, cfg["BLOCK"]),)
     y_codes = y.view(torch.uint8) if info is None else y     # float8: the kernel stores its bits
-    _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
+    inv = reciprocal_of(y_scale, prec).reshape(-1)
+    _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), inv, zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
                            HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None, QMIN=qmin,
                            QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return y
