@@ -40,9 +40,9 @@ import math
 from typing import Any, Sequence
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.ir import dtypes
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.fused import ACTIVATIONS as TORCH_ACTIVATIONS
 from kiln.kernels.reference.fused import apply_activation
 from kiln.kernels.reference.quantize import per_last_axis
@@ -79,9 +79,8 @@ def device_capability() -> tuple[int, int] | None:
 
 # --- the K-major weight ------------------------------------------------------------------------
 
-# weight tensor (by identity) -> (its version counter, trans_b, its K-major copy). Weak keys: an
-# entry lives as long as the engine's constant does; an in-place change bumps `_version`.
-_K_MAJOR: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# weight tensor -> {trans_b: its K-major copy} (kernels/memo.py)
+_K_MAJOR = derived_table()
 
 
 def k_major(b: Tensor, trans_b: int) -> Tensor:
@@ -89,12 +88,7 @@ def k_major(b: Tensor, trans_b: int) -> Tensor:
     w = b if trans_b else b.t()
     if w.is_contiguous():
         return w
-    hit = _K_MAJOR.get(b)
-    if hit is not None and hit[0] == b._version and hit[1] == trans_b:
-        return hit[2]
-    copy = w.contiguous()
-    _K_MAJOR[b] = (b._version, trans_b, copy)
-    return copy
+    return derived(_K_MAJOR, b, trans_b, lambda _: w.contiguous())
 
 
 def cached_weights() -> int:
@@ -102,24 +96,18 @@ def cached_weights() -> int:
     return len(_K_MAJOR)
 
 
-# scale tensor (by identity) -> (its version counter, {shape: float32 copy}): _scaled_mm's scale
-# operands, made once per engine constant rather than by two copy kernels per call.
-_SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# scale tensor -> {shape: float32 copy} (kernels/memo.py): _scaled_mm's scale operands, made once
+# per engine constant rather than by two copy kernels per call.
+_SCALES = derived_table()
 
 
 def scale_operand(scale: Tensor, shape: tuple[int, ...]) -> Tensor:
     """`scale` (one element, or per column for shape (1, N)) as a contiguous float32 tensor of
     `shape`, memoised per scale tensor and shape."""
-    hit = _SCALES.get(scale)
-    if hit is None or hit[0] != scale._version:
-        hit = (scale._version, {})
-        _SCALES[scale] = hit
-    made = hit[1].get(shape)
-    if made is None:
-        source = scale.to(torch.float32)
-        made = source.reshape(()) if shape == () else source.reshape(1, -1).expand(shape).contiguous()
-        hit[1][shape] = made
-    return made
+    def make(t: Tensor) -> Tensor:
+        source = t.to(torch.float32)
+        return source.reshape(()) if shape == () else source.reshape(1, -1).expand(shape).contiguous()
+    return derived(_SCALES, scale, shape, make)
 
 
 # --- kernels -----------------------------------------------------------------------------------

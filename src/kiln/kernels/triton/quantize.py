@@ -38,8 +38,8 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 
 Tensor = torch.Tensor
@@ -142,25 +142,15 @@ def _in_precision(x, PREC: tl.constexpr):
     return x
 
 
-# scale tensor (by identity) -> (its version counter, {division dtype: 1 / scale in float32}).
-# Weak keys: an entry lives as long as the engine's constant does; an in-place change bumps
-# `_version`.
-_RECIPROCALS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# scale tensor -> {division dtype: 1 / scale in float32} (kernels/memo.py)
+_RECIPROCALS = derived_table()
 
 
 def reciprocal_of(scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """1 / scale as float32, correctly rounded, the scale first rounded to `dtype` (the
     division's type), memoised per scale tensor and dtype (torch's float32 division is IEEE on
     CPU and CUDA). Made without reading the scale on the host, so a CUDA graph may capture it."""
-    hit = _RECIPROCALS.get(scale)
-    if hit is None or hit[0] != scale._version:
-        hit = (scale._version, {})
-        _RECIPROCALS[scale] = hit
-    inv = hit[1].get(dtype)
-    if inv is None:
-        inv = torch.reciprocal(scale.to(dtype).to(torch.float32))
-        hit[1][dtype] = inv
-    return inv
+    return derived(_RECIPROCALS, scale, dtype, lambda t: torch.reciprocal(t.to(dtype).to(torch.float32)))
 
 
 @triton.jit
