@@ -217,7 +217,8 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         q = quant or _NO_QUANT
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
-                          y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point, int(q.per_column), rows, cols, eps,
+                          y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point,
+                          int(q.per_column), rows, cols, eps,
                           HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
@@ -298,7 +299,8 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     info = OUT_TYPES[out]
     qmin, qmax = info if info is not None else (0, 0)
     quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
-                     reciprocal_of(y_scale, prec).reshape(-1), None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
+                     reciprocal_of(y_scale, prec).reshape(-1),
+                     None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
                      info is None, qmin, qmax, per_column)
     s = torch.empty_like(x) if residual is not None and sum_output else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,

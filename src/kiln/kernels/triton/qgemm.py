@@ -37,8 +37,9 @@ output type (a_scale's) or the requantization (quantize.py's requantize): v * (1
 with the reciprocal correctly rounded in float32 once per scale tensor on the host side
 (quantize.reciprocal_of, memoised; an IEEE division in the kernel is a long instruction
 sequence with a slow-path call, per element or even per column of the tile), round half to
-even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on
-every backend, no float8 cast). The reference does all of this in float64; float32 (and the
+even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the
+nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on every backend,
+no float8 cast). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
 near a rounding tie (compiler/tolerance.py's rule).
 Per-channel parameters (b_scale, b_zp, bias, and out_scale/out_zp when the layer requantizes

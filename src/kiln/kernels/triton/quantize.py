@@ -9,14 +9,14 @@ with the division done in the scale's type (or `precision`): X and y_scale are r
 it, divided, and the quotient rounded to it. The kernel divides in float32, correctly rounded
 (divide: the quotient div_rn gives, from the scale's reciprocal made once on the host, with
 two FMAs per element instead of an IEEE division's long sequence and slow-path call), and
-rounds the quotient to float16/bfloat16 when that is the type: the float32 quotient of two 16-bit values rounded once more is the correctly rounded 16-bit
-quotient (24 >= 2 * 11 + 2 bits), which is what torch computes, so Y equals the reference
-bit for bit. Every rounding is float32/bit arithmetic that is exact on the GPU and in the
-interpreter alike (which has no libdevice rint, and whose bfloat16 and float8 casts do not
-round to nearest even): integers by one float32 add of 1.5 * 2^23 read off the bits
-(requantize), bfloat16 on the bits, and float8 straight to its bit pattern
-(float8e4m3_code), stored through a uint8 view of Y, so no backend's float8 cast is
-involved. NaN in a float8 output is 0x7F with the sign bit of the NaN computed (the GPU's
+rounds the quotient to float16/bfloat16 when that is the type: the float32 quotient of two
+16-bit values rounded once more is the correctly rounded 16-bit quotient (24 >= 2 * 11 + 2
+bits), which is what torch computes, so Y equals the reference bit for bit. Every rounding is
+float32/bit arithmetic that is exact on the GPU and in the interpreter alike (which has no
+libdevice rint, and whose bfloat16 and float8 casts do not round to nearest even): integers
+by one float32 add of 1.5 * 2^23 read off the bits (requantize), bfloat16 on the bits, and
+float8 straight to its bit pattern (float8e4m3_code), stored through a uint8 view of Y, so
+no backend's float8 cast is involved. NaN in a float8 output is 0x7F with the sign bit of the NaN computed (the GPU's
 arithmetic drops the sign of NaN, x86's keeps it: its sign is no part of the contract).
 
 The same helpers round the requantizing epilogues of the quantized GEMM and convolution
