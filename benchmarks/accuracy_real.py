@@ -206,10 +206,11 @@ def minilm_part(model: MiniLM, precisions: Sequence[str], methods: Sequence[str]
 
 
 def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
-                smooth_quant: float | str | None = None) -> dict[str, Any]:
-    """An int8 build with the accuracy budget; the plan it found and how it does on the evaluation set."""
+                smooth_quant: float | str | None = None, precision: str = "int8") -> dict[str, Any]:
+    """An int8 (or fp8) build with the accuracy budget; the plan it found and how it does on the
+    evaluation set."""
     t0 = time.perf_counter()
-    engine = build_engine(model.path, "int8", model.profile, model.device, method, model.calibration, budget,
+    engine = build_engine(model.path, precision, model.profile, model.device, method, model.calibration, budget,
                           smooth_quant)
     build_s = time.perf_counter() - t0
     plan = engine.header["build"]["accuracy_budget"]
@@ -219,7 +220,7 @@ def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
         raise ValueError(f"the budget part reports cosine budgets only, got {metric}")
     log(f"budget {metric}={target}: {len(plan['kept'])} layer(s) kept in fp32; eval flat cosine "
         f"{metrics['flat_cosine']:.6f}")
-    return {"budget": f"{metric}={target}", "method": method, "plan": plan, "build_s": round(build_s, 1),
+    return {"budget": f"{metric}={target}", "precision": precision, "method": method, "plan": plan, "build_s": round(build_s, 1),
             "eval": metrics, "meets_on_eval": metrics["flat_cosine"] >= target}
 
 
@@ -289,7 +290,7 @@ def _minilm_md(r: dict[str, Any]) -> list[str]:
 def _budget_md(b: dict[str, Any]) -> list[str]:
     plan, e = b["plan"], b["eval"]
     kept = ", ".join(k["layer"] for k in plan["kept"]) or "none"
-    return [f"### --accuracy-budget {b['budget']} (int8, {b['method']} calibration)", "",
+    return [f"### --accuracy-budget {b['budget']} ({b.get('precision', 'int8')}, {b['method']} calibration)", "",
             f"Kept in fp32 ({len(plan['kept'])} of {plan['candidates']} ranked, {plan['builds']} builds, "
             f"{b['build_s']} s): {kept}. On the search's feeds: cosine {plan['achieved']:.6f} (no layer kept: "
             f"{plan['reduced']:.6f}). On the evaluation sentences: flat cosine {e['flat_cosine']:.6f} "
@@ -320,6 +321,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--methods", default=",".join(METHODS), help="calibration methods to compare")
     ap.add_argument("--budget", default="cosine=0.999", help="the accuracy budget of the budget part")
     ap.add_argument("--budget-method", default="minmax", help="calibration method of the budget build")
+    ap.add_argument("--budget-precision", default="int8", choices=PRECISIONS, help="precision of the budget build")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--nudenet-model", type=Path, help="320n.onnx (default: fetched from the nudenet wheel)")
     ap.add_argument("--smooth-quant", type=lambda v: v if v == "auto" else float(v), default=None,
@@ -356,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "minilm" in args.parts:
                 results["minilm"] = minilm_part(model, args.precisions, args.methods)
             if "budget" in args.parts:
-                results["budget"] = budget_part(model, args.budget, args.budget_method)
+                results["budget"] = budget_part(model, args.budget, args.budget_method, precision=args.budget_precision)
         except ImportError as exc:  # the weights package or sentence-transformers is missing
             results["errors"]["minilm"] = f"{type(exc).__name__}: {exc}; install kiln[models]"
     if "yolo" in args.parts:
