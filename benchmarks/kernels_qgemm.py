@@ -29,7 +29,7 @@ from onnx import TensorProto
 
 from kiln.compiler.tolerance import mismatch
 from kiln.kernels.reference import lookup
-from kiln.kernels.triton import qgemm, quantize
+from kiln.kernels.triton import qgemm, qgemm_space, quantize
 from kiln.tactics import quantized as qt
 
 REF = lookup("kiln::QMatMul").fn
@@ -136,7 +136,7 @@ def timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, all_configs: b
     """Times of the Triton configs; returns the best config."""
     a, w, a_scale, b_scale, bias, _ = operands(m, n, k, dtype)
     fp8 = dtype == torch.float8_e4m3fn
-    space = qgemm.FP8_CONFIGS if fp8 else qgemm.INT8_CONFIGS
+    space = qgemm_space.FP8_CONFIGS if fp8 else qgemm_space.INT8_CONFIGS
     picks = range(len(space)) if all_configs else SHORT[fp8]
     best = (float("inf"), None)
     for i in picks:
@@ -238,7 +238,7 @@ def epilogues() -> None:
     (int8 out for int8, float8 out for fp8). us per call."""
     m, n, k = 4096, 3072, 768
     gelu = dict(activation="Gelu", activation_params=[0.0])
-    for dtype, space in ((torch.int8, qgemm.INT8_CONFIGS), (torch.float8_e4m3fn, qgemm.FP8_CONFIGS)):
+    for dtype, space in ((torch.int8, qgemm_space.INT8_CONFIGS), (torch.float8_e4m3fn, qgemm_space.FP8_CONFIGS)):
         if dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
             continue
         a, w, a_scale, b_scale, bias, _ = operands(m, n, k, dtype)

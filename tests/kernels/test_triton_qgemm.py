@@ -31,6 +31,7 @@ DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
 
 if triton_available():
     from kiln.kernels.triton import qgemm
+    from kiln.kernels.triton import qgemm_space as space
 else:
     qgemm = None
 pytestmark = pytest.mark.skipif(qgemm is None, reason="Triton is not installed")
@@ -277,17 +278,17 @@ def test_launcher_refusals():
 
 
 def test_every_config_is_one_the_gpu_compiles():
-    assert qgemm.CONFIGS == qgemm.INT8_CONFIGS + qgemm.FP8_CONFIGS
-    assert all(c["BLOCK_K"] >= qgemm.MIN_BLOCK_K and c["BLOCK_M"] >= 16 and c["BLOCK_N"] >= 16
-               for c in qgemm.CONFIGS)
-    for c in qgemm.CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
+    assert space.CONFIGS == space.INT8_CONFIGS + space.FP8_CONFIGS
+    assert all(c["BLOCK_K"] >= space.MIN_BLOCK_K and c["BLOCK_M"] >= 16 and c["BLOCK_N"] >= 16
+               for c in space.CONFIGS)
+    for c in space.CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
-    assert all("FP8_ACC" not in c for c in qgemm.INT8_CONFIGS)
-    assert all("FP8_ACC" in c for c in qgemm.FP8_CONFIGS) and qgemm.FP8_CONFIGS[0]["FP8_ACC"] > 0
-    assert qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 128}) == 64
-    assert qgemm.fp8_promotion({"BLOCK_K": 128}) == 128 and qgemm.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 0}) == 0
+    assert all("FP8_ACC" not in c for c in space.INT8_CONFIGS)
+    assert all("FP8_ACC" in c for c in space.FP8_CONFIGS) and space.FP8_CONFIGS[0]["FP8_ACC"] > 0
+    assert space.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 128}) == 64
+    assert space.fp8_promotion({"BLOCK_K": 128}) == 128 and space.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 0}) == 0
     # The convolution's walk may step K by less than BLOCK_K: the dot's own K bounds FP8_ACC.
-    assert qgemm.fp8_promotion({"BLOCK_K": 128, "FP8_ACC": 128}, 64) == 64
+    assert space.fp8_promotion({"BLOCK_K": 128, "FP8_ACC": 128}, 64) == 64
 
 
 def test_fp8_unpromoted_accumulation_matches_on_small_integers():
@@ -314,7 +315,7 @@ def test_gpu_bert_sizes_every_config(m, n, k, a_dt):
     exact = _layer(m, n, k, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, scale_dtype=torch.float16,
                    dev="cuda", fp8_ints=True) if fp8 else args
     outputs = [(torch.int8, 0), (torch.float8_e4m3fn, None)]
-    for cfg in qgemm.FP8_CONFIGS if fp8 else qgemm.INT8_CONFIGS:
+    for cfg in space.FP8_CONFIGS if fp8 else space.INT8_CONFIGS:
         # Unpromoted fp8 accumulation (FP8_ACC 0) is exact on small integers only: the tuner
         # judges it on real data by the tolerance; here it gets the exact operands.
         _check(exact if cfg.get("FP8_ACC") == 0 else args, trans_b=1, activation="Gelu", config=dict(cfg))
@@ -332,7 +333,7 @@ def test_gpu_uint8_zero_points_and_a_k_tail_every_config():
     args = _layer(m, n, k, a_dt=torch.uint8, b_dt=torch.uint8, trans_b=1, bias=False, dev="cuda",
                   a_zp=torch.tensor(131, dtype=torch.uint8, device="cuda"), b_zp=_ints((n,), torch.uint8, g).cuda())
     args[2], args[4] = torch.ones((), device="cuda"), torch.ones(n, device="cuda")
-    for cfg in qgemm.CONFIGS:
+    for cfg in space.CONFIGS:
         got, want = _check(args, trans_b=1, config=dict(cfg))
         assert torch.equal(got, want), cfg
 

@@ -328,13 +328,13 @@ def supports_triton_quantize(q: TacticQuery) -> bool:
 # Registration order is the untuned build's choice (compiler/lower.py takes the first
 # candidate): the Triton GEMM, which fuses every epilogue, before scaled_mm.
 if triton_available():
-    from kiln.kernels.triton import qgemm as _qgemm
+    from kiln.kernels.triton import qgemm_space as _space
     from kiln.kernels.triton import quantize as _quantize
 
     register_tactic(Tactic("kiln::QMatMul.triton", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
-                           supports_triton_qmatmul, configs=_qgemm.INT8_CONFIGS))
+                           supports_triton_qmatmul, configs=_space.INT8_CONFIGS))
     register_tactic(Tactic("kiln::QMatMul.triton_fp8", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
-                           supports_triton_qmatmul_fp8, configs=_qgemm.FP8_CONFIGS))
+                           supports_triton_qmatmul_fp8, configs=_space.FP8_CONFIGS))
     register_tactic(Tactic("QuantizeLinear.triton", "QuantizeLinear", 1, ("cuda",), _quantize.quantize_linear,
                            supports_triton_quantize, configs=_quantize.CONFIGS))
 

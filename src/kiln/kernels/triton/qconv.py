@@ -86,7 +86,7 @@ from kiln.ir import dtypes
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
-from kiln.kernels.triton.qgemm import fp8_promotion
+from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import requantize
 
 Tensor = torch.Tensor

@@ -16,11 +16,11 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
+from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K  # 8-bit MMAs take K in steps of 32
 
 Tensor = torch.Tensor
 
 PIXELS, TAPS, ROWS = 0, 1, 2           # the kernel's K walks (qconv.py's docstring)
-MIN_BLOCK_K = 32                       # 8-bit MMAs take K in steps of 32
 
 
 @dataclass(frozen=True, slots=True)

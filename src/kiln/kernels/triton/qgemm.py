@@ -60,6 +60,7 @@ import triton.language as tl
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
+from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.quantize import OUT_TYPES, reciprocal_of, requantize
 
 Tensor = torch.Tensor
@@ -72,52 +73,6 @@ REQUANT_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "float8_e4m3fn": torc
 # K * 2^14 in magnitude and their running sum at most 4 * K * 2^14 = 2^30 for K = 2^14:
 # int32 never overflows. (float8 has its own limit, quantized.FP8_EXACT_K, in the reference.)
 MAX_K = 16384
-# 8-bit tensor-core dots (mma/wgmma) take K in steps of 32: a smaller BLOCK_K does not compile
-# on the GPU ("K >= 32"), though the interpreter would run it.
-MIN_BLOCK_K = 32
-
-# The tuning spaces (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
-# so 128x256x128 at 3 stages is 144 KiB of the 227 KiB a block may have. BLOCK_K = 128 is one
-# 128-byte swizzle row of 8-bit K; the 64-deep tiles are for short K (ResNet's 1x1 convs: 64).
-# TMA=1 uses _qgemm_tma_kernel (where it does not apply, the same tiles through plain loads).
-# On the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27) the two TMA tilings here were
-# the fastest fp8 config on BERT's FFN1 and the fastest int8 one on FFN2 (6% over plain
-# loads); three other TMA tilings never won and were dropped.
-INT8_CONFIGS: tuple[dict[str, int], ...] = (
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
-)
-# fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring), default
-# BLOCK_K. FP8_ACC 0 (the MMA's own accumulator throughout, what cuBLASLt's fast accumulation
-# does) measured 1.5x-2x slower than promotion every BLOCK_K on every BERT shape and tiling on
-# the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27), so no config here uses it. The
-# first config is the default when tuning is off. 64x128 and 128x128x64 tiles are the fastest
-# with a GELU + requantizing epilogue (BERT's FFN1), the wide ones without.
-FP8_CONFIGS: tuple[dict[str, int], ...] = (
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128,
-     "TMA": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 64},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "FP8_ACC": 64,
-     "TMA": 1},
-)
-# Both spaces, for callers that time every config of either input type.
-CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
-
-
 @triton.jit
 def _signed(x, U8: tl.constexpr):
     """uint8 -> int8 as the value minus 128 (the top bit flipped), exactly; int8 passes."""
@@ -312,15 +267,6 @@ def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> 
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and _descriptor_type() is not None)
-
-def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
-    """Products per partial sum of an fp8 dot (config key FP8_ACC, default the dot's K; 0: the
-    MMA accumulates throughout). tl.dot takes at most its own K: `block_k` where the kernel's
-    K step is not the config's BLOCK_K (the convolution's walk may take a shorter one)."""
-    k = int(cfg["BLOCK_K"] if block_k is None else block_k)
-    acc = int(cfg.get("FP8_ACC", k))
-    return min(acc, k) if acc > 0 else 0
-
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
     """Y's dtype as the reference decides it: a_scale's without out_scale, else the requantized
