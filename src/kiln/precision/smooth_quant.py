@@ -141,7 +141,7 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
 
     def factors(name: str, x_max: np.ndarray, layers: list[QuantizableLayer]) -> tuple[np.ndarray, float]:
         w_max = np.max([_row_max(layer) for layer in layers], axis=0)
-        a = alpha if alpha != "auto" else choose_alpha((samples or {}).get(name), x_max, layers, precision)
+        a = alpha if alpha != "auto" else choose_alpha((samples or {}).get(name), x_max, layers, precision, w_max)
         return smoothing_factors(x_max, w_max, float(a)), float(a)
 
     for node in list(graph.nodes):
@@ -215,19 +215,20 @@ AUTO_FALLBACK = 0.85  # "auto" for an activation without calibration rows
 
 
 def choose_alpha(rows: np.ndarray | None, x_max: np.ndarray, layers: Sequence[QuantizableLayer],
-                 precision: str) -> float:
+                 precision: str, w_max: np.ndarray | None = None) -> float:
     """The alpha of ALPHAS whose smoothing quantizes these calibration rows of x and the readers'
     weights with the least error: || Q(x / s) @ Qw(diag(s) W) - x @ W ||^2 over the rows, Q per
     tensor over the range the build will use (max_k x_max_k / s_k), Qw per output channel, both
     int8 (round to 127 steps) or float8 e4m3 (precision "fp8"), W the readers' weights side by
-    side. AUTO_FALLBACK without rows."""
+    side (`w_max`: their rows' maxima, when the caller has them). AUTO_FALLBACK without rows."""
     if rows is None or len(rows) == 0:
         return AUTO_FALLBACK
     x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
     w = torch.cat([torch.from_numpy(np.asarray(layer.w if layer.axis == 1 else layer.w.T, dtype=np.float32))
                    for layer in layers], dim=1)                                       # [K, N]
     want = x @ w
-    w_max = np.max([_row_max(layer) for layer in layers], axis=0)
+    if w_max is None:
+        w_max = np.max([_row_max(layer) for layer in layers], axis=0)
     best, best_err = AUTO_FALLBACK, float("inf")
     for a in ALPHAS:
         s = smoothing_factors(x_max, w_max, a)
