@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference import lookup
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs, to_torch_pad
 from kiln.kernels.reference.fused import ACTIVATIONS, apply_activation
@@ -43,22 +43,15 @@ Tensor = torch.Tensor
 FLOAT_TYPES = ("float16", "bfloat16", "float32")
 CONFIGS: tuple[dict[str, Any], ...] = ({"epilogue": "torch"}, {"epilogue": "cudnn"})
 
-# weight tensor (by identity) -> (its version counter, its channels-last copy). Weak keys: an
-# entry lives as long as the engine's constant does. An in-place change of the weight (engines
-# make none) bumps `_version` and so refreshes the copy.
-_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# weight tensor -> its channels-last copy (kernels/memo.py)
+_WEIGHTS = derived_table()
 
 
 def _channels_last_weight(w: Tensor) -> Tensor:
     """`w` [M, C/g, kh, kw] in channels_last memory format, converted once per tensor."""
     if w.is_contiguous(memory_format=torch.channels_last):
         return w
-    hit = _WEIGHTS.get(w)
-    if hit is not None and hit[0] == w._version:
-        return hit[1]
-    cl = w.contiguous(memory_format=torch.channels_last)
-    _WEIGHTS[w] = (w._version, cl)
-    return cl
+    return derived(_WEIGHTS, w, "channels_last", lambda t: t.contiguous(memory_format=torch.channels_last))
 
 
 def cached_weights() -> int:

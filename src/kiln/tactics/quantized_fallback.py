@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.common import resolve_pads, to_torch_pad
 from kiln.kernels.reference.fused import ACTIVATIONS, apply_activation
 from kiln.kernels.reference.quantized import _requantize, requantized_type
@@ -36,8 +36,8 @@ Tensor = torch.Tensor
 EIGHT_BIT = ("int8", "uint8", "float8_e4m3fn")
 FLOATS = ("float16", "bfloat16", "float32")
 
-# weight tensor (by identity) -> (its version counter, compute dtype, the dequantized copy)
-_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# weight tensor -> {(compute dtype, channels_last): the dequantized copy} (kernels/memo.py)
+_WEIGHTS = derived_table()
 
 
 def _dequantize(q: Tensor, scale: Tensor, zp: Tensor | None, channel_shape: list[int], dtype: torch.dtype) -> Tensor:
@@ -51,14 +51,10 @@ def _dequantize(q: Tensor, scale: Tensor, zp: Tensor | None, channel_shape: list
 def _weight(w: Tensor, scale: Tensor, zp: Tensor | None, channel_shape: list[int], dtype: torch.dtype,
             channels_last: bool = False) -> Tensor:
     """The dequantized weight, made once per weight tensor (and dtype)."""
-    hit = _WEIGHTS.get(w)
-    if hit is not None and hit[0] == w._version and hit[1] == dtype:
-        return hit[2]
-    d = _dequantize(w, scale, zp, channel_shape, dtype)
-    if channels_last:
-        d = d.contiguous(memory_format=torch.channels_last)
-    _WEIGHTS[w] = (w._version, dtype, d)
-    return d
+    def make(t: Tensor) -> Tensor:
+        d = _dequantize(t, scale, zp, channel_shape, dtype)
+        return d.contiguous(memory_format=torch.channels_last) if channels_last else d
+    return derived(_WEIGHTS, w, (dtype, channels_last), make)
 
 
 def _finish(y: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None, activation: str,

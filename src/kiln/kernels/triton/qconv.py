@@ -80,9 +80,9 @@ from typing import Any, Sequence
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
 from kiln.ir import dtypes
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
@@ -245,19 +245,15 @@ def _qconv_kernel(
 
 # --- the launcher ---------------------------------------------------------------------------------
 
-# zero-point tensor -> (its version counter, whether every element is 0).
-_ZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# zero-point tensor -> whether every element is 0 (kernels/memo.py)
+_ZERO = derived_table()
 
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
     """Raise unless `zp` is absent or all zeros (read once per tensor: engine constants)."""
     if zp is None:
         return
-    hit = _ZERO.get(zp)
-    if hit is None or hit[0] != zp._version:
-        hit = (zp._version, not bool(torch.any(zp.to(torch.float32) != 0)))
-        _ZERO[zp] = hit
-    if not hit[1]:
+    if not derived(_ZERO, zp, "all zero", lambda t: not bool(torch.any(t.to(torch.float32) != 0))):
         raise ValueError(f"the Triton kiln::QConv takes {name} absent or 0 (symmetric quantization); this one is "
                          "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
 

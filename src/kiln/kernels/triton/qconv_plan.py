@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K  # 8-bit MMAs take K in steps of 32
 
@@ -56,9 +56,8 @@ def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: s
     return ConvGeometry(k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], max(oh, 0), max(ow, 0))
 
 
-# weight tensor (by identity) -> (its version counter, (row_pad, tap_pad), its packed copy). Weak
-# keys: an entry lives as long as the engine's constant does; an in-place change bumps _version.
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# weight tensor -> {(row_pad, tap_pad): its packed copy} (kernels/memo.py)
+_PACKED = derived_table()
 
 
 def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
@@ -69,10 +68,11 @@ def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
     oc, c, kh, kw = w.shape
     if not row_pad and not tap_pad and w.is_contiguous(memory_format=torch.channels_last):  # a view
         return w.permute(0, 2, 3, 1).reshape(oc, -1)
-    key = (row_pad, tap_pad)
-    hit = _PACKED.get(w)
-    if hit is not None and hit[0] == w._version and hit[1] == key:
-        return hit[2]
+    return derived(_PACKED, w, (row_pad, tap_pad), lambda t: _pack(t, row_pad, tap_pad))
+
+
+def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
+    oc, c, kh, kw = w.shape
     taps = w.permute(0, 2, 3, 1)                                             # [OC, KH, KW, C]
     if tap_pad:
         padded = torch.zeros((oc, kh, kw, tap_pad), dtype=w.dtype, device=w.device)
@@ -83,9 +83,7 @@ def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
         padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
         padded[:, :, :rows.shape[2]] = rows
         rows = padded
-    packed = rows.reshape(oc, -1).contiguous()
-    _PACKED[w] = (w._version, key, packed)
-    return packed
+    return rows.reshape(oc, -1).contiguous()
 
 
 @dataclass(frozen=True, slots=True)
