@@ -29,11 +29,11 @@ What `supports` accepts, and why:
 """
 from __future__ import annotations
 
-import torch
 
 from kiln.ir import dtypes
 from kiln.kernels.reference.fused import ACTIVATIONS
 from kiln.kernels.triton import available as triton_available
+from kiln.tactics.quantized import device_capability  # one query for both quantized tactic files
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 FLOAT_TYPES = ("float16", "bfloat16", "float32")
@@ -43,13 +43,6 @@ MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
 
 # Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp.
 X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10)
-
-
-def device_capability() -> tuple[int, int] | None:
-    """The current CUDA device's compute capability, or None without a usable GPU."""
-    if not torch.cuda.is_available():
-        return None
-    return tuple(torch.cuda.get_device_capability())
 
 
 def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape
