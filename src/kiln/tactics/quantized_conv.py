@@ -29,7 +29,6 @@ What `supports` accepts, and why:
 """
 from __future__ import annotations
 
-
 from kiln.ir import dtypes
 from kiln.kernels.reference.fused import ACTIVATIONS
 from kiln.kernels.triton import available as triton_available
