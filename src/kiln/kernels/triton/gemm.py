@@ -105,9 +105,9 @@ def _tanh(x):
 def _erf(x):
     # Abramowitz & Stegun 7.1.28 (|error| <= 3e-7): erf|x| = 1 - p(|x|)^-16 with p a degree-6
     # polynomial: six FMAs, four squarings and one reciprocal, no exp. In a GEMM epilogue this is
-    # ALU time no other work hides (on the H200 the int8 BERT FFN1 GEMM with its GELU and
-    # requantization went from 54 to 37 us against 7.1.26's exp and reciprocal, which also
-    # spilled registers over a 128x128 tile, as libdevice's erf does).
+    # ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled
+    # registers over a 128x128 tile (`benchmarks/kernels_qgemm.py --epilogue` times the cost;
+    # BENCHMARKS.md's int8/fp8 section).
     ax = tl.abs(x)
     p = 1.0 + ax * (0.0705230784 + ax * (0.0422820123 + ax * (0.0092705272 + ax * (0.0001520143 + ax * (
         0.0002765672 + ax * 0.0000430638)))))

@@ -32,7 +32,8 @@ INT8_CONFIGS: tuple[dict[str, int], ...] = (
 # fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring), default
 # BLOCK_K. FP8_ACC 0 (the MMA's own accumulator throughout, what cuBLASLt's fast accumulation
 # does) measured 1.5x-2x slower than promotion every BLOCK_K on every BERT shape and tiling on
-# the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27), so no config here uses it. The
+# the H200 (benchmarks/kernels_qgemm.py --all at commit a3e00a6, which had such configs,
+# 2026-11-27), so no config here uses it. The
 # first config is the default when tuning is off. 64x128 and 128x128x64 tiles are the fastest
 # with a GELU + requantizing epilogue (BERT's FFN1), the wide ones without.
 FP8_CONFIGS: tuple[dict[str, int], ...] = (
