@@ -162,7 +162,8 @@ def divide(x, s, inv):
     infinite or NaN q (x infinite or NaN, or s so small that inv overflowed) stays q, which a
     quantized output saturates as it would the true quotient (so may a quotient within an ulp
     of float32's largest value, which can come out infinite). A quotient below float32's normal
-    range may be an ulp off, far below anything a quantized output resolves."""
+    range, or a numerator below 2**-100 (its residual r falls below the normal range and is no
+    longer exact), may be an ulp off: far below anything a quantized output resolves."""
     q = x * inv
     r = tl.fma(-q, s, x)
     exact = tl.fma(r, inv, q)
