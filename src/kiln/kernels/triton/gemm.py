@@ -102,20 +102,23 @@ def _tanh(x):
 
 
 @triton.jit
-def _erf(x):
-    # Abramowitz & Stegun 7.1.28 (|error| <= 3e-7): erf|x| = 1 - p(|x|)^-16 with p a degree-6
-    # polynomial: six FMAs, four squarings and one reciprocal, no exp. In a GEMM epilogue this is
-    # ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled
-    # registers over a 128x128 tile (`benchmarks/kernels_qgemm.py --epilogue` times the cost;
+def _gelu_erf(x):
+    # Exact GELU, x * Phi(x) = x * (1 + erf(x / sqrt 2)) / 2, as x * (1 - h) for x >= 0 and
+    # x * h for x < 0 (erf is odd), h = (1 - erf(|x| / sqrt 2)) / 2. erf by Abramowitz & Stegun
+    # 7.1.28 (|error| <= 3e-7): erf t = 1 - p(t)^-16 with p a degree-6 polynomial, here with
+    # 1 / sqrt 2 folded into its coefficients, so h = 0.5 / p(|x|)^16: six FMAs, four squarings,
+    # one reciprocal, a select and a multiply; no exp. In a GEMM epilogue this is ALU time no
+    # other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled registers
+    # over a 128x128 tile (`benchmarks/kernels_qgemm.py --epilogue` times the cost;
     # BENCHMARKS.md's int8/fp8 section).
     ax = tl.abs(x)
-    p = 1.0 + ax * (0.0705230784 + ax * (0.0422820123 + ax * (0.0092705272 + ax * (0.0001520143 + ax * (
-        0.0002765672 + ax * 0.0000430638)))))
+    p = 1.0 + ax * (0.04986734697 + ax * (0.02114100615 + ax * (0.003277626324 + ax * (3.8003575e-05 + ax * (
+        4.889063564e-05 + ax * 5.382975e-06)))))
     p2 = p * p
     p4 = p2 * p2
     p8 = p4 * p4
-    y = 1.0 - 1.0 / (p8 * p8)
-    return tl.where(x < 0, -y, y)
+    h = 0.5 / (p8 * p8)
+    return x * tl.where(x < 0, h, 1.0 - h)
 
 
 @triton.jit
@@ -136,7 +139,7 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
     elif ACT == 7:  # Tanh
         x = _tanh(x)
     elif ACT == 8:  # Gelu, exact: x * Phi(x)
-        x = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+        x = _gelu_erf(x)
     elif ACT == 9:  # Gelu, tanh approximation
         x = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     elif ACT == 10:  # Silu

@@ -86,6 +86,7 @@ from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
+from kiln.kernels.triton.qgemm import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import requantize
 
@@ -158,10 +159,7 @@ def _qconv_kernel(
         for _ in range(K_STEPS):
             a = tl.load(a_ptrs)
             b = tl.load(w_ptrs)
-            if FP8_ACC > 0:
-                acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
-            else:
-                acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
+            acc = dot8(a, b, acc, FP8_ACC)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
     else:
@@ -200,10 +198,7 @@ def _qconv_kernel(
                 rows = row0 + (kh * dil_h) * sxh
                 a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
             b = tl.load(w_ptrs)
-            if FP8_ACC > 0:
-                acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
-            else:
-                acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
+            acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
 
     # Epilogue on the float32 accumulator (module docstring).

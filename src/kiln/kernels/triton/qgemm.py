@@ -26,10 +26,9 @@ kernel, so the launch never synchronises and CUDA graphs capture it. float8 x fl
 rounded; on Hopper the tensor core's fp8 accumulator is narrower than float32 (qconv.py's
 docstring), so by default the partial sum is moved to a float32 register every BLOCK_K
 products (tl.dot's max_num_imprecise_acc), as cuBLASLt does without fast accumulation. The
-config key FP8_ACC sets that (fp8_promotion): 0 lets the MMA accumulate throughout, as
-cuBLASLt's fast-accumulation mode does, which the tuner would keep only where the output
-meets the tolerance; with Triton 3.6 on the H200 it is slower, and FP8_CONFIGS leaves it out.
-float8 has no zero point.
+config key FP8_ACC sets that (fp8_promotion, dot8): 0 lets the MMA accumulate throughout, as
+cuBLASLt's fast-accumulation mode does, which the tuner keeps only where the output meets
+the tolerance. float8 has no zero point.
 
 Epilogue (float32, once per tile): acc * (a_scale * b_scale[n]) + bias[n] + residual,
 activation (gemm.py's, the vocabulary of fused.ACTIVATIONS), then either a cast to the float
@@ -97,6 +96,21 @@ def _load_signed(ptrs, mask, U8: tl.constexpr):
 
 
 @triton.jit
+def dot8(a, b, acc, FP8_ACC: tl.constexpr):
+    """acc + a @ b on 8-bit tiles, the K-step of the quantized GEMM and convolution: int8 into
+    the int32 accumulator (exact); float8 into float32, moved to a separate float32 register
+    every FP8_ACC products when FP8_ACC > 0 (tl.dot's max_num_imprecise_acc; Triton promotes
+    whenever that count is at most the dot's K), or, with FP8_ACC = 0, accumulated by the MMA
+    throughout: no max_num_imprecise_acc is passed, and Triton's default on Hopper (2**30)
+    never promotes. (Passing 0 would promote after every wgmma instruction, the slowest mode.)"""
+    if FP8_ACC > 0:
+        acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
+    else:
+        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
+    return acc
+
+
+@triton.jit
 def _col_sums(B, rn, K, stride_bk, stride_bn, B_U8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     """sum_k b'[k, n] for the tile's columns, int32 [BLOCK_N]."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -156,10 +170,7 @@ def _qgemm_kernel(
             k_left = K - k * BLOCK_K
             a = _load_signed(a_ptrs, offs_k[None, :] < k_left, A_U8)
             b = _load_signed(b_ptrs, offs_k[:, None] < k_left, B_U8)
-        if FP8:
-            acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)                         # int32 accumulator
+        acc = dot8(a, b, acc, FP8_ACC)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
 
@@ -240,10 +251,7 @@ def _qgemm_tma_kernel(
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
         b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
-        if FP8:
-            acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=FP8_ACC)
-        else:
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        acc = dot8(a, b.T, acc, FP8_ACC)
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     _epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,

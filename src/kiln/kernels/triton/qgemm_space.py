@@ -29,13 +29,13 @@ INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
 )
-# fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring), default
-# BLOCK_K. FP8_ACC 0 (the MMA's own accumulator throughout, what cuBLASLt's fast accumulation
-# does) measured 1.5x-2x slower than promotion every BLOCK_K on every BERT shape and tiling on
-# the H200 (benchmarks/kernels_qgemm.py --all at commit a3e00a6, which had such configs,
-# 2026-11-27), so no config here uses it. The
-# first config is the default when tuning is off. 64x128 and 128x128x64 tiles are the fastest
-# with a GELU + requantizing epilogue (BERT's FFN1), the wide ones without.
+# fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring of qgemm.py,
+# dot8), default BLOCK_K; 0 lets the MMA accumulate throughout (what cuBLASLt's fast
+# accumulation does), which the tuner keeps only where the output meets the tolerance. (Before
+# dot8, FP8_ACC 0 was passed to tl.dot as max_num_imprecise_acc=0, which promotes after every
+# wgmma instruction: that mode measured 1.5x-2x slower than BLOCK_K on the H200 and is gone.)
+# The first config is the default when tuning is off. 64x128 and 128x128x64 tiles are the
+# fastest with a GELU + requantizing epilogue (BERT's FFN1), the wide ones without.
 FP8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 128},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
@@ -47,6 +47,12 @@ FP8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 64},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "FP8_ACC": 64,
      "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0,
+     "TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
 )
 # Both spaces, for callers that time every config of either input type.
 CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
