@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(quantize is None, reason="Triton is not installe
 def _same(got: torch.Tensor, want: torch.Tensor) -> None:
     """Equal dtype, shape and bits, -0 included. A float8 NaN must be NaN where the reference's
     is, of either sign: NaN's sign is no part of the contract (x86 keeps it through arithmetic,
-    the GPU's arithmetic drops it; the kernel writes 0x7F with the sign it computed)."""
+    the GPU's arithmetic and conversion drop it)."""
     assert got.dtype == want.dtype and got.shape == want.shape
     fp8 = want.dtype == torch.float8_e4m3fn
     got, want = got.cpu().view(torch.uint8), want.view(torch.uint8)
@@ -238,3 +238,34 @@ def test_gpu_divide_matches_div_rn_on_many_float16_and_float32_pairs():
               & (torch.abs(x) >= 2.0 ** -100)) | (want == 0)
     assert inside.float().mean() > 0.5
     _bits_equal(q[inside], want[inside])
+
+
+# --- float8: the GPU's conversion (HW_FLOAT8) and float8e4m3_code give the same bits ----------------
+
+if quantize is not None:
+    @triton.jit
+    def _float8_both(X, HW, SW, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(X + offs, mask=mask, other=0.0)
+        tl.store(HW + offs, quantize.requantize(x, 0, False, True, 0, 0).to(tl.uint8), mask=mask)
+        tl.store(SW + offs, quantize.float8e4m3_code(x).to(tl.uint8), mask=mask)
+
+
+@pytest.mark.gpu
+def test_gpu_float8_conversion_matches_the_bit_encoder_and_torch():
+    assert quantize.HW_FLOAT8   # compiled: requantize takes the GPU's conversion
+    g = torch.Generator(device="cuda").manual_seed(6)
+    n = 1 << 24
+    # Every sign, exponent 2^-12..2^9 (subnormals, every binade, past 448) and random fractions,
+    # plus each e4m3 value and the midpoints between neighbours (the ties).
+    bits = torch.randint(0x39800000, 0x44000000, (n,), device="cuda", generator=g, dtype=torch.int32)
+    x = (bits.view(torch.float32) * torch.where(torch.rand(n, device="cuda", generator=g) < 0.5, -1.0, 1.0))
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[torch.isfinite(grid)].sort().values
+    x = torch.cat([x, grid.cuda(), ((grid[1:] + grid[:-1]) / 2).cuda()]).clamp(-448, 448)
+    hw, sw = torch.empty(x.numel(), dtype=torch.uint8, device="cuda"), torch.empty(x.numel(), dtype=torch.uint8,
+                                                                                    device="cuda")
+    _float8_both[(triton.cdiv(x.numel(), 1024),)](x, hw, sw, x.numel(), BLOCK=1024)
+    assert torch.equal(hw, sw)
+    assert torch.equal(hw, x.to(torch.float8_e4m3fn).view(torch.uint8))

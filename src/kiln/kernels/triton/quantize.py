@@ -15,9 +15,10 @@ bits), which is what torch computes, so Y equals the reference bit for bit. Ever
 float32/bit arithmetic that is exact on the GPU and in the interpreter alike (which has no
 libdevice rint, and whose bfloat16 and float8 casts do not round to nearest even): integers
 by one float32 add of 1.5 * 2^23 read off the bits (requantize), bfloat16 on the bits, and
-float8 straight to its bit pattern (float8e4m3_code), stored through a uint8 view of Y, so
-no backend's float8 cast is involved. NaN in a float8 output is 0x7F with the sign bit of the NaN computed (the GPU's
-arithmetic drops the sign of NaN, x86's keeps it: its sign is no part of the contract).
+float8 by the GPU's own conversion where compiled (HW_FLOAT8: round to nearest even,
+saturating) or, in the interpreter, straight to its bit pattern (float8e4m3_code); either
+way stored through a uint8 view of Y. NaN in a float8 output is 0x7F or 0xFF (the sign of a
+NaN is no part of the contract: the GPU's arithmetic drops it, x86's keeps it).
 
 The same helpers round the requantizing epilogues of the quantized GEMM and convolution
 (qgemm.py, qconv.py): requantize() returns the code to store (the integer, or the e4m3fn
@@ -33,6 +34,7 @@ activation scales, precision/smooth_quant.py) are read at offset % C of a row-ma
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -52,6 +54,23 @@ OUT_TYPES: dict[torch.dtype, tuple[int, int] | None] = {
     torch.int8: (-128, 127), torch.uint8: (0, 255), torch.float8_e4m3fn: None,
 }
 OUT_NAMES = frozenset({"int8", "uint8", "float8_e4m3fn"})
+
+
+
+def _interpreting() -> bool:
+    """Does triton.jit make interpreted functions here (TRITON_INTERPRET, read at import as jit does)?"""
+    try:
+        from triton import knobs
+        return bool(knobs.runtime.interpret)
+    except (ImportError, AttributeError):   # Triton before knobs
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+# Compiled kernels round float32 to e4m3 with the GPU's own conversion (cvt.rn.satfinite on
+# sm_89+, which every float8 kernel requires: nearest, ties to even, two values per
+# instruction); the interpreter's cast does not round to nearest even, so there the bits come
+# from float8e4m3_code (the GPU tests check that both give the reference's bits).
+HW_FLOAT8: tl.constexpr = tl.constexpr(not _interpreting())
 
 # The tuning space: elements per program and warps. A memory-bound pass: bigger blocks
 # amortise the scale load, smaller ones fill the GPU on small tensors.
@@ -112,13 +131,18 @@ def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.const
     division. NaN saturates (to QMIN on the GPU, whose min/max drop a NaN; the interpreter's
     keep it: an integer output has no NaN and the reference's is undefined).
     Float8: add the zero point (only when there is one: -0 + 0 would lose the sign of zero),
-    clamp to +-448 keeping NaN, and encode (float8e4m3_code). The caller stores
+    clamp to +-448 keeping NaN, and encode: the GPU's conversion where compiled (HW_FLOAT8,
+    uint8 bits), float8e4m3_code in the interpreter (int32). The caller stores
     code.to(Y's element type), a float8 Y viewed as uint8."""
     if FLOAT8:
         if HAS_ZP:
             v = v + zp.to(tl.float32)
         v = tl.maximum(v, -448.0, propagate_nan=tl.PropagateNan.ALL)
-        q = float8e4m3_code(tl.minimum(v, 448.0, propagate_nan=tl.PropagateNan.ALL))
+        v = tl.minimum(v, 448.0, propagate_nan=tl.PropagateNan.ALL)
+        if HW_FLOAT8:
+            q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        else:
+            q = float8e4m3_code(v)
     else:
         z = 0
         if HAS_ZP:
