@@ -17,7 +17,7 @@ inputs (and the fp32 engine with PyTorch / onnxruntime, to show the reference is
   per image, the cosine of the whole raw output [22, 2100] (min, mean); for context also
   the cosine of the 18 class-score rows alone and their largest absolute error.
 - budget: an int8 MiniLM build with --accuracy-budget (default cosine=0.999): the layers the
-  search keeps in fp32 (it measures on the first 3 calibration batches, as `kiln build` does)
+  search keeps in fp32 (the float layers' type of these builds; it measures on the first 3 calibration batches, as `kiln build` does)
   and whether the engine meets the budget on the 500 evaluation sentences (the budget's metric:
   the cosine of all outputs flattened together), with the per-sentence numbers beside it.
 
@@ -218,7 +218,8 @@ def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
     metric, target = budget
     if metric != "cosine":
         raise ValueError(f"the budget part reports cosine budgets only, got {metric}")
-    log(f"budget {metric}={target}: {len(plan['kept'])} layer(s) kept in fp32; eval flat cosine "
+    log(f"budget {metric}={target}: {len(plan['kept'])} layer(s) kept in {plan.get('kept_precision', 'fp32')}; "
+        "eval flat cosine "
         f"{metrics['flat_cosine']:.6f}")
     return {"budget": f"{metric}={target}", "precision": precision, "method": method, "plan": plan, "build_s": round(build_s, 1),
             "eval": metrics, "meets_on_eval": metrics["flat_cosine"] >= target}
@@ -291,7 +292,7 @@ def _budget_md(b: dict[str, Any]) -> list[str]:
     plan, e = b["plan"], b["eval"]
     kept = ", ".join(k["layer"] for k in plan["kept"]) or "none"
     return [f"### --accuracy-budget {b['budget']} ({b.get('precision', 'int8')}, {b['method']} calibration)", "",
-            f"Kept in fp32 ({len(plan['kept'])} of {plan['candidates']} ranked, {plan['builds']} builds, "
+            f"Kept in {plan.get('kept_precision', 'fp32')} ({len(plan['kept'])} of {plan['candidates']} ranked, {plan['builds']} builds, "
             f"{b['build_s']} s): {kept}. On the search's feeds: cosine {plan['achieved']:.6f} (no layer kept: "
             f"{plan['reduced']:.6f}). On the evaluation sentences: flat cosine {e['flat_cosine']:.6f} "
             f"({'meets' if b['meets_on_eval'] else 'MISSES'} the budget); per sentence min {e['cosine_min']:.5f}, "

@@ -84,6 +84,7 @@ def build_config(model: BenchModel, precision: str, batches: list[int], args: ar
                             calib_cache=str(calibration.cache) if quantized and calibration else None,
                             calib_method=args.calib_method,
                             smooth_quant=getattr(args, "smooth_quant", None) if quantized else None,
+                            accuracy_budget=getattr(args, "accuracy_budget", None) if quantized else None,
                             float_precision=getattr(args, "quant_float", "fp16") if quantized else "fp32")
 
 
@@ -125,6 +126,11 @@ def engine_record(engine: Any, precision: str, seconds: float) -> dict[str, Any]
                       calibration_source=quant["calibration"]["source"],
                       quantized_kinds=dict(collections.Counter(
                           s.tactic for s in engine.plan.steps if s.op.startswith("kiln::Q"))))
+    budget = engine.header["build"].get("accuracy_budget")
+    if budget:
+        record["budget"] = {"metric": budget["metric"], "target": budget["target"], "achieved": budget["achieved"],
+                            "kept": len(budget["kept"]), "kept_precision": budget.get("kept_precision", "fp32"),
+                            "candidates": budget["candidates"], "builds": budget["builds"]}
     return record
 
 

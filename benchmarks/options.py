@@ -84,6 +84,9 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--quant-float", choices=("fp16", "bf16", "fp32"), default="fp16",
                     help="what int8/fp8 engines run their non-quantized layers in (kiln build --int8 --fp16) "
                          "[%(default)s]")
+    ap.add_argument("--accuracy-budget", default=None, metavar="METRIC=VALUE",
+                    help="build int8/fp8 engines with kiln build --accuracy-budget (e.g. cosine=0.999; the search "
+                         "measures on the calibration batches) [off]")
     ap.add_argument("--calib-samples", type=int, default=64, help="int8/fp8 calibration samples [%(default)s]")
     ap.add_argument("--calib-batch", type=int, default=8,
                     help="samples per calibration batch (a model built for one batch size uses that) [%(default)s]")
@@ -116,6 +119,13 @@ def parse(argv: list[str], registry: dict[str, Any] | None = None, doc: str | No
         ap.error(f"unknown model or precision {bad[0]!r}; models: {', '.join(args.registry)}; "
                  f"precisions: {', '.join(measure.PRECISIONS)}")
     args.precisions, args.precision_note = order_precisions(names)
+    if args.accuracy_budget is not None:
+        from kiln.compiler.accuracy_budget import parse_budget
+        from kiln.errors import KilnError
+        try:
+            args.accuracy_budget = parse_budget(args.accuracy_budget)
+        except KilnError as exc:
+            ap.error(str(exc))
     for flag in ("calib_samples", "calib_batch", "accuracy_samples"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")

@@ -99,6 +99,11 @@ def builds_table(model: dict[str, Any]) -> list[str]:
             run_by = ", ".join(f"{t} {n}" for t, n in b.get("quantized_kinds", {}).items())
             kinds += (f"; {b['quantized_layers']} layers quantized ({run_by or '—'}), "
                       f"{b['kept_float_layers']} kept float")
+        if "budget" in b:
+            g = b["budget"]
+            kinds += (f"; accuracy budget {g['metric']}={g['target']}: {g['kept']} of {g['candidates']} layers kept in "
+                      f"{g['kept_precision']} ({g['metric']} {g['achieved']} on the calibration batches, "
+                      f"{g['builds']} builds)")
         lines.append(_row([
             p, f"{b['build_s']:.1f}", warm_s,
             cold.get("off") or f"{cold.get('layers_timed', '—')} / {cold.get('timer_calls', '—')}",

@@ -259,3 +259,21 @@ def test_suite_int8_fp8_end_to_end(tmp_path: Path, device: str) -> None:
     text = report.markdown(results)
     assert "int8 / fp8 against fp16" in text and "| int8 | 2 | ok |" in text and "| fp8 | 2 | ok |" in text
     assert "fp16 added" in text and "structured images" in text
+
+
+def test_accuracy_budget_builds_record_the_plan(tmp_path: Path) -> None:
+    m = tiny_conv()
+    args = suite.parse(["--models", "tiny_conv", "--batches", "2", "--precisions", "int8", "--device", "cpu",
+                        "--calib-samples", "4", "--warm-build", "off", "--accuracy-budget", "cosine=0.9999"], REGISTRY)
+    assert args.accuracy_budget == ("cosine", 0.9999)
+    path = models.export_onnx(m, tmp_path)
+    cal = builds.calibrate(m, path, [2], args, tmp_path, print)
+    assert builds.build_config(m, "int8", [2], args, tmp_path, cal).accuracy_budget == ("cosine", 0.9999)
+    assert builds.build_config(m, "fp16", [2], args, tmp_path, cal).accuracy_budget is None
+    entry: dict = {"builds": {}}
+    assert builds.build(m, path, "int8", [2], args, tmp_path, entry, print, cal) is not None
+    g = entry["builds"]["int8"]["budget"]
+    assert g["metric"] == "cosine" and g["target"] == 0.9999 and g["achieved"] >= 0.9999
+    assert g["kept_precision"] in ("fp16", "fp32") and 0 <= g["kept"] <= g["candidates"] <= 2
+    with pytest.raises(SystemExit):
+        suite.parse(["--models", "tiny_conv", "--accuracy-budget", "speed=2"], REGISTRY)

@@ -67,7 +67,7 @@ def test_overflowing_layer_is_kept_and_the_config_meets_the_budget() -> None:
     assert result.config.layer_precision == (("fc2", "fp32"),)
     assert result.config.tune is False and result.config.precision == "fp16"
     assert result.candidates == 3  # FusedMatMul(fc1, relu1), fc2, fc3
-    assert result.builds == 2 + 3 + 1 + 2  # reference, reduced, ranking, all kept, bisection over [1, 3]
+    assert result.builds == 2 + 1 + 3 + 2  # reference, reduced, all kept, ranking, bisection over [1, 3]
     assert cosine_vs_fp32(model, result.config) >= 0.999
     assert result.to_json()["kept"] == [{"layer": "fc2", "op": "MatMul", "sensitivity": 0.0}]
 
@@ -156,3 +156,37 @@ def test_quantized_budget_keeps_quantized_layers_only(precision: str) -> None:
     assert result.kept and result.achieved >= target and result.candidates == 3
     assert {k.op for k in result.kept} <= {"MatMul", "kiln::FusedMatMul"}   # fc1 is fused with its Relu
     assert result.config.layer_precision and all(p == "fp32" for _, p in result.config.layer_precision)
+
+
+def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+
+
+def test_quantized_budget_keeps_layers_in_the_engines_float_precision() -> None:
+    # int8 with fp16 float layers (TensorRT's --int8 --fp16): a kept matmul computes in fp16,
+    # as the engine's other float layers do, and the plan says so.
+    model, calib = mlp(big=False), _calibration()
+    config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", tune=False)
+    plain = search(model, config, ("cosine", -1.0), calibration=calib)
+    assert plain.kept == () and plain.kept_precision == "fp16"
+    target = min(1.0, plain.reduced + (1.0 - plain.reduced) * 0.9)
+    result = search(model, config, ("cosine", target), calibration=calib)
+    assert result.kept and result.achieved >= target and result.kept_precision == "fp16"
+    assert all(p == "fp16" for _, p in result.config.layer_precision)
+    assert result.to_json()["kept_precision"] == "fp16"
+    # Builds: reference, reduced, all kept, 3 ranked, ceil(log2 3) = 2 searched at most.
+    assert result.builds <= 2 + 1 + 3 + 2
+
+
+def test_quantized_budget_falls_back_to_fp32_where_the_float_precision_misses() -> None:
+    # fc2's weights overflow fp16: kept in fp16 it computes 0 (module docstring), so every
+    # candidate in fp16 misses the budget and the search keeps layers in fp32 instead.
+    model = mlp(big=True)
+    config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", tune=False)
+    messages: list[str] = []
+    result = search(model, config, ("cosine", 0.999), calibration=_calibration(), progress=messages.append)
+    assert result.kept_precision == "fp32" and result.achieved >= 0.999
+    assert "fc2" in [k.name for k in result.kept]
+    assert all(p == "fp32" for _, p in result.config.layer_precision)
+    assert any("in fp16 gives" in m and "trying fp32" in m for m in messages)

@@ -231,12 +231,13 @@ def overflow_line(overflow: dict[str, Any]) -> str:
 
 
 def budget_line(budget: dict[str, Any]) -> str:
-    """E.g. "cosine=0.9995 (target 0.999): 2 layer(s) kept in fp32 of 40 ranked, 48 builds"."""
+    """E.g. "cosine=0.9995 (target 0.999): 2 layer(s) kept in fp16 of 40 ranked, 48 builds"."""
     kept = ", ".join(k["layer"] for k in budget["kept"][:4]) + (" ..." if len(budget["kept"]) > 4 else "")
     achieved = budget["achieved"]
     achieved = f"{achieved:.6g}" if isinstance(achieved, float) else achieved  # "inf"/"-inf" come as strings
     return (f"{budget['metric']}={achieved} (target {budget['target']}): {len(budget['kept'])} layer(s) "
-            f"kept in fp32 of {budget['candidates']} ranked, {budget['builds']} builds" + (f" ({kept})" if kept else ""))
+            f"kept in {budget.get('kept_precision', 'fp32')} of {budget['candidates']} ranked, {budget['builds']} "
+            "builds" + (f" ({kept})" if kept else ""))
 
 
 def _tuning_line(tuning: Any) -> str:
@@ -279,9 +280,11 @@ def _tuning_line(tuning: Any) -> str:
               help="Keep the layers whose ONNX node name matches (exactly or as a glob such as 'encoder/*'; fused "
                    "layers by their source names) in fp32, fp16 or bf16; repeatable, earlier rules win.")
 @click.option("--accuracy-budget", "accuracy_budget", metavar="METRIC=VALUE", default=None,
-              help="Keep the fewest layers in fp32 (found by building with each one reduced alone) so that the "
-                   "fp16/bf16/int8 engine stays within this budget of an fp32 engine on synthetic or calibration "
-                   "inputs: cosine=0.999 (min over outputs), max_abs=1e-2 or mean_abs=1e-3.")
+              help="Keep the fewest layers in a wider type (found by building with each one reduced alone) so "
+                   "that the fp16/bf16/int8/fp8 engine stays within this budget of an fp32 engine on synthetic or "
+                   "calibration inputs: cosine=0.999 (min over outputs), max_abs=1e-2 or mean_abs=1e-3. Kept "
+                   "layers compute in fp32, or in an int8/fp8 engine's float precision (--fp16/--bf16) when "
+                   "that meets the budget.")
 @click.option("--strongly-typed", is_flag=True,
               help="Keep exactly the types the ONNX graph states (no conversion; precision fp32 or tf32).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,

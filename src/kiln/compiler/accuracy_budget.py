@@ -1,8 +1,15 @@
 """--accuracy-budget METRIC=VALUE: the automatic mixed-precision search.
 
 Design note. Given a reduced-precision BuildConfig (fp16, bf16, int8 or fp8) and a budget such as
-cosine=0.999, find a small set of layers to keep in fp32 (as exact-name layer precision
-rules) so that the engine's outputs stay within the budget of an fp32 engine's outputs.
+cosine=0.999, find a small set of layers to keep in a wider type (as exact-name layer
+precision rules) so that the engine's outputs stay within the budget of an fp32 engine's outputs.
+
+The wider type (keep_precision): fp32 for fp16/bf16 engines; for int8/fp8 engines the type
+their other float layers compute in (BuildConfig.float_precision: a layer left out of INT8 in
+TensorRT's --int8 --fp16 runs in fp16), so that a kept GEMM costs an fp16 GEMM, not an fp32
+one, and the mixed engine can still beat the float one. Where keeping every candidate in that
+type misses the budget (the float engine alone is not accurate enough), fp32 is tried and,
+if it meets the budget, used instead.
 
 1. Feeds: the caller's, else (int8/fp8) the first EVAL_BATCHES calibration batches, else
    EVAL_BATCHES synthetic batches at the profile's opt shapes (seeds 0, 1, ...). Reference:
@@ -14,15 +21,17 @@ rules) so that the engine's outputs stay within the budget of an fp32 engine's o
    int8/fp8 - the layers the reduced engine quantized (header build.int8/fp8.quantized, matched
    by their source names; only matmuls and convolutions). At most `max_candidates`, taken weighted layers first (they hold most
    of the reduced math), then other compute, then data movement, each in graph order.
-4. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
-   fp32) and measure the metric. Keeping L alone in fp32 would say nothing about a chain of
+4. Keeping all candidates must meet the budget (in the kept type, or in fp32 as above), else
+   BuildError with the best value reached.
+5. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
+   wider) and measure the metric. Keeping L alone wider would say nothing about a chain of
    layers that all overflow (keeping one of them still leaves the others broken); reducing L
    alone measures the error L itself brings in. Rank by that error, worst first.
-5. Keeping all candidates must meet the budget, else BuildError with the best value reached.
-   Then binary search the smallest k in [1, N] for which keeping the k most sensitive layers
+6. Binary search the smallest k in [1, N] for which keeping the k most sensitive layers
    meets the budget (monotone in practice; only a measured k ever becomes the answer, so the
    result is verified even where monotonicity fails).
-Builds: 2 (reference, reduced) + N (ranking) + 1 (all kept) + ceil(log2 N) (search). Search
+Builds: 2 (reference, reduced) + 1 (all kept; 2 when fp32 is tried) + N (ranking) + ceil(log2 N)
+(search). Search
 builds do not tune (tune=False) and use a temporary calibration cache for int8/fp8, so each build
 is cheap and calibrates once; the returned config keeps the caller's settings.
 
@@ -77,7 +86,7 @@ class RankedLayer:
 
 @dataclass(frozen=True, slots=True)
 class BudgetResult:
-    """What the search found: the layers kept in fp32 and the config to build with."""
+    """What the search found: the layers kept wider, in which type, and the config to build with."""
     metric: str
     target: float
     achieved: float  # the metric of the engine built with `config`
@@ -86,11 +95,12 @@ class BudgetResult:
     candidates: int  # layers ranked
     builds: int
     config: BuildConfig
+    kept_precision: str = "fp32"  # the type the kept layers compute in (keep_precision)
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "target": self.target, "achieved": _json_float(self.achieved),
                 "reduced": _json_float(self.reduced), "kept": [k.to_json() for k in self.kept],
-                "candidates": self.candidates, "builds": self.builds}
+                "kept_precision": self.kept_precision, "candidates": self.candidates, "builds": self.builds}
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -122,10 +132,16 @@ def meets(metric: str, value: float, target: float) -> bool:
     return value >= target if METRICS[metric] else value <= target
 
 
+def keep_precision(config: BuildConfig) -> str:
+    """The type a kept layer computes in first (module docstring): an int8/fp8 engine's float
+    precision, else fp32."""
+    return config.float_precision if config.precision in QUANTIZED else "fp32"
+
+
 def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str, float],
            feeds: Sequence[Mapping[str, Any]] | None = None, calibration: Iterable[Mapping[str, Any]] | None = None,
            progress: Progress | None = None, max_candidates: int = 64) -> BudgetResult:
-    """The layers to keep in fp32 so that `config`'s engine meets `budget` (module docstring)."""
+    """The layers to keep wider so that `config`'s engine meets `budget` (module docstring)."""
     metric, target = check_budget(budget)
     _check_config(config, max_candidates)
     say = progress or (lambda _msg: None)
@@ -137,25 +153,25 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         reduced = _measure(metric, reduced_engine, run.feeds, reference)
         say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
         if meets(metric, reduced, target):
-            return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config)
+            return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config))
         nodes = _candidates(model, config, reduced_engine, max_candidates)
-        ranked = _rank(run, metric, nodes, reference)
-        best = _measure(metric, run.build(_keep(config, [r.name for r in ranked])), run.feeds, reference)
+        wider, best = _all_kept(run, metric, target, [n.name for n in nodes], reference)
         if not meets(metric, best, target):
-            raise BuildError(f"accuracy budget {metric}={target} cannot be met: with all {len(ranked)} candidate "
-                             f"layers kept in fp32 the {config.precision} engine reaches {metric}={_fmt(best)} "
+            raise BuildError(f"accuracy budget {metric}={target} cannot be met: with all {len(nodes)} candidate "
+                             f"layers kept in {wider} the {config.precision} engine reaches {metric}={_fmt(best)} "
                              f"(none kept: {_fmt(reduced)}). Loosen the budget, raise the number of candidates "
                              f"(now {max_candidates}), or build in fp32.")
-        k, achieved = _smallest_k(run, metric, target, ranked, reference, best)
+        ranked = _rank(run, metric, nodes, reference, wider)
+        k, achieved = _smallest_k(run, metric, target, ranked, reference, best, wider)
         kept = tuple(ranked[:k])
-        say(f"accuracy budget: {k} layer(s) kept in fp32, {metric}={_fmt(achieved)}")
+        say(f"accuracy budget: {k} layer(s) kept in {wider}, {metric}={_fmt(achieved)}")
         return BudgetResult(metric, target, achieved, reduced, kept, len(ranked), run.builds,
-                            replace(config, layer_precision=_keep(config, [r.name for r in kept])))
+                            replace(config, layer_precision=_keep(config, [r.name for r in kept], wider)), wider)
 
 
 def _check_config(config: BuildConfig, max_candidates: int) -> None:
     if config.precision not in REDUCED or config.strongly_typed:
-        raise BuildError(f"an accuracy budget chooses which layers of a reduced-precision engine to keep in fp32, "
+        raise BuildError(f"an accuracy budget chooses which layers of a reduced-precision engine to keep wider, "
                          f"but this build is {config.precision}{' and strongly typed' if config.strongly_typed else ''}"
                          f"; build with precision {', '.join(REDUCED)} (e.g. --fp16), or drop the budget.")
     if max_candidates < 1:
@@ -275,26 +291,40 @@ def _holds_subgraph(n: Node) -> bool:
                for a in n.attrs.values())
 
 
-def _rank(run: _Runner, metric: str, nodes: list[Node], reference: list[dict[str, np.ndarray]]) -> list[RankedLayer]:
+def _all_kept(run: _Runner, metric: str, target: float, names: list[str],
+              reference: list[dict[str, np.ndarray]]) -> tuple[str, float]:
+    """(kept type, metric) with every candidate kept: keep_precision's type, else fp32 where
+    that misses the budget (module docstring)."""
+    wider = keep_precision(run.config)
+    best = _measure(metric, run.build(_keep(run.config, names, wider)), run.feeds, reference)
+    if wider != "fp32" and not meets(metric, best, target):
+        run.say(f"accuracy budget: every candidate in {wider} gives {metric}={_fmt(best)}; trying fp32")
+        wider, best = "fp32", _measure(metric, run.build(_keep(run.config, names, "fp32")), run.feeds, reference)
+    return wider, best
+
+
+def _rank(run: _Runner, metric: str, nodes: list[Node], reference: list[dict[str, np.ndarray]],
+          wider: str) -> list[RankedLayer]:
     """Each candidate's metric when it alone is reduced; worst first (stable: graph order on ties)."""
     names = [n.name for n in nodes]
     ranked = []
     for i, n in enumerate(nodes):
         run.say(f"accuracy budget: ranking layer {i + 1}/{len(nodes)}")
         others = [m for m in names if m != n.name]
-        value = _measure(metric, run.build(_keep(run.config, others)), run.feeds, reference)
+        value = _measure(metric, run.build(_keep(run.config, others, wider)), run.feeds, reference)
         ranked.append(RankedLayer(n.name, n.qualified_op, value))
     return sorted(ranked, key=lambda r: r.sensitivity, reverse=not METRICS[metric])
 
 
 def _smallest_k(run: _Runner, metric: str, target: float, ranked: list[RankedLayer],
-                reference: list[dict[str, np.ndarray]], best: float) -> tuple[int, float]:
+                reference: list[dict[str, np.ndarray]], best: float, wider: str) -> tuple[int, float]:
     """Binary search over k in [1, N]; hi is always a k measured to meet the budget."""
     lo, hi, at_hi = 1, len(ranked), best
     while lo < hi:
         mid = (lo + hi) // 2
-        run.say(f"accuracy budget: trying {mid} layer(s) in fp32")
-        value = _measure(metric, run.build(_keep(run.config, [r.name for r in ranked[:mid]])), run.feeds, reference)
+        run.say(f"accuracy budget: trying {mid} layer(s) in {wider}")
+        value = _measure(metric, run.build(_keep(run.config, [r.name for r in ranked[:mid]], wider)), run.feeds,
+                         reference)
         if meets(metric, value, target):
             hi, at_hi = mid, value
         else:
@@ -302,9 +332,9 @@ def _smallest_k(run: _Runner, metric: str, target: float, ranked: list[RankedLay
     return hi, at_hi
 
 
-def _keep(config: BuildConfig, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """The config's own rules (they win), then one exact-name fp32 rule per layer."""
-    return config.layer_precision + tuple((_exact(n), "fp32") for n in names)
+def _keep(config: BuildConfig, names: Sequence[str], precision: str) -> tuple[tuple[str, str], ...]:
+    """The config's own rules (they win), then one exact-name rule per layer to `precision`."""
+    return config.layer_precision + tuple((_exact(n), precision) for n in names)
 
 
 def _exact(name: str) -> str:

@@ -113,7 +113,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     `calibration`: calibration batches, feed dicts {input name: array} (or a path, as
     config.calib_data takes), used in place of config.calib_data: int8/fp8 builds calibrate on
     them, fp16 builds check them for fp16 overflow. config.accuracy_budget first searches the
-    layers to keep in fp32 (compiler/accuracy_budget.py) and builds with them as layer
+    layers to keep wider (compiler/accuracy_budget.py) and builds with them as layer
     precision rules."""
     config = config or BuildConfig()
     say = progress or (lambda _msg: None)
