@@ -291,6 +291,21 @@ def test_every_config_is_one_the_gpu_compiles():
     assert space.fp8_promotion({"BLOCK_K": 128, "FP8_ACC": 128}, 64) == 64
 
 
+@pytest.mark.parametrize("config", [TINY, TINY_TMA])
+def test_all_zero_zero_points_give_the_same_codes_as_none(config):
+    # kiln's int8 quantizer writes int8 zero points of 0; the launcher drops them (no correction
+    # sums, no zero-point registers, TMA allowed) and the codes must not change.
+    z8 = lambda: torch.zeros(1, dtype=torch.int8, device=DEV)   # noqa: E731
+    args = _layer(40, 48, 64, trans_b=1, a_zp=z8(), b_zp=torch.zeros(48, dtype=torch.int8, device=DEV))
+    plain = [*args[:3], None, args[4], None, *args[6:]]
+    req = dict(trans_b=1, activation="Gelu", config=dict(config), **_requant(torch.int8, 0))
+    with_zp, _ = _check(args, **req)
+    without, _ = _check(plain, **{**req, "out_zp": None})
+    assert torch.equal(with_zp, without)
+    uint8 = _requant(torch.uint8, 0)          # a zero point of 0 still names uint8 as the output type
+    assert qgemm.qmatmul(*args, trans_b=1, config=dict(TINY), **uint8).dtype == torch.uint8
+
+
 def test_fp8_unpromoted_accumulation_matches_on_small_integers():
     # FP8_ACC 0 (the MMA accumulates throughout) in the interpreter: the same arithmetic path
     # and epilogue, exact where the sums are small integers.

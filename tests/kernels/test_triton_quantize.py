@@ -270,3 +270,18 @@ def test_gpu_float8_conversion_matches_the_bit_encoder_and_torch():
     _float8_both[(triton.cdiv(x.numel(), 1024),)](x, hw, sw, x.numel(), BLOCK=1024)
     assert torch.equal(hw, sw)
     assert torch.equal(hw, x.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+def test_all_zero_integer_zero_points_are_dropped_float8_ones_kept():
+    zero8 = torch.zeros(1, dtype=torch.int8, device=DEV)
+    assert quantize.needed_zero_point(zero8) is None and quantize.needed_zero_point(None) is None
+    assert quantize.needed_zero_point(torch.zeros(4, dtype=torch.uint8, device=DEV)) is None
+    three = torch.tensor([0, 3], dtype=torch.int8, device=DEV)
+    assert quantize.needed_zero_point(three) is three
+    f8 = torch.zeros(1, device=DEV).to(torch.float8_e4m3fn)   # v + 0 makes -0 into +0: kept
+    assert quantize.needed_zero_point(f8) is f8
+    # the same codes with the zero point as without, and the type it names (uint8 here) kept
+    x = torch.randn(64, 33) * 40
+    for zp in (torch.tensor(0, dtype=torch.uint8), torch.tensor(0, dtype=torch.int8)):
+        got = _run(x, torch.tensor(0.5), zp)
+        assert got.dtype == zp.dtype

@@ -28,3 +28,20 @@ def derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
     if key not in hit[1]:
         hit[1][key] = make(tensor)
     return hit[1][key]
+
+
+# zero-point tensor -> whether every element is 0
+_ZERO = derived_table()
+
+
+def all_zero(t: torch.Tensor) -> bool:
+    """Whether every element of `t` (an engine constant: a zero point) is 0, read once per tensor.
+
+    The read synchronises with the device; while a CUDA graph is being captured, where that is
+    not allowed, a tensor not read before counts as not all zero (the caller then keeps the
+    general path, which is correct for any value)."""
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        hit = _ZERO.get(t)
+        if hit is None or hit[0] != t._version or "all zero" not in hit[1]:
+            return False
+    return derived(_ZERO, t, "all zero", lambda x: not bool(torch.any(x.to(torch.float32) != 0)))

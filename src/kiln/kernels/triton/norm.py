@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.quantize import (OUT_TYPES, PRECISIONS, _in_precision, divide, quantized_dtype,
-                                          reciprocal_of, requantize)
+from kiln.kernels.triton.quantize import (OUT_TYPES, PRECISIONS, _in_precision, divide, needed_zero_point,
+                                          quantized_dtype, reciprocal_of, requantize)
 
 Tensor = torch.Tensor
 
@@ -298,6 +298,7 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     yq = torch.empty(x.shape, dtype=out, device=x.device)
     info = OUT_TYPES[out]
     qmin, qmax = info if info is not None else (0, 0)
+    y_zero_point = needed_zero_point(y_zero_point)
     quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
                      reciprocal_of(y_scale, prec).reshape(-1),
                      None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],

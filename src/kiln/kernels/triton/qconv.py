@@ -82,13 +82,13 @@ import triton
 import triton.language as tl
 
 from kiln.ir import dtypes
-from kiln.kernels.memo import derived, derived_table
+from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
 from kiln.kernels.triton.qgemm import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
-from kiln.kernels.triton.quantize import requantize
+from kiln.kernels.triton.quantize import needed_zero_point, requantize
 
 Tensor = torch.Tensor
 
@@ -240,15 +240,11 @@ def _qconv_kernel(
 
 # --- the launcher ---------------------------------------------------------------------------------
 
-# zero-point tensor -> whether every element is 0 (kernels/memo.py)
-_ZERO = derived_table()
-
-
 def _require_zero(zp: Tensor | None, name: str) -> None:
     """Raise unless `zp` is absent or all zeros (read once per tensor: engine constants)."""
     if zp is None:
         return
-    if not derived(_ZERO, zp, "all zero", lambda t: not bool(torch.any(t.to(torch.float32) != 0))):
+    if not all_zero(zp):
         raise ValueError(f"the Triton kiln::QConv takes {name} absent or 0 (symmetric quantization); this one is "
                          "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
 
@@ -280,6 +276,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None)
     _require_zero(x_zp, "x_zp")
     _require_zero(w_zp, "w_zp")
+    out_zp = needed_zero_point(out_zp)
     code, p0, p1 = activation_code(activation, activation_params)
     is_fp8 = x_q.dtype == torch.float8_e4m3fn
     cfg = dict((FP8_CONFIGS if is_fp8 else INT8_CONFIGS)[0] if config is None else config)

@@ -60,7 +60,7 @@ from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
-from kiln.kernels.triton.quantize import OUT_TYPES, reciprocal_of, requantize
+from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of, requantize
 
 Tensor = torch.Tensor
 
@@ -141,8 +141,8 @@ def _qgemm_kernel(
         FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
-        OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-        EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
+        QMAX: tl.constexpr, EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
@@ -194,16 +194,15 @@ def _qgemm_kernel(
             acc += (K * za) * zb[None, :]
 
     _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN,
-              QMAX)
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
+              OUT_PER_COL, QMIN, QMAX)
 
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
               stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-              ACT: tl.constexpr,
-              REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
-              QMAX: tl.constexpr):
+              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
+              OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
@@ -216,15 +215,21 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
     v = activation_epilogue(v, ACT, p0, p1)
     if REQUANT:
         zp = 0
-        # out_scale / out_zp per tensor (stride 0) or per column (stride 1).
-        if HAS_OUT_ZP:
-            zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
         # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (quantize.reciprocal_of): one
         # multiply and a few integer ops per element. (Dividing in the kernel, even once per
         # column of the tile, costs an IEEE division sequence per column a thread holds, a
-        # large share of a short-K GEMM with 8-warp tiles.)
-        inv = tl.load(OUT_SCALE + rn * stride_os).to(tl.float32)
-        code = requantize(v * inv[None, :], zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
+        # large share of a short-K GEMM with 8-warp tiles.) out_scale / out_zp per column
+        # (OUT_PER_COL, SmoothQuant's) or per tensor: then scalars, not a register per column a
+        # thread holds (three per column for an integer zero point, in requantize).
+        if OUT_PER_COL:
+            inv = tl.load(OUT_SCALE + rn * stride_os).to(tl.float32)[None, :]
+            if HAS_OUT_ZP:
+                zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
+        else:
+            inv = tl.load(OUT_SCALE).to(tl.float32)
+            if HAS_OUT_ZP:
+                zp = tl.load(OUT_ZP)
+        code = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
         tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
     else:
         tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
@@ -236,8 +241,8 @@ def _qgemm_tma_kernel(
         a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
         stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
-        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, QMIN: tl.constexpr,
-        QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
+        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """The same GEMM with A [M, K] and B [N, K] tiles brought in by the tensor memory accelerator
     (TMA descriptors: out-of-range rows and K read as 0), int8 or float8 without zero points."""
@@ -255,8 +260,8 @@ def _qgemm_tma_kernel(
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     _epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, QMIN,
-              QMAX)
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
+              OUT_PER_COL, QMIN, QMAX)
 
 
 def _descriptor_type():  # noqa: ANN202
@@ -325,6 +330,10 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
+    # All-zero integer zero points are dropped (quantize.needed_zero_point): kiln's quantizers
+    # write them, and absent ones spare the correction code, the epilogue's zero-point registers,
+    # and let TMA apply. (uint8's shift by 128 does not depend on them.)
+    a_zp, b_zp, out_zp = (needed_zero_point(z) for z in (a_zp, b_zp, out_zp))
     fp8 = a_q.dtype == FP8
     cfg = dict((FP8_CONFIGS if fp8 else INT8_CONFIGS)[0] if config is None else config)
     lead, k = tuple(a_q.shape[:-1]), a_q.shape[-1]
@@ -360,7 +369,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
             FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
             REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-            QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+            OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
@@ -370,6 +379,6 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
         HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
         REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-        QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y.reshape(*lead, n)

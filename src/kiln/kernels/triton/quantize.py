@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.memo import derived, derived_table
+from kiln.kernels.memo import all_zero, derived, derived_table
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 
 Tensor = torch.Tensor
@@ -218,6 +218,17 @@ def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.
     tl.store(Y + offs, code.to(Y.dtype.element_ty), mask=mask)              # Y: int8/uint8, float8 as uint8
 
 
+def needed_zero_point(zero_point: Tensor | None) -> Tensor | None:
+    """The zero point a kernel must apply: None for an absent one and for an all-zero integer one
+    (saturate(round(v) + 0) is saturate(round(v)), so the kernel drops the per-element zero-point
+    arithmetic and the registers that hold it; kiln's own quantizers write such zero points). A
+    float8 zero point stays: v + 0 turns -0 into +0, as the reference does. Call it after the
+    output type is known (a zero point also names the type)."""
+    if zero_point is None or zero_point.dtype not in (torch.int8, torch.uint8) or not all_zero(zero_point):
+        return zero_point
+    return None
+
+
 def quantized_dtype(zero_point: Tensor | None, output_dtype: int) -> torch.dtype:
     """The torch dtype QuantizeLinear produces (output_dtype, else the zero point's, else uint8).
 
@@ -259,6 +270,7 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     out = quantized_dtype(y_zero_point, output_dtype)
     prec = _division_dtype(y_scale, precision)
     _check(x, y_scale, y_zero_point, out, prec, block_size, saturate, axis)
+    y_zero_point = needed_zero_point(y_zero_point)
     cfg = dict(CONFIGS[0] if config is None else config)
     per_channel = y_scale.numel() > 1
     if not is_dense(x) or (per_channel and not x.is_contiguous()):  # per channel: row-major, channel = offset % C
