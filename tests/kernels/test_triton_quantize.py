@@ -255,7 +255,7 @@ if quantize is not None:
 
 @pytest.mark.gpu
 def test_gpu_float8_conversion_matches_the_bit_encoder_and_torch():
-    assert quantize.HW_FLOAT8   # compiled: requantize takes the GPU's conversion
+    assert quantize.HW_FLOAT8   # compiled: requantize takes the GPU conversion
     g = torch.Generator(device="cuda").manual_seed(6)
     n = 1 << 24
     # Every sign, exponent 2^-12..2^9 (subnormals, every binade, past 448) and random fractions,

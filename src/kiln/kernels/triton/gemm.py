@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.triton.compiled import fast_reciprocal
+
 Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -97,7 +99,7 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 def _tanh(x):
     # tanh from exp, stable for large |x| (e -> 0): sign(x) * (1 - e) / (1 + e), e = exp(-2|x|).
     e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
+    t = (1.0 - e) * fast_reciprocal(1.0 + e)
     return tl.where(x < 0, -t, t)
 
 
@@ -107,8 +109,8 @@ def _gelu_erf(x):
     # x * h for x < 0 (erf is odd), h = (1 - erf(|x| / sqrt 2)) / 2. erf by Abramowitz & Stegun
     # 7.1.28 (|error| <= 3e-7): erf t = 1 - p(t)^-16 with p a degree-6 polynomial, here with
     # 1 / sqrt 2 folded into its coefficients, so h = 0.5 / p(|x|)^16: six FMAs, four squarings,
-    # one reciprocal, a select and a multiply; no exp. In a GEMM epilogue this is ALU time no
-    # other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled registers
+    # one reciprocal (fast_reciprocal: p >= 1), a select and a multiply; no exp. In a GEMM
+    # epilogue this is ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled registers
     # over a 128x128 tile (`benchmarks/kernels_qgemm.py --epilogue` times the cost;
     # BENCHMARKS.md's int8/fp8 section).
     ax = tl.abs(x)
@@ -117,7 +119,7 @@ def _gelu_erf(x):
     p2 = p * p
     p4 = p2 * p2
     p8 = p4 * p4
-    h = 0.5 / (p8 * p8)
+    h = 0.5 * fast_reciprocal(p8 * p8)
     return x * tl.where(x < 0, h, 1.0 - h)
 
 
@@ -131,7 +133,7 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
     elif ACT == 3:  # Clip(min=p0, max=p1)
         x = tl.minimum(tl.maximum(x, p0), p1)
     elif ACT == 4:  # Sigmoid
-        x = 1.0 / (1.0 + tl.exp(-x))
+        x = fast_reciprocal(1.0 + tl.exp(-x))
     elif ACT == 5:  # HardSigmoid(alpha=p0, beta=p1)
         x = tl.minimum(tl.maximum(p0 * x + p1, 0.0), 1.0)
     elif ACT == 6:  # HardSwish
@@ -143,7 +145,7 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
     elif ACT == 9:  # Gelu, tanh approximation
         x = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     elif ACT == 10:  # Silu
-        x = x / (1.0 + tl.exp(-x))
+        x = x * fast_reciprocal(1.0 + tl.exp(-x))
     return x
 
 

@@ -34,7 +34,6 @@ activation scales, precision/smooth_quant.py) are read at offset % C of a row-ma
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.memo import all_zero, derived, derived_table
+from kiln.kernels.triton.compiled import COMPILED
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 
 Tensor = torch.Tensor
@@ -55,22 +55,11 @@ OUT_TYPES: dict[torch.dtype, tuple[int, int] | None] = {
 }
 OUT_NAMES = frozenset({"int8", "uint8", "float8_e4m3fn"})
 
-
-
-def _interpreting() -> bool:
-    """Does triton.jit make interpreted functions here (TRITON_INTERPRET, read at import as jit does)?"""
-    try:
-        from triton import knobs
-        return bool(knobs.runtime.interpret)
-    except (ImportError, AttributeError):   # Triton before knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 # Compiled kernels round float32 to e4m3 with the GPU's own conversion (cvt.rn.satfinite on
 # sm_89+, which every float8 kernel requires: nearest, ties to even, two values per
 # instruction); the interpreter's cast does not round to nearest even, so there the bits come
 # from float8e4m3_code (the GPU tests check that both give the reference's bits).
-HW_FLOAT8: tl.constexpr = tl.constexpr(not _interpreting())
+HW_FLOAT8: tl.constexpr = COMPILED
 
 # The tuning space: elements per program and warps. A memory-bound pass: bigger blocks
 # amortise the scale load, smaller ones fill the GPU on small tensors.

@@ -1,0 +1,185 @@
+"""What kiln's Triton GEMM kernels compile to for a GPU, without one: registers, spills and
+machine instructions per kernel variant.
+
+    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12]
+
+Each case calls a real launcher (qgemm.qmatmul, gemm.fused_matmul) on CPU tensors of the shapes
+it names, with the kernel swapped for a recorder, so the arguments, constexprs and
+specialisations (16-byte alignment, ints equal to 1 or divisible by 16) are the ones the
+launcher would pass on the GPU; then triton.compile builds that variant for sm_ARCH and the
+CUDA tools Triton ships (cuobjdump) read the cubin. Instruction counts are static (the K loop
+counted once), so they compare epilogues: per element of a 128x128 tile over 4 warps, a
+thread holds 128 accumulators, and an instruction that appears 128 times more is one more
+instruction per element. Not a timing: the Triton here may differ from the device's, and the
+GPU decides what an instruction costs.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # Triton 3.9 warns without it; the runtime's default
+
+import triton  # noqa: E402
+from onnx import TensorProto  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kiln.kernels.triton import gemm, qgemm  # noqa: E402
+
+TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+         torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+@dataclass(frozen=True)
+class Resources:
+    registers: int
+    stack: int            # bytes per thread
+    local: int            # spilled bytes per thread
+    instructions: int     # static count of the SASS
+    opcodes: collections.Counter
+
+
+class _Recorder:
+    """Stands in for a JITFunction: kernel[grid](*args, **kw) records the call instead."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return lambda *args, **kw: self.calls.append((args, kw))
+
+
+@contextlib.contextmanager
+def recording(module: Any, name: str) -> Iterator[_Recorder]:
+    recorder, real = _Recorder(), getattr(module, name)
+    setattr(module, name, recorder)
+    try:
+        yield recorder
+    finally:
+        setattr(module, name, real)
+
+
+def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Triton's signature, constexprs and divisibility attributes for this call, as the runtime
+    specialises them."""
+    values = dict(zip(jit.arg_names, args))
+    values.update(kw)
+    sig: dict[str, str] = {}
+    consts: dict[str, Any] = {}
+    attrs: dict[tuple[int], list] = {}
+    for i, name in enumerate(jit.arg_names):
+        v = values[name]
+        if i in jit.constexprs or v is None:
+            sig[name], consts[name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[name] = "*" + TYPES[v.dtype]
+            if v.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int) and v == 1:
+            sig[name], consts[name] = "constexpr", 1
+        elif isinstance(v, int):
+            sig[name] = "i32" if -2**31 <= v < 2**31 else "i64"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"argument {name}: {type(v).__name__} is not handled here (a TMA descriptor?)")
+    return sig, consts, attrs
+
+
+def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int) -> Resources:
+    """Compile the recorded call for sm_`arch` and read its resources and SASS."""
+    from triton.backends.compiler import GPUTarget
+
+    kw = dict(kw)
+    options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
+    sig, consts, attrs = _signature(jit, args, kw)
+    kernel = triton.compile(ASTSource(jit, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
+                               capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path],
+                              capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+    if m is None:
+        raise RuntimeError(f"cuobjdump gave no resource usage:\n{usage}")
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
+    return Resources(int(m[1]), int(m[2]), int(m[3]), len(ops), collections.Counter(ops))
+
+
+FFN1 = (4096, 3072, 768)   # BERT-base b32 s128: M = 32 * 128, N = 4 * 768, K = 768
+TILE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
+
+
+def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points: bool = False,
+               shape: tuple[int, int, int] = FFN1, config: dict | None = None) -> tuple[Any, tuple, dict]:
+    """The 8-bit GEMM kernel as qmatmul launches it: A [M, K] and a K-major weight, fp16 a_scale and
+    bias, per-channel weight scales; requantized to `out` (an ONNX type) or fp16 out (None)."""
+    m, n, k = shape
+    zp = torch.zeros(1, dtype=torch.int8) if zero_points else None
+    requant = {} if out is None else {"out_scale": torch.tensor(0.05), "out_dtype": out,
+                                      "out_zp": zp if out == TensorProto.INT8 else None}
+    cfg = dict(config or {**TILE, **({"FP8_ACC": 0} if dtype == torch.float8_e4m3fn else {})})
+    with recording(qgemm, "_qgemm_kernel") as rec:
+        qgemm.qmatmul(torch.zeros(m, k, dtype=dtype), torch.zeros(n, k, dtype=dtype),
+                      torch.tensor(1 / 64, dtype=torch.float16), zp, torch.rand(n), None,
+                      torch.zeros(n, dtype=torch.float16), trans_b=1, activation=activation, config=cfg, **requant)
+    return (qgemm._qgemm_kernel, *rec.calls[0])
+
+
+def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any, tuple, dict]:
+    """The fp16 GEMM with a bias + activation epilogue, as fused_matmul launches it."""
+    m, n, k = shape
+    with recording(gemm, "_gemm_epilogue_kernel") as rec:
+        gemm.fused_matmul(torch.zeros(m, k, dtype=torch.float16), torch.zeros(k, n, dtype=torch.float16),
+                          torch.zeros(n, dtype=torch.float16), activation=activation, config=dict(TILE))
+    return (gemm._gemm_epilogue_kernel, *rec.calls[0])
+
+
+CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
+    "int8 FFN1, bias, int8 out": lambda: qgemm_case(torch.int8, "", TensorProto.INT8),
+    "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
+    "int8 FFN1, bias + GELU, int8 out, zero points of 0": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8,
+                                                                             zero_points=True),
+    "int8 FFN1, bias + GELU, fp16 out": lambda: qgemm_case(torch.int8, "Gelu", None),
+    "fp8 FFN1, bias + GELU, fp8 out": lambda: qgemm_case(torch.float8_e4m3fn, "Gelu", TensorProto.FLOAT8E4M3FN),
+    "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
+    "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability as an integer [%(default)s]")
+    ap.add_argument("--top", type=int, default=10, help="most frequent opcodes listed per case [%(default)s]")
+    ap.add_argument("--cases", default=None, help="substring: only the cases whose name contains it")
+    args = ap.parse_args(argv)
+    print(f"triton {triton.__version__}, sm_{args.arch}; static SASS counts (module docstring)")
+    for name, make in CASES.items():
+        if args.cases and args.cases not in name:
+            continue
+        jit, call_args, kw = make()
+        r = compile_call(jit, call_args, kw, args.arch)
+        top = ", ".join(f"{op} {n}" for op, n in r.opcodes.most_common(args.top))
+        print(f"{name:52s} regs {r.registers:3d}  spill {r.local:4d} B  stack {r.stack:4d} B  "
+              f"instructions {r.instructions:5d}\n    {top}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""benchmarks/kernel_resources.py compiles kiln's GEMM kernels for sm_90 on a machine without a GPU
+(in a subprocess: these tests run Triton interpreted)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+triton = pytest.importorskip("triton")
+PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="this Triton ships no ptxas")
+
+
+def _run(cases: str) -> dict[str, tuple[int, int, int]]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO / "src")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_resources.py"), "--cases", cases],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^(.+?)\s+regs\s+(\d+)\s+spill\s+(\d+) B\s+stack\s+(\d+) B\s+instructions\s+(\d+)$",
+                      out.stdout, re.M)
+    return {name.strip(): (int(r), int(i), int(st) + int(sp)) for name, r, sp, st, i in rows}
+
+
+def test_int8_ffn1_compiles_and_zero_points_of_0_cost_nothing() -> None:
+    rows = _run("bias + GELU, int8 out")
+    plain, zeros = rows["int8 FFN1, bias + GELU, int8 out"], rows["int8 FFN1, bias + GELU, int8 out, zero points of 0"]
+    assert 0 < plain[0] <= 255 and plain[1] > 100
+    assert zeros == plain   # the launcher drops all-zero zero points: the same kernel
