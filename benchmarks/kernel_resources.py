@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import gemm, qgemm  # noqa: E402
+from kiln.kernels.triton import gemm, qconv, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -152,6 +152,26 @@ def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any,
     return (gemm._gemm_epilogue_kernel, *rec.calls[0])
 
 
+def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int = 3, channels: int = 256,
+               size: int = 14, batch: int = 64, config: dict | None = None) -> tuple[Any, tuple, dict]:
+    """The 8-bit implicit-GEMM convolution as qconv launches it: a ResNet-50 stage-3 conv
+    (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual,
+    requantized to `out` or fp16 out (None)."""
+    zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
+    x = torch.zeros(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
+    res = torch.zeros(batch, channels, size, size, dtype=torch.float16).contiguous(
+        memory_format=torch.channels_last) if residual else None
+    requant = {} if out is None else {"out_scale": torch.tensor(0.05, dtype=torch.float16), "out_dtype": out,
+                                      "out_zp": zp if out == TensorProto.INT8 else None}
+    space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
+    with recording(qconv, "_qconv_kernel") as rec:
+        qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(channels).half(), None,
+                    torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4,
+                    activation="Relu", config=dict(config or space[0]), **requant)
+    return (qconv._qconv_kernel, *rec.calls[0])
+
+
 CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias, int8 out": lambda: qgemm_case(torch.int8, "", TensorProto.INT8),
     "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
@@ -159,6 +179,13 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
                                                                              zero_points=True),
     "int8 FFN1, bias + GELU, fp16 out": lambda: qgemm_case(torch.int8, "Gelu", None),
     "fp8 FFN1, bias + GELU, fp8 out": lambda: qgemm_case(torch.float8_e4m3fn, "Gelu", TensorProto.FLOAT8E4M3FN),
+    "int8 FFN1, bias, fp16 out": lambda: qgemm_case(torch.int8, "", None),
+    "fp8 FFN1, bias, fp16 out": lambda: qgemm_case(torch.float8_e4m3fn, "", None),
+    "int8 conv 3x3, Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, False),
+    "int8 conv 1x1, residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1),
+    "fp8 conv 3x3, Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, False),
+    "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
+                                                                  kernel=1),
     "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
     "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),
 }
