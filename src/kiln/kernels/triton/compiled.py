@@ -34,7 +34,7 @@ def fast_reciprocal(x):
     result below float32's normal range flushes to 0 (for x > 2**126; 1 / inf is 0). In the
     interpreter: a division."""
     if COMPILED:
-        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
                                       pack=1)
     else:
         r = 1.0 / x
