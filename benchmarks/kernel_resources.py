@@ -95,8 +95,11 @@ def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dic
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
             sig[name] = "fp32"
+        elif type(v).__name__ == "TensorDescriptor":   # host TMA descriptor: its type names dtype and block
+            from triton.runtime.jit import mangle_type
+            sig[name] = mangle_type(v)
         else:
-            raise TypeError(f"argument {name}: {type(v).__name__} is not handled here (a TMA descriptor?)")
+            raise TypeError(f"argument {name}: {type(v).__name__} is not handled here")
     return sig, consts, attrs
 
 
@@ -136,11 +139,13 @@ def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points
     requant = {} if out is None else {"out_scale": torch.tensor(0.05), "out_dtype": out,
                                       "out_zp": zp if out == TensorProto.INT8 else None}
     cfg = dict(config or {**TILE, **({"FP8_ACC": 0} if dtype == torch.float8_e4m3fn else {})})
-    with recording(qgemm, "_qgemm_kernel") as rec:
+    with recording(qgemm, "_qgemm_kernel") as plain, recording(qgemm, "_qgemm_tma_kernel") as tma:
         qgemm.qmatmul(torch.zeros(m, k, dtype=dtype), torch.zeros(n, k, dtype=dtype),
                       torch.tensor(1 / 64, dtype=torch.float16), zp, torch.rand(n), None,
                       torch.zeros(n, dtype=torch.float16), trans_b=1, activation=activation, config=cfg, **requant)
-    return (qgemm._qgemm_kernel, *rec.calls[0])
+    if tma.calls:   # TMA / PERSISTENT configs
+        return (qgemm._qgemm_tma_kernel, *tma.calls[0])
+    return (qgemm._qgemm_kernel, *plain.calls[0])
 
 
 def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any, tuple, dict]:
@@ -177,6 +182,10 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
     "int8 FFN1, bias + GELU, int8 out, zero points of 0": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8,
                                                                              zero_points=True),
+    "int8 FFN1, bias + GELU, int8 out, TMA": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8,
+                                                                 config={**TILE, "TMA": 1}),
+    "int8 FFN1, bias + GELU, int8 out, TMA persistent": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8,
+                                                                            config={**TILE, "PERSISTENT": 1}),
     "int8 FFN1, bias + GELU, fp16 out": lambda: qgemm_case(torch.int8, "Gelu", None),
     "fp8 FFN1, bias + GELU, fp8 out": lambda: qgemm_case(torch.float8_e4m3fn, "Gelu", TensorProto.FLOAT8E4M3FN),
     "int8 FFN1, bias, fp16 out": lambda: qgemm_case(torch.int8, "", None),

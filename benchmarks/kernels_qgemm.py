@@ -148,7 +148,7 @@ def timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, all_configs: b
         except Exception as exc:  # noqa: BLE001 - report and go on
             say(f"    config {i} {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
             continue
-        extra = "".join(f" {key}={cfg[key]}" for key in ("FP8_ACC", "TMA") if key in cfg)
+        extra = "".join(f" {key}={cfg[key]}" for key in ("FP8_ACC", "TMA", "PERSISTENT") if key in cfg)
         say(f"    triton cfg {i} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} "
             f"s{cfg['num_stages']}{extra}: {ms:8.4f} ms  {tops(m, n, k, ms)} TOPS")
         best = min(best, (ms, i), key=lambda t: t[0])

@@ -70,7 +70,7 @@ def gemm_steps(fn, steps, f):
     for st, ev in zip(gemms, kernels):
         c = st.config
         tile = f"{c.get('BLOCK_M')}x{c.get('BLOCK_N')}x{c.get('BLOCK_K')} w{c.get('num_warps')} s{c.get('num_stages')}" + \
-            "".join(f" {k}={c[k]}" for k in ("FP8_ACC", "TMA") if k in c)
+            "".join(f" {k}={c[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT") if k in c)
         requant = len(st.inputs) > 8 and st.inputs[8] is not None
         key = (st.tactic.split(".")[-1], st.attrs.get("activation", "") or "-", "requant" if requant else "float", tile)
         g = groups[key]

@@ -26,6 +26,7 @@ REF = lookup("kiln::QMatMul").fn
 OP = "kiln::QMatMul"
 TINY = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
 TINY_TMA = {**TINY, "TMA": 1}
+TINY_PERSISTENT = {**TINY, "PERSISTENT": 1}
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
 
@@ -304,6 +305,19 @@ def test_all_zero_zero_points_give_the_same_codes_as_none(config):
     assert torch.equal(with_zp, without)
     uint8 = _requant(torch.uint8, 0)          # a zero point of 0 still names uint8 as the output type
     assert qgemm.qmatmul(*args, trans_b=1, config=dict(TINY), **uint8).dtype == torch.uint8
+
+
+@pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])
+def test_persistent_programs_walk_every_tile(a_dt):
+    # 45 x 40 output in 16 x 16 tiles: 9 tiles (ragged edges) for sm_count programs (4 off the
+    # GPU), so each program takes two or three; float and requantized outputs.
+    assert qgemm.sm_count(torch.device("cpu")) == 4
+    fp8 = a_dt == torch.float8_e4m3fn
+    args = _layer(45, 40, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, fp8_ints=fp8)
+    cfg = {**TINY_PERSISTENT, **({"FP8_ACC": 32} if fp8 else {})}
+    _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
+    out = torch.float8_e4m3fn if fp8 else torch.int8
+    _check(args, trans_b=1, activation="Relu", config=dict(cfg), **_requant(out, None))
 
 
 def test_fp8_unpromoted_accumulation_matches_on_small_integers():

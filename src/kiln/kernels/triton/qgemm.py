@@ -37,18 +37,26 @@ with the reciprocal correctly rounded in float32 once per scale tensor on the ho
 (quantize.reciprocal_of, memoised; an IEEE division in the kernel is a long instruction
 sequence with a slow-path call, per element or even per column of the tile), round half to
 even by one float32 add, add out_zp, saturate (int8/uint8), or clamp to +-448 and encode the
-nearest e4m3 value's bits (float8, stored through a uint8 view of Y: exact on every backend,
-no float8 cast). The reference does all of this in float64; float32 (and the
+nearest e4m3 value (float8: the GPU's conversion where compiled, quantize.requantize; stored
+through a uint8 view of Y). The reference does all of this in float64; float32 (and the
 reciprocal) move a value by a few ulps, which changes a requantized output by one step only
 near a rounding tie (compiler/tolerance.py's rule).
 Per-channel parameters (b_scale, b_zp, bias, and out_scale/out_zp when the layer requantizes
 an activation that SmoothQuant divides per channel) are read with a stride (0 for one
-element), so per-tensor and per-channel are the same kernel.
+element), so per-tensor and per-channel are the same kernel; a per-tensor out_scale/out_zp
+is a scalar in the epilogue (OUT_PER_COL off). All-zero integer zero points are dropped by
+the launcher (quantize.needed_zero_point).
 Rows/columns past M/N are read wrapped (index % M) as in gemm.py; only stores are masked.
 Offsets are int32: the launcher refuses operands of 2**31 elements or more.
+
+Kernels: _qgemm_kernel (plain loads, any operands); _qgemm_tma_kernel (config TMA=1: TMA
+descriptors, int8 or float8 without zero points, K-contiguous 16-byte-aligned operands), one
+tile per program or (PERSISTENT=1) one program per SM walking the tiles with the loop nest
+flattened, so that the next tile's loads overlap this tile's epilogue.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -237,16 +245,15 @@ def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT
 
 
 @triton.jit
-def _qgemm_tma_kernel(
-        a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-        stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
-        FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
-        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
-        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """The same GEMM with A [M, K] and B [N, K] tiles brought in by the tensor memory accelerator
-    (TMA descriptors: out-of-range rows and K read as 0), int8 or float8 without zero points."""
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+              stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
+              FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+              REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
+              QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
+    as 0): the K walk, then the epilogue."""
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     if FP8:
@@ -264,6 +271,32 @@ def _qgemm_tma_kernel(
               OUT_PER_COL, QMIN, QMAX)
 
 
+@triton.jit
+def _qgemm_tma_kernel(
+        a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K, programs,
+        stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
+        FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
+        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
+    per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
+    the loop nest flattened so that Triton pipelines across tiles: the next tile's first loads
+    are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
+    loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
+    benchmarks/kernel_resources.py.)"""
+    if PERSISTENT:
+        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+            _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
+                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
+                  OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
 def _descriptor_type():  # noqa: ANN202
     """Triton's host-side TMA descriptor class, or None where this Triton has none (before 3.4)."""
     try:
@@ -271,6 +304,13 @@ def _descriptor_type():  # noqa: ANN202
     except ImportError:
         return None
     return TensorDescriptor
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`: the persistent grid's size (4 off the GPU, where the
+    interpreter runs programs one after another anyway)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
@@ -362,15 +402,18 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, inv_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
-    if cfg.get("TMA") and _tma_ok(a2, w, a_zp, b_zp):
+    if (cfg.get("TMA") or cfg.get("PERSISTENT")) and _tma_ok(a2, w, a_zp, b_zp):
         desc = _descriptor_type()
-        _qgemm_tma_kernel[grid](
+        persistent = bool(cfg.get("PERSISTENT"))
+        programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
+        _qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,
-            y_out, out_scale1, out_zp1, m, n, k, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
+            y_out, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
             FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
             REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-            OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, PERSISTENT=persistent,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,

@@ -16,6 +16,16 @@ MIN_BLOCK_K = 32
 # plain loads). On the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27) the two TMA tilings here were
 # the fastest fp8 config on BERT's FFN1 and the fastest int8 one on FFN2 (6% over plain
 # loads); three other TMA tilings never won and were dropped.
+# PERSISTENT=1: the TMA kernel with one program per SM walking the tiles, pipelined across them
+# (qgemm.py's _qgemm_tma_kernel): the next tile's loads overlap this tile's epilogue. Without
+# TMA (zero points, misaligned K) the same tiles run through plain loads, one per program.
+# Registers at these tilings, sm_90, no spills (benchmarks/kernel_resources.py); GPU speed not
+# yet measured.
+PERSISTENT_TILES: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+)
 INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
@@ -28,6 +38,7 @@ INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
+    *({**c, "PERSISTENT": 1} for c in PERSISTENT_TILES),
 )
 # fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring of qgemm.py,
 # dot8), default BLOCK_K; 0 lets the MMA accumulate throughout (what cuBLASLt's fast
@@ -53,6 +64,7 @@ FP8_CONFIGS: tuple[dict[str, int], ...] = (
      "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    *({**c, "FP8_ACC": 0, "PERSISTENT": 1} for c in PERSISTENT_TILES),
 )
 # Both spaces, for callers that time every config of either input type.
 CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
