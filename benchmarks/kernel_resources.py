@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import gemm, qconv, qgemm  # noqa: E402
+from kiln.kernels.triton import gemm, norm, qconv, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -177,6 +177,23 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     return (qconv._qconv_kernel, *rec.calls[0])
 
 
+def norm_case(out: int | None, config: dict, rows: int = 4096, cols: int = 768) -> tuple[Any, tuple, dict]:
+    """BERT's residual add + LayerNorm (fp16), its fp16 output stored and, with `out`, quantized
+    per tensor into that type (kiln::NormQuantize), as the norm launchers call the block kernel."""
+    x, r = torch.zeros(rows, cols, dtype=torch.float16), torch.zeros(rows, cols, dtype=torch.float16)
+    w, b = torch.ones(cols, dtype=torch.float16), torch.zeros(cols, dtype=torch.float16)
+    with recording(norm, "_norm_block") as rec:
+        if out is None:
+            norm.add_layer_norm(x, r, w, b, config=dict(config))
+        else:
+            zp = torch.zeros((), dtype=torch.int8) if out == TensorProto.INT8 else None
+            norm.norm_quantize(x, r, w, b, torch.tensor(0.05, dtype=torch.float16), zp, output_dtype=out,
+                               float_output=1, config=dict(config))
+    return (norm._norm_block, *rec.calls[0])
+
+
+NORM_TILE = {"num_warps": 4, "rows": 4}
+
 CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias, int8 out": lambda: qgemm_case(torch.int8, "", TensorProto.INT8),
     "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
@@ -195,6 +212,9 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp8 conv 3x3, Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, False),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
+    "fp16 add + LayerNorm [4096, 768]": lambda: norm_case(None, NORM_TILE),
+    "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
+    "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),
     "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
     "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),
 }
