@@ -110,9 +110,9 @@ def _gelu_erf(x):
     # 7.1.28 (|error| <= 3e-7): erf t = 1 - p(t)^-16 with p a degree-6 polynomial, here with
     # 1 / sqrt 2 folded into its coefficients, so h = 0.5 / p(|x|)^16: six FMAs, four squarings,
     # one reciprocal (fast_reciprocal: p >= 1), a select and a multiply; no exp. In a GEMM
-    # epilogue this is ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and libdevice's erf spilled registers
-    # over a 128x128 tile (`benchmarks/kernels_qgemm.py --epilogue` times the cost;
-    # BENCHMARKS.md's int8/fp8 section).
+    # epilogue this is ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and
+    # libdevice's erf spilled registers over a 128x128 tile (`benchmarks/kernels_qgemm.py
+    # --epilogue` times the cost, `benchmarks/kernel_resources.py` counts the instructions).
     ax = tl.abs(x)
     p = 1.0 + ax * (0.04986734697 + ax * (0.02114100615 + ax * (0.003277626324 + ax * (3.8003575e-05 + ax * (
         4.889063564e-05 + ax * 5.382975e-06)))))

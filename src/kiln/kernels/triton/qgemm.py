@@ -422,6 +422,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
         HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
         REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-        OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return y.reshape(*lead, n)

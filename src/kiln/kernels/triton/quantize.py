@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.memo import all_zero, derived, derived_table
-from kiln.kernels.triton.compiled import COMPILED
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
+from kiln.kernels.triton.compiled import COMPILED
 
 Tensor = torch.Tensor
 
