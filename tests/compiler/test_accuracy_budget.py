@@ -191,3 +191,22 @@ def test_quantized_budget_falls_back_to_fp32_where_the_float_precision_misses() 
     assert "fc2" in [k.name for k in result.kept]
     assert all(p == "fp32" for _, p in result.config.layer_precision)
     assert any("in fp16 gives" in m and "trying fp32" in m for m in messages)
+
+
+def test_cli_int8_fp16_budget_keeps_layers_in_fp16(tmp_path) -> None:
+    # --int8 --fp16: the layers the budget keeps run in fp16, like the engine's other float layers.
+    import onnx as onnx_lib
+    from click.testing import CliRunner
+
+    from kiln.cli.main import main
+    path = tmp_path / "mlp.onnx"
+    onnx_lib.save(mlp(big=False), str(path))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(_calibration()):
+        np.savez(calib / f"batch{i}.npz", **feed)
+    result = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "mlp.kiln"), "--int8", "--fp16",
+                                       "--calib-data", str(calib), "--device", "cpu", "--accuracy-budget",
+                                       "cosine=0.99999"])
+    assert result.exit_code == 0, result.output
+    assert "layer(s) kept in fp16 of 3 ranked" in " ".join(result.output.split()), result.output
