@@ -70,10 +70,11 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, q_stride, n_rows, n_cols, eps,
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, eps,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
                 HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr, STORE_Y: tl.constexpr,
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
+                Q_PER_COL: tl.constexpr,
                 QMIN: tl.constexpr, QMAX: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
@@ -107,13 +108,21 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, q_stride, n_rows, 
     if STORE_Y:
         tl.store(Y + offs, y, mask=mask)
     if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), the same arithmetic
-        qcol = tl.where(col_ok, cols, 0) * q_stride                   # per tensor (0) or per column (1)
-        qs = _in_precision(tl.load(QS + qcol), Q_PREC)
-        qi = tl.load(QI + qcol)                                       # 1 / qs, correctly rounded
-        v = _in_precision(divide(_in_precision(y, Q_PREC), qs[None, :], qi[None, :]), Q_PREC)
+        # QI: 1 / qs, correctly rounded. Per column (SmoothQuant) or per tensor: then scalars,
+        # not a [BLOCK_N] vector and the layout conversions broadcasting it costs.
         zp = 0
-        if Q_HAS_ZP:
-            zp = tl.load(QZ + qcol)[None, :]
+        if Q_PER_COL:
+            qcol = tl.where(col_ok, cols, 0)
+            qs = _in_precision(tl.load(QS + qcol), Q_PREC)[None, :]
+            qi = tl.load(QI + qcol)[None, :]
+            if Q_HAS_ZP:
+                zp = tl.load(QZ + qcol)[None, :]
+        else:
+            qs = _in_precision(tl.load(QS), Q_PREC)
+            qi = tl.load(QI)
+            if Q_HAS_ZP:
+                zp = tl.load(QZ)
+        v = _in_precision(divide(_in_precision(y, Q_PREC), qs, qi), Q_PREC)
         code = requantize(v, zp, Q_HAS_ZP, Q_FP8, QMIN, QMAX)
         tl.store(YQ + offs, code.to(YQ.dtype.element_ty), mask=mask)
 
@@ -218,9 +227,10 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
                           y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point,
-                          int(q.per_column), rows, cols, eps,
+                          rows, cols, eps,
                           HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
+                          Q_PER_COL=q.per_column,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
                           BLOCK_N=p.block_n, num_warps=p.num_warps, **flags)
     return y, mean, rstd
