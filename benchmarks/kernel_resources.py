@@ -1,7 +1,7 @@
 """What kiln's Triton GEMM kernels compile to for a GPU, without one: registers, spills and
 machine instructions per kernel variant.
 
-    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12]
+    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12] [--cases SUBSTRING] [--space]
 
 Each case calls a real launcher (qgemm.qmatmul, gemm.fused_matmul) on CPU tensors of the shapes
 it names, with the kernel swapped for a recorder, so the arguments, constexprs and
@@ -225,8 +225,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arch", type=int, default=90, help="compute capability as an integer [%(default)s]")
     ap.add_argument("--top", type=int, default=10, help="most frequent opcodes listed per case [%(default)s]")
     ap.add_argument("--cases", default=None, help="substring: only the cases whose name contains it")
+    ap.add_argument("--space", action="store_true",
+                    help="instead: every config of the 8-bit GEMM's tuning spaces on BERT's FFN1 with the GELU + "
+                         "requantizing epilogue (which spill, which do not)")
     args = ap.parse_args(argv)
     print(f"triton {triton.__version__}, sm_{args.arch}; static SASS counts (module docstring)")
+    if args.space:
+        from kiln.kernels.triton import qgemm_space
+        for dtype, out, space in ((torch.int8, TensorProto.INT8, qgemm_space.INT8_CONFIGS),
+                                  (torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, qgemm_space.FP8_CONFIGS)):
+            for cfg in space:
+                r = compile_call(*qgemm_case(dtype, "Gelu", out, config=cfg), args.arch)
+                label = " ".join(f"{k}={v}" for k, v in cfg.items() if k != "GROUP_M")
+                print(f"{str(dtype)[6:]:14s} {label:92s} regs {r.registers:3d}  spill {r.local:4d} B  "
+                      f"stack {r.stack:4d} B  instructions {r.instructions:5d}")
+        return
     for name, make in CASES.items():
         if args.cases and args.cases not in name:
             continue
