@@ -64,6 +64,7 @@ FP8_CONFIGS: tuple[dict[str, int], ...] = (
      "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     *({**c, "FP8_ACC": 0, "PERSISTENT": 1} for c in PERSISTENT_TILES),
 )
 # Both spaces, for callers that time every config of either input type.
