@@ -232,5 +232,5 @@ register_tactic(Tactic("Gemm.cublas", "Gemm", 1, ("cuda",), cublas_gemm, support
 if triton_available():
     from kiln.kernels.triton import gemm as _triton_gemm
 
-    register_tactic(Tactic("kiln::FusedMatMul.triton", "kiln::FusedMatMul", 1, ("cuda",),
+    register_tactic(Tactic("kiln::FusedMatMul.triton", "kiln::FusedMatMul", 2, ("cuda",),
                            _triton_gemm.fused_matmul, supports_triton_fused, configs=_triton_gemm.CONFIGS))

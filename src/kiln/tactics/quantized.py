@@ -331,11 +331,11 @@ if triton_available():
     from kiln.kernels.triton import qgemm_space as _space
     from kiln.kernels.triton import quantize as _quantize
 
-    register_tactic(Tactic("kiln::QMatMul.triton", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
+    register_tactic(Tactic("kiln::QMatMul.triton", "kiln::QMatMul", 2, ("cuda",), triton_qmatmul,
                            supports_triton_qmatmul, configs=_space.INT8_CONFIGS))
-    register_tactic(Tactic("kiln::QMatMul.triton_fp8", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul,
+    register_tactic(Tactic("kiln::QMatMul.triton_fp8", "kiln::QMatMul", 2, ("cuda",), triton_qmatmul,
                            supports_triton_qmatmul_fp8, configs=_space.FP8_CONFIGS))
-    register_tactic(Tactic("QuantizeLinear.triton", "QuantizeLinear", 1, ("cuda",), _quantize.quantize_linear,
+    register_tactic(Tactic("QuantizeLinear.triton", "QuantizeLinear", 2, ("cuda",), _quantize.quantize_linear,
                            supports_triton_quantize, configs=_quantize.CONFIGS))
 
 register_tactic(Tactic("kiln::QMatMul.scaled_mm", "kiln::QMatMul", 1, ("cuda",), scaled_mm_qmatmul,
