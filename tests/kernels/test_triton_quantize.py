@@ -264,12 +264,17 @@ def test_gpu_float8_conversion_matches_the_bit_encoder_and_torch():
     x = (bits.view(torch.float32) * torch.where(torch.rand(n, device="cuda", generator=g) < 0.5, -1.0, 1.0))
     grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     grid = grid[torch.isfinite(grid)].sort().values
-    x = torch.cat([x, grid.cuda(), ((grid[1:] + grid[:-1]) / 2).cuda()]).clamp(-448, 448)
+    # ... and past the range (the hardware conversion saturates by itself; the encoder is given
+    # the clamped values, what requantize does in the interpreter).
+    big = torch.tensor([448.0, 460.0, 464.0, 1e4, 3e38, float("inf")], device="cuda")
+    x = torch.cat([x, grid.cuda(), ((grid[1:] + grid[:-1]) / 2).cuda(), big, -big])
+    clamped = x.clamp(-448, 448)
     hw, sw = torch.empty(x.numel(), dtype=torch.uint8, device="cuda"), torch.empty(x.numel(), dtype=torch.uint8,
                                                                                     device="cuda")
     _float8_both[(triton.cdiv(x.numel(), 1024),)](x, hw, sw, x.numel(), BLOCK=1024)
+    assert torch.equal(hw, clamped.to(torch.float8_e4m3fn).view(torch.uint8))
+    _float8_both[(triton.cdiv(x.numel(), 1024),)](clamped, hw.clone(), sw, x.numel(), BLOCK=1024)
     assert torch.equal(hw, sw)
-    assert torch.equal(hw, x.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
 def test_all_zero_integer_zero_points_are_dropped_float8_ones_kept():

@@ -120,18 +120,18 @@ def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.const
     division. NaN saturates (to QMIN on the GPU, whose min/max drop a NaN; the interpreter's
     keep it: an integer output has no NaN and the reference's is undefined).
     Float8: add the zero point (only when there is one: -0 + 0 would lose the sign of zero),
-    clamp to +-448 keeping NaN, and encode: the GPU's conversion where compiled (HW_FLOAT8,
-    uint8 bits), float8e4m3_code in the interpreter (int32). The caller stores
+    clamp to +-448 keeping NaN, and encode: the GPU's saturating conversion where compiled
+    (HW_FLOAT8, uint8 bits; it clamps, infinities included), float8e4m3_code after an explicit
+    clamp in the interpreter (int32). The caller stores
     code.to(Y's element type), a float8 Y viewed as uint8."""
     if FLOAT8:
         if HAS_ZP:
             v = v + zp.to(tl.float32)
-        v = tl.maximum(v, -448.0, propagate_nan=tl.PropagateNan.ALL)
-        v = tl.minimum(v, 448.0, propagate_nan=tl.PropagateNan.ALL)
-        if HW_FLOAT8:
+        if HW_FLOAT8:   # cvt.rn.satfinite: the clamp to +-448 (infinities too) is the conversion's own
             q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         else:
-            q = float8e4m3_code(v)
+            v = tl.maximum(v, -448.0, propagate_nan=tl.PropagateNan.ALL)
+            q = float8e4m3_code(tl.minimum(v, 448.0, propagate_nan=tl.PropagateNan.ALL))
     else:
         z = 0
         if HAS_ZP:
