@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import gemm, norm, qconv, qgemm  # noqa: E402
+from kiln.kernels.triton import attention, gemm, norm, qconv, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -194,6 +194,15 @@ def norm_case(out: int | None, config: dict, rows: int = 4096, cols: int = 768) 
 
 NORM_TILE = {"num_warps": 4, "rows": 4}
 
+
+def attention_case(config: dict | None = None, mask: bool = True) -> tuple[Any, tuple, dict]:
+    """BERT-base b32 attention (fp16 [32, 12, 128, 64]) with its [B, 1, 1, S] additive padding mask."""
+    q = torch.zeros(32, 12, 128, 64, dtype=torch.float16)
+    m = torch.zeros(32, 1, 1, 128, dtype=torch.float16) if mask else None
+    with recording(attention, "_attention_kernel") as rec:
+        attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]))
+    return (attention._attention_kernel, *rec.calls[0])
+
 CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias, int8 out": lambda: qgemm_case(torch.int8, "", TensorProto.INT8),
     "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
@@ -215,6 +224,7 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 add + LayerNorm [4096, 768]": lambda: norm_case(None, NORM_TILE),
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
     "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),
+    "fp16 attention [32, 12, 128, 64], padding mask": lambda: attention_case(),
     "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
     "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),
 }

@@ -1,0 +1,158 @@
+"""kiln::Attention in Triton: one fused kernel in the manner of FlashAttention-2's forward pass.
+
+The oracle is kiln::Attention (kernels/reference/fused.py):
+
+    Y = softmax(Q @ K^T * scale + mask) @ V       over [..., S, D] (leading dims: batch, heads)
+
+Q [..., Lq, D], K and V [..., Lk, D], one float type (fp16, bf16 or fp32); Y has Q's type. A
+program holds BLOCK_M query rows and walks the keys BLOCK_N at a time, keeping for each row
+the running maximum m, the running sum l of exp(s - m) and the unnormalised output acc (float32),
+rescaled by exp(m_old - m_new) whenever the maximum grows; Y = acc / l at the end. The scores
+never reach memory. Scores are scaled by scale * log2(e) so that exp is one exp2 per element
+(the mask, in natural units, is scaled by log2(e) too). Both matmuls run on the tensor cores in
+the inputs' 16-bit type with float32 accumulation; fp32 inputs use IEEE-exact dots (tf32 would
+miss the fp32 tolerance).
+
+Masks as the reference: a boolean mask keeps True positions, a float mask is added; it is read
+through broadcast strides (0 along a broadcast dim), so [Lq, Lk], [B, 1, 1, Lk] and full masks
+cost no copy. is_causal keeps key j for query i when j <= i (top-left, as torch); keys past
+that are not even loaded. A row whose every key is masked has no softmax: the reference gives
+NaN there, and so does the kernel (0 / 0).
+
+Leading dims are folded into one batch dim ([Z, L, D] views; a copy only where Q, K or V is
+not viewable that way). D is padded to a power of two (at least 16) inside the kernel.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+LOG2E = 1.4426950408889634
+
+# The tuning space: query rows and keys per step, warps, pipeline depth. Short sequences
+# (BERT's 128) want small BLOCK_N and many programs; long ones the wide tiles.
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+)
+
+
+@triton.jit
+def _attention_kernel(Q, K, V, MASK, Y, H_MASK, Lq, Lk, D, qk_scale,
+                      sqz, sqm, skz, skn, svz, svn, syz, sym, smb, smh, smm, smn,
+                      HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    z = tl.program_id(1).to(tl.int64)                                   # folded batch index
+    offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
+    offs_d = tl.arange(0, BLOCK_D)                                      # [BLOCK_D]
+    d_ok = offs_d < D
+    q = tl.load(Q + z * sqz + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=(offs_m < Lq)[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    if HAS_MASK:  # the mask's own batch and head (broadcast strides may be 0)
+        mask_base = MASK + (z // H_MASK) * smb + (z % H_MASK) * smh + offs_m[:, None].to(tl.int64) * smm
+
+    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    end_n = Lk
+    if CAUSAL:
+        end_n = tl.minimum(Lk, start_m + BLOCK_M)                       # keys after the last row's are all cut
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)                        # [BLOCK_N]
+        n_ok = offs_n < Lk
+        k = tl.load(K + z * skz + offs_n[:, None] * skn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))                                  # [BLOCK_M, BLOCK_N] float32
+        s = s * qk_scale
+        keep = n_ok[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+        if HAS_MASK:
+            mv = tl.load(mask_base + offs_n[None, :] * smn, mask=(offs_m < Lq)[:, None] & n_ok[None, :], other=0)
+            if BOOL_MASK:
+                keep = keep & (mv != 0)
+            else:
+                s = s + mv.to(tl.float32) * 1.4426950408889634
+        s = tl.where(keep, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)            # a row with no key yet: exp2(-inf) = 0
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + z * svz + offs_n[:, None] * svn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
+        if IEEE:
+            acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    y = acc / l_i[:, None]                                              # every key masked: 0 / 0 = NaN
+    tl.store(Y + z * syz + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
+             mask=(offs_m < Lq)[:, None] & d_ok[None, :])
+
+
+def _fold(t: Tensor) -> Tensor:
+    """[..., L, D] as [Z, L, D] with a unit last stride (a view where the strides allow)."""
+    t3 = t.reshape(-1, t.shape[-2], t.shape[-1])
+    return t3 if t3.stride(-1) == 1 else t3.contiguous()
+
+
+def _mask_view(mask: Tensor, lead: tuple[int, ...], lq: int, lk: int) -> tuple[Tensor, int, tuple[int, ...]]:
+    """The mask broadcast to [B, H, Lq, Lk] (leading dims folded to B x H: H the last leading dim)
+    as a strided view, its head count and its four strides."""
+    b = math.prod(lead[:-1]) if len(lead) > 1 else (lead[0] if lead else 1)
+    h = lead[-1] if len(lead) > 1 else 1
+    full = mask.expand(*lead, lq, lk) if lead else mask.expand(lq, lk)
+    m4 = full.reshape(b, h, lq, lk) if len(lead) != 2 else full
+    return m4, h, tuple(m4.stride())
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, scale: float = 0.0,
+              is_causal: int = 0, config: dict[str, Any] | None = None) -> Tensor:
+    """kiln::Attention in one kernel (module docstring)."""
+    assert q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype, \
+        f"Q, K and V must share a float type of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
+    assert q.dim() >= 2 and k.dim() == q.dim() and v.dim() == q.dim(), "Q, K and V: [..., S, D] of one rank"
+    lead, lq, d = tuple(q.shape[:-2]), q.shape[-2], q.shape[-1]
+    lk = k.shape[-2]
+    assert tuple(k.shape) == (*lead, lk, d) and tuple(v.shape) == (*lead, lk, d), \
+        f"K and V must be [..., {lk}, {d}] like Q's leading dims: Q {tuple(q.shape)}, K {tuple(k.shape)}, " \
+        f"V {tuple(v.shape)}"
+    assert 0 < d <= MAX_HEAD_DIM, f"head dim {d} is outside 1..{MAX_HEAD_DIM}"
+    cfg = dict(CONFIGS[0] if config is None else config)
+    y = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    z = math.prod(lead)
+    if y.numel() == 0:
+        return y
+    q3, k3, v3, y3 = _fold(q), _fold(k), _fold(v), y.view(-1, lq, d)
+    qk_scale = (scale if scale != 0.0 else 1.0 / math.sqrt(d)) * LOG2E
+    if mask is not None:
+        m4, heads, mstr = _mask_view(mask, lead, lq, lk)
+        mask_arg = m4.view(torch.uint8) if mask.dtype == torch.bool else m4
+    else:
+        mask_arg, heads, mstr = q3, 1, (0, 0, 0, 0)
+    block_d = max(16, triton.next_power_of_2(d))
+    grid = (triton.cdiv(lq, cfg["BLOCK_M"]), z)
+    _attention_kernel[grid](
+        q3, k3, v3, mask_arg, y3, heads, lq, lk, d, qk_scale,
+        q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1), y3.stride(0),
+        y3.stride(1), *mstr,
+        HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
+        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y

@@ -1,0 +1,148 @@
+"""The Triton kiln::Attention (kernels/triton/attention.py) against the reference (fused.attention).
+
+CPU: Triton's interpreter on small shapes; the same tests run compiled with `pytest --device cuda`
+(the reference on CPU in float32). Every input type, masks (none, boolean, additive, broadcast
+from [Lq, Lk] or [B, 1, 1, Lk]), causal, Lq != Lk, head dims that are not powers of two, rows
+with every key masked (NaN, as the reference), ranks 3 to 5, every tuning config; the tactic's
+support rules. bfloat16 runs compiled only (the interpreter's bfloat16 dot is wrong). GPU
+(marked): BERT-base's shape."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.reference import lookup
+from kiln.kernels.triton import available as triton_available
+from kiln.tactics.registry import TacticQuery, get_tactic
+
+REF = lookup("kiln::Attention").fn
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+TOL = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (2e-2, 2e-2)}
+SMALL = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2}
+
+if triton_available():
+    from kiln.kernels.triton import attention as ta
+else:
+    ta = None
+pytestmark = [pytest.mark.skipif(ta is None, reason="Triton is not installed"),
+              # the interpreter's numpy on rows with no key (0 / 0) and on a -3.4e38 mask times log2(e)
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+
+
+def _qkv(shape_q, lk, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    *lead, lq, d = shape_q
+    q = torch.randn(*lead, lq, d, generator=g)
+    k = torch.randn(*lead, lk, d, generator=g)
+    v = torch.randn(*lead, lk, d, generator=g)
+    return [t.to(dtype) for t in (q, k, v)]
+
+
+def _check(q, k, v, mask=None, config=SMALL, **attrs):
+    dev = [t.to(DEV) for t in (q, k, v)]
+    got = ta.attention(*dev, None if mask is None else mask.to(DEV), config=config, **attrs).cpu()
+    want = REF(q.float(), k.float(), v.float(), None if mask is None else mask, **attrs)
+    assert got.dtype == q.dtype and got.shape == q.shape
+    rtol, atol = TOL[q.dtype]
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    torch.testing.assert_close(got.float()[~nan], want[~nan], rtol=rtol, atol=atol)
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_type_plain_and_scaled(dtype):
+    if dtype == torch.bfloat16 and not HAS_CUDA:
+        pytest.skip("the interpreter's bfloat16 dot is wrong (test_matmul_tactics.py): bfloat16 on the GPU only")
+    q, k, v = _qkv((2, 3, 37, 32), 45, dtype)
+    _check(q, k, v)
+    _check(q, k, v, scale=0.3)
+
+
+def test_masks_boolean_additive_and_broadcast():
+    q, k, v = _qkv((2, 2, 20, 16), 24, torch.float16)
+    g = torch.Generator().manual_seed(1)
+    keep = torch.rand(20, 24, generator=g) > 0.3
+    keep[:, 0] = True                                        # every row keeps a key
+    _check(q, k, v, keep)                                    # [Lq, Lk], boolean
+    pad = torch.zeros(2, 1, 1, 24)
+    pad[1, ..., 17:] = -3.4e38                               # BERT's padding mask, batch 1 padded
+    _check(q, k, v, pad)
+    _check(q, k, v, torch.randn(2, 2, 20, 24, generator=g))  # a full additive mask
+    _check(q, k, v, pad.half())
+
+
+def test_causal_top_left_and_with_a_mask():
+    q, k, v = _qkv((1, 2, 33, 16), 33, torch.float32)
+    _check(q, k, v, is_causal=1)
+    q, k, v = _qkv((1, 2, 20, 16), 30, torch.float32)       # Lq < Lk: top-left aligned as torch
+    _check(q, k, v, is_causal=1)
+    keep = torch.ones(20, 30, dtype=torch.bool)
+    keep[:, 1] = False
+    _check(q, k, v, keep, is_causal=1)
+
+
+def test_rows_with_no_key_are_nan_like_the_reference():
+    q, k, v = _qkv((1, 1, 8, 16), 16, torch.float32)
+    keep = torch.ones(8, 16, dtype=torch.bool)
+    keep[3] = False
+    got = _check(q, k, v, keep)
+    assert torch.isnan(got[0, 0, 3]).all() and not torch.isnan(got[0, 0, 2]).any()
+
+
+@pytest.mark.parametrize("d", [8, 40, 64, 80])
+def test_head_dims(d):
+    _check(*_qkv((2, 1, 19, d), 21, torch.float16))
+
+
+@pytest.mark.parametrize("shape", [(5, 17, 16), (2, 2, 3, 9, 16)])
+def test_other_ranks(shape):
+    q, k, v = _qkv(shape, 11, torch.float32)
+    _check(q, k, v)
+    keep = torch.rand(*shape[:-2], 1, 11, generator=torch.Generator().manual_seed(2)) > 0.2
+    keep[..., 0] = True
+    _check(q, k, v, keep)
+
+
+@pytest.mark.parametrize("config", ta.CONFIGS if ta is not None else [])
+def test_every_config(config):
+    q, k, v = _qkv((1, 2, 70, 32), 70, torch.float16)
+    _check(q, k, v, torch.zeros(1, 1, 1, 70), config=dict(config))
+
+
+def test_empty_and_refusals():
+    q, k, v = _qkv((1, 1, 0, 16), 4, torch.float32)
+    assert ta.attention(q.to(DEV), k.to(DEV), v.to(DEV)).shape == (1, 1, 0, 16)
+    q, k, v = _qkv((1, 1, 4, 16), 4, torch.float32)
+    with pytest.raises(AssertionError, match="share a float type"):
+        ta.attention(q.to(DEV), k.half().to(DEV), v.to(DEV))
+    with pytest.raises(AssertionError, match="head dim"):
+        z = torch.zeros(1, 1, 4, 300, device=DEV)
+        ta.attention(z, z, z)
+
+
+def test_tactic_support_rules():
+    tactic = get_tactic("kiln::Attention.triton")
+    ok = TacticQuery("kiln::Attention", "cuda", ("float16",) * 3, {}, ((32, 12, 128, 64),) * 3)
+    assert tactic.supports(ok)
+    with_mask = TacticQuery("kiln::Attention", "cuda", ("float16",) * 3 + ("bool",), {},
+                            ((32, 12, 128, 64),) * 3 + ((32, 1, 1, 128),))
+    assert tactic.supports(with_mask)
+    broadcast_kv = TacticQuery("kiln::Attention", "cuda", ("float16",) * 3, {},
+                               ((32, 12, 128, 64), (32, 1, 128, 64), (32, 1, 128, 64)))
+    assert not tactic.supports(broadcast_kv)          # K/V leading dims must match Q's
+    wide = TacticQuery("kiln::Attention", "cuda", ("float16",) * 3, {}, ((1, 1, 8, 512),) * 3)
+    assert not tactic.supports(wide)
+    mixed = TacticQuery("kiln::Attention", "cuda", ("float16", "float32", "float16"), {}, ((1, 1, 8, 64),) * 3)
+    assert not tactic.supports(mixed)
+
+
+@pytest.mark.gpu
+def test_gpu_bert_base_shape_every_config():
+    q, k, v = _qkv((32, 12, 128, 64), 128, torch.float16)
+    pad = torch.zeros(32, 1, 1, 128)
+    pad[::3, ..., 100:] = -3.4e38
+    for config in ta.CONFIGS:
+        _check(q, k, v, pad, config=dict(config))
