@@ -115,6 +115,8 @@ def test_every_config(config):
 def test_empty_and_refusals():
     q, k, v = _qkv((1, 1, 0, 16), 4, torch.float32)
     assert ta.attention(q.to(DEV), k.to(DEV), v.to(DEV)).shape == (1, 1, 0, 16)
+    q, k, v = _qkv((1, 1, 4, 16), 0, torch.float32)            # no keys: zeros, as the reference
+    assert torch.equal(ta.attention(q.to(DEV), k.to(DEV), v.to(DEV)).cpu(), REF(q, k, v))
     q, k, v = _qkv((1, 1, 4, 16), 4, torch.float32)
     with pytest.raises(AssertionError, match="share a float type"):
         ta.attention(q.to(DEV), k.half().to(DEV), v.to(DEV))

@@ -139,6 +139,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, sc
     z = math.prod(lead)
     if y.numel() == 0:
         return y
+    if lk == 0:   # no keys: the reference's softmax is empty and its product with V all zeros
+        return y.zero_()
     q3, k3, v3, y3 = _fold(q), _fold(k), _fold(v), y.view(-1, lq, d)
     qk_scale = (scale if scale != 0.0 else 1.0 / math.sqrt(d)) * LOG2E
     if mask is not None:
