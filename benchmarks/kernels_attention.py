@@ -11,7 +11,6 @@ b32 (S 197, no mask), and a causal S 1024 case.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import cuda_median_ms  # noqa: E402
 from kiln.compiler.tolerance import mismatch  # noqa: E402
 from kiln.kernels.reference import lookup  # noqa: E402
 from kiln.kernels.triton import attention as ta  # noqa: E402
@@ -34,18 +34,8 @@ SHAPES = {  # name: (B, H, S, D, mask kind, causal)
 
 
 def bench(fn, iters: int) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) * 1000)
-    return statistics.median(times)
+    """us per call: the kernel micro-benchmarks' CUDA-event median (measure.cuda_median_ms)."""
+    return cuda_median_ms(fn, iters) * 1000
 
 
 def main() -> None:
