@@ -106,6 +106,19 @@ def test_other_ranks(shape):
     _check(q, k, v, keep)
 
 
+def test_strided_views_in_and_sdpa_layout_out():
+    # BERT's Q/K/V: one [B, S, 3, H, D] GEMM output, each a transposed view [B, H, S, D]; read in
+    # place. Y is [B, H, S, D] stored as [B, S, H, D], so Transpose(0, 2, 1, 3) is contiguous.
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 24, 3, 2, 16, generator=g).half()
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous()
+    got = _check(q, k, v)
+    y = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), config=SMALL)
+    assert y.transpose(1, 2).is_contiguous()
+    assert torch.equal(y.cpu(), got)
+
+
 @pytest.mark.parametrize("config", ta.CONFIGS if ta is not None else [])
 def test_every_config(config):
     q, k, v = _qkv((1, 2, 70, 32), 70, torch.float16)

@@ -19,8 +19,11 @@ cost no copy. is_causal keeps key j for query i when j <= i (top-left, as torch)
 that are not even loaded. A row whose every key is masked has no softmax: the reference gives
 NaN there, and so does the kernel (0 / 0).
 
-Leading dims are folded into one batch dim ([Z, L, D] views; a copy only where Q, K or V is
-not viewable that way). D is padded to a power of two (at least 16) inside the kernel.
+Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
+GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
+stored [B, S, H, D] in memory, as SDPA's fused kernels store it, so the transformer's
+Transpose + Reshape after attention stays a view. D is padded to a power of two (at least 16)
+inside the kernel.
 """
 from __future__ import annotations
 
@@ -49,19 +52,23 @@ CONFIGS: tuple[dict[str, int], ...] = (
 
 
 @triton.jit
-def _attention_kernel(Q, K, V, MASK, Y, H_MASK, Lq, Lk, D, qk_scale,
-                      sqz, sqm, skz, skn, svz, svn, syz, sym, smb, smh, smm, smn,
+def _attention_kernel(Q, K, V, MASK, Y, H, Lq, Lk, D, qk_scale,
+                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    z = tl.program_id(1).to(tl.int64)                                   # folded batch index
+    z = tl.program_id(1).to(tl.int64)                                   # batch * H + head
+    b = z // H
+    h = z % H
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
     offs_d = tl.arange(0, BLOCK_D)                                      # [BLOCK_D]
     d_ok = offs_d < D
-    q = tl.load(Q + z * sqz + offs_m[:, None] * sqm + offs_d[None, :],
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                 mask=(offs_m < Lq)[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    if HAS_MASK:  # the mask's own batch and head (broadcast strides may be 0)
-        mask_base = MASK + (z // H_MASK) * smb + (z % H_MASK) * smh + offs_m[:, None].to(tl.int64) * smm
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    if HAS_MASK:  # broadcast strides may be 0
+        mask_base = MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm
 
     m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -72,7 +79,7 @@ def _attention_kernel(Q, K, V, MASK, Y, H_MASK, Lq, Lk, D, qk_scale,
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)                        # [BLOCK_N]
         n_ok = offs_n < Lk
-        k = tl.load(K + z * skz + offs_n[:, None] * skn + offs_d[None, :],
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -94,7 +101,7 @@ def _attention_kernel(Q, K, V, MASK, Y, H_MASK, Lq, Lk, D, qk_scale,
         alpha = tl.math.exp2(m_i - m_use)
         p = tl.math.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + z * svz + offs_n[:, None] * svn + offs_d[None, :],
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
         if IEEE:
             acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision="ieee")
@@ -102,24 +109,38 @@ def _attention_kernel(Q, K, V, MASK, Y, H_MASK, Lq, Lk, D, qk_scale,
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     y = acc / l_i[:, None]                                              # every key masked: 0 / 0 = NaN
-    tl.store(Y + z * syz + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
+    tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
              mask=(offs_m < Lq)[:, None] & d_ok[None, :])
 
 
-def _fold(t: Tensor) -> Tensor:
-    """[..., L, D] as [Z, L, D] with a unit last stride (a view where the strides allow)."""
-    t3 = t.reshape(-1, t.shape[-2], t.shape[-1])
-    return t3 if t3.stride(-1) == 1 else t3.contiguous()
+def _as4(t: Tensor) -> Tensor:
+    """[..., L, D] as [B, H, L, D] with a unit last stride: a view for ranks 2 to 4 (any other
+    strides: the kernel reads through them, as BERT's Q/K/V are transposed views of one GEMM
+    output), leading dims folded for higher ranks (a copy only where they do not fold)."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    if t.dim() < 4:
+        return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    return t if t.dim() == 4 else t.reshape(-1, t.shape[-3], t.shape[-2], t.shape[-1])
 
 
-def _mask_view(mask: Tensor, lead: tuple[int, ...], lq: int, lk: int) -> tuple[Tensor, int, tuple[int, ...]]:
-    """The mask broadcast to [B, H, Lq, Lk] (leading dims folded to B x H: H the last leading dim)
-    as a strided view, its head count and its four strides."""
-    b = math.prod(lead[:-1]) if len(lead) > 1 else (lead[0] if lead else 1)
-    h = lead[-1] if len(lead) > 1 else 1
-    full = mask.expand(*lead, lq, lk) if lead else mask.expand(lq, lk)
-    m4 = full.reshape(b, h, lq, lk) if len(lead) != 2 else full
-    return m4, h, tuple(m4.stride())
+def _output(q: Tensor) -> Tensor:
+    """Y of Q's shape; for [B, H, S, D] stored as [B, S, H, D] (what SDPA's fused kernels return),
+    so that the Transpose(0, 2, 1, 3) + Reshape that follows attention in a transformer is a view."""
+    if q.dim() == 4:
+        b, h, s, d = q.shape
+        return torch.empty((b, s, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def _mask_view(mask: Tensor, shape4: tuple[int, int, int, int], lead: tuple[int, ...]) -> Tensor:
+    """The mask broadcast to Q's [..., Lq, Lk] and viewed as [B, H, Lq, Lk] like _as4 (strides 0
+    along broadcast dims: no copy for the usual [Lq, Lk] or [B, 1, 1, Lk] masks)."""
+    lq, lk = shape4[2], shape4[3]
+    full = mask.expand(*lead, lq, lk)
+    if full.dim() < 4:
+        return full.reshape((1,) * (4 - full.dim()) + tuple(full.shape))
+    return full if full.dim() == 4 else full.reshape(-1, full.shape[-3], lq, lk)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, scale: float = 0.0,
@@ -135,25 +156,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, sc
         f"V {tuple(v.shape)}"
     assert 0 < d <= MAX_HEAD_DIM, f"head dim {d} is outside 1..{MAX_HEAD_DIM}"
     cfg = dict(CONFIGS[0] if config is None else config)
-    y = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    z = math.prod(lead)
+    y = _output(q)
     if y.numel() == 0:
         return y
     if lk == 0:   # no keys: the reference's softmax is empty and its product with V all zeros
         return y.zero_()
-    q3, k3, v3, y3 = _fold(q), _fold(k), _fold(v), y.view(-1, lq, d)
+    q4, k4, v4 = _as4(q), _as4(k), _as4(v)
+    y4 = y if y.dim() == 4 else y.view(q4.shape)
+    heads = q4.shape[1]
     qk_scale = (scale if scale != 0.0 else 1.0 / math.sqrt(d)) * LOG2E
     if mask is not None:
-        m4, heads, mstr = _mask_view(mask, lead, lq, lk)
-        mask_arg = m4.view(torch.uint8) if mask.dtype == torch.bool else m4
+        m4 = _mask_view(mask, tuple(q4.shape[:2]) + (lq, lk), lead)
+        mask_arg, mstr = (m4.view(torch.uint8) if mask.dtype == torch.bool else m4), m4.stride()
     else:
-        mask_arg, heads, mstr = q3, 1, (0, 0, 0, 0)
+        mask_arg, mstr = q4, (0, 0, 0, 0)
     block_d = max(16, triton.next_power_of_2(d))
-    grid = (triton.cdiv(lq, cfg["BLOCK_M"]), z)
+    grid = (triton.cdiv(lq, cfg["BLOCK_M"]), q4.shape[0] * heads)
     _attention_kernel[grid](
-        q3, k3, v3, mask_arg, y3, heads, lq, lk, d, qk_scale,
-        q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1), y3.stride(0),
-        y3.stride(1), *mstr,
+        q4, k4, v4, mask_arg, y4, heads, lq, lk, d, qk_scale,
+        q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
+        v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
         CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
