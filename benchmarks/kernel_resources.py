@@ -139,12 +139,12 @@ def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points
     requant = {} if out is None else {"out_scale": torch.tensor(0.05), "out_dtype": out,
                                       "out_zp": zp if out == TensorProto.INT8 else None}
     cfg = dict(config or {**TILE, **({"FP8_ACC": 0} if dtype == torch.float8_e4m3fn else {})})
-    with recording(qgemm, "_qgemm_kernel") as plain, recording(qgemm, "_qgemm_tma_kernel") as tma:
+    with recording(qgemm, "_qgemm_kernel") as plain, recording(qgemm, "qgemm_tma_kernel") as tma:
         qgemm.qmatmul(torch.zeros(m, k, dtype=dtype), torch.zeros(n, k, dtype=dtype),
                       torch.tensor(1 / 64, dtype=torch.float16), zp, torch.rand(n), None,
                       torch.zeros(n, dtype=torch.float16), trans_b=1, activation=activation, config=cfg, **requant)
     if tma.calls:   # TMA / PERSISTENT configs
-        return (qgemm._qgemm_tma_kernel, *tma.calls[0])
+        return (qgemm.qgemm_tma_kernel, *tma.calls[0])
     return (qgemm._qgemm_kernel, *plain.calls[0])
 
 

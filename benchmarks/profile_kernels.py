@@ -47,7 +47,7 @@ def kernel_table(fn, label, f):
     for k, v in tot.most_common(28):
         print(f"  {v/5/1000:8.3f} ms  x{cnt[k]//5:4d}  {k}", file=f)
 
-GEMM_KERNELS = ("_qgemm_kernel", "_qgemm_tma_kernel", "_qconv_kernel")
+GEMM_KERNELS = ("_qgemm_kernel", "qgemm_tma_kernel", "_qconv_kernel")
 
 
 def gemm_steps(fn, steps, f):

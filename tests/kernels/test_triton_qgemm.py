@@ -31,7 +31,7 @@ HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
 
 if triton_available():
-    from kiln.kernels.triton import qgemm
+    from kiln.kernels.triton import qgemm, qgemm_tma
     from kiln.kernels.triton import qgemm_space as space
 else:
     qgemm = None
@@ -225,11 +225,11 @@ def test_fp8_requantized_outputs():
 
 @pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])
 def test_tma_kernel_ragged_tiles_and_every_epilogue(a_dt):
-    """The TMA variant (_qgemm_tma_kernel): M, N and K not multiples of the tile (the descriptors
+    """The TMA variant (qgemm_tma.qgemm_tma_kernel): M, N and K not multiples of the tile (the descriptors
     read 0 past the edges), float output with residual and activation, and a requantized one."""
     fp8 = a_dt == torch.float8_e4m3fn
     args = _layer(37, 40, 80, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, seed=12, fp8_ints=fp8)
-    assert qgemm._tma_ok(args[0], args[1], None, None) is (qgemm._descriptor_type() is not None)
+    assert qgemm_tma.tma_ok(args[0], args[1], None, None) is (qgemm_tma.descriptor_type() is not None)
     _check(args, trans_b=1, activation="Gelu", config=TINY_TMA)
     got, want = _check(args, trans_b=1, activation="Relu", config=TINY_TMA, **_requant(torch.int8, None, 0.02))
     assert want.float().unique().numel() > 10
@@ -241,13 +241,13 @@ def test_tma_config_falls_back_where_tma_does_not_apply():
     g = torch.Generator().manual_seed(13)
     args = _layer(20, 32, 64, a_dt=torch.uint8, b_dt=torch.uint8, trans_b=1,
                   a_zp=torch.tensor(120, dtype=torch.uint8, device=DEV), b_zp=_ints((32,), torch.uint8, g).to(DEV))
-    assert not qgemm._tma_ok(args[0], args[1], args[3], args[5])
+    assert not qgemm_tma.tma_ok(args[0], args[1], args[3], args[5])
     _check(args, trans_b=1, config=TINY_TMA)
     _check(_layer(20, 32, 64, trans_b=0, seed=14), trans_b=0, config=TINY_TMA)
     odd = _layer(20, 32, 72 + 8, trans_b=1, seed=15)
     odd[0] = odd[0][:, :72]                              # K = 72: rows of 72 bytes
     odd[1] = odd[1][:, :72].contiguous()
-    assert not qgemm._tma_ok(odd[0].contiguous(), odd[1], None, None)
+    assert not qgemm_tma.tma_ok(odd[0].contiguous(), odd[1], None, None)
     _check(odd, trans_b=1, config=TINY_TMA)
 
 
@@ -311,7 +311,7 @@ def test_all_zero_zero_points_give_the_same_codes_as_none(config):
 def test_persistent_programs_walk_every_tile(a_dt):
     # 45 x 40 output in 16 x 16 tiles: 9 tiles (ragged edges) for sm_count programs (4 off the
     # GPU), so each program takes two or three; float and requantized outputs.
-    assert qgemm.sm_count(torch.device("cpu")) == 4
+    assert qgemm_tma.sm_count(torch.device("cpu")) == 4
     fp8 = a_dt == torch.float8_e4m3fn
     args = _layer(45, 40, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, fp8_ints=fp8)
     cfg = {**TINY_PERSISTENT, **({"FP8_ACC": 32} if fp8 else {})}

@@ -86,7 +86,7 @@ from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
-from kiln.kernels.triton.qgemm import dot8
+from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import needed_zero_point, requantize
 

@@ -49,14 +49,13 @@ the launcher (quantize.needed_zero_point).
 Rows/columns past M/N are read wrapped (index % M) as in gemm.py; only stores are masked.
 Offsets are int32: the launcher refuses operands of 2**31 elements or more.
 
-Kernels: _qgemm_kernel (plain loads, any operands); _qgemm_tma_kernel (config TMA=1: TMA
+Kernels: _qgemm_kernel (plain loads, any operands); qgemm_tma.py's (config TMA=1: TMA
 descriptors, int8 or float8 without zero points, K-contiguous 16-byte-aligned operands), one
 tile per program or (PERSISTENT=1) one program per SM walking the tiles with the loop nest
 flattened, so that the next tile's loads overlap this tile's epilogue.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
@@ -65,10 +64,11 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.gemm import _activation as activation_epilogue  # one activation vocabulary
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
-from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of, requantize
+from kiln.kernels.triton.qgemm_tile import dot8, epilogue
+from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, tma_ok
+from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
 
 Tensor = torch.Tensor
 
@@ -101,21 +101,6 @@ def _load_signed(ptrs, mask, U8: tl.constexpr):
         x = _signed(x, U8)
         x = tl.where(mask, x, tl.zeros_like(x))
     return x
-
-
-@triton.jit
-def dot8(a, b, acc, FP8_ACC: tl.constexpr):
-    """acc + a @ b on 8-bit tiles, the K-step of the quantized GEMM and convolution: int8 into
-    the int32 accumulator (exact); float8 into float32, moved to a separate float32 register
-    every FP8_ACC products when FP8_ACC > 0 (tl.dot's max_num_imprecise_acc; Triton promotes
-    whenever that count is at most the dot's K), or, with FP8_ACC = 0, accumulated by the MMA
-    throughout: no max_num_imprecise_acc is passed, and Triton's default on Hopper (2**30)
-    never promotes. (Passing 0 would promote after every wgmma instruction, the slowest mode.)"""
-    if FP8_ACC > 0:
-        acc = tl.dot(a, b, acc, max_num_imprecise_acc=FP8_ACC)
-    else:
-        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)  # int32 for int8 (Triton requires the match)
-    return acc
 
 
 @triton.jit
@@ -201,125 +186,10 @@ def _qgemm_kernel(
         if CORR_A:
             acc += (K * za) * zb[None, :]
 
-    _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+    epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
               stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
               OUT_PER_COL, QMIN, QMAX)
 
-
-@triton.jit
-def _epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
-              OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
-    scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
-    v = acc.to(tl.float32) * scale[None, :]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
-    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
-    if HAS_BIAS:
-        v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
-    if HAS_RES:
-        v += tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
-    v = activation_epilogue(v, ACT, p0, p1)
-    if REQUANT:
-        zp = 0
-        # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (quantize.reciprocal_of): one
-        # multiply and a few integer ops per element. (Dividing in the kernel, even once per
-        # column of the tile, costs an IEEE division sequence per column a thread holds, a
-        # large share of a short-K GEMM with 8-warp tiles.) out_scale / out_zp per column
-        # (OUT_PER_COL, SmoothQuant's) or per tensor: then scalars, not a register per column a
-        # thread holds (three per column for an integer zero point, in requantize).
-        if OUT_PER_COL:
-            inv = tl.load(OUT_SCALE + rn * stride_os).to(tl.float32)[None, :]
-            if HAS_OUT_ZP:
-                zp = tl.load(OUT_ZP + rn * stride_os)[None, :]
-        else:
-            inv = tl.load(OUT_SCALE).to(tl.float32)
-            if HAS_OUT_ZP:
-                zp = tl.load(OUT_ZP)
-        code = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
-        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
-    else:
-        tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
-
-
-
-@triton.jit
-def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-              stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
-              FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
-              REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
-              QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
-    as 0): the K walk, then the epilogue."""
-    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    if FP8:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
-        b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
-        acc = dot8(a, b.T, acc, FP8_ACC)
-    offs_m = off_m + tl.arange(0, BLOCK_M)
-    offs_n = off_n + tl.arange(0, BLOCK_N)
-    _epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-              OUT_PER_COL, QMIN, QMAX)
-
-
-@triton.jit
-def _qgemm_tma_kernel(
-        a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K, programs,
-        stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
-        FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
-        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
-        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
-    per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
-    the loop nest flattened so that Triton pipelines across tiles: the next tile's first loads
-    are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
-    loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
-    benchmarks/kernel_resources.py.)"""
-    if PERSISTENT:
-        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
-            _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
-                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-    else:
-        _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
-                  OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-
-
-def _descriptor_type():  # noqa: ANN202
-    """Triton's host-side TMA descriptor class, or None where this Triton has none (before 3.4)."""
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return None
-    return TensorDescriptor
-
-
-@functools.lru_cache(maxsize=None)
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of `device`: the persistent grid's size (4 off the GPU, where the
-    interpreter runs programs one after another anyway)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
-def _tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
-    """TMA applies: int8 x int8 or fp8 x fp8 without zero points, both K-contiguous, 16-byte
-    aligned rows and bases (K a multiple of 16)."""
-    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FP8)
-    return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
-            and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
-            and _descriptor_type() is not None)
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
     """Y's dtype as the reference decides it: a_scale's without out_scale, else the requantized
@@ -402,11 +272,11 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, inv_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
-    if (cfg.get("TMA") or cfg.get("PERSISTENT")) and _tma_ok(a2, w, a_zp, b_zp):
-        desc = _descriptor_type()
+    if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
+        desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
         programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
-        _qgemm_tma_kernel[(programs,)](
+        qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,
             y_out, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
             FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,

@@ -12,12 +12,12 @@ MIN_BLOCK_K = 32
 # The tuning spaces (Hopper, 8-bit operands): a stage holds (BLOCK_M + BLOCK_N) * BLOCK_K bytes,
 # so 128x256x128 at 3 stages is 144 KiB of the 227 KiB a block may have. BLOCK_K = 128 is one
 # 128-byte swizzle row of 8-bit K; the 64-deep tiles are for short K (ResNet's 1x1 convs: 64).
-# TMA=1 uses qgemm.py's _qgemm_tma_kernel (where it does not apply, the same tiles through
+# TMA=1 uses qgemm_tma.py's kernel (where it does not apply, the same tiles through
 # plain loads). On the H200 (benchmarks/kernels_qgemm.py --all, 2026-11-27) the two TMA tilings here were
 # the fastest fp8 config on BERT's FFN1 and the fastest int8 one on FFN2 (6% over plain
 # loads); three other TMA tilings never won and were dropped.
 # PERSISTENT=1: the TMA kernel with one program per SM walking the tiles, pipelined across them
-# (qgemm.py's _qgemm_tma_kernel): the next tile's loads overlap this tile's epilogue. Without
+# (qgemm_tma.py): the next tile's loads overlap this tile's epilogue. Without
 # TMA (zero points, misaligned K) the same tiles run through plain loads, one per program.
 # Registers at these tilings, sm_90, no spills (benchmarks/kernel_resources.py); GPU speed not
 # yet measured.

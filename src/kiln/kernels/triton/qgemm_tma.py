@@ -1,0 +1,95 @@
+"""The 8-bit GEMM with operands brought in by the tensor memory accelerator (config TMA=1 or
+PERSISTENT=1; qgemm.qmatmul launches it where tma_ok): int8 or float8 without zero points,
+K-contiguous 16-byte-aligned operands. One tile per program, or one program per SM walking the
+tiles (PERSISTENT). The per-tile work is qgemm_tile.py's, the arithmetic qgemm.py's docstring."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels.triton.gemm import grouped_tile
+from kiln.kernels.triton.qgemm_tile import dot8, epilogue
+
+Tensor = torch.Tensor
+FP8 = torch.float8_e4m3fn
+
+
+@triton.jit
+def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+              stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
+              FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+              REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
+              QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
+    as 0): the K walk, then the epilogue."""
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    if FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
+        b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
+        acc = dot8(a, b.T, acc, FP8_ACC)
+    offs_m = off_m + tl.arange(0, BLOCK_M)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
+              OUT_PER_COL, QMIN, QMAX)
+
+
+@triton.jit
+def qgemm_tma_kernel(
+        a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K, programs,
+        stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
+        FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+        REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
+        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
+    per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
+    the loop nest flattened so that Triton pipelines across tiles: the next tile's first loads
+    are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
+    loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
+    benchmarks/kernel_resources.py.)"""
+    if PERSISTENT:
+        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+            _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
+                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
+                  OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
+def descriptor_type():  # noqa: ANN202
+    """Triton's host-side TMA descriptor class, or None where this Triton has none (before 3.4)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`: the persistent grid's size (4 off the GPU, where the
+    interpreter runs programs one after another anyway)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
+    """TMA applies: int8 x int8 or fp8 x fp8 without zero points, both K-contiguous, 16-byte
+    aligned rows and bases (K a multiple of 16)."""
+    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FP8)
+    return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
+            and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
+            and descriptor_type() is not None)
