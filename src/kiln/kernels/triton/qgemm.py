@@ -187,8 +187,8 @@ def _qgemm_kernel(
             acc += (K * za) * zb[None, :]
 
     epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-              OUT_PER_COL, QMIN, QMAX)
+             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
+             OUT_PER_COL, QMIN, QMAX)
 
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:

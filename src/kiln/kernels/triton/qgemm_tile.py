@@ -28,9 +28,9 @@ def dot8(a, b, acc, FP8_ACC: tl.constexpr):
 
 @triton.jit
 def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
-              OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+             ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
+             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]

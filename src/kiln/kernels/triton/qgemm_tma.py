@@ -14,7 +14,7 @@ from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
 
 Tensor = torch.Tensor
-FP8 = torch.float8_e4m3fn
+FLOAT8 = torch.float8_e4m3fn
 
 
 @triton.jit
@@ -40,8 +40,8 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-              OUT_PER_COL, QMIN, QMAX)
+             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
+             OUT_PER_COL, QMIN, QMAX)
 
 
 @triton.jit
@@ -89,7 +89,7 @@ def sm_count(device: torch.device) -> int:
 def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
     """TMA applies: int8 x int8 or fp8 x fp8 without zero points, both K-contiguous, 16-byte
     aligned rows and bases (K a multiple of 16)."""
-    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FP8)
+    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FLOAT8)
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and descriptor_type() is not None)
