@@ -56,8 +56,12 @@ def _attention_kernel(Q, K, V, MASK, Y, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    z = tl.program_id(1).to(tl.int64)                                   # batch * H + head
+    # One flat grid (CUDA's second grid dim stops at 65535): program = (batch * H + head) times
+    # the query blocks, so one head's query blocks run side by side and share its K and V in L2.
+    blocks_m = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    start_m = (pid % blocks_m) * BLOCK_M
+    z = (pid // blocks_m).to(tl.int64)                                  # batch * H + head
     b = z // H
     h = z % H
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
@@ -171,7 +175,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, sc
     else:
         mask_arg, mstr = q4, (0, 0, 0, 0)
     block_d = max(16, triton.next_power_of_2(d))
-    grid = (triton.cdiv(lq, cfg["BLOCK_M"]), q4.shape[0] * heads)
+    grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * q4.shape[0] * heads,)
     _attention_kernel[grid](
         q4, k4, v4, mask_arg, y4, heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
