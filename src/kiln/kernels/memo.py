@@ -18,16 +18,22 @@ def derived_table() -> WeakIdKeyDictionary:
     return WeakIdKeyDictionary()
 
 
-def derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
-            make: Callable[[torch.Tensor], Any]) -> Any:
-    """make(tensor), memoised in `table` per tensor (identity and version) and `key`."""
+def _entries(table: WeakIdKeyDictionary, tensor: torch.Tensor) -> dict[Hashable, Any]:
+    """The values derived so far from `tensor` as it is now (none after an in-place change)."""
     hit = table.get(tensor)
     if hit is None or hit[0] != tensor._version:
         hit = (tensor._version, {})
         table[tensor] = hit
-    if key not in hit[1]:
-        hit[1][key] = make(tensor)
-    return hit[1][key]
+    return hit[1]
+
+
+def derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
+            make: Callable[[torch.Tensor], Any]) -> Any:
+    """make(tensor), memoised in `table` per tensor (identity and version) and `key`."""
+    entries = _entries(table, tensor)
+    if key not in entries:
+        entries[key] = make(tensor)
+    return entries[key]
 
 
 # zero-point tensor -> whether every element is 0
@@ -40,8 +46,6 @@ def all_zero(t: torch.Tensor) -> bool:
     The read synchronises with the device; while a CUDA graph is being captured, where that is
     not allowed, a tensor not read before counts as not all zero (the caller then keeps the
     general path, which is correct for any value)."""
-    if t.is_cuda and torch.cuda.is_current_stream_capturing():
-        hit = _ZERO.get(t)
-        if hit is None or hit[0] != t._version or "all zero" not in hit[1]:
-            return False
+    if t.is_cuda and torch.cuda.is_current_stream_capturing() and "all zero" not in _entries(_ZERO, t):
+        return False
     return derived(_ZERO, t, "all zero", lambda x: not bool(torch.any(x.to(torch.float32) != 0)))
