@@ -272,6 +272,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     flat = [None if t is None else t.reshape(-1) for t in (a_zp, b_scale, b_zp, bias, inv_scale, out_zp)]
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
+    # What both kernels take alike: the epilogue's switches, the accumulation and the tiling.
+    common = dict(FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
+                  REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
+                  OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
@@ -279,20 +285,11 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,
             y_out, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3], p0, p1,
-            FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
-            REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-            OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc, PERSISTENT=persistent,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            PERSISTENT=persistent, **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1,
-        FP8=fp8, A_U8=a_u8, B_U8=b_u8,
-        CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None, HAS_AZP=a_zp is not None,
-        HAS_BZP=b_zp is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
-        REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
-        OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], EVEN_K=k % bk == 0, FP8_ACC=fp8_acc,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        A_U8=a_u8, B_U8=b_u8, CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None,
+        HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
     return y.reshape(*lead, n)
