@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                                   (torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, qgemm_space.FP8_CONFIGS)):
             for cfg in space:
                 r = compile_call(*qgemm_case(dtype, "Gelu", out, config=cfg), args.arch)
-                label = " ".join(f"{k}={v}" for k, v in cfg.items() if k != "GROUP_M")
-                print(f"{str(dtype)[6:]:14s} {label:92s} regs {r.registers:3d}  spill {r.local:4d} B  "
+                print(f"{str(dtype)[6:]:14s} {qgemm_space.describe(cfg):44s} regs {r.registers:3d}  spill {r.local:4d} B  "
                       f"stack {r.stack:4d} B  instructions {r.instructions:5d}")
         return
     for name, make in CASES.items():

@@ -148,9 +148,7 @@ def timing(name: str, m: int, n: int, k: int, dtype: torch.dtype, all_configs: b
         except Exception as exc:  # noqa: BLE001 - report and go on
             say(f"    config {i} {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
             continue
-        extra = "".join(f" {key}={cfg[key]}" for key in ("FP8_ACC", "TMA", "PERSISTENT") if key in cfg)
-        say(f"    triton cfg {i} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} "
-            f"s{cfg['num_stages']}{extra}: {ms:8.4f} ms  {tops(m, n, k, ms)} TOPS")
+        say(f"    triton cfg {i} {qgemm_space.describe(cfg)}: {ms:8.4f} ms  {tops(m, n, k, ms)} TOPS")
         best = min(best, (ms, i), key=lambda t: t[0])
     if best[1] is None:
         return dict(space[0])
@@ -255,8 +253,7 @@ def epilogues() -> None:
                     cells.append(f"{ms * 1000:14.1f}")
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     cells.append(f"{'FAILED ' + type(exc).__name__:>14s}")
-            label = {key: v for key, v in cfg.items() if key != "GROUP_M"}
-            say(f"  {i:2d} {str(label):96s}" + "".join(cells))
+            say(f"  {i:2d} {qgemm_space.describe(cfg):44s}" + "".join(cells))
 
 
 def main() -> None:

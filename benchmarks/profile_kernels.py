@@ -18,6 +18,7 @@ sys.path.insert(0, ".")
 from benchmarks import models
 import kiln
 from kiln.config import BuildConfig, Profile
+from kiln.kernels.triton.qgemm_space import describe
 OUT = Path(os.environ.get("OUT", "/tmp"))
 which = sys.argv[1:] or ["bert_base:32", "vit_b16:32", "resnet50:64"]
 
@@ -69,8 +70,7 @@ def gemm_steps(fn, steps, f):
     groups = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for st, ev in zip(gemms, kernels):
         c = st.config
-        tile = f"{c.get('BLOCK_M')}x{c.get('BLOCK_N')}x{c.get('BLOCK_K')} w{c.get('num_warps')} s{c.get('num_stages')}" + \
-            "".join(f" {k}={c[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT") if k in c)
+        tile = describe(c)
         requant = len(st.inputs) > 8 and st.inputs[8] is not None
         key = (st.tactic.split(".")[-1], st.attrs.get("activation", "") or "-", "requant" if requant else "float", tile)
         g = groups[key]

@@ -377,3 +377,10 @@ def test_reciprocal_of_out_scale_is_memoised_and_correctly_rounded():
     assert torch.equal(qgemm.reciprocal_of(s), (1.0 / s.double()).float())
     half = torch.tensor(0.02, dtype=torch.float16)
     assert qgemm.reciprocal_of(half).dtype == torch.float32
+
+
+def test_describe_names_a_config_as_the_reports_print_it():
+    assert space.describe(space.INT8_CONFIGS[0]) == "128x128x128 w4 s4"
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4,
+           "FP8_ACC": 0, "PERSISTENT": 1}
+    assert space.describe(cfg) == "128x128x64 w4 s4 FP8_ACC=0 PERSISTENT=1"

@@ -78,3 +78,10 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
     k = int(cfg["BLOCK_K"] if block_k is None else block_k)
     acc = int(cfg.get("FP8_ACC", k))
     return min(acc, k) if acc > 0 else 0
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
+    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT") if k in cfg)
+    return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
+            f"s{cfg.get('num_stages')}{flags}")
