@@ -1,7 +1,13 @@
 """Synthetic inputs at a profile's min/opt/max shapes, for probing, `kiln run` and `kiln bench`.
 
 Floats are standard normal; integers are zeros (always a valid index for Gather/embedding
-lookups); booleans are True.
+lookups), except inputs named as masks, which are ones; booleans are True.
+
+Masks: an integer attention mask of zeros masks every key (1 keeps a position, the convention
+of HF-exported transformers). Attention over no key is 0 / 0, so every layer after it would
+see NaN, and the tuner's and the accuracy tools' checks there (the reference NaN, any value
+accepted) would check nothing. Ones are a batch without padding, the common input. An input
+is a mask when its name contains "mask" (attention_mask, input_mask, padding_mask, ...).
 """
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import torch
 from kiln.config import Profile
 from kiln.engine.plan import Binding
 from kiln.ir import dtypes
+
+# Bumped whenever the values change: the timing cache keys its verdicts by it (2: masks are ones).
+VERSION = 2
 
 
 def synthetic_inputs(bindings: Sequence[Binding], profile: Profile | dict | None, point: str = "opt",
@@ -25,10 +34,17 @@ def synthetic_inputs(bindings: Sequence[Binding], profile: Profile | dict | None
             t = torch.randn(dims, generator=gen).to(dt.torch)
         elif dt.name == "bool":
             t = torch.ones(dims, dtype=torch.bool)
+        elif is_mask(b.name):
+            t = torch.ones(dims, dtype=dt.torch)
         else:
             t = torch.zeros(dims, dtype=dt.torch)
         out[b.name] = t.to(device)
     return out
+
+
+def is_mask(name: str) -> bool:
+    """Whether an input named `name` is taken for a mask (module docstring)."""
+    return "mask" in name.lower()
 
 
 def _dims(b: Binding, profile: Profile | dict | None, point: str) -> list[int]:

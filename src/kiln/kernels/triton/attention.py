@@ -17,7 +17,11 @@ Masks as the reference: a boolean mask keeps True positions, a float mask is add
 through broadcast strides (0 along a broadcast dim), so [Lq, Lk], [B, 1, 1, Lk] and full masks
 cost no copy. is_causal keeps key j for query i when j <= i (top-left, as torch); keys past
 that are not even loaded. A row whose every key is masked has no softmax: the reference gives
-NaN there, and so does the kernel (0 / 0).
+NaN there, and so does the kernel (0 / 0). A float mask is clamped at -2e38 before it is
+scaled by log2(e), which would take float32's most negative value (HF's padding mask, in an
+fp32 engine) to -inf: a row whose every key carries that value gets the reference's uniform
+average, not NaN (a -inf mask becomes that finite floor too; its fully masked rows, NaN in the
+reference, then average uniformly as well).
 
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
@@ -39,6 +43,9 @@ Tensor = torch.Tensor
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
+# Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
+# (3.4e38, the value HF's exported transformers add at padded keys) times log2(e) is -inf.
+MASK_FLOOR: tl.constexpr = -2.0e38
 
 # The tuning space: query rows and keys per step, warps, pipeline depth. Short sequences
 # (BERT's 128) want small BLOCK_N and many programs; long ones the wide tiles.
@@ -98,7 +105,8 @@ def _attention_kernel(Q, K, V, MASK, Y, H, Lq, Lk, D, qk_scale,
             if BOOL_MASK:
                 keep = keep & (mv != 0)
             else:
-                s = s + mv.to(tl.float32) * 1.4426950408889634
+                # clamped first: finfo(float32).min (HF's padding mask) times log2(e) overflows
+                s = s + tl.maximum(mv.to(tl.float32), MASK_FLOOR) * 1.4426950408889634
         s = tl.where(keep, s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == -float("inf"), 0.0, m_new)            # a row with no key yet: exp2(-inf) = 0
