@@ -45,7 +45,7 @@ MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
 # (3.4e38, the value HF's exported transformers add at padded keys) times log2(e) is -inf.
-MASK_FLOOR: tl.constexpr = -2.0e38
+MASK_FLOOR: tl.constexpr = tl.constexpr(-2.0e38)
 
 # The tuning space: query rows and keys per step, warps, pipeline depth. Short sequences
 # (BERT's 128) want small BLOCK_N and many programs; long ones the wide tiles.
