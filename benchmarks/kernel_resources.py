@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import attention, gemm, norm, qconv, qgemm  # noqa: E402
+from kiln.kernels.triton import attention, gemm, norm, pool, qconv, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -203,6 +203,14 @@ def attention_case(config: dict | None = None, mask: bool = True) -> tuple[Any, 
         attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]))
     return (attention._attention_kernel, *rec.calls[0])
 
+def pool_case(dtype: torch.dtype) -> tuple[Any, tuple, dict]:
+    """ResNet-50's stem MaxPool (3x3, stride 2, pad 1) over [64, 64, 112, 112] channels-last."""
+    x = torch.zeros(64, 64, 112, 112, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with recording(pool, "_max_pool2d_kernel") as rec:
+        pool.max_pool2d(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    return (pool._max_pool2d_kernel, *rec.calls[0])
+
+
 CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias, int8 out": lambda: qgemm_case(torch.int8, "", TensorProto.INT8),
     "int8 FFN1, bias + GELU, int8 out": lambda: qgemm_case(torch.int8, "Gelu", TensorProto.INT8),
@@ -225,6 +233,9 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
     "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),
     "fp16 attention [32, 12, 128, 64], padding mask": lambda: attention_case(),
+    "fp16 max pool 3x3/2 [64, 64, 112, 112]": lambda: pool_case(torch.float16),
+    "int8 max pool 3x3/2": lambda: pool_case(torch.int8),
+    "fp8 max pool 3x3/2": lambda: pool_case(torch.float8_e4m3fn),
     "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
     "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),
 }

@@ -8,7 +8,8 @@ An int8 or fp8 build gets activation ranges between the passes and precision (th
 cache, else a calibration run of the optimised fp32 graph), quantizes the calibrated
 layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after SmoothQuant,
 precision/smooth_quant.py) and folds the QuantizeLinear between two of them
-into the first (precision/fold_requantize.py) before the rest is typed fp32; once it is typed,
+into the first (precision/fold_requantize.py; one after a MaxPool moves before it first,
+precision/quantize_before_pool.py) before the rest is typed fp32; once it is typed,
 a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
@@ -46,6 +47,7 @@ from kiln.ir import dtypes
 from kiln.precision import apply_precision
 from kiln.precision.policy import engine_compute_type
 from kiln.precision.fold_requantize import fold_requantize
+from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
@@ -152,6 +154,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
             from kiln.precision.smooth_quant import fold_channel_scales
             fold_channel_scales(graph, smoothed)
         before = graph.op_counts().get("QuantizeLinear", 0)
+        quantize_before_pool(graph)
         fold_requantize(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
     overflow = None

@@ -1,6 +1,7 @@
-"""MaxPool through torch's pooling kernels (cuDNN / native CUDA), for nodes that do not use
-the Indices output. The reference computes Indices always (a second windowed pass over a
-tensor of positions), which costs more than the pooling itself.
+"""MaxPool through torch's pooling kernels (cuDNN / native CUDA) and kiln's Triton kernel
+(kernels/triton/pool.py: 2-D, float, int8/uint8 and float8 X, any memory format), for nodes
+that do not use the Indices output. The reference computes Indices always (a second windowed
+pass over a tensor of positions), which costs more than the pooling itself.
 
 Padding follows the reference exactly: the geometry (ONNX pads, auto_pad, ceil_mode) comes
 from the reference's `pool_geometry`; symmetric pads that torch accepts are passed to the
@@ -13,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from kiln.kernels import triton as kiln_triton
 from kiln.kernels.reference.common import to_torch_pad
 from kiln.kernels.reference.pooling import lowest_value, pool_geometry
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
@@ -45,3 +47,22 @@ def _supports(query: TacticQuery) -> bool:
 
 
 register_tactic(Tactic("MaxPool.torch", "MaxPool", 1, ("cuda",), max_pool, _supports))
+
+
+TRITON_DTYPES = ("float16", "bfloat16", "float32", "int8", "uint8", "float8_e4m3fn")
+
+
+def _supports_triton(query: TacticQuery) -> bool:
+    from kiln.kernels.triton.pool import MAX_TAPS
+
+    if query.device != "cuda" or query.n_outputs != 1 or query.input_dtypes[0] not in TRITON_DTYPES:
+        return False
+    k = list(query.attrs.get("kernel_shape", ()))
+    return len(k) == 2 and k[0] * k[1] <= MAX_TAPS
+
+
+if kiln_triton.available():
+    from kiln.kernels.triton import pool as _triton_pool
+
+    register_tactic(Tactic("MaxPool.triton", "MaxPool", 1, ("cuda",), _triton_pool.max_pool2d, _supports_triton,
+                           configs=_triton_pool.CONFIGS))

@@ -24,6 +24,7 @@ from kiln.kernels.reference.common import (
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz)
 
 
 def pool_geometry(x: Tensor, auto_pad: str, ceil_mode: int, dilations: Sequence[int] | None,
@@ -71,7 +72,13 @@ def max_pool(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     Indices count over the whole tensor (batch and channel included) as the spec
     says; storage_order=1 numbers the spatial positions column-major. The result
     always has both tensors: the executor ignores Indices when the node lacks it.
+    float8 X (a quantized activation) is pooled in float32: the maximum is one of the inputs,
+    so the result converts back exactly (torch has no float8 max).
     """
+    if x.dtype in FLOAT8:
+        y, indices = max_pool(x.float(), auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                              kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
+        return y.to(x.dtype), indices
     k, s, d, p, out = pool_geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
     win = _windows(x, k, s, d, p, out, lowest_value(x.dtype))
     y, arg = torch.max(win, dim=-1)  # first maximum in row-major window order, as ONNX

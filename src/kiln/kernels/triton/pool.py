@@ -1,0 +1,144 @@
+"""MaxPool (2-D, no Indices) in Triton, over float, 8-bit integer and float8 tensors in any memory format.
+
+The oracle is MaxPool (kernels/reference/pooling.py): Y[n, c, oh, ow] is the largest X[n, c,
+oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] over the window's taps inside the image (positions in
+the padding, or past the end in ceil mode, hold the type's lowest value and never win); a NaN
+in a window makes its maximum NaN. The maximum is one of the inputs, so Y is exact: the kernel
+compares values and stores the winner, no arithmetic.
+
+A program computes BLOCK_P output pixels (n, oh, ow) times BLOCK_C channels and walks the
+KH x KW taps (unrolled: the window is a compile-time constant), loading for each a
+[BLOCK_P, BLOCK_C] tile through X's strides. In channels-last memory (ResNet's, after the
+layout pass) a pixel's channels are contiguous, so every load is a run of vector loads; the
+taps of neighbouring windows overlap (3x3 stride 2: each input read 2.25 times) and hit L2.
+Y is allocated in X's memory format (channels-last in, channels-last out) and written through
+its strides. torch's channels-last max pool is several times slower than the bytes it moves
+(ResNet-50's stem pool, [64, 64, 112, 112] fp16, in 0.215 ms on an H200 where the traffic
+takes ~30 us); this is why the kernel exists.
+
+Types. Floats (fp16, bf16, fp32) and int8/uint8 compare as they are. float8_e4m3fn has no
+ordering the GPU compares directly in every Triton version, so its bits are mapped to an
+order-preserving integer key (sign-magnitude to two's complement: +m -> m, -m -> -m, so -0
+and +0 tie; a NaN, 0x7F or 0xFF, -> 128, above every number, so it wins as NaN propagates)
+and mapped back: integer work only, exact in the interpreter too.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels.reference.pooling import pool_geometry
+
+Tensor = torch.Tensor
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.uint8, torch.float8_e4m3fn)
+KIND_FLOAT, KIND_INT, KIND_FP8 = 0, 1, 2
+# Taps per window the kernel unrolls: larger windows (global-pool sized) stay with torch.
+MAX_TAPS = 64
+
+# The tuning space: output pixels x channels per program, warps. Channels are the contiguous
+# axis in channels-last memory: wide BLOCK_C for wide layers, more pixels for narrow ones.
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_P": 64, "BLOCK_C": 64, "num_warps": 4},
+    {"BLOCK_P": 128, "BLOCK_C": 64, "num_warps": 4},
+    {"BLOCK_P": 32, "BLOCK_C": 128, "num_warps": 4},
+    {"BLOCK_P": 16, "BLOCK_C": 256, "num_warps": 4},
+    {"BLOCK_P": 256, "BLOCK_C": 32, "num_warps": 8},
+)
+
+
+@triton.jit
+def _fp8_key(bits):
+    """float8_e4m3fn bits (int32 0..255) -> an integer that orders as the values (module docstring)."""
+    mag = bits & 0x7F
+    key = tl.where(bits >= 0x80, -mag, mag)
+    return tl.where(mag == 0x7F, 128, key)
+
+
+@triton.jit
+def _fp8_bits(key):
+    """The inverse of _fp8_key (NaN back as 0x7F)."""
+    return tl.where(key >= 128, 0x7F, tl.where(key < 0, 0x80 | -key, key))
+
+
+@triton.jit
+def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+                       SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, KIND: tl.constexpr,
+                       LOW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)              # [BLOCK_P] output pixels
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] channels
+    p_ok = offs_p < P
+    c_ok = offs_c < C
+    ow = offs_p % OW
+    oh = (offs_p // OW) % OH
+    n = (offs_p // (OW * OH)).to(tl.int64)
+    x_pix = X + n * sxn                                                      # [BLOCK_P]
+    x_ch = offs_c.to(tl.int64)[None, :] * sxc                                # [1, BLOCK_C]
+    if KIND == 0:   # floats compare in float32 (exact both ways; the interpreter has no bfloat16 max)
+        best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.float32)
+    elif KIND == 1:
+        best = tl.full((BLOCK_P, BLOCK_C), LOW, X.dtype.element_ty)
+    else:
+        best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.int32)
+    for kh in tl.static_range(KH):
+        ih = oh * SH - PH + kh * DH
+        h_ok = p_ok & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = ow * SW - PW + kw * DW
+            ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & c_ok[None, :]
+            ptrs = x_pix[:, None] + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None] + x_ch
+            if KIND == 2:   # float8 through its order key; masked taps keep the initial LOW
+                v = _fp8_key(tl.load(ptrs, mask=ok, other=0).to(tl.int32) & 0xFF)
+                best = tl.where(ok, tl.maximum(best, v), best)
+            elif KIND == 1:
+                best = tl.maximum(best, tl.load(ptrs, mask=ok, other=LOW))
+            else:
+                v = tl.load(ptrs, mask=ok, other=LOW).to(tl.float32)
+                best = tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL)
+    y_ptrs = Y + (n * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + offs_c.to(tl.int64)[None, :] * syc
+    mask = p_ok[:, None] & c_ok[None, :]
+    if KIND == 2:
+        tl.store(y_ptrs, _fp8_bits(best).to(tl.uint8), mask=mask)
+    else:
+        tl.store(y_ptrs, best.to(Y.dtype.element_ty), mask=mask)
+
+
+def _kind(dtype: torch.dtype) -> tuple[int, Any]:
+    """(KIND, the lowest value a masked tap loads) for X's type."""
+    if dtype == torch.float8_e4m3fn:
+        return KIND_FP8, -256                      # below every key (-127 .. 128)
+    if dtype.is_floating_point:
+        return KIND_FLOAT, float("-inf")
+    return KIND_INT, torch.iinfo(dtype).min
+
+
+def max_pool2d(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilations: Sequence[int] | None = None,
+               kernel_shape: Sequence[int], pads: Sequence[int] | None = None, storage_order: int = 0,
+               strides: Sequence[int] | None = None, config: dict[str, Any] | None = None) -> Tensor:
+    """Y of MaxPool over a 4-D X (module docstring), in X's memory format; no Indices (storage_order
+    only numbers Indices)."""
+    assert x.dtype in DTYPES, f"MaxPool.triton takes {[str(d).replace('torch.', '') for d in DTYPES]}, not {x.dtype}"
+    assert x.dim() == 4, f"MaxPool.triton pools 2-D (X [N, C, H, W]); X has shape {tuple(x.shape)}"
+    k, s, d, p, out = pool_geometry(x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
+    assert k[0] * k[1] <= MAX_TAPS, f"MaxPool.triton unrolls windows of up to {MAX_TAPS} taps, not {k[0] * k[1]}"
+    cfg = dict(CONFIGS[0] if config is None else config)
+    n, c, h, w = x.shape
+    oh, ow = out
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+    pixels = n * oh * ow
+    if y.numel() == 0:
+        return y
+    assert x.numel() > 0, f"MaxPool.triton: X of shape {tuple(x.shape)} is empty, its windows hold only padding"
+    kind, low = _kind(x.dtype)
+    x_in, y_out = (x.view(torch.uint8), y.view(torch.uint8)) if kind == KIND_FP8 else (x, y)
+    block_c = min(int(cfg["BLOCK_C"]), max(16, triton.next_power_of_2(c)))
+    grid = (triton.cdiv(pixels, int(cfg["BLOCK_P"])), triton.cdiv(c, block_c))
+    _max_pool2d_kernel[grid](x_in, y_out, pixels, c, h, w, oh, ow, *x.stride(), *y.stride(),
+                             s[0], s[1], p[0], p[1], d[0], d[1], KH=k[0], KW=k[1], KIND=kind, LOW=low,
+                             BLOCK_P=int(cfg["BLOCK_P"]), BLOCK_C=block_c, num_warps=int(cfg["num_warps"]))
+    return y

@@ -1,0 +1,131 @@
+"""The Triton MaxPool (kernels/triton/pool.py) against the reference (pooling.max_pool).
+
+CPU: Triton's interpreter on small shapes; the same tests run compiled with `pytest --device cuda`.
+ResNet's stem pool (3x3, stride 2, pad 1), ceil mode, dilation, asymmetric and SAME pads, both
+memory formats in and out, every type it claims (fp32, fp16, bf16, int8, uint8, float8 e4m3fn
+with negative zeros, NaN and the extremes), NaN propagation, every tuning config; the tactic's
+support rules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.reference import lookup
+from kiln.kernels.triton import available as triton_available
+from kiln.tactics.registry import TacticQuery, get_tactic
+
+REF = lookup("MaxPool").fn
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+if triton_available():
+    from kiln.kernels.triton import pool as tp
+else:
+    tp = None
+pytestmark = pytest.mark.skipif(tp is None, reason="Triton is not installed")
+
+STEM = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+
+
+def _x(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    if dtype == torch.int8:
+        return torch.randint(-128, 128, shape, generator=g, dtype=torch.int8)
+    if dtype == torch.float8_e4m3fn:   # every bit pattern but NaN, so -0, subnormals and +-448 appear
+        bits = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        bits[(bits & 0x7F) == 0x7F] = 0x80
+        return bits.view(torch.float8_e4m3fn)
+    return (torch.randn(shape, generator=g) * 4).to(dtype)
+
+
+def _same(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if want.dtype == torch.float8_e4m3fn:   # value for value: -0 equals +0, NaN where the reference has NaN
+        g, w = got.float(), want.float()
+        assert torch.equal(torch.isnan(g), torch.isnan(w))
+        assert torch.equal(g[~torch.isnan(w)], w[~torch.isnan(w)])
+    elif want.dtype.is_floating_point:
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        assert torch.equal(got[~torch.isnan(want)], want[~torch.isnan(want)])
+    else:
+        assert torch.equal(got, want)
+
+
+def _check(x, channels_last=True, config=None, **attrs):
+    want = REF(x, **attrs)[0]
+    xd = x.to(DEV)
+    if channels_last:
+        xd = xd.contiguous(memory_format=torch.channels_last)
+    got = tp.max_pool2d(xd, config=config or {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4}, **attrs)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    _same(got.cpu(), want)
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
+                                   torch.float8_e4m3fn])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_stem_pool_every_type_both_formats(dtype, channels_last):
+    _check(_x((2, 24, 13, 11), dtype), channels_last, **STEM)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [3, 2], "strides": [1, 2], "pads": [0, 1, 2, 0]},
+    {"kernel_shape": [3, 3], "dilations": [2, 1], "pads": [2, 1, 2, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+    {"kernel_shape": [5, 5], "auto_pad": "SAME_LOWER"},
+    {"kernel_shape": [1, 1], "strides": [3, 2]},
+])
+def test_geometry(attrs):
+    _check(_x((1, 5, 10, 9), torch.float16, seed=1), **attrs)
+    _check(_x((1, 5, 10, 9), torch.int8, seed=2), **attrs)
+
+
+def test_nan_propagates():
+    x = _x((1, 8, 6, 6), torch.float32)
+    x[0, 3, 2, 2] = float("nan")
+    got = _check(x, **STEM).cpu()
+    assert torch.isnan(got[0, 3, 1, 1]) and not torch.isnan(got[0, 2]).any()
+    bits = torch.zeros(1, 4, 4, 4, dtype=torch.uint8)
+    bits[0, 1, 0, 0] = 0xFF                                            # a negative-signed NaN still wins
+    got = _check(bits.view(torch.float8_e4m3fn), kernel_shape=[2, 2], strides=[2, 2]).cpu()
+    assert torch.isnan(got.float()[0, 1, 0, 0])
+
+
+def test_float8_order_across_signs():
+    values = torch.tensor([-448.0, -1.0, -0.0, 0.0, 2.0 ** -9, 0.5, 448.0])
+    for i in range(len(values)):
+        for j in range(len(values)):
+            x = torch.stack([values[i], values[j]]).reshape(1, 1, 1, 2).to(torch.float8_e4m3fn)
+            got = _check(x, kernel_shape=[1, 2])
+            assert got.float().item() == max(values[i].item(), values[j].item())
+
+
+@pytest.mark.parametrize("config", list(tp.CONFIGS) if tp is not None else [])
+def test_every_config(config):
+    _check(_x((2, 40, 9, 9), torch.float16, seed=3), config=dict(config), **STEM)
+
+
+def test_refusals():
+    with pytest.raises(AssertionError, match="pools 2-D"):
+        tp.max_pool2d(torch.zeros(1, 2, 8, device=DEV), kernel_shape=[2])
+    with pytest.raises(AssertionError, match="takes"):
+        tp.max_pool2d(torch.zeros(1, 2, 8, 8, dtype=torch.int32, device=DEV), kernel_shape=[2, 2])
+    with pytest.raises(AssertionError, match="unrolls windows of up to 64"):
+        tp.max_pool2d(torch.zeros(1, 2, 9, 9, device=DEV), kernel_shape=[9, 9])
+
+
+def test_tactic_support_rules():
+    t = get_tactic("MaxPool.triton")
+
+    def q(dtype="float16", k=(3, 3), device="cuda", n_outputs=1):
+        return TacticQuery("MaxPool", device, (dtype,), {"kernel_shape": list(k)}, n_outputs=n_outputs)
+
+    assert t.supports(q()) and t.supports(q("int8")) and t.supports(q("float8_e4m3fn"))
+    assert not t.supports(q(device="cpu"))
+    assert not t.supports(q(n_outputs=2))           # Indices: the reference
+    assert not t.supports(q("float64")) and not t.supports(q("int32"))
+    assert not t.supports(q(k=(3,))) and not t.supports(q(k=(3, 3, 3))) and not t.supports(q(k=(9, 9)))
