@@ -104,9 +104,10 @@ def test_float8_order_across_signs():
             assert got.float().item() == max(values[i].item(), values[j].item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8, torch.float8_e4m3fn])
 @pytest.mark.parametrize("config", list(tp.CONFIGS) if tp is not None else [])
-def test_every_config(config):
-    _check(_x((2, 40, 9, 9), torch.float16, seed=3), config=dict(config), **STEM)
+def test_every_config(config, dtype):
+    _check(_x((2, 72, 9, 9), dtype, seed=3), config=dict(config), **STEM)
 
 
 def test_refusals():

@@ -16,11 +16,15 @@ its strides. torch's channels-last max pool is several times slower than the byt
 (ResNet-50's stem pool, [64, 64, 112, 112] fp16, in 0.215 ms on an H200 where the traffic
 takes ~30 us); this is why the kernel exists.
 
-Types. Floats (fp16, bf16, fp32) and int8/uint8 compare as they are. float8_e4m3fn has no
-ordering the GPU compares directly in every Triton version, so its bits are mapped to an
-order-preserving integer key (sign-magnitude to two's complement: +m -> m, -m -> -m, so -0
-and +0 tie; a NaN, 0x7F or 0xFF, -> 128, above every number, so it wins as NaN propagates)
-and mapped back: integer work only, exact in the interpreter too.
+Types. Floats (fp16, bf16, fp32) and int8/uint8 compare in float32 (exact: every value is a
+float32; for the integers this also keeps the compiler from packing the comparison into
+16-bit integer lanes, whose results disagreed with the reference on an H200 in
+benchmarks/kernels_pool.py's first run; a conversion per element costs nothing in a
+memory-bound pass). float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
+value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
+drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
+complement: +m -> m, -m -> -m, so -0 and +0 tie; a NaN, 0x7F or 0xFF, -> 128, above every
+number, so it wins as NaN propagates) and mapped back.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.pooling import pool_geometry
+from kiln.kernels.triton.compiled import COMPILED
 
 Tensor = torch.Tensor
 
@@ -77,12 +82,10 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
     n = (offs_p // (OW * OH)).to(tl.int64)
     x_pix = X + n * sxn                                                      # [BLOCK_P]
     x_ch = offs_c.to(tl.int64)[None, :] * sxc                                # [1, BLOCK_C]
-    if KIND == 0:   # floats compare in float32 (exact both ways; the interpreter has no bfloat16 max)
-        best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.float32)
-    elif KIND == 1:
-        best = tl.full((BLOCK_P, BLOCK_C), LOW, X.dtype.element_ty)
-    else:
+    if KIND == 2 and not COMPILED:
         best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.int32)
+    else:           # every other type compares in float32 (exact both ways)
+        best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
     for kh in tl.static_range(KH):
         ih = oh * SH - PH + kh * DH
         h_ok = p_ok & (ih >= 0) & (ih < H)
@@ -90,17 +93,20 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
             iw = ow * SW - PW + kw * DW
             ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & c_ok[None, :]
             ptrs = x_pix[:, None] + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None] + x_ch
-            if KIND == 2:   # float8 through its order key; masked taps keep the initial LOW
+            if KIND == 2 and COMPILED:   # the GPU's exact e4m3 -> float32 conversion
+                v = tl.load(ptrs, mask=ok, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+                best = tl.where(ok, tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL), best)
+            elif KIND == 2:              # the interpreter: through the order key, in integers
                 v = _fp8_key(tl.load(ptrs, mask=ok, other=0).to(tl.int32) & 0xFF)
                 best = tl.where(ok, tl.maximum(best, v), best)
-            elif KIND == 1:
-                best = tl.maximum(best, tl.load(ptrs, mask=ok, other=LOW))
             else:
                 v = tl.load(ptrs, mask=ok, other=LOW).to(tl.float32)
                 best = tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL)
     y_ptrs = Y + (n * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + offs_c.to(tl.int64)[None, :] * syc
     mask = p_ok[:, None] & c_ok[None, :]
-    if KIND == 2:
+    if KIND == 2 and COMPILED:   # the maximum is an input: the conversion back is exact
+        tl.store(y_ptrs, best.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=mask)
+    elif KIND == 2:
         tl.store(y_ptrs, _fp8_bits(best).to(tl.uint8), mask=mask)
     else:
         tl.store(y_ptrs, best.to(Y.dtype.element_ty), mask=mask)
