@@ -50,7 +50,11 @@ def main() -> None:
         out_bytes = x.numel() // 4 * x.element_size()
         for cfg in tp.CONFIGS:
             got = tp.max_pool2d(x[:4], config=dict(cfg), **ATTRS).cpu()
-            differ = int((got.float() != want.float()).sum())
+            wrong = (got.float() != want.float()).nonzero()
+            differ = len(wrong)
+            if differ:   # where, for the record: (n, c, oh, ow), got, want
+                at = tuple(wrong[0].tolist())
+                print(f"    first mismatch at {at}: {got[at].item()} vs {want[at].item()}")
             us = cuda_median_ms(lambda: tp.max_pool2d(x, config=dict(cfg), **ATTRS), args.iters) * 1000
             gbs = (x.numel() * x.element_size() + out_bytes) / us / 1e3
             print(f"  triton {str(dtype).replace('torch.', ''):14s} {str(cfg):50s} {us:8.1f}  "

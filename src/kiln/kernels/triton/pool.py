@@ -16,11 +16,11 @@ its strides. torch's channels-last max pool is several times slower than the byt
 (ResNet-50's stem pool, [64, 64, 112, 112] fp16, in 0.215 ms on an H200 where the traffic
 takes ~30 us); this is why the kernel exists.
 
-Types. Floats (fp16, bf16, fp32) and int8/uint8 compare in float32 (exact: every value is a
-float32; for the integers this also keeps the compiler from packing the comparison into
-16-bit integer lanes, whose results disagreed with the reference on an H200 in
-benchmarks/kernels_pool.py's first run; a conversion per element costs nothing in a
-memory-bound pass). float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
+Types. Every type compares in float32 (exact: every value of these types is a float32, and a
+conversion per element costs nothing in a memory-bound pass). int8/uint8 are loaded as bytes
+and the sign applied in int32: loaded as int8, the compiled kernel disagreed with the
+reference in 153 of 802816 maxima on an H200 (benchmarks/kernels_pool.py, 2026-11-27; the
+small shapes of the tests agreed), comparing in int8 or in float32 alike. float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
 value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
 drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
 complement: +m -> m, -m -> -m, so -0 and +0 tie; a NaN, 0x7F or 0xFF, -> 128, above every
@@ -72,7 +72,7 @@ def _fp8_bits(key):
 @triton.jit
 def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                        SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, KIND: tl.constexpr,
-                       LOW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                       LOW: tl.constexpr, SIGNED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)              # [BLOCK_P] output pixels
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] channels
     p_ok = offs_p < P
@@ -99,6 +99,11 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
             elif KIND == 2:              # the interpreter: through the order key, in integers
                 v = _fp8_key(tl.load(ptrs, mask=ok, other=0).to(tl.int32) & 0xFF)
                 best = tl.where(ok, tl.maximum(best, v), best)
+            elif KIND == 1:              # 8-bit integers as bytes, the sign applied in int32
+                u = tl.load(ptrs, mask=ok, other=0).to(tl.int32)
+                if SIGNED:
+                    u = tl.where(u >= 128, u - 256, u)
+                best = tl.where(ok, tl.maximum(best, u.to(tl.float32)), best)
             else:
                 v = tl.load(ptrs, mask=ok, other=LOW).to(tl.float32)
                 best = tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL)
@@ -108,6 +113,8 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
         tl.store(y_ptrs, best.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=mask)
     elif KIND == 2:
         tl.store(y_ptrs, _fp8_bits(best).to(tl.uint8), mask=mask)
+    elif KIND == 1:
+        tl.store(y_ptrs, (best.to(tl.int32) & 0xFF).to(tl.uint8), mask=mask)
     else:
         tl.store(y_ptrs, best.to(Y.dtype.element_ty), mask=mask)
 
@@ -141,10 +148,11 @@ def max_pool2d(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilat
         return y
     assert x.numel() > 0, f"MaxPool.triton: X of shape {tuple(x.shape)} is empty, its windows hold only padding"
     kind, low = _kind(x.dtype)
-    x_in, y_out = (x.view(torch.uint8), y.view(torch.uint8)) if kind == KIND_FP8 else (x, y)
+    x_in, y_out = (x, y) if kind == KIND_FLOAT else (x.view(torch.uint8), y.view(torch.uint8))  # 8-bit: as bytes
     block_c = min(int(cfg["BLOCK_C"]), max(16, triton.next_power_of_2(c)))
     grid = (triton.cdiv(pixels, int(cfg["BLOCK_P"])), triton.cdiv(c, block_c))
     _max_pool2d_kernel[grid](x_in, y_out, pixels, c, h, w, oh, ow, *x.stride(), *y.stride(),
                              s[0], s[1], p[0], p[1], d[0], d[1], KH=k[0], KW=k[1], KIND=kind, LOW=low,
+                             SIGNED=x.dtype == torch.int8,
                              BLOCK_P=int(cfg["BLOCK_P"]), BLOCK_C=block_c, num_warps=int(cfg["num_warps"]))
     return y
