@@ -114,7 +114,7 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
     elif KIND == 2:
         tl.store(y_ptrs, _fp8_bits(best).to(tl.uint8), mask=mask)
     elif KIND == 1:
-        tl.store(y_ptrs, (best.to(tl.int32) & 0xFF).to(tl.uint8), mask=mask)
+        tl.store(y_ptrs, (tl.where(mask, best, 0.0).to(tl.int32) & 0xFF).to(tl.uint8), mask=mask)
     else:
         tl.store(y_ptrs, best.to(Y.dtype.element_ty), mask=mask)
 
