@@ -177,6 +177,22 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     return (qconv._qconv_kernel, *rec.calls[0])
 
 
+def stem_case(dtype: torch.dtype, config: dict | None = None) -> tuple[Any, tuple, dict]:
+    """ResNet-50's stem as the 8-bit conv runs it: X [64, 3, 224, 224] channels-last (three channels:
+    the ROWS walk), 7x7 stride 2 pad 3, fp16 bias, Relu, requantized to the 8-bit type (the
+    int8/fp8 engines' stem, whose MaxPool then runs on 8-bit values)."""
+    x = torch.zeros(64, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(64, 3, 7, 7, dtype=dtype)
+    out = TensorProto.FLOAT8E4M3FN if dtype == torch.float8_e4m3fn else TensorProto.INT8
+    space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
+    with recording(qconv, "_qconv_kernel") as rec:
+        qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), None, torch.rand(64).half(), None,
+                    torch.zeros(64, dtype=torch.float16), None, out_scale=torch.tensor(0.05, dtype=torch.float16),
+                    out_dtype=out, pads=[3] * 4, strides=[2, 2], activation="Relu",
+                    config=dict(config or space[4]))
+    return (qconv._qconv_kernel, *rec.calls[0])
+
+
 def norm_case(out: int | None, config: dict, rows: int = 4096, cols: int = 768) -> tuple[Any, tuple, dict]:
     """BERT's residual add + LayerNorm (fp16), its fp16 output stored and, with `out`, quantized
     per tensor into that type (kiln::NormQuantize), as the norm launchers call the block kernel."""
@@ -229,6 +245,7 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp8 conv 3x3, Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, False),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
+    "int8 stem conv 7x7/2 over 3 channels, Relu, int8 out": lambda: stem_case(torch.int8),
     "fp16 add + LayerNorm [4096, 768]": lambda: norm_case(None, NORM_TILE),
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
     "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),

@@ -256,9 +256,11 @@ def test_k_loop_choices():
     assert loop(256, (3, 3), pads=[1] * 4) == plan.KLoop(plan.TAPS, 128, 2)
     assert loop(256, (1, 1)) == plan.KLoop(plan.PIXELS, 128, 2)
     assert loop(256, (1, 1), dense=False).path == plan.TAPS and loop(256, (1, 1), strides=[2, 2]).path == plan.TAPS
-    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == plan.KLoop(plan.ROWS, 32, 1, 32)     # ResNet's stem
-    assert loop(48, (3, 3)) == plan.KLoop(plan.ROWS, 32, 5, 160)                                 # least padding
-    assert loop(16, (3, 3)) == plan.KLoop(plan.ROWS, 64, 1, 64)
+    # ResNet's stem: pixels of 3 channels read as 4 (one zero), a kernel row of 28 in one step of 32
+    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == plan.KLoop(plan.ROWS, 32, 1, 32, pixel=4)
+    assert loop(48, (3, 3)) == plan.KLoop(plan.ROWS, 32, 5, 160, pixel=48)                       # least padding
+    assert loop(16, (3, 3)) == plan.KLoop(plan.ROWS, 64, 1, 64, pixel=16)
+    assert loop(6, (3, 3)) == plan.KLoop(plan.ROWS, 32, 1, 32, pixel=8)
     # A dilation along W: taps, channels padded to a BLOCK_K of 32..128 (least padding, then larger).
     assert loop(16, (3, 3), dilations=[1, 2]) == plan.KLoop(plan.TAPS, 32, 1, tap_pad=32)
     assert loop(48, (3, 3), dilations=[2, 2]) == plan.KLoop(plan.TAPS, 64, 1, tap_pad=64)
@@ -321,6 +323,10 @@ def test_weight_is_packed_once_per_tensor():
     taps = plan.packed_weight(stem, tap_pad=32).reshape(8, 7, 7, 32)  # TAPS over padded channels: 3 of 32
     assert torch.equal(taps[..., :3], stem.permute(0, 2, 3, 1)) and not taps[..., 3:].any()
     assert plan.packed_weight(stem, 32) is not plan.packed_weight(stem, tap_pad=32)    # one entry per packing
+    # ROWS over pixels of 4: each tap's 3 channels and a zero, a kernel row of 28 padded to 32
+    rows4 = plan.packed_weight(stem, 32, tap_pad=4).reshape(8, 7, 32)
+    assert torch.equal(rows4[:, :, :28].reshape(8, 7, 7, 4)[..., :3], stem.permute(0, 2, 3, 1))
+    assert not rows4[:, :, :28].reshape(8, 7, 7, 4)[..., 3].any() and not rows4[:, :, 28:].any()
 
 
 def test_geometry_matches_the_reference_and_configs_are_well_formed():

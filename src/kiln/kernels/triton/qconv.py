@@ -27,11 +27,13 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
 - PIXELS, a 1x1 stride-1 unpadded conv over densely stored pixels: a plain GEMM with
   A = X viewed as [M, C], rows addressed as m * C, no pixel arithmetic and no masks.
 - ROWS, C not a multiple of 32 (ResNet's stem: C = 3) with dilation 1 along W: for one
-  kh, the KW taps of all C channels are one contiguous run of KW*C elements of channels-last
-  X, so a step is a BLOCK_K block of that run (tap = element // C, masked per element at the
-  image's edge and past KW*C), and W is packed with each kernel row zero-padded to a
-  multiple of BLOCK_K.
-  A 7x7 stem over 3 channels is 7 steps of 32 (21 used), where taps would be 49 of 32.
+  kh, the KW taps of all channels are one contiguous run of KW*PIX elements of channels-last
+  X, PIX = C rounded up to 4 (the launcher copies X into pixels of PIX elements, channels C..
+  zero, where C is not a multiple of 4; W gets zeros there too), so a step is a BLOCK_K block
+  of that run (tap = element // PIX, masked at the image's edge and past KW*PIX, the mask
+  constant over each 4-byte word, so the loads are words, not bytes), and W is packed with
+  each kernel row zero-padded to a multiple of BLOCK_K.
+  A 7x7 stem over 3 channels is 7 steps of 32 (28 used), where taps would be 49 of 32.
 - TAPS over padded channels, C not a multiple of 32 with a dilation along W (no ROWS): each
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
@@ -131,10 +133,11 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
 @triton.jit
 def _qconv_kernel(
         X, W, Y, XS, WS, BIAS, RES, OS, OZP,
-        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW, ROW,
+        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
-        PATH: tl.constexpr, MASK_C: tl.constexpr, IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
+        PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr,
+        IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -188,14 +191,18 @@ def _qconv_kernel(
                     a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
             else:
                 # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
-                # kw = 0..KW-1 of all C channels are one contiguous run of ROW = KW*C elements
-                # of X (dilation 1 along W, pixels C apart); element j is tap j // C.
+                # kw = 0..KW-1 of all pixels are one contiguous run of ROW = KW*PIX elements of
+                # X (dilation 1 along W, pixels PIX apart, PIX = C rounded up to 4 with zero
+                # channels); element j is tap j // PIX. PIX and ROW are constants and every row
+                # starts at a multiple of 4 bytes, so the mask is constant over 4 elements and
+                # each load is a 32-bit word (single bytes otherwise: one load instruction per
+                # element, which bound ResNet's stem).
                 kh = step // C_STEPS
                 j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
                 ih = ih0 + kh * dil_h
-                iw = iw0[:, None] + (j // C)[None, :]                        # [BLOCK_M, BLOCK_K]
+                iw = iw0[:, None] + (j // PIX)[None, :]                      # [BLOCK_M, BLOCK_K]
                 inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
-                rows = row0 + (kh * dil_h) * sxh
+                rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
                 a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
             b = tl.load(w_ptrs)
             acc = dot8(a, b, acc, FP8_ACC)
@@ -239,6 +246,19 @@ def _qconv_kernel(
 
 
 # --- the launcher ---------------------------------------------------------------------------------
+
+def _padded_pixels(x: Tensor, pixel: int) -> Tensor:
+    """X channels-last and dense with `pixel` elements per pixel: channels C.. zero (the packed
+    weight is zero there too), so every pixel starts 4-byte aligned (qconv_plan.PIXEL_ALIGN)."""
+    n, c, h, w = x.shape
+    if pixel == c:
+        return x.contiguous(memory_format=torch.channels_last)
+    xp = torch.empty((n, pixel, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    bytes_ = xp.view(torch.uint8)                                            # float8: no fill kernel needed
+    bytes_[:, c:].zero_()
+    bytes_[:, :c].copy_(x.view(torch.uint8))
+    return xp
+
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
     """Raise unless `zp` is absent or all zeros (read once per tensor: engine constants)."""
@@ -293,10 +313,11 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     assert y.numel() < 2**31, "an output of 2**31 elements or more overflows int32 offsets"
     dense = x.stride(2) == w * x.stride(3) and x.stride(0) == h * x.stride(2)
     loop = k_loop(c, geo, int(cfg["BLOCK_K"]), dense, h, w)
-    if loop.path == ROWS and x.stride(3) != c:
-        x = x.contiguous(memory_format=torch.channels_last)                  # ROWS reads (w, c) runs
+    if loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c):
+        x = _padded_pixels(x, loop.pixel)                                    # ROWS reads (w, c) runs
     bk = loop.block_k
-    wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
+    tap_pad = loop.pixel if loop.path == ROWS and loop.pixel != c else loop.tap_pad
+    wp = packed_weight(w_q, loop.row_pad, tap_pad)                           # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
     flat = channels_last_out and (residual is None or res.stride() == y.stride())
     b = None if bias is None else bias.reshape(-1)
@@ -309,12 +330,12 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x, wp, y_out, x_scale, w_scale, x_scale if b is None else b, res, x_scale if out_scale is None else out_scale,
         x_scale if out_zp is None else out_zp,
         m, oc, c, h, w, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
-        loop.steps, geo.kw, geo.kw * c,
+        loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), 0 if b is None or b.numel() == 1 else b.stride(0),
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, MASK_C=loop.tap_pad > 0, IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
+        PATH=loop.path, MASK_C=loop.tap_pad > 0, PIX=max(loop.pixel, 1), ROW=geo.kw * loop.pixel, IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),

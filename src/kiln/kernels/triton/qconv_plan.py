@@ -86,16 +86,23 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
     return rows.reshape(oc, -1).contiguous()
 
 
+# ROWS reads a pixel's channels padded to a multiple of this many elements, so that every
+# kernel row starts 4-byte aligned and its loads are 32-bit words (qconv.py's docstring).
+PIXEL_ALIGN = 4
+
+
 @dataclass(frozen=True, slots=True)
 class KLoop:
     """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
-    TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0) and the padded
-    channels per tap (TAPS when C is not a multiple of 32, else 0)."""
+    TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0), the padded
+    channels per tap (TAPS when C is not a multiple of 32, else 0) and, for ROWS, the elements
+    per pixel of X as the kernel reads it (C rounded up to PIXEL_ALIGN; else 0)."""
     path: int
     block_k: int
     steps: int
     row_pad: int = 0
     tap_pad: int = 0
+    pixel: int = 0
 
 
 def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
@@ -104,7 +111,8 @@ def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h
     conv over dense pixels: the plain GEMM). Otherwise, with dilation 1 along W (or KW = 1):
     kernel row by kernel row (ROWS). Else (a dilation along W): tap by tap with each tap's C
     channels padded (masked in X, zeros in W) to a multiple of BLOCK_K. ROWS and padded TAPS
-    take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger."""
+    take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger;
+    ROWS counts a kernel row over pixels of C rounded up to PIXEL_ALIGN elements."""
     assert block_k >= MIN_BLOCK_K, f"8-bit tensor-core dots take K in steps of {MIN_BLOCK_K}; BLOCK_K is {block_k}"
     if channels % MIN_BLOCK_K == 0:
         bk = _block_k(block_k, channels)
@@ -112,10 +120,11 @@ def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h
         return KLoop(path, bk, channels // bk)
     sizes = [bk for bk in (32, 64, 128) if bk <= block_k]
     if geo.dw == 1 or geo.kw == 1:
-        row = geo.kw * channels
+        pixel = -(-channels // PIXEL_ALIGN) * PIXEL_ALIGN
+        row = geo.kw * pixel
         bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
         pad = -(-row // bk) * bk
-        return KLoop(ROWS, bk, pad // bk, row_pad=pad)
+        return KLoop(ROWS, bk, pad // bk, row_pad=pad, pixel=pixel)
     bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
     pad = -(-channels // bk) * bk
     return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
