@@ -58,7 +58,8 @@ def main() -> None:
             us = cuda_median_ms(lambda: tp.max_pool2d(x, config=dict(cfg), **ATTRS), args.iters) * 1000
             gbs = (x.numel() * x.element_size() + out_bytes) / us / 1e3
             print(f"  triton {str(dtype).replace('torch.', ''):14s} {str(cfg):50s} {us:8.1f}  "
-                  f"({torch_us / us:.2f}x torch fp16, {gbs:.0f} GB/s)" + ("" if not differ else f"  MISMATCH in {differ} of {want.numel()}"))
+                  f"({torch_us / us:.2f}x torch fp16, {gbs:.0f} GB/s)"
+                  + ("" if not differ else f"  MISMATCH in {differ} of {want.numel()}"))
 
 
 if __name__ == "__main__":

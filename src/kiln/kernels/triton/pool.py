@@ -16,11 +16,12 @@ its strides. torch's channels-last max pool is several times slower than the byt
 (ResNet-50's stem pool, [64, 64, 112, 112] fp16, in 0.215 ms on an H200 where the traffic
 takes ~30 us); this is why the kernel exists.
 
-Types. Every type compares in float32 (exact: every value of these types is a float32, and a
+Types. Every type compares in float32 (float8 in the interpreter aside, below; exact: every value is a float32, and a
 conversion per element costs nothing in a memory-bound pass). int8/uint8 are loaded as bytes
 and the sign applied in int32: loaded as int8, the compiled kernel disagreed with the
 reference in 153 of 802816 maxima on an H200 (benchmarks/kernels_pool.py, 2026-11-27; the
-small shapes of the tests agreed), comparing in int8 or in float32 alike. float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
+small shapes of the tests agreed), comparing in int8 or in float32 alike.
+float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
 value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
 drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
 complement: +m -> m, -m -> -m, so -0 and +0 tie; a NaN, 0x7F or 0xFF, -> 128, above every
