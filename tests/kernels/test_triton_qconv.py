@@ -257,10 +257,10 @@ def test_k_loop_choices():
     assert loop(256, (1, 1)) == plan.KLoop(plan.PIXELS, 128, 2)
     assert loop(256, (1, 1), dense=False).path == plan.TAPS and loop(256, (1, 1), strides=[2, 2]).path == plan.TAPS
     # ResNet's stem: pixels of 3 channels read as 4 (one zero), a kernel row of 28 in one step of 32
-    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == plan.KLoop(plan.ROWS, 32, 1, 32, pixel=4)
+    assert loop(3, (7, 7), pads=[3] * 4, strides=[2, 2]) == plan.KLoop(plan.ROWS, 32, 1, 32, tap_pad=4, pixel=4)
     assert loop(48, (3, 3)) == plan.KLoop(plan.ROWS, 32, 5, 160, pixel=48)                       # least padding
     assert loop(16, (3, 3)) == plan.KLoop(plan.ROWS, 64, 1, 64, pixel=16)
-    assert loop(6, (3, 3)) == plan.KLoop(plan.ROWS, 32, 1, 32, pixel=8)
+    assert loop(6, (3, 3)) == plan.KLoop(plan.ROWS, 32, 1, 32, tap_pad=8, pixel=8)
     # A dilation along W: taps, channels padded to a BLOCK_K of 32..128 (least padding, then larger).
     assert loop(16, (3, 3), dilations=[1, 2]) == plan.KLoop(plan.TAPS, 32, 1, tap_pad=32)
     assert loop(48, (3, 3), dilations=[2, 2]) == plan.KLoop(plan.TAPS, 64, 1, tap_pad=64)

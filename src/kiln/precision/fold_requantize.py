@@ -71,7 +71,7 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
         inputs.pop()
     layer.set_inputs(inputs)
     layer.attrs["out_dtype"] = y_q.dtype.onnx
-    _take_output(layer, y, y_q)
+    take_output(layer, y, y_q)
     return True
 
 
@@ -107,7 +107,7 @@ def per_last_channel(q: Node, shape: tuple) -> bool:
             and (zp is None or (z is not None and z.shape == s.shape)))
 
 
-def _take_output(layer: Node, old: Value, new: Value) -> None:
+def take_output(layer: Node, old: Value, new: Value) -> None:
     """`layer` now produces `new` (Q's output, its readers and binding intact); `old` is gone."""
     layer.outputs[0] = new
     new._producer = layer

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
-from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor
+from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor, take_output
 
 
 def quantize_before_pool(graph: Graph) -> bool:
@@ -59,12 +59,9 @@ def _swap(graph: Graph, pool: Node, keep: set[int]) -> bool:
     y_q = graph.value(f"{y.name}_quantized", p_q.dtype, y.shape)
     # Q now reads y and writes y_q; the pool reads y_q and writes p_q.
     q.set_input(0, y)
-    q.outputs[0] = y_q
-    y_q._producer = q
+    take_output(q, p_q, y_q)
     pool.set_input(0, y_q)
-    pool.outputs[0] = p_q
-    p_q._producer = pool
-    p._producer = None
+    take_output(pool, p, p_q)
     graph.nodes.remove(q)
     graph.nodes.insert(graph.nodes.index(pool), q)
     return True

@@ -316,8 +316,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     if loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c):
         x = _padded_pixels(x, loop.pixel)                                    # ROWS reads (w, c) runs
     bk = loop.block_k
-    tap_pad = loop.pixel if loop.path == ROWS and loop.pixel != c else loop.tap_pad
-    wp = packed_weight(w_q, loop.row_pad, tap_pad)                           # [OC, K]
+    wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
     flat = channels_last_out and (residual is None or res.stride() == y.stride())
     b = None if bias is None else bias.reshape(-1)
@@ -335,7 +334,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, MASK_C=loop.tap_pad > 0, PIX=max(loop.pixel, 1), ROW=geo.kw * loop.pixel,
+        PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1),
+        ROW=geo.kw * loop.pixel,
         IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,

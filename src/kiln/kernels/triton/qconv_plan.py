@@ -95,8 +95,9 @@ PIXEL_ALIGN = 4
 class KLoop:
     """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
     TAPS) or per kernel row (ROWS), the padded kernel-row length (ROWS, else 0), the padded
-    channels per tap (TAPS when C is not a multiple of 32, else 0) and, for ROWS, the elements
-    per pixel of X as the kernel reads it (C rounded up to PIXEL_ALIGN; else 0)."""
+    channels per tap of the packed W (TAPS when C is not a multiple of 32, ROWS when C is not a
+    multiple of PIXEL_ALIGN; else 0) and, for ROWS, the elements per pixel of X as the kernel
+    reads it (C rounded up to PIXEL_ALIGN; else 0)."""
     path: int
     block_k: int
     steps: int
@@ -124,7 +125,7 @@ def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h
         row = geo.kw * pixel
         bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
         pad = -(-row // bk) * bk
-        return KLoop(ROWS, bk, pad // bk, row_pad=pad, pixel=pixel)
+        return KLoop(ROWS, bk, pad // bk, row_pad=pad, tap_pad=pixel if pixel != channels else 0, pixel=pixel)
     bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
     pad = -(-channels // bk) * bk
     return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
