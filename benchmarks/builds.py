@@ -95,7 +95,9 @@ def build(model: BenchModel, path: Path, precision: str, batches: list[int], arg
     config = build_config(model, precision, batches, args, scratch, calibration)
     t0 = time.perf_counter()
     try:
-        engine = kiln.build(str(path), config, calibration=calibration.feeds if config.calib_cache else None)
+        engine = kiln.build(str(path), config, calibration=calibration.feeds if config.calib_cache else None,
+                            progress=lambda msg: log(f"{model.name} {precision}: {msg}")
+                            if msg.startswith("accuracy budget") else None)
     except Exception as exc:  # noqa: BLE001 - a model kiln cannot build is a finding, not a crash
         entry["builds"][precision] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         log(f"{model.name} {precision}: kiln build FAILED: {exc}")
