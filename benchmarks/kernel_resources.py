@@ -158,22 +158,24 @@ def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any,
 
 
 def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int = 3, channels: int = 256,
-               size: int = 14, batch: int = 64, config: dict | None = None) -> tuple[Any, tuple, dict]:
+               size: int = 14, batch: int = 64, config: dict | None = None,
+               residual_8bit: bool = False) -> tuple[Any, tuple, dict]:
     """The 8-bit implicit-GEMM convolution as qconv launches it: a ResNet-50 stage-3 conv
-    (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual,
-    requantized to `out` or fp16 out (None)."""
+    (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual
+    (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None)."""
     zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
     x = torch.zeros(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
-    res = torch.zeros(batch, channels, size, size, dtype=torch.float16).contiguous(
+    res = torch.zeros(batch, channels, size, size, dtype=dtype if residual_8bit else torch.float16).contiguous(
         memory_format=torch.channels_last) if residual else None
+    res_q = {"residual_scale": torch.tensor(0.05, dtype=torch.float16)} if residual_8bit else {}
     requant = {} if out is None else {"out_scale": torch.tensor(0.05, dtype=torch.float16), "out_dtype": out,
                                       "out_zp": zp if out == TensorProto.INT8 else None}
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
     with recording(qconv, "_qconv_kernel") as rec:
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(channels).half(), None,
                     torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4,
-                    activation="Relu", config=dict(config or space[0]), **requant)
+                    activation="Relu", config=dict(config or space[0]), **requant, **res_q)
     return (qconv._qconv_kernel, *rec.calls[0])
 
 
@@ -245,6 +247,10 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp8 conv 3x3, Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, False),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
+    "int8 conv 1x1, int8 residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1,
+                                                                         residual_8bit=True),
+    "fp8 conv 1x1, fp8 residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN,
+                                                                      True, kernel=1, residual_8bit=True),
     "int8 stem conv 7x7/2 over 3 channels, Relu, int8 out": lambda: stem_case(torch.int8),
     "fp16 add + LayerNorm [4096, 768]": lambda: norm_case(None, NORM_TILE),
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),

@@ -127,6 +127,45 @@ def test_int8_requantized_exact(name):
     assert torch.equal(got, want)
 
 
+def _residual_8bit(shape, rtype, g):
+    """(R, residual_scale, residual_zp): small integers (exact in every 8-bit type), a power-of-two
+    scale, a zero point for the integer types."""
+    if rtype == F8:
+        return _ints(shape, -12, 12, g, F8), torch.tensor(0.25), None
+    lo, zp = (0, 7) if rtype == torch.uint8 else (-40, -3)
+    return _ints(shape, lo, lo + 80, g, rtype), torch.tensor(0.25), torch.tensor(zp, dtype=rtype)
+
+
+def _both_8bit_residual(x, w, xsc, wsc, b, r, rs, rzp, config=TINY, **attrs):
+    args = (x, w, xsc, None, wsc, None, b, r, torch.tensor(0.25), torch.tensor(0, dtype=I8), rs, rzp)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=config, **attrs)
+    want = reference_qconv(*args, activation="Relu", **attrs)
+    assert got.dtype == want.dtype == I8
+    return got.cpu(), want
+
+
+@pytest.mark.parametrize("rtype", [I8, torch.uint8, F8], ids=["int8", "uint8", "fp8"])
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1", "stem_c3"])
+def test_8bit_residual_exact(name, dtype, rtype):
+    """A residual read in 8 bits (residual_scale/residual_zp) on every walk: bit-exact."""
+    xs, ws, attrs, _path = GEOMETRIES[name]
+    x, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, dtype)
+    r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), rtype, torch.Generator().manual_seed(5))
+    got, want = _both_8bit_residual(_channels_last(x), w, xsc, wsc, b, _channels_last(r), rs, rzp, **attrs)
+    assert int((want == 0).sum()) > 0 and torch.equal(got, want)
+
+
+def test_8bit_residual_refusals():
+    xs, ws, attrs, _path = GEOMETRIES["1x1s1"]
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs)
+    with pytest.raises(AssertionError, match="a residual with residual_scale is int8, uint8 or float8_e4m3fn"):
+        tq.qconv(*_to(DEV, x, w, xsc, None, wsc, None, b, r, None, None, torch.tensor(0.5)), config=TINY)
+    with pytest.raises(AssertionError, match="residual_zp: one value of the residual's type"):
+        tq.qconv(*_to(DEV, x, w, xsc, None, wsc, None, b, r.to(I8), None, None, torch.tensor(0.5),
+                      torch.tensor(0, dtype=torch.uint8)), config=TINY)
+
+
 @pytest.mark.parametrize("name", ["1x1s1", "3x3s2p1", "7x7s2p3", "3x3d2", "stem_c3", "c40_dil_w"])
 def test_fp8_exact(name):
     xs, ws, attrs, _ = GEOMETRIES[name]
@@ -391,3 +430,18 @@ def test_gpu_float_and_requantized_outputs(dtype):
             got, want = _both(_channels_last(x), w, xsc, wsc, b, r, torch.tensor(0.05), torch.tensor(0, dtype=I8),
                               config=config, **attrs)
             _within_one_step(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rtype", [I8, F8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+def test_gpu_8bit_residual_every_config_exact(dtype, rtype):
+    if F8 in (dtype, rtype) and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9")
+    xs, ws, attrs = GPU_SHAPES[0]
+    x, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, dtype)
+    r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), rtype, torch.Generator().manual_seed(5))
+    for config in (tq.INT8_CONFIGS if dtype == I8 else [c for c in tq.FP8_CONFIGS if c["FP8_ACC"]]):
+        got, want = _both_8bit_residual(_channels_last(x), w, xsc, wsc, b, _channels_last(r), rs, rzp,
+                                        config=config, **attrs)
+        assert torch.equal(got, want), config

@@ -302,3 +302,54 @@ def _output_step(model, name: str) -> float:
     dq = next(n for n in model.graph.node if n.output[0] == name)
     assert dq.op_type == "DequantizeLinear"
     return float(inits[dq.input[1]])
+
+
+@pytest.mark.parametrize("rtype", [torch.int8, torch.uint8, torch.float8_e4m3fn])
+def test_qconv_8bit_residual_is_dequantized_first(rtype):
+    """residual_scale/residual_zp (inputs 10, 11): the residual R is 8-bit and the layer adds
+    (R - residual_zp) * residual_scale, the same as passing that float residual."""
+    x, w = _int8(2, 3, 5, 5), _int8(4, 3, 3, 3)
+    if rtype == torch.float8_e4m3fn:
+        r, zp = (torch.randn(2, 4, 5, 5) * 20).to(rtype), None
+    else:
+        r = torch.from_numpy(RNG.integers(0 if rtype == torch.uint8 else -128, 128, (2, 4, 5, 5))).to(rtype)
+        zp = torch.tensor(3, dtype=rtype)
+    rs = _f32(0.125)
+    dequantized = ((r.double() - (0 if zp is None else 3)) * 0.125).float()
+    args = (x, w, _f32(0.5), None, _f32(0.25), None, _f32(*RNG.standard_normal(4)))
+    for out in ((), (_f32(0.3), torch.tensor(0, dtype=torch.int8))):
+        want = qconv(*args, dequantized, *(out or (None, None)), pads=[1, 1, 1, 1], activation="Relu")
+        got = qconv(*args, r, *(out or (None, None)), rs, zp, pads=[1, 1, 1, 1], activation="Relu")
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_qconv_residual_parameters_are_checked():
+    x, w, r = _int8(1, 3, 4, 4), _int8(2, 3, 1, 1), _int8(1, 2, 4, 4)
+    args = (x, w, _f32(0.5), None, _f32(0.25), None, None)
+    with pytest.raises(TypeError, match="a residual with residual_scale is an 8-bit tensor"):
+        qconv(*args, r.float(), None, None, _f32(0.1))
+    with pytest.raises(ValueError, match="residual_zp is given without residual_scale"):
+        qconv(*args, r, None, None, None, torch.tensor(0, dtype=torch.int8))
+    with pytest.raises(ValueError, match="has residual_scale/residual_zp but no residual"):
+        qconv(*args, None, None, None, _f32(0.1))
+    with pytest.raises(ValueError, match="residual_scale must be per tensor"):
+        qconv(*args, r, None, None, _f32(0.1, 0.2))
+
+
+def test_conv_residual_dequantize_is_read_as_8_bits():
+    """Conv(DQ(x), DQ(w)) + DQ(r_q) -> Relu -> Q (a QDQ ResNet block's last conv): the QConv reads
+    r_q and dequantizes it itself; the residual's DQ goes."""
+    b = Builder()
+    x = b.input("x", (1, 4, 6, 6), "int8", data=RNG.integers(-128, 128, (1, 4, 6, 6)).astype(np.int8))
+    r = b.input("r", (1, 5, 6, 6), "int8", data=RNG.integers(-128, 128, (1, 5, 6, 6)).astype(np.int8))
+    xs, z = b.const(0.05, "xs"), b.const(0, "z", dtype="int8")
+    rs, rz = b.const(0.07, "rs"), b.const(-2, "rz", dtype="int8")
+    w = _dq(b, b.const(RNG.integers(-127, 128, (5, 4, 3, 3)), "wq", dtype="int8"),
+            b.const(RNG.uniform(0.01, 0.05, 5), "ws"), None, axis=0)
+    y = b.op("Relu", b.op("Add", b.op("Conv", _dq(b, x, xs, z), w, b.rand(5), pads=[1, 1, 1, 1]), _dq(b, r, rs, rz)))
+    g = b.output(_q(b, y, b.const(0.04, "ys"), z))
+    assert _check(b)
+    assert ops(g) == {"kiln::QConv": 1}
+    node = g.nodes[0]
+    assert node.input(7) is r and node.input(10) is rs and node.input(11) is rz
+    assert node.input(8) is not None and node.attrs["out_dtype"] == 3  # INT8

@@ -81,6 +81,28 @@ def test_rejects_what_the_kernel_cannot_run(gpu):
     assert not qc.supports_int8(bad_scale)                                # w_scale of neither 1 nor OC
 
 
+def _with_residual(query: TacticQuery, residual: str, res_scale: str | None = "float32",
+                   res_zp: str | None = None) -> TacticQuery:
+    """`query` (requantized) with a residual of type `residual` and residual_scale/zp (inputs 10, 11)."""
+    dts = list(query.input_dtypes[:7]) + [residual, "float32", "int8", res_scale, res_zp]
+    shapes = list(query.input_shapes[:7]) + [(64, 64, 56, 56), (), (), (), ()]
+    return TacticQuery(query.op, query.device, tuple(dts), query.attrs, tuple(shapes), query.layout)
+
+
+def test_8bit_residual(gpu):
+    """A residual read in 8 bits needs its residual_scale; a float one takes none."""
+    assert qc.supports_int8(_with_residual(_query(), "int8"))
+    assert qc.supports_int8(_with_residual(_query(), "uint8", res_zp="uint8"))
+    assert qc.supports_fp8(_with_residual(_query("float8_e4m3fn"), "float8_e4m3fn"))
+    assert qc.supports_int8(_with_residual(_query(), "float16", res_scale=None))
+    assert not qc.supports_int8(_with_residual(_query(), "int8", res_scale=None))        # raw codes: no scale
+    assert not qc.supports_int8(_with_residual(_query(), "float16"))                     # a float one scaled
+    assert not qc.supports_int8(_with_residual(_query(), "int8", res_zp="uint8"))        # zp of another type
+    gpu["value"] = (8, 6)                                                                # no float8 before 8.9
+    assert not qc.supports_int8(_with_residual(_query(), "float8_e4m3fn"))
+    assert qc.supports_int8(_with_residual(_query(), "int8"))
+
+
 def test_one_tactic_per_layout(gpu):
     nchw = _query(layout="nchw")
     assert not qc.supports_int8(nchw) and qc.supports_int8_nchw(nchw)

@@ -21,7 +21,8 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
   max|W_c| / qmax (qmax 127, 64, 63: ORT's symmetric and reduced ranges) and every
   element is checked, so the fused layer's DQ(q, s) is W bit for bit.
 - The epilogue (constant per-channel bias c, a residual r of the output's shape, one
-  activation) is matched as fuse_epilogues does; a trailing Q with constant per-tensor
+  activation) is matched as fuse_epilogues does (a Conv's residual DQ(r_q), per tensor, is
+  read as r_q with its scale and zero point: QConv dequantizes it in the epilogue); a trailing Q with constant per-tensor
   parameters (saturating, to an 8-bit integer or float8 type) becomes the output
   requantization (out_scale, out_zp, out_dtype). An intermediate is absorbed only when
   the next step is its sole reader and not a graph output.
@@ -223,11 +224,17 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
     tail = ep.nodes[-1].outputs[0] if ep.nodes else out
     requant = _output_q(tail, keep)
     dq_a, pa = act
-    inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, ep.residual]
+    # QConv reads a residual DQ(r) as r and dequantizes it in its epilogue (inputs 10, 11).
+    res_dq = _activation_input(ep.residual) if node.op == "Conv" else None
+    residual = ep.residual if res_dq is None else res_dq[0].input(0)
+    inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, residual,
+              None, None]
     attrs = {"activation": ep.activation, "activation_params": ep.params, "out_dtype": 0}
     if requant is not None:
-        inputs += [requant[1].scale, requant[1].zero_point]
+        inputs[8:10] = [requant[1].scale, requant[1].zero_point]
         attrs["out_dtype"] = requant[0].outputs[0].dtype.onnx
+    if res_dq is not None:
+        inputs += [res_dq[1].scale, res_dq[1].zero_point]
     while inputs[-1] is None:
         inputs.pop()
     if node.op == "Conv":
@@ -236,7 +243,7 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
         attrs["trans_b"] = int(node.attrs.get("transB", 0))
     nodes = [node, *ep.nodes, *([requant[0]] if requant is not None else [])]
     replace_nodes(graph, nodes, "QConv" if node.op == "Conv" else "QMatMul", inputs, attrs, "kiln")
-    for dq in (dq_a, weight[1]):
+    for dq in (dq_a, weight[1], res_dq[0] if res_dq is not None else None):
         if dq is not None:
             drop_if_dead(graph, dq, keep)
     return True

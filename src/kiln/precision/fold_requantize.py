@@ -66,7 +66,8 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
     y_q = q.outputs[0]
     scale, zp = q.input(1), q.input(2)
     graph.remove_node(q)
-    inputs = list(layer.inputs[:OUT_SCALE]) + [None] * (OUT_SCALE - len(layer.inputs)) + [scale, zp]
+    inputs = list(layer.inputs) + [None] * (OUT_SCALE + 2 - len(layer.inputs))
+    inputs[OUT_SCALE:OUT_SCALE + 2] = [scale, zp]  # QConv's residual_scale/zp (10, 11) stay
     while inputs[-1] is None:
         inputs.pop()
     layer.set_inputs(inputs)

@@ -62,7 +62,8 @@ def fp8_weight(w: np.ndarray, axis: int) -> tuple[torch.Tensor, np.ndarray]:
     return q.to(torch.float8_e4m3fn), scale
 
 
-def _quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
+def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
+    """A new saturating QuantizeLinear(x, amax / 448) -> float8_e4m3fn, placed before `before`; its output."""
     scale = graph.constant(np.array(amax / FP8_E4M3_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_fp8_scale")
     x_q = graph.value(f"{x.name}_fp8", FP8, x.shape)
     q = Node("QuantizeLinear", [x, scale], [x_q], {"output_dtype": TensorProto.FLOAT8E4M3FN, "saturate": 1},
@@ -74,7 +75,7 @@ def _quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
 def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
-        shared_q[id(x)] = _quantize_input(graph, x, amax, node)
+        shared_q[id(x)] = quantize_input(graph, x, amax, node)
     x_q = shared_q[id(x)]
     w_q, w_scale = fp8_weight(layer.w, layer.axis)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)

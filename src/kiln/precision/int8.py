@@ -220,16 +220,21 @@ QUANTIZABLE_OPS = {
 # ---------------------------------------------------------------- the rewrite
 
 
+def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
+    """A new QuantizeLinear(x, amax / 127, 0) -> int8, placed before `before`; its output."""
+    scale = graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_scale")
+    zp = graph.constant(np.array(0, dtype=np.int8), f"{x.name}_zero_point")
+    x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
+    q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1},
+             name=graph.unique_name(f"{x.name}_quantize"))
+    graph.add_node(q, before=before)
+    return x_q
+
+
 def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
-        scale = graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_scale")
-        zp = graph.constant(np.array(0, dtype=np.int8), f"{x.name}_zero_point")
-        x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
-        q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1},
-                 name=graph.unique_name(f"{x.name}_quantize"))
-        graph.add_node(q, before=node)
-        shared_q[id(x)] = x_q
+        shared_q[id(x)] = quantize_input(graph, x, amax, node)
     x_q = shared_q[id(x)]
     scale, zp = x_q.producer().input(1), x_q.producer().input(2)
 

@@ -18,7 +18,8 @@ What `supports` accepts, and why:
   see (they are constants): the kernel checks each zero-point tensor once and raises on a
   non-zero one, so the tuner drops the tactic for that node and keeps the reference.
 - x_scale float16/bfloat16/float32 (the float output's type); w_scale per tensor or per
-  output channel; bias with 1 or OC elements; a residual of at most Y's rank.
+  output channel; bias with 1 or OC elements; a residual of at most Y's rank, float, or
+  int8/uint8/float8_e4m3fn with a one-element residual_scale (and zero point of its type).
 - the output: float, or requantized to int8, uint8 or float8_e4m3fn.
 - a 2-D conv (4-D X and W), group 1 (grouped and depthwise convs stay on the reference),
   any static C (W's dim 1): the kernel walks every C with K steps of at least 32, which
@@ -40,8 +41,9 @@ REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 # Input or output type -> the compute capability the kernel needs for it (MMA, conversion).
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
 
-# Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp.
-X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10)
+# Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp,
+# residual_scale, residual_zp.
+X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP = range(12)
 
 
 def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape
@@ -70,10 +72,20 @@ def _types_ok(query: TacticQuery, input_type: str) -> bool:
         return False
     if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
         return False
-    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, RESIDUAL, OUT_SCALE)):
+    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, OUT_SCALE, RES_SCALE)):
+        return False
+    if not _residual_ok(dts):
         return False
     out = _output_type(query)
     return out in (REQUANT_TYPES if _at(dts, OUT_SCALE) is not None else FLOAT_TYPES)
+
+
+def _residual_ok(dts: tuple) -> bool:
+    """A float residual, or an 8-bit one with residual_scale (and a zero point of its type)."""
+    res = _at(dts, RESIDUAL)
+    if _at(dts, RES_SCALE) is None:
+        return res in (None, *FLOAT_TYPES) and _at(dts, RES_ZP) is None
+    return res in REQUANT_TYPES and _at(dts, RES_ZP) in (None, res)
 
 
 def _shapes_ok(query: TacticQuery) -> bool:
@@ -87,7 +99,7 @@ def _shapes_ok(query: TacticQuery) -> bool:
         return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
-    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP):
+    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP):
         s = _at(shapes, i)
         if s is not None and not _one_element(s):
             return False
@@ -116,7 +128,8 @@ def _supports(query: TacticQuery, input_type: str, nhwc: bool) -> bool:
     if query.attrs.get("activation", "") not in ACTIVATIONS:
         return False
     cap = device_capability()
-    need = max(MIN_CAPABILITY[input_type], MIN_CAPABILITY.get(_output_type(query) or "", (0, 0)))
+    need = max(MIN_CAPABILITY[input_type], MIN_CAPABILITY.get(_output_type(query) or "", (0, 0)),
+               MIN_CAPABILITY.get(_at(query.input_dtypes, RESIDUAL) or "", (0, 0)))
     return cap is not None and cap >= need
 
 

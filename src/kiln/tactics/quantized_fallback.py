@@ -8,7 +8,8 @@ cuBLAS / cuDNN instead:
 
   A, B (int8/uint8/float8_e4m3fn)  ->  DQ(A) = (A - a_zp) * a_scale,  DQ(B) likewise per channel
   Y = [Q](act(DQ(A) @ DQ(B) + bias + residual))       QMatMul: torch.matmul (cuBLAS)
-  Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual))  QConv: F.conv2d (cuDNN, channels-last kept)
+  Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual))  QConv: F.conv2d (cuDNN, channels-last kept;
+                                                       an 8-bit residual dequantized like X)
 
 computed in the float output type (a_scale's; float32 math when the layer requantizes to an
 integer type; then the reference's own requantization). The dequantized weight is made once per weight tensor
@@ -94,7 +95,8 @@ def dequant_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | No
 
 def dequant_qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
                   w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-                  out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+                  out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
+                  residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
                   dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
                   pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
                   activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
@@ -115,6 +117,8 @@ def dequant_qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None
     else:
         padding = begin
     y = F.conv2d(x, w, None, strides_, padding, dil, group)
+    if residual is not None and residual_scale is not None:  # an 8-bit residual (reference/quantized.py)
+        residual = _dequantize(residual, residual_scale, residual_zp, [1, -1, 1, 1], dt)
     return _finish(y, bias, [1, -1, 1, 1], residual, activation, activation_params, x_scale.dtype, out_scale, out_zp,
                    out_dtype)
 
@@ -127,9 +131,12 @@ def _supported(query: TacticQuery) -> bool:
 
 
 def supports_qconv(query: TacticQuery) -> bool:
-    shapes = query.input_shapes
+    """As _supported, for a 2-D conv; an 8-bit residual needs its one-element residual_scale."""
+    shapes, dts = query.input_shapes, query.input_dtypes
     x = shapes[0] if shapes else None
-    return _supported(query) and (x is None or len(x) == 4)
+    res_scale = dts[10] if len(dts) > 10 else None
+    residual_ok = res_scale is None or (dts[7] in EIGHT_BIT and res_scale in FLOATS)
+    return _supported(query) and (x is None or len(x) == 4) and residual_ok
 
 
 register_tactic(Tactic("kiln::QMatMul.dequant_cublas", "kiln::QMatMul", 1, ("cuda",), dequant_qmatmul, _supported))

@@ -7,6 +7,7 @@ and they are defined so that every step is exact up to one final rounding:
 
   acc  = sum_k (a - a_zp)(b - b_zp)     exact; held in float64 (bounds below)
   v    = acc * (a_scale * b_scale) + bias + residual      in float64
+         (QConv with residual_scale: residual = (R - residual_zp) * residual_scale, R 8-bit)
   v    = act(v)                                           ACTIVATIONS, in float64
   Y    = v rounded once to a_scale's dtype                 (no out_scale: float output)
   Y    = saturate(round_half_even(v / out_scale) + out_zp) (out_scale given)
@@ -19,6 +20,9 @@ per channel, precision/smooth_quant.py; out_zp then has out_scale's shape). The
 requantized type is `out_dtype` (an ONNX TensorProto enum) when non-zero, else out_zp's
 type, else uint8, as QuantizeLinear; integer types saturate to their range, float8 types
 saturate to their largest finite value (QuantizeLinear's saturate=1).
+QConv's optional residual_scale/residual_zp (inputs 10 and 11, per tensor) make the residual
+an 8-bit tensor (int8, uint8 or float8_e4m3fn) that the layer dequantizes itself, so that a
+residual stream kept in 8 bits (precision/quantize_residuals.py) is read as written.
 Inputs A/B (X/W) are int8, uint8 or float8_e4m3fn (either may be either). Why the float64
 accumulator is exact, for any order of summation (every partial sum obeys the same bound):
 - int8/uint8: each product is an integer of magnitude <= 2^16, so a sum of K of them is an
@@ -95,10 +99,25 @@ def _check_inputs(op: str, a: Tensor, b: Tensor, a_zp: Tensor | None, b_zp: Tens
                          "float64 holds exactly; split the reduction or keep this layer in float")
 
 
+def dequantized_residual(residual: Tensor, residual_scale: Tensor | None, residual_zp: Tensor | None) -> Tensor:
+    """The residual in float64: as given, or (R - residual_zp) * residual_scale for an 8-bit R."""
+    if residual_scale is None:
+        if residual_zp is not None:
+            raise ValueError("residual_zp is given without residual_scale; give both or neither")
+        return residual.to(torch.float64)
+    if residual.dtype not in _INPUT_TYPES:
+        raise TypeError(f"a residual with residual_scale is an 8-bit tensor (int8, uint8 or float8_e4m3fn); "
+                        f"got {residual.dtype}")
+    r = residual.to(torch.float64)
+    if residual_zp is not None:
+        r = r - _per_tensor(residual_zp, "residual_zp")
+    return r * _per_tensor(residual_scale, "residual_scale")
+
+
 def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None,
             activation: str, activation_params: Sequence[float], float_dtype: torch.dtype,
             out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> Tensor:
-    """Scale the exact accumulator, add the epilogue, and round once (module docstring)."""
+    """Scale the exact accumulator, add the epilogue (residual in float64), and round once (module docstring)."""
     v = acc * scale
     if bias is not None:
         v = v + bias.to(torch.float64).reshape(bias_shape)
@@ -171,11 +190,13 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
 @reference_op("QConv", domain="kiln")
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-          out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
+          residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), exact accumulation (module docstring).
+    """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), exact accumulation (module docstring);
+    with residual_scale the residual is 8-bit and dequantized first.
 
     Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
     """
@@ -192,5 +213,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                pads=pads, strides=strides)  # [N, M, *D]
     per_channel = [1, -1] + [1] * (rank - 2)
     scale = _per_tensor(x_scale, "x_scale") * _channel(w_scale, m, per_channel, "w_scale")
-    return _finish(acc, scale, bias, per_channel, residual, activation, activation_params, x_scale.dtype,
+    if residual is None and (residual_scale is not None or residual_zp is not None):
+        raise ValueError("kiln::QConv has residual_scale/residual_zp but no residual; give the residual too")
+    r = None if residual is None else dequantized_residual(residual, residual_scale, residual_zp)
+    return _finish(acc, scale, bias, per_channel, r, activation, activation_params, x_scale.dtype,
                    out_scale, out_zp, out_dtype)

@@ -56,7 +56,7 @@ least exact. The tuner keeps a config only when its output agrees with the refer
 within compiler/tolerance.py, so the space offers all three.
 
 Epilogue, in float32 on the accumulator tile, in the store: acc * (x_scale * w_scale[oc])
-+ bias[oc] + residual, the activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a
++ bias[oc] + residual (an 8-bit residual as (R - residual_zp) * residual_scale), the activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a
 cast to the float output (x_scale's dtype) or the requantization, quantize.py's requantize
 as in qgemm.py: v * (1 / out_scale), the reciprocal correctly rounded once per program (an
 IEEE division per element is a long instruction sequence with a slow-path call, unrolled
@@ -96,6 +96,7 @@ Tensor = torch.Tensor
 
 INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn)     # X and W: the same one of these
 FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
+RESIDUAL_8BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)     # a residual with residual_scale
 # Requantized output types (DType names) and the range each saturates to.
 REQUANT_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
@@ -132,13 +133,14 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
 
 @triton.jit
 def _qconv_kernel(
-        X, W, Y, XS, WS, BIAS, RES, OS, OZP,
+        X, W, Y, XS, WS, BIAS, RES, RS, RZP, OS, OZP,
         M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr,
         IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
-        WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, FLAT_OUT: tl.constexpr,
+        WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
+        HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
@@ -228,7 +230,12 @@ def _qconv_kernel(
         y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
     if HAS_RES:
-        v = v + tl.load(RES + r_off, mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(RES + r_off, mask=mask, other=0.0).to(tl.float32)
+        if RES_Q:  # an 8-bit residual: (R - residual_zp) * residual_scale
+            if HAS_RZP:
+                r = r - tl.load(RZP).to(tl.float32)
+            r = r * tl.load(RS).to(tl.float32)
+        v = v + r
     v = _activation(v, ACT, p0, p1)
     if OUT_KIND != 0:
         # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
@@ -282,21 +289,36 @@ def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor 
     assert x.numel() < 2**31 and w.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
 
 
+def _check_residual(residual: Tensor | None, scale: Tensor | None, zp: Tensor | None) -> None:
+    if scale is None:
+        assert zp is None and (residual is None or residual.dtype in FLOAT_OUTPUTS), \
+            "a residual without residual_scale is float16, bfloat16 or float32 (and has no residual_zp)"
+        return
+    assert residual is not None and residual.dtype in RESIDUAL_8BIT, \
+        f"a residual with residual_scale is int8, uint8 or float8_e4m3fn, got {None if residual is None else residual.dtype}"
+    assert scale.numel() == 1 and scale.dtype in FLOAT_OUTPUTS, "residual_scale: one float16/bfloat16/float32 value"
+    assert zp is None or (zp.numel() == 1 and zp.dtype == residual.dtype), "residual_zp: one value of the residual's type"
+
+
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-          out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
+          residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0,
           config: dict[str, Any] | None = None, channels_last_out: bool = True) -> Tensor:
     """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), the reference kiln::QConv's contract,
     for X [N, C, H, W] int8 or float8_e4m3fn in any memory format (channels-last is read in
-    place, others are converted). Y is channels-last, or contiguous NCHW if not channels_last_out."""
+    place, others are converted); an 8-bit residual with residual_scale (and residual_zp) is
+    dequantized in the epilogue. Y is channels-last, or contiguous NCHW if not channels_last_out."""
     out = output_type(x_scale, out_scale, out_zp, out_dtype)
     _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None)
+    _check_residual(residual, residual_scale, residual_zp)
     _require_zero(x_zp, "x_zp")
     _require_zero(w_zp, "w_zp")
     out_zp = needed_zero_point(out_zp)
+    residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
     is_fp8 = x_q.dtype == torch.float8_e4m3fn
     cfg = dict((FP8_CONFIGS if is_fp8 else INT8_CONFIGS)[0] if config is None else config)
@@ -326,7 +348,9 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
     _qconv_kernel[grid](
-        x, wp, y_out, x_scale, w_scale, x_scale if b is None else b, res, x_scale if out_scale is None else out_scale,
+        x, wp, y_out, x_scale, w_scale, x_scale if b is None else b, res,
+        x_scale if residual_scale is None else residual_scale, x_scale if residual_zp is None else residual_zp,
+        x_scale if out_scale is None else out_scale,
         x_scale if out_zp is None else out_zp,
         m, oc, c, h, w, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
         loop.steps, geo.kw,
@@ -337,7 +361,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1),
         ROW=geo.kw * loop.pixel,
         IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
-        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None, FLAT_OUT=flat,
+        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
+        RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
