@@ -132,7 +132,8 @@ def engine_record(engine: Any, precision: str, seconds: float) -> dict[str, Any]
     if budget:
         record["budget"] = {"metric": budget["metric"], "target": budget["target"], "achieved": budget["achieved"],
                             "kept": len(budget["kept"]), "kept_precision": budget.get("kept_precision", "fp32"),
-                            "candidates": budget["candidates"], "builds": budget["builds"]}
+                            "candidates": budget["candidates"], "builds": budget["builds"],
+                            **({"speed": budget["speed"]} if "speed" in budget else {})}
     return record
 
 

@@ -103,7 +103,9 @@ def builds_table(model: dict[str, Any]) -> list[str]:
             g = b["budget"]
             kinds += (f"; accuracy budget {g['metric']}={g['target']}: {g['kept']} of {g['candidates']} layers kept in "
                       f"{g['kept_precision']} ({g['metric']} {g['achieved']} on the calibration batches, "
-                      f"{g['builds']} builds)")
+                      f"{g['builds']} builds"
+                      + (f"; the build timed it at {sp['speedup']:.2f}x the {sp['wider_precision']} engine"
+                         if (sp := g.get("speed")) else "") + ")")
         lines.append(_row([
             p, f"{b['build_s']:.1f}", warm_s,
             cold.get("off") or f"{cold.get('layers_timed', '—')} / {cold.get('timer_calls', '—')}",

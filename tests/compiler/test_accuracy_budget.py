@@ -210,3 +210,43 @@ def test_cli_int8_fp16_budget_keeps_layers_in_fp16(tmp_path) -> None:
                                        "cosine=0.99999"])
     assert result.exit_code == 0, result.output
     assert "layer(s) kept in fp16 of 3 ranked" in " ".join(result.output.split()), result.output
+
+
+def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
+    # A tuned build with a budget times its engine against the engine with every layer in the kept
+    # type (here fp16, the float precision of --int8 --fp16), built for the comparison.
+    from kiln.compiler import accuracy_budget
+    model, calib = mlp(big=False), _calibration()
+    timed: list[str] = []
+
+    def fake_time(engine, timer) -> float:  # noqa: ANN001
+        timed.append(engine.header["build_config"]["precision"])
+        return {"int8": 2.0, "fp16": 1.0}[timed[-1]]
+
+    monkeypatch.setattr(accuracy_budget, "_time_engine", fake_time)
+    config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", accuracy_budget=("cosine", 0.99999))
+    with pytest.warns(accuracy_budget.SlowPlanWarning,
+                      match=r"runs in 2 ms, slower than the fp16 engine it would replace \(1 ms, 0.50x\)"):
+        engine = build(model, config, calibration=calib, timer=lambda fn, n: (fn(), [0.01] * n)[1])
+    assert timed == ["int8", "fp16"]
+    budget = engine.header["build"]["accuracy_budget"]
+    assert budget["speed"] == {"engine_ms": 2.0, "wider_ms": 1.0, "wider_precision": "fp16", "speedup": 0.5}
+    from kiln.cli.build import budget_line
+    assert budget_line(budget).endswith("; runs in 2 ms, 0.50x the fp16 engine's 1 ms")
+    # untuned (a CPU build without a timer): no speed to report
+    untuned = build(model, config, calibration=calib)
+    assert "speed" not in untuned.header["build"]["accuracy_budget"] and timed == ["int8", "fp16"]
+
+
+def test_time_engine_is_the_median_of_timed_runs() -> None:
+    from kiln.compiler.accuracy_budget import SPEED_REPEATS, _time_engine
+    engine = build(mlp(big=False), BuildConfig(device="cpu"))
+    runs: list[int] = []
+
+    def timer(fn, repeats: int) -> list[float]:  # noqa: ANN001
+        out = fn()
+        assert set(out) == {"y"} and tuple(out["y"].shape) == (8, 16)
+        runs.append(repeats)
+        return [3.0, 1.0, 2.0] + [2.5] * (repeats - 3)
+
+    assert _time_engine(engine, timer) == 2.5 and runs == [SPEED_REPEATS]

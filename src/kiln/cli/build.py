@@ -231,13 +231,17 @@ def overflow_line(overflow: dict[str, Any]) -> str:
 
 
 def budget_line(budget: dict[str, Any]) -> str:
-    """E.g. "cosine=0.9995 (target 0.999): 2 layer(s) kept in fp16 of 40 ranked, 48 builds"."""
+    """E.g. "cosine=0.9995 (target 0.999): 2 layer(s) kept in fp16 of 40 ranked, 48 builds; runs in
+    0.41 ms, 1.21x the fp16 engine's 0.496 ms" (the speed when the build tuned on a GPU)."""
     kept = ", ".join(k["layer"] for k in budget["kept"][:4]) + (" ..." if len(budget["kept"]) > 4 else "")
     achieved = budget["achieved"]
     achieved = f"{achieved:.6g}" if isinstance(achieved, float) else achieved  # "inf"/"-inf" come as strings
+    speed = budget.get("speed")
     return (f"{budget['metric']}={achieved} (target {budget['target']}): {len(budget['kept'])} layer(s) "
             f"kept in {budget.get('kept_precision', 'fp32')} of {budget['candidates']} ranked, {budget['builds']} "
-            "builds" + (f" ({kept})" if kept else ""))
+            "builds" + (f" ({kept})" if kept else "")
+            + (f"; runs in {speed['engine_ms']:.4g} ms, {speed['speedup']:.2f}x the {speed['wider_precision']} "
+               f"engine's {speed['wider_ms']:.4g} ms" if speed else ""))
 
 
 def _tuning_line(tuning: Any) -> str:

@@ -122,7 +122,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     config = config or BuildConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
-    budget = None
+    budget, requested = None, config
     if config.accuracy_budget is not None:
         from kiln.compiler.accuracy_budget import search
         if calibration is not None and not isinstance(calibration, (str, os.PathLike)):
@@ -209,6 +209,11 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         engine.header["build"]["memory_plan"] = f"skipped: {probe}"
     else:
         engine.plan = engine.executor.plan = plan_memory(plan, probe)
+    if budget is not None and tune:
+        from kiln.compiler.accuracy_budget import plan_speed
+        say("accuracy budget: timing the plan against the engine it would replace")
+        speed = plan_speed(model, requested, engine, budget.kept_precision, timer or CudaTimer())
+        engine.header["build"]["accuracy_budget"]["speed"] = speed.to_json()
     engine.header["build"]["seconds"] = round(time.perf_counter() - t0, 3)
     return engine
 
