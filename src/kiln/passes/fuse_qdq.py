@@ -22,9 +22,9 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
   element is checked, so the fused layer's DQ(q, s) is W bit for bit.
 - The epilogue (constant per-channel bias c, a residual r of the output's shape, one
   activation) is matched as fuse_epilogues does (a Conv's residual DQ(r_q), per tensor, is
-  read as r_q with its scale and zero point: QConv dequantizes it in the epilogue); a trailing Q with constant per-tensor
-  parameters (saturating, to an 8-bit integer or float8 type) becomes the output
-  requantization (out_scale, out_zp, out_dtype). An intermediate is absorbed only when
+  read as r_q with its scale and zero point: QConv dequantizes it in the epilogue); a
+  trailing Q with constant per-tensor parameters (saturating, to an 8-bit integer or float8
+  type) becomes the output requantization (out_scale, out_zp, out_dtype). An intermediate is absorbed only when
   the next step is its sole reader and not a graph output.
 - DQ(Q(x)) pairs that no quantized layer consumes are kept: they simulate quantization
   of a float tensor, and removing them would change the numbers. A DQ whose readers are

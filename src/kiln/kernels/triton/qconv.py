@@ -56,9 +56,9 @@ least exact. The tuner keeps a config only when its output agrees with the refer
 within compiler/tolerance.py, so the space offers all three.
 
 Epilogue, in float32 on the accumulator tile, in the store: acc * (x_scale * w_scale[oc])
-+ bias[oc] + residual (an 8-bit residual as (R - residual_zp) * residual_scale), the activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a
-cast to the float output (x_scale's dtype) or the requantization, quantize.py's requantize
-as in qgemm.py: v * (1 / out_scale), the reciprocal correctly rounded once per program (an
++ bias[oc] + residual (an 8-bit residual as (R - residual_zp) * residual_scale), the
+activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a cast to the float output
+(x_scale's dtype) or the requantization, quantize.py's requantize as in qgemm.py: v * (1 / out_scale), the reciprocal correctly rounded once per program (an
 IEEE division per element is a long instruction sequence with a slow-path call, unrolled
 over the tile; with it an int8 output took up to 4x the float16 output's time); rounded
 half to even by one float32 add of 1.5*2^23, plus out_zp, saturated to the type's range;
@@ -294,10 +294,10 @@ def _check_residual(residual: Tensor | None, scale: Tensor | None, zp: Tensor | 
         assert zp is None and (residual is None or residual.dtype in FLOAT_OUTPUTS), \
             "a residual without residual_scale is float16, bfloat16 or float32 (and has no residual_zp)"
         return
-    assert residual is not None and residual.dtype in RESIDUAL_8BIT, \
-        f"a residual with residual_scale is int8, uint8 or float8_e4m3fn, got {None if residual is None else residual.dtype}"
+    got = None if residual is None else residual.dtype
+    assert got in RESIDUAL_8BIT, f"a residual with residual_scale is int8, uint8 or float8_e4m3fn, got {got}"
     assert scale.numel() == 1 and scale.dtype in FLOAT_OUTPUTS, "residual_scale: one float16/bfloat16/float32 value"
-    assert zp is None or (zp.numel() == 1 and zp.dtype == residual.dtype), "residual_zp: one value of the residual's type"
+    assert zp is None or (zp.numel() == 1 and zp.dtype == got), "residual_zp: one value of the residual's type"
 
 
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
