@@ -36,6 +36,12 @@ def derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
     return entries[key]
 
 
+def has_derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable) -> bool:
+    """Whether `key` was derived from `tensor` as it is now (so `derived` would not call make)."""
+    hit = table.get(tensor)
+    return hit is not None and hit[0] == tensor._version and key in hit[1]
+
+
 # zero-point tensor -> whether every element is 0
 _ZERO = derived_table()
 
@@ -46,6 +52,6 @@ def all_zero(t: torch.Tensor) -> bool:
     The read synchronises with the device; while a CUDA graph is being captured, where that is
     not allowed, a tensor not read before counts as not all zero (the caller then keeps the
     general path, which is correct for any value)."""
-    if t.is_cuda and torch.cuda.is_current_stream_capturing() and "all zero" not in _entries(_ZERO, t):
+    if t.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_ZERO, t, "all zero"):
         return False
     return derived(_ZERO, t, "all zero", lambda x: not bool(torch.any(x.to(torch.float32) != 0)))

@@ -42,8 +42,13 @@ does not compile for int8/fp8 on Hopper, though Triton's interpreter would run i
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel
 and its launcher.
 
-Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). float8
-e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA is reported not to add
+Accumulation. int8 x int8: int32 on the tensor cores, exact (|sum| < K * 2^14). The
+epilogue needs it in float32: where every sum is below 2^22 in magnitude (K * 128 * max|W| <
+2^22: ResNet's 1x1 convs over up to 256 channels, its stem) as the bits of acc + 1.5 * 2^23
+read as a float32 minus 1.5 * 2^23, exact and at full ALU rate; otherwise by the I2F
+conversion instruction, which Hopper runs at an eighth of that rate or less (in the epilogue
+of a short-K conv it is most of the per-element work; fp8 accumulates in float32 already).
+float8 e4m3 x e4m3: float32 on the tensor cores (sm_89+). Hopper's fp8 MMA is reported not to add
 in full float32 (about 14 bits kept after aligning the products and the accumulator to the
 largest exponent; DeepSeek-V3's measurement, not re-measured here), so the error of each
 step grows with the running sum. The config key
@@ -84,7 +89,7 @@ import triton
 import triton.language as tl
 
 from kiln.ir import dtypes
-from kiln.kernels.memo import all_zero
+from kiln.kernels.memo import all_zero, derived, derived_table, has_derived
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
@@ -102,6 +107,11 @@ REQUANT_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
+# int8 accumulators of magnitude below this convert to float32 as bits(acc + 1.5 * 2^23) - 1.5 * 2^23
+# (exact: the sum stays in [2^23, 2^24), where float32's step is 1): an integer add and a float
+# subtraction at full ALU rate, where the I2F instruction runs at a fraction of it (module docstring).
+SMALL_ACC = 2**22
+_WMAX = derived_table()   # weight -> max |W| (kernels/memo.py)
 
 _TILE = {"GROUP_M": 8}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
@@ -138,7 +148,7 @@ def _qconv_kernel(
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr,
-        IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr,
+        IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
@@ -211,11 +221,17 @@ def _qconv_kernel(
             w_ptrs += BLOCK_K
 
     # Epilogue on the float32 accumulator (module docstring).
+    if IS_FP8:
+        accf = acc
+    elif ACC_MAGIC:  # |acc| < 2^22: its float32 by one integer add and one float subtraction, exact
+        accf = (acc + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    else:
+        accf = acc.to(tl.float32)
     xs = tl.load(XS).to(tl.float32)
     if WS_PER_CHANNEL:
-        v = acc.to(tl.float32) * (xs * tl.load(WS + rn).to(tl.float32))[None, :]
+        v = accf * (xs * tl.load(WS + rn).to(tl.float32))[None, :]
     else:
-        v = acc.to(tl.float32) * (xs * tl.load(WS).to(tl.float32))
+        v = accf * (xs * tl.load(WS).to(tl.float32))
     if HAS_BIAS:
         v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]                    # [BLOCK_M, BLOCK_N]
@@ -265,6 +281,17 @@ def _padded_pixels(x: Tensor, pixel: int) -> Tensor:
     bytes_[:, c:].zero_()
     bytes_[:, :c].copy_(x.view(torch.uint8))
     return xp
+
+
+def small_accumulator(k: int, w_q: Tensor) -> bool:
+    """Whether every int8 accumulator of a K-long reduction over W stays below SMALL_ACC in
+    magnitude: K * 128 * max|W| < 2^22 (X's int8 values are at most 128 in magnitude). max|W| is
+    read once per weight tensor; while a CUDA graph is being captured, a weight not read before
+    counts as large (the I2F path, correct for any accumulator)."""
+    if w_q.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_WMAX, w_q, "absmax"):
+        return False
+    wmax = derived(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0)
+    return k * 128 * wmax < SMALL_ACC
 
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
@@ -361,6 +388,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1),
         ROW=geo.kw * loop.pixel,
         IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
+        ACC_MAGIC=not is_fp8 and small_accumulator(c * geo.kh * geo.kw, w_q),
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
         RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None, FLAT_OUT=flat,
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
