@@ -221,11 +221,11 @@ def attention_case(config: dict | None = None, mask: bool = True) -> tuple[Any, 
         attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]))
     return (attention._attention_kernel, *rec.calls[0])
 
-def pool_case(dtype: torch.dtype) -> tuple[Any, tuple, dict]:
+def pool_case(dtype: torch.dtype, config: dict | None = None) -> tuple[Any, tuple, dict]:
     """ResNet-50's stem MaxPool (3x3, stride 2, pad 1) over [64, 64, 112, 112] channels-last."""
     x = torch.zeros(64, 64, 112, 112, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with recording(pool, "_max_pool2d_kernel") as rec:
-        pool.max_pool2d(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+        pool.max_pool2d(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], config=config)
     return (pool._max_pool2d_kernel, *rec.calls[0])
 
 
@@ -258,6 +258,7 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 attention [32, 12, 128, 64], padding mask": lambda: attention_case(),
     "fp16 max pool 3x3/2 [64, 64, 112, 112]": lambda: pool_case(torch.float16),
     "int8 max pool 3x3/2": lambda: pool_case(torch.int8),
+    "int8 max pool 3x3/2, byte keys": lambda: pool_case(torch.int8, {**pool.CONFIGS[0], "INT_KEYS": 1}),
     "fp8 max pool 3x3/2": lambda: pool_case(torch.float8_e4m3fn),
     "fp16 FFN1, bias + GELU": lambda: gemm_case("Gelu"),
     "fp16 FFN1, bias + Sigmoid": lambda: gemm_case("Sigmoid"),

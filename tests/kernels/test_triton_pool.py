@@ -104,7 +104,7 @@ def test_float8_order_across_signs():
             assert got.float().item() == max(values[i].item(), values[j].item())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8, torch.uint8, torch.float8_e4m3fn])
 @pytest.mark.parametrize("config", list(tp.CONFIGS) if tp is not None else [])
 def test_every_config(config, dtype):
     _check(_x((2, 72, 9, 9), dtype, seed=3), config=dict(config), **STEM)
@@ -139,3 +139,15 @@ def test_gpu_resnet_stem_shape_every_config(dtype):
     x = _x((4, 64, 112, 112), dtype, seed=4)
     for config in tp.CONFIGS:
         _check(x, config=dict(config), **STEM)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
+@pytest.mark.parametrize("keys", [0, 1])
+def test_integer_extremes_and_padding_only_windows(dtype, keys):
+    """The lowest and highest values win where they should, and a window inside the padding
+    alone (pads wider than the kernel's reach) gives the type's lowest value, on both integer paths."""
+    lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
+    x = torch.tensor([[lo, lo, hi], [lo, 0, lo], [hi, lo, lo]], dtype=dtype).reshape(1, 1, 3, 3)
+    config = {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4, "INT_KEYS": keys}
+    got = _check(x, config=config, kernel_shape=[2, 2], pads=[3, 3, 3, 3], strides=[1, 1])
+    assert int(got.min()) == lo and int(got.max()) == hi

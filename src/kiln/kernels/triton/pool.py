@@ -20,7 +20,11 @@ Types. Every type compares in float32 (float8 in the interpreter aside, below; e
 conversion per element costs nothing in a memory-bound pass). int8/uint8 are loaded as bytes
 and the sign applied in int32: loaded as int8, the compiled kernel disagreed with the
 reference in 153 of 802816 maxima on an H200 (benchmarks/kernels_pool.py, 2026-11-27; the
-small shapes of the tests agreed), comparing in int8 or in float32 alike.
+small shapes of the tests agreed), comparing in int8 or in float32 alike. That path took twice
+fp8's time (65 against 30 us at the stem), so the configs with INT_KEYS compare the bytes
+themselves as int32 keys that order as the values (uint8: the byte; int8: the byte XOR 0x80,
+offset binary: -128 -> 0, 127 -> 255), a masked tap loading the lowest value's byte (key 0),
+so a tap costs a load, an XOR and a max, with no select and no float conversion.
 float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
 value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
 drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
@@ -47,13 +51,16 @@ MAX_TAPS = 64
 
 # The tuning space: output pixels x channels per program, warps. Channels are the contiguous
 # axis in channels-last memory: wide BLOCK_C for wide layers, more pixels for narrow ones.
-CONFIGS: tuple[dict[str, int], ...] = (
+# INT_KEYS (8-bit integer inputs only; other types ignore it): 1 compares byte keys in int32,
+# 0 compares the values in float32 (module docstring); the tuner keeps whichever is faster and right.
+_TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_P": 64, "BLOCK_C": 64, "num_warps": 4},
     {"BLOCK_P": 128, "BLOCK_C": 64, "num_warps": 4},
     {"BLOCK_P": 32, "BLOCK_C": 128, "num_warps": 4},
     {"BLOCK_P": 16, "BLOCK_C": 256, "num_warps": 4},
     {"BLOCK_P": 256, "BLOCK_C": 32, "num_warps": 8},
 )
+CONFIGS: tuple[dict[str, int], ...] = _TILES + tuple({**t, "INT_KEYS": 1} for t in _TILES[:3])
 
 
 @triton.jit
@@ -73,7 +80,8 @@ def _fp8_bits(key):
 @triton.jit
 def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                        SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, KIND: tl.constexpr,
-                       LOW: tl.constexpr, SIGNED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                       LOW: tl.constexpr, SIGNED: tl.constexpr, INT_KEYS: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)              # [BLOCK_P] output pixels
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] channels
     p_ok = offs_p < P
@@ -85,6 +93,10 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
     x_ch = offs_c.to(tl.int64)[None, :] * sxc                                # [1, BLOCK_C]
     if KIND == 2 and not COMPILED:
         best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.int32)
+    elif KIND == 1 and INT_KEYS:    # byte keys: 0 is the lowest value's
+        best = tl.zeros((BLOCK_P, BLOCK_C), tl.int32)
+    elif KIND == 1:                 # the type's lowest value, which a window inside the padding gives
+        best = tl.full((BLOCK_P, BLOCK_C), LOW, tl.float32)
     else:           # every other type compares in float32 (exact both ways)
         best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
     for kh in tl.static_range(KH):
@@ -100,6 +112,11 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
             elif KIND == 2:              # the interpreter: through the order key, in integers
                 v = _fp8_key(tl.load(ptrs, mask=ok, other=0).to(tl.int32) & 0xFF)
                 best = tl.where(ok, tl.maximum(best, v), best)
+            elif KIND == 1 and INT_KEYS:  # 8-bit integers as order-preserving byte keys (module docstring)
+                k = tl.load(ptrs, mask=ok, other=0x80 if SIGNED else 0).to(tl.int32)
+                if SIGNED:
+                    k = k ^ 0x80
+                best = tl.maximum(best, k)
             elif KIND == 1:              # 8-bit integers as bytes, the sign applied in int32
                 u = tl.load(ptrs, mask=ok, other=0).to(tl.int32)
                 if SIGNED:
@@ -114,6 +131,8 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
         tl.store(y_ptrs, best.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=mask)
     elif KIND == 2:
         tl.store(y_ptrs, _fp8_bits(best).to(tl.uint8), mask=mask)
+    elif KIND == 1 and INT_KEYS:
+        tl.store(y_ptrs, ((best ^ 0x80) if SIGNED else best).to(tl.uint8), mask=mask)
     elif KIND == 1:
         tl.store(y_ptrs, (tl.where(mask, best, 0.0).to(tl.int32) & 0xFF).to(tl.uint8), mask=mask)
     else:
@@ -154,6 +173,6 @@ def max_pool2d(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilat
     grid = (triton.cdiv(pixels, int(cfg["BLOCK_P"])), triton.cdiv(c, block_c))
     _max_pool2d_kernel[grid](x_in, y_out, pixels, c, h, w, oh, ow, *x.stride(), *y.stride(),
                              s[0], s[1], p[0], p[1], d[0], d[1], KH=k[0], KW=k[1], KIND=kind, LOW=low,
-                             SIGNED=x.dtype == torch.int8,
+                             SIGNED=x.dtype == torch.int8, INT_KEYS=int(cfg.get("INT_KEYS", 0)),
                              BLOCK_P=int(cfg["BLOCK_P"]), BLOCK_C=block_c, num_warps=int(cfg["num_warps"]))
     return y
