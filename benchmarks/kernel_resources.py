@@ -213,13 +213,16 @@ def norm_case(out: int | None, config: dict, rows: int = 4096, cols: int = 768) 
 NORM_TILE = {"num_warps": 4, "rows": 4}
 
 
-def attention_case(config: dict | None = None, mask: bool = True) -> tuple[Any, tuple, dict]:
-    """BERT-base b32 attention (fp16 [32, 12, 128, 64]) with its [B, 1, 1, S] additive padding mask."""
+def attention_case(config: dict | None = None, mask: bool = True, out: int | None = None) -> tuple[Any, tuple, dict]:
+    """BERT-base b32 attention (fp16 [32, 12, 128, 64]) with its [B, 1, 1, S] additive padding mask;
+    `out`: requantized to that ONNX type (the QuantizeLinear before the output projection, folded)."""
     q = torch.zeros(32, 12, 128, 64, dtype=torch.float16)
     m = torch.zeros(32, 1, 1, 128, dtype=torch.float16) if mask else None
+    requant = {} if out is None else {"out_scale": torch.tensor(0.05, dtype=torch.float16), "out_dtype": out}
     with recording(attention, "_attention_kernel") as rec:
-        attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]))
+        attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]), **requant)
     return (attention._attention_kernel, *rec.calls[0])
+
 
 def pool_case(dtype: torch.dtype, config: dict | None = None) -> tuple[Any, tuple, dict]:
     """ResNet-50's stem MaxPool (3x3, stride 2, pad 1) over [64, 64, 112, 112] channels-last."""
@@ -256,6 +259,8 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
     "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),
     "fp16 attention [32, 12, 128, 64], padding mask": lambda: attention_case(),
+    "fp16 attention, padding mask, fp8 out": lambda: attention_case(out=TensorProto.FLOAT8E4M3FN),
+    "fp16 attention, padding mask, int8 out": lambda: attention_case(out=TensorProto.INT8),
     "fp16 max pool 3x3/2 [64, 64, 112, 112]": lambda: pool_case(torch.float16),
     "int8 max pool 3x3/2": lambda: pool_case(torch.int8),
     "int8 max pool 3x3/2, byte keys": lambda: pool_case(torch.int8, {**pool.CONFIGS[0], "INT_KEYS": 1}),

@@ -171,3 +171,63 @@ def test_gpu_bert_base_shape_every_config():
     pad[::3, ..., 100:] = -3.4e38
     for config in ta.CONFIGS:
         _check(q, k, v, pad, config=dict(config))
+
+
+def _check_requantized(q, k, v, mask, out_dtype, zp, config=SMALL):
+    """The requantized output against the reference's, judged by the tuner's rule for it."""
+    from kiln.compiler.tolerance import mismatch
+    types = {3: torch.int8, 2: torch.uint8, 17: torch.float8_e4m3fn}
+    scale = torch.tensor(0.02)
+    zp_t = None if zp is None else torch.tensor(zp, dtype=types[out_dtype])
+    dev = [t.to(DEV) for t in (q, k, v)]
+    got = ta.attention(*dev, mask.to(DEV), scale.to(DEV), None if zp_t is None else zp_t.to(DEV),
+                       out_dtype=out_dtype, config=config).cpu()
+    want = REF(q.float(), k.float(), v.float(), mask, scale, zp_t, out_dtype=out_dtype)
+    assert got.dtype == types[out_dtype] and got.shape == q.shape
+    assert int((got.view(torch.uint8) != want.view(torch.uint8)).sum()) < got.numel() // 10
+    assert mismatch(got, want, "kiln::Attention") is None
+    return got
+
+
+@pytest.mark.parametrize("out_dtype, zp", [(3, 0), (3, -5), (2, 128), (17, None)], ids=["int8", "int8zp", "uint8", "fp8"])
+def test_requantized_output(out_dtype, zp):
+    """out_scale (and out_zp, out_dtype): Y rounded to 8 bits in the store, in the [B, S, H, D]
+    memory layout of the float output (the Transpose after attention stays a view)."""
+    q, k, v = _qkv((2, 2, 37, 32), 45, torch.float16, seed=2)
+    mask = torch.zeros(2, 1, 1, 45)
+    mask[1, ..., 30:] = -1e4
+    got = _check_requantized(q, k, v, mask, out_dtype, zp)
+    assert got.transpose(1, 2).is_contiguous()
+
+
+def test_requantized_output_without_keys_is_the_zero_point():
+    q, k, v = _qkv((1, 1, 4, 16), 0, torch.float16)
+    zp = torch.tensor(-3, dtype=torch.int8)
+    y = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), None, torch.tensor(0.1, device=DEV), zp.to(DEV), out_dtype=3)
+    assert y.dtype == torch.int8 and bool((y.cpu() == -3).all())
+
+
+def test_requantized_tactic_support():
+    from kiln.tactics.attention import _supports
+    tactic = get_tactic("kiln::Attention.triton")
+    shapes = ((32, 12, 128, 64),) * 3 + (None, (), ())
+
+    def query(out_scale="float32", zp="int8", out_dtype=3, scale_shape=()):
+        dts = ("float16",) * 3 + (None, out_scale, zp)
+        return TacticQuery("kiln::Attention", "cuda", dts, {"out_dtype": out_dtype},
+                           shapes[:4] + (scale_shape, ()))
+
+    assert _supports(query()) == tactic.supports(query())
+    assert not _supports(query(scale_shape=(2,)))                  # per tensor only
+    assert not _supports(query(zp="uint8"))                        # zero point of another type
+    assert not _supports(query(out_dtype=6))                       # INT32: not an 8-bit type
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [3, 17], ids=["int8", "fp8"])
+def test_gpu_bert_base_shape_requantized_every_config(out_dtype):
+    q, k, v = _qkv((32, 12, 128, 64), 128, torch.float16)
+    pad = torch.zeros(32, 1, 1, 128)
+    pad[::3, ..., 100:] = -3.4e38
+    for config in ta.CONFIGS:
+        _check_requantized(q, k, v, pad, out_dtype, 0 if out_dtype == 3 else None, config=dict(config))

@@ -149,3 +149,10 @@ def test_a_layer_kept_float_keeps_its_residual_float() -> None:
     # float and quantized for block 2's conv1; block 2's float output is quantized for block 3:
     # two QuantizeLinear kernels beside the input's and the head's
     assert [s.op for s in q.plan.steps].count("QuantizeLinear") == 4
+
+
+def test_build_summary_names_the_8bit_residuals() -> None:
+    from kiln.cli.build import int8_line
+    q = builder.build(resnet(), BuildConfig(device="cpu", precision="int8"), calibration=batches(SHAPE))
+    line = int8_line(q.header["build"]["int8"])
+    assert "3 reading an 8-bit residual" in line and "attention" not in line

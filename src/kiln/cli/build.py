@@ -212,8 +212,11 @@ def int8_line(int8: dict[str, Any]) -> str:
     kept = len(int8["kept_float"])
     folded = int8.get("requantize_folded", 0)
     norms = int8.get("norm_quantize_fused", 0)
+    residuals, attention = int8.get("residuals_quantized", 0), int8.get("attention_requantized", 0)
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
             + (f", {folded} requantizing their output" if folded else "")
+            + (f", {residuals} reading an 8-bit residual" if residuals else "")
+            + (f", {attention} attention(s) writing 8 bits" if attention else "")
             + (f", {norms} norm(s) quantizing their output" if norms else "") + f"; ranges: {calib['method']}, {where}"
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
                if (sq := int8.get("smooth_quant")) else ""))

@@ -10,7 +10,8 @@ layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after Smoo
 precision/smooth_quant.py) and folds the QuantizeLinear between two of them
 into the first (precision/fold_requantize.py; one after a MaxPool moves before it first,
 precision/quantize_before_pool.py; a conv's residual is read quantized where that lets the
-fold happen, precision/quantize_residuals.py) before the rest is typed fp32; once it is typed,
+fold happen, precision/quantize_residuals.py; an attention's output QuantizeLinear moves into the
+attention kernel, precision/quantize_attention_output.py) before the rest is typed fp32; once it is typed,
 a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
@@ -50,6 +51,7 @@ from kiln.precision.policy import engine_compute_type
 from kiln.precision.fold_requantize import fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
+from kiln.precision.quantize_attention_output import quantize_attention_output
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
@@ -159,6 +161,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         quantize_before_pool(graph)
         quantized["residuals_quantized"] = quantize_residuals(graph, ranges, config.precision)
         fold_requantize(graph)
+        quantized["attention_requantized"] = quantize_attention_output(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
     overflow = None
     if engine_compute_type(config) == dtypes.FLOAT16 and (calibration is not None or config.calib_data is not None):

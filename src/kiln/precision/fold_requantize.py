@@ -24,7 +24,7 @@ For an integer T the folded layer rounds once (float64 aside) where the chain ro
 times, so the two differ only where v / s lies within a few F-roundings of a half-way point,
 and there by one step, the folded result being v / s correctly rounded (the same difference
 as kernels/reference/quantized.py's last paragraph states for fused QDQ). For a float8 T both
-round v / s through float32 before the float8 rounding (quantized.py's _requantize), one
+round v / s through float32 before the float8 rounding (quantized.py's requantize), one
 a few roundings apart: again at most one float8 step, near ties only. Saturation is the same.
 
 Run after quantize_layers / quantize_fp8 (compiler/builder.py does, before the precision

@@ -5,6 +5,8 @@ SDPA dispatches to the flash, memory-efficient or cuDNN attention kernels on the
 mask add. Masks keep their meaning: a boolean mask keeps True, a float mask is added.
 kiln::Attention.triton (kernels/triton/attention.py) is the same contract in one Triton
 kernel with its own tuning space; the tuner keeps whichever is faster on the node's shapes.
+A requantized attention (out_scale: precision/quantize_attention_output.py) is one Triton
+kernel, or SDPA followed by QuantizeLinear's kernel (what the engine ran before the fold).
 """
 from __future__ import annotations
 
@@ -13,13 +15,28 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kiln.ir import dtypes
 from kiln.kernels import triton as kiln_triton
+from kiln.kernels.reference.quantized import requantized_type
+from kiln.tactics.quantized import device_capability
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-                   scale: float = 0.0, is_causal: int = 0) -> torch.Tensor:
-    """Y = softmax(Q @ K^T * scale + mask) @ V over [B, H, S, D] with one SDPA call."""
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   out_scale: torch.Tensor | None = None, out_zp: torch.Tensor | None = None, *,
+                   scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0) -> torch.Tensor:
+    """Y = softmax(Q @ K^T * scale + mask) @ V over [B, H, S, D] with one SDPA call; with out_scale,
+    Y in Q's type is then requantized by QuantizeLinear's Triton kernel (two kernels, where
+    kiln::Attention.triton requantizes in its own store)."""
+    y = _sdpa(q, k, v, mask, scale, is_causal)
+    if out_scale is None:
+        return y
+    from kiln.kernels.triton.quantize import quantize_linear
+    return quantize_linear(y, out_scale, out_zp, output_dtype=out_dtype or requantized_type(out_zp, 0).onnx)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+          is_causal: int) -> torch.Tensor:
     s = scale if scale != 0.0 else 1.0 / math.sqrt(q.shape[-1])
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
@@ -33,12 +50,30 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 
 
 def _supports(query: TacticQuery) -> bool:
-    # Same dtype for q, k, v and a float type SDPA computes in.
+    """Same dtype for q, k, v and a float type SDPA computes in; a requantized output (out_scale,
+    input 4) needs Triton's QuantizeLinear and a per-tensor scale of a type it writes."""
     q, k, v = query.input_dtypes[:3]
-    return q == k == v and q in ("float32", "float16", "bfloat16")
+    if not (q == k == v and q in ("float32", "float16", "bfloat16")):
+        return False
+    return len(query.input_dtypes) <= 4 or query.input_dtypes[4] is None or _requantizable(query)
 
 
-register_tactic(Tactic("kiln::Attention.sdpa", "kiln::Attention", 1, ("cuda",), sdpa_attention, _supports))
+def _requantizable(query: TacticQuery) -> bool:
+    """out_scale/out_zp (inputs 4, 5) of one element, to int8, uint8 or float8_e4m3fn, and Triton present."""
+    dts, shapes = tuple(query.input_dtypes) + (None,) * 2, tuple(query.input_shapes) + (None,) * 6
+    if not kiln_triton.available() or dts[4] not in ("float32", "float16", "bfloat16"):
+        return False
+    code = int(query.attrs.get("out_dtype", 0) or 0)
+    out = dtypes.from_onnx(code).name if code else (dts[5] or "uint8")
+    one = all(s is None or all(d == 1 for d in s) for s in shapes[4:6])
+    if out == "float8_e4m3fn":   # the GPU's float8 conversion: sm_89 on
+        cap = device_capability()
+        if cap is None or cap < (8, 9):
+            return False
+    return out in ("int8", "uint8", "float8_e4m3fn") and dts[5] in (None, out) and one
+
+
+register_tactic(Tactic("kiln::Attention.sdpa", "kiln::Attention", 2, ("cuda",), sdpa_attention, _supports))
 
 
 def _supports_triton(query: TacticQuery) -> bool:
@@ -65,5 +100,5 @@ def _supports_triton(query: TacticQuery) -> bool:
 if kiln_triton.available():
     from kiln.kernels.triton import attention as _triton_attention
 
-    register_tactic(Tactic("kiln::Attention.triton", "kiln::Attention", 1, ("cuda",), _triton_attention.attention,
+    register_tactic(Tactic("kiln::Attention.triton", "kiln::Attention", 2, ("cuda",), _triton_attention.attention,
                            _supports_triton, configs=_triton_attention.CONFIGS))

@@ -46,7 +46,7 @@ from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.fused import ACTIVATIONS as TORCH_ACTIVATIONS
 from kiln.kernels.reference.fused import apply_activation
 from kiln.kernels.reference.quantize import per_last_axis
-from kiln.kernels.reference.quantized import FP8_EXACT_K, _requantize
+from kiln.kernels.reference.quantized import FP8_EXACT_K, requantize
 from kiln.kernels.triton import available as triton_available
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
@@ -153,7 +153,7 @@ def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | 
     if activation:
         y = apply_activation(y, activation, list(activation_params))
     if out_scale is not None:
-        y = _requantize(y, out_scale, out_zp, out_dtype)   # the reference's rounding, on float32
+        y = requantize(y, out_scale, out_zp, out_dtype)   # the reference's rounding, on float32
     return y.reshape(*lead, n)
 
 

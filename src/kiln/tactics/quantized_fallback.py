@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.common import resolve_pads, to_torch_pad
 from kiln.kernels.reference.fused import ACTIVATIONS, apply_activation
-from kiln.kernels.reference.quantized import _requantize, requantized_type
+from kiln.kernels.reference.quantized import requantize, requantized_type
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
@@ -67,7 +67,7 @@ def _finish(y: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Ten
         y = y + residual.to(y.dtype)
     y = apply_activation(y, activation, params) if activation else y
     if out_scale is not None:
-        return _requantize(y.to(torch.float32), out_scale, out_zp, out_dtype, bias_shape)
+        return requantize(y.to(torch.float32), out_scale, out_zp, out_dtype, bias_shape)
     return y.to(out_dtype_float)
 
 

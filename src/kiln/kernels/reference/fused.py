@@ -134,12 +134,15 @@ def pointwise(*inputs: Tensor | None, program: list, outputs: Sequence[str] | No
 
 
 @reference_op("Attention", domain="kiln")
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
-              scale: float = 0.0, is_causal: int = 0) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
+              out_zp: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0) -> Tensor:
     """Y = softmax(Q @ K^T * scale + mask) @ V over [B, H, S, D]; computed in fp32.
 
     scale 0 means 1/sqrt(D). A boolean mask keeps True positions; a float mask is added.
     is_causal keeps key j for query i when j <= i (top-left aligned, as torch does).
+    With out_scale (per tensor) Y is requantized from the float32 result, as kiln::QMatMul's
+    output (kernels/reference/quantized.py: requantize; out_dtype / out_zp give the type): the
+    QuantizeLinear after attention, folded in (precision/quantize_attention_output.py).
     """
     d = q.shape[-1]
     s = scale if scale != 0.0 else 1.0 / math.sqrt(d)
@@ -153,7 +156,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
         else:
             scores = scores + mask.float()
     probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, v.float()).to(q.dtype)
+    y = torch.matmul(probs, v.float())
+    if out_scale is None:
+        return y.to(q.dtype)
+    from kiln.kernels.reference.quantized import requantize  # quantized.py imports this module
+    if out_scale.numel() != 1 or (out_zp is not None and out_zp.numel() != 1):
+        raise ValueError("kiln::Attention requantizes per tensor: out_scale and out_zp take one element")
+    return requantize(y.to(torch.float64), out_scale, out_zp, out_dtype)
 
 
 @reference_op("AddLayerNorm", domain="kiln")

@@ -126,7 +126,7 @@ def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[in
     v = apply_activation(v, activation, activation_params)
     if out_scale is None:
         return v.to(float_dtype)
-    return _requantize(v, out_scale, out_zp, out_dtype, bias_shape)
+    return requantize(v, out_scale, out_zp, out_dtype, bias_shape)
 
 
 def requantized_type(out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
@@ -141,7 +141,7 @@ def output_type(float_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | 
     return dtypes.from_torch(float_scale.dtype) if out_scale is None else requantized_type(out_zp, out_dtype)
 
 
-def _requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int,
+def requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: int,
                 channel_shape: list[int] | None = None) -> Tensor:
     """v / out_scale rounded to the requantized type (+ out_zp, saturated). With `channel_shape`
     (v's output-channel axis as -1: [-1] for QMatMul, [1, -1, 1, 1] for QConv) out_scale and

@@ -23,6 +23,11 @@ fp32 engine) to -inf: a row whose every key carries that value gets the referenc
 average, not NaN (a -inf mask becomes that finite floor too; its fully masked rows, NaN in the
 reference, then average uniformly as well).
 
+With out_scale (and out_zp, out_dtype) Y is requantized per tensor in the store, as the GEMM
+epilogues do (quantize.py's requantize: times the reciprocal of out_scale, rounded half to even,
+saturated; float8 stored as its bits): the QuantizeLinear after attention, folded in
+(precision/quantize_attention_output.py), so Y is written once, in 8 bits.
+
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
 stored [B, S, H, D] in memory, as SDPA's fused kernels store it, so the transformer's
@@ -38,9 +43,15 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.reference.quantized import requantized_type
+from kiln.kernels.triton.quantize import needed_zero_point, requantize
+
 Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Requantized output types and the range each saturates to (float8: none, its conversion saturates).
+OUT_RANGES: dict[torch.dtype, tuple[int, int]] = {torch.int8: (-128, 127), torch.uint8: (0, 255),
+                                                  torch.float8_e4m3fn: (0, 0)}
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
@@ -59,9 +70,10 @@ CONFIGS: tuple[dict[str, int], ...] = (
 
 
 @triton.jit
-def _attention_kernel(Q, K, V, MASK, Y, H, Lq, Lk, D, qk_scale,
+def _attention_kernel(Q, K, V, MASK, Y, OS, OZP, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                      OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # One flat grid (CUDA's second grid dim stops at 65535): program = (batch * H + head) times
     # the query blocks, so one head's query blocks run side by side and share its K and V in L2.
@@ -121,6 +133,11 @@ def _attention_kernel(Q, K, V, MASK, Y, H, Lq, Lk, D, qk_scale,
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     y = acc / l_i[:, None]                                              # every key masked: 0 / 0 = NaN
+    if OUT_KIND != 0:  # requantized as qgemm.py's epilogue: times 1 / out_scale, rounded, saturated
+        zp = 0
+        if HAS_OZP:
+            zp = tl.load(OZP)
+        y = requantize(y * tl.math.div_rn(1.0, tl.load(OS).to(tl.float32)), zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
     tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
              mask=(offs_m < Lq)[:, None] & d_ok[None, :])
 
@@ -136,13 +153,20 @@ def _as4(t: Tensor) -> Tensor:
     return t if t.dim() == 4 else t.reshape(-1, t.shape[-3], t.shape[-2], t.shape[-1])
 
 
-def _output(q: Tensor) -> Tensor:
+def _output(q: Tensor, dtype: torch.dtype) -> Tensor:
     """Y of Q's shape; for [B, H, S, D] stored as [B, S, H, D] (what SDPA's fused kernels return),
     so that the Transpose(0, 2, 1, 3) + Reshape that follows attention in a transformer is a view."""
     if q.dim() == 4:
         b, h, s, d = q.shape
-        return torch.empty((b, s, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
-    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        return torch.empty((b, s, h, d), dtype=dtype, device=q.device).transpose(1, 2)
+    return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+def _requantized_zeros(y: Tensor, out_zp: Tensor | None) -> Tensor:
+    """A requantized Y of zeros: the zero point (0 without one; float8 +0)."""
+    if out_zp is None:
+        return y.view(torch.uint8).zero_().view(y.dtype) if y.dtype == torch.float8_e4m3fn else y.zero_()
+    return y.copy_(out_zp.reshape(()).expand(y.shape))
 
 
 def _mask_view(mask: Tensor, shape4: tuple[int, int, int, int], lead: tuple[int, ...]) -> Tensor:
@@ -155,9 +179,10 @@ def _mask_view(mask: Tensor, shape4: tuple[int, int, int, int], lead: tuple[int,
     return full if full.dim() == 4 else full.reshape(-1, full.shape[-3], lq, lk)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, scale: float = 0.0,
-              is_causal: int = 0, config: dict[str, Any] | None = None) -> Tensor:
-    """kiln::Attention in one kernel (module docstring)."""
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
+              out_zp: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0,
+              config: dict[str, Any] | None = None) -> Tensor:
+    """kiln::Attention in one kernel (module docstring); with out_scale, Y requantized per tensor."""
     assert q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype, \
         f"Q, K and V must share a float type of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
     assert q.dim() >= 2 and k.dim() == q.dim() and v.dim() == q.dim(), "Q, K and V: [..., S, D] of one rank"
@@ -168,11 +193,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, sc
         f"V {tuple(v.shape)}"
     assert 0 < d <= MAX_HEAD_DIM, f"head dim {d} is outside 1..{MAX_HEAD_DIM}"
     cfg = dict(CONFIGS[0] if config is None else config)
-    y = _output(q)
+    out = q.dtype if out_scale is None else requantized_type(out_zp, out_dtype).torch
+    assert out in (q.dtype, *OUT_RANGES), f"cannot requantize attention to {out}"
+    assert out_scale is None or (out_scale.numel() == 1 and (out_zp is None or out_zp.numel() == 1)), \
+        "out_scale and out_zp: one element each (per tensor)"
+    out_zp = needed_zero_point(out_zp)
+    y = _output(q, out)
     if y.numel() == 0:
         return y
     if lk == 0:   # no keys: the reference's softmax is empty and its product with V all zeros
-        return y.zero_()
+        return y.zero_() if out_scale is None else _requantized_zeros(y, out_zp)
     q4, k4, v4 = _as4(q), _as4(k), _as4(v)
     y4 = y if y.dim() == 4 else y.view(q4.shape)
     heads = q4.shape[1]
@@ -184,11 +214,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, sc
         mask_arg, mstr = q4, (0, 0, 0, 0)
     block_d = max(16, triton.next_power_of_2(d))
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * q4.shape[0] * heads,)
+    kind = 0 if out_scale is None else (2 if out == torch.float8_e4m3fn else 1)
+    qmin, qmax = OUT_RANGES.get(out, (0, 0))
+    y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
     _attention_kernel[grid](
-        q4, k4, v4, mask_arg, y4, heads, lq, lk, d, qk_scale,
+        q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else out_scale,
+        q4 if out_zp is None else out_zp, heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
-        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, OUT_KIND=kind, HAS_OZP=out_zp is not None,
+        QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
