@@ -28,11 +28,13 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   A = X viewed as [M, C], rows addressed as m * C, no pixel arithmetic and no masks.
 - ROWS, C not a multiple of 32 (ResNet's stem: C = 3) with dilation 1 along W: for one
   kh, the KW taps of all channels are one contiguous run of KW*PIX elements of channels-last
-  X, PIX = C rounded up to 4 (the launcher copies X into pixels of PIX elements, channels C..
-  zero, where C is not a multiple of 4; W gets zeros there too), so a step is a BLOCK_K block
-  of that run (tap = element // PIX, masked at the image's edge and past KW*PIX, the mask
-  constant over each 4-byte word, so the loads are words, not bytes), and W is packed with
-  each kernel row zero-padded to a multiple of BLOCK_K.
+  X, PIX = C rounded up to 4, so a step is a BLOCK_K block of that run (tap = element // PIX),
+  and W is packed with each kernel row zero-padded to a multiple of BLOCK_K. Where C is not a
+  multiple of 4 (or X not dense) the launcher copies X into pixels of PIX elements (channels
+  C.. zero; W has zeros there too) inside a zero frame of the conv's padding (FRAMED): every
+  tap then lies inside the copy and a load is masked only past KW*PIX, one predicate per
+  column. A dense X of PIX channels is read in place, masked per element at the image's edge.
+  Either mask is constant over each 4-byte word, so the loads are words, not bytes.
   A 7x7 stem over 3 channels is 7 steps of 32 (28 used), where taps would be 49 of 32.
 - TAPS over padded channels, C not a multiple of 32 with a dilation along W (no ROWS): each
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
@@ -92,7 +94,7 @@ from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero, derived, derived_table, has_derived
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
-from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, k_loop, packed_weight
+from kiln.kernels.triton.qconv_plan import ROWS, ConvGeometry, conv_geometry, k_loop, packed_weight
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import needed_zero_point, requantize
@@ -147,7 +149,7 @@ def _qconv_kernel(
         M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
-        PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr,
+        PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
         IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
@@ -209,13 +211,19 @@ def _qconv_kernel(
                 # starts at a multiple of 4 bytes, so the mask is constant over 4 elements and
                 # each load is a 32-bit word (single bytes otherwise: one load instruction per
                 # element, which bound ResNet's stem).
+                # FRAMED: X carries the conv's zero padding as a frame (the launcher's copy), so
+                # every tap is inside it and only the columns past ROW are masked: one predicate
+                # per column, none per element.
                 kh = step // C_STEPS
                 j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
-                ih = ih0 + kh * dil_h
-                iw = iw0[:, None] + (j // PIX)[None, :]                      # [BLOCK_M, BLOCK_K]
-                inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
                 rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
-                a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
+                if FRAMED:
+                    a = tl.load(X + rows[:, None] + j[None, :], mask=(j < ROW)[None, :], other=0.0)
+                else:
+                    ih = ih0 + kh * dil_h
+                    iw = iw0[:, None] + (j // PIX)[None, :]                  # [BLOCK_M, BLOCK_K]
+                    inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
+                    a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
             b = tl.load(w_ptrs)
             acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
@@ -270,17 +278,17 @@ def _qconv_kernel(
 
 # --- the launcher ---------------------------------------------------------------------------------
 
-def _padded_pixels(x: Tensor, pixel: int) -> Tensor:
-    """X channels-last and dense with `pixel` elements per pixel: channels C.. zero (the packed
-    weight is zero there too), so every pixel starts 4-byte aligned (qconv_plan.PIXEL_ALIGN)."""
+def _framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
+    """X channels-last and dense with `pixel` elements per pixel (channels C.. zero, as the packed
+    weight is there, so every pixel starts 4-byte aligned: qconv_plan.PIXEL_ALIGN) inside a zero
+    frame of the conv's padding: geo.ph rows above, geo.pw columns left, and below and right as
+    far as the last window reaches. The conv then reads it with no padding and no per-element mask."""
     n, c, h, w = x.shape
-    if pixel == c:
-        return x.contiguous(memory_format=torch.channels_last)
-    xp = torch.empty((n, pixel, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    bytes_ = xp.view(torch.uint8)                                            # float8: no fill kernel needed
-    bytes_[:, c:].zero_()
-    bytes_[:, :c].copy_(x.view(torch.uint8))
-    return xp
+    hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
+    wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
+    framed = torch.zeros((n, hp, wp, pixel), dtype=torch.uint8, device=x.device).permute(0, 3, 1, 2)  # channels-last
+    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(torch.uint8))   # bytes: float8 too
+    return framed.view(x.dtype)
 
 
 def small_accumulator(k: int, w_q: Tensor) -> bool:
@@ -362,8 +370,12 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     assert y.numel() < 2**31, "an output of 2**31 elements or more overflows int32 offsets"
     dense = x.stride(2) == w * x.stride(3) and x.stride(0) == h * x.stride(2)
     loop = k_loop(c, geo, int(cfg["BLOCK_K"]), dense, h, w)
-    if loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c):
-        x = _padded_pixels(x, loop.pixel)                                    # ROWS reads (w, c) runs
+    # ROWS reads (w, c) runs of pixels of PIX elements: where X must be copied into that form
+    # anyway (C not a multiple of 4: the stem), the copy also frames it with the padding.
+    framed = loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c)
+    if framed:
+        x = _framed_pixels(x, loop.pixel, geo)
+    h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
     bk = loop.block_k
     wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
@@ -379,13 +391,13 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x_scale if residual_scale is None else residual_scale, x_scale if residual_zp is None else residual_zp,
         x_scale if out_scale is None else out_scale,
         x_scale if out_zp is None else out_zp,
-        m, oc, c, h, w, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
+        m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
         loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), 0 if b is None or b.numel() == 1 else b.stride(0),
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
-        geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw, p0, p1,
-        PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1),
+        geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, p0, p1,
+        PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
         ROW=geo.kw * loop.pixel,
         IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
         ACC_MAGIC=not is_fp8 and small_accumulator(c * geo.kh * geo.kw, w_q),
