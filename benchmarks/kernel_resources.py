@@ -213,12 +213,15 @@ def norm_case(out: int | None, config: dict, rows: int = 4096, cols: int = 768) 
 NORM_TILE = {"num_warps": 4, "rows": 4}
 
 
-def attention_case(config: dict | None = None, mask: bool = True, out: int | None = None) -> tuple[Any, tuple, dict]:
+def attention_case(config: dict | None = None, mask: bool = True, out: int | None = None,
+                   channels: int = 1) -> tuple[Any, tuple, dict]:
     """BERT-base b32 attention (fp16 [32, 12, 128, 64]) with its [B, 1, 1, S] additive padding mask;
-    `out`: requantized to that ONNX type (the QuantizeLinear before the output projection, folded)."""
+    `out`: requantized to that ONNX type (the QuantizeLinear before the output projection, folded),
+    with `channels` scales (1, or 768: SmoothQuant's per-channel ones)."""
     q = torch.zeros(32, 12, 128, 64, dtype=torch.float16)
     m = torch.zeros(32, 1, 1, 128, dtype=torch.float16) if mask else None
-    requant = {} if out is None else {"out_scale": torch.tensor(0.05, dtype=torch.float16), "out_dtype": out}
+    requant = {} if out is None else {"out_scale": torch.full((channels,), 0.05, dtype=torch.float16),
+                                      "out_dtype": out}
     with recording(attention, "_attention_kernel") as rec:
         attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]), **requant)
     return (attention._attention_kernel, *rec.calls[0])
@@ -261,6 +264,8 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 attention [32, 12, 128, 64], padding mask": lambda: attention_case(),
     "fp16 attention, padding mask, fp8 out": lambda: attention_case(out=TensorProto.FLOAT8E4M3FN),
     "fp16 attention, padding mask, int8 out": lambda: attention_case(out=TensorProto.INT8),
+    "fp16 attention, padding mask, fp8 out per channel": lambda: attention_case(out=TensorProto.FLOAT8E4M3FN,
+                                                                                channels=768),
     "fp16 max pool 3x3/2 [64, 64, 112, 112]": lambda: pool_case(torch.float16),
     "int8 max pool 3x3/2": lambda: pool_case(torch.int8),
     "int8 max pool 3x3/2, byte keys": lambda: pool_case(torch.int8, {**pool.CONFIGS[0], "INT_KEYS": 1}),

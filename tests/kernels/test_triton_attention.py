@@ -200,6 +200,21 @@ def test_requantized_output(out_dtype, zp):
     assert got.transpose(1, 2).is_contiguous()
 
 
+@pytest.mark.parametrize("out_dtype", [3, 17], ids=["int8", "fp8"])
+def test_requantized_per_head_channel(out_dtype):
+    """H*D scales (and zero points): channel h*D + d, SmoothQuant's scales of [B, S, H*D]."""
+    from kiln.compiler.tolerance import mismatch
+    q, k, v = _qkv((2, 3, 20, 16), 24, torch.float16, seed=4)
+    g = torch.Generator().manual_seed(4)
+    scale = torch.rand(48, generator=g) * 0.02 + 0.005
+    zp = torch.zeros(48, dtype=torch.int8) if out_dtype == 3 else None
+    got = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), None, scale.to(DEV), None if zp is None else zp.to(DEV),
+                       out_dtype=out_dtype, config=SMALL).cpu()
+    want = REF(q.float(), k.float(), v.float(), None, scale, zp, out_dtype=out_dtype)
+    assert mismatch(got, want, "kiln::Attention") is None
+    assert int((got.view(torch.uint8) != want.view(torch.uint8)).sum()) < got.numel() // 10
+
+
 def test_requantized_output_without_keys_is_the_zero_point():
     q, k, v = _qkv((1, 1, 4, 16), 0, torch.float16)
     zp = torch.tensor(-3, dtype=torch.int8)
@@ -218,7 +233,8 @@ def test_requantized_tactic_support():
                            shapes[:4] + (scale_shape, ()))
 
     assert _supports(query()) == tactic.supports(query())
-    assert not _supports(query(scale_shape=(2,)))                  # per tensor only
+    assert not _supports(query(scale_shape=(2,)))                  # per tensor or per head channel only
+    assert _supports(query(scale_shape=(768,), zp=None))           # H*D = 12 * 64: SmoothQuant's
     assert not _supports(query(zp="uint8"))                        # zero point of another type
     assert not _supports(query(out_dtype=6))                       # INT32: not an 8-bit type
 

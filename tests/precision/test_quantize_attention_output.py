@@ -126,3 +126,33 @@ def test_tolerance_for_a_requantized_attention() -> None:
     far = want.clone()
     far[0] += 5
     assert "steps of torch.int8" in mismatch(far, want, "kiln::Attention")
+
+
+def test_reference_per_head_channel_scales() -> None:
+    """out_scale of H*D elements: element h*D + d requantizes head h, dim d (the channel of the
+    [B, S, H*D] tensor the transformer makes of Y)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 8, 4, generator=g) for _ in range(3))
+    scale = torch.rand(12, generator=g) * 0.02 + 0.005
+    y = attention(q, k, v)
+    got = attention(q, k, v, None, scale, None, out_dtype=17)
+    flat = quantize_linear(y.transpose(1, 2).reshape(2, 8, 12), scale, None, axis=-1, output_dtype=17)
+    assert mismatch(got, flat.reshape(2, 8, 3, 4).transpose(1, 2), "kiln::Attention") is None
+    with pytest.raises(ValueError, match="take 1 or H\\*D = 12 elements"):
+        attention(q, k, v, None, torch.rand(5), out_dtype=17)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_smooth_quant_per_channel_scales_fold_too(bert, precision: str) -> None:  # noqa: ANN001
+    """SmoothQuant quantizes the output projection's input per channel: the attention takes those
+    scales per head channel, through the Transpose(0, 2, 1, 3) + Reshape the fold checks."""
+    path, feeds, profile = bert
+    fp32 = builder.build(path, BuildConfig(device="cpu", profiles=(profile,)))
+    config = BuildConfig(device="cpu", precision=precision, profiles=(profile,), smooth_quant=0.9)
+    q = builder.build(path, config, calibration=feeds)
+    assert q.header["build"][precision]["attention_requantized"] == TINY["num_hidden_layers"]
+    steps = [s for s in q.plan.steps if s.op == "kiln::Attention"]
+    assert all(tuple(q.plan.slots[s.inputs[OUT_SCALE]].shape) == (TINY["hidden_size"],) for s in steps)
+    for feed in feeds:
+        want, got = (np.asarray(e(**feed)["last_hidden_state"], np.float64).ravel() for e in (fp32, q))
+        assert want @ got / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99

@@ -16,8 +16,12 @@ only next to a rounding boundary.
 
 When: the attention has no requantization yet and one output; each value from y to the
 QuantizeLinear's input is read once, by the next op of the chain (data input 0), and is not
-pinned (graph output, subgraph capture); the QuantizeLinear is per tensor with constant
-parameters to a type the kernels write (fold_requantize.per_tensor) and a positive scale.
+pinned (graph output, subgraph capture); the QuantizeLinear has constant parameters to a type
+the kernels write and positive scales, either per tensor (fold_requantize.per_tensor) or per
+channel of the last axis (SmoothQuant's activation scales, precision/smooth_quant.py) where
+the chain is the transformer's own: y [B, H, S, D] -> Transpose(0, 2, 1, 3) -> Reshape to
+[B, S, H*D], so that channel h*D + d of the projection's input is (head h, dim d) of y, the
+attention's per-channel out_scale (kernels/reference/fused.py).
 The QuantizeLinear's output Value (name, readers, bindings) passes to the chain's last op
 (or to the attention when the chain is empty); the values between take its type.
 Run after quantize_layers / quantize_fp8, before the precision policy, as fold_requantize.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
-from kiln.precision.fold_requantize import per_tensor, take_output
+from kiln.precision.fold_requantize import per_last_channel, per_tensor, take_output
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 OUT_SCALE = 4   # kiln::Attention's inputs: q, k, v, mask, out_scale, out_zp
@@ -50,9 +54,11 @@ def _fold(graph: Graph, attention: Node, keep: set[int]) -> bool:
         chain.append(reader)
         v = reader.outputs[0]
         reader = sole_user(v, keep)
-    if reader is None or reader.qualified_op != "QuantizeLinear" or reader.input(0) is not v or not per_tensor(reader):
+    if reader is None or reader.qualified_op != "QuantizeLinear" or reader.input(0) is not v:
         return False
-    if not float(const_array(reader.input(1)).reshape(-1)[0]) > 0:
+    if not (per_tensor(reader) or _head_channels(attention.outputs[0], chain, reader)):
+        return False
+    if not bool((const_array(reader.input(1)) > 0).all()):
         return False
     q, x_q = reader, reader.outputs[0]
     inputs = list(attention.inputs) + [None] * (OUT_SCALE - len(attention.inputs)) + [q.input(1), q.input(2)]
@@ -66,3 +72,21 @@ def _fold(graph: Graph, attention: Node, keep: set[int]) -> bool:
     last = chain[-1] if chain else attention
     take_output(last, last.outputs[0], x_q)
     return True
+
+
+def _head_channels(y: Value, chain: list[Node], q: Node) -> bool:
+    """q quantizes per channel of the last axis of [B, S, H*D], made from y [B, H, S, D] by
+    Transpose(0, 2, 1, 3) and Reshape (module docstring)."""
+    if y.shape is None or len(y.shape) != 4 or len(chain) != 2:
+        return False
+    transpose, reshape = chain
+    if transpose.op != "Transpose" or list(transpose.attrs.get("perm", ())) != [0, 2, 1, 3] or reshape.op != "Reshape":
+        return False
+    b, h, s, d = y.shape
+    out = reshape.outputs[0].shape
+    if not (isinstance(h, int) and isinstance(d, int) and out is not None and len(out) == 3):
+        return False
+    if out[2] != h * d or (isinstance(out[0], int) and isinstance(b, int) and out[0] != b) or \
+            (isinstance(out[1], int) and isinstance(s, int) and out[1] != s):
+        return False
+    return per_last_channel(q, tuple(out))

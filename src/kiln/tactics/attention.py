@@ -32,7 +32,13 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     if out_scale is None:
         return y
     from kiln.kernels.triton.quantize import quantize_linear
-    return quantize_linear(y, out_scale, out_zp, output_dtype=out_dtype or requantized_type(out_zp, 0).onnx)
+    code = out_dtype or requantized_type(out_zp, 0).onnx
+    if out_scale.numel() == 1:
+        return quantize_linear(y, out_scale, out_zp, output_dtype=code)
+    b, h, s, d = y.shape   # per channel h*D + d: of [B, S, H*D], quantized along its last axis
+    flat = y.transpose(1, 2).reshape(b, s, h * d)
+    return quantize_linear(flat, out_scale.reshape(-1), None if out_zp is None else out_zp.reshape(-1), axis=-1,
+                           output_dtype=code).reshape(b, s, h, d).transpose(1, 2)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -59,13 +65,16 @@ def _supports(query: TacticQuery) -> bool:
 
 
 def _requantizable(query: TacticQuery) -> bool:
-    """out_scale/out_zp (inputs 4, 5) of one element, to int8, uint8 or float8_e4m3fn, and Triton present."""
+    """out_scale/out_zp (inputs 4, 5) of one element (or H*D: per head channel), to int8, uint8 or
+    float8_e4m3fn, and Triton present."""
     dts, shapes = tuple(query.input_dtypes) + (None,) * 2, tuple(query.input_shapes) + (None,) * 6
     if not kiln_triton.available() or dts[4] not in ("float32", "float16", "bfloat16"):
         return False
     code = int(query.attrs.get("out_dtype", 0) or 0)
     out = dtypes.from_onnx(code).name if code else (dts[5] or "uint8")
-    one = all(s is None or all(d == 1 for d in s) for s in shapes[4:6])
+    q = shapes[0]
+    channels = q[1] * q[3] if q is not None and len(q) == 4 and all(isinstance(x, int) for x in (q[1], q[3])) else 1
+    one = all(s is None or all(d == 1 for d in s) or (len(s) == 1 and s[0] == channels) for s in shapes[4:6])
     if out == "float8_e4m3fn":   # the GPU's float8 conversion: sm_89 on
         cap = device_capability()
         if cap is None or cap < (8, 9):

@@ -140,9 +140,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
 
     scale 0 means 1/sqrt(D). A boolean mask keeps True positions; a float mask is added.
     is_causal keeps key j for query i when j <= i (top-left aligned, as torch does).
-    With out_scale (per tensor) Y is requantized from the float32 result, as kiln::QMatMul's
-    output (kernels/reference/quantized.py: requantize; out_dtype / out_zp give the type): the
+    With out_scale Y is requantized from the float32 result, as kiln::QMatMul's output
+    (kernels/reference/quantized.py: requantize; out_dtype / out_zp give the type): the
     QuantizeLinear after attention, folded in (precision/quantize_attention_output.py).
+    out_scale (and out_zp) hold one element, or H*D for a 4-D Y [B, H, S, D]: element h*D + d
+    for head h, dim d, the channel of the [B, S, H*D] tensor a transformer makes of Y
+    (SmoothQuant's per-channel activation scales).
     """
     d = q.shape[-1]
     s = scale if scale != 0.0 else 1.0 / math.sqrt(d)
@@ -160,9 +163,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     if out_scale is None:
         return y.to(q.dtype)
     from kiln.kernels.reference.quantized import requantize  # quantized.py imports this module
-    if out_scale.numel() != 1 or (out_zp is not None and out_zp.numel() != 1):
-        raise ValueError("kiln::Attention requantizes per tensor: out_scale and out_zp take one element")
-    return requantize(y.to(torch.float64), out_scale, out_zp, out_dtype)
+    channels = y.shape[1] * y.shape[3] if y.dim() == 4 else 1
+    if out_scale.numel() not in (1, channels) or (out_zp is not None and out_zp.numel() != out_scale.numel()):
+        raise ValueError(f"kiln::Attention requantizes per tensor or per head channel: out_scale (and out_zp) "
+                         f"take 1 or H*D = {channels} elements; got {out_scale.numel()}")
+    if out_scale.numel() == 1:
+        return requantize(y.to(torch.float64), out_scale, out_zp, out_dtype)
+    b, h, s, d = y.shape   # per channel of [B, S, H*D]
+    flat = requantize(y.transpose(1, 2).reshape(b, s, h * d).to(torch.float64), out_scale, out_zp, out_dtype, [-1])
+    return flat.reshape(b, s, h, d).transpose(1, 2)
 
 
 @reference_op("AddLayerNorm", domain="kiln")

@@ -23,8 +23,9 @@ fp32 engine) to -inf: a row whose every key carries that value gets the referenc
 average, not NaN (a -inf mask becomes that finite floor too; its fully masked rows, NaN in the
 reference, then average uniformly as well).
 
-With out_scale (and out_zp, out_dtype) Y is requantized per tensor in the store, as the GEMM
-epilogues do (quantize.py's requantize: times the reciprocal of out_scale, rounded half to even,
+With out_scale (and out_zp, out_dtype) Y is requantized in the store, per tensor or per
+channel h * D + d of a 4-D Y (the channel of the [B, S, H*D] tensor a transformer makes of it:
+SmoothQuant's activation scales), as the GEMM epilogues do (quantize.py's requantize: times the reciprocal of out_scale, rounded half to even,
 saturated; float8 stored as its bits): the QuantizeLinear after attention, folded in
 (precision/quantize_attention_output.py), so Y is written once, in 8 bits.
 
@@ -73,7 +74,8 @@ CONFIGS: tuple[dict[str, int], ...] = (
 def _attention_kernel(Q, K, V, MASK, Y, OS, OZP, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                      OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                      OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # One flat grid (CUDA's second grid dim stops at 65535): program = (batch * H + head) times
     # the query blocks, so one head's query blocks run side by side and share its K and V in L2.
@@ -135,9 +137,16 @@ def _attention_kernel(Q, K, V, MASK, Y, OS, OZP, H, Lq, Lk, D, qk_scale,
     y = acc / l_i[:, None]                                              # every key masked: 0 / 0 = NaN
     if OUT_KIND != 0:  # requantized as qgemm.py's epilogue: times 1 / out_scale, rounded, saturated
         zp = 0
-        if HAS_OZP:
-            zp = tl.load(OZP)
-        y = requantize(y * tl.math.div_rn(1.0, tl.load(OS).to(tl.float32)), zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+        if OS_PER_CHANNEL:  # channel h * D + d (the module docstring)
+            ch = h * D + offs_d
+            inv = tl.math.div_rn(1.0, tl.load(OS + ch, mask=d_ok, other=1.0).to(tl.float32))[None, :]
+            if HAS_OZP:
+                zp = tl.load(OZP + ch, mask=d_ok, other=0)[None, :]
+        else:
+            inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
+            if HAS_OZP:
+                zp = tl.load(OZP)
+        y = requantize(y * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
     tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
              mask=(offs_m < Lq)[:, None] & d_ok[None, :])
 
@@ -195,8 +204,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     cfg = dict(CONFIGS[0] if config is None else config)
     out = q.dtype if out_scale is None else requantized_type(out_zp, out_dtype).torch
     assert out in (q.dtype, *OUT_RANGES), f"cannot requantize attention to {out}"
-    assert out_scale is None or (out_scale.numel() == 1 and (out_zp is None or out_zp.numel() == 1)), \
-        "out_scale and out_zp: one element each (per tensor)"
+    channels = q.shape[1] * d if q.dim() == 4 else 1
+    assert out_scale is None or (out_scale.numel() in (1, channels) and (out_zp is None or
+                                                                        out_zp.numel() == out_scale.numel())), \
+        f"out_scale and out_zp: one element each, or H*D = {channels} (per head channel)"
     out_zp = needed_zero_point(out_zp)
     y = _output(q, out)
     if y.numel() == 0:
@@ -218,12 +229,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     qmin, qmax = OUT_RANGES.get(out, (0, 0))
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
     _attention_kernel[grid](
-        q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else out_scale,
-        q4 if out_zp is None else out_zp, heads, lq, lk, d, qk_scale,
+        q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else out_scale.reshape(-1),
+        q4 if out_zp is None else out_zp.reshape(-1), heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
-        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, OUT_KIND=kind, HAS_OZP=out_zp is not None,
+        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, OUT_KIND=kind,
+        OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
         QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
