@@ -156,3 +156,16 @@ def test_build_summary_names_the_8bit_residuals() -> None:
     q = builder.build(resnet(), BuildConfig(device="cpu", precision="int8"), calibration=batches(SHAPE))
     line = int8_line(q.header["build"]["int8"])
     assert "3 reading an 8-bit residual" in line and "attention" not in line
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_input_quantize_reads_the_float32_binding(precision: str) -> None:
+    """--int8/--fp8 --fp16: the QuantizeLinear of the float32 image input reads it directly (no Cast
+    to fp16 first: one pass over the input fewer), recorded as a layer kept in fp32."""
+    config = BuildConfig(device="cpu", precision=precision, float_precision="fp16")
+    q = builder.build(resnet(), config, calibration=batches(SHAPE))
+    first = q.plan.steps[0]
+    assert first.op == "QuantizeLinear" and first.inputs[0] == q.plan.inputs[0].slot
+    assert "Cast" not in [s.op for s in q.plan.steps[:2]]
+    kept = {d["layer"]: d for d in q.header["build"]["precision"]["layers"]}
+    assert any("reads a float32 graph input" in d["reason"] for d in kept.values())

@@ -9,7 +9,11 @@ order of authority:
 1. layer precision rules (BuildConfig.layer_precision, layer_rules.py): a matching layer
    computes in the rule's type, whatever the engine precision;
 2. the safety table (safety.py): in fp16/bf16 engines, layers unsafe by nature (large sums,
-   exp of unbounded inputs ...) keep fp32 math.
+   exp of unbounded inputs ...) keep fp32 math;
+3. a layer whose float32 inputs are all float32 graph inputs and whose outputs are 8-bit
+   (the QuantizeLinear an int8/fp8 engine puts on its image input) keeps fp32: in the reduced
+   type it would read the input through a Cast, one more pass over the largest tensor of a
+   CNN's first layer, for a result of 8 bits either way (rounded once from the input itself).
 A strongly typed engine converts nothing: every tensor keeps the type the ONNX graph states.
 Every exception is recorded (decision.py) for the engine header and `kiln inspect`.
 """
@@ -50,6 +54,7 @@ def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, Layer
     """The layers (with float32 math) whose compute type differs from the engine's, and why."""
     default = engine_compute_type(config)
     rules = match_layer_rules(graph, config.layer_precision)
+    bindings = {id(v) for v in graph.inputs}
     out = []
     for n in graph.nodes:
         if not _has_float32_math(n):
@@ -59,11 +64,22 @@ def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, Layer
             reason = f"layer precision rule {pattern}={precision}"
         elif default != F32 and (why := fp32_reason(n)):
             precision, reason = "fp32", why
+        elif default != F32 and _quantizes_an_input(n, bindings):
+            precision, reason = "fp32", ("reads a float32 graph input and writes 8 bits: a cast would be "
+                                         "one more pass over the input")
         else:
             continue
         if COMPUTE_TYPE[precision] != default:
             out.append((n, LayerPrecision(n.name, n.qualified_op, precision, reason, n.fused_from)))
     return out
+
+
+def _quantizes_an_input(n: Node, bindings: set[int]) -> bool:
+    """n reads float32 only from graph inputs (constants aside) and writes only 8-bit tensors
+    (integers or float8: the quantized types)."""
+    floats = [v for v in n.inputs if v is not None and v.dtype == F32 and not v.is_const]
+    return bool(floats) and all(id(v) in bindings for v in floats) and \
+        all(o.dtype is not None and o.dtype.itemsize_bits == 8 for o in n.outputs)
 
 
 def _has_float32_math(n: Node) -> bool:

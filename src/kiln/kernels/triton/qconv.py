@@ -361,7 +361,11 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                         pads=pads, strides=strides)
     n, c, h, w = x_q.shape
     oc = w_q.shape[0]
-    x = x_q if x_q.stride(1) == 1 else x_q.contiguous(memory_format=torch.channels_last)  # once per region
+    # X channels-last (once per region: converted here on the region's first conv), except where the
+    # ROWS walk copies it into framed pixels anyway (C not a multiple of 4): that copy reads any layout.
+    copied = k_loop(c, geo, int(cfg["BLOCK_K"]), True, h, w)
+    copied_anyway = copied.path == ROWS and copied.pixel != c
+    x = x_q if x_q.stride(1) == 1 or copied_anyway else x_q.contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last_out else torch.contiguous_format
     y = torch.empty((n, oc, geo.oh, geo.ow), dtype=out.torch, device=x.device, memory_format=fmt)
     m = n * geo.oh * geo.ow
