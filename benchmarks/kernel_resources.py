@@ -1,7 +1,7 @@
 """What kiln's Triton GEMM kernels compile to for a GPU, without one: registers, spills and
 machine instructions per kernel variant.
 
-    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12] [--cases SUBSTRING] [--space]
+    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12] [--cases SUBSTRING] [--space | --conv-space]
 
 Each case calls a real launcher (qgemm.qmatmul, gemm.fused_matmul) on CPU tensors of the shapes
 it names, with the kernel swapped for a recorder, so the arguments, constexprs and
@@ -165,7 +165,9 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None)."""
     zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
     x = torch.zeros(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
+    # int8: W's magnitude decides the accumulator's conversion (qconv.small_accumulator); 127 as calibrated
+    w = torch.full((channels, channels, kernel, kernel), 127, dtype=dtype) if dtype == torch.int8 else \
+        torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
     res = torch.zeros(batch, channels, size, size, dtype=dtype if residual_8bit else torch.float16).contiguous(
         memory_format=torch.channels_last) if residual else None
     res_q = {"residual_scale": torch.tensor(0.05, dtype=torch.float16)} if residual_8bit else {}
@@ -283,16 +285,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--space", action="store_true",
                     help="instead: every config of the 8-bit GEMM's tuning spaces on BERT's FFN1 with the GELU + "
                          "requantizing epilogue (which spill, which do not)")
+    ap.add_argument("--conv-space", action="store_true",
+                    help="instead: every config of the 8-bit conv's tuning spaces on a ResNet-50 stage-3 3x3 conv "
+                         "(Relu, requantized) and a 1x1 conv reading an 8-bit residual")
     args = ap.parse_args(argv)
     print(f"triton {triton.__version__}, sm_{args.arch}; static SASS counts (module docstring)")
-    if args.space:
+    if args.space or args.conv_space:
         from kiln.kernels.triton import qgemm_space
-        for dtype, out, space in ((torch.int8, TensorProto.INT8, qgemm_space.INT8_CONFIGS),
-                                  (torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, qgemm_space.FP8_CONFIGS)):
-            for cfg in space:
-                r = compile_call(*qgemm_case(dtype, "Gelu", out, config=cfg), args.arch)
-                print(f"{str(dtype)[6:]:14s} {qgemm_space.describe(cfg):44s} regs {r.registers:3d}  spill {r.local:4d} B  "
-                      f"stack {r.stack:4d} B  instructions {r.instructions:5d}")
+        for dtype, out, name in ((torch.int8, TensorProto.INT8, "INT8_CONFIGS"),
+                                 (torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, "FP8_CONFIGS")):
+            cases = ([("FFN1", lambda cfg: qgemm_case(dtype, "Gelu", out, config=cfg))] if args.space else
+                     [("3x3", lambda cfg: qconv_case(dtype, out, False, config=cfg)),
+                      ("1x1 res8", lambda cfg: qconv_case(dtype, out, True, kernel=1, config=cfg, residual_8bit=True))])
+            for label, make in cases:
+                for cfg in getattr(qgemm_space if args.space else qconv, name):
+                    r = compile_call(*make(cfg), args.arch)
+                    print(f"{str(dtype)[6:]:14s} {label:9s} {qgemm_space.describe(cfg):40s} regs {r.registers:3d}  "
+                          f"spill {r.local:4d} B  stack {r.stack:4d} B  instructions {r.instructions:5d}")
         return
     for name, make in CASES.items():
         if args.cases and args.cases not in name:

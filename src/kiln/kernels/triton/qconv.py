@@ -152,6 +152,7 @@ def _qconv_kernel(
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
         IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
+        RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -254,7 +255,11 @@ def _qconv_kernel(
         y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
     if HAS_RES:
-        r = tl.load(RES + r_off, mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(RES + r_off, mask=mask, other=0.0)
+        if RES_INT:  # int8/uint8 to float32 as the accumulator (|R| < 2^22): .to(float32) spilled big tiles
+            r = (r.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+        else:
+            r = r.to(tl.float32)
         if RES_Q:  # an 8-bit residual: (R - residual_zp) * residual_scale
             if HAS_RZP:
                 r = r - tl.load(RZP).to(tl.float32)
@@ -407,6 +412,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         ACC_MAGIC=not is_fp8 and small_accumulator(c * geo.kh * geo.kw, w_q),
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
         RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None, FLAT_OUT=flat,
+        RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
         ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
