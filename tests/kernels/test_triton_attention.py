@@ -237,6 +237,7 @@ def test_requantized_tactic_support():
     assert _supports(query(scale_shape=(768,), zp=None))           # H*D = 12 * 64: SmoothQuant's
     assert not _supports(query(zp="uint8"))                        # zero point of another type
     assert not _supports(query(out_dtype=6))                       # INT32: not an 8-bit type
+    assert not _supports(query(out_dtype=999))                     # not an ONNX type kiln knows
 
 
 @pytest.mark.gpu

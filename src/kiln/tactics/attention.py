@@ -57,7 +57,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 def _supports(query: TacticQuery) -> bool:
     """Same dtype for q, k, v and a float type SDPA computes in; a requantized output (out_scale,
-    input 4) needs Triton's QuantizeLinear and a per-tensor scale of a type it writes."""
+    input 4) needs Triton's QuantizeLinear and scales (per tensor or per head channel) to a type it writes."""
     q, k, v = query.input_dtypes[:3]
     if not (q == k == v and q in ("float32", "float16", "bfloat16")):
         return False
@@ -71,7 +71,10 @@ def _requantizable(query: TacticQuery) -> bool:
     if not kiln_triton.available() or dts[4] not in ("float32", "float16", "bfloat16"):
         return False
     code = int(query.attrs.get("out_dtype", 0) or 0)
-    out = dtypes.from_onnx(code).name if code else (dts[5] or "uint8")
+    try:
+        out = dtypes.from_onnx(code).name if code else (dts[5] or "uint8")
+    except TypeError:   # an ONNX type kiln does not know
+        return False
     q = shapes[0]
     channels = q[1] * q[3] if q is not None and len(q) == 4 and all(isinstance(x, int) for x in (q[1], q[3])) else 1
     one = all(s is None or all(d == 1 for d in s) or (len(s) == 1 and s[0] == channels) for s in shapes[4:6])
