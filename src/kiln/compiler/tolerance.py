@@ -56,6 +56,8 @@ from typing import Any
 
 import torch
 
+from kiln.kernels.reference.common import FLOAT8_TYPES as FLOAT8
+
 # (rtol, atol) by output dtype; types not named here (integers, bool, float8) compare exactly.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-4, 1e-5),
@@ -64,7 +66,6 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (1e-2, 1e-2),
 }
 
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz)
 
 # Ops whose 8-bit outputs are a float epilogue rounded once; their kernels may round one
 # element in STEP_FRACTION to the neighbouring value (module docstring).

@@ -253,6 +253,7 @@ FLOAT8_LIMITS = {
     torch.float8_e5m2: (57344.0, 4096.0, True, float("inf")),
     torch.float8_e5m2fnuz: (57344.0, 4096.0, True, float("nan")),
 }
+FLOAT8_TYPES = tuple(FLOAT8_LIMITS)
 
 
 def round_to_float8(v: torch.Tensor, dtype: torch.dtype, saturate: int) -> torch.Tensor:

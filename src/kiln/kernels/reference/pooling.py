@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.reference.common import (
+    FLOAT8_TYPES,
     compute_dtype,
     pool_output_size,
     resolve_pads,
@@ -24,7 +25,6 @@ from kiln.kernels.reference.common import (
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz)
 
 
 def pool_geometry(x: Tensor, auto_pad: str, ceil_mode: int, dilations: Sequence[int] | None,
@@ -75,7 +75,7 @@ def max_pool(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0,
     float8 X (a quantized activation) is pooled in float32: the maximum is one of the inputs,
     so the result converts back exactly (torch has no float8 max).
     """
-    if x.dtype in FLOAT8:
+    if x.dtype in FLOAT8_TYPES:
         y, indices = max_pool(x.float(), auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
                               kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
         return y.to(x.dtype), indices

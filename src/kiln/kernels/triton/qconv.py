@@ -97,7 +97,7 @@ from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
 from kiln.kernels.triton.qconv_plan import ROWS, ConvGeometry, conv_geometry, k_loop, packed_weight
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
-from kiln.kernels.triton.quantize import needed_zero_point, requantize
+from kiln.kernels.triton.quantize import needed_zero_point, requantize, small_int_to_float
 
 Tensor = torch.Tensor
 
@@ -232,8 +232,8 @@ def _qconv_kernel(
     # Epilogue on the float32 accumulator (module docstring).
     if IS_FP8:
         accf = acc
-    elif ACC_MAGIC:  # |acc| < 2^22: its float32 by one integer add and one float subtraction, exact
-        accf = (acc + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion
+        accf = small_int_to_float(acc)
     else:
         accf = acc.to(tl.float32)
     xs = tl.load(XS).to(tl.float32)
@@ -256,8 +256,8 @@ def _qconv_kernel(
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
     if HAS_RES:
         r = tl.load(RES + r_off, mask=mask, other=0.0)
-        if RES_INT:  # int8/uint8 to float32 as the accumulator (|R| < 2^22): .to(float32) spilled big tiles
-            r = (r.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+        if RES_INT:  # int8/uint8: .to(float32) made the large tiles spill
+            r = small_int_to_float(r)
         else:
             r = r.to(tl.float32)
         if RES_Q:  # an 8-bit residual: (R - residual_zp) * residual_scale
