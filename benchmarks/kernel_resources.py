@@ -165,7 +165,7 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None)."""
     zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
     x = torch.zeros(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    # int8: W's magnitude decides the accumulator's conversion (qconv.small_accumulator); 127 as calibrated
+    # int8: W's magnitude decides the accumulator's conversion (qconv_plan.small_accumulator); 127 as calibrated
     w = torch.full((channels, channels, kernel, kernel), 127, dtype=dtype) if dtype == torch.int8 else \
         torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
     res = torch.zeros(batch, channels, size, size, dtype=dtype if residual_8bit else torch.float16).contiguous(

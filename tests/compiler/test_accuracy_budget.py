@@ -215,7 +215,7 @@ def test_cli_int8_fp16_budget_keeps_layers_in_fp16(tmp_path) -> None:
 def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
     # A tuned build with a budget times its engine against the engine with every layer in the kept
     # type (here fp16, the float precision of --int8 --fp16), built for the comparison.
-    from kiln.compiler import accuracy_budget
+    from kiln.compiler import plan_speed
     model, calib = mlp(big=False), _calibration()
     timed: list[str] = []
 
@@ -223,9 +223,9 @@ def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
         timed.append(engine.header["build_config"]["precision"])
         return {"int8": 2.0, "fp16": 1.0}[timed[-1]]
 
-    monkeypatch.setattr(accuracy_budget, "_time_engine", fake_time)
+    monkeypatch.setattr(plan_speed, "_time_engine", fake_time)
     config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", accuracy_budget=("cosine", 0.99999))
-    with pytest.warns(accuracy_budget.SlowPlanWarning,
+    with pytest.warns(plan_speed.SlowPlanWarning,
                       match=r"runs in 2 ms, slower than the fp16 engine it would replace \(1 ms, 0.50x\)"):
         engine = build(model, config, calibration=calib, timer=lambda fn, n: (fn(), [0.01] * n)[1])
     assert timed == ["int8", "fp16"]
@@ -239,7 +239,7 @@ def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
 
 
 def test_time_engine_is_the_median_of_timed_runs() -> None:
-    from kiln.compiler.accuracy_budget import SPEED_REPEATS, _time_engine
+    from kiln.compiler.plan_speed import SPEED_REPEATS, _time_engine
     engine = build(mlp(big=False), BuildConfig(device="cpu"))
     runs: list[int] = []
 

@@ -454,10 +454,10 @@ def test_small_accumulators_convert_exactly():
     """int8 sums below 2^22 in magnitude take the add-and-subtract conversion (module docstring):
     at the bound (K 256, X all -128, W all +-127: |sum| = 4,161,536) the float32 output is the sum
     itself, exactly; one more channel of W's magnitude takes the I2F path, also exact."""
-    assert tq.small_accumulator(256, torch.full((4, 256, 1, 1), -127, dtype=I8))
-    assert not tq.small_accumulator(256, torch.full((4, 256, 1, 1), -128, dtype=I8))
-    assert not tq.small_accumulator(576, torch.full((4, 64, 3, 3), 127, dtype=I8))
-    assert tq.small_accumulator(576, torch.full((4, 64, 3, 3), 56, dtype=I8))
+    assert plan.small_accumulator(256, torch.full((4, 256, 1, 1), -127, dtype=I8))
+    assert not plan.small_accumulator(256, torch.full((4, 256, 1, 1), -128, dtype=I8))
+    assert not plan.small_accumulator(576, torch.full((4, 64, 3, 3), 127, dtype=I8))
+    assert plan.small_accumulator(576, torch.full((4, 64, 3, 3), 56, dtype=I8))
     for c in (256, 288):
         x = torch.full((1, c, 3, 3), -128, dtype=I8)
         w = torch.full((32, c, 1, 1), 127, dtype=I8)

@@ -213,7 +213,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     else:
         engine.plan = engine.executor.plan = plan_memory(plan, probe)
     if budget is not None and tune:
-        from kiln.compiler.accuracy_budget import plan_speed
+        from kiln.compiler.plan_speed import plan_speed
         say("accuracy budget: timing the plan against the engine it would replace")
         speed = plan_speed(model, requested, engine, budget.kept_precision, timer or CudaTimer())
         engine.header["build"]["accuracy_budget"]["speed"] = speed.to_json()

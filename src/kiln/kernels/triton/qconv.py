@@ -91,10 +91,10 @@ import triton
 import triton.language as tl
 
 from kiln.ir import dtypes
-from kiln.kernels.memo import all_zero, derived, derived_table, has_derived
+from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
-from kiln.kernels.triton.qconv_plan import ROWS, ConvGeometry, conv_geometry, k_loop, packed_weight
+from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, framed_pixels, k_loop, packed_weight, small_accumulator
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import needed_zero_point, requantize, small_int_to_float
@@ -109,11 +109,6 @@ REQUANT_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
-# int8 accumulators of magnitude below this convert to float32 as bits(acc + 1.5 * 2^23) - 1.5 * 2^23
-# (exact: the sum stays in [2^23, 2^24), where float32's step is 1): an integer add and a float
-# subtraction at full ALU rate, where the I2F instruction runs at a fraction of it (module docstring).
-SMALL_ACC = 2**22
-_WMAX = derived_table()   # weight -> max |W| (kernels/memo.py)
 
 _TILE = {"GROUP_M": 8}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
@@ -283,28 +278,6 @@ def _qconv_kernel(
 
 # --- the launcher ---------------------------------------------------------------------------------
 
-def _framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
-    """X channels-last and dense with `pixel` elements per pixel (channels C.. zero, as the packed
-    weight is there, so every pixel starts 4-byte aligned: qconv_plan.PIXEL_ALIGN) inside a zero
-    frame of the conv's padding: geo.ph rows above, geo.pw columns left, and below and right as
-    far as the last window reaches. The conv then reads it with no padding and no per-element mask."""
-    n, c, h, w = x.shape
-    hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
-    wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
-    framed = torch.zeros((n, hp, wp, pixel), dtype=torch.uint8, device=x.device).permute(0, 3, 1, 2)  # channels-last
-    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(torch.uint8))   # bytes: float8 too
-    return framed.view(x.dtype)
-
-
-def small_accumulator(k: int, w_q: Tensor) -> bool:
-    """Whether every int8 accumulator of a K-long reduction over W stays below SMALL_ACC in
-    magnitude: K * 128 * max|W| < 2^22 (X's int8 values are at most 128 in magnitude). max|W| is
-    read once per weight tensor; while a CUDA graph is being captured, a weight not read before
-    counts as large (the I2F path, correct for any accumulator)."""
-    if w_q.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_WMAX, w_q, "absmax"):
-        return False
-    wmax = derived(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0)
-    return k * 128 * wmax < SMALL_ACC
 
 
 def _require_zero(zp: Tensor | None, name: str) -> None:
@@ -383,7 +356,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     # anyway (C not a multiple of 4: the stem), the copy also frames it with the padding.
     framed = loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c)
     if framed:
-        x = _framed_pixels(x, loop.pixel, geo)
+        x = framed_pixels(x, loop.pixel, geo)
     h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
     bk = loop.block_k
     wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]

@@ -6,6 +6,8 @@
   once per weight tensor (padded per kernel row or per tap when the K walk needs it).
 - KLoop / k_loop: which K walk the kernel takes (PIXELS, TAPS or ROWS; qconv.py's docstring
   explains each) and its BLOCK_K, steps and padding.
+- framed_pixels: ROWS's copy of X into 4-byte pixels inside a zero frame of the padding.
+- small_accumulator: whether the int8 sums are small enough for the exact fast conversion.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from kiln.kernels.memo import derived, derived_table
+from kiln.kernels.memo import derived, derived_table, has_derived
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K  # 8-bit MMAs take K in steps of 32
 
@@ -137,3 +139,33 @@ def _block_k(block_k: int, channels: int) -> int:
     while channels % bk:
         bk //= 2
     return bk
+
+
+def framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
+    """X channels-last and dense with `pixel` elements per pixel (channels C.. zero, as the packed
+    weight is there, so every pixel starts 4-byte aligned: PIXEL_ALIGN) inside a zero
+    frame of the conv's padding: geo.ph rows above, geo.pw columns left, and below and right as
+    far as the last window reaches. The conv then reads it with no padding and no per-element mask."""
+    n, c, h, w = x.shape
+    hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
+    wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
+    framed = torch.zeros((n, hp, wp, pixel), dtype=torch.uint8, device=x.device).permute(0, 3, 1, 2)  # channels-last
+    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(torch.uint8))   # bytes: float8 too
+    return framed.view(x.dtype)
+
+
+# int8 accumulators of magnitude below this convert to float32 by quantize.small_int_to_float
+# rather than the I2F conversion (qconv.py's docstring, Accumulation).
+SMALL_ACC = 2**22
+_WMAX = derived_table()   # weight -> max |W| (kernels/memo.py)
+
+
+def small_accumulator(k: int, w_q: Tensor) -> bool:
+    """Whether every int8 accumulator of a K-long reduction over W stays below SMALL_ACC in
+    magnitude: K * 128 * max|W| < 2^22 (X's int8 values are at most 128 in magnitude). max|W| is
+    read once per weight tensor; while a CUDA graph is being captured, a weight not read before
+    counts as large (the I2F path, correct for any accumulator)."""
+    if w_q.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_WMAX, w_q, "absmax"):
+        return False
+    wmax = derived(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0)
+    return k * 128 * wmax < SMALL_ACC
