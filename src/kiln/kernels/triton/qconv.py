@@ -65,8 +65,8 @@ within compiler/tolerance.py, so the space offers all three.
 Epilogue, in float32 on the accumulator tile, in the store: acc * (x_scale * w_scale[oc])
 + bias[oc] + residual (an 8-bit residual as (R - residual_zp) * residual_scale), the
 activation (gemm.py's, the fused.ACTIVATIONS vocabulary), then a cast to the float output
-(x_scale's dtype) or the requantization, quantize.py's requantize as in qgemm.py: v * (1 / out_scale), the reciprocal correctly rounded once per program (an
-IEEE division per element is a long instruction sequence with a slow-path call, unrolled
+(x_scale's dtype) or the requantization, quantize.py's requantize as in qgemm.py:
+v * (1 / out_scale), the reciprocal correctly rounded once per program (an IEEE division per element is a long instruction sequence with a slow-path call, unrolled
 over the tile; with it an int8 output took up to 4x the float16 output's time); rounded
 half to even by one float32 add of 1.5*2^23, plus out_zp, saturated to the type's range;
 float8 outputs are encoded as e4m3 bits (nearest, ties to even, saturating at +-448) and
