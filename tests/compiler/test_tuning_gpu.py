@@ -26,6 +26,15 @@ def test_cuda_timer_times_every_run() -> None:
     assert len(times) == 5 and all(t > 0 for t in times)
 
 
+def test_cuda_timer_first_used_in_inference_mode_times_outside_it() -> None:
+    # The tuner first calls the timer in inference mode; the accuracy budget's plan timing calls it after.
+    a = torch.randn(256, 256, device="cuda")
+    timer = CudaTimer()
+    with torch.inference_mode():
+        timer(lambda: a @ a, 2)
+    assert len(timer(lambda: a @ a, 3)) == 3
+
+
 def test_cuda_timer_excludes_the_cpu_launch_time() -> None:
     # A candidate that spends 2 ms on the CPU before a tiny kernel: the held GPU does not see it.
     import time

@@ -44,18 +44,21 @@ class CudaTimer:
         self._flush: torch.Tensor | None = None  # allocated on first use, freed with the timer
 
     def __call__(self, fn: Callable[[], Any], repeats: int) -> list[float]:
-        if self._flush is None:
-            self._flush = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device="cuda")
-        for _ in range(self.warmup):
-            fn()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(repeats)]
-        for start, end in events:
-            if self.hold_cycles:
-                torch.cuda._sleep(self.hold_cycles)  # the GPU waits while the CPU queues the run
-            self._flush.zero_()  # writes evict the kernel's inputs from L2
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
+        # The flush buffer is made and written in inference mode whatever mode the caller is in: one
+        # made under the tuner's inference mode could not be written by a later caller outside it.
+        with torch.inference_mode():
+            if self._flush is None:
+                self._flush = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device="cuda")
+            for _ in range(self.warmup):
+                fn()
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(repeats)]
+            for start, end in events:
+                if self.hold_cycles:
+                    torch.cuda._sleep(self.hold_cycles)  # the GPU waits while the CPU queues the run
+                self._flush.zero_()  # writes evict the kernel's inputs from L2
+                start.record()
+                fn()
+                end.record()
+            torch.cuda.synchronize()
         return [start.elapsed_time(end) for start, end in events]

@@ -64,5 +64,5 @@ def _supports_triton(query: TacticQuery) -> bool:
 if kiln_triton.available():
     from kiln.kernels.triton import pool as _triton_pool
 
-    register_tactic(Tactic("MaxPool.triton", "MaxPool", 2, ("cuda",), _triton_pool.max_pool2d, _supports_triton,
+    register_tactic(Tactic("MaxPool.triton", "MaxPool", 3, ("cuda",), _triton_pool.max_pool2d, _supports_triton,
                            configs=_triton_pool.CONFIGS))

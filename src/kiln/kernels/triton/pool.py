@@ -23,8 +23,11 @@ reference in 153 of 802816 maxima on an H200 (benchmarks/kernels_pool.py, 2026-1
 small shapes of the tests agreed), comparing in int8 or in float32 alike. That path took twice
 fp8's time (65 against 30 us at the stem), so the configs with INT_KEYS compare the bytes
 themselves as int32 keys that order as the values (uint8: the byte; int8: the byte XOR 0x80,
-offset binary: -128 -> 0, 127 -> 255), a masked tap loading the lowest value's byte (key 0),
-so a tap costs a load, an XOR and a max, with no select and no float conversion.
+offset binary: -128 -> 0, 127 -> 255), a masked tap giving key 0 (the lowest value's), so a
+tap costs a load, an XOR, a select and a max, with no float conversion. The key of a masked tap
+is set by a select, not by the load's `other`: taking the masked load's `other` (the lowest
+value's byte) as the key, the compiled kernel missed 151 of 802816 maxima on an H200
+(2026-11-27, the stem shape, seed 4).
 float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
 value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
 drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
@@ -113,10 +116,10 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
                 v = _fp8_key(tl.load(ptrs, mask=ok, other=0).to(tl.int32) & 0xFF)
                 best = tl.where(ok, tl.maximum(best, v), best)
             elif KIND == 1 and INT_KEYS:  # 8-bit integers as order-preserving byte keys (module docstring)
-                k = tl.load(ptrs, mask=ok, other=0x80 if SIGNED else 0).to(tl.int32)
+                k = tl.load(ptrs, mask=ok, other=0).to(tl.int32)
                 if SIGNED:
                     k = k ^ 0x80
-                best = tl.maximum(best, k)
+                best = tl.maximum(best, tl.where(ok, k, 0))   # a masked tap: key 0 (see the docstring)
             elif KIND == 1:              # 8-bit integers as bytes, the sign applied in int32
                 u = tl.load(ptrs, mask=ok, other=0).to(tl.int32)
                 if SIGNED:
