@@ -291,29 +291,9 @@ def test_channels_and_pixels_past_the_tile_edge(c):
     assert torch.equal(got, want)
 
 
-# ROWS with several kernel rows per step (MULTI_ROW): the ROWS geometries, framed or read in
-# place, at step depths of two rows and of all of them.
-MULTI_ROW = [dict(TINY, BLOCK_K=bk, MULTI_ROW=1) for bk in (64, 256)]
-ROWS_GEOMETRIES = [n for n, g in GEOMETRIES.items() if g[3] == plan.ROWS and g[1][2] > 1]
-
-
-@pytest.mark.parametrize("dtype", [I8, F8])
-@pytest.mark.parametrize("name", ROWS_GEOMETRIES)
-def test_multi_row_walk_exact(name, dtype):
-    xs, ws, attrs, _ = GEOMETRIES[name]
-    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, dtype=dtype, seed=11)
-    out_dtype = ONNX_INT8 if dtype == I8 else ONNX_FP8
-    for config in MULTI_ROW:
-        loop = plan.k_loop(xs[1], plan.conv_geometry(xs, ws, **attrs), config["BLOCK_K"], True, *xs[2:], True)
-        assert loop.rows_per_step > 1 or config["BLOCK_K"] < 256     # 256 holds two rows of up to 128
-        got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
-                          activation="Relu", out_dtype=out_dtype, config=config, **attrs)
-        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (name, config)
-
-
 def test_k_loop_choices():
-    def loop(c, ws, bk=128, dense=True, hw=(56, 56), multi_row=False, **attrs):
-        return plan.k_loop(c, plan.conv_geometry((1, c, *hw), (8, c, *ws), **attrs), bk, dense, *hw, multi_row)
+    def loop(c, ws, bk=128, dense=True, hw=(56, 56), **attrs):
+        return plan.k_loop(c, plan.conv_geometry((1, c, *hw), (8, c, *ws), **attrs), bk, dense, *hw)
     assert loop(64, (3, 3), pads=[1] * 4) == plan.KLoop(plan.TAPS, 64, 1)
     assert loop(256, (3, 3), pads=[1] * 4) == plan.KLoop(plan.TAPS, 128, 2)
     assert loop(256, (1, 1)) == plan.KLoop(plan.PIXELS, 128, 2)
@@ -329,18 +309,6 @@ def test_k_loop_choices():
     assert loop(48, (3, 3), bk=32, dilations=[2, 2]) == plan.KLoop(plan.TAPS, 32, 2, tap_pad=64)
     assert loop(40, (1, 3), dilations=[2, 1]).path == plan.ROWS and loop(40, (3, 1), dilations=[1, 2]).path == plan.ROWS
     assert plan._block_k(32, 48) == 16 and plan._block_k(128, 64) == 64 and plan._block_k(64, 192) == 64
-    # MULTI_ROW: several kernel rows per step, each padded to 32, 64 or 128 (the least that holds it).
-    stem = loop(3, (7, 7), bk=256, pads=[3] * 4, strides=[2, 2], multi_row=True)
-    assert stem == plan.KLoop(plan.ROWS, 256, 1, 32, tap_pad=4, pixel=4, rows_per_step=8)
-    geo = plan.conv_geometry((1, 3, 56, 56), (8, 3, 7, 7), pads=[3] * 4, strides=[2, 2])
-    assert stem.k_steps(geo) == 1 and stem.kernel_rows(geo) == 8
-    two = loop(3, (7, 7), bk=64, pads=[3] * 4, strides=[2, 2], multi_row=True)
-    assert (two.block_k, two.rows_per_step, two.k_steps(geo), two.kernel_rows(geo)) == (64, 2, 4, 8)
-    assert loop(16, (3, 3), bk=256, multi_row=True) == plan.KLoop(plan.ROWS, 256, 1, 64, pixel=16, rows_per_step=4)
-    assert loop(3, (3, 3), bk=256, multi_row=True).rows_per_step == 4              # KH 3: at most 4 rows
-    assert loop(48, (3, 3), bk=128, multi_row=True) == loop(48, (3, 3), bk=128)    # rows of 144: one per step
-    assert loop(16, (3, 3), bk=64, multi_row=True) == loop(16, (3, 3), bk=64)      # one row of 64 fills the step
-    assert loop(3, (1, 7), bk=256, multi_row=True) == loop(3, (1, 7), bk=256)      # one kernel row
     # No 8-bit dot compiles with a 16-deep K on the GPU, so no walk takes one.
     with pytest.raises(AssertionError, match="K in steps of 32"):
         loop(64, (3, 3), bk=16)
@@ -401,8 +369,6 @@ def test_weight_is_packed_once_per_tensor():
     rows4 = plan.packed_weight(stem, 32, tap_pad=4).reshape(8, 7, 32)
     assert torch.equal(rows4[:, :, :28].reshape(8, 7, 7, 4)[..., :3], stem.permute(0, 2, 3, 1))
     assert not rows4[:, :, :28].reshape(8, 7, 7, 4)[..., 3].any() and not rows4[:, :, 28:].any()
-    rows8 = plan.packed_weight(stem, 32, tap_pad=4, kernel_rows=8).reshape(8, 8, 32)   # MULTI_ROW: a zero 8th row
-    assert torch.equal(rows8[:, :7], rows4) and not rows8[:, 7].any()
 
 
 def test_geometry_matches_the_reference_and_configs_are_well_formed():
@@ -415,9 +381,7 @@ def test_geometry_matches_the_reference_and_configs_are_well_formed():
     keys = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
     assert all(set(c) == keys for c in tq.INT8_CONFIGS)
     assert all(set(c) == keys | {"FP8_ACC"} for c in tq.FP8_CONFIGS) and tq.FP8_CONFIGS[0]["FP8_ACC"] > 0
-    assert all(set(c) == keys | {"MULTI_ROW"} for c in tq.ROWS_CONFIGS)
-    assert all(set(c) == keys | {"MULTI_ROW", "FP8_ACC"} for c in tq.ROWS_FP8_CONFIGS)
-    for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS + tq.ROWS_CONFIGS:   # pipelined operands fit a block's shared memory
+    for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
         assert c["BLOCK_K"] >= plan.MIN_BLOCK_K                      # 8-bit dots take K in 32s
 
@@ -448,22 +412,6 @@ def test_gpu_every_config_exact(shape, dtype):
         got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
                           torch.tensor(0, dtype=I8), activation="Relu", config=config, **attrs)
         assert torch.equal(got, want), config
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
-def test_gpu_multi_row_configs_exact(dtype):
-    if dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("float8 tensor cores need compute capability 8.9")
-    # A stem over 3 channels (K 147: fp8 sums of integers <= 16 stay below 2^12, exact without
-    # promotion) and, int8 only, rows of 112 over 16 channels.
-    stem = ((4, 3, 45, 47), (64, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]})
-    for xs, ws, attrs in [stem] + ([GPU_SHAPES[4]] if dtype == I8 else []):
-        x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, dtype)
-        for config in tq.ROWS_CONFIGS if dtype == I8 else tq.ROWS_FP8_CONFIGS:
-            got, want = _both(x, w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25), torch.tensor(0, dtype=I8),
-                              activation="Relu", config=config, **attrs)
-            assert torch.equal(got, want), config
 
 
 @pytest.mark.gpu

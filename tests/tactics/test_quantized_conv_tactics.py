@@ -60,18 +60,6 @@ def test_accepts_int8_and_fp8_convs(gpu):
     assert not qc.supports_fp8(_query()) and not qc.supports_int8(_query("float8_e4m3fn"))
 
 
-def test_rows_tactics_take_the_multi_row_walks(gpu):
-    stem = dict(x_shape=(64, 3, 224, 224), w_shape=(64, 3, 7, 7), kernel_shape=[7, 7], pads=[3] * 4, strides=[2, 2])
-    assert qc.supports_int8_rows(_query(**stem)) and qc.supports_fp8_rows(_query("float8_e4m3fn", **stem))
-    assert not qc.supports_fp8_rows(_query(**stem)) and not qc.supports_int8_rows(_query(layout="nchw", **stem))
-    assert qc.supports_int8_rows(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 1]))
-    assert not qc.supports_int8_rows(_query())                                          # C 64: taps
-    assert not qc.supports_int8_rows(_query(x_shape=(64, 40, 56, 56), w_shape=(64, 40, 3, 3), dilations=[2, 2]))
-    assert not qc.supports_int8_rows(_query(x_shape=(64, 3, 56, 56), w_shape=(64, 3, 1, 7)))   # one kernel row
-    names = [t.name for t in candidates(_query(**stem))]
-    assert names.index("kiln::QConv.triton_nhwc") < names.index("kiln::QConv.triton_rows")   # untuned: one row
-
-
 def test_rejects_what_the_kernel_cannot_run(gpu):
     assert not qc.supports_int8(_query(device="cpu"))
     assert not qc.supports_int8(_query("uint8"))                           # zero point not subtracted

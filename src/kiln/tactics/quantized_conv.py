@@ -27,10 +27,6 @@ What `supports` accepts, and why:
   by tap, other C kernel row by kernel row, or with a dilation along W tap by tap over
   channels padded to the step). No config or walk takes a 16-deep step.
 - the activation is one the Triton epilogue has (gemm.py's, the fused.ACTIVATIONS names).
-`.triton_rows` / `.triton_rows_fp8` (channels-last graphs) run the same kernel over the convs
-its ROWS walk takes with more than one kernel row (C not a multiple of 32, no dilation along W,
-KH > 1: ResNet's stem) with configs that take several kernel rows per K step
-(qconv_space.ROWS_CONFIGS); the tuner times them beside the one-row walk of `.triton_nhwc`.
 """
 from __future__ import annotations
 
@@ -153,24 +149,6 @@ def supports_fp8_nchw(query: TacticQuery) -> bool:
     return _supports(query, "float8_e4m3fn", nhwc=False)
 
 
-def _rows_walk(query: TacticQuery) -> bool:
-    """The conv takes the ROWS walk with several kernel rows: C not a multiple of 32, dilation 1
-    along W (or KW 1), KH > 1 (qconv_plan.k_loop)."""
-    ws = _at(query.input_shapes, W)
-    if ws is None or len(ws) != 4 or not all(isinstance(d, int) for d in ws[1:]):
-        return False
-    dil = query.attrs.get("dilations") or (1, 1)
-    return ws[1] % 32 != 0 and (int(dil[-1]) == 1 or ws[3] == 1) and ws[2] > 1
-
-
-def supports_int8_rows(query: TacticQuery) -> bool:
-    return supports_int8(query) and _rows_walk(query)
-
-
-def supports_fp8_rows(query: TacticQuery) -> bool:
-    return supports_fp8(query) and _rows_walk(query)
-
-
 if triton_available():
     from kiln.kernels.triton import qconv as _triton_qconv
 
@@ -183,7 +161,5 @@ if triton_available():
             ("kiln::QConv.triton_nhwc", _triton_qconv.qconv, supports_int8, _INT8),
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
-            ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8),
-            ("kiln::QConv.triton_rows", _triton_qconv.qconv, supports_int8_rows, _triton_qconv.ROWS_CONFIGS),
-            ("kiln::QConv.triton_rows_fp8", _triton_qconv.qconv, supports_fp8_rows, _triton_qconv.ROWS_FP8_CONFIGS)):
-        register_tactic(Tactic(_name, "kiln::QConv", 5, ("cuda",), _kernel, _supports_fn, configs=_configs))
+            ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
+        register_tactic(Tactic(_name, "kiln::QConv", 4, ("cuda",), _kernel, _supports_fn, configs=_configs))

@@ -36,9 +36,6 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   column. A dense X of PIX channels is read in place, masked per element at the image's edge.
   Either mask is constant over each 4-byte word, so the loads are words, not bytes.
   A 7x7 stem over 3 channels is 7 steps of 32 (28 used), where taps would be 49 of 32.
-  With MULTI_ROW (the ROWS tactics' configs: ROWS_CONFIGS) a step takes RPS kernel rows,
-  each a block of 32, 64 or 128 columns: the stem in one step of 256 or two of 128, so that
-  its few, short steps become one or two deep MMAs.
 - TAPS over padded channels, C not a multiple of 32 with a dilation along W (no ROWS): each
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
@@ -97,7 +94,6 @@ from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
-from kiln.kernels.triton.qconv_space import FP8_CONFIGS, INT8_CONFIGS, ROWS_CONFIGS, ROWS_FP8_CONFIGS  # noqa: F401
 from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, framed_pixels, k_loop, packed_weight, small_accumulator
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
@@ -114,14 +110,41 @@ REQUANT_RANGES: dict[str, tuple[int, int]] = {
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 
+_TILE = {"GROUP_M": 8}
+# The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
+# operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
+# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage.
+INT8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+)
+# fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
+# registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
+# is the default when tuning is off: promoted once per K step.
+FP8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+)
+
+
 @triton.jit
 def _qconv_kernel(
         X, W, Y, XS, WS, BIAS, RES, RS, RZP, OS, OZP,
-        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KH, KW,
+        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
-        RPS: tl.constexpr,
         IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
@@ -187,35 +210,16 @@ def _qconv_kernel(
                 # FRAMED: X carries the conv's zero padding as a frame (the launcher's copy), so
                 # every tap is inside it and only the columns past ROW are masked: one predicate
                 # per column, none per element.
-                if RPS > 1:
-                    # RPS kernel rows per step, each a block of RB columns (row_pad): column k is
-                    # element k % RB of kernel row step * RPS + k // RB; rows past KH are masked
-                    # (and zero in the packed W). Runs of RB columns are contiguous from a 4-byte
-                    # boundary, so the loads stay words.
-                    RB: tl.constexpr = BLOCK_K // RPS
-                    khv = step * RPS + offs_k // RB                           # [BLOCK_K]
-                    j = offs_k % RB
-                    cols = tl.max_contiguous(tl.multiple_of(khv * (dil_h * sxh) + j, 4), RB)
-                    col_ok = (j < ROW) & (khv < KH)
-                    rows = tl.multiple_of(row0, 4)
-                    if FRAMED:
-                        a = tl.load(X + rows[:, None] + cols[None, :], mask=col_ok[None, :], other=0.0)
-                    else:
-                        ih = ih0[:, None] + (khv * dil_h)[None, :]
-                        iw = iw0[:, None] + (j // PIX)[None, :]
-                        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW) & col_ok[None, :]
-                        a = tl.load(X + rows[:, None] + cols[None, :], mask=inside, other=0.0)
+                kh = step // C_STEPS
+                j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
+                rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
+                if FRAMED:
+                    a = tl.load(X + rows[:, None] + j[None, :], mask=(j < ROW)[None, :], other=0.0)
                 else:
-                    kh = step // C_STEPS
-                    j = (step - kh * C_STEPS) * BLOCK_K + offs_k             # [BLOCK_K]
-                    rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
-                    if FRAMED:
-                        a = tl.load(X + rows[:, None] + j[None, :], mask=(j < ROW)[None, :], other=0.0)
-                    else:
-                        ih = ih0 + kh * dil_h
-                        iw = iw0[:, None] + (j // PIX)[None, :]              # [BLOCK_M, BLOCK_K]
-                        inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
-                        a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
+                    ih = ih0 + kh * dil_h
+                    iw = iw0[:, None] + (j // PIX)[None, :]                  # [BLOCK_M, BLOCK_K]
+                    inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
+                    a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
             b = tl.load(w_ptrs)
             acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
@@ -337,8 +341,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     oc = w_q.shape[0]
     # X channels-last (once per region: converted here on the region's first conv), except where the
     # ROWS walk copies it into framed pixels anyway (C not a multiple of 4): that copy reads any layout.
-    multi_row = bool(cfg.get("MULTI_ROW", 0))
-    copied = k_loop(c, geo, int(cfg["BLOCK_K"]), True, h, w, multi_row)
+    copied = k_loop(c, geo, int(cfg["BLOCK_K"]), True, h, w)
     copied_anyway = copied.path == ROWS and copied.pixel != c
     x = x_q if x_q.stride(1) == 1 or copied_anyway else x_q.contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last_out else torch.contiguous_format
@@ -348,7 +351,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         return y
     assert y.numel() < 2**31, "an output of 2**31 elements or more overflows int32 offsets"
     dense = x.stride(2) == w * x.stride(3) and x.stride(0) == h * x.stride(2)
-    loop = k_loop(c, geo, int(cfg["BLOCK_K"]), dense, h, w, multi_row)
+    loop = k_loop(c, geo, int(cfg["BLOCK_K"]), dense, h, w)
     # ROWS reads (w, c) runs of pixels of PIX elements: where X must be copied into that form
     # anyway (C not a multiple of 4: the stem), the copy also frames it with the padding.
     framed = loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c)
@@ -356,7 +359,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x = framed_pixels(x, loop.pixel, geo)
     h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
     bk = loop.block_k
-    wp = packed_weight(w_q, loop.row_pad, loop.tap_pad, loop.kernel_rows(geo))   # [OC, K]
+    wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
     flat = channels_last_out and (residual is None or res.stride() == y.stride())
     b = None if bias is None else bias.reshape(-1)
@@ -370,13 +373,13 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x_scale if residual_scale is None else residual_scale, x_scale if residual_zp is None else residual_zp,
         x_scale if out_scale is None else out_scale,
         x_scale if out_zp is None else out_zp,
-        m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1], loop.k_steps(geo), loop.steps, geo.kh, geo.kw,
+        m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
+        loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), 0 if b is None or b.numel() == 1 else b.stride(0),
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, p0, p1,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
-        RPS=loop.rows_per_step,
         ROW=geo.kw * loop.pixel,
         IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
         ACC_MAGIC=not is_fp8 and small_accumulator(c * geo.kh * geo.kw, w_q),

@@ -62,20 +62,18 @@ def conv_geometry(x_shape: Sequence[int], w_shape: Sequence[int], *, auto_pad: s
 _PACKED = derived_table()
 
 
-def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0, kernel_rows: int = 0) -> Tensor:
+def packed_weight(w: Tensor, row_pad: int = 0, tap_pad: int = 0) -> Tensor:
     """W [OC, C, KH, KW] as B^T, K-contiguous, packed once per tensor: [OC, KH*KW*C] in (kh, kw, c)
     order; with `row_pad` (the ROWS path) [OC, KH*row_pad], each kernel row's KW*C values
-    followed by zeros up to row_pad, and with `kernel_rows` > KH as many rows, the extra ones
-    zero (ROWS with several kernel rows per step); with `tap_pad` (TAPS over padded channels)
+    followed by zeros up to row_pad; with `tap_pad` (TAPS over padded channels)
     [OC, KH*KW*tap_pad], each tap's C values followed by zeros up to tap_pad."""
     oc, c, kh, kw = w.shape
-    rows = max(kernel_rows, kh) if row_pad else kh
     if not row_pad and not tap_pad and w.is_contiguous(memory_format=torch.channels_last):  # a view
         return w.permute(0, 2, 3, 1).reshape(oc, -1)
-    return derived(_PACKED, w, (row_pad, tap_pad, rows), lambda t: _pack(t, row_pad, tap_pad, rows))
+    return derived(_PACKED, w, (row_pad, tap_pad), lambda t: _pack(t, row_pad, tap_pad))
 
 
-def _pack(w: Tensor, row_pad: int, tap_pad: int, kernel_rows: int) -> Tensor:
+def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
     oc, c, kh, kw = w.shape
     taps = w.permute(0, 2, 3, 1)                                             # [OC, KH, KW, C]
     if tap_pad:
@@ -84,8 +82,8 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int, kernel_rows: int) -> Tensor:
         taps = padded
     rows = taps.reshape(oc, kh, -1)
     if row_pad:
-        padded = torch.zeros((oc, kernel_rows, row_pad), dtype=w.dtype, device=w.device)
-        padded[:, :kh, :rows.shape[2]] = rows
+        padded = torch.zeros((oc, kh, row_pad), dtype=w.dtype, device=w.device)
+        padded[:, :, :rows.shape[2]] = rows
         rows = padded
     return rows.reshape(oc, -1).contiguous()
 
@@ -108,32 +106,16 @@ class KLoop:
     row_pad: int = 0
     tap_pad: int = 0
     pixel: int = 0
-    rows_per_step: int = 1      # ROWS: kernel rows per K step (each row_pad long); steps is then 1
-
-    def k_steps(self, geo: ConvGeometry) -> int:
-        """The kernel's K steps: per tap (PIXELS, TAPS) or per kernel row (ROWS), times taps or rows."""
-        if self.path != ROWS:
-            return self.steps * geo.kh * geo.kw
-        return self.steps * -(-geo.kh // self.rows_per_step)
-
-    def kernel_rows(self, geo: ConvGeometry) -> int:
-        """Kernel rows the packed weight holds: KH, rounded up to whole steps of rows_per_step."""
-        return -(-geo.kh // self.rows_per_step) * self.rows_per_step
 
 
-def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int,
-           multi_row: bool = False) -> KLoop:
+def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h: int, w: int) -> KLoop:
     """The K walk for C = `channels` and a config's BLOCK_K (>= 32: 8-bit MMAs take K in 32s).
     C a multiple of 32: tap by tap, BLOCK_K the largest power of two dividing C (a 1x1 stride-1
     conv over dense pixels: the plain GEMM). Otherwise, with dilation 1 along W (or KW = 1):
     kernel row by kernel row (ROWS). Else (a dilation along W): tap by tap with each tap's C
     channels padded (masked in X, zeros in W) to a multiple of BLOCK_K. ROWS and padded TAPS
     take the BLOCK_K of 32, 64 or 128 (at most the config's) that pads least, then the larger;
-    ROWS counts a kernel row over pixels of C rounded up to PIXEL_ALIGN elements. With
-    `multi_row` (the config key MULTI_ROW) a ROWS step takes BLOCK_K // R kernel rows (at most KH
-    rounded up to a power of two), each padded to R = the least of 32, 64, 128 that holds it,
-    where at least two fit: a 7x7 stem over 3 channels takes its 7 rows of 28 in one 256-deep
-    step (R 32) or two 128-deep ones, where one row per step is 7 steps of 32."""
+    ROWS counts a kernel row over pixels of C rounded up to PIXEL_ALIGN elements."""
     assert block_k >= MIN_BLOCK_K, f"8-bit tensor-core dots take K in steps of {MIN_BLOCK_K}; BLOCK_K is {block_k}"
     if channels % MIN_BLOCK_K == 0:
         bk = _block_k(block_k, channels)
@@ -143,14 +125,9 @@ def k_loop(channels: int, geo: ConvGeometry, block_k: int, pixels_dense: bool, h
     if geo.dw == 1 or geo.kw == 1:
         pixel = -(-channels // PIXEL_ALIGN) * PIXEL_ALIGN
         row = geo.kw * pixel
-        tap_pad = pixel if pixel != channels else 0
-        fit = [r for r in (32, 64, 128) if r >= row]
-        if multi_row and fit and 2 * fit[0] <= block_k and geo.kh > 1:
-            rps = min(block_k // fit[0], 1 << (geo.kh - 1).bit_length())
-            return KLoop(ROWS, rps * fit[0], 1, row_pad=fit[0], tap_pad=tap_pad, pixel=pixel, rows_per_step=rps)
         bk = min(sizes, key=lambda b: (-(-row // b) * b, -b))                # least padding, then larger
         pad = -(-row // bk) * bk
-        return KLoop(ROWS, bk, pad // bk, row_pad=pad, tap_pad=tap_pad, pixel=pixel)
+        return KLoop(ROWS, bk, pad // bk, row_pad=pad, tap_pad=pixel if pixel != channels else 0, pixel=pixel)
     bk = min(sizes, key=lambda b: (-(-channels // b) * b, -b))
     pad = -(-channels // bk) * bk
     return KLoop(TAPS, bk, pad // bk, tap_pad=pad)
