@@ -118,3 +118,17 @@ def test_minilm_tuned(minilm_path: Path, tmp_path: Path, precision: str) -> None
         a, b = np.asarray(got[k], np.float64), np.asarray(want[k], np.float64)
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
         assert cos.min() > 0.999, (k, cos.min())
+
+
+def test_accuracy_budget_times_its_plan_on_the_gpu() -> None:
+    # A tuned budget build times its plan against the fp16 engine with CUDA events: the timer is
+    # first used by the tuner (in inference mode), then by the plan timing outside it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_accuracy_budget import mlp
+
+    engine = kiln.build(mlp(big=True), kiln.BuildConfig(precision="fp16", device="cuda",
+                                                        accuracy_budget=("cosine", 0.999)))
+    budget = engine.header["build"]["accuracy_budget"]
+    assert [k["layer"] for k in budget["kept"]] == ["fc2"]
+    speed = budget["speed"]
+    assert speed["engine_ms"] > 0 and speed["wider_ms"] > 0 and speed["wider_precision"] == "fp32"
