@@ -12,6 +12,8 @@ The models are chosen for the passes they exercise, not for accuracy:
                        (GlobalAveragePool -> 1x1 Conv -> HardSigmoid -> Mul broadcast)
   transformer_encoder  attention written out (MatMul, Div, Add mask, Softmax, MatMul),
                        LayerNormalization and a hand-decomposed LayerNorm, erf GELU
+  tiny_vit             a ViT: patchify Conv (kernel = stride) -> flatten(2).transpose(1, 2),
+                       class token Concat, position embedding Add, an encoder layer, head
 """
 from __future__ import annotations
 
@@ -269,5 +271,34 @@ def transformer_encoder(folder: Path) -> ExportedModel:
     return _export(module, inputs, ("output",), Path(folder) / "transformer_encoder.onnx")
 
 
+# ---- tiny_vit ----------------------------------------------------------------------------
+
+class _TinyViT(nn.Module):
+    """ViT-B/16's structure at toy size: 4x4 patches of a 16x16 image, width 32, one layer."""
+
+    def __init__(self, hidden: int = 32, patch: int = 4, image: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, hidden, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, hidden) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, hidden) * 0.5)
+        self.layer = _EncoderLayer(hidden, heads=4)
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                          # [B, 3, 16, 16]
+        h = self.patch_embed(x).flatten(2).transpose(1, 2)                       # [B, 16, 32]
+        h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1) + self.pos_embed
+        h = self.layer(h, torch.zeros(h.shape[:2], dtype=h.dtype))
+        return self.head(self.norm(h)[:, 0])                                     # [B, 10]
+
+
+def tiny_vit(folder: Path) -> ExportedModel:
+    torch.manual_seed(0)
+    module = _TinyViT()
+    _randomize_norms(module)
+    inputs = (InputSpec("input", (BATCH, 3, 16, 16)),)
+    return _export(module, inputs, ("output",), Path(folder) / "tiny_vit.onnx")
+
+
 BUILDERS = {"small_cnn": small_cnn, "mobilenet_block": mobilenet_block,
-            "transformer_encoder": transformer_encoder}
+            "transformer_encoder": transformer_encoder, "tiny_vit": tiny_vit}

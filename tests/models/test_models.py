@@ -106,6 +106,14 @@ def test_small_model_matches_onnxruntime(cases: Cases, name: str) -> None:
                                        err_msg=f"{name} output {out_name!r} at batch {want.shape[0]}")
 
 
+def test_vit_patch_conv_runs_as_one_gemm(cases: Cases) -> None:
+    # passes/patches_to_matmul.py: the patchify conv is a GEMM over patches (bias fused), no conv left.
+    steps = cases["tiny_vit"].engine.plan.steps
+    assert not [s for s in steps if "Conv" in s.op]
+    patch = [s.op for s in steps if s.fused == ("/patch_embed/Conv",) * len(s.fused) and s.fused]
+    assert patch == ["Reshape", "Transpose", "Reshape", "kiln::FusedMatMul", "Transpose"]     # bias in the GEMM
+
+
 def test_minilm_matches_onnxruntime_and_pytorch(cases: Cases) -> None:
     case = cases["minilm"]
     for feeds in case.feeds:

@@ -28,6 +28,7 @@ from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
 from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
+from kiln.passes.patches_to_matmul import patches_to_matmul
 from kiln.passes.refine_shapes import refine_shapes
 
 Pass = Callable[[Graph], bool]
@@ -39,6 +40,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("refine_shapes", refine_shapes),              # dims the folded shape arithmetic fixes become static
     ("choose_layout", choose_layout),              # NHWC exports' Transpose pairs out of conv chains; channels-last?
     ("fold_batchnorm", fold_batchnorm),            # BN into Conv/Gemm weights, before epilogue fusion
+    ("patches_to_matmul", patches_to_matmul),      # a ViT's patchify conv is a GEMM (after BN folding)
     ("fuse_layernorm", fuse_layernorm),            # its Sub/Pow/Div would otherwise go to pointwise
     ("fuse_gelu", fuse_gelu),                      # one Gelu node, so epilogues can take it as activation
     ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
