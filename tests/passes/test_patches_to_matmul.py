@@ -59,9 +59,17 @@ def test_overlapping_windows_and_channels_last_graphs_stay():
     b.output(b.op("Conv", x, b.rand(4, 3, 4, 4), kernel_shape=[4, 4], strides=[2, 2]))
     assert not patches_to_matmul(b.graph)
     b, y = _patch_conv()
-    b.output(y)
+    b.output(b.op("Conv", y, b.rand(4, 5, 1, 1)))
     b.graph.layout = "nhwc"                       # a convolution-heavy graph keeps its convs
-    assert not patches_to_matmul(b.graph) and ops(b.graph) == {"Conv": 1}
+    assert not patches_to_matmul(b.graph) and ops(b.graph) == {"Conv": 2}
+
+
+def test_the_only_conv_of_a_channels_last_graph_is_rewritten_and_the_layout_decided_again():
+    b, y = _patch_conv()
+    b.output(y)
+    b.graph.layout = "nhwc"                       # choose_layout's verdict for this one conv
+    assert check_pass(patches_to_matmul, b, rtol=1e-4, atol=1e-5)
+    assert "Conv" not in ops(b.graph) and b.graph.layout == "nchw"
 
 
 def test_explicit_qdq_conv_is_left_for_fuse_qdq():

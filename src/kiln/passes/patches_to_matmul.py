@@ -17,9 +17,11 @@ Why: on an H200 (benchmarks/profile_kernels.py vit_b16:32, 2026-11-27) cuDNN ran
 16x16/16 patch conv over 3 channels in 0.234 ms at batch 32, plus 0.087 ms converting layouts
 around it: 11% of the engine's 2.78 ms, for a GEMM of [6272, 768] x [768, 768] (7.4 GFLOP).
 
-Only where the graph runs NCHW (graph.layout "nchw": choose_layout found few convs), so that a
-channels-last CNN keeps its convs and their layout, and not for an explicit QDQ conv (X or W
-from a DequantizeLinear), which fuse_qdq makes a kiln::QConv. 1x1 kernels stay convs: their
+Only where the graph runs NCHW (graph.layout "nchw": choose_layout found few convs) or this is
+its only conv (a small ViT, whose patch conv is a third of its FLOPs, is "nhwc" for that conv
+alone; with the conv gone, the layout is decided again), so that a channels-last CNN keeps its
+convs and their layout; and not for an explicit QDQ conv (X or W from a DequantizeLinear), which
+fuse_qdq makes a kiln::QConv. 1x1 kernels stay convs: their
 "patches" are pixels, which a GEMM would need X transposed to reach.
 """
 from __future__ import annotations
@@ -27,19 +29,23 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.choose_layout import decide_layout
 from kiln.passes.match import const_array, new_const, produced_by, replace_nodes
 
 
 def patches_to_matmul(graph: Graph) -> bool:
     """Rewrite every eligible patchify Conv (module docstring); True if any was."""
-    if graph.layout != "nchw":
+    convs = [n for n in graph.nodes if n.domain == "" and n.op == "Conv"]
+    if graph.layout != "nchw" and len(convs) != 1:
         return False
     changed = False
-    for conv in [n for n in graph.nodes if n.domain == "" and n.op == "Conv"]:
+    for conv in convs:
         patches = _patch_grid(conv)
         if patches is not None:
             _rewrite(graph, conv, *patches)
             changed = True
+    if changed:
+        graph.layout = decide_layout(graph)
     return changed
 
 
