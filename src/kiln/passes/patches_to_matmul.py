@@ -21,8 +21,8 @@ Only where the graph runs NCHW (graph.layout "nchw": choose_layout found few con
 its only conv (a small ViT, whose patch conv is a third of its FLOPs, is "nhwc" for that conv
 alone; with the conv gone, the layout is decided again), so that a channels-last CNN keeps its
 convs and their layout; and not for an explicit QDQ conv (X or W from a DequantizeLinear), which
-fuse_qdq makes a kiln::QConv. 1x1 kernels stay convs: their
-"patches" are pixels, which a GEMM would need X transposed to reach.
+fuse_qdq makes a kiln::QConv. 1x1 kernels stay convs: their "patches" are pixels, which a GEMM
+would need X transposed to reach.
 """
 from __future__ import annotations
 
