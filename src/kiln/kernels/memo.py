@@ -36,10 +36,17 @@ def derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
     return entries[key]
 
 
-def has_derived(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable) -> bool:
-    """Whether `key` was derived from `tensor` as it is now (so `derived` would not call make)."""
-    hit = table.get(tensor)
-    return hit is not None and hit[0] == tensor._version and key in hit[1]
+def read_once(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
+              make: Callable[[torch.Tensor], Any], capturing: Any) -> Any:
+    """derived(table, tensor, key, make) for a `make` that reads the tensor's values on the host,
+    which synchronises with the device: while a CUDA graph is being captured, where that is not
+    allowed, a value not derived before is `capturing` (a caller's answer that is safe for any
+    value), and nothing is kept."""
+    if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
+        hit = table.get(tensor)
+        if hit is None or hit[0] != tensor._version or key not in hit[1]:
+            return capturing
+    return derived(table, tensor, key, make)
 
 
 # zero-point tensor -> whether every element is 0
@@ -52,6 +59,4 @@ def all_zero(t: torch.Tensor) -> bool:
     The read synchronises with the device; while a CUDA graph is being captured, where that is
     not allowed, a tensor not read before counts as not all zero (the caller then keeps the
     general path, which is correct for any value)."""
-    if t.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_ZERO, t, "all zero"):
-        return False
-    return derived(_ZERO, t, "all zero", lambda x: not bool(torch.any(x.to(torch.float32) != 0)))
+    return read_once(_ZERO, t, "all zero", lambda x: not bool(torch.any(x.to(torch.float32) != 0)), False)

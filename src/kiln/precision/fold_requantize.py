@@ -66,11 +66,7 @@ def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
     y_q = q.outputs[0]
     scale, zp = q.input(1), q.input(2)
     graph.remove_node(q)
-    inputs = list(layer.inputs) + [None] * (OUT_SCALE + 2 - len(layer.inputs))
-    inputs[OUT_SCALE:OUT_SCALE + 2] = [scale, zp]  # QConv's residual_scale/zp (10, 11) stay
-    while inputs[-1] is None:
-        inputs.pop()
-    layer.set_inputs(inputs)
+    place_inputs(layer, {OUT_SCALE: scale, OUT_SCALE + 1: zp})  # QConv's residual_scale/zp (10, 11) stay
     layer.attrs["out_dtype"] = y_q.dtype.onnx
     take_output(layer, y, y_q)
     return True
@@ -106,6 +102,17 @@ def per_last_channel(q: Node, shape: tuple) -> bool:
     z = const_array(zp) if zp is not None else None
     return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
             and (zp is None or (z is not None and z.shape == s.shape)))
+
+
+def place_inputs(node: Node, at: dict[int, Value | None]) -> None:
+    """Set `node`'s optional inputs at the positions in `at` (absent ones between stay None),
+    keeping no trailing absent inputs."""
+    inputs = list(node.inputs) + [None] * (max(at) + 1 - len(node.inputs))
+    for i, v in at.items():
+        inputs[i] = v
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    node.set_inputs(inputs)
 
 
 def take_output(layer: Node, old: Value, new: Value) -> None:

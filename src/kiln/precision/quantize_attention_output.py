@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
-from kiln.precision.fold_requantize import per_last_channel, per_tensor, take_output
+from kiln.precision.fold_requantize import per_last_channel, per_tensor, place_inputs, take_output
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 OUT_SCALE = 4   # kiln::Attention's inputs: q, k, v, mask, out_scale, out_zp
@@ -61,11 +61,9 @@ def _fold(graph: Graph, attention: Node, keep: set[int]) -> bool:
     if not bool((const_array(reader.input(1)) > 0).all()):
         return False
     q, x_q = reader, reader.outputs[0]
-    inputs = list(attention.inputs) + [None] * (OUT_SCALE - len(attention.inputs)) + [q.input(1), q.input(2)]
-    while inputs[-1] is None:
-        inputs.pop()
+    scale, zp = q.input(1), q.input(2)
     graph.remove_node(q)
-    attention.set_inputs(inputs)
+    place_inputs(attention, {OUT_SCALE: scale, OUT_SCALE + 1: zp})
     attention.attrs["out_dtype"] = x_q.dtype.onnx
     for node in [attention, *chain[:-1]]:
         node.outputs[0].dtype = x_q.dtype

@@ -39,7 +39,7 @@ from typing import Callable, Mapping
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array, live_ops, pinned
 from kiln.precision import fp8, int8
-from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor
+from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor, place_inputs
 
 # QConv input positions (tactics/quantized_conv.py).
 RESIDUAL, RES_SCALE, RES_ZP = 7, 10, 11
@@ -66,11 +66,7 @@ def quantize_residuals(graph: Graph, ranges: Mapping[str, float], precision: str
         if r_q is None:
             continue
         q = r_q.producer()
-        inputs = list(layer.inputs) + [None] * (RES_ZP + 1 - len(layer.inputs))
-        inputs[RESIDUAL], inputs[RES_SCALE], inputs[RES_ZP] = r_q, q.input(1), q.input(2)
-        while inputs[-1] is None:
-            inputs.pop()
-        layer.set_inputs(inputs)
+        place_inputs(layer, {RESIDUAL: r_q, RES_SCALE: q.input(1), RES_ZP: q.input(2)})
         changed += 1
     return changed
 

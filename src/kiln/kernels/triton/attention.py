@@ -45,14 +45,11 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.quantize import needed_zero_point, requantize
+from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, requantize
 
 Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Requantized output types and the range each saturates to (float8: none, its conversion saturates).
-OUT_RANGES: dict[torch.dtype, tuple[int, int]] = {torch.int8: (-128, 127), torch.uint8: (0, 255),
-                                                  torch.float8_e4m3fn: (0, 0)}
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
@@ -203,7 +200,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     assert 0 < d <= MAX_HEAD_DIM, f"head dim {d} is outside 1..{MAX_HEAD_DIM}"
     cfg = dict(CONFIGS[0] if config is None else config)
     out = q.dtype if out_scale is None else requantized_type(out_zp, out_dtype).torch
-    assert out in (q.dtype, *OUT_RANGES), f"cannot requantize attention to {out}"
+    assert out in (q.dtype, *OUT_TYPES), f"cannot requantize attention to {out}"
     channels = q.shape[1] * d if q.dim() == 4 else 1
     assert out_scale is None or (out_scale.numel() in (1, channels) and (out_zp is None or
                                                                         out_zp.numel() == out_scale.numel())), \
@@ -226,7 +223,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     block_d = max(16, triton.next_power_of_2(d))
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * q4.shape[0] * heads,)
     kind = 0 if out_scale is None else (2 if out == torch.float8_e4m3fn else 1)
-    qmin, qmax = OUT_RANGES.get(out, (0, 0))
+    qmin, qmax = OUT_TYPES.get(out) or (0, 0)                               # float8: its conversion saturates
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
     _attention_kernel[grid](
         q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else out_scale.reshape(-1),

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from kiln.kernels.memo import derived, derived_table, has_derived
+from kiln.kernels.memo import derived, derived_table, read_once
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K  # 8-bit MMAs take K in steps of 32
 
@@ -165,7 +165,6 @@ def small_accumulator(k: int, w_q: Tensor) -> bool:
     magnitude: K * 128 * max|W| < 2^22 (X's int8 values are at most 128 in magnitude). max|W| is
     read once per weight tensor; while a CUDA graph is being captured, a weight not read before
     counts as large (the I2F path, correct for any accumulator)."""
-    if w_q.is_cuda and torch.cuda.is_current_stream_capturing() and not has_derived(_WMAX, w_q, "absmax"):
-        return False
-    wmax = derived(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0)
-    return k * 128 * wmax < SMALL_ACC
+    wmax = read_once(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0,
+                     capturing=None)
+    return wmax is not None and k * 128 * wmax < SMALL_ACC
