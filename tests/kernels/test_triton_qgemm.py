@@ -307,16 +307,14 @@ def test_all_zero_zero_points_give_the_same_codes_as_none(config):
     assert qgemm.qmatmul(*args, trans_b=1, config=dict(TINY), **uint8).dtype == torch.uint8
 
 
-@pytest.mark.parametrize("walk", [1, 2])
 @pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])
-def test_persistent_programs_walk_every_tile(a_dt, walk):
+def test_persistent_programs_walk_every_tile(a_dt):
     # 45 x 40 output in 16 x 16 tiles: 9 tiles (ragged edges) for sm_count programs (4 off the
-    # GPU), so each program takes two or three; float and requantized outputs. Both walks: the
-    # flattened loop nest (PERSISTENT=1) and the warp-specialized tile loop (PERSISTENT=2).
+    # GPU), so each program takes two or three; float and requantized outputs.
     assert qgemm_tma.sm_count(torch.device("cpu")) == 4
     fp8 = a_dt == torch.float8_e4m3fn
     args = _layer(45, 40, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, fp8_ints=fp8)
-    cfg = {**TINY_PERSISTENT, "PERSISTENT": walk, **({"FP8_ACC": 32} if fp8 else {})}
+    cfg = {**TINY_PERSISTENT, **({"FP8_ACC": 32} if fp8 else {})}
     _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
     out = torch.float8_e4m3fn if fp8 else torch.int8
     _check(args, trans_b=1, activation="Relu", config=dict(cfg), **_requant(out, None))

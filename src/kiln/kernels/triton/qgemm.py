@@ -280,7 +280,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
                   num_stages=cfg["num_stages"])
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
-        persistent = int(cfg.get("PERSISTENT", 0))
+        persistent = bool(cfg.get("PERSISTENT"))
         programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1, r2,

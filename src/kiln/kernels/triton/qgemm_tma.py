@@ -58,13 +58,7 @@ def qgemm_tma_kernel(
     are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
     loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
     benchmarks/kernel_resources.py.)"""
-    if PERSISTENT == 2:
-        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-        for tile in tl.range(tl.program_id(0), tiles, programs, warp_specialize=True):
-            _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
-                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-    elif PERSISTENT:
+    if PERSISTENT:
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
