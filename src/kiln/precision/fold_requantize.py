@@ -34,13 +34,13 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantize import per_last_axis
+from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_qdq import QUANT_OUTPUTS
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
 
 QUANTIZED_LAYERS = ("kiln::QMatMul", "kiln::QConv")
-# Input index of out_scale (out_zp follows it), the same in QMatMul and QConv:
-# [a, b, a_scale, a_zp, b_scale, b_zp, bias, residual, out_scale, out_zp].
-OUT_SCALE = 8
+# Input index of out_scale (out_zp follows it), the same in QMatMul and QConv.
+OUT_SCALE = QMATMUL_INPUTS.index("out_scale")
 
 
 def fold_requantize(graph: Graph) -> bool:

@@ -29,11 +29,12 @@ Run after quantize_layers / quantize_fp8, before the precision policy, as fold_r
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.fused import ATTENTION_INPUTS
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
 from kiln.precision.fold_requantize import per_last_channel, per_tensor, place_inputs, take_output
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
-OUT_SCALE = 4   # kiln::Attention's inputs: q, k, v, mask, out_scale, out_zp
+OUT_SCALE = ATTENTION_INPUTS.index("out_scale")
 
 
 def quantize_attention_output(graph: Graph) -> int:

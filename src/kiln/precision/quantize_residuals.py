@@ -37,12 +37,12 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.passes.match import const_array, live_ops, pinned
 from kiln.precision import fp8, int8
 from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor, place_inputs
 
-# QConv input positions (tactics/quantized_conv.py).
-RESIDUAL, RES_SCALE, RES_ZP = 7, 10, 11
+RESIDUAL, RES_SCALE, RES_ZP = (QCONV_INPUTS.index(name) for name in ("residual", "residual_scale", "residual_zp"))
 # precision -> (the 8-bit type, how the quantizer makes an activation's QuantizeLinear)
 QUANTIZED_TYPES: Mapping[str, tuple[str, Callable[[Graph, Value, float, Node], Value]]] = {
     "int8": ("int8", int8.quantize_input),

@@ -17,9 +17,12 @@ import torch.nn.functional as F
 
 from kiln.ir import dtypes
 from kiln.kernels import triton as kiln_triton
+from kiln.kernels.reference.fused import ATTENTION_INPUTS
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.tactics.quantized import device_capability
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
+
+OUT_SCALE, OUT_ZP = ATTENTION_INPUTS.index("out_scale"), ATTENTION_INPUTS.index("out_zp")
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -56,33 +59,34 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 
 def _supports(query: TacticQuery) -> bool:
-    """Same dtype for q, k, v and a float type SDPA computes in; a requantized output (out_scale,
-    input 4) needs Triton's QuantizeLinear and scales (per tensor or per head channel) to a type it writes."""
+    """Same dtype for q, k, v and a float type SDPA computes in; a requantized output (out_scale)
+    needs Triton's QuantizeLinear and scales (per tensor or per head channel) to a type it writes."""
     q, k, v = query.input_dtypes[:3]
     if not (q == k == v and q in ("float32", "float16", "bfloat16")):
         return False
-    return len(query.input_dtypes) <= 4 or query.input_dtypes[4] is None or _requantizable(query)
+    return len(query.input_dtypes) <= OUT_SCALE or query.input_dtypes[OUT_SCALE] is None or _requantizable(query)
 
 
 def _requantizable(query: TacticQuery) -> bool:
-    """out_scale/out_zp (inputs 4, 5) of one element (or H*D: per head channel), to int8, uint8 or
+    """out_scale/out_zp of one element (or H*D: per head channel), to int8, uint8 or
     float8_e4m3fn, and Triton present."""
     dts, shapes = tuple(query.input_dtypes) + (None,) * 2, tuple(query.input_shapes) + (None,) * 6
-    if not kiln_triton.available() or dts[4] not in ("float32", "float16", "bfloat16"):
+    if not kiln_triton.available() or dts[OUT_SCALE] not in ("float32", "float16", "bfloat16"):
         return False
     code = int(query.attrs.get("out_dtype", 0) or 0)
     try:
-        out = dtypes.from_onnx(code).name if code else (dts[5] or "uint8")
+        out = dtypes.from_onnx(code).name if code else (dts[OUT_ZP] or "uint8")
     except TypeError:   # an ONNX type kiln does not know
         return False
     q = shapes[0]
     channels = q[1] * q[3] if q is not None and len(q) == 4 and all(isinstance(x, int) for x in (q[1], q[3])) else 1
-    one = all(s is None or all(d == 1 for d in s) or (len(s) == 1 and s[0] == channels) for s in shapes[4:6])
+    one = all(s is None or all(d == 1 for d in s) or (len(s) == 1 and s[0] == channels)
+              for s in shapes[OUT_SCALE:OUT_ZP + 1])
     if out == "float8_e4m3fn":   # the GPU's float8 conversion: sm_89 on
         cap = device_capability()
         if cap is None or cap < (8, 9):
             return False
-    return out in ("int8", "uint8", "float8_e4m3fn") and dts[5] in (None, out) and one
+    return out in ("int8", "uint8", "float8_e4m3fn") and dts[OUT_ZP] in (None, out) and one
 
 
 register_tactic(Tactic("kiln::Attention.sdpa", "kiln::Attention", 2, ("cuda",), sdpa_attention, _supports))

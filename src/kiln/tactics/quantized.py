@@ -46,7 +46,7 @@ from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.fused import ACTIVATIONS as TORCH_ACTIVATIONS
 from kiln.kernels.reference.fused import apply_activation
 from kiln.kernels.reference.quantize import per_last_axis
-from kiln.kernels.reference.quantized import FP8_EXACT_K, requantize
+from kiln.kernels.reference.quantized import FP8_EXACT_K, QMATMUL_INPUTS, requantize
 from kiln.kernels.triton import available as triton_available
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
@@ -57,7 +57,7 @@ INTS = ("int8", "uint8")
 FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
 # Input positions of kiln::QMatMul.
-A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(10)
+A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(len(QMATMUL_INPUTS))
 # K and N multiples of 16 (when static): 16-byte rows for 8-bit operands, which the Triton
 # GEMM needs to pipeline its K loop (tactics/matmul.py's TRITON_ALIGN) and _scaled_mm requires.
 ALIGN = 16

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from kiln.ir import dtypes
 from kiln.kernels.reference.fused import ACTIVATIONS
+from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.kernels.triton import available as triton_available
 from kiln.tactics.quantized import device_capability  # one query for both quantized tactic files
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
@@ -41,9 +42,8 @@ REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 # Input or output type -> the compute capability the kernel needs for it (MMA, conversion).
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
 
-# Input positions: x_q, w_q, x_scale, x_zp, w_scale, w_zp, bias, residual, out_scale, out_zp,
-# residual_scale, residual_zp.
-X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP = range(12)
+# Input positions (reference.quantized.QCONV_INPUTS).
+X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP = range(len(QCONV_INPUTS))
 
 
 def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape

@@ -133,6 +133,10 @@ def pointwise(*inputs: Tensor | None, program: list, outputs: Sequence[str] | No
     return results[0] if n_outputs == 1 else results
 
 
+# kiln::Attention's input positions, as attention() takes them.
+ATTENTION_INPUTS = ("q", "k", "v", "mask", "out_scale", "out_zp")
+
+
 @reference_op("Attention", domain="kiln")
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
               out_zp: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0) -> Tensor:

@@ -63,6 +63,12 @@ Tensor = torch.Tensor
 # the largest K with K * 448^2 <= 2^35 (module docstring).
 _INPUT_TYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
 FP8_EXACT_K = 2**35 // (448 * 448)
+# The ops' input positions, as their signatures below take them: the one table the precision
+# passes and the tactics index (QMatMul's ten are QConv's first ten; QConv adds an 8-bit
+# residual's scale and zero point).
+QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp")
+QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
+                "residual_scale", "residual_zp")
 
 
 def _f64(t: Tensor | None) -> Tensor | None:
