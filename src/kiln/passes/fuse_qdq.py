@@ -235,8 +235,6 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
         attrs["out_dtype"] = requant[0].outputs[0].dtype.onnx
     if res_dq is not None:
         inputs += [res_dq[1].scale, res_dq[1].zero_point]
-    while inputs[-1] is None:
-        inputs.pop()
     if node.op == "Conv":
         attrs = {**node.attrs, **attrs}
     else:

@@ -154,9 +154,18 @@ def next_node(graph: Graph, node: Node) -> Node | None:
     return graph.nodes[i + 1] if i + 1 < len(graph.nodes) else None
 
 
+def trimmed(inputs: Sequence[Value | None]) -> list[Value | None]:
+    """`inputs` without its trailing absent ones (ONNX's way of omitting optional inputs)."""
+    out = list(inputs)
+    while out and out[-1] is None:
+        out.pop()
+    return out
+
+
 def replace_nodes(graph: Graph, nodes: Sequence[Node], op: str, inputs: Sequence[Value | None],
                   attrs: dict[str, Any], domain: str = "") -> Node:
-    """Replace `nodes` (whose last one yields the result) by one node computing `op`.
+    """Replace `nodes` (whose last one yields the result) by one node computing `op` on
+    `inputs` (trailing absent ones dropped).
 
     The new node takes over the last node's output Value object, so its name (a binding
     when it is a graph output) and every use survive. It sits where the last node sat:
@@ -168,7 +177,7 @@ def replace_nodes(graph: Graph, nodes: Sequence[Node], op: str, inputs: Sequence
     after = graph.nodes.index(last) + 1
     anchor = next((n for n in graph.nodes[after:] if id(n) not in ids), None)
     graph.remove_nodes(nodes)
-    node = Node(op, inputs, [out], attrs, name=graph.unique_name(op), domain=domain)
+    node = Node(op, trimmed(inputs), [out], attrs, name=graph.unique_name(op), domain=domain)
     node.fused_from = tuple(name for n in nodes for name in (n.fused_from or (n.name,)))
     return graph.add_node(node, before=anchor)
 

@@ -36,7 +36,7 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantize import per_last_axis
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_qdq import QUANT_OUTPUTS
-from kiln.passes.match import const_array, live_ops, pinned, sole_user
+from kiln.passes.match import const_array, live_ops, pinned, sole_user, trimmed
 
 QUANTIZED_LAYERS = ("kiln::QMatMul", "kiln::QConv")
 # Input index of out_scale (out_zp follows it), the same in QMatMul and QConv.
@@ -110,9 +110,7 @@ def place_inputs(node: Node, at: dict[int, Value | None]) -> None:
     inputs = list(node.inputs) + [None] * (max(at) + 1 - len(node.inputs))
     for i, v in at.items():
         inputs[i] = v
-    while inputs and inputs[-1] is None:
-        inputs.pop()
-    node.set_inputs(inputs)
+    node.set_inputs(trimmed(inputs))
 
 
 def take_output(layer: Node, old: Value, new: Value) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.match import live_ops, pinned
+from kiln.passes.match import live_ops, pinned, trimmed
 from kiln.precision.fold_requantize import per_tensor, per_last_channel
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
@@ -84,9 +84,7 @@ def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:
     graph.remove_nodes([norm, q])
     anchor = graph.nodes[at] if at < len(graph.nodes) else None  # the norm's place (q came after it)
     outputs = [yq, *([y] if others else []), *sums]
-    while inputs[-1] is None:
-        inputs.pop()
-    node = Node("NormQuantize", inputs, outputs, attrs, name=name, domain="kiln")
+    node = Node("NormQuantize", trimmed(inputs), outputs, attrs, name=name, domain="kiln")
     node.fused_from = fused_from
     graph.add_node(node, before=anchor)
     return True

@@ -246,7 +246,5 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
     inputs = [x_q, graph.constant(w_q, f"{node.name}_w_int8"), scale, zp,
               graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]
-    while inputs[-1] is None:
-        inputs.pop()
     op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     return replace_nodes(graph, [node], op, inputs, dict(layer.attrs), "kiln")
