@@ -224,5 +224,8 @@ def markdown(results: dict[str, Any]) -> str:
     parts.append("`kiln vs best` = best peer's time / kiln's time (above 1: kiln is faster); `best compile` = the "
                  "fastest torch.compile mode that ran (max-autotune included when requested and not skipped). A "
                  "float row whose kiln output misses the cosine bar against PyTorch fp32 is FAILED and gets no "
-                 "ratio.")
+                 f"ratio, unless its error (1 - cosine) is within {results['meta'].get('peer_error_factor', 2):g}x "
+                 "that of PyTorch "
+                 "eager computing in the same precision on the same inputs (bf16 through a deep network can "
+                 "miss the bar by its type alone).")
     return "\n".join(parts)

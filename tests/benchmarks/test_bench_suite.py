@@ -182,3 +182,19 @@ def test_an_engine_that_raises_is_reported(tmp_path: Path) -> None:
     row = suite.bench_row(m, Broken(), m.module, "fp32", 1, args, ctx)
     assert row["status"] == "RUN FAILED" and "kernel exploded" in row["error"] and row["kiln"] is None
     assert row["peers"]["eager"]["ms"] > 0
+
+
+def test_a_float_engine_as_accurate_as_pytorch_in_its_precision_passes() -> None:
+    # bf16 through a deep random network can miss the absolute bar by its type alone: an engine
+    # within PEER_ERROR_FACTOR times PyTorch's own bf16 error passes, one well past it does not.
+    want = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(4, 10, generator=torch.Generator().manual_seed(2))
+    torch_bf16 = measure.check(want + 0.1 * noise, want, "bf16")
+    kiln_close = measure.check(want + 0.12 * noise, want, "bf16")
+    kiln_far = measure.check(want + 0.5 * noise, want, "bf16")
+    assert not torch_bf16.ok and not kiln_close.ok and not kiln_far.ok
+    assert measure.within_own_precision(kiln_close, torch_bf16).ok
+    assert not measure.within_own_precision(kiln_far, torch_bf16).ok
+    nan = want.clone()
+    nan[0, 0] = math.nan
+    assert not measure.within_own_precision(measure.check(nan, want, "bf16"), torch_bf16).ok
