@@ -338,7 +338,7 @@ def test_launcher_refuses_what_it_cannot_run():
     one = torch.tensor(1.0)
     with pytest.raises(AssertionError, match="group 1"):
         tq.qconv(torch.zeros(1, 32, 5, 5, dtype=I8), torch.zeros(32, 16, 3, 3, dtype=I8), one, None, one, group=2)
-    with pytest.raises(AssertionError, match="both be int8 or both float8"):
+    with pytest.raises(AssertionError, match="both be int8, float8_e4m3fn, float16 or bfloat16"):
         tq.qconv(torch.zeros(1, 16, 5, 5, dtype=torch.uint8), torch.zeros(16, 16, 1, 1, dtype=I8), one, None, one)
     with pytest.raises(AssertionError, match="cannot write a int16"):
         tq.qconv(torch.zeros(1, 16, 5, 5, dtype=I8), torch.zeros(16, 16, 1, 1, dtype=I8), one, None, one,

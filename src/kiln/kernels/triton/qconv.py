@@ -78,6 +78,10 @@ stride 0). Y has the reference's logical shape [N, OC, OH, OW] and is allocated
 channels-last (as tactics/conv.py's outputs: a channels-last region stays so), or NCHW
 on request (for graphs that run NCHW: X is then converted on every call).
 
+16-bit float operands (float16/bfloat16 X and W, unit scales, a float output) run the same kernel
+with a float32 accumulator: conv.py's fp16/bf16 convolution (BLOCK_K up to 64 there, qconv_plan's
+FLOAT_CONFIGS: a stage holds twice the bytes).
+
 Zero points must be absent or 0 (symmetric quantization, what kiln's calibration makes):
 the launcher checks a zero-point tensor once (memoised per tensor, like the packed weight)
 and raises otherwise. Offsets are int32: tensors of 2**31 elements or more are refused.
@@ -94,14 +98,16 @@ from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
-from kiln.kernels.triton.qconv_plan import ROWS, conv_geometry, framed_pixels, k_loop, packed_weight, small_accumulator
+from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, ROWS, conv_geometry,  # noqa: F401
+                                            framed_pixels, k_loop, packed_weight, small_accumulator)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.quantize import needed_zero_point, requantize, small_int_to_float
 
 Tensor = torch.Tensor
 
-INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn)     # X and W: the same one of these
+# X and W: the same one of these (16-bit floats: conv.py's float convolution, unit scales)
+INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float16, torch.bfloat16)
 FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
 RESIDUAL_8BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)     # a residual with residual_scale
 # Requantized output types (DType names) and the range each saturates to.
@@ -110,34 +116,6 @@ REQUANT_RANGES: dict[str, tuple[int, int]] = {
 }
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 
-_TILE = {"GROUP_M": 8}
-# The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
-# operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
-# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage.
-INT8_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
-)
-# fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
-# registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
-# is the default when tuning is off: promoted once per K step.
-FP8_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 32},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
-)
-
-
 @triton.jit
 def _qconv_kernel(
         X, W, Y, XS, WS, BIAS, RES, RS, RZP, OS, OZP,
@@ -145,7 +123,7 @@ def _qconv_kernel(
         sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
-        IS_FP8: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
+        FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
@@ -162,7 +140,7 @@ def _qconv_kernel(
     rm = offs_m % M
     rn = offs_n % OC
     w_ptrs = W + rn[None, :] * KTOT + offs_k[:, None]                        # [BLOCK_K, BLOCK_N]
-    if IS_FP8:
+    if FLOAT_ACC:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -225,7 +203,7 @@ def _qconv_kernel(
             w_ptrs += BLOCK_K
 
     # Epilogue on the float32 accumulator (module docstring).
-    if IS_FP8:
+    if FLOAT_ACC:
         accf = acc
     elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion
         accf = small_int_to_float(acc)
@@ -292,7 +270,7 @@ def _require_zero(zp: Tensor | None, name: str) -> None:
 def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
            out: dtypes.DType, requant: bool) -> None:
     assert x.dtype in INPUT_DTYPES and w.dtype == x.dtype, \
-        f"X and W must both be int8 or both float8_e4m3fn, got {x.dtype}, {w.dtype}"
+        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16, got {x.dtype}, {w.dtype}"
     assert x.dim() == 4 and w.dim() == 4, f"a 2-D conv: X and W are 4-D, got {tuple(x.shape)}, {tuple(w.shape)}"
     assert group == 1 and w.shape[1] == x.shape[1], f"group 1 only: X has {x.shape[1]} channels, W {w.shape[1]}"
     assert x_scale.numel() == 1 and x_scale.dtype in FLOAT_OUTPUTS, "x_scale: one float16/bfloat16/float32 value"
@@ -334,7 +312,9 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
     is_fp8 = x_q.dtype == torch.float8_e4m3fn
-    cfg = dict((FP8_CONFIGS if is_fp8 else INT8_CONFIGS)[0] if config is None else config)
+    float_acc = x_q.dtype != torch.int8                                      # float8 and 16-bit floats
+    space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if x_q.dtype == torch.int8 else FLOAT_CONFIGS
+    cfg = dict(space[0] if config is None else config)
     geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
                         pads=pads, strides=strides)
     n, c, h, w = x_q.shape
@@ -381,8 +361,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, p0, p1,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
         ROW=geo.kw * loop.pixel,
-        IS_FP8=is_fp8, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
-        ACC_MAGIC=not is_fp8 and small_accumulator(c * geo.kh * geo.kw, w_q),
+        FLOAT_ACC=float_acc, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
+        ACC_MAGIC=not float_acc and small_accumulator(c * geo.kh * geo.kw, w_q),
         WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
         RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None, FLAT_OUT=flat,
         RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),

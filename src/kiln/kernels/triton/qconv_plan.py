@@ -6,13 +6,15 @@
   once per weight tensor (padded per kernel row or per tap when the K walk needs it).
 - KLoop / k_loop: which K walk the kernel takes (PIXELS, TAPS or ROWS; qconv.py's docstring
   explains each) and its BLOCK_K, steps and padding.
-- framed_pixels: ROWS's copy of X into 4-byte pixels inside a zero frame of the padding.
+- framed_pixels: ROWS's copy of X into pixels of 4 elements inside a zero frame of the padding.
 - small_accumulator: whether the int8 sums are small enough for the exact fast conversion.
+- INT8_CONFIGS, FP8_CONFIGS, FLOAT_CONFIGS: the kernel's tuning spaces for int8, float8 and
+  16-bit float (conv.py) operands.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -88,6 +90,45 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
     return rows.reshape(oc, -1).contiguous()
 
 
+_TILE = {"GROUP_M": 8}
+# The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
+# operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
+# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage.
+INT8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+)
+# fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
+# registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
+# is the default when tuning is off: promoted once per K step.
+FP8_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+)
+
+
+# 16-bit float operands (kernels/triton/conv.py): a stage holds twice the bytes of an 8-bit one,
+# so K steps of 64 at most; the small-channel walks (ROWS, padded TAPS) take 32 or 64 anyway.
+FLOAT_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, **_TILE, "num_warps": 4, "num_stages": 5},
+)
+
+
 # ROWS reads a pixel's channels padded to a multiple of this many elements, so that every
 # kernel row starts 4-byte aligned and its loads are 32-bit words (qconv.py's docstring).
 PIXEL_ALIGN = 4
@@ -149,8 +190,9 @@ def framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
     n, c, h, w = x.shape
     hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
     wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
-    framed = torch.zeros((n, hp, wp, pixel), dtype=torch.uint8, device=x.device).permute(0, 3, 1, 2)  # channels-last
-    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(torch.uint8))   # bytes: float8 too
+    bits = torch.uint8 if x.element_size() == 1 else x.dtype                  # float8 copied as bytes
+    framed = torch.zeros((n, hp, wp, pixel), dtype=bits, device=x.device).permute(0, 3, 1, 2)  # channels-last
+    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(bits))
     return framed.view(x.dtype)
 
 

@@ -1,0 +1,73 @@
+"""ResNet-50's stem convolution (7x7/2 over 3 channels, 64 out, batch 64, channels-last) three ways:
+cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 convolution
+(kernels/triton/conv.py, every config of its space) and kiln's fp8 kiln::QConv (kernels/triton/qconv.py).
+
+    PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
+
+Each with bias + ReLU in the call (cuDNN: conv2d with bias, then an in-place ReLU, as the tactic's
+"torch" epilogue). The Triton fp16 outputs are checked against cuDNN's fp32 result first
+(rounded to fp16: the fp16 tolerance); us per call, median of 30 runs timed with CUDA events.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from kiln.compiler.tolerance import mismatch
+from kiln.kernels.triton import conv as tconv
+from kiln.kernels.triton import qconv as tq
+from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS
+
+
+def median_us(fn, n: int = 30) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for s, e in events:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in events)[n // 2] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    cl = torch.channels_last
+    x = torch.randn(args.batch, 3, 224, 224, device="cuda").half().contiguous(memory_format=cl)
+    w = (torch.randn(64, 3, 7, 7, device="cuda") * 0.1).half().contiguous(memory_format=cl)
+    b = torch.randn(64, device="cuda").half()
+    attrs = dict(pads=[3, 3, 3, 3], strides=[2, 2])
+    want = F.conv2d(x.float(), w.float(), b.float(), stride=2, padding=3).relu_()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; stem [{args.batch}, 3, 224, 224] -> 64 x 112 x 112")
+    print(f"  cuDNN fp16 conv+bias, ReLU in place   {median_us(lambda: F.conv2d(x, w, b, stride=2, padding=3).relu_()):8.1f} us")
+    for i, cfg in enumerate(FLOAT_CONFIGS):
+        def run(cfg=cfg):
+            return tconv.conv(x, w, b, None, activation="Relu", config=cfg, **attrs)
+        try:
+            why = mismatch(run(), want.half(), "kiln::FusedConv")  # fp16 tolerance against fp32 math
+            print(f"  triton fp16 cfg {i} {cfg}: {median_us(run):8.1f} us  {'OK' if why is None else 'MISMATCH ' + why}")
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            print(f"  triton fp16 cfg {i} {cfg}: FAILED {type(exc).__name__}: {str(exc)[:160]}")
+    x8 = (x.float() * 8).clamp(-100, 100).to(torch.float8_e4m3fn)
+    w8 = (w.float() * 80).clamp(-100, 100).to(torch.float8_e4m3fn)
+    xs = torch.tensor(0.125, device="cuda", dtype=torch.float16)
+    ws = torch.full((64,), 0.0125, device="cuda", dtype=torch.float16)
+    os_ = torch.tensor(0.05, device="cuda", dtype=torch.float16)
+    times = []
+    for cfg in tq.FP8_CONFIGS:
+        times.append((median_us(lambda: tq.qconv(x8, w8, xs, None, ws, None, b, None, os_, None, activation="Relu",
+                                                 out_dtype=17, config=cfg, **attrs)), cfg))
+    ms, cfg = min(times, key=lambda t: t[0])
+    print(f"  kiln fp8 QConv (fp8 out), best of {len(times)} configs   {ms:8.1f} us  {cfg}")
+
+
+if __name__ == "__main__":
+    main()
