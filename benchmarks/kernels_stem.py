@@ -4,34 +4,30 @@ cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 c
 
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
 
-Each with bias + ReLU in the call (cuDNN: conv2d with bias, then an in-place ReLU, as the tactic's
-"torch" epilogue). The Triton fp16 outputs are checked against cuDNN's fp32 result first
+Each with bias + ReLU (cuDNN both ways kiln::FusedConv.cudnn_nhwc may run it: conv2d with bias
+then an in-place ReLU, its "torch" epilogue, and cuDNN's fused conv+bias+ReLU, its "cudnn" one). The Triton fp16 outputs are checked against cuDNN's fp32 result first
 (rounded to fp16: the fp16 tolerance); us per call, median of 30 runs timed with CUDA events.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kiln.compiler.tolerance import mismatch
-from kiln.kernels.triton import conv as tconv
-from kiln.kernels.triton import qconv as tq
-from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.measure import cuda_median_ms  # noqa: E402
+from kiln.compiler.tolerance import mismatch  # noqa: E402
+from kiln.kernels.triton import conv as tconv  # noqa: E402
+from kiln.kernels.triton import qconv as tq  # noqa: E402
+from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS  # noqa: E402
 
 
-def median_us(fn, n: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    for s, e in events:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in events)[n // 2] * 1000
+def median_us(fn) -> float:
+    return 1000 * cuda_median_ms(fn, 30)
 
 
 def main() -> None:
@@ -48,6 +44,8 @@ def main() -> None:
     want = F.conv2d(x.float(), w.float(), b.float(), stride=2, padding=3).relu_()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; stem [{args.batch}, 3, 224, 224] -> 64 x 112 x 112")
     print(f"  cuDNN fp16 conv+bias, ReLU in place   {median_us(lambda: F.conv2d(x, w, b, stride=2, padding=3).relu_()):8.1f} us")
+    fused = median_us(lambda: torch.cudnn_convolution_relu(x, w, b, [2, 2], [3, 3], [1, 1], 1))
+    print(f"  cuDNN fp16 fused conv+bias+ReLU       {fused:8.1f} us")
     for i, cfg in enumerate(FLOAT_CONFIGS):
         def run(cfg=cfg):
             return tconv.conv(x, w, b, None, activation="Relu", config=cfg, **attrs)
