@@ -189,15 +189,20 @@ def test_bench_json(mm_engine: Path) -> None:
     assert set(lat) == {"min", "mean", "median", "p90", "p95", "p99", "max"}
     assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert lat["min"] <= lat["mean"] <= lat["max"]
+    m, inspected = r["memory"], ok_json("inspect", mm_engine)["memory"]
+    assert m["weights_bytes"] == inspected["weights_bytes"] > 0
+    assert m["planned_activation_bytes"] == inspected["peak_activation_bytes"] <= m["total_activation_bytes"]
     if r["device"].startswith("cuda"):
         assert r["gpu_compute_ms"]["mean"] > 0 and r["h2d_ms"] and r["d2h_ms"]
+        assert m["measured_peak_bytes"] > 0
     else:
-        assert r["gpu_compute_ms"] is None
+        assert r["gpu_compute_ms"] is None and m["measured_peak_bytes"] is None
 
 
 def test_bench_duration_and_text(mm_engine: Path) -> None:
     result = ok("bench", mm_engine, "--duration", "0.05", "--shapes", "a:8x16")
     assert "inferences/s" in result.stdout and "samples/s (batch 8)" in result.stdout and "p99" in result.stdout
+    assert "weights" in result.stdout and "activations (plan, opt shapes)" in result.stdout
 
 
 # -- inspect -----------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ H2D / GPU Compute / D2H split (compute runs on device-resident inputs, unvalidat
 The compute phase is a callable from `make_compute`, so CUDA-graph replay (and a
 --no-cuda-graph switch) slots in there without touching the loop.
 
+Memory, as trtexec reports it: the engine's weights on the device, the activation memory its
+liveness plan needs at the profile's opt shapes (and the sum of all activations, had none been
+reused) and, on a GPU, the device memory the runs actually took above what was allocated before
+them (torch's allocator peak: activations, the CUDA-graph pool, inputs and outputs).
+
 --profile-layers then runs the engine eagerly (no CUDA graph) with a timer around each
 step (kiln.runtime.profiler) and prints the steps slowest first, as trtexec's
 --dumpProfile does; the throughput figures above it are unaffected by the timers.
@@ -147,6 +152,7 @@ def bench(engine_path: Path, iterations: int | None, duration: float | None, war
     engine = kiln.load(engine_path)
     engine.use_cuda_graphs = cuda_graph and engine.device.type == "cuda"
     feeds = random_feeds(engine, parse_shapes(shapes))
+    before = _allocated(engine)
     engine.run_tensors(feeds)  # validates the inputs once, so the timed loop need not
     n, seconds = stop_rule(iterations, duration)
     compute = make_compute(engine)
@@ -155,6 +161,7 @@ def bench(engine_path: Path, iterations: int | None, duration: float | None, war
     else:
         t = bench_cpu(compute, feeds, warmup, n, seconds)
     report = _report(engine_path, engine, feeds, t, warmup)
+    report["memory"] = _memory(engine, before)
     if profile_layers:
         # as many runs as were timed, but no more than PROFILE_RUNS unless --iterations asked for them
         runs = iterations if iterations is not None else min(len(t.latency), PROFILE_RUNS)
@@ -174,6 +181,29 @@ def _profile(engine: Engine, feeds: dict[str, Any], iterations: int, warmup: int
     return {"iterations": iterations, "cuda_graph": False,
             "timer": "cuda events" if engine.device.type == "cuda" else "perf_counter",
             "total_ms": sum(layer.ms for layer in layers), "steps": [layer.to_json() for layer in layers]}
+
+
+def _allocated(engine: Engine) -> int | None:
+    """Bytes torch's CUDA allocator holds for tensors now, its peak counter reset (None off the GPU)."""
+    if engine.device.type != "cuda":
+        return None
+    import torch
+
+    torch.cuda.synchronize(engine.device)
+    torch.cuda.reset_peak_memory_stats(engine.device)
+    return torch.cuda.memory_allocated(engine.device)
+
+
+def _memory(engine: Engine, before: int | None) -> dict[str, Any]:
+    """Weights, planned activations and (GPU) the measured peak above `before` (module docstring)."""
+    measured = None
+    if before is not None:
+        import torch
+
+        torch.cuda.synchronize(engine.device)
+        measured = torch.cuda.max_memory_allocated(engine.device) - before
+    return {"weights_bytes": engine.weights_bytes, "planned_activation_bytes": engine.plan.memory.peak_bytes,
+            "total_activation_bytes": engine.plan.memory.total_bytes, "measured_peak_bytes": measured}
 
 
 def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmup: int) -> dict[str, Any]:
@@ -208,6 +238,14 @@ def _print(r: dict[str, Any]) -> None:
             for label, key in (("latency (end to end)", "latency_ms"), ("H2D", "h2d_ms"),
                                ("GPU compute", "gpu_compute_ms"), ("D2H", "d2h_ms")) if r[key]]
     out.print(output.table("milliseconds", ["", *cols], rows, right=cols))
+    m = r["memory"]
+    measured = m["measured_peak_bytes"]
+    out.print(output.key_values("memory", [
+        ("weights", output.fmt_bytes(m["weights_bytes"])),
+        ("activations (plan, opt shapes)", f"{output.fmt_bytes(m['planned_activation_bytes'])} "
+                                           f"(all of them, none reused: {output.fmt_bytes(m['total_activation_bytes'])})"),
+        *([("measured peak above start", output.fmt_bytes(measured))] if measured is not None else []),
+    ]))
 
 
 def _print_layers(p: dict[str, Any]) -> None:

@@ -61,6 +61,11 @@ class Engine:
         return self._precision
 
     @property
+    def weights_bytes(self) -> int:
+        """Bytes of the engine's constants (its weights)."""
+        return sum(t.numel() * t.element_size() for t in self._constants.values())
+
+    @property
     def cuda_graph_status(self) -> str:
         """"off", "captured", or why the last shape could not be captured (it then ran step by step)."""
         if not self.use_cuda_graphs:
