@@ -4,8 +4,8 @@ through kiln's implicit-GEMM Triton kernel (kernels/triton/conv.py), beside cuDN
 Where it applies: 2-D, group 1, channels-last regions (layout "nhwc": the kernel writes
 channels-last Y), X and W of one 16-bit float type (bias and a residual of that type too), any
 activation of the fused vocabulary, and C (W's dim 1) not a multiple of 32: the walks that pack
-a kernel row's taps (ROWS) or pad each tap's channels (TAPS), where cuDNN pads every tap to a full
-tensor-core step (ResNet's stem, C = 3). Convolutions over 32k channels stay cuDNN's alone: its
+a kernel row's taps (ROWS) or pad each tap's channels (TAPS), where cuDNN measured slow (ResNet's
+stem, C = 3: kernels/triton/conv.py). Convolutions over 32k channels stay cuDNN's alone: its
 kernels are the ones to beat there, and each added candidate costs build time on every layer.
 Compute capability 8.0 on (bf16 tensor-core MMAs). The tuner times it against cuDNN per layer.
 """
