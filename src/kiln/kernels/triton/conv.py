@@ -30,7 +30,9 @@ DTYPES = (torch.float16, torch.bfloat16)
 
 @functools.lru_cache(maxsize=None)
 def _one(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """1.0 as a one-element tensor (the unit scales; X's type makes the output's)."""
+    """1.0 as a one-element tensor (the unit scales; X's type makes the output's), made once per type
+    and device: on the first call, which the tuner's runs and the CUDA-graph runner's warm-up make
+    before any capture (a tensor first made inside a capture would live in that graph's pool)."""
     return torch.ones(1, dtype=dtype, device=device)
 
 
