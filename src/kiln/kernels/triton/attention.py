@@ -25,7 +25,9 @@ reference, then average uniformly as well).
 
 With out_scale (and out_zp, out_dtype) Y is requantized in the store, per tensor or per
 channel h * D + d of a 4-D Y (the channel of the [B, S, H*D] tensor a transformer makes of it:
-SmoothQuant's activation scales), as the GEMM epilogues do (quantize.py's requantize: times the reciprocal of out_scale, rounded half to even,
+SmoothQuant's activation scales), as the GEMM epilogues do (quantize.py's requantize: times the
+reciprocal of out_scale, made once per scale tensor on the host by quantize.reciprocal_of as
+qgemm.py's launcher makes it, not divided in the kernel; rounded half to even,
 saturated; float8 stored as its bits): the QuantizeLinear after attention, folded in
 (precision/quantize_attention_output.py), so Y is written once, in 8 bits.
 
@@ -45,7 +47,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, requantize
+from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of, requantize
 
 Tensor = torch.Tensor
 
@@ -68,7 +70,7 @@ CONFIGS: tuple[dict[str, int], ...] = (
 
 
 @triton.jit
-def _attention_kernel(Q, K, V, MASK, Y, OS, OZP, H, Lq, Lk, D, qk_scale,
+def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                       OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
@@ -136,11 +138,11 @@ def _attention_kernel(Q, K, V, MASK, Y, OS, OZP, H, Lq, Lk, D, qk_scale,
         zp = 0
         if OS_PER_CHANNEL:  # channel h * D + d (the module docstring)
             ch = h * D + offs_d
-            inv = tl.math.div_rn(1.0, tl.load(OS + ch, mask=d_ok, other=1.0).to(tl.float32))[None, :]
+            inv = tl.load(INV_OS + ch, mask=d_ok, other=1.0)[None, :]
             if HAS_OZP:
                 zp = tl.load(OZP + ch, mask=d_ok, other=0)[None, :]
         else:
-            inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
+            inv = tl.load(INV_OS)
             if HAS_OZP:
                 zp = tl.load(OZP)
         y = requantize(y * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
@@ -226,7 +228,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     qmin, qmax = OUT_TYPES.get(out) or (0, 0)                               # float8: its conversion saturates
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
     _attention_kernel[grid](
-        q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else out_scale.reshape(-1),
+        q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else reciprocal_of(out_scale).reshape(-1),
         q4 if out_zp is None else out_zp.reshape(-1), heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
