@@ -195,8 +195,9 @@ def test_bench_json(mm_engine: Path) -> None:
     if r["device"].startswith("cuda"):
         assert r["gpu_compute_ms"]["mean"] > 0 and r["h2d_ms"] and r["d2h_ms"]
         assert m["measured_peak_bytes"] > 0
+        assert m["arena"]["planned_bytes"] == m["planned_activation_bytes"] <= m["arena"]["reserved_bytes"]
     else:
-        assert r["gpu_compute_ms"] is None and m["measured_peak_bytes"] is None
+        assert r["gpu_compute_ms"] is None and m["measured_peak_bytes"] is None and m["arena"] is None
 
 
 def test_bench_duration_and_text(mm_engine: Path) -> None:

@@ -11,7 +11,9 @@ The compute phase is a callable from `make_compute`, so CUDA-graph replay (and a
 Memory, as trtexec reports it: the engine's weights on the device, the activation memory its
 liveness plan needs at the profile's opt shapes (and the sum of all activations, had none been
 reused) and, on a GPU, the device memory the runs actually took above what was allocated before
-them (torch's allocator peak: activations, the CUDA-graph pool, inputs and outputs).
+them (torch's allocator peak: activations, the CUDA-graph pool, inputs and outputs). With CUDA
+graphs it adds the activation arena (runtime/arena.py): the liveness peak it was reserved for
+at the benchmarked shapes and the bytes its pool holds.
 
 --profile-layers then runs the engine eagerly (no CUDA graph) with a timer around each
 step (kiln.runtime.profiler) and prints the steps slowest first, as trtexec's
@@ -203,7 +205,8 @@ def _memory(engine: Engine, before: int | None) -> dict[str, Any]:
         torch.cuda.synchronize(engine.device)
         measured = torch.cuda.max_memory_allocated(engine.device) - before
     return {"weights_bytes": engine.weights_bytes, "planned_activation_bytes": engine.plan.memory.peak_bytes,
-            "total_activation_bytes": engine.plan.memory.total_bytes, "measured_peak_bytes": measured}
+            "total_activation_bytes": engine.plan.memory.total_bytes, "measured_peak_bytes": measured,
+            "arena": engine.arena}
 
 
 def _report(path: Path, engine: Engine, feeds: dict[str, Any], t: Timings, warmup: int) -> dict[str, Any]:
@@ -245,6 +248,8 @@ def _print(r: dict[str, Any]) -> None:
         ("activations (plan, opt shapes)", f"{output.fmt_bytes(m['planned_activation_bytes'])} "
                                            f"(all of them, none reused: {output.fmt_bytes(m['total_activation_bytes'])})"),
         *([("measured peak above start", output.fmt_bytes(measured))] if measured is not None else []),
+        *([("CUDA-graph arena", f"{output.fmt_bytes(m['arena']['reserved_bytes'])} held for a planned "
+                                f"{output.fmt_bytes(m['arena']['planned_bytes'])}")] if m.get("arena") else []),
     ]))
 
 

@@ -145,10 +145,5 @@ def _small(v: Value) -> bool:
 
 def plan_memory(plan: Plan, sizes: dict[int, int]) -> Plan:
     """Attach the liveness-based arena plan, given each activation's bytes at opt shapes."""
-    activation = {i for i, s in enumerate(plan.slots) if s.kind == "activation"}
-    keep = {b.slot for b in plan.outputs}
-    lives = memory.lifetimes([(s.inputs, s.outputs) for s in plan.steps], activation, sizes, keep)
-    peak, offsets = memory.assign_offsets(lives)
-    # The total counts aligned sizes too, as the peak does, so that peak <= total always holds.
-    report = MemoryReport(peak, sum(memory.aligned(life.size) for life in lives), tuple(tuple(o) for o in offsets))
+    report = memory.plan_report(plan, sizes)
     return Plan(plan.inputs, plan.outputs, plan.slots, plan.steps, plan.free_after, report)

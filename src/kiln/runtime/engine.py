@@ -66,6 +66,15 @@ class Engine:
         return sum(t.numel() * t.element_size() for t in self._constants.values())
 
     @property
+    def arena(self) -> dict[str, int] | None:
+        """The CUDA graphs' activation arena (runtime/arena.py): the largest liveness peak
+        reserved for and the bytes its pool holds; None until a shape has been captured."""
+        arena = self._graphs.arena if self._graphs is not None else None
+        if arena is None:
+            return None
+        return {"planned_bytes": arena.planned_bytes, "reserved_bytes": arena.reserved_bytes}
+
+    @property
     def cuda_graph_status(self) -> str:
         """"off", "captured", or why the last shape could not be captured (it then ran step by step)."""
         if not self.use_cuda_graphs:

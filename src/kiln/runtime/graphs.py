@@ -8,6 +8,10 @@ into the graph's static input tensors, outputs are cloned out of its static outp
 At most `max_graphs` signatures are kept (least recently used goes first). A plan that
 cannot be captured (a kernel that synchronises, data-dependent shapes) falls back to
 the plain loop for that signature, for good.
+
+The graphs' activations live in the engine's arena (arena.py): the warm-up run records
+each activation's size, the liveness plan of those sizes is reserved in the arena's pool,
+and the capture allocates from it on the arena's stream.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from typing import Sequence
 
 import torch
 
+from kiln.runtime.arena import Arena
 from kiln.runtime.executor import Executor
+from kiln.runtime.memory import plan_report
 
 Signature = tuple[tuple[int, tuple[int, ...], torch.dtype], ...]
 
@@ -36,7 +42,7 @@ class GraphRunner:
         self.device = device
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[Signature, _Captured | None] = OrderedDict()
-        self._pool = None
+        self.arena: Arena | None = None
         self.last_failure: str | None = None  # why the last uncapturable signature could not be captured
 
     def run(self, feeds: dict[int, torch.Tensor], output_slots: Sequence[int]) -> list[torch.Tensor]:
@@ -62,16 +68,18 @@ class GraphRunner:
     def _capture(self, feeds: dict[int, torch.Tensor], output_slots: Sequence[int]) -> _Captured | None:
         static = {slot: t.clone() for slot, t in feeds.items()}
         memo: dict[tuple[int, int], torch.Tensor] = {}
+        sizes: dict[int, int] = {}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(side):
-                self.executor.run(static, device=self.device, h2d_memo=memo)  # warm-up: kernels, autotune, copies
+            with torch.cuda.stream(side):  # warm-up: kernels, autotune, copies, and the sizes to plan
+                self.executor.run(static, device=self.device, h2d_memo=memo, record_sizes=sizes)
             torch.cuda.current_stream(self.device).wait_stream(side)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+            if self.arena is None:
+                self.arena = Arena(self.device)
+            self.arena.reserve(plan_report(self.executor.plan, sizes).peak_bytes)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self.arena.handle, stream=self.arena.stream):
                 env = self.executor.run(static, device=self.device, h2d_memo=memo)
                 outputs = [env[s] for s in output_slots]
         except Exception as exc:  # noqa: BLE001 - any capture failure means "run this signature eagerly"

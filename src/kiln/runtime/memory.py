@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from kiln.engine.plan import MemoryReport, Plan
+
 ALIGN = 256
 
 
@@ -74,3 +76,13 @@ def assign_offsets(lives: Sequence[Lifetime]) -> tuple[int, list[tuple[int, int,
         peak = max(peak, offset + size)
     result.sort()
     return peak, result
+
+
+def plan_report(plan: Plan, sizes: dict[int, int]) -> MemoryReport:
+    """The arena plan of `plan` given each activation's bytes (at one set of input shapes)."""
+    activation = {i for i, s in enumerate(plan.slots) if s.kind == "activation"}
+    keep = {b.slot for b in plan.outputs}
+    lives = lifetimes([(s.inputs, s.outputs) for s in plan.steps], activation, sizes, keep)
+    peak, offsets = assign_offsets(lives)
+    # The total counts aligned sizes too, as the peak does, so that peak <= total always holds.
+    return MemoryReport(peak, sum(aligned(life.size) for life in lives), tuple(tuple(o) for o in offsets))

@@ -1,0 +1,57 @@
+"""The engine's activation arena on the GPU: one memory pool per engine, reserved at the planned peak.
+
+Design note. The liveness plan (memory.py) says how many bytes of activations one run
+needs at a given set of input shapes. On a GPU an engine owns one torch.cuda.MemPool for
+the activations of its CUDA graphs. Before a new input shape is captured, the sizes of
+its warm-up run are planned by liveness and the pool is grown to that peak in one block,
+so the capture carves its tensors out of memory reserved ahead of time rather than
+asking the driver mid-capture. Every captured shape shares the pool (an engine replays
+one graph at a time on one stream and copies each replay's outputs out before the next,
+so one shape's intermediates may reuse another's). The pool is the engine's alone: no
+other engine's or user's tensor lands in it (runs without a CUDA graph allocate as torch
+does), and dropping the engine releases it.
+
+The caching allocator places tensors inside the pool (best fit, splitting the block),
+not at the plan's offsets; tensors up to 1 MiB come from its small-block segments beside
+the block. So the pool can hold more than the plan: `reserved_bytes` is what it holds.
+The allocator keeps free blocks per stream, hence one capture stream per arena, the
+stream the block is reserved on.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Arena:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pool = torch.cuda.MemPool()
+        self.stream = torch.cuda.Stream(device)
+        self.planned_bytes = 0  # the largest liveness peak reserved for so far
+
+    @property
+    def handle(self) -> tuple[int, int]:
+        """The pool's id, the `pool=` of torch.cuda.graph."""
+        return self.pool.id
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Device memory the pool holds now (its segments, in use or free)."""
+        return sum(seg["total_size"] for seg in self.pool.snapshot())
+
+    @property
+    def free_bytes(self) -> int:
+        """The part of the pool no tensor holds now (captured graphs' outputs stay held)."""
+        return sum(seg["total_size"] - seg["allocated_size"] for seg in self.pool.snapshot())
+
+    def reserve(self, planned: int) -> None:
+        """Grow the pool by one free block on the capture stream so that at least `planned`
+        bytes of it are free; a no-op when they already are."""
+        self.planned_bytes = max(self.planned_bytes, planned)
+        missing = planned - self.free_bytes
+        if missing <= 0:
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool, self.device):
+            block = torch.empty(missing, dtype=torch.uint8, device=self.device)
+            del block  # back to the pool's free list, cached for the capture

@@ -1,0 +1,74 @@
+"""The CUDA graphs' activation arena: reserved at the liveness plan's peak of each captured
+shape, shared by every shape, released with the engine; off the GPU there is none."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from kiln.config import BuildConfig, Profile
+
+WIDTH = 1024  # fp32 rows of 4 KiB: at batch >= 256 every activation is above the allocator's 1 MiB small-block size
+
+
+def _chain() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])
+    inits, nodes, prev = [], [], "x"
+    for i in range(4):
+        w = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == 3 else f"h{i}"
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Relu" if i < 3 else "Neg", [f"m{i}"], [out], name=f"act{i}")]
+        prev = out
+    graph = helper.make_graph(nodes, "chain", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _engine(device: str) -> kiln.Engine:
+    profile = Profile.from_ranges({"x": ([256, WIDTH], [512, WIDTH], [1024, WIDTH])})
+    return kiln.build(_chain(), BuildConfig(device=device, precision="fp32", tune=False, profiles=(profile,)))
+
+
+def test_no_arena_off_the_gpu() -> None:
+    engine = _engine("cpu")
+    engine(x=np.ones((256, WIDTH), np.float32))
+    assert engine.arena is None and engine.plan.memory.peak_bytes > 0
+
+
+@pytest.mark.gpu
+def test_arena_holds_each_captured_shape_at_its_planned_peak() -> None:
+    engine = _engine("cuda")
+    gen = torch.Generator().manual_seed(0)
+    feeds = {b: torch.randn(b, WIDTH, generator=gen).cuda() for b in (512, 1024)}
+    engine.use_cuda_graphs = False
+    eager = {b: engine.run_tensors({"x": x})["y"] for b, x in feeds.items()}
+    engine.use_cuda_graphs = True
+
+    out = engine.run_tensors({"x": feeds[512]})["y"]
+    arena = engine.arena
+    assert engine.cuda_graph_status == "captured" and torch.equal(out, eager[512])
+    # At the opt shape the capture plans what the build planned; the pool holds that, within its
+    # 2 MiB segment rounding: every tensor came from the reserved block.
+    assert arena["planned_bytes"] == engine.plan.memory.peak_bytes
+    assert arena["planned_bytes"] <= arena["reserved_bytes"] <= arena["planned_bytes"] + (2 << 20)
+
+    engine.run_tensors({"x": feeds[1024]})
+    grown = engine.arena
+    assert grown["planned_bytes"] == 2 * arena["planned_bytes"]  # every activation doubled
+    assert grown["reserved_bytes"] >= grown["planned_bytes"]
+    for b in (512, 1024, 512, 1024):  # the shapes share the pool: replays in any order stay exact
+        assert torch.equal(engine.run_tensors({"x": feeds[b]})["y"], eager[b])
+    assert engine.arena == grown  # replays allocate nothing
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_reserved()
+    del engine, out
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert before - torch.cuda.memory_reserved() >= grown["reserved_bytes"]
