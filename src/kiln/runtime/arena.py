@@ -24,7 +24,8 @@ import torch
 
 class Arena:
     def __init__(self, device: torch.device) -> None:
-        self.device = device
+        # use_mem_pool wants an index: "cuda" means the current device, as it does for tensors
+        self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         self.pool = torch.cuda.MemPool()
         self.stream = torch.cuda.Stream(device)
         self.planned_bytes = 0  # the largest liveness peak reserved for so far
