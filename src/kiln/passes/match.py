@@ -77,6 +77,12 @@ def produced_by(v: Value | None, *ops: str) -> Node | None:
     return None
 
 
+def produced_by_op(v: Value | None, *qualified_ops: str) -> Node | None:
+    """The producer of `v` if its qualified op ("Conv", "kiln::FusedConv") is among `qualified_ops`."""
+    p = v.producer() if v is not None else None
+    return p if p is not None and p.qualified_op in qualified_ops else None
+
+
 def to_numpy(t: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(t, np.ndarray):
         return t

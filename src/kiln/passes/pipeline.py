@@ -19,6 +19,7 @@ from kiln.passes.fuse_add_layernorm import fuse_add_layernorm
 from kiln.passes.eliminate_noops import eliminate_noops
 from kiln.passes.fold_batchnorm import fold_batchnorm
 from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fold_residual_bias import fold_residual_bias
 from kiln.passes.fuse_attention import fuse_attention
 from kiln.passes.fuse_epilogues import fuse_epilogues
 from kiln.passes.fuse_gelu import fuse_gelu
@@ -47,6 +48,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
+    ("fold_residual_bias", fold_residual_bias),    # a residual conv's bias joins its consumer's (no bias-add kernel)
     ("merge_parallel_matmuls", merge_parallel_matmuls),  # Q/K/V projections of one input: one wider GEMM
     ("fuse_add_layernorm", fuse_add_layernorm),    # residual add + LayerNorm in one kernel; the GEMM keeps its bias
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
