@@ -13,9 +13,11 @@ does), and dropping the engine releases it.
 
 The caching allocator places tensors inside the pool (best fit, splitting the block),
 not at the plan's offsets; tensors up to 1 MiB come from its small-block segments beside
-the block. So the pool can hold more than the plan: `reserved_bytes` is what it holds.
-The allocator keeps free blocks per stream, hence one capture stream per arena, the
-stream the block is reserved on.
+the block, and it rounds a block under 10 MiB up to 20 MiB. So the pool can hold more
+than the plan: `reserved_bytes` is what it holds. Shapes captured largest first share
+one block; each larger shape captured later adds a block of its own peak. The allocator
+keeps free blocks per stream, hence one capture stream per arena, the stream the block
+is reserved on.
 """
 from __future__ import annotations
 
@@ -46,13 +48,13 @@ class Arena:
         return sum(seg["total_size"] - seg["allocated_size"] for seg in self.pool.snapshot())
 
     def reserve(self, planned: int) -> None:
-        """Grow the pool by one free block on the capture stream so that at least `planned`
-        bytes of it are free; a no-op when they already are."""
+        """Make sure `planned` bytes of the pool are free for the next capture: when fewer
+        are, add one free block of `planned` bytes on the capture stream (a whole block, not
+        the difference: the free pieces left beside earlier graphs' outputs may be too small
+        for the larger tensors of a larger shape)."""
         self.planned_bytes = max(self.planned_bytes, planned)
-        missing = planned - self.free_bytes
-        if missing <= 0:
+        if self.free_bytes >= planned:
             return
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool, self.device):
-            block = torch.empty(missing, dtype=torch.uint8, device=self.device)
+            block = torch.empty(planned, dtype=torch.uint8, device=self.device)
             del block  # back to the pool's free list, cached for the capture

@@ -69,17 +69,19 @@ class GraphRunner:
         static = {slot: t.clone() for slot, t in feeds.items()}
         memo: dict[tuple[int, int], torch.Tensor] = {}
         sizes: dict[int, int] = {}
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        if self.arena is None:
+            self.arena = Arena(self.device)
+        # The warm-up runs on the capture stream: what libraries cache per stream (cuBLAS's
+        # workspace) is made there and then, outside the arena, and reused by the capture.
+        stream = self.arena.stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(side):  # warm-up: kernels, autotune, copies, and the sizes to plan
+            with torch.cuda.stream(stream):  # warm-up: kernels, autotune, copies, and the sizes to plan
                 self.executor.run(static, device=self.device, h2d_memo=memo, record_sizes=sizes)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            if self.arena is None:
-                self.arena = Arena(self.device)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
             self.arena.reserve(plan_report(self.executor.plan, sizes).peak_bytes)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.arena.handle, stream=self.arena.stream):
+            with torch.cuda.graph(graph, pool=self.arena.handle, stream=stream):
                 env = self.executor.run(static, device=self.device, h2d_memo=memo)
                 outputs = [env[s] for s in output_slots]
         except Exception as exc:  # noqa: BLE001 - any capture failure means "run this signature eagerly"
