@@ -3,9 +3,10 @@
 Design note. The liveness plan (memory.py) says how many bytes of activations one run
 needs at a given set of input shapes. On a GPU an engine owns one torch.cuda.MemPool for
 the activations of its CUDA graphs. Before a new input shape is captured, the sizes of
-its warm-up run are planned by liveness and the pool is grown to that peak in one block,
-so the capture carves its tensors out of memory reserved ahead of time rather than
-asking the driver mid-capture. Every captured shape shares the pool (an engine replays
+its warm-up run are planned by liveness, and the capture's first act is to take that
+peak from the pool as one block and free it at once, so that the capture's tensors are
+carved out of that block (sized by the plan) rather than out of segments the allocator
+sizes one tensor at a time. Every captured shape shares the pool (an engine replays
 one graph at a time on one stream and copies each replay's outputs out before the next,
 so one shape's intermediates may reuse another's). The pool is the engine's alone: no
 other engine's or user's tensor lands in it (runs without a CUDA graph allocate as torch
@@ -16,8 +17,8 @@ not at the plan's offsets; tensors up to 1 MiB come from its small-block segment
 the block, and it rounds a block under 10 MiB up to 20 MiB. So the pool can hold more
 than the plan: `reserved_bytes` is what it holds. Shapes captured largest first share
 one block; each larger shape captured later adds a block of its own peak. The allocator
-keeps free blocks per stream, hence one capture stream per arena, the stream the block
-is reserved on.
+keeps free blocks per stream, hence one capture stream per arena, so that every shape's
+capture can reuse what earlier captures freed.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 
 class Arena:
     def __init__(self, device: torch.device) -> None:
-        # use_mem_pool wants an index: "cuda" means the current device, as it does for tensors
+        # "cuda" without an index means the current device, as it does for tensors
         self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         self.pool = torch.cuda.MemPool()
         self.stream = torch.cuda.Stream(device)
@@ -48,13 +49,13 @@ class Arena:
         return sum(seg["total_size"] - seg["allocated_size"] for seg in self.pool.snapshot())
 
     def reserve(self, planned: int) -> None:
-        """Make sure `planned` bytes of the pool are free for the next capture: when fewer
-        are, add one free block of `planned` bytes on the capture stream (a whole block, not
-        the difference: the free pieces left beside earlier graphs' outputs may be too small
-        for the larger tensors of a larger shape)."""
+        """Called first thing inside a capture into this arena (on its stream): make sure
+        `planned` bytes of the pool are free. When fewer are, take one block of `planned`
+        bytes and free it at once: the capture's tensors are then carved out of it (a whole
+        block, not the difference: the free pieces beside earlier graphs' outputs may be
+        too small for the larger tensors of a larger shape)."""
         self.planned_bytes = max(self.planned_bytes, planned)
         if self.free_bytes >= planned:
             return
-        with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool, self.device):
-            block = torch.empty(planned, dtype=torch.uint8, device=self.device)
-            del block  # back to the pool's free list, cached for the capture
+        block = torch.empty(planned, dtype=torch.uint8, device=self.device)
+        del block  # back to the pool's free list: the allocations after it split it

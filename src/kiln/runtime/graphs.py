@@ -9,9 +9,9 @@ At most `max_graphs` signatures are kept (least recently used goes first). A pla
 cannot be captured (a kernel that synchronises, data-dependent shapes) falls back to
 the plain loop for that signature, for good.
 
-The graphs' activations live in the engine's arena (arena.py): the warm-up run records
-each activation's size, the liveness plan of those sizes is reserved in the arena's pool,
-and the capture allocates from it on the arena's stream.
+The graphs' activations live in the engine's arena (arena.py): the warm-up run (on the
+arena's stream) records each activation's size, and the capture first reserves the
+liveness peak of those sizes in the arena's pool, then allocates from it.
 """
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ class GraphRunner:
             with torch.cuda.stream(stream):  # warm-up: kernels, autotune, copies, and the sizes to plan
                 self.executor.run(static, device=self.device, h2d_memo=memo, record_sizes=sizes)
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            self.arena.reserve(plan_report(self.executor.plan, sizes).peak_bytes)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.arena.handle, stream=stream):
+                self.arena.reserve(plan_report(self.executor.plan, sizes).peak_bytes)
                 env = self.executor.run(static, device=self.device, h2d_memo=memo)
                 outputs = [env[s] for s in output_slots]
         except Exception as exc:  # noqa: BLE001 - any capture failure means "run this signature eagerly"
