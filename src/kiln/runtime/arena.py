@@ -50,12 +50,25 @@ class Arena:
 
     def reserve(self, planned: int) -> None:
         """Called first thing inside a capture into this arena (on its stream): make sure
-        `planned` bytes of the pool are free. When fewer are, take one block of `planned`
-        bytes and free it at once: the capture's tensors are then carved out of it (a whole
+        `planned` bytes of the pool, plus the BLAS libraries' workspaces, are free. When
+        fewer are, take one block of that size and free it at once: the capture's tensors are then carved out of it (a whole
         block, not the difference: the free pieces beside earlier graphs' outputs may be
         too small for the larger tensors of a larger shape)."""
         self.planned_bytes = max(self.planned_bytes, planned)
-        if self.free_bytes >= planned:
+        need = planned + library_workspace_bytes()
+        if self.free_bytes >= need:
             return
-        block = torch.empty(planned, dtype=torch.uint8, device=self.device)
+        block = torch.empty(need, dtype=torch.uint8, device=self.device)
         del block  # back to the pool's free list: the allocations after it split it
+
+
+def library_workspace_bytes() -> int:
+    """cuBLAS's and cuBLASLt's workspace sizes: torch allocates them inside each capture (it
+    clears the per-stream workspaces when a capture begins, so that they come from the
+    graph's pool), beside the plan's activations. 0 for a getter this torch lacks."""
+    total = 0
+    for name in ("_cuda_getCublasWorkspaceSize", "_cuda_getCublasLtWorkspaceSize"):
+        getter = getattr(torch._C, name, None)
+        if getter is not None:
+            total += int(getter())
+    return total
