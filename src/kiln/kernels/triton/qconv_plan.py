@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from kiln.kernels.memo import derived, derived_table, read_once
+from kiln.kernels.triton.frame import frame
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
 from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K  # 8-bit MMAs take K in steps of 32
 
@@ -190,10 +191,7 @@ def framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
     n, c, h, w = x.shape
     hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
     wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
-    bits = torch.uint8 if x.element_size() == 1 else x.dtype                  # float8 copied as bytes
-    framed = torch.zeros((n, hp, wp, pixel), dtype=bits, device=x.device).permute(0, 3, 1, 2)  # channels-last
-    framed[:, :c, geo.ph:geo.ph + h, geo.pw:geo.pw + w].copy_(x.view(bits))
-    return framed.view(x.dtype)
+    return frame(x, pixel, hp, wp, geo.ph, geo.pw)
 
 
 # int8 accumulators of magnitude below this convert to float32 by quantize.small_int_to_float

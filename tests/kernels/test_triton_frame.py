@@ -1,0 +1,61 @@
+"""The framing copy of the implicit-GEMM conv's ROWS walk (kernels/triton/frame.py) against torch:
+zeros, then X copied into the interior. Interpreted on CPU, compiled with `--device cuda`."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.triton import available
+
+if not available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+from kiln.kernels.triton.frame import frame  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.uint8, torch.float8_e4m3fn]
+
+
+def _oracle(x: torch.Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    bits = torch.uint8 if x.element_size() == 1 else x.dtype
+    out = torch.zeros((n, hp, wp, pixel), dtype=bits, device=x.device).permute(0, 3, 1, 2)
+    out[:, :c, ph:ph + h, pw:pw + w].copy_(x.view(bits))
+    return out
+
+
+def _x(shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-100, 100, shape, generator=gen).to(torch.float32)
+    if dtype == torch.uint8:
+        x = x.abs()
+    x = x.to(dtype).to(DEV)
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "slice":   # every other column of a wider tensor: no dense layout at all
+        wide = torch.zeros((*shape[:3], 2 * shape[3]), dtype=dtype, device=DEV)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+def test_frame_matches_zeros_then_copy(dtype, layout):
+    x = _x((2, 3, 5, 7), dtype, layout)
+    got = frame(x, 4, 5 + 3 + 2, 7 + 1 + 4, 3, 1)   # frame 3 above, 2 below, 1 left, 4 right
+    want = _oracle(x, 4, 10, 12, 3, 1)
+    assert got.dtype == x.dtype and got.shape == (2, 4, 10, 12)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.view(want.dtype), want)
+
+
+@pytest.mark.parametrize("shape, pixel, hp, wp, ph, pw", [
+    ((1, 1, 1, 1), 4, 1, 1, 0, 0),          # no frame at all
+    ((2, 4, 3, 3), 4, 3, 5, 0, 2),          # pixel == C, columns framed only
+    ((1, 3, 40, 300), 8, 42, 302, 1, 1),    # rows longer than one program's BLOCK
+    ((0, 3, 4, 4), 4, 6, 6, 1, 1),          # empty batch
+])
+def test_frame_geometries(shape, pixel, hp, wp, ph, pw):
+    x = _x(shape, torch.float16, "nchw")
+    assert torch.equal(frame(x, pixel, hp, wp, ph, pw), _oracle(x, pixel, hp, wp, ph, pw))
