@@ -1,6 +1,7 @@
 """ResNet-50's stem convolution (7x7/2 over 3 channels, 64 out, batch 64, channels-last) three ways:
 cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 convolution
-(kernels/triton/conv.py, every config of its space) and kiln's fp8 kiln::QConv (kernels/triton/qconv.py).
+(kernels/triton/conv.py, every config of its space) and kiln's fp8 kiln::QConv (kernels/triton/qconv.py);
+then the framed copy of an NCHW input that the Triton ones start with (kernels/triton/frame.py).
 
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
 
@@ -23,6 +24,7 @@ from benchmarks.measure import cuda_median_ms  # noqa: E402
 from kiln.compiler.tolerance import mismatch  # noqa: E402
 from kiln.kernels.triton import conv as tconv  # noqa: E402
 from kiln.kernels.triton import qconv as tq  # noqa: E402
+from kiln.kernels.triton.frame import frame  # noqa: E402
 from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS  # noqa: E402
 
 
@@ -65,6 +67,22 @@ def main() -> None:
                                                  out_dtype=17, config=cfg, **attrs)), cfg))
     ms, cfg = min(times, key=lambda t: t[0])
     print(f"  kiln fp8 QConv (fp8 out), best of {len(times)} configs   {ms:8.1f} us  {cfg}")
+    framing(x.contiguous(), x8.contiguous())
+
+
+def framing(x16: torch.Tensor, x8: torch.Tensor) -> None:
+    """The ROWS walk's framed copy of an NCHW input (as the engine's stem gets it): one Triton pass
+    against torch's zeros + strided copy."""
+    def by_torch(x: torch.Tensor) -> torch.Tensor:
+        bits = torch.uint8 if x.element_size() == 1 else x.dtype
+        out = torch.zeros((x.shape[0], 230, 230, 4), dtype=bits, device=x.device).permute(0, 3, 1, 2)
+        out[:, :3, 3:227, 3:227].copy_(x.view(bits))
+        return out
+    for name, x in (("fp16", x16), ("fp8", x8)):
+        got = frame(x, 4, 230, 230, 3, 3)
+        same = torch.equal(got.view(by_torch(x).dtype), by_torch(x))
+        print(f"  framing {name} NCHW input: triton {median_us(lambda: frame(x, 4, 230, 230, 3, 3)):6.1f} us, "
+              f"torch zeros + copy {median_us(lambda: by_torch(x)):6.1f} us  {'OK' if same else 'MISMATCH'}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,12 @@ does), and dropping the engine releases it.
 
 The caching allocator places tensors inside the pool (best fit, splitting the block),
 not at the plan's offsets; tensors up to 1 MiB come from its small-block segments beside
-the block, and it rounds a block under 10 MiB up to 20 MiB. So the pool can hold more
-than the plan: `reserved_bytes` is what it holds. Shapes captured largest first share
+the block, and it rounds a block under 10 MiB up to 20 MiB. What kernels allocate for
+themselves during the capture (a library's workspace, a temporary inside a torch op) is
+not in the plan and comes from the pool too, beside the block when the block is full.
+So the pool can hold more than the plan: `reserved_bytes` is what it holds (on an H200,
+a chain of fp32 cuBLAS GEMMs with a 16 MiB plan held the 16 MiB block and one 20 MiB
+segment for such a temporary). Shapes captured largest first share
 one block; each larger shape captured later adds a block of its own peak. The allocator
 keeps free blocks per stream, hence one capture stream per arena, so that every shape's
 capture can reuse what earlier captures freed.
@@ -50,25 +54,13 @@ class Arena:
 
     def reserve(self, planned: int) -> None:
         """Called first thing inside a capture into this arena (on its stream): make sure
-        `planned` bytes of the pool, plus the BLAS libraries' workspaces, are free. When
-        fewer are, take one block of that size and free it at once: the capture's tensors are then carved out of it (a whole
+        `planned` bytes of the pool are free. When fewer are, take one block of `planned`
+        bytes and free it at once: the capture's tensors are then carved out of it (a whole
         block, not the difference: the free pieces beside earlier graphs' outputs may be
         too small for the larger tensors of a larger shape)."""
         self.planned_bytes = max(self.planned_bytes, planned)
-        need = planned + library_workspace_bytes()
-        if self.free_bytes >= need:
+        if self.free_bytes >= planned:
             return
-        block = torch.empty(need, dtype=torch.uint8, device=self.device)
+        block = torch.empty(planned, dtype=torch.uint8, device=self.device)
         del block  # back to the pool's free list: the allocations after it split it
 
-
-def library_workspace_bytes() -> int:
-    """cuBLAS's and cuBLASLt's workspace sizes: torch allocates them inside each capture (it
-    clears the per-stream workspaces when a capture begins, so that they come from the
-    graph's pool), beside the plan's activations. 0 for a getter this torch lacks."""
-    total = 0
-    for name in ("_cuda_getCublasWorkspaceSize", "_cuda_getCublasLtWorkspaceSize"):
-        getter = getattr(torch._C, name, None)
-        if getter is not None:
-            total += int(getter())
-    return total

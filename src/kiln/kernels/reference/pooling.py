@@ -134,8 +134,9 @@ def _spatial_dims(x: Tensor) -> list[int]:
 
 @reference_op("GlobalAveragePool")
 def global_average_pool(x: Tensor) -> Tensor:
-    """Y [N, C, 1, ...] = mean of X over all spatial dims."""
-    return x.to(compute_dtype(x.dtype)).mean(dim=_spatial_dims(x), keepdim=True).to(x.dtype)
+    """Y [N, C, 1, ...] = mean of X over all spatial dims, accumulated in the compute type
+    (read from X as it is: no widened copy of X, whatever its memory format)."""
+    return x.mean(dim=_spatial_dims(x), keepdim=True, dtype=compute_dtype(x.dtype)).to(x.dtype)
 
 
 @reference_op("GlobalMaxPool")
