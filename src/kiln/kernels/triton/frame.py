@@ -3,10 +3,12 @@
 The implicit-GEMM convolution's ROWS walk (qconv.py) reads a convolution with few input
 channels (ResNet's stem, C = 3) from this form: every pixel PIX elements (C of X, then
 zeros), the padding present as zeros, so the kernel needs no masks. One program writes
-BLOCK elements of one framed row (n, hp): each element is X's value where the row and
-column fall inside the image and the channel is below C, else 0. One pass over the
+BLOCK_W pixels of one framed row (n, hp) as a [BLOCK_W, pixel] tile: X's values where the
+row and column fall inside the image and the channel is below C, else 0. The tile is
+loaded along W (each channel's run of an NCHW row is contiguous) and stored pixel-major
+(one dense run), Triton moving it between the two orders on chip. One pass over the
 output, reading X through its strides (NCHW straight from the model's input): torch's
-way (zeros, then a strided copy into the interior) takes two passes and a slow
+way (zeros, then a strided copy into the interior) takes two passes and a
 non-contiguous copy kernel. Values are moved, never converted: 8-bit X (float8 too) is
 copied as bytes.
 """
@@ -17,21 +19,24 @@ import triton
 import triton.language as tl
 
 Tensor = torch.Tensor
-BLOCK = 1024
+BLOCK_W = 128
 
 
 @triton.jit
-def _frame_kernel(x_ptr, y_ptr, C, H, W, HP, ROW, PIX, PH, PW, sxn, sxc, sxh, sxw, BLOCK: tl.constexpr):
-    row = tl.program_id(0)                       # n * HP + hp
-    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)   # element of the framed row: wp * PIX + channel
+def _frame_kernel(x_ptr, y_ptr, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
+                  BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
+    row = tl.program_id(0)                                   # n * HP + hp
+    wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
+    ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
     n = row // HP
-    ih = tl.zeros([BLOCK], tl.int32) + (row % HP - PH)   # a vector: the row's test joins the mask
-    iw = e // PIX - PW
-    ch = e % PIX
-    inside = (e < ROW) & (ch < C) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    src = x_ptr + n.to(tl.int64) * sxn + ch * sxc + ih * sxh + iw * sxw
-    v = tl.load(src, mask=inside, other=0)
-    tl.store(y_ptr + row.to(tl.int64) * ROW + e, v, mask=e < ROW)
+    ih = tl.zeros([BLOCK_W], tl.int32) + (row % HP - PH)   # a vector: the row's test joins the mask
+    iw = wp - PW
+    col_in = (iw >= 0) & (iw < W) & (ih >= 0) & (ih < H)
+    inside = col_in[:, None] & (ch < C)[None, :]
+    src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
+    v = tl.load(src, mask=inside, other=0)                  # [BLOCK_W, BLOCK_P]: each channel's run along W
+    dst = y_ptr + row.to(tl.int64) * WP * PIX + wp[:, None] * PIX + ch[None, :]
+    tl.store(dst, v, mask=(wp < WP)[:, None] & (ch < PIX)[None, :])   # pixel-major: one dense run
 
 
 def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
@@ -42,8 +47,8 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
     bits = torch.uint8 if x.element_size() == 1 else x.dtype      # float8 moved as bytes
     src = x.view(bits)
     out = torch.empty((n, hp, wp, pixel), dtype=bits, device=x.device)
-    row = wp * pixel
     if out.numel():
-        grid = (n * hp, triton.cdiv(row, BLOCK))
-        _frame_kernel[grid](src, out, c, h, w, hp, row, pixel, ph, pw, *src.stride(), BLOCK=BLOCK, num_warps=4)
+        grid = (n * hp, triton.cdiv(wp, BLOCK_W))
+        _frame_kernel[grid](src, out, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), BLOCK_W=BLOCK_W,
+                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
     return out.permute(0, 3, 1, 2).view(x.dtype)
