@@ -19,10 +19,11 @@ themselves during the capture (a library's workspace, a temporary inside a torch
 not in the plan and comes from the pool too, beside the block when the block is full.
 So the pool can hold more than the plan: `reserved_bytes` is what it holds (on an H200,
 a chain of fp32 cuBLAS GEMMs with a 16 MiB plan held the 16 MiB block and one 20 MiB
-segment for such a temporary). Shapes captured largest first share
-one block; each larger shape captured later adds a block of its own peak. The allocator
-keeps free blocks per stream, hence one capture stream per arena, so that every shape's
-capture can reuse what earlier captures freed.
+segment for such a temporary; ResNet-50 at batch 64 in fp16, a 220.5 MiB plan and 322
+MiB held). Shapes captured largest first share one block; each larger shape captured
+later adds a block of its own peak. The allocator keeps free blocks per stream, hence
+one capture stream per arena, so that every shape's capture can reuse what earlier
+captures freed.
 """
 from __future__ import annotations
 
@@ -63,4 +64,3 @@ class Arena:
             return
         block = torch.empty(planned, dtype=torch.uint8, device=self.device)
         del block  # back to the pool's free list: the allocations after it split it
-

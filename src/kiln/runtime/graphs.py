@@ -71,8 +71,8 @@ class GraphRunner:
         sizes: dict[int, int] = {}
         if self.arena is None:
             self.arena = Arena(self.device)
-        # The warm-up runs on the capture stream: what libraries cache per stream (cuBLAS's
-        # workspace) is made there and then, outside the arena, and reused by the capture.
+        # The warm-up runs on the capture stream, so that what libraries set up per stream is
+        # set up for that stream before the capture.
         stream = self.arena.stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
