@@ -1,11 +1,12 @@
 """Measuring: median times (CUDA events on a GPU), the correctness check, FLOPs and matmul peak."""
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -15,13 +16,14 @@ import torch
 # 0.9994 (int8) / 0.997 (fp8) for ResNet-50, 0.9995 / 0.997 for BERT-base and 0.977 / 0.997 for
 # MiniLM (its int8 engine is flagged), while a broken kernel lands far below. An engine under the
 # bar is still timed and reported, flagged.
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.999, "int8": 0.98, "fp8": 0.98}
+MIN_COSINE = {"fp32": 0.99999, "tf32": 0.999, "fp16": 0.999, "bf16": 0.999, "int8": 0.98, "fp8": 0.98}
 # A float engine also passes when its error (1 - cosine) is at most this many times PyTorch's own in
 # the same precision (eager, same inputs): where the type itself cannot reach the bar (bf16's 8-bit
 # significand through ResNet-50's random weights), the bar would fail every faithful engine.
 PEER_ERROR_FACTOR = 2.0
-# Float precisions: kiln and the PyTorch peers compute in this dtype.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Float precisions: kiln and the PyTorch peers compute in this dtype (tf32: float32 tensors, the
+# matmuls and convolutions on TF32 tensor cores; math_flags).
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Calibrated precisions: kiln only, related to kiln fp16 and the best torch.compile fp16 peer.
 QUANTIZED = ("int8", "fp8")
 PRECISIONS = (*DTYPES, *QUANTIZED)
@@ -135,13 +137,26 @@ def count_flops(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def math_flags(precision: str) -> Iterator[None]:
+    """PyTorch's TF32 flags (matmul and cuDNN) on for tf32, off for every other precision (fp32 is
+    IEEE fp32 for every contender), restored after."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def matmul_tflops(precision: str, device: str, n: int = 8192, iters: int = 20) -> float:
     """The rate of one n x n x n matmul in `precision` on `device`: the suite's 'peak'."""
     dtype = DTYPES[precision]
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
     b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
-    t = time_ms(lambda: torch.mm(a, b), device, iters=iters, warmup=3, max_seconds=5.0, min_iters=3)
+    with math_flags(precision):
+        t = time_ms(lambda: torch.mm(a, b), device, iters=iters, warmup=3, max_seconds=5.0, min_iters=3)
     return 2.0 * n ** 3 / (t.median_ms * 1e-3) / 1e12
 
 

@@ -61,7 +61,8 @@ def header(meta: dict[str, Any], peak: dict[str, float]) -> str:
         "",
         f"Command: `{meta['command']}`",
         f"torch {meta['torch']}, triton {meta['triton']}, transformers {meta['transformers']}, "
-        f"timm {meta['timm']}, kiln {meta['kiln']}; TF32 off (fp32 is IEEE fp32 for every contender).",
+        f"timm {meta['timm']}, kiln {meta['kiln']}; TF32 off (fp32 is IEEE fp32 for every contender), "
+        "but in tf32 rows, where kiln and the peers alike use TF32 tensor cores.",
         f"Timing: median of up to {meta['iters']} runs ({meta['timer']}), inputs already on the device; "
         "kiln with CUDA graphs (its default); torch.compile peers specialised per batch, timed after "
         "their first call.",

@@ -2,7 +2,7 @@ r"""kiln's benchmark suite: models x precisions x batches, kiln against PyTorch 
 
 Usage (GPU machine):
   python benchmarks/suite.py [--models resnet50,vit_b16,bert_base,minilm | resnet50:64,bert_base:1+32]
-      [--batches 1,32,64] [--precisions fp16,bf16,fp32,int8,fp8] [--peers default|all|compiled|NAME,...]
+      [--batches 1,32,64] [--precisions fp16,bf16,fp32,tf32,int8,fp8] [--peers default|all|compiled|NAME,...]
       [--out results.json] [--markdown] [--time-budget SECONDS] [--warm-build new-process|in-process|off]
       [--timing-cache FILE] [--calib-method minmax|entropy|percentile] [--smooth-quant ALPHA]
       [--calib-samples N] [--accuracy-samples N]
@@ -22,7 +22,7 @@ empty timing cache, then a warm rebuild from the cache it wrote (benchmarks/buil
 times recorded, beside the peers' compile times). Each engine's accuracy is measured on
 evaluation samples shaped like real data (benchmarks/samples.py, evaluation.py). Then per batch:
 float precisions check kiln's output against the fp32 PyTorch reference (cosine >= 0.999 at
-fp16/bf16; a miss is FAILED and not timed), time kiln and each peer (the torch module in the
+fp16/bf16/tf32; a miss is FAILED and not timed), time kiln and each peer (the torch module in the
 same precision: eager, torch.compile default, reduce-overhead, max-autotune) with CUDA events,
 and relate model FLOPs to a large matmul's rate measured in the same run. int8/fp8 engines are
 calibrated once per model and related to kiln fp16 and the best torch.compile fp16 peer of the
@@ -260,8 +260,9 @@ def float_rows(model: BenchModel, engine: Any, precision: str, batches: list[int
     # A copy per precision: rounding the shared fp32 weights to fp16 and back would change them.
     module = copy.deepcopy(model.module).to(device=args.device, dtype=measure.DTYPES[precision])
     for batch in batches:
-        row = skipped(precision, batch) if ctx["budget"].spent() else \
-            bench_row(model, engine, module, precision, batch, args, ctx)
+        with measure.math_flags(precision):  # the peers' TF32 flags: on for tf32 only
+            row = skipped(precision, batch) if ctx["budget"].spent() else \
+                bench_row(model, engine, module, precision, batch, args, ctx)
         entry["rows"].append(row)
         log(summary(model.name, row))
         save(results, args)

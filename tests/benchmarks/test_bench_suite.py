@@ -72,6 +72,23 @@ def test_time_ms_and_flops_and_casts() -> None:
     assert cast["x"].dtype == torch.bfloat16 and cast["ids"].dtype == torch.int64
 
 
+def test_math_flags_turn_tf32_on_for_tf32_only_and_restore() -> None:
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = tuple(f.allow_tf32 for f in flags)
+    try:
+        for start in (False, True):
+            for f in flags:
+                f.allow_tf32 = start
+            for precision, inside in (("tf32", True), ("fp32", False), ("fp16", False)):
+                with measure.math_flags(precision):
+                    assert all(f.allow_tf32 is inside for f in flags)
+                assert all(f.allow_tf32 is start for f in flags)
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
+    assert measure.DTYPES["tf32"] == torch.float32 and measure.MIN_COSINE["tf32"] == measure.MIN_COSINE["fp16"]
+
+
 # -- models, inputs, export ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bert_model() -> models.BenchModel:
@@ -143,6 +160,19 @@ def test_suite_end_to_end_on_cpu(tmp_path: Path) -> None:
     text = report.markdown(results)
     assert text.count("### ") == 1 and "| fp32 | 2 | ok |" in text and "random initialisation" in text
     assert "eager ms" in text and "kiln vs best" in text
+
+
+def test_tf32_rows_on_cpu(tmp_path: Path) -> None:
+    args = suite.parse(["--models", "tiny_conv", "--batches", "1", "--precisions", "tf32", "--peers", "eager",
+                        "--device", "cpu", "--iters", "3", "--max-seconds", "0.5", "--cache-dir", str(tmp_path),
+                        "--warm-build", "off", "--accuracy-samples", "2"], REGISTRY)
+    args.flops_on_cpu = True
+    results = suite.run(args)
+    (m,) = results["models"]
+    assert m["builds"]["tf32"]["accuracy"]["ok"]
+    (row,) = m["rows"]
+    assert (row["precision"], row["status"]) == ("tf32", "ok") and row["peers"]["eager"]["ms"] > 0
+    assert "| tf32 | 1 | ok |" in report.markdown(results)
 
 
 def test_failed_check_is_reported_not_timed(tmp_path: Path) -> None:
