@@ -26,6 +26,16 @@ def test_the_absolute_term_scales_with_the_tensor_s_magnitude() -> None:
     assert mismatch(c * 1e-6 + torch.tensor([0.0, 1e-7, 0.0]), r * 1e-6) is not None
 
 
+def test_tf32_holds_float32_to_the_float16_tolerance() -> None:
+    r = torch.randn(256, generator=G)
+    c = r * (1 + 5e-4)  # a TF32 kernel against another: float16's 10-bit significand
+    assert mismatch(c, r) is not None and mismatch(c, r, tf32=True) is None
+    assert mismatch(r * 1.05, r, tf32=True) is not None
+    h = r.half()
+    assert mismatch((h.float() * 1.05).half(), h, tf32=True) is not None  # other types keep theirs
+    assert mismatch([c, r], [r, r], tf32=True) is None  # every output of a layer
+
+
 def test_half_precision_is_looser() -> None:
     r = torch.randn(128, generator=G).half()
     c = (r.float() * 1.005).half()

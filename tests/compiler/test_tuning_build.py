@@ -182,3 +182,24 @@ def test_a_failing_tuning_run_warns_and_keeps_the_steps_tuned_before_it(fakes: N
         engine = build(model(), BuildConfig(device="cpu"), timer=FakeTimer(TIMES, log))
     assert "this kernel always fails" in engine.header["build"]["tuning"]["stopped"]
     assert steps_by_name(engine)["relu"].tactic == "Relu.test_fast"
+
+
+def _tf32_like_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x) * (1 + 5e-4)  # a TF32 kernel's error: over fp32's tolerance, within TF32's
+
+
+def test_tf32_builds_judge_float32_at_tf32_tolerance_and_cache_apart(log: list[str], tmp_path: Path) -> None:
+    cache = tmp_path / "timing.json"
+    times = {**TIMES, "Relu.test_tf32": 0.5}
+    with registered(fake("Relu.test_fast", "Relu", relu, log), fake("Relu.test_tf32", "Relu", _tf32_like_relu, log)):
+        ieee = build(model(), BuildConfig(device="cpu", precision="fp32", timing_cache=str(cache)),
+                     timer=FakeTimer(times, log))
+        tf32 = build(model(), BuildConfig(device="cpu", precision="tf32", timing_cache=str(cache)),
+                     timer=FakeTimer(times, log))
+    assert steps_by_name(ieee)["relu"].tactic == "Relu.test_fast"
+    assert any(r["tactic"].startswith("Relu.test_tf32") and r["status"] == "invalid"
+               for r in ieee.header["build"]["tuning"]["rejected"])
+    assert steps_by_name(tf32)["relu"].tactic == "Relu.test_tf32"
+    assert tf32.header["build"]["tuning"]["cache_hits"] == 0  # the fp32 build's verdicts are not reused
+    keys = json.loads(cache.read_text())["entries"]
+    assert any("|tf32|" in k for k in keys) and any("|tf32|" not in k for k in keys)

@@ -34,6 +34,7 @@ from kiln.compiler.lower import lower, plan_memory
 from kiln.compiler.profiles import resolve_profiles
 from kiln.compiler.timer import CudaTimer, Timer
 from kiln.compiler.timing_cache import TimingCache, environment
+from kiln.compiler.tuner import TuneSettings
 from kiln.compiler.tuning_pass import TuneOutcome, tune_plan
 from kiln.runtime.synthetic import synthetic_inputs
 from kiln.config import BuildConfig, Profile
@@ -334,7 +335,8 @@ def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Pro
     cache = TimingCache(config.timing_cache, environment(device)) if config.timing_cache else None
     # Time the kernels under the engine's math mode (fp32: TF32 off, tf32: on; runtime/engine.py).
     with math_mode(config.precision if device == "cuda" else None):
-        return tune_plan(plan, consts, device, profile, timer or CudaTimer(), cache, say, layout=layout)
+        return tune_plan(plan, consts, device, profile, timer or CudaTimer(), cache, say,
+                         TuneSettings(tf32=config.precision == "tf32"), layout=layout)
 
 
 def _probe_sizes(engine: Engine, profile) -> dict[int, int] | str:  # noqa: ANN001

@@ -67,6 +67,11 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+# A tf32 engine computes float32 matmuls and convolutions on TF32 tensor cores, its reference
+# tactics too: their inputs keep float16's 10-bit significand, so its float32 outputs are held to
+# the float16 tolerance (an IEEE-fp32 kernel and a TF32 one differ by ~1e-4 relative, over fp32's).
+TF32_TOLERANCE = TOLERANCES[torch.float16]
+
 # Ops whose 8-bit outputs are a float epilogue rounded once; their kernels may round one
 # element in STEP_FRACTION to the neighbouring value (module docstring).
 QUANTIZED_OPS = frozenset({"kiln::QMatMul", "kiln::QConv", "kiln::NormQuantize"})
@@ -76,15 +81,16 @@ STEP_FRACTION = 1e-3
 FLOAT8_QUANTIZED = TOLERANCES[torch.float16]  # (rtol, atol) beside the one-step rule (module docstring)
 
 
-def mismatch(candidate: Any, reference: Any, op: str = "") -> str | None:
+def mismatch(candidate: Any, reference: Any, op: str = "", tf32: bool = False) -> str | None:
     """None when `candidate` agrees with `reference`; otherwise what differs (for the log).
 
-    `op` (e.g. "kiln::QMatMul") selects the one-step rule for quantized layers."""
+    `op` (e.g. "kiln::QMatMul") selects the one-step rule for quantized layers; `tf32` (a tf32
+    engine's layer) holds float32 outputs to TF32_TOLERANCE."""
     if isinstance(reference, (tuple, list)):
         if not isinstance(candidate, (tuple, list)) or len(candidate) != len(reference):
             return f"returned {_kind(candidate)} where the reference returns {_kind(reference)}"
         for i, (c, r) in enumerate(zip(candidate, reference)):
-            why = mismatch(c, r, op)
+            why = mismatch(c, r, op, tf32)
             if why is not None:
                 return f"output {i}: {why}"
         return None
@@ -92,11 +98,12 @@ def mismatch(candidate: Any, reference: Any, op: str = "") -> str | None:
         if not isinstance(candidate, torch.Tensor):
             return f"returned {_kind(candidate)} where the reference returns a tensor"
         return _tensor_mismatch(candidate, reference, op in QUANTIZED_OPS or op in FLOAT_ERROR_QUANTIZED_OPS,
-                                op in FLOAT_ERROR_QUANTIZED_OPS)
+                                op in FLOAT_ERROR_QUANTIZED_OPS, tf32)
     return None if candidate == reference else f"returned {candidate!r}, the reference {reference!r}"
 
 
-def _tensor_mismatch(c: torch.Tensor, r: torch.Tensor, one_step: bool, per_element: bool = False) -> str | None:
+def _tensor_mismatch(c: torch.Tensor, r: torch.Tensor, one_step: bool, per_element: bool = False,
+                     tf32: bool = False) -> str | None:
     if c.dtype != r.dtype or tuple(c.shape) != tuple(r.shape):
         return f"{c.dtype}{list(c.shape)} where the reference gives {r.dtype}{list(r.shape)}"
     if r.numel() == 0:
@@ -108,7 +115,7 @@ def _tensor_mismatch(c: torch.Tensor, r: torch.Tensor, one_step: bool, per_eleme
         if one_step and not r.dtype.is_floating_point and r.dtype != torch.bool and not r.dtype.is_complex:
             return _steps_mismatch(c, r, one_step, per_element)
         return None if torch.equal(c, r) else "differs from the reference (exact type)"
-    rtol, atol = TOLERANCES[r.dtype]
+    rtol, atol = TF32_TOLERANCE if tf32 and r.dtype == torch.float32 else TOLERANCES[r.dtype]
     wide = torch.float64 if r.dtype == torch.float64 else torch.float32
     c32, r32 = c.to(wide), r.to(wide)
     finite = torch.isfinite(r32)

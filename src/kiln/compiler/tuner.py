@@ -58,6 +58,7 @@ class TuneSettings:
     repeats: int = 10          # timed runs per candidate (median)
     probe: int = 3             # first runs, after which a slow candidate is dropped
     drop_ratio: float = 2.0    # "slow": probe median > drop_ratio x the best so far
+    tf32: bool = False         # a tf32 engine: float32 outputs checked at TF32's tolerance, timings cached apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,7 @@ def _trial(c: Candidate, is_oracle: bool, reference: tuple[Any, ...], args: Sequ
     calls = 0
     try:
         outputs = reference if is_oracle else as_outputs(c.run(args, attrs), n_outputs)
-        why = None if is_oracle else mismatch(outputs, reference, c.tactic.op)
+        why = None if is_oracle else mismatch(outputs, reference, c.tactic.op, settings.tf32)
         if why is not None:
             return Trial(c, "invalid", None, why), None, calls
         fn = lambda: c.run(args, attrs)  # noqa: E731

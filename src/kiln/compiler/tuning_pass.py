@@ -131,7 +131,7 @@ class _StepTuner:
             self.choices[k] = cands[0]
             return cands[0].run(args, attrs)
         signature = op_signature(step.op, step.attrs, _shapes(args, len(step.inputs) - step.captures),
-                                 self._dtypes(step))
+                                 self._dtypes(step)) + ("|tf32" if self.settings.tf32 else "")
         choice = choose(cands, args, attrs, self.timer, len(step.outputs), self.settings, self.cache, signature)
         self.choices[k] = choice
         self.stats["layers_timed"] += 1
