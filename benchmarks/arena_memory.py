@@ -30,7 +30,7 @@ def main(specs: list[str]) -> None:
         engine.run_tensors({k: v.cuda() for k, v in models.make_inputs(m, batch).items()})
         torch.cuda.synchronize()
         arena, plan = engine.arena, engine.plan.memory
-        segments = [round(seg["total_size"] / MIB, 1) for seg in engine._graphs.arena.pool.snapshot()]
+        segments = [round(seg["total_size"] / MIB, 1) for seg in engine._graphs.arena.segments()]
         print(f"{name} b{batch} fp16: plan peak {plan.peak_bytes / MIB:.1f} MiB (all activations "
               f"{plan.total_bytes / MIB:.1f}), arena planned {arena['planned_bytes'] / MIB:.1f} MiB, pool holds "
               f"{arena['reserved_bytes'] / MIB:.1f} MiB in segments of {segments} MiB", flush=True)

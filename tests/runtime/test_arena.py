@@ -84,7 +84,7 @@ def test_arena_holds_each_captured_shape_at_its_planned_peak() -> None:
 def _segments(engine: kiln.Engine) -> list[tuple[int, int, int]]:
     """(address, bytes, bytes in use) of each segment of the engine's arena pool."""
     return [(seg["address"], seg["total_size"], seg["allocated_size"])
-            for seg in engine._graphs.arena.pool.snapshot()]
+            for seg in engine._graphs.arena.segments()]
 
 
 def _inside(graphs, segments) -> bool:  # noqa: ANN001

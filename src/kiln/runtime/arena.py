@@ -34,24 +34,30 @@ class Arena:
     def __init__(self, device: torch.device) -> None:
         # "cuda" without an index means the current device, as it does for tensors
         self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-        self.pool = torch.cuda.MemPool()
+        # torch.cuda.MemPool where torch has it (2.5 on); before, a graph pool id, which the graphs
+        # keep alive as long as one of them lives.
+        pool_type = getattr(torch.cuda, "MemPool", None)
+        self.pool = pool_type() if pool_type is not None else None
+        self.handle: tuple[int, int] = self.pool.id if self.pool is not None else torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(device)
         self.planned_bytes = 0  # the largest liveness peak reserved for so far
 
-    @property
-    def handle(self) -> tuple[int, int]:
-        """The pool's id, the `pool=` of torch.cuda.graph."""
-        return self.pool.id
+    def segments(self) -> list[dict]:
+        """The allocator's segments of this pool (torch.cuda.memory_snapshot's entries)."""
+        if self.pool is not None and hasattr(self.pool, "snapshot"):
+            return self.pool.snapshot()
+        return [seg for seg in torch.cuda.memory_snapshot()
+                if tuple(seg.get("segment_pool_id", ())) == tuple(self.handle)]
 
     @property
     def reserved_bytes(self) -> int:
         """Device memory the pool holds now (its segments, in use or free)."""
-        return sum(seg["total_size"] for seg in self.pool.snapshot())
+        return sum(seg["total_size"] for seg in self.segments())
 
     @property
     def free_bytes(self) -> int:
         """The part of the pool no tensor holds now (captured graphs' outputs stay held)."""
-        return sum(seg["total_size"] - seg["allocated_size"] for seg in self.pool.snapshot())
+        return sum(seg["total_size"] - seg["allocated_size"] for seg in self.segments())
 
     def reserve(self, planned: int) -> None:
         """Called first thing inside a capture into this arena (on its stream): make sure
