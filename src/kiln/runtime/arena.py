@@ -34,7 +34,7 @@ class Arena:
     def __init__(self, device: torch.device) -> None:
         # "cuda" without an index means the current device, as it does for tensors
         self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-        # torch.cuda.MemPool where torch has it (2.5 on); before, a graph pool id, which the graphs
+        # torch.cuda.MemPool where this torch has one; otherwise a graph pool id, which the graphs
         # keep alive as long as one of them lives.
         pool_type = getattr(torch.cuda, "MemPool", None)
         self.pool = pool_type() if pool_type is not None else None
