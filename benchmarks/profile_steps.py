@@ -1,0 +1,96 @@
+"""GPU kernel time per plan step: every kernel an engine launches, attributed to the step that launched it.
+
+    PYTHONPATH=src python benchmarks/profile_steps.py resnet50:64:fp16 [bert:32:fp8 ...]
+
+Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
+layers, calibrated on 4 batches of the benchmark's random inputs). One eager run (no CUDA graph)
+under torch.profiler, each step inside a record_function range; a kernel belongs to the step whose
+range holds the launch call correlated with it in the profiler's trace. Prints, per step in plan
+order, its kernels and their GPU microseconds, then the total. The view `kiln bench --profile-layers`
+cannot give: which kernels a step is made of (a layout copy, a separate bias add).
+"""
+import collections
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import models  # noqa: E402
+import kiln  # noqa: E402
+from kiln.config import BuildConfig, Profile  # noqa: E402
+
+LAUNCHES = ("cuda_runtime", "cuda_driver")
+
+
+def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str, torch.Tensor]]:
+    m = getattr(models, name)(0)
+    path = models.export_onnx(m, Path("/tmp/bench"))
+    quantized = precision in ("int8", "fp8")
+    calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)] \
+        if quantized else None
+    config = BuildConfig(precision=precision, device="cuda", timing_cache="/tmp/tc.json",
+                         float_precision="fp16" if quantized else "fp32",
+                         profiles=(Profile.from_ranges(models.profile_ranges(m, [batch])),))
+    engine = kiln.build(str(path), config, calibration=calibration)
+    return engine, {k: v.cuda() for k, v in models.make_inputs(m, batch).items()}
+
+
+def per_step(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> dict[int, list[tuple[str, float]]]:
+    kernels = engine.executor._kernels
+    original = list(kernels)
+    for k, fn in enumerate(original):
+        def ranged(*a, _fn=fn, _k=k, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            with record_function(f"STEP{_k}"):
+                return _fn(*a, **kw)
+        kernels[k] = ranged
+    engine.use_cuda_graphs = False
+    try:
+        for _ in range(3):
+            engine.run_tensors(feeds, validate=False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine.run_tensors(feeds, validate=False)
+            torch.cuda.synchronize()
+    finally:
+        kernels[:] = original
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        events = json.load(open(trace))["traceEvents"]
+    ranges = [(e["ts"], e["ts"] + e["dur"], int(e["name"][4:])) for e in events
+              if e.get("cat") == "user_annotation" and e.get("name", "").startswith("STEP")]
+    launched = {e["args"]["correlation"]: e["ts"] for e in events
+                if e.get("cat") in LAUNCHES and "correlation" in e.get("args", {})}
+    steps: dict[int, list[tuple[str, float]]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy"):
+            at = launched.get(e.get("args", {}).get("correlation"))
+            step = next((k for lo, hi, k in ranges if at is not None and lo <= at <= hi), -1)
+            steps[step].append((e["name"], float(e["dur"])))
+    return steps
+
+
+def main(specs: list[str]) -> None:
+    for spec in specs:
+        name, batch, precision = spec.split(":")
+        engine, feeds = build(name, int(batch), precision)
+        steps = per_step(engine, feeds)
+        print(f"== {name} b{batch} {precision}: GPU us per step (step -1: kernels no step's range holds)")
+        for k in sorted(steps):
+            st = engine.plan.steps[k] if k >= 0 else None
+            label = f"{st.op:18s} {st.tactic:32s} {str(st.config)[:40]}" if st else "?"
+            us = sum(d for _, d in steps[k])
+            print(f"{k:4d} {us:8.1f}  {label} | " + "; ".join(f"{n[:60]} {d:.1f}" for n, d in steps[k]), flush=True)
+        print(f"total {sum(d for ks in steps.values() for _, d in ks):.1f} us")
+        del engine
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["resnet50:64:fp16"])
