@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.match import const_array, live_ops, new_const, pinned, produced_by_op, sole_user, trimmed
+from kiln.passes.match import const_array, live_ops, new_const, pinned, place_inputs, produced_by, sole_user
 
 
 def fold_residual_bias(graph: Graph) -> bool:
@@ -25,7 +25,7 @@ def fold_residual_bias(graph: Graph) -> bool:
     changed = False
     for node in live_ops(graph, "kiln::FusedConv"):
         r = node.input(3)
-        source = produced_by_op(r, "Conv", "kiln::FusedConv")
+        source = produced_by(r, "Conv", "kiln::FusedConv")
         if source is None or sole_user(r, keep) is not node or not _linear(source):
             continue
         extra, own = const_array(source.input(2)), node.input(2)
@@ -35,7 +35,7 @@ def fold_residual_bias(graph: Graph) -> bool:
         total = extra.astype(np.float64) + (base.astype(np.float64) if base.size else 0.0)
         like = source.input(2).const if own is None else own.const
         node.set_input(2, new_const(graph, total, like, "bias"))
-        source.set_inputs(trimmed([*source.inputs[:2], None, *source.inputs[3:]]))
+        place_inputs(source, {2: None})
         changed = True
     return changed
 

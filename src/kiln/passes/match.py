@@ -70,17 +70,10 @@ def only_read_by(v: Value, nodes: Iterable[Node], keep: set[int]) -> bool:
 
 
 def produced_by(v: Value | None, *ops: str) -> Node | None:
-    """The producer of `v` if it is an ONNX op among `ops`."""
+    """The producer of `v` if its qualified op is among `ops`: an ONNX op by its name ("Conv"),
+    another domain's as domain::op ("kiln::FusedConv")."""
     p = v.producer() if v is not None else None
-    if p is not None and p.domain == "" and p.op in ops:
-        return p
-    return None
-
-
-def produced_by_op(v: Value | None, *qualified_ops: str) -> Node | None:
-    """The producer of `v` if its qualified op ("Conv", "kiln::FusedConv") is among `qualified_ops`."""
-    p = v.producer() if v is not None else None
-    return p if p is not None and p.qualified_op in qualified_ops else None
+    return p if p is not None and p.qualified_op in ops else None
 
 
 def to_numpy(t: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -166,6 +159,15 @@ def trimmed(inputs: Sequence[Value | None]) -> list[Value | None]:
     while out and out[-1] is None:
         out.pop()
     return out
+
+
+def place_inputs(node: Node, at: dict[int, Value | None]) -> None:
+    """Set `node`'s optional inputs at the positions in `at` (absent ones between stay None),
+    keeping no trailing absent inputs."""
+    inputs = list(node.inputs) + [None] * (max(at) + 1 - len(node.inputs))
+    for i, v in at.items():
+        inputs[i] = v
+    node.set_inputs(trimmed(inputs))
 
 
 def replace_nodes(graph: Graph, nodes: Sequence[Node], op: str, inputs: Sequence[Value | None],

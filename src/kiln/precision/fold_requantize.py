@@ -36,7 +36,7 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantize import per_last_axis
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_qdq import QUANT_OUTPUTS
-from kiln.passes.match import const_array, live_ops, pinned, sole_user, trimmed
+from kiln.passes.match import const_array, live_ops, pinned, place_inputs, sole_user
 
 QUANTIZED_LAYERS = ("kiln::QMatMul", "kiln::QConv")
 # Input index of out_scale (out_zp follows it), the same in QMatMul and QConv.
@@ -102,15 +102,6 @@ def per_last_channel(q: Node, shape: tuple) -> bool:
     z = const_array(zp) if zp is not None else None
     return (per_last_axis(shape, s.shape, int(q.attrs.get("axis", 1)))
             and (zp is None or (z is not None and z.shape == s.shape)))
-
-
-def place_inputs(node: Node, at: dict[int, Value | None]) -> None:
-    """Set `node`'s optional inputs at the positions in `at` (absent ones between stay None),
-    keeping no trailing absent inputs."""
-    inputs = list(node.inputs) + [None] * (max(at) + 1 - len(node.inputs))
-    for i, v in at.items():
-        inputs[i] = v
-    node.set_inputs(trimmed(inputs))
 
 
 def take_output(layer: Node, old: Value, new: Value) -> None:

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.fused import ATTENTION_INPUTS
-from kiln.passes.match import const_array, live_ops, pinned, sole_user
-from kiln.precision.fold_requantize import per_last_channel, per_tensor, place_inputs, take_output
+from kiln.passes.match import const_array, live_ops, pinned, place_inputs, sole_user
+from kiln.precision.fold_requantize import per_last_channel, per_tensor, take_output
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 OUT_SCALE = ATTENTION_INPUTS.index("out_scale")

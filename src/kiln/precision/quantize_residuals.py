@@ -38,9 +38,9 @@ from typing import Callable, Mapping
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantized import QCONV_INPUTS
-from kiln.passes.match import const_array, live_ops, pinned
+from kiln.passes.match import const_array, live_ops, pinned, place_inputs
 from kiln.precision import fp8, int8
-from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor, place_inputs
+from kiln.precision.fold_requantize import OUT_SCALE, QUANTIZED_LAYERS, per_tensor
 
 RESIDUAL, RES_SCALE, RES_ZP = (QCONV_INPUTS.index(name) for name in ("residual", "residual_scale", "residual_zp"))
 # precision -> (the 8-bit type, how the quantizer makes an activation's QuantizeLinear)
