@@ -7,11 +7,11 @@ multiply fp16 (bf16) tiles into a float32 accumulator, the epilogue adds bias an
 float32, applies the activation and rounds once to X's type. What it is for: convolutions
 over few channels (ResNet's stem, C = 3), where the ROWS walk packs a kernel row's taps into
 each K step (7 taps x 4 elements: 28 of every 32) rather than one 3-channel tap per step. At
-ResNet-50's stem, batch 64, on the H200: 162 us against cuDNN fp16's 355 us for conv2d + ReLU
-(`benchmarks/kernels_stem.py`; cuDNN's fused conv+bias+ReLU, which the cuDNN tactic may take,
-not yet timed there). The tuner times it against cuDNN per layer.
-Its tuning space is qconv_plan.FLOAT_CONFIGS (K steps of at most 64: a 16-bit stage holds
-twice an 8-bit one's bytes).
+ResNet-50's stem, batch 64, on the H200 (`benchmarks/kernels_stem.py`, three runs on 2026-11-27):
+150-177 us at the 256x64x64 tiling, against cuDNN fp16's 355 us for conv2d + ReLU and 163-166 us
+for cuDNN's fused conv+bias+ReLU, which the cuDNN tactic may take. The tuner times it against
+cuDNN per layer. Its tuning space is qconv_plan.FLOAT_CONFIGS (K steps of at most 64: a 16-bit
+stage holds twice an 8-bit one's bytes), whose first config qconv takes when none is given.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import torch
 
 from kiln.kernels.triton.qconv import qconv
-from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS
 
 Tensor = torch.Tensor
 
@@ -48,4 +47,4 @@ def conv(x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | No
     return qconv(x, w, _one(x.dtype, x.device), None, _one(torch.float32, x.device), None, bias, residual,
                  auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides, activation=activation, activation_params=activation_params,
-                 config=dict(FLOAT_CONFIGS[0] if config is None else config), channels_last_out=channels_last_out)
+                 config=config, channels_last_out=channels_last_out)
