@@ -97,12 +97,14 @@ import triton.language as tl
 from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
-from kiln.kernels.triton.gemm import _activation, activation_code, grouped_tile
-from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, ROWS, conv_geometry,  # noqa: F401
+from kiln.kernels.triton.gemm import activation_code, grouped_tile
+from kiln.kernels.triton.qconv_epilogue import conv_epilogue
+from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
                                             framed_pixels, k_loop, packed_weight, small_accumulator)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
-from kiln.kernels.triton.quantize import needed_zero_point, requantize, small_int_to_float
+from kiln.kernels.triton.qconv_window import launch_window, window_applies
+from kiln.kernels.triton.quantize import needed_zero_point
 
 Tensor = torch.Tensor
 
@@ -118,10 +120,10 @@ OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 
 @triton.jit
 def _qconv_kernel(
-        X, W, Y, XS, WS, BIAS, RES, RS, RZP, OS, OZP,
-        M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
-        sxn, sxh, sxw, sb, srn, src, srh, srw, syn, syc, syh, syw,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, p0, p1,
+        X, W, Y, M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
+        sxn, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
@@ -202,20 +204,6 @@ def _qconv_kernel(
             acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
 
-    # Epilogue on the float32 accumulator (module docstring).
-    if FLOAT_ACC:
-        accf = acc
-    elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion
-        accf = small_int_to_float(acc)
-    else:
-        accf = acc.to(tl.float32)
-    xs = tl.load(XS).to(tl.float32)
-    if WS_PER_CHANNEL:
-        v = accf * (xs * tl.load(WS + rn).to(tl.float32))[None, :]
-    else:
-        v = accf * (xs * tl.load(WS).to(tl.float32))
-    if HAS_BIAS:
-        v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]                    # [BLOCK_M, BLOCK_N]
     if FLAT_OUT:
         # Y (and the residual) channels-last and dense: a row-major [M, OC] matrix.
@@ -227,31 +215,10 @@ def _qconv_kernel(
         n_o = rm // (OW * OH)
         y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
-    if HAS_RES:
-        r = tl.load(RES + r_off, mask=mask, other=0.0)
-        if RES_INT:  # int8/uint8: .to(float32) made the large tiles spill
-            r = small_int_to_float(r)
-        else:
-            r = r.to(tl.float32)
-        if RES_Q:  # an 8-bit residual: (R - residual_zp) * residual_scale
-            if HAS_RZP:
-                r = r - tl.load(RZP).to(tl.float32)
-            r = r * tl.load(RS).to(tl.float32)
-        v = v + r
-    v = _activation(v, ACT, p0, p1)
-    if OUT_KIND != 0:
-        # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
-        # rounded once per program (a division per element is a long IEEE sequence with a
-        # slow-path call, unrolled over the tile), rounded by one float32 add, the zero point
-        # added, saturated; float8 stores the e4m3 bits into Y viewed as uint8.
-        zp = 0
-        if HAS_OZP:
-            zp = tl.load(OZP)
-        inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
-        code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
-        tl.store(Y + y_off, code.to(Y.dtype.element_ty), mask=mask)
-    else:
-        tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)
+    # The epilogue on the float32 accumulator (module docstring).
+    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
+                  OUT_KIND, HAS_OZP, QMIN, QMAX)
 
 
 # --- the launcher ---------------------------------------------------------------------------------
@@ -346,28 +313,30 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     kind = OUT_FLOAT if out_scale is None else (OUT_FP8 if out.name == "float8_e4m3fn" else OUT_INT)
     qmin, qmax = REQUANT_RANGES.get(out.name, (0, 0))
     y_out = y.view(torch.uint8) if kind == OUT_FP8 else y                    # float8: the kernel stores bits
+    # The epilogue's operands and switches, alike for both kernels.
+    ops = dict(XS=x_scale, WS=w_scale, BIAS=x_scale if b is None else b,
+               sb=0 if b is None or b.numel() == 1 else b.stride(0), RES=res,
+               RS=x_scale if residual_scale is None else residual_scale,
+               RZP=x_scale if residual_zp is None else residual_zp, OS=x_scale if out_scale is None else out_scale,
+               OZP=x_scale if out_zp is None else out_zp, p0=p0, p1=p1)
+    flags = dict(FLOAT_ACC=float_acc, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
+                 ACC_MAGIC=not float_acc and small_accumulator(c * geo.kh * geo.kw, w_q),
+                 WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
+                 RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
+                 RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
+                 ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
+    if cfg.get("TMA") and window_applies(x, w_q, geo, loop.path == PIXELS, dense, bk):
+        launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, ops, flags)
+        return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
     _qconv_kernel[grid](
-        x, wp, y_out, x_scale, w_scale, x_scale if b is None else b, res,
-        x_scale if residual_scale is None else residual_scale, x_scale if residual_zp is None else residual_zp,
-        x_scale if out_scale is None else out_scale,
-        x_scale if out_zp is None else out_zp,
-        m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1], loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw),
-        loop.steps, geo.kw,
-        x.stride(0), x.stride(2), x.stride(3), 0 if b is None or b.numel() == 1 else b.stride(0),
-        res.stride(0), res.stride(1), res.stride(2), res.stride(3),
-        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
-        geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, p0, p1,
+        x, wp, y_out, m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1],
+        loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,
+        x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
+        y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
-        ROW=geo.kw * loop.pixel,
-        FLOAT_ACC=float_acc, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
-        ACC_MAGIC=not float_acc and small_accumulator(c * geo.kh * geo.kw, w_q),
-        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
-        RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None, FLAT_OUT=flat,
-        RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
-        ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
+        ROW=geo.kw * loop.pixel, FLAT_OUT=flat, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
     return y
 

@@ -1,0 +1,59 @@
+"""The epilogue of the Triton kiln::QConv kernels (qconv.py's pointer walks, qconv_window.py's TMA
+walk): the accumulator tile in float32, scaled, biased, the residual added (an 8-bit one
+dequantized), the activation, then the float store or the requantization. qconv.py's module
+docstring has the arithmetic."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kiln.kernels.triton.gemm import _activation
+from kiln.kernels.triton.quantize import requantize, small_int_to_float
+
+
+@triton.jit
+def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr,
+                  HAS_RZP: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr,
+                  QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """Store the [BLOCK_M, BLOCK_N] tile `acc` at Y + y_off (masked), reading the residual at
+    RES + r_off; rn: the tile's output channels (wrapped into range)."""
+    if FLOAT_ACC:
+        accf = acc
+    elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion
+        accf = small_int_to_float(acc)
+    else:
+        accf = acc.to(tl.float32)
+    xs = tl.load(XS).to(tl.float32)
+    if WS_PER_CHANNEL:
+        v = accf * (xs * tl.load(WS + rn).to(tl.float32))[None, :]
+    else:
+        v = accf * (xs * tl.load(WS).to(tl.float32))
+    if HAS_BIAS:
+        v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
+    if HAS_RES:
+        r = tl.load(RES + r_off, mask=mask, other=0.0)
+        if RES_INT:  # int8/uint8: .to(float32) made the large tiles spill
+            r = small_int_to_float(r)
+        else:
+            r = r.to(tl.float32)
+        if RES_Q:  # an 8-bit residual: (R - residual_zp) * residual_scale
+            if HAS_RZP:
+                r = r - tl.load(RZP).to(tl.float32)
+            r = r * tl.load(RS).to(tl.float32)
+        v = v + r
+    v = _activation(v, ACT, p0, p1)
+    if OUT_KIND != 0:
+        # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
+        # rounded once per program (a division per element is a long IEEE sequence with a
+        # slow-path call, unrolled over the tile), rounded by one float32 add, the zero point
+        # added, saturated; float8 stores the e4m3 bits into Y viewed as uint8.
+        zp = 0
+        if HAS_OZP:
+            zp = tl.load(OZP)
+        inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
+        code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+        tl.store(Y + y_off, code.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)

@@ -1,0 +1,199 @@
+"""kiln::QConv with its operands brought in by the tensor memory accelerator (config TMA=1): the
+WINDOW walk of the implicit-GEMM convolution (qconv.py has the arithmetic and the other walks).
+
+An output tile is not BLOCK_M consecutive pixels (whose taps lie at scattered rows of X) but a
+box of BI images x BH output rows x BW output columns (BLOCK_M = BI*BH*BW, powers of two). For one
+tap (kh, kw) and one block of BLOCK_K channels, the inputs such a box reads form a box of X as
+well, strided by the conv's stride: one TMA copy, whose out-of-bounds elements (the padding at
+negative or too large coordinates) the copy engine fills with zeros. The stride is taken out by
+the view X5 [N, H/SH, SH, W/SW, SW*C] of channels-last X: input row ih = oh*SH + kh - PH is row
+oh + (kh - PH) div SH of the view's second dim, phase (kh - PH) mod SH in its third, and the same
+for columns, whose phase selects a block of C channels in the last dim. So every step is one
+5-D TMA load of [BI, BH, 1, BW, BLOCK_K] bytes, reshaped to the MMA's [BLOCK_M, BLOCK_K] operand
+(the box's rows in shared memory are already that matrix's rows), and one 2-D TMA load of the
+packed weight [OC, KH*KW*C]. No address arithmetic per pixel, no masks, loads issued by one
+thread, and the software pipeline spans taps as in qconv.py's TAPS walk.
+
+It applies where C is a multiple of 32 (BLOCK_K divides C; 8-bit MMAs take K in 32s), H and W
+are multiples of the strides, the dilation is 1, X is dense channels-last, and zero points are
+absent (kiln's symmetric quantization). A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
+a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
+fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
+8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
+flattened so that the next tile's loads overlap this tile's epilogue.
+
+The epilogue is qconv.py's (conv_epilogue), on the box's pixels: Y and the residual are written
+and read through their strides, pixels past the output's edges masked.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels.triton.gemm import grouped_tile
+from kiln.kernels.triton.qconv_epilogue import conv_epilogue
+from kiln.kernels.triton.qgemm_tile import dot8
+from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count
+
+Tensor = torch.Tensor
+EIGHT_BIT = (torch.int8, torch.float8_e4m3fn)
+MAX_BOX = 256          # a TMA box holds at most 256 elements along each dim
+
+
+@triton.jit
+def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
+                 syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                 SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                 ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
+                 ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
+                 QMAX: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    BLOCK_M: tl.constexpr = BI * BH * BW
+    tiles_m = TILES_I * TILES_H * TILES_W
+    pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
+    ti = pid_m // (TILES_H * TILES_W)
+    rest = pid_m - ti * (TILES_H * TILES_W)
+    th = rest // TILES_W
+    n0 = ti * BI
+    oh0 = th * BH
+    ow0 = (rest - th * TILES_W) * BW
+    off_n = pid_n * BLOCK_N
+    if FLOAT_ACC:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for step in range(K_STEPS):
+        tap = step // C_STEPS
+        c0 = (step - tap * C_STEPS) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        # ih = oh*SH + kh - PH: the view's row oh + floor((kh - PH) / SH), phase (kh - PH) mod SH
+        # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
+        dh = kh - PH + 8 * SH
+        dw = kw - PW + 8 * SW
+        a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
+        a = tl.reshape(a, [BLOCK_M, BLOCK_K])
+        b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
+        acc = dot8(a, b.T, acc, FP8_ACC)
+    i = tl.arange(0, BLOCK_M)
+    n = n0 + i // (BH * BW)
+    oh = oh0 + (i // BW) % BH
+    ow = ow0 + i % BW
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    rn = offs_n % OC
+    mask = ((n < N) & (oh < OH) & (ow < OW))[:, None] & (offs_n < OC)[None, :]
+    y_off = (n * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc
+    r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
+    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
+                  OUT_KIND, HAS_OZP, QMIN, QMAX)
+
+
+@triton.jit
+def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
+                  programs, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                  ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
+                  ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
+                  QMAX: tl.constexpr, PERSISTENT: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
+                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
+    if PERSISTENT:
+        tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+            _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
+                         K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
+                         OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS,
+                         HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, BI, BH, BW,
+                         BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _window_tile(x_desc, w_desc, tl.program_id(0), Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS,
+                     KW, K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
+                     OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES,
+                     RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, BI, BH, BW, BLOCK_N,
+                     BLOCK_K, GROUP_M)
+
+
+# --- host side ------------------------------------------------------------------------------------
+
+
+def window_box(n: int, oh: int, ow: int, block_m: int) -> tuple[int, int, int]:
+    """(BI, BH, BW), powers of two with BI*BH*BW = block_m, each at most MAX_BOX: the split that
+    computes the fewest pixels past the output's edges, then the widest rows (longer runs of X
+    per box row), then the most rows."""
+    best = None
+    bw = 1
+    while bw <= min(block_m, MAX_BOX):
+        bh = 1
+        while bw * bh <= block_m and bh <= MAX_BOX:
+            bi = block_m // (bw * bh)
+            if bi <= MAX_BOX:
+                computed = -(-n // bi) * bi * -(-oh // bh) * bh * -(-ow // bw) * bw
+                key = (computed, -bw, -bh)
+                if best is None or key < best[0]:
+                    best = (key, (bi, bh, bw))
+            bh *= 2
+        bw *= 2
+    assert best is not None, f"no TMA box of {block_m} pixels"
+    return best[1]
+
+
+def window_applies(x: Tensor, w: Tensor, geo, pointwise: bool, dense: bool, block_k: int) -> bool:  # noqa: ANN001
+    """Whether the WINDOW walk takes this conv (module docstring): 8-bit X and W alike, C a
+    multiple of BLOCK_K (itself >= 32), no dilation, H and W multiples of the strides (unless
+    a 1x1 stride-1 conv over dense pixels), dense channels-last X with a 16-byte aligned base,
+    the padding below 8 strides, and Triton with host TMA descriptors."""
+    n, c, h, wd = x.shape
+    if x.dtype not in EIGHT_BIT or w.dtype != x.dtype or c % block_k or descriptor_type() is None:
+        return False
+    channels_last = x.stride(1) == 1 and x.stride(3) == c and dense
+    if not channels_last or x.data_ptr() % 16 or (geo.dh, geo.dw) != (1, 1):
+        return False
+    if pointwise:
+        return True
+    return h % geo.sh == 0 and wd % geo.sw == 0 and geo.ph < 8 * geo.sh and geo.pw < 8 * geo.sw
+
+
+def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], block_k: int):  # noqa: ANN001, ANN201
+    """The 5-D TMA descriptor of X's strided view [N, H/SH, SH, W/SW, SW*C] (module docstring), or
+    of [1, 1, 1, N*H*W, C] for a 1x1 stride-1 conv; the box [BI, BH, 1, BW, BLOCK_K]."""
+    n, c, h, w = x.shape
+    bi, bh, bw = box
+    if pointwise:
+        shape = [1, 1, 1, n * h * w, c]
+        strides = [n * h * w * c, n * h * w * c, n * h * w * c, c, 1]
+    else:
+        shape = [n, h // geo.sh, geo.sh, w // geo.sw, geo.sw * c]
+        strides = [h * w * c, geo.sh * w * c, w * c, geo.sw * c, 1]
+    return descriptor_type()(x, shape, strides, [bi, bh, 1, bw, block_k])
+
+
+def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, geo, flat_rows: bool,  # noqa: ANN001
+                  cfg: dict, ops: dict, flags: dict) -> None:
+    """Launch window_kernel for X (channels-last, window_applies), the packed weight wp [OC, K],
+    Y (and y_out, the view the kernel stores into), the residual (or Y), with the epilogue's
+    operands `ops` and switches `flags` as qconv.py's launcher makes them. flat_rows: a 1x1
+    stride-1 conv with Y and the residual dense channels-last, run as one row of N*H*W pixels."""
+    n, c, h, w = x.shape
+    oc = wp.shape[0]
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    if flat_rows:
+        dims, ys, rs = (1, 1, n * h * w), (0, 0, y.stride(3)), (0, 0, res.stride(3))
+    else:
+        dims, ys, rs = (n, geo.oh, geo.ow), (y.stride(0), y.stride(2), y.stride(3)), \
+            (res.stride(0), res.stride(2), res.stride(3))
+    box = window_box(*dims, bm)
+    tiles = tuple(-(-d // b) for d, b in zip(dims, box))
+    count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
+    persistent = bool(cfg.get("PERSISTENT"))
+    programs = min(count, sm_count(x.device)) if persistent else count
+    window_kernel[(programs,)](
+        x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_out, *dims, oc,
+        *tiles, c, c // bk, geo.kw, geo.kh * geo.kw * (c // bk), geo.ph, geo.pw, programs,
+        *ys, y.stride(1), *rs, res.stride(1), **ops,
+        SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent,
+        BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
