@@ -162,4 +162,4 @@ if triton_available():
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
-        register_tactic(Tactic(_name, "kiln::QConv", 4, ("cuda",), _kernel, _supports_fn, configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 5, ("cuda",), _kernel, _supports_fn, configs=_configs))

@@ -326,7 +326,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
                  ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
     if cfg.get("TMA") and window_applies(x, w_q, geo, loop.path == PIXELS, dense, bk):
-        launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, ops, flags)
+        launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)

@@ -172,14 +172,15 @@ def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], blo
 
 
 def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, geo, flat_rows: bool,  # noqa: ANN001
-                  cfg: dict, ops: dict, flags: dict) -> None:
+                  cfg: dict, bk: int, ops: dict, flags: dict) -> None:
     """Launch window_kernel for X (channels-last, window_applies), the packed weight wp [OC, K],
-    Y (and y_out, the view the kernel stores into), the residual (or Y), with the epilogue's
+    Y (and y_out, the view the kernel stores into), the residual (or Y), BLOCK_K = bk (the config's,
+    or the largest power of two below it that divides C: qconv_plan.k_loop), with the epilogue's
     operands `ops` and switches `flags` as qconv.py's launcher makes them. flat_rows: a 1x1
     stride-1 conv with Y and the residual dense channels-last, run as one row of N*H*W pixels."""
     n, c, h, w = x.shape
     oc = wp.shape[0]
-    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     if flat_rows:
         dims, ys, rs = (1, 1, n * h * w), (0, 0, y.stride(3)), (0, 0, res.stride(3))
     else:

@@ -1,0 +1,113 @@
+"""The WINDOW walk of the Triton kiln::QConv (kernels/triton/qconv_window.py: TMA boxes over a
+strided view of X) against the reference kiln::QConv, and its box choice.
+
+CPU: Triton's interpreter runs the TMA loads (out-of-bounds boxes zero-filled, as the copy engine
+does) at tiny tiles; the exact operands of test_triton_qconv.py make every epilogue step exact, so
+the requantized output equals the reference's bit for bit. GPU (`pytest --device cuda`): the
+same checks compiled, where TMA descriptors exist (the real tiles run in test_triton_qconv.py's
+every-config tests)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.triton import available
+
+if not available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+from kiln.kernels.triton import qconv as tq  # noqa: E402
+from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
+from kiln.kernels.triton import qconv_window as qw  # noqa: E402
+
+from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
+from tests.kernels.test_triton_qconv import DEV, F8, I8, _both, _channels_last, _exact_operands, _to  # noqa: E402
+
+if qw.descriptor_type() is None:
+    pytest.skip("this Triton has no host TMA descriptors", allow_module_level=True)
+
+# Tiny tiles (BLOCK_K 64 on purpose: the walk must take the loop's 32 where C is 32).
+WINDOW = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
+          "FP8_ACC": 32, "TMA": 1}
+PERSISTENT = {**WINDOW, "PERSISTENT": 1}
+
+# x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
+# strided view), boxes running past the images, more channels than one K step.
+SHAPES = {
+    "3x3s1p1": ((2, 32, 6, 6), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "3x3s2p1": ((3, 64, 8, 6), (24, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    "1x1s1": ((2, 32, 5, 7), (16, 32, 1, 1), {}),
+    "1x1s2": ((2, 64, 6, 8), (16, 64, 1, 1), {"strides": [2, 2]}),
+    "5x3_asym": ((1, 32, 7, 9), (16, 32, 5, 3), {"pads": [2, 0, 1, 1]}),
+    "oc_past_tile": ((2, 32, 4, 4), (40, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
+}
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = qw.launch_window
+    monkeypatch.setattr(tq, "launch_window", lambda *a, **k: (calls.append(a[6]), real(*a, **k)))
+    return calls
+
+
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT], ids=["tile", "persistent"])
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_window_walk_is_exact(name, dtype, config, monkeypatch):
+    if DEV == "cuda" and dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    xs, ws, attrs = SHAPES[name]
+    calls = _spy(monkeypatch)
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, dtype, seed=3)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
+                      torch.tensor(0, dtype=I8) if dtype == I8 else None, activation="Relu", config=config, **attrs)
+    assert calls, "the WINDOW walk did not run"
+    assert torch.equal(got, want)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, None, activation="Relu", config=config, **attrs)
+    assert torch.equal(got, want)
+
+
+def test_nchw_output_and_nchw_residual_take_the_strided_view(monkeypatch):
+    xs, ws, attrs = SHAPES["1x1s1"]
+    calls = _spy(monkeypatch)
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, I8, seed=4)
+    want = reference_qconv(x, w, xsc, None, wsc, None, b, r, activation="Relu")
+    got = tq.qconv(*_to(DEV, _channels_last(x), w, xsc, None, wsc, None, b, r), activation="Relu", config=WINDOW,
+                   channels_last_out=False)
+    assert calls == [False] and got.is_contiguous() and torch.equal(got.cpu(), want)   # not as flat rows
+
+
+def test_walk_applies_only_where_it_can(monkeypatch):
+    calls = _spy(monkeypatch)
+    cases = [((1, 16, 8, 8), (16, 16, 3, 3), {"pads": [1, 1, 1, 1]}),                    # C not a multiple of 32
+             ((1, 32, 8, 8), (16, 32, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),  # dilation
+             ((1, 32, 7, 7), (16, 32, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]})]    # odd H, stride 2
+    for xs, ws, attrs in cases:
+        x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, I8, seed=5)
+        got, want = _both(_channels_last(x), w, xsc, wsc, b, r, config=WINDOW, **attrs)
+        assert torch.equal(got, want)
+    x, w, xsc, wsc, b, r = _exact_operands(*SHAPES["3x3s1p1"][:3], I8, seed=5)
+    got, want = _both(x, w, xsc, wsc, b, r, config=WINDOW, **SHAPES["3x3s1p1"][2])   # NCHW X: converted first
+    assert torch.equal(got, want) and calls == [False]
+
+
+def test_box_wastes_the_fewest_pixels():
+    # ResNet-50's outputs at batch 64 tile exactly; 7x7 with 128 pixels wastes an eighth.
+    assert qw.window_box(64, 56, 56, 128) == (2, 8, 8)
+    assert qw.window_box(64, 28, 28, 128) == (8, 4, 4)
+    assert qw.window_box(64, 14, 14, 128) == (32, 2, 2)
+    assert qw.window_box(64, 7, 7, 64) == (64, 1, 1)
+    assert qw.window_box(1, 1, 200704, 256) == (1, 1, 256)
+    for n, oh, ow, bm in ((64, 7, 7, 128), (3, 5, 9, 32), (1, 1, 1000, 128), (300, 1, 1, 512)):
+        def computed(box):
+            return -(-n // box[0]) * box[0] * -(-oh // box[1]) * box[1] * -(-ow // box[2]) * box[2]
+        splits = [(bm // (bh * bw), bh, bw) for bh in (1, 2, 4, 8, 16, 32) for bw in (1, 2, 4, 8, 16, 32, 64, 128)
+                  if bm % (bh * bw) == 0 and bm // (bh * bw) <= qw.MAX_BOX]
+        box = qw.window_box(n, oh, ow, bm)
+        assert box[0] * box[1] * box[2] == bm and max(box) <= qw.MAX_BOX
+        assert computed(box) == min(computed(s) for s in splits)
+
+
+def test_window_configs_fit_and_are_in_both_spaces():
+    tma = [c for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS if c.get("TMA")]
+    assert tma and all(c["BLOCK_K"] >= plan.MIN_BLOCK_K and c["BLOCK_N"] <= qw.MAX_BOX for c in tma)
