@@ -47,7 +47,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of, requantize
 
 Tensor = torch.Tensor
@@ -76,8 +75,7 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                       OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
                       QMIN: tl.constexpr, QMAX: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # One flat grid (CUDA's second grid dim stops at 65535): program = (batch * H + head) times
     # the query blocks, so one head's query blocks run side by side and share its K and V in L2.
     blocks_m = tl.cdiv(Lq, BLOCK_M)
@@ -238,5 +236,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, OUT_KIND=kind,
         OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
         QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_options(q.device))
+        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y

@@ -18,16 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
-
 Tensor = torch.Tensor
 BLOCK_W = 128
 
 
 @triton.jit
 def _frame_kernel(x_ptr, y_ptr, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
-                  BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+                  BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     row = tl.program_id(0)                                   # n * HP + hp
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
@@ -53,5 +50,5 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
     if out.numel():
         grid = (n * hp, triton.cdiv(wp, BLOCK_W))
         _frame_kernel[grid](src, out, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), BLOCK_W=BLOCK_W,
-                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4, **pdl_options(x.device))
+                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
     return out.permute(0, 3, 1, 2).view(x.dtype)

@@ -31,7 +31,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.compiled import fast_reciprocal
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -157,8 +156,7 @@ def _gemm_epilogue_kernel(
         alpha, p0, p1,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+        GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -244,5 +242,5 @@ def fused_matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Ten
         float(alpha), p0, p1,
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, IEEE=a.dtype == torch.float32,
         EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_options(a.device))
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y.reshape(*lead, n)

@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 from kiln.kernels.triton.quantize import (OUT_TYPES, PRECISIONS, _in_precision, divide, needed_zero_point,
                                           quantized_dtype, reciprocal_of, requantize)
 
@@ -77,8 +76,7 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
                 Q_PER_COL: tl.constexpr,
                 QMIN: tl.constexpr, QMAX: tl.constexpr,
-                ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+                ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
     row_ok = rows < n_rows
@@ -131,8 +129,7 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
 
 @triton.jit
 def _norm_loop(X, W, B, Y, MEAN, RSTD, n_cols, eps,
-               RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+               RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0)
     base = row.to(tl.int64) * n_cols
     cols = tl.arange(0, CHUNK)
@@ -217,7 +214,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     else:  # nothing is stored through them: Y stands in as the pointer, no allocation on the hot path
         mean = rstd = y
     p = launch_params(rows, cols, config)
-    flags = dict(RMS=rms, HAS_B=b is not None, STATS=store_stats, **pdl_options(x.device))
+    flags = dict(RMS=rms, HAS_B=b is not None, STATS=store_stats)
     if p.chunk:
         assert residual is None and quant is None and store_y, \
             "the residual add and the quantized output are fused for rows of at most BLOCK_MAX elements"

@@ -98,7 +98,6 @@ from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
                                             framed_pixels, k_loop, packed_weight, small_accumulator)
@@ -131,9 +130,7 @@ def _qconv_kernel(
         RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
     # consecutive programs reuse the same input rows while they sit in L2.
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, OC, BLOCK_M, BLOCK_N, GROUP_M)
@@ -340,6 +337,6 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags, **pdl_options(x.device))
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
     return y
 

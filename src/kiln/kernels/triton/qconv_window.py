@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count
@@ -100,10 +99,8 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                   QMAX: tl.constexpr, PERSISTENT: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                  PDL: tl.constexpr):
+                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
-    wait_for_inputs(PDL)
     if PERSISTENT:
         tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
@@ -200,4 +197,4 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         *ys, y.stride(1), *rs, res.stride(1), **ops,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags, **pdl_options(x.device))
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)

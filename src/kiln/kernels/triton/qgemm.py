@@ -65,7 +65,6 @@ import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.gemm import activation_code, grouped_tile
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
 from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, tma_ok
@@ -137,8 +136,7 @@ def _qgemm_kernel(
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
         QMAX: tl.constexpr, EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -279,7 +277,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
                   REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
                   OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"], **pdl_options(a_q.device))
+                  num_stages=cfg["num_stages"])
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))

@@ -11,7 +11,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
-from kiln.kernels.triton.pdl import wait_for_inputs
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
 
 Tensor = torch.Tensor
@@ -52,14 +51,13 @@ def qgemm_tma_kernel(
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
     the loop nest flattened so that Triton pipelines across tiles: the next tile's first loads
     are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
     loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
     benchmarks/kernel_resources.py.)"""
-    wait_for_inputs(PDL)
     if PERSISTENT:
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):

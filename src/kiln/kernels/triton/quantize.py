@@ -43,7 +43,6 @@ import triton.language as tl
 from kiln.kernels.memo import all_zero, derived, derived_table
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 from kiln.kernels.triton.compiled import COMPILED
-from kiln.kernels.triton.pdl import options as pdl_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -195,8 +194,7 @@ def divide(x, s, inv):
 
 @triton.jit
 def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
-                     QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    wait_for_inputs(PDL)
+                     QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # [BLOCK], storage order
     mask = offs < n
     x = _in_precision(tl.load(X + offs, mask=mask, other=0.0), PREC)
@@ -291,6 +289,5 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     inv = reciprocal_of(y_scale, prec).reshape(-1)
     _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), inv, zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
                            HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None, QMIN=qmin,
-                           QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"],
-                           **pdl_options(x.device))
+                           QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return y
