@@ -92,48 +92,48 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
 
 
 _TILE = {"GROUP_M": 8}
-# TMA=1: qconv_window.py's WINDOW walk where it applies (C a multiple of 32, no dilation, strides
-# dividing H and W, dense channels-last X; elsewhere the same tiles through the pointer walks);
-# PERSISTENT=1 with one program per SM. The tiles that won a ResNet-50 layer at batch 64 on the
-# H200 (BENCHMARKS.md, 2026-11-27 17:40 UTC) against the pointer walks' best.
-_WINDOW: tuple[dict[str, Any], ...] = (
-    {"BLOCK_M": 256, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "TMA": 1, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "num_warps": 8, "num_stages": 3, "TMA": 1, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 4, "TMA": 1, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4, "TMA": 1, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 4, "TMA": 1},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 4, "TMA": 1},
-)
+_TMA = {"TMA": 1}                       # qconv_window.py's WINDOW walk where it applies
+_PERSISTENT = {"TMA": 1, "PERSISTENT": 1}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
 # operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
-# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage.
+# Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage. TMA=1 takes
+# the WINDOW walk (C a multiple of 32, no dilation, strides dividing H and W, dense
+# channels-last X; elsewhere the same tile through the pointer walks), PERSISTENT=1 with one
+# program per SM. Each config is one that won at least one ResNet-50 layer at batch 64 on the
+# H200 (benchmarks/kernels_qconv.py and the window comparison in BENCHMARKS.md, 2026-11-27),
+# or the default; the build times every config per layer, so the spaces stay that short.
 INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
-    *({**c, "BLOCK_K": 128, **_TILE} for c in _WINDOW),
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, **_PERSISTENT},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, **_PERSISTENT},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, **_PERSISTENT},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA},
 )
 # fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
 # registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
-# is the default when tuning is off: promoted once per K step.
+# is the default when tuning is off: promoted once per K step. FP8_ACC 0 (no promotion) is
+# kept by the tuner only where the output meets the tolerance.
 FP8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128,
+     **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
-    *({**c, "BLOCK_K": 128, **_TILE, "FP8_ACC": 0} for c in _WINDOW),
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128,
-     "TMA": 1, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128,
-     "TMA": 1, "PERSISTENT": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0,
+     **_PERSISTENT},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
+     **_PERSISTENT},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0,
+     **_PERSISTENT},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0, **_TMA},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0, **_TMA},
 )
 
 
