@@ -15,13 +15,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.compiler.accuracy_budget import BudgetResult, check_budget, parse_budget, search
 from kiln.compiler.builder import build
-from kiln.config import BuildConfig
+from kiln.config import BuildConfig, Profile
 from kiln.errors import BuildError, KilnError
 
 FP16 = BuildConfig(precision="fp16", device="cpu", tune=False)
 
 
-def mlp(big: bool) -> onnx.ModelProto:
+def mlp(big: bool, batch: int | str = 8) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     half = rng.standard_normal((16, 8)) / 4
     w1 = np.repeat(half, 2, axis=1)  # columns 2i and 2i+1 equal: fc1's outputs come in equal pairs
@@ -38,8 +38,8 @@ def mlp(big: bool) -> onnx.ModelProto:
              helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
              helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
              helper.make_node("MatMul", ["h2", "w3"], ["y"], name="fc3")]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 16])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 16])
     m = helper.make_model(helper.make_graph(nodes, "mlp", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -156,6 +156,16 @@ def test_quantized_budget_keeps_quantized_layers_only(precision: str) -> None:
     assert result.kept and result.achieved >= target and result.candidates == 3
     assert {k.op for k in result.kept} <= {"MatMul", "kiln::FusedMatMul"}   # fc1 is fused with its Relu
     assert result.config.layer_precision and all(p == "fp32" for _, p in result.config.layer_precision)
+
+
+def test_calibration_batches_outside_the_profile_are_cut_to_its_batch() -> None:
+    # Calibration in batches of 8, an engine for batches 16..32: the search measures on the
+    # calibration samples cut into batches of the profile's opt batch (16), not on batches the
+    # engine refuses.
+    profile = Profile.from_ranges({"x": ((16, 16), (16, 16), (32, 16))})
+    config = BuildConfig(precision="int8", device="cpu", tune=False, profiles=(profile,))
+    result = search(mlp(big=False, batch="n"), config, ("cosine", 0.9), calibration=_calibration())
+    assert result.achieved >= 0.9 and result.kept == ()
 
 
 def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:

@@ -56,6 +56,7 @@ import onnx
 
 from kiln.accuracy.metrics import output_metrics
 from kiln.config import BuildConfig
+from kiln.compiler.feed_batches import fit_to_profile
 from kiln.errors import BuildError, KilnError
 from kiln.ir.graph import Graph, Node
 
@@ -217,10 +218,12 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
 
     if feeds is not None:
         chosen = list(feeds)
-    elif config.precision in QUANTIZED and calibration is not None:
-        chosen = calibration[:EVAL_BATCHES]
     else:
         profile = dict(engine.profiles[0]) if engine.profiles else None
+        # Calibration batches, cut to the profile's batch where theirs is outside it.
+        chosen = fit_to_profile(calibration[:EVAL_BATCHES * 8], profile, EVAL_BATCHES) \
+            if config.precision in QUANTIZED and calibration is not None else []
+    if feeds is None and not chosen:
         try:
             chosen = [{k: to_numpy(v) for k, v in synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
                       for s in range(EVAL_BATCHES)]
