@@ -204,16 +204,22 @@ def steps(got: torch.Tensor, want: torch.Tensor) -> tuple[int, float]:
     return int(d.max()), float((d > 0).float().mean())
 
 
-def fp16_baselines(li: int) -> tuple[float, float]:
-    """(kiln's fp16 engine: the faster cuDNN channels-last epilogue, torch conv2d + relu_) in ms."""
+def kiln_fp16_ms(n: int, c: int, h: int, w: int, oc: int, k: int, s: int, p: int) -> tuple[float, tuple]:
+    """Kiln's fp16 engine on this conv (cuDNN channels-last, the faster of its two epilogue
+    configs, bias + Relu) in ms, and its (x, w, bias) operands."""
     from kiln.tactics.conv import CONFIGS, conv_nhwc
-    _, _, n, c, h, w, oc, k, s, p = LAYERS[li]
     x = torch.randn(n, c, h, w, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     wt = (torch.randn(oc, c, k, k, device="cuda", dtype=torch.float16) * 0.05).contiguous(
         memory_format=torch.channels_last)
     b = torch.randn(oc, device="cuda", dtype=torch.float16)
     attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p] * 4, "activation": "Relu"}
-    kiln = min(bench(lambda cfg=cfg: conv_nhwc(x, wt, b, None, **attrs, config=cfg)) for cfg in CONFIGS)
+    return min(bench(lambda cfg=cfg: conv_nhwc(x, wt, b, None, **attrs, config=cfg)) for cfg in CONFIGS), (x, wt, b)
+
+
+def fp16_baselines(li: int) -> tuple[float, float]:
+    """(kiln's fp16 engine: the faster cuDNN channels-last epilogue, torch conv2d + relu_) in ms."""
+    _, _, n, c, h, w, oc, k, s, p = LAYERS[li]
+    kiln, (x, wt, b) = kiln_fp16_ms(n, c, h, w, oc, k, s, p)
     torch.backends.cudnn.benchmark = True
     plain = bench(lambda: F.conv2d(x, wt, b, stride=s, padding=p).relu_())
     return kiln, plain

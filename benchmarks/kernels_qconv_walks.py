@@ -24,7 +24,7 @@ from multiprocessing import get_context
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.kernels_qconv import bench  # noqa: E402
+from benchmarks.kernels_qconv import bench, kiln_fp16_ms  # noqa: E402
 
 ONNX_FP8 = 17
 # name, count in ResNet-50, N, C, H, W, OC, kernel, stride, pad
@@ -122,7 +122,6 @@ def fastest(configs: list[dict], args: tuple, attrs: dict, ref: torch.Tensor) ->
 
 def main() -> None:
     from kiln.kernels.triton import qconv as tq
-    from kiln.tactics.conv import CONFIGS, conv_nhwc
     print(torch.cuda.get_device_name(), torch.__version__, Q, flush=True)
     pointer, window = space()
     tasks = [(li, w, ci) for li in range(len(LAYERS)) for w, sp in ((0, pointer), (1, window)) for ci in range(len(sp))]
@@ -137,12 +136,7 @@ def main() -> None:
         args, attrs = make(li)
         ref = tq.qconv(*args, **attrs, config=pointer[0]).view(torch.uint8).int()
         rp, rw = fastest(pointer, args, attrs, ref), fastest(window, args, attrs, ref)
-        x16 = torch.randn(n, c, h, w, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-        w16 = (torch.randn(oc, c, k, k, device="cuda", dtype=torch.float16) * 0.05).contiguous(
-            memory_format=torch.channels_last)
-        b16 = torch.randn(oc, device="cuda", dtype=torch.float16)
-        a16 = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p] * 4, "activation": "Relu"}
-        cudnn = min(bench(lambda cfg=cfg: conv_nhwc(x16, w16, b16, None, **a16, config=cfg)) for cfg in CONFIGS)
+        cudnn, (_, _, b16) = kiln_fp16_ms(n, c, h, w, oc, k, s, p)
         mm = float("nan")
         if k == 1 and s == 1 and Q == "fp8":
             a2, b2 = args[0].permute(0, 2, 3, 1).reshape(-1, c), args[1].reshape(oc, c).t()
