@@ -86,6 +86,16 @@ def test_walk_applies_only_where_it_can(monkeypatch):
         x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, I8, seed=5)
         got, want = _both(_channels_last(x), w, xsc, wsc, b, r, config=WINDOW, **attrs)
         assert torch.equal(got, want)
+    # A channels-last weight at an odd address (its packed form is a view of it): no TMA descriptor.
+    xs, ws, attrs = SHAPES["1x1s1"]
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, I8, seed=6)
+    flat = torch.empty(w.numel() + 1, dtype=I8)
+    odd = flat[1:].view(ws[0], 1, 1, ws[1]).permute(0, 3, 1, 2)           # channels-last, misaligned
+    odd.copy_(w)
+    assert odd.is_contiguous(memory_format=torch.channels_last) and odd.data_ptr() % 16
+    if DEV == "cpu":
+        got, want = _both(_channels_last(x), odd, xsc, wsc, b, r, config=WINDOW, **attrs)
+        assert torch.equal(got, want)
     x, w, xsc, wsc, b, r = _exact_operands(*SHAPES["3x3s1p1"][:3], I8, seed=5)
     got, want = _both(x, w, xsc, wsc, b, r, config=WINDOW, **SHAPES["3x3s1p1"][2])   # NCHW X: converted first
     assert torch.equal(got, want) and calls == [False]

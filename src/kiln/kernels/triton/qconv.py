@@ -39,6 +39,9 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
 - TAPS over padded channels, C not a multiple of 32 with a dilation along W (no ROWS): each
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
+A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
+images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
+TMA config runs the same tile through the walks above.
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
 does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel
@@ -325,7 +328,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                  RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
                  ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
-    if cfg.get("TMA") and window_applies(x, w_q, geo, loop.path == PIXELS, dense, bk):
+    if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])

@@ -141,13 +141,16 @@ def window_box(n: int, oh: int, ow: int, block_m: int) -> tuple[int, int, int]:
     return best[1]
 
 
-def window_applies(x: Tensor, w: Tensor, geo, pointwise: bool, dense: bool, block_k: int) -> bool:  # noqa: ANN001
-    """Whether the WINDOW walk takes this conv (module docstring): 8-bit X and W alike, C a
-    multiple of BLOCK_K (itself >= 32), no dilation, H and W multiples of the strides (unless
-    a 1x1 stride-1 conv over dense pixels), dense channels-last X with a 16-byte aligned base,
-    the padding below 8 strides, and Triton with host TMA descriptors."""
+def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, block_k: int) -> bool:  # noqa: ANN001
+    """Whether the WINDOW walk takes this conv (module docstring): 8-bit X and packed weight wp
+    [OC, K] alike, C a multiple of BLOCK_K (itself >= 32), no dilation, H and W multiples of the
+    strides (unless a 1x1 stride-1 conv over dense pixels), dense channels-last X and a
+    contiguous wp with 16-byte aligned bases, the padding below 8 strides, and Triton with host
+    TMA descriptors."""
     n, c, h, wd = x.shape
-    if x.dtype not in EIGHT_BIT or w.dtype != x.dtype or c % block_k or descriptor_type() is None:
+    if x.dtype not in EIGHT_BIT or wp.dtype != x.dtype or c % block_k or descriptor_type() is None:
+        return False
+    if not wp.is_contiguous() or wp.data_ptr() % 16:
         return False
     channels_last = x.stride(1) == 1 and x.stride(3) == c and dense
     if not channels_last or x.data_ptr() % 16 or (geo.dh, geo.dw) != (1, 1):
