@@ -9,10 +9,12 @@ negative or too large coordinates) the copy engine fills with zeros. The stride 
 the view X5 [N, H/SH, SH, W/SW, SW*C] of channels-last X: input row ih = oh*SH + kh - PH is row
 oh + (kh - PH) div SH of the view's second dim, phase (kh - PH) mod SH in its third, and the same
 for columns, whose phase selects a block of C channels in the last dim. So every step is one
-5-D TMA load of [BI, BH, 1, BW, BLOCK_K] bytes, reshaped to the MMA's [BLOCK_M, BLOCK_K] operand
-(the box's rows in shared memory are already that matrix's rows), and one 2-D TMA load of the
-packed weight [OC, KH*KW*C]. No address arithmetic per pixel, no masks, loads issued by one
-thread, and the software pipeline spans taps as in qconv.py's TAPS walk.
+5-D TMA load of [BI, BH, 1, BW, BLOCK_K] bytes, reshaped to the MMA's [BLOCK_M, BLOCK_K] operand,
+and one 2-D TMA load of the packed weight [OC, KH*KW*C]. No address arithmetic per pixel, no
+masks, loads issued by one thread, and the software pipeline spans taps as in qconv.py's TAPS
+walk. (The box's rows in shared memory are already that matrix's rows, but Triton folds the
+reshape into a shared-memory view only for a box of one row (BI = BH = 1); a box of several rows
+reaches the MMA through registers, which is why the pointer walks still win some 3x3 layers.)
 
 It applies where C is a multiple of 32 (BLOCK_K divides C; 8-bit MMAs take K in 32s), H and W
 are multiples of the strides, the dilation is 1, X is dense channels-last, and zero points are
