@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import _activation
-from kiln.kernels.triton.quantize import requantize, small_int_to_float
+from kiln.kernels.triton.quantize import requantize, requantize_relu, small_int_to_float
 
 
 @triton.jit
@@ -43,7 +43,8 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
                 r = r - tl.load(RZP).to(tl.float32)
             r = r * tl.load(RS).to(tl.float32)
         v = v + r
-    v = _activation(v, ACT, p0, p1)
+    if not (ACT == 1 and OUT_KIND == 1):   # Relu before an integer output: folded into its saturation
+        v = _activation(v, ACT, p0, p1)
     if OUT_KIND != 0:
         # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
         # rounded once per program (a division per element is a long IEEE sequence with a
@@ -53,7 +54,10 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
         if HAS_OZP:
             zp = tl.load(OZP)
         inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
-        code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+        if ACT == 1 and OUT_KIND == 1:
+            code = requantize_relu(v, inv, zp, HAS_OZP, QMIN, QMAX)
+        else:
+            code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
         tl.store(Y + y_off, code.to(Y.dtype.element_ty), mask=mask)
     else:
         tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)

@@ -145,11 +145,32 @@ def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.const
         z = 0
         if HAS_ZP:
             z = zp.to(tl.int32)
-        lo = (QMIN - z) * 1.0
-        hi = (QMAX - z) * 1.0
-        x = tl.minimum(tl.maximum(v, lo), hi)
-        q = (x + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 - z)
+        q = _saturate_round(v, (QMIN - z) * 1.0, (QMAX - z) * 1.0, z)
     return q
+
+
+@triton.jit
+def requantize_relu(v, inv, zp, HAS_ZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """requantize(relu(v) * inv) for an integer output, the Relu folded into the saturation:
+    relu(v) * inv is v * inv held at 0 on the side the sign of inv keeps (from below for inv > 0,
+    from above for inv < 0), and 0 lies within [QMIN - zp, QMAX - zp] (zp is a code of the type),
+    so moving that bound to 0 gives the same codes with one max instruction per element less."""
+    z = 0
+    if HAS_ZP:
+        z = zp.to(tl.int32)
+    lo = (QMIN - z) * 1.0
+    hi = (QMAX - z) * 1.0
+    positive = inv > 0
+    return _saturate_round(v * inv, tl.where(positive, tl.maximum(lo, 0.0), lo),
+                           tl.where(positive, hi, tl.minimum(hi, 0.0)), z)
+
+
+@triton.jit
+def _saturate_round(v, lo, hi, z):
+    """v clamped to [lo, hi], rounded half to even by one float32 add of 1.5 * 2^23 and read off
+    the bits, plus z (requantize's docstring)."""
+    x = tl.minimum(tl.maximum(v, lo), hi)
+    return (x + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 - z)
 
 
 @triton.jit
