@@ -55,8 +55,8 @@ import numpy as np
 import onnx
 
 from kiln.accuracy.metrics import output_metrics
-from kiln.config import BuildConfig
 from kiln.compiler.feed_batches import fit_to_profile
+from kiln.config import BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.ir.graph import Graph, Node
 
@@ -70,6 +70,9 @@ QUANTIZED = ("int8", "fp8")
 # The ops a quantized layer was before the rewrite (a merged Q/K/V Split shares its fused_from).
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv")
 EVAL_BATCHES = 3
+# Calibration batches read to make them: enough samples for EVAL_BATCHES batches of the engine's
+# batch where the calibration's are smaller (compiler/feed_batches.py), without reading them all.
+EVAL_CALIBRATION_BATCHES = 8 * EVAL_BATCHES
 # ops that only move or reshape data: ranked last (they add no rounding of their own beyond
 # the cast of their input)
 _DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice",
@@ -221,15 +224,16 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
     else:
         profile = dict(engine.profiles[0]) if engine.profiles else None
         # Calibration batches, cut to the profile's batch where theirs is outside it.
-        chosen = fit_to_profile(calibration[:EVAL_BATCHES * 8], profile, EVAL_BATCHES) \
+        chosen = fit_to_profile(calibration[:EVAL_CALIBRATION_BATCHES], profile, EVAL_BATCHES) \
             if config.precision in QUANTIZED and calibration is not None else []
-    if feeds is None and not chosen:
-        try:
-            chosen = [{k: to_numpy(v) for k, v in synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
-                      for s in range(EVAL_BATCHES)]
-        except ValueError as exc:
-            raise BuildError(f"the accuracy budget needs inputs to measure on: {exc}; give shapes (--shapes) or "
-                             "pass feeds to search().") from None
+        if not chosen:
+            try:
+                chosen = [{k: to_numpy(v) for k, v in
+                           synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
+                          for s in range(EVAL_BATCHES)]
+            except ValueError as exc:
+                raise BuildError(f"the accuracy budget needs inputs to measure on: {exc}; give shapes (--shapes) "
+                                 "or pass feeds to search().") from None
     if not chosen:
         raise BuildError("the accuracy budget has no inputs to measure on (the feeds are empty); give at least one.")
     return [{k: np.asarray(v) for k, v in f.items()} for f in chosen]
