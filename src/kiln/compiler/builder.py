@@ -12,7 +12,8 @@ into the first (precision/fold_requantize.py; one after a MaxPool moves before i
 precision/quantize_before_pool.py; a conv's residual is read quantized where that lets the
 fold happen, precision/quantize_residuals.py; an attention's output QuantizeLinear moves into the
 attention kernel, precision/quantize_attention_output.py) before the rest is typed fp32; once it is typed,
-a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py). An fp16 build
+a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py), one of a
+float matmul's output (a layer kept wider) into the matmul (precision/fuse_matmul_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
 """
@@ -53,6 +54,7 @@ from kiln.precision.fold_requantize import fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
 from kiln.precision.quantize_attention_output import quantize_attention_output
+from kiln.precision.fuse_matmul_quantize import fuse_matmul_quantize
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
@@ -175,6 +177,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     if quantized is not None:  # once the types are final: the norm kernels quantize their own outputs
         fuse_norm_quantize(graph)
         quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
+        fuse_matmul_quantize(graph)  # and a float matmul kept wider writes the next layer's 8-bit input
+        quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))

@@ -59,8 +59,8 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import (attention, conv, conv_triton, host, matmul, norm, pointwise, pool,  # noqa: F401
-                              quantized, quantized_conv, quantized_fallback)  # (they register)
+    from kiln.tactics import (attention, conv, conv_triton, host, matmul, matmul_quantize, norm,  # noqa: F401
+                              pointwise, pool, quantized, quantized_conv, quantized_fallback)  # (they register)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"

@@ -12,6 +12,7 @@ from kiln.kernels.reference import (  # noqa: F401
     losses,
     ngram,
     nn,
+    matmul_quantize,
     norm_quantize,
     normalization,
     pooling,

@@ -30,7 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.reference.quantize import _division_dtype
 from kiln.kernels.triton.compiled import fast_reciprocal
+from kiln.kernels.triton.quantize import (NO_QUANT, PRECISIONS, _in_precision, divide, quant_out, quantized_dtype,
+                                          requantize)
 
 Tensor = torch.Tensor
 
@@ -151,12 +154,14 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
 
 @triton.jit
 def _gemm_epilogue_kernel(
-        A, B, BIAS, RES, Y, M, N, K,
+        A, B, BIAS, RES, Y, QSCALE, QINV, QZP, M, N, K,
         stride_am, stride_ak, stride_bk, stride_bn, stride_ym,
         alpha, p0, p1,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+        GROUP_M: tl.constexpr, QUANT: tl.constexpr = False, Y_PREC: tl.constexpr = 0, Q_PREC: tl.constexpr = 0,
+        Q_PER_CHANNEL: tl.constexpr = False, Q_HAS_ZP: tl.constexpr = False, FLOAT8: tl.constexpr = False,
+        QMIN: tl.constexpr = 0, QMAX: tl.constexpr = 0):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -196,7 +201,24 @@ def _gemm_epilogue_kernel(
     if HAS_RES:
         acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
     acc = _activation(acc, ACT, p0, p1)
-    tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
+    if QUANT:  # kiln::MatMulQuantize: Y rounded to its float type, then QuantizeLinear's arithmetic
+        if Q_PER_CHANNEL:
+            s = _in_precision(tl.load(QSCALE + rn), Q_PREC)[None, :]
+            inv = tl.load(QINV + rn)[None, :]
+        else:
+            s = _in_precision(tl.load(QSCALE), Q_PREC)
+            inv = tl.load(QINV)
+        v = _in_precision(divide(_in_precision(_in_precision(acc, Y_PREC), Q_PREC), s, inv), Q_PREC)
+        zp = 0
+        if Q_HAS_ZP:
+            if Q_PER_CHANNEL:
+                zp = tl.load(QZP + rn)[None, :]
+            else:
+                zp = tl.load(QZP)
+        code = requantize(v, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)       # int8/uint8, float8 as uint8
+    else:
+        tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
 
 
 def _check(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, trans_b: int) -> None:
@@ -217,6 +239,29 @@ def fused_matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Ten
                  trans_b: int = 0, alpha: float = 1.0, activation: str = "",
                  activation_params: Sequence[float] = (), config: dict[str, Any] | None = None) -> Tensor:
     """Y = act(alpha * A @ B' + bias + residual) in one kernel; A [..., M, K], B [K, N] or [N, K]."""
+    return _launch(a, b, bias, residual, trans_b, alpha, activation, activation_params, config, None)
+
+
+def matmul_quantize(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, y_scale: Tensor,
+                    y_zero_point: Tensor | None = None, *, trans_b: int = 0, alpha: float = 1.0,
+                    activation: str = "", activation_params: Sequence[float] = (), output_dtype: int = 0,
+                    precision: int = 0, config: dict[str, Any] | None = None) -> Tensor:
+    """kiln::MatMulQuantize (kernels/reference/matmul_quantize.py): fused_matmul's Y, rounded to A's
+    type, quantized in the store (per tensor, or per column of Y's last axis) as QuantizeLinear
+    does it; Y itself is never written."""
+    n = b.shape[0] if trans_b else b.shape[1]
+    assert y_scale.numel() in (1, n) and (y_zero_point is None or y_zero_point.numel() == y_scale.numel()), \
+        f"MatMulQuantize quantizes per tensor or per output column ({n}); y_scale has {y_scale.numel()} elements"
+    out = quantized_dtype(y_zero_point, output_dtype)
+    return _launch(a, b, bias, residual, trans_b, alpha, activation, activation_params, config,
+                   (out, y_scale, y_zero_point, _division_dtype(y_scale, precision)))
+
+
+def _launch(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, trans_b: int, alpha: float,
+            activation: str, activation_params: Sequence[float], config: dict[str, Any] | None,
+            quantized: tuple[torch.dtype, Tensor, Tensor | None, torch.dtype] | None) -> Tensor:
+    """The GEMM kernel on [M, K] @ [K, N]; `quantized` (type, scale, zero point, division type)
+    makes it store QuantizeLinear's codes of Y in that type instead of Y."""
     _check(a, b, bias, residual, trans_b)
     cfg = dict(CONFIGS[0] if config is None else config)
     lead, k = tuple(a.shape[:-1]), a.shape[-1]
@@ -225,22 +270,27 @@ def fused_matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, residual: Ten
         a2 = a2.contiguous()
     w = b.t() if trans_b else b                                              # [K, N] (a view)
     m, n = a2.shape[0], w.shape[1]
-    y = torch.empty((m, n), dtype=a.dtype, device=a.device)                  # [M, N]
+    y = torch.empty((m, n), dtype=a.dtype if quantized is None else quantized[0], device=a.device)  # [M, N]
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
     if k == 0:  # an empty sum: the epilogue alone
         a2, w = a2.new_zeros((m, 1)), w.new_zeros((1, n))
         k = 1
+    q = NO_QUANT if quantized is None else quant_out(y, quantized[1], quantized[2], quantized[3])
     # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    stored = y if q.codes is None else q.codes
     _gemm_epilogue_kernel[grid](
-        a2, w, y if bias is None else bias, r2, y, m, n, k,
+        a2, w, y if bias is None else bias, r2, stored, *(y if t is None else t for t in (q.scale, q.inverse)),
+        y if q.zero_point is None else q.zero_point, m, n, k,
         a2.stride(0), a2.stride(1), w.stride(0), w.stride(1), y.stride(0),
         float(alpha), p0, p1,
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, IEEE=a.dtype == torch.float32,
         EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+        QUANT=quantized is not None, Y_PREC=PRECISIONS[a.dtype], Q_PREC=q.precision, Q_PER_CHANNEL=q.per_column,
+        Q_HAS_ZP=q.zero_point is not None, FLOAT8=q.fp8, QMIN=q.qmin, QMAX=q.qmax,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y.reshape(*lead, n)

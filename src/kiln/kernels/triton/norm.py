@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.quantize import (OUT_TYPES, PRECISIONS, _in_precision, divide, needed_zero_point,
-                                          quantized_dtype, reciprocal_of, requantize)
+from kiln.kernels.triton.quantize import (NO_QUANT, QuantOut, _in_precision, divide, quant_out, quantized_dtype,
+                                          requantize)
 
 Tensor = torch.Tensor
 
@@ -167,23 +167,6 @@ def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
     return t.expand(norm_shape).contiguous().reshape(-1)
 
 
-@dataclass(frozen=True, slots=True)
-class QuantOut:
-    """The QuantizeLinear a norm kernel applies to Y as it stores it (norm_quantize)."""
-    codes: Tensor | None        # Yq (X's shape); float8 viewed as uint8: the kernel stores bits
-    scale: Tensor | None        # one element, or one per column (per_column)
-    inverse: Tensor | None      # 1 / scale in float32, correctly rounded (quantize.reciprocal_of)
-    zero_point: Tensor | None   # the scale's size, or None
-    precision: int              # quantize.PRECISIONS code of the division's type
-    fp8: bool
-    qmin: int
-    qmax: int
-    per_column: bool = False    # scale (and zero point) per column of the row: [cols] elements
-
-
-_NO_QUANT = QuantOut(None, None, None, None, 0, False, 0, 0)
-
-
 def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
             config: dict | None, residual: Tensor | None = None, sum_out: Tensor | None = None,
             stats: bool = True, quant: QuantOut | None = None, store_y: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -223,7 +206,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     else:
         grid = (triton.cdiv(rows, p.rows),)
         r = x if residual is None else residual.contiguous()
-        q = quant or _NO_QUANT
+        q = quant or NO_QUANT
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
                           y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point,
@@ -297,22 +280,12 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
         raise ValueError(f"NormQuantize: residual {residual.dtype}{list(residual.shape)} must match X "
                          f"{x.dtype}{list(x.shape)}")
     cols = x.shape[axis:].numel()
-    per_column = y_scale.numel() > 1
     assert (y_scale.numel() == 1 or (axis == x.dim() - 1 and y_scale.numel() == cols)) and \
         (y_zero_point is None or y_zero_point.numel() == y_scale.numel()), \
         "NormQuantize quantizes per tensor or per channel of the normalised last axis"
-    out = quantized_dtype(y_zero_point, output_dtype)
-    prec = _division_dtype(y_scale, precision)
-    assert prec in PRECISIONS, f"NormQuantize divides in float16/bfloat16/float32, not {prec}"
     x = x.contiguous()
-    yq = torch.empty(x.shape, dtype=out, device=x.device)
-    info = OUT_TYPES[out]
-    qmin, qmax = info if info is not None else (0, 0)
-    y_zero_point = needed_zero_point(y_zero_point)
-    quant = QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
-                     reciprocal_of(y_scale, prec).reshape(-1),
-                     None if y_zero_point is None else y_zero_point.reshape(-1).contiguous(), PRECISIONS[prec],
-                     info is None, qmin, qmax, per_column)
+    yq = torch.empty(x.shape, dtype=quantized_dtype(y_zero_point, output_dtype), device=x.device)
+    quant = quant_out(yq, y_scale, y_zero_point, _division_dtype(y_scale, precision))
     s = torch.empty_like(x) if residual is not None and sum_output else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,
                 quant=quant, store_y=bool(float_output))[0]

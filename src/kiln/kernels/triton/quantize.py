@@ -34,6 +34,7 @@ activation scales, precision/smooth_quant.py) are read at offset % C of a row-ma
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -312,3 +313,32 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
                            HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None, QMIN=qmin,
                            QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return y
+
+
+@dataclass(frozen=True, slots=True)
+class QuantOut:
+    """The QuantizeLinear a float kernel (a norm, a GEMM) applies to its output Y as it stores it."""
+    codes: Tensor | None        # Yq (Y's shape); float8 viewed as uint8: the kernel stores bits
+    scale: Tensor | None        # one element, or one per column of Y's last axis (per_column)
+    inverse: Tensor | None      # 1 / scale in float32, correctly rounded (reciprocal_of)
+    zero_point: Tensor | None   # the scale's size, or None (needed_zero_point)
+    precision: int              # PRECISIONS code of the division's type
+    fp8: bool
+    qmin: int
+    qmax: int
+    per_column: bool = False
+
+
+NO_QUANT = QuantOut(None, None, None, None, 0, False, 0, 0)
+
+
+def quant_out(yq: Tensor, y_scale: Tensor, y_zero_point: Tensor | None, prec: torch.dtype) -> QuantOut:
+    """The store-side QuantizeLinear into `yq` (allocated in the quantized type) with QuantizeLinear's
+    parameters, the division in `prec`; per column when y_scale has more than one element."""
+    assert prec in PRECISIONS, f"a fused QuantizeLinear divides in float16/bfloat16/float32, not {prec}"
+    info = OUT_TYPES[yq.dtype]
+    qmin, qmax = info if info is not None else (0, 0)
+    zp = needed_zero_point(y_zero_point)
+    return QuantOut(yq.view(torch.uint8) if info is None else yq, y_scale.reshape(-1).contiguous(),
+                    reciprocal_of(y_scale, prec).reshape(-1), None if zp is None else zp.reshape(-1).contiguous(),
+                    PRECISIONS[prec], info is None, qmin, qmax, y_scale.numel() > 1)
