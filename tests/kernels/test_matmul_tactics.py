@@ -90,7 +90,22 @@ def test_triton_activation_codes():
     with pytest.raises(ValueError, match="Mish"):
         triton_gemm.activation_code("Mish", [])
     assert len(triton_gemm.CONFIGS) >= 6 and all(
-        set(c) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"} for c in triton_gemm.CONFIGS)
+        set(c) - {"PERSISTENT"} == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
+        for c in triton_gemm.CONFIGS)
+
+
+TINY_PERSISTENT = {**TINY, "PERSISTENT": 1}
+
+
+@needs_triton
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("m,n,k,lead", [(16, 32, 16, ()), (37, 48, 40, (2,))])
+def test_triton_gemm_persistent_tma_walk(m, n, k, lead, trans_b):
+    """PERSISTENT=1 (gemm_tma.py where TMA applies, else the same tiles through the plain kernel):
+    edges the copy engine zero-fills, B read as [K, N] or [N, K] in place, several tiles per program."""
+    ops = _operands(lead, m, n, k, torch.float16, TRITON_DEV, trans_b=trans_b)
+    _check_fused(triton_gemm.fused_matmul, ops, torch.float16, trans_b=trans_b, activation="Gelu",
+                 activation_params=[0.0], config=TINY_PERSISTENT)
 
 
 # --- cuBLAS-path kernels, on torch's CPU BLAS -------------------------------------------------

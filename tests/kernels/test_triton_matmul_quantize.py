@@ -140,7 +140,23 @@ def test_gpu_matmul_quantize_minilm_ffn(name, out_dtype):
     scale = torch.tensor(0.01, dtype=torch.float16, device=DEV)
     attrs = dict(activation="Gelu", activation_params=[0.0], output_dtype=out_dtype)
     tactic = get_tactic(f"kiln::MatMulQuantize.{name}")
-    kw = {"config": gemm.CONFIGS[2]} if name == "triton" else {}
-    got = tactic.fn(a, b, c, None, scale, None, **attrs, **kw)
+    kw = {"config": gemm.CONFIGS[-3]} if name == "triton" else {}   # the persistent 128x256 tiling
+    got = tactic.kernel(a, b, c, None, scale, None, **attrs, **kw)
     ref = REF(a, b, c, None, scale, None, **attrs)
     assert mismatch(got, ref, OP) is None
+
+
+@pytest.mark.parametrize("out_dtype,zp", OUTPUTS[:1] + OUTPUTS[2:])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_matmul_quantize_persistent_tma_walk(trans_b, out_dtype, zp):
+    """The quantizing store after gemm_tma.py's walk (config PERSISTENT=1): the plain kernel's codes."""
+    skip_fp8(out_dtype)
+    a, b, c, r = operands((2,), 37, 48, 40, torch.float16, trans_b=trans_b, residual=True)
+    scale = torch.tensor(0.02, dtype=torch.float16, device=DEV)
+    zp_dev = None if zp is None else zp.to(DEV)
+    attrs = dict(trans_b=trans_b, activation="Gelu", activation_params=[0.0], output_dtype=out_dtype)
+    got = gemm.matmul_quantize(a, b, c, r, scale, zp_dev, config={**TINY, "PERSISTENT": 1}, **attrs)
+    plain = gemm.matmul_quantize(a, b, c, r, scale, zp_dev, config=TINY, **attrs)
+    assert mismatch(got, plain, OP) is None
+    ref = REF(*(None if t is None else t.cpu() for t in (a, b, c, r, scale, zp_dev)), **attrs)
+    assert mismatch(got.cpu(), ref, OP) is None

@@ -52,6 +52,11 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
+    # PERSISTENT=1: gemm_tma.py's kernel (TMA loads, one program per SM; elsewhere these tiles
+    # through this module's kernel)
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "PERSISTENT": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "PERSISTENT": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "PERSISTENT": 1},
 )
 
 # Epilogue activations by code (a constexpr, so each kernel carries only its own). Names and
@@ -153,6 +158,43 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
 
 
 @triton.jit
+def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZP, stride_ym, alpha, p0, p1,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, QUANT: tl.constexpr,
+                   Y_PREC: tl.constexpr, Q_PREC: tl.constexpr, Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr,
+                   FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """The float32 accumulator tile [offs_m, offs_n] (rn: offs_n wrapped into range) to Y: alpha,
+    bias per column, residual, activation; then Y rounded to its type, or (QUANT) rounded to its
+    float type (Y_PREC) and quantized as QuantizeLinear does it, the codes stored."""
+    acc = acc * alpha
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
+    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
+    if HAS_BIAS:
+        bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if HAS_RES:
+        acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
+    acc = _activation(acc, ACT, p0, p1)
+    if QUANT:  # kiln::MatMulQuantize: Y rounded to its float type, then QuantizeLinear's arithmetic
+        if Q_PER_CHANNEL:
+            s = _in_precision(tl.load(QSCALE + rn), Q_PREC)[None, :]
+            inv = tl.load(QINV + rn)[None, :]
+        else:
+            s = _in_precision(tl.load(QSCALE), Q_PREC)
+            inv = tl.load(QINV)
+        v = _in_precision(divide(_in_precision(_in_precision(acc, Y_PREC), Q_PREC), s, inv), Q_PREC)
+        zp = 0
+        if Q_HAS_ZP:
+            if Q_PER_CHANNEL:
+                zp = tl.load(QZP + rn)[None, :]
+            else:
+                zp = tl.load(QZP)
+        code = requantize(v, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)       # int8/uint8, float8 as uint8
+    else:
+        tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _gemm_epilogue_kernel(
         A, B, BIAS, RES, Y, QSCALE, QINV, QZP, M, N, K,
         stride_am, stride_ak, stride_bk, stride_bn, stride_ym,
@@ -191,34 +233,8 @@ def _gemm_epilogue_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    # Epilogue on the float32 accumulator: alpha, bias per column, residual, activation.
-    acc = acc * alpha
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
-    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
-    if HAS_BIAS:
-        bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-        acc = acc + bias[None, :]
-    if HAS_RES:
-        acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
-    acc = _activation(acc, ACT, p0, p1)
-    if QUANT:  # kiln::MatMulQuantize: Y rounded to its float type, then QuantizeLinear's arithmetic
-        if Q_PER_CHANNEL:
-            s = _in_precision(tl.load(QSCALE + rn), Q_PREC)[None, :]
-            inv = tl.load(QINV + rn)[None, :]
-        else:
-            s = _in_precision(tl.load(QSCALE), Q_PREC)
-            inv = tl.load(QINV)
-        v = _in_precision(divide(_in_precision(_in_precision(acc, Y_PREC), Q_PREC), s, inv), Q_PREC)
-        zp = 0
-        if Q_HAS_ZP:
-            if Q_PER_CHANNEL:
-                zp = tl.load(QZP + rn)[None, :]
-            else:
-                zp = tl.load(QZP)
-        code = requantize(v, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
-        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)       # int8/uint8, float8 as uint8
-    else:
-        tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
+    store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZP, stride_ym, alpha, p0, p1,
+                   HAS_BIAS, HAS_RES, ACT, QUANT, Y_PREC, Q_PREC, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
 
 
 def _check(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, trans_b: int) -> None:
@@ -280,17 +296,20 @@ def _launch(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, 
     # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
-    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    stored = y if q.codes is None else q.codes
+    pointers = (y if bias is None else bias, r2, y if q.codes is None else q.codes,
+                *(y if t is None else t for t in (q.scale, q.inverse, q.zero_point)))
+    flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, BLOCK_M=cfg["BLOCK_M"],
+                 BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], QUANT=quantized is not None,
+                 Y_PREC=PRECISIONS[a.dtype], Q_PREC=q.precision, Q_PER_CHANNEL=q.per_column,
+                 Q_HAS_ZP=q.zero_point is not None, FLOAT8=q.fp8, QMIN=q.qmin, QMAX=q.qmax,
+                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg.get("PERSISTENT") and a.shape[-1] > 0:
+        from kiln.kernels.triton import gemm_tma  # (it imports this module's epilogue)
+        if gemm_tma.applies(a2, b):
+            gemm_tma.launch(a2, b, trans_b, pointers, m, n, k, y.stride(0), float(alpha), p0, p1, flags)
+            return y.reshape(*lead, n)
+    grid = (triton.cdiv(m, flags["BLOCK_M"]) * triton.cdiv(n, flags["BLOCK_N"]),)
     _gemm_epilogue_kernel[grid](
-        a2, w, y if bias is None else bias, r2, stored, *(y if t is None else t for t in (q.scale, q.inverse)),
-        y if q.zero_point is None else q.zero_point, m, n, k,
-        a2.stride(0), a2.stride(1), w.stride(0), w.stride(1), y.stride(0),
-        float(alpha), p0, p1,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, IEEE=a.dtype == torch.float32,
-        EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
-        QUANT=quantized is not None, Y_PREC=PRECISIONS[a.dtype], Q_PREC=q.precision, Q_PER_CHANNEL=q.per_column,
-        Q_HAS_ZP=q.zero_point is not None, FLOAT8=q.fp8, QMIN=q.qmin, QMAX=q.qmax,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        a2, w, *pointers, m, n, k, a2.stride(0), a2.stride(1), w.stride(0), w.stride(1), y.stride(0),
+        float(alpha), p0, p1, IEEE=a.dtype == torch.float32, EVEN_K=k % flags["BLOCK_K"] == 0, **flags)
     return y.reshape(*lead, n)
