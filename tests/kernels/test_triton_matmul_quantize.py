@@ -3,9 +3,9 @@ matmul_quantize) and the cuBLAS-then-quantize tactics, against the two kernels t
 replaces and the reference op.
 
 Without a GPU the Triton cases run in Triton's interpreter on CPU tensors at tiny shapes (the
-cuBLAS tactics need CUDA); with one, compiled. Interpreted, the fused kernel computes Y exactly
-as fused_matmul does, so the codes equal QuantizeLinear.triton's of fused_matmul's Y; against
-the reference (torch's matmul, another summation order) they agree within the tuner's rule for
+cuBLAS tactics need CUDA); with one, compiled. The fused store quantizes the float32 epilogue
+value by a multiply (and Gelu in its tanh form), where the pair it replaces rounds Y to 16 bits
+and divides: the codes agree with the pair's and the reference's within the tuner's rule for
 this op (compiler/tolerance.py: one step, or the float16 tolerance per element).
 """
 from __future__ import annotations
@@ -65,9 +65,6 @@ def test_matmul_quantize_equals_matmul_then_quantize(activation, params, residua
     want = quantize.quantize_linear(y, scale, zp_dev, axis=-1, output_dtype=out_dtype)
     assert got.dtype == want.dtype and got.shape == (2, 17, 40)
     assert mismatch(got, want, OP) is None
-    if not HAS_CUDA:   # interpreted: the same Y, so the same codes
-        assert torch.equal(got.view(torch.uint8) if got.dtype.itemsize == 1 else got,
-                           want.view(torch.uint8) if want.dtype.itemsize == 1 else want)
     ref = REF(*(None if t is None else t.cpu() for t in (a, b, c, r, scale, zp_dev)), output_dtype=out_dtype, **attrs)
     assert mismatch(got.cpu(), ref, OP) is None
 

@@ -31,9 +31,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.compiled import fast_reciprocal
-from kiln.kernels.triton.quantize import (NO_QUANT, PRECISIONS, _in_precision, divide, quant_out, quantized_dtype,
-                                          requantize)
+from kiln.kernels.triton.compiled import fast_reciprocal, fast_tanh
+from kiln.kernels.triton.quantize import NO_QUANT, quant_out, quantized_dtype, requantize
 
 Tensor = torch.Tensor
 
@@ -158,13 +157,13 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
 
 
 @triton.jit
-def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZP, stride_ym, alpha, p0, p1,
+def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, QUANT: tl.constexpr,
-                   Y_PREC: tl.constexpr, Q_PREC: tl.constexpr, Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr,
-                   FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+                   Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr,
+                   QMAX: tl.constexpr):
     """The float32 accumulator tile [offs_m, offs_n] (rn: offs_n wrapped into range) to Y: alpha,
-    bias per column, residual, activation; then Y rounded to its type, or (QUANT) rounded to its
-    float type (Y_PREC) and quantized as QuantizeLinear does it, the codes stored."""
+    bias per column, residual, activation; then Y rounded to its type, or (QUANT) the codes of
+    QuantizeLinear stored (kiln::MatMulQuantize)."""
     acc = acc * alpha
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
     offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
@@ -173,22 +172,26 @@ def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZ
         acc = acc + bias[None, :]
     if HAS_RES:
         acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
-    acc = _activation(acc, ACT, p0, p1)
-    if QUANT:  # kiln::MatMulQuantize: Y rounded to its float type, then QuantizeLinear's arithmetic
-        if Q_PER_CHANNEL:
-            s = _in_precision(tl.load(QSCALE + rn), Q_PREC)[None, :]
-            inv = tl.load(QINV + rn)[None, :]
-        else:
-            s = _in_precision(tl.load(QSCALE), Q_PREC)
-            inv = tl.load(QINV)
-        v = _in_precision(divide(_in_precision(_in_precision(acc, Y_PREC), Q_PREC), s, inv), Q_PREC)
+    if QUANT and (ACT == 8 or ACT == 9):
+        # Gelu before an 8-bit store: the tanh form on the hardware tanh (a few 1e-4 from exact
+        # Gelu, far below an int8/fp8 step) instead of the erf polynomial's ~14 instructions.
+        acc = 0.5 * acc * (1.0 + fast_tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)))
+    else:
+        acc = _activation(acc, ACT, p0, p1)
+    if QUANT:  # kiln::MatMulQuantize: QuantizeLinear's codes of the float32 value
+        # times 1 / y_scale (quantize.reciprocal_of): a multiply where QuantizeLinear divides Y rounded
+        # to its type, one step apart at most near a rounding boundary (compiler/tolerance.py's rule
+        # for this op), for a store that costs no more than a 16-bit one.
         zp = 0
-        if Q_HAS_ZP:
-            if Q_PER_CHANNEL:
+        if Q_PER_CHANNEL:
+            inv = tl.load(QINV + rn)[None, :]
+            if Q_HAS_ZP:
                 zp = tl.load(QZP + rn)[None, :]
-            else:
+        else:
+            inv = tl.load(QINV)
+            if Q_HAS_ZP:
                 zp = tl.load(QZP)
-        code = requantize(v, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+        code = requantize(acc * inv, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
         tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)       # int8/uint8, float8 as uint8
     else:
         tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
@@ -196,14 +199,13 @@ def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZ
 
 @triton.jit
 def _gemm_epilogue_kernel(
-        A, B, BIAS, RES, Y, QSCALE, QINV, QZP, M, N, K,
+        A, B, BIAS, RES, Y, QINV, QZP, M, N, K,
         stride_am, stride_ak, stride_bk, stride_bn, stride_ym,
         alpha, p0, p1,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr, QUANT: tl.constexpr = False, Y_PREC: tl.constexpr = 0, Q_PREC: tl.constexpr = 0,
-        Q_PER_CHANNEL: tl.constexpr = False, Q_HAS_ZP: tl.constexpr = False, FLOAT8: tl.constexpr = False,
-        QMIN: tl.constexpr = 0, QMAX: tl.constexpr = 0):
+        GROUP_M: tl.constexpr, QUANT: tl.constexpr = False, Q_PER_CHANNEL: tl.constexpr = False,
+        Q_HAS_ZP: tl.constexpr = False, FLOAT8: tl.constexpr = False, QMIN: tl.constexpr = 0, QMAX: tl.constexpr = 0):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -233,8 +235,8 @@ def _gemm_epilogue_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QSCALE, QINV, QZP, stride_ym, alpha, p0, p1,
-                   HAS_BIAS, HAS_RES, ACT, QUANT, Y_PREC, Q_PREC, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+    store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
+                   HAS_BIAS, HAS_RES, ACT, QUANT, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
 
 
 def _check(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, trans_b: int) -> None:
@@ -262,9 +264,10 @@ def matmul_quantize(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor 
                     y_zero_point: Tensor | None = None, *, trans_b: int = 0, alpha: float = 1.0,
                     activation: str = "", activation_params: Sequence[float] = (), output_dtype: int = 0,
                     precision: int = 0, config: dict[str, Any] | None = None) -> Tensor:
-    """kiln::MatMulQuantize (kernels/reference/matmul_quantize.py): fused_matmul's Y, rounded to A's
-    type, quantized in the store (per tensor, or per column of Y's last axis) as QuantizeLinear
-    does it; Y itself is never written."""
+    """kiln::MatMulQuantize (kernels/reference/matmul_quantize.py): fused_matmul's Y quantized in
+    the store (per tensor, or per column of Y's last axis); Y itself is never written. The codes
+    are those of the float32 epilogue value times 1 / y_scale (store_epilogue), within one step
+    of QuantizeLinear's of Y rounded to A's type (compiler/tolerance.py's rule for the op)."""
     n = b.shape[0] if trans_b else b.shape[1]
     assert y_scale.numel() in (1, n) and (y_zero_point is None or y_zero_point.numel() == y_scale.numel()), \
         f"MatMulQuantize quantizes per tensor or per output column ({n}); y_scale has {y_scale.numel()} elements"
@@ -297,11 +300,10 @@ def _launch(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, 
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
     pointers = (y if bias is None else bias, r2, y if q.codes is None else q.codes,
-                *(y if t is None else t for t in (q.scale, q.inverse, q.zero_point)))
+                *(y if t is None else t for t in (q.inverse, q.zero_point)))
     flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code, BLOCK_M=cfg["BLOCK_M"],
                  BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], QUANT=quantized is not None,
-                 Y_PREC=PRECISIONS[a.dtype], Q_PREC=q.precision, Q_PER_CHANNEL=q.per_column,
-                 Q_HAS_ZP=q.zero_point is not None, FLOAT8=q.fp8, QMIN=q.qmin, QMAX=q.qmax,
+                 Q_PER_CHANNEL=q.per_column, Q_HAS_ZP=q.zero_point is not None, FLOAT8=q.fp8, QMIN=q.qmin, QMAX=q.qmax,
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("PERSISTENT") and a.shape[-1] > 0:
         from kiln.kernels.triton import gemm_tma  # (it imports this module's epilogue)

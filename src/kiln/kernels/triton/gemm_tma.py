@@ -28,11 +28,11 @@ Tensor = torch.Tensor
 
 @triton.jit
 def gemm_tma_kernel(
-        a_desc, b_desc, BIAS, RES, Y, QSCALE, QINV, QZP, M, N, K, programs, stride_ym, alpha, p0, p1,
+        a_desc, b_desc, BIAS, RES, Y, QINV, QZP, M, N, K, programs, stride_ym, alpha, p0, p1,
         B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        QUANT: tl.constexpr, Y_PREC: tl.constexpr, Q_PREC: tl.constexpr, Q_PER_CHANNEL: tl.constexpr,
-        Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+        QUANT: tl.constexpr, Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr,
+        QMIN: tl.constexpr, QMAX: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -48,9 +48,8 @@ def gemm_tma_kernel(
             acc = tl.dot(a, b, acc)
         offs_m = off_m + tl.arange(0, BLOCK_M)
         offs_n = off_n + tl.arange(0, BLOCK_N)
-        store_epilogue(acc, offs_m, offs_n, offs_n % N, M, N, BIAS, RES, Y, QSCALE, QINV, QZP, stride_ym, alpha,
-                       p0, p1, HAS_BIAS, HAS_RES, ACT, QUANT, Y_PREC, Q_PREC, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8,
-                       QMIN, QMAX)
+        store_epilogue(acc, offs_m, offs_n, offs_n % N, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
+                       HAS_BIAS, HAS_RES, ACT, QUANT, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
 
 
 def applies(a2: Tensor, b: Tensor) -> bool:

@@ -1,0 +1,99 @@
+"""An --accuracy-budget plan against kiln fp16 and the all-quantized engine, timed in one process.
+
+    PYTHONPATH=src python benchmarks/budget_plan.py [--batches 256,32] [--keep LAYER,LAYER,...] [--steps]
+
+all-MiniLM-L6-v2 (its packaged weights), fp8 with fp16 float layers and SmoothQuant 0.9, budget
+cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
+on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
+before: the search prints it). Then, per batch: tuned builds of the fp16 engine, the all-fp8
+engine and the plan (the same fp8 config plus one fp16 rule per kept layer), each timed as CUDA
+graph replays (median of 5 x 20, after one run), on the same inputs; --steps adds the plan's GPU
+time per step (benchmarks/profile_steps.py). Prints each time and the plan's and fp8's speedups
+over fp16. What the suite's budget row does in one build (plan_speed), here in pieces, so that
+a plan can be re-timed without its search.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kiln  # noqa: E402
+from benchmarks import models, samples  # noqa: E402
+from benchmarks.profile_steps import per_step  # noqa: E402
+from kiln.compiler.accuracy_budget import search  # noqa: E402
+from kiln.compiler.timer import median  # noqa: E402
+from kiln.config import BuildConfig, Profile  # noqa: E402
+
+BUDGET = ("cosine", 0.999)
+SEARCH_BATCH = 32
+CALIB_SAMPLES = 64
+
+
+def fp8_config(model: models.BenchModel, batch: int, keep: tuple[str, ...] = ()) -> BuildConfig:
+    return BuildConfig(precision="fp8", device="cuda", profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
+                       timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16", smooth_quant=0.9,
+                       layer_precision=tuple((name, "fp16") for name in keep))
+
+
+def graph_ms(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> float:
+    engine.run_tensors(feeds, validate=False)   # the CUDA graph is captured here
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            engine.run_tensors(feeds, validate=False)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 20)
+    return median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", default="256,32")
+    ap.add_argument("--keep", default="", help="layers to keep in fp16 (skips the search)")
+    ap.add_argument("--steps", action="store_true", help="the plan's GPU time per step")
+    args = ap.parse_args()
+    t0 = time.time()
+    say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
+    model = models.minilm(0)
+    path = models.export_onnx(model, Path("/tmp/bench"))
+    keep = tuple(n for n in args.keep.split(",") if n)
+    if not keep:
+        found = search(str(path), fp8_config(model, SEARCH_BATCH), BUDGET,
+                       calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0))
+        keep = tuple(k.name for k in found.kept)
+        say(f"search: {found.builds} builds, {BUDGET[0]}={found.achieved:.6f}, keep {','.join(keep)}")
+    for batch in (int(b) for b in args.batches.split(",")):
+        calibration = samples.calibration_feeds(model, CALIB_SAMPLES, batch, 0)
+        feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
+        fp8 = fp8_config(model, batch)
+        times = {}
+        for label, config in (("fp16", replace(fp8, precision="fp16", float_precision="fp32", smooth_quant=None)),
+                              ("fp8", fp8), ("plan", fp8_config(model, batch, keep))):
+            engine = kiln.build(str(path), config, calibration=calibration if config.precision == "fp8" else None)
+            times[label] = graph_ms(engine, feeds)
+            kinds = collections.Counter(s.tactic for s in engine.plan.steps if s.op.startswith(("kiln::Q", "kiln::MatMulQ")))
+            say(f"b{batch} {label}: {times[label]:.4f} ms; {dict(kinds)}")
+            if label == "plan" and args.steps:
+                for k, kernels in sorted(per_step(engine, feeds).items()):
+                    step = engine.plan.steps[k] if k >= 0 else None
+                    what = f"{step.op:22s} {step.tactic:34s} {step.name[:30]}" if step else "?"
+                    print(f"{k:4d} {sum(d for _, d in kernels):8.1f} us  {what}")
+            del engine
+            torch.cuda.empty_cache()
+        say(f"b{batch}: plan {times['fp16'] / times['plan']:.3f}x kiln fp16, all-fp8 {times['fp16'] / times['fp8']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
