@@ -4,7 +4,7 @@ replaces and the reference op.
 
 Without a GPU the Triton cases run in Triton's interpreter on CPU tensors at tiny shapes (the
 cuBLAS tactics need CUDA); with one, compiled. The fused store quantizes the float32 epilogue
-value by a multiply (and Gelu in its tanh form), where the pair it replaces rounds Y to 16 bits
+value by a multiply, where the pair it replaces rounds Y to 16 bits
 and divides: the codes agree with the pair's and the reference's within the tuner's rule for
 this op (compiler/tolerance.py: one step, or the float16 tolerance per element).
 """

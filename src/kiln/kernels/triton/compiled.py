@@ -39,18 +39,3 @@ def fast_reciprocal(x):
     else:
         r = 1.0 / x
     return r
-
-
-@triton.jit
-def fast_tanh(x):
-    """tanh(x) in float32 within ~2**-10.9 relative (tanh.approx.f32, one MUFU instruction), for
-    epilogues whose result is rounded far coarser than that (an 8-bit store); in the interpreter
-    the exact form sign(x) * (1 - e) / (1 + e), e = exp(-2|x|)."""
-    if COMPILED:
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-    else:
-        e = tl.exp(-2.0 * tl.abs(x))
-        t = (1.0 - e) / (1.0 + e)
-        t = tl.where(x < 0, -t, t)
-    return t
