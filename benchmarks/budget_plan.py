@@ -7,7 +7,8 @@ cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs 
 on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
 before: the search prints it). Then, per batch: tuned builds of the fp16 engine, the all-fp8
 engine and the plan (the same fp8 config plus one fp16 rule per kept layer), each timed as CUDA
-graph replays (median of 5 x 20, after one run), on the same inputs; --steps adds the plan's GPU
+graph replays (median of 5 x 20, after one run), on the same inputs, each engine's embeddings
+first compared with PyTorch fp32's (per-sentence cosine, min and mean); --steps adds the plan's GPU
 time per step (benchmarks/profile_steps.py). Prints each time and the plan's and fp8's speedups
 over fp16. What the suite's budget row does in one build (plan_speed), here in pieces, so that
 a plan can be re-timed without its search.
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kiln  # noqa: E402
 from benchmarks import models, samples  # noqa: E402
+from benchmarks.accuracy_metrics import row_cosines  # noqa: E402
 from benchmarks.profile_steps import per_step  # noqa: E402
 from kiln.compiler.accuracy_budget import search  # noqa: E402
 from kiln.compiler.timer import median  # noqa: E402
@@ -77,14 +79,19 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         calibration = samples.calibration_feeds(model, CALIB_SAMPLES, batch, 0)
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
+        with torch.no_grad():
+            reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
         fp8 = fp8_config(model, batch)
         times = {}
         for label, config in (("fp16", replace(fp8, precision="fp16", float_precision="fp32", smooth_quant=None)),
                               ("fp8", fp8), ("plan", fp8_config(model, batch, keep))):
             engine = kiln.build(str(path), config, calibration=calibration if config.precision == "fp8" else None)
+            out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
+            cos = row_cosines(out, reference)
             times[label] = graph_ms(engine, feeds)
             kinds = collections.Counter(s.tactic for s in engine.plan.steps if s.op.startswith(("kiln::Q", "kiln::MatMulQ")))
-            say(f"b{batch} {label}: {times[label]:.4f} ms; {dict(kinds)}")
+            say(f"b{batch} {label}: {times[label]:.4f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean "
+                f"{cos.mean():.5f}; {dict(kinds)}")
             if label == "plan" and args.steps:
                 for k, kernels in sorted(per_step(engine, feeds).items()):
                     step = engine.plan.steps[k] if k >= 0 else None
