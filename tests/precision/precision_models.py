@@ -59,6 +59,12 @@ def fp16_mixed() -> onnx.ModelProto:
     return _model(helper.make_graph(nodes, "fp16_mixed", [x], [y], [_w("w", (16, 8), 3, np.float16)]))
 
 
+def normal_feeds(name: str, shape: tuple[int, ...], n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """`n` feeds of input `name`, standard normal float32 of `shape` (seeded)."""
+    rng = np.random.default_rng(seed)
+    return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
 def onnxruntime_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))

@@ -9,6 +9,9 @@ header's count), engines with and without the fusion computing the same values b
 output also read by a float layer)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.compiler import builder
 from kiln.config import BuildConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision_models import normal_feeds  # noqa: E402
 
 D, H = 16, 32
 SHAPE = (4, 8, D)
@@ -44,8 +50,7 @@ def ffn(extra_reader: bool = False) -> onnx.ModelProto:
 
 
 def feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(n)]
+    return normal_feeds("x", SHAPE, n, seed)
 
 
 def build(model: onnx.ModelProto, precision: str, float_precision: str):  # noqa: ANN201

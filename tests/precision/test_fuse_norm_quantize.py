@@ -8,6 +8,9 @@ without the fusion computing the same values, bit for bit (the fused op is defin
 two it replaces)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -15,6 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.compiler import builder
 from kiln.config import BuildConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision_models import normal_feeds  # noqa: E402
 
 D = 16
 SHAPE = (4, 8, D)
@@ -52,8 +58,7 @@ def block(pre_norm: bool) -> onnx.ModelProto:
 
 
 def feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(n)]
+    return normal_feeds("x", SHAPE, n, seed)
 
 
 def build(model: onnx.ModelProto, precision: str, float_precision: str):  # noqa: ANN201
