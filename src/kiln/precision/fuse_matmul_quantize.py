@@ -19,9 +19,10 @@ to a type the fused epilogues write (8-bit integers, saturating float8).
 
 Exactness: the op is defined as the two it replaces (kernels/reference/matmul_quantize.py), so
 the pass runs after the precision policy (compiler/builder.py), when Y's float type and the
-QuantizeLinear's are final, and changes no reference value. A GPU kernel rounds Y from its own
-accumulation order, as any two GEMMs do, so Yq may differ by one step where Y / s meets a
-rounding boundary (the tuner's rule for quantized layers, compiler/tolerance.py). The matmul
+QuantizeLinear's are final, and changes no reference value. A GPU kernel sums in its own order
+and the Triton store multiplies the float32 value by 1 / s where QuantizeLinear divides Y rounded
+to 16 bits, so Yq may differ by a step where Y / s meets a rounding boundary (the tuner's rule
+for this op, compiler/tolerance.py: one step, or the float16 tolerance, per element). The matmul
 keeps its name (layer precision rules, inspect) and its place.
 """
 from __future__ import annotations

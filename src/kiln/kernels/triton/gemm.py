@@ -1,6 +1,8 @@
-"""Matrix multiply with a fused epilogue, in Triton: Y = act(alpha * A @ B + bias + residual).
+"""Matrix multiply with a fused epilogue, in Triton: Y = act(alpha * A @ B + bias + residual),
+stored in A's type, or quantized in the store (matmul_quantize: kiln::MatMulQuantize).
 
-The oracle is kiln::FusedMatMul (kernels/reference/fused.py). A is viewed as [M, K] (leading
+The oracles are kiln::FusedMatMul (kernels/reference/fused.py) and kiln::MatMulQuantize
+(kernels/reference/matmul_quantize.py). A is viewed as [M, K] (leading
 dims folded into M), B as [K, N] (a [N, K] weight with trans_b is read through its strides,
 never copied), bias is [N] (one per output column), residual has Y's shape.
 
@@ -15,7 +17,9 @@ Rows and columns past M/N are read wrapped (index % M) instead of masked, which 
 inner loop's loads unmasked unless K is not a multiple of BLOCK_K; only the store is masked.
 Offsets are int32: the launcher refuses operands of 2**31 elements or more.
 Any M, N, K is computed correctly; the K loop is software-pipelined (16-byte cp.async, the
-configs' num_stages) only when K and N are multiples of 16 (see tactics/matmul.py).
+configs' num_stages) only when K and N are multiples of 16 (see tactics/matmul.py). Configs with
+PERSISTENT=1 run gemm_tma.py's kernel instead (TMA loads, one program per SM, the same epilogue:
+store_epilogue) where its operands allow, these tiles through this kernel elsewhere.
 Registers (ptxas, sm_90a, fp16, triton 3.9): no spills for bias + any activation; bias +
 residual + erf-Gelu spills a few hundred bytes in 128x128/4-warp and 256-wide tiles, so the
 tuner tends to pick 8 warps there. Gelu's erf is a polynomial (A&S 7.1.26, error < 1.5e-7)
