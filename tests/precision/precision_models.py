@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 
 
-def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="kiln-tests")
+def checked_model(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
+    """`graph` as a checked ONNX model (IR 8, the default domain at `opset`)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kiln-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -34,7 +35,7 @@ def mlp() -> onnx.ModelProto:
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "w2"], ["m"], name="mm2"),
              helper.make_node("Add", ["m", "b"], ["y"], name="add")]
-    return _model(helper.make_graph(nodes, "mlp", [x], [y], [_w("w1", (16, 32), 0), _w("w2", (32, 8), 1),
+    return checked_model(helper.make_graph(nodes, "mlp", [x], [y], [_w("w1", (16, 32), 0), _w("w2", (32, 8), 1),
                                                                 _w("b", (8,), 2)]))
 
 
@@ -46,7 +47,7 @@ def big_sum(small: bool = False) -> onnx.ModelProto:
     scale = numpy_helper.from_array(np.full((1,), 3.0, np.float32), "s")
     nodes = [helper.make_node("Mul", ["x", "s"], ["xs"], name="scale"),
              helper.make_node("ReduceSum", ["xs", "axes"], ["y"], name="sum", keepdims=1)]
-    return _model(helper.make_graph(nodes, "big_sum", [x], [y], [axes, scale]))
+    return checked_model(helper.make_graph(nodes, "big_sum", [x], [y], [axes, scale]))
 
 
 def fp16_mixed() -> onnx.ModelProto:
@@ -56,7 +57,7 @@ def fp16_mixed() -> onnx.ModelProto:
              helper.make_node("Cast", ["m"], ["m32"], name="up", to=TensorProto.FLOAT),
              helper.make_node("Softmax", ["m32"], ["p"], name="sm", axis=-1),
              helper.make_node("Cast", ["p"], ["y"], name="down", to=TensorProto.FLOAT16)]
-    return _model(helper.make_graph(nodes, "fp16_mixed", [x], [y], [_w("w", (16, 8), 3, np.float16)]))
+    return checked_model(helper.make_graph(nodes, "fp16_mixed", [x], [y], [_w("w", (16, 8), 3, np.float16)]))
 
 
 def normal_feeds(name: str, shape: tuple[int, ...], n: int, seed: int) -> list[dict[str, np.ndarray]]:

@@ -21,7 +21,7 @@ from kiln.compiler import builder
 from kiln.config import BuildConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_models import normal_feeds  # noqa: E402
+from precision_models import checked_model, normal_feeds  # noqa: E402
 
 D, H = 16, 32
 SHAPE = (4, 8, D)
@@ -44,9 +44,7 @@ def ffn(extra_reader: bool = False) -> onnx.ModelProto:
              numpy_helper.from_array((0.1 * rng.standard_normal(D)).astype(np.float32), "b2")]
     graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
                               outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], producer_name="kiln-tests")
-    model.ir_version = 8
-    return model
+    return checked_model(graph, 20)
 
 
 def feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:

@@ -20,7 +20,7 @@ from kiln.compiler import builder
 from kiln.config import BuildConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_models import normal_feeds  # noqa: E402
+from precision_models import checked_model, normal_feeds  # noqa: E402
 
 D = 16
 SHAPE = (4, 8, D)
@@ -52,9 +52,7 @@ def block(pre_norm: bool) -> onnx.ModelProto:
                   numpy_helper.from_array((0.1 * rng.standard_normal(D)).astype(np.float32), f"b{n}")]
     graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(SHAPE))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
-    model.ir_version = 8
-    return model
+    return checked_model(graph)
 
 
 def feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
