@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from kiln.kernels.reference.common import as_ints, norm_axes
+from kiln.kernels.reference.reduce import reduced_dims
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
@@ -25,12 +25,11 @@ def _one_pass(reduce: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A Reduce* kernel with the ONNX axes / keepdims / noop_with_empty_axes rules around
     `reduce(data, dims, keepdim, dtype=float32)`."""
     def run(data: Tensor, axes: Tensor | None = None, *, keepdims: int = 1, noop_with_empty_axes: int = 0) -> Tensor:
-        ax = as_ints(axes) or []
-        if not ax and noop_with_empty_axes:
+        dims = reduced_dims(data, axes, noop_with_empty_axes)
+        if dims is None:
             return data                     # as the reference does
-        if data.dim() == 0:
+        if not dims:
             return data.clone()            # a scalar reduced over no axes: itself
-        dims = sorted(set(norm_axes(ax, data.dim()))) if ax else list(range(data.dim()))
         return reduce(data, dim=dims, keepdim=bool(keepdims), dtype=torch.float32).to(data.dtype)
     return run
 

@@ -88,13 +88,21 @@ _REDUCERS: dict[str, tuple[Reducer, str]] = {
 }
 
 
+def reduced_dims(data: Tensor, axes: Tensor | None, noop_with_empty_axes: int) -> list[int] | None:
+    """The dims a Reduce* op reduces by the ONNX rules (all when no axes are given), sorted; None
+    when it is the identity (no axes and noop_with_empty_axes)."""
+    ax = as_ints(axes) or []
+    if not ax and noop_with_empty_axes:
+        return None
+    return sorted(set(norm_axes(ax, data.dim()))) if ax else list(range(data.dim()))
+
+
 def _reduce(reducer: Reducer, data: Tensor, axes: Tensor | None, keepdims: int,
             noop_with_empty_axes: int) -> Tensor:
     """Run `reducer` with the ONNX axes/keepdims/noop rules and return X's dtype."""
-    ax = as_ints(axes) or []
-    if not ax and noop_with_empty_axes:
+    dims = reduced_dims(data, axes, noop_with_empty_axes)
+    if dims is None:
         return data
-    dims = sorted(set(norm_axes(ax, data.dim()))) if ax else list(range(data.dim()))
     x = data.to(compute_dtype(data.dtype)) if data.is_floating_point() else data
     y = reducer(x, dims)
     if not keepdims and dims:
