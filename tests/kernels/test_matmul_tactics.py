@@ -90,7 +90,7 @@ def test_triton_activation_codes():
     with pytest.raises(ValueError, match="Mish"):
         triton_gemm.activation_code("Mish", [])
     assert len(triton_gemm.CONFIGS) >= 6 and all(
-        set(c) - {"PERSISTENT"} == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
+        set(c) - {"PERSISTENT", "Y_TMA"} == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
         for c in triton_gemm.CONFIGS)
 
 
@@ -106,6 +106,9 @@ def test_triton_gemm_persistent_tma_walk(m, n, k, lead, trans_b):
     ops = _operands(lead, m, n, k, torch.float16, TRITON_DEV, trans_b=trans_b)
     _check_fused(triton_gemm.fused_matmul, ops, torch.float16, trans_b=trans_b, activation="Gelu",
                  activation_params=[0.0], config=TINY_PERSISTENT)
+    # Y_TMA: Y and the residual through TMA boxes (rows of 32 / 48 halves are 16-byte aligned).
+    _check_fused(triton_gemm.fused_matmul, ops, torch.float16, trans_b=trans_b, activation="Gelu",
+                 activation_params=[0.0], config={**TINY_PERSISTENT, "Y_TMA": 1})
 
 
 # --- cuBLAS-path kernels, on torch's CPU BLAS -------------------------------------------------

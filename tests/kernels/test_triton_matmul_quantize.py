@@ -155,5 +155,7 @@ def test_matmul_quantize_persistent_tma_walk(trans_b, out_dtype, zp):
     got = gemm.matmul_quantize(a, b, c, r, scale, zp_dev, config={**TINY, "PERSISTENT": 1}, **attrs)
     plain = gemm.matmul_quantize(a, b, c, r, scale, zp_dev, config=TINY, **attrs)
     assert mismatch(got, plain, OP) is None
+    boxed = gemm.matmul_quantize(a, b, c, r, scale, zp_dev, config={**TINY, "PERSISTENT": 1, "Y_TMA": 1}, **attrs)
+    assert torch.equal(boxed, got)        # the same codes, stored through a TMA box
     ref = REF(*(None if t is None else t.cpu() for t in (a, b, c, r, scale, zp_dev)), **attrs)
     assert mismatch(got.cpu(), ref, OP) is None

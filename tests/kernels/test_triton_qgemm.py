@@ -320,6 +320,25 @@ def test_persistent_programs_walk_every_tile(a_dt):
     _check(args, trans_b=1, activation="Relu", config=dict(cfg), **_requant(out, None))
 
 
+@pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("persistent", [0, 1])
+def test_tma_store_of_ragged_tiles(a_dt, persistent):
+    # Y_TMA: the tile goes out through a TMA box and the residual comes in through one; 45 x 48
+    # in 16 x 16 tiles, so the last row of tiles hangs past M (the copy engine drops those rows
+    # and reads zeros for the residual there). Float output, then every requantized type.
+    fp8 = a_dt == torch.float8_e4m3fn
+    args = _layer(45, 48, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, residual=True, seed=21, fp8_ints=fp8)
+    cfg = {**TINY_TMA, "PERSISTENT": persistent, "Y_TMA": 1, **({"FP8_ACC": 32} if fp8 else {})}
+    _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
+    for out_type, zp in [(torch.int8, 3), (torch.float8_e4m3fn, None)]:
+        got, want = _check(args, trans_b=1, activation="Relu", config=dict(cfg), **_requant(out_type, zp, 0.02))
+        assert want.float().unique().numel() > 10
+    # Rows of Y not 16-byte aligned (int8, N 40): the same config stores through pointers.
+    ragged = _layer(45, 40, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, seed=22, fp8_ints=fp8)
+    assert not qgemm_tma.store_tma_ok(torch.empty(45, 40, dtype=torch.int8))
+    _check(ragged, trans_b=1, config=dict(cfg), **_requant(torch.int8, None, 0.02))
+
+
 def test_fp8_unpromoted_accumulation_matches_on_small_integers():
     # FP8_ACC 0 (the MMA accumulates throughout) in the interpreter: the same arithmetic path
     # and epilogue, exact where the sums are small integers.

@@ -161,21 +161,18 @@ def _activation(x, ACT: tl.constexpr, p0, p1):
 
 
 @triton.jit
-def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
-                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, QUANT: tl.constexpr,
-                   Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr,
-                   QMAX: tl.constexpr):
-    """The float32 accumulator tile [offs_m, offs_n] (rn: offs_n wrapped into range) to Y: alpha,
-    bias per column, residual, activation; then Y rounded to its type, or (QUANT) the codes of
-    QuantizeLinear stored (kiln::MatMulQuantize)."""
+def epilogue_value(acc, offs_n, rn, N, res, BIAS, QINV, QZP, alpha, p0, p1, HAS_BIAS: tl.constexpr,
+                   HAS_RES: tl.constexpr, ACT: tl.constexpr, QUANT: tl.constexpr, Q_PER_CHANNEL: tl.constexpr,
+                   Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """The float32 accumulator tile (columns offs_n; rn: offs_n wrapped into range) as Y holds it:
+    alpha, bias per column, residual (`res`, the tile as loaded), activation; the float32 value,
+    or (QUANT) QuantizeLinear's codes (int32; float8 as its uint8 bits) for kiln::MatMulQuantize."""
     acc = acc * alpha
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
-    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
     if HAS_BIAS:
         bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     if HAS_RES:
-        acc = acc + tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
+        acc = acc + res.to(tl.float32)
     # The activation exactly as for a float store: before a quantizing store with SmoothQuant's
     # per-channel scales an approximation's error is divided by scales as small as 1e-4 (the tanh
     # form of Gelu, 4.7e-4 from exact, then moves codes by several steps, and the tuner rejects it).
@@ -193,10 +190,25 @@ def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QINV, QZP, strid
             inv = tl.load(QINV)
             if Q_HAS_ZP:
                 zp = tl.load(QZP)
-        code = requantize(acc * inv, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
-        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)       # int8/uint8, float8 as uint8
-    else:
-        tl.store(Y + offs_y, acc.to(Y.dtype.element_ty), mask=mask)
+        acc = requantize(acc * inv, zp, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+    return acc
+
+
+@triton.jit
+def store_epilogue(acc, offs_m, offs_n, rn, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, QUANT: tl.constexpr,
+                   Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr,
+                   QMAX: tl.constexpr):
+    """epilogue_value's tile [offs_m, offs_n] stored to Y through pointers (the residual read the
+    same way), masked at M and N; Y rounded to its type."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
+    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
+    res = 0.0
+    if HAS_RES:
+        res = tl.load(RES + offs_y, mask=mask, other=0.0)
+    v = epilogue_value(acc, offs_n, rn, N, res, BIAS, QINV, QZP, alpha, p0, p1, HAS_BIAS, HAS_RES, ACT, QUANT,
+                       Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+    tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -310,7 +322,8 @@ def _launch(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, 
     if cfg.get("PERSISTENT") and a.shape[-1] > 0:
         from kiln.kernels.triton import gemm_tma  # (it imports this module's epilogue)
         if gemm_tma.applies(a2, b):
-            gemm_tma.launch(a2, b, trans_b, pointers, m, n, k, y.stride(0), float(alpha), p0, p1, flags)
+            gemm_tma.launch(a2, b, trans_b, pointers, m, n, k, y.stride(0), float(alpha), p0, p1, flags,
+                            bool(cfg.get("Y_TMA")))
             return y.reshape(*lead, n)
     grid = (triton.cdiv(m, flags["BLOCK_M"]) * triton.cdiv(n, flags["BLOCK_N"]),)
     _gemm_epilogue_kernel[grid](

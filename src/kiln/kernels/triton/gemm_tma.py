@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.triton.gemm import grouped_tile, store_epilogue
-from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count
+from kiln.kernels.triton.gemm import epilogue_value, grouped_tile, store_epilogue
+from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_tma_ok
 
 Tensor = torch.Tensor
 
@@ -32,7 +32,7 @@ def gemm_tma_kernel(
         B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         QUANT: tl.constexpr, Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr,
-        QMIN: tl.constexpr, QMAX: tl.constexpr):
+        QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -46,10 +46,18 @@ def gemm_tma_kernel(
             else:
                 b = b_desc.load([k * BLOCK_K, off_n])                         # [BLOCK_K, BLOCK_N]
             acc = tl.dot(a, b, acc)
-        offs_m = off_m + tl.arange(0, BLOCK_M)
         offs_n = off_n + tl.arange(0, BLOCK_N)
-        store_epilogue(acc, offs_m, offs_n, offs_n % N, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0, p1,
-                       HAS_BIAS, HAS_RES, ACT, QUANT, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+        if Y_TMA:  # Y and RES are descriptors: one TMA box out (and in), as in qgemm_tma.py
+            res = 0.0
+            if HAS_RES:
+                res = RES.load([off_m, off_n])
+            v = epilogue_value(acc, offs_n, offs_n % N, N, res, BIAS, QINV, QZP, alpha, p0, p1, HAS_BIAS, HAS_RES,
+                               ACT, QUANT, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
+            Y.store([off_m, off_n], v.to(Y.dtype))
+        else:
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            store_epilogue(acc, offs_m, offs_n, offs_n % N, M, N, BIAS, RES, Y, QINV, QZP, stride_ym, alpha, p0,
+                           p1, HAS_BIAS, HAS_RES, ACT, QUANT, Q_PER_CHANNEL, Q_HAS_ZP, FLOAT8, QMIN, QMAX)
 
 
 def applies(a2: Tensor, b: Tensor) -> bool:
@@ -62,12 +70,17 @@ def applies(a2: Tensor, b: Tensor) -> bool:
 
 
 def launch(a2: Tensor, b: Tensor, trans_b: int, pointers: tuple[Tensor, ...], m: int, n: int, k: int,
-           stride_ym: int, alpha: float, p0: float, p1: float, flags: dict[str, Any]) -> None:
+           stride_ym: int, alpha: float, p0: float, p1: float, flags: dict[str, Any], y_tma: bool = False) -> None:
     """Run the kernel on A [M, K] and B as stored ([N, K] with trans_b, else [K, N]); `pointers`
-    and `flags` as gemm.py's kernel takes them (bias, residual, Y, quantization parameters)."""
+    and `flags` as gemm.py's kernel takes them (bias, residual, Y, quantization parameters);
+    y_tma (config Y_TMA): Y and the residual through TMA boxes where store_tma_ok."""
     bm, bn, bk = flags["BLOCK_M"], flags["BLOCK_N"], flags["BLOCK_K"]
     desc = descriptor_type()
     programs = min(triton.cdiv(m, bm) * triton.cdiv(n, bn), sm_count(a2.device))
+    bias, res, y, qinv, qzp = pointers
+    y_tma = bool(y_tma) and store_tma_ok(y, res)
+    if y_tma:
+        y, res = desc.from_tensor(y, [bm, bn]), desc.from_tensor(res, [bm, bn])
     gemm_tma_kernel[(programs,)](
-        desc.from_tensor(a2, [bm, bk]), desc.from_tensor(b, [bn, bk] if trans_b else [bk, bn]), *pointers,
-        m, n, k, programs, stride_ym, alpha, p0, p1, B_NK=bool(trans_b), **flags)
+        desc.from_tensor(a2, [bm, bk]), desc.from_tensor(b, [bn, bk] if trans_b else [bk, bn]), bias, res, y,
+        qinv, qzp, m, n, k, programs, stride_ym, alpha, p0, p1, B_NK=bool(trans_b), Y_TMA=y_tma, **flags)

@@ -27,19 +27,18 @@ def dot8(a, b, acc, FP8_ACC: tl.constexpr):
 
 
 @triton.jit
-def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-             ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
-             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """The accumulator tile in float32: scales, bias per column, residual, activation; then store or requantize."""
+def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
+                   p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
+                   OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
+                   QMAX: tl.constexpr):
+    """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
+    loaded), activation; then the float value, or the code (int32) when requantizing."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
-    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
     if HAS_BIAS:
         v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
     if HAS_RES:
-        v += tl.load(RES + offs_y, mask=mask, other=0.0).to(tl.float32)
+        v += res.to(tl.float32)
     v = _activation(v, ACT, p0, p1)
     if REQUANT:
         zp = 0
@@ -57,7 +56,21 @@ def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_
             inv = tl.load(OUT_SCALE).to(tl.float32)
             if HAS_OUT_ZP:
                 zp = tl.load(OUT_ZP)
-        code = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)
-        tl.store(Y + offs_y, code.to(Y.dtype.element_ty), mask=mask)     # int8/uint8; float8 as uint8
-    else:
-        tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
+        v = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)   # int8/uint8; float8 as its uint8 bits
+    return v
+
+
+@triton.jit
+def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
+             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+             ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
+             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """epilogue_value's tile stored through pointers (residual read the same way), masked at M and N."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
+    offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
+    res = 0.0
+    if HAS_RES:
+        res = tl.load(RES + offs_y, mask=mask, other=0.0)
+    v = epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
+                       p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX)
+    tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)

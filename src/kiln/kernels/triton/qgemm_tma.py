@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
-from kiln.kernels.triton.qgemm_tile import dot8, epilogue
+from kiln.kernels.triton.qgemm_tile import dot8, epilogue, epilogue_value
 
 Tensor = torch.Tensor
 FLOAT8 = torch.float8_e4m3fn
@@ -22,10 +22,13 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
               stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
               FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
               REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
-              QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+              QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, Y_TMA: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
-    as 0): the K walk, then the epilogue."""
+    as 0): the K walk, then the epilogue; with Y_TMA, Y and RES are descriptors of [BLOCK_M,
+    BLOCK_N] boxes and the tile goes out as one TMA store (the copy engine drops what lies past
+    M and N), the residual comes in as one TMA load: no per-element addresses or masks, and
+    full-width transactions where the MMA layout would store 2 or 4 bytes a thread at a time."""
     pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
@@ -37,11 +40,20 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
         a = a_desc.load([off_m, k * BLOCK_K])                                 # [BLOCK_M, BLOCK_K]
         b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
         acc = dot8(a, b.T, acc, FP8_ACC)
-    offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BLOCK_N)
-    epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
-             stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-             OUT_PER_COL, QMIN, QMAX)
+    if Y_TMA:
+        res = 0.0
+        if HAS_RES:
+            res = RES.load([off_m, off_n])
+        v = epilogue_value(acc, offs_n % N, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias,
+                           stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL,
+                           QMIN, QMAX)
+        Y.store([off_m, off_n], v.to(Y.dtype))
+    else:
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP,
+                 stride_ym, stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8,
+                 HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX)
 
 
 @triton.jit
@@ -50,7 +62,7 @@ def qgemm_tma_kernel(
         stride_ym, stride_bs, stride_bias, stride_os, p0, p1,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
-        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr,
+        QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
@@ -63,11 +75,11 @@ def qgemm_tma_kernel(
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
                       stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
-                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                      OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     else:
         _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
                   stride_ym, stride_bs, stride_bias, stride_os, p0, p1, FP8, HAS_BIAS, HAS_RES, ACT, REQUANT,
-                  OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                  OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
 def descriptor_type():  # noqa: ANN202
@@ -93,3 +105,10 @@ def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> b
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and descriptor_type() is not None)
+
+
+def store_tma_ok(*tiles: Tensor) -> bool:
+    """The output (and the residual, read the same way) can go through TMA boxes (config Y_TMA):
+    row-major 2-D, rows and base 16-byte aligned. Elsewhere the epilogue stores through pointers."""
+    return all(t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+               and t.data_ptr() % 16 == 0 for t in tiles)
