@@ -72,7 +72,8 @@ def h_case(m: int, n: int, k: int, kind: str):
 
 
 def compare(label: str, fn, args: list, attrs: dict, op: str, configs: list[dict]) -> None:
-    ref = lookup(op).fn(*[t.cpu() if isinstance(t, torch.Tensor) else t for t in args], **attrs)
+    cpu = lambda t: t.cpu() if isinstance(t, torch.Tensor) else t   # noqa: E731
+    ref = lookup(op).fn(*[cpu(t) for t in args], **{k: cpu(v) for k, v in attrs.items()})
     for cfg in configs:
         name = qgemm_space.describe(cfg)
         try:
@@ -93,9 +94,15 @@ def peers(label: str, m: int, n: int, k: int, dtype: torch.dtype | None) -> None
     if dtype == FP8:
         a, w, a_scale, b_scale, bias, _ = operands(m, n, k, FP8)
         one = torch.ones((), device="cuda")
-        fn = lambda: torch._scaled_mm(a, w.t(), scale_a=one, scale_b=one, bias=bias, out_dtype=torch.float16,  # noqa: E731
-                                      use_fast_accum=True)
-        say(f"  {label:24s} {'torch._scaled_mm fast-accum, fp16 out':34s} {bench(fn) * 1e3:7.1f} us")
+        rows, cols = torch.ones(m, 1, device="cuda"), b_scale.float().reshape(1, n)
+        for mode, sa, sb, out in (("tensorwise, fp16 out", one, one, torch.float16),
+                                  ("rowwise, bf16 out", rows, cols, torch.bfloat16)):
+            fn = lambda: torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb, bias=bias.to(out),  # noqa: E731
+                                          out_dtype=out, use_fast_accum=True)
+            try:
+                say(f"  {label:24s} {'_scaled_mm fast-accum ' + mode:34s} {bench(fn) * 1e3:7.1f} us")
+            except Exception:  # noqa: BLE001
+                say(f"  {label:24s} {'_scaled_mm ' + mode:34s} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
     elif dtype == torch.float16:
         a = torch.randn(m, k, device="cuda").half()
         w = torch.randn(k, n, device="cuda").half()

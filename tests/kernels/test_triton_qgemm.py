@@ -335,7 +335,13 @@ def test_tma_store_of_ragged_tiles(a_dt, persistent):
         assert want.float().unique().numel() > 10
     # Rows of Y not 16-byte aligned (int8, N 40): the same config stores through pointers.
     ragged = _layer(45, 40, 64, a_dt=a_dt, b_dt=a_dt, trans_b=1, seed=22, fp8_ints=fp8)
-    assert not qgemm_tma.store_tma_ok(torch.empty(45, 40, dtype=torch.int8))
+    assert not qgemm_tma.store_tma_ok(cfg, 1, torch.empty(45, 40, dtype=torch.int8))
+    assert qgemm_tma.store_tma_ok(cfg, 1, torch.empty(45, 48, dtype=torch.int8))
+    # Staging buffers that do not fit beside the operand stages: 128x256x128 at 3 stages is
+    # 144 KiB of operands; a float16 Y fits (208 KiB), Y and a float16 residual do not.
+    wide = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "num_stages": 3}
+    y16 = torch.empty(256, 768, dtype=torch.float16)
+    assert qgemm_tma.store_tma_ok(wide, 1, y16) and not qgemm_tma.store_tma_ok(wide, 1, y16, y16)
     _check(ragged, trans_b=1, config=dict(cfg), **_requant(torch.int8, None, 0.02))
 
 

@@ -78,7 +78,7 @@ def launch(a2: Tensor, b: Tensor, trans_b: int, pointers: tuple[Tensor, ...], m:
     desc = descriptor_type()
     programs = min(triton.cdiv(m, bm) * triton.cdiv(n, bn), sm_count(a2.device))
     bias, res, y, qinv, qzp = pointers
-    y_tma = bool(y_tma) and store_tma_ok(y, res)
+    y_tma = bool(y_tma) and store_tma_ok(flags, a2.element_size(), *((y, res) if flags["HAS_RES"] else (y,)))
     if y_tma:
         y, res = desc.from_tensor(y, [bm, bn]), desc.from_tensor(res, [bm, bn])
     gemm_tma_kernel[(programs,)](

@@ -282,7 +282,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
         programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
-        y_tma = bool(cfg.get("Y_TMA")) and store_tma_ok(y_out, r2)
+        y_tma = bool(cfg.get("Y_TMA")) and store_tma_ok(cfg, 1, *((y_out, r2) if residual is not None else (y_out,)))
         y_arg, r_arg = ((desc.from_tensor(y_out, [bm, bn]), desc.from_tensor(r2, [bm, bn])) if y_tma
                         else (y_out, r2))
         qgemm_tma_kernel[(programs,)](

@@ -15,6 +15,7 @@ from kiln.kernels.triton.qgemm_tile import dot8, epilogue, epilogue_value
 
 Tensor = torch.Tensor
 FLOAT8 = torch.float8_e4m3fn
+SHARED_MEMORY = 227 * 1024 - 1024   # a Hopper block's shared memory, less room for barriers
 
 
 @triton.jit
@@ -107,8 +108,12 @@ def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> b
             and descriptor_type() is not None)
 
 
-def store_tma_ok(*tiles: Tensor) -> bool:
+def store_tma_ok(cfg: dict, operand_bytes: int, *tiles: Tensor) -> bool:
     """The output (and the residual, read the same way) can go through TMA boxes (config Y_TMA):
-    row-major 2-D, rows and base 16-byte aligned. Elsewhere the epilogue stores through pointers."""
-    return all(t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
-               and t.data_ptr() % 16 == 0 for t in tiles)
+    row-major 2-D, rows and base 16-byte aligned, and their [BLOCK_M, BLOCK_N] staging buffers fit
+    in shared memory beside the operand stages (128x256x128 at 3 stages with a 16-bit Y and
+    residual needs 272 KiB). Elsewhere the epilogue stores through pointers."""
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    smem = cfg["num_stages"] * (bm + bn) * cfg["BLOCK_K"] * operand_bytes + sum(bm * bn * t.element_size() for t in tiles)
+    return smem <= SHARED_MEMORY and all(t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+                                         and t.data_ptr() % 16 == 0 for t in tiles)
