@@ -84,6 +84,7 @@ def build_config(model: BenchModel, precision: str, batches: list[int], args: ar
                             calib_cache=str(calibration.cache) if quantized and calibration else None,
                             calib_method=args.calib_method,
                             smooth_quant=getattr(args, "smooth_quant", None) if quantized else None,
+                            weight_scales=getattr(args, "weight_scales", "channel") if quantized else "channel",
                             accuracy_budget=getattr(args, "accuracy_budget", None) if quantized else None,
                             float_precision=getattr(args, "quant_float", "fp16") if quantized else "fp32")
 

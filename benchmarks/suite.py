@@ -4,7 +4,7 @@ Usage (GPU machine):
   python benchmarks/suite.py [--models resnet50,vit_b16,bert_base,minilm | resnet50:64,bert_base:1+32]
       [--batches 1,32,64] [--precisions fp16,bf16,fp32,tf32,int8,fp8] [--peers default|all|compiled|NAME,...]
       [--out results.json] [--markdown] [--time-budget SECONDS] [--warm-build new-process|in-process|off]
-      [--timing-cache FILE] [--calib-method minmax|entropy|percentile] [--smooth-quant ALPHA]
+      [--timing-cache FILE] [--calib-method minmax|entropy|percentile] [--smooth-quant ALPHA] [--weight-scales channel|tensor]
       [--calib-samples N] [--accuracy-samples N]
 A ~5 minute subset:
   python benchmarks/suite.py --models bert_base,resnet50 --batches 1,32 --precisions fp16 \
@@ -98,6 +98,7 @@ def meta(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "precisions": list(args.precisions), "precision_note": args.precision_note,
             "warm_build": args.warm_build, "timing_cache": args.timing_cache or "fresh per model and precision",
             "calib_method": args.calib_method, "smooth_quant": getattr(args, "smooth_quant", None),
+            "weight_scales": getattr(args, "weight_scales", "channel"),
             "calib_samples": args.calib_samples,
             "accuracy_samples": args.accuracy_samples,
             "min_cosine": {p: measure.MIN_COSINE[p] for p in args.precisions},

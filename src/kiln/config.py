@@ -24,6 +24,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Activation range calibrators (kiln.calibration.calibrators.METHODS; named here so that
 # reading a config imports no torch).
 CALIB_METHODS = ("entropy", "minmax", "percentile")
+# Weight scales of an int8/fp8 engine's quantized layers (BuildConfig.weight_scales).
+WEIGHT_SCALES = ("channel", "tensor")
 
 Dims = tuple[int, ...]
 
@@ -126,6 +128,12 @@ class BuildConfig:
         norm (or a per-channel QuantizeLinear scale) and the weights (precision/smooth_quant.py);
         "auto" picks each activation's alpha on calibration rows (the calibration cache is then
         not read: it holds no rows). Only with precision int8 or fp8.
+    weight_scales: "channel" (the default: one symmetric scale per output channel) | "tensor"
+        (one per weight, the FP8 recipe of TensorRT-LLM and ModelOpt): a quantized matmul whose
+        scales are all per tensor can run as one cuBLASLt fp8 GEMM with a tensorwise scale and
+        the bias in its epilogue (tactic QMatMul.scaled_mm), which per-channel scales keep from
+        the fastest cuBLASLt kernels. Per-tensor weights lose precision in channels much
+        narrower than the widest: check with `kiln compare`. Only with precision int8 or fp8.
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -144,6 +152,7 @@ class BuildConfig:
     accuracy_budget: tuple[str, float] | None = None
     float_precision: str = "fp32"
     smooth_quant: float | str | None = None
+    weight_scales: str = "channel"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -195,6 +204,13 @@ class BuildConfig:
                 raise KilnError(f"smooth_quant (SmoothQuant alpha {alpha}) only changes int8 and fp8 builds, which "
                                 f"quantize calibrated activations, but the precision is {self.precision}; build with "
                                 "--int8 or --fp8, or drop --smooth-quant.")
+        if self.weight_scales not in WEIGHT_SCALES:
+            raise KilnError(f"weight scales {self.weight_scales!r} are not known: give \"channel\" (one scale per "
+                            "output channel, the default) or \"tensor\" (one per weight).")
+        if self.weight_scales != "channel" and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"weight scales per {self.weight_scales} only change int8 and fp8 builds, which quantize "
+                            f"weights, but the precision is {self.precision}; build with --int8 or --fp8, or drop "
+                            "--weight-scales.")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
@@ -213,6 +229,8 @@ class BuildConfig:
                         calib_batch_size=self.calib_batch_size, float_precision=self.float_precision)
             if self.smooth_quant is not None:
                 data["smooth_quant"] = self.smooth_quant
+            if self.weight_scales != "channel":
+                data["weight_scales"] = self.weight_scales
         return data
 
     @staticmethod
@@ -226,4 +244,5 @@ class BuildConfig:
                            calib_percentile=data.get("calib_percentile", 99.99),
                            calib_batch_size=data.get("calib_batch_size", 8),
                            float_precision=data.get("float_precision", "fp32"),
-                           smooth_quant=data.get("smooth_quant"))
+                           smooth_quant=data.get("smooth_quant"),
+                           weight_scales=data.get("weight_scales", "channel"))

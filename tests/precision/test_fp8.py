@@ -17,6 +17,7 @@ from kiln.calibration.calibrators import FP8_E4M3_QMAX
 from kiln.compiler import builder
 from kiln.compiler.lower import lower
 from kiln.config import BuildConfig
+from kiln.errors import KilnError
 from kiln.engine.device import fingerprint
 from kiln.ir import verify
 from kiln.kernels.reference.interpret import run_graph
@@ -115,6 +116,19 @@ def test_fp8_weight_per_channel() -> None:
     assert np.all(np.abs(back - w) <= np.abs(w) * 2.0**-4 + 2.0**-10 * s)  # RNE on a 3-bit mantissa
 
 
+def test_fp8_weight_per_tensor() -> None:
+    # One scale for the whole weight: the widest channel reaches 448, the narrower ones keep
+    # their ratio to it; an all-zero weight gets scale 1.
+    w = RNG.standard_normal((6, 5)).astype(np.float32)
+    w[:, 2] *= 0.01
+    q, s = fp8_weight(w, 1, per_tensor=True)
+    assert s.shape == (1,) and s[0] == np.float32(np.abs(w).max() / FP8_E4M3_QMAX)
+    assert float(q.float().abs().max()) == FP8_E4M3_QMAX
+    back = q.double().numpy() * s
+    assert np.all(np.abs(back - w) <= np.abs(w) * 2.0**-4 + 2.0**-10 * s)
+    assert fp8_weight(np.zeros((3, 4), np.float32), 0, per_tensor=True)[1].tolist() == [1.0]
+
+
 # ---------------------------------------------------------------- the reference ops on float8
 
 
@@ -188,6 +202,29 @@ def test_fp8_build_matches_fp32(make, shape, qops, tmp_path) -> None:  # noqa: A
         np.testing.assert_array_equal(np.asarray(again(**feed)["y"]), got)
 
 
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_per_tensor_weight_scales_build(precision) -> None:  # noqa: ANN001
+    # BuildConfig.weight_scales "tensor": every quantized layer carries one weight scale, the
+    # engine still matches fp32, and the config round-trips through the engine header.
+    model = cnn()
+    config = BuildConfig(device="cpu", precision=precision, weight_scales="tensor")
+    engine = builder.build(model, config, calibration=batches((BATCH, 3, 8, 8)))
+    fp32 = builder.build(model, BuildConfig(device="cpu"))
+    quantized = [s for s in engine.plan.steps if s.op in ("kiln::QMatMul", "kiln::QConv")]
+    assert len(quantized) == 3
+    for step in quantized:   # b_scale: input 4, a constant slot
+        slot = engine.plan.slots[step.inputs[4]]
+        assert slot.kind == "const" and engine._constants[slot.const_key].numel() == 1, step.name
+    assert engine.header["build"][precision]["weight_scales"] == "tensor"
+    assert BuildConfig.from_json(engine.header["build_config"]).weight_scales == "tensor"
+    for feed in batches((BATCH, 3, 8, 8)):
+        assert cosine(np.asarray(fp32(**feed)["y"]), np.asarray(engine(**feed)["y"])) >= 0.99
+    with pytest.raises(KilnError, match="weight scales per tensor only change int8 and fp8 builds"):
+        BuildConfig(precision="fp16", weight_scales="tensor")
+    with pytest.raises(KilnError, match="weight scales 'row' are not known"):
+        BuildConfig(precision="fp8", weight_scales="row")
+
+
 def test_fp8_config_and_cli_flag(tmp_path) -> None:  # noqa: ANN001
     from click.testing import CliRunner
 
@@ -202,5 +239,9 @@ def test_fp8_config_and_cli_flag(tmp_path) -> None:  # noqa: ANN001
                                             "--calib-data", str(npz), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert load(tmp_path / "m.kiln").header["build"]["fp8"]["quantized"]
+    per_tensor = CliRunner().invoke(build_cmd, [str(onnx_path), "-o", str(tmp_path / "t.kiln"), "--fp8",
+                                                "--calib-data", str(npz), "--device", "cpu", "--weight-scales", "tensor"])
+    assert per_tensor.exit_code == 0 and "weight scales per tensor" in per_tensor.output, per_tensor.output
+    assert load(tmp_path / "t.kiln").header["build_config"]["weight_scales"] == "tensor"
     bad = CliRunner().invoke(build_cmd, [str(onnx_path), "-o", str(tmp_path / "n.kiln"), "--fp8", "--int8"])
     assert bad.exit_code != 0 and "conflicting precisions" in bad.output

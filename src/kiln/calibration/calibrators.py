@@ -187,10 +187,12 @@ def scale_from_amax(amax: float, qmax: float = INT8_QMAX) -> float:
     return amax / qmax
 
 
-def weight_scales(w: np.ndarray | torch.Tensor, axis: int, qmax: float = INT8_QMAX) -> np.ndarray:
-    """Per-channel symmetric scales along `axis`: max |w| over the other axes / qmax, float32.
+def weight_scales(w: np.ndarray | torch.Tensor, axis: int, qmax: float = INT8_QMAX, *,
+                  per_tensor: bool = False) -> np.ndarray:
+    """Per-channel symmetric scales along `axis`: max |w| over the other axes / qmax, float32;
+    with per_tensor, one scale for the whole weight (max |w| / qmax) as a [1] array.
 
-    An all-zero channel gets scale 1.0 (any scale quantizes zeros exactly; 0 would divide by zero).
+    An all-zero channel (weight) gets scale 1.0 (any scale quantizes zeros exactly; 0 would divide by zero).
     """
     t = w.detach().to("cpu", torch.float32) if isinstance(w, torch.Tensor) else torch.from_numpy(
         np.asarray(w, dtype=np.float32))
@@ -204,5 +206,7 @@ def weight_scales(w: np.ndarray | torch.Tensor, axis: int, qmax: float = INT8_QM
         raise KilnError(f"qmax must be positive, got {qmax}; use 127 for int8 or 448 for fp8 e4m3.")
     channels = t.movedim(axis, 0).reshape(t.shape[axis], -1).abs()  # [C, rest]
     amax = channels.amax(dim=1) if channels.shape[1] else torch.zeros(t.shape[axis])
+    if per_tensor:
+        amax = amax.amax(dim=0, keepdim=True) if amax.numel() else torch.zeros(1)
     scales = amax / torch.tensor(qmax, dtype=torch.float32)
     return torch.where(amax > 0, scales, torch.ones_like(scales)).numpy()

@@ -13,7 +13,7 @@ import click
 from kiln.cli import output
 from kiln.cli.calib_options import calibration_method_options, smooth_quant_option
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, BuildConfig, Profile
+from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, WEIGHT_SCALES, BuildConfig, Profile
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -219,7 +219,8 @@ def int8_line(int8: dict[str, Any]) -> str:
             + (f", {attention} attention(s) writing 8 bits" if attention else "")
             + (f", {norms} norm(s) quantizing their output" if norms else "") + f"; ranges: {calib['method']}, {where}"
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
-               if (sq := int8.get("smooth_quant")) else ""))
+               if (sq := int8.get("smooth_quant")) else "")
+            + ("; weight scales per tensor" if int8.get("weight_scales") == "tensor" else ""))
 
 
 def overflow_line(overflow: dict[str, Any]) -> str:
@@ -280,6 +281,11 @@ def _tuning_line(tuning: Any) -> str:
                    "overflow fp16 on them in fp32.")
 @calibration_method_options
 @smooth_quant_option
+@click.option("--weight-scales", "weight_scales", type=click.Choice(WEIGHT_SCALES), default="channel",
+              show_default=True,
+              help="Scales of the --int8/--fp8 weights: one per output channel, or one per weight (tensor: "
+                   "TensorRT-LLM's FP8 recipe, which lets cuBLASLt's fastest fp8 GEMMs run; check the accuracy "
+                   "with kiln compare).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")
@@ -315,7 +321,7 @@ def _tuning_line(tuning: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
-          smooth_quant: float | str | None,
+          smooth_quant: float | str | None, weight_scales: str,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
@@ -346,7 +352,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          calib_data=str(calib_data) if calib_data is not None and overflow_data is None else None,
                          calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
-                         smooth_quant=smooth_quant, calib_cache=None if calib_cache is None else str(calib_cache),
+                         smooth_quant=smooth_quant, weight_scales=weight_scales, calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),

@@ -154,7 +154,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
                               precision=config.precision)
             ranges = smoothed.ranges
         quantize = QUANTIZERS[config.precision]
-        quantized = {"calibration": calibrated, **quantize(graph, ranges, keep_float=keep).to_json()}
+        report = quantize(graph, ranges, keep_float=keep, per_tensor_weights=config.weight_scales == "tensor")
+        quantized = {"calibration": calibrated, "weight_scales": config.weight_scales, **report.to_json()}
         if smoothed is not None:
             quantized["smooth_quant"] = smoothed.to_json()
         if smoothed is not None:

@@ -11,6 +11,8 @@ largest finite float8_e4m3fn):
                                         fp8(W / s_w), s_w,                    per output channel
                                         bias, residual, act)                  float output
 
+(per_tensor_weights, BuildConfig.weight_scales "tensor": one s_w = max|W| / 448 per layer.)
+
 fp8(.) rounds to nearest even and saturates at +-448; float8 has no zero point, so every zero
 point is absent (QuantizeLinear takes its type from output_dtype). Activations beyond the
 calibrated range saturate to +-448 * s_x rather than overflow to NaN. The weights are
@@ -28,6 +30,7 @@ Run after the optimisation passes and with ranges collected on that same graph
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Collection, Mapping
 
 import numpy as np
@@ -43,18 +46,21 @@ from kiln.precision.int8 import QuantizableLayer, QuantizeReport, quantize_with
 FP8 = dtypes.BY_NAME["float8_e4m3fn"]
 
 
-def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> QuantizeReport:
+def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (), *,
+                 per_tensor_weights: bool = False) -> QuantizeReport:
     """Quantize every supported layer with a calibrated input range to fp8 E4M3 (module docstring).
 
-    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names).
+    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
+    per_tensor_weights: one weight scale per layer, max|W| / 448 (BuildConfig.weight_scales).
     The report has int8's shape (QuantizeReport): which layers were quantized, which kept float and why."""
-    return quantize_with(graph, ranges, keep_float, _rewrite)
+    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights))
 
 
-def fp8_weight(w: np.ndarray, axis: int) -> tuple[torch.Tensor, np.ndarray]:
-    """(fp8(W / s_w) as float8_e4m3fn, s_w float32 [C]) with s_w[c] = max|W_c| / 448 along `axis`."""
+def fp8_weight(w: np.ndarray, axis: int, per_tensor: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """(fp8(W / s_w) as float8_e4m3fn, s_w float32 [C]) with s_w[c] = max|W_c| / 448 along `axis`
+    (per_tensor: s_w [1] = max|W| / 448)."""
     w32 = np.asarray(w, dtype=np.float32)
-    scale = weight_scales(w32, axis, FP8_E4M3_QMAX)  # [C] float32
+    scale = weight_scales(w32, axis, FP8_E4M3_QMAX, per_tensor=per_tensor)  # [C] or [1] float32
     shape = [1] * w32.ndim
     shape[axis] = -1
     # max|W_c| / s_w can land a float32 ulp above 448: clamp (saturate) before the RNE cast.
@@ -72,12 +78,13 @@ def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
     return x_q
 
 
-def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
+def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value], *,
+             per_tensor: bool = False) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
         shared_q[id(x)] = quantize_input(graph, x, amax, node)
     x_q = shared_q[id(x)]
-    w_q, w_scale = fp8_weight(layer.w, layer.axis)
+    w_q, w_scale = fp8_weight(layer.w, layer.axis, per_tensor)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
     inputs = [x_q, graph.constant(w_q, f"{node.name}_w_fp8"), x_q.producer().input(1), None,
               graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]

@@ -8,7 +8,7 @@ has a calibrated range amax > 0 (s_x = amax / 127, s_w[c] = max|W_c| / 127 per o
                                         round(W / s_w) int8, s_w,             per output channel
                                         bias, residual, act)                  float output
 
-with L one of kiln::FusedMatMul, kiln::FusedConv, MatMul, Gemm (transA=0, alpha=1, beta=1) or
+(per_tensor_weights, BuildConfig.weight_scales "tensor": one s_w = max|W| / 127 per layer) with L one of kiln::FusedMatMul, kiln::FusedConv, MatMul, Gemm (transA=0, alpha=1, beta=1) or
 Conv. The quantized op accumulates exactly and rounds once to x's float type
 (kernels/reference/quantized.py), so the output keeps its dtype and every reader, graph
 outputs included, is untouched. FusedMatMul's alpha is folded into s_w. One QuantizeLinear
@@ -24,6 +24,7 @@ returns the ranges to quantize with here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
@@ -80,11 +81,13 @@ class QuantizableLayer:
     alpha: float = 1.0
 
 
-def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> QuantizeReport:
+def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (), *,
+                    per_tensor_weights: bool = False) -> QuantizeReport:
     """Quantize every supported layer with a calibrated input range to int8 (module docstring).
 
-    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names)."""
-    return quantize_with(graph, ranges, keep_float, _rewrite)
+    `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
+    per_tensor_weights: one weight scale per layer, max|W| / 127 (BuildConfig.weight_scales)."""
+    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights))
 
 
 def quantize_with(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int],
@@ -231,7 +234,8 @@ def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
     return x_q
 
 
-def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value]) -> Node:
+def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value], *,
+             per_tensor: bool = False) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
         shared_q[id(x)] = quantize_input(graph, x, amax, node)
@@ -239,7 +243,7 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     scale, zp = x_q.producer().input(1), x_q.producer().input(2)
 
     w = layer.w.astype(np.float32)
-    w_scale = weight_scales(w, layer.axis)  # [C] float32
+    w_scale = weight_scales(w, layer.axis, per_tensor=per_tensor)  # [C] (or [1]) float32
     shape = [1] * w.ndim
     shape[layer.axis] = -1
     w_q = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX).astype(np.int8)

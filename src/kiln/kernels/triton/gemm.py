@@ -56,10 +56,14 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 5},
     # PERSISTENT=1: gemm_tma.py's kernel (TMA loads, one program per SM; elsewhere these tiles
-    # through this module's kernel)
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "PERSISTENT": 1},
+    # through this module's kernel). Y_TMA=1: Y leaves through one TMA box where it fits in
+    # shared memory (benchmarks/kernels_gemm_store.py, H200 2026-11-27: 1.02x-1.05x on these two
+    # tilings, 0.97x-1.04x on the 8-warp 128x128 one, which keeps the pointer store).
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "PERSISTENT": 1,
+     "Y_TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "PERSISTENT": 1},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "PERSISTENT": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "PERSISTENT": 1,
+     "Y_TMA": 1},
 )
 
 # Epilogue activations by code (a constexpr, so each kernel carries only its own). Names and

@@ -21,10 +21,14 @@ MIN_BLOCK_K = 32
 # TMA (zero points, misaligned K) the same tiles run through plain loads, one per program.
 # Registers at these tilings, sm_90, no spills (benchmarks/kernel_resources.py); GPU speed not
 # yet measured.
+# Y_TMA=1: the epilogue's tile leaves through one TMA box (qgemm_tma.py), where it fits in shared
+# memory beside the stages. `python benchmarks/kernels_gemm_store.py` (H200, 2026-11-27) on BERT's
+# shapes: never slower on the 128x128x64 w4 and 128x256x128 tilings (1.00x-1.16x, fp8 and int8),
+# mixed on the 128x128x128 w8 one (0.89x-1.01x), which keeps the pointer store.
 PERSISTENT_TILES: tuple[dict[str, int], ...] = (
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "Y_TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "Y_TMA": 1},
 )
 INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
@@ -82,6 +86,6 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
 
 def describe(cfg: dict[str, Any]) -> str:
     """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
-    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT") if k in cfg)
+    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "Y_TMA") if k in cfg)
     return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
             f"s{cfg.get('num_stages')}{flags}")
