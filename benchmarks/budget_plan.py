@@ -1,6 +1,7 @@
 """An --accuracy-budget plan against kiln fp16 and the all-quantized engine, timed in one process.
 
     PYTHONPATH=src python benchmarks/budget_plan.py [--batches 256,32] [--keep LAYER,LAYER,...] [--steps]
+                                                    [--weight-scales channel|tensor]
 
 all-MiniLM-L6-v2 (its packaged weights), fp8 with fp16 float layers and SmoothQuant 0.9, budget
 cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
@@ -39,10 +40,11 @@ SEARCH_BATCH = 32
 CALIB_SAMPLES = 64
 
 
-def fp8_config(model: models.BenchModel, batch: int, keep: tuple[str, ...] = ()) -> BuildConfig:
+def fp8_config(model: models.BenchModel, batch: int, keep: tuple[str, ...] = (),
+               weight_scales: str = "channel") -> BuildConfig:
     return BuildConfig(precision="fp8", device="cuda", profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
                        timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16", smooth_quant=0.9,
-                       layer_precision=tuple((name, "fp16") for name in keep))
+                       layer_precision=tuple((name, "fp16") for name in keep), weight_scales=weight_scales)
 
 
 def graph_ms(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> float:
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--batches", default="256,32")
     ap.add_argument("--keep", default="", help="layers to keep in fp16 (skips the search)")
     ap.add_argument("--steps", action="store_true", help="the plan's GPU time per step")
+    ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
+                    help="fp8 weight scales per output channel or per tensor (kiln build --weight-scales)")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -72,7 +76,7 @@ def main() -> None:
     path = models.export_onnx(model, Path("/tmp/bench"))
     keep = tuple(n for n in args.keep.split(",") if n)
     if not keep:
-        found = search(str(path), fp8_config(model, SEARCH_BATCH), BUDGET,
+        found = search(str(path), fp8_config(model, SEARCH_BATCH, weight_scales=args.weight_scales), BUDGET,
                        calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0))
         keep = tuple(k.name for k in found.kept)
         say(f"search: {found.builds} builds, {BUDGET[0]}={found.achieved:.6f}, keep {','.join(keep)}")
@@ -81,10 +85,11 @@ def main() -> None:
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
         with torch.no_grad():
             reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
-        fp8 = fp8_config(model, batch)
+        fp8 = fp8_config(model, batch, weight_scales=args.weight_scales)
         times = {}
-        for label, config in (("fp16", replace(fp8, precision="fp16", float_precision="fp32", smooth_quant=None)),
-                              ("fp8", fp8), ("plan", fp8_config(model, batch, keep))):
+        fp16 = replace(fp8, precision="fp16", float_precision="fp32", smooth_quant=None, weight_scales="channel")
+        for label, config in (("fp16", fp16),
+                              ("fp8", fp8), ("plan", fp8_config(model, batch, keep, args.weight_scales))):
             engine = kiln.build(str(path), config, calibration=calibration if config.precision == "fp8" else None)
             out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
             cos = row_cosines(out, reference)
