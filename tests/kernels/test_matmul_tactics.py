@@ -48,9 +48,10 @@ def _check_fused(fn, ops, dtype, config=None, **attrs):
 # --- Triton GEMM, interpreted on CPU ---------------------------------------------------------
 
 if mm_tactics.triton_available():
+    from kiln.kernels.triton import activation as triton_act
     from kiln.kernels.triton import gemm as triton_gemm
 else:
-    triton_gemm = None
+    triton_act = triton_gemm = None
 needs_triton = pytest.mark.skipif(triton_gemm is None, reason="Triton is not installed")
 
 
@@ -83,12 +84,12 @@ def test_triton_gemm_optional_inputs_and_empty():
 
 @needs_triton
 def test_triton_activation_codes():
-    assert triton_gemm.activation_code("Gelu", [1.0])[0] == triton_gemm.ACT_GELU_TANH
-    assert triton_gemm.activation_code("Gelu", [])[0] == triton_gemm.ACT_GELU_ERF
-    assert triton_gemm.activation_code("Clip", []) == (triton_gemm.ACT_CLIP, -math.inf, math.inf)
-    assert triton_gemm.activation_code("LeakyRelu", [])[1] == 0.01
+    assert triton_act.activation_code("Gelu", [1.0])[0] == triton_act.ACT_GELU_TANH
+    assert triton_act.activation_code("Gelu", [])[0] == triton_act.ACT_GELU_ERF
+    assert triton_act.activation_code("Clip", []) == (triton_act.ACT_CLIP, -math.inf, math.inf)
+    assert triton_act.activation_code("LeakyRelu", [])[1] == 0.01
     with pytest.raises(ValueError, match="Mish"):
-        triton_gemm.activation_code("Mish", [])
+        triton_act.activation_code("Mish", [])
     assert len(triton_gemm.CONFIGS) >= 6 and all(
         set(c) - {"PERSISTENT", "Y_TMA"} == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
         for c in triton_gemm.CONFIGS)

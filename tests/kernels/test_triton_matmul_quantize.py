@@ -85,6 +85,27 @@ def test_matmul_quantize_per_column_scales(out_dtype, zp):
     assert mismatch(got.cpu(), ref, OP) is None
 
 
+@pytest.mark.parametrize("out_dtype,zp", OUTPUTS)
+@pytest.mark.parametrize("activation,params", [("Gelu", [0.0]), ("Relu", []), ("Clip", [-0.5, 0.75])])
+def test_quantize_with_an_activation_in_the_pass(activation, params, out_dtype, zp):
+    """quantize_linear(activation=...) (the .cublas_act_quantize tactic's second pass): the codes
+    of QuantizeLinear(act(X)) with act(X) rounded to X's type, per tensor and per column."""
+    skip_fp8(out_dtype)
+    from kiln.kernels.reference.fused import apply_activation
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(3, 7, 48, generator=g) * 2).half()
+    quant = lookup("QuantizeLinear").fn
+    for scale in (torch.tensor(0.02, dtype=torch.float16), (torch.rand(48, generator=g) * 0.05 + 0.005).half()):
+        z = None if zp is None else zp.expand(scale.shape).clone()
+        got = quantize.quantize_linear(x.to(DEV), scale.to(DEV), None if z is None else z.to(DEV), axis=-1,
+                                       output_dtype=out_dtype, activation=activation, activation_params=params)
+        y = apply_activation(x.float(), activation, params).half()
+        want = quant(y, scale, z, axis=-1, output_dtype=out_dtype)
+        assert got.dtype == want.dtype and mismatch(got.cpu(), want, OP) is None
+        assert want.float().unique().numel() > 8   # codes spread over the range, not one value
+
+
 def test_matmul_quantize_refuses_scales_of_another_width():
     a, b, c, _ = operands((), 4, 16, 16, torch.float16)
     with pytest.raises(AssertionError, match="per tensor or per output column"):
@@ -116,6 +137,14 @@ SHAPES = ((4, 128, 384), (1536, 384), (1536,), None, (), None)
     ("cublas_tanh_gelu", ("float16", "float16", "float16", None, "float16", None), SHAPES,
      {"trans_b": 1, "activation": "Gelu", "activation_params": [0.0]}, True),
     ("cublas_tanh_gelu", ("float16", "float16", "float16", None, "float16", None), SHAPES, {"trans_b": 1}, False),
+    ("cublas_act_quantize", ("float16", "float16", "float16", None, "float16", None), SHAPES,
+     {"trans_b": 1, "activation": "Gelu", "activation_params": [0.0]}, True),
+    ("cublas_act_quantize", ("float16", "float16", "float16", None, "float16", None),   # per output column
+     SHAPES[:4] + ((1536,), None), {"trans_b": 1, "activation": "Gelu"}, True),
+    ("cublas_act_quantize", ("float16", "float16", "float16", None, "float16", None), SHAPES,   # no activation
+     {"trans_b": 1}, False),
+    ("cublas_act_quantize", ("float16", "float16", "float16", None, "float16", None), SHAPES,   # not a Triton one
+     {"trans_b": 1, "activation": "Mish"}, False),
 ])
 def test_matmul_quantize_supports(name, dtypes, shapes, attrs, ok, monkeypatch):
     from kiln.tactics import quantized
@@ -127,7 +156,7 @@ def test_matmul_quantize_supports(name, dtypes, shapes, attrs, ok, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["cublas", "cublas_tanh_gelu", "triton"])
+@pytest.mark.parametrize("name", ["cublas", "cublas_tanh_gelu", "cublas_act_quantize", "triton"])
 @pytest.mark.parametrize("out_dtype", [TensorProto.INT8, TensorProto.FLOAT8E4M3FN])
 def test_gpu_matmul_quantize_minilm_ffn(name, out_dtype):
     """MiniLM's FFN expansion at batch 8 ([8, 128, 384] @ [384, 1536], exact Gelu), fp16: each

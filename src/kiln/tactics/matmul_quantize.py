@@ -4,6 +4,10 @@ output is quantized for the next, 8-bit, layer.
   .cublas, .cublas_tanh_gelu  the matmul as kiln::FusedMatMul's cuBLAS tactics run it, then
                               QuantizeLinear's Triton kernel: the two steps the fusion replaced,
                               so a build never gets slower for fusing
+  .cublas_act_quantize        the matmul without its activation on cuBLAS (bias and residual in
+                              its epilogue), then one Triton pass that applies the activation
+                              and quantizes: for an activation cuBLAS lacks or approximates
+                              (exact Gelu), two passes where .cublas takes three
   .triton                     kernels/triton/gemm.py with the quantization in its store: Y is
                               never written in 16 bits nor read back
 
@@ -14,7 +18,8 @@ within the quantized layers' one step (compiler/tolerance.py).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -39,6 +44,28 @@ def _then_quantize(matmul: MatMulFn) -> MatMulFn:
         y = matmul(a, b, bias, residual, **attrs)
         return quantize_linear(y, y_scale, y_zero_point, axis=-1, output_dtype=output_dtype, precision=precision)
     return run
+
+
+def _act_in_quantize(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, y_scale: Tensor,
+                     y_zero_point: Tensor | None = None, *, output_dtype: int = 0, precision: int = 0,
+                     activation: str = "", activation_params: Sequence[float] = (), **attrs: Any) -> Tensor:
+    """.cublas_act_quantize: cuBLAS's GEMM with bias/residual, then activation and QuantizeLinear in one pass."""
+    from kiln.kernels.triton.quantize import quantize_linear
+
+    y = cublas_fused_matmul(a, b, bias, residual, **attrs)
+    return quantize_linear(y, y_scale, y_zero_point, axis=-1, output_dtype=output_dtype, precision=precision,
+                           activation=activation, activation_params=activation_params)
+
+
+def _supports_act_in_quantize(query: TacticQuery) -> bool:
+    """An activation the Triton kernels know; the GEMM without it on cuBLAS; the quantization on Triton."""
+    from kiln.kernels.triton.activation import ACTIVATIONS
+
+    activation = query.attrs.get("activation", "")
+    if not activation or activation not in ACTIVATIONS:
+        return False
+    bare = replace(query, attrs={k: v for k, v in query.attrs.items() if k not in ("activation", "activation_params")})
+    return _supports(supports_cublas_fused)(bare) and _supports(lambda q: True)(query)
 
 
 def _parts(query: TacticQuery) -> tuple[TacticQuery, TacticQuery] | None:
@@ -74,6 +101,8 @@ if triton_available():
                            _then_quantize(cublas_fused_matmul), _supports(supports_cublas_fused)))
     register_tactic(Tactic("kiln::MatMulQuantize.cublas_tanh_gelu", "kiln::MatMulQuantize", 1, ("cuda",),
                            _then_quantize(cublas_fused_matmul_tanh_gelu), _supports(supports_cublas_tanh_gelu)))
+    register_tactic(Tactic("kiln::MatMulQuantize.cublas_act_quantize", "kiln::MatMulQuantize", 1, ("cuda",),
+                           _act_in_quantize, _supports_act_in_quantize))
     register_tactic(Tactic("kiln::MatMulQuantize.triton", "kiln::MatMulQuantize", 1, ("cuda",),
                            _triton_gemm.matmul_quantize, _supports(supports_triton_fused),
                            configs=_triton_gemm.CONFIGS))

@@ -254,7 +254,7 @@ def supports_triton_qmatmul_fp8(q: TacticQuery) -> bool:
 
 
 def _supports_triton(q: TacticQuery, fp8: bool) -> bool:
-    from kiln.kernels.triton.gemm import ACTIVATIONS as TRITON_ACTIVATIONS
+    from kiln.kernels.triton.activation import ACTIVATIONS as TRITON_ACTIVATIONS
 
     if q.device != "cuda" or q.attrs.get("activation", "") not in TRITON_ACTIVATIONS:
         return False

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.compiled import fast_reciprocal
+from kiln.kernels.triton.activation import activate, activation_code
 from kiln.kernels.triton.quantize import NO_QUANT, quant_out, quantized_dtype, requantize
 
 Tensor = torch.Tensor
@@ -66,37 +66,6 @@ CONFIGS: tuple[dict[str, int], ...] = (
      "Y_TMA": 1},
 )
 
-# Epilogue activations by code (a constexpr, so each kernel carries only its own). Names and
-# parameters follow fused.ACTIVATIONS; Gelu splits by its approximation parameter.
-ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_HARDSIGMOID = 0, 1, 2, 3, 4, 5
-ACT_HARDSWISH, ACT_TANH, ACT_GELU_ERF, ACT_GELU_TANH, ACT_SILU = 6, 7, 8, 9, 10
-
-_ACT_NAMES: dict[str, int] = {
-    "": ACT_NONE, "Relu": ACT_RELU, "LeakyRelu": ACT_LEAKY, "Clip": ACT_CLIP, "Sigmoid": ACT_SIGMOID,
-    "HardSigmoid": ACT_HARDSIGMOID, "HardSwish": ACT_HARDSWISH, "Tanh": ACT_TANH, "Gelu": ACT_GELU_ERF,
-    "Silu": ACT_SILU,
-}
-# Parameter defaults per activation (as fused.ACTIVATIONS reads them): [p0, p1].
-_ACT_DEFAULTS: dict[str, tuple[float, float]] = {
-    "LeakyRelu": (0.01, 0.0), "Clip": (-math.inf, math.inf), "HardSigmoid": (0.2, 0.5),
-}
-
-ACTIVATIONS: frozenset[str] = frozenset(_ACT_NAMES)
-
-
-def activation_code(activation: str, params: Sequence[float]) -> tuple[int, float, float]:
-    """(code, p0, p1) for the kernel's epilogue; ValueError for an activation it lacks."""
-    if activation not in _ACT_NAMES:
-        raise ValueError(f"the Triton GEMM has no epilogue activation {activation!r}; known: {sorted(_ACT_NAMES)}")
-    d0, d1 = _ACT_DEFAULTS.get(activation, (0.0, 0.0))
-    p0 = float(params[0]) if len(params) > 0 else d0
-    p1 = float(params[1]) if len(params) > 1 else d1
-    code = _ACT_NAMES[activation]
-    if activation == "Gelu" and p0:
-        code = ACT_GELU_TANH
-    return code, p0, p1
-
-
 @triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """The (row, column) tile of program `pid` in grouped order: GROUP_M tile rows are walked
@@ -108,60 +77,6 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     first_m = (pid // per_group) * GROUP_M
     rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
     return first_m + (pid % per_group) % rows_in_group, (pid % per_group) // rows_in_group
-
-
-@triton.jit
-def _tanh(x):
-    # tanh from exp, stable for large |x| (e -> 0): sign(x) * (1 - e) / (1 + e), e = exp(-2|x|).
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) * fast_reciprocal(1.0 + e)
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _gelu_erf(x):
-    # Exact GELU, x * Phi(x) = x * (1 + erf(x / sqrt 2)) / 2, as x * (1 - h) for x >= 0 and
-    # x * h for x < 0 (erf is odd), h = (1 - erf(|x| / sqrt 2)) / 2. erf by Abramowitz & Stegun
-    # 7.1.28 (|error| <= 3e-7): erf t = 1 - p(t)^-16 with p a degree-6 polynomial, here with
-    # 1 / sqrt 2 folded into its coefficients, so h = 0.5 / p(|x|)^16: six FMAs, four squarings,
-    # one reciprocal (fast_reciprocal: p >= 1), a select and a multiply; no exp. In a GEMM
-    # epilogue this is ALU time no other work hides; 7.1.26 (an exp and a reciprocal) and
-    # libdevice's erf spilled registers over a 128x128 tile (`benchmarks/kernels_qgemm.py
-    # --epilogue` times the cost, `benchmarks/kernel_resources.py` counts the instructions).
-    ax = tl.abs(x)
-    p = 1.0 + ax * (0.04986734697 + ax * (0.02114100615 + ax * (0.003277626324 + ax * (3.8003575e-05 + ax * (
-        4.889063564e-05 + ax * 5.382975e-06)))))
-    p2 = p * p
-    p4 = p2 * p2
-    p8 = p4 * p4
-    h = 0.5 * fast_reciprocal(p8 * p8)
-    return x * tl.where(x < 0, h, 1.0 - h)
-
-
-@triton.jit
-def _activation(x, ACT: tl.constexpr, p0, p1):
-    """act(x) on a float32 tile; formulas as fused.ACTIVATIONS / the ONNX spec write them."""
-    if ACT == 1:    # Relu: one max instruction (a select costs a compare too)
-        x = tl.maximum(x, 0.0)
-    elif ACT == 2:  # LeakyRelu(alpha=p0)
-        x = tl.where(x >= 0, x, x * p0)
-    elif ACT == 3:  # Clip(min=p0, max=p1)
-        x = tl.minimum(tl.maximum(x, p0), p1)
-    elif ACT == 4:  # Sigmoid
-        x = fast_reciprocal(1.0 + tl.exp(-x))
-    elif ACT == 5:  # HardSigmoid(alpha=p0, beta=p1)
-        x = tl.minimum(tl.maximum(p0 * x + p1, 0.0), 1.0)
-    elif ACT == 6:  # HardSwish
-        x = x * tl.minimum(tl.maximum(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
-    elif ACT == 7:  # Tanh
-        x = _tanh(x)
-    elif ACT == 8:  # Gelu, exact: x * Phi(x)
-        x = _gelu_erf(x)
-    elif ACT == 9:  # Gelu, tanh approximation
-        x = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
-    elif ACT == 10:  # Silu
-        x = x * fast_reciprocal(1.0 + tl.exp(-x))
-    return x
 
 
 @triton.jit
@@ -180,7 +95,7 @@ def epilogue_value(acc, offs_n, rn, N, res, BIAS, QINV, QZP, alpha, p0, p1, HAS_
     # The activation exactly as for a float store: before a quantizing store with SmoothQuant's
     # per-channel scales an approximation's error is divided by scales as small as 1e-4 (the tanh
     # form of Gelu, 4.7e-4 from exact, then moves codes by several steps, and the tuner rejects it).
-    acc = _activation(acc, ACT, p0, p1)
+    acc = activate(acc, ACT, p0, p1)
     if QUANT:  # kiln::MatMulQuantize: QuantizeLinear's codes of the float32 value
         # times 1 / y_scale (quantize.reciprocal_of): a multiply where QuantizeLinear divides Y rounded
         # to its type, one step apart at most near a rounding boundary (compiler/tolerance.py's rule

@@ -100,7 +100,8 @@ import triton.language as tl
 from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
-from kiln.kernels.triton.gemm import activation_code, grouped_tile
+from kiln.kernels.triton.activation import activation_code
+from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
                                             framed_pixels, k_loop, packed_weight, small_accumulator)

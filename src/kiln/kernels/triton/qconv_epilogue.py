@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kiln.kernels.triton.gemm import _activation
+from kiln.kernels.triton.activation import activate
 from kiln.kernels.triton.quantize import requantize, requantize_relu, small_int_to_float
 
 
@@ -44,7 +44,7 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
             r = r * tl.load(RS).to(tl.float32)
         v = v + r
     if not (ACT == 1 and OUT_KIND == 1):   # Relu before an integer output: folded into its saturation
-        v = _activation(v, ACT, p0, p1)
+        v = activate(v, ACT, p0, p1)
     if OUT_KIND != 0:
         # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
         # rounded once per program (a division per element is a long IEEE sequence with a

@@ -64,7 +64,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.gemm import activation_code, grouped_tile
+from kiln.kernels.triton.activation import activation_code
+from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
 from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, store_tma_ok, tma_ok

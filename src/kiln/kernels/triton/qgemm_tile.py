@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kiln.kernels.triton.gemm import _activation  # one activation vocabulary for every epilogue
+from kiln.kernels.triton.activation import activate  # one activation vocabulary for every epilogue
 from kiln.kernels.triton.quantize import requantize
 
 
@@ -39,7 +39,7 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
         v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
     if HAS_RES:
         v += res.to(tl.float32)
-    v = _activation(v, ACT, p0, p1)
+    v = activate(v, ACT, p0, p1)
     if REQUANT:
         zp = 0
         # OUT_SCALE holds 1 / out_scale, correctly rounded in float32 (quantize.reciprocal_of): one

@@ -35,7 +35,7 @@ activation scales, precision/smooth_quant.py) are read at offset % C of a row-ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import triton
@@ -43,6 +43,7 @@ import triton.language as tl
 
 from kiln.kernels.memo import all_zero, derived, derived_table
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
+from kiln.kernels.triton.activation import activate, activation_code
 from kiln.kernels.triton.compiled import COMPILED
 
 Tensor = torch.Tensor
@@ -215,11 +216,15 @@ def divide(x, s, inv):
 
 
 @triton.jit
-def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, HAS_ZP: tl.constexpr, PREC: tl.constexpr, FLOAT8: tl.constexpr,
-                     QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, p0, p1, HAS_ZP: tl.constexpr, PREC: tl.constexpr,
+                     FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr,
+                     ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # [BLOCK], storage order
     mask = offs < n
-    x = _in_precision(tl.load(X + offs, mask=mask, other=0.0), PREC)
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    if ACT != 0:  # act(X) in float32, rounded to X's type: the Y the quantized FusedMatMul would have stored
+        x = activate(x.to(tl.float32), ACT, p0, p1).to(X.dtype.element_ty)
+    x = _in_precision(x, PREC)
     if PER_CHANNEL:  # X row-major, the parameters along its last axis of C (always in range)
         ch = offs % C
         s = _in_precision(tl.load(SCALE + ch), PREC)
@@ -284,9 +289,12 @@ def _check(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None, out: torch.d
 
 def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = None, *, axis: int = 1,
                     block_size: int = 0, output_dtype: int = 0, precision: int = 0, saturate: int = 1,
-                    config: dict[str, Any] | None = None) -> Tensor:
+                    config: dict[str, Any] | None = None, activation: str = "",
+                    activation_params: Sequence[float] = ()) -> Tensor:
     """Y = QuantizeLinear(X) with per-tensor parameters, in X's memory format (module docstring), or
-    with parameters per channel of X's last axis (`axis` the last; X then row-major)."""
+    with parameters per channel of X's last axis (`axis` the last; X then row-major). With an
+    `activation` (activation.ACTIVATIONS): QuantizeLinear(act(X)), act in float32 and rounded to
+    X's type, in the same pass (kiln::MatMulQuantize's cuBLAS-GEMM-then-activate-and-quantize tactic)."""
     out = quantized_dtype(y_zero_point, output_dtype)
     prec = _division_dtype(y_scale, precision)
     _check(x, y_scale, y_zero_point, out, prec, block_size, saturate, axis)
@@ -309,9 +317,11 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     grid = (triton.cdiv(n, cfg["BLOCK"]),)
     y_codes = y.view(torch.uint8) if info is None else y     # float8: the kernel stores its bits
     inv = reciprocal_of(y_scale, prec).reshape(-1)
+    act, p0, p1 = activation_code(activation, activation_params)
     _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), inv, zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
-                           HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None, QMIN=qmin,
-                           QMAX=qmax, PER_CHANNEL=per_channel, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+                           p0, p1, HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None,
+                           QMIN=qmin, QMAX=qmax, PER_CHANNEL=per_channel, ACT=act, BLOCK=cfg["BLOCK"],
+                           num_warps=cfg["num_warps"])
     return y
 
 
