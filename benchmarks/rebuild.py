@@ -83,7 +83,8 @@ def warm_up(config: kiln.BuildConfig) -> None:
     A calibrated precision warms up in fp16: the tiny model has no calibration data."""
     precision = "fp16" if config.precision in ("int8", "fp8") else config.precision
     kiln.build(warmup_model(), dataclasses.replace(config, precision=precision, profiles=(), timing_cache=None,
-                                                   calib_cache=None, float_precision="fp32"))
+                                                   calib_cache=None, float_precision="fp32", smooth_quant=None,
+                                                   weight_scales="channel"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

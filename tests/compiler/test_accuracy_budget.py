@@ -7,6 +7,8 @@ inf and the fp16 engine's output is inf/NaN. Keeping fc2 alone in fp32 fixes it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -246,6 +248,11 @@ def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
     # untuned (a CPU build without a timer): no speed to report
     untuned = build(model, config, calibration=calib)
     assert "speed" not in untuned.header["build"]["accuracy_budget"] and timed == ["int8", "fp16"]
+    # per-tensor weight scales: the fp16 engine compared with takes no weight scales of its own
+    with pytest.warns(plan_speed.SlowPlanWarning):
+        build(model, replace(config, weight_scales="tensor"), calibration=calib,
+              timer=lambda fn, n: (fn(), [0.01] * n)[1])
+    assert timed == ["int8", "fp16", "int8", "fp16"]
 
 
 def test_time_engine_is_the_median_of_timed_runs() -> None:

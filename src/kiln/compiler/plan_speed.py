@@ -50,7 +50,8 @@ def plan_speed(model: str | onnx.ModelProto, config: BuildConfig, engine: Any, k
     from kiln.compiler.builder import build
 
     wider_config = replace(config, precision=kept_precision, float_precision="fp32", accuracy_budget=None,
-                           smooth_quant=None, calib_data=None, calib_cache=None, dump_ir=None, embed_source=False)
+                           smooth_quant=None, weight_scales="channel", calib_data=None, calib_cache=None, dump_ir=None,
+                           embed_source=False)
     wider = build(model, wider_config, timer=timer)
     engine_ms, wider_ms = (_time_engine(e, timer) for e in (engine, wider))
     speed = PlanSpeed(engine_ms, wider_ms, kept_precision)

@@ -67,7 +67,7 @@ def _supports_act_in_quantize(query: TacticQuery) -> bool:
     if not activation or activation not in ACTIVATIONS:
         return False
     bare = replace(query, attrs={k: v for k, v in query.attrs.items() if k not in ("activation", "activation_params")})
-    return _supports(supports_cublas_fused)(bare) and _supports(lambda q: True)(query)
+    return _supports(supports_cublas_fused)(bare)   # (the quantization's half is the same query's)
 
 
 def _parts(query: TacticQuery) -> tuple[TacticQuery, TacticQuery] | None:
