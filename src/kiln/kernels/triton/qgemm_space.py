@@ -19,11 +19,12 @@ MIN_BLOCK_K = 32
 # PERSISTENT=1: the TMA kernel with one program per SM walking the tiles, pipelined across them
 # (qgemm_tma.py): the next tile's loads overlap this tile's epilogue. Without
 # TMA (zero points, misaligned K) the same tiles run through plain loads, one per program.
-# Registers at these tilings, sm_90, no spills (benchmarks/kernel_resources.py); GPU speed not
-# yet measured.
+# Registers at these tilings, sm_90, no spills (benchmarks/kernel_resources.py); their GPU times
+# on BERT's shapes: benchmarks/kernels_gemm_store.py (BENCHMARKS.md, 20:50-21:25 UTC).
 # Y_TMA=1: the epilogue's tile leaves through one TMA box (qgemm_tma.py), where it fits in shared
 # memory beside the stages. `python benchmarks/kernels_gemm_store.py` (H200, 2026-11-27) on BERT's
-# shapes: never slower on the 128x128x64 w4 and 128x256x128 tilings (1.00x-1.16x, fp8 and int8),
+# shapes: 1.00x-1.16x on the 128x128x64 w4 and 128x256x128 tilings, fp8 and int8 (the one case
+# below 1, fp8 FFN2 on 128x256x128, 23.3 -> 23.4 us, within run-to-run noise),
 # mixed on the 128x128x128 w8 one (0.89x-1.01x), which keeps the pointer store.
 PERSISTENT_TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "Y_TMA": 1},
