@@ -46,6 +46,11 @@ def say(msg: str = "") -> None:
     LINES.append(msg)
 
 
+def error() -> str:
+    """The current exception's last line, for a report row."""
+    return "FAILED: " + traceback.format_exc().strip().splitlines()[-1]
+
+
 def q_case(m: int, n: int, k: int, dtype: torch.dtype, kind: str):
     """(args, attrs) of one kiln::QMatMul."""
     a, w, a_scale, b_scale, bias, residual = operands(m, n, k, dtype)
@@ -87,7 +92,7 @@ def compare(label: str, fn, args: list, attrs: dict, op: str, configs: list[dict
                 f"({t_plain / t_boxed:.2f}x)  {'OK' if why is None else 'MISMATCH ' + why}"
                 f"{'' if same else '  TMA STORE DIFFERS'}")
         except Exception:  # noqa: BLE001 - one failure is reported, the rest still run
-            say(f"  {label:24s} {name:34s} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
+            say(f"  {label:24s} {name:34s} {error()}")
 
 
 def peers(label: str, m: int, n: int, k: int, dtype: torch.dtype | None) -> None:
@@ -102,7 +107,7 @@ def peers(label: str, m: int, n: int, k: int, dtype: torch.dtype | None) -> None
             try:
                 say(f"  {label:24s} {'_scaled_mm fast-accum ' + mode:34s} {bench(fn) * 1e3:7.1f} us")
             except Exception:  # noqa: BLE001
-                say(f"  {label:24s} {'_scaled_mm ' + mode:34s} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
+                say(f"  {label:24s} {'_scaled_mm ' + mode:34s} {error()}")
     elif dtype == torch.float16:
         a = torch.randn(m, k, device="cuda").half()
         w = torch.randn(k, n, device="cuda").half()

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import epilogue_value, grouped_tile, store_epilogue
-from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_tma_ok
+from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_boxes
 
 Tensor = torch.Tensor
 
@@ -73,14 +73,12 @@ def launch(a2: Tensor, b: Tensor, trans_b: int, pointers: tuple[Tensor, ...], m:
            stride_ym: int, alpha: float, p0: float, p1: float, flags: dict[str, Any], y_tma: bool = False) -> None:
     """Run the kernel on A [M, K] and B as stored ([N, K] with trans_b, else [K, N]); `pointers`
     and `flags` as gemm.py's kernel takes them (bias, residual, Y, quantization parameters);
-    y_tma (config Y_TMA): Y and the residual through TMA boxes where store_tma_ok."""
+    y_tma (config Y_TMA): Y and the residual through TMA boxes where qgemm_tma.store_boxes allows."""
     bm, bn, bk = flags["BLOCK_M"], flags["BLOCK_N"], flags["BLOCK_K"]
     desc = descriptor_type()
     programs = min(triton.cdiv(m, bm) * triton.cdiv(n, bn), sm_count(a2.device))
     bias, res, y, qinv, qzp = pointers
-    y_tma = bool(y_tma) and store_tma_ok(flags, a2.element_size(), *((y, res) if flags["HAS_RES"] else (y,)))
-    if y_tma:
-        y, res = desc.from_tensor(y, [bm, bn]), desc.from_tensor(res, [bm, bn])
+    y, res, y_tma = store_boxes({**flags, "Y_TMA": y_tma}, a2.element_size(), y, res, flags["HAS_RES"])
     gemm_tma_kernel[(programs,)](
         desc.from_tensor(a2, [bm, bk]), desc.from_tensor(b, [bn, bk] if trans_b else [bk, bn]), bias, res, y,
         qinv, qzp, m, n, k, programs, stride_ym, alpha, p0, p1, B_NK=bool(trans_b), Y_TMA=y_tma, **flags)

@@ -68,7 +68,7 @@ from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
-from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, store_tma_ok, tma_ok
+from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, store_boxes, tma_ok
 from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
 
 Tensor = torch.Tensor
@@ -283,9 +283,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
         programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
-        y_tma = bool(cfg.get("Y_TMA")) and store_tma_ok(cfg, 1, *((y_out, r2) if residual is not None else (y_out,)))
-        y_arg, r_arg = ((desc.from_tensor(y_out, [bm, bn]), desc.from_tensor(r2, [bm, bn])) if y_tma
-                        else (y_out, r2))
+        y_arg, r_arg, y_tma = store_boxes(cfg, 1, y_out, r2, residual is not None)
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],

@@ -5,6 +5,7 @@ tiles (PERSISTENT). The per-tile work is qgemm_tile.py's, the arithmetic qgemm.p
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import triton
@@ -106,6 +107,17 @@ def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> b
     return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and descriptor_type() is not None)
+
+
+def store_boxes(cfg: dict, operand_bytes: int, y: Tensor, res: Tensor, has_res: bool) -> tuple[Any, Any, bool]:
+    """(Y, RES) as a persistent GEMM kernel takes them, and whether they are TMA descriptors of
+    [BLOCK_M, BLOCK_N] boxes (config Y_TMA, where store_tma_ok) or the tensors themselves. Without
+    a residual, RES is a placeholder: Y again (its descriptor, not a second one)."""
+    if not (cfg.get("Y_TMA") and store_tma_ok(cfg, operand_bytes, *((y, res) if has_res else (y,)))):
+        return y, res, False
+    desc, box = descriptor_type(), [cfg["BLOCK_M"], cfg["BLOCK_N"]]
+    y_desc = desc.from_tensor(y, box)
+    return y_desc, desc.from_tensor(res, box) if has_res else y_desc, True
 
 
 def store_tma_ok(cfg: dict, operand_bytes: int, *tiles: Tensor) -> bool:
