@@ -19,9 +19,11 @@ if not available():
 from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
 from kiln.kernels.triton import qconv_window as qw  # noqa: E402
+from kiln.kernels.triton.qgemm_tma import store_tma_ok  # noqa: E402
 
 from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
-from tests.kernels.test_triton_qconv import DEV, F8, I8, _both, _channels_last, _exact_operands, _to  # noqa: E402
+from tests.kernels.test_triton_qconv import (DEV, F8, I8, _both, _channels_last, _exact_operands, _out_shape,  # noqa: E402
+                                             _residual_8bit, _to)
 
 if qw.descriptor_type() is None:
     pytest.skip("this Triton has no host TMA descriptors", allow_module_level=True)
@@ -65,6 +67,52 @@ def test_window_walk_is_exact(name, dtype, config, monkeypatch):
     assert torch.equal(got, want)
     got, want = _both(_channels_last(x), w, xsc, wsc, b, None, activation="Relu", config=config, **attrs)
     assert torch.equal(got, want)
+
+
+def _spy_boxes(monkeypatch):
+    """Whether each launch stored through TMA boxes (store_boxes' verdict)."""
+    boxed = []
+    real = qw.store_boxes
+    monkeypatch.setattr(qw, "store_boxes", lambda *a: (lambda r: (boxed.append(r[2]), r)[1])(real(*a)))
+    return boxed
+
+
+@pytest.mark.parametrize("residual", ["none", "float", "int8", "uint8", "fp8"])
+@pytest.mark.parametrize("out", ["int8", "float"])
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT], ids=["tile", "persistent"])
+def test_tma_store_is_exact_and_matches_the_pointer_store(config, dtype, out, residual, monkeypatch):
+    """Y_TMA on flat rows (a 1x1 stride-1 conv): Y leaves as TMA boxes and the residual (float or
+    8-bit) comes in as one, clipped at M = 70 pixels; the same codes as the reference and as the
+    pointer store, bit for bit."""
+    if DEV == "cuda" and dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    xs, ws, attrs = SHAPES["1x1s1"]
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, dtype, seed=7)
+    rs = rzp = None
+    if residual == "none":
+        r = None
+    elif residual != "float":
+        r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), {"int8": I8, "uint8": torch.uint8, "fp8": F8}[residual],
+                                    torch.Generator().manual_seed(8))
+    os_, ozp = (torch.tensor(0.25), torch.tensor(0, dtype=I8)) if out == "int8" else (None, None)
+    args = (_channels_last(x), w, xsc, None, wsc, None, b, None if r is None else _channels_last(r), os_, ozp, rs, rzp)
+    want = reference_qconv(*args, activation="Relu")
+    boxed = _spy_boxes(monkeypatch)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config={**config, "Y_TMA": 1}).cpu()
+    plain = tq.qconv(*_to(DEV, *args), activation="Relu", config=config).cpu()
+    assert boxed == [True]
+    assert torch.equal(got, want) and torch.equal(got, plain)
+
+
+def test_tma_store_falls_back_where_rows_are_not_aligned(monkeypatch):
+    """24 int8 output channels: rows of 24 bytes, not a TMA box's 16-byte multiple: the pointer store."""
+    xs, ws, attrs = (2, 32, 5, 7), (24, 32, 1, 1), {}
+    x, w, xsc, wsc, b, r = _exact_operands(xs, ws, attrs, I8, seed=9)
+    boxed = _spy_boxes(monkeypatch)
+    got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
+                      torch.tensor(0, dtype=I8), activation="Relu", config={**WINDOW, "Y_TMA": 1}, **attrs)
+    assert boxed == [False] and torch.equal(got, want)
 
 
 def test_nchw_output_and_nchw_residual_take_the_strided_view(monkeypatch):
@@ -121,3 +169,6 @@ def test_box_wastes_the_fewest_pixels():
 def test_window_configs_fit_and_are_in_both_spaces():
     tma = [c for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS if c.get("TMA")]
     assert tma and all(c["BLOCK_K"] >= plan.MIN_BLOCK_K and c["BLOCK_N"] <= qw.MAX_BOX for c in tma)
+    # Every WINDOW config stores an 8-bit Y and reads an 8-bit residual as TMA boxes beside its stages.
+    y = torch.empty((4096, 256), dtype=I8)
+    assert all(c.get("Y_TMA") and store_tma_ok(c, 1, y, y) for c in tma)

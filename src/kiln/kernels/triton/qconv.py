@@ -41,7 +41,8 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
 A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
 images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
-TMA config runs the same tile through the walks above.
+TMA config runs the same tile through the walks above. Its Y_TMA key stores the output tile (and
+reads the residual) as TMA boxes where the output is a flat [N*H*W, OC] matrix.
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
 does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel

@@ -12,13 +12,14 @@ from kiln.kernels.triton.quantize import requantize, requantize_relu, small_int_
 
 
 @triton.jit
-def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  FLOAT_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr,
-                  HAS_RZP: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr,
-                  QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """Store the [BLOCK_M, BLOCK_N] tile `acc` at Y + y_off (masked), reading the residual at
-    RES + r_off; rn: the tile's output channels (wrapped into range)."""
+def conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, FLOAT_ACC: tl.constexpr,
+                        ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
+                        ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
+                        QMAX: tl.constexpr):
+    """The [BLOCK_M, BLOCK_N] tile `acc` as Y stores it: the float value (OUT_KIND 0) or the code
+    (int32; float8 as its e4m3 bits), with `r` the residual tile as loaded (unused without one);
+    rn: the tile's output channels (wrapped into range)."""
     if FLOAT_ACC:
         accf = acc
     elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion
@@ -33,7 +34,6 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
     if HAS_BIAS:
         v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
     if HAS_RES:
-        r = tl.load(RES + r_off, mask=mask, other=0.0)
         if RES_INT:  # int8/uint8: .to(float32) made the large tiles spill
             r = small_int_to_float(r)
         else:
@@ -49,15 +49,30 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
         # Requantized (quantize.py's requantize): v times 1 / out_scale, the reciprocal correctly
         # rounded once per program (a division per element is a long IEEE sequence with a
         # slow-path call, unrolled over the tile), rounded by one float32 add, the zero point
-        # added, saturated; float8 stores the e4m3 bits into Y viewed as uint8.
+        # added, saturated; float8 gives the e4m3 bits, stored into Y viewed as uint8.
         zp = 0
         if HAS_OZP:
             zp = tl.load(OZP)
         inv = tl.math.div_rn(1.0, tl.load(OS).to(tl.float32))
         if ACT == 1 and OUT_KIND == 1:
-            code = requantize_relu(v, inv, zp, HAS_OZP, QMIN, QMAX)
+            v = requantize_relu(v, inv, zp, HAS_OZP, QMIN, QMAX)
         else:
-            code = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
-        tl.store(Y + y_off, code.to(Y.dtype.element_ty), mask=mask)
-    else:
-        tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)
+            v = requantize(v * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+    return v
+
+
+@triton.jit
+def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr,
+                  HAS_RZP: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr,
+                  QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """conv_epilogue_value's tile stored at Y + y_off through pointers (masked), the residual read
+    at RES + r_off the same way."""
+    r = 0.0
+    if HAS_RES:
+        r = tl.load(RES + r_off, mask=mask, other=0.0)
+    v = conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, FLOAT_ACC, ACC_MAGIC,
+                            WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP,
+                            QMIN, QMAX)
+    tl.store(Y + y_off, v.to(Y.dtype.element_ty), mask=mask)

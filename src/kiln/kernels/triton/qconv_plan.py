@@ -92,8 +92,10 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
 
 
 _TILE = {"GROUP_M": 8}
-_TMA = {"TMA": 1}                       # qconv_window.py's WINDOW walk where it applies
-_PERSISTENT = {"TMA": 1, "PERSISTENT": 1}
+# qconv_window.py's WINDOW walk where it applies; Y_TMA: its output (and residual) as TMA boxes
+# where the output is a flat [N*H*W, OC] matrix (1x1 stride-1 convs) and the boxes fit.
+_TMA = {"TMA": 1, "Y_TMA": 1}
+_PERSISTENT = {"TMA": 1, "PERSISTENT": 1, "Y_TMA": 1}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
 # operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
 # Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage. TMA=1 takes
