@@ -32,6 +32,7 @@ if qw.descriptor_type() is None:
 WINDOW = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
           "FP8_ACC": 32, "TMA": 1}
 PERSISTENT = {**WINDOW, "PERSISTENT": 1}
+POINTERS = {k: v for k, v in WINDOW.items() if k != "TMA"}   # qconv.py's PIXELS walk for a 1x1 stride-1 conv
 
 # x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
 # strided view), boxes running past the images, more channels than one K step.
@@ -80,11 +81,11 @@ def _spy_boxes(monkeypatch):
 @pytest.mark.parametrize("residual", ["none", "float", "int8", "uint8", "fp8"])
 @pytest.mark.parametrize("out", ["int8", "float"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT], ids=["tile", "persistent"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, POINTERS], ids=["tile", "persistent", "pixels-walk"])
 def test_tma_store_is_exact_and_matches_the_pointer_store(config, dtype, out, residual, monkeypatch):
-    """Y_TMA on flat rows (a 1x1 stride-1 conv): Y leaves as TMA boxes and the residual (float or
-    8-bit) comes in as one, clipped at M = 70 pixels; the same codes as the reference and as the
-    pointer store, bit for bit."""
+    """Y_TMA on flat rows (a 1x1 stride-1 conv, either walk): Y leaves as TMA boxes, clipped at M = 70 pixels,
+    beside a float or 8-bit residual read through pointers; the same codes as the reference and as
+    the pointer store, bit for bit."""
     if DEV == "cuda" and dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 tensor cores need compute capability 8.9")
     xs, ws, attrs = SHAPES["1x1s1"]
@@ -169,6 +170,6 @@ def test_box_wastes_the_fewest_pixels():
 def test_window_configs_fit_and_are_in_both_spaces():
     tma = [c for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS if c.get("TMA")]
     assert tma and all(c["BLOCK_K"] >= plan.MIN_BLOCK_K and c["BLOCK_N"] <= qw.MAX_BOX for c in tma)
-    # Every WINDOW config stores an 8-bit Y and reads an 8-bit residual as TMA boxes beside its stages.
+    # Every WINDOW config stores an 8-bit Y as TMA boxes beside its stages.
     y = torch.empty((4096, 256), dtype=I8)
-    assert all(c.get("Y_TMA") and store_tma_ok(c, 1, y, y) for c in tma)
+    assert all(c.get("Y_TMA") and store_tma_ok(c, 1, y) for c in tma)

@@ -108,7 +108,7 @@ from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CON
                                             framed_pixels, k_loop, packed_weight, small_accumulator)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
-from kiln.kernels.triton.qconv_window import launch_window, window_applies
+from kiln.kernels.triton.qconv_window import launch_window, output_boxes, window_applies
 from kiln.kernels.triton.quantize import needed_zero_point
 
 Tensor = torch.Tensor
@@ -133,7 +133,7 @@ def _qconv_kernel(
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
-        HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr,
+        HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
@@ -220,10 +220,11 @@ def _qconv_kernel(
         n_o = rm // (OW * OH)
         y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
-    # The epilogue on the float32 accumulator (module docstring).
+    # The epilogue on the float32 accumulator (module docstring); Y_TMA (FLAT_OUT only): Y is a
+    # descriptor of the [M, OC] matrix's boxes.
     conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
                   FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX)
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, pid_m * BLOCK_M, pid_n * BLOCK_N)
 
 
 # --- the launcher ---------------------------------------------------------------------------------
@@ -335,13 +336,14 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
+    y_arg, y_tma = output_boxes(y_out, cfg, bk, x.element_size()) if flat and loop.path == PIXELS else (y_out, False)
     _qconv_kernel[grid](
-        x, wp, y_out, m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1],
+        x, wp, y_arg, m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1],
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
-        ROW=geo.kw * loop.pixel, FLAT_OUT=flat, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
+        ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
     return y
 

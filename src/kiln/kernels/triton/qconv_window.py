@@ -26,21 +26,24 @@ flattened so that the next tile's loads overlap this tile's epilogue.
 
 The epilogue is qconv.py's (qconv_epilogue.py), on the box's pixels: Y and the residual are
 written and read through their strides, pixels past the output's edges masked; or, with config
-Y_TMA where the output is a flat row of pixels (a 1x1 stride-1 conv with channels-last Y and
-residual: the [N*H*W, OC] matrices), as one TMA box each, as qgemm_tma.py's persistent GEMM does:
-no per-element addresses or masks (the copy engine clips the box at M and OC), full-width
-transactions where the MMA layout stores 1 or 2 bytes a thread at a time, and the residual's
-load issued as one instruction. Where the boxes do not fit in shared memory beside the operand
-stages, or a row is not a multiple of 16 bytes, the pointer store runs instead.
+Y_TMA where the output is a flat row of pixels (a 1x1 stride-1 conv with channels-last Y: the
+[N*H*W, OC] matrix), as one TMA box, as qgemm_tma.py's persistent GEMM does: no per-element
+addresses or masks (the copy engine clips the box at M and OC), full-width transactions where the
+MMA layout stores 1 or 2 bytes a thread at a time. The residual stays a pointer load: as a TMA
+box, loaded at the epilogue, its wait was exposed and it lost up to 1.3x on ResNet-50's residual
+layers (benchmarks/kernels_qconv_store.py, H200, 2026-11-27). Where the box does not fit in shared
+memory beside the operand stages, or a row is not a multiple of 16 bytes, the pointer store runs.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
-from kiln.kernels.triton.qconv_epilogue import conv_epilogue, conv_epilogue_value
+from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_boxes
 
@@ -59,8 +62,8 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
-    flat row of pixels: BI = BH = 1, Y and RES descriptors of [BLOCK_M, BLOCK_N] boxes of the
-    [N*H*W, OC] matrices) as one TMA store, the residual read as one TMA load."""
+    flat row of pixels: BI = BH = 1, OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the
+    [N*H*W, OC] matrix) as one TMA box at (ow0, off_n)."""
     BLOCK_M: tl.constexpr = BI * BH * BW
     tiles_m = TILES_I * TILES_H * TILES_W
     pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
@@ -90,25 +93,16 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
         acc = dot8(a, b.T, acc, FP8_ACC)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     rn = offs_n % OC
-    if Y_TMA:
-        r = 0.0
-        if HAS_RES:
-            r = RES.load([ow0, off_n])
-        v = conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, FLOAT_ACC, ACC_MAGIC,
-                                WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP,
-                                QMIN, QMAX)
-        Y.store([ow0, off_n], v.to(Y.dtype))
-    else:
-        i = tl.arange(0, BLOCK_M)
-        n = n0 + i // (BH * BW)
-        oh = oh0 + (i // BW) % BH
-        ow = ow0 + i % BW
-        mask = ((n < N) & (oh < OH) & (ow < OW))[:, None] & (offs_n < OC)[None, :]
-        y_off = (n * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc
-        r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
-        conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                      FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                      OUT_KIND, HAS_OZP, QMIN, QMAX)
+    i = tl.arange(0, BLOCK_M)
+    n = n0 + i // (BH * BW)
+    oh = oh0 + (i // BW) % BH
+    ow = ow0 + i % BW
+    mask = ((n < N) & (oh < OH) & (ow < OW))[:, None] & (offs_n < OC)[None, :]
+    y_off = (n * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc
+    r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
+    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n)
 
 
 @triton.jit
@@ -214,20 +208,23 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
     persistent = bool(cfg.get("PERSISTENT"))
     programs = min(count, sm_count(x.device)) if persistent else count
-    y_arg, res_arg, y_tma = y_out, ops["RES"], False
-    if flat_rows and cfg.get("Y_TMA"):   # [N*H*W, OC] views of channels-last Y and residual: TMA boxes
-        boxes = store_boxes({**cfg, "BLOCK_K": bk}, 1, _rows(y_out), _rows(res), flags["HAS_RES"])
-        if boxes[2]:
-            y_arg, res_arg, y_tma = boxes
+    y_arg, y_tma = output_boxes(y_out, cfg, bk, 1) if flat_rows else (y_out, False)
     window_kernel[(programs,)](
         x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
         *tiles, c, c // bk, geo.kw, geo.kh * geo.kw * (c // bk), geo.ph, geo.pw, programs,
-        *ys, y.stride(1), *rs, res.stride(1), **{**ops, "RES": res_arg},
+        *ys, y.stride(1), *rs, res.stride(1), **ops,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """A channels-last dense [N, C, H, W] tensor as the row-major [N*H*W, C] matrix it is stored as."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+def output_boxes(y_out: Tensor, cfg: dict, bk: int, operand_bytes: int) -> tuple[Any, bool]:
+    """(Y as a conv kernel takes it, whether it is a TMA descriptor): with config Y_TMA, the
+    [BLOCK_M, BLOCK_N] boxes of channels-last dense y_out's [N*H*W, OC] matrix where they fit
+    beside the kernel's operand stages (qgemm_tma.store_boxes), else y_out itself."""
+    if not cfg.get("Y_TMA"):
+        return y_out, False
+    rows = y_out.permute(0, 2, 3, 1).reshape(-1, y_out.shape[1])
+    y_desc, _, boxed = store_boxes({**cfg, "BLOCK_K": bk}, operand_bytes, rows, rows, False)
+    return (y_desc, True) if boxed else (y_out, False)
