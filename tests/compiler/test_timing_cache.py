@@ -74,5 +74,7 @@ def test_nothing_is_written_without_new_entries(tmp_path: Path) -> None:
 
 
 def test_the_cpu_environment_names_the_software() -> None:
+    from kiln.compiler.timer import METHOD_VERSION
     env = environment("cpu")
     assert env["device"] == "cpu" and env["torch"]
+    assert env["timer"] == METHOD_VERSION      # timings taken another way are another environment

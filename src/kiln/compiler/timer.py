@@ -12,16 +12,30 @@ So before each run the GPU is held busy (torch.cuda._sleep, HOLD_CYCLES) until t
 queued the flush, the start event, the candidate and the end event; the events then
 bracket the candidate's kernels back to back. Measured on an H200: a Triton LayerNorm of
 [4096, 768] fp16 took 4.3 us replayed in a graph and 37 us by the unheld timer.
+
+The hold must outlast the candidate's host path, which differs by tactic: a kernel taking TMA
+descriptors builds them on every call (kiln::QConv's WINDOW walk: ~0.4 ms of Python and
+descriptor encoding). A fixed hold of 0.2 ms let those configs be timed with the launch inside:
+ResNet-50's 1x1 256->64 int8 conv was tuned at 176 us for a config that runs 24 us in a CUDA
+graph, and the tuner took a 45 us one instead (H200, 2026-11-27). So the hold is sized per
+candidate (hold_cycles_for): at least HOLD_CYCLES, else HOLD_MARGIN times the host time of one
+untimed call, at the GPU clock's upper bound.
 """
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any GPU's L2 (H100: 50 MB, B200: 126 MB)
-HOLD_CYCLES = 400_000               # ~0.2 ms at H100/H200 clocks: longer than a Python launch path
+# The timing method's version, part of the timing cache's environment: 2 sizes the hold per candidate.
+METHOD_VERSION = 2
+HOLD_CYCLES = 400_000               # ~0.2 ms at H100/H200 clocks: the least hold
+HOLD_MARGIN = 3.0                   # the hold: this many times a candidate's host time per call
+GPU_CYCLES_PER_SECOND = 2.0e9       # above H100/H200 boost clocks (1.98 GHz): a hold in cycles lasts at least that long
+MAX_HOLD_CYCLES = 100_000_000       # 50 ms: a candidate that blocks on the GPU is not helped by more
 
 
 class Timer(Protocol):
@@ -51,14 +65,25 @@ class CudaTimer:
                 self._flush = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device="cuda")
             for _ in range(self.warmup):
                 fn()
+            hold = 0
+            if self.hold_cycles:
+                t0 = time.perf_counter()
+                fn()                          # one more, untimed: its host time sizes the hold
+                hold = hold_cycles_for(time.perf_counter() - t0, self.hold_cycles)
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                       for _ in range(repeats)]
             for start, end in events:
-                if self.hold_cycles:
-                    torch.cuda._sleep(self.hold_cycles)  # the GPU waits while the CPU queues the run
+                if hold:
+                    torch.cuda._sleep(hold)  # the GPU waits while the CPU queues the run
                 self._flush.zero_()  # writes evict the kernel's inputs from L2
                 start.record()
                 fn()
                 end.record()
             torch.cuda.synchronize()
         return [start.elapsed_time(end) for start, end in events]
+
+
+def hold_cycles_for(host_seconds: float, least: int = HOLD_CYCLES) -> int:
+    """GPU cycles to hold before a run whose host path takes host_seconds (module docstring):
+    HOLD_MARGIN times it at GPU_CYCLES_PER_SECOND, at least `least`, at most MAX_HOLD_CYCLES."""
+    return int(min(max(least, HOLD_MARGIN * host_seconds * GPU_CYCLES_PER_SECOND), max(least, MAX_HOLD_CYCLES)))

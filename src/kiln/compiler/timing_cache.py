@@ -4,7 +4,8 @@ One entry per (environment, op signature, candidate):
   environment   GPU name and compute capability (or the CPU), torch, triton, CUDA, cuDNN
                 and cuBLAS versions; any change there makes old timings meaningless; and the
                 version of the synthetic inputs the tuner checks candidates on (an "invalid"
-                verdict holds for the values it was reached on);
+                verdict holds for the values it was reached on) and of the timing method
+                (compiler/timer.py's METHOD_VERSION: timings taken another way do not compare);
   op signature  the qualified op, a digest of its attributes, its input shapes and dtypes;
   candidate     the tactic id, its version and its config.
 An entry is the candidate's outcome there: {"status": "ok" | "invalid" | "error", "ms": float | None}.
@@ -46,10 +47,12 @@ class Entry:
 
 def environment(device: str) -> dict[str, Any]:
     """What the timings depend on besides the op and the kernel."""
+    from kiln.compiler.timer import METHOD_VERSION
     from kiln.engine.device import triton_version
     from kiln.runtime.synthetic import VERSION as INPUTS_VERSION
 
-    env: dict[str, Any] = {"torch": torch.__version__, "triton": triton_version(), "inputs": INPUTS_VERSION}
+    env: dict[str, Any] = {"torch": torch.__version__, "triton": triton_version(), "inputs": INPUTS_VERSION,
+                           "timer": METHOD_VERSION}
     if device != "cuda":
         return {"device": "cpu", "name": platform.processor() or platform.machine(), **env}
     props = torch.cuda.get_device_properties(torch.cuda.current_device())

@@ -92,10 +92,13 @@ def _pack(w: Tensor, row_pad: int, tap_pad: int) -> Tensor:
 
 
 _TILE = {"GROUP_M": 8}
-# qconv_window.py's WINDOW walk where it applies; Y_TMA: its output (and residual) as TMA boxes
-# where the output is a flat [N*H*W, OC] matrix (1x1 stride-1 convs) and the boxes fit.
-_TMA = {"TMA": 1, "Y_TMA": 1}
-_PERSISTENT = {"TMA": 1, "PERSISTENT": 1, "Y_TMA": 1}
+_TMA = {"TMA": 1}                       # qconv_window.py's WINDOW walk where it applies
+# Y_TMA: the output tile leaves as one TMA box where the output is a flat [N*H*W, OC] matrix (1x1
+# stride-1 convs, either walk) and the box fits. On for the 4-warp and the persistent configs; the
+# 8-warp one-tile ones lost 3% against the pointer store over ResNet-50's 1x1 layers, where the
+# 4-warp ones gained up to 1.27x on the residual layers (benchmarks/kernels_qconv_store.py, H200).
+_Y = {"Y_TMA": 1}
+_PERSISTENT = {"TMA": 1, "PERSISTENT": 1, **_Y}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
 # operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
 # Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage. TMA=1 takes
@@ -106,14 +109,14 @@ _PERSISTENT = {"TMA": 1, "PERSISTENT": 1, "Y_TMA": 1}
 # or the default; the build times every config per layer, so the spaces stay that short.
 INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_Y},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_Y},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_Y},
     {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, **_PERSISTENT},
     {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, **_PERSISTENT},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_Y},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_Y},
 )
 # fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
 # registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
@@ -122,12 +125,12 @@ INT8_CONFIGS: tuple[dict[str, Any], ...] = (
 FP8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 32},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 128, **_Y},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 128,
      **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0, **_Y},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 3, "FP8_ACC": 0,
      **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
@@ -135,7 +138,8 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0,
      **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0, **_TMA},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0, **_TMA},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0, **_TMA,
+     **_Y},
 )
 
 
