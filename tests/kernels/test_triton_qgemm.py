@@ -99,6 +99,18 @@ def test_int8_float_output_scales_and_layouts(per_channel, trans_b):
     assert got.dtype == torch.float32
 
 
+@pytest.mark.parametrize("config", [TINY, TINY_TMA, TINY_PERSISTENT], ids=["tile", "tma", "persistent"])
+@pytest.mark.parametrize("fp8", [False, True], ids=["int8", "fp8"])
+def test_a_classifier_head_of_odd_width(fp8, config):
+    """N = 100 (as a 1000-class head: no multiple of 16): the last column tile masked, every walk."""
+    if fp8 and DEV == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    dt = torch.float8_e4m3fn if fp8 else torch.int8
+    args = _layer(8, 100, 64, a_dt=dt, b_dt=dt, trans_b=1, scale_dtype=torch.float16, seed=21)
+    got, _ = _check(args, trans_b=1, config={**config, **({"FP8_ACC": 32} if fp8 else {})})
+    assert got.shape == (8, 100)
+
+
 def test_int8_leading_dims_residual_and_each_output_float_type():
     for dt in (torch.float16, torch.bfloat16):
         args = _layer(9, 32, 64, lead=(2, 3), residual=True, scale_dtype=dt, seed=1)

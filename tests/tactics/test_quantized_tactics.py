@@ -63,6 +63,10 @@ def test_triton_accepts_what_int8_and_fp8_builds_make(hopper):
     # only, scaled_mm requantizes per tensor.
     assert qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_zp="int8", out_shape=(768,)))
     assert not qt.supports_triton_qmatmul(_qmm(out=TensorProto.INT8, out_shape=(384,)))
+    # A classifier head of 1000 classes: N not a multiple of 16, Triton only (cuBLASLt needs 16s).
+    head = _qmm(FP8, FP8, a_zp=None, m=64, n=1000, k=2048, trans_b=1)
+    assert qt.supports_triton_qmatmul(_qmm(n=1000, trans_b=1)) and qt.supports_triton_qmatmul_fp8(head)
+    assert not qt.supports_scaled_mm(head)
     fp8_cols = _qmm(FP8, FP8, a_zp=None, out=TensorProto.FLOAT8E4M3FN, out_shape=(768,))
     assert qt.supports_triton_qmatmul_fp8(fp8_cols) and not qt.supports_scaled_mm(fp8_cols)
 
@@ -73,7 +77,6 @@ def test_triton_refusals(hopper):
         _qmm(FP8, "int8", a_zp=None),                             # mixed fp8 x int8
         _qmm(FP8, FP8),                                           # float8 with a zero point
         _qmm(k=760),                                              # K not a multiple of 16
-        _qmm(n=100),                                              # N not a multiple of 16
         _qmm(k=qt.TRITON_MAX_K + 16),                             # int32 sum could overflow
         _qmm(k="K"),                                              # K unknown at build time
         _qmm(b_scale=(3,)),                                       # scale neither per tensor nor per N

@@ -58,8 +58,8 @@ FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
 # Input positions of kiln::QMatMul.
 A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(len(QMATMUL_INPUTS))
-# K and N multiples of 16 (when static): 16-byte rows for 8-bit operands, which the Triton
-# GEMM needs to pipeline its K loop (tactics/matmul.py's TRITON_ALIGN) and _scaled_mm requires.
+# K a multiple of 16 (static): 16-byte rows for 8-bit operands, which the Triton GEMM needs to
+# pipeline its K loop (tactics/matmul.py's TRITON_ALIGN); _scaled_mm requires it of N too.
 ALIGN = 16
 # torch._scaled_mm's accumulation modes (module docstring); the first is the untuned default.
 SCALED_MM_CONFIGS: tuple[dict[str, int], ...] = ({"fast_accum": 0}, {"fast_accum": 1})
@@ -244,12 +244,13 @@ def _aligned(d: int | str, limit: int) -> bool:
 
 
 def supports_triton_qmatmul(q: TacticQuery) -> bool:
-    """int8/uint8 A and B (sm_80+); K, N static multiples of 16."""
+    """int8/uint8 A and B (sm_80+); K a static multiple of 16, N static (any: the kernels mask
+    the last column tile, e.g. a classifier's 1000 classes)."""
     return _dtype(q, A) in INTS and _dtype(q, B) in INTS and _supports_triton(q, fp8=False)
 
 
 def supports_triton_qmatmul_fp8(q: TacticQuery) -> bool:
-    """float8_e4m3fn A and B (sm_89+); K, N static multiples of 16."""
+    """float8_e4m3fn A and B (sm_89+); K a static multiple of 16, N static."""
     return _dtype(q, A) == _dtype(q, B) == FP8 and _supports_triton(q, fp8=True)
 
 
@@ -264,7 +265,7 @@ def _supports_triton(q: TacticQuery, fp8: bool) -> bool:
     kn = _layer_ok(q, fp8, per_channel_out=True)
     if kn is None:
         return False
-    return _aligned(kn[0], FP8_EXACT_K if fp8 else TRITON_MAX_K) and _aligned(kn[1], 2**31)
+    return _aligned(kn[0], FP8_EXACT_K if fp8 else TRITON_MAX_K) and isinstance(kn[1], int) and 0 < kn[1] < 2**31
 
 
 def supports_scaled_mm(q: TacticQuery) -> bool:
