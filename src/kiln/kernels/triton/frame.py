@@ -3,7 +3,7 @@
 The implicit-GEMM convolution's ROWS walk (qconv.py) reads a convolution with few input
 channels (ResNet's stem, C = 3) from this form: every pixel PIX elements (C of X, then
 zeros), the padding present as zeros, so the kernel needs no masks. One program writes
-BLOCK_W pixels of one framed row (n, hp) as a [BLOCK_W, pixel] tile: X's values where the
+BLOCK_W pixels of each of ROWS framed rows (n, hp), each as a [BLOCK_W, pixel] tile: X's values where the
 row and column fall inside the image and the channel is below C, else 0. The tile is
 loaded along W (each channel's run of an NCHW row is contiguous) and stored pixel-major
 (one dense run), Triton moving it between the two orders on chip. One pass over the
@@ -19,24 +19,31 @@ import triton
 import triton.language as tl
 
 Tensor = torch.Tensor
-BLOCK_W = 128
+BLOCK_W = 256       # framed columns per program (a ResNet stem row, 230, in one)
+ROWS = 8            # framed rows per program: one row of 230 4-byte pixels is ~1 KB, too little
+                    # work for a program (the stem's frame took 23.7 us for 13 MB, bound by
+                    # launching 29,440 programs, with one row of half a row each)
 
 
 @triton.jit
-def _frame_kernel(x_ptr, y_ptr, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
-                  BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
-    row = tl.program_id(0)                                   # n * HP + hp
+def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
+                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
-    n = row // HP
-    ih = tl.zeros([BLOCK_W], tl.int32) + (row % HP - PH)   # a vector: the row's test joins the mask
     iw = wp - PW
-    col_in = (iw >= 0) & (iw < W) & (ih >= 0) & (ih < H)
-    inside = col_in[:, None] & (ch < C)[None, :]
-    src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
-    v = tl.load(src, mask=inside, other=0)                  # [BLOCK_W, BLOCK_P]: each channel's run along W
-    dst = y_ptr + row.to(tl.int64) * WP * PIX + wp[:, None] * PIX + ch[None, :]
-    tl.store(dst, v, mask=(wp < WP)[:, None] & (ch < PIX)[None, :])   # pixel-major: one dense run
+    col_in = (iw >= 0) & (iw < W)
+    store_mask = (wp < WP)[:, None] & (ch < PIX)[None, :]
+    for i in range(ROWS):
+        row = tl.program_id(0) * ROWS + i                    # n * HP + hp
+        n = row // HP
+        rows = tl.zeros([BLOCK_W], tl.int32) + row          # vectors: the row's tests join the masks
+        ih = rows % HP - PH
+        real = (rows < R)[:, None]
+        inside = (col_in & (ih >= 0) & (ih < H))[:, None] & (ch < C)[None, :] & real
+        src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
+        v = tl.load(src, mask=inside, other=0)               # [BLOCK_W, BLOCK_P]: each channel's run along W
+        dst = y_ptr + row.to(tl.int64) * WP * PIX + wp[:, None] * PIX + ch[None, :]
+        tl.store(dst, v, mask=store_mask & real)             # pixel-major: one dense run
 
 
 def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
@@ -48,7 +55,8 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
     src = x.view(bits)
     out = torch.empty((n, hp, wp, pixel), dtype=bits, device=x.device)
     if out.numel():
-        grid = (n * hp, triton.cdiv(wp, BLOCK_W))
-        _frame_kernel[grid](src, out, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), BLOCK_W=BLOCK_W,
-                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
+        block_w = min(BLOCK_W, triton.next_power_of_2(wp))
+        grid = (triton.cdiv(n * hp, ROWS), triton.cdiv(wp, block_w))
+        _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), ROWS=ROWS,
+                            BLOCK_W=block_w, BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
     return out.permute(0, 3, 1, 2).view(x.dtype)
