@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import attention, gemm, norm, pool, qconv, qgemm  # noqa: E402
+from kiln.kernels.triton import attention, gemm, norm, pool, qconv, qconv_window, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -174,10 +174,12 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     requant = {} if out is None else {"out_scale": torch.tensor(0.05, dtype=torch.float16), "out_dtype": out,
                                       "out_zp": zp if out == TensorProto.INT8 else None}
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
-    with recording(qconv, "_qconv_kernel") as rec:
+    with recording(qconv, "_qconv_kernel") as rec, recording(qconv_window, "window_kernel") as window:
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(channels).half(), None,
                     torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4,
                     activation="Relu", config=dict(config or space[0]), **requant, **res_q)
+    if window.calls:   # TMA configs where the WINDOW walk applies
+        return (qconv_window.window_kernel, *window.calls[0])
     return (qconv._qconv_kernel, *rec.calls[0])
 
 
