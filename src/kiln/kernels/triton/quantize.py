@@ -123,15 +123,16 @@ def small_int_to_float(x):
 def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """v (float32, already divided by the scale) as the code the quantized output stores (int32).
 
-    Integers: saturate(round_half_even(v) + zp) to [QMIN, QMAX], computed as v clamped to
-    [QMIN - zp, QMAX - zp] (the same result: rounding is monotonic and the bounds are
-    integers), rounded by one float32 add of 1.5 * 2^23 (in [2^23, 2^24) float32's step is 1,
-    so the add rounds half to even, IEEE's default on the GPU and in numpy alike), and read
-    off the bits: those of the sum minus those of 1.5 * 2^23 (0x4B400000) are the integer, to
-    which the zero point is added by the same subtraction: four instructions per element (in
-    the GEMM and conv epilogues a multiply by 1 / out_scale before them), no branch, no
-    division. NaN saturates (to QMIN on the GPU, whose min/max drop a NaN; the interpreter's
-    keep it: an integer output has no NaN and the reference's is undefined).
+    Integers: saturate(round_half_even(v) + zp) to [QMIN, QMAX], computed as v rounded by one
+    float32 add of 1.5 * 2^23 (in [2^23, 2^24) float32's step is 1, so the add rounds half to
+    even, IEEE's default on the GPU and in numpy alike), clamped to [QMIN - zp, QMAX - zp]
+    shifted by the same 1.5 * 2^23 (the same result: rounding is monotonic and the bounds are
+    integers), and read off the bits: their low byte, plus the zero point, is the code (that of
+    1.5 * 2^23, 0x4B400000, is zero): four instructions per element, the add fused with the
+    GEMM and conv epilogues' multiply by 1 / out_scale into one FMA, no branch, no division.
+    The codes come back as int8/uint8 (packed_bytes). NaN saturates (to QMIN on the GPU, whose
+    min/max drop a NaN; the interpreter's keep it: an integer output has no NaN and the
+    reference's is undefined).
     Float8: add the zero point (only when there is one: -0 + 0 would lose the sign of zero),
     clamp to +-448 keeping NaN, and encode: the GPU's saturating conversion where compiled
     (HW_FLOAT8, uint8 bits; it clamps, infinities included), float8e4m3_code after an explicit
@@ -192,10 +193,14 @@ def packed_bytes(code, QMIN: tl.constexpr):
 
 @triton.jit
 def _saturate_round(v, lo, hi, z):
-    """v clamped to [lo, hi], rounded half to even by one float32 add of 1.5 * 2^23 and read off
-    the bits, plus z (requantize's docstring)."""
-    x = tl.minimum(tl.maximum(v, lo), hi)
-    return (x + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 - z)
+    """v rounded half to even by one float32 add of 1.5 * 2^23, clamped to [lo, hi] in that
+    shifted domain (the same codes: the shift is exact there and monotonic everywhere), read off
+    the bits, plus z (requantize's docstring). Only the low byte is the code: the caller stores
+    it into an 8-bit Y (0x4B400000 has a zero low byte, so its subtraction is left out). The add
+    comes first so that the GPU fuses it with the caller's multiply by 1 / scale into one FMA,
+    which rounds the exact product once, as the reference does (interpreted: twice)."""
+    x = tl.minimum(tl.maximum(v + 12582912.0, lo + 12582912.0), hi + 12582912.0)
+    return x.to(tl.int32, bitcast=True) + z
 
 
 @triton.jit
