@@ -126,7 +126,8 @@ def measure(q: str) -> tuple[float, float]:
         pairs = []
         for cfg in window:
             try:
-                same = torch.equal(_run(li, q, cfg).view(torch.uint8), _run(li, q, {**cfg, "Y_TMA": 1}).view(torch.uint8))
+                plain = _run(li, q, cfg).view(torch.uint8)
+                same = torch.equal(plain, _run(li, q, {**cfg, "Y_TMA": 1}).view(torch.uint8))
             except Exception:  # noqa: BLE001
                 same = False
                 say(f"  {name} {short(cfg)}: " + traceback.format_exc().strip().splitlines()[-1])

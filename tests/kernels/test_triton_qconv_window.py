@@ -22,8 +22,8 @@ from kiln.kernels.triton import qconv_window as qw  # noqa: E402
 from kiln.kernels.triton.qgemm_tma import store_tma_ok  # noqa: E402
 
 from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
-from tests.kernels.test_triton_qconv import (DEV, F8, I8, _both, _channels_last, _exact_operands, _out_shape,  # noqa: E402
-                                             _residual_8bit, _to)
+from tests.kernels.test_triton_qconv import (DEV, F8, I8, _both, _channels_last, _exact_operands,  # noqa: E402
+                                             _out_shape, _residual_8bit, _to)
 
 if qw.descriptor_type() is None:
     pytest.skip("this Triton has no host TMA descriptors", allow_module_level=True)

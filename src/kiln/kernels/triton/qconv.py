@@ -41,8 +41,8 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
 A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
 images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
-TMA config runs the same tile through the walks above. Its Y_TMA key stores the output tile (and
-reads the residual) as TMA boxes where the output is a flat [N*H*W, OC] matrix.
+TMA config runs the same tile through the walks above. The Y_TMA key (any walk) stores the
+output tile as one TMA box where the output is a flat [N*H*W, OC] matrix.
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
 does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel
@@ -343,7 +343,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
-        ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
+        ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
     return y
 

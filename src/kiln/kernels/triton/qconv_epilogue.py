@@ -18,8 +18,8 @@ def conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, 
                         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                         QMAX: tl.constexpr):
     """The [BLOCK_M, BLOCK_N] tile `acc` as Y stores it: the float value (OUT_KIND 0) or the code
-    (int32; float8 as its e4m3 bits), with `r` the residual tile as loaded (unused without one);
-    rn: the tile's output channels (wrapped into range)."""
+    (int8/uint8; float8 as its e4m3 bits), with `r` the residual tile as loaded (unused without
+    one); rn: the tile's output channels (wrapped into range)."""
     if FLOAT_ACC:
         accf = acc
     elif ACC_MAGIC:  # |acc| < 2^22: exactly, without the I2F conversion

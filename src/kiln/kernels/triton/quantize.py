@@ -121,7 +121,8 @@ def small_int_to_float(x):
 
 @triton.jit
 def requantize(v, zp, HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """v (float32, already divided by the scale) as the code the quantized output stores (int32).
+    """v (float32, already divided by the scale) as the code the quantized output stores: int8 or
+    uint8 for an integer output, the e4m3 bits (uint8; int32 interpreted) for float8.
 
     Integers: saturate(round_half_even(v) + zp) to [QMIN, QMAX], computed as v rounded by one
     float32 add of 1.5 * 2^23 (in [2^23, 2^24) float32's step is 1, so the add rounds half to
