@@ -74,7 +74,7 @@ def _spy_boxes(monkeypatch):
     """Whether each launch stored through TMA boxes (store_boxes' verdict)."""
     boxed = []
     real = qw.store_boxes
-    monkeypatch.setattr(qw, "store_boxes", lambda *a: (lambda r: (boxed.append(r[2]), r)[1])(real(*a)))
+    monkeypatch.setattr(qw, "store_boxes", lambda *a, **k: (lambda r: (boxed.append(r[2]), r)[1])(real(*a, **k)))
     return boxed
 
 
@@ -114,6 +114,21 @@ def test_tma_store_falls_back_where_rows_are_not_aligned(monkeypatch):
     got, want = _both(_channels_last(x), w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
                       torch.tensor(0, dtype=I8), activation="Relu", config={**WINDOW, "Y_TMA": 1}, **attrs)
     assert boxed == [False] and torch.equal(got, want)
+
+
+def test_tma_store_counts_the_residual_tiles_shared_memory():
+    """The int8 128x256x128 persistent tile with an int8 residual: its Y box fits with an int8 Y
+    (213,016 bytes compiled for sm_90) but not with a float16 one (245,784 > 232,448): the residual
+    tile moves between layouts through shared memory too, so it counts."""
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3,
+           "TMA": 1, "PERSISTENT": 1, "Y_TMA": 1}
+    cl = torch.channels_last
+    y8 = torch.empty((64, 2048, 7, 7), dtype=I8).contiguous(memory_format=cl)
+    y16 = torch.empty((64, 2048, 7, 7), dtype=torch.float16).contiguous(memory_format=cl)
+    assert qw.output_boxes(y8, cfg, 128, 1, 1)[1]
+    assert not qw.output_boxes(y16, cfg, 128, 1, 1)[1]
+    assert qw.output_boxes(y16, cfg, 128, 1, 0)[1]                 # no residual: it fits
+    assert qw.output_boxes(y16, {**cfg, "Y_TMA": 0}, 128, 1, 0) == (y16, False)
 
 
 def test_nchw_output_and_nchw_residual_take_the_strided_view(monkeypatch):

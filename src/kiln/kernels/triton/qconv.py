@@ -336,7 +336,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
-    y_arg, y_tma = output_boxes(y_out, cfg, bk, x.element_size()) if flat and loop.path == PIXELS else (y_out, False)
+    y_arg, y_tma = output_boxes(y_out, cfg, bk, x.element_size(), res.element_size() if residual is not None else 0) \
+        if flat and loop.path == PIXELS else (y_out, False)
     _qconv_kernel[grid](
         x, wp, y_arg, m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1],
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,

@@ -208,7 +208,8 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
     persistent = bool(cfg.get("PERSISTENT"))
     programs = min(count, sm_count(x.device)) if persistent else count
-    y_arg, y_tma = output_boxes(y_out, cfg, bk, 1) if flat_rows else (y_out, False)
+    res_bytes = res.element_size() if flags["HAS_RES"] else 0
+    y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"
     window_kernel[(programs,)](
         x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
@@ -219,12 +220,17 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
 
 
-def output_boxes(y_out: Tensor, cfg: dict, bk: int, operand_bytes: int) -> tuple[Any, bool]:
+def output_boxes(y_out: Tensor, cfg: dict, bk: int, operand_bytes: int, residual_bytes: int) -> tuple[Any, bool]:
     """(Y as a conv kernel takes it, whether it is a TMA descriptor): with config Y_TMA, the
     [BLOCK_M, BLOCK_N] boxes of channels-last dense y_out's [N*H*W, OC] matrix where they fit
-    beside the kernel's operand stages (qgemm_tma.store_boxes), else y_out itself."""
+    beside the kernel's operand stages and the residual tile's (residual_bytes an element, 0
+    without one) move from the layout it is loaded in to the accumulator's, which also goes
+    through shared memory (qgemm_tma.store_boxes), else y_out itself. Compiled for sm_90, the
+    int8 128x256x128 persistent tile with an int8 residual takes 213,016 bytes with an int8 Y and
+    245,784 with a float16 one, past the 232,448 a block may have (the tuner saw the launch fail)."""
     if not cfg.get("Y_TMA"):
         return y_out, False
     rows = y_out.permute(0, 2, 3, 1).view(-1, y_out.shape[1])    # a view (never a copy the kernel would fill)
-    y_desc, _, boxed = store_boxes({**cfg, "BLOCK_K": bk}, operand_bytes, rows, rows, False)
+    extra = int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]) * residual_bytes
+    y_desc, _, boxed = store_boxes({**cfg, "BLOCK_K": bk}, operand_bytes, rows, rows, False, extra_bytes=extra)
     return (y_desc, True) if boxed else (y_out, False)

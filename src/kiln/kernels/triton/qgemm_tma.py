@@ -109,23 +109,28 @@ def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> b
             and descriptor_type() is not None)
 
 
-def store_boxes(cfg: dict, operand_bytes: int, y: Tensor, res: Tensor, has_res: bool) -> tuple[Any, Any, bool]:
+def store_boxes(cfg: dict, operand_bytes: int, y: Tensor, res: Tensor, has_res: bool,
+                extra_bytes: int = 0) -> tuple[Any, Any, bool]:
     """(Y, RES) as a persistent GEMM kernel takes them, and whether they are TMA descriptors of
-    [BLOCK_M, BLOCK_N] boxes (config Y_TMA, where store_tma_ok) or the tensors themselves. Without
-    a residual, RES is a placeholder: Y again (its descriptor, not a second one)."""
-    if not (cfg.get("Y_TMA") and store_tma_ok(cfg, operand_bytes, *((y, res) if has_res else (y,)))):
+    [BLOCK_M, BLOCK_N] boxes (config Y_TMA, where store_tma_ok, with extra_bytes of other shared
+    memory the kernel needs) or the tensors themselves. Without a residual, RES is a placeholder:
+    Y again (its descriptor, not a second one)."""
+    tiles = (y, res) if has_res else (y,)
+    if not (cfg.get("Y_TMA") and store_tma_ok(cfg, operand_bytes, *tiles, extra_bytes=extra_bytes)):
         return y, res, False
     desc, box = descriptor_type(), [cfg["BLOCK_M"], cfg["BLOCK_N"]]
     y_desc = desc.from_tensor(y, box)
     return y_desc, desc.from_tensor(res, box) if has_res else y_desc, True
 
 
-def store_tma_ok(cfg: dict, operand_bytes: int, *tiles: Tensor) -> bool:
+def store_tma_ok(cfg: dict, operand_bytes: int, *tiles: Tensor, extra_bytes: int = 0) -> bool:
     """The output (and the residual, read the same way) can go through TMA boxes (config Y_TMA):
     row-major 2-D, rows and base 16-byte aligned, and their [BLOCK_M, BLOCK_N] staging buffers fit
-    in shared memory beside the operand stages (128x256x128 at 3 stages with a 16-bit Y and
-    residual needs 272 KiB). Elsewhere the epilogue stores through pointers."""
+    in shared memory beside the operand stages and extra_bytes of other use (128x256x128 at 3
+    stages with a 16-bit Y and residual needs 272 KiB). Elsewhere the epilogue stores through
+    pointers."""
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    smem = cfg["num_stages"] * (bm + bn) * cfg["BLOCK_K"] * operand_bytes + sum(bm * bn * t.element_size() for t in tiles)
+    smem = cfg["num_stages"] * (bm + bn) * cfg["BLOCK_K"] * operand_bytes + extra_bytes + \
+        sum(bm * bn * t.element_size() for t in tiles)
     return smem <= SHARED_MEMORY and all(t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
                                          and t.data_ptr() % 16 == 0 for t in tiles)
