@@ -8,8 +8,9 @@ has a calibrated range amax > 0 (s_x = amax / 127, s_w[c] = max|W_c| / 127 per o
                                         round(W / s_w) int8, s_w,             per output channel
                                         bias, residual, act)                  float output
 
-(per_tensor_weights, BuildConfig.weight_scales "tensor": one s_w = max|W| / 127 per layer) with L one of kiln::FusedMatMul, kiln::FusedConv, MatMul, Gemm (transA=0, alpha=1, beta=1) or
-Conv. The quantized op accumulates exactly and rounds once to x's float type
+(per_tensor_weights, BuildConfig.weight_scales "tensor": one s_w = max|W| / 127 per layer) with
+L one of kiln::FusedMatMul, kiln::FusedConv, MatMul, Gemm (transA=0, alpha=1, beta=1) or Conv.
+The quantized op accumulates exactly and rounds once to x's float type
 (kernels/reference/quantized.py), so the output keeps its dtype and every reader, graph
 outputs included, is untouched. FusedMatMul's alpha is folded into s_w. One QuantizeLinear
 per activation serves all of its quantized readers. Layers that do not fit stay float and

@@ -85,7 +85,7 @@ def epilogue_value(acc, offs_n, rn, N, res, BIAS, QINV, QZP, alpha, p0, p1, HAS_
                    Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """The float32 accumulator tile (columns offs_n; rn: offs_n wrapped into range) as Y holds it:
     alpha, bias per column, residual (`res`, the tile as loaded), activation; the float32 value,
-    or (QUANT) QuantizeLinear's codes (int32; float8 as its uint8 bits) for kiln::MatMulQuantize."""
+    or (QUANT) QuantizeLinear's codes (int8/uint8; float8 as its uint8 bits) for kiln::MatMulQuantize."""
     acc = acc * alpha
     if HAS_BIAS:
         bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)

@@ -32,7 +32,8 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
                    OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
                    QMAX: tl.constexpr):
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
-    loaded), activation; then the float value, or the code (int32) when requantizing."""
+    loaded), activation; then the float value, or the code when requantizing (int8/uint8;
+    float8 as its uint8 bits)."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     if HAS_BIAS:
