@@ -1,7 +1,9 @@
 """ResNet-50's stem convolution (7x7/2 over 3 channels, 64 out, batch 64, channels-last) three ways:
 cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 convolution
-(kernels/triton/conv.py, every config of its space) and kiln's fp8 kiln::QConv (kernels/triton/qconv.py);
-then the framed copy of an NCHW input that the Triton ones start with (kernels/triton/frame.py).
+(kernels/triton/conv.py, every config of its space) and kiln's int8 and fp8 kiln::QConv
+(kernels/triton/qconv.py, every config; the ROWS walk's and the folded space-to-depth ones, S2D=1,
+qconv_s2d.py); then the framed copy of an NCHW input that the Triton ones start with
+(kernels/triton/frame.py), plain and folded.
 
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
 
@@ -25,7 +27,8 @@ from kiln.compiler.tolerance import mismatch  # noqa: E402
 from kiln.kernels.triton import conv as tconv  # noqa: E402
 from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton.frame import frame  # noqa: E402
-from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS  # noqa: E402
+from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS, FLOAT_S2D_CONFIGS  # noqa: E402
+from kiln.kernels.triton.qconv_plan import FP8_S2D_CONFIGS, INT8_S2D_CONFIGS  # noqa: E402
 
 
 def median_us(fn) -> float:
@@ -48,7 +51,7 @@ def main() -> None:
     print(f"  cuDNN fp16 conv+bias, ReLU in place   {median_us(lambda: F.conv2d(x, w, b, stride=2, padding=3).relu_()):8.1f} us")
     fused = median_us(lambda: torch.cudnn_convolution_relu(x, w, b, [2, 2], [3, 3], [1, 1], 1))
     print(f"  cuDNN fp16 fused conv+bias+ReLU       {fused:8.1f} us")
-    for i, cfg in enumerate(FLOAT_CONFIGS):
+    for i, cfg in enumerate(FLOAT_CONFIGS + FLOAT_S2D_CONFIGS):
         def run(cfg=cfg):
             return tconv.conv(x, w, b, None, activation="Relu", config=cfg, **attrs)
         try:
@@ -61,13 +64,31 @@ def main() -> None:
     xs = torch.tensor(0.125, device="cuda", dtype=torch.float16)
     ws = torch.full((64,), 0.0125, device="cuda", dtype=torch.float16)
     os_ = torch.tensor(0.05, device="cuda", dtype=torch.float16)
-    times = []
-    for cfg in tq.FP8_CONFIGS:
-        times.append((median_us(lambda: tq.qconv(x8, w8, xs, None, ws, None, b, None, os_, None, activation="Relu",
-                                                 out_dtype=17, config=cfg, **attrs)), cfg))
-    ms, cfg = min(times, key=lambda t: t[0])
-    print(f"  kiln fp8 QConv (fp8 out), best of {len(times)} configs   {ms:8.1f} us  {cfg}")
+    quantized("fp8", x8, w8, xs, ws, b, os_, 17, tq.FP8_CONFIGS + FP8_S2D_CONFIGS, attrs)
+    xi = (x.float() * 40).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
+    wi = (w.float() * 400).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
+    xsi = torch.tensor(0.025, device="cuda", dtype=torch.float16)
+    wsi = torch.full((64,), 0.0025, device="cuda", dtype=torch.float16)
+    quantized("int8", xi, wi, xsi, wsi, b, os_, 3, tq.INT8_CONFIGS + INT8_S2D_CONFIGS, attrs)
     framing(x.contiguous(), x8.contiguous())
+
+
+def quantized(name: str, x, w, xs, ws, b, os_, out_dtype: int, configs, attrs) -> None:  # noqa: ANN001
+    """Every config of a QConv space on the stem, 8-bit output: us per call, and the largest
+    difference in output codes from the reference kiln::QConv's (computed on the CPU)."""
+    from kiln.kernels.reference.quantized import qconv as reference
+    cpu = [t.cpu() for t in (x, w, xs, ws, b, os_)]
+    want = reference(cpu[0], cpu[1], cpu[2], None, cpu[3], None, cpu[4], None, cpu[5], None, activation="Relu",
+                     out_dtype=out_dtype, **attrs).float()
+    for i, cfg in enumerate(configs):
+        def run(cfg=cfg):
+            return tq.qconv(x, w, xs, None, ws, None, b, None, os_, None, activation="Relu", out_dtype=out_dtype,
+                            config=cfg, **attrs)
+        try:
+            diff = float((run().cpu().float() - want).abs().max())
+            print(f"  kiln {name} QConv cfg {i} {cfg}: {median_us(run):8.1f} us  max |diff| to the reference {diff:g}")
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            print(f"  kiln {name} QConv cfg {i} {cfg}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def framing(x16: torch.Tensor, x8: torch.Tensor) -> None:
@@ -82,6 +103,7 @@ def framing(x16: torch.Tensor, x8: torch.Tensor) -> None:
         got = frame(x, 4, 230, 230, 3, 3)
         same = torch.equal(got.view(by_torch(x).dtype), by_torch(x))
         print(f"  framing {name} NCHW input: triton {median_us(lambda: frame(x, 4, 230, 230, 3, 3)):6.1f} us, "
+              f"folded 2x2 {median_us(lambda: frame(x, 4, 230, 230, 3, 3, fold=2)):6.1f} us, "
               f"torch zeros + copy {median_us(lambda: by_torch(x)):6.1f} us  {'OK' if same else 'MISMATCH'}")
 
 

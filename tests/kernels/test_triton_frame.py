@@ -59,3 +59,19 @@ def test_frame_matches_zeros_then_copy(dtype, layout):
 def test_frame_geometries(shape, pixel, hp, wp, ph, pw):
     x = _x(shape, torch.float16, "nchw")
     assert torch.equal(frame(x, pixel, hp, wp, ph, pw), _oracle(x, pixel, hp, wp, ph, pw))
+
+
+@pytest.mark.parametrize("fold", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8], ids=str)
+def test_fold_is_the_frame_space_to_depth(fold, dtype):
+    """fold S: framed pixel (hp, wp) at pixel (hp // S, wp // S), block position (hp % S, wp % S);
+    X's rows and columns past the frame left out (here the last row and column)."""
+    x = _x((2, 3, 9, 11), dtype, "nchw")
+    hp, wp = 2 * fold * 2, 3 * fold * 2          # frame 1 above, 2 left; both may crop X
+    got = frame(x, 4, hp, wp, 1, 2, fold=fold)
+    full = _oracle(x, 4, max(hp, 1 + 9), max(wp, 2 + 11), 1, 2)[:, :, :hp, :wp]     # [N, 4, hp, wp]
+    want = full.permute(0, 2, 3, 1).reshape(2, hp // fold, fold, wp // fold, fold, 4)
+    want = want.permute(0, 1, 3, 2, 4, 5).reshape(2, hp // fold, wp // fold, fold * fold * 4)
+    assert got.shape == (2, fold * fold * 4, hp // fold, wp // fold)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.permute(0, 2, 3, 1).view(want.dtype), want)

@@ -8,6 +8,8 @@ a kernel row's taps (ROWS) or pad each tap's channels (TAPS), where cuDNN measur
 stem, C = 3: kernels/triton/conv.py). Convolutions over 32k channels stay cuDNN's alone: its
 kernels are the ones to beat there, and each added candidate costs build time on every layer.
 Compute capability 8.0 on (bf16 tensor-core MMAs). The tuner times it against cuDNN per layer.
+`.triton_s2d`: the same kernel on the conv folded space to depth (kernels/triton/qconv_s2d.py),
+for strided convs over few channels (quantized_conv.folds).
 """
 from __future__ import annotations
 
@@ -56,8 +58,13 @@ def supports(query: TacticQuery) -> bool:
 
 if triton_available():
     from kiln.kernels.triton import conv as _triton_conv
-    from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS
+    from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS, FLOAT_S2D_CONFIGS
+    from kiln.tactics.quantized_conv import folds
 
     register_tactic(Tactic("kiln::FusedConv.triton", "kiln::FusedConv", 1, ("cuda",), _triton_conv.conv, supports,
                            configs=FLOAT_CONFIGS))
     register_tactic(Tactic("Conv.triton", "Conv", 1, ("cuda",), _triton_conv.conv, supports, configs=FLOAT_CONFIGS))
+    # Folded space to depth first (kernels/triton/qconv_s2d.py): strided convs over few channels.
+    for _op in ("kiln::FusedConv", "Conv"):
+        register_tactic(Tactic(f"{_op}.triton_s2d", _op, 1, ("cuda",), _triton_conv.conv,
+                               lambda q: supports(q) and folds(q), configs=FLOAT_S2D_CONFIGS))

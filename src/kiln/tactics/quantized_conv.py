@@ -27,6 +27,9 @@ What `supports` accepts, and why:
   by tap, other C kernel row by kernel row, or with a dilation along W tap by tap over
   channels padded to the step). No config or walk takes a 16-deep step.
 - the activation is one the Triton epilogue has (gemm.py's, the fused.ACTIVATIONS names).
+`.triton_nhwc_s2d` / `.triton_nhwc_fp8_s2d`: the same kernel on a conv folded space to depth
+(kernels/triton/qconv_s2d.py; ResNet's stem), for the strided convs over few channels that
+`folds` accepts, with their own tuning spaces.
 """
 from __future__ import annotations
 
@@ -149,8 +152,25 @@ def supports_fp8_nchw(query: TacticQuery) -> bool:
     return _supports(query, "float8_e4m3fn", nhwc=False)
 
 
+def folds(query: TacticQuery) -> bool:
+    """Whether the node's conv folds space to depth (kernels/triton/qconv_s2d.py, config S2D):
+    equal strides >= 2, no dilation, few channels (W's dim 1 known)."""
+    from kiln.kernels.reference.common import spatial_attrs
+    from kiln.kernels.triton.qconv_s2d import folds as _folds
+
+    ws = _at(query.input_shapes, W)
+    if ws is None or len(ws) != 4 or not all(isinstance(d, int) for d in ws[1:]):
+        return False
+    try:
+        _, s, d = spatial_attrs(2, ws[2:], query.attrs.get("strides"), query.attrs.get("dilations"))
+    except ValueError:
+        return False
+    return _folds(ws[1], tuple(s), tuple(d))
+
+
 if triton_available():
     from kiln.kernels.triton import qconv as _triton_qconv
+    from kiln.kernels.triton.qconv_plan import FP8_S2D_CONFIGS, INT8_S2D_CONFIGS
 
     def qconv_nchw(*inputs, **attrs):  # noqa: ANN002, ANN003, ANN201 - the reference's convention
         """kiln::QConv with a contiguous NCHW output (graphs that run NCHW)."""
@@ -163,3 +183,10 @@ if triton_available():
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
         register_tactic(Tactic(_name, "kiln::QConv", 5, ("cuda",), _kernel, _supports_fn, configs=_configs))
+    # Strided convs over few channels (the stem), folded space to depth first: their own tactics,
+    # so that no other layer times these configs.
+    for _name, _supports_fn, _configs in (
+            ("kiln::QConv.triton_nhwc_s2d", supports_int8, INT8_S2D_CONFIGS),
+            ("kiln::QConv.triton_nhwc_fp8_s2d", supports_fp8, FP8_S2D_CONFIGS)):
+        register_tactic(Tactic(_name, "kiln::QConv", 1, ("cuda",), _triton_qconv.qconv,
+                               lambda q, ok=_supports_fn: ok(q) and folds(q), configs=_configs))

@@ -11,6 +11,10 @@ output, reading X through its strides (NCHW straight from the model's input): to
 way (zeros, then a strided copy into the interior) takes two passes and a
 non-contiguous copy kernel. Values are moved, never converted: 8-bit X (float8 too) is
 copied as bytes.
+
+With FOLD = S > 1 the framed image is also folded space to depth (qconv_s2d.py): framed pixel
+(hp, wp) lands in pixel (hp // S, wp // S) of the output, at position (hp % S, wp % S) of its
+S x S block, so that an output pixel holds S*S*PIX elements: the same bytes, another order.
 """
 from __future__ import annotations
 
@@ -27,12 +31,14 @@ ROWS = 8            # framed rows per program: a row of 230 4-byte pixels is ~1 
 
 @triton.jit
 def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
-                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
+                  FOLD: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
     iw = wp - PW
     col_in = (iw >= 0) & (iw < W)
     store_mask = (wp < WP)[:, None] & (ch < PIX)[None, :]
+    # Where a framed column's elements go in its output row (FOLD: its block column and phase).
+    col_dst = (wp // FOLD) * (FOLD * FOLD * PIX) + (wp % FOLD) * PIX
     for i in range(ROWS):
         row = tl.program_id(0) * ROWS + i                    # n * HP + hp
         n = row // HP
@@ -42,21 +48,25 @@ def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, 
         inside = (col_in & (ih >= 0) & (ih < H))[:, None] & (ch < C)[None, :] & real
         src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
         v = tl.load(src, mask=inside, other=0)               # [BLOCK_W, BLOCK_P]: each channel's run along W
-        dst = y_ptr + row.to(tl.int64) * WP * PIX + wp[:, None] * PIX + ch[None, :]
+        hp = row - n * HP
+        out_row = (n.to(tl.int64) * HP + (hp - hp % FOLD)) * WP * PIX + (hp % FOLD) * (FOLD * PIX)
+        dst = y_ptr + out_row + col_dst[:, None] + ch[None, :]
         tl.store(dst, v, mask=store_mask & real)             # pixel-major: one dense run
 
 
-def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int) -> Tensor:
+def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int = 1) -> Tensor:
     """[N, pixel, hp, wp] channels-last (dense [N, hp, wp, pixel] underneath), X's dtype: X at
-    rows ph.. and columns pw.., channels 0..C-1; zeros elsewhere. Needs pixel >= C."""
+    rows ph.. and columns pw.., channels 0..C-1; zeros elsewhere (X's rows and columns past hp
+    and wp are left out). Needs pixel >= C. With fold S: folded space to depth (module
+    docstring), [N, S*S*pixel, hp/S, wp/S] (hp and wp multiples of S)."""
     n, c, h, w = x.shape
-    assert pixel >= c and hp >= ph + h and wp >= pw + w
+    assert pixel >= c and hp % fold == 0 and wp % fold == 0
     bits = torch.uint8 if x.element_size() == 1 else x.dtype      # float8 moved as bytes
     src = x.view(bits)
-    out = torch.empty((n, hp, wp, pixel), dtype=bits, device=x.device)
+    out = torch.empty((n, hp // fold, wp // fold, fold * fold * pixel), dtype=bits, device=x.device)
     if out.numel():
         block_w = min(BLOCK_W, triton.next_power_of_2(wp))
         grid = (triton.cdiv(n * hp, ROWS), triton.cdiv(wp, block_w))
-        _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), ROWS=ROWS,
+        _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), FOLD=fold, ROWS=ROWS,
                             BLOCK_W=block_w, BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
     return out.permute(0, 3, 1, 2).view(x.dtype)

@@ -42,7 +42,9 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
 A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
 images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
 TMA config runs the same tile through the walks above. The Y_TMA key (any walk) stores the
-output tile as one TMA box where the output is a flat [N*H*W, OC] matrix.
+output tile as one TMA box where the output is a flat [N*H*W, OC] matrix. The S2D key folds a
+strided conv over few channels space to depth first (qconv_s2d.py: the stem as a 4x1 stride-1
+conv over 64 channels of overlapping pixels, walked by TAPS or WINDOW).
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
 does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel
@@ -108,6 +110,7 @@ from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CON
                                             framed_pixels, k_loop, packed_weight, small_accumulator)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
+from kiln.kernels.triton.qconv_s2d import space_to_depth
 from kiln.kernels.triton.qconv_window import launch_window, output_boxes, window_applies
 from kiln.kernels.triton.quantize import needed_zero_point
 
@@ -290,6 +293,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     cfg = dict(space[0] if config is None else config)
     geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
                         pads=pads, strides=strides)
+    if cfg.get("S2D"):   # folded space to depth: a stride-1 conv over many channels (qconv_s2d.py)
+        x_q, w_q, geo = space_to_depth(x_q, w_q, geo)
     n, c, h, w = x_q.shape
     oc = w_q.shape[0]
     # X channels-last (once per region: converted here on the region's first conv), except where the

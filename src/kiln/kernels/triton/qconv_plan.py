@@ -9,7 +9,7 @@
 - framed_pixels: ROWS's copy of X into pixels of 4 elements inside a zero frame of the padding.
 - small_accumulator: whether the int8 sums are small enough for the exact fast conversion.
 - INT8_CONFIGS, FP8_CONFIGS, FLOAT_CONFIGS: the kernel's tuning spaces for int8, float8 and
-  16-bit float (conv.py) operands.
+  16-bit float (conv.py) operands; the *_S2D_CONFIGS those of the folded walk (qconv_s2d.py).
 """
 from __future__ import annotations
 
@@ -151,6 +151,25 @@ FLOAT_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, **_TILE, "num_warps": 4, "num_stages": 5},
+)
+
+
+# Folded space to depth first (qconv_s2d.py): the tuning spaces of the S2D tactics, for strided
+# convs over few channels (ResNet's stem folds to a 4x1 conv over 64 channels: K steps of 64 at
+# most, one 64-channel N tile). The pointer walk (TAPS) and the TMA boxes of the folded view.
+_S2D = {"S2D": 1}
+INT8_S2D_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4, **_S2D},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_S2D},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_S2D},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4, **_TMA,
+     "PERSISTENT": 1, **_S2D},
+)
+FP8_S2D_CONFIGS: tuple[dict[str, Any], ...] = tuple(
+    {**c, "FP8_ACC": acc} for c in INT8_S2D_CONFIGS for acc in (0, 64))
+FLOAT_S2D_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 3, **_S2D},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_S2D},
 )
 
 

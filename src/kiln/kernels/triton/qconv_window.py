@@ -17,8 +17,10 @@ reshape into a shared-memory view only for a box of one row (BI = BH = 1); a box
 reaches the MMA through registers, which is why the pointer walks still win some 3x3 layers.)
 
 It applies where C is a multiple of 32 (BLOCK_K divides C; 8-bit MMAs take K in 32s), H and W
-are multiples of the strides, the dilation is 1, X is dense channels-last, and zero points are
-absent (kiln's symmetric quantization). A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
+are multiples of the strides, the dilation is 1, X is dense channels-last (or, for a conv of
+stride 1 along W, channels-last pixels at any 16-byte multiple apart: qconv_s2d.py's overlapping
+view, the box's rows then overlapping in X), and zero points are absent (kiln's symmetric
+quantization). A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
 a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
 fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
 8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
@@ -166,7 +168,10 @@ def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, blo
         return False
     if not wp.is_contiguous() or wp.data_ptr() % 16:
         return False
-    channels_last = x.stride(1) == 1 and x.stride(3) == c and dense
+    # Channels-last: dense, or (stride 1 along W: no phase shares the last dim with the channels)
+    # pixels 16-byte aligned at any distance, even overlapping (qconv_s2d.py's folded view).
+    aligned = all(x.stride(i) * x.element_size() % 16 == 0 for i in (0, 2, 3))
+    channels_last = x.stride(1) == 1 and ((x.stride(3) == c and dense) or (geo.sw == 1 and aligned and not pointwise))
     if not channels_last or x.data_ptr() % 16 or (geo.dh, geo.dw) != (1, 1):
         return False
     if pointwise:
@@ -183,8 +188,9 @@ def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], blo
         shape = [1, 1, 1, n * h * w, c]
         strides = [n * h * w * c, n * h * w * c, n * h * w * c, c, 1]
     else:
+        sn, _, sh, sw = x.stride()
         shape = [n, h // geo.sh, geo.sh, w // geo.sw, geo.sw * c]
-        strides = [h * w * c, geo.sh * w * c, w * c, geo.sw * c, 1]
+        strides = [sn, geo.sh * sh, sh, geo.sw * sw, 1]
     return descriptor_type()(x, shape, strides, [bi, bh, 1, bw, block_k])
 
 
