@@ -21,7 +21,6 @@ from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
 from kiln.kernels.triton import qconv_s2d as s2d  # noqa: E402
 from kiln.kernels.triton import qconv_window as qw  # noqa: E402
-from kiln.tactics import conv_triton  # noqa: E402
 from kiln.tactics import quantized_conv as qc  # noqa: E402
 from tests.kernels.test_triton_conv import _case, _reference  # noqa: E402
 from tests.kernels.test_triton_qconv import DEV, F8, I8, _both, _channels_last, _exact_operands  # noqa: E402
@@ -115,7 +114,6 @@ def _qconv_query(c, strides, dilations=None, q="int8"):
 
 def test_s2d_tactics_take_the_folding_convs_only(monkeypatch):
     monkeypatch.setattr(qc, "device_capability", lambda: (9, 0))
-    monkeypatch.setattr(conv_triton, "device_capability", lambda: (9, 0))
     assert qc.folds(_qconv_query(3, [2, 2])) and not qc.folds(_qconv_query(3, [1, 1]))
     assert not qc.folds(_qconv_query(64, [2, 2])) and not qc.folds(_qconv_query(3, [2, 2], [2, 2]))
     from kiln.tactics import candidates
@@ -124,9 +122,6 @@ def test_s2d_tactics_take_the_folding_convs_only(monkeypatch):
     assert "kiln::QConv.triton_nhwc_s2d" not in {t.name for t in candidates(_qconv_query(3, [1, 1]))}
     fp8 = {t.name for t in candidates(_qconv_query(3, [2, 2], q="float8_e4m3fn"))}
     assert "kiln::QConv.triton_nhwc_fp8_s2d" in fp8 and "kiln::QConv.triton_nhwc_s2d" not in fp8
-    stem = TacticQuery("kiln::FusedConv", "cuda", ("float16", "float16", "float16"), {"strides": [2, 2]},
-                       ((64, 3, 224, 224), (64, 3, 7, 7), (64,)), "nhwc")
-    assert "kiln::FusedConv.triton_s2d" in {t.name for t in candidates(stem)}
 
 
 def test_s2d_spaces_are_well_formed():
@@ -134,8 +129,6 @@ def test_s2d_spaces_are_well_formed():
         assert cfg["S2D"] == 1 and cfg["BLOCK_K"] >= 32
         assert (cfg["BLOCK_M"] + cfg["BLOCK_N"]) * cfg["BLOCK_K"] * cfg["num_stages"] <= 227 * 1024
     assert all("FP8_ACC" in c for c in plan.FP8_S2D_CONFIGS)
-    for cfg in plan.FLOAT_S2D_CONFIGS:
-        assert cfg["S2D"] == 1 and (cfg["BLOCK_M"] + cfg["BLOCK_N"]) * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= 200 * 1024
 
 
 # --- GPU: the stem's geometry under every config of the spaces ------------------------------------
@@ -159,10 +152,11 @@ def test_gpu_stem_every_s2d_config_exact(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_stem_every_float_s2d_config(dtype):
+def test_gpu_stem_folded_float(dtype):
+    """16-bit operands fold too (no tactic offers it: slower than their ROWS walk on the stem)."""
     xs, ws, attrs = STEM
     x, w, b = _case(xs, ws, dtype, seed=1)
     want = _reference(x, w, b, None, activation="Relu", **attrs)
-    for cfg in plan.FLOAT_S2D_CONFIGS:
+    for cfg in plan.INT8_S2D_CONFIGS[:2]:
         got = tc.conv(x, w, b, None, activation="Relu", config=dict(cfg), **attrs)
         assert mismatch(got, want, "kiln::FusedConv") is None, cfg

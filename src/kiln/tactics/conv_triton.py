@@ -8,8 +8,8 @@ a kernel row's taps (ROWS) or pad each tap's channels (TAPS), where cuDNN measur
 stem, C = 3: kernels/triton/conv.py). Convolutions over 32k channels stay cuDNN's alone: its
 kernels are the ones to beat there, and each added candidate costs build time on every layer.
 Compute capability 8.0 on (bf16 tensor-core MMAs). The tuner times it against cuDNN per layer.
-`.triton_s2d`: the same kernel on the conv folded space to depth (kernels/triton/qconv_s2d.py),
-for strided convs over few channels (quantized_conv.folds).
+The folded walk (config S2D, kernels/triton/qconv_s2d.py) is not in its space: on the stem it
+took 190-199 us against the ROWS walk's 167 us (benchmarks/kernels_stem.py, H200, 2026-11-28).
 """
 from __future__ import annotations
 
@@ -58,13 +58,9 @@ def supports(query: TacticQuery) -> bool:
 
 if triton_available():
     from kiln.kernels.triton import conv as _triton_conv
-    from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS, FLOAT_S2D_CONFIGS
-    from kiln.tactics.quantized_conv import folds
+    from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS
 
     register_tactic(Tactic("kiln::FusedConv.triton", "kiln::FusedConv", 1, ("cuda",), _triton_conv.conv, supports,
                            configs=FLOAT_CONFIGS))
     register_tactic(Tactic("Conv.triton", "Conv", 1, ("cuda",), _triton_conv.conv, supports, configs=FLOAT_CONFIGS))
-    # Folded space to depth first (kernels/triton/qconv_s2d.py): strided convs over few channels.
-    for _op in ("kiln::FusedConv", "Conv"):
-        register_tactic(Tactic(f"{_op}.triton_s2d", _op, 1, ("cuda",), _triton_conv.conv,
-                               lambda q: supports(q) and folds(q), configs=FLOAT_S2D_CONFIGS))
+

@@ -41,8 +41,9 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
 A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
 images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
-TMA config runs the same tile through the walks above. The Y_TMA key (any walk) stores the
-output tile as one TMA box where the output is a flat [N*H*W, OC] matrix. The S2D key folds a
+TMA config runs the same tile through the walks above. The Y_TMA key stores the output tile as
+one TMA box where the output is a flat [N*OH*OW, OC] matrix (channels-last Y: any pointer walk,
+whose tile is BLOCK_M consecutive output pixels; WINDOW where its box is a run of pixels). The S2D key folds a
 strided conv over few channels space to depth first (qconv_s2d.py: the stem as a 4x1 stride-1
 conv over 64 channels of overlapping pixels, walked by TAPS or WINDOW).
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
@@ -341,8 +342,9 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
+    # Every pointer walk's tile is BLOCK_M consecutive rows of the flat [N*OH*OW, OC] output.
     y_arg, y_tma = output_boxes(y_out, cfg, bk, x.element_size(), res.element_size() if residual is not None else 0) \
-        if flat and loop.path == PIXELS else (y_out, False)
+        if flat else (y_out, False)
     _qconv_kernel[grid](
         x, wp, y_arg, m, oc, c, h_in, w_in, geo.oh, geo.ow, wp.shape[1],
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,

@@ -156,21 +156,18 @@ FLOAT_CONFIGS: tuple[dict[str, Any], ...] = (
 
 # Folded space to depth first (qconv_s2d.py): the tuning spaces of the S2D tactics, for strided
 # convs over few channels (ResNet's stem folds to a 4x1 conv over 64 channels: K steps of 64 at
-# most, one 64-channel N tile). The pointer walk (TAPS) and the TMA boxes of the folded view.
+# most, one 64-channel N tile). 4-warp tiles: on the stem (benchmarks/kernels_stem.py, H200) the
+# 8-warp 256x64 ones took 1.5x-3x their time; the pointer walk (TAPS) and the TMA boxes of the
+# folded view; Y_TMA stores the tile as a box.
 _S2D = {"S2D": 1}
 INT8_S2D_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4, **_S2D},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_S2D},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_Y, **_S2D},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_Y, **_S2D},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 3, **_S2D},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_S2D},
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 4, **_TMA,
-     "PERSISTENT": 1, **_S2D},
 )
 FP8_S2D_CONFIGS: tuple[dict[str, Any], ...] = tuple(
     {**c, "FP8_ACC": acc} for c in INT8_S2D_CONFIGS for acc in (0, 64))
-FLOAT_S2D_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 8, "num_stages": 3, **_S2D},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_S2D},
-)
 
 
 # ROWS reads a pixel's channels padded to a multiple of this many elements, so that every
