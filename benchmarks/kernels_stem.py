@@ -9,7 +9,7 @@ qconv_s2d.py); then the framed copy of an NCHW input that the Triton ones start 
 
 Each with bias + ReLU (cuDNN both ways kiln::FusedConv.cudnn_nhwc may run it: conv2d with bias
 then an in-place ReLU, its "torch" epilogue, and cuDNN's fused conv+bias+ReLU, its "cudnn" one). The Triton fp16 outputs are checked against cuDNN's fp32 result first
-(rounded to fp16: the fp16 tolerance); us per call, median of 30 runs timed with CUDA events.
+(rounded to fp16: the fp16 tolerance); us per call, CUDA graphs of 5 calls replayed, median of 20.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.measure import cuda_median_ms  # noqa: E402
+from benchmarks.kernels_qconv import bench  # noqa: E402
 from kiln.compiler.tolerance import mismatch  # noqa: E402
 from kiln.kernels.triton import conv as tconv  # noqa: E402
 from kiln.kernels.triton import qconv as tq  # noqa: E402
@@ -32,7 +32,9 @@ from kiln.kernels.triton.qconv_plan import FP8_S2D_CONFIGS, INT8_S2D_CONFIGS  # 
 
 
 def median_us(fn) -> float:
-    return 1000 * cuda_median_ms(fn, 30)
+    """us per call, replayed in a CUDA graph (kernels_qconv.bench): a Python launch with TMA
+    descriptors takes longer than the GPU hold of an eager timer, which then timed the host."""
+    return 1000 * bench(fn)
 
 
 def main() -> None:
