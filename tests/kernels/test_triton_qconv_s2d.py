@@ -59,6 +59,19 @@ def test_folded_conv_is_exact(name, dtype, config, monkeypatch):
     assert len(calls) == (1 if config.get("TMA") and qw.descriptor_type() is not None else 0)
 
 
+def test_folds_under_inference_mode():
+    """The tuner runs candidates under inference mode; the folded weight is then still a tensor
+    the launcher's memos can key (it failed every S2D config in the engine before)."""
+    xs, ws, attrs = SHAPES["stem_c3"]
+    x, w, xsc, wsc, b, _ = _exact_operands(xs, ws, attrs, I8)
+    args = (x, w, xsc, wsc, b, None, torch.tensor(0.25), torch.tensor(0, dtype=I8))
+    want = _both(*args, config=TINY, **attrs)[1]
+    x, w, xsc, wsc, b, _, osc, ozp = [None if t is None else t.to(DEV) for t in args]   # constants: normal tensors
+    with torch.inference_mode():
+        got = tq.qconv(x, w, xsc, None, wsc, None, b, None, osc, ozp, config=TINY, **attrs)
+    assert torch.equal(got.cpu(), want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_folded_float_conv_within_tolerance(dtype):
     if dtype == torch.bfloat16 and DEV == "cpu":

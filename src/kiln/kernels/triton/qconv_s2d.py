@@ -88,11 +88,15 @@ def folded_weight(w: Tensor, f: Fold) -> Tensor:
 
 
 def _fold_weight(w: Tensor, f: Fold) -> Tensor:
+    """W' as a normal tensor even when first made under inference mode (the tuner's): the
+    launcher derives more from it (its packing, its largest value), and the memo needs the
+    version counter inference tensors do not have."""
     oc, c, kh, kw = w.shape
-    padded = torch.zeros((oc, f.pix, f.kh * f.s, f.kw * f.s), dtype=w.dtype, device=w.device)
-    padded[:, :c, :kh, :kw] = w
-    blocks = padded.reshape(oc, f.pix, f.kh, f.s, f.kw, f.s)                 # [oc, c, kh', dy, kw', dx]
-    return blocks.permute(0, 4, 3, 5, 1, 2).reshape(oc, f.kw * f.pixel, f.kh, 1).contiguous()
+    with torch.inference_mode(False):
+        padded = torch.zeros((oc, f.pix, f.kh * f.s, f.kw * f.s), dtype=w.dtype, device=w.device)
+        padded[:, :c, :kh, :kw] = w
+        blocks = padded.reshape(oc, f.pix, f.kh, f.s, f.kw, f.s)             # [oc, c, kh', dy, kw', dx]
+        return blocks.permute(0, 4, 3, 5, 1, 2).reshape(oc, f.kw * f.pixel, f.kh, 1).contiguous()
 
 
 def space_to_depth(x: Tensor, w: Tensor, geo: ConvGeometry) -> tuple[Tensor, Tensor, ConvGeometry]:
