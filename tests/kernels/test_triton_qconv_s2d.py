@@ -173,3 +173,26 @@ def test_gpu_stem_folded_float(dtype):
     for cfg in plan.INT8_S2D_CONFIGS[:2]:
         got = tc.conv(x, w, b, None, activation="Relu", config=dict(cfg), **attrs)
         assert mismatch(got, want, "kiln::FusedConv") is None, cfg
+
+
+def test_empty_batch_folds_to_an_empty_output():
+    xs, ws, attrs = SHAPES["stem_c3"]
+    x, w, xsc, wsc, b, _ = _exact_operands(xs, ws, attrs)
+    y = tq.qconv(x[:0].to(DEV), w.to(DEV), xsc.to(DEV), None, wsc.to(DEV), None, b.to(DEV), config=TINY, **attrs)
+    assert y.shape == (0, 16, 6, 6)
+
+
+def test_window_walk_reads_pixels_at_any_aligned_distance(monkeypatch):
+    """The relaxed WINDOW rule (qconv_window.window_applies): a stride-1 conv over channels-last
+    pixels that are not dense (here every other pixel of a wider image) runs by TMA boxes of
+    X's own strides, exactly."""
+    if qw.descriptor_type() is None:
+        pytest.skip("this Triton has no host TMA descriptors")
+    calls = _windows(monkeypatch)
+    attrs = {"pads": [1, 1, 1, 1]}
+    x, w, xsc, wsc, b, r = _exact_operands((2, 32, 5, 6), (16, 32, 3, 3), attrs)
+    wide = torch.zeros((2, 32, 5, 12), dtype=I8).contiguous(memory_format=torch.channels_last)
+    wide[..., ::2] = x
+    got, want = _both(wide[..., ::2], w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
+                      torch.tensor(0, dtype=I8), activation="Relu", config={**TINY_TMA, "S2D": 0}, **attrs)
+    assert torch.equal(got, want) and calls == [1]
