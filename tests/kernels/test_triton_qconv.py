@@ -101,6 +101,14 @@ def _both(x, w, x_scale, w_scale, bias=None, residual=None, out_scale=None, out_
     return got.cpu(), want
 
 
+def window_spy(monkeypatch):
+    """The WINDOW walk's launches from now on: each call's flat_rows argument."""
+    calls = []
+    real = tq.launch_window
+    monkeypatch.setattr(tq, "launch_window", lambda *a, **k: (calls.append(a[6]), real(*a, **k)))
+    return calls
+
+
 def _within_one_step(got, want, max_fraction=1e-3):
     """Requantized outputs: at most one quantization step apart, in few elements (at most one in
     1000 and at least one allowed: compiler/tolerance.py's rule for quantized ops)."""

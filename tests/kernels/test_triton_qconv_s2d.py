@@ -24,6 +24,7 @@ from kiln.kernels.triton import qconv_window as qw  # noqa: E402
 from kiln.tactics import quantized_conv as qc  # noqa: E402
 from tests.kernels.test_triton_conv import _case, _reference  # noqa: E402
 from tests.kernels.test_triton_qconv import DEV, F8, I8, _both, _channels_last, _exact_operands  # noqa: E402
+from tests.kernels.test_triton_qconv import window_spy as _windows  # noqa: E402
 
 TINY = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
         "FP8_ACC": 32, "S2D": 1}
@@ -35,13 +36,6 @@ SHAPES = {
     "s4_k4x5": ((1, 3, 13, 12), (24, 3, 4, 5), {"pads": [1, 2, 0, 1], "strides": [4, 4]}),
     "c16_same": ((1, 16, 9, 7), (16, 16, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
 }
-
-
-def _windows(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = qw.launch_window
-    monkeypatch.setattr(tq, "launch_window", lambda *a, **k: (calls.append(1), real(*a, **k)))
-    return calls
 
 
 @pytest.mark.parametrize("config", [TINY, TINY_TMA], ids=["pointers", "tma"])
@@ -195,4 +189,4 @@ def test_window_walk_reads_pixels_at_any_aligned_distance(monkeypatch):
     wide[..., ::2] = x
     got, want = _both(wide[..., ::2], w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
                       torch.tensor(0, dtype=I8), activation="Relu", config={**TINY_TMA, "S2D": 0}, **attrs)
-    assert torch.equal(got, want) and calls == [1]
+    assert torch.equal(got, want) and len(calls) == 1

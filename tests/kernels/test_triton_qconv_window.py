@@ -24,6 +24,7 @@ from kiln.kernels.triton.qgemm_tma import store_tma_ok  # noqa: E402
 from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
 from tests.kernels.test_triton_qconv import (DEV, F8, I8, _both, _channels_last, _exact_operands,  # noqa: E402
                                              _out_shape, _residual_8bit, _to)
+from tests.kernels.test_triton_qconv import window_spy as _spy  # noqa: E402
 
 if qw.descriptor_type() is None:
     pytest.skip("this Triton has no host TMA descriptors", allow_module_level=True)
@@ -44,13 +45,6 @@ SHAPES = {
     "5x3_asym": ((1, 32, 7, 9), (16, 32, 5, 3), {"pads": [2, 0, 1, 1]}),
     "oc_past_tile": ((2, 32, 4, 4), (40, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
-
-
-def _spy(monkeypatch):
-    calls = []
-    real = qw.launch_window
-    monkeypatch.setattr(tq, "launch_window", lambda *a, **k: (calls.append(a[6]), real(*a, **k)))
-    return calls
 
 
 @pytest.mark.parametrize("config", [WINDOW, PERSISTENT], ids=["tile", "persistent"])
