@@ -43,9 +43,9 @@ A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes 
 images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
 TMA config runs the same tile through the walks above. The Y_TMA key stores the output tile as
 one TMA box where the output is a flat [N*OH*OW, OC] matrix (channels-last Y: any pointer walk,
-whose tile is BLOCK_M consecutive output pixels; WINDOW where its box is a run of pixels). The S2D key folds a
-strided conv over few channels space to depth first (qconv_s2d.py: the stem as a 4x1 stride-1
-conv over 64 channels of overlapping pixels, walked by TAPS or WINDOW).
+whose tile is BLOCK_M consecutive output pixels; WINDOW where its box is a run of pixels). The
+S2D key folds a strided conv over few channels space to depth first (qconv_s2d.py: the stem as
+a 4x1 stride-1 conv over 64 channels of overlapping pixels, walked by TAPS or WINDOW).
 BLOCK_K is at least 32 on every path: 8-bit tensor-core MMAs take K in 32s (a 16-deep dot
 does not compile for int8/fp8 on Hopper, though Triton's interpreter would run it). The host
 decides the window, the weight packing and the walk (qconv_plan.py); this file is the kernel

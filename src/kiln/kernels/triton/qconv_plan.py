@@ -156,9 +156,10 @@ FLOAT_CONFIGS: tuple[dict[str, Any], ...] = (
 
 # Folded space to depth first (qconv_s2d.py): the tuning spaces of the S2D tactics, for strided
 # convs over few channels (ResNet's stem folds to a 4x1 conv over 64 channels: K steps of 64 at
-# most, one 64-channel N tile). 4-warp tiles: on the stem (benchmarks/kernels_stem.py, H200) the
-# 8-warp 256x64 ones took 1.5x-3x their time; the pointer walk (TAPS) and the TMA boxes of the
-# folded view; Y_TMA stores the tile as a box.
+# most, one 64-channel N tile). 4-warp tiles, as the ROWS walk's winners on the stem (128x64);
+# the pointer walk (TAPS) and the TMA boxes of the folded view; Y_TMA stores the tile as a box.
+# On the stem (benchmarks/kernels_stem.py, H200, int8) the 128x64 ones ran within 1% of each
+# other, 64x64 25% slower.
 _S2D = {"S2D": 1}
 INT8_S2D_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_Y, **_S2D},
