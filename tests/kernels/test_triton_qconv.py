@@ -50,6 +50,8 @@ GEOMETRIES = {
     # C not a multiple of 32 with a dilation along W: taps over channels padded to BLOCK_K.
     "c40_dil_w": ((1, 40, 7, 7), (16, 40, 3, 3), {"pads": [1, 2, 1, 2], "dilations": [1, 2]}, plan.TAPS),
     "c3_dil_w": ((2, 3, 8, 9), (16, 3, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, plan.TAPS),
+    # No padding reached: every tap inside X, loads masked by channel only (the launcher's INSIDE).
+    "c40_dil_w_unpadded": ((1, 40, 7, 9), (16, 40, 3, 3), {"dilations": [1, 2], "strides": [2, 1]}, plan.TAPS),
     "c24_kw1_dil_w": ((1, 24, 7, 6), (16, 24, 3, 1), {"pads": [1, 0, 1, 0], "dilations": [1, 2]}, plan.ROWS),
     # ROWS over a framed copy (C not a multiple of 4): asymmetric and SAME padding, strides, dilation along H.
     "c5_s2_asym": ((2, 5, 10, 9), (16, 5, 3, 3), {"pads": [0, 2, 1, 0], "strides": [2, 3]}, plan.ROWS),

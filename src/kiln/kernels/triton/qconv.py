@@ -31,8 +31,8 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   X, PIX = C rounded up to 4, so a step is a BLOCK_K block of that run (tap = element // PIX),
   and W is packed with each kernel row zero-padded to a multiple of BLOCK_K. Where C is not a
   multiple of 4 (or X not dense) the launcher copies X into pixels of PIX elements (channels
-  C.. zero; W has zeros there too) inside a zero frame of the conv's padding (FRAMED): every
-  tap then lies inside the copy and a load is masked only past KW*PIX, one predicate per
+  C.. zero; W has zeros there too) inside a zero frame of the conv's padding: every tap then
+  lies inside the copy (INSIDE) and a load is masked only past KW*PIX, one predicate per
   column. A dense X of PIX channels is read in place, masked per element at the image's edge.
   Either mask is constant over each 4-byte word, so the loads are words, not bytes.
   A 7x7 stem over 3 channels is 7 steps of 32 (28 used), where taps would be 49 of 32.
@@ -133,7 +133,7 @@ def _qconv_kernel(
         sxn, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-        PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, FRAMED: tl.constexpr,
+        PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, INSIDE: tl.constexpr,
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
@@ -181,13 +181,19 @@ def _qconv_kernel(
                 kw = tap - kh * KW
                 ih = ih0 + kh * dil_h
                 iw = iw0 + kw * dil_w
-                inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)        # [BLOCK_M]
                 rows = row0 + (kh * dil_h) * sxh + (kw * dil_w) * sxw + c0
-                if MASK_C:
-                    a = tl.load(X + rows[:, None] + offs_k[None, :],
-                                mask=inside[:, None] & (c0 + offs_k < C)[None, :], other=0.0)
+                if INSIDE:   # every tap lies inside X (no padding reached): no per-pixel mask
+                    if MASK_C:
+                        a = tl.load(X + rows[:, None] + offs_k[None, :], mask=(c0 + offs_k < C)[None, :], other=0.0)
+                    else:
+                        a = tl.load(X + rows[:, None] + offs_k[None, :])
                 else:
-                    a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
+                    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)    # [BLOCK_M]
+                    if MASK_C:
+                        a = tl.load(X + rows[:, None] + offs_k[None, :],
+                                    mask=inside[:, None] & (c0 + offs_k < C)[None, :], other=0.0)
+                    else:
+                        a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
             else:
                 # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
                 # kw = 0..KW-1 of all pixels are one contiguous run of ROW = KW*PIX elements of
@@ -196,13 +202,13 @@ def _qconv_kernel(
                 # starts at a multiple of 4 bytes, so the mask is constant over 4 elements and
                 # each load is a 32-bit word (single bytes otherwise: one load instruction per
                 # element, which bound ResNet's stem).
-                # FRAMED: X carries the conv's zero padding as a frame (the launcher's copy), so
-                # every tap is inside it and only the columns past ROW are masked: one predicate
-                # per column, none per element.
+                # INSIDE: every tap lies inside X (X carries the conv's zero padding as a frame,
+                # the launcher's copy, or the conv reaches no padding), so only the columns past
+                # ROW are masked: one predicate per column, none per element.
                 kh = step // C_STEPS
                 j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
                 rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
-                if FRAMED:
+                if INSIDE:
                     a = tl.load(X + rows[:, None] + j[None, :], mask=(j < ROW)[None, :], other=0.0)
                 else:
                     ih = ih0 + kh * dil_h
@@ -317,6 +323,10 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     if framed:
         x = framed_pixels(x, loop.pixel, geo)
     h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
+    # Every tap inside X: no pad before, and the last window ends within X (the folded stem, the
+    # 1x1 stride-2 convs, a framed copy): the pointer walks then load without per-pixel masks.
+    inside = ph == 0 and pw == 0 and (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh < h_in and \
+        (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw < w_in
     bk = loop.block_k
     wp = packed_weight(w_q, loop.row_pad, loop.tap_pad)                      # [OC, K]
     res = y if residual is None else residual.expand(y.shape)
@@ -350,7 +360,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
-        PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), FRAMED=framed,
+        PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
     return y
