@@ -33,7 +33,7 @@ import triton  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kiln.kernels.triton import attention, gemm, norm, pool, qconv, qconv_window, qgemm  # noqa: E402
+from kiln.kernels.triton import attention, frame, gemm, norm, pool, qconv, qconv_plan, qconv_window, qgemm  # noqa: E402
 
 TYPES = {torch.int8: "i8", torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
@@ -159,7 +159,7 @@ def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any,
 
 def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int = 3, channels: int = 256,
                size: int = 14, batch: int = 64, config: dict | None = None,
-               residual_8bit: bool = False) -> tuple[Any, tuple, dict]:
+               residual_8bit: bool = False, strides: list[int] | None = None) -> tuple[Any, tuple, dict]:
     """The 8-bit implicit-GEMM convolution as qconv launches it: a ResNet-50 stage-3 conv
     (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual
     (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None)."""
@@ -176,7 +176,7 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
     with recording(qconv, "_qconv_kernel") as rec, recording(qconv_window, "window_kernel") as window:
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(channels).half(), None,
-                    torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4,
+                    torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4, strides=strides,
                     activation="Relu", config=dict(config or space[0]), **requant, **res_q)
     if window.calls:   # TMA configs where the WINDOW walk applies
         return (qconv_window.window_kernel, *window.calls[0])
@@ -185,13 +185,14 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
 
 def stem_case(dtype: torch.dtype, config: dict | None = None) -> tuple[Any, tuple, dict]:
     """ResNet-50's stem as the 8-bit conv runs it: X [64, 3, 224, 224] channels-last (three channels:
-    the ROWS walk), 7x7 stride 2 pad 3, fp16 bias, Relu, requantized to the 8-bit type (the
-    int8/fp8 engines' stem, whose MaxPool then runs on 8-bit values)."""
+    the ROWS walk, or with an S2D config the folded TAPS walk), 7x7 stride 2 pad 3, fp16 bias, Relu,
+    requantized to the 8-bit type (the int8/fp8 engines' stem, whose MaxPool then runs on 8-bit
+    values)."""
     x = torch.zeros(64, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.zeros(64, 3, 7, 7, dtype=dtype)
     out = TensorProto.FLOAT8E4M3FN if dtype == torch.float8_e4m3fn else TensorProto.INT8
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
-    with recording(qconv, "_qconv_kernel") as rec:
+    with recording(qconv, "_qconv_kernel") as rec, recording(frame, "_frame_kernel"):   # the framing copy not run
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), None, torch.rand(64).half(), None,
                     torch.zeros(64, dtype=torch.float16), None, out_scale=torch.tensor(0.05, dtype=torch.float16),
                     out_dtype=out, pads=[3] * 4, strides=[2, 2], activation="Relu",
@@ -262,6 +263,12 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp8 conv 1x1, fp8 residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN,
                                                                       True, kernel=1, residual_8bit=True),
     "int8 stem conv 7x7/2 over 3 channels, Relu, int8 out": lambda: stem_case(torch.int8),
+    "int8 stem, folded space to depth (S2D)": lambda: stem_case(torch.int8, qconv_plan.INT8_S2D_CONFIGS[0]),
+    "fp8 stem, folded space to depth (S2D)": lambda: stem_case(torch.float8_e4m3fn,
+                                                               {**qconv_plan.FP8_S2D_CONFIGS[0]}),
+    "int8 conv 1x1 stride 2 (unpadded: every tap inside)": lambda: qconv_case(
+        torch.int8, TensorProto.INT8, False, kernel=1, channels=256, size=56, config=qconv.INT8_CONFIGS[1],
+        strides=[2, 2]),
     "fp16 add + LayerNorm [4096, 768]": lambda: norm_case(None, NORM_TILE),
     "fp16 add + LayerNorm, int8 out too": lambda: norm_case(TensorProto.INT8, NORM_TILE),
     "fp16 add + LayerNorm, fp8 out too": lambda: norm_case(TensorProto.FLOAT8E4M3FN, NORM_TILE),

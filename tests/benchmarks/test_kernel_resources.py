@@ -32,3 +32,12 @@ def test_int8_ffn1_compiles_and_zero_points_of_0_cost_nothing() -> None:
     plain, zeros = rows["int8 FFN1, bias + GELU, int8 out"], rows["int8 FFN1, bias + GELU, int8 out, zero points of 0"]
     assert 0 < plain[0] <= 255 and plain[1] > 100
     assert zeros == plain   # the launcher drops all-zero zero points: the same kernel
+
+
+def test_folded_stem_compiles_without_spills() -> None:
+    """The S2D walk's stem (kernels/triton/qconv_s2d.py), int8 and fp8, builds for sm_90 and keeps
+    its accumulators in registers."""
+    rows = _run("folded space to depth")
+    assert set(rows) == {"int8 stem, folded space to depth (S2D)", "fp8 stem, folded space to depth (S2D)"}
+    for regs, instructions, stack in rows.values():
+        assert 0 < regs <= 255 and instructions > 100 and stack == 0
