@@ -75,3 +75,23 @@ def test_fold_is_the_frame_space_to_depth(fold, dtype):
     assert got.shape == (2, fold * fold * 4, hp // fold, wp // fold)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.permute(0, 2, 3, 1).view(want.dtype), want)
+
+
+@pytest.mark.parametrize("fold", [1, 2])
+@pytest.mark.parametrize("xtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("out, code", [(torch.int8, 3), (torch.float8_e4m3fn, 17)], ids=["int8", "fp8"])
+def test_quantizing_frame_is_quantize_linear_then_frame(out, code, xtype, fold):
+    """quantize=(scale, zero point, type): QuantizeLinear's codes bit for bit, the frame and the zero
+    channels holding the code of 0."""
+    from kiln.kernels.reference.quantize import quantize_linear
+
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn((2, 3, 9, 11), generator=gen) * 4).to(xtype)
+    x[0, 0, 0, :3] = torch.tensor([0.5, -0.5, 1.5]) * 0.037          # ties, rounded to even
+    x = x.to(DEV)
+    scale = torch.tensor(0.037, dtype=xtype, device=DEV)
+    zp = torch.zeros((), dtype=torch.int8, device=DEV) if out == torch.int8 else None
+    got = frame(x, 4, 12, 16, 1, 2, fold=fold, quantize=(scale, zp, out))
+    want = frame(quantize_linear(x.cpu(), scale.cpu(), None if zp is None else zp.cpu(), output_dtype=code).to(DEV),
+                 4, 12, 16, 1, 2, fold=fold)
+    assert got.dtype == out and torch.equal(got.view(torch.uint8), want.view(torch.uint8))

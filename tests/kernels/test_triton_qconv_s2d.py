@@ -16,6 +16,7 @@ if not available():
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 from kiln.compiler.tolerance import mismatch  # noqa: E402
+from kiln.kernels import conv_fold  # noqa: E402
 from kiln.kernels.triton import conv as tc  # noqa: E402
 from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
@@ -85,13 +86,13 @@ def test_fold_rule_and_sizes():
     assert f.kw * f.pixel == 64                               # C' = 64: four taps of 16
     # KW' rounds up so that C' is a multiple of 32: a 3-wide kernel folds to 2 (not 1) columns.
     assert s2d.fold_of(3, plan.conv_geometry((1, 3, 8, 8), (8, 3, 3, 1), strides=[2, 2])).kw == 2
-    assert s2d.folds(3, (2, 2), (1, 1)) and s2d.folds(5, (2, 2), (1, 1)) and s2d.folds(4, (4, 4), (1, 1))
-    assert not s2d.folds(3, (1, 1), (1, 1))                   # stride 1: nothing to fold
-    assert not s2d.folds(3, (2, 1), (1, 1))                   # unequal strides
-    assert not s2d.folds(3, (2, 2), (2, 2))                   # dilated
-    assert not s2d.folds(64, (2, 2), (1, 1))                  # 32k channels walk taps unfolded
-    assert not s2d.folds(20, (2, 2), (1, 1))                  # a folded pixel of 80 elements
-    assert not s2d.folds(3, (3, 3), (1, 1))                   # 36 elements: not 16-byte aligned
+    assert conv_fold.folds(3, (2, 2), (1, 1)) and conv_fold.folds(5, (2, 2), (1, 1)) and conv_fold.folds(4, (4, 4), (1, 1))
+    assert not conv_fold.folds(3, (1, 1), (1, 1))                   # stride 1: nothing to fold
+    assert not conv_fold.folds(3, (2, 1), (1, 1))                   # unequal strides
+    assert not conv_fold.folds(3, (2, 2), (2, 2))                   # dilated
+    assert not conv_fold.folds(64, (2, 2), (1, 1))                  # 32k channels walk taps unfolded
+    assert not conv_fold.folds(20, (2, 2), (1, 1))                  # a folded pixel of 80 elements
+    assert not conv_fold.folds(3, (3, 3), (1, 1))                   # 36 elements: not 16-byte aligned
 
 
 def test_folded_weight_places_every_tap_once():
@@ -190,3 +191,26 @@ def test_window_walk_reads_pixels_at_any_aligned_distance(monkeypatch):
     got, want = _both(wide[..., ::2], w, xsc, wsc, b, _channels_last(r), torch.tensor(0.25),
                       torch.tensor(0, dtype=I8), activation="Relu", config={**TINY_TMA, "S2D": 0}, **attrs)
     assert torch.equal(got, want) and len(calls) == 1
+
+
+@pytest.mark.parametrize("config", [TINY, {**TINY, "S2D": 0}, TINY_TMA], ids=["folded", "rows", "folded_tma"])
+@pytest.mark.parametrize("wtype, code", [(I8, 3), (F8, 17)], ids=["int8", "fp8"])
+@pytest.mark.parametrize("xtype", [torch.float32, torch.float16], ids=str)
+def test_float_input_quantized_in_the_layer(xtype, wtype, code, config):
+    """x_dtype: a float X quantized first (the reference's QuantizeLinear), by the framing copy in
+    the folded walk, by the QuantizeLinear kernel in the others: the same codes, the same output."""
+    if DEV == "cuda" and wtype == F8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9")
+    from kiln.kernels.reference.quantized import qconv as reference_qconv
+
+    xs, ws, attrs = SHAPES["stem_c3"]
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(xs, generator=gen) * 2).to(xtype)
+    _, w, _, wsc, b, _ = _exact_operands(xs, ws, attrs, wtype)
+    xsc = torch.tensor(0.0625, dtype=xtype)
+    zp = torch.zeros((), dtype=I8) if wtype == I8 else None
+    args = [x, w, xsc, zp, wsc, None, b, None, torch.tensor(0.25), None]
+    kw = dict(attrs, activation="Relu", x_dtype=code, out_dtype=3)
+    want = reference_qconv(*args, **kw)
+    got = tq.qconv(*[None if t is None else t.to(DEV) for t in args], config=config, **kw)
+    assert torch.equal(got.cpu(), want)

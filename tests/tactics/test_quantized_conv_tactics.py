@@ -191,3 +191,17 @@ def test_gpu_every_config_of_the_tactic(name, q):
     for config in tactic.configs:
         got = tactic.kernel(*[None if t is None else t.cuda() for t in ops], **attrs, config=config)
         assert torch.equal(got.cpu(), want), config
+
+
+def test_float_input_with_x_dtype(gpu):
+    """X float with x_dtype naming W's type: the layer quantizes X itself (the launcher)."""
+    def query(q, x_type, **attrs):
+        base = _query(q, **attrs)
+        return TacticQuery(base.op, base.device, (x_type,) + base.input_dtypes[1:3] + (None,) + base.input_dtypes[4:],
+                           base.attrs, base.input_shapes, base.layout)
+    assert qc.supports_int8(query("int8", "float32", x_dtype=3))
+    assert qc.supports_fp8(query("float8_e4m3fn", "float16", x_dtype=17))
+    assert not qc.supports_int8(query("int8", "float32"))                  # float X without x_dtype
+    assert not qc.supports_int8(query("int8", "float32", x_dtype=17))      # quantized to another type
+    assert not qc.supports_fp8(query("float8_e4m3fn", "int8", x_dtype=17))  # x_dtype on an 8-bit X
+    assert not qc.supports_int8(query("int8", "float32", x_dtype=999))     # not a type

@@ -13,7 +13,8 @@ precision/quantize_before_pool.py; a conv's residual is read quantized where tha
 fold happen, precision/quantize_residuals.py; an attention's output QuantizeLinear moves into the
 attention kernel, precision/quantize_attention_output.py) before the rest is typed fp32; once it is typed,
 a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py), one of a
-float matmul's output (a layer kept wider) into the matmul (precision/fuse_matmul_quantize.py). An fp16 build
+float matmul's output (a layer kept wider) into the matmul (precision/fuse_matmul_quantize.py), one of a
+folding conv's float input into the conv (precision/fuse_input_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
 fp16 in fp32, with a warning naming each (precision/overflow.py).
 """
@@ -54,6 +55,7 @@ from kiln.precision.fold_requantize import fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
 from kiln.precision.quantize_attention_output import quantize_attention_output
+from kiln.precision.fuse_input_quantize import fuse_input_quantize
 from kiln.precision.fuse_matmul_quantize import fuse_matmul_quantize
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
@@ -180,6 +182,10 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
         fuse_matmul_quantize(graph)  # and a float matmul kept wider writes the next layer's 8-bit input
         quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)
+        # a folding conv (ResNet's stem) quantizes its float input in its own framing copy
+        fuse_input_quantize(graph)
+        quantized["input_quantize_fused"] = sum(1 for n in graph.nodes if n.attrs.get("x_dtype")
+                                                and n.qualified_op == "kiln::QConv")
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))

@@ -14,6 +14,9 @@ What `supports` accepts, and why:
   output, whose conversion Triton emits from sm_89 on).
 - X and W both int8, or both float8_e4m3fn. uint8 activations (ONNX Runtime's asymmetric
   QDQ models) carry a zero point the kernel does not subtract; they stay on the reference.
+  X may be float where the attribute x_dtype names W's type (the layer quantizes X itself,
+  precision/fuse_input_quantize.py): the S2D configs in their framing copy, the others with the
+  QuantizeLinear kernel first.
 - zero points absent or of the input's type; their values must be 0, which a query cannot
   see (they are constants): the kernel checks each zero-point tensor once and raises on a
   non-zero one, so the tuner drops the tactic for that node and keeps the reference.
@@ -67,9 +70,20 @@ def _output_type(query: TacticQuery) -> str | None:
     return _at(dts, OUT_ZP) or "uint8"
 
 
+def _x_ok(query: TacticQuery, input_type: str) -> bool:
+    """X of the input type, or (attribute x_dtype naming it) float, which the launcher quantizes."""
+    x, code = _at(query.input_dtypes, X), int(query.attrs.get("x_dtype", 0) or 0)
+    if not code:
+        return x == input_type
+    try:
+        return x in FLOAT_TYPES and dtypes.from_onnx(code).name == input_type
+    except TypeError:
+        return False
+
+
 def _types_ok(query: TacticQuery, input_type: str) -> bool:
     dts = query.input_dtypes
-    if _at(dts, X) != input_type or _at(dts, W) != input_type:
+    if not _x_ok(query, input_type) or _at(dts, W) != input_type:
         return False
     if any(_at(dts, i) not in (None, input_type) for i in (X_ZP, W_ZP)):
         return False
@@ -155,8 +169,8 @@ def supports_fp8_nchw(query: TacticQuery) -> bool:
 def folds(query: TacticQuery) -> bool:
     """Whether the node's conv folds space to depth (kernels/triton/qconv_s2d.py, config S2D):
     equal strides >= 2, no dilation, few channels (W's dim 1 known)."""
+    from kiln.kernels.conv_fold import folds as _folds
     from kiln.kernels.reference.common import spatial_attrs
-    from kiln.kernels.triton.qconv_s2d import folds as _folds
 
     ws = _at(query.input_shapes, W)
     if ws is None or len(ws) != 4 or not all(isinstance(d, int) for d in ws[1:]):
@@ -182,11 +196,11 @@ if triton_available():
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
-        register_tactic(Tactic(_name, "kiln::QConv", 5, ("cuda",), _kernel, _supports_fn, configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 6, ("cuda",), _kernel, _supports_fn, configs=_configs))
     # Strided convs over few channels (the stem), folded space to depth first: their own tactics,
     # so that no other layer times these configs.
     for _name, _supports_fn, _configs in (
             ("kiln::QConv.triton_nhwc_s2d", supports_int8, INT8_S2D_CONFIGS),
             ("kiln::QConv.triton_nhwc_fp8_s2d", supports_fp8, FP8_S2D_CONFIGS)):
-        register_tactic(Tactic(_name, "kiln::QConv", 1, ("cuda",), _triton_qconv.qconv,
+        register_tactic(Tactic(_name, "kiln::QConv", 2, ("cuda",), _triton_qconv.qconv,
                                lambda q, ok=_supports_fn: ok(q) and folds(q), configs=_configs))

@@ -54,7 +54,7 @@ from kiln.ir import dtypes
 from kiln.kernels.reference.common import FLOAT8_LIMITS, round_to_float8
 from kiln.kernels.reference.fused import apply_activation
 from kiln.kernels.reference.nn import conv
-from kiln.kernels.reference.quantize import INT_RANGES
+from kiln.kernels.reference.quantize import INT_RANGES, quantize_linear
 from kiln.kernels.reference.registry import reference_op
 
 Tensor = torch.Tensor
@@ -200,12 +200,16 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
           residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
-          activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
+          activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0) -> Tensor:
     """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), exact accumulation (module docstring);
-    with residual_scale the residual is 8-bit and dequantized first.
+    with residual_scale the residual is 8-bit and dequantized first. With x_dtype (an ONNX type
+    enum) X is float and quantized first, X_q = QuantizeLinear(X, x_scale, x_zp) to that type,
+    exactly the QuantizeLinear it stands for (precision/fuse_input_quantize.py).
 
     Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
     """
+    if x_dtype:
+        x_q = quantize_linear(x_q, x_scale, x_zp, output_dtype=x_dtype)
     m, rank = w_q.shape[0], w_q.dim()
     _check_inputs("QConv", x_q, w_q, x_zp, w_zp, math.prod(w_q.shape[1:]))
     x = x_q.to(torch.float64)

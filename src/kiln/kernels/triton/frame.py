@@ -15,12 +15,21 @@ copied as bytes.
 With FOLD = S > 1 the framed image is also folded space to depth (qconv_s2d.py): framed pixel
 (hp, wp) lands in pixel (hp // S, wp // S) of the output, at position (hp % S, wp % S) of its
 S x S block, so that an output pixel holds S*S*PIX elements: the same bytes, another order.
+
+With QUANT, a float X is quantized on the way (per tensor, QuantizeLinear's arithmetic:
+quantize.py's division and rounding, so the codes are its codes bit for bit), the frame and the
+zero channels holding the code of 0: the 8-bit convolution's input in one pass over the float
+one (a quantized layer whose QuantizeLinear moved into it, precision/fuse_input_quantize.py).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from kiln.kernels.reference.quantize import _division_dtype
+from kiln.kernels.triton.quantize import (IN_DTYPES, OUT_TYPES, PRECISIONS, _in_precision, divide,
+                                          needed_zero_point, reciprocal_of, requantize)
 
 Tensor = torch.Tensor
 BLOCK_W = 256       # framed columns per program (a ResNet stem row, 230, in one)
@@ -30,8 +39,10 @@ ROWS = 8            # framed rows per program: a row of 230 4-byte pixels is ~1 
 
 
 @triton.jit
-def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw,
-                  FOLD: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
+def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw, QS, QI, QZ,
+                  FOLD: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr,
+                  Q_FP8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
     iw = wp - PW
@@ -48,25 +59,54 @@ def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, 
         inside = (col_in & (ih >= 0) & (ih < H))[:, None] & (ch < C)[None, :] & real
         src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
         v = tl.load(src, mask=inside, other=0)               # [BLOCK_W, BLOCK_P]: each channel's run along W
+        if QUANT:   # QuantizeLinear's codes (quantize.py's _quantize_kernel, per tensor)
+            zp = 0
+            if Q_HAS_ZP:
+                zp = tl.load(QZ)
+            q = _in_precision(divide(_in_precision(v, Q_PREC), _in_precision(tl.load(QS), Q_PREC), tl.load(QI)), Q_PREC)
+            v = requantize(q, zp, Q_HAS_ZP, Q_FP8, QMIN, QMAX).to(y_ptr.dtype.element_ty)
         hp = row - n * HP
         out_row = (n.to(tl.int64) * HP + (hp - hp % FOLD)) * WP * PIX + (hp % FOLD) * (FOLD * PIX)
         dst = y_ptr + out_row + col_dst[:, None] + ch[None, :]
         tl.store(dst, v, mask=store_mask & real)             # pixel-major: one dense run
 
 
-def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int = 1) -> Tensor:
+def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int = 1,
+          quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None) -> Tensor:
     """[N, pixel, hp, wp] channels-last (dense [N, hp, wp, pixel] underneath), X's dtype: X at
     rows ph.. and columns pw.., channels 0..C-1; zeros elsewhere (X's rows and columns past hp
     and wp are left out). Needs pixel >= C. With fold S: folded space to depth (module
-    docstring), [N, S*S*pixel, hp/S, wp/S] (hp and wp multiples of S)."""
+    docstring), [N, S*S*pixel, hp/S, wp/S] (hp and wp multiples of S). With quantize = (y_scale,
+    y_zero_point, type): a float X quantized per tensor to that 8-bit type on the way, the frame
+    holding the code of 0 (module docstring)."""
     n, c, h, w = x.shape
     assert pixel >= c and hp % fold == 0 and wp % fold == 0
-    bits = torch.uint8 if x.element_size() == 1 else x.dtype      # float8 moved as bytes
-    src = x.view(bits)
+    out_type = x.dtype if quantize is None else quantize[2]
+    bits = torch.uint8 if torch.empty(0, dtype=out_type).element_size() == 1 else out_type   # 8 bits moved as bytes
+    src = x if quantize is not None else x.view(bits)
     out = torch.empty((n, hp // fold, wp // fold, fold * fold * pixel), dtype=bits, device=x.device)
+    q = _quantize_args(x, quantize)
     if out.numel():
         block_w = min(BLOCK_W, triton.next_power_of_2(wp))
         grid = (triton.cdiv(n * hp, ROWS), triton.cdiv(wp, block_w))
-        _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), FOLD=fold, ROWS=ROWS,
-                            BLOCK_W=block_w, BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
-    return out.permute(0, 3, 1, 2).view(x.dtype)
+        _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), *q["pointers"],
+                            FOLD=fold, **q["flags"], ROWS=ROWS, BLOCK_W=block_w,
+                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
+    return out.permute(0, 3, 1, 2).view(out_type)
+
+
+def _quantize_args(x: Tensor, quantize: tuple[Tensor, Tensor | None, torch.dtype] | None) -> dict:
+    """The kernel's quantization operands and switches (quantize.py's quantize_linear's, per tensor)."""
+    if quantize is None:
+        return {"pointers": (x, x, x), "flags": dict(QUANT=False, Q_HAS_ZP=False, Q_PREC=0, Q_FP8=False, QMIN=0, QMAX=0)}
+    scale, zero_point, out = quantize
+    assert x.dtype in IN_DTYPES and scale.numel() == 1 and out in OUT_TYPES, \
+        f"the framing copy quantizes float X per tensor to int8, uint8 or float8_e4m3fn, not {x.dtype} -> {out}"
+    prec = _division_dtype(scale, 0)
+    zp = needed_zero_point(zero_point)
+    info = OUT_TYPES[out]
+    qmin, qmax = info if info is not None else (0, 0)
+    inv = reciprocal_of(scale, prec).reshape(-1)
+    return {"pointers": (scale.reshape(-1), inv, scale.reshape(-1) if zp is None else zp.reshape(-1)),
+            "flags": dict(QUANT=True, Q_HAS_ZP=zp is not None, Q_PREC=PRECISIONS[prec], Q_FP8=info is None,
+                          QMIN=qmin, QMAX=qmax)}

@@ -113,7 +113,7 @@ from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.qconv_s2d import space_to_depth
 from kiln.kernels.triton.qconv_window import launch_window, output_boxes, window_applies
-from kiln.kernels.triton.quantize import needed_zero_point
+from kiln.kernels.triton.quantize import needed_zero_point, quantize_linear
 
 Tensor = torch.Tensor
 
@@ -251,9 +251,10 @@ def _require_zero(zp: Tensor | None, name: str) -> None:
 
 
 def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
-           out: dtypes.DType, requant: bool) -> None:
-    assert x.dtype in INPUT_DTYPES and w.dtype == x.dtype, \
-        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16, got {x.dtype}, {w.dtype}"
+           out: dtypes.DType, requant: bool, x_type: torch.dtype) -> None:
+    """The launcher's contract; x_type: X's type as the kernel reads it (a float X quantized first)."""
+    assert x_type in INPUT_DTYPES and w.dtype == x_type, \
+        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16, got {x_type}, {w.dtype}"
     assert x.dim() == 4 and w.dim() == 4, f"a 2-D conv: X and W are 4-D, got {tuple(x.shape)}, {tuple(w.shape)}"
     assert group == 1 and w.shape[1] == x.shape[1], f"group 1 only: X has {x.shape[1]} channels, W {w.shape[1]}"
     assert x_scale.numel() == 1 and x_scale.dtype in FLOAT_OUTPUTS, "x_scale: one float16/bfloat16/float32 value"
@@ -280,28 +281,41 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
           residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
-          activation_params: Sequence[float] = (), out_dtype: int = 0,
+          activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0,
           config: dict[str, Any] | None = None, channels_last_out: bool = True) -> Tensor:
     """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), the reference kiln::QConv's contract,
     for X [N, C, H, W] int8 or float8_e4m3fn in any memory format (channels-last is read in
     place, others are converted); an 8-bit residual with residual_scale (and residual_zp) is
-    dequantized in the epilogue. Y is channels-last, or contiguous NCHW if not channels_last_out."""
+    dequantized in the epilogue. Y is channels-last, or contiguous NCHW if not channels_last_out.
+    With x_dtype, X is float and quantized first (the reference's contract): by the folded
+    walk's framing copy on the way (S2D), else by the QuantizeLinear kernel."""
     out = output_type(x_scale, out_scale, out_zp, out_dtype)
-    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None)
+    quantize_x = None
+    if x_dtype:
+        target = dtypes.from_onnx(x_dtype).torch
+        assert x_q.dtype in FLOAT_OUTPUTS and target == w_q.dtype, \
+            f"x_dtype: X is float and quantized to W's type; got X {x_q.dtype}, x_dtype {target}, W {w_q.dtype}"
+        if config is not None and config.get("S2D"):
+            quantize_x = (x_scale, x_zp, target)
+        else:
+            x_q = quantize_linear(x_q, x_scale, x_zp, output_dtype=x_dtype)
+    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None,
+           x_q.dtype if quantize_x is None else w_q.dtype)
     _check_residual(residual, residual_scale, residual_zp)
     _require_zero(x_zp, "x_zp")
     _require_zero(w_zp, "w_zp")
     out_zp = needed_zero_point(out_zp)
     residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
-    is_fp8 = x_q.dtype == torch.float8_e4m3fn
-    float_acc = x_q.dtype != torch.int8                                      # float8 and 16-bit floats
-    space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if x_q.dtype == torch.int8 else FLOAT_CONFIGS
+    x_type = x_q.dtype if quantize_x is None else w_q.dtype
+    is_fp8 = x_type == torch.float8_e4m3fn
+    float_acc = x_type != torch.int8                                         # float8 and 16-bit floats
+    space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if x_type == torch.int8 else FLOAT_CONFIGS
     cfg = dict(space[0] if config is None else config)
     geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
                         pads=pads, strides=strides)
     if cfg.get("S2D"):   # folded space to depth: a stride-1 conv over many channels (qconv_s2d.py)
-        x_q, w_q, geo = space_to_depth(x_q, w_q, geo)
+        x_q, w_q, geo = space_to_depth(x_q, w_q, geo, quantize_x)
     n, c, h, w = x_q.shape
     oc = w_q.shape[0]
     # X channels-last (once per region: converted here on the region's first conv), except where the

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from kiln.kernels.conv_fold import PIXEL_ALIGN
 from kiln.kernels.memo import derived, derived_table, read_once
 from kiln.kernels.triton.frame import frame
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs
@@ -171,9 +172,6 @@ FP8_S2D_CONFIGS: tuple[dict[str, Any], ...] = tuple(
     {**c, "FP8_ACC": acc} for c in INT8_S2D_CONFIGS for acc in (0, 64))
 
 
-# ROWS reads a pixel's channels padded to a multiple of this many elements, so that every
-# kernel row starts 4-byte aligned and its loads are 32-bit words (qconv.py's docstring).
-PIXEL_ALIGN = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,14 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
+from kiln.kernels.conv_fold import MIN_BLOCK_K, PIXEL_ALIGN, folds
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.triton.frame import frame
-from kiln.kernels.triton.qconv_plan import PIXEL_ALIGN, ConvGeometry
-from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K
+from kiln.kernels.triton.qconv_plan import ConvGeometry
 
 Tensor = torch.Tensor
-MAX_PIXEL = 64         # elements of a folded pixel: the fold is for few channels (the stem: 16)
-PIXEL_RUN = 16         # ... and a multiple of this: every folded pixel starts 16-byte aligned
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +53,9 @@ class Fold:
         return self.s * self.s * self.pix
 
 
-def folds(channels: int, strides: tuple[int, int], dilations: tuple[int, int]) -> bool:
-    """Whether a 2-D conv over `channels` (W's dim 1) folds: equal strides of at least 2, no
-    dilation, C not a multiple of 32 (those take the TAPS walk unfolded) and a folded pixel of at
-    most MAX_PIXEL elements, a multiple of PIXEL_RUN (stride 3 needs C in 16s)."""
-    s = strides[0]
-    if s < 2 or strides[1] != s or tuple(dilations) != (1, 1) or channels % MIN_BLOCK_K == 0:
-        return False
-    p = s * s * -(-channels // PIXEL_ALIGN) * PIXEL_ALIGN
-    return p <= MAX_PIXEL and p % PIXEL_RUN == 0
-
-
 def fold_of(channels: int, geo: ConvGeometry) -> Fold | None:
-    """The fold of a conv over `channels` with window `geo`, or None where it does not apply (folds)."""
+    """The fold of a conv over `channels` with window `geo`, or None where it does not apply
+    (kernels/conv_fold.folds)."""
     if not folds(channels, (geo.sh, geo.sw), (geo.dh, geo.dw)) or geo.oh < 1 or geo.ow < 1:
         return None
     s = geo.sh
@@ -99,14 +87,16 @@ def _fold_weight(w: Tensor, f: Fold) -> Tensor:
         return blocks.permute(0, 4, 3, 5, 1, 2).reshape(oc, f.kw * f.pixel, f.kh, 1).contiguous()
 
 
-def space_to_depth(x: Tensor, w: Tensor, geo: ConvGeometry) -> tuple[Tensor, Tensor, ConvGeometry]:
+def space_to_depth(x: Tensor, w: Tensor, geo: ConvGeometry,
+                   quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None) -> tuple[Tensor, Tensor, ConvGeometry]:
     """(X', W', the KH' x 1 stride-1 window) of the folded convolution (module docstring), or a
-    ValueError where the fold does not apply (fold_of)."""
+    ValueError where the fold does not apply (fold_of). With quantize (frame.py's): a float X
+    quantized in the same copy."""
     f = fold_of(w.shape[1], geo)
     if f is None:
         raise ValueError(f"space to depth (config S2D) takes a conv with equal strides >= 2, no dilation and "
                          f"few channels; this one has {w.shape[1]} channels and window {geo}")
-    folded = frame(x, f.pix, f.s * f.hs, f.s * f.ws, geo.ph, geo.pw, fold=f.s)   # [N, P, HS, WS] channels-last
+    folded = frame(x, f.pix, f.s * f.hs, f.s * f.ws, geo.ph, geo.pw, fold=f.s, quantize=quantize)  # [N, P, HS, WS]
     n = x.shape[0]
     p = f.pixel
     xv = folded.as_strided((n, f.kw * p, f.hs, geo.ow), (f.hs * f.ws * p, 1, f.ws * p, p))
