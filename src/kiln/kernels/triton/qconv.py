@@ -299,15 +299,14 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
             quantize_x = (x_scale, x_zp, target)
         else:
             x_q = quantize_linear(x_q, x_scale, x_zp, output_dtype=x_dtype)
-    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None,
-           x_q.dtype if quantize_x is None else w_q.dtype)
+    x_type = x_q.dtype if quantize_x is None else w_q.dtype                  # X as the kernel reads it
+    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
     _check_residual(residual, residual_scale, residual_zp)
     _require_zero(x_zp, "x_zp")
     _require_zero(w_zp, "w_zp")
     out_zp = needed_zero_point(out_zp)
     residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
-    x_type = x_q.dtype if quantize_x is None else w_q.dtype
     is_fp8 = x_type == torch.float8_e4m3fn
     float_acc = x_type != torch.int8                                         # float8 and 16-bit floats
     space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if x_type == torch.int8 else FLOAT_CONFIGS
