@@ -59,7 +59,7 @@ def _fuse(graph: Graph, conv: Node, keep: set[int]) -> bool:
         return False
     conv.set_input(X, x)
     conv.attrs = {**conv.attrs, "x_dtype": xq.dtype.onnx}
-    conv.fused_from = (q.fused_from or (q.name,)) + (conv.fused_from or (conv.name,))
+    conv.fused_from = (conv.fused_from or (conv.name,)) + (q.fused_from or (q.name,))
     graph.remove_node(q)
     return True
 
