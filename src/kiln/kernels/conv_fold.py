@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K   # 8-bit MMAs take K in 32s (a Triton-free module)
+
 # The implicit-GEMM conv reads a pixel's channels padded to a multiple of this many elements
 # (every pixel starts 4-byte aligned: its loads are 32-bit words).
 PIXEL_ALIGN = 4
-MIN_BLOCK_K = 32       # 8-bit tensor-core MMAs take K in steps of 32 (kernels/triton/qgemm_space.py)
 MAX_PIXEL = 64         # elements of a folded pixel: the fold is for few channels (the stem: 16)
 PIXEL_RUN = 16         # ... and a multiple of this: every folded pixel starts 16-byte aligned
 
@@ -17,8 +18,9 @@ def folds(channels: int, strides: Sequence[int], dilations: Sequence[int]) -> bo
     """Whether a 2-D conv over `channels` (W's dim 1) folds: equal strides of at least 2, no
     dilation, C not a multiple of 32 (those take the TAPS walk unfolded) and a folded pixel of at
     most MAX_PIXEL elements, a multiple of PIXEL_RUN (stride 3 needs C in 16s)."""
-    s = strides[0]
-    if len(strides) != 2 or s < 2 or strides[1] != s or tuple(dilations) != (1, 1) or channels % MIN_BLOCK_K == 0:
+    if len(strides) != 2 or strides[0] < 2 or strides[1] != strides[0] or tuple(dilations) != (1, 1) \
+            or channels % MIN_BLOCK_K == 0:
         return False
+    s = strides[0]
     p = s * s * -(-channels // PIXEL_ALIGN) * PIXEL_ALIGN
     return p <= MAX_PIXEL and p % PIXEL_RUN == 0

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from kiln.kernels.conv_fold import MIN_BLOCK_K, PIXEL_ALIGN, folds
+from kiln.kernels.conv_fold import PIXEL_ALIGN, folds
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.triton.frame import frame
 from kiln.kernels.triton.qconv_plan import ConvGeometry
+from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K
 
 Tensor = torch.Tensor
 
