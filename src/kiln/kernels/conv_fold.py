@@ -3,7 +3,7 @@ rule alone, free of Triton, for the tactics that offer the folded walk and the p
 moves a QuantizeLinear into such a layer (precision/fuse_input_quantize.py)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from kiln.kernels.triton.qgemm_space import MIN_BLOCK_K   # 8-bit MMAs take K in 32s (a Triton-free module)
 
@@ -24,3 +24,13 @@ def folds(channels: int, strides: Sequence[int], dilations: Sequence[int]) -> bo
     s = strides[0]
     p = s * s * -(-channels // PIXEL_ALIGN) * PIXEL_ALIGN
     return p <= MAX_PIXEL and p % PIXEL_RUN == 0
+
+
+def conv_folds(w_shape: Sequence[Any] | None, attrs: Mapping[str, Any]) -> bool:
+    """Whether a conv node with weight shape `w_shape` ([OC, C, KH, KW]; C must be known) and ONNX
+    attributes `attrs` folds: group 1, then `folds` on its strides and dilations (default ones)."""
+    if w_shape is None or len(w_shape) != 4 or not isinstance(w_shape[1], int):
+        return False
+    if int(attrs.get("group", 1) or 1) != 1:
+        return False
+    return folds(w_shape[1], list(attrs.get("strides") or [1, 1]), list(attrs.get("dilations") or [1, 1]))

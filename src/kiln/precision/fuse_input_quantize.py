@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
-from kiln.kernels.conv_fold import folds
+from kiln.kernels.conv_fold import conv_folds
 from kiln.passes.match import const_array, live_ops, pinned, sole_user
 from kiln.precision.fold_requantize import per_tensor
 
@@ -45,7 +45,7 @@ def fuse_input_quantize(graph: Graph) -> bool:
 
 def _fuse(graph: Graph, conv: Node, keep: set[int]) -> bool:
     xq, w = conv.input(X), conv.input(W)
-    if xq is None or w is None or conv.attrs.get("x_dtype") or not _folds(conv, w):
+    if xq is None or w is None or conv.attrs.get("x_dtype") or not conv_folds(w.shape, conv.attrs):
         return False
     q = xq.producer()
     if q is None or q.qualified_op != "QuantizeLinear" or sole_user(xq, keep) is not conv:
@@ -62,15 +62,6 @@ def _fuse(graph: Graph, conv: Node, keep: set[int]) -> bool:
     conv.fused_from = (conv.fused_from or (conv.name,)) + (q.fused_from or (q.name,))
     graph.remove_node(q)
     return True
-
-
-def _folds(conv: Node, w: Value) -> bool:
-    shape = w.shape
-    if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
-        return False
-    strides = conv.attrs.get("strides") or [1, 1]
-    dilations = conv.attrs.get("dilations") or [1, 1]
-    return int(conv.attrs.get("group", 1) or 1) == 1 and folds(shape[1], list(strides), list(dilations))
 
 
 def _same(a: Value | None, b: Value | None) -> bool:

@@ -168,18 +168,10 @@ def supports_fp8_nchw(query: TacticQuery) -> bool:
 
 def folds(query: TacticQuery) -> bool:
     """Whether the node's conv folds space to depth (kernels/triton/qconv_s2d.py, config S2D):
-    equal strides >= 2, no dilation, few channels (W's dim 1 known)."""
-    from kiln.kernels.conv_fold import folds as _folds
-    from kiln.kernels.reference.common import spatial_attrs
+    equal strides >= 2, no dilation, few channels (W's dim 1 known; kernels/conv_fold.py)."""
+    from kiln.kernels.conv_fold import conv_folds
 
-    ws = _at(query.input_shapes, W)
-    if ws is None or len(ws) != 4 or not all(isinstance(d, int) for d in ws[1:]):
-        return False
-    try:
-        _, s, d = spatial_attrs(2, ws[2:], query.attrs.get("strides"), query.attrs.get("dilations"))
-    except ValueError:
-        return False
-    return _folds(ws[1], tuple(s), tuple(d))
+    return conv_folds(_at(query.input_shapes, W), query.attrs)
 
 
 if triton_available():

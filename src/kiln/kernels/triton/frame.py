@@ -28,8 +28,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.quantize import (IN_DTYPES, OUT_TYPES, PRECISIONS, _in_precision, divide,
-                                          needed_zero_point, reciprocal_of, requantize)
+from kiln.kernels.triton.quantize import IN_DTYPES, OUT_TYPES, _in_precision, divide, quant_out, requantize
 
 Tensor = torch.Tensor
 BLOCK_W = 256       # framed columns per program (a ResNet stem row, 230, in one)
@@ -82,10 +81,10 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int =
     n, c, h, w = x.shape
     assert pixel >= c and hp % fold == 0 and wp % fold == 0
     out_type = x.dtype if quantize is None else quantize[2]
-    bits = torch.uint8 if torch.empty(0, dtype=out_type).element_size() == 1 else out_type   # 8 bits moved as bytes
+    bits = torch.uint8 if out_type.itemsize == 1 else out_type             # 8 bits moved as bytes
     src = x if quantize is not None else x.view(bits)
     out = torch.empty((n, hp // fold, wp // fold, fold * fold * pixel), dtype=bits, device=x.device)
-    q = _quantize_args(x, quantize)
+    q = _quantize_args(x, out.view(out_type), quantize)
     if out.numel():
         block_w = min(BLOCK_W, triton.next_power_of_2(wp))
         grid = (triton.cdiv(n * hp, ROWS), triton.cdiv(wp, block_w))
@@ -95,18 +94,15 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int =
     return out.permute(0, 3, 1, 2).view(out_type)
 
 
-def _quantize_args(x: Tensor, quantize: tuple[Tensor, Tensor | None, torch.dtype] | None) -> dict:
-    """The kernel's quantization operands and switches (quantize.py's quantize_linear's, per tensor)."""
+def _quantize_args(x: Tensor, out: Tensor, quantize: tuple[Tensor, Tensor | None, torch.dtype] | None) -> dict:
+    """The kernel's quantization operands and switches: quantize.py's store-side QuantizeLinear
+    (quant_out) into `out`, per tensor."""
     if quantize is None:
         return {"pointers": (x, x, x), "flags": dict(QUANT=False, Q_HAS_ZP=False, Q_PREC=0, Q_FP8=False, QMIN=0, QMAX=0)}
-    scale, zero_point, out = quantize
-    assert x.dtype in IN_DTYPES and scale.numel() == 1 and out in OUT_TYPES, \
-        f"the framing copy quantizes float X per tensor to int8, uint8 or float8_e4m3fn, not {x.dtype} -> {out}"
-    prec = _division_dtype(scale, 0)
-    zp = needed_zero_point(zero_point)
-    info = OUT_TYPES[out]
-    qmin, qmax = info if info is not None else (0, 0)
-    inv = reciprocal_of(scale, prec).reshape(-1)
-    return {"pointers": (scale.reshape(-1), inv, scale.reshape(-1) if zp is None else zp.reshape(-1)),
-            "flags": dict(QUANT=True, Q_HAS_ZP=zp is not None, Q_PREC=PRECISIONS[prec], Q_FP8=info is None,
-                          QMIN=qmin, QMAX=qmax)}
+    scale, zero_point, target = quantize
+    assert x.dtype in IN_DTYPES and scale.numel() == 1 and target in OUT_TYPES, \
+        f"the framing copy quantizes float X per tensor to int8, uint8 or float8_e4m3fn, not {x.dtype} -> {target}"
+    q = quant_out(out, scale, zero_point, _division_dtype(scale, 0))
+    return {"pointers": (q.scale, q.inverse, q.scale if q.zero_point is None else q.zero_point),
+            "flags": dict(QUANT=True, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision, Q_FP8=q.fp8,
+                          QMIN=q.qmin, QMAX=q.qmax)}
