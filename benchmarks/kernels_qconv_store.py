@@ -12,7 +12,13 @@ Y_TMA (the residual is read through pointers either way), each pair checked
 bit for bit against each other (the same arithmetic, another store), timed with
 kernels_qconv.bench (CUDA graphs of 5 calls, median of 20). Totals weighted by the layer counts:
 the space's best today against the best with Y_TMA added. Kernels compile first in 14 worker
-processes. Writes its report to $OUT/qconv_store.txt too when $OUT is set.
+processes. Writes its report to $OUT/qconv_y_tma.txt (qconv_<switch>.txt) too when $OUT is set.
+
+    PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_store.py --toggle R_EARLY [int8|fp8 ...]
+
+times another switch the same way: R_EARLY (the residual tile loaded before the K loop instead of
+at the epilogue) on the layers that add a residual, each config of the space as it is (Y_TMA
+where it has it) against the same config with the switch on.
 """
 from __future__ import annotations
 
@@ -48,11 +54,17 @@ def say(msg: str = "") -> None:
     LINES.append(msg)
 
 
-def spaces(q: str) -> tuple[list[dict], list[dict]]:
-    """(the space without Y_TMA, the configs to time with and without it: all of them)."""
+def spaces(q: str, toggle: str = "Y_TMA") -> list[dict]:
+    """The configs to time with and without `toggle`: every config of the space (without Y_TMA
+    when that is the switch)."""
     from kiln.kernels.triton import qconv as tq
-    sp = [{k: v for k, v in c.items() if k != "Y_TMA"} for c in (tq.FP8_CONFIGS if q == "fp8" else tq.INT8_CONFIGS)]
-    return sp, sp
+    space = tq.FP8_CONFIGS if q == "fp8" else tq.INT8_CONFIGS
+    return [{k: v for k, v in c.items() if k != toggle} for c in space]
+
+
+def layers(toggle: str) -> list[int]:
+    """LAYERS' indices the switch is timed on: R_EARLY acts only where a residual is added."""
+    return [i for i, layer in enumerate(LAYERS) if toggle != "R_EARLY" or layer[-1]]
 
 
 def make(li: int, q: str) -> tuple[tuple, dict]:
@@ -106,7 +118,7 @@ def warm(task: tuple) -> str:
 def short(c: dict) -> str:
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}w{c['num_warps']}s{c['num_stages']}"
             + (f"a{c['FP8_ACC']}" if "FP8_ACC" in c else "") + ("T" if c.get("TMA") else "")
-            + ("P" if c.get("PERSISTENT") else "") + ("Y" if c.get("Y_TMA") else ""))
+            + ("P" if c.get("PERSISTENT") else "") + ("Y" if c.get("Y_TMA") else "") + ("R" if c.get("R_EARLY") else ""))
 
 
 def timed(li: int, q: str, cfg: dict) -> float:
@@ -117,43 +129,46 @@ def timed(li: int, q: str, cfg: dict) -> float:
         return float("inf")
 
 
-def measure(q: str) -> tuple[float, float]:
+def measure(q: str, toggle: str) -> tuple[float, float]:
     """Per layer of LAYERS for precision q: report lines; returns the count-weighted totals (us) of
-    the space's best without and with Y_TMA."""
-    space, window = spaces(q)
+    the space's best without and with `toggle`."""
+    configs = spaces(q, toggle)
     total_now = total_new = 0.0
-    for li, (name, count, *_rest) in enumerate(LAYERS):
+    for li in layers(toggle):
+        name, count = LAYERS[li][:2]
         pairs = []
-        for cfg in window:
+        for cfg in configs:
             try:
                 plain = _run(li, q, cfg).view(torch.uint8)
-                same = torch.equal(plain, _run(li, q, {**cfg, "Y_TMA": 1}).view(torch.uint8))
+                same = torch.equal(plain, _run(li, q, {**cfg, toggle: 1}).view(torch.uint8))
             except Exception:  # noqa: BLE001
                 same = False
                 say(f"  {name} {short(cfg)}: " + traceback.format_exc().strip().splitlines()[-1])
-            pairs.append((timed(li, q, cfg), timed(li, q, {**cfg, "Y_TMA": 1}), short(cfg), same))
+            pairs.append((timed(li, q, cfg), timed(li, q, {**cfg, toggle: 1}), short(cfg), same))
         now = min((p[0], p[2]) for p in pairs)
-        best_y = min((p[1], p[2] + "Y") for p in pairs)
+        best_y = min((p[1], f"{p[2]} {toggle}") for p in pairs)
         new = min(now, best_y)
         total_now += count * now[0]
         total_new += count * new[0]
-        say(f"{q} {name:22s} x{count}  space best {now[0]:7.1f} us ({now[1]})  with Y_TMA {new[0]:7.1f} us ({new[1]}) "
-            f"{now[0] / new[0]:.2f}x")
+        say(f"{q} {name:22s} x{count}  space best {now[0]:7.1f} us ({now[1]})  with {toggle} {new[0]:7.1f} us "
+            f"({new[1]}) {now[0] / new[0]:.2f}x")
         for plain, boxed, label, same in pairs:
-            say(f"    {label:26s} pointers {plain:7.1f}  TMA {boxed:7.1f}  ({plain / boxed:.2f}x)"
+            say(f"    {label:26s} off {plain:7.1f}  on {boxed:7.1f}  ({plain / boxed:.2f}x)"
                 f"{'' if same else '  OUTPUTS DIFFER'}")
-    say(f"{q} total (weighted by counts): space best {total_now:.1f} us, with Y_TMA {total_new:.1f} us "
+    say(f"{q} total (weighted by counts): space best {total_now:.1f} us, with {toggle} {total_new:.1f} us "
         f"({total_now / total_new:.3f}x)")
     return total_now, total_new
 
 
 def main() -> None:
-    qs = [a for a in sys.argv[1:] if a in ("int8", "fp8")] or ["int8", "fp8"]
-    say(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
+    args = sys.argv[1:]
+    toggle = args[args.index("--toggle") + 1] if "--toggle" in args else "Y_TMA"
+    qs = [a for a in args if a in ("int8", "fp8")] or ["int8", "fp8"]
+    say(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  switch {toggle}")
     tasks = []
     for q in qs:
-        space, window = spaces(q)
-        tasks += [(li, q, c) for li in range(len(LAYERS)) for c in space + [{**w, "Y_TMA": 1} for w in window]]
+        configs = spaces(q, toggle)
+        tasks += [(li, q, c) for li in layers(toggle) for c in configs + [{**c, toggle: 1} for c in configs]]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=14, mp_context=get_context("spawn")) as pool:
         errors = [e for e in pool.map(warm, tasks, chunksize=4) if e]
@@ -161,9 +176,9 @@ def main() -> None:
     for e in errors[:12]:
         say(f"  ERROR {e}")
     for q in qs:
-        measure(q)
+        measure(q, toggle)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "qconv_store.txt").write_text("\n".join(LINES) + "\n")
+        Path(os.environ["OUT"], f"qconv_{toggle.lower()}.txt").write_text("\n".join(LINES) + "\n")
 
 
 if __name__ == "__main__":
