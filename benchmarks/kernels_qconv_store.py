@@ -14,11 +14,11 @@ kernels_qconv.bench (CUDA graphs of 5 calls, median of 20). Totals weighted by t
 the space's best today against the best with Y_TMA added. Kernels compile first in 14 worker
 processes. Writes its report to $OUT/qconv_y_tma.txt (qconv_<switch>.txt) too when $OUT is set.
 
-    PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_store.py --toggle R_EARLY [int8|fp8 ...]
+    PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_store.py --toggle KEY [int8|fp8 ...]
 
-times another switch the same way: R_EARLY (the residual tile loaded before the K loop instead of
-at the epilogue) on the layers that add a residual, each config of the space as it is (Y_TMA
-where it has it) against the same config with the switch on.
+times another config switch the same way, each config of the space as it is (Y_TMA where it has
+it) against the same config with KEY = 1; a switch named R_* only on the layers that add a
+residual. (At 99b5abb, R_EARLY: the residual tile loaded before the K loop; no gain, removed.)
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def spaces(q: str, toggle: str = "Y_TMA") -> list[dict]:
 
 
 def layers(toggle: str) -> list[int]:
-    """LAYERS' indices the switch is timed on: R_EARLY acts only where a residual is added."""
-    return [i for i, layer in enumerate(LAYERS) if toggle != "R_EARLY" or layer[-1]]
+    """LAYERS' indices the switch is timed on: a residual switch (R_*) only where one is added."""
+    return [i for i, layer in enumerate(LAYERS) if not toggle.startswith("R_") or layer[-1]]
 
 
 def make(li: int, q: str) -> tuple[tuple, dict]:
@@ -118,7 +118,7 @@ def warm(task: tuple) -> str:
 def short(c: dict) -> str:
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}w{c['num_warps']}s{c['num_stages']}"
             + (f"a{c['FP8_ACC']}" if "FP8_ACC" in c else "") + ("T" if c.get("TMA") else "")
-            + ("P" if c.get("PERSISTENT") else "") + ("Y" if c.get("Y_TMA") else "") + ("R" if c.get("R_EARLY") else ""))
+            + ("P" if c.get("PERSISTENT") else "") + ("Y" if c.get("Y_TMA") else ""))
 
 
 def timed(li: int, q: str, cfg: dict) -> float:

@@ -157,18 +157,15 @@ def _both_8bit_residual(x, w, xsc, wsc, b, r, rs, rzp, config=TINY, **attrs):
     return got.cpu(), want
 
 
-@pytest.mark.parametrize("early", [False, True], ids=["at-epilogue", "early"])
 @pytest.mark.parametrize("rtype", [I8, torch.uint8, F8], ids=["int8", "uint8", "fp8"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1", "stem_c3"])
-def test_8bit_residual_exact(name, dtype, rtype, early):
-    """A residual read in 8 bits (residual_scale/residual_zp) on every walk, loaded at the epilogue
-    or before the K loop (R_EARLY): bit-exact."""
+def test_8bit_residual_exact(name, dtype, rtype):
+    """A residual read in 8 bits (residual_scale/residual_zp) on every walk: bit-exact."""
     xs, ws, attrs, _path = GEOMETRIES[name]
     x, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, dtype)
     r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), rtype, torch.Generator().manual_seed(5))
-    got, want = _both_8bit_residual(_channels_last(x), w, xsc, wsc, b, _channels_last(r), rs, rzp,
-                                    config={**TINY, "R_EARLY": 1} if early else TINY, **attrs)
+    got, want = _both_8bit_residual(_channels_last(x), w, xsc, wsc, b, _channels_last(r), rs, rzp, **attrs)
     assert int((want == 0).sum()) > 0 and torch.equal(got, want)
 
 

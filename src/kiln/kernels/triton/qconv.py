@@ -137,7 +137,7 @@ def _qconv_kernel(
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
-        HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr, R_EARLY: tl.constexpr,
+        HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
@@ -155,11 +155,6 @@ def _qconv_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    r_early = 0.0
-    if R_EARLY and HAS_RES:  # the residual tile's load issued before the K loop, to overlap it
-        _, r_off0, mask0 = _out_offsets(offs_m, offs_n, rm, rn, M, OC, OH, OW, syn, syc, syh, syw, srn, src, srh,
-                                        srw, FLAT_OUT)
-        r_early = tl.load(RES + r_off0, mask=mask0, other=0.0)
     if PATH == 0:
         # PIXELS: a 1x1 stride-1 conv over dense pixels is X [M, C] @ B.
         a_ptrs = X + rm[:, None] * sxw + offs_k[None, :]                    # [BLOCK_M, BLOCK_K]
@@ -224,20 +219,7 @@ def _qconv_kernel(
             acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
 
-    y_off, r_off, mask = _out_offsets(offs_m, offs_n, rm, rn, M, OC, OH, OW, syn, syc, syh, syw, srn, src, srh,
-                                      srw, FLAT_OUT)
-    # The epilogue on the float32 accumulator (module docstring); Y_TMA (FLAT_OUT only): Y is a
-    # descriptor of the [M, OC] matrix's boxes.
-    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, pid_m * BLOCK_M, pid_n * BLOCK_N, R_EARLY, r_early)
-
-
-@triton.jit
-def _out_offsets(offs_m, offs_n, rm, rn, M, OC, OH, OW, syn, syc, syh, syw, srn, src, srh, srw,
-                 FLAT_OUT: tl.constexpr):
-    """(Y's offsets, the residual's, the store mask) of the output tile, [BLOCK_M, BLOCK_N] each."""
-    mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]                    # [BLOCK_M, BLOCK_N]
     if FLAT_OUT:
         # Y (and the residual) channels-last and dense: a row-major [M, OC] matrix.
         y_off = rm[:, None] * OC + offs_n[None, :]
@@ -248,7 +230,11 @@ def _out_offsets(offs_m, offs_n, rm, rn, M, OC, OH, OW, syn, syc, syh, syw, srn,
         n_o = rm // (OW * OH)
         y_off = (n_o * syn + oh_o * syh + ow_o * syw)[:, None] + offs_n[None, :] * syc
         r_off = (n_o * srn + oh_o * srh + ow_o * srw)[:, None] + rn[None, :] * src
-    return y_off, r_off, mask
+    # The epilogue on the float32 accumulator (module docstring); Y_TMA (FLAT_OUT only): Y is a
+    # descriptor of the [M, OC] matrix's boxes.
+    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, pid_m * BLOCK_M, pid_n * BLOCK_N)
 
 
 # --- the launcher ---------------------------------------------------------------------------------
@@ -373,8 +359,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                  WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
                  RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
-                 ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax,
-                 R_EARLY=bool(cfg.get("R_EARLY")) and residual is not None)
+                 ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
     if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
         return y

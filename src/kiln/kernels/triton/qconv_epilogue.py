@@ -66,20 +66,15 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
                   FLOAT_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr,
                   HAS_RZP: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr,
-                  QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr = False, off_m=0, off_n=0,
-                  R_EARLY: tl.constexpr = False, r_early=0.0):
+                  QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr = False, off_m=0, off_n=0):
     """conv_epilogue_value's tile stored at Y + y_off through pointers (masked), or with Y_TMA (Y a
     descriptor of [BLOCK_M, BLOCK_N] boxes of the flat [N*H*W, OC] output) as one TMA box at
     (off_m, off_n), the copy engine clipping it at the matrix's edges. The residual is read at
     RES + r_off through pointers either way (a TMA box loaded here would make the epilogue wait for
-    it: slower on ResNet-50's residual layers, benchmarks/kernels_qconv_store.py). R_EARLY: the
-    kernel loaded the residual tile before its K loop (r_early), so that the load overlaps the MMA."""
+    it: slower on ResNet-50's residual layers, benchmarks/kernels_qconv_store.py)."""
     r = 0.0
     if HAS_RES:
-        if R_EARLY:
-            r = r_early
-        else:
-            r = tl.load(RES + r_off, mask=mask, other=0.0)
+        r = tl.load(RES + r_off, mask=mask, other=0.0)
     v = conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, FLOAT_ACC, ACC_MAGIC,
                             WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP,
                             QMIN, QMAX)

@@ -61,9 +61,8 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                  ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
-                 QMAX: tl.constexpr, Y_TMA: tl.constexpr, R_EARLY: tl.constexpr, BI: tl.constexpr,
-                 BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+                 QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
     flat row of pixels: BI = BH = 1, OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the
     [N*H*W, OC] matrix) as one TMA box at (ow0, off_n)."""
@@ -81,11 +80,6 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    r_early = 0.0
-    if R_EARLY and HAS_RES:  # the residual tile's load issued before the K loop, to overlap it
-        _, r_off0, mask0, _ = _box_offsets(n0, oh0, ow0, off_n, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw,
-                                           src, BI, BH, BW, BLOCK_N)
-        r_early = tl.load(RES + r_off0, mask=mask0, other=0.0)
     for step in range(K_STEPS):
         tap = step // C_STEPS
         c0 = (step - tap * C_STEPS) * BLOCK_K
@@ -99,18 +93,6 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
         a = tl.reshape(a, [BLOCK_M, BLOCK_K])
         b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
         acc = dot8(a, b.T, acc, FP8_ACC)
-    y_off, r_off, mask, rn = _box_offsets(n0, oh0, ow0, off_n, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw,
-                                          src, BI, BH, BW, BLOCK_N)
-    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n, R_EARLY, r_early)
-
-
-@triton.jit
-def _box_offsets(n0, oh0, ow0, off_n, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, BI: tl.constexpr,
-                 BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(Y's offsets, the residual's, the store mask, the wrapped channels) of the box's output tile."""
-    BLOCK_M: tl.constexpr = BI * BH * BW
     offs_n = off_n + tl.arange(0, BLOCK_N)
     rn = offs_n % OC
     i = tl.arange(0, BLOCK_M)
@@ -120,7 +102,9 @@ def _box_offsets(n0, oh0, ow0, off_n, N, OH, OW, OC, syn, syh, syw, syc, srn, sr
     mask = ((n < N) & (oh < OH) & (ow < OW))[:, None] & (offs_n < OC)[None, :]
     y_off = (n * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc
     r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
-    return y_off, r_off, mask, rn
+    conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n)
 
 
 @triton.jit
@@ -130,8 +114,7 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
-                  QMAX: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr, R_EARLY: tl.constexpr,
-                  BI: tl.constexpr, BH: tl.constexpr,
+                  QMAX: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
                   BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
     if PERSISTENT:
@@ -140,14 +123,14 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
                          K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
                          OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS,
-                         HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, R_EARLY, BI, BH,
-                         BW, BLOCK_N, BLOCK_K, GROUP_M)
+                         HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW,
+                         BLOCK_N, BLOCK_K, GROUP_M)
     else:
         _window_tile(x_desc, w_desc, tl.program_id(0), Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS,
                      KW, K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
                      OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES,
-                     RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, R_EARLY, BI, BH, BW,
-                     BLOCK_N, BLOCK_K, GROUP_M)
+                     RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N,
+                     BLOCK_K, GROUP_M)
 
 
 # --- host side ------------------------------------------------------------------------------------
