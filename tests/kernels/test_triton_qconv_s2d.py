@@ -196,9 +196,11 @@ def test_window_walk_reads_pixels_at_any_aligned_distance(monkeypatch):
 @pytest.mark.parametrize("config", [TINY, {**TINY, "S2D": 0}, TINY_TMA], ids=["folded", "rows", "folded_tma"])
 @pytest.mark.parametrize("wtype, code", [(I8, 3), (F8, 17)], ids=["int8", "fp8"])
 @pytest.mark.parametrize("xtype", [torch.float32, torch.float16], ids=str)
-def test_float_input_quantized_in_the_layer(xtype, wtype, code, config):
+@pytest.mark.parametrize("own_scale", [False, True], ids=["x_scale", "x_quant_scale"])
+def test_float_input_quantized_in_the_layer(own_scale, xtype, wtype, code, config):
     """x_dtype: a float X quantized first (the reference's QuantizeLinear), by the framing copy in
-    the folded walk, by the QuantizeLinear kernel in the others: the same codes, the same output."""
+    the folded walk, by the QuantizeLinear kernel in the others: the same codes, the same output;
+    with x_quant_scale (a float32 scale other than x_scale), quantized by that scale."""
     if DEV == "cuda" and wtype == F8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 tensor cores need compute capability 8.9")
     from kiln.kernels.reference.quantized import qconv as reference_qconv
@@ -210,7 +212,11 @@ def test_float_input_quantized_in_the_layer(xtype, wtype, code, config):
     xsc = torch.tensor(0.0625, dtype=xtype)
     zp = torch.zeros((), dtype=I8) if wtype == I8 else None
     args = [x, w, xsc, zp, wsc, None, b, None, torch.tensor(0.25), None]
+    if own_scale:
+        args += [None, None, torch.tensor(0.0601)]
     kw = dict(attrs, activation="Relu", x_dtype=code, out_dtype=3)
     want = reference_qconv(*args, **kw)
+    if own_scale:
+        assert not torch.equal(want, reference_qconv(*args[:10], **kw))   # the scale made a difference
     got = tq.qconv(*[None if t is None else t.to(DEV) for t in args], config=config, **kw)
     assert torch.equal(got.cpu(), want)

@@ -46,21 +46,27 @@ def stem(stride: int = 2, second_reader: bool = False) -> onnx.ModelProto:
     return checked_model(graph, 17)
 
 
-def build(model: onnx.ModelProto, precision: str):  # noqa: ANN201
-    return builder.build(model, BuildConfig(device="cpu", precision=precision, calib_method="minmax"),
+def build(model: onnx.ModelProto, precision: str, float_precision: str = "fp32"):  # noqa: ANN201
+    return builder.build(model, BuildConfig(device="cpu", precision=precision, calib_method="minmax",
+                                            float_precision=float_precision),
                          calibration=normal_feeds("x", SHAPE, 3, 1))
 
 
+@pytest.mark.parametrize("float_precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("precision, code", [("int8", TensorProto.INT8), ("fp8", TensorProto.FLOAT8E4M3FN)])
-def test_stem_quantizes_its_input_without_changing_a_value(precision, code, monkeypatch):
-    fused = build(stem(), precision)
+def test_stem_quantizes_its_input_without_changing_a_value(precision, code, float_precision, monkeypatch):
+    """fp16 float layers (TensorRT's --int8 --fp16): the conv's x_scale becomes float16 while the
+    QuantizeLinear of the float32 input keeps its float32 scale, which the conv then takes as
+    x_quant_scale, so that the codes stay the QuantizeLinear's."""
+    fused = build(stem(), precision, float_precision)
     ops = [s.op for s in fused.plan.steps]
     first = next(s for s in fused.plan.steps if s.op == "kiln::QConv")     # the stem
     assert first.attrs["x_dtype"] == code and ops[0] == "kiln::QConv"
     assert "QuantizeLinear" not in ops[:ops.index("kiln::QConv")]
     assert fused.header["build"][precision]["input_quantize_fused"] == 1
+    assert (len(first.inputs) == 13) == (float_precision == "fp16")          # x_quant_scale, where it differs
     monkeypatch.setattr(builder, "fuse_input_quantize", lambda graph: False)
-    plain = build(stem(), precision)
+    plain = build(stem(), precision, float_precision)
     assert plain.header["build"][precision]["input_quantize_fused"] == 0
     assert len(plain.plan.steps) == len(fused.plan.steps) + 1
     assert [s.op for s in plain.plan.steps][0] == "QuantizeLinear"

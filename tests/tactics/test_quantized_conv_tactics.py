@@ -195,13 +195,21 @@ def test_gpu_every_config_of_the_tactic(name, q):
 
 def test_float_input_with_x_dtype(gpu):
     """X float with x_dtype naming W's type: the layer quantizes X itself (the launcher)."""
-    def query(q, x_type, **attrs):
+    def query(q, x_type, x_quant_scale=None, **attrs):
         base = _query(q, **attrs)
-        return TacticQuery(base.op, base.device, (x_type,) + base.input_dtypes[1:3] + (None,) + base.input_dtypes[4:],
-                           base.attrs, base.input_shapes, base.layout)
+        dts, shapes = (x_type,) + base.input_dtypes[1:3] + (None,) + base.input_dtypes[4:], base.input_shapes
+        if x_quant_scale is not None:                           # input 12, after absent ones
+            dts += (None,) * (12 - len(dts)) + (x_quant_scale[0],)
+            shapes += (None,) * (12 - len(shapes)) + (x_quant_scale[1],)
+        return TacticQuery(base.op, base.device, dts, base.attrs, shapes, base.layout)
     assert qc.supports_int8(query("int8", "float32", x_dtype=3))
     assert qc.supports_fp8(query("float8_e4m3fn", "float16", x_dtype=17))
     assert not qc.supports_int8(query("int8", "float32"))                  # float X without x_dtype
     assert not qc.supports_int8(query("int8", "float32", x_dtype=17))      # quantized to another type
     assert not qc.supports_fp8(query("float8_e4m3fn", "int8", x_dtype=17))  # x_dtype on an 8-bit X
     assert not qc.supports_int8(query("int8", "float32", x_dtype=999))     # not a type
+    # x_quant_scale: a one-element float, only with x_dtype
+    assert qc.supports_int8(query("int8", "float32", x_dtype=3, x_quant_scale=("float32", (1,))))
+    assert not qc.supports_int8(query("int8", "float32", x_dtype=3, x_quant_scale=("int8", (1,))))
+    assert not qc.supports_int8(query("int8", "float32", x_dtype=3, x_quant_scale=("float32", (4,))))
+    assert not qc.supports_int8(query("int8", "int8", x_quant_scale=("float32", (1,))))

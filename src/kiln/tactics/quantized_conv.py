@@ -15,8 +15,8 @@ What `supports` accepts, and why:
 - X and W both int8, or both float8_e4m3fn. uint8 activations (ONNX Runtime's asymmetric
   QDQ models) carry a zero point the kernel does not subtract; they stay on the reference.
   X may be float where the attribute x_dtype names W's type (the layer quantizes X itself,
-  precision/fuse_input_quantize.py): the S2D configs in their framing copy, the others with the
-  QuantizeLinear kernel first.
+  precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
+  S2D configs in their framing copy, the others with the QuantizeLinear kernel first.
 - zero points absent or of the input's type; their values must be 0, which a query cannot
   see (they are constants): the kernel checks each zero-point tensor once and raises on a
   non-zero one, so the tuner drops the tactic for that node and keeps the reference.
@@ -49,7 +49,8 @@ REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
 
 # Input positions (reference.quantized.QCONV_INPUTS).
-X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP = range(len(QCONV_INPUTS))
+X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE = \
+    range(len(QCONV_INPUTS))
 
 
 def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape
@@ -74,7 +75,9 @@ def _x_ok(query: TacticQuery, input_type: str) -> bool:
     """X of the input type, or (attribute x_dtype naming it) float, which the launcher quantizes."""
     x, code = _at(query.input_dtypes, X), int(query.attrs.get("x_dtype", 0) or 0)
     if not code:
-        return x == input_type
+        return x == input_type and _at(query.input_dtypes, X_QUANT_SCALE) is None
+    if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *FLOAT_TYPES):
+        return False
     try:
         return x in FLOAT_TYPES and dtypes.from_onnx(code).name == input_type
     except TypeError:
@@ -116,7 +119,7 @@ def _shapes_ok(query: TacticQuery) -> bool:
         return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
-    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP):
+    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE):
         s = _at(shapes, i)
         if s is not None and not _one_element(s):
             return False

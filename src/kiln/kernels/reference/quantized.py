@@ -65,10 +65,11 @@ _INPUT_TYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
 FP8_EXACT_K = 2**35 // (448 * 448)
 # The ops' input positions, as their signatures below take them: the one table the precision
 # passes and the tactics index (QMatMul's ten are QConv's first ten; QConv adds an 8-bit
-# residual's scale and zero point).
+# residual's scale and zero point, and the scale that quantizes a float X, with x_dtype, where it
+# is not x_scale).
 QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp")
 QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
-                "residual_scale", "residual_zp")
+                "residual_scale", "residual_zp", "x_quant_scale")
 
 
 def _f64(t: Tensor | None) -> Tensor | None:
@@ -197,19 +198,23 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
           out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
-          residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0) -> Tensor:
     """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), exact accumulation (module docstring);
     with residual_scale the residual is 8-bit and dequantized first. With x_dtype (an ONNX type
-    enum) X is float and quantized first, X_q = QuantizeLinear(X, x_scale, x_zp) to that type,
-    exactly the QuantizeLinear it stands for (precision/fuse_input_quantize.py).
+    enum) X is float and quantized first, X_q = QuantizeLinear(X, x_quant_scale or else x_scale,
+    x_zp) to that type, exactly the QuantizeLinear it stands for (precision/fuse_input_quantize.py:
+    x_quant_scale is that QuantizeLinear's scale where it differs from x_scale, e.g. float32 before
+    a float16 layer).
 
     Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
     """
     if x_dtype:
-        x_q = quantize_linear(x_q, x_scale, x_zp, output_dtype=x_dtype)
+        x_q = quantize_linear(x_q, x_scale if x_quant_scale is None else x_quant_scale, x_zp, output_dtype=x_dtype)
+    elif x_quant_scale is not None:
+        raise ValueError("kiln::QConv has x_quant_scale but no x_dtype: X is already quantized; drop x_quant_scale")
     m, rank = w_q.shape[0], w_q.dim()
     _check_inputs("QConv", x_q, w_q, x_zp, w_zp, math.prod(w_q.shape[1:]))
     x = x_q.to(torch.float64)

@@ -278,7 +278,7 @@ def _check_residual(residual: Tensor | None, scale: Tensor | None, zp: Tensor | 
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
           out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
-          residual_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0,
@@ -287,18 +287,20 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     for X [N, C, H, W] int8 or float8_e4m3fn in any memory format (channels-last is read in
     place, others are converted); an 8-bit residual with residual_scale (and residual_zp) is
     dequantized in the epilogue. Y is channels-last, or contiguous NCHW if not channels_last_out.
-    With x_dtype, X is float and quantized first (the reference's contract): by the folded
-    walk's framing copy on the way (S2D), else by the QuantizeLinear kernel."""
+    With x_dtype, X is float and quantized first (the reference's contract: with x_quant_scale,
+    else x_scale): by the folded walk's framing copy on the way (S2D), else by the QuantizeLinear
+    kernel."""
     out = output_type(x_scale, out_scale, out_zp, out_dtype)
     quantize_x = None
     if x_dtype:
         target = dtypes.from_onnx(x_dtype).torch
         assert x_q.dtype in FLOAT_OUTPUTS and target == w_q.dtype, \
             f"x_dtype: X is float and quantized to W's type; got X {x_q.dtype}, x_dtype {target}, W {w_q.dtype}"
+        q_scale = x_scale if x_quant_scale is None else x_quant_scale
         if config is not None and config.get("S2D"):
-            quantize_x = (x_scale, x_zp, target)
+            quantize_x = (q_scale, x_zp, target)
         else:
-            x_q = quantize_linear(x_q, x_scale, x_zp, output_dtype=x_dtype)
+            x_q = quantize_linear(x_q, q_scale, x_zp, output_dtype=x_dtype)
     x_type = x_q.dtype if quantize_x is None else w_q.dtype                  # X as the kernel reads it
     _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
     _check_residual(residual, residual_scale, residual_zp)
