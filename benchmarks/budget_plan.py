@@ -1,17 +1,19 @@
 """An --accuracy-budget plan against kiln fp16 and the all-quantized engine, timed in one process.
 
-    PYTHONPATH=src python benchmarks/budget_plan.py [--batches 256,32] [--keep LAYER,LAYER,...] [--steps]
-                                                    [--weight-scales channel|tensor]
+    PYTHONPATH=src python benchmarks/budget_plan.py [--precision fp8|int8] [--batches 256,32] [--keep LAYER,LAYER,...]
+                                                    [--steps] [--weight-scales channel|tensor]
+    PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
-all-MiniLM-L6-v2 (its packaged weights), fp8 with fp16 float layers and SmoothQuant 0.9, budget
-cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
-on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
-before: the search prints it). Then, per batch: tuned builds of the fp16 engine, the all-fp8
-engine and the plan (the same fp8 config plus one fp16 rule per kept layer), each timed as CUDA
+all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9,
+budget cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at
+batch 32 on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
+before: the search prints it); --search-device cpu runs it on the CPU (the reference kernels) and
+stops there. Then, per batch: tuned builds of the fp16 engine, the all-quantized
+engine and the plan (the same config plus one fp16 rule per kept layer), each timed as CUDA
 graph replays (median of 5 x 20, after one run), on the same inputs, each engine's embeddings
 first compared with PyTorch fp32's (per-sentence cosine, min and mean); --steps adds the plan's GPU
-time per step (benchmarks/profile_steps.py). Prints each time and the plan's and fp8's speedups
-over fp16. What the suite's budget row does in one build (plan_speed), here in pieces, so that
+time per step (benchmarks/profile_steps.py). Prints each time and the plan's and the
+all-quantized engine's speedups over fp16. What the suite's budget row does in one build (plan_speed), here in pieces, so that
 a plan can be re-timed without its search.
 """
 from __future__ import annotations
@@ -40,9 +42,10 @@ SEARCH_BATCH = 32
 CALIB_SAMPLES = 64
 
 
-def fp8_config(model: models.BenchModel, batch: int, keep: tuple[str, ...] = (),
-               weight_scales: str = "channel") -> BuildConfig:
-    return BuildConfig(precision="fp8", device="cuda", profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
+def quant_config(model: models.BenchModel, batch: int, precision: str, keep: tuple[str, ...] = (),
+                 weight_scales: str = "channel", device: str = "cuda") -> BuildConfig:
+    return BuildConfig(precision=precision, device=device,
+                       profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
                        timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16", smooth_quant=0.9,
                        layer_precision=tuple((name, "fp16") for name in keep), weight_scales=weight_scales)
 
@@ -68,7 +71,10 @@ def main() -> None:
     ap.add_argument("--keep", default="", help="layers to keep in fp16 (skips the search)")
     ap.add_argument("--steps", action="store_true", help="the plan's GPU time per step")
     ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
-                    help="fp8 weight scales per output channel or per tensor (kiln build --weight-scales)")
+                    help="weight scales per output channel or per tensor (kiln build --weight-scales)")
+    ap.add_argument("--precision", choices=("fp8", "int8"), default="fp8")
+    ap.add_argument("--search-device", choices=("cuda", "cpu"), default="cuda",
+                    help="where the search builds run; cpu: the search alone, then stop")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -76,21 +82,25 @@ def main() -> None:
     path = models.export_onnx(model, Path("/tmp/bench"))
     keep = tuple(n for n in args.keep.split(",") if n)
     if not keep:
-        found = search(str(path), fp8_config(model, SEARCH_BATCH, weight_scales=args.weight_scales), BUDGET,
+        found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, weight_scales=args.weight_scales,
+                                               device=args.search_device), BUDGET,
                        calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0))
         keep = tuple(k.name for k in found.kept)
-        say(f"search: {found.builds} builds, {BUDGET[0]}={found.achieved:.6f}, keep {','.join(keep)}")
+        say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "
+            f"(none kept: {found.reduced:.6f}), keep {len(keep)} of {found.candidates}: {','.join(keep)}")
+        if args.search_device == "cpu":
+            return
     for batch in (int(b) for b in args.batches.split(",")):
         calibration = samples.calibration_feeds(model, CALIB_SAMPLES, batch, 0)
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
         with torch.no_grad():
             reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
-        fp8 = fp8_config(model, batch, weight_scales=args.weight_scales)
+        quant = quant_config(model, batch, args.precision, weight_scales=args.weight_scales)
         times = {}
-        fp16 = replace(fp8, precision="fp16", float_precision="fp32", smooth_quant=None, weight_scales="channel")
-        for label, config in (("fp16", fp16),
-                              ("fp8", fp8), ("plan", fp8_config(model, batch, keep, args.weight_scales))):
-            engine = kiln.build(str(path), config, calibration=calibration if config.precision == "fp8" else None)
+        fp16 = replace(quant, precision="fp16", float_precision="fp32", smooth_quant=None, weight_scales="channel")
+        for label, config in (("fp16", fp16), (args.precision, quant),
+                              ("plan", quant_config(model, batch, args.precision, keep, args.weight_scales))):
+            engine = kiln.build(str(path), config, calibration=calibration if config.precision != "fp16" else None)
             out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
             cos = row_cosines(out, reference)
             times[label] = graph_ms(engine, feeds)
@@ -104,7 +114,8 @@ def main() -> None:
                     print(f"{k:4d} {sum(d for _, d in kernels):8.1f} us  {what}")
             del engine
             torch.cuda.empty_cache()
-        say(f"b{batch}: plan {times['fp16'] / times['plan']:.3f}x kiln fp16, all-fp8 {times['fp16'] / times['fp8']:.3f}x")
+        say(f"b{batch}: plan {times['fp16'] / times['plan']:.3f}x kiln fp16, all-{args.precision} "
+            f"{times['fp16'] / times[args.precision]:.3f}x")
 
 
 if __name__ == "__main__":
