@@ -84,7 +84,7 @@ def main() -> None:
     if not keep:
         found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, weight_scales=args.weight_scales,
                                                device=args.search_device), BUDGET,
-                       calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0))
+                       calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0), progress=say)
         keep = tuple(k.name for k in found.kept)
         say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "
             f"(none kept: {found.reduced:.6f}), keep {len(keep)} of {found.candidates}: {','.join(keep)}")
