@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from kiln.cli.build import int8_line
 from kiln.compiler import builder
 from kiln.config import BuildConfig
 
@@ -64,6 +65,7 @@ def test_stem_quantizes_its_input_without_changing_a_value(precision, code, floa
     assert first.attrs["x_dtype"] == code and ops[0] == "kiln::QConv"
     assert "QuantizeLinear" not in ops[:ops.index("kiln::QConv")]
     assert fused.header["build"][precision]["input_quantize_fused"] == 1
+    assert "1 conv(s) quantizing their float input" in int8_line(fused.header["build"][precision])
     assert (len(first.inputs) == 13) == (float_precision == "fp16")          # x_quant_scale, where it differs
     monkeypatch.setattr(builder, "fuse_input_quantize", lambda graph: False)
     plain = build(stem(), precision, float_precision)

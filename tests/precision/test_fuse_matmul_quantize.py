@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from kiln.cli.build import int8_line
 from kiln.compiler import builder
 from kiln.config import BuildConfig
 
@@ -67,6 +68,7 @@ def test_kept_matmul_quantizes_its_output_without_changing_a_value(float_precisi
     assert step.attrs["activation"] == "Gelu"
     assert "QuantizeLinear" not in ops and "kiln::FusedMatMul" not in ops and ops.count("kiln::QMatMul") == 1
     assert fused.header["build"][precision]["matmul_quantize_fused"] == 1
+    assert "1 float matmul(s) quantizing their output" in int8_line(fused.header["build"][precision])
     monkeypatch.setattr(builder, "fuse_matmul_quantize", lambda graph: False)
     plain = build(model, precision, float_precision)
     plain_ops = [s.op for s in plain.plan.steps]

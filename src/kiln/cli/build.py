@@ -211,13 +211,16 @@ def int8_line(int8: dict[str, Any]) -> str:
              else f"calibrated on {calib['batches']} batch(es)" + (f", cached in {calib['cache']}" if calib["cache"] else ""))
     kept = len(int8["kept_float"])
     folded = int8.get("requantize_folded", 0)
-    norms = int8.get("norm_quantize_fused", 0)
+    norms, matmuls = int8.get("norm_quantize_fused", 0), int8.get("matmul_quantize_fused", 0)
+    inputs = int8.get("input_quantize_fused", 0)
     residuals, attention = int8.get("residuals_quantized", 0), int8.get("attention_requantized", 0)
     return (f"{len(int8['quantized'])} layer(s) quantized" + (f", {kept} kept float (see --json)" if kept else "")
             + (f", {folded} requantizing their output" if folded else "")
             + (f", {residuals} reading an 8-bit residual" if residuals else "")
             + (f", {attention} attention(s) writing 8 bits" if attention else "")
-            + (f", {norms} norm(s) quantizing their output" if norms else "") + f"; ranges: {calib['method']}, {where}"
+            + (f", {norms} norm(s) quantizing their output" if norms else "")
+            + (f", {matmuls} float matmul(s) quantizing their output" if matmuls else "")
+            + (f", {inputs} conv(s) quantizing their float input" if inputs else "") + f"; ranges: {calib['method']}, {where}"
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
                if (sq := int8.get("smooth_quant")) else "")
             + ("; weight scales per tensor" if int8.get("weight_scales") == "tensor" else ""))
