@@ -13,8 +13,8 @@ engine and the plan (the same config plus one fp16 rule per kept layer), each ti
 graph replays (median of 5 x 20, after one run), on the same inputs, each engine's embeddings
 first compared with PyTorch fp32's (per-sentence cosine, min and mean); --steps adds the plan's GPU
 time per step (benchmarks/profile_steps.py). Prints each time and the plan's and the
-all-quantized engine's speedups over fp16. What the suite's budget row does in one build (plan_speed), here in pieces, so that
-a plan can be re-timed without its search.
+all-quantized engine's speedups over fp16. What the suite's budget row does in one build
+(plan_speed), here in pieces, so that a plan can be re-timed without its search.
 """
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ def int8_line(int8: dict[str, Any]) -> str:
             + (f", {attention} attention(s) writing 8 bits" if attention else "")
             + (f", {norms} norm(s) quantizing their output" if norms else "")
             + (f", {matmuls} float matmul(s) quantizing their output" if matmuls else "")
-            + (f", {inputs} conv(s) quantizing their float input" if inputs else "") + f"; ranges: {calib['method']}, {where}"
+            + (f", {inputs} conv(s) quantizing their float input" if inputs else "")
+            + f"; ranges: {calib['method']}, {where}"
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
                if (sq := int8.get("smooth_quant")) else "")
             + ("; weight scales per tensor" if int8.get("weight_scales") == "tensor" else ""))
