@@ -159,12 +159,16 @@ def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any,
 
 def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int = 3, channels: int = 256,
                size: int = 14, batch: int = 64, config: dict | None = None,
-               residual_8bit: bool = False, strides: list[int] | None = None) -> tuple[Any, tuple, dict]:
+               residual_8bit: bool = False, strides: list[int] | None = None,
+               x_uint8: bool = False) -> tuple[Any, tuple, dict]:
     """The 8-bit implicit-GEMM convolution as qconv launches it: a ResNet-50 stage-3 conv
     (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual
-    (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None)."""
+    (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None);
+    x_uint8: X uint8 with a zero point of 128 (ONNX Runtime's QDQ activations), W int8."""
     zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
-    x = torch.zeros(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.zeros(batch, channels, size, size, dtype=torch.uint8 if x_uint8 else dtype).contiguous(
+        memory_format=torch.channels_last)
+    x_zp = torch.full((1,), 128, dtype=torch.uint8) if x_uint8 else zp
     # int8: W's magnitude decides the accumulator's conversion (qconv_plan.small_accumulator); 127 as calibrated
     w = torch.full((channels, channels, kernel, kernel), 127, dtype=dtype) if dtype == torch.int8 else \
         torch.zeros(channels, channels, kernel, kernel, dtype=dtype)
@@ -175,7 +179,7 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
                                       "out_zp": zp if out == TensorProto.INT8 else None}
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
     with recording(qconv, "_qconv_kernel") as rec, recording(qconv_window, "window_kernel") as window:
-        qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(channels).half(), None,
+        qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), x_zp, torch.rand(channels).half(), None,
                     torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4, strides=strides,
                     activation="Relu", config=dict(config or space[0]), **requant, **res_q)
     if window.calls:   # TMA configs where the WINDOW walk applies
@@ -256,6 +260,10 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 conv 3x3, Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, False),
     "int8 conv 1x1, residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1),
     "fp8 conv 3x3, Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, False),
+    "uint8 X (zero point) conv 3x3, Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, False,
+                                                                          x_uint8=True),
+    "uint8 X (zero point) conv 1x1, Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, False, kernel=1,
+                                                                          x_uint8=True),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
     "int8 conv 1x1, int8 residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1,

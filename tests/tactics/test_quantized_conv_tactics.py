@@ -62,7 +62,7 @@ def test_accepts_int8_and_fp8_convs(gpu):
 
 def test_rejects_what_the_kernel_cannot_run(gpu):
     assert not qc.supports_int8(_query(device="cpu"))
-    assert not qc.supports_int8(_query("uint8"))                           # zero point not subtracted
+    assert not qc.supports_int8(_query("uint8"))                           # a uint8 W
     assert not qc.supports_int8(_query(x_shape=(64, 32, 56, 56)))          # X and W disagree on C
     assert not qc.supports_int8(_query(w_shape=(64, 32, 3, 3), group=2))
     assert not qc.supports_int8(_query(x_shape=(64, 64, 56), w_shape=(64, 64, 3), kernel_shape=[3]))   # 1-D
@@ -213,3 +213,23 @@ def test_float_input_with_x_dtype(gpu):
     assert not qc.supports_int8(query("int8", "float32", x_dtype=3, x_quant_scale=("int8", (1,))))
     assert not qc.supports_int8(query("int8", "float32", x_dtype=3, x_quant_scale=("float32", (4,))))
     assert not qc.supports_int8(query("int8", "int8", x_quant_scale=("float32", (1,))))
+
+
+def test_uint8_activations_with_int8_weights(gpu):
+    """ONNX Runtime's default QDQ conv: uint8 X (zero point uint8 or absent), int8 W; C a multiple
+    of 4 (no framed copy), never the folded (S2D) walk."""
+    def query(x_zp="uint8", w_zp=None, **kw):
+        base = _query(**kw)
+        dts = ("uint8",) + base.input_dtypes[1:3] + (x_zp, base.input_dtypes[4], w_zp) + base.input_dtypes[6:]
+        return TacticQuery(base.op, base.device, dts, base.attrs, base.input_shapes, base.layout)
+    assert qc.supports_int8(query()) and qc.supports_int8(query(x_zp=None))
+    assert qc.supports_int8(query(out="uint8")) and qc.supports_int8_nchw(query(layout="nchw"))
+    assert not qc.supports_fp8(query())
+    assert not qc.supports_int8(query(x_zp="int8"))                        # zero point of another type
+    assert not qc.supports_int8(query(w_zp="uint8"))
+    stem = dict(x_shape=(64, 3, 224, 224), w_shape=(64, 3, 7, 7), kernel_shape=[7, 7], pads=[3, 3, 3, 3],
+                strides=[2, 2])
+    assert not qc.supports_int8(query(**stem))                             # C = 3: the framing copy pads with 0
+    assert qc.supports_int8(_query(**stem)) and qc.folds(_query(**stem))
+    s2d = [t.name for t in candidates(query(**{**stem, "x_shape": (64, 8, 224, 224), "w_shape": (64, 8, 7, 7)}))]
+    assert s2d and not any(n.endswith("_s2d") for n in s2d)

@@ -12,14 +12,16 @@ What `supports` accepts, and why:
 - device cuda with a GPU that has the MMAs: int8 needs compute capability 8.0 (Ampere's
   int8 mma; Triton's int8 dot), float8_e4m3fn 8.9 (Ada/Hopper fp8 mma; also for a float8
   output, whose conversion Triton emits from sm_89 on).
-- X and W both int8, or both float8_e4m3fn. uint8 activations (ONNX Runtime's asymmetric
-  QDQ models) carry a zero point the kernel does not subtract; they stay on the reference.
+- X and W both int8, or both float8_e4m3fn; or X uint8 and W int8 (ONNX Runtime's default QDQ
+  models: asymmetric uint8 activations, symmetric int8 weights), where C is a multiple of 4: the
+  kernel shifts X by 128 and subtracts its zero point (the framing copy a C not a multiple of 4
+  needs pads with 0, so such a layer, e.g. a uint8 stem, stays on the reference).
   X may be float where the attribute x_dtype names W's type (the layer quantizes X itself,
   precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
   S2D configs in their framing copy, the others with the QuantizeLinear kernel first.
-- zero points absent or of the input's type; their values must be 0, which a query cannot
-  see (they are constants): the kernel checks each zero-point tensor once and raises on a
-  non-zero one, so the tuner drops the tactic for that node and keeps the reference.
+- zero points absent or of the input's type. X's may have any value (the kernel subtracts it);
+  W's must be 0, which a query cannot see (it is a constant): the kernel checks it once and raises
+  on a non-zero one, so the tuner drops the tactic for that node and keeps the reference.
 - x_scale float16/bfloat16/float32 (the float output's type); w_scale per tensor or per
   output channel; bias with 1 or OC elements; a residual of at most Y's rank, float, or
   int8/uint8/float8_e4m3fn with a one-element residual_scale (and zero point of its type).
@@ -37,6 +39,7 @@ What `supports` accepts, and why:
 from __future__ import annotations
 
 from kiln.ir import dtypes
+from kiln.kernels.conv_fold import PIXEL_ALIGN
 from kiln.kernels.reference.fused import ACTIVATIONS
 from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.kernels.triton import available as triton_available
@@ -84,11 +87,20 @@ def _x_ok(query: TacticQuery, input_type: str) -> bool:
         return False
 
 
+def _uint8_x(query: TacticQuery, input_type: str) -> bool:
+    """X uint8 under an int8 W (module docstring), with its zero point absent or uint8."""
+    dts = query.input_dtypes
+    return input_type == "int8" and _at(dts, X) == "uint8" and not query.attrs.get("x_dtype") \
+        and _at(dts, X_ZP) in (None, "uint8") and _at(dts, X_QUANT_SCALE) is None
+
+
 def _types_ok(query: TacticQuery, input_type: str) -> bool:
     dts = query.input_dtypes
-    if not _x_ok(query, input_type) or _at(dts, W) != input_type:
-        return False
-    if any(_at(dts, i) not in (None, input_type) for i in (X_ZP, W_ZP)):
+    if _uint8_x(query, input_type):
+        if _at(dts, W) != "int8" or _at(dts, W_ZP) not in (None, "int8"):
+            return False
+    elif not _x_ok(query, input_type) or _at(dts, W) != input_type or \
+            any(_at(dts, i) not in (None, input_type) for i in (X_ZP, W_ZP)):
         return False
     if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
         return False
@@ -116,6 +128,8 @@ def _shapes_ok(query: TacticQuery) -> bool:
         return False
     c, oc = ws[1], ws[0]
     if int(query.attrs.get("group", 1)) != 1 or not _channels_ok(c):
+        return False
+    if _at(query.input_dtypes, X) == "uint8" and c % PIXEL_ALIGN:     # no framed copy for a uint8 X
         return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
@@ -191,11 +205,12 @@ if triton_available():
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
-        register_tactic(Tactic(_name, "kiln::QConv", 6, ("cuda",), _kernel, _supports_fn, configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 7, ("cuda",), _kernel, _supports_fn, configs=_configs))
     # Strided convs over few channels (the stem), folded space to depth first: their own tactics,
     # so that no other layer times these configs.
     for _name, _supports_fn, _configs in (
             ("kiln::QConv.triton_nhwc_s2d", supports_int8, INT8_S2D_CONFIGS),
             ("kiln::QConv.triton_nhwc_fp8_s2d", supports_fp8, FP8_S2D_CONFIGS)):
         register_tactic(Tactic(_name, "kiln::QConv", 2, ("cuda",), _triton_qconv.qconv,
-                               lambda q, ok=_supports_fn: ok(q) and folds(q), configs=_configs))
+                               lambda q, ok=_supports_fn: ok(q) and folds(q) and _at(q.input_dtypes, X) != "uint8",
+                               configs=_configs))

@@ -89,9 +89,11 @@ on request (for graphs that run NCHW: X is then converted on every call).
 with a float32 accumulator: conv.py's fp16/bf16 convolution (BLOCK_K up to 64 there, qconv_plan's
 FLOAT_CONFIGS: a stage holds twice the bytes).
 
-Zero points must be absent or 0 (symmetric quantization, what kiln's calibration makes):
-the launcher checks a zero-point tensor once (memoised per tensor, like the packed weight)
-and raises otherwise. Offsets are int32: tensors of 2**31 elements or more are refused.
+Zero points: W's must be absent or 0 (the launcher checks once per tensor and raises). X's may
+be anything, uint8 X (ONNX Runtime's asymmetric activations; W int8) or int8: uint8 loads shift by
+128 into int8 (exact), padding lanes take the zero point's code, and za * sum(W[oc]) leaves the
+int32 accumulator: sum (x - zp) w exactly (qconv_load.py). Not through the framing copy, the
+folded or the WINDOW walk (they pad with 0). Offsets are int32: 2**31 elements or more are refused.
 """
 from __future__ import annotations
 
@@ -107,8 +109,9 @@ from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
+from kiln.kernels.triton.qconv_load import signed_x, x_tile
 from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
-                                            framed_pixels, k_loop, packed_weight, small_accumulator)
+                                            framed_pixels, k_loop, packed_weight, small_accumulator, weight_sums)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.qconv_s2d import space_to_depth
@@ -132,9 +135,10 @@ def _qconv_kernel(
         X, W, Y, M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, INSIDE: tl.constexpr,
-        FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr,
+        FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, X_U8: tl.constexpr,
+        X_ZP: tl.constexpr, HAS_XZP: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
@@ -155,11 +159,16 @@ def _qconv_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    # X's zero point in the signed domain (uint8 X: values and zero point shifted by 128); X_ZP: a
+    # correction is due (uint8 X, or a non-zero int8 zero point). Padding taps read za: 0 once dequantized.
+    za = 0
+    if X_ZP:
+        za = (tl.load(XZP).to(tl.int32) if HAS_XZP else 0) - (128 if X_U8 else 0)
     if PATH == 0:
         # PIXELS: a 1x1 stride-1 conv over dense pixels is X [M, C] @ B.
         a_ptrs = X + rm[:, None] * sxw + offs_k[None, :]                    # [BLOCK_M, BLOCK_K]
         for _ in range(K_STEPS):
-            a = tl.load(a_ptrs)
+            a = signed_x(tl.load(a_ptrs), X_U8)
             b = tl.load(w_ptrs)
             acc = dot8(a, b, acc, FP8_ACC)
             a_ptrs += BLOCK_K
@@ -184,16 +193,17 @@ def _qconv_kernel(
                 rows = row0 + (kh * dil_h) * sxh + (kw * dil_w) * sxw + c0
                 if INSIDE:   # every tap lies inside X (no padding reached): no per-pixel mask
                     if MASK_C:
-                        a = tl.load(X + rows[:, None] + offs_k[None, :], mask=(c0 + offs_k < C)[None, :], other=0.0)
+                        a = x_tile(X + rows[:, None] + offs_k[None, :], (c0 + offs_k < C)[None, :], X_U8, X_ZP,
+                                    za)
                     else:
-                        a = tl.load(X + rows[:, None] + offs_k[None, :])
+                        a = signed_x(tl.load(X + rows[:, None] + offs_k[None, :]), X_U8)
                 else:
                     inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)    # [BLOCK_M]
                     if MASK_C:
-                        a = tl.load(X + rows[:, None] + offs_k[None, :],
-                                    mask=inside[:, None] & (c0 + offs_k < C)[None, :], other=0.0)
+                        a = x_tile(X + rows[:, None] + offs_k[None, :],
+                                    inside[:, None] & (c0 + offs_k < C)[None, :], X_U8, X_ZP, za)
                     else:
-                        a = tl.load(X + rows[:, None] + offs_k[None, :], mask=inside[:, None], other=0.0)
+                        a = x_tile(X + rows[:, None] + offs_k[None, :], inside[:, None], X_U8, X_ZP, za)
             else:
                 # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
                 # kw = 0..KW-1 of all pixels are one contiguous run of ROW = KW*PIX elements of
@@ -209,16 +219,18 @@ def _qconv_kernel(
                 j = (step - kh * C_STEPS) * BLOCK_K + offs_k                 # [BLOCK_K]
                 rows = tl.multiple_of(row0 + (kh * dil_h) * sxh, 4)
                 if INSIDE:
-                    a = tl.load(X + rows[:, None] + j[None, :], mask=(j < ROW)[None, :], other=0.0)
+                    a = x_tile(X + rows[:, None] + j[None, :], (j < ROW)[None, :], X_U8, X_ZP, za)
                 else:
                     ih = ih0 + kh * dil_h
                     iw = iw0[:, None] + (j // PIX)[None, :]                  # [BLOCK_M, BLOCK_K]
                     inside = ((ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < IW) & (j < ROW)[None, :]
-                    a = tl.load(X + rows[:, None] + j[None, :], mask=inside, other=0.0)
+                    a = x_tile(X + rows[:, None] + j[None, :], inside, X_U8, X_ZP, za)
             b = tl.load(w_ptrs)
             acc = dot8(a, b, acc, FP8_ACC)
             w_ptrs += BLOCK_K
 
+    if X_ZP:   # sum_k (a' - za) w = acc - za * sum_k w: W's column sums over the packed K (pads are 0)
+        acc -= za * tl.load(COLSUM + rn)[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < OC)[None, :]                    # [BLOCK_M, BLOCK_N]
     if FLAT_OUT:
         # Y (and the residual) channels-last and dense: a row-major [M, OC] matrix.
@@ -253,8 +265,8 @@ def _require_zero(zp: Tensor | None, name: str) -> None:
 def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
            out: dtypes.DType, requant: bool, x_type: torch.dtype) -> None:
     """The launcher's contract; x_type: X's type as the kernel reads it (a float X quantized first)."""
-    assert x_type in INPUT_DTYPES and w.dtype == x_type, \
-        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16, got {x_type}, {w.dtype}"
+    assert (x_type in INPUT_DTYPES and w.dtype == x_type) or (x_type == torch.uint8 and w.dtype == torch.int8), \
+        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16 (or X uint8, W int8), got {x_type}, {w.dtype}"
     assert x.dim() == 4 and w.dim() == 4, f"a 2-D conv: X and W are 4-D, got {tuple(x.shape)}, {tuple(w.shape)}"
     assert group == 1 and w.shape[1] == x.shape[1], f"group 1 only: X has {x.shape[1]} channels, W {w.shape[1]}"
     assert x_scale.numel() == 1 and x_scale.dtype in FLOAT_OUTPUTS, "x_scale: one float16/bfloat16/float32 value"
@@ -284,7 +296,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
           activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0,
           config: dict[str, Any] | None = None, channels_last_out: bool = True) -> Tensor:
     """Y = [Q](act(Conv(DQ(X), DQ(W)) + bias + residual)), the reference kiln::QConv's contract,
-    for X [N, C, H, W] int8 or float8_e4m3fn in any memory format (channels-last is read in
+    for X [N, C, H, W] int8, uint8 (W int8) or float8_e4m3fn in any memory format (channels-last is read in
     place, others are converted); an 8-bit residual with residual_scale (and residual_zp) is
     dequantized in the epilogue. Y is channels-last, or contiguous NCHW if not channels_last_out.
     With x_dtype, X is float and quantized first (the reference's contract: with x_quant_scale,
@@ -304,17 +316,20 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     x_type = x_q.dtype if quantize_x is None else w_q.dtype                  # X as the kernel reads it
     _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
     _check_residual(residual, residual_scale, residual_zp)
-    _require_zero(x_zp, "x_zp")
     _require_zero(w_zp, "w_zp")
+    # X's zero point: subtracted by the kernel (uint8 X always: its values are shifted by 128).
+    x_u8 = x_type == torch.uint8
+    x_corr = x_u8 or (x_zp is not None and not all_zero(x_zp))
     out_zp = needed_zero_point(out_zp)
     residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
     is_fp8 = x_type == torch.float8_e4m3fn
-    float_acc = x_type != torch.int8                                         # float8 and 16-bit floats
-    space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if x_type == torch.int8 else FLOAT_CONFIGS
+    float_acc = x_type not in (torch.int8, torch.uint8)                      # float8 and 16-bit floats
+    space = FP8_CONFIGS if is_fp8 else INT8_CONFIGS if not float_acc else FLOAT_CONFIGS
     cfg = dict(space[0] if config is None else config)
     geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
                         pads=pads, strides=strides)
+    assert not (x_corr and cfg.get("S2D")), "the folded walk takes X without a zero point"
     if cfg.get("S2D"):   # folded space to depth: a stride-1 conv over many channels (qconv_s2d.py)
         x_q, w_q, geo = space_to_depth(x_q, w_q, geo, quantize_x)
     n, c, h, w = x_q.shape
@@ -336,6 +351,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     # anyway (C not a multiple of 4: the stem), the copy also frames it with the padding.
     framed = loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c)
     if framed:
+        assert not x_corr, "the framing copy pads with 0, not X's zero point: C a multiple of 4 for such an X"
         x = framed_pixels(x, loop.pixel, geo)
     h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
     # Every tap inside X: no pad before, and the last window ends within X (the folded stem, the
@@ -357,12 +373,12 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                RZP=x_scale if residual_zp is None else residual_zp, OS=x_scale if out_scale is None else out_scale,
                OZP=x_scale if out_zp is None else out_zp, p0=p0, p1=p1)
     flags = dict(FLOAT_ACC=float_acc, FP8_ACC=fp8_promotion(cfg, bk) if is_fp8 else 0,
-                 ACC_MAGIC=not float_acc and small_accumulator(c * geo.kh * geo.kw, w_q),
+                 ACC_MAGIC=not float_acc and small_accumulator(c * geo.kh * geo.kw, w_q, 255 if x_corr else 128),
                  WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=b is not None, HAS_RES=residual is not None,
                  RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
                  ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
-    if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
+    if cfg.get("TMA") and not x_corr and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
@@ -375,6 +391,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
+        XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
+        X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)

@@ -239,11 +239,21 @@ SMALL_ACC = 2**22
 _WMAX = derived_table()   # weight -> max |W| (kernels/memo.py)
 
 
-def small_accumulator(k: int, w_q: Tensor) -> bool:
+def small_accumulator(k: int, w_q: Tensor, x_max: int = 128) -> bool:
     """Whether every int8 accumulator of a K-long reduction over W stays below SMALL_ACC in
-    magnitude: K * 128 * max|W| < 2^22 (X's int8 values are at most 128 in magnitude). max|W| is
-    read once per weight tensor; while a CUDA graph is being captured, a weight not read before
-    counts as large (the I2F path, correct for any accumulator)."""
+    magnitude: K * x_max * max|W| < 2^22 (X's int8 values are at most 128 in magnitude; X less
+    its zero point, at most 255). max|W| is read once per weight tensor; while a CUDA graph is
+    being captured, a weight not read before counts as large (the I2F path, correct for any
+    accumulator)."""
     wmax = read_once(_WMAX, w_q, "absmax", lambda t: int(t.to(torch.int32).abs().max()) if t.numel() else 0,
                      capturing=None)
-    return wmax is not None and k * 128 * wmax < SMALL_ACC
+    return wmax is not None and k * x_max * wmax < SMALL_ACC
+
+
+_COLSUM = derived_table()   # weight -> sum of each output channel's values, int32 [OC]
+
+
+def weight_sums(w_q: Tensor) -> Tensor:
+    """sum over (C, KH, KW) of each output channel of int8 W [OC, C, KH, KW], int32 [OC], once per
+    tensor: the zero-point correction of an X with a zero point (qconv.py)."""
+    return derived(_COLSUM, w_q, "sums", lambda t: t.to(torch.int32).sum(dim=(1, 2, 3), dtype=torch.int32).contiguous())

@@ -1,0 +1,83 @@
+"""The Triton kiln::QConv on an X with a zero point: uint8 activations (ONNX Runtime's default
+asymmetric QDQ models) and int8 ones with a non-zero zero point, against the reference.
+
+The kernel shifts uint8 values by 128 into int8 (exact), fills padding taps with the zero point's
+code (0 once dequantized, as the reference pads) and subtracts zero point x sum(W) per output
+channel from the int32 accumulator, so on the exact operands of test_triton_qconv.py the
+requantized output equals the reference's bit for bit on every walk that takes such an X (all but
+the framed copy of C not a multiple of 4, and the TMA walks, whose copy engine pads with 0)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.kernels.triton import available
+
+if not available():
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
+from kiln.kernels.triton import qconv as tq  # noqa: E402
+from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
+from tests.kernels.test_triton_qconv import (DEV, GEOMETRIES, I8, TINY, _channels_last, _exact_operands,  # noqa: E402
+                                             _ints, _out_shape, _residual_8bit, _to)
+
+U8 = torch.uint8
+# The walks an X with a zero point takes: every geometry whose C is a multiple of 4 (no framed copy).
+WALKED = [name for name, (xs, _ws, _a, _p) in GEOMETRIES.items() if xs[1] % 4 == 0]
+
+
+def _x(xs, dtype, zp, seed=0):
+    """X within 40 codes of its zero point (exact sums, as the int8 operands), and the zero point
+    tensor (None for zp None)."""
+    g = torch.Generator().manual_seed(seed)
+    center = 0 if zp is None else zp
+    lo, hi = (0, 255) if dtype == U8 else (-128, 127)
+    x = _ints(xs, max(lo, center - 40), min(hi, center + 40), g, torch.int64).to(dtype)
+    return x, None if zp is None else torch.tensor(zp, dtype=dtype)
+
+
+def _run(x, x_zp, name, residual=None, rs=None, rzp=None, config=TINY):
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    _, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, I8)
+    args = (_channels_last(x), w, xsc, x_zp, wsc, None, b, residual, torch.tensor(0.25), torch.tensor(0, dtype=I8),
+            rs, rzp)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=config, **attrs).cpu()
+    want = reference_qconv(*args, activation="Relu", **attrs)
+    return got, want
+
+
+@pytest.mark.parametrize("dtype, zp", [(U8, 37), (U8, 200), (U8, None), (I8, -5)],
+                         ids=["uint8-zp37", "uint8-zp200", "uint8-no-zp", "int8-zp-5"])
+@pytest.mark.parametrize("name", WALKED)
+def test_zero_point_exact_on_every_walk(name, dtype, zp):
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, x_zp = _x(xs, dtype, zp)
+    got, want = _run(x, x_zp, name)
+    assert int((want != 0).sum()) > 0 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1"])
+def test_uint8_with_an_8bit_residual(name):
+    """ONNX Runtime's QDQ ResNet block: uint8 X and residual, both with zero points."""
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, x_zp = _x(xs, U8, 90, seed=2)
+    r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), U8, torch.Generator().manual_seed(5))
+    got, want = _run(x, x_zp, name, _channels_last(r), rs, rzp)
+    assert torch.equal(got, want)
+
+
+def test_zero_point_refused_where_padding_would_read_zero():
+    """C not a multiple of 4 needs the framing copy, which pads with 0: the launcher refuses (the
+    tactic does not offer such a layer; it stays on the reference)."""
+    x, x_zp = _x(GEOMETRIES["stem_c3"][0], U8, 37)
+    with pytest.raises(AssertionError, match="zero point"):
+        _run(x, x_zp, "stem_c3")
+
+
+def test_accumulator_bound_counts_the_zero_point():
+    w = torch.full((4, 64, 3, 3), 127, dtype=I8)
+    k = 64 * 9
+    assert plan.small_accumulator(k, w, 128) == (k * 128 * 127 < plan.SMALL_ACC)
+    assert not plan.small_accumulator(k, w, 255) or k * 255 * 127 < plan.SMALL_ACC
+    assert torch.equal(plan.weight_sums(w), torch.full((4,), 127 * k, dtype=torch.int32))
