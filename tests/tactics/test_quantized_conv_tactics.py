@@ -233,3 +233,47 @@ def test_uint8_activations_with_int8_weights(gpu):
     assert qc.supports_int8(_query(**stem)) and qc.folds(_query(**stem))
     s2d = [t.name for t in candidates(query(**{**stem, "x_shape": (64, 8, 224, 224), "w_shape": (64, 8, 7, 7)}))]
     assert s2d and not any(n.endswith("_s2d") for n in s2d)
+
+
+@pytest.mark.parametrize("activation_type", ["QUInt8", "QInt8"])
+def test_onnxruntime_qdq_conv_takes_the_triton_tactic(gpu, tmp_path, activation_type):
+    """A conv quantized by onnxruntime.quantization.quantize_static (QDQ, asymmetric uint8 or int8
+    activations with zero points, int8 weights): the fused kiln::QConv is one the Triton int8
+    tactic runs, where it used to stay on the reference."""
+    onnx = pytest.importorskip("onnx")
+    quant = pytest.importorskip("onnxruntime.quantization")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kiln.onnx.importer import import_model
+    from kiln.passes.pipeline import optimize
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"x": rng.standard_normal((2, 8, 6, 6)).astype(np.float32)} for _ in range(3)])
+
+        def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
+            return next(self.feeds, None)
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(model, src)
+    quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                          weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activation_type))
+    g = import_model(onnx.load(dst))
+    optimize(g)
+    conv = next(n for n in g.nodes if n.qualified_op == "kiln::QConv")
+    dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in conv.inputs)
+    assert dts[0] == dts[3] == activation_type[1:].lower() and dts[1] == "int8"
+    shapes = tuple(None if v is None or v.shape is None else tuple(v.shape) for v in conv.inputs)
+    query = TacticQuery("kiln::QConv", "cuda", dts, conv.attrs, shapes, "nhwc")
+    assert qc.supports_int8(query) and INT8 in [t.name for t in candidates(query)]
