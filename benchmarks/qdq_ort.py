@@ -1,0 +1,100 @@
+"""ONNX Runtime's QDQ models through kiln: ResNet-50 quantized by
+onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, uint8 or int8
+activations with zero points: what a user brings from ONNX Runtime), built by kiln and timed in one
+process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
+
+    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64]
+    PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
+
+Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
+reads them in batches, kiln's int8 build too) and is checked on other samples against PyTorch
+fp32 (cosine per image, min and mean) before it is timed (CUDA graph replays, median of 5 x 20).
+Each engine's line says how many of its convolutions run on the Triton kernels and how many
+stayed on the reference (the engine's float parts in fp16: kiln's --fp16 on the QDQ model).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kiln  # noqa: E402
+from benchmarks import models, samples  # noqa: E402
+from benchmarks.accuracy_metrics import row_cosines  # noqa: E402
+from benchmarks.budget_plan import graph_ms  # noqa: E402
+from kiln.config import BuildConfig, Profile  # noqa: E402
+
+
+def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, folder: Path) -> Path:
+    """`path` quantized by ONNX Runtime (QDQ, per-channel int8 weights, `activations` QUInt8|QInt8)."""
+    from onnxruntime import quantization as quant
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
+            return next(self.it, None)
+
+    out = folder / f"{path.stem}.qdq_{activations.lower()}.onnx"
+    quant.quantize_static(str(path), str(out), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                          weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activations))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--activations", default="QUInt8,QInt8", help="ONNX Runtime activation types to build")
+    ap.add_argument("--calib-samples", type=int, default=64)
+    ap.add_argument("--eval-samples", type=int, default=0, help="default: one batch")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = ap.parse_args()
+    t0 = time.time()
+    say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
+    model = models.resnet50(0)
+    folder = Path(tempfile.mkdtemp(prefix="kiln-qdq-"))
+    path = models.export_onnx(model, Path("/tmp/bench"))
+    calib = samples.calibration_feeds(model, args.calib_samples, args.batch, 0)
+    evals = samples.make(model, args.eval_samples or args.batch, 0, "evaluation")
+    x = evals[model.input_names[0]][:args.batch]
+    with torch.no_grad():
+        reference = model.module.float()(x).numpy()
+    feeds = {model.input_names[0]: x.to(args.device)}
+    profile = (Profile.from_ranges(models.profile_ranges(model, [args.batch])),)
+    builds = [("kiln fp16", path, BuildConfig(precision="fp16", device=args.device, profiles=profile), None),
+              ("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16", device=args.device,
+                                                           profiles=profile), calib)]
+    for act in (a for a in args.activations.split(",") if a):
+        qdq = ort_qdq(path, calib, act, folder)
+        say(f"ONNX Runtime quantized ({act} activations): {qdq.name}")
+        builds.append((f"ONNX Runtime QDQ, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
+                                                                    profiles=profile), None))
+    times = {}
+    for label, model_path, config, calibration in builds:
+        engine = kiln.build(str(model_path), config, calibration=calibration)
+        out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
+        cos = row_cosines(out, reference)
+        convs = collections.Counter(s.tactic.split(".", 1)[1] for s in engine.plan.steps if s.op == "kiln::QConv")
+        ms = graph_ms(engine, feeds) if args.device == "cuda" else float("nan")
+        times[label] = ms
+        say(f"{label}: {ms:.3f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean {cos.mean():.5f}; "
+            f"QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps")
+        del engine
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    if args.device == "cuda":
+        base = times["kiln fp16"]
+        say("vs kiln fp16: " + ", ".join(f"{k} {base / v:.3f}x" for k, v in times.items() if k != "kiln fp16"))
+
+
+if __name__ == "__main__":
+    main()
