@@ -2,8 +2,9 @@
 asymmetric QDQ models) and int8 ones with a non-zero zero point, against the reference.
 
 The kernel shifts uint8 values by 128 into int8 (exact), fills padding taps with the zero point's
-code (0 once dequantized, as the reference pads) and subtracts zero point x sum(W) per output
-channel from the int32 accumulator, so on the exact operands of test_triton_qconv.py the
+code (0 once dequantized, as the reference pads: per element, or in the TAPS walk by reading a row
+of zero-point codes for a padded pixel) and subtracts zero point x sum(W) per output channel from
+the int32 accumulator, so on the exact operands of test_triton_qconv.py the
 requantized output equals the reference's bit for bit on every walk that takes such an X (all but
 the framed copy of C not a multiple of 4, and the TMA walks, whose copy engine pads with 0)."""
 from __future__ import annotations
@@ -81,3 +82,7 @@ def test_accumulator_bound_counts_the_zero_point():
     assert plan.small_accumulator(k, w, 128) == (k * 128 * 127 < plan.SMALL_ACC)
     assert not plan.small_accumulator(k, w, 255) or k * 255 * 127 < plan.SMALL_ACC
     assert torch.equal(plan.weight_sums(w), torch.full((4,), 127 * k, dtype=torch.int32))
+    zp = torch.tensor(37, dtype=U8)
+    row = plan.zero_point_row(zp)       # what padded pixels of the TAPS walk read
+    assert row.dtype == U8 and row.shape == (plan.ZERO_POINT_ROW,) and bool((row == 37).all())
+    assert plan.zero_point_row(zp) is row

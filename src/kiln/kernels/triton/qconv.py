@@ -109,9 +109,10 @@ from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
-from kiln.kernels.triton.qconv_load import signed_x, x_tile
+from kiln.kernels.triton.qconv_load import signed_x, tap_tile, x_tile
 from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
-                                            framed_pixels, k_loop, packed_weight, small_accumulator, weight_sums)
+                                            framed_pixels, k_loop, packed_weight, small_accumulator, weight_sums,
+                                            zero_point_row)
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.qconv_s2d import space_to_depth
@@ -135,10 +136,10 @@ def _qconv_kernel(
         X, W, Y, M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM,
+        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, ZPROW,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, INSIDE: tl.constexpr,
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, X_U8: tl.constexpr,
-        X_ZP: tl.constexpr, HAS_XZP: tl.constexpr,
+        X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, ZP_ROW: tl.constexpr,
         WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RES_Q: tl.constexpr,
         RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
@@ -199,11 +200,7 @@ def _qconv_kernel(
                         a = signed_x(tl.load(X + rows[:, None] + offs_k[None, :]), X_U8)
                 else:
                     inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < IW)    # [BLOCK_M]
-                    if MASK_C:
-                        a = x_tile(X + rows[:, None] + offs_k[None, :],
-                                    inside[:, None] & (c0 + offs_k < C)[None, :], X_U8, X_ZP, za)
-                    else:
-                        a = x_tile(X + rows[:, None] + offs_k[None, :], inside[:, None], X_U8, X_ZP, za)
+                    a = tap_tile(X, rows, inside, offs_k, c0 + offs_k < C, ZPROW, X_U8, X_ZP, ZP_ROW, MASK_C, za)
             else:
                 # ROWS (small C): step = (kh, block of the kernel row). For one kh, the taps
                 # kw = 0..KW-1 of all pixels are one contiguous run of ROW = KW*PIX elements of
@@ -392,7 +389,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
         XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
-        X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None,
+        ZPROW=zero_point_row(x_zp) if x_corr and x_zp is not None else x_scale,
+        X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None, ZP_ROW=x_corr and x_zp is not None,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)

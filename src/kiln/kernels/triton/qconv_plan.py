@@ -257,3 +257,13 @@ def weight_sums(w_q: Tensor) -> Tensor:
     """sum over (C, KH, KW) of each output channel of int8 W [OC, C, KH, KW], int32 [OC], once per
     tensor: the zero-point correction of an X with a zero point (qconv.py)."""
     return derived(_COLSUM, w_q, "sums", lambda t: t.to(torch.int32).sum(dim=(1, 2, 3), dtype=torch.int32).contiguous())
+
+
+ZERO_POINT_ROW = 256   # bytes: at least any config's BLOCK_K
+_ZP_ROW = derived_table()   # zero point -> ZERO_POINT_ROW copies of it
+
+
+def zero_point_row(x_zp: Tensor) -> Tensor:
+    """ZERO_POINT_ROW copies of X's one-element zero point, once per tensor: what the TAPS walk's
+    padded pixels read (qconv_load.tap_tile)."""
+    return derived(_ZP_ROW, x_zp, "row", lambda t: t.reshape(1).expand(ZERO_POINT_ROW).contiguous())
