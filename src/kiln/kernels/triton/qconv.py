@@ -315,6 +315,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     _check_residual(residual, residual_scale, residual_zp)
     _require_zero(w_zp, "w_zp")
     # X's zero point: subtracted by the kernel (uint8 X always: its values are shifted by 128).
+    assert x_zp is None or (x_zp.dtype == x_type and x_zp.numel() == 1), "x_zp: one value of X's type"
     x_u8 = x_type == torch.uint8
     x_corr = x_u8 or (x_zp is not None and not all_zero(x_zp))
     out_zp = needed_zero_point(out_zp)
