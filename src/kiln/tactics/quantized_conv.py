@@ -74,33 +74,29 @@ def _output_type(query: TacticQuery) -> str | None:
     return _at(dts, OUT_ZP) or "uint8"
 
 
-def _x_ok(query: TacticQuery, input_type: str) -> bool:
-    """X of the input type, or (attribute x_dtype naming it) float, which the launcher quantizes."""
+def _x_type(query: TacticQuery, input_type: str) -> str | None:
+    """X's 8-bit type as the kernel reads it: the input type, uint8 under an int8 W (module
+    docstring), or (attribute x_dtype naming the input type) that type for a float X, which the
+    launcher quantizes; None where the tactic cannot take X."""
     x, code = _at(query.input_dtypes, X), int(query.attrs.get("x_dtype", 0) or 0)
     if not code:
-        return x == input_type and _at(query.input_dtypes, X_QUANT_SCALE) is None
+        ok = (x == input_type or (x == "uint8" and input_type == "int8")) and \
+            _at(query.input_dtypes, X_QUANT_SCALE) is None
+        return x if ok else None
     if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *FLOAT_TYPES):
-        return False
+        return None
     try:
-        return x in FLOAT_TYPES and dtypes.from_onnx(code).name == input_type
+        return input_type if x in FLOAT_TYPES and dtypes.from_onnx(code).name == input_type else None
     except TypeError:
-        return False
-
-
-def _uint8_x(query: TacticQuery, input_type: str) -> bool:
-    """X uint8 under an int8 W (module docstring), with its zero point absent or uint8."""
-    dts = query.input_dtypes
-    return input_type == "int8" and _at(dts, X) == "uint8" and not query.attrs.get("x_dtype") \
-        and _at(dts, X_ZP) in (None, "uint8") and _at(dts, X_QUANT_SCALE) is None
+        return None
 
 
 def _types_ok(query: TacticQuery, input_type: str) -> bool:
     dts = query.input_dtypes
-    if _uint8_x(query, input_type):
-        if _at(dts, W) != "int8" or _at(dts, W_ZP) not in (None, "int8"):
-            return False
-    elif not _x_ok(query, input_type) or _at(dts, W) != input_type or \
-            any(_at(dts, i) not in (None, input_type) for i in (X_ZP, W_ZP)):
+    x_type = _x_type(query, input_type)
+    if x_type is None or _at(dts, W) != input_type:
+        return False
+    if _at(dts, X_ZP) not in (None, x_type) or _at(dts, W_ZP) not in (None, input_type):
         return False
     if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
         return False

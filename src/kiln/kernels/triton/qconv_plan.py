@@ -172,8 +172,6 @@ FP8_S2D_CONFIGS: tuple[dict[str, Any], ...] = tuple(
     {**c, "FP8_ACC": acc} for c in INT8_S2D_CONFIGS for acc in (0, 64))
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class KLoop:
     """How the kernel walks K (module docstring): the path, its BLOCK_K, steps per tap (PIXELS,
