@@ -9,7 +9,7 @@ stem, C = 3: kernels/triton/conv.py). Convolutions over 32k channels stay cuDNN'
 kernels are the ones to beat there, and each added candidate costs build time on every layer.
 Compute capability 8.0 on (bf16 tensor-core MMAs). The tuner times it against cuDNN per layer.
 The folded walk (config S2D, kernels/triton/qconv_s2d.py) is not in its space: on the stem it
-took 158-166 us against the ROWS walk's 145-148 us (benchmarks/kernels_stem.py, H200, 2026-11-28).
+took 157.6 us against the ROWS walk's 145.0 us (benchmarks/kernels_stem.py, CUDA-graph timed, H200, 2026-11-28).
 """
 from __future__ import annotations
 
