@@ -95,3 +95,23 @@ def test_quantizing_frame_is_quantize_linear_then_frame(out, code, xtype, fold):
     want = frame(quantize_linear(x.cpu(), scale.cpu(), None if zp is None else zp.cpu(), output_dtype=code).to(DEV),
                  4, 12, 16, 1, 2, fold=fold)
     assert got.dtype == out and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("fold", [1, 2])
+@pytest.mark.parametrize("dtype, code", [(torch.uint8, 200), (torch.int8, -7)], ids=["uint8", "int8"])
+def test_fill_frames_with_the_zero_point(dtype, code, fold):
+    """fill: the frame and the channels past C hold its value (an 8-bit X's zero point), X's pixels
+    as they are."""
+    x = _x((2, 3, 5, 7), dtype, "nchw")
+    fill = torch.tensor(code, dtype=dtype, device=DEV)
+    got = frame(x, 4, 8, 12, 2, 3, fold=fold, fill=fill)
+    zeros = frame(x, 4, 8, 12, 2, 3, fold=fold)
+    inside = frame(torch.ones_like(x), 4, 8, 12, 2, 3, fold=fold) != 0       # where X's pixels land
+    assert torch.equal(got[inside], zeros[inside])
+    assert bool((got[~inside] == code).all()) and int((~inside).sum()) > 0
+
+
+def test_fill_is_refused_with_quantize_or_a_wider_x():
+    x = _x((1, 3, 4, 4), torch.float16, "nchw")
+    with pytest.raises(AssertionError, match="fill"):
+        frame(x, 4, 6, 6, 1, 1, fill=torch.tensor(1.0, dtype=torch.float16, device=DEV))

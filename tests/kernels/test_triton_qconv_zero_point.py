@@ -68,12 +68,26 @@ def test_uint8_with_an_8bit_residual(name):
     assert torch.equal(got, want)
 
 
-def test_zero_point_refused_where_padding_would_read_zero():
-    """C not a multiple of 4 needs the framing copy, which pads with 0: the launcher refuses (the
-    tactic does not offer such a layer; it stays on the reference)."""
-    x, x_zp = _x(GEOMETRIES["stem_c3"][0], U8, 37)
-    with pytest.raises(AssertionError, match="zero point"):
-        _run(x, x_zp, "stem_c3")
+FRAMED = [name for name, (xs, _ws, _a, _p) in GEOMETRIES.items() if xs[1] % 4]
+
+
+@pytest.mark.parametrize("dtype, zp", [(U8, 37), (U8, None), (I8, -5)], ids=["uint8-zp37", "uint8-no-zp", "int8-zp-5"])
+@pytest.mark.parametrize("name", FRAMED)
+def test_zero_point_through_the_framing_copy(name, dtype, zp):
+    """C not a multiple of 4 (ONNX Runtime's uint8 stem): the framing copy frames X with its zero
+    point's code (frame.py's fill), so the padding dequantizes to 0 as the reference's does."""
+    x, x_zp = _x(GEOMETRIES[name][0], dtype, zp)
+    got, want = _run(x, x_zp, name)
+    assert int((want != 0).sum()) > 0 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype, zp", [(U8, 200), (I8, 9)], ids=["uint8-zp200", "int8-zp9"])
+def test_zero_point_through_the_folded_walk(dtype, zp):
+    """The folded stem (config S2D, qconv_s2d.py): its framing copy holds the zero point too."""
+    s2d = {**TINY, "BLOCK_K": 64, "S2D": 1}
+    x, x_zp = _x(GEOMETRIES["stem_c3"][0], dtype, zp)
+    got, want = _run(x, x_zp, "stem_c3", config=s2d)
+    assert torch.equal(got, want)
 
 
 def test_accumulator_bound_counts_the_zero_point():

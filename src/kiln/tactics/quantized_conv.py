@@ -13,9 +13,9 @@ What `supports` accepts, and why:
   int8 mma; Triton's int8 dot), float8_e4m3fn 8.9 (Ada/Hopper fp8 mma; also for a float8
   output, whose conversion Triton emits from sm_89 on).
 - X and W both int8, or both float8_e4m3fn; or X uint8 and W int8 (ONNX Runtime's default QDQ
-  models: asymmetric uint8 activations, symmetric int8 weights), where C is a multiple of 4: the
-  kernel shifts X by 128 and subtracts its zero point (the framing copy a C not a multiple of 4
-  needs pads with 0, so such a layer, e.g. a uint8 stem, stays on the reference).
+  models: asymmetric uint8 activations, symmetric int8 weights): the kernel shifts X by 128 and
+  subtracts its zero point, and the framing copy of a C not a multiple of 4 (a uint8 stem, folded
+  or not) frames X with its zero point.
   X may be float where the attribute x_dtype names W's type (the layer quantizes X itself,
   precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
   S2D configs in their framing copy, the others with the QuantizeLinear kernel first.
@@ -39,7 +39,6 @@ What `supports` accepts, and why:
 from __future__ import annotations
 
 from kiln.ir import dtypes
-from kiln.kernels.conv_fold import PIXEL_ALIGN
 from kiln.kernels.reference.fused import ACTIVATIONS
 from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.kernels.triton import available as triton_available
@@ -125,8 +124,6 @@ def _shapes_ok(query: TacticQuery) -> bool:
     c, oc = ws[1], ws[0]
     if int(query.attrs.get("group", 1)) != 1 or not _channels_ok(c):
         return False
-    if _at(query.input_dtypes, X) == "uint8" and c % PIXEL_ALIGN:     # no framed copy for a uint8 X
-        return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
     for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE):
@@ -201,12 +198,11 @@ if triton_available():
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
-        register_tactic(Tactic(_name, "kiln::QConv", 7, ("cuda",), _kernel, _supports_fn, configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 8, ("cuda",), _kernel, _supports_fn, configs=_configs))
     # Strided convs over few channels (the stem), folded space to depth first: their own tactics,
     # so that no other layer times these configs.
     for _name, _supports_fn, _configs in (
             ("kiln::QConv.triton_nhwc_s2d", supports_int8, INT8_S2D_CONFIGS),
             ("kiln::QConv.triton_nhwc_fp8_s2d", supports_fp8, FP8_S2D_CONFIGS)):
-        register_tactic(Tactic(_name, "kiln::QConv", 2, ("cuda",), _triton_qconv.qconv,
-                               lambda q, ok=_supports_fn: ok(q) and folds(q) and _at(q.input_dtypes, X) != "uint8",
-                               configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 3, ("cuda",), _triton_qconv.qconv,
+                               lambda q, ok=_supports_fn: ok(q) and folds(q), configs=_configs))

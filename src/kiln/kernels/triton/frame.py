@@ -10,7 +10,8 @@ loaded along W (each channel's run of an NCHW row is contiguous) and stored pixe
 output, reading X through its strides (NCHW straight from the model's input): torch's
 way (zeros, then a strided copy into the interior) takes two passes and a
 non-contiguous copy kernel. Values are moved, never converted: 8-bit X (float8 too) is
-copied as bytes.
+copied as bytes. With a fill (FILL: an 8-bit X's zero point), the frame and the channels past
+C hold that code instead of 0: padding that dequantizes to 0 (an asymmetric uint8 X).
 
 With FOLD = S > 1 the framed image is also folded space to depth (qconv_s2d.py): framed pixel
 (hp, wp) lands in pixel (hp // S, wp // S) of the output, at position (hp % S, wp % S) of its
@@ -38,8 +39,8 @@ ROWS = 8            # framed rows per program: a row of 230 4-byte pixels is ~1 
 
 
 @triton.jit
-def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw, QS, QI, QZ,
-                  FOLD: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr,
+def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw, QS, QI, QZ, FILL,
+                  FOLD: tl.constexpr, HAS_FILL: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr,
                   Q_FP8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
@@ -58,6 +59,8 @@ def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, 
         inside = (col_in & (ih >= 0) & (ih < H))[:, None] & (ch < C)[None, :] & real
         src = x_ptr + n.to(tl.int64) * sxn + ih[:, None] * sxh + iw[:, None] * sxw + ch[None, :] * sxc
         v = tl.load(src, mask=inside, other=0)               # [BLOCK_W, BLOCK_P]: each channel's run along W
+        if HAS_FILL:   # loaded as 0 and replaced (a non-zero `other` of an 8-bit load: x_tile in qconv_load.py)
+            v = tl.where(inside, v, tl.load(FILL))
         if QUANT:   # QuantizeLinear's codes (quantize.py's _quantize_kernel, per tensor)
             zp = 0
             if Q_HAS_ZP:
@@ -71,15 +74,18 @@ def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, 
 
 
 def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int = 1,
-          quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None) -> Tensor:
+          quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None, fill: Tensor | None = None) -> Tensor:
     """[N, pixel, hp, wp] channels-last (dense [N, hp, wp, pixel] underneath), X's dtype: X at
     rows ph.. and columns pw.., channels 0..C-1; zeros elsewhere (X's rows and columns past hp
     and wp are left out). Needs pixel >= C. With fold S: folded space to depth (module
     docstring), [N, S*S*pixel, hp/S, wp/S] (hp and wp multiples of S). With quantize = (y_scale,
     y_zero_point, type): a float X quantized per tensor to that 8-bit type on the way, the frame
-    holding the code of 0 (module docstring)."""
+    holding the code of 0 (module docstring). With fill, a one-element tensor of 8-bit X's type: the
+    frame and the channels past C hold its value instead of 0."""
     n, c, h, w = x.shape
     assert pixel >= c and hp % fold == 0 and wp % fold == 0
+    assert fill is None or (quantize is None and fill.dtype == x.dtype and x.element_size() == 1 and
+                            fill.numel() == 1), "fill: one value of an 8-bit X's type, without quantize"
     out_type = x.dtype if quantize is None else quantize[2]
     bits = torch.uint8 if out_type.itemsize == 1 else out_type             # 8 bits moved as bytes
     src = x if quantize is not None else x.view(bits)
@@ -89,7 +95,8 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int =
         block_w = min(BLOCK_W, triton.next_power_of_2(wp))
         grid = (triton.cdiv(n * hp, ROWS), triton.cdiv(wp, block_w))
         _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), *q["pointers"],
-                            FOLD=fold, **q["flags"], ROWS=ROWS, BLOCK_W=block_w,
+                            out if fill is None else fill.reshape(1).view(bits),
+                            FOLD=fold, HAS_FILL=fill is not None, **q["flags"], ROWS=ROWS, BLOCK_W=block_w,
                             BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
     return out.permute(0, 3, 1, 2).view(out_type)
 

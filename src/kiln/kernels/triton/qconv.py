@@ -92,8 +92,8 @@ FLOAT_CONFIGS: a stage holds twice the bytes).
 Zero points: W's must be absent or 0 (the launcher checks once per tensor and raises). X's may
 be anything, uint8 X (ONNX Runtime's asymmetric activations; W int8) or int8: uint8 loads shift by
 128 into int8 (exact), padding lanes take the zero point's code, and za * sum(W[oc]) leaves the
-int32 accumulator: sum (x - zp) w exactly (qconv_load.py). Not through the framing copy, the
-folded or the WINDOW walk (they pad with 0). Offsets are int32: 2**31 elements or more are refused.
+int32 accumulator: sum (x - zp) w exactly (qconv_load.py); the framing copy (and the folded walk's)
+frames such an X with its zero point. Not through the WINDOW walk (TMA pads with 0). Offsets are int32: 2**31 elements or more are refused.
 """
 from __future__ import annotations
 
@@ -327,9 +327,10 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     cfg = dict(space[0] if config is None else config)
     geo = conv_geometry(x_q.shape, w_q.shape, auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
                         pads=pads, strides=strides)
-    assert not (x_corr and cfg.get("S2D")), "the folded walk takes X without a zero point"
+    # The framing copies hold X's zero point where X has one (quantize_x: the code of 0 anyway).
+    fill = x_zp if x_corr and quantize_x is None else None
     if cfg.get("S2D"):   # folded space to depth: a stride-1 conv over many channels (qconv_s2d.py)
-        x_q, w_q, geo = space_to_depth(x_q, w_q, geo, quantize_x)
+        x_q, w_q, geo = space_to_depth(x_q, w_q, geo, quantize_x, fill)
     n, c, h, w = x_q.shape
     oc = w_q.shape[0]
     # X channels-last (once per region: converted here on the region's first conv), except where the
@@ -349,8 +350,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     # anyway (C not a multiple of 4: the stem), the copy also frames it with the padding.
     framed = loop.path == ROWS and not (loop.pixel == c and dense and x.stride(3) == c)
     if framed:
-        assert not x_corr, "the framing copy pads with 0, not X's zero point: C a multiple of 4 for such an X"
-        x = framed_pixels(x, loop.pixel, geo)
+        x = framed_pixels(x, loop.pixel, geo, fill)
     h_in, w_in, ph, pw = (x.shape[2], x.shape[3], 0, 0) if framed else (h, w, geo.ph, geo.pw)
     # Every tap inside X: no pad before, and the last window ends within X (the folded stem, the
     # 1x1 stride-2 convs, a framed copy): the pointer walks then load without per-pixel masks.

@@ -220,15 +220,16 @@ def _block_k(block_k: int, channels: int) -> int:
     return bk
 
 
-def framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry) -> Tensor:
+def framed_pixels(x: Tensor, pixel: int, geo: ConvGeometry, fill: Tensor | None = None) -> Tensor:
     """X channels-last and dense with `pixel` elements per pixel (channels C.. zero, as the packed
     weight is there, so every pixel starts 4-byte aligned: PIXEL_ALIGN) inside a zero
     frame of the conv's padding: geo.ph rows above, geo.pw columns left, and below and right as
-    far as the last window reaches. The conv then reads it with no padding and no per-element mask."""
+    far as the last window reaches. The conv then reads it with no padding and no per-element mask.
+    fill: X's zero point, the code the frame holds instead of 0 (frame.py)."""
     n, c, h, w = x.shape
     hp = max(geo.ph + h, (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1)
     wp = max(geo.pw + w, (geo.ow - 1) * geo.sw + (geo.kw - 1) * geo.dw + 1)
-    return frame(x, pixel, hp, wp, geo.ph, geo.pw)
+    return frame(x, pixel, hp, wp, geo.ph, geo.pw, fill=fill)
 
 
 # int8 accumulators of magnitude below this convert to float32 by quantize.small_int_to_float

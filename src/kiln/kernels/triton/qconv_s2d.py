@@ -89,15 +89,17 @@ def _fold_weight(w: Tensor, f: Fold) -> Tensor:
 
 
 def space_to_depth(x: Tensor, w: Tensor, geo: ConvGeometry,
-                   quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None) -> tuple[Tensor, Tensor, ConvGeometry]:
+                   quantize: tuple[Tensor, Tensor | None, torch.dtype] | None = None,
+                   fill: Tensor | None = None) -> tuple[Tensor, Tensor, ConvGeometry]:
     """(X', W', the KH' x 1 stride-1 window) of the folded convolution (module docstring), or a
     ValueError where the fold does not apply (fold_of). With quantize (frame.py's): a float X
-    quantized in the same copy."""
+    quantized in the same copy; with fill (frame.py's): X's zero point framing it."""
     f = fold_of(w.shape[1], geo)
     if f is None:
         raise ValueError(f"space to depth (config S2D) takes a conv with equal strides >= 2, no dilation and "
                          f"few channels; this one has {w.shape[1]} channels and window {geo}")
-    folded = frame(x, f.pix, f.s * f.hs, f.s * f.ws, geo.ph, geo.pw, fold=f.s, quantize=quantize)  # [N, P, HS, WS]
+    folded = frame(x, f.pix, f.s * f.hs, f.s * f.ws, geo.ph, geo.pw, fold=f.s, quantize=quantize,
+                   fill=fill)                                                # [N, P, HS, WS]
     n = x.shape[0]
     p = f.pixel
     xv = folded.as_strided((n, f.kw * p, f.hs, geo.ow), (f.hs * f.ws * p, 1, f.ws * p, p))
