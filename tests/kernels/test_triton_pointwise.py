@@ -23,7 +23,7 @@ if kiln_triton.available():
     from kiln.kernels.triton import pointwise as pw
     from kiln.kernels.triton.pointwise_ops import RULES
 from kiln.kernels.reference.fused import pointwise as reference
-from kiln.passes.fuse_pointwise import ELEMENTWISE
+from kiln.passes.fuse_pointwise import ELEMENTWISE, QUANTIZE
 from kiln.tactics.registry import TacticQuery, candidates
 
 C = lambda v, dtype="float32": {"const": v, "dtype": dtype}  # noqa: E731
@@ -140,6 +140,10 @@ def _any(*s: int) -> torch.Tensor:
     return torch.randn(*s) * 2
 
 
+def _codes(*s: int) -> torch.Tensor:
+    return torch.randint(0, 256, s, dtype=torch.uint8)
+
+
 _UNARY_FLOAT = ["Neg", "Abs", "Sign", "Identity", "Reciprocal", "Exp", "Erf", "Floor", "Ceil", "Tanh", "Sigmoid",
                 "Relu", "LeakyRelu", "ThresholdedRelu", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
                 "Softplus", "Softsign", "Mish", "Shrink", "Gelu"]
@@ -169,14 +173,16 @@ OP_CASES = (
          ["Where", ["t2", "t0", "i0"], {}]], [_any]),
        ([["Cast", ["i0"], {"to": 7}], ["Add", ["t0", C(3, "int64")], {}], ["Mul", ["t1", "t1"], {}],
          ["Cast", ["t2"], {"to": 1}]], [_any]),
-       ([["CastLike", ["i0", "i1"], {}], ["Add", ["t0", C(1.5)], {}]], [_any, lambda *s: _any(*s).half()])]
+       ([["CastLike", ["i0", "i1"], {}], ["Add", ["t0", C(1.5)], {}]], [_any, lambda *s: _any(*s).half()]),
+       ([["DequantizeLinear", ["i0", C(0.05), C(128, "uint8")], {}], ["Add", ["t0", "i1"], {}],
+         ["QuantizeLinear", ["t1", C(0.07), C(3, "int8")], {}]], [_codes, _any])]
 )
 
 
 def test_every_rule_has_a_case() -> None:
     covered = {ins[0] for prog, _ in OP_CASES for ins in prog}
     assert covered == set(RULES)
-    assert set(RULES) <= ELEMENTWISE   # the generator writes only what fuse_pointwise groups
+    assert set(RULES) <= ELEMENTWISE | QUANTIZE   # the generator writes only what fuse_pointwise groups
 
 
 @pytest.mark.parametrize("case", range(len(OP_CASES)))

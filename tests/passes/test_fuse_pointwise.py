@@ -53,3 +53,39 @@ def test_single_ops_are_left():
     g = b.output(b.op("Relu", b.op("MatMul", b.op("Neg", x), b.rand(4, 4))))
     assert not check_pass(fuse_pointwise, b)
     assert ops(g) == {"Neg": 1, "MatMul": 1, "Relu": 1}
+
+
+def _residual_add(b, code: str, **q_attrs):
+    """ONNX Runtime's QDQ residual add: Q(DQ(a) + DQ(r))."""
+    a, r = b.input("a", (2, 4, 3, 3), code), b.input("r", (2, 4, 3, 3), code)
+    zp = b.const(7, dtype=code)
+    s = b.op("Add", b.op("DequantizeLinear", a, b.const(0.05), zp), b.op("DequantizeLinear", r, b.const(0.02), zp))
+    return a, r, b.op("QuantizeLinear", s, b.const(0.1), b.const(3, dtype=code), **q_attrs)
+
+
+def test_per_tensor_quantize_ops_join_a_group():
+    b = Builder()
+    a, r, y = _residual_add(b, "uint8")
+    g = b.output(y)
+    assert check_pass(fuse_pointwise, b)
+    assert ops(g) == {"kiln::Pointwise": 1}
+    node = g.nodes[0]
+    assert node.inputs == (a, r) and node.outputs[0] is y
+    program = node.attrs["program"]
+    assert [ins[0] for ins in program] == ["DequantizeLinear", "DequantizeLinear", "Add", "QuantizeLinear"]
+    assert program[0][1] == ["i0", {"const": 0.05000000074505806, "dtype": "float32"}, {"const": 7, "dtype": "uint8"}]
+
+
+def test_quantize_ops_that_are_not_per_tensor_bytes_stay():
+    b = Builder()                      # float8 codes: not an 8-bit integer type
+    x = b.input("x", (2, 4), "float32")
+    q = b.op("QuantizeLinear", b.op("Relu", x), b.const(0.1), output_dtype=17)
+    g = b.output(q)
+    fuse_pointwise(g)
+    assert ops(g) == {"Relu": 1, "QuantizeLinear": 1}
+    b = Builder()                      # per-channel scale
+    x = b.input("x", (2, 4), "int8")
+    d = b.op("DequantizeLinear", x, b.const([0.1, 0.2, 0.3, 0.4]), axis=1)
+    g = b.output(b.op("Relu", d))
+    fuse_pointwise(g)
+    assert ops(g) == {"Relu": 1, "DequantizeLinear": 1}

@@ -6,7 +6,10 @@ a producer joins when it is element-wise and every reader of its output is alrea
 the group (and the output is not pinned), so only the root's output leaves the group.
 That rule also makes the fusion acyclic: any path out of a member runs through the root.
 One-element constants are inlined as rank-0 scalars when they cannot widen the shape
-(their rank is at most the output's); other captured tensors become node inputs. The
+(their rank is at most the output's); other captured tensors become node inputs.
+QuantizeLinear and DequantizeLinear join as element-wise ops where they are per tensor with
+constant parameters and int8/uint8 codes (`_per_tensor_bytes`): an explicitly quantized
+model's DQ -> Add -> Q around a residual add becomes one kernel. The
 program format is documented in kiln.kernels.reference.fused. Groups of one op stay.
 Run last among the fusions: it would otherwise swallow epilogues and the
 LayerNorm/Gelu/Softmax/Attention patterns that other passes own.
@@ -29,6 +32,7 @@ BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu", "And", "Or", "Xor",
           "BitwiseOr", "BitwiseXor"}
 OTHER = {"Where", "Clip", "Max", "Min", "Sum", "Mean"}
 ELEMENTWISE = UNARY | BINARY | OTHER
+QUANTIZE = {"QuantizeLinear", "DequantizeLinear"}   # per tensor, int8/uint8: `_per_tensor_bytes`
 
 
 def fuse_pointwise(graph: Graph) -> bool:
@@ -48,13 +52,31 @@ def fuse_pointwise(graph: Graph) -> bool:
 
 
 def _fusable(node: Node) -> bool:
-    if node.domain != "" or node.op not in ELEMENTWISE or len(node.outputs) != 1:
+    if node.domain != "" or node.op not in ELEMENTWISE | QUANTIZE or len(node.outputs) != 1:
+        return False
+    if node.op in QUANTIZE and not _per_tensor_bytes(node):
         return False
     try:  # the program is JSON data: attributes must be plain
         json.dumps(node.attrs)
     except TypeError:
         return False
     return True
+
+
+def _per_tensor_bytes(node: Node) -> bool:
+    """A QuantizeLinear/DequantizeLinear that is element-wise with scalars: one-element constant
+    scale and zero point, no blocks, int8/uint8 codes (QuantizeLinear's output, DequantizeLinear's
+    input), DequantizeLinear's result in its scale's type. Such a Q/DQ chain (ONNX Runtime's
+    DQ -> Add -> Q around a residual add) then runs as one kernel."""
+    scale, zp = node.input(1), node.input(2)
+    s = const_array(scale) if scale is not None else None
+    z = const_array(zp) if zp is not None else None
+    if s is None or s.size != 1 or (zp is not None and (z is None or z.size != 1)) or node.attrs.get("block_size", 0):
+        return False
+    codes = node.outputs[0] if node.op == "QuantizeLinear" else node.inputs[0]
+    if codes.dtype is None or codes.dtype.name not in ("int8", "uint8"):
+        return False
+    return node.op == "QuantizeLinear" or int(node.attrs.get("output_dtype", 0) or 0) in (0, scale.dtype.onnx)
 
 
 def _grow(root: Node, taken: set[int], keep: set[int]) -> list[Node]:

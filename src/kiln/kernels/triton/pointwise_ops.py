@@ -18,8 +18,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import triton
 import triton.language as tl
+
+from kiln.ir.dtypes import onnx_to_torch
+from kiln.kernels.triton.quantize import _in_precision, _saturate_round, divide
 
 
 @triton.jit
@@ -45,6 +49,16 @@ def pow_f32(x, y):
     return tl.where((y == 0) | (x == 1), 1.0, r)
 
 
+@triton.jit
+def quantize_code(x, s, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """QuantizeLinear's integer code of x (held in float32), per tensor, as an int32 in [QMIN, QMAX]:
+    the division in the scale's type (PREC, quantize.py's correctly rounded `divide` given inv = 1 / s),
+    rounded half to even, plus the zero point, saturated (quantize.py's _saturate_round; its bits
+    less those of 1.5 * 2^23 are the rounded value)."""
+    v = _in_precision(divide(_in_precision(x, PREC), s, inv), PREC)
+    return _saturate_round(v, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0, zp) - 0x4B400000
+
+
 class Unsupported(Exception):
     """The program (or one of its instructions) is outside what the generator writes."""
 
@@ -55,6 +69,8 @@ class EmitContext:
     consts: tuple[Any, ...]          # per operand: its value if it is an inlined constant, else None
     is_float: bool                   # whether the operands compute in float
     literal: Callable[[float], str] = field(default=repr)   # a float as Triton source
+    dtypes: tuple[Any, ...] = ()     # the operands' torch dtypes (None where omitted)
+    result: Any = None               # the result's torch dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +162,43 @@ def _shrink(a: list[str], c: EmitContext) -> str:  # x + bias below -lambd, x - 
     return f"tl.where({x} < -{lambd}, {x} + {bias}, tl.where({x} > {lambd}, {x} - {bias}, 0.0))"
 
 
+_BYTES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}     # the 8-bit types Q/DQ take here
+_PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}     # quantize.py's division types
+in_precision = _in_precision   # for the generated source: x rounded to a 16-bit type, held in float32
+
+
+def _rounded(expr: str, dtype: torch.dtype) -> str:
+    """A float held in float32 rounded to its 16-bit dtype (as the reference holds it)."""
+    return f"in_precision({expr}, {_PREC[dtype]})" if _PREC.get(dtype) else expr
+
+
+def _dequantize(a: list[str], c: EmitContext) -> str:
+    """(x - zp) * scale, per tensor: x and zp held in int32, the product exact in float32 (9 bits
+    by at most 24) and rounded once to the scale's type, as the reference rounds it."""
+    x, scale = a[0], a[1]
+    zp = a[2] if len(a) > 2 else None
+    if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
+        raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
+    centered = x if zp is None else f"({x} - {zp})"
+    return _rounded(f"({centered}.to(tl.float32) * {scale})", c.result)
+
+
+def _quantize(a: list[str], c: EmitContext) -> str:
+    """QuantizeLinear per tensor to int8/uint8 with a constant scale (quantize_code)."""
+    if c.result not in _BYTES or c.consts[1] is None or c.dtypes[1] not in _PREC or c.dtypes[0] not in _PREC:
+        raise Unsupported(f"QuantizeLinear to {c.result} (int8/uint8, a constant float scale, float X)")
+    precision = int(c.attrs.get("precision", 0) or 0)
+    prec = onnx_to_torch(precision) if precision else c.dtypes[1]
+    if prec not in _PREC:
+        raise Unsupported(f"QuantizeLinear dividing in {prec}")
+    s = torch.tensor(c.consts[1], dtype=c.dtypes[1]).to(prec).to(torch.float32)
+    inv = torch.reciprocal(s)
+    zp = a[2] if len(a) > 2 and a[2] is not None else "0"
+    qmin, qmax = _BYTES[c.result]
+    return (f"quantize_code({_rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
+            f"{_PREC[prec]}, {qmin}, {qmax})")
+
+
 RULES: dict[str, Rule] = {
     # arithmetic (integers wrap, like the reference)
     "Add": Rule(lambda a, c: f"{a[0]} + {a[1]}", "num"),
@@ -202,6 +255,9 @@ RULES: dict[str, Rule] = {
     "Or": Rule(lambda a, c: f"{a[0]} | {a[1]}", "bool", "bool"),
     "Xor": Rule(lambda a, c: f"{a[0]} ^ {a[1]}", "bool", "bool"),
     "Where": Rule(lambda a, c: f"tl.where({a[0]}, {a[1]}, {a[2]})", "any", "where"),
+    # per-tensor quantization to / from int8 and uint8 (8-bit values are held in int32)
+    "QuantizeLinear": Rule(_quantize, "any", "none"),
+    "DequantizeLinear": Rule(_dequantize, "any", "none"),
     # casts: the generator converts the operand itself (see pointwise.convert)
     "Cast": Rule(lambda a, c: a[0], "any", "none"),
     "CastLike": Rule(lambda a, c: a[0], "any", "none"),

@@ -1,0 +1,98 @@
+"""QuantizeLinear / DequantizeLinear inside the generated kiln::Pointwise kernel (per tensor, int8
+and uint8 codes): ONNX Runtime's DQ -> Add -> Q around a residual add as one kernel, its codes
+equal to the reference ops' bit for bit (the same division, rounding and saturation as
+kernels/triton/quantize.py). Interpreted on CPU; compiled with `--device cuda`."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+from kiln.kernels import triton as kiln_triton
+
+pytestmark = pytest.mark.skipif(not kiln_triton.available(), reason="Triton is not installed")
+
+if kiln_triton.available():
+    from kiln.kernels.triton import pointwise as pw
+from kiln.kernels.reference.fused import pointwise as reference
+
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
+U8, I8 = torch.uint8, torch.int8
+C = lambda v, dtype="float32": {"const": v, "dtype": dtype}  # noqa: E731
+
+
+def residual_add(a_zp, b_zp, y_zp, code: str, scales=(0.05, 0.031, 0.07), dtype: str = "float32",
+                 relu: bool = False) -> list:
+    """Q(act(DQ(a) + DQ(b))): a residual add as ONNX Runtime's QDQ models write it."""
+    sa, sb, sy = scales
+    prog = [["DequantizeLinear", ["i0", C(sa, dtype), C(a_zp, code)], {}],
+            ["DequantizeLinear", ["i1", C(sb, dtype), C(b_zp, code)], {}],
+            ["Add", ["t0", "t1"], {}]]
+    if relu:
+        prog.append(["Relu", ["t2"], {}])
+    prog.append(["QuantizeLinear", [f"t{len(prog) - 1}", C(sy, dtype), C(y_zp, code)], {}])
+    return prog
+
+
+def _codes(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (0, 255) if dtype == U8 else (-128, 127)
+    return torch.randint(lo, hi + 1, shape, generator=g).to(dtype)
+
+
+def _both(program, *inputs):
+    got = pw.pointwise(*[t.to(DEV) for t in inputs], program=program).cpu()
+    want = reference(*inputs, program=program)
+    return got, want
+
+
+@pytest.mark.parametrize("dtype, zps", [(U8, (131, 90, 7)), (I8, (-3, 12, -128)), (U8, (0, 0, 0))],
+                         ids=["uint8", "int8", "uint8-zp0"])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_residual_add_codes_are_the_reference_codes(dtype, zps, relu):
+    code = "uint8" if dtype == U8 else "int8"
+    a = _codes((2, 6, 5, 7), dtype, 0).contiguous(memory_format=torch.channels_last)
+    b = _codes((2, 6, 5, 7), dtype, 1).contiguous(memory_format=torch.channels_last)
+    got, want = _both(residual_add(*zps, code, relu=relu), a, b)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want) and len(torch.unique(want)) > 20
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16bit_scales_divide_in_their_type(dtype):
+    """A --fp16 build's scales (retype.py moves the program's float32 scalars): DQ rounds to the
+    scale's type, the Add runs there, Q divides in it."""
+    a, b = _codes((3, 50), U8, 2), _codes((3, 50), U8, 3)
+    got, want = _both(residual_add(128, 100, 3, "uint8", dtype=dtype), a, b)
+    assert torch.equal(got, want)
+
+
+def test_ties_round_to_even_and_codes_saturate():
+    """Sums on quarters divided by 0.5: every .5 quotient is a tie (to even), and the sums past the
+    range saturate at 0 and 255."""
+    a = torch.arange(0, 256, dtype=torch.int32).to(U8).reshape(16, 16)
+    b = a.t().contiguous()
+    got, want = _both(residual_add(100, 200, 120, "uint8", scales=(0.25, 0.75, 0.5)), a, b)
+    assert torch.equal(got, want)
+    assert bool((want == 0).any()) and bool((want == 255).any())
+    ties = (a.double() - 100) * 0.25 + (b.double() - 200) * 0.75
+    assert bool(((ties / 0.5) % 1 == 0.5).any())
+
+
+def test_source_widens_codes_on_load_and_narrows_on_store():
+    src = pw.generate_source(residual_add(1, 2, 3, "uint8"), ["uint8", "uint8"], [(64,), (64,)])
+    assert src.count("@triton.jit") == 1 and src.count("tl.store(") == 1
+    assert len(re.findall(r"x\d = tl\.load\(in\d \+ offs, mask=mask\)\.to\(tl\.int32\)", src)) == 2
+    assert "quantize_code(" in src and ".to(tl.uint8), mask=mask)" in src
+
+
+def test_8bit_values_only_through_quantize_ops():
+    assert pw.supports_program(residual_add(1, 2, 3, "uint8"), ["uint8", "uint8"])
+    add_codes = [["Add", ["i0", "i1"], {}], ["Relu", ["t0"], {}]]
+    assert not pw.supports_program(add_codes, ["uint8", "uint8"])              # uint8 arithmetic wraps
+    runtime_scale = [["Relu", ["i0"], {}], ["QuantizeLinear", ["t0", "i1", C(0, "uint8")], {}]]
+    assert not pw.supports_program(runtime_scale, ["float32", "float32"])      # 1 / scale made on the host
+    dq_int32 = [["DequantizeLinear", ["i0", C(0.5)], {}], ["Relu", ["t0"], {}]]
+    assert not pw.supports_program(dq_int32, ["int32"])
