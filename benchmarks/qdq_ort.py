@@ -3,7 +3,7 @@ onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, 
 activations with zero points: what a user brings from ONNX Runtime), built by kiln and timed in one
 process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
 
-    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64]
+    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--eval-samples", type=int, default=0, help="default: one batch")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                    help="also build kiln's own calibrated int8 engine (the longest build)")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -70,9 +72,10 @@ def main() -> None:
         reference = model.module.float()(x).numpy()
     feeds = {model.input_names[0]: x.to(args.device)}
     profile = (Profile.from_ranges(models.profile_ranges(model, [args.batch])),)
-    builds = [("kiln fp16", path, BuildConfig(precision="fp16", device=args.device, profiles=profile), None),
-              ("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16", device=args.device,
-                                                           profiles=profile), calib)]
+    builds = [("kiln fp16", path, BuildConfig(precision="fp16", device=args.device, profiles=profile), None)]
+    if args.calibrated:
+        builds.append(("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16",
+                                                                   device=args.device, profiles=profile), calib))
     for act in (a for a in args.activations.split(",") if a):
         qdq = ort_qdq(path, calib, act, folder)
         say(f"ONNX Runtime quantized ({act} activations): {qdq.name}")
@@ -87,7 +90,8 @@ def main() -> None:
         ms = graph_ms(engine, feeds) if args.device == "cuda" else float("nan")
         times[label] = ms
         say(f"{label}: {ms:.3f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean {cos.mean():.5f}; "
-            f"QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps")
+            f"QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps "
+            f"{dict(collections.Counter(s.op for s in engine.plan.steps).most_common(6))}")
         del engine
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -220,3 +220,21 @@ def test_float_input_quantized_in_the_layer(own_scale, xtype, wtype, code, confi
         assert not torch.equal(want, reference_qconv(*args[:10], **kw))   # the scale made a difference
     got = tq.qconv(*[None if t is None else t.to(DEV) for t in args], config=config, **kw)
     assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("config", [TINY, {**TINY, "S2D": 0}, TINY_TMA], ids=["folded", "rows", "folded_tma"])
+def test_float_input_quantized_to_uint8_in_the_layer(config):
+    """x_dtype uint8 under int8 W (ONNX Runtime's QDQ stem, its QuantizeLinear fused): the frame holds
+    the zero point's code (the code of 0), the kernel shifts X and subtracts the zero point."""
+    from kiln.kernels.reference.quantized import qconv as reference_qconv
+
+    xs, ws, attrs = SHAPES["stem_c3"]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(xs, generator=gen) * 2
+    _, w, _, wsc, b, _ = _exact_operands(xs, ws, attrs, I8)
+    args = [x, w, torch.tensor(0.0625), torch.tensor(130, dtype=torch.uint8), wsc, None, b, None,
+            torch.tensor(0.25), None]
+    kw = dict(attrs, activation="Relu", x_dtype=2, out_dtype=3)
+    want = reference_qconv(*args, **kw)
+    got = tq.qconv(*[None if t is None else t.to(DEV) for t in args], config=config, **kw)
+    assert torch.equal(got.cpu(), want) and int((want != 0).sum()) > 0

@@ -85,3 +85,30 @@ def test_stride_1_and_shared_inputs_keep_their_quantize():
     convs = [s for s in shared.plan.steps if s.op == "kiln::QConv"]
     assert len(convs) == 3 and not any(s.attrs.get("x_dtype") for s in convs)
     assert quantizes and shared.header["build"]["int8"]["input_quantize_fused"] == 0
+
+
+@pytest.mark.parametrize("activations, code", [("QUInt8", TensorProto.UINT8), ("QInt8", TensorProto.INT8)])
+def test_onnxruntime_qdq_stem_quantizes_its_input(tmp_path, activations, code, monkeypatch):
+    """Explicit quantization (ONNX Runtime's QDQ stem, uint8 or int8 activations with a zero point):
+    the builder runs the fusion for such graphs too, with the same values as without it."""
+    quant = pytest.importorskip("onnxruntime.quantization")
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(normal_feeds("x", SHAPE, 3, 1))
+
+        def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
+            return next(self.it, None)
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(stem(), src)
+    quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                          weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activations))
+    config = BuildConfig(device="cpu", precision="fp16")
+    fused = builder.build(str(dst), config)
+    assert fused.plan.steps[0].op == "kiln::QConv" and fused.plan.steps[0].attrs["x_dtype"] == code
+    monkeypatch.setattr(builder, "fuse_input_quantize", lambda graph: False)
+    plain = builder.build(str(dst), config)
+    assert plain.plan.steps[0].op == "QuantizeLinear" and len(plain.plan.steps) == len(fused.plan.steps) + 1
+    for feed in normal_feeds("x", SHAPE, 2, 7):
+        np.testing.assert_array_equal(np.asarray(fused(**feed)["y"]), np.asarray(plain(**feed)["y"]))

@@ -177,15 +177,18 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     precision = apply_precision(graph, config)
     if overflow is not None:
         precision = overflow.explain(precision)
-    if quantized is not None:  # once the types are final: the norm kernels quantize their own outputs
+    counts = graph.op_counts()
+    if quantized is not None or counts.get("kiln::QConv") or counts.get("kiln::QMatMul"):
+        # Calibrated or explicit (QDQ) quantization, once the types are final: the norm kernels
+        # quantize their own outputs,
         fuse_norm_quantize(graph)
-        quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
-        fuse_matmul_quantize(graph)  # and a float matmul kept wider writes the next layer's 8-bit input
-        quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)
-        # a folding conv (ResNet's stem) quantizes its float input in its own framing copy
-        fuse_input_quantize(graph)
-        quantized["input_quantize_fused"] = sum(1 for n in graph.nodes if n.attrs.get("x_dtype")
-                                                and n.qualified_op == "kiln::QConv")
+        fuse_matmul_quantize(graph)  # a float matmul kept wider writes the next layer's 8-bit input,
+        fuse_input_quantize(graph)   # a folding conv (ResNet's stem) quantizes its float input itself
+        if quantized is not None:
+            quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
+            quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)
+            quantized["input_quantize_fused"] = sum(1 for n in graph.nodes if n.attrs.get("x_dtype")
+                                                    and n.qualified_op == "kiln::QConv")
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))

@@ -11,7 +11,8 @@ instead of two: the conv's S2D configs do; its other configs run the QuantizeLin
 (tactics/quantized_conv.py: the tuner times both).
 
 When: Xq is read by that conv alone, as X, and is neither a graph output nor captured by a
-subgraph; the QuantizeLinear is per tensor with constant parameters to W's 8-bit type, divides in
+subgraph; the QuantizeLinear is per tensor with constant parameters to W's 8-bit type (or to
+uint8 under an int8 W: ONNX Runtime's QDQ models, the builder runs this pass for them too), divides in
 its scale's type (no precision attribute), and its zero point is the conv's x_zp (the same value,
 or constants equal in type and value); X is float; and the conv folds space
 to depth (kernels/conv_fold.folds: the only walk whose copy quantizes, so that no other conv trades
@@ -58,7 +59,9 @@ def _fuse(graph: Graph, conv: Node, keep: set[int]) -> bool:
     if q is None or q.qualified_op != "QuantizeLinear" or sole_user(xq, keep) is not conv:
         return False
     x = q.input(0)
-    if x is None or x.dtype is None or x.dtype.name not in FLOATS or xq.dtype is None or xq.dtype != w.dtype:
+    if x is None or x.dtype is None or x.dtype.name not in FLOATS or xq.dtype is None or w.dtype is None:
+        return False
+    if xq.dtype != w.dtype and (xq.dtype.name, w.dtype.name) != ("uint8", "int8"):   # uint8 X: ONNX Runtime's
         return False
     if not per_tensor(q) or int(q.attrs.get("precision", 0) or 0):
         return False

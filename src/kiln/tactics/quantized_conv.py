@@ -16,8 +16,8 @@ What `supports` accepts, and why:
   models: asymmetric uint8 activations, symmetric int8 weights): the kernel shifts X by 128 and
   subtracts its zero point, and the framing copy of a C not a multiple of 4 (a uint8 stem, folded
   or not) frames X with its zero point.
-  X may be float where the attribute x_dtype names W's type (the layer quantizes X itself,
-  precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
+  X may be float where the attribute x_dtype names W's type, or uint8 under an int8 W (the layer
+  quantizes X itself, precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
   S2D configs in their framing copy, the others with the QuantizeLinear kernel first.
 - zero points absent or of the input's type. X's may have any value (the kernel subtracts it);
   W's must be 0, which a query cannot see (it is a constant): the kernel checks it once and raises
@@ -75,8 +75,8 @@ def _output_type(query: TacticQuery) -> str | None:
 
 def _x_type(query: TacticQuery, input_type: str) -> str | None:
     """X's 8-bit type as the kernel reads it: the input type, uint8 under an int8 W (module
-    docstring), or (attribute x_dtype naming the input type) that type for a float X, which the
-    launcher quantizes; None where the tactic cannot take X."""
+    docstring), or (attribute x_dtype naming the input type, or uint8 under int8) that type for a
+    float X, which the launcher quantizes; None where the tactic cannot take X."""
     x, code = _at(query.input_dtypes, X), int(query.attrs.get("x_dtype", 0) or 0)
     if not code:
         ok = (x == input_type or (x == "uint8" and input_type == "int8")) and \
@@ -85,9 +85,10 @@ def _x_type(query: TacticQuery, input_type: str) -> str | None:
     if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *FLOAT_TYPES):
         return None
     try:
-        return input_type if x in FLOAT_TYPES and dtypes.from_onnx(code).name == input_type else None
+        name = dtypes.from_onnx(code).name
     except TypeError:
         return None
+    return name if x in FLOAT_TYPES and (name == input_type or (name, input_type) == ("uint8", "int8")) else None
 
 
 def _types_ok(query: TacticQuery, input_type: str) -> bool:

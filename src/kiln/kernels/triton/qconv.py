@@ -303,14 +303,14 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     quantize_x = None
     if x_dtype:
         target = dtypes.from_onnx(x_dtype).torch
-        assert x_q.dtype in FLOAT_OUTPUTS and target == w_q.dtype, \
-            f"x_dtype: X is float and quantized to W's type; got X {x_q.dtype}, x_dtype {target}, W {w_q.dtype}"
+        assert x_q.dtype in FLOAT_OUTPUTS and (target == w_q.dtype or (target, w_q.dtype) == (torch.uint8, torch.int8)), \
+            f"x_dtype: float X quantized to W's type (or uint8, W int8); got X {x_q.dtype}, {target}, W {w_q.dtype}"
         q_scale = x_scale if x_quant_scale is None else x_quant_scale
         if config is not None and config.get("S2D"):
             quantize_x = (q_scale, x_zp, target)
         else:
             x_q = quantize_linear(x_q, q_scale, x_zp, output_dtype=x_dtype)
-    x_type = x_q.dtype if quantize_x is None else w_q.dtype                  # X as the kernel reads it
+    x_type = x_q.dtype if quantize_x is None else quantize_x[2]              # X as the kernel reads it
     _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
     _check_residual(residual, residual_scale, residual_zp)
     _require_zero(w_zp, "w_zp")
