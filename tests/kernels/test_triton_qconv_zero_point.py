@@ -90,6 +90,24 @@ def test_zero_point_through_the_folded_walk(dtype, zp):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("mid_type, mid_zp", [(U8, 131), (I8, -9), (U8, None)], ids=["uint8", "int8", "uint8-no-zp"])
+@pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1", "stem_c3"])
+def test_mid_quantization_before_the_residual(name, mid_type, mid_zp):
+    """mid_scale / mid_zp (ONNX Runtime's Conv -> Q -> DQ -> Add(DQ(r)) -> Q as one layer): the conv's
+    value quantized to its own codes (ties to even, saturated) and back before the residual joins."""
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, x_zp = _x(xs, U8, 90, seed=3)
+    r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), U8, torch.Generator().manual_seed(6))
+    _, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, I8)
+    mzp = None if mid_zp is None else torch.tensor(mid_zp, dtype=mid_type)
+    args = (_channels_last(x), w, xsc, x_zp, wsc, None, b, _channels_last(r), torch.tensor(0.25),
+            torch.tensor(3, dtype=U8), rs, rzp, None, torch.tensor(0.5), mzp)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=TINY, **attrs).cpu()
+    want = reference_qconv(*args, activation="Relu", **attrs)
+    plain = reference_qconv(*args[:13], activation="Relu", **attrs)
+    assert torch.equal(got, want) and not torch.equal(want, plain)   # the mid rounding made a difference
+
+
 def test_accumulator_bound_counts_the_zero_point():
     w = torch.full((4, 64, 3, 3), 127, dtype=I8)
     k = 64 * 9

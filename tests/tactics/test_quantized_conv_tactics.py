@@ -89,6 +89,19 @@ def _with_residual(query: TacticQuery, residual: str, res_scale: str | None = "f
     return TacticQuery(query.op, query.device, tuple(dts), query.attrs, tuple(shapes), query.layout)
 
 
+def test_mid_quantization(gpu):
+    """mid_scale (one float) and mid_zp (one int8/uint8 value; inputs 13, 14): the residual block of
+    an explicitly quantized model in one layer (passes/fuse_qdq_residual.py)."""
+    def mid(scale="float32", zp="uint8", shape=()):
+        q = _with_residual(_query(), "uint8", res_zp="uint8")
+        return TacticQuery(q.op, q.device, q.input_dtypes + (None, scale, zp), q.attrs,
+                           q.input_shapes + (None, shape, shape), q.layout)
+    assert qc.supports_int8(mid()) and qc.supports_int8(mid(zp="int8")) and qc.supports_int8(mid(zp=None))
+    assert not qc.supports_int8(mid(zp="float8_e4m3fn"))
+    assert not qc.supports_int8(mid(scale="int8")) and not qc.supports_int8(mid(scale=None))
+    assert not qc.supports_int8(mid(shape=(64,)))                          # per tensor only
+
+
 def test_8bit_residual(gpu):
     """A residual read in 8 bits needs its residual_scale; a float one takes none."""
     assert qc.supports_int8(_with_residual(_query(), "int8"))

@@ -71,7 +71,7 @@ def fuse_qdq(graph: Graph) -> bool:
     return changed
 
 
-def _qparams(node: Node | None) -> QParams | None:
+def qparams(node: Node | None) -> QParams | None:
     if node is None or node.attrs.get("block_size", 0) or node.input(1) is None:
         return None
     scale, zp = node.input(1), node.input(2)
@@ -90,7 +90,7 @@ def _dtype(v: Value | None) -> str | None:
     return None if v is None or v.dtype is None else v.dtype.name
 
 
-def _same(p: QParams, q: QParams) -> bool:
+def same_params(p: QParams, q: QParams) -> bool:
     """Both per tensor with equal scale and zero point (an omitted zero point is 0)."""
     if p.channels != 1 or q.channels != 1:
         return False
@@ -109,8 +109,8 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
         dq = produced_by(shape_op.input(0), "DequantizeLinear")
     else:
         dq = produced_by(src, "DequantizeLinear")
-    pq, pdq = _qparams(q), _qparams(dq)
-    if pq is None or pdq is None or not _same(pq, pdq) or _dtype(dq.input(0)) != _dtype(q.outputs[0]):
+    pq, pdq = qparams(q), qparams(dq)
+    if pq is None or pdq is None or not same_params(pq, pdq) or _dtype(dq.input(0)) != _dtype(q.outputs[0]):
         return False
     x_q = dq.input(0)
     if shape_op is None:
@@ -124,9 +124,9 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
     return True
 
 
-def _activation_input(v: Value | None) -> tuple[Node, QParams] | None:
+def activation_input(v: Value | None) -> tuple[Node, QParams] | None:
     dq = produced_by(v, "DequantizeLinear")
-    p = _qparams(dq)
+    p = qparams(dq)
     if p is None or p.channels != 1 or _dtype(dq.input(0)) not in QUANT_INPUTS:
         return None
     return dq, p
@@ -143,7 +143,7 @@ def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None) -> tu
     which then stays for its other readers or for eliminate_dead_code)."""
     dq = produced_by(w, "DequantizeLinear")
     if dq is not None:
-        p = _qparams(dq)
+        p = qparams(dq)
         if p is None or not dq.input(0).is_const or _dtype(dq.input(0)) not in QUANT_INPUTS:
             return None
         if p.channels != 1 and (p.axis != axis or p.channels != channels):
@@ -184,18 +184,18 @@ def recover_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | No
     return np.moveaxis(q.reshape(rows.shape), 0, axis).astype(np.int8), scale
 
 
-def _output_q(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
+def output_quantize(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
     q = sole_user(v, keep)
     if q is None or q.domain != "" or q.op != "QuantizeLinear" or q.input(0) is not v:
         return None
-    p = _qparams(q)
+    p = qparams(q)
     if p is None or p.channels != 1 or not q.attrs.get("saturate", 1) or _dtype(q.outputs[0]) not in QUANT_OUTPUTS:
         return None
     return q, p
 
 
 def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
-    act = _activation_input(node.input(0))
+    act = activation_input(node.input(0))
     w, out = node.input(1), node.outputs[0]
     if act is None or w is None or (node.op != "Conv" and rank(w) != 2):
         return False
@@ -222,10 +222,10 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
     if bias is False:
         return False
     tail = ep.nodes[-1].outputs[0] if ep.nodes else out
-    requant = _output_q(tail, keep)
+    requant = output_quantize(tail, keep)
     dq_a, pa = act
     # QConv reads a residual DQ(r) as r and dequantizes it in its epilogue (inputs 10, 11).
-    res_dq = _activation_input(ep.residual) if node.op == "Conv" else None
+    res_dq = activation_input(ep.residual) if node.op == "Conv" else None
     residual = ep.residual if res_dq is None else res_dq[0].input(0)
     inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, residual,
               None, None]

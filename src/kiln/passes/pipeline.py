@@ -26,6 +26,7 @@ from kiln.passes.fuse_gelu import fuse_gelu
 from kiln.passes.fuse_layernorm import fuse_layernorm
 from kiln.passes.fuse_pointwise import fuse_pointwise
 from kiln.passes.fuse_qdq import fuse_qdq
+from kiln.passes.fuse_qdq_residual import fuse_qdq_residual
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
 from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
@@ -47,6 +48,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
+    ("fuse_qdq_residual", fuse_qdq_residual),      # QConv -> DQ -> Add(DQ(r)) -> Q: the residual add in the conv
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
     ("fold_residual_bias", fold_residual_bias),    # a residual conv's bias joins its consumer's (no bias-add kernel)
     ("merge_parallel_matmuls", merge_parallel_matmuls),  # Q/K/V projections of one input: one wider GEMM

@@ -25,7 +25,9 @@ What `supports` accepts, and why:
 - x_scale float16/bfloat16/float32 (the float output's type); w_scale per tensor or per
   output channel; bias with 1 or OC elements; a residual of at most Y's rank, float, or
   int8/uint8/float8_e4m3fn with a one-element residual_scale (and zero point of its type).
-- the output: float, or requantized to int8, uint8 or float8_e4m3fn.
+- the output: float, or requantized to int8, uint8 or float8_e4m3fn; mid_scale (one float) and
+  mid_zp (one int8/uint8 value) where given (the pointer walks quantize the conv's value before
+  the residual; the TMA walk declines such a layer).
 - a 2-D conv (4-D X and W), group 1 (grouped and depthwise convs stay on the reference),
   any static C (W's dim 1): the kernel walks every C with K steps of at least 32, which
   8-bit tensor-core dots need on the GPU (kernels/triton/qconv.py: C a multiple of 32 tap
@@ -51,8 +53,8 @@ REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
 
 # Input positions (reference.quantized.QCONV_INPUTS).
-X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE = \
-    range(len(QCONV_INPUTS))
+X, W, X_SCALE, X_ZP, W_SCALE, W_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE, \
+    MID_SCALE, MID_ZP = range(len(QCONV_INPUTS))
 
 
 def _at(seq: tuple, i: int):  # noqa: ANN202 - a dtype name or a shape
@@ -100,7 +102,9 @@ def _types_ok(query: TacticQuery, input_type: str) -> bool:
         return False
     if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
         return False
-    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, OUT_SCALE, RES_SCALE)):
+    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, OUT_SCALE, RES_SCALE, MID_SCALE)):
+        return False
+    if _at(dts, MID_ZP) not in (None, "int8", "uint8") or (_at(dts, MID_ZP) and not _at(dts, MID_SCALE)):
         return False
     if not _residual_ok(dts):
         return False
@@ -127,7 +131,7 @@ def _shapes_ok(query: TacticQuery) -> bool:
         return False
     if isinstance(xs[1], int) and xs[1] != c:        # a symbolic C in X is W's
         return False
-    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE):
+    for i in (X_SCALE, OUT_SCALE, OUT_ZP, X_ZP, RES_SCALE, RES_ZP, X_QUANT_SCALE, MID_SCALE, MID_ZP):
         s = _at(shapes, i)
         if s is not None and not _one_element(s):
             return False
@@ -199,11 +203,11 @@ if triton_available():
             ("kiln::QConv.triton_nhwc_fp8", _triton_qconv.qconv, supports_fp8, _FP8),
             ("kiln::QConv.triton_nchw", qconv_nchw, supports_int8_nchw, _INT8),
             ("kiln::QConv.triton_nchw_fp8", qconv_nchw, supports_fp8_nchw, _FP8)):
-        register_tactic(Tactic(_name, "kiln::QConv", 8, ("cuda",), _kernel, _supports_fn, configs=_configs))
+        register_tactic(Tactic(_name, "kiln::QConv", 9, ("cuda",), _kernel, _supports_fn, configs=_configs))
     # Strided convs over few channels (the stem), folded space to depth first: their own tactics,
     # so that no other layer times these configs.
     for _name, _supports_fn, _configs in (
             ("kiln::QConv.triton_nhwc_s2d", supports_int8, INT8_S2D_CONFIGS),
             ("kiln::QConv.triton_nhwc_fp8_s2d", supports_fp8, FP8_S2D_CONFIGS)):
-        register_tactic(Tactic(_name, "kiln::QConv", 3, ("cuda",), _triton_qconv.qconv,
+        register_tactic(Tactic(_name, "kiln::QConv", 4, ("cuda",), _triton_qconv.qconv,
                                lambda q, ok=_supports_fn: ok(q) and folds(q), configs=_configs))

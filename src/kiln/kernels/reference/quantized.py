@@ -23,6 +23,13 @@ saturate to their largest finite value (QuantizeLinear's saturate=1).
 QConv's optional residual_scale/residual_zp (inputs 10 and 11, per tensor) make the residual
 an 8-bit tensor (int8, uint8 or float8_e4m3fn) that the layer dequantizes itself, so that a
 residual stream kept in 8 bits (precision/quantize_residuals.py) is read as written.
+QConv's optional mid_scale/mid_zp (inputs 13 and 14, per tensor, an int8/uint8 mid_zp or none
+for uint8) quantize the conv's own value before the residual joins, as an explicitly quantized
+model writes a residual block (ONNX Runtime's QDQ: Conv -> Q -> DQ -> Add(DQ(r)) -> Q):
+  v    = acc * (x_scale * w_scale) + bias                  in float64
+  v    = (saturate(round_half_even(v / mid_scale) + mid_zp) - mid_zp) * mid_scale
+  v    = act(v + residual), then Y as above
+(passes/fuse_qdq_residual.py), so the layer writes the block's output codes in one kernel.
 Inputs A/B (X/W) are int8, uint8 or float8_e4m3fn (either may be either). Why the float64
 accumulator is exact, for any order of summation (every partial sum obeys the same bound):
 - int8/uint8: each product is an integer of magnitude <= 2^16, so a sum of K of them is an
@@ -65,11 +72,11 @@ _INPUT_TYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
 FP8_EXACT_K = 2**35 // (448 * 448)
 # The ops' input positions, as their signatures below take them: the one table the precision
 # passes and the tactics index (QMatMul's ten are QConv's first ten; QConv adds an 8-bit
-# residual's scale and zero point, and the scale that quantizes a float X, with x_dtype, where it
-# is not x_scale).
+# residual's scale and zero point, the scale that quantizes a float X, with x_dtype, where it
+# is not x_scale, and the mid quantization before the residual).
 QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp")
 QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
-                "residual_scale", "residual_zp", "x_quant_scale")
+                "residual_scale", "residual_zp", "x_quant_scale", "mid_scale", "mid_zp")
 
 
 def _f64(t: Tensor | None) -> Tensor | None:
@@ -123,11 +130,18 @@ def dequantized_residual(residual: Tensor, residual_scale: Tensor | None, residu
 
 def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None,
             activation: str, activation_params: Sequence[float], float_dtype: torch.dtype,
-            out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> Tensor:
-    """Scale the exact accumulator, add the epilogue (residual in float64), and round once (module docstring)."""
+            out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int,
+            mid: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+    """Scale the exact accumulator, add the epilogue (residual in float64), and round once; with
+    mid = (mid_scale, mid_zp), the value is quantized to those codes and back before the residual
+    (module docstring)."""
     v = acc * scale
     if bias is not None:
         v = v + bias.to(torch.float64).reshape(bias_shape)
+    if mid is not None:
+        codes = requantize(v, mid[0], mid[1], 0).to(torch.float64)
+        zp = _per_tensor(mid[1], "mid_zp")
+        v = (codes if zp is None else codes - zp) * _per_tensor(mid[0], "mid_scale")
     if residual is not None:
         v = v + residual.to(torch.float64)
     v = apply_activation(v, activation, activation_params)
@@ -198,7 +212,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
           out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
-          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, mid_scale: Tensor | None = None,
+          mid_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0) -> Tensor:
@@ -207,7 +222,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     enum) X is float and quantized first, X_q = QuantizeLinear(X, x_quant_scale or else x_scale,
     x_zp) to that type, exactly the QuantizeLinear it stands for (precision/fuse_input_quantize.py:
     x_quant_scale is that QuantizeLinear's scale where it differs from x_scale, e.g. float32 before
-    a float16 layer).
+    a float16 layer). With mid_scale (and mid_zp, int8/uint8; uint8 without one) the conv's value
+    is quantized to those codes and back before the residual is added (module docstring).
 
     Padding holds x_zp (DQ(x_zp) = 0, as the float Conv pads with 0); W [M, C/group, *K].
     """
@@ -231,5 +247,10 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     if residual is None and (residual_scale is not None or residual_zp is not None):
         raise ValueError("kiln::QConv has residual_scale/residual_zp but no residual; give the residual too")
     r = None if residual is None else dequantized_residual(residual, residual_scale, residual_zp)
+    if mid_scale is None and mid_zp is not None:
+        raise ValueError("kiln::QConv has mid_zp but no mid_scale; give both or neither")
+    if mid_scale is not None and requantized_type(mid_zp, 0).name not in ("int8", "uint8"):
+        raise TypeError(f"kiln::QConv's mid_zp is int8 or uint8 (the conv's own codes); got {mid_zp.dtype}")
+    mid = None if mid_scale is None else (mid_scale, mid_zp)
     return _finish(acc, scale, bias, per_channel, r, activation, activation_params, x_scale.dtype,
-                   out_scale, out_zp, out_dtype)
+                   out_scale, out_zp, out_dtype, mid)

@@ -39,3 +39,17 @@ def fast_reciprocal(x):
     else:
         r = 1.0 / x
     return r
+
+
+@triton.jit
+def product_rn(a, b):
+    """a * b in float32, rounded on its own: mul.rn.f32, which the compiler never contracts with a
+    following add into one FMA (a plain multiply may be: the sum would then round once where ONNX
+    rounds the product, then the sum). b may be a scalar. In the interpreter: the multiply."""
+    b = tl.zeros_like(a) + b
+    if COMPILED:
+        r = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        r = a * b
+    return r

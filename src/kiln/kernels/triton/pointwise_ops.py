@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kiln.ir.dtypes import onnx_to_torch
+from kiln.kernels.triton.compiled import product_rn  # noqa: F401 - the generated source imports it from here
 from kiln.kernels.triton.quantize import _in_precision, _saturate_round, divide
 
 
@@ -173,14 +174,15 @@ def _rounded(expr: str, dtype: torch.dtype) -> str:
 
 
 def _dequantize(a: list[str], c: EmitContext) -> str:
-    """(x - zp) * scale, per tensor: x and zp held in int32, the product exact in float32 (9 bits
-    by at most 24) and rounded once to the scale's type, as the reference rounds it."""
+    """(x - zp) * scale, per tensor: x and zp held in int32, the product rounded once to float32
+    and never contracted into a following add (compiled.product_rn), then (exact: a 16-bit scale's
+    product fits float32) rounded to the scale's type, as the reference rounds it."""
     x, scale = a[0], a[1]
     zp = a[2] if len(a) > 2 else None
     if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
         raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
     centered = x if zp is None else f"({x} - {zp})"
-    return _rounded(f"({centered}.to(tl.float32) * {scale})", c.result)
+    return _rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
 
 
 def _quantize(a: list[str], c: EmitContext) -> str:

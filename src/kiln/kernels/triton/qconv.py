@@ -108,6 +108,8 @@ from kiln.kernels.memo import all_zero
 from kiln.kernels.reference.quantized import output_type
 from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
+from kiln.kernels.triton.qconv_checks import (FLOAT_OUTPUTS, REQUANT_RANGES, check_mid, check_operands,
+                                              check_residual, require_zero)
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x, tap_tile, x_tile
 from kiln.kernels.triton.qconv_plan import (FLOAT_CONFIGS, FP8_CONFIGS, INT8_CONFIGS, PIXELS, ROWS, conv_geometry,  # noqa: F401
@@ -122,13 +124,6 @@ from kiln.kernels.triton.quantize import needed_zero_point, quantize_linear
 Tensor = torch.Tensor
 
 # X and W: the same one of these (16-bit floats: conv.py's float convolution, unit scales)
-INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float16, torch.bfloat16)
-FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
-RESIDUAL_8BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)     # a residual with residual_scale
-# Requantized output types (DType names) and the range each saturates to.
-REQUANT_RANGES: dict[str, tuple[int, int]] = {
-    "int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448),
-}
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 
 @triton.jit
@@ -136,7 +131,7 @@ def _qconv_kernel(
         X, W, Y, M, OC, C, H, IW, OH, OW, KTOT, K_STEPS, C_STEPS, KW,
         sxn, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, ZPROW,
+        XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, MS, MZP, XZP, COLSUM, ZPROW,
         PATH: tl.constexpr, MASK_C: tl.constexpr, PIX: tl.constexpr, ROW: tl.constexpr, INSIDE: tl.constexpr,
         FLOAT_ACC: tl.constexpr, FP8_ACC: tl.constexpr, ACC_MAGIC: tl.constexpr, X_U8: tl.constexpr,
         X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, ZP_ROW: tl.constexpr,
@@ -144,7 +139,8 @@ def _qconv_kernel(
         RES_INT: tl.constexpr,
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
     # consecutive programs reuse the same input rows while they sit in L2.
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, OC, BLOCK_M, BLOCK_N, GROUP_M)
@@ -243,51 +239,19 @@ def _qconv_kernel(
     # descriptor of the [M, OC] matrix's boxes.
     conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
                   FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, pid_m * BLOCK_M, pid_n * BLOCK_N)
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, pid_m * BLOCK_M, pid_n * BLOCK_N, MS, MZP, MID, HAS_MZP,
+                  MQMIN, MQMAX)
 
 
 # --- the launcher ---------------------------------------------------------------------------------
 
 
 
-def _require_zero(zp: Tensor | None, name: str) -> None:
-    """Raise unless `zp` is absent or all zeros (read once per tensor: engine constants)."""
-    if zp is None:
-        return
-    if not all_zero(zp):
-        raise ValueError(f"the Triton kiln::QConv takes {name} absent or 0 (symmetric quantization); this one is "
-                         "non-zero. The reference tactic computes it; quantize symmetrically to use this kernel.")
-
-
-def _check(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
-           out: dtypes.DType, requant: bool, x_type: torch.dtype) -> None:
-    """The launcher's contract; x_type: X's type as the kernel reads it (a float X quantized first)."""
-    assert (x_type in INPUT_DTYPES and w.dtype == x_type) or (x_type == torch.uint8 and w.dtype == torch.int8), \
-        f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16 (or X uint8, W int8), got {x_type}, {w.dtype}"
-    assert x.dim() == 4 and w.dim() == 4, f"a 2-D conv: X and W are 4-D, got {tuple(x.shape)}, {tuple(w.shape)}"
-    assert group == 1 and w.shape[1] == x.shape[1], f"group 1 only: X has {x.shape[1]} channels, W {w.shape[1]}"
-    assert x_scale.numel() == 1 and x_scale.dtype in FLOAT_OUTPUTS, "x_scale: one float16/bfloat16/float32 value"
-    assert w_scale.numel() in (1, w.shape[0]), f"w_scale must have 1 or {w.shape[0]} elements"
-    assert bias is None or bias.numel() in (1, w.shape[0]), f"bias must have 1 or {w.shape[0]} elements"
-    assert out.name in REQUANT_RANGES if requant else out.torch in FLOAT_OUTPUTS, f"cannot write a {out.name} output"
-    assert x.numel() < 2**31 and w.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
-
-
-def _check_residual(residual: Tensor | None, scale: Tensor | None, zp: Tensor | None) -> None:
-    if scale is None:
-        assert zp is None and (residual is None or residual.dtype in FLOAT_OUTPUTS), \
-            "a residual without residual_scale is float16, bfloat16 or float32 (and has no residual_zp)"
-        return
-    got = None if residual is None else residual.dtype
-    assert got in RESIDUAL_8BIT, f"a residual with residual_scale is int8, uint8 or float8_e4m3fn, got {got}"
-    assert scale.numel() == 1 and scale.dtype in FLOAT_OUTPUTS, "residual_scale: one float16/bfloat16/float32 value"
-    assert zp is None or (zp.numel() == 1 and zp.dtype == got), "residual_zp: one value of the residual's type"
-
-
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
           w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
           out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
-          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, *, auto_pad: str = "NOTSET",
+          residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, mid_scale: Tensor | None = None,
+          mid_zp: Tensor | None = None, *, auto_pad: str = "NOTSET",
           dilations: Sequence[int] | None = None, group: int = 1, kernel_shape: Sequence[int] | None = None,
           pads: Sequence[int] | None = None, strides: Sequence[int] | None = None, activation: str = "",
           activation_params: Sequence[float] = (), out_dtype: int = 0, x_dtype: int = 0,
@@ -311,9 +275,10 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         else:
             x_q = quantize_linear(x_q, q_scale, x_zp, output_dtype=x_dtype)
     x_type = x_q.dtype if quantize_x is None else quantize_x[2]              # X as the kernel reads it
-    _check(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
-    _check_residual(residual, residual_scale, residual_zp)
-    _require_zero(w_zp, "w_zp")
+    check_operands(x_q, w_q, x_scale, w_scale, bias, group, out, out_scale is not None, x_type)
+    check_residual(residual, residual_scale, residual_zp)
+    check_mid(mid_scale, mid_zp)
+    require_zero(w_zp, "w_zp")
     # X's zero point: subtracted by the kernel (uint8 X always: its values are shifted by 128).
     assert x_zp is None or (x_zp.dtype == x_type and x_zp.numel() == 1), "x_zp: one value of X's type"
     x_u8 = x_type == torch.uint8
@@ -376,7 +341,13 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                  RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
                  ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
-    if cfg.get("TMA") and not x_corr and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
+    # The mid quantization (pointer walks only): its operands and switches.
+    mid = dict(MS=x_scale if mid_scale is None else mid_scale, MZP=x_scale if mid_zp is None else mid_zp,
+               MID=mid_scale is not None, HAS_MZP=mid_zp is not None,
+               MQMIN=-128 if mid_zp is not None and mid_zp.dtype == torch.int8 else 0,
+               MQMAX=127 if mid_zp is not None and mid_zp.dtype == torch.int8 else 255)
+    if cfg.get("TMA") and not (x_corr or mid_scale is not None) and \
+            window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
@@ -394,6 +365,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None, ZP_ROW=x_corr and x_zp is not None,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
+        GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags,
+        **mid)
     return y
 
