@@ -61,3 +61,22 @@ def test_integers_shapes_and_structures_compare_exactly() -> None:
     assert mismatch((a,), (a, b)) is not None
     assert "output 1" in mismatch((a, a), (a, b))
     assert mismatch((a, None), (a, None)) is None
+
+
+def test_mid_quantized_conv_may_move_by_its_mid_step() -> None:
+    """A kiln::QConv with mid quantization rounds twice: its allowance is 1 + ceil(mid / out) steps."""
+    from kiln.compiler.tolerance import quantized_steps
+    from kiln.kernels.reference.quantized import QCONV_INPUTS
+
+    args = [None] * len(QCONV_INPUTS)
+    args[QCONV_INPUTS.index("out_scale")] = torch.tensor(0.05)
+    assert quantized_steps("kiln::QConv", args) == 1 and quantized_steps("kiln::QMatMul", args) == 1
+    args[QCONV_INPUTS.index("mid_scale")] = torch.tensor(0.12)
+    assert quantized_steps("kiln::QConv", args) == 4
+    r = torch.randint(10, 240, (100, 100), generator=G, dtype=torch.int32).to(torch.uint8)
+    c = r.clone()
+    c[0, :3] += 3                                                             # a mid step, three elements
+    assert "up to 3 steps" in mismatch(c, r, "kiln::QConv")
+    assert mismatch(c, r, "kiln::QConv", steps=4) is None
+    c[1:4] += 1                                                               # 300 more: too many off
+    assert "more than the" in mismatch(c, r, "kiln::QConv", steps=4)

@@ -91,7 +91,7 @@ def test_zero_point_through_the_folded_walk(dtype, zp):
 
 
 @pytest.mark.parametrize("mid_type, mid_zp", [(U8, 131), (I8, -9), (U8, None)], ids=["uint8", "int8", "uint8-no-zp"])
-@pytest.mark.parametrize("name", ["1x1s1", "3x3s1p1", "stem_c3"])
+@pytest.mark.parametrize("name", ["1x1s1", "1x1s2", "3x3s1p1", "stem_c3"])
 def test_mid_quantization_before_the_residual(name, mid_type, mid_zp):
     """mid_scale / mid_zp (ONNX Runtime's Conv -> Q -> DQ -> Add(DQ(r)) -> Q as one layer): the conv's
     value quantized to its own codes (ties to even, saturated) and back before the residual joins."""
