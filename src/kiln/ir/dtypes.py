@@ -74,6 +74,8 @@ BFLOAT16 = BY_NAME["bfloat16"]
 INT64 = BY_NAME["int64"]
 INT32 = BY_NAME["int32"]
 BOOL = BY_NAME["bool"]
+# The float types kernels compute in, by name: what the tactics and precision passes accept as "float".
+FLOAT_NAMES = ("float16", "bfloat16", "float32")
 
 # torch dtype -> DType; the sub-byte types alias int8/uint8/float32 in torch, so the full types win.
 _BY_TORCH: dict[torch.dtype, DType] = {}

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.conv_fold import conv_folds
 from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.passes.match import const_array, live_ops, pinned, place_inputs, sole_user
 from kiln.precision.fold_requantize import per_tensor
 
-FLOATS = ("float16", "bfloat16", "float32")
 X, W, X_SCALE, X_ZP = range(4)      # kiln::QConv's first inputs
 X_QUANT_SCALE = QCONV_INPUTS.index("x_quant_scale")
 
@@ -59,14 +59,14 @@ def _fuse(graph: Graph, conv: Node, keep: set[int]) -> bool:
     if q is None or q.qualified_op != "QuantizeLinear" or sole_user(xq, keep) is not conv:
         return False
     x = q.input(0)
-    if x is None or x.dtype is None or x.dtype.name not in FLOATS or xq.dtype is None or w.dtype is None:
+    if x is None or x.dtype is None or x.dtype.name not in FLOAT_NAMES or xq.dtype is None or w.dtype is None:
         return False
     if xq.dtype != w.dtype and (xq.dtype.name, w.dtype.name) != ("uint8", "int8"):   # uint8 X: ONNX Runtime's
         return False
     if not per_tensor(q) or int(q.attrs.get("precision", 0) or 0):
         return False
     scale = q.input(1)      # a one-element float constant (per_tensor)
-    if not _same(q.input(2), conv.input(X_ZP)) or scale.dtype.name not in FLOATS:
+    if not _same(q.input(2), conv.input(X_ZP)) or scale.dtype.name not in FLOAT_NAMES:
         return False
     conv.set_input(X, x)
     if not _same(scale, conv.input(X_SCALE)):

@@ -27,11 +27,11 @@ keeps its name (layer precision rules, inspect) and its place.
 """
 from __future__ import annotations
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import live_ops, pinned, sole_user, trimmed
 from kiln.precision.fold_requantize import per_last_channel, per_tensor
 
-FLOATS = ("float16", "bfloat16", "float32")
 
 
 def fuse_matmul_quantize(graph: Graph) -> bool:
@@ -45,7 +45,7 @@ def fuse_matmul_quantize(graph: Graph) -> bool:
 
 def _fuse(graph: Graph, mm: Node, keep: set[int]) -> bool:
     y = mm.outputs[0]
-    if len(mm.outputs) != 1 or y.dtype is None or y.dtype.name not in FLOATS:
+    if len(mm.outputs) != 1 or y.dtype is None or y.dtype.name not in FLOAT_NAMES:
         return False
     q = sole_user(y, keep)
     if q is None or q.qualified_op != "QuantizeLinear" or q.input(0) is not y:

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import live_ops, pinned, trimmed
 from kiln.precision.fold_requantize import per_tensor, per_last_channel
 
 MAX_ROW = 16384  # the fused kernel's widest row (kernels/triton/norm.py BLOCK_MAX)
 NORMS = ("LayerNormalization", "kiln::AddLayerNorm")
-FLOATS = ("float16", "bfloat16", "float32")
 
 
 def fuse_norm_quantize(graph: Graph) -> bool:
@@ -60,7 +60,7 @@ def _fuse(graph: Graph, norm: Node, keep: set[int]) -> bool:
                     or any(o.uses() or id(o) in keep for o in norm.outputs[1:])):
         return False
     y, x = norm.outputs[0], norm.input(0)
-    if y.dtype is None or y.dtype.name not in FLOATS or x is None or x.shape is None:
+    if y.dtype is None or y.dtype.name not in FLOAT_NAMES or x is None or x.shape is None:
         return False
     axis = int(norm.attrs.get("axis", -1))
     axis = axis + len(x.shape) if axis < 0 else axis

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference import lookup
 from kiln.kernels.reference.common import resolve_pads, spatial_attrs, to_torch_pad
@@ -40,7 +41,6 @@ from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
 
-FLOAT_TYPES = ("float16", "bfloat16", "float32")
 CONFIGS: tuple[dict[str, Any], ...] = ({"epilogue": "torch"}, {"epilogue": "cudnn"})
 
 # weight tensor -> its channels-last copy (kernels/memo.py)
@@ -139,7 +139,7 @@ def supports_nhwc(query: TacticQuery) -> bool:
     if query.device != "cuda" or query.layout != "nhwc":
         return False
     dts = query.input_dtypes
-    if len(dts) < 2 or dts[0] not in FLOAT_TYPES or any(d is not None and d != dts[0] for d in dts):
+    if len(dts) < 2 or dts[0] not in FLOAT_NAMES or any(d is not None and d != dts[0] for d in dts):
         return False
     if query.attrs.get("activation", "") not in ACTIVATIONS:
         return False

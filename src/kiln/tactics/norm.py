@@ -12,10 +12,10 @@ import functools
 import math
 from typing import Any, Callable
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.kernels import triton as kiln_triton
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
-FLOATS = ("float16", "bfloat16", "float32")
 # Rows longer than this fall back to the reference: the chunked kernel is correct for any
 # length but reads each row three times, and torch's kernels do better there.
 MAX_COLS = 65536
@@ -43,7 +43,7 @@ def _cols_ok(shape: tuple[int | str, ...] | None, start: int, stop: int | None =
 
 def _rowwise_ok(query: TacticQuery, trailing: bool) -> bool:
     """Shared checks: CUDA, X a float type, axis in range, row length in the kernels' domain."""
-    if query.device != "cuda" or not query.input_dtypes or query.input_dtypes[0] not in FLOATS:
+    if query.device != "cuda" or not query.input_dtypes or query.input_dtypes[0] not in FLOAT_NAMES:
         return False
     shape = _shape(query, 0)
     if shape is None or len(shape) == 0:

@@ -52,7 +52,6 @@ from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
 
-FLOATS = ("float16", "bfloat16", "float32")
 INTS = ("int8", "uint8")
 FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
@@ -214,9 +213,9 @@ def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple
         return None
     trans_b = int(q.attrs.get("trans_b", 0))
     k, n = a[-1], b[0] if trans_b else b[1]
-    if _dtype(q, A_SCALE) not in FLOATS or not _one(q, A_SCALE):
+    if _dtype(q, A_SCALE) not in dtypes.FLOAT_NAMES or not _one(q, A_SCALE):
         return None
-    if _dtype(q, B_SCALE) not in FLOATS or not _per_channel(q, B_SCALE, n):
+    if _dtype(q, B_SCALE) not in dtypes.FLOAT_NAMES or not _per_channel(q, B_SCALE, n):
         return None
     if fp8 and (_dtype(q, A_ZP) is not None or _dtype(q, B_ZP) is not None):
         return None
@@ -224,16 +223,16 @@ def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple
         return None
     if _dtype(q, B_ZP) is not None and (_dtype(q, B_ZP) not in INTS or not _per_channel(q, B_ZP, n)):
         return None
-    if _dtype(q, BIAS) is not None and (_dtype(q, BIAS) not in FLOATS or not _per_channel(q, BIAS, n)):
+    if _dtype(q, BIAS) is not None and (_dtype(q, BIAS) not in dtypes.FLOAT_NAMES or not _per_channel(q, BIAS, n)):
         return None
-    if _dtype(q, RESIDUAL) not in (None, *FLOATS) or not _residual_fits(q, n):
+    if _dtype(q, RESIDUAL) not in (None, *dtypes.FLOAT_NAMES) or not _residual_fits(q, n):
         return None
     out = _out_type(q)
     if out is not None:
         scale_ok = _one(q, OUT_SCALE) or (per_channel_out and _per_channel(q, OUT_SCALE, n))
         zp_ok = _dtype(q, OUT_ZP) is None or (_dtype(q, OUT_ZP) in REQUANT_TYPES and (
             _one(q, OUT_ZP) if _one(q, OUT_SCALE) else _shape(q, OUT_ZP) == _shape(q, OUT_SCALE)))
-        if out not in REQUANT_TYPES or _dtype(q, OUT_SCALE) not in FLOATS or not scale_ok or not zp_ok:
+        if out not in REQUANT_TYPES or _dtype(q, OUT_SCALE) not in dtypes.FLOAT_NAMES or not scale_ok or not zp_ok:
             return None
     return k, n
 
@@ -299,7 +298,7 @@ def supports_triton_quantize(q: TacticQuery) -> bool:
     """QuantizeLinear per tensor or per channel of X's last axis: float16/bfloat16/float32 X, a
     float scale (division in it or in `precision`), int8/uint8/float8_e4m3fn out (float8:
     saturate=1, sm_89+)."""
-    if q.device != "cuda" or _dtype(q, 0) not in FLOATS or _dtype(q, 1) not in FLOATS:
+    if q.device != "cuda" or _dtype(q, 0) not in dtypes.FLOAT_NAMES or _dtype(q, 1) not in dtypes.FLOAT_NAMES:
         return False
     if int(q.attrs.get("block_size", 0) or 0) != 0:
         return False
@@ -313,7 +312,7 @@ def supports_triton_quantize(q: TacticQuery) -> bool:
         return False
     precision, code = int(q.attrs.get("precision", 0) or 0), int(q.attrs.get("output_dtype", 0) or 0)
     try:
-        if precision and dtypes.from_onnx(precision).name not in FLOATS:
+        if precision and dtypes.from_onnx(precision).name not in dtypes.FLOAT_NAMES:
             return False
         out = dtypes.from_onnx(code).name if code else (zp or "uint8")
     except TypeError:  # an element type kiln does not know

@@ -47,7 +47,6 @@ from kiln.kernels.triton import available as triton_available
 from kiln.tactics.quantized import device_capability  # one query for both quantized tactic files
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
-FLOAT_TYPES = ("float16", "bfloat16", "float32")
 REQUANT_TYPES = ("int8", "uint8", "float8_e4m3fn")
 # Input or output type -> the compute capability the kernel needs for it (MMA, conversion).
 MIN_CAPABILITY = {"int8": (8, 0), "float8_e4m3fn": (8, 9)}
@@ -84,13 +83,13 @@ def _x_type(query: TacticQuery, input_type: str) -> str | None:
         ok = (x == input_type or (x == "uint8" and input_type == "int8")) and \
             _at(query.input_dtypes, X_QUANT_SCALE) is None
         return x if ok else None
-    if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *FLOAT_TYPES):
+    if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *dtypes.FLOAT_NAMES):
         return None
     try:
         name = dtypes.from_onnx(code).name
     except TypeError:
         return None
-    return name if x in FLOAT_TYPES and (name == input_type or (name, input_type) == ("uint8", "int8")) else None
+    return name if x in dtypes.FLOAT_NAMES and (name == input_type or (name, input_type) == ("uint8", "int8")) else None
 
 
 def _types_ok(query: TacticQuery, input_type: str) -> bool:
@@ -100,23 +99,23 @@ def _types_ok(query: TacticQuery, input_type: str) -> bool:
         return False
     if _at(dts, X_ZP) not in (None, x_type) or _at(dts, W_ZP) not in (None, input_type):
         return False
-    if _at(dts, X_SCALE) not in FLOAT_TYPES or _at(dts, W_SCALE) not in FLOAT_TYPES:
+    if _at(dts, X_SCALE) not in dtypes.FLOAT_NAMES or _at(dts, W_SCALE) not in dtypes.FLOAT_NAMES:
         return False
-    if any(_at(dts, i) not in (None, *FLOAT_TYPES) for i in (BIAS, OUT_SCALE, RES_SCALE, MID_SCALE)):
+    if any(_at(dts, i) not in (None, *dtypes.FLOAT_NAMES) for i in (BIAS, OUT_SCALE, RES_SCALE, MID_SCALE)):
         return False
     if _at(dts, MID_ZP) not in (None, "int8", "uint8") or (_at(dts, MID_ZP) and not _at(dts, MID_SCALE)):
         return False
     if not _residual_ok(dts):
         return False
     out = _output_type(query)
-    return out in (REQUANT_TYPES if _at(dts, OUT_SCALE) is not None else FLOAT_TYPES)
+    return out in (REQUANT_TYPES if _at(dts, OUT_SCALE) is not None else dtypes.FLOAT_NAMES)
 
 
 def _residual_ok(dts: tuple) -> bool:
     """A float residual, or an 8-bit one with residual_scale (and a zero point of its type)."""
     res = _at(dts, RESIDUAL)
     if _at(dts, RES_SCALE) is None:
-        return res in (None, *FLOAT_TYPES) and _at(dts, RES_ZP) is None
+        return res in (None, *dtypes.FLOAT_NAMES) and _at(dts, RES_ZP) is None
     return res in REQUANT_TYPES and _at(dts, RES_ZP) in (None, res)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.common import resolve_pads, to_torch_pad
 from kiln.kernels.reference.fused import ACTIVATIONS, apply_activation
@@ -35,7 +36,6 @@ from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 Tensor = torch.Tensor
 
 EIGHT_BIT = ("int8", "uint8", "float8_e4m3fn")
-FLOATS = ("float16", "bfloat16", "float32")
 
 # weight tensor -> {(compute dtype, channels_last): the dequantized copy} (kernels/memo.py)
 _WEIGHTS = derived_table()
@@ -127,7 +127,7 @@ def _supported(query: TacticQuery) -> bool:
     """CUDA, 8-bit A and B, float scales, a known activation."""
     dts = query.input_dtypes
     return (query.device == "cuda" and len(dts) >= 5 and dts[0] in EIGHT_BIT and dts[1] in EIGHT_BIT
-            and dts[2] in FLOATS and dts[4] in FLOATS and query.attrs.get("activation", "") in ACTIVATIONS)
+            and dts[2] in FLOAT_NAMES and dts[4] in FLOAT_NAMES and query.attrs.get("activation", "") in ACTIVATIONS)
 
 
 def supports_qconv(query: TacticQuery) -> bool:
@@ -135,7 +135,7 @@ def supports_qconv(query: TacticQuery) -> bool:
     shapes, dts = query.input_shapes, query.input_dtypes
     x = shapes[0] if shapes else None
     res_scale = dts[10] if len(dts) > 10 else None
-    residual_ok = res_scale is None or (dts[7] in EIGHT_BIT and res_scale in FLOATS)
+    residual_ok = res_scale is None or (dts[7] in EIGHT_BIT and res_scale in FLOAT_NAMES)
     return _supported(query) and (x is None or len(x) == 4) and residual_ok
 
 
