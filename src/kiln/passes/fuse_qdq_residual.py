@@ -15,7 +15,9 @@ When: the QConv requantizes per tensor to int8/uint8 with no residual, no activa
 quantization yet; c_q is read only by a DequantizeLinear with the same constant parameters, whose
 output only the Add reads; the Add's other input is a per-tensor DequantizeLinear of int8/uint8
 codes r_q of the output's shape; then optionally a Relu read only by the QuantizeLinear, which is
-per tensor to int8/uint8 and saturating. Nothing in between is a graph output.
+per tensor to int8/uint8 and saturating. Nothing in between is a graph output. In a block whose
+shortcut is a conv too (a downsampling block) both convs qualify; the first in graph order folds
+and reads the other's codes as its residual.
 
 Exactness: the fused layer computes the chain in float64 with one rounding to c_q's codes (as the
 unfused QConv does) and one to the output's; the unfused element-wise kernel rounds the
@@ -53,6 +55,8 @@ def _fold(graph: Graph, conv: Node, keep: set[int]) -> bool:
     dq = sole_user(c_q, keep)
     if dq is None or dq.qualified_op != "DequantizeLinear" or dq.input(0) is not c_q or c_q.dtype is None \
             or c_q.dtype.name not in CODES or int(dq.attrs.get("output_dtype", 0) or 0):
+        return False
+    if conv.input(OUT_ZP) is None and c_q.dtype.name != "uint8":   # mid codes take their type from mid_zp
         return False
     own, scale = qparams(dq), const_array(conv.input(OUT_SCALE))
     if own is None or scale is None or scale.size != 1 or \

@@ -12,7 +12,9 @@ index `offs` of the merged space; a "dense" operand (strides = the space's own) 
 by `offs` itself (vectorised loads), a "scalar" one (all strides 0) is loaded once, and a
 "strided" one from per-dim indices (`offs % n_d`, ...) times its strides (passed as arguments;
 stride 1 is written into the source). Each input is loaded once, each instruction is one
-assignment, each output one store; floats compute in float32 and are stored in their dtype.
+assignment, each output one store; floats compute in float32 and are stored in their dtype;
+int8/uint8 values, which only QuantizeLinear makes and DequantizeLinear reads here (an explicitly
+quantized model's Q/DQ chains, pointwise_ops), are held in int32 and stored as bytes.
 The source depends only on the program, the dtypes and this broadcast pattern, so compiled
 kernels are cached by source text; launches are cached by input dtypes, shapes and strides.
 """

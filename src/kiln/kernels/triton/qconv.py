@@ -79,7 +79,9 @@ half to even by one float32 add of 1.5*2^23, plus out_zp, saturated to the type'
 float8 outputs are encoded as e4m3 bits (nearest, ties to even, saturating at +-448) and
 stored through a uint8 view of Y, exact on every backend (no float8 cast). The reference
 rounds once from float64; this epilogue rounds in float32, which moves a requantized output
-by one step only next to a tie (the tuner's tolerance allows that).
+by one step only next to a tie (the tuner's tolerance allows that). With mid_scale (an
+explicitly quantized residual block, passes/fuse_qdq_residual.py) the value before the residual
+is rounded to the conv's own codes and back the same way (pointer walks only).
 The residual is read through its own strides (any memory format; broadcast dims have
 stride 0). Y has the reference's logical shape [N, OC, OH, OW] and is allocated
 channels-last (as tactics/conv.py's outputs: a channels-last region stays so), or NCHW
@@ -92,8 +94,9 @@ FLOAT_CONFIGS: a stage holds twice the bytes).
 Zero points: W's must be absent or 0 (the launcher checks once per tensor and raises). X's may
 be anything, uint8 X (ONNX Runtime's asymmetric activations; W int8) or int8: uint8 loads shift by
 128 into int8 (exact), padding lanes take the zero point's code, and za * sum(W[oc]) leaves the
-int32 accumulator: sum (x - zp) w exactly (qconv_load.py); the framing copy (and the folded walk's)
-frames such an X with its zero point. Not through the WINDOW walk (TMA pads with 0). Offsets are int32: 2**31 elements or more are refused.
+int32 accumulator: sum (x - zp) w exactly (qconv_load.py); the framing copy (and the folded
+walk's) frames such an X with its zero point. Not through the WINDOW walk (TMA pads with 0).
+Offsets are int32: 2**31 elements or more are refused.
 """
 from __future__ import annotations
 
@@ -123,7 +126,6 @@ from kiln.kernels.triton.quantize import needed_zero_point, quantize_linear
 
 Tensor = torch.Tensor
 
-# X and W: the same one of these (16-bit floats: conv.py's float convolution, unit scales)
 OUT_FLOAT, OUT_INT, OUT_FP8 = 0, 1, 2
 
 @triton.jit
@@ -244,7 +246,6 @@ def _qconv_kernel(
 
 
 # --- the launcher ---------------------------------------------------------------------------------
-
 
 
 def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,

@@ -9,6 +9,7 @@ from kiln.kernels.memo import all_zero
 
 Tensor = torch.Tensor
 
+# X and W: the same one of these (16-bit floats: conv.py's float convolution, unit scales)
 INPUT_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float16, torch.bfloat16)
 FLOAT_OUTPUTS = (torch.float16, torch.bfloat16, torch.float32)
 RESIDUAL_8BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)     # a residual with residual_scale
@@ -28,7 +29,7 @@ def require_zero(zp: Tensor | None, name: str) -> None:
 
 
 def check_operands(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None, group: int,
-           out: dtypes.DType, requant: bool, x_type: torch.dtype) -> None:
+                   out: dtypes.DType, requant: bool, x_type: torch.dtype) -> None:
     """The launcher's contract; x_type: X's type as the kernel reads it (a float X quantized first)."""
     assert (x_type in INPUT_DTYPES and w.dtype == x_type) or (x_type == torch.uint8 and w.dtype == torch.int8), \
         f"X and W must both be int8, float8_e4m3fn, float16 or bfloat16 (or X uint8, W int8), got {x_type}, {w.dtype}"
@@ -42,6 +43,7 @@ def check_operands(x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias:
 
 
 def check_residual(residual: Tensor | None, scale: Tensor | None, zp: Tensor | None) -> None:
+    """A float residual without residual_scale, or an 8-bit one with it (and a zero point of its type)."""
     if scale is None:
         assert zp is None and (residual is None or residual.dtype in FLOAT_OUTPUTS), \
             "a residual without residual_scale is float16, bfloat16 or float32 (and has no residual_zp)"
