@@ -116,6 +116,18 @@ def test_recover_int8_is_exact_or_refuses():
     assert recover_int8(RNG.standard_normal((6, 4)).astype(np.float32), 1) is None
 
 
+def test_recover_int8_takes_a_per_tensor_scale():
+    """ONNX Runtime's per_channel=False: one scale for the tensor, so most channels' largest code is
+    below 127 and only the tensor-wide scale divides them exactly."""
+    q = RNG.integers(-90, 91, (8, 3, 3, 3)).astype(np.int8)
+    q[2, 0, 0, 0] = -127
+    s = np.float32(0.0173)
+    w = (q.astype(np.float64) * np.float64(s)).astype(np.float32)
+    rq, rs = recover_int8(w, 0)
+    assert np.array_equal((rq.astype(np.float64) * rs.astype(np.float64)[:, None, None, None]).astype(np.float32), w)
+    assert np.all(np.abs(rq) <= 127)
+
+
 # ---------------------------------------------------------------- the pass on hand-written QDQ graphs
 
 

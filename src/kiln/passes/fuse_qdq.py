@@ -18,7 +18,8 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
 - fold_constants runs first in the pipeline and turns DQ(w_q) into a float constant W.
   Such a W is accepted when it is *exactly* a symmetric int8 dequantization, W =
   fl32(q * s_c) with |q| <= 127 and one s_c per output channel; s_c is searched near
-  max|W_c| / qmax (qmax 127, 64, 63: ORT's symmetric and reduced ranges) and every
+  max|W_c| / qmax (qmax 127, 64, 63: ORT's symmetric and reduced ranges), then near
+  max|W| / qmax (a per-tensor scale, which a channel with smaller values shares), and every
   element is checked, so the fused layer's DQ(q, s) is W bit for bit.
 - The epilogue (constant per-channel bias c, a residual r of the output's shape, one
   activation) is matched as fuse_epilogues does (a Conv's residual DQ(r_q), per tensor, is
@@ -167,8 +168,11 @@ def recover_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | No
     scale = np.ones(flat.shape[0], dtype=np.float32)
     q = np.zeros_like(flat)
     done = absmax == 0  # an all-zero channel is q = 0 with any scale
-    for qmax in SYMMETRIC_QMAX:
-        base = (absmax / qmax).astype(np.float32)
+    # Each channel's own largest value (per-channel scales), then the tensor's (one scale for all:
+    # a channel whose largest code is below qmax then still divides exactly).
+    for qmax, top in [(m, absmax) for m in SYMMETRIC_QMAX] + [(m, np.full_like(absmax, absmax.max()))
+                                                             for m in SYMMETRIC_QMAX]:
+        base = (top / qmax).astype(np.float32)
         for ulps in (0, -1, 1, -2, 2):
             s = base
             for _ in range(abs(ulps)):
