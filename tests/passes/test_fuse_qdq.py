@@ -263,8 +263,16 @@ def _feeds(seed: int) -> dict[str, np.ndarray]:
             "img": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("activation_type", ["QUInt8", "QInt8"])
-def test_onnxruntime_qdq_model_builds_quantized_and_matches(tmp_path, activation_type):
+@pytest.mark.parametrize("activation_type, options", [
+    ("QUInt8", {}), ("QInt8", {}), ("QUInt8", {"per_channel": False}),
+    ("QInt8", {"extra_options": {"ActivationSymmetric": True}}),
+    ("QUInt8", {"extra_options": {"QDQKeepRemovableActivations": True}})],
+    ids=["uint8", "int8", "per-tensor-weights", "symmetric-int8", "relu-kept"])
+def test_onnxruntime_qdq_model_builds_quantized_and_matches(tmp_path, activation_type, options):
+    """ONNX Runtime's QDQ variants: every layer quantized, each Relu inside its layer (symmetric
+    int8 activations and kept activations put it between Q/DQ pairs: fuse_qdq_activation), the
+    rest of the Q/DQ chains in Pointwise kernels, the outputs within one output step of ONNX
+    Runtime's."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     quant = pytest.importorskip("onnxruntime.quantization")
@@ -282,15 +290,18 @@ def test_onnxruntime_qdq_model_builds_quantized_and_matches(tmp_path, activation
 
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(_float_model(), src)
-    quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+    quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ,
                           weight_type=quant.QuantType.QInt8,
-                          activation_type=getattr(quant.QuantType, activation_type))
+                          activation_type=getattr(quant.QuantType, activation_type), **{"per_channel": True, **options})
     model = onnx.load(dst)
 
     graph = import_model(model)
     optimize(graph)
     counts = ops(graph)
     assert counts.get("kiln::QMatMul") == 1 and counts.get("kiln::QConv") == 1
+    assert "Relu" not in counts     # (ONNX Runtime quantizes the MatMul before its bias Add: one Pointwise)
+    assert all(n.attrs["program"][-1][0] in ("QuantizeLinear", "DequantizeLinear") for n in graph.nodes
+               if n.qualified_op == "kiln::Pointwise")
     for n in graph.nodes:
         if n.op in ("QMatMul", "QConv"):
             w = n.input(1)
