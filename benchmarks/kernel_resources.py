@@ -160,11 +160,12 @@ def gemm_case(activation: str, shape: tuple[int, int, int] = FFN1) -> tuple[Any,
 def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int = 3, channels: int = 256,
                size: int = 14, batch: int = 64, config: dict | None = None,
                residual_8bit: bool = False, strides: list[int] | None = None,
-               x_uint8: bool = False) -> tuple[Any, tuple, dict]:
+               x_uint8: bool = False, mid: bool = False) -> tuple[Any, tuple, dict]:
     """The 8-bit implicit-GEMM convolution as qconv launches it: a ResNet-50 stage-3 conv
     (channels-last X, stride 1, same padding), fp16 scales and bias, Relu, an optional residual
     (fp16, or of X's 8-bit type with a residual scale), requantized to `out` or fp16 out (None);
-    x_uint8: X uint8 with a zero point of 128 (ONNX Runtime's QDQ activations), W int8."""
+    x_uint8: X uint8 with a zero point of 128 (ONNX Runtime's QDQ activations), W int8; mid: the
+    mid quantization of an explicitly quantized residual block (uint8 codes, zero point 128)."""
     zp = torch.zeros(1, dtype=torch.int8) if dtype == torch.int8 else None
     x = torch.zeros(batch, channels, size, size, dtype=torch.uint8 if x_uint8 else dtype).contiguous(
         memory_format=torch.channels_last)
@@ -181,7 +182,9 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
     with recording(qconv, "_qconv_kernel") as rec, recording(qconv_window, "window_kernel") as window:
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), x_zp, torch.rand(channels).half(), None,
                     torch.zeros(channels, dtype=torch.float16), res, pads=[kernel // 2] * 4, strides=strides,
-                    activation="Relu", config=dict(config or space[0]), **requant, **res_q)
+                    activation="Relu", config=dict(config or space[0]), **requant, **res_q,
+                    **({"mid_scale": torch.tensor(0.04, dtype=torch.float16),
+                        "mid_zp": torch.full((1,), 128, dtype=torch.uint8)} if mid else {}))
     if window.calls:   # TMA configs where the WINDOW walk applies
         return (qconv_window.window_kernel, *window.calls[0])
     return (qconv._qconv_kernel, *rec.calls[0])
@@ -264,6 +267,9 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
                                                                           x_uint8=True),
     "uint8 X (zero point) conv 1x1, Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, False, kernel=1,
                                                                           x_uint8=True),
+    "uint8 X (zero point) conv 1x1, int8 residual + mid, WINDOW walk": lambda: qconv_case(
+        torch.int8, TensorProto.INT8, True, kernel=1, x_uint8=True, residual_8bit=True, mid=True,
+        config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
     "int8 conv 1x1, int8 residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1,

@@ -5,8 +5,9 @@ The kernel shifts uint8 values by 128 into int8 (exact), fills padding taps with
 code (0 once dequantized, as the reference pads: per element, or in the TAPS walk by reading a row
 of zero-point codes for a padded pixel) and subtracts zero point x sum(W) per output channel from
 the int32 accumulator, so on the exact operands of test_triton_qconv.py the
-requantized output equals the reference's bit for bit on every walk that takes such an X (all but
-the framed copy of C not a multiple of 4, and the TMA walks, whose copy engine pads with 0)."""
+requantized output equals the reference's bit for bit on every walk. The framing copies (C not a
+multiple of 4, the folded stem) frame X with the zero point's code; the TMA (WINDOW) walk, whose
+copy engine pads with 0, takes such an X only in 1x1 stride-1 convs, which read no padding."""
 from __future__ import annotations
 
 import pytest
@@ -106,6 +107,33 @@ def test_mid_quantization_before_the_residual(name, mid_type, mid_zp):
     want = reference_qconv(*args, activation="Relu", **attrs)
     plain = reference_qconv(*args[:13], activation="Relu", **attrs)
     assert torch.equal(got, want) and not torch.equal(want, plain)   # the mid rounding made a difference
+
+
+TINY_TMA = {**TINY, "BLOCK_K": 32, "TMA": 1}
+
+
+@pytest.mark.parametrize("mid", [False, True], ids=["plain", "mid"])
+@pytest.mark.parametrize("dtype, zp", [(U8, 37), (U8, None), (I8, -5)], ids=["uint8-zp37", "uint8-no-zp", "int8-zp-5"])
+@pytest.mark.parametrize("name", ["1x1s1", "1x1s2", "3x3s1p1"])
+def test_window_walk_takes_a_zero_point_where_no_box_reads_padding(name, dtype, zp, mid, monkeypatch):
+    """Config TMA: a 1x1 stride-1 conv runs the WINDOW walk with X's zero point (and the mid
+    quantization) exactly; the others keep the pointer walks (their boxes would read the copy
+    engine's zeros as padding)."""
+    from kiln.kernels.triton.qconv_window import descriptor_type
+    from tests.kernels.test_triton_qconv import window_spy
+
+    calls = window_spy(monkeypatch)
+    xs, ws, attrs, _ = GEOMETRIES[name]
+    x, x_zp = _x(xs, dtype, zp, seed=4)
+    r, rs, rzp = _residual_8bit(_out_shape(xs, ws, attrs), U8, torch.Generator().manual_seed(7))
+    _, w, xsc, wsc, b, _r = _exact_operands(xs, ws, attrs, I8)
+    extra = (None, torch.tensor(0.5), torch.tensor(131, dtype=U8)) if mid else ()
+    args = (_channels_last(x), w, xsc, x_zp, wsc, None, b, _channels_last(r), torch.tensor(0.25),
+            torch.tensor(3, dtype=U8), rs, rzp, *extra)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=TINY_TMA, **attrs).cpu()
+    want = reference_qconv(*args, activation="Relu", **attrs)
+    assert torch.equal(got, want)
+    assert len(calls) == (1 if name == "1x1s1" and descriptor_type() is not None else 0)
 
 
 def test_accumulator_bound_counts_the_zero_point():

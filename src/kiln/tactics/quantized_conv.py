@@ -26,8 +26,8 @@ What `supports` accepts, and why:
   output channel; bias with 1 or OC elements; a residual of at most Y's rank, float, or
   int8/uint8/float8_e4m3fn with a one-element residual_scale (and zero point of its type).
 - the output: float, or requantized to int8, uint8 or float8_e4m3fn; mid_scale (one float) and
-  mid_zp (one int8/uint8 value) where given (the pointer walks quantize the conv's value before
-  the residual; the TMA walk declines such a layer).
+  mid_zp (one int8/uint8 value) where given (the epilogue quantizes the conv's value before the
+  residual).
 - a 2-D conv (4-D X and W), group 1 (grouped and depthwise convs stay on the reference),
   any static C (W's dim 1): the kernel walks every C with K steps of at least 32, which
   8-bit tensor-core dots need on the GPU (kernels/triton/qconv.py: C a multiple of 32 tap

@@ -81,7 +81,7 @@ stored through a uint8 view of Y, exact on every backend (no float8 cast). The r
 rounds once from float64; this epilogue rounds in float32, which moves a requantized output
 by one step only next to a tie (the tuner's tolerance allows that). With mid_scale (an
 explicitly quantized residual block, passes/fuse_qdq_residual.py) the value before the residual
-is rounded to the conv's own codes and back the same way (pointer walks only).
+is rounded to the conv's own codes and back the same way.
 The residual is read through its own strides (any memory format; broadcast dims have
 stride 0). Y has the reference's logical shape [N, OC, OH, OW] and is allocated
 channels-last (as tactics/conv.py's outputs: a channels-last region stays so), or NCHW
@@ -95,7 +95,8 @@ Zero points: W's must be absent or 0 (the launcher checks once per tensor and ra
 be anything, uint8 X (ONNX Runtime's asymmetric activations; W int8) or int8: uint8 loads shift by
 128 into int8 (exact), padding lanes take the zero point's code, and za * sum(W[oc]) leaves the
 int32 accumulator: sum (x - zp) w exactly (qconv_load.py); the framing copy (and the folded
-walk's) frames such an X with its zero point. Not through the WINDOW walk (TMA pads with 0).
+walk's) frames such an X with its zero point. The WINDOW walk takes it only in 1x1 stride-1 convs (TMA
+pads with 0; those read no padding).
 Offsets are int32: 2**31 elements or more are refused.
 """
 from __future__ import annotations
@@ -342,14 +343,16 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
                  RES_Q=residual_scale is not None, HAS_RZP=residual_zp is not None,
                  RES_INT=residual is not None and residual.dtype in (torch.int8, torch.uint8),
                  ACT=code, OUT_KIND=kind, HAS_OZP=out_zp is not None, QMIN=qmin, QMAX=qmax)
-    # The mid quantization (pointer walks only): its operands and switches.
+    # The mid quantization: its operands and switches.
     mid = dict(MS=x_scale if mid_scale is None else mid_scale, MZP=x_scale if mid_zp is None else mid_zp,
                MID=mid_scale is not None, HAS_MZP=mid_zp is not None,
                MQMIN=-128 if mid_zp is not None and mid_zp.dtype == torch.int8 else 0,
                MQMAX=127 if mid_zp is not None and mid_zp.dtype == torch.int8 else 255)
-    if cfg.get("TMA") and not (x_corr or mid_scale is not None) and \
-            window_applies(x, wp, geo, loop.path == PIXELS, dense, bk):
-        launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags)
+    # X's zero point (x_corr: uint8 X, or a non-zero int8 zero point), for both kernels.
+    zp = dict(XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
+              X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None)
+    if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk, x_corr):
+        launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags, zp, mid)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(oc, bn),)
@@ -361,9 +364,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         loop.steps * geo.kh * (1 if loop.path == ROWS else geo.kw), loop.steps, geo.kw,
         x.stride(0), x.stride(2), x.stride(3), res.stride(0), res.stride(1), res.stride(2), res.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3), geo.sh, geo.sw, ph, pw, geo.dh, geo.dw, **ops,
-        XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
-        ZPROW=zero_point_row(x_zp) if x_corr and x_zp is not None else x_scale,
-        X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None, ZP_ROW=x_corr and x_zp is not None,
+        ZPROW=zero_point_row(x_zp) if x_corr and x_zp is not None else x_scale, **zp,
+        ZP_ROW=x_corr and x_zp is not None,
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags,

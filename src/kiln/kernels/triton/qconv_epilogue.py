@@ -85,7 +85,7 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
     (off_m, off_n), the copy engine clipping it at the matrix's edges. The residual is read at
     RES + r_off through pointers either way (a TMA box loaded here would make the epilogue wait for
     it: slower on ResNet-50's residual layers, benchmarks/kernels_qconv_store.py). MID and its
-    operands: conv_epilogue_value's (the pointer walks only; the TMA walk passes none)."""
+    operands: conv_epilogue_value's."""
     r = 0.0
     if HAS_RES:
         r = tl.load(RES + r_off, mask=mask, other=0.0)

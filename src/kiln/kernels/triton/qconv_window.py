@@ -20,7 +20,10 @@ It applies where C is a multiple of 32 (BLOCK_K divides C; 8-bit MMAs take K in 
 are multiples of the strides, the dilation is 1, X is dense channels-last (or, for a conv of
 stride 1 along W, channels-last pixels at any 16-byte multiple apart: qconv_s2d.py's overlapping
 view, the box's rows then overlapping in X), and zero points are absent (kiln's symmetric
-quantization). A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
+quantization), except in a 1x1 stride-1 conv, which reads no padding: there an X with a zero
+point (ONNX Runtime's uint8 activations) is shifted and corrected as in the pointer walks, and the
+mid quantization of an explicitly quantized residual block runs in the epilogue too. A 1x1
+stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
 a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
 fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
 8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
@@ -46,26 +49,32 @@ import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
+from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_boxes
 
 Tensor = torch.Tensor
-EIGHT_BIT = (torch.int8, torch.float8_e4m3fn)
+EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)
 MAX_BOX = 256          # a TMA box holds at most 256 elements along each dim
 
 
 @triton.jit
 def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
                  syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                 XZP, COLSUM, MS, MZP,
                  SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
                  ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                  ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                  QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
+                 HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
     flat row of pixels: BI = BH = 1, OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the
-    [N*H*W, OC] matrix) as one TMA box at (ow0, off_n)."""
+    [N*H*W, OC] matrix) as one TMA box at (ow0, off_n). X_ZP (1x1 stride-1 convs only, where no box
+    reads padding): X's zero point subtracted as qconv.py's pointer walks do (uint8 X shifted into
+    int8, za * sum(W[oc]) taken from the accumulator); MID: the epilogue's mid quantization."""
     BLOCK_M: tl.constexpr = BI * BH * BW
     tiles_m = TILES_I * TILES_H * TILES_W
     pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
@@ -90,11 +99,14 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
         dh = kh - PH + 8 * SH
         dw = kw - PW + 8 * SW
         a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
-        a = tl.reshape(a, [BLOCK_M, BLOCK_K])
+        a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
         b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
         acc = dot8(a, b.T, acc, FP8_ACC)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     rn = offs_n % OC
+    if X_ZP:   # sum_k (a' - za) w = acc - za * sum_k w (qconv.py)
+        za = (tl.load(XZP).to(tl.int32) if HAS_XZP else 0) - (128 if X_U8 else 0)
+        acc -= za * tl.load(COLSUM + rn)[None, :]
     i = tl.arange(0, BLOCK_M)
     n = n0 + i // (BH * BW)
     oh = oh0 + (i // BW) % BH
@@ -104,33 +116,36 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
     r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
     conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
                   FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n)
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 @triton.jit
 def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
                   programs, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                  XZP, COLSUM, MS, MZP, SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
                   ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                   QMAX: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
     if PERSISTENT:
         tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
                          K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
-                         OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS,
-                         HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW,
-                         BLOCK_N, BLOCK_K, GROUP_M)
+                         OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC,
+                         WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN,
+                         QMAX, Y_TMA, BI, BH, BW, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP,
+                         MQMIN, MQMAX)
     else:
         _window_tile(x_desc, w_desc, tl.program_id(0), Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS,
                      KW, K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
-                     OS, OZP, p0, p1, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES,
-                     RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N,
-                     BLOCK_K, GROUP_M)
+                     OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL,
+                     HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH,
+                     BW, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 # --- host side ------------------------------------------------------------------------------------
@@ -157,14 +172,20 @@ def window_box(n: int, oh: int, ow: int, block_m: int) -> tuple[int, int, int]:
     return best[1]
 
 
-def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, block_k: int) -> bool:  # noqa: ANN001
+def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, block_k: int,  # noqa: ANN001
+                   zero_point: bool = False) -> bool:
     """Whether the WINDOW walk takes this conv (module docstring): 8-bit X and packed weight wp
-    [OC, K] alike, C a multiple of BLOCK_K (itself >= 32), no dilation, H and W multiples of the
-    strides (unless a 1x1 stride-1 conv over dense pixels), dense channels-last X and a
-    contiguous wp with 16-byte aligned bases, the padding below 8 strides, and Triton with host
-    TMA descriptors."""
+    [OC, K] alike (or uint8 X, int8 wp), C a multiple of BLOCK_K (itself >= 32), no dilation, H
+    and W multiples of the strides (unless a 1x1 stride-1 conv over dense pixels), dense
+    channels-last X and a contiguous wp with 16-byte aligned bases, the padding below 8 strides,
+    and Triton with host TMA descriptors. An X with a zero point (zero_point; uint8 X always):
+    only a 1x1 stride-1 conv (`pointwise`), whose boxes read no padding (the copy engine fills
+    with 0, not the zero point; rows past the pixels are never stored)."""
     n, c, h, wd = x.shape
-    if x.dtype not in EIGHT_BIT or wp.dtype != x.dtype or c % block_k or descriptor_type() is None:
+    alike = wp.dtype == x.dtype or (x.dtype == torch.uint8 and wp.dtype == torch.int8)
+    if x.dtype not in EIGHT_BIT or not alike or c % block_k or descriptor_type() is None:
+        return False
+    if (zero_point or x.dtype == torch.uint8) and not pointwise:
         return False
     if not wp.is_contiguous() or wp.data_ptr() % 16:
         return False
@@ -195,11 +216,12 @@ def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], blo
 
 
 def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, geo, flat_rows: bool,  # noqa: ANN001
-                  cfg: dict, bk: int, ops: dict, flags: dict) -> None:
+                  cfg: dict, bk: int, ops: dict, flags: dict, zp: dict, mid: dict) -> None:
     """Launch window_kernel for X (channels-last, window_applies), the packed weight wp [OC, K],
     Y (and y_out, the view the kernel stores into), the residual (or Y), BLOCK_K = bk (the config's,
     or the largest power of two below it that divides C: qconv_plan.k_loop), with the epilogue's
-    operands `ops` and switches `flags` as qconv.py's launcher makes them. flat_rows: a 1x1
+    operands `ops` and switches `flags`, X's zero point `zp` (XZP, COLSUM, X_U8, X_ZP, HAS_XZP)
+    and the mid quantization `mid` as qconv.py's launcher makes them. flat_rows: a 1x1
     stride-1 conv with Y and the residual dense channels-last, run as one row of N*H*W pixels."""
     n, c, h, w = x.shape
     oc = wp.shape[0]
@@ -220,7 +242,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     window_kernel[(programs,)](
         x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
         *tiles, c, c // bk, geo.kw, geo.kh * geo.kw * (c // bk), geo.ph, geo.pw, programs,
-        *ys, y.stride(1), *rs, res.stride(1), **ops,
+        *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
