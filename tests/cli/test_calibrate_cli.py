@@ -82,3 +82,32 @@ def test_build_int8_with_fp16_float_layers(tmp_path) -> None:  # noqa: ANN001
     info = json.loads(ok(build, model, "-o", out, "--int8", "--fp16", "--calib-data", data, "--device", "cpu",
                          "--json").stdout)
     assert info["precision"] == "int8 (float layers fp16)" and info["int8"]["quantized"]
+
+
+def test_build_of_an_explicitly_quantized_model_says_what_it_made(tmp_path) -> None:  # noqa: ANN001
+    """A model quantized by ONNX Runtime (QDQ) builds without --int8: the summary names the quantized
+    layers from its Q/DQ and what is left of them."""
+    import pytest
+
+    quant = pytest.importorskip("onnxruntime.quantization")
+    from cli_models import conv_relu
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.it = iter([{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(3)])
+
+        def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
+            return next(self.it, None)
+
+    src, qdq, out = tmp_path / "f.onnx", tmp_path / "q.onnx", tmp_path / "q.kiln"
+    onnx.save(conv_relu(), src)
+    quant.quantize_static(str(src), str(qdq), Reader(), quant_format=quant.QuantFormat.QDQ,
+                          weight_type=quant.QuantType.QInt8, activation_type=quant.QuantType.QUInt8)
+    info = json.loads(ok(build, qdq, "-o", out, "--shapes", "x:2x3x8x8", "--device", "cpu", "--json").stdout)
+    assert info["explicit_quantization"] == {"layers": {"kiln::QConv": 1}, "residual_blocks": 0,
+                                             "qdq_steps": 2, "qdq_pointwise": 0}   # the input Q, the output DQ
+    text = ok(build, qdq, "-o", out, "--shapes", "x:2x3x8x8", "--device", "cpu").stdout
+    assert "1 layer(s) from the model's Q/DQ (kiln::QConv 1)" in " ".join(text.split())
+    plain = json.loads(ok(build, src, "-o", out, "--shapes", "x:2x3x8x8", "--device", "cpu", "--json").stdout)
+    assert plain["explicit_quantization"] is None

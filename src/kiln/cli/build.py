@@ -170,7 +170,45 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "fp8": header["build"].get("fp8"),
         "fp16_overflow": header["build"].get("fp16_overflow"),
         "accuracy_budget": header["build"].get("accuracy_budget"),
+        "explicit_quantization": explicit_quantization(engine),
     }
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
+    """What the plan made of the model's own QuantizeLinear/DequantizeLinear (a build that did not
+    calibrate, with quantized layers): the layers by op, the residual blocks folded into a conv
+    (passes/fuse_qdq_residual.py: kiln::QConv with mid_scale), the Q/DQ steps left alone and the
+    element-wise kernels with Q/DQ inside; None otherwise."""
+    build = engine.header["build"]
+    steps = engine.plan.steps
+    layers: dict[str, int] = {}
+    for s in steps:
+        if s.op in ("kiln::QConv", "kiln::QMatMul"):
+            layers[s.op] = layers.get(s.op, 0) + 1
+    if build.get("int8") or build.get("fp8") or not layers:
+        return None
+    from kiln.kernels.reference.quantized import QCONV_INPUTS
+
+    mid = QCONV_INPUTS.index("mid_scale")
+    return {"layers": layers,
+            "residual_blocks": sum(1 for s in steps if s.op == "kiln::QConv" and len(s.inputs) > mid
+                                   and s.inputs[mid] is not None),
+            "qdq_steps": sum(1 for s in steps if s.op in QDQ_OPS),
+            "qdq_pointwise": sum(1 for s in steps if s.op == "kiln::Pointwise"
+                                 and any(i[0] in QDQ_OPS for i in s.attrs.get("program", [])))}
+
+
+def explicit_line(info: dict[str, Any]) -> str:
+    """E.g. "53 layer(s) from the model's Q/DQ (kiln::QConv 53), 16 residual block(s) in their conv;
+    1 Q/DQ step(s) and 0 element-wise Q/DQ kernel(s) left"."""
+    layers = info["layers"]
+    return (f"{sum(layers.values())} layer(s) from the model's Q/DQ ("
+            + ", ".join(f"{op} {n}" for op, n in sorted(layers.items())) + ")"
+            + (f", {info['residual_blocks']} residual block(s) in their conv" if info["residual_blocks"] else "")
+            + f"; {info['qdq_steps']} Q/DQ step(s) and {info['qdq_pointwise']} element-wise Q/DQ kernel(s) left")
 
 
 def print_summary(info: dict[str, Any]) -> None:
@@ -183,6 +221,8 @@ def print_summary(info: dict[str, Any]) -> None:
         ("build time", f"{info['build_seconds']:.2f} s"),
         *([("int8", int8_line(info["int8"]))] if info.get("int8") else []),
         *([("fp8", int8_line(info["fp8"]))] if info.get("fp8") else []),
+        *([("quantization", explicit_line(info["explicit_quantization"]))] if info.get("explicit_quantization")
+          else []),
         *([("fp16 overflow", overflow_line(info["fp16_overflow"]))] if info.get("fp16_overflow") else []),
         *([("accuracy budget", budget_line(info["accuracy_budget"]))] if info.get("accuracy_budget") else []),
         ("tuning", _tuning_line(info["tuning"])),
