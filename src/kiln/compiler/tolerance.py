@@ -194,8 +194,8 @@ def _steps_mismatch(c: torch.Tensor, r: torch.Tensor, one_step: bool, per_elemen
         return (f"differs from the reference by up to {worst} steps of {r.dtype} (a quantized op may differ by "
                 f"{max_steps})")
     if differ > allowed:
-        return (f"differs from the reference by one step of {r.dtype} in {differ} of {r.numel()} elements, "
-                f"more than the {allowed} a quantized op's float32 epilogue explains")
+        return (f"differs from the reference by up to {worst} step(s) of {r.dtype} in {differ} of {r.numel()} "
+                f"elements, more than the {allowed} a quantized op's float32 epilogue explains")
     return None
 
 
