@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/profile_steps.py resnet50:64:fp16 [bert:32:fp8 ...]
 
 Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
-layers, calibrated on 4 batches of the benchmark's random inputs). One eager run (no CUDA graph)
+layers, calibrated on 4 batches of the benchmark's random inputs; qdq-QUInt8 / qdq-QInt8: the model
+quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does, built with fp16 float layers). One eager run (no CUDA graph)
 under torch.profiler, each step inside a record_function range; a kernel belongs to the step whose
 range holds the launch call correlated with it in the profiler's trace. Prints, per step in plan
 order, its kernels and their GPU microseconds, then the total. The view `kiln bench --profile-layers`
@@ -31,6 +32,11 @@ LAUNCHES = ("cuda_runtime", "cuda_driver")
 def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str, torch.Tensor]]:
     m = getattr(models, name)(0)
     path = models.export_onnx(m, Path("/tmp/bench"))
+    if precision.startswith("qdq-"):   # the model quantized by ONNX Runtime (qdq_ort.py), built --fp16
+        from benchmarks import samples
+        from benchmarks.qdq_ort import ort_qdq
+        feeds = samples.calibration_feeds(m, 64, batch, 0)
+        path, precision = ort_qdq(path, feeds, precision[4:], Path(tempfile.mkdtemp(prefix="kiln-qdq-"))), "fp16"
     quantized = precision in ("int8", "fp8")
     calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)] \
         if quantized else None

@@ -41,3 +41,11 @@ def test_folded_stem_compiles_without_spills() -> None:
     assert set(rows) == {"int8 stem, folded space to depth (S2D)", "fp8 stem, folded space to depth (S2D)"}
     for regs, instructions, stack in rows.values():
         assert 0 < regs <= 255 and instructions > 100 and stack == 0
+
+
+def test_window_walk_with_a_zero_point_and_mid_quantization_compiles() -> None:
+    """The TMA walk over a uint8 X with its zero point and the mid quantization (ONNX Runtime's QDQ
+    residual block, a 1x1 conv) builds for sm_90 within the register file."""
+    rows = _run("WINDOW walk")
+    regs, instructions, _stack = rows["uint8 X (zero point) conv 1x1, int8 residual + mid, WINDOW walk"]
+    assert 0 < regs <= 255 and instructions > 1000
