@@ -243,7 +243,7 @@ def test_plan_speed_is_reported_and_a_slower_plan_warned(monkeypatch) -> None:
     assert timed == ["int8", "fp16"]
     budget = engine.header["build"]["accuracy_budget"]
     assert budget["speed"] == {"engine_ms": 2.0, "wider_ms": 1.0, "wider_precision": "fp16", "speedup": 0.5}
-    from kiln.cli.build import budget_line
+    from kiln.cli.build_summary import budget_line
     assert budget_line(budget).endswith("; runs in 2 ms, 0.50x the fp16 engine's 1 ms")
     # untuned (a CPU build without a timer): no speed to report
     untuned = build(model, config, calibration=calib)

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kiln.cli.build import int8_line
+from kiln.cli.build_summary import int8_line
 from kiln.compiler import builder
 from kiln.config import BuildConfig
 

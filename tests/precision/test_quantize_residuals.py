@@ -152,7 +152,7 @@ def test_a_layer_kept_float_keeps_its_residual_float() -> None:
 
 
 def test_build_summary_names_the_8bit_residuals() -> None:
-    from kiln.cli.build import int8_line
+    from kiln.cli.build_summary import int8_line
     q = builder.build(resnet(), BuildConfig(device="cpu", precision="int8"), calibration=batches(SHAPE))
     line = int8_line(q.header["build"]["int8"])
     assert "3 reading an 8-bit residual" in line and "attention" not in line

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli import output
-from kiln.cli.build import _tuning_line, precision_line
+from kiln.cli.build_summary import precision_line, tuning_line
 from kiln.cli.enginefile import format_version, read_unchecked
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _print(r: dict[str, Any]) -> None:
                    + (" (embedded)" if src.get("embedded") else " (not embedded)")),
         ("build", f"{build.get('source_nodes', '?')} source nodes -> {len(r['layers'])} layers in "
                   f"{build.get('seconds', '?')} s"),
-        ("tuning", _tuning_line(build.get("tuning", "not recorded"))),
+        ("tuning", tuning_line(build.get("tuning", "not recorded"))),
     ]))
     out.print(output.table("bindings", ["io", "name", "dtype", "shape"],
                            [["input", b["name"], b["dtype"], output.fmt_shape(b["shape"])] for b in r["inputs"]]

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from kiln.cli import output
-from kiln.cli.build import build_and_save, print_summary, summary
+from kiln.cli.build import build_and_save
+from kiln.cli.build_summary import print_summary, summary
 from kiln.cli.enginefile import read_unchecked
 from kiln.config import DEVICES, BuildConfig
 from kiln.errors import EngineFormatError, KilnError
