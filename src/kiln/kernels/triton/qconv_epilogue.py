@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.activation import activate
-from kiln.kernels.triton.quantize import requantize, requantize_relu, small_int_to_float
+from kiln.kernels.triton.quantize import requantize, requantize_relu, shifted_round, small_int_to_float
 
 
 @triton.jit
@@ -36,14 +36,12 @@ def conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, 
         v = accf * (xs * tl.load(WS).to(tl.float32))
     if HAS_BIAS:
         v = v + tl.load(BIAS + rn * sb).to(tl.float32)[None, :]
-    if MID:   # (clamp(round(v / ms) + mz) - mz) * ms: rounded by the 1.5 * 2^23 add (quantize.py's requantize)
+    if MID:   # (clamp(round(v / ms) + mz) - mz) * ms, rounded as quantize.py's requantize rounds
         mz = 0.0
         if HAS_MZP:
             mz = tl.load(MZP).to(tl.float32)
         ms = tl.load(MS).to(tl.float32)
-        shifted = v * tl.math.div_rn(1.0, ms) + 12582912.0
-        shifted = tl.minimum(tl.maximum(shifted, (MQMIN + 12582912.0) - mz), (MQMAX + 12582912.0) - mz)
-        v = (shifted - 12582912.0) * ms
+        v = (shifted_round(v * tl.math.div_rn(1.0, ms), MQMIN - mz, MQMAX - mz) - 12582912.0) * ms
     if HAS_RES:
         if RES_INT:  # int8/uint8: .to(float32) made the large tiles spill
             r = small_int_to_float(r)

@@ -193,15 +193,22 @@ def packed_bytes(code, QMIN: tl.constexpr):
 
 
 @triton.jit
+def shifted_round(v, lo, hi):
+    """v rounded half to even by one float32 add of 1.5 * 2^23 and clamped to [lo, hi] (integers)
+    in that shifted domain (the same values: the shift is exact there and monotonic everywhere),
+    returned shifted: less 12582912.0 it is the rounded value, and its bits less 0x4B400000 the
+    integer. The add comes first so that the GPU fuses it with the caller's multiply by
+    1 / scale into one FMA, which rounds the exact product once, as the reference does
+    (interpreted: twice)."""
+    return tl.minimum(tl.maximum(v + 12582912.0, lo + 12582912.0), hi + 12582912.0)
+
+
+@triton.jit
 def _saturate_round(v, lo, hi, z):
-    """v rounded half to even by one float32 add of 1.5 * 2^23, clamped to [lo, hi] in that
-    shifted domain (the same codes: the shift is exact there and monotonic everywhere), read off
-    the bits, plus z (requantize's docstring). Only the low byte is the code: the caller stores
-    it into an 8-bit Y (0x4B400000 has a zero low byte, so its subtraction is left out). The add
-    comes first so that the GPU fuses it with the caller's multiply by 1 / scale into one FMA,
-    which rounds the exact product once, as the reference does (interpreted: twice)."""
-    x = tl.minimum(tl.maximum(v + 12582912.0, lo + 12582912.0), hi + 12582912.0)
-    return x.to(tl.int32, bitcast=True) + z
+    """shifted_round's value read off the bits, plus z (requantize's docstring). Only the low byte
+    is the code: the caller stores it into an 8-bit Y (0x4B400000 has a zero low byte, so its
+    subtraction is left out)."""
+    return shifted_round(v, lo, hi).to(tl.int32, bitcast=True) + z
 
 
 @triton.jit
