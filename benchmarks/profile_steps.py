@@ -4,8 +4,9 @@
 
 Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
 layers, calibrated on 4 batches of the benchmark's random inputs; qdq-QUInt8 / qdq-QInt8: the model
-quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does, built with fp16 float layers). One eager run (no CUDA graph)
-under torch.profiler, each step inside a record_function range; a kernel belongs to the step whose
+quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does, built with fp16 float layers).
+One eager run (no CUDA graph) under torch.profiler, each step inside a record_function range; a
+kernel belongs to the step whose
 range holds the launch call correlated with it in the profiler's trace. Prints, per step in plan
 order, its kernels and their GPU microseconds, then the total. The view `kiln bench --profile-layers`
 cannot give: which kernels a step is made of (a layout copy, a separate bias add).

@@ -3,7 +3,8 @@ onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, 
 activations with zero points: what a user brings from ONNX Runtime), built by kiln and timed in one
 process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
 
-    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated]
+    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64] \
+        [--no-calibrated]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator

@@ -17,8 +17,9 @@ What `supports` accepts, and why:
   subtracts its zero point, and the framing copy of a C not a multiple of 4 (a uint8 stem, folded
   or not) frames X with its zero point.
   X may be float where the attribute x_dtype names W's type, or uint8 under an int8 W (the layer
-  quantizes X itself, precision/fuse_input_quantize.py, with x_quant_scale where given, a one-element float): the
-  S2D configs in their framing copy, the others with the QuantizeLinear kernel first.
+  quantizes X itself, precision/fuse_input_quantize.py, with x_quant_scale where given, a
+  one-element float): the S2D configs in their framing copy, the others with the QuantizeLinear
+  kernel first.
 - zero points absent or of the input's type. X's may have any value (the kernel subtracts it);
   W's must be 0, which a query cannot see (it is a constant): the kernel checks it once and raises
   on a non-zero one, so the tuner drops the tactic for that node and keeps the reference.
@@ -79,17 +80,16 @@ def _x_type(query: TacticQuery, input_type: str) -> str | None:
     docstring), or (attribute x_dtype naming the input type, or uint8 under int8) that type for a
     float X, which the launcher quantizes; None where the tactic cannot take X."""
     x, code = _at(query.input_dtypes, X), int(query.attrs.get("x_dtype", 0) or 0)
+    reads = lambda t: t == input_type or (t, input_type) == ("uint8", "int8")  # noqa: E731
     if not code:
-        ok = (x == input_type or (x == "uint8" and input_type == "int8")) and \
-            _at(query.input_dtypes, X_QUANT_SCALE) is None
-        return x if ok else None
+        return x if reads(x) and _at(query.input_dtypes, X_QUANT_SCALE) is None else None
     if _at(query.input_dtypes, X_QUANT_SCALE) not in (None, *dtypes.FLOAT_NAMES):
         return None
     try:
         name = dtypes.from_onnx(code).name
     except TypeError:
         return None
-    return name if x in dtypes.FLOAT_NAMES and (name == input_type or (name, input_type) == ("uint8", "int8")) else None
+    return name if x in dtypes.FLOAT_NAMES and reads(name) else None
 
 
 def _types_ok(query: TacticQuery, input_type: str) -> bool:

@@ -40,8 +40,8 @@ ROWS = 8            # framed rows per program: a row of 230 4-byte pixels is ~1 
 
 @triton.jit
 def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw, QS, QI, QZ, FILL,
-                  FOLD: tl.constexpr, HAS_FILL: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr,
-                  Q_FP8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                  FOLD: tl.constexpr, HAS_FILL: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr,
+                  Q_PREC: tl.constexpr, Q_FP8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel

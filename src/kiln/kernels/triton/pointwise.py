@@ -157,7 +157,8 @@ def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype]) -
     else:
         consts = tuple(a[1] if a is not None and a[0] == "c" else None for a in step.args)
         is_float = all(t in FLOATS for t in present)
-        expr = rule.emit(operands, EmitContext(step.attrs, consts, is_float, _float_literal, step.arg_dtypes, step.dtype))
+        context = EmitContext(step.attrs, consts, is_float, _float_literal, step.arg_dtypes, step.dtype)
+        expr = rule.emit(operands, context)
     held[("t", k)] = step.dtype
     return f"t{k} = {expr}"
 

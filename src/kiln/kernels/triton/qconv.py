@@ -269,7 +269,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     quantize_x = None
     if x_dtype:
         target = dtypes.from_onnx(x_dtype).torch
-        assert x_q.dtype in FLOAT_OUTPUTS and (target == w_q.dtype or (target, w_q.dtype) == (torch.uint8, torch.int8)), \
+        assert x_q.dtype in FLOAT_OUTPUTS and \
+            (target == w_q.dtype or (target, w_q.dtype) == (torch.uint8, torch.int8)), \
             f"x_dtype: float X quantized to W's type (or uint8, W int8); got X {x_q.dtype}, {target}, W {w_q.dtype}"
         q_scale = x_scale if x_quant_scale is None else x_quant_scale
         if config is not None and config.get("S2D"):

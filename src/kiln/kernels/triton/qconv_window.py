@@ -122,7 +122,8 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
 @triton.jit
 def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
                   programs, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  XZP, COLSUM, MS, MZP, SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                  XZP, COLSUM, MS, MZP, SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr,
+                  FLOAT_ACC: tl.constexpr,
                   ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
