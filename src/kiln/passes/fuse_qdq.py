@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue, gemm_start
 from kiln.passes.match import (bypass, const_array, drop_if_dead, live_nodes, pinned, produced_by, rank,
                                replace_nodes, sole_user)
@@ -196,6 +197,25 @@ def output_quantize(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
     if p is None or p.channels != 1 or not q.attrs.get("saturate", 1) or _dtype(q.outputs[0]) not in QUANT_OUTPUTS:
         return None
     return q, p
+
+
+def dequantized_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | None:
+    """(the DequantizeLinear, the layer's QParams) where a kiln::QConv/QMatMul requantizes per tensor
+    (a one-element constant out_scale) to int8/uint8 with no activation and its codes are read only
+    by a DequantizeLinear of those same parameters (no output_dtype): the start of the Q/DQ chains
+    fuse_qdq_residual and fuse_qdq_activation fold into the layer."""
+    out_scale, out_zp = (layer.input(QMATMUL_INPUTS.index(n)) for n in ("out_scale", "out_zp"))   # QConv's too
+    scale = const_array(out_scale)
+    codes = layer.outputs[0]
+    if scale is None or scale.size != 1 or layer.attrs.get("activation", "") or len(layer.outputs) != 1 \
+            or _dtype(codes) not in QUANT_INPUTS:
+        return None
+    dq = sole_user(codes, keep)
+    if dq is None or dq.qualified_op != "DequantizeLinear" or dq.input(0) is not codes or \
+            int(dq.attrs.get("output_dtype", 0) or 0):
+        return None
+    own, p = QParams(out_scale, out_zp, 1, 0), qparams(dq)
+    return (dq, own) if p is not None and same_params(p, own) else None
 
 
 def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:

@@ -18,12 +18,8 @@ Run after fuse_qdq_residual (a residual block's Add -> Q -> DQ -> Relu -> Q fold
 from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
-from kiln.kernels.reference.quantized import QCONV_INPUTS
-from kiln.passes.fuse_qdq import QParams, output_quantize, qparams, same_params
-from kiln.passes.match import const_array, live_ops, pinned, replace_nodes, sole_user
-
-OUT_SCALE, OUT_ZP = QCONV_INPUTS.index("out_scale"), QCONV_INPUTS.index("out_zp")   # QMatMul's too
-CODES = ("int8", "uint8")
+from kiln.passes.fuse_qdq import dequantized_codes, output_quantize, same_params
+from kiln.passes.match import live_ops, pinned, replace_nodes, sole_user
 
 
 def fuse_qdq_activation(graph: Graph) -> bool:
@@ -35,22 +31,15 @@ def fuse_qdq_activation(graph: Graph) -> bool:
 
 
 def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
-    scale = const_array(layer.input(OUT_SCALE))
-    y_q = layer.outputs[0]
-    if scale is None or scale.size != 1 or layer.attrs.get("activation", "") or y_q.dtype is None \
-            or y_q.dtype.name not in CODES:
+    start = dequantized_codes(layer, keep)
+    if start is None:
         return False
-    own = QParams(layer.input(OUT_SCALE), layer.input(OUT_ZP), 1, 0)
-    dq = sole_user(y_q, keep)
-    if dq is None or dq.qualified_op != "DequantizeLinear" or dq.input(0) is not y_q or \
-            int(dq.attrs.get("output_dtype", 0) or 0):
-        return False
-    p = qparams(dq)
+    dq, own = start
     relu = sole_user(dq.outputs[0], keep)
-    if p is None or not same_params(p, own) or relu is None or relu.qualified_op != "Relu":
+    if relu is None or relu.qualified_op != "Relu":
         return False
     found = output_quantize(relu.outputs[0], keep)
-    if found is None or not same_params(found[1], own) or found[0].outputs[0].dtype != y_q.dtype:
+    if found is None or not same_params(found[1], own) or found[0].outputs[0].dtype != layer.outputs[0].dtype:
         return False
     q = found[0]
     replace_nodes(graph, [layer, dq, relu, q], layer.op, list(layer.inputs), {**layer.attrs, "activation": "Relu"},

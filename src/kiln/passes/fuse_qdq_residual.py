@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantized import QCONV_INPUTS
-from kiln.passes.fuse_qdq import QParams, activation_input, output_quantize, qparams, same_params
-from kiln.passes.match import const_array, drop_if_dead, live_ops, pinned, replace_nodes, sole_user
+from kiln.passes.fuse_qdq import activation_input, dequantized_codes, output_quantize
+from kiln.passes.match import drop_if_dead, live_ops, pinned, replace_nodes, sole_user
 
 OUT_SCALE, OUT_ZP, RESIDUAL, RES_SCALE, RES_ZP, MID_SCALE, MID_ZP = (
     QCONV_INPUTS.index(n) for n in ("out_scale", "out_zp", "residual", "residual_scale", "residual_zp",
@@ -47,21 +47,13 @@ def fuse_qdq_residual(graph: Graph) -> bool:
 
 
 def _fold(graph: Graph, conv: Node, keep: set[int]) -> bool:
-    if conv.input(OUT_SCALE) is None or conv.input(RESIDUAL) is not None or conv.input(MID_SCALE) is not None:
+    if conv.input(RESIDUAL) is not None or conv.input(MID_SCALE) is not None:
         return False
-    if conv.attrs.get("activation", "") or len(conv.outputs) != 1:
-        return False
+    start = dequantized_codes(conv, keep)
     c_q = conv.outputs[0]
-    dq = sole_user(c_q, keep)
-    if dq is None or dq.qualified_op != "DequantizeLinear" or dq.input(0) is not c_q or c_q.dtype is None \
-            or c_q.dtype.name not in CODES or int(dq.attrs.get("output_dtype", 0) or 0):
+    if start is None or (conv.input(OUT_ZP) is None and c_q.dtype.name != "uint8"):   # mid codes: mid_zp's type
         return False
-    if conv.input(OUT_ZP) is None and c_q.dtype.name != "uint8":   # mid codes take their type from mid_zp
-        return False
-    own, scale = qparams(dq), const_array(conv.input(OUT_SCALE))
-    if own is None or scale is None or scale.size != 1 or \
-            not same_params(own, QParams(conv.input(OUT_SCALE), conv.input(OUT_ZP), 1, 0)):
-        return False
+    dq = start[0]
     add = sole_user(dq.outputs[0], keep)
     if add is None or add.qualified_op != "Add" or len(add.inputs) != 2:
         return False
