@@ -95,8 +95,8 @@ Zero points: W's must be absent or 0 (the launcher checks once per tensor and ra
 be anything, uint8 X (ONNX Runtime's asymmetric activations; W int8) or int8: uint8 loads shift by
 128 into int8 (exact), padding lanes take the zero point's code, and za * sum(W[oc]) leaves the
 int32 accumulator: sum (x - zp) w exactly (qconv_load.py); the framing copy (and the folded
-walk's) frames such an X with its zero point. The WINDOW walk takes it only in 1x1 stride-1 convs (TMA
-pads with 0; those read no padding).
+walk's) frames such an X with its zero point. The WINDOW walk takes it where the copy engine's
+zero fill is right (a zero point of 0, or no padding read: qconv_window.py).
 Offsets are int32: 2**31 elements or more are refused.
 """
 from __future__ import annotations
@@ -352,7 +352,9 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     # X's zero point (x_corr: uint8 X, or a non-zero int8 zero point), for both kernels.
     zp = dict(XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
               X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None)
-    if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk, x_corr):
+    # The copy engine pads with code 0: wrong where X's zero point is not 0 and a tap reads padding.
+    pads_wrong = not inside and x_zp is not None and not all_zero(x_zp)
+    if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk, pads_wrong):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags, zp, mid)
         return y
     bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])

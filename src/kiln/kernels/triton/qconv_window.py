@@ -19,12 +19,13 @@ reaches the MMA through registers, which is why the pointer walks still win some
 It applies where C is a multiple of 32 (BLOCK_K divides C; 8-bit MMAs take K in 32s), H and W
 are multiples of the strides, the dilation is 1, X is dense channels-last (or, for a conv of
 stride 1 along W, channels-last pixels at any 16-byte multiple apart: qconv_s2d.py's overlapping
-view, the box's rows then overlapping in X), and zero points are absent (kiln's symmetric
-quantization), except in a 1x1 stride-1 conv, which reads no padding: there an X with a zero
-point (ONNX Runtime's uint8 activations) is shifted and corrected as in the pointer walks, and the
-mid quantization of an explicitly quantized residual block runs in the epilogue too. A 1x1
-stride-1 conv takes the view [1, 1, 1, N*H*W, C]:
-a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
+view, the box's rows then overlapping in X), and the copy engine's zero fill is the right
+padding: X's zero point is 0 (kiln's symmetric quantization; ONNX Runtime's uint8 activations
+after a Relu, whose range starts at 0) or the conv reads no padding (no pads, the last window
+inside X). An X with a zero point or of type uint8 is shifted and corrected as in the pointer walks
+(a padded tap reads code 0, which the correction over all taps makes a 0 term when the zero point
+is 0), and the mid quantization of an explicitly quantized residual block runs in the epilogue
+too. A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]: a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
 fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
 8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
 flattened so that the next tile's loads overlap this tile's epilogue.
@@ -174,19 +175,16 @@ def window_box(n: int, oh: int, ow: int, block_m: int) -> tuple[int, int, int]:
 
 
 def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, block_k: int,  # noqa: ANN001
-                   zero_point: bool = False) -> bool:
+                   pads_wrong: bool = False) -> bool:
     """Whether the WINDOW walk takes this conv (module docstring): 8-bit X and packed weight wp
     [OC, K] alike (or uint8 X, int8 wp), C a multiple of BLOCK_K (itself >= 32), no dilation, H
     and W multiples of the strides (unless a 1x1 stride-1 conv over dense pixels), dense
     channels-last X and a contiguous wp with 16-byte aligned bases, the padding below 8 strides,
-    and Triton with host TMA descriptors. An X with a zero point (zero_point; uint8 X always):
-    only a 1x1 stride-1 conv (`pointwise`), whose boxes read no padding (the copy engine fills
-    with 0, not the zero point; rows past the pixels are never stored)."""
+    and Triton with host TMA descriptors. Not where the copy engine's zero fill would be the wrong
+    padding (pads_wrong: X's zero point is not 0 and some tap reads padding)."""
     n, c, h, wd = x.shape
     alike = wp.dtype == x.dtype or (x.dtype == torch.uint8 and wp.dtype == torch.int8)
-    if x.dtype not in EIGHT_BIT or not alike or c % block_k or descriptor_type() is None:
-        return False
-    if (zero_point or x.dtype == torch.uint8) and not pointwise:
+    if x.dtype not in EIGHT_BIT or not alike or c % block_k or descriptor_type() is None or pads_wrong:
         return False
     if not wp.is_contiguous() or wp.data_ptr() % 16:
         return False
