@@ -76,6 +76,22 @@ def test_per_tensor_quantize_ops_join_a_group():
     assert program[0][1] == ["i0", {"const": 0.05000000074505806, "dtype": "float32"}, {"const": 7, "dtype": "uint8"}]
 
 
+def test_a_lone_dequantize_is_a_program_of_one():
+    b = Builder()                      # a quantized layer's codes on their way to a float op
+    x = b.input("x", (2, 4), "uint8")
+    d = b.op("DequantizeLinear", x, b.const(0.5), b.const(9, dtype="uint8"))
+    g = b.output(b.op("MatMul", d, b.rand(4, 4)))
+    assert check_pass(fuse_pointwise, b)
+    assert ops(g) == {"kiln::Pointwise": 1, "MatMul": 1}
+    program = g.nodes[0].attrs["program"]
+    assert [ins[0] for ins in program] == ["DequantizeLinear"] and g.nodes[0].inputs == (x,)
+    b = Builder()                      # a lone QuantizeLinear keeps its own kernel
+    x = b.input("x", (2, 4), "float32")
+    g = b.output(b.op("QuantizeLinear", b.op("MatMul", x, b.rand(4, 4)), b.const(0.5), b.const(9, dtype="uint8")))
+    assert not check_pass(fuse_pointwise, b)
+    assert ops(g) == {"MatMul": 1, "QuantizeLinear": 1}
+
+
 def test_quantize_ops_that_are_not_per_tensor_bytes_stay():
     b = Builder()                      # float8 codes: not an 8-bit integer type
     x = b.input("x", (2, 4), "float32")

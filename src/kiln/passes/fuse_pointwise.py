@@ -10,7 +10,9 @@ One-element constants are inlined as rank-0 scalars when they cannot widen the s
 QuantizeLinear and DequantizeLinear join as element-wise ops where they are per tensor with
 constant parameters and int8/uint8 codes (`_per_tensor_bytes`): an explicitly quantized
 model's DQ -> Add -> Q around a residual add becomes one kernel. The
-program format is documented in kiln.kernels.reference.fused. Groups of one op stay.
+program format is documented in kiln.kernels.reference.fused. Groups of one op stay, except a
+DequantizeLinear alone (such as the codes of a quantized model's last conv on their way to its
+float head), which has no kernel of its own: a one-op program is its kernel.
 Run last among the fusions: it would otherwise swallow epilogues and the
 LayerNorm/Gelu/Softmax/Attention patterns that other passes own.
 """
@@ -36,7 +38,8 @@ QUANTIZE = {"QuantizeLinear", "DequantizeLinear"}   # per tensor, int8/uint8: `_
 
 
 def fuse_pointwise(graph: Graph) -> bool:
-    """Replace each maximal element-wise tree of two or more ops by kiln::Pointwise."""
+    """Replace each maximal element-wise tree of two or more ops (or a lone per-tensor
+    DequantizeLinear) by kiln::Pointwise."""
     keep = pinned(graph)
     grouped: set[int] = set()
     changed = False
@@ -45,7 +48,7 @@ def fuse_pointwise(graph: Graph) -> bool:
             continue
         members = _grow(root, grouped, keep)
         grouped |= {id(n) for n in members}
-        if len(members) >= 2:
+        if len(members) >= 2 or root.op == "DequantizeLinear":
             _replace(graph, members)
             changed = True
     return changed
