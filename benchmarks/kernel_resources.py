@@ -270,6 +270,8 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "uint8 X (zero point) conv 1x1, int8 residual + mid, WINDOW walk": lambda: qconv_case(
         torch.int8, TensorProto.INT8, True, kernel=1, x_uint8=True, residual_8bit=True, mid=True,
         config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),
+    "uint8 X (zero point) conv 1x1, int8 residual + mid, pointer walk": lambda: qconv_case(
+        torch.int8, TensorProto.INT8, True, kernel=1, x_uint8=True, residual_8bit=True, mid=True),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
     "int8 conv 1x1, int8 residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1,

@@ -1,10 +1,12 @@
-"""ONNX Runtime's QDQ models through kiln: ResNet-50 quantized by
+"""Explicitly quantized models through kiln: ResNet-50 quantized by
 onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, uint8 or int8
-activations with zero points: what a user brings from ONNX Runtime), built by kiln and timed in one
-process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
+activations with zero points: what a user brings from ONNX Runtime) and, with --qat, as PyTorch's
+quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ, BatchNorm
+after each quantized conv), built by kiln and timed in one process against kiln's own calibrated
+int8 engine and kiln fp16, all on the same inputs.
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64] \
-        [--no-calibrated]
+        [--no-calibrated] [--qat]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -51,6 +53,24 @@ def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, fo
     return out
 
 
+def qat_onnx(model: models.BenchModel, feeds: list[dict[str, np.ndarray]], folder: Path) -> Path:
+    """`model` fake-quantized by benchmarks/qat_export.py's recipe, calibrated on `feeds`, exported."""
+    import copy
+    import warnings
+
+    from benchmarks.qat_export import qat_resnet
+
+    name = model.input_names[0]
+    module = qat_resnet(copy.deepcopy(model.module).float().cpu(), [torch.from_numpy(f[name]) for f in feeds])
+    out = folder / "resnet50.qat.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation warning
+        torch.onnx.export(module, (torch.from_numpy(feeds[0][name]),), str(out), dynamo=False, opset_version=17,
+                          input_names=[name], output_names=[model.output_name],
+                          dynamic_axes={n: {0: "batch"} for n in (name, model.output_name)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -60,6 +80,7 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="also build kiln's own calibrated int8 engine (the longest build)")
+    ap.add_argument("--qat", action="store_true", help="also build the QAT-style export (qat_export.py)")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -82,6 +103,10 @@ def main() -> None:
         say(f"ONNX Runtime quantized ({act} activations): {qdq.name}")
         builds.append((f"ONNX Runtime QDQ, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
                                                                     profiles=profile), None))
+    if args.qat:
+        qat = qat_onnx(model, calib, folder)
+        say(f"QAT-style export (symmetric int8 Q/DQ, BatchNorm kept): {qat.name}")
+        builds.append(("QAT export", qat, BuildConfig(precision="fp16", device=args.device, profiles=profile), None))
     times = {}
     for label, model_path, config, calibration in builds:
         engine = kiln.build(str(model_path), config, calibration=calibration)

@@ -7,6 +7,12 @@ With s = gamma / sqrt(var + eps) and t = beta - mean * s (all per channel c):
   BN(x), any other             -> Add(Mul(x, s[:, None, ...]), t[:, None, ...])
 The first three need constant weights and a layer output read only by the BN; the
 last one needs the rank of x, and its Mul/Add are left for fuse_pointwise.
+An explicitly quantized layer (its input a DequantizeLinear: a QAT export's Conv(DQ(x), DQ(w))
+-> BN, the constant DQ(w) already folded to W) keeps its weight an exact int8 dequantization, as
+TensorRT folds BN into Q/DQ weights: where W = DQ(q, sc) exactly (fuse_qdq.recover_int8), BN's
+scale goes into sc (|sc * s| rounded to float32 once, q negated where s < 0) and the weight is
+rebuilt from its codes, so fuse_qdq still finds q; the product W * s rounded per element would not
+be one.
 Run fold_constants first so that weights computed from constants are constants.
 """
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.graph import Graph, Node
+from kiln.passes.fuse_qdq import recover_int8
 from kiln.passes.match import const_array, new_const, pinned, produced_by, rank, replace_nodes, sole_user
 
 
@@ -57,7 +64,7 @@ def _fold_into(graph: Graph, layer: Node, bn: Node, stats: tuple[np.ndarray, np.
         bias = const_array(layer.input(2)) if layer.input(2) is not None else np.zeros(len(s))
         if bias is None or w.shape[0] != len(s):
             return False
-        new_w = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        new_w = _scaled_weight(layer, w, s, 0)
         inputs = [layer.input(0), new_const(graph, new_w, w_val.const, "bn_weight"),
                   new_const(graph, bias.astype(np.float64) * s + t, w_val.const, "bn_bias")]
         replace_nodes(graph, [layer, bn], "Conv", inputs, layer.attrs)
@@ -67,7 +74,7 @@ def _fold_into(graph: Graph, layer: Node, bn: Node, stats: tuple[np.ndarray, np.
     trans_b = layer.op == "Gemm" and layer.attrs.get("transB", 0)
     if (w.shape[0] if trans_b else w.shape[1]) != len(s):
         return False
-    new_w = w.astype(np.float64) * (s[:, None] if trans_b else s[None, :])
+    new_w = _scaled_weight(layer, w, s, 0 if trans_b else 1)
     w_new = new_const(graph, new_w, w_val.const, "bn_weight")
     if layer.op == "MatMul":
         matmul = graph.make_node("MatMul", [layer.input(0), w_new], before=layer)
@@ -81,6 +88,21 @@ def _fold_into(graph: Graph, layer: Node, bn: Node, stats: tuple[np.ndarray, np.
     attrs = dict(layer.attrs, beta=1.0)
     replace_nodes(graph, [layer, bn], "Gemm", [layer.input(0), w_new, new_const(graph, new_c, w_val.const, "bn_bias")], attrs)
     return True
+
+
+def _scaled_weight(layer: Node, w: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
+    """W times s along its output-channel axis, in float64; for an explicitly quantized layer whose
+    W is an exact int8 dequantization, the one with scales |sc * s| (module docstring)."""
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    if produced_by(layer.input(0), "DequantizeLinear") is not None and w.dtype == np.float32:
+        found = recover_int8(w, axis)
+        if found is not None:
+            q, sc = found
+            sign = np.where(s < 0, -1.0, 1.0).reshape(shape)
+            scale = (sc.astype(np.float64) * np.abs(s)).astype(np.float32).astype(np.float64).reshape(shape)
+            return q.astype(np.float64) * sign * scale   # exact in float64: fl32 of it is DQ(q, scale)
+    return w.astype(np.float64) * s.reshape(shape)
 
 
 def _to_mul_add(graph: Graph, bn: Node, stats: tuple[np.ndarray, np.ndarray]) -> None:
