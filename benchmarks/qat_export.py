@@ -1,8 +1,8 @@
-"""A CNN as PyTorch's quantization toolkits for TensorRT export it (NVIDIA's pytorch-quantization
+"""A model as PyTorch's quantization toolkits for TensorRT export it (NVIDIA's pytorch-quantization
 and ModelOpt int8 recipe): explicit Q/DQ from fake quantization, what a user who trained with
 quantization brings to kiln.
 
-    model = qat_resnet(models.resnet50(0).module, calibration_batches)   # fake-quantized in place
+    model = qat_model(models.resnet50(0).module, calibration_batches)    # fake-quantized in place
     torch.onnx.export(model, ...)                                          # QuantizeLinear/DequantizeLinear
 
 The recipe: every Conv2d and Linear quantizes its input per tensor and its weight per output
@@ -110,13 +110,14 @@ def _quantize_modules(module: nn.Module) -> None:
             child.forward = types.MethodType(_bottleneck_forward, child)
 
 
-def qat_resnet(module: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """`module` (timm's ResNet, eval mode) with the recipe's quantizers, calibrated on `batches`."""
+def qat_model(module: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]]) -> nn.Module:
+    """`module` (eval mode; a ResNet's bottlenecks also quantize their shortcut) with the recipe's
+    quantizers, calibrated on `batches` (one input tensor, or a tuple of the forward's arguments)."""
     module.eval()
     _quantize_modules(module)
     with torch.no_grad():
         for x in batches:      # weights' quantizers see their weight, activations' the batches
-            module(x)
+            module(*(x if isinstance(x, tuple) else (x,)))
     for q in module.modules():
         if isinstance(q, FakeQuant):
             q.freeze()

@@ -58,10 +58,10 @@ def qat_onnx(model: models.BenchModel, feeds: list[dict[str, np.ndarray]], folde
     import copy
     import warnings
 
-    from benchmarks.qat_export import qat_resnet
+    from benchmarks.qat_export import qat_model
 
     name = model.input_names[0]
-    module = qat_resnet(copy.deepcopy(model.module).float().cpu(), [torch.from_numpy(f[name]) for f in feeds])
+    module = qat_model(copy.deepcopy(model.module).float().cpu(), [torch.from_numpy(f[name]) for f in feeds])
     out = folder / "resnet50.qat.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation warning

@@ -1,8 +1,9 @@
 """Quantization-aware-training exports (the int8 recipe of NVIDIA's pytorch-quantization and
 ModelOpt, as benchmarks/qat_export.py makes it): symmetric int8 Q/DQ on every conv's input and
 weight, BatchNorm a layer of its own after the quantized conv, the residual quantized before the
-add. fold_batchnorm keeps such a weight an int8 dequantization; fuse_qdq moves a QuantizeLinear
-before a MaxPool; the whole network builds into quantized layers and matches ONNX Runtime."""
+add. fold_batchnorm keeps such a weight an int8 dequantization; the builder moves the
+QuantizeLinear after the stem's MaxPool before it (precision/quantize_before_pool.py, as in a
+calibrated build); the whole network builds into quantized layers and matches ONNX Runtime."""
 from __future__ import annotations
 
 import io
@@ -17,10 +18,10 @@ from torch import nn
 
 from graphs import Builder, check_pass, ops
 from kiln.passes.fold_batchnorm import fold_batchnorm
-from kiln.passes.fuse_qdq import fuse_qdq, recover_int8
+from kiln.passes.fuse_qdq import recover_int8
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.qat_export import qat_resnet  # noqa: E402
+from benchmarks.qat_export import qat_model  # noqa: E402
 
 
 def _quantized_conv_bn(b: Builder, gamma: list[float]):
@@ -63,29 +64,6 @@ def test_batchnorm_folds_into_a_quantized_weights_scales():
     assert np.array_equal(folded, (w.astype(np.float64) * 1.5 / np.sqrt(1 + 1e-5)).astype(np.float32))
 
 
-def _pool_graph(scale: float, extra_reader: bool):
-    b = Builder()
-    y = b.op("Relu", b.input("x", (1, 4, 6, 6)))
-    pool = b.op("MaxPool", y, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    q = b.op("QuantizeLinear", pool, b.const(scale), b.const(0, dtype="int8"))
-    outs = [b.op("DequantizeLinear", q, b.const(scale), b.const(0, dtype="int8"))]
-    if extra_reader:
-        outs.append(b.op("Neg", y))
-    return b, b.output(*outs)
-
-
-def test_quantize_moves_before_max_pool():
-    b, graph = _pool_graph(0.05, False)
-    assert check_pass(fuse_qdq, b, rtol=0, atol=0)      # exact: Q never decreases, so it commutes with max
-    order = [n.op for n in graph.nodes]
-    assert order == ["Relu", "QuantizeLinear", "MaxPool", "DequantizeLinear"]
-    pool = graph.nodes[2]
-    assert pool.input(0).dtype.name == "int8" and pool.outputs[0].dtype.name == "int8"
-    b, graph = _pool_graph(0.05, True)                   # the pool's input read elsewhere too: left
-    fuse_qdq(graph)
-    assert [n.op for n in graph.nodes if n.op in ("MaxPool", "QuantizeLinear")] == ["MaxPool", "QuantizeLinear"]
-
-
 class _Bottleneck(nn.Module):
     """The bottleneck layout benchmarks/qat_export.py quantizes (conv1..3, bn1..3, downsample)."""
 
@@ -121,7 +99,7 @@ def _images(seed: int, n: int = 2) -> torch.Tensor:
     return (base + 0.5 * ramp + 0.1 * torch.randn(n, 3, 32, 32, generator=g)).float()
 
 
-def test_qat_resnet_builds_into_quantized_layers_and_matches_onnxruntime():
+def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     import kiln
@@ -134,7 +112,7 @@ def test_qat_resnet_builds_into_quantized_layers_and_matches_onnxruntime():
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
-    model = qat_resnet(net, [_images(s) for s in range(3)])
+    model = qat_model(net, [_images(s) for s in range(3)])
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,7 +11,8 @@ precision/smooth_quant.py) and folds the QuantizeLinear between two of them
 into the first (precision/fold_requantize.py; one after a MaxPool moves before it first,
 precision/quantize_before_pool.py; a conv's residual is read quantized where that lets the
 fold happen, precision/quantize_residuals.py; an attention's output QuantizeLinear moves into the
-attention kernel, precision/quantize_attention_output.py) before the rest is typed fp32; once it is typed,
+attention kernel, precision/quantize_attention_output.py; an explicitly quantized model's layers get the
+same folds but the residual's) before the rest is typed fp32; once it is typed,
 a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py), one of a
 float matmul's output (a layer kept wider) into the matmul (precision/fuse_matmul_quantize.py), one of a
 folding conv's float input into the conv (precision/fuse_input_quantize.py). An fp16 build
@@ -51,7 +52,7 @@ from kiln.passes.pipeline import optimize
 from kiln.ir import dtypes
 from kiln.precision import apply_precision
 from kiln.precision.policy import engine_compute_type
-from kiln.precision.fold_requantize import fold_requantize
+from kiln.precision.fold_requantize import QUANTIZED_LAYERS, fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
 from kiln.precision.quantize_attention_output import quantize_attention_output
@@ -169,6 +170,12 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         fold_requantize(graph)
         quantized["attention_requantized"] = quantize_attention_output(graph)
         quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
+    elif any(n.qualified_op in QUANTIZED_LAYERS for n in graph.nodes):
+        # Explicit quantization: the same folds where the model's own Q/DQ left a QuantizeLinear
+        # after a MaxPool or an attention (a QAT export quantizes each layer's input, not its output).
+        quantize_before_pool(graph)
+        fold_requantize(graph)
+        quantize_attention_output(graph)
     overflow = None
     if engine_compute_type(config) == dtypes.FLOAT16 and (calibration is not None or config.calib_data is not None):
         overflow = fp16_overflow(graph, config, calibration, say)

@@ -6,11 +6,6 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
 
   Q(S(DQ(x, p)), p)                  -> S(x)       S only moves or picks elements, and
   Q(DQ(x, p), p)                     -> x          Q(DQ(x, p), p) = x exactly
-  Q(MaxPool(y))                      -> MaxPool(Q(y))   y float, Q to int8/uint8 with positive
-                                                   scales: Q never decreases, so it commutes with
-                                                   max (TensorRT moves Q the same way), and the
-                                                   layer before the pool can requantize (a QAT
-                                                   ResNet's stem)
   [Q](act(DQ(a) @ DQ(w) + c + r))    -> kiln::QMatMul(a, w, scales, zero points, c, r, ...)
   [Q](act(Conv(DQ(x), DQ(w)) + ...)) -> kiln::QConv(x, w, ...)
   (Gemm with transA=0 and alpha=1 counts as MatMul, transB as trans_b, beta*C as bias)
@@ -44,7 +39,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiln.ir.dtypes import FLOAT_NAMES
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue, gemm_start
@@ -72,7 +66,7 @@ def fuse_qdq(graph: Graph) -> bool:
     changed = False
     keep = pinned(graph)
     for q in live_nodes(graph, "QuantizeLinear"):
-        changed |= _sink_shape_op(graph, q, keep) or _quantize_before_max_pool(graph, q, keep)
+        changed |= _sink_shape_op(graph, q, keep)
     keep = pinned(graph)
     for node in live_nodes(graph, "MatMul", "Gemm", "Conv"):
         changed |= _fuse_layer(graph, node, keep)
@@ -130,24 +124,6 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
         bypass(graph, q, shape_op.outputs[0], keep)  # cannot fail: the source has a producer, is unpinned
     drop_if_dead(graph, dq, keep)
     return True
-
-
-def _quantize_before_max_pool(graph: Graph, q: Node, keep: set[int]) -> bool:
-    """Q(MaxPool(y)) -> MaxPool(Q(y)) (module docstring), where the pool is y's only reader and Q
-    its output's, and the pool has no Indices output."""
-    pool = produced_by(q.input(0), "MaxPool")
-    p = qparams(q) if pool is not None else None
-    if p is None or len(pool.outputs) != 1 or sole_user(pool.outputs[0], keep) is not q or \
-            _dtype(q.outputs[0]) not in QUANT_INPUTS or (p.channels != 1 and p.axis != 1):
-        return False
-    y = pool.input(0)
-    if _dtype(y) not in FLOAT_NAMES or sole_user(y, keep) is not pool or not (const_array(p.scale) > 0).all():
-        return False
-    moved = graph.make_node("QuantizeLinear", [y, *q.inputs[1:]], attrs=dict(q.attrs), before=pool, name=q.name)
-    moved.outputs[0].dtype, moved.outputs[0].shape = q.outputs[0].dtype, y.shape
-    pool.set_input(0, moved.outputs[0])
-    pool.outputs[0].dtype = q.outputs[0].dtype
-    return bypass(graph, q, pool.outputs[0], keep)   # cannot fail: the pool's output is unpinned
 
 
 def activation_input(v: Value | None) -> tuple[Node, QParams] | None:
