@@ -134,3 +134,40 @@ def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime():
         want = session.run(["y"], {"x": x})[0]
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() > 0.9999, cos
+
+
+def test_qat_bert_builds_as_kiln_int8_does():
+    """The recipe on a tiny BERT (every Linear's input and weight quantized; attention left float, as
+    ModelOpt's int8 default does): the Q/K/V projections merge into one QMatMul and a Split, the
+    attention writes the output projection's 8-bit input, the norms their quantized outputs; the
+    plan is kiln's own int8 plan of the float model, and it matches ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("transformers")
+    import kiln
+    from benchmarks import models
+    from kiln.config import BuildConfig, Profile
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "vocab_size": 2000, "max_position_embeddings": 64}
+    bert = models.bert(0, name="tiny_bert", seq=16, **tiny)
+    names = bert.input_names
+    batches = [tuple(models.make_inputs(bert, 2, seed=s)[n] for n in names) for s in range(3)]
+    model = qat_model(bert.export_module, batches)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, batches[0], buf, dynamo=False, opset_version=17, input_names=list(names),
+                          output_names=[bert.output_name])
+    profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
+    engine = kiln.build(onnx.load_from_string(buf.getvalue()), BuildConfig(device="cpu", profiles=profile))
+    steps = [s.op for s in engine.plan.steps]
+    assert steps.count("kiln::QMatMul") == 8 and steps.count("Split") == 2     # 4 GEMMs a layer, Q/K/V as one
+    assert "QuantizeLinear" not in steps and "MatMul" not in steps
+    assert steps.count("kiln::Attention") == 2 and steps.count("kiln::NormQuantize") == 4
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    feeds = {n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=9).items()}
+    got = np.asarray(engine(**feeds)[bert.output_name]).reshape(-1, tiny["hidden_size"])
+    want = session.run(None, feeds)[0].reshape(-1, tiny["hidden_size"])
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999, cos

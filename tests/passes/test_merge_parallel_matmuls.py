@@ -48,3 +48,52 @@ def test_nothing_to_merge():
     w = b.input("w", (16, 8))
     b.output(_fused(b, x, 8), b.op("MatMul", x, w))        # a runtime weight cannot be concatenated
     assert not check_pass(merge_parallel_matmuls, b)
+
+
+def _qmatmul(b: Builder, a, a_scale, n: int, w_scale, bias: bool = True, out=None, trans_b: int = 0):
+    """A kiln::QMatMul over int8 codes `a` (zero point absent), weight codes [16, n]."""
+    w = b.const(b.rng.integers(-127, 128, (n, 16) if trans_b else (16, n)), "w_q", dtype="int8")
+    out_scale, out_zp = (None, None) if out is None else (b.const(out[0]), b.const(out[1], dtype="int8"))
+    return b.op("QMatMul", a, w, a_scale, None, b.const(w_scale), None, b.rand(n, name="bias") if bias else None,
+                None, out_scale, out_zp, domain="kiln", trans_b=trans_b, activation="", activation_params=[],
+                out_dtype=0 if out is None else 3)
+
+
+def test_quantized_projections_merge_column_exactly():
+    """A QAT export's Q/K/V (kiln::QMatMul over the same codes): one QMatMul whose per-column weight
+    scales, biases and output scales are the members', so every column is bit for bit its member's."""
+    b = Builder()
+    a = b.input("a", (2, 5, 16), "int8", data=b.rng.integers(-128, 128, (2, 5, 16)).astype(np.int8))
+    s = b.const(0.05)
+    q = _qmatmul(b, a, s, 8, b.rng.uniform(0.01, 0.02, 8).astype(np.float32))      # per-channel weight scales
+    k = _qmatmul(b, a, s, 8, 0.015, bias=False)                                    # per tensor, no bias
+    v = _qmatmul(b, a, b.const(0.05), 4, 0.02)                                     # an equal a_scale constant
+    g = b.output(q, k, v)
+    assert check_pass(merge_parallel_matmuls, b, rtol=0, atol=0)
+    assert ops(g) == {"kiln::QMatMul": 1, "Split": 1}
+    mm = g.nodes[0]
+    assert mm.input(1).shape == (16, 20) and mm.input(1).dtype.name == "int8"
+    scales = np.asarray(mm.input(4).const)
+    assert scales.shape == (20,) and scales[8:16].tolist() == [np.float32(0.015)] * 8
+    assert np.asarray(mm.input(6).const)[8:16].tolist() == [0.0] * 8
+
+    b = Builder()                         # requantized members: per-column output scales and zero points
+    a = b.input("a", (3, 16), "int8", data=b.rng.integers(-128, 128, (3, 16)).astype(np.int8))
+    s = b.const(0.05)
+    g = b.output(_qmatmul(b, a, s, 8, 0.01, out=(0.2, 3)), _qmatmul(b, a, s, 8, 0.01, out=(0.1, -2)))
+    assert check_pass(merge_parallel_matmuls, b, rtol=0, atol=0)
+    assert ops(g) == {"kiln::QMatMul": 1, "Split": 1}
+    assert np.asarray(g.nodes[0].input(9).const).tolist() == [3] * 8 + [-2] * 8
+
+
+def test_quantized_members_that_differ_stay_apart():
+    b = Builder()
+    a = b.input("a", (3, 16), "int8", data=b.rng.integers(-128, 128, (3, 16)).astype(np.int8))
+    s = b.const(0.05)
+    float_out = _qmatmul(b, a, s, 8, 0.01)
+    requantized = _qmatmul(b, a, s, 8, 0.01, out=(0.2, 0))        # another output type
+    other_scale = _qmatmul(b, a, b.const(0.04), 8, 0.01)          # A read with another scale
+    transposed = _qmatmul(b, a, s, 8, 0.01, trans_b=1)             # trans_b: never merged
+    g = b.output(float_out, requantized, other_scale, transposed)
+    assert not check_pass(merge_parallel_matmuls, b)
+    assert ops(g) == {"kiln::QMatMul": 4}

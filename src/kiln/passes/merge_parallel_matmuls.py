@@ -13,15 +13,25 @@ nothing is copied. A missing bias among biased members is a zero block of the me
 Members: MatMul with a constant 2-D B, and kiln::FusedMatMul with a constant 2-D B,
 trans_b 0, alpha 1 and no residual, grouped by (activation, parameters, K, dtype). Run
 after fuse_epilogues (biases and activations are inside the FusedMatMuls by then).
+
+Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the
+same way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and
+a_zp, have a constant 2-D int8 B (trans_b 0), constant weight scales and zero points, no
+residual, and the same activation and output type; weight scales (and zero points, biases,
+output scales and zero points) are concatenated per column, a per-tensor one repeated over its
+member's columns, so each column computes exactly what its member did.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.match import const_array, new_const
 
 MIN_GROUP = 2
+QUANTIZED = "kiln::QMatMul"   # the first element of a quantized member's key
+_Q = {name: i for i, name in enumerate(QMATMUL_INPUTS)}
 
 
 def merge_parallel_matmuls(graph: Graph) -> bool:
@@ -36,7 +46,7 @@ def merge_parallel_matmuls(graph: Graph) -> bool:
                 groups.setdefault(key, []).append(node)
         for key, members in groups.items():
             if len(members) >= MIN_GROUP:
-                _merge(graph, a, members, key)
+                (_merge_quantized if key[0] == QUANTIZED else _merge)(graph, a, members, key)
                 changed = True
     return changed
 
@@ -50,6 +60,8 @@ def _key(node: Node, a: Value) -> tuple | None:
         return None
     if node.domain == "" and node.op == "MatMul":
         return ("", (), w.shape[0], w.dtype)
+    if node.domain == "kiln" and node.op == "QMatMul":
+        return _quantized_key(node, w)
     if node.domain == "kiln" and node.op == "FusedMatMul":
         if (int(node.attrs.get("trans_b", 0)) != 0 or float(node.attrs.get("alpha", 1.0)) != 1.0
                 or node.input(3) is not None):
@@ -76,20 +88,86 @@ def _merge(graph: Graph, a: Value, members: list[Node], key: tuple) -> None:
         like = next(b for b in biases if b is not None).const
         parts = [const_array(b) if b is not None else np.zeros(n, dtype=np.float64) for b, n in zip(biases, widths)]
         b_cat = new_const(graph, np.concatenate([p.astype(np.float64) for p in parts]), like, "merged_bias")
+    _replace_by_split(graph, members, order, "FusedMatMul", [a, w_cat, b_cat],
+                      {"activation": activation, "activation_params": params, "alpha": 1.0, "trans_b": 0}, widths)
+
+
+def _replace_by_split(graph: Graph, members: list[Node], order: dict[int, int], op: str,
+                      inputs: list[Value | None], attrs: dict, widths: list[int]) -> None:
+    """Replace `members` by one kiln `op` node on `inputs` whose output Split gives back each
+    member's output (the Split's outputs are the members' output Values: names and readers kept)."""
     outs = [n.outputs[0] for n in members]
-    first = members[0]
-    at = order[id(first)]
+    at = order[id(members[0])]
     fused_from = tuple(name for n in members for name in (n.fused_from or (n.name,)))
     graph.remove_nodes(members)
     anchor = graph.nodes[at] if at < len(graph.nodes) else None
     y = graph.value("merged_matmul", outs[0].dtype,
                     None if outs[0].shape is None else (*outs[0].shape[:-1], sum(widths)))
-    mm = Node("FusedMatMul", [a, w_cat, b_cat], [y], {"activation": activation, "activation_params": params,
-                                                      "alpha": 1.0, "trans_b": 0},
-              name=graph.unique_name("FusedMatMul"), domain="kiln")
+    while inputs and inputs[-1] is None:
+        inputs = inputs[:-1]
+    mm = Node(op, inputs, [y], attrs, name=graph.unique_name(op), domain="kiln")
     mm.fused_from = fused_from
     graph.add_node(mm, before=anchor)
     split = Node("Split", [y, graph.constant(np.asarray(widths, dtype=np.int64), "split_sizes")], outs,
                  {"axis": -1}, name=graph.unique_name("Split"))
     split.fused_from = fused_from
     graph.add_node(split, before=anchor)
+
+
+def _scalar(v: Value | None) -> float | None:
+    """A one-element constant's value (0.0 for an absent zero point); None otherwise."""
+    if v is None:
+        return 0.0
+    arr = const_array(v)
+    return None if arr is None or arr.size != 1 else float(arr.reshape(-1)[0])
+
+
+def _per_column(v: Value | None, n: int) -> bool:
+    """Absent, or a constant of one element or of n (one per column)."""
+    arr = const_array(v) if v is not None else None
+    return v is None or (arr is not None and arr.size in (1, n))
+
+
+def _quantized_key(node: Node, w: Value) -> tuple | None:
+    """A kiln::QMatMul member's key (module docstring), or None."""
+    n = int(w.shape[1])
+    a_params = (_scalar(node.input(_Q["a_scale"])), _scalar(node.input(_Q["a_zp"])))
+    requant = node.input(_Q["out_scale"]) is not None
+    if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name != "int8" or None in a_params \
+            or node.input(_Q["residual"]) is not None or len(node.inputs) > len(QMATMUL_INPUTS):
+        return None
+    if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp")):
+        return None
+    bias = node.input(_Q["bias"])
+    if node.input(_Q["b_scale"]) is None or (bias is not None and (const_array(bias) is None or
+                                                                   const_array(bias).size != n)):
+        return None
+    zp_type = node.input(_Q["a_zp"]).dtype.name if node.input(_Q["a_zp"]) is not None else None
+    return (QUANTIZED, node.attrs.get("activation", ""), tuple(float(p) for p in node.attrs.get("activation_params", ())),
+            w.shape[0], a_params, zp_type, requant, int(node.attrs.get("out_dtype", 0)),
+            node.input(_Q["out_zp"]) is not None)
+
+
+def _merge_quantized(graph: Graph, a: Value, members: list[Node], key: tuple) -> None:
+    """One kiln::QMatMul for `members` (module docstring), its columns split back to their outputs."""
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    members.sort(key=lambda n: order[id(n)])
+    widths = [int(n.input(1).shape[1]) for n in members]
+    first = members[0]
+
+    def columns(name: str, hint: str) -> Value | None:
+        values = [n.input(_Q[name]) for n in members]
+        if all(v is None for v in values):
+            return None
+        like = next(v for v in values if v is not None).const
+        parts = [np.zeros(w) if v is None else np.broadcast_to(const_array(v).astype(np.float64).reshape(-1), (w,))
+                 for v, w in zip(values, widths)]
+        return new_const(graph, np.concatenate(parts), like, hint)
+
+    inputs: list[Value | None] = [a, new_const(graph, np.concatenate([const_array(n.input(1)) for n in members], axis=1),
+                                               first.input(1).const, "merged_weight"),
+                                  first.input(_Q["a_scale"]), first.input(_Q["a_zp"]),
+                                  columns("b_scale", "merged_weight_scale"), columns("b_zp", "merged_weight_zp"),
+                                  columns("bias", "merged_bias"), None,
+                                  columns("out_scale", "merged_out_scale"), columns("out_zp", "merged_out_zp")]
+    _replace_by_split(graph, members, order, "QMatMul", inputs, dict(first.attrs), widths)
