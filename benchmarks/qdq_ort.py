@@ -1,17 +1,17 @@
-"""Explicitly quantized models through kiln: ResNet-50 quantized by
+"""Explicitly quantized models through kiln: a benchmark model (ResNet-50 by default) quantized by
 onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, uint8 or int8
 activations with zero points: what a user brings from ONNX Runtime) and, with --qat, as PyTorch's
-quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ, BatchNorm
-after each quantized conv), built by kiln and timed in one process against kiln's own calibrated
-int8 engine and kiln fp16, all on the same inputs.
+quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ on every
+conv's and linear's input and weight, BatchNorm after each quantized conv), built by kiln and timed
+in one process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
 
-    PYTHONPATH=src python benchmarks/qdq_ort.py [--batch 64] [--activations QUInt8,QInt8] [--calib-samples 64] \
-        [--no-calibrated] [--qat]
+    PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
+        [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated] [--qat]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
 reads them in batches, kiln's int8 build too) and is checked on other samples against PyTorch
-fp32 (cosine per image, min and mean) before it is timed (CUDA graph replays, median of 5 x 20).
+fp32 (cosine per sample, min and mean) before it is timed (CUDA graph replays, median of 5 x 20).
 Each engine's line says how many of its convolutions run on the Triton kernels and how many
 stayed on the reference (the engine's float parts in fp16: kiln's --fp16 on the QDQ model).
 """
@@ -60,19 +60,21 @@ def qat_onnx(model: models.BenchModel, feeds: list[dict[str, np.ndarray]], folde
 
     from benchmarks.qat_export import qat_model
 
-    name = model.input_names[0]
-    module = qat_model(copy.deepcopy(model.module).float().cpu(), [torch.from_numpy(f[name]) for f in feeds])
-    out = folder / "resnet50.qat.onnx"
+    names = model.input_names
+    batches = [tuple(torch.from_numpy(f[n]) for n in names) for f in feeds]
+    module = qat_model(copy.deepcopy(model.export_module).float().cpu(), batches)
+    out = folder / f"{model.name}.qat.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation warning
-        torch.onnx.export(module, (torch.from_numpy(feeds[0][name]),), str(out), dynamo=False, opset_version=17,
-                          input_names=[name], output_names=[model.output_name],
-                          dynamic_axes={n: {0: "batch"} for n in (name, model.output_name)})
+        torch.onnx.export(module, batches[0], str(out), dynamo=False, opset_version=17, input_names=list(names),
+                          output_names=[model.output_name],
+                          dynamic_axes={n: {0: "batch"} for n in (*names, model.output_name)})
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=sorted(models.MODELS), default="resnet50")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--activations", default="QUInt8,QInt8", help="ONNX Runtime activation types to build")
     ap.add_argument("--calib-samples", type=int, default=64)
@@ -84,15 +86,15 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
-    model = models.resnet50(0)
+    model = models.MODELS[args.model](0)
     folder = Path(tempfile.mkdtemp(prefix="kiln-qdq-"))
     path = models.export_onnx(model, Path("/tmp/bench"))
     calib = samples.calibration_feeds(model, args.calib_samples, args.batch, 0)
     evals = samples.make(model, args.eval_samples or args.batch, 0, "evaluation")
-    x = evals[model.input_names[0]][:args.batch]
+    inputs = {n: evals[n][:args.batch] for n in model.input_names}
     with torch.no_grad():
-        reference = model.module.float()(x).numpy()
-    feeds = {model.input_names[0]: x.to(args.device)}
+        reference = model.module.float()(*inputs.values()).numpy()
+    feeds = {n: v.to(args.device) for n, v in inputs.items()}
     profile = (Profile.from_ranges(models.profile_ranges(model, [args.batch])),)
     builds = [("kiln fp16", path, BuildConfig(precision="fp16", device=args.device, profiles=profile), None)]
     if args.calibrated:
@@ -105,7 +107,7 @@ def main() -> None:
                                                                     profiles=profile), None))
     if args.qat:
         qat = qat_onnx(model, calib, folder)
-        say(f"QAT-style export (symmetric int8 Q/DQ, BatchNorm kept): {qat.name}")
+        say(f"QAT-style export (qat_export.py: symmetric int8 Q/DQ): {qat.name}")
         builds.append(("QAT export", qat, BuildConfig(precision="fp16", device=args.device, profiles=profile), None))
     times = {}
     for label, model_path, config, calibration in builds:
