@@ -9,7 +9,8 @@ from graphs import Builder, ops
 from kiln.ir import verify
 from kiln.kernels.reference.interpret import run_graph
 from kiln.kernels.reference.quantized import qconv, qmatmul
-from kiln.passes.fuse_qdq import fuse_qdq, recover_int8
+from kiln.passes.fuse_qdq import fuse_qdq
+from kiln.passes.quantized_weights import recover_int8
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from graphs import Builder, check_pass, ops
 from kiln.passes.fold_batchnorm import fold_batchnorm
-from kiln.passes.fuse_qdq import recover_int8
+from kiln.passes.quantized_weights import recover_int8
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.qat_export import qat_model  # noqa: E402

@@ -8,19 +8,20 @@ With s = gamma / sqrt(var + eps) and t = beta - mean * s (all per channel c):
 The first three need constant weights and a layer output read only by the BN; the
 last one needs the rank of x, and its Mul/Add are left for fuse_pointwise.
 An explicitly quantized layer (its input a DequantizeLinear: a QAT export's Conv(DQ(x), DQ(w))
--> BN, the constant DQ(w) already folded to W) keeps its weight an exact int8 dequantization, as
-TensorRT folds BN into Q/DQ weights: where W = DQ(q, sc) exactly (fuse_qdq.recover_int8), BN's
-scale goes into sc (|sc * s| rounded to float32 once, q negated where s < 0) and the weight is
-rebuilt from its codes, so fuse_qdq still finds q; the product W * s rounded per element would not
-be one.
+-> BN, the constant DQ(w) already folded to W) keeps its weight an exact dequantization, as
+TensorRT folds BN into Q/DQ weights: where W = DQ(q, sc) exactly (int8 codes, or float8 under a
+float8 input: passes/quantized_weights.py), BN's scale goes into sc (|sc * s| rounded to float32
+once, q negated where s < 0) and the weight is rebuilt from its codes, so fuse_qdq still finds q;
+the product W * s rounded per element would not be one.
 Run fold_constants first so that weights computed from constants are constants.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.fuse_qdq import recover_int8
+from kiln.passes.quantized_weights import recover_fp8, recover_int8
 from kiln.passes.match import const_array, new_const, pinned, produced_by, rank, replace_nodes, sole_user
 
 
@@ -95,13 +96,16 @@ def _scaled_weight(layer: Node, w: np.ndarray, s: np.ndarray, axis: int) -> np.n
     W is an exact int8 dequantization, the one with scales |sc * s| (module docstring)."""
     shape = [1] * w.ndim
     shape[axis] = -1
-    if produced_by(layer.input(0), "DequantizeLinear") is not None and w.dtype == np.float32:
-        found = recover_int8(w, axis)
+    dq = produced_by(layer.input(0), "DequantizeLinear")
+    if dq is not None and w.dtype == np.float32:
+        fp8 = dq.input(0).dtype is not None and dq.input(0).dtype.name == "float8_e4m3fn"
+        found = (recover_fp8 if fp8 else recover_int8)(w, axis)
         if found is not None:
             q, sc = found
+            codes = q.to(torch.float64).numpy() if fp8 else q.astype(np.float64)
             sign = np.where(s < 0, -1.0, 1.0).reshape(shape)
             scale = (sc.astype(np.float64) * np.abs(s)).astype(np.float32).astype(np.float64).reshape(shape)
-            return q.astype(np.float64) * sign * scale   # exact in float64: fl32 of it is DQ(q, scale)
+            return codes * sign * scale   # exact in float64: fl32 of it is DQ(q, scale)
     return w.astype(np.float64) * s.reshape(shape)
 
 

@@ -10,17 +10,17 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
   [Q](act(Conv(DQ(x), DQ(w)) + ...)) -> kiln::QConv(x, w, ...)
   (Gemm with transA=0 and alpha=1 counts as MatMul, transB as trans_b, beta*C as bias)
 
-- Activations (a, x) must be int8/uint8 with a constant per-tensor scale and zero point.
-  Weights are an int8/uint8 constant with a constant scale and zero point, per tensor or
-  per output channel (DQ's axis on W's output axis: MatMul 1, Gemm 0 if transB else 1,
-  Conv 0). Anything else (runtime scales, per-channel activations, blocked scales) is
-  left unchanged.
+- Activations (a, x) must be int8/uint8, or float8_e4m3fn (FP8 explicit quantization, as
+  ModelOpt exports it for TensorRT), with a constant per-tensor scale and zero point.
+  Weights are a constant of the same kind (int8/uint8 under int8/uint8 activations, float8
+  under float8) with a constant scale and zero point, per tensor or per output channel (DQ's
+  axis on W's output axis: MatMul 1, Gemm 0 if transB else 1, Conv 0). A float8 zero point
+  must be 0 and is dropped (the quantized ops take none for float8). Anything else (runtime
+  scales, per-channel activations, blocked scales, mixed int8 and float8) is left unchanged.
 - fold_constants runs first in the pipeline and turns DQ(w_q) into a float constant W.
-  Such a W is accepted when it is *exactly* a symmetric int8 dequantization, W =
-  fl32(q * s_c) with |q| <= 127 and one s_c per output channel; s_c is searched near
-  max|W_c| / qmax (qmax 127, 64, 63: ORT's symmetric and reduced ranges), then near
-  max|W| / qmax (a per-tensor scale, which a channel with smaller values shares), and every
-  element is checked, so the fused layer's DQ(q, s) is W bit for bit.
+  Such a W is accepted when it is *exactly* a dequantization of the activation's kind,
+  W = fl32(q * s_c) per output channel (passes/quantized_weights.py: the search, every element
+  checked), so the fused layer's DQ(q, s) is W bit for bit.
 - The epilogue (constant per-channel bias c, a residual r of the output's shape, one
   activation) is matched as fuse_epilogues does (a Conv's residual DQ(r_q), per tensor, is
   read as r_q with its scale and zero point: QConv dequantizes it in the epilogue); a
@@ -42,14 +42,17 @@ import numpy as np
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue, gemm_start
+from kiln.passes.quantized_weights import recover_fp8, recover_int8
 from kiln.passes.match import (bypass, const_array, drop_if_dead, live_nodes, pinned, produced_by, rank,
                                replace_nodes, sole_user)
 
 SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
 # Input types whose products and sums float64 holds exactly (kernels/reference/quantized.py).
 QUANT_INPUTS = ("int8", "uint8")
+FP8 = "float8_e4m3fn"
+LAYER_INPUTS = (*QUANT_INPUTS, FP8)   # the codes a quantized layer reads (QUANT_INPUTS: the integer ones)
 QUANT_OUTPUTS = ("int8", "uint8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
-SYMMETRIC_QMAX = (127, 64, 63)
+FLOAT8 = QUANT_OUTPUTS[2:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +65,11 @@ class QParams:
 
 
 def fuse_qdq(graph: Graph) -> bool:
-    """Drop redundant Q/DQ around shape ops, then fuse DQ -> layer -> [Q] into QMatMul/QConv."""
+    """Drop float8 zero points of 0 and redundant Q/DQ around shape ops, then fuse DQ -> layer -> [Q]
+    into QMatMul/QConv."""
     changed = False
+    for node in live_nodes(graph, "QuantizeLinear", "DequantizeLinear"):
+        changed |= _drop_float8_zero_point(node)
     keep = pinned(graph)
     for q in live_nodes(graph, "QuantizeLinear"):
         changed |= _sink_shape_op(graph, q, keep)
@@ -126,12 +132,35 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
     return True
 
 
-def activation_input(v: Value | None) -> tuple[Node, QParams] | None:
+def activation_input(v: Value | None, types: tuple[str, ...] = QUANT_INPUTS) -> tuple[Node, QParams] | None:
+    """(the DequantizeLinear, its QParams) where `v` is a per-tensor dequantization of `types` codes
+    (a float8 one with a zero zero point, then dropped from the QParams)."""
     dq = produced_by(v, "DequantizeLinear")
     p = qparams(dq)
-    if p is None or p.channels != 1 or _dtype(dq.input(0)) not in QUANT_INPUTS:
+    if p is None or p.channels != 1 or _dtype(dq.input(0)) not in types:
         return None
-    return dq, p
+    p = _float8_zero_point_dropped(p, _dtype(dq.input(0)))
+    return None if p is None else (dq, p)
+
+
+def _float8_zero_point_dropped(p: QParams, codes: str | None) -> QParams | None:
+    """p, unless a float8 zero point is left (not 0: _drop_float8_zero_point removed the zeros),
+    which the quantized ops do not take."""
+    return None if codes in FLOAT8 and p.zero_point is not None else p
+
+
+def _drop_float8_zero_point(node: Node) -> bool:
+    """A float8 QuantizeLinear/DequantizeLinear's constant zero point of 0 removed: the same op
+    (float8 has no zero point; a QuantizeLinear then names its type in output_dtype), and the
+    form every fused kernel takes."""
+    zp = node.input(2)
+    z = const_array(zp) if zp is not None else None
+    if z is None or _dtype(zp) not in FLOAT8 or np.any(z.astype(np.float64) != 0):
+        return False
+    if node.op == "QuantizeLinear":
+        node.attrs["output_dtype"] = zp.dtype.onnx
+    node.set_inputs(node.inputs[:2])
+    return True
 
 
 def _channel_axis(node: Node) -> int:
@@ -140,53 +169,29 @@ def _channel_axis(node: Node) -> int:
     return 0 if node.op == "Gemm" and node.attrs.get("transB", 0) else 1
 
 
-def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None) -> tuple[list[Value | None], Node | None] | None:
+def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None,
+                  fp8: bool) -> tuple[list[Value | None], Node | None] | None:
     """[w_q, w_scale, w_zp] and the weight's DQ node (None when recovered from a float constant,
-    which then stays for its other readers or for eliminate_dead_code)."""
+    which then stays for its other readers or for eliminate_dead_code); float8 codes where `fp8`
+    (the activation's), else int8/uint8."""
     dq = produced_by(w, "DequantizeLinear")
     if dq is not None:
         p = qparams(dq)
-        if p is None or not dq.input(0).is_const or _dtype(dq.input(0)) not in QUANT_INPUTS:
+        codes = _dtype(dq.input(0))
+        if p is None or not dq.input(0).is_const or codes not in ((FP8,) if fp8 else QUANT_INPUTS):
             return None
-        if p.channels != 1 and (p.axis != axis or p.channels != channels):
+        p = _float8_zero_point_dropped(p, codes)
+        if p is None or (p.channels != 1 and (p.axis != axis or p.channels != channels)):
             return None
         return [dq.input(0), p.scale, p.zero_point], dq
     arr = const_array(w)
     if arr is None or arr.dtype != np.float32 or arr.size == 0:
         return None
-    found = recover_int8(arr, axis)
+    found = (recover_fp8 if fp8 else recover_int8)(arr, axis)
     if found is None:
         return None
     q, scale = found
     return [graph.constant(q, f"{w.name}_q"), graph.constant(scale, f"{w.name}_scale"), None], None
-
-
-def recover_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(q int8, s float32 [channels]) with fl32(q * s) == w exactly, per channel along `axis`; else None."""
-    rows = np.moveaxis(w, axis, 0)
-    flat = rows.reshape(rows.shape[0], -1).astype(np.float64)  # [C, R]
-    absmax = np.abs(flat).max(axis=1)
-    scale = np.ones(flat.shape[0], dtype=np.float32)
-    q = np.zeros_like(flat)
-    done = absmax == 0  # an all-zero channel is q = 0 with any scale
-    # Each channel's own largest value (per-channel scales), then the tensor's (one scale for all:
-    # a channel whose largest code is below qmax then still divides exactly).
-    for qmax, top in [(m, absmax) for m in SYMMETRIC_QMAX] + [(m, np.full_like(absmax, absmax.max()))
-                                                             for m in SYMMETRIC_QMAX]:
-        base = (top / qmax).astype(np.float32)
-        for ulps in (0, -1, 1, -2, 2):
-            s = base
-            for _ in range(abs(ulps)):
-                s = np.nextafter(s, np.float32(np.inf if ulps > 0 else 0))
-            s64 = s.astype(np.float64)[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cand = np.round(flat / s64)
-            exact = ((cand * s64).astype(np.float32) == flat.astype(np.float32)).all(axis=1)
-            ok = ~done & (s > 0) & exact & (np.abs(cand).max(axis=1) <= 127)
-            q[ok], scale[ok], done = cand[ok], s[ok], done | ok
-    if not done.all():
-        return None
-    return np.moveaxis(q.reshape(rows.shape), 0, axis).astype(np.int8), scale
 
 
 def output_quantize(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
@@ -196,7 +201,8 @@ def output_quantize(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
     p = qparams(q)
     if p is None or p.channels != 1 or not q.attrs.get("saturate", 1) or _dtype(q.outputs[0]) not in QUANT_OUTPUTS:
         return None
-    return q, p
+    p = _float8_zero_point_dropped(p, _dtype(q.outputs[0]))
+    return None if p is None else (q, p)
 
 
 def dequantized_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | None:
@@ -219,7 +225,7 @@ def dequantized_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | Non
 
 
 def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
-    act = activation_input(node.input(0))
+    act = activation_input(node.input(0), LAYER_INPUTS)
     w, out = node.input(1), node.outputs[0]
     if act is None or w is None or (node.op != "Conv" and rank(w) != 2):
         return False
@@ -237,7 +243,7 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
         out_axis = -1
     if start is None or channels is None:
         return False
-    weight = _weight_input(graph, w, axis, channels)
+    weight = _weight_input(graph, w, axis, channels, _dtype(act[0].input(0)) == FP8)
     if weight is None:
         return False
     ep = collect_epilogue(graph, out, start, keep, lambda c: channel_vector(c, out, out_axis, channels))
@@ -249,7 +255,7 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
     requant = output_quantize(tail, keep)
     dq_a, pa = act
     # QConv reads a residual DQ(r) as r and dequantizes it in its epilogue (inputs 10, 11).
-    res_dq = activation_input(ep.residual) if node.op == "Conv" else None
+    res_dq = activation_input(ep.residual, LAYER_INPUTS) if node.op == "Conv" else None
     residual = ep.residual if res_dq is None else res_dq[0].input(0)
     inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, residual,
               None, None]
