@@ -1,12 +1,13 @@
 """Explicitly quantized models through kiln: a benchmark model (ResNet-50 by default) quantized by
 onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, uint8 or int8
-activations with zero points: what a user brings from ONNX Runtime) and, with --qat, as PyTorch's
+activations with zero points: what a user brings from ONNX Runtime), with --qat as PyTorch's
 quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ on every
-conv's and linear's input and weight, BatchNorm after each quantized conv), built by kiln and timed
-in one process against kiln's own calibrated int8 engine and kiln fp16, all on the same inputs.
+conv's and linear's input and weight, BatchNorm after each quantized conv), with --fp8 as ModelOpt
+exports FP8 (benchmarks/fp8_qdq_export.py: float8 Q/DQ), built by kiln and timed in one process
+against kiln's own calibrated int8 (and fp8) engine and kiln fp16, all on the same inputs.
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
-        [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated] [--qat]
+        [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="also build kiln's own calibrated int8 engine (the longest build)")
     ap.add_argument("--qat", action="store_true", help="also build the QAT-style export (qat_export.py)")
+    ap.add_argument("--fp8", action="store_true",
+                    help="also build the ModelOpt-style FP8 Q/DQ model (fp8_qdq_export.py) and, unless "
+                         "--no-calibrated, kiln's calibrated fp8 engine")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -105,6 +109,15 @@ def main() -> None:
         say(f"ONNX Runtime quantized ({act} activations): {qdq.name}")
         builds.append((f"ONNX Runtime QDQ, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
                                                                     profiles=profile), None))
+    if args.fp8:
+        from benchmarks.fp8_qdq_export import fp8_qdq
+
+        if args.calibrated:
+            builds.append(("kiln fp8 (calibrated)", path, BuildConfig(precision="fp8", float_precision="fp16",
+                                                                      device=args.device, profiles=profile), calib))
+        q8 = fp8_qdq(path, calib, folder / f"{model.name}.fp8_qdq.onnx")
+        say(f"ModelOpt-style FP8 Q/DQ (fp8_qdq_export.py): {q8.name}")
+        builds.append(("FP8 Q/DQ model", q8, BuildConfig(precision="fp16", device=args.device, profiles=profile), None))
     if args.qat:
         qat = qat_onnx(model, calib, folder)
         say(f"QAT-style export (qat_export.py: symmetric int8 Q/DQ): {qat.name}")

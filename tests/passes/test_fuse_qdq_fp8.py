@@ -137,3 +137,40 @@ def test_batchnorm_folds_into_a_float8_weights_scales():
     want, _ = recover_fp8(w, 0)
     sign = np.array([1, -1, 1, 1], np.float32)[:, None, None, None]
     assert np.array_equal(q.float().numpy(), want.float().numpy() * sign)
+
+
+def test_modelopt_style_fp8_bert_builds_as_kiln_fp8_does(tmp_path):
+    """A tiny BERT with ModelOpt-style float8 Q/DQ (benchmarks/fp8_qdq_export.py): every projection a
+    float8 kiln::QMatMul, Q/K/V merged into one and a Split, the norms writing the next layer's
+    float8 input, no QuantizeLinear or float MatMul left; it matches ONNX Runtime's unoptimised run."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    import kiln
+    from kiln.config import BuildConfig, Profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks import models
+    from benchmarks.fp8_qdq_export import fp8_qdq
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "vocab_size": 2000, "max_position_embeddings": 64}
+    bert = models.bert(0, name="tiny_bert", seq=16, **tiny)
+    feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(3)]
+    path = fp8_qdq(models.export_onnx(bert, tmp_path), feeds, tmp_path / "fp8.onnx")
+    profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
+    engine = kiln.build(str(path), BuildConfig(device="cpu", profiles=profile))
+    steps = [s.op for s in engine.plan.steps]
+    assert steps.count("kiln::QMatMul") == 8 and steps.count("Split") == 2
+    assert "QuantizeLinear" not in steps and "MatMul" not in steps and "kiln::FusedMatMul" not in steps
+    assert steps.count("kiln::NormQuantize") == 4
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=9).items()}
+    got = np.asarray(engine(**feed)[bert.output_name]).reshape(-1, tiny["hidden_size"])
+    want = session.run(None, feed)[0].reshape(-1, tiny["hidden_size"])
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999, cos

@@ -16,7 +16,7 @@ after fuse_epilogues (biases and activations are inside the FusedMatMuls by then
 
 Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the
 same way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and
-a_zp, have a constant 2-D int8 B (trans_b 0), constant weight scales and zero points, no
+a_zp, have a constant 2-D int8 or float8 B (trans_b 0), constant weight scales and zero points, no
 residual, and the same activation and output type; weight scales (and zero points, biases,
 output scales and zero points) are concatenated per column, a per-tensor one repeated over its
 member's columns, so each column computes exactly what its member did.
@@ -133,7 +133,8 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     n = int(w.shape[1])
     a_params = (_scalar(node.input(_Q["a_scale"])), _scalar(node.input(_Q["a_zp"])))
     requant = node.input(_Q["out_scale"]) is not None
-    if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name != "int8" or None in a_params \
+    if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
+            or None in a_params \
             or node.input(_Q["residual"]) is not None or len(node.inputs) > len(QMATMUL_INPUTS):
         return None
     if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp")):
@@ -143,7 +144,7 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
                                                                    const_array(bias).size != n)):
         return None
     zp_type = node.input(_Q["a_zp"]).dtype.name if node.input(_Q["a_zp"]) is not None else None
-    return (QUANTIZED, node.attrs.get("activation", ""), tuple(float(p) for p in node.attrs.get("activation_params", ())),
+    return (QUANTIZED, w.dtype.name, node.attrs.get("activation", ""), tuple(float(p) for p in node.attrs.get("activation_params", ())),
             w.shape[0], a_params, zp_type, requant, int(node.attrs.get("out_dtype", 0)),
             node.input(_Q["out_zp"]) is not None)
 
