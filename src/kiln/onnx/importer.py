@@ -22,6 +22,7 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.shapes import Shape
 from kiln.onnx.load import check_model, default_opset, load_model
 from kiln.onnx.normalize import normalize_node
+from kiln.onnx.qoperator import expand_contrib, expand_qoperator
 from kiln.runtime.arrays import VIEWED_TORCH, array_to_tensor
 
 __all__ = ["import_model", "load_model", "tensor_to_array", "fix_input_dims"]
@@ -73,6 +74,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def import_model(model: onnx.ModelProto, *, run_shape_inference: bool = True) -> Graph:
     check_model(model)
+    model = expand_contrib(model)   # ONNX Runtime's QOperator contrib ops as standard DQ -> op -> Q
     if run_shape_inference:
         model = infer_shapes(model)
     opset = default_opset(model)
@@ -164,6 +166,7 @@ class _Importer:
             node.name = g.unique_name(np_.name or np_.op_type)
             g.add_node(node)
             normalize_node(g, node, self.opset)
+            expand_qoperator(g, node)
             for o in outputs:
                 scope[o.name] = o
         for out in gp.output:
