@@ -1,5 +1,5 @@
 """Explicitly quantized models through kiln: a benchmark model (ResNet-50 by default) quantized by
-onnxruntime.quantization.quantize_static (QDQ format, per-channel int8 weights, uint8 or int8
+onnxruntime.quantization.quantize_static (QDQ or QOperator format, per-channel int8 weights, uint8 or int8
 activations with zero points: what a user brings from ONNX Runtime), with --qat as PyTorch's
 quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ on every
 conv's and linear's input and weight, BatchNorm after each quantized conv), with --fp8 as ModelOpt
@@ -7,7 +7,7 @@ exports FP8 (benchmarks/fp8_qdq_export.py: float8 Q/DQ), built by kiln and timed
 against kiln's own calibrated int8 (and fp8) engine and kiln fp16, all on the same inputs.
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
-        [--activations QUInt8,QInt8] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8]
+        [--activations QUInt8,QInt8] [--formats QDQ,QOperator] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -37,8 +37,10 @@ from benchmarks.budget_plan import graph_ms  # noqa: E402
 from kiln.config import BuildConfig, Profile  # noqa: E402
 
 
-def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, folder: Path) -> Path:
-    """`path` quantized by ONNX Runtime (QDQ, per-channel int8 weights, `activations` QUInt8|QInt8)."""
+def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, folder: Path,
+            fmt: str = "QDQ") -> Path:
+    """`path` quantized by ONNX Runtime (format `fmt` QDQ|QOperator, per-channel int8 weights,
+    `activations` QUInt8|QInt8)."""
     from onnxruntime import quantization as quant
 
     class Reader(quant.CalibrationDataReader):
@@ -48,8 +50,8 @@ def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, fo
         def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
             return next(self.it, None)
 
-    out = folder / f"{path.stem}.qdq_{activations.lower()}.onnx"
-    quant.quantize_static(str(path), str(out), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+    out = folder / f"{path.stem}.{fmt.lower()}_{activations.lower()}.onnx"
+    quant.quantize_static(str(path), str(out), Reader(), quant_format=getattr(quant.QuantFormat, fmt), per_channel=True,
                           weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activations))
     return out
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(models.MODELS), default="resnet50")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--activations", default="QUInt8,QInt8", help="ONNX Runtime activation types to build")
+    ap.add_argument("--formats", default="QDQ", help="ONNX Runtime quantization formats: QDQ, QOperator or both")
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--eval-samples", type=int, default=0, help="default: one batch")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -104,11 +107,12 @@ def main() -> None:
     if args.calibrated:
         builds.append(("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16",
                                                                    device=args.device, profiles=profile), calib))
-    for act in (a for a in args.activations.split(",") if a):
-        qdq = ort_qdq(path, calib, act, folder)
-        say(f"ONNX Runtime quantized ({act} activations): {qdq.name}")
-        builds.append((f"ONNX Runtime QDQ, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
-                                                                    profiles=profile), None))
+    for fmt in (f for f in args.formats.split(",") if f):
+        for act in (a for a in args.activations.split(",") if a):
+            qdq = ort_qdq(path, calib, act, folder, fmt)
+            say(f"ONNX Runtime quantized ({fmt}, {act} activations): {qdq.name}")
+            builds.append((f"ONNX Runtime {fmt}, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
+                                                                           profiles=profile), None))
     if args.fp8:
         from benchmarks.fp8_qdq_export import fp8_qdq
 
