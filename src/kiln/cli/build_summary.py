@@ -50,15 +50,18 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
     build = engine.header["build"]
     steps = engine.plan.steps
     layers: dict[str, int] = {}
+    codes: dict[str, int] = {}      # the layers' weight types: int8, uint8, float8_e4m3fn
     for s in steps:
         if s.op in ("kiln::QConv", "kiln::QMatMul"):
             layers[s.op] = layers.get(s.op, 0) + 1
+            dtype = engine.plan.slots[s.inputs[1]].dtype or "?"
+            codes[dtype] = codes.get(dtype, 0) + 1
     if build.get("int8") or build.get("fp8") or not layers:
         return None
     from kiln.kernels.reference.quantized import QCONV_INPUTS
 
     mid = QCONV_INPUTS.index("mid_scale")
-    return {"layers": layers,
+    return {"layers": layers, "weight_types": codes,
             "residual_blocks": sum(1 for s in steps if s.op == "kiln::QConv" and len(s.inputs) > mid
                                    and s.inputs[mid] is not None),
             "qdq_steps": sum(1 for s in steps if s.op in QDQ_OPS),
@@ -67,11 +70,12 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
 
 
 def explicit_line(info: dict[str, Any]) -> str:
-    """E.g. "53 layer(s) from the model's Q/DQ (kiln::QConv 53), 16 residual block(s) in their conv;
-    1 Q/DQ step(s) and 0 element-wise Q/DQ kernel(s) left"."""
+    """E.g. "53 layer(s) from the model's Q/DQ (kiln::QConv 53; int8 weights 53), 16 residual block(s)
+    in their conv; 1 Q/DQ step(s) and 0 element-wise Q/DQ kernel(s) left"."""
     layers = info["layers"]
     return (f"{sum(layers.values())} layer(s) from the model's Q/DQ ("
-            + ", ".join(f"{op} {n}" for op, n in sorted(layers.items())) + ")"
+            + ", ".join(f"{op} {n}" for op, n in sorted(layers.items())) + "; "
+            + ", ".join(f"{t} weights {n}" for t, n in sorted(info["weight_types"].items())) + ")"
             + (f", {info['residual_blocks']} residual block(s) in their conv" if info["residual_blocks"] else "")
             + f"; {info['qdq_steps']} Q/DQ step(s) and {info['qdq_pointwise']} element-wise Q/DQ kernel(s) left")
 
