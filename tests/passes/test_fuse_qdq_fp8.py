@@ -41,7 +41,8 @@ def _model(zero_point: float = 0.0, activation_type: int | None = None):
 
     act = activation_type or TensorProto.FLOAT8E4M3FN
     zp = [zero_point] if act == TensorProto.FLOAT8E4M3FN else [0]
-    inits = [numpy_helper.from_array(_fp8_weight((16, 8), 1), "W1"), numpy_helper.from_array(_fp8_weight((6, 8), 0), "W2"),
+    inits = [numpy_helper.from_array(_fp8_weight((16, 8), 1), "W1"),
+             numpy_helper.from_array(_fp8_weight((6, 8), 0), "W2"),
              numpy_helper.from_array(_fp8_weight((4, 8, 3, 3), 0), "CW"),
              numpy_helper.from_array(RNG.standard_normal(8).astype(np.float32), "B1"),
              numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "CB"),

@@ -32,6 +32,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 
 QUANTIZED_LAYERS = ("QLinearConv", "QLinearMatMul")
@@ -59,8 +60,8 @@ def _qgemm(graph: Graph, node: Node) -> bool:
     bias = None if c is None else graph.constant(
         (_const(c).reshape(-1) * a_scale.reshape(-1) * _const(bs).reshape(-1)).astype(np.float32), f"{node.name}_bias")
     y = node.outputs[0]
-    if y.dtype is None:       # no ONNX shape inference for contrib ops
-        y.dtype = yz.dtype if yz is not None else (a_s.dtype if ys is None else None)
+    if y.dtype is None:       # no ONNX shape inference for contrib ops: float without ys, else yz's (uint8)
+        y.dtype = a_s.dtype if ys is None else (yz.dtype if yz is not None else dtypes.BY_NAME["uint8"])
     if y.shape is None and a.shape is not None:
         y.shape = (a.shape[0], b.shape[0 if trans_b else 1])
     attrs = {"activation": "", "activation_params": [], "trans_b": trans_b,

@@ -134,18 +134,18 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
 
 def activation_input(v: Value | None, types: tuple[str, ...] = QUANT_INPUTS) -> tuple[Node, QParams] | None:
     """(the DequantizeLinear, its QParams) where `v` is a per-tensor dequantization of `types` codes
-    (a float8 one with a zero zero point, then dropped from the QParams)."""
+    (float8 codes without a zero point)."""
     dq = produced_by(v, "DequantizeLinear")
     p = qparams(dq)
     if p is None or p.channels != 1 or _dtype(dq.input(0)) not in types:
         return None
-    p = _float8_zero_point_dropped(p, _dtype(dq.input(0)))
+    p = _checked_float8(p, _dtype(dq.input(0)))
     return None if p is None else (dq, p)
 
 
-def _float8_zero_point_dropped(p: QParams, codes: str | None) -> QParams | None:
-    """p, unless a float8 zero point is left (not 0: _drop_float8_zero_point removed the zeros),
-    which the quantized ops do not take."""
+def _checked_float8(p: QParams, codes: str | None) -> QParams | None:
+    """p, or None where float8 codes still have a zero point (one that is not 0:
+    _drop_float8_zero_point removed the zeros), which the quantized ops do not take."""
     return None if codes in FLOAT8 and p.zero_point is not None else p
 
 
@@ -180,7 +180,7 @@ def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None,
         codes = _dtype(dq.input(0))
         if p is None or not dq.input(0).is_const or codes not in ((FP8,) if fp8 else QUANT_INPUTS):
             return None
-        p = _float8_zero_point_dropped(p, codes)
+        p = _checked_float8(p, codes)
         if p is None or (p.channels != 1 and (p.axis != axis or p.channels != channels)):
             return None
         return [dq.input(0), p.scale, p.zero_point], dq
@@ -201,7 +201,7 @@ def output_quantize(v: Value, keep: set[int]) -> tuple[Node, QParams] | None:
     p = qparams(q)
     if p is None or p.channels != 1 or not q.attrs.get("saturate", 1) or _dtype(q.outputs[0]) not in QUANT_OUTPUTS:
         return None
-    p = _float8_zero_point_dropped(p, _dtype(q.outputs[0]))
+    p = _checked_float8(p, _dtype(q.outputs[0]))
     return None if p is None else (q, p)
 
 

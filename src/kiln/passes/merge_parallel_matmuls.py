@@ -134,8 +134,7 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     a_params = (_scalar(node.input(_Q["a_scale"])), _scalar(node.input(_Q["a_zp"])))
     requant = node.input(_Q["out_scale"]) is not None
     if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
-            or None in a_params \
-            or node.input(_Q["residual"]) is not None or len(node.inputs) > len(QMATMUL_INPUTS):
+            or None in a_params or node.input(_Q["residual"]) is not None or len(node.inputs) > len(QMATMUL_INPUTS):
         return None
     if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp")):
         return None
@@ -144,9 +143,9 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
                                                                    const_array(bias).size != n)):
         return None
     zp_type = node.input(_Q["a_zp"]).dtype.name if node.input(_Q["a_zp"]) is not None else None
-    return (QUANTIZED, w.dtype.name, node.attrs.get("activation", ""), tuple(float(p) for p in node.attrs.get("activation_params", ())),
-            w.shape[0], a_params, zp_type, requant, int(node.attrs.get("out_dtype", 0)),
-            node.input(_Q["out_zp"]) is not None)
+    params = tuple(float(p) for p in node.attrs.get("activation_params", ()))
+    return (QUANTIZED, w.dtype.name, node.attrs.get("activation", ""), params, w.shape[0], a_params, zp_type,
+            requant, int(node.attrs.get("out_dtype", 0)), node.input(_Q["out_zp"]) is not None)
 
 
 def _merge_quantized(graph: Graph, a: Value, members: list[Node], key: tuple) -> None:
@@ -165,8 +164,8 @@ def _merge_quantized(graph: Graph, a: Value, members: list[Node], key: tuple) ->
                  for v, w in zip(values, widths)]
         return new_const(graph, np.concatenate(parts), like, hint)
 
-    inputs: list[Value | None] = [a, new_const(graph, np.concatenate([const_array(n.input(1)) for n in members], axis=1),
-                                               first.input(1).const, "merged_weight"),
+    weight = np.concatenate([const_array(n.input(1)) for n in members], axis=1)
+    inputs: list[Value | None] = [a, new_const(graph, weight, first.input(1).const, "merged_weight"),
                                   first.input(_Q["a_scale"]), first.input(_Q["a_zp"]),
                                   columns("b_scale", "merged_weight_scale"), columns("b_zp", "merged_weight_zp"),
                                   columns("bias", "merged_bias"), None,
