@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 quant = pytest.importorskip("onnxruntime.quantization")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
-from test_fuse_qdq import _feeds, _float_model  # noqa: E402
+from test_fuse_qdq import _feeds, _float_model, _output_step  # noqa: E402
 
 import kiln  # noqa: E402
 from kiln.config import BuildConfig  # noqa: E402
@@ -63,7 +63,7 @@ def _images(seed: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("activation_type", ["QUInt8", "QInt8"])
-def test_qlinear_layers_become_kiln_layers_and_match(tmp_path, activation_type):
+def test_qlinear_layers_become_kiln_layers_and_match(tmp_path, activation_type, device):
     path = _qoperator(_float_model(), [_feeds(s) for s in range(4)], tmp_path / "q.onnx", activation_type)
     model = onnx.load(path)
     ops = {(n.domain, n.op_type) for n in model.graph.node}
@@ -71,16 +71,20 @@ def test_qlinear_layers_become_kiln_layers_and_match(tmp_path, activation_type):
     counts = import_model(model).op_counts()
     assert counts.get("kiln::QConv") == 1 and counts.get("kiln::QMatMul") == 1
     assert not any(op.startswith(("QLinear", "com.microsoft")) for op in counts)
-    engine = kiln.build(model, BuildConfig(device="cpu"))
+    engine = kiln.build(model, BuildConfig(device=device))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    steps = {o: _output_step(model, o) for o in ("y", "z")}
     for seed in (10, 11):
         feeds = _feeds(seed)
         got = engine(**feeds)
         for name, want in zip(("y", "z"), session.run(["y", "z"], feeds)):
-            assert np.array_equal(np.asarray(got[name]), want), name
+            if device == "cpu":   # the reference layers compute what the QLinear ops define: bit for bit
+                assert np.array_equal(np.asarray(got[name]), want), name
+            else:                 # float32 epilogues: an output may round one step away at a tie
+                assert np.abs(np.asarray(got[name]) - want).max() <= steps[name] * 1.001, name
 
 
-def test_qoperator_residual_network_runs_quantized(tmp_path):
+def test_qoperator_residual_network_runs_quantized(tmp_path, device):
     """QLinearAdd (the residual) and QLinearGlobalAveragePool (com.microsoft) expand into the DQ -> op
     -> Q chains fuse_qdq_residual and fuse_pointwise take; every layer is a Triton-able kiln layer and
     the outputs are within one output step of ONNX Runtime's."""
@@ -88,7 +92,7 @@ def test_qoperator_residual_network_runs_quantized(tmp_path):
     model = onnx.load(path)
     assert {"QLinearAdd", "QLinearGlobalAveragePool"} <= {n.op_type for n in model.graph.node
                                                           if n.domain == "com.microsoft"}
-    engine = kiln.build(model, BuildConfig(device="cpu"))
+    engine = kiln.build(model, BuildConfig(device=device))
     steps = [s.op for s in engine.plan.steps]
     assert steps.count("kiln::QConv") == 2 and "kiln::QMatMul" in steps
     assert not any(s.startswith("QLinear") or s == "Add" for s in steps), steps

@@ -79,7 +79,7 @@ def _optimized(model):
     return graph
 
 
-def test_fp8_qdq_model_builds_float8_layers_and_matches_onnxruntime():
+def test_fp8_qdq_model_builds_float8_layers_and_matches_onnxruntime(device):
     ort = pytest.importorskip("onnxruntime")
     import kiln
     from kiln.config import BuildConfig
@@ -94,7 +94,7 @@ def test_fp8_qdq_model_builds_float8_layers_and_matches_onnxruntime():
     first = next(n for n in layers if n.op == "QMatMul" and n.attrs["activation"] == "Relu")
     assert first.attrs["out_dtype"] == 17 and first.input(9) is None   # requantized to float8 for the Gemm
 
-    engine = kiln.build(model, BuildConfig(device="cpu"))
+    engine = kiln.build(model, BuildConfig(device=device))
     # ONNX Runtime's graph optimisations rewrite float8 Q/DQ chains on the CPU (its results move by
     # several float8 steps); unoptimised, it runs the ONNX semantics the engine must match.
     options = ort.SessionOptions()
@@ -104,8 +104,11 @@ def test_fp8_qdq_model_builds_float8_layers_and_matches_onnxruntime():
         feeds = _feeds(seed)
         got = engine(**feeds)
         for name, want in zip(("y", "zc"), session.run(["y", "zc"], feeds)):
-            g = np.asarray(got[name], np.float64).reshape(-1)
-            assert np.abs(g - want.reshape(-1)).max() <= 1e-4 * np.abs(want).max(), name
+            g, w = np.asarray(got[name], np.float64).reshape(-1), want.reshape(-1).astype(np.float64)
+            if device == "cpu":   # the reference sums the float8 products exactly, as the ONNX semantics do
+                assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max(), name
+            else:                 # float32 accumulation on the tensor cores: an intermediate may round one step away
+                assert g @ w / np.linalg.norm(g) / np.linalg.norm(w) > 0.999, name
 
 
 @pytest.mark.parametrize("case", ["nonzero-zero-point", "int8-activations"])
@@ -140,7 +143,7 @@ def test_batchnorm_folds_into_a_float8_weights_scales():
     assert np.array_equal(q.float().numpy(), want.float().numpy() * sign)
 
 
-def test_modelopt_style_fp8_bert_builds_as_kiln_fp8_does(tmp_path):
+def test_modelopt_style_fp8_bert_builds_as_kiln_fp8_does(tmp_path, device):
     """A tiny BERT with ModelOpt-style float8 Q/DQ (benchmarks/fp8_qdq_export.py): every projection a
     float8 kiln::QMatMul, Q/K/V merged into one and a Split, the norms writing the next layer's
     float8 input, no QuantizeLinear or float MatMul left; it matches ONNX Runtime's unoptimised run."""
@@ -162,7 +165,7 @@ def test_modelopt_style_fp8_bert_builds_as_kiln_fp8_does(tmp_path):
     feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(3)]
     path = fp8_qdq(models.export_onnx(bert, tmp_path), feeds, tmp_path / "fp8.onnx")
     profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
-    engine = kiln.build(str(path), BuildConfig(device="cpu", profiles=profile))
+    engine = kiln.build(str(path), BuildConfig(device=device, profiles=profile))
     steps = [s.op for s in engine.plan.steps]
     assert steps.count("kiln::QMatMul") == 8 and steps.count("Split") == 2
     assert "QuantizeLinear" not in steps and "MatMul" not in steps and "kiln::FusedMatMul" not in steps

@@ -99,7 +99,7 @@ def _images(seed: int, n: int = 2) -> torch.Tensor:
     return (base + 0.5 * ramp + 0.1 * torch.randn(n, 3, 32, 32, generator=g)).float()
 
 
-def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime():
+def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime(device):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     import kiln
@@ -121,7 +121,7 @@ def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime():
     proto = onnx.load_from_string(buf.getvalue())
     assert sum(n.op_type == "BatchNormalization" for n in proto.graph.node) == 12
 
-    engine = kiln.build(proto, BuildConfig(device="cpu"))
+    engine = kiln.build(proto, BuildConfig(device=device))
     steps = [s.op for s in engine.plan.steps]
     assert steps.count("kiln::QConv") == 12 and "Conv" not in steps and "kiln::FusedConv" not in steps
     assert steps.count("QuantizeLinear") <= 2     # the input's (or inside the stem) and the head's
@@ -136,7 +136,7 @@ def test_qat_model_builds_into_quantized_layers_and_matches_onnxruntime():
         assert cos.min() > 0.9999, cos
 
 
-def test_qat_bert_builds_as_kiln_int8_does():
+def test_qat_bert_builds_as_kiln_int8_does(device):
     """The recipe on a tiny BERT (every Linear's input and weight quantized; attention left float, as
     ModelOpt's int8 default does): the Q/K/V projections merge into one QMatMul and a Split, the
     attention writes the output projection's 8-bit input, the norms their quantized outputs; the
@@ -160,7 +160,7 @@ def test_qat_bert_builds_as_kiln_int8_does():
         torch.onnx.export(model, batches[0], buf, dynamo=False, opset_version=17, input_names=list(names),
                           output_names=[bert.output_name])
     profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
-    engine = kiln.build(onnx.load_from_string(buf.getvalue()), BuildConfig(device="cpu", profiles=profile))
+    engine = kiln.build(onnx.load_from_string(buf.getvalue()), BuildConfig(device=device, profiles=profile))
     steps = [s.op for s in engine.plan.steps]
     assert steps.count("kiln::QMatMul") == 8 and steps.count("Split") == 2     # 4 GEMMs a layer, Q/K/V as one
     assert "QuantizeLinear" not in steps and "MatMul" not in steps
