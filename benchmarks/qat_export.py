@@ -56,27 +56,21 @@ class FakeQuant(nn.Module):
         return torch.fake_quantize_per_channel_affine(x, self.scale, zeros, self.axis, -128, 127)
 
 
-class QuantConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d) -> None:
+class QuantLayer(nn.Module):
+    """A Conv2d or Linear with the recipe's quantizers: its input per tensor, its weight per
+    output channel."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
         super().__init__()
-        self.conv = conv
+        self.layer = layer
         self.input_quantizer = FakeQuant()
         self.weight_quantizer = FakeQuant(axis=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.conv.weight),
-                                       self.conv.bias)
-
-
-class QuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.linear = linear
-        self.input_quantizer = FakeQuant()
-        self.weight_quantizer = FakeQuant(axis=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.linear.weight), self.linear.bias)
+        x, w = self.input_quantizer(x), self.weight_quantizer(self.layer.weight)
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, w, self.layer.bias)
+        return F.linear(x, w, self.layer.bias)
 
 
 def _bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - a ResNet bottleneck
@@ -98,10 +92,8 @@ def _plain_bottleneck(block: nn.Module) -> bool:
 
 def _quantize_modules(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d):
-            setattr(module, name, QuantConv2d(child))
-        elif isinstance(child, nn.Linear):
-            setattr(module, name, QuantLinear(child))
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            setattr(module, name, QuantLayer(child))
         else:
             _quantize_modules(child)
         if type(child).__name__ == "Bottleneck":
