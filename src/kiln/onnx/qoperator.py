@@ -57,8 +57,7 @@ def _qgemm(graph: Graph, node: Node) -> bool:
             or (c is not None and (c.const is None or _const(c).ndim > 1)):
         return False
     trans_b = int(node.attrs.get("transB", 0))
-    bias = None if c is None else graph.constant(
-        (_const(c).reshape(-1) * a_scale.reshape(-1) * _const(bs).reshape(-1)).astype(np.float32), f"{node.name}_bias")
+    bias = _float_bias(graph, node, c, a_s, bs)
     y = node.outputs[0]
     if y.dtype is None:       # no ONNX shape inference for contrib ops: float without ys, else yz's (uint8)
         y.dtype = a_s.dtype if ys is None else (yz.dtype if yz is not None else dtypes.BY_NAME["uint8"])
@@ -77,8 +76,18 @@ def _const(v: Value | None) -> np.ndarray | None:
     return c.to(torch.float64).numpy() if isinstance(c, torch.Tensor) else np.asarray(c, dtype=np.float64)
 
 
+def _float_bias(graph: Graph, node: Node, b: Value | None, x_scale: Value, w_scale: Value) -> Value | None:
+    """The int32 bias B (scale x_scale * w_scale, zero point 0) as float32 values B * x_scale * w_scale,
+    per output channel; None without one."""
+    if b is None:
+        return None
+    scale = _const(x_scale).reshape(-1) * _const(w_scale).reshape(-1)
+    return graph.constant((_const(b).reshape(-1) * scale).astype(np.float32), f"{node.name}_bias")
+
+
 def _replace(graph: Graph, node: Node, make: Callable[[], list[Node]]) -> bool:
-    """Remove `node`, then add the nodes `make` builds (the last producing node's outputs)."""
+    """Remove `node` (its outputs lose their producer), then add the nodes `make` builds, which
+    produce those outputs."""
     graph.remove_node(node)
     for n in make():
         n.name = graph.unique_name(n.name or n.op)
@@ -92,10 +101,7 @@ def _quantized_layer(graph: Graph, node: Node) -> bool:
         x, xs, xz, w, ws, wz, ys, yz, b = ins
         if w is None or w.const is None or (b is not None and b.const is None):
             return False
-        bias = None
-        if b is not None:
-            scale = _const(xs).reshape(-1) * _const(ws).reshape(-1)
-            bias = graph.constant((_const(b).reshape(-1) * scale).astype(np.float32), f"{node.name}_bias")
+        bias = _float_bias(graph, node, b, xs, ws)
         attrs = {**node.attrs, "activation": "", "activation_params": [], "out_dtype": _out_type(node, yz)}
         inputs = [x, w, xs, xz, ws, wz, bias, None, ys, yz]
         op = "QConv"
