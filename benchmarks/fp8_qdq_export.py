@@ -24,9 +24,10 @@ OUTPUT_AXIS = {"MatMul": 1, "Conv": 0}   # Gemm: 0 with transB, else 1
 
 
 def _layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node
-            if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in inits]
+    """The MatMul/Gemm (2-D weight) and Conv nodes whose weight is an initializer."""
+    dims = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
+            and n.input[1] in dims and (n.op_type == "Conv" or dims[n.input[1]] == 2)]
 
 
 def _amax(model: onnx.ModelProto, names: list[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
