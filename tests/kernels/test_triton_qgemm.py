@@ -352,3 +352,24 @@ def test_describe_names_a_config_as_the_reports_print_it():
     cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4,
            "FP8_ACC": 0, "PERSISTENT": 1}
     assert space.describe(cfg) == "128x128x64 w4 s4 FP8_ACC=0 PERSISTENT=1"
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_TMA, TINY_PERSISTENT], ids=["pointers", "tma", "persistent"])
+@pytest.mark.parametrize("mid_type, mid_zp", [(torch.uint8, 131), (torch.int8, -3), (torch.uint8, None)])
+def test_mid_quantization_before_the_bias(config, mid_type, mid_zp):
+    """mid_scale / mid_zp (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias) -> Q as one layer): the
+    product rounded to its own codes (ties to even, saturated) and back before the bias. Exact
+    operands (power-of-two scales, integer bias) make every step exact, so the codes equal the
+    reference's bit for bit; the mid rounding makes a difference."""
+    g = torch.Generator().manual_seed(11)
+    a, b = _ints((24, 64), torch.int8, g), _ints((64, 40), torch.int8, g)
+    bias = torch.randint(-64, 64, (40,), generator=g).float()
+    ops = [t.to(DEV) for t in (a, b, torch.tensor(2.0 ** -6), torch.tensor(2.0 ** -7), bias)]
+    mid = dict(mid_scale=torch.tensor(0.5, device=DEV),
+               mid_zp=None if mid_zp is None else torch.tensor(mid_zp, dtype=mid_type, device=DEV))
+    args = [ops[0], ops[1], ops[2], None, ops[3], None, ops[4], None]
+    out = _requant(torch.uint8, 7, scale=0.25)
+    got = qgemm.qmatmul(*args, config=config, **out, **mid).cpu()
+    want = REF(*[_cpu(t) for t in args], **{k: _cpu(v) for k, v in {**out, **mid}.items()})
+    plain = REF(*[_cpu(t) for t in args], **{k: _cpu(v) for k, v in out.items()})
+    assert torch.equal(got, want) and not torch.equal(want, plain)

@@ -300,9 +300,13 @@ def test_onnxruntime_qdq_model_builds_quantized_and_matches(tmp_path, activation
     optimize(graph)
     counts = ops(graph)
     assert counts.get("kiln::QMatMul") == 1 and counts.get("kiln::QConv") == 1
-    assert "Relu" not in counts     # (ONNX Runtime quantizes the MatMul before its bias Add: one Pointwise)
+    assert "Relu" not in counts and "Add" not in counts
     assert all(n.attrs["program"][-1][0] in ("QuantizeLinear", "DequantizeLinear") for n in graph.nodes
                if n.qualified_op == "kiln::Pointwise")
+    # ONNX Runtime quantizes the MatMul before its bias Add: the layer rounds to those codes itself
+    # (mid_scale) and adds the bias after (fuse_qdq_bias).
+    qmatmul = next(n for n in graph.nodes if n.op == "QMatMul")
+    assert qmatmul.input(10) is not None and qmatmul.input(6) is not None
     for n in graph.nodes:
         if n.op in ("QMatMul", "QConv"):
             w = n.input(1)

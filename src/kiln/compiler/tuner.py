@@ -23,7 +23,7 @@ import torch
 
 from kiln.compiler.timer import Timer, median
 from kiln.compiler.timing_cache import Entry, TimingCache, candidate_key
-from kiln.compiler.tolerance import mismatch, quantized_steps
+from kiln.compiler.tolerance import mid_step, mismatch, quantized_steps
 from kiln.engine.plan import Tuning
 from kiln.errors import BuildError
 from kiln.tactics import Tactic
@@ -152,7 +152,7 @@ def _trial(c: Candidate, is_oracle: bool, reference: tuple[Any, ...], args: Sequ
     try:
         outputs = reference if is_oracle else as_outputs(c.run(args, attrs), n_outputs)
         why = None if is_oracle else mismatch(outputs, reference, c.tactic.op, settings.tf32,
-                                              quantized_steps(c.tactic.op, args))
+                                              quantized_steps(c.tactic.op, args), mid_step(c.tactic.op, args))
         if why is not None:
             return Trial(c, "invalid", None, why), None, calls
         fn = lambda: c.run(args, attrs)  # noqa: E731

@@ -17,7 +17,7 @@ after fuse_epilogues (biases and activations are inside the FusedMatMuls by then
 Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the
 same way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and
 a_zp, have a constant 2-D int8 or float8 B (trans_b 0), constant weight scales and zero points, no
-residual, and the same activation and output type; weight scales (and zero points, biases,
+residual or mid quantization, and the same activation and output type; weight scales (and zero points, biases,
 output scales and zero points) are concatenated per column, a per-tensor one repeated over its
 member's columns, so each column computes exactly what its member did.
 """
@@ -134,7 +134,7 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     a_params = (_scalar(node.input(_Q["a_scale"])), _scalar(node.input(_Q["a_zp"])))
     requant = node.input(_Q["out_scale"]) is not None
     if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
-            or None in a_params or node.input(_Q["residual"]) is not None or len(node.inputs) > len(QMATMUL_INPUTS):
+            or None in a_params or node.input(_Q["residual"]) is not None or node.input(_Q["mid_scale"]) is not None:
         return None
     if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp")):
         return None

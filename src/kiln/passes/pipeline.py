@@ -27,6 +27,7 @@ from kiln.passes.fuse_layernorm import fuse_layernorm
 from kiln.passes.fuse_pointwise import fuse_pointwise
 from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.fuse_qdq_activation import fuse_qdq_activation
+from kiln.passes.fuse_qdq_bias import fuse_qdq_bias
 from kiln.passes.fuse_qdq_residual import fuse_qdq_residual
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_to_slice import gather_to_slice
@@ -51,6 +52,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_qdq_residual", fuse_qdq_residual),      # QConv -> DQ -> Add(DQ(r)) -> Q: the residual add in the conv
     ("fuse_qdq_activation", fuse_qdq_activation),  # Q(Relu(DQ(y_q))) of the layer's own parameters: its activation
+    ("fuse_qdq_bias", fuse_qdq_bias),              # QMatMul -> DQ -> Add(bias) -> ... -> Q: the bias after the mid codes
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
     ("fold_residual_bias", fold_residual_bias),    # a residual conv's bias joins its consumer's (no bias-add kernel)
     ("merge_parallel_matmuls", merge_parallel_matmuls),  # Q/K/V projections of one input: one wider GEMM

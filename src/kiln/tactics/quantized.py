@@ -4,8 +4,8 @@ torch._scaled_mm, and a Triton QuantizeLinear.
 kiln::QMatMul.triton and .triton_fp8 (kernels/triton/qgemm.py): int8/uint8 x int8/uint8 ->
 int32, or float8_e4m3fn x float8_e4m3fn -> float32, on tensor cores (one tactic per input
 type, each with its own tuning space: fp8 also sets how its accumulator is promoted), the
-whole epilogue (scales, bias, residual, activation, float output or requantization) in the
-store. The weight is handed over K-major ([N, K] contiguous), what 8-bit tensor-core operands
+whole epilogue (scales, the mid quantization of ONNX Runtime's MatMul -> Q -> DQ -> Add(bias),
+bias, residual, activation, float output or requantization) in the store. The weight is handed over K-major ([N, K] contiguous), what 8-bit tensor-core operands
 want: a [K, N] weight (trans_b=0) is transposed once and memoised per weight tensor
 (`k_major`), as tactics/conv.py memoises channels-last weights. A's leading dims fold into M.
 
@@ -19,6 +19,7 @@ constraints, and what this tactic does with them:
     CUTLASS fallback is sure only of bfloat16 output, so supports asks for that there.
   - bias: fused only into a float16/bfloat16 output of its own dtype (cuBLASLt refuses a
     bias with float32 output); otherwise added after the call.
+  - no mid quantization (a layer with one is not taken);
   - no residual, activation or requantization: done after the call in torch, on the
     output (float output) or on a float32 output (requantized: the reference's own
     requantization, in float32).
@@ -56,7 +57,7 @@ INTS = ("int8", "uint8")
 FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
 # Input positions of kiln::QMatMul.
-A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP = range(len(QMATMUL_INPUTS))
+A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, MID_SCALE, MID_ZP = range(len(QMATMUL_INPUTS))
 # K a multiple of 16 (static): 16-byte rows for 8-bit operands, which the Triton GEMM needs to
 # pipeline its K loop (tactics/matmul.py's TRITON_ALIGN); _scaled_mm requires it of N too.
 ALIGN = 16
@@ -113,15 +114,16 @@ def scale_operand(scale: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 def triton_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
                    b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-                   out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
+                   out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
+                   mid_zp: Tensor | None = None, *, trans_b: int = 0,
                    activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
                    config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul as the Triton GEMM on the K-major weight."""
     from kiln.kernels.triton.qgemm import qmatmul
 
     return qmatmul(a_q, k_major(b_q, trans_b), a_scale, a_zp, b_scale, b_zp, bias, residual, out_scale, out_zp,
-                   trans_b=1, activation=activation, activation_params=activation_params, out_dtype=out_dtype,
-                   config=config)
+                   mid_scale, mid_zp, trans_b=1, activation=activation, activation_params=activation_params,
+                   out_dtype=out_dtype, config=config)
 
 
 def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
@@ -227,6 +229,10 @@ def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple
         return None
     if _dtype(q, RESIDUAL) not in (None, *dtypes.FLOAT_NAMES) or not _residual_fits(q, n):
         return None
+    if _dtype(q, MID_SCALE) is not None and (_dtype(q, MID_SCALE) not in dtypes.FLOAT_NAMES or not _one(q, MID_SCALE)
+                                             or _dtype(q, MID_ZP) not in (None, *INTS)
+                                             or (_dtype(q, MID_ZP) is not None and not _one(q, MID_ZP))):
+        return None
     out = _out_type(q)
     if out is not None:
         scale_ok = _one(q, OUT_SCALE) or (per_channel_out and _per_channel(q, OUT_SCALE, n))
@@ -270,7 +276,7 @@ def _supports_triton(q: TacticQuery, fp8: bool) -> bool:
 def supports_scaled_mm(q: TacticQuery) -> bool:
     """float8_e4m3fn A and B on sm_89+, K and N static multiples of 16; rowwise scales (a
     per-channel b_scale) need cuBLASLt's (CUDA 12.9+ on sm_90+) or a bfloat16 output."""
-    if q.device != "cuda" or _dtype(q, A) != FP8 or _dtype(q, B) != FP8:
+    if q.device != "cuda" or _dtype(q, A) != FP8 or _dtype(q, B) != FP8 or _dtype(q, MID_SCALE) is not None:
         return False
     if q.attrs.get("activation", "") not in TORCH_ACTIVATIONS:
         return False

@@ -123,11 +123,13 @@ def dequant_qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None
                    out_dtype)
 
 
-def _supported(query: TacticQuery) -> bool:
-    """CUDA, 8-bit A and B, float scales, a known activation."""
+def _supported(query: TacticQuery, inputs: int = 10) -> bool:
+    """CUDA, 8-bit A and B, float scales, a known activation, no input past the first `inputs`
+    (the ones these kernels take: not the mid quantization, not a float X)."""
     dts = query.input_dtypes
     return (query.device == "cuda" and len(dts) >= 5 and dts[0] in EIGHT_BIT and dts[1] in EIGHT_BIT
-            and dts[2] in FLOAT_NAMES and dts[4] in FLOAT_NAMES and query.attrs.get("activation", "") in ACTIVATIONS)
+            and dts[2] in FLOAT_NAMES and dts[4] in FLOAT_NAMES and query.attrs.get("activation", "") in ACTIVATIONS
+            and all(d is None for d in dts[inputs:]))
 
 
 def supports_qconv(query: TacticQuery) -> bool:
@@ -136,7 +138,7 @@ def supports_qconv(query: TacticQuery) -> bool:
     x = shapes[0] if shapes else None
     res_scale = dts[10] if len(dts) > 10 else None
     residual_ok = res_scale is None or (dts[7] in EIGHT_BIT and res_scale in FLOAT_NAMES)
-    return _supported(query) and (x is None or len(x) == 4) and residual_ok
+    return _supported(query, 12) and (x is None or len(x) == 4) and residual_ok and not query.attrs.get("x_dtype")
 
 
 register_tactic(Tactic("kiln::QMatMul.dequant_cublas", "kiln::QMatMul", 1, ("cuda",), dequant_qmatmul, _supported))

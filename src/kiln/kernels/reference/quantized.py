@@ -74,7 +74,8 @@ FP8_EXACT_K = 2**35 // (448 * 448)
 # passes and the tactics index (QMatMul's ten are QConv's first ten; QConv adds an 8-bit
 # residual's scale and zero point, the scale that quantizes a float X, with x_dtype, where it
 # is not x_scale, and the mid quantization before the residual).
-QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp")
+QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp",
+                  "mid_scale", "mid_zp")
 QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
                 "residual_scale", "residual_zp", "x_quant_scale", "mid_scale", "mid_zp")
 
@@ -131,23 +132,39 @@ def dequantized_residual(residual: Tensor, residual_scale: Tensor | None, residu
 def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[int], residual: Tensor | None,
             activation: str, activation_params: Sequence[float], float_dtype: torch.dtype,
             out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int,
-            mid: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+            mid: tuple[Tensor, Tensor | None] | None = None, mid_before_bias: bool = False) -> Tensor:
     """Scale the exact accumulator, add the epilogue (residual in float64), and round once; with
     mid = (mid_scale, mid_zp), the value is quantized to those codes and back before the residual
-    (module docstring)."""
+    (QConv: after the bias) or before the bias (mid_before_bias, QMatMul) (module docstring)."""
     v = acc * scale
+    if mid is not None and mid_before_bias:
+        v = _mid_round_trip(v, mid)
     if bias is not None:
         v = v + bias.to(torch.float64).reshape(bias_shape)
-    if mid is not None:
-        codes = requantize(v, mid[0], mid[1], 0).to(torch.float64)
-        zp = _per_tensor(mid[1], "mid_zp")
-        v = (codes if zp is None else codes - zp) * _per_tensor(mid[0], "mid_scale")
+    if mid is not None and not mid_before_bias:
+        v = _mid_round_trip(v, mid)
     if residual is not None:
         v = v + residual.to(torch.float64)
     v = apply_activation(v, activation, activation_params)
     if out_scale is None:
         return v.to(float_dtype)
     return requantize(v, out_scale, out_zp, out_dtype, bias_shape)
+
+
+def _mid_round_trip(v: Tensor, mid: tuple[Tensor, Tensor | None]) -> Tensor:
+    """v quantized to the codes of (mid_scale, mid_zp) and dequantized again."""
+    codes = requantize(v, mid[0], mid[1], 0).to(torch.float64)
+    zp = _per_tensor(mid[1], "mid_zp")
+    return (codes if zp is None else codes - zp) * _per_tensor(mid[0], "mid_scale")
+
+
+def _checked_mid(op: str, mid_scale: Tensor | None, mid_zp: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+    """(mid_scale, mid_zp), or None without a mid quantization; errors for a malformed one."""
+    if mid_scale is None and mid_zp is not None:
+        raise ValueError(f"kiln::{op} has mid_zp but no mid_scale; give both or neither")
+    if mid_scale is not None and requantized_type(mid_zp, 0).name not in ("int8", "uint8"):
+        raise TypeError(f"kiln::{op}'s mid_zp is int8 or uint8 (the layer's own codes); got {mid_zp.dtype}")
+    return None if mid_scale is None else (mid_scale, mid_zp)
 
 
 def requantized_type(out_zp: Tensor | None, out_dtype: int) -> dtypes.DType:
@@ -189,9 +206,12 @@ def requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: i
 @reference_op("QMatMul", domain="kiln")
 def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-            out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
+            out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
+            mid_zp: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring)."""
+    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring). With
+    mid_scale (and mid_zp, int8/uint8; uint8 without one) the product is quantized to those codes
+    and back before the bias is added (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias))."""
     n = b_q.shape[-2] if trans_b else b_q.shape[-1]
     _check_inputs("QMatMul", a_q, b_q, a_zp, b_zp, a_q.shape[-1])
     # b_zp per channel centers B's columns ([K, N]) or rows when transposed ([N, K]).
@@ -205,7 +225,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     acc = torch.matmul(a, b.transpose(-1, -2) if trans_b else b)  # [..., M, N]
     scale = _per_tensor(a_scale, "a_scale") * _channel(b_scale, n, [-1], "b_scale")
     return _finish(acc, scale, bias, [-1], residual, activation, activation_params, a_scale.dtype,
-                   out_scale, out_zp, out_dtype)
+                   out_scale, out_zp, out_dtype, _checked_mid("QMatMul", mid_scale, mid_zp), mid_before_bias=True)
 
 
 @reference_op("QConv", domain="kiln")
@@ -247,10 +267,6 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     if residual is None and (residual_scale is not None or residual_zp is not None):
         raise ValueError("kiln::QConv has residual_scale/residual_zp but no residual; give the residual too")
     r = None if residual is None else dequantized_residual(residual, residual_scale, residual_zp)
-    if mid_scale is None and mid_zp is not None:
-        raise ValueError("kiln::QConv has mid_zp but no mid_scale; give both or neither")
-    if mid_scale is not None and requantized_type(mid_zp, 0).name not in ("int8", "uint8"):
-        raise TypeError(f"kiln::QConv's mid_zp is int8 or uint8 (the conv's own codes); got {mid_zp.dtype}")
-    mid = None if mid_scale is None else (mid_scale, mid_zp)
+    mid = _checked_mid("QConv", mid_scale, mid_zp)
     return _finish(acc, scale, bias, per_channel, r, activation, activation_params, x_scale.dtype,
                    out_scale, out_zp, out_dtype, mid)

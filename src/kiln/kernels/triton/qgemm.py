@@ -131,13 +131,14 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BL
 @triton.jit
 def _qgemm_kernel(
         A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1,
+        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1, MS, MZP,
         FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
         QMAX: tl.constexpr, EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr,
+        MQMAX: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -189,7 +190,7 @@ def _qgemm_kernel(
 
     epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-             OUT_PER_COL, QMIN, QMAX)
+             OUT_PER_COL, QMIN, QMAX, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
@@ -235,10 +236,13 @@ def _check(a: Tensor, b: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_zp: Ten
 
 def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-            out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
+            out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
+            mid_zp: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
             config: dict[str, Any] | None = None) -> Tensor:
-    """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring."""
+    """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring;
+    mid_scale / mid_zp (one value each): the product rounded to those codes and back before the
+    bias (qgemm_tile.epilogue_value)."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
     # All-zero integer zero points are dropped (quantize.needed_zero_point): kiln's quantizers
@@ -274,11 +278,18 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
     # What both kernels take alike: the epilogue's switches, the accumulation and the tiling.
+    assert mid_scale is None or (mid_scale.numel() == 1 and (mid_zp is None or (
+        mid_zp.numel() == 1 and mid_zp.dtype in (torch.int8, torch.uint8)))), \
+        "mid_scale / mid_zp: one value each, mid_zp int8 or uint8"
+    mid_int8 = mid_zp is not None and mid_zp.dtype == torch.int8
+    mid = dict(MID=mid_scale is not None, HAS_MZP=mid_zp is not None, MQMIN=-128 if mid_int8 else 0,
+               MQMAX=127 if mid_int8 else 255)
+    mid_ops = (a_scale if mid_scale is None else mid_scale, a_scale if mid_zp is None else mid_zp)
     common = dict(FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
                   REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
                   OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"])
+                  num_stages=cfg["num_stages"], **mid)
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
@@ -287,11 +298,11 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
-            p0, p1, PERSISTENT=persistent, Y_TMA=y_tma, **common)
+            p0, p1, *mid_ops, PERSISTENT=persistent, Y_TMA=y_tma, **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,
-        a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1,
+        a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1, *mid_ops,
         A_U8=a_u8, B_U8=b_u8, CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None,
         HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
     return y.reshape(*lead, n)

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.activation import activate  # one activation vocabulary for every epilogue
-from kiln.kernels.triton.quantize import requantize
+from kiln.kernels.triton.quantize import requantize, shifted_round
 
 
 @triton.jit
@@ -30,12 +30,21 @@ def dot8(a, b, acc, FP8_ACC: tl.constexpr):
 def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
                    p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
                    OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
-                   QMAX: tl.constexpr):
+                   QMAX: tl.constexpr, MS=0.0, MZP=0.0, MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False,
+                   MQMIN: tl.constexpr = 0, MQMAX: tl.constexpr = 0):
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
     loaded), activation; then the float value, or the code when requantizing (int8/uint8;
-    float8 as its uint8 bits)."""
+    float8 as its uint8 bits). MID: the product quantized to the codes of (MS, MZP) in [MQMIN,
+    MQMAX] and dequantized before the bias (the reference's mid_scale: ONNX Runtime's MatMul ->
+    Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid quantization."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
+    if MID:
+        mz = 0.0
+        if HAS_MZP:
+            mz = tl.load(MZP).to(tl.float32)
+        ms = tl.load(MS).to(tl.float32)
+        v = (shifted_round(v * tl.math.div_rn(1.0, ms), MQMIN - mz, MQMAX - mz) - 12582912.0) * ms
     if HAS_BIAS:
         v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
     if HAS_RES:
@@ -65,7 +74,9 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
 def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
-             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, MS=0.0, MZP=0.0,
+             MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False, MQMIN: tl.constexpr = 0,
+             MQMAX: tl.constexpr = 0):
     """epilogue_value's tile stored through pointers (residual read the same way), masked at M and N."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
     offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
@@ -73,5 +84,6 @@ def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_
     if HAS_RES:
         res = tl.load(RES + offs_y, mask=mask, other=0.0)
     v = epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
-                       p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX)
+                       p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX,
+                       MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
     tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)
