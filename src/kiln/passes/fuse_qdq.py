@@ -209,7 +209,8 @@ def dequantized_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | Non
     """(the DequantizeLinear, the layer's QParams) where a kiln::QConv/QMatMul requantizes per tensor
     (a one-element constant out_scale) to int8/uint8 with no activation and its codes are read only
     by a DequantizeLinear of those same parameters (no output_dtype): the start of the Q/DQ chains
-    fuse_qdq_residual and fuse_qdq_activation fold into the layer."""
+    fuse_qdq_activation (and, through mid_codes, fuse_qdq_residual and fuse_qdq_bias) fold into the
+    layer."""
     out_scale, out_zp = (layer.input(QMATMUL_INPUTS.index(n)) for n in ("out_scale", "out_zp"))   # QConv's too
     scale = const_array(out_scale)
     codes = layer.outputs[0]
@@ -222,6 +223,16 @@ def dequantized_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | Non
         return None
     own, p = QParams(out_scale, out_zp, 1, 0), qparams(dq)
     return (dq, own) if p is not None and same_params(p, own) else None
+
+
+def mid_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | None:
+    """dequantized_codes, where those codes can become the layer's mid quantization: a mid code's
+    type is mid_zp's (uint8 without one), so codes of another type need their zero point. The start
+    of fuse_qdq_residual's and fuse_qdq_bias's folds."""
+    start = dequantized_codes(layer, keep)
+    if start is None or (start[1].zero_point is None and _dtype(layer.outputs[0]) != "uint8"):
+        return None
+    return start
 
 
 def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:

@@ -13,7 +13,7 @@ transformer's FFN applies between the bias and its Q) and requantizes once.
 
 When: the QMatMul requantizes per tensor to int8/uint8 with no bias, residual, activation or mid
 quantization yet; its codes are read only by a DequantizeLinear of the same parameters
-(fuse_qdq.dequantized_codes); that DQ's value is read by an Add of a constant per-column bias;
+(fuse_qdq.mid_codes); that DQ's value is read by an Add of a constant per-column bias;
 the epilogue chain (fuse_epilogues.collect_epilogue) may end in a QuantizeLinear to int8/uint8
 per tensor (the new requantization), else the layer writes the float value (its readers' type:
 a transformer's attention output projection feeding the residual LayerNorm; the tuner then lets
@@ -26,7 +26,7 @@ from __future__ import annotations
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue
-from kiln.passes.fuse_qdq import QUANT_INPUTS, dequantized_codes, output_quantize
+from kiln.passes.fuse_qdq import QUANT_INPUTS, mid_codes, output_quantize
 from kiln.passes.match import live_ops, pinned, replace_nodes
 
 BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, MID_SCALE, MID_ZP = (
@@ -44,9 +44,8 @@ def fuse_qdq_bias(graph: Graph) -> bool:
 def _fold(graph: Graph, layer: Node, keep: set[int]) -> bool:
     if any(layer.input(i) is not None for i in (BIAS, RESIDUAL, MID_SCALE)):
         return False
-    start = dequantized_codes(layer, keep)
-    codes = layer.outputs[0].dtype
-    if start is None or (layer.input(OUT_ZP) is None and codes.name != "uint8"):   # mid codes: mid_zp's type
+    start = mid_codes(layer, keep)
+    if start is None:
         return False
     dq = start[0]
     value = dq.outputs[0]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantized import QCONV_INPUTS
-from kiln.passes.fuse_qdq import activation_input, dequantized_codes, output_quantize
+from kiln.passes.fuse_qdq import activation_input, mid_codes, output_quantize
 from kiln.passes.match import drop_if_dead, live_ops, pinned, replace_nodes, sole_user
 
 OUT_SCALE, OUT_ZP, RESIDUAL, RES_SCALE, RES_ZP, MID_SCALE, MID_ZP = (
@@ -49,9 +49,9 @@ def fuse_qdq_residual(graph: Graph) -> bool:
 def _fold(graph: Graph, conv: Node, keep: set[int]) -> bool:
     if conv.input(RESIDUAL) is not None or conv.input(MID_SCALE) is not None:
         return False
-    start = dequantized_codes(conv, keep)
+    start = mid_codes(conv, keep)
     c_q = conv.outputs[0]
-    if start is None or (conv.input(OUT_ZP) is None and c_q.dtype.name != "uint8"):   # mid codes: mid_zp's type
+    if start is None:
         return False
     dq = start[0]
     add = sole_user(dq.outputs[0], keep)
