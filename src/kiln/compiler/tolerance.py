@@ -97,25 +97,26 @@ def quantized_steps(op: str, args: Sequence[Any]) -> int:
     """The grid steps a quantized op's integer output may move by (in few elements): 1, or for a
     kiln::QConv / kiln::QMatMul with mid quantization 1 + ceil(mid_scale / out_scale) (module
     docstring)."""
-    names = {"kiln::QConv": QCONV_INPUTS, "kiln::QMatMul": QMATMUL_INPUTS}.get(op)
-    if names is None:
+    mid, out = _mid_and_out(op, args)
+    if mid is None or out is None:
         return 1
-    mid, out = (names.index(n) for n in ("mid_scale", "out_scale"))
-    if len(args) <= mid or args[mid] is None or args[out] is None:
-        return 1
-    return 1 + math.ceil(float(args[mid].reshape(-1)[0]) / abs(float(args[out].reshape(-1)[0])))
+    return 1 + math.ceil(float(mid.reshape(-1)[0]) / abs(float(out.reshape(-1)[0])))
 
 
 def mid_step(op: str, args: Sequence[Any]) -> float:
     """mid_scale of a kiln::QConv / kiln::QMatMul with mid quantization and a float output (the
     value its mid rounding may move a few elements by, module docstring); 0.0 otherwise."""
+    mid, out = _mid_and_out(op, args)
+    return 0.0 if mid is None or out is not None else abs(float(mid.reshape(-1)[0]))
+
+
+def _mid_and_out(op: str, args: Sequence[Any]) -> tuple[Any, Any]:
+    """(mid_scale, out_scale) among a kiln::QConv's / kiln::QMatMul's inputs (None where absent)."""
     names = {"kiln::QConv": QCONV_INPUTS, "kiln::QMatMul": QMATMUL_INPUTS}.get(op)
     if names is None:
-        return 0.0
+        return None, None
     mid, out = (names.index(n) for n in ("mid_scale", "out_scale"))
-    if len(args) <= mid or args[mid] is None or (len(args) > out and args[out] is not None):
-        return 0.0
-    return abs(float(args[mid].reshape(-1)[0]))
+    return (args[mid] if len(args) > mid else None), (args[out] if len(args) > out else None)
 
 
 def mismatch(candidate: Any, reference: Any, op: str = "", tf32: bool = False, steps: int = 1,

@@ -71,9 +71,10 @@ Tensor = torch.Tensor
 _INPUT_TYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
 FP8_EXACT_K = 2**35 // (448 * 448)
 # The ops' input positions, as their signatures below take them: the one table the precision
-# passes and the tactics index (QMatMul's ten are QConv's first ten; QConv adds an 8-bit
+# passes and the tactics index (QMatMul's first ten are QConv's first ten; QConv adds an 8-bit
 # residual's scale and zero point, the scale that quantizes a float X, with x_dtype, where it
-# is not x_scale, and the mid quantization before the residual).
+# is not x_scale; both end with the mid quantization: QConv's before the residual, QMatMul's
+# before the bias).
 QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp",
                   "mid_scale", "mid_zp")
 QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
