@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphs import Builder, check_pass, ops
+from graphs import Builder, check_pass
 from kiln.passes.fold_batchnorm import fold_batchnorm
 from kiln.passes.quantized_weights import recover_int8
 
@@ -64,8 +64,9 @@ def test_batchnorm_folds_into_a_quantized_weights_scales():
     assert np.array_equal(folded, (w.astype(np.float64) * 1.5 / np.sqrt(1 + 1e-5)).astype(np.float32))
 
 
-class _Bottleneck(nn.Module):
-    """The bottleneck layout benchmarks/qat_export.py quantizes (conv1..3, bn1..3, downsample)."""
+class Bottleneck(nn.Module):
+    """The bottleneck layout benchmarks/qat_export.py quantizes (conv1..3, bn1..3, downsample; found
+    by its class name, as timm's and torchvision's)."""
 
     def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -76,15 +77,12 @@ class _Bottleneck(nn.Module):
             if stride != 1 or cin != cout else None
 
 
-_Bottleneck.__name__ = "Bottleneck"
-
-
 class _TinyResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(_Bottleneck(16, 8, 32, 1), _Bottleneck(32, 8, 32, 1), _Bottleneck(32, 16, 64, 2))
+        self.layer1 = nn.Sequential(Bottleneck(16, 8, 32, 1), Bottleneck(32, 8, 32, 1), Bottleneck(32, 16, 64, 2))
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
