@@ -103,7 +103,8 @@ def main() -> None:
         reference = model.module.float()(*inputs.values()).numpy()
     feeds = {n: v.to(args.device) for n, v in inputs.items()}
     profile = (Profile.from_ranges(models.profile_ranges(model, [args.batch])),)
-    builds = [("kiln fp16", path, BuildConfig(precision="fp16", device=args.device, profiles=profile), None)]
+    fp16 = BuildConfig(precision="fp16", device=args.device, profiles=profile)   # an explicit model's float parts too
+    builds = [("kiln fp16", path, fp16, None)]
     if args.calibrated:
         builds.append(("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16",
                                                                    device=args.device, profiles=profile), calib))
@@ -111,8 +112,7 @@ def main() -> None:
         for act in (a for a in args.activations.split(",") if a):
             qdq = ort_qdq(path, calib, act, folder, fmt)
             say(f"ONNX Runtime quantized ({fmt}, {act} activations): {qdq.name}")
-            builds.append((f"ONNX Runtime {fmt}, {act}", qdq, BuildConfig(precision="fp16", device=args.device,
-                                                                           profiles=profile), None))
+            builds.append((f"ONNX Runtime {fmt}, {act}", qdq, fp16, None))
     if args.fp8:
         from benchmarks.fp8_qdq_export import fp8_qdq
 
@@ -121,11 +121,11 @@ def main() -> None:
                                                                       device=args.device, profiles=profile), calib))
         q8 = fp8_qdq(path, calib, folder / f"{model.name}.fp8_qdq.onnx")
         say(f"ModelOpt-style FP8 Q/DQ (fp8_qdq_export.py): {q8.name}")
-        builds.append(("FP8 Q/DQ model", q8, BuildConfig(precision="fp16", device=args.device, profiles=profile), None))
+        builds.append(("FP8 Q/DQ model", q8, fp16, None))
     if args.qat:
         qat = qat_onnx(model, calib, folder)
         say(f"QAT-style export (qat_export.py: symmetric int8 Q/DQ): {qat.name}")
-        builds.append(("QAT export", qat, BuildConfig(precision="fp16", device=args.device, profiles=profile), None))
+        builds.append(("QAT export", qat, fp16, None))
     times = {}
     for label, model_path, config, calibration in builds:
         engine = kiln.build(str(model_path), config, calibration=calibration)

@@ -18,10 +18,9 @@ Run fold_constants first so that weights computed from constants are constants.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from kiln.ir.graph import Graph, Node
-from kiln.passes.quantized_weights import recover_fp8, recover_int8
+from kiln.passes.quantized_weights import recover_codes
 from kiln.passes.match import const_array, new_const, pinned, produced_by, rank, replace_nodes, sole_user
 
 
@@ -93,16 +92,16 @@ def _fold_into(graph: Graph, layer: Node, bn: Node, stats: tuple[np.ndarray, np.
 
 def _scaled_weight(layer: Node, w: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
     """W times s along its output-channel axis, in float64; for an explicitly quantized layer whose
-    W is an exact int8 dequantization, the one with scales |sc * s| (module docstring)."""
+    W is an exact int8 (or, under a float8 input, float8) dequantization, the one with scales
+    |sc * s| (module docstring)."""
     shape = [1] * w.ndim
     shape[axis] = -1
     dq = produced_by(layer.input(0), "DequantizeLinear")
     if dq is not None and w.dtype == np.float32:
         fp8 = dq.input(0).dtype is not None and dq.input(0).dtype.name == "float8_e4m3fn"
-        found = (recover_fp8 if fp8 else recover_int8)(w, axis)
+        found = recover_codes(w, axis, fp8)
         if found is not None:
-            q, sc = found
-            codes = q.to(torch.float64).numpy() if fp8 else q.astype(np.float64)
+            codes, sc = found
             sign = np.where(s < 0, -1.0, 1.0).reshape(shape)
             scale = (sc.astype(np.float64) * np.abs(s)).astype(np.float32).astype(np.float64).reshape(shape)
             return codes * sign * scale   # exact in float64: fl32 of it is DQ(q, scale)

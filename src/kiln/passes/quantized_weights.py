@@ -23,16 +23,24 @@ SYMMETRIC_QMAX = (127, 64, 63)
 FP8_QMAX = 448.0
 
 
+def recover_codes(w: np.ndarray, axis: int, fp8: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q as float64 values, s float32 [channels]) with fl32(q * s) == w exactly, per channel along
+    `axis`, q on the float8_e4m3fn grid where `fp8`, else symmetric int8 codes; else None."""
+    if fp8:
+        return _recover(w, axis, (FP8_QMAX,), _on_fp8_grid, FP8_QMAX)
+    return _recover(w, axis, SYMMETRIC_QMAX, lambda x: np.round(x), 127)
+
+
 def recover_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(q int8, s float32 [channels]) with fl32(q * s) == w exactly, per channel along `axis`; else None."""
-    found = _recover(w, axis, SYMMETRIC_QMAX, lambda x: np.round(x), 127)
+    found = recover_codes(w, axis, fp8=False)
     return None if found is None else (found[0].astype(np.int8), found[1])
 
 
 def recover_fp8(w: np.ndarray, axis: int) -> tuple[torch.Tensor, np.ndarray] | None:
     """(q float8_e4m3fn, s float32 [channels]) with fl32(q * s) == w exactly, per channel along
     `axis`; else None."""
-    found = _recover(w, axis, (FP8_QMAX,), _on_fp8_grid, FP8_QMAX)
+    found = recover_codes(w, axis, fp8=True)
     return None if found is None else (torch.from_numpy(found[0].astype(np.float32)).to(torch.float8_e4m3fn), found[1])
 
 

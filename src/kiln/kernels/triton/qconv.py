@@ -285,7 +285,8 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     # X's zero point: subtracted by the kernel (uint8 X always: its values are shifted by 128).
     assert x_zp is None or (x_zp.dtype == x_type and x_zp.numel() == 1), "x_zp: one value of X's type"
     x_u8 = x_type == torch.uint8
-    x_corr = x_u8 or (x_zp is not None and not all_zero(x_zp))
+    zp_nonzero = x_zp is not None and not all_zero(x_zp)
+    x_corr = x_u8 or zp_nonzero
     out_zp = needed_zero_point(out_zp)
     residual_zp = needed_zero_point(residual_zp)
     code, p0, p1 = activation_code(activation, activation_params)
@@ -353,7 +354,7 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
     zp = dict(XZP=x_scale if x_zp is None else x_zp, COLSUM=weight_sums(w_q) if x_corr else x_scale,
               X_U8=x_u8, X_ZP=x_corr, HAS_XZP=x_zp is not None)
     # The copy engine pads with code 0: wrong where X's zero point is not 0 and a tap reads padding.
-    pads_wrong = not inside and x_zp is not None and not all_zero(x_zp)
+    pads_wrong = not inside and zp_nonzero
     if cfg.get("TMA") and window_applies(x, wp, geo, loop.path == PIXELS, dense, bk, pads_wrong):
         launch_window(x, wp, y, y_out, res, geo, loop.path == PIXELS and flat, cfg, bk, ops, flags, zp, mid)
         return y

@@ -25,8 +25,8 @@ after a Relu, whose range starts at 0) or the conv reads no padding (no pads, th
 inside X). An X with a zero point or of type uint8 is shifted and corrected as in the pointer walks
 (a padded tap reads code 0, which the correction over all taps makes a 0 term when the zero point
 is 0), and the mid quantization of an explicitly quantized residual block runs in the epilogue
-too. A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]: a plain GEMM over rows of pixels. The box (window_box) is the split of BLOCK_M that wastes the
-fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
+too. A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]: a plain GEMM over rows of pixels.
+The box (window_box) is the split of BLOCK_M that wastes the fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
 8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
 flattened so that the next tile's loads overlap this tile's epilogue.
 
