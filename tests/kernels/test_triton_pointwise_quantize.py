@@ -96,3 +96,49 @@ def test_8bit_values_only_through_quantize_ops():
     assert not pw.supports_program(runtime_scale, ["float32", "float32"])      # 1 / scale made on the host
     dq_int32 = [["DequantizeLinear", ["i0", C(0.5)], {}], ["Relu", ["t0"], {}]]
     assert not pw.supports_program(dq_int32, ["int32"])
+
+
+def ort_gelu(code: str, dtype: str = "float16") -> list:
+    """ONNX Runtime's QDQ Gelu as a Pointwise program (its exporter's x * 0.5 * (1 + erf(x / sqrt 2)),
+    every intermediate quantized): DQ -> Div -> Erf -> Q/DQ -> Add -> Q/DQ -> Mul -> Q/DQ -> Mul -> Q."""
+    def qdq(t: str, s: float, zp: int) -> list:
+        return [["QuantizeLinear", [t, C(s, dtype), C(zp, code)], {}], ["DequantizeLinear", [None, C(s, dtype), C(zp, code)], {}]]
+    prog = [["DequantizeLinear", ["i0", C(0.011352984, dtype), C(7, code)], {}],
+            ["Div", ["t0", C(1.4142135381698608, dtype)], {}], ["Erf", ["t1"], {}]]
+    for op, args, s, zp in (("Add", [None, C(1.0, dtype)], 0.0066737, 3), ("Mul", ["t0", None], 0.0071688, -128),
+                            ("Mul", [None, C(0.5, dtype)], 0.0111252, -97)):
+        for q in qdq(f"t{len(prog) - 1}", s, zp):
+            q[1][0] = q[1][0] or f"t{len(prog) - 1}"
+            prog.append(q)
+        prog.append([op, [a or f"t{len(prog) - 1}" for a in args], {}])
+    prog.append(["QuantizeLinear", [f"t{len(prog) - 1}", C(0.0055626, dtype), C(-97, code)], {}])
+    return prog
+
+
+def test_ort_gelu_codes_are_the_reference_codes_on_the_same_device():
+    """The tuner compares a Pointwise kernel's int8 output with the reference op run on the same
+    device, exactly: a Div through Triton's approximate float32 division moved 16-bit quotients by
+    an ulp in a few elements per million, and the whole chain then ran on the reference."""
+    x = _codes((1024, 3072), I8, 4).to(DEV)
+    program = ort_gelu("int8")
+    got = pw.pointwise(x, program=program)
+    want = reference(x, program=program)
+    assert got.dtype == torch.int8 and torch.equal(got, want)
+    assert len(torch.unique(want)) > 100
+    assert "tl.math.div_rn(" in pw.generate_source(program, ["int8"], [(1024, 3072)])
+
+
+def test_a_quantizing_program_rounds_every_op_as_the_reference():
+    """float16 results rounded after each op, float32 products never fused into the next add,
+    where a QuantizeLinear follows; a float program keeps its float32 chain."""
+    quantizing = pw.generate_source(ort_gelu("int8"), ["int8"], [(64,)])
+    assert re.search(r"t1 = in_precision\(tl\.math\.div_rn\(t0, 1\.4140625\), 1\)", quantizing)
+    assert re.search(r"t2 = in_precision\(tl\.erf\(t1\), 1\)", quantizing)
+    fp32 = [["DequantizeLinear", ["i0", C(0.05), C(3, "int8")], {}], ["Mul", ["t0", "i1"], {}],
+            ["Add", ["t1", C(0.25)], {}], ["QuantizeLinear", ["t2", C(0.07), C(0, "int8")], {}]]
+    assert "t1 = product_rn(t0, x1)" in pw.generate_source(fp32, ["int8", "float32"], [(64,), (64,)])
+    g = torch.Generator().manual_seed(5)
+    got, want = _both(fp32, _codes((256, 300), I8, 6), torch.randn(256, 300, generator=g) * 3)
+    assert torch.equal(got, want) and len(torch.unique(want)) > 100
+    floats = pw.generate_source(ort_gelu("int8")[:3], ["int8"], [(64,)])
+    assert "t2 = tl.erf(t1)" in floats

@@ -168,7 +168,7 @@ _PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}     # quantize.p
 in_precision = _in_precision   # for the generated source: x rounded to a 16-bit type, held in float32
 
 
-def _rounded(expr: str, dtype: torch.dtype) -> str:
+def rounded(expr: str, dtype: torch.dtype) -> str:
     """A float held in float32 rounded to its 16-bit dtype (as the reference holds it)."""
     return f"in_precision({expr}, {_PREC[dtype]})" if _PREC.get(dtype) else expr
 
@@ -182,7 +182,7 @@ def _dequantize(a: list[str], c: EmitContext) -> str:
     if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
         raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
     centered = x if zp is None else f"({x} - {zp})"
-    return _rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
+    return rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
 
 
 def _quantize(a: list[str], c: EmitContext) -> str:
@@ -197,8 +197,17 @@ def _quantize(a: list[str], c: EmitContext) -> str:
     inv = torch.reciprocal(s)
     zp = a[2] if len(a) > 2 and a[2] is not None else "0"
     qmin, qmax = _BYTES[c.result]
-    return (f"quantize_code({_rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
+    return (f"quantize_code({rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
             f"{_PREC[prec]}, {qmin}, {qmax})")
+
+
+def _div(p: str, q: str) -> str:
+    """p / q correctly rounded, as torch divides two tensors on the GPU (IEEE division in float32).
+    Triton's `/` on float32 is the approximate division (div.full, two ulps): its quotient, rounded
+    to a 16-bit result or quantized, then differs from the reference's in a few elements per
+    million, and an integer output (ONNX Runtime's DQ -> Div -> Erf -> Q of a Gelu) must match
+    exactly. (Mean divides by its count as torch does with a Python number: a product, unchanged.)"""
+    return f"tl.math.div_rn({p}, {q})"
 
 
 RULES: dict[str, Rule] = {
@@ -206,7 +215,7 @@ RULES: dict[str, Rule] = {
     "Add": Rule(lambda a, c: f"{a[0]} + {a[1]}", "num"),
     "Sub": Rule(lambda a, c: f"{a[0]} - {a[1]}", "num"),
     "Mul": Rule(lambda a, c: f"{a[0]} * {a[1]}", "num"),
-    "Div": Rule(lambda a, c: f"{a[0]} / {a[1]}", "float"),   # integer division truncates: not here
+    "Div": Rule(lambda a, c: _div(a[0], a[1]), "float"),   # integer division truncates: not here
     "Pow": Rule(_pow, "float", "first"),
     "Neg": Rule(lambda a, c: f"-{a[0]}", "num"),
     "Abs": Rule(lambda a, c: f"tl.abs({a[0]})", "num"),
@@ -219,7 +228,7 @@ RULES: dict[str, Rule] = {
     "Clip": Rule(_clip, "num", "first"),
     # math (float only: the reference computes integer inputs in float64 and casts back)
     "Sqrt": Rule(lambda a, c: f"tl.sqrt_rn({a[0]})", "float"),
-    "Reciprocal": Rule(lambda a, c: f"1.0 / {a[0]}", "float"),
+    "Reciprocal": Rule(lambda a, c: _div("1.0", a[0]), "float"),
     "Exp": Rule(lambda a, c: f"tl.exp({a[0]})", "float"),
     "Log": Rule(lambda a, c: f"tl.log({a[0]})", "float"),
     "Erf": Rule(lambda a, c: f"tl.erf({a[0]})", "float"),
@@ -239,7 +248,7 @@ RULES: dict[str, Rule] = {
     "HardSigmoid": Rule(lambda a, c: _clamp01(f"{_attr(c, 'alpha', 0.2)} * {a[0]} + {_attr(c, 'beta', 0.5)}"), "float"),
     "HardSwish": Rule(lambda a, c: f"{a[0]} * {_clamp01(f'{a[0]} * {1.0 / 6.0!r} + 0.5')}", "float"),
     "Softplus": Rule(lambda a, c: _softplus(a[0]), "float"),
-    "Softsign": Rule(lambda a, c: f"{a[0]} / (1.0 + tl.abs({a[0]}))", "float"),
+    "Softsign": Rule(lambda a, c: _div(a[0], f"(1.0 + tl.abs({a[0]}))"), "float"),
     "Mish": Rule(lambda a, c: f"{a[0]} * tanh_f32({_softplus(a[0])})", "float"),
     "Gelu": Rule(_gelu, "float"),
     "Shrink": Rule(_shrink, "float"),
