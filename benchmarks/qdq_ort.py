@@ -56,6 +56,16 @@ def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, fo
     return out
 
 
+# Steps whose reference tactic is a view or a host computation, not a kernel kiln lacks.
+LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Transpose", "Split"})
+
+
+def on_reference(step) -> bool:  # noqa: ANN001 - a plan Step
+    """A device step that runs the reference implementation (no kernel applied, or the tuner
+    rejected every kernel's output): the layers that cost an explicitly quantized model its speed."""
+    return step.tactic.endswith(".reference") and not step.host and step.op not in LAYOUT_OPS
+
+
 def qat_onnx(model: models.BenchModel, feeds: list[dict[str, np.ndarray]], folder: Path) -> Path:
     """`model` fake-quantized by benchmarks/qat_export.py's recipe, calibrated on `feeds`, exported."""
     import copy
@@ -134,9 +144,10 @@ def main() -> None:
         convs = collections.Counter(s.tactic.split(".", 1)[1] for s in engine.plan.steps if s.op == "kiln::QConv")
         ms = graph_ms(engine, feeds) if args.device == "cuda" else float("nan")
         times[label] = ms
-        say(f"{label}: {ms:.3f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean {cos.mean():.5f}; "
-            f"QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps "
-            f"{dict(collections.Counter(s.op for s in engine.plan.steps).most_common(6))}")
+        say(f"{label}: {ms:.3f} ms ({engine.cuda_graph_status}); cosine to PyTorch fp32 min {cos.min():.5f} "
+            f"mean {cos.mean():.5f}; QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps "
+            f"{dict(collections.Counter(s.op for s in engine.plan.steps).most_common(6))}; on the reference: "
+            f"{dict(collections.Counter(s.op for s in engine.plan.steps if on_reference(s)))}")
         del engine
         if args.device == "cuda":
             torch.cuda.empty_cache()
