@@ -1,6 +1,7 @@
 """The agreement check between a candidate's outputs and the reference's (tolerance.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kiln.compiler.tolerance import mismatch
@@ -73,6 +74,14 @@ def test_mid_quantized_conv_may_move_by_its_mid_step() -> None:
     assert quantized_steps("kiln::QConv", args) == 1 and quantized_steps("kiln::QMatMul", args) == 1
     args[QCONV_INPUTS.index("mid_scale")] = torch.tensor(0.12)
     assert quantized_steps("kiln::QConv", args) == 4
+    from kiln.compiler.tolerance import mid_step
+    from kiln.kernels.reference.quantized import QMATMUL_INPUTS
+    merged = [None] * len(QMATMUL_INPUTS)                                     # merged projections: per column
+    merged[QMATMUL_INPUTS.index("out_scale")] = torch.tensor([0.05, 0.05, 0.2])
+    merged[QMATMUL_INPUTS.index("mid_scale")] = torch.tensor([0.04, 0.12, 0.3])
+    assert quantized_steps("kiln::QMatMul", merged) == 4                      # the largest column's 1 + ceil(0.12 / 0.05)
+    merged[QMATMUL_INPUTS.index("out_scale")] = None
+    assert mid_step("kiln::QMatMul", merged) == pytest.approx(0.3)
     r = torch.randint(10, 240, (100, 100), generator=G, dtype=torch.int32).to(torch.uint8)
     c = r.clone()
     c[0, :3] += 3                                                             # a mid step, three elements

@@ -373,3 +373,26 @@ def test_mid_quantization_before_the_bias(config, mid_type, mid_zp):
     want = REF(*[_cpu(t) for t in args], **{k: _cpu(v) for k, v in {**out, **mid}.items()})
     plain = REF(*[_cpu(t) for t in args], **{k: _cpu(v) for k, v in out.items()})
     assert torch.equal(got, want) and not torch.equal(want, plain)
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_PERSISTENT], ids=["pointers", "persistent"])
+@pytest.mark.parametrize("mid_type", [torch.uint8, torch.int8])
+def test_mid_quantization_per_column(config, mid_type):
+    """Merged projections (merge_parallel_matmuls over ONNX Runtime's Q/K/V) keep each member's mid
+    scale and zero point: one per column, here three members' worth. Exact operands as above; each
+    column's codes equal the reference's, and equal the per-tensor layer of its member's scale."""
+    g = torch.Generator().manual_seed(12)
+    a, b = _ints((24, 64), torch.int8, g), _ints((64, 48), torch.int8, g)
+    bias = torch.randint(-64, 64, (48,), generator=g).float()
+    ops = [t.to(DEV) for t in (a, b, torch.tensor(2.0 ** -6), torch.tensor(2.0 ** -7), bias)]
+    scales, zps = (0.5, 0.25, 1.0), ((131, 120, 128) if mid_type == torch.uint8 else (-3, 5, 0))
+    ms = torch.tensor(scales).repeat_interleave(16)
+    mz = torch.tensor(zps).repeat_interleave(16).to(mid_type)
+    args = [ops[0], ops[1], ops[2], None, ops[3], None, ops[4], None]
+    out = _requant(torch.uint8, 7, scale=0.25)
+    got = qgemm.qmatmul(*args, config=config, **out, mid_scale=ms.to(DEV), mid_zp=mz.to(DEV)).cpu()
+    want = REF(*[_cpu(t) for t in args], **out, mid_scale=ms, mid_zp=mz)
+    assert torch.equal(got, want)
+    for i, (s, z) in enumerate(zip(scales, zps)):
+        one = REF(*[_cpu(t) for t in args], **out, mid_scale=torch.tensor(s), mid_zp=torch.tensor(z, dtype=mid_type))
+        assert torch.equal(want[:, 16 * i:16 * (i + 1)], one[:, 16 * i:16 * (i + 1)])

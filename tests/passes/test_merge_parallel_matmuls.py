@@ -50,12 +50,15 @@ def test_nothing_to_merge():
     assert not check_pass(merge_parallel_matmuls, b)
 
 
-def _qmatmul(b: Builder, a, a_scale, n: int, w_scale, bias: bool = True, out=None, trans_b: int = 0):
-    """A kiln::QMatMul over int8 codes `a` (zero point absent), weight codes [16, n]."""
+def _qmatmul(b: Builder, a, a_scale, n: int, w_scale, bias: bool = True, out=None, trans_b: int = 0,
+             mid=None, mid_type: str = "int8"):
+    """A kiln::QMatMul over int8 codes `a` (zero point absent), weight codes [16, n]; `mid`: its
+    (mid_scale, mid_zp), the product rounded to those codes before the bias."""
     w = b.const(b.rng.integers(-127, 128, (n, 16) if trans_b else (16, n)), "w_q", dtype="int8")
     out_scale, out_zp = (None, None) if out is None else (b.const(out[0]), b.const(out[1], dtype="int8"))
+    mids = () if mid is None else (b.const(mid[0]), b.const(mid[1], dtype=mid_type))
     return b.op("QMatMul", a, w, a_scale, None, b.const(w_scale), None, b.rand(n, name="bias") if bias else None,
-                None, out_scale, out_zp, domain="kiln", trans_b=trans_b, activation="", activation_params=[],
+                None, out_scale, out_zp, *mids, domain="kiln", trans_b=trans_b, activation="", activation_params=[],
                 out_dtype=0 if out is None else 3)
 
 
@@ -97,3 +100,29 @@ def test_quantized_members_that_differ_stay_apart():
     g = b.output(float_out, requantized, other_scale, transposed)
     assert not check_pass(merge_parallel_matmuls, b)
     assert ops(g) == {"kiln::QMatMul": 4}
+
+
+def test_projections_with_their_own_mid_quantization_merge():
+    """ONNX Runtime's QDQ Q/K/V (fuse_qdq_bias: each product rounded to its own codes before the
+    bias) merge into one kiln::QMatMul whose mid scales and zero points are per column, every
+    column bit for bit its member's; members with and without a mid quantization, or with another
+    mid zero-point type, stay apart."""
+    b = Builder()
+    a = b.input("a", (3, 16), "int8", data=b.rng.integers(-128, 128, (3, 16)).astype(np.int8))
+    s = b.const(0.05)
+    g = b.output(*(_qmatmul(b, a, s, n, 0.01, out=(0.2, 1), mid=mid)
+                   for n, mid in ((8, (0.04, 3)), (8, (0.03, -5)), (4, (0.05, 0)))))
+    assert check_pass(merge_parallel_matmuls, b, rtol=0, atol=0)
+    assert ops(g) == {"kiln::QMatMul": 1, "Split": 1}
+    mm = g.nodes[0]
+    np.testing.assert_allclose(np.asarray(mm.input(10).const), [0.04] * 8 + [0.03] * 8 + [0.05] * 4, rtol=1e-6)
+    assert np.asarray(mm.input(11).const).tolist() == [3] * 8 + [-5] * 8 + [0] * 4
+    assert mm.input(11).dtype.name == "int8"
+
+    b = Builder()
+    a = b.input("a", (3, 16), "int8", data=b.rng.integers(-128, 128, (3, 16)).astype(np.int8))
+    s = b.const(0.05)
+    g = b.output(_qmatmul(b, a, s, 8, 0.01, out=(0.2, 1), mid=(0.04, 3)), _qmatmul(b, a, s, 8, 0.01, out=(0.2, 1)),
+                 _qmatmul(b, a, s, 8, 0.01, out=(0.2, 1), mid=(0.04, 131), mid_type="uint8"))
+    assert not check_pass(merge_parallel_matmuls, b)
+    assert ops(g) == {"kiln::QMatMul": 3}

@@ -100,14 +100,16 @@ def quantized_steps(op: str, args: Sequence[Any]) -> int:
     mid, out = _mid_and_out(op, args)
     if mid is None or out is None:
         return 1
-    return 1 + math.ceil(float(mid.reshape(-1)[0]) / abs(float(out.reshape(-1)[0])))
+    # per column (merged projections) or per tensor, either one: the largest column's ratio
+    ratio = mid.detach().to("cpu", torch.float64).reshape(-1) / out.detach().to("cpu", torch.float64).abs().reshape(-1)
+    return 1 + math.ceil(float(ratio.max()))
 
 
 def mid_step(op: str, args: Sequence[Any]) -> float:
     """mid_scale of a kiln::QConv / kiln::QMatMul with mid quantization and a float output (the
     value its mid rounding may move a few elements by, module docstring); 0.0 otherwise."""
     mid, out = _mid_and_out(op, args)
-    return 0.0 if mid is None or out is not None else abs(float(mid.reshape(-1)[0]))
+    return 0.0 if mid is None or out is not None else float(mid.detach().to("cpu", torch.float64).abs().max())
 
 
 def _mid_and_out(op: str, args: Sequence[Any]) -> tuple[Any, Any]:

@@ -17,9 +17,11 @@ after fuse_epilogues (biases and activations are inside the FusedMatMuls by then
 Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the
 same way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and
 a_zp, have a constant 2-D int8 or float8 B (trans_b 0), constant weight scales and zero points, no
-residual or mid quantization, and the same activation and output type; weight scales (and zero points, biases,
-output scales and zero points) are concatenated per column, a per-tensor one repeated over its
-member's columns, so each column computes exactly what its member did.
+residual, and the same activation and output type, and all or none a mid quantization (ONNX
+Runtime's MatMul -> Q -> DQ -> Add(bias), fuse_qdq_bias) with zero points of one type; weight
+scales (and zero points, biases, output and mid scales and zero points) are concatenated per
+column, a per-tensor one repeated over its member's columns, so each column computes exactly
+what its member did.
 """
 from __future__ import annotations
 
@@ -134,10 +136,11 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     a_params = (_scalar(node.input(_Q["a_scale"])), _scalar(node.input(_Q["a_zp"])))
     requant = node.input(_Q["out_scale"]) is not None
     if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
-            or None in a_params or node.input(_Q["residual"]) is not None or node.input(_Q["mid_scale"]) is not None:
+            or None in a_params or node.input(_Q["residual"]) is not None:
         return None
-    if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp")):
+    if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp", "mid_scale", "mid_zp")):
         return None
+    mid, mid_zp = node.input(_Q["mid_scale"]), node.input(_Q["mid_zp"])
     bias = node.input(_Q["bias"])
     if node.input(_Q["b_scale"]) is None or (bias is not None and (const_array(bias) is None or
                                                                    const_array(bias).size != n)):
@@ -145,7 +148,8 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     zp_type = node.input(_Q["a_zp"]).dtype.name if node.input(_Q["a_zp"]) is not None else None
     params = tuple(float(p) for p in node.attrs.get("activation_params", ()))
     return (QUANTIZED, w.dtype.name, node.attrs.get("activation", ""), params, w.shape[0], a_params, zp_type,
-            requant, int(node.attrs.get("out_dtype", 0)), node.input(_Q["out_zp"]) is not None)
+            requant, int(node.attrs.get("out_dtype", 0)), node.input(_Q["out_zp"]) is not None,
+            mid is not None, None if mid_zp is None else mid_zp.dtype.name)
 
 
 def _merge_quantized(graph: Graph, a: Value, members: list[Node], key: tuple) -> None:
@@ -169,5 +173,6 @@ def _merge_quantized(graph: Graph, a: Value, members: list[Node], key: tuple) ->
                                   first.input(_Q["a_scale"]), first.input(_Q["a_zp"]),
                                   columns("b_scale", "merged_weight_scale"), columns("b_zp", "merged_weight_zp"),
                                   columns("bias", "merged_bias"), None,
-                                  columns("out_scale", "merged_out_scale"), columns("out_zp", "merged_out_zp")]
+                                  columns("out_scale", "merged_out_scale"), columns("out_zp", "merged_out_zp"),
+                                  columns("mid_scale", "merged_mid_scale"), columns("mid_zp", "merged_mid_zp")]
     _replace_by_split(graph, members, order, "QMatMul", inputs, dict(first.attrs), widths)

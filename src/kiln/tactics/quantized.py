@@ -229,9 +229,11 @@ def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple
         return None
     if _dtype(q, RESIDUAL) not in (None, *dtypes.FLOAT_NAMES) or not _residual_fits(q, n):
         return None
-    if _dtype(q, MID_SCALE) is not None and (_dtype(q, MID_SCALE) not in dtypes.FLOAT_NAMES or not _one(q, MID_SCALE)
-                                             or _dtype(q, MID_ZP) not in (None, *INTS)
-                                             or (_dtype(q, MID_ZP) is not None and not _one(q, MID_ZP))):
+    if _dtype(q, MID_SCALE) is not None and (  # mid scale (and zero point) per tensor, or per column
+            _dtype(q, MID_SCALE) not in dtypes.FLOAT_NAMES or not _per_channel(q, MID_SCALE, n)
+            or _dtype(q, MID_ZP) not in (None, *INTS)
+            or (_dtype(q, MID_ZP) is not None and not (
+                _one(q, MID_ZP) if _one(q, MID_SCALE) else _shape(q, MID_ZP) == _shape(q, MID_SCALE)))):
         return None
     out = _out_type(q)
     if out is not None:

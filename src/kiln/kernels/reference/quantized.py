@@ -139,7 +139,7 @@ def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[in
     (QConv: after the bias) or before the bias (mid_before_bias, QMatMul) (module docstring)."""
     v = acc * scale
     if mid is not None and mid_before_bias:
-        v = _mid_round_trip(v, mid)
+        v = _mid_round_trip(v, mid, per_column=True)
     if bias is not None:
         v = v + bias.to(torch.float64).reshape(bias_shape)
     if mid is not None and not mid_before_bias:
@@ -152,11 +152,19 @@ def _finish(acc: Tensor, scale: Tensor, bias: Tensor | None, bias_shape: list[in
     return requantize(v, out_scale, out_zp, out_dtype, bias_shape)
 
 
-def _mid_round_trip(v: Tensor, mid: tuple[Tensor, Tensor | None]) -> Tensor:
-    """v quantized to the codes of (mid_scale, mid_zp) and dequantized again."""
-    codes = requantize(v, mid[0], mid[1], 0).to(torch.float64)
-    zp = _per_tensor(mid[1], "mid_zp")
-    return (codes if zp is None else codes - zp) * _per_tensor(mid[0], "mid_scale")
+def _mid_round_trip(v: Tensor, mid: tuple[Tensor, Tensor | None], per_column: bool = False) -> Tensor:
+    """v quantized to the codes of (mid_scale, mid_zp) and dequantized again: per tensor, or with
+    `per_column` (QMatMul) one value per output column or one for all."""
+    if not per_column or mid[0].numel() == 1:
+        codes = requantize(v, mid[0], mid[1], 0).to(torch.float64)
+        zp, scale = _per_tensor(mid[1], "mid_zp"), _per_tensor(mid[0], "mid_scale")
+    else:
+        if mid[1] is not None and mid[1].numel() != mid[0].numel():
+            raise ValueError(f"mid_zp must have mid_scale's {mid[0].numel()} elements; got {mid[1].numel()}")
+        codes = requantize(v, mid[0], mid[1], 0, [-1]).to(torch.float64)
+        n = v.shape[-1]
+        zp, scale = _channel(mid[1], n, [-1], "mid_zp"), _channel(mid[0], n, [-1], "mid_scale")
+    return (codes if zp is None else codes - zp) * scale
 
 
 def _checked_mid(op: str, mid_scale: Tensor | None, mid_zp: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
@@ -212,7 +220,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
     """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring). With
     mid_scale (and mid_zp, int8/uint8; uint8 without one) the product is quantized to those codes
-    and back before the bias is added (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias))."""
+    and back before the bias is added (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)); one value
+    each, or one per output column (merged projections, each keeping its own)."""
     n = b_q.shape[-2] if trans_b else b_q.shape[-1]
     _check_inputs("QMatMul", a_q, b_q, a_zp, b_zp, a_q.shape[-1])
     # b_zp per channel centers B's columns ([K, N]) or rows when transposed ([N, K]).

@@ -12,8 +12,8 @@ index `offs` of the merged space; a "dense" operand (strides = the space's own) 
 by `offs` itself (vectorised loads), a "scalar" one (all strides 0) is loaded once, and a
 "strided" one from per-dim indices (`offs % n_d`, ...) times its strides (passed as arguments;
 stride 1 is written into the source). Each input is loaded once, each instruction is one
-assignment, each output one store; floats compute in float32 and are stored in their dtype
-(rounded to it after every op too in a program with a QuantizeLinear, as the reference rounds);
+assignment, each output one store; floats compute in float32 and are stored in their dtype (in a
+program with a QuantizeLinear also rounded to it after every op, as the reference rounds);
 int8/uint8 values, which only QuantizeLinear makes and DequantizeLinear reads here (an explicitly
 quantized model's Q/DQ chains, pointwise_ops), are held in int32 and stored as bytes.
 The source depends only on the program, the dtypes and this broadcast pattern, so compiled
@@ -43,7 +43,7 @@ from kiln.kernels.triton.pointwise_layout import (
     dim_order,
     output_strides,
 )
-from kiln.kernels.triton.pointwise_ops import RULES, EmitContext, Unsupported, rounded
+from kiln.kernels.triton.pointwise_ops import RULES, EmitContext, Unsupported, as_the_reference_rounds
 from kiln.kernels.triton.pointwise_trace import Step, Trace, trace
 
 Tensor = torch.Tensor
@@ -133,8 +133,7 @@ _DOMAINS = {
 
 
 def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], per_op: bool = False) -> str:
-    """`t<k> = <expression>` for one traced step; `per_op`: a 16-bit float result rounded to its
-    type here (the reference's rounding after every op), not only where it is stored or quantized."""
+    """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op)."""
     rule = RULES[step.op]
     _check(step.dtype, f"{step.op}'s result")
     if all(a is None or a[0] == "c" for a in step.args):
@@ -161,11 +160,8 @@ def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], p
         is_float = all(t in FLOATS for t in present)
         context = EmitContext(step.attrs, consts, is_float, _float_literal, step.arg_dtypes, step.dtype)
         expr = rule.emit(operands, context)
-        if per_op and step.op == "Mul" and step.dtype == torch.float32 and is_float:
-            a, b = operands if consts[0] is None else operands[::-1]   # product_rn takes the tensor first
-            expr = f"product_rn({a}, {b})"   # never contracted into a following add, as torch rounds it
         if per_op and step.op not in QUANTIZED:
-            expr = rounded(expr, step.dtype)
+            expr = as_the_reference_rounds(expr, step.op, operands, context)
     held[("t", k)] = step.dtype
     return f"t{k} = {expr}"
 
@@ -212,9 +208,7 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout, program
     for i, d in enumerate(in_dtypes):
         _check(d, f"input {i}")
     held: dict[tuple[str, int], torch.dtype] = {("i", i): d for i, d in enumerate(in_dtypes)}
-    # A program that quantizes rounds every 16-bit float result as the reference does: its codes
-    # must equal the reference's, and a chain held in float32 (ONNX Runtime's DQ -> Div -> Erf ->
-    # Q of a Gelu) crosses a rounding boundary where the 16-bit one does not in ~1% of elements.
+    # A program that quantizes rounds op by op as the reference does: its codes must be the reference's.
     per_op = any(s.op == "QuantizeLinear" for s in tr.steps)
     body = [_instruction(k, s, held, per_op) for k, s in enumerate(tr.steps)]
     stores = []
@@ -309,11 +303,9 @@ _KERNELS: dict[str, Any] = {}
 
 
 def compile_source(source: str) -> Any:
-    """The `kiln_pointwise` kernel of a generated module, one per distinct source text.
-
-    The text is registered with linecache under a made-up file name, so that Triton (which
-    reads a kernel's source through `inspect`) and tracebacks see it without a file on disk.
-    """
+    """The `kiln_pointwise` kernel of a generated module, one per distinct source text. The text is
+    registered with linecache under a made-up file name, so that Triton (which reads a kernel's
+    source through `inspect`) and tracebacks see it without a file on disk."""
     kernel = _KERNELS.get(source)
     if kernel is None:
         name = f"<kiln-pointwise-{hashlib.sha256(source.encode()).hexdigest()[:16]}>"
@@ -363,11 +355,9 @@ def _launch(inputs: Sequence[Tensor], program: Any, outputs: Sequence[str] | Non
 
 def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = None, n_outputs: int = 1,
               config: dict[str, int] | None = None) -> Tensor | tuple[Tensor, ...]:
-    """kiln::Pointwise in one generated kernel (the reference op's calling convention).
-
-    Inputs the generator cannot take at run time (a rank past MAX_RANK after merging dims,
-    mixed devices, an absent input) run the reference op instead, so the result is always right.
-    """
+    """kiln::Pointwise in one generated kernel (the reference op's calling convention). Inputs the
+    generator cannot take at run time (a rank past MAX_RANK after merging dims, mixed devices, an
+    absent input) run the reference op instead, so the result is always right."""
     launch = None
     if inputs and all(t is not None for t in inputs) and len({t.device for t in inputs}) == 1:
         launch = _launch(inputs, program, outputs, n_outputs)
@@ -387,10 +377,8 @@ def supports_program(program: Any, input_dtypes: Sequence[str | None],
                      input_shapes: Sequence[Sequence[int | str] | None] = (),
                      outputs: Sequence[str] | None = None, n_outputs: int = 1) -> bool:
     """Whether the generator writes this program for these input dtypes (and shapes, where known).
-
     Unknown ranks and symbolic dims are taken as 1 (broadcasts with anything, dimensioned for type
-    promotion); the kernel plans again with the real shapes and falls back to the reference if needed.
-    """
+    promotion); the kernel plans again with the real shapes and falls back to the reference if needed."""
     if not input_dtypes or any(d is None for d in input_dtypes):
         return False
     try:

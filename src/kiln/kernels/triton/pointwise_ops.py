@@ -173,6 +173,17 @@ def rounded(expr: str, dtype: torch.dtype) -> str:
     return f"in_precision({expr}, {_PREC[dtype]})" if _PREC.get(dtype) else expr
 
 
+def as_the_reference_rounds(expr: str, op: str, operands: list[str], c: EmitContext) -> str:
+    """`expr` rounded op by op as the reference computes it, for a program whose codes must equal
+    the reference's (one with a QuantizeLinear): a 16-bit result rounded to its type, a float32
+    product never contracted into a following add (product_rn). Held in float32 instead, ONNX
+    Runtime's DQ -> Div -> Erf -> Q of a Gelu gave other codes in a few elements per thousand."""
+    if op == "Mul" and c.result == torch.float32 and c.is_float:
+        a, b = operands if c.consts[0] is None else operands[::-1]   # product_rn takes the tensor first
+        expr = f"product_rn({a}, {b})"
+    return rounded(expr, c.result)
+
+
 def _dequantize(a: list[str], c: EmitContext) -> str:
     """(x - zp) * scale, per tensor: x and zp held in int32, the product rounded once to float32
     and never contracted into a following add (compiled.product_rn), then (exact: a 16-bit scale's

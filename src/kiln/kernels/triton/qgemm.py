@@ -241,8 +241,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
             config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring;
-    mid_scale / mid_zp (one value each): the product rounded to those codes and back before the
-    bias (qgemm_tile.epilogue_value)."""
+    mid_scale / mid_zp (one value each, or one per column): the product rounded to those codes and
+    back before the bias (qgemm_tile.epilogue_value)."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
     # All-zero integer zero points are dropped (quantize.needed_zero_point): kiln's quantizers
@@ -278,13 +278,15 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     a_zp1, b_scale1, b_zp1, bias1, out_scale1, out_zp1 = (y if t is None else t for t in flat)
     y_out = y.view(torch.uint8) if y_dtype == FP8 else y                     # float8: the kernel stores bits
     # What both kernels take alike: the epilogue's switches, the accumulation and the tiling.
-    assert mid_scale is None or (mid_scale.numel() == 1 and (mid_zp is None or (
-        mid_zp.numel() == 1 and mid_zp.dtype in (torch.int8, torch.uint8)))), \
-        "mid_scale / mid_zp: one value each, mid_zp int8 or uint8"
+    assert mid_scale is None or (mid_scale.numel() in (1, n) and (mid_zp is None or (
+        mid_zp.numel() == mid_scale.numel() and mid_zp.dtype in (torch.int8, torch.uint8)))), \
+        "mid_scale / mid_zp: one value each or one per column, mid_zp int8 or uint8"
     mid_int8 = mid_zp is not None and mid_zp.dtype == torch.int8
-    mid = dict(MID=mid_scale is not None, HAS_MZP=mid_zp is not None, MQMIN=-128 if mid_int8 else 0,
+    mid_code = 0 if mid_scale is None else (1 if mid_scale.numel() == 1 else 2)
+    mid = dict(MID=mid_code, HAS_MZP=mid_zp is not None, MQMIN=-128 if mid_int8 else 0,
                MQMAX=127 if mid_int8 else 255)
-    mid_ops = (a_scale if mid_scale is None else mid_scale, a_scale if mid_zp is None else mid_zp)
+    mid_ops = (a_scale if mid_scale is None else mid_scale.reshape(-1).contiguous(),
+               a_scale if mid_zp is None else mid_zp.reshape(-1).contiguous())
     common = dict(FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
                   REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
                   OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,

@@ -34,16 +34,21 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
                    MQMIN: tl.constexpr = 0, MQMAX: tl.constexpr = 0):
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
     loaded), activation; then the float value, or the code when requantizing (int8/uint8;
-    float8 as its uint8 bits). MID: the product quantized to the codes of (MS, MZP) in [MQMIN,
-    MQMAX] and dequantized before the bias (the reference's mid_scale: ONNX Runtime's MatMul ->
+    float8 as its uint8 bits). MID (1: one value, 2: one per column): the product quantized to
+    the codes of (MS, MZP) in [MQMIN, MQMAX] and dequantized before the bias (the reference's mid_scale: ONNX Runtime's MatMul ->
     Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid quantization."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     if MID:
         mz = 0.0
-        if HAS_MZP:
-            mz = tl.load(MZP).to(tl.float32)
-        ms = tl.load(MS).to(tl.float32)
+        if MID == 2:    # one mid scale (and zero point) per column: merged projections
+            if HAS_MZP:
+                mz = tl.load(MZP + rn).to(tl.float32)[None, :]
+            ms = tl.load(MS + rn).to(tl.float32)[None, :]
+        else:
+            if HAS_MZP:
+                mz = tl.load(MZP).to(tl.float32)
+            ms = tl.load(MS).to(tl.float32)
         v = (shifted_round(v * tl.math.div_rn(1.0, ms), MQMIN - mz, MQMAX - mz) - 12582912.0) * ms
     if HAS_BIAS:
         v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
