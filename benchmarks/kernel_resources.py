@@ -132,7 +132,7 @@ TILE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps"
 
 def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points: bool = False,
                shape: tuple[int, int, int] = FFN1, config: dict | None = None,
-               mid: bool = False) -> tuple[Any, tuple, dict]:
+               mid: bool | str = False) -> tuple[Any, tuple, dict]:
     """The 8-bit GEMM kernel as qmatmul launches it: A [M, K] and a K-major weight, fp16 a_scale and
     bias, per-channel weight scales; requantized to `out` (an ONNX type) or fp16 out (None); mid:
     the product rounded to uint8 codes (zero point 128) before the bias (ONNX Runtime's QDQ)."""
@@ -140,8 +140,9 @@ def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points
     zp = torch.zeros(1, dtype=torch.int8) if zero_points else None
     requant = {} if out is None else {"out_scale": torch.tensor(0.05), "out_dtype": out,
                                       "out_zp": zp if out == TensorProto.INT8 else None}
-    if mid:
-        requant.update(mid_scale=torch.tensor(0.04), mid_zp=torch.full((1,), 128, dtype=torch.uint8))
+    if mid:   # "columns": one mid scale and zero point per column (merged projections)
+        cols = n if mid == "columns" else 1
+        requant.update(mid_scale=torch.full((cols,), 0.04), mid_zp=torch.full((cols,), 128, dtype=torch.uint8))
     cfg = dict(config or {**TILE, **({"FP8_ACC": 0} if dtype == torch.float8_e4m3fn else {})})
     with recording(qgemm, "_qgemm_kernel") as plain, recording(qgemm, "qgemm_tma_kernel") as tma:
         qgemm.qmatmul(torch.zeros(m, k, dtype=dtype), torch.zeros(n, k, dtype=dtype),
@@ -263,6 +264,11 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 FFN1, bias + GELU, fp16 out": lambda: qgemm_case(torch.int8, "Gelu", None),
     "int8 FFN1, mid + bias + GELU, int8 out (ONNX Runtime QDQ)": lambda: qgemm_case(
         torch.int8, "Gelu", TensorProto.INT8, mid=True),
+    "int8 QKV, mid per column + bias, int8 out (merged ONNX Runtime QDQ)": lambda: qgemm_case(
+        torch.int8, "", TensorProto.INT8, mid="columns", shape=(4096, 2304, 768)),
+    "int8 QKV, mid per column + bias, int8 out, TMA persistent": lambda: qgemm_case(
+        torch.int8, "", TensorProto.INT8, mid="columns", shape=(4096, 2304, 768),
+        config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
     "int8 FFN1, mid + bias + GELU, int8 out, TMA persistent": lambda: qgemm_case(
         torch.int8, "Gelu", TensorProto.INT8, mid=True,
         config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
