@@ -203,3 +203,19 @@ def test_tf32_builds_judge_float32_at_tf32_tolerance_and_cache_apart(log: list[s
     assert tf32.header["build"]["tuning"]["cache_hits"] == 0  # the fp32 build's verdicts are not reused
     keys = json.loads(cache.read_text())["entries"]
     assert any("|tf32|" in k for k in keys) and any("|tf32|" not in k for k in keys)
+
+
+def test_a_layer_whose_every_kernel_is_rejected_is_named_in_the_build_summary(log: list[str]) -> None:
+    """A layer left on the reference because its only kernel's output was wrong: the build summary
+    says so by name (the slow layer a user should see), not only as a rejected-candidate count."""
+    from kiln.cli.build_summary import fallback_line, reference_fallbacks
+
+    with registered(fake("Relu.test_wrong", "Relu", wrong_relu, log)):
+        engine = build(model(), BuildConfig(device="cpu"), timer=FakeTimer(TIMES, log))
+    assert steps_by_name(engine)["relu"].tactic == "Relu.reference"
+    assert reference_fallbacks(engine) == [{"layer": "relu", "op": "Relu"}]
+    assert fallback_line(reference_fallbacks(engine)).startswith("1 layer(s) run on the reference, every kernel "
+                                                                 "rejected (Relu: relu);")
+    with registered(fake("Relu.test_fast", "Relu", relu, log), fake("Relu.test_wrong", "Relu", wrong_relu, log)):
+        engine = build(model(), BuildConfig(device="cpu"), timer=FakeTimer(TIMES, log))
+    assert reference_fallbacks(engine) == []          # a rejected kernel, but another one runs the layer

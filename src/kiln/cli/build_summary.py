@@ -36,7 +36,31 @@ def summary(engine: Engine, out: Path, size: int) -> dict[str, Any]:
         "fp16_overflow": header["build"].get("fp16_overflow"),
         "accuracy_budget": header["build"].get("accuracy_budget"),
         "explicit_quantization": explicit_quantization(engine),
+        "reference_fallbacks": reference_fallbacks(engine),
     }
+
+
+def reference_fallbacks(engine: Engine) -> list[dict[str, str]]:
+    """The layers left on the reference implementation because the tuner rejected every kernel
+    that accepted them (a kernel's output outside the tolerance, or an error): the slow layers a
+    user should know of. From the tuning record (its first rejected candidates)."""
+    tuning = engine.header["build"].get("tuning")
+    rejected = tuning.get("rejected", ()) if isinstance(tuning, dict) else ()
+    named = {r["layer"] for r in rejected}
+    return [{"layer": s.name, "op": s.op} for s in engine.plan.steps
+            if s.tactic.endswith(".reference") and s.name in named]
+
+
+def fallback_line(fallbacks: list[dict[str, str]]) -> str:
+    """E.g. "2 layer(s) run on the reference, every kernel rejected (kiln::Pointwise: gelu_1, ...);
+    the reasons are in --json's tuning.rejected"."""
+    ops: dict[str, list[str]] = {}
+    for f in fallbacks:
+        ops.setdefault(f["op"], []).append(f["layer"])
+    names = "; ".join(f"{op}: " + ", ".join(layers[:3]) + (" ..." if len(layers) > 3 else "")
+                      for op, layers in sorted(ops.items()))
+    return (f"{len(fallbacks)} layer(s) run on the reference, every kernel rejected ({names}); "
+            "the reasons are in --json's tuning.rejected")
 
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -95,6 +119,7 @@ def print_summary(info: dict[str, Any]) -> None:
         *([("fp16 overflow", overflow_line(info["fp16_overflow"]))] if info.get("fp16_overflow") else []),
         *([("accuracy budget", budget_line(info["accuracy_budget"]))] if info.get("accuracy_budget") else []),
         ("tuning", tuning_line(info["tuning"])),
+        *([("fallbacks", fallback_line(info["reference_fallbacks"]))] if info.get("reference_fallbacks") else []),
         ("engine size", output.fmt_bytes(info["engine_bytes"])),
         ("peak activations", f"{output.fmt_bytes(info['peak_activation_bytes'])} planned "
                              f"(of {output.fmt_bytes(info['total_activation_bytes'])} if none were reused)"),
