@@ -79,7 +79,7 @@ def test_mid_quantized_conv_may_move_by_its_mid_step() -> None:
     merged = [None] * len(QMATMUL_INPUTS)                                     # merged projections: per column
     merged[QMATMUL_INPUTS.index("out_scale")] = torch.tensor([0.05, 0.05, 0.2])
     merged[QMATMUL_INPUTS.index("mid_scale")] = torch.tensor([0.04, 0.12, 0.3])
-    assert quantized_steps("kiln::QMatMul", merged) == 4                      # the largest column's 1 + ceil(0.12 / 0.05)
+    assert quantized_steps("kiln::QMatMul", merged) == 4     # the largest column's: 1 + ceil(0.12 / 0.05)
     merged[QMATMUL_INPUTS.index("out_scale")] = None
     assert mid_step("kiln::QMatMul", merged) == pytest.approx(0.3)
     r = torch.randint(10, 240, (100, 100), generator=G, dtype=torch.int32).to(torch.uint8)

@@ -138,7 +138,8 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
             or None in a_params or node.input(_Q["residual"]) is not None:
         return None
-    if not all(_per_column(node.input(_Q[k]), n) for k in ("b_scale", "b_zp", "out_scale", "out_zp", "mid_scale", "mid_zp")):
+    if not all(_per_column(node.input(_Q[k]), n)
+               for k in ("b_scale", "b_zp", "out_scale", "out_zp", "mid_scale", "mid_zp")):
         return None
     mid, mid_zp = node.input(_Q["mid_scale"]), node.input(_Q["mid_zp"])
     bias = node.input(_Q["bias"])

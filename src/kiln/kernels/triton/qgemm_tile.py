@@ -35,8 +35,9 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
     loaded), activation; then the float value, or the code when requantizing (int8/uint8;
     float8 as its uint8 bits). MID (1: one value, 2: one per column): the product quantized to
-    the codes of (MS, MZP) in [MQMIN, MQMAX] and dequantized before the bias (the reference's mid_scale: ONNX Runtime's MatMul ->
-    Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid quantization."""
+    the codes of (MS, MZP) in [MQMIN, MQMAX] and dequantized before the bias (the reference's
+    mid_scale: ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid
+    quantization."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     if MID:
