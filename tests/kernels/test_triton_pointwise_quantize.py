@@ -141,3 +141,20 @@ def test_a_quantizing_program_rounds_every_op_as_the_reference():
     assert torch.equal(got, want) and len(torch.unique(want)) > 100
     floats = pw.generate_source(ort_gelu("int8")[:3], ["int8"], [(64,)])
     assert "t2 = tl.erf(t1)" in floats
+
+
+def test_ort_silu_codes_are_the_reference_codes():
+    """ONNX Runtime's QDQ SiLU (DQ -> Sigmoid -> Q/DQ -> Mul -> Q) in one kernel: the exponential
+    and the division as torch computes them on the GPU (exp_f32, div_rn), so the uint8 codes equal
+    the reference's there too (checked with --device cuda; interpreted: numpy's exp)."""
+    program = [["DequantizeLinear", ["i0", C(0.0421, "float16"), C(117, "uint8")], {}],
+               ["Sigmoid", ["t0"], {}],
+               ["QuantizeLinear", ["t1", C(0.0039215, "float16"), C(0, "uint8")], {}],
+               ["DequantizeLinear", ["t2", C(0.0039215, "float16"), C(0, "uint8")], {}],
+               ["Mul", ["t0", "t3"], {}],
+               ["QuantizeLinear", ["t4", C(0.0213, "float16"), C(13, "uint8")], {}]]
+    x = _codes((512, 1000), U8, 7).to(DEV)
+    got, want = pw.pointwise(x, program=program), reference(x, program=program)
+    assert got.dtype == torch.uint8 and torch.equal(got, want) and len(torch.unique(want)) > 100
+    source = pw.generate_source(program, ["uint8"], [(512, 1000)])
+    assert "tl.math.div_rn(1.0, (1.0 + exp_f32(-t0)))" in source

@@ -23,8 +23,36 @@ import triton
 import triton.language as tl
 
 from kiln.ir.dtypes import onnx_to_torch
-from kiln.kernels.triton.compiled import product_rn  # noqa: F401 - the generated source imports it from here
+from kiln.kernels.triton.compiled import COMPILED, product_rn  # noqa: F401 - the generated source imports it
 from kiln.kernels.triton.quantize import _in_precision, _saturate_round, divide
+
+try:                       # Triton 3.2 on: the libdevice calls of the backend in use
+    from triton.language.extra import libdevice
+except ImportError:        # Triton 3.0 / 3.1
+    from triton.language.extra.cuda import libdevice
+
+
+@triton.jit
+def exp_f32(x):
+    """e**x as torch computes it on the GPU (CUDA's expf: libdevice's, within 2 ulp), not as tl.exp
+    (ex2.approx of x * log2(e), whose error grows with |x|): an exponential followed by a
+    QuantizeLinear (ONNX Runtime's Sigmoid -> Q/DQ -> Mul -> Q of a SiLU) must give the
+    reference's codes. In the interpreter tl.exp (numpy's, correctly rounded in practice)."""
+    if COMPILED:
+        r = libdevice.exp(x)
+    else:
+        r = tl.exp(x)
+    return r
+
+
+@triton.jit
+def log_f32(x):
+    """ln x as torch computes it on the GPU (CUDA's logf, libdevice's), as exp_f32."""
+    if COMPILED:
+        r = libdevice.log(x)
+    else:
+        r = tl.log(x)
+    return r
 
 
 @triton.jit
@@ -240,14 +268,14 @@ RULES: dict[str, Rule] = {
     # math (float only: the reference computes integer inputs in float64 and casts back)
     "Sqrt": Rule(lambda a, c: f"tl.sqrt_rn({a[0]})", "float"),
     "Reciprocal": Rule(lambda a, c: _div("1.0", a[0]), "float"),
-    "Exp": Rule(lambda a, c: f"tl.exp({a[0]})", "float"),
-    "Log": Rule(lambda a, c: f"tl.log({a[0]})", "float"),
+    "Exp": Rule(lambda a, c: f"exp_f32({a[0]})", "float"),
+    "Log": Rule(lambda a, c: f"log_f32({a[0]})", "float"),
     "Erf": Rule(lambda a, c: f"tl.erf({a[0]})", "float"),
     "Floor": Rule(lambda a, c: f"tl.floor({a[0]})", "float"),
     "Ceil": Rule(lambda a, c: f"tl.ceil({a[0]})", "float"),
     # activations, as activations.py writes them
     "Tanh": Rule(lambda a, c: f"tanh_f32({a[0]})", "float"),
-    "Sigmoid": Rule(lambda a, c: f"1.0 / (1.0 + tl.exp(-{a[0]}))", "float"),
+    "Sigmoid": Rule(lambda a, c: _div("1.0", f"(1.0 + exp_f32(-{a[0]}))"), "float"),   # torch's formula
     "Relu": Rule(lambda a, c: f"tl.where({a[0]} < 0, 0, {a[0]})", "num"),   # keeps NaN
     "LeakyRelu": Rule(lambda a, c: f"tl.where({a[0]} >= 0, {a[0]}, {a[0]} * {_attr(c, 'alpha', 0.01)})", "float"),
     "PRelu": Rule(lambda a, c: f"tl.where({a[0]} >= 0, {a[0]}, {a[0]} * {a[1]})", "float"),
