@@ -56,6 +56,17 @@ def log_f32(x):
 
 
 @triton.jit
+def erf_f32(x):
+    """erf x as torch computes it on the GPU (CUDA's erff, libdevice's), named rather than left to
+    how this Triton lowers tl.erf: ONNX Runtime's QDQ Gelu quantizes its Erf's output."""
+    if COMPILED:
+        r = libdevice.erf(x)
+    else:
+        r = tl.erf(x)
+    return r
+
+
+@triton.jit
 def tanh_f32(x):
     # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|) <= 1 (no overflow); near 0 the
     # series x - x^3/3 + 2x^5/15 avoids the cancellation in 1 - e.
@@ -144,7 +155,7 @@ def _gelu(a: list[str], c: EmitContext) -> str:
     (x,) = a
     approximate = c.attrs.get("approximate", "none")
     if approximate == "none":   # x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))
-        return f"0.5 * {x} * (1.0 + tl.erf({x} * {math.sqrt(0.5)!r}))"
+        return f"0.5 * {x} * (1.0 + erf_f32({x} * {math.sqrt(0.5)!r}))"
     if approximate == "tanh":   # x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
         return f"0.5 * {x} * (1.0 + tanh_f32({math.sqrt(2 / math.pi)!r} * ({x} + 0.044715 * {x} * {x} * {x})))"
     raise Unsupported(f"Gelu approximate={approximate!r}")
@@ -270,7 +281,7 @@ RULES: dict[str, Rule] = {
     "Reciprocal": Rule(lambda a, c: _div("1.0", a[0]), "float"),
     "Exp": Rule(lambda a, c: f"exp_f32({a[0]})", "float"),
     "Log": Rule(lambda a, c: f"log_f32({a[0]})", "float"),
-    "Erf": Rule(lambda a, c: f"tl.erf({a[0]})", "float"),
+    "Erf": Rule(lambda a, c: f"erf_f32({a[0]})", "float"),
     "Floor": Rule(lambda a, c: f"tl.floor({a[0]})", "float"),
     "Ceil": Rule(lambda a, c: f"tl.ceil({a[0]})", "float"),
     # activations, as activations.py writes them
