@@ -21,10 +21,12 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 
 
 def _ort_qdq_bert(tmp_path: Path):
-    """(the BenchModel, the path of its ONNX Runtime QDQ model: QInt8 activations, per-channel weights)."""
-    quant = pytest.importorskip("onnxruntime.quantization")
+    """(the BenchModel, the path of its ONNX Runtime QDQ model: QInt8 activations, per-channel weights,
+    quantized as benchmarks/qdq_ort.py does)."""
+    pytest.importorskip("onnxruntime.quantization")
     pytest.importorskip("transformers")
     from benchmarks import models
+    from benchmarks.qdq_ort import ort_qdq
 
     bert = models.bert(0, name="tiny_bert", seq=16, **TINY)
     names = bert.input_names
@@ -33,19 +35,10 @@ def _ort_qdq_bert(tmp_path: Path):
         warnings.simplefilter("ignore")
         torch.onnx.export(bert.export_module, tuple(models.make_inputs(bert, 2)[n] for n in names), buf,
                           dynamo=False, opset_version=17, input_names=list(names), output_names=[bert.output_name])
-    src, out = tmp_path / "bert.onnx", tmp_path / "bert_qdq.onnx"
+    src = tmp_path / "bert.onnx"
     src.write_bytes(buf.getvalue())
-
-    class Reader(quant.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(4)])
-
-        def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
-            return next(self.it, None)
-
-    quant.quantize_static(str(src), str(out), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
-                          weight_type=quant.QuantType.QInt8, activation_type=quant.QuantType.QInt8)
-    return bert, out
+    feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(4)]
+    return bert, ort_qdq(src, feeds, "QInt8", tmp_path)
 
 
 def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, device):
