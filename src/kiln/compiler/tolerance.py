@@ -101,24 +101,24 @@ def quantized_steps(op: str, args: Sequence[Any]) -> int:
     if mid is None or out is None:
         return 1
     # per column (merged projections) or per tensor, either one: the largest column's ratio
-    ratio = mid.detach().to("cpu", torch.float64).reshape(-1) / out.detach().to("cpu", torch.float64).abs().reshape(-1)
-    return 1 + math.ceil(float(ratio.max()))
+    return 1 + math.ceil(float((mid / out.abs()).max()))
 
 
 def mid_step(op: str, args: Sequence[Any]) -> float:
     """mid_scale of a kiln::QConv / kiln::QMatMul with mid quantization and a float output (the
     value its mid rounding may move a few elements by, module docstring); 0.0 otherwise."""
     mid, out = _mid_and_out(op, args)
-    return 0.0 if mid is None or out is not None else float(mid.detach().to("cpu", torch.float64).abs().max())
+    return 0.0 if mid is None or out is not None else float(mid.abs().max())
 
 
 def _mid_and_out(op: str, args: Sequence[Any]) -> tuple[Any, Any]:
-    """(mid_scale, out_scale) among a kiln::QConv's / kiln::QMatMul's inputs (None where absent)."""
+    """(mid_scale, out_scale) among a kiln::QConv's / kiln::QMatMul's inputs, flat float64 on the
+    host (one value, or one per column; None where absent)."""
     names = {"kiln::QConv": QCONV_INPUTS, "kiln::QMatMul": QMATMUL_INPUTS}.get(op)
     if names is None:
         return None, None
-    mid, out = (names.index(n) for n in ("mid_scale", "out_scale"))
-    return (args[mid] if len(args) > mid else None), (args[out] if len(args) > out else None)
+    found = (args[i] if len(args) > i else None for i in (names.index(n) for n in ("mid_scale", "out_scale")))
+    return tuple(None if t is None else t.detach().to("cpu", torch.float64).reshape(-1) for t in found)
 
 
 def mismatch(candidate: Any, reference: Any, op: str = "", tf32: bool = False, steps: int = 1,
