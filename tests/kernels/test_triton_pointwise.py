@@ -201,9 +201,9 @@ def test_integer_and_bool_inputs() -> None:
 
 def test_constants_round_to_the_operands_type_and_non_finite_constants() -> None:
     # fp16 x * fp32 scalar: torch computes in fp16, so the constant is rounded to fp16 first.
-    src = pw.generate_source([["Mul", ["i0", C(0.1)], {}], ["Max", ["t0", C(-math.inf)], {}]],
-                             ["float16"], [(4,)])
-    assert repr(float(torch.tensor(0.1).half())) in src and 'float("-inf")' in src
+    src, consts = pw.generate([["Mul", ["i0", C(0.1)], {}], ["Max", ["t0", C(-math.inf)], {}]], ["float16"], [(4,)])
+    assert "t0 = x0 * k0" in src and "k1" in src
+    assert consts == {"k0": float(torch.tensor(0.1).half()), "k1": -math.inf}
     _check([["Mul", ["i0", C(0.1)], {}], ["Max", ["t0", C(-math.inf)], {}]], torch.randn(4, 5).half())
     x = torch.tensor([0.0, -1.0, float("nan"), float("inf"), 2.0])
     _check([["Relu", ["i0"], {}], ["Tanh", ["t0"], {}]], x)
@@ -287,3 +287,21 @@ def test_gpu_tactic_is_chosen_and_int64_indexing() -> None:
     for rows in (slice(0, 3), slice(-3, None)):
         want = reference(x[rows], b, x[rows], program=GELU_BIAS_RESIDUAL)
         torch.testing.assert_close(got[rows].float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_layers_that_differ_only_in_constants_share_one_kernel() -> None:
+    """A model repeats a program per layer with other constants (an explicitly quantized model's
+    scales and zero points): the constants are kernel parameters, so the source, and the compiled
+    kernel, is the same; each launch passes its own values."""
+    def scaled(s: float, shift: int) -> list:
+        return [["Mul", ["i0", C(s)], {}], ["Add", ["t0", C(shift, "int64")], {}], ["Relu", ["t1"], {}]]
+    a, consts_a = pw.generate(scaled(0.5, 3), ["float32"], [(64,)])
+    b, consts_b = pw.generate(scaled(0.25, -7), ["float32"], [(64,)])
+    assert a == b and consts_a != consts_b
+    assert consts_b == {"k0": 0.25, "k1": -7.0}           # the int constant added to a float: a float
+    x = torch.randn(3, 50)
+    _check(scaled(0.5, 3), x)
+    _check(scaled(0.25, -7), x)
+    assert pw._launch([x], scaled(0.5, 3), None, 1).kernel is pw._launch([x], scaled(0.25, -7), None, 1).kernel
+    ints, consts = pw.generate([["Add", ["i0", C(-5, "int64")], {}]], ["int32"], [(8,)])
+    assert consts == {"k0": -5} and "t0 = x0 + k0" in ints

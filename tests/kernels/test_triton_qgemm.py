@@ -391,8 +391,9 @@ def test_mid_quantization_per_column(config, mid_type):
     args = [ops[0], ops[1], ops[2], None, ops[3], None, ops[4], None]
     out = _requant(torch.uint8, 7, scale=0.25)
     got = qgemm.qmatmul(*args, config=config, **out, mid_scale=ms.to(DEV), mid_zp=mz.to(DEV)).cpu()
-    want = REF(*[_cpu(t) for t in args], **out, mid_scale=ms, mid_zp=mz)
+    out_cpu = {k: _cpu(v) for k, v in out.items()}
+    want = REF(*[_cpu(t) for t in args], **out_cpu, mid_scale=ms, mid_zp=mz)
     assert torch.equal(got, want)
     for i, (s, z) in enumerate(zip(scales, zps)):
-        one = REF(*[_cpu(t) for t in args], **out, mid_scale=torch.tensor(s), mid_zp=torch.tensor(z, dtype=mid_type))
+        one = REF(*[_cpu(t) for t in args], **out_cpu, mid_scale=torch.tensor(s), mid_zp=torch.tensor(z, dtype=mid_type))
         assert torch.equal(want[:, 16 * i:16 * (i + 1)], one[:, 16 * i:16 * (i + 1)])

@@ -16,20 +16,20 @@ assignment, each output one store; floats compute in float32 and are stored in t
 program with a QuantizeLinear also rounded to it after every op, as the reference rounds);
 int8/uint8 values, which only QuantizeLinear makes and DequantizeLinear reads here (an explicitly
 quantized model's Q/DQ chains, pointwise_ops), are held in int32 and stored as bytes.
-The source depends only on the program, the dtypes and this broadcast pattern, so compiled
-kernels are cached by source text; launches are cached by input dtypes, shapes and strides.
+The program's constants are parameters of the kernel (pointwise_constants), so the source depends
+only on the program's structure, the dtypes and this broadcast pattern: compiled kernels are cached
+by source text, and the layers of a model that repeat a program with other scales share one;
+launches are cached by program, input dtypes, shapes and strides.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import linecache
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import triton
 
@@ -43,6 +43,7 @@ from kiln.kernels.triton.pointwise_layout import (
     dim_order,
     output_strides,
 )
+from kiln.kernels.triton.pointwise_constants import FLOATS, Constants
 from kiln.kernels.triton.pointwise_ops import RULES, EmitContext, Unsupported, as_the_reference_rounds
 from kiln.kernels.triton.pointwise_trace import Step, Trace, trace
 
@@ -57,7 +58,6 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK": 4096, "num_warps": 8},
     {"BLOCK": 256, "num_warps": 2},
 )
-FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 # dtype -> the Triton type it is held in inside the kernel, and the one it is stored as.
 # int8/uint8 only as what QuantizeLinear makes and DequantizeLinear reads (QUANTIZED), held in int32.
 _HELD = {torch.float16: "tl.float32", torch.bfloat16: "tl.float32", torch.float32: "tl.float32",
@@ -71,29 +71,6 @@ BYTES = (torch.int8, torch.uint8)
 QUANTIZED = ("QuantizeLinear", "DequantizeLinear")
 
 # ---------------------------------------------------------------------------- source
-
-
-def _float_literal(v: float) -> str:
-    """`v` rounded to float32, as Triton source that is a float32 constant (never float64)."""
-    with np.errstate(over="ignore"):
-        v = float(np.float32(v))
-    if math.isnan(v):
-        return 'float("nan")'
-    if math.isinf(v):
-        return 'float("inf")' if v > 0 else '(float("-inf"))'
-    if v != 0 and abs(v) < 2.0 ** -126:  # Triton would read a float32 subnormal as float64
-        return f"tl.full([1], {v!r}, tl.float32)"
-    return f"({v!r})" if v < 0 or (v == 0 and math.copysign(1, v) < 0) else repr(v)
-
-
-def _literal(value: Any, dtype: torch.dtype, target: torch.dtype) -> str:
-    """An inlined constant of `dtype`, converted to `target` as torch would, as source."""
-    v = torch.tensor(value, dtype=dtype).to(target).item()
-    if target == torch.bool:
-        return "True" if v else "False"
-    if target in FLOATS:
-        return _float_literal(float(v))
-    return f"({int(v)})" if int(v) < 0 else str(int(v))
 
 
 def convert(expr: str, src: torch.dtype, dst: torch.dtype) -> str:
@@ -132,8 +109,10 @@ _DOMAINS = {
 }
 
 
-def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], per_op: bool = False) -> str:
-    """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op)."""
+def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], consts: Constants,
+                 per_op: bool = False) -> str:
+    """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op);
+    its constants become parameters of the kernel (`consts`)."""
     rule = RULES[step.op]
     _check(step.dtype, f"{step.op}'s result")
     if all(a is None or a[0] == "c" for a in step.args):
@@ -150,15 +129,15 @@ def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], p
         if a is None:
             operands.append(None)
         elif a[0] == "c":
-            operands.append(_literal(a[1], a[2], target))
+            operands.append(consts.of(a[1], a[2], target))
         else:
             operands.append(convert(f"x{a[1]}" if a[0] == "i" else f"t{a[1]}", held[a[:2]], target))
     if step.op in ("Cast", "CastLike"):
         expr = convert(operands[0], step.arg_dtypes[0], step.dtype)
     else:
-        consts = tuple(a[1] if a is not None and a[0] == "c" else None for a in step.args)
+        values = tuple(a[1] if a is not None and a[0] == "c" else None for a in step.args)
         is_float = all(t in FLOATS for t in present)
-        context = EmitContext(step.attrs, consts, is_float, _float_literal, step.arg_dtypes, step.dtype)
+        context = EmitContext(step.attrs, values, is_float, consts.float, step.arg_dtypes, step.dtype)
         expr = rule.emit(operands, context)
         if per_op and step.op not in QUANTIZED:
             expr = as_the_reference_rounds(expr, step.op, operands, context)
@@ -202,15 +181,16 @@ def _indices(layout: Layout, n_in: int) -> tuple[list[str], list[str]]:
     return lines, sorted(args)
 
 
-def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout, program: Any) -> tuple[str, list[str]]:
-    """(the kernel module's source, the names of its integer parameters after the pointers)."""
+def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout) -> tuple[str, list[str], Constants]:
+    """(the kernel module's source, the names of its parameters after the pointers, its constants)."""
     n_in = len(in_dtypes)
     for i, d in enumerate(in_dtypes):
         _check(d, f"input {i}")
     held: dict[tuple[str, int], torch.dtype] = {("i", i): d for i, d in enumerate(in_dtypes)}
     # A program that quantizes rounds op by op as the reference does: its codes must be the reference's.
     per_op = any(s.op == "QuantizeLinear" for s in tr.steps)
-    body = [_instruction(k, s, held, per_op) for k, s in enumerate(tr.steps)]
+    consts = Constants()
+    body = [_instruction(k, s, held, consts, per_op) for k, s in enumerate(tr.steps)]
     stores = []
     for j, (ref, dt) in enumerate(zip(tr.outputs, tr.out_dtypes)):
         _check(dt, f"output {j}")
@@ -232,7 +212,7 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout, program
     stride_args = [f"st{j}_{d}" for j, st in enumerate(layout.strides) if layout.kind(j) == "strided"
                    for d, s in enumerate(st) if s not in (0, 1)]
     params = ([f"in{i}" for i in range(n_in)] + [f"out{j}" for j in range(len(tr.outputs))]
-              + ["numel"] + size_args + stride_args + ["BLOCK: tl.constexpr"])
+              + ["numel"] + size_args + stride_args + consts.names + ["BLOCK: tl.constexpr"])
     pid = "tl.program_id(0).to(tl.int64)" if layout.wide() else "tl.program_id(0)"
     lines = ["offs = pid * BLOCK + tl.arange(0, BLOCK)", "mask = offs < numel", *index_lines,
              *loads, *body, *stores]
@@ -246,13 +226,13 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout, program
         "",
         "@triton.jit",
         f"def kiln_pointwise({', '.join(params)}):",
-        f"    # program: {json.dumps(program)}",
+        f"    # ops: {' '.join(s.op for s in tr.steps)}",
         f"    # rank {len(layout.sizes)}; operands: {[layout.kind(j) for j in range(len(layout.strides))]}",
         f"    pid = {pid}",
         *[f"    {line}" for line in lines],
         "",
     ])
-    return source, ["numel"] + size_args + stride_args
+    return source, ["numel"] + size_args + stride_args + consts.names, consts
 
 # ---------------------------------------------------------------------------- plan and launch
 
@@ -275,7 +255,7 @@ def _torch_dtype(d: torch.dtype | str) -> torch.dtype:
 
 def _plan(program: Sequence[Any], dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
           strides: Sequence[Sequence[int]] | None, outputs: Sequence[str] | None, n_outputs: int
-          ) -> tuple[str, list[str], Layout, Trace, list[tuple[int, ...]]]:
+          ) -> tuple[str, list[str], Layout, Trace, list[tuple[int, ...]], Constants]:
     tr = trace(program, dtypes, shapes, outputs, n_outputs)
     space = tr.shape
     strides = strides if strides is not None else [contiguous_strides(s) for s in shapes]
@@ -287,17 +267,27 @@ def _plan(program: Sequence[Any], dtypes: Sequence[torch.dtype], shapes: Sequenc
     layout = collapse(space, operand_strides, dim_order(space, full))
     if len(layout.sizes) > MAX_RANK:
         raise Unsupported(f"{len(layout.sizes)} dims after merging (at most {MAX_RANK})")
-    source, params = _source(tr, dtypes, layout, program)
-    return source, params, layout, tr, out_strides
+    source, params, consts = _source(tr, dtypes, layout)
+    return source, params, layout, tr, out_strides, consts
+
+
+def generate(program: Sequence[Any], input_dtypes: Sequence[torch.dtype | str],
+             input_shapes: Sequence[Sequence[int]], outputs: Sequence[str] | None = None,
+             n_outputs: int = 1, input_strides: Sequence[Sequence[int]] | None = None
+             ) -> tuple[str, dict[str, float | int]]:
+    """The Triton module the program becomes for inputs of these dtypes, shapes (and strides;
+    contiguous if not given), and the values of its constant parameters (k0, k1, ...). Raises
+    Unsupported when the generator cannot write it."""
+    dtypes = [_torch_dtype(d) for d in input_dtypes]
+    plan = _plan(program, dtypes, [tuple(s) for s in input_shapes], input_strides, outputs, n_outputs)
+    return plan[0], dict(zip(plan[5].names, plan[5].values))
 
 
 def generate_source(program: Sequence[Any], input_dtypes: Sequence[torch.dtype | str],
                     input_shapes: Sequence[Sequence[int]], outputs: Sequence[str] | None = None,
                     n_outputs: int = 1, input_strides: Sequence[Sequence[int]] | None = None) -> str:
-    """The Triton module the program becomes for inputs of these dtypes, shapes (and strides;
-    contiguous if not given). Raises Unsupported when the generator cannot write it."""
-    dtypes = [_torch_dtype(d) for d in input_dtypes]
-    return _plan(program, dtypes, [tuple(s) for s in input_shapes], input_strides, outputs, n_outputs)[0]
+    """generate's source only."""
+    return generate(program, input_dtypes, input_shapes, outputs, n_outputs, input_strides)[0]
 
 
 _KERNELS: dict[str, Any] = {}
@@ -340,14 +330,15 @@ def _launch(inputs: Sequence[Tensor], program: Any, outputs: Sequence[str] | Non
         _LAUNCHES.clear()
     try:
         shapes = [tuple(t.shape) for t in inputs]
-        source, params, layout, tr, out_strides = _plan(program, [t.dtype for t in inputs], shapes,
-                                           [t.stride() for t in inputs], outputs, n_outputs)
+        source, params, layout, tr, out_strides, consts = _plan(program, [t.dtype for t in inputs], shapes,
+                                                                [t.stride() for t in inputs], outputs, n_outputs)
     except Unsupported:
         _LAUNCHES[key] = None
         return None
     values = {"numel": layout.numel}
     values.update({f"n{d}": n for d, n in enumerate(layout.sizes)})
     values.update({f"st{j}_{d}": s for j, st in enumerate(layout.strides) for d, s in enumerate(st)})
+    values.update(zip(consts.names, consts.values))
     launch = Launch(compile_source(source), tuple(values[p] for p in params), layout.numel,
                     tr.out_shapes, tuple(out_strides), tr.out_dtypes, source)
     _LAUNCHES[key] = launch
