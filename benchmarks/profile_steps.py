@@ -92,6 +92,8 @@ def main(specs: list[str]) -> None:
         for k in sorted(steps):
             st = engine.plan.steps[k] if k >= 0 else None
             label = f"{st.op:18s} {st.tactic:32s} {str(st.config)[:40]}" if st else "?"
+            if st is not None and st.op == "kiln::Pointwise":   # which program: its ops
+                label += " [" + " ".join(ins[0] for ins in st.attrs.get("program", ())) + "]"
             us = sum(d for _, d in steps[k])
             print(f"{k:4d} {us:8.1f}  {label} | " + "; ".join(f"{n[:60]} {d:.1f}" for n, d in steps[k]), flush=True)
         print(f"total {sum(d for ks in steps.values() for _, d in ks):.1f} us")
