@@ -113,6 +113,9 @@ def ort_gelu(code: str, dtype: str = "float16") -> list:
     return prog
 
 
+COMPUTED = {"BLOCK": 1024, "num_warps": 4, "TABLE": 0}   # the generated kernel even where a lookup applies
+
+
 def test_ort_gelu_codes_are_the_reference_codes_on_the_same_device():
     """The tuner compares a Pointwise kernel's int8 output with the reference op's on the same
     device, exactly. The chain's 16-bit values held in float32 (rounded only where quantized) gave
@@ -120,9 +123,10 @@ def test_ort_gelu_codes_are_the_reference_codes_on_the_same_device():
     reference; now every op rounds as the reference's does (and divides correctly rounded)."""
     x = _codes((1024, 3072), I8, 4).to(DEV)
     program = ort_gelu("int8")
-    got = pw.pointwise(x, program=program)
     want = reference(x, program=program)
-    assert got.dtype == torch.int8 and torch.equal(got, want)
+    for config in (None, COMPUTED):   # the lookup (the default: one 8-bit input) and the computed kernel
+        got = pw.pointwise(x, program=program, config=config)
+        assert got.dtype == torch.int8 and torch.equal(got, want)
     assert len(torch.unique(want)) > 100
     assert "tl.math.div_rn(" in pw.generate_source(program, ["int8"], [(1024, 3072)])
 
@@ -155,7 +159,42 @@ def test_ort_silu_codes_are_the_reference_codes():
                ["Mul", ["t0", "t3"], {}],
                ["QuantizeLinear", ["t4", C(0.0213, "float16"), C(13, "uint8")], {}]]
     x = _codes((512, 1000), U8, 7).to(DEV)
-    got, want = pw.pointwise(x, program=program), reference(x, program=program)
-    assert got.dtype == torch.uint8 and torch.equal(got, want) and len(torch.unique(want)) > 100
+    want = reference(x, program=program)
+    assert len(torch.unique(want)) > 100
+    for config in (None, COMPUTED):
+        got = pw.pointwise(x, program=program, config=config)
+        assert got.dtype == torch.uint8 and torch.equal(got, want)
     source = pw.generate_source(program, ["uint8"], [(512, 1000)])
     assert "tl.math.div_rn(1.0, (1.0 + exp_f32(-t0)))" in source
+
+
+def test_one_8bit_input_runs_as_a_lookup_in_the_references_table(monkeypatch):
+    """A program of one int8/uint8 input is a function of 256 codes: the kernel reads the
+    reference's own outputs for them (made once per program and device), so its outputs are the
+    reference's bit for bit, whatever the chain computes (here a float16 output and codes); an
+    input with gaps or a second input takes the computed kernel; no table is made while a CUDA
+    graph is captured."""
+    from kiln.kernels.triton import pointwise_table
+    gelu = ort_gelu("int8")
+    dq_relu = [["DequantizeLinear", ["i0", C(0.0213, "float16"), C(-5, "int8")], {}], ["Relu", ["t0"], {}]]
+    x = _codes((33, 70), I8, 9).to(DEV)
+    for program in (gelu, dq_relu):
+        launch = pw._launch([x], program, None, 1)
+        assert launch.tabulable
+        made = pointwise_table.table(pw._program_key(program), program, None, torch.int8, x.device)
+        assert made.shape == (256,) and made.dtype == reference(x, program=program).dtype
+        assert torch.equal(made, reference(torch.arange(256).to(torch.uint8).view(torch.int8).to(DEV), program=program))
+        assert torch.equal(pw.pointwise(x, program=program), reference(x, program=program))
+    # the input's bit patterns index the table: -1 is entry 255, -128 entry 128
+    edges = torch.tensor([-128, -1, 0, 127], dtype=torch.int8, device=DEV)
+    assert torch.equal(pw.pointwise(edges, program=gelu), reference(edges, program=gelu))
+    transposed = _codes((70, 33), I8, 10).to(DEV).t()     # its output takes its strides: both dense
+    assert pw._launch([transposed], gelu, None, 1).tabulable
+    assert torch.equal(pw.pointwise(transposed, program=gelu), reference(transposed, program=gelu))
+    strided = _codes((33, 140), I8, 11).to(DEV)[:, ::2]   # a gap between elements: computed
+    assert not pw._launch([strided], gelu, None, 1).tabulable
+    assert torch.equal(pw.pointwise(strided, program=gelu), reference(strided, program=gelu))
+    assert not pw._launch([x, x], residual_add(1, 2, 3, "int8"), None, 1).tabulable
+    fresh = [["DequantizeLinear", ["i0", C(0.5, "float16"), C(3, "int8")], {}]]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert pointwise_table.table(pw._program_key(fresh), fresh, None, torch.int8, torch.device("cuda")) is None

@@ -15,7 +15,8 @@ stride 1 is written into the source). Each input is loaded once, each instructio
 assignment, each output one store; floats compute in float32 and are stored in their dtype (in a
 program with a QuantizeLinear also rounded to it after every op, as the reference rounds);
 int8/uint8 values, which only QuantizeLinear makes and DequantizeLinear reads here (an explicitly
-quantized model's Q/DQ chains, pointwise_ops), are held in int32 and stored as bytes.
+quantized model's Q/DQ chains, pointwise_ops), are held in int32 and stored as bytes; a program
+of one such input runs as a lookup in the reference's table of its 256 codes (pointwise_table).
 The program's constants are parameters of the kernel (pointwise_constants), so the source depends
 only on the program's structure, the dtypes and this broadcast pattern: compiled kernels are cached
 by source text, and the layers of a model that repeat a program with other scales share one;
@@ -43,6 +44,7 @@ from kiln.kernels.triton.pointwise_layout import (
     dim_order,
     output_strides,
 )
+from kiln.kernels.triton import pointwise_table
 from kiln.kernels.triton.pointwise_constants import FLOATS, Constants
 from kiln.kernels.triton.pointwise_ops import RULES, EmitContext, Unsupported, as_the_reference_rounds
 from kiln.kernels.triton.pointwise_trace import Step, Trace, trace
@@ -247,10 +249,8 @@ class Launch:
     out_strides: tuple[tuple[int, ...], ...]
     out_dtypes: tuple[torch.dtype, ...]
     source: str
-
-
-def _torch_dtype(d: torch.dtype | str) -> torch.dtype:
-    return d if isinstance(d, torch.dtype) else from_name(d).torch
+    tabulable: bool = False     # one 8-bit input: pointwise_table's lookup (source: the fallback)
+    wide: bool = False
 
 
 def _plan(program: Sequence[Any], dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
@@ -278,7 +278,7 @@ def generate(program: Sequence[Any], input_dtypes: Sequence[torch.dtype | str],
     """The Triton module the program becomes for inputs of these dtypes, shapes (and strides;
     contiguous if not given), and the values of its constant parameters (k0, k1, ...). Raises
     Unsupported when the generator cannot write it."""
-    dtypes = [_torch_dtype(d) for d in input_dtypes]
+    dtypes = [d if isinstance(d, torch.dtype) else from_name(d).torch for d in input_dtypes]
     plan = _plan(program, dtypes, [tuple(s) for s in input_shapes], input_strides, outputs, n_outputs)
     return plan[0], dict(zip(plan[5].names, plan[5].values))
 
@@ -339,15 +339,20 @@ def _launch(inputs: Sequence[Tensor], program: Any, outputs: Sequence[str] | Non
     values.update({f"n{d}": n for d, n in enumerate(layout.sizes)})
     values.update({f"st{j}_{d}": s for j, st in enumerate(layout.strides) for d, s in enumerate(st)})
     values.update(zip(consts.names, consts.values))
+    kinds = [layout.kind(j) for j in range(len(layout.strides))]
     launch = Launch(compile_source(source), tuple(values[p] for p in params), layout.numel,
-                    tr.out_shapes, tuple(out_strides), tr.out_dtypes, source)
+                    tr.out_shapes, tuple(out_strides), tr.out_dtypes, source,
+                    pointwise_table.tabulable([t.dtype for t in inputs], kinds, n_outputs, tr.out_shapes, tr.shape),
+                    layout.wide())
     _LAUNCHES[key] = launch
     return launch
 
 
 def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = None, n_outputs: int = 1,
               config: dict[str, int] | None = None) -> Tensor | tuple[Tensor, ...]:
-    """kiln::Pointwise in one generated kernel (the reference op's calling convention). Inputs the
+    """kiln::Pointwise in one generated kernel (the reference op's calling convention; config TABLE 0
+    computes a program of one 8-bit input instead of looking it up, as while a graph is captured
+    before its table exists). Inputs the
     generator cannot take at run time (a rank past MAX_RANK after merging dims, mixed devices, an
     absent input) run the reference op instead, so the result is always right."""
     launch = None
@@ -360,6 +365,11 @@ def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = No
                  for s, st, d in zip(launch.out_shapes, launch.out_strides, launch.out_dtypes))
     if launch.numel:
         cfg = config or CONFIGS[0]
+        values = (pointwise_table.table(_program_key(program), program, outputs, inputs[0].dtype, device)
+                  if launch.tabulable and cfg.get("TABLE", 1) else None)
+        if values is not None:
+            pointwise_table.lookup(inputs[0], values, outs[0], launch.numel, launch.wide, cfg)
+            return outs[0]
         grid = (triton.cdiv(launch.numel, cfg["BLOCK"]),)
         launch.kernel[grid](*inputs, *outs, *launch.args, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return outs[0] if n_outputs == 1 else outs
