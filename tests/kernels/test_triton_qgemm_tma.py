@@ -12,7 +12,7 @@ from kiln.kernels.triton import available
 if not available():
     pytest.skip("Triton is not installed", allow_module_level=True)
 
-from kiln.kernels.triton import qgemm_tma  # noqa: E402
+from kiln.kernels.triton import qgemm, qgemm_tma  # noqa: E402
 from tests.kernels.test_triton_qgemm import (DEV, TINY_PERSISTENT, TINY_TMA, _check, _ints, _layer,  # noqa: E402
                                              _requant)
 
@@ -43,6 +43,25 @@ def test_tma_config_falls_back_where_tma_does_not_apply():
     odd[1] = odd[1][:, :72].contiguous()
     assert not qgemm_tma.tma_ok(odd[0].contiguous(), odd[1], None, None)
     _check(odd, trans_b=1, config=TINY_TMA)
+
+
+@pytest.mark.parametrize("config", [TINY_TMA, TINY_PERSISTENT], ids=["tma", "persistent"])
+def test_int8_activation_zero_point_through_tma(config):
+    """ONNX Runtime's QInt8 activations carry a zero point: the TMA kernels take it, subtracting
+    za * colsum(B) with the weight's column sums made once per weight (qgemm.column_sums); the
+    accumulation is exact, so the requantized codes are the reference's."""
+    a_zp = torch.tensor(-37, dtype=torch.int8, device=DEV)
+    args = _layer(45, 40, 64, trans_b=1, a_zp=a_zp, seed=16)
+    assert qgemm_tma.tma_ok(args[0], args[1], a_zp, None) is (qgemm_tma.descriptor_type() is not None)
+    assert not qgemm_tma.tma_ok(args[0].to(torch.float8_e4m3fn), args[1].to(torch.float8_e4m3fn), a_zp, None)
+    _check(args, trans_b=1, activation="Gelu", config=dict(config))
+    got, want = _check(args, trans_b=1, config=dict(config), **_requant(torch.int8, 5, 0.02))
+    plain = _check([args[0], args[1], args[2], None, *args[4:]], trans_b=1, config=dict(config),
+                   **_requant(torch.int8, 5, 0.02))[1]
+    assert not torch.equal(want, plain)                            # the zero point matters here
+    sums = qgemm.column_sums(args[1], 1)
+    assert sums.dtype == torch.int32 and torch.equal(sums.cpu(), args[1].cpu().int().sum(dim=1))
+    assert qgemm.column_sums(args[1], 1) is sums                  # made once per weight tensor
 
 
 @pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])

@@ -15,9 +15,12 @@ flipped; exact), and zero points are handled by expanding the product:
   sum (a' - za)(b' - zb[n]) = S - za * colsum(b')[n] - zb[n] * rowsum(a')[m] + K * za * zb[n]
 
 with a' = a - 128 for uint8 A (else a), za = a_zp - 128 for uint8 (else a_zp; 0 if absent),
-and the same for B. The correction sums run in loops of their own, after the main loop and
-only when the loaded zero point is non-zero, so the symmetric case kiln's calibration makes
-(zero points absent or 0) costs one scalar load and no branch in the K loop. Masked K
+and the same for B. colsum(b') depends on the weight alone: it is summed once per weight
+tensor on the device (column_sums, memoised) and the kernel reads one int32 per column (in a
+loop of its own over B instead, it cost ONNX Runtime's QDQ BERT-base, whose activations carry zero
+points, a second walk of B per tile). The row sums of A run in a loop of their own after the
+main loop, only when the loaded zero point of B is non-zero, so the symmetric case kiln's
+calibration makes (zero points absent or 0) costs one scalar load and no branch in the K loop. Masked K
 loads (K not a multiple of BLOCK_K) read 0, and a uint8 tile is zeroed there after the shift
 (_load_signed): Triton 3.6 fills the masked lanes of a vectorised 8-bit load wrongly from
 an `other` of 128. Nothing is read on the host: zero points and scales are loaded by the
@@ -63,6 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
@@ -105,18 +109,6 @@ def _load_signed(ptrs, mask, U8: tl.constexpr):
 
 
 @triton.jit
-def _col_sums(B, rn, K, stride_bk, stride_bn, B_U8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """sum_k b'[k, n] for the tile's columns, int32 [BLOCK_N]."""
-    offs_k = tl.arange(0, BLOCK_K)
-    total = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        kk = k * BLOCK_K + offs_k
-        b = _load_signed(B + kk[:, None] * stride_bk + rn[None, :] * stride_bn, kk[:, None] < K, B_U8)
-        total += tl.sum(b.to(tl.int32), axis=0)
-    return total
-
-
-@triton.jit
 def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
     """sum_k a'[m, k] for the tile's rows, int32 [BLOCK_M]."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -130,7 +122,7 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BL
 
 @triton.jit
 def _qgemm_kernel(
-        A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
+        A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, COLSUM, M, N, K,
         stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1, MS, MZP,
         FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
@@ -177,7 +169,7 @@ def _qgemm_kernel(
         else:
             za = -128 if A_U8 else 0
         if za != 0:
-            acc -= za * _col_sums(B, rn, K, stride_bk, stride_bn, B_U8, BLOCK_K, BLOCK_N)[None, :]
+            acc -= za * tl.load(COLSUM + rn)[None, :]
     if CORR_B:
         if HAS_BZP:
             zb = tl.load(B_ZP + rn * stride_bz).to(tl.int32) - (128 if B_U8 else 0)
@@ -232,6 +224,20 @@ def _check(a: Tensor, b: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_zp: Ten
             f"out_scale/out_zp are per tensor or per output column ([{n}]), got {tuple(out_scale.shape)}"
     for t in (a, b):
         assert t.numel() < 2**31, "operands of 2**31 elements or more overflow int32 offsets"
+
+
+# weight tensor -> {trans_b: sum_k b'[k, n] as int32 [N]}
+_COLUMN_SUMS = derived_table()
+
+
+def column_sums(b_q: Tensor, trans_b: int) -> Tensor:
+    """sum_k b'[k, n] of a weight (b' = b - 128 for uint8), int32 [N], contiguous: the zero-point
+    correction's column term (module docstring), made on the device once per weight tensor
+    (memo.derived: no host read, so a CUDA graph may capture it)."""
+    def make(b: Tensor) -> Tensor:
+        signed = b.to(torch.int32) - (128 if b.dtype == torch.uint8 else 0)
+        return signed.sum(dim=1 if trans_b else 0, dtype=torch.int32).contiguous()
+    return derived(_COLUMN_SUMS, b_q, trans_b, make)
 
 
 def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
@@ -292,6 +298,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
                   OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
                   num_stages=cfg["num_stages"], **mid)
+    corr_a = a_u8 or a_zp is not None
+    colsum = column_sums(b_q, trans_b) if corr_a else y
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
@@ -300,11 +308,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
-            p0, p1, *mid_ops, PERSISTENT=persistent, Y_TMA=y_tma, **common)
+            p0, p1, *mid_ops, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent, Y_TMA=y_tma,
+            **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
-        a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, m, n, k,
+        a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1, *mid_ops,
-        A_U8=a_u8, B_U8=b_u8, CORR_A=a_u8 or a_zp is not None, CORR_B=b_u8 or b_zp is not None,
+        A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
         HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
     return y.reshape(*lead, n)

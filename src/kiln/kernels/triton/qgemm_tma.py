@@ -1,5 +1,5 @@
 """The 8-bit GEMM with operands brought in by the tensor memory accelerator (config TMA=1 or
-PERSISTENT=1; qgemm.qmatmul launches it where tma_ok): int8 or float8 without zero points,
+PERSISTENT=1; qgemm.qmatmul launches it where tma_ok): int8 (a zero point on A only) or float8,
 K-contiguous 16-byte-aligned operands. One tile per program, or one program per SM walking the
 tiles (PERSISTENT). The per-tile work is qgemm_tile.py's, the arithmetic qgemm.py's docstring."""
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
               REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
               QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, Y_TMA: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-              MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+              MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
+              A_ZP, COLSUM, HAS_AZP: tl.constexpr):
     """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
     as 0): the K walk, then the epilogue; with Y_TMA, Y and RES are descriptors of [BLOCK_M,
     BLOCK_N] boxes and the tile goes out as one TMA store (the copy engine drops what lies past
@@ -44,6 +45,8 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
         b = b_desc.load([off_n, k * BLOCK_K])                                 # [BLOCK_N, BLOCK_K]
         acc = dot8(a, b.T, acc, FP8_ACC)
     offs_n = off_n + tl.arange(0, BLOCK_N)
+    if HAS_AZP:   # int8 A's zero point: - za * colsum(B)[n] (qgemm.py's docstring)
+        acc -= tl.load(A_ZP).to(tl.int32) * tl.load(COLSUM + offs_n % N)[None, :]
     if Y_TMA:
         res = 0.0
         if HAS_RES:
@@ -67,8 +70,10 @@ def qgemm_tma_kernel(
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
-    """The same GEMM with TMA descriptors (_tma_tile), int8 or float8 without zero points: one tile
+        MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
+        A_ZP, COLSUM, HAS_AZP: tl.constexpr):
+    """The same GEMM with TMA descriptors (_tma_tile), int8 (A's zero point, if any, corrected by
+    the weight's column sums: HAS_AZP) or float8: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
     the loop nest flattened so that Triton pipelines across tiles: the next tile's first loads
     are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
@@ -80,12 +85,12 @@ def qgemm_tma_kernel(
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
                       stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
                       REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
-                      BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX)
+                      BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
     else:
         _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
                   stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
                   REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
-                  BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX)
+                  BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
 
 
 def descriptor_type():  # noqa: ANN202
@@ -105,10 +110,10 @@ def sm_count(device: torch.device) -> int:
 
 
 def tma_ok(a2: Tensor, w: Tensor, a_zp: Tensor | None, b_zp: Tensor | None) -> bool:
-    """TMA applies: int8 x int8 or fp8 x fp8 without zero points, both K-contiguous, 16-byte
-    aligned rows and bases (K a multiple of 16)."""
-    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FLOAT8)
-    return (same and a_zp is None and b_zp is None and a2.is_contiguous() and w.is_contiguous()
+    """TMA applies: int8 x int8 (A may have a zero point, B none) or fp8 x fp8, both K-contiguous,
+    16-byte aligned rows and bases (K a multiple of 16)."""
+    same = (a2.dtype == w.dtype == torch.int8) or (a2.dtype == w.dtype == FLOAT8 and a_zp is None)
+    return (same and b_zp is None and a2.is_contiguous() and w.is_contiguous()
             and a2.shape[1] % 16 == 0 and a2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
             and descriptor_type() is not None)
 
