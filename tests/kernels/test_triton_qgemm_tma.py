@@ -13,7 +13,8 @@ if not available():
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 from kiln.kernels.triton import qgemm, qgemm_tma  # noqa: E402
-from tests.kernels.test_triton_qgemm import (DEV, TINY_PERSISTENT, TINY_TMA, _check, _ints, _layer,  # noqa: E402
+from kiln.compiler.tolerance import mismatch  # noqa: E402
+from tests.kernels.test_triton_qgemm import (DEV, OP, TINY_PERSISTENT, TINY_TMA, _check, _ints, _layer,  # noqa: E402
                                              _requant)
 
 
@@ -100,3 +101,16 @@ def test_tma_store_of_ragged_tiles(a_dt, persistent):
     y16 = torch.empty(256, 768, dtype=torch.float16)
     assert qgemm_tma.store_tma_ok(wide, 1, y16) and not qgemm_tma.store_tma_ok(wide, 1, y16, y16)
     _check(ragged, trans_b=1, config=dict(cfg), **_requant(torch.int8, None, 0.02))
+
+
+def test_zero_point_correction_under_inference_mode():
+    """The engine runs (and the tuner checks tactics) under torch.inference_mode, where the
+    weight's K-major copy is an inference tensor: its column sums are memoised all the same."""
+    from kiln.tactics.quantized import triton_qmatmul
+    a_zp = torch.tensor(-37, dtype=torch.int8, device=DEV)
+    args = _layer(45, 40, 64, trans_b=0, a_zp=a_zp, seed=17)
+    out = _requant(torch.int8, 5, 0.02)
+    want = _check(args, trans_b=0, **out)[1]
+    with torch.inference_mode():
+        got = triton_qmatmul(*args, trans_b=0, config=dict(TINY_PERSISTENT), **out).cpu()
+    assert got.dtype == torch.int8 and mismatch(got, want, OP) is None

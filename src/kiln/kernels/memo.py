@@ -18,11 +18,17 @@ def derived_table() -> WeakIdKeyDictionary:
     return WeakIdKeyDictionary()
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's version counter; -1 for an inference tensor, which has none (one made under
+    torch.inference_mode, as the tuner and the runtime make a weight's K-major copy)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def _entries(table: WeakIdKeyDictionary, tensor: torch.Tensor) -> dict[Hashable, Any]:
     """The values derived so far from `tensor` as it is now (none after an in-place change)."""
     hit = table.get(tensor)
-    if hit is None or hit[0] != tensor._version:
-        hit = (tensor._version, {})
+    if hit is None or hit[0] != _version(tensor):
+        hit = (_version(tensor), {})
         table[tensor] = hit
     return hit[1]
 
@@ -44,7 +50,7 @@ def read_once(table: WeakIdKeyDictionary, tensor: torch.Tensor, key: Hashable,
     value), and nothing is kept."""
     if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
         hit = table.get(tensor)
-        if hit is None or hit[0] != tensor._version or key not in hit[1]:
+        if hit is None or hit[0] != _version(tensor) or key not in hit[1]:
             return capturing
     return derived(table, tensor, key, make)
 
