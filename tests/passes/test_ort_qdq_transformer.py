@@ -60,8 +60,11 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     gelu = [s for s in steps if s.op == "kiln::Pointwise"
             and {"Erf", "QuantizeLinear"} <= {i[0] for i in s.attrs["program"]}]
     assert len(gelu) == 2
+    # each layer's attention, Q/DQ on its scores and probabilities included, is one layer
+    assert ops.count("kiln::QDQAttention") == 2 and "Softmax" not in ops and "MatMul" not in ops
     if device == "cuda":     # the kernels' codes are the reference's: nothing element-wise left on it
-        assert not [s.name for s in steps if s.op == "kiln::Pointwise" and s.tactic.endswith(".reference")]
+        assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention")
+                    and s.tactic.endswith(".reference")]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # the ONNX semantics
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

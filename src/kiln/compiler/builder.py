@@ -57,6 +57,7 @@ from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
 from kiln.precision.quantize_attention_output import quantize_attention_output
 from kiln.precision.fuse_input_quantize import fuse_input_quantize
+from kiln.precision.fuse_qdq_attention import fuse_qdq_attention
 from kiln.precision.fuse_matmul_quantize import fuse_matmul_quantize
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fp8 import quantize_fp8
@@ -191,6 +192,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         fuse_norm_quantize(graph)
         fuse_matmul_quantize(graph)  # a float matmul kept wider writes the next layer's 8-bit input,
         fuse_input_quantize(graph)   # a folding conv (ResNet's stem) quantizes its float input itself
+        fuse_qdq_attention(graph)    # ONNX Runtime's attention with Q/DQ inside: one layer
         if quantized is not None:
             quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
             quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)

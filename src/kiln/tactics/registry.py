@@ -60,7 +60,7 @@ def _always(_: TacticQuery) -> bool:
 
 def _ensure_loaded() -> None:
     from kiln.tactics import (attention, conv, conv_triton, host, matmul, matmul_quantize, norm,  # noqa: F401
-                              pointwise, pool, quantized, quantized_conv, quantized_fallback,
+                              pointwise, pool, qdq_attention, quantized, quantized_conv, quantized_fallback,
                               reduce)  # (they register)
 
     for op, opdef in supported_ops().items():

@@ -16,6 +16,7 @@ from kiln.kernels.reference import (  # noqa: F401
     norm_quantize,
     normalization,
     pooling,
+    qdq_attention,
     quantize,
     quantized,
     random,

@@ -111,7 +111,7 @@ _DOMAINS = {
 }
 
 
-def _instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], consts: Constants,
+def instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], consts: Constants,
                  per_op: bool = False) -> str:
     """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op);
     its constants become parameters of the kernel (`consts`)."""
@@ -192,7 +192,7 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout) -> tupl
     # A program that quantizes rounds op by op as the reference does: its codes must be the reference's.
     per_op = any(s.op == "QuantizeLinear" for s in tr.steps)
     consts = Constants()
-    body = [_instruction(k, s, held, consts, per_op) for k, s in enumerate(tr.steps)]
+    body = [instruction(k, s, held, consts, per_op) for k, s in enumerate(tr.steps)]
     stores = []
     for j, (ref, dt) in enumerate(zip(tr.outputs, tr.out_dtypes)):
         _check(dt, f"output {j}")
@@ -293,8 +293,8 @@ def generate_source(program: Sequence[Any], input_dtypes: Sequence[torch.dtype |
 _KERNELS: dict[str, Any] = {}
 
 
-def compile_source(source: str) -> Any:
-    """The `kiln_pointwise` kernel of a generated module, one per distinct source text. The text is
+def compile_source(source: str, entry: str = "kiln_pointwise") -> Any:
+    """The `entry` kernel of a generated module, one per distinct source text. The text is
     registered with linecache under a made-up file name, so that Triton (which reads a kernel's
     source through `inspect`) and tracebacks see it without a file on disk."""
     kernel = _KERNELS.get(source)
@@ -303,7 +303,7 @@ def compile_source(source: str) -> Any:
         linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
         namespace: dict[str, Any] = {"__name__": name.strip("<>").replace("-", "_")}
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 (our own generated text)
-        kernel = _KERNELS[source] = namespace["kiln_pointwise"]
+        kernel = _KERNELS[source] = namespace[entry]
     return kernel
 
 

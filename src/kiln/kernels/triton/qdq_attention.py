@@ -1,0 +1,205 @@
+"""kiln::QDQAttention in one generated Triton kernel (the oracle: kernels/reference/qdq_attention.py).
+
+A program holds BLOCK_M query rows of one (batch, head) and every key at once (Lk <= MAX_KEYS):
+the chain's quantization points need the softmax's exact row maximum and sum before any
+probability is quantized, which a one-pass online softmax does not have. Per tile:
+
+  codes -> q/k/v programs (DQ) -> scores = Q K^T (tensor cores, float32 sums, rounded to the
+  MatMul's type) -> score program (with the mask) -> softmax in float32 (exp as torch's expf,
+  the correctly rounded division torch's kernel does), rounded to its type -> probability
+  program -> P V (rounded to the MatMul's type) -> QuantizeLinear's codes (quantize_code: the
+  division in the scale's type, ties to even, saturated) -> stored.
+
+The programs become Triton functions of held values (pointwise_function: the Pointwise kernel's
+own arithmetic, op by op as the reference rounds it, constants as kernel parameters), so each
+step rounds as the reference op it replaced does. What the kernel cannot reproduce is the order
+of the two products' and the softmax's sums (cuBLAS's and torch's own), which moves a 16-bit
+value by an ulp now and then, and a quantized value then by one step: the tuner's allowance for
+quantized attention (compiler/tolerance.py). Q, K and V are read through their strides as
+[B, H, L, D] (transposed views of one GEMM output); Y [B, H, Lq, D] is stored [B, Lq, H, D] in memory.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+import triton
+
+from kiln.ir.dtypes import onnx_to_torch
+from kiln.kernels.reference.quantized import requantized_type
+from kiln.kernels.triton.pointwise import compile_source
+from kiln.kernels.triton.pointwise_function import ProgramFunction, program_function
+from kiln.kernels.triton.pointwise_ops import Unsupported
+from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
+
+Tensor = torch.Tensor
+MAX_KEYS = 256
+MAX_HEAD_DIM = 128
+FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
+_PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+CONFIGS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 64, "num_warps": 4},
+    {"BLOCK_M": 64, "num_warps": 8},
+    {"BLOCK_M": 128, "num_warps": 8},
+    {"BLOCK_M": 32, "num_warps": 4},
+)
+IDENTITY = [["Identity", ["i0"], {}]]
+
+_KERNEL = '''
+@triton.jit
+def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
+                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
+                       {consts}HAS_OZP: tl.constexpr, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    blocks_m = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    start_m = (pid % blocks_m) * BLOCK_M
+    z = (pid // blocks_m).to(tl.int64)                                  # batch * H + head
+    b = z // H
+    h = z % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok, n_ok, d_ok = offs_m < Lq, offs_n < Lk, offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
+    qf = tl.where(d_ok[None, :], {q_call}, 0.0).to({dot})             # padding lanes out of the sums
+    kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
+    vf = tl.where(n_ok[:, None] & d_ok[None, :], {v_call}, 0.0).to({dot})
+    s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
+{mask_load}    s = {score_call}
+    s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))
+    mx = tl.max(s, axis=1)
+    e = exp_f32(s - mx[:, None])
+    p = tl.math.div_rn(e, tl.sum(e, axis=1)[:, None]).to({float}).to(tl.float32)   # Softmax's output
+    p = tl.where(n_ok[None, :], {prob_call}, 0.0).to({dot})
+    y = tl.dot(p, vf{ieee}).to({float}).to(tl.float32)                  # the P V MatMul's output
+{store}
+'''
+_MASK = '''    mv = tl.load(MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
+                 mask=m_ok[:, None] & n_ok[None, :], other=0){held}
+'''
+_STORE_CODES = '''    zp = 0
+    if HAS_OZP:
+        zp = tl.load(OZP).to(tl.int32)
+    codes = quantize_code(y, in_precision(tl.load(OS).to(tl.float32), PREC), tl.load(OINV), zp, PREC, QMIN, QMAX)
+    tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], codes.to(Y.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])'''
+_STORE_FLOAT = '''    tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])'''
+_HEADER = '''"""Generated by kiln.kernels.triton.qdq_attention; do not edit."""
+import triton
+import triton.language as tl
+from kiln.kernels.triton.pointwise_ops import (erf_f32, exp_f32, in_precision, log_f32, pow_f32,
+                                               product_rn, quantize_code, tanh_f32)
+
+'''
+
+
+def _call(name: str, fn: ProgramFunction, args: str, prefix: str) -> str:
+    return f"{name}({', '.join([args] + [f'{prefix}{i}' for i in range(len(fn.constants))])})"
+
+
+def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+             quantized: bool) -> tuple[str, list[float | int], torch.dtype]:
+    """(the kernel module's source, its constant arguments in order, the chain's float type)."""
+    functions = {name: program_function(f"{name}_program", programs.get(f"{name}_program") or IDENTITY, [t.dtype],
+                                        [t.shape])
+                 for name, t in (("q", q), ("k", k), ("v", v))}
+    fp = functions["q"].out_dtype
+    if fp not in FLOATS or functions["k"].out_dtype != fp or functions["v"].out_dtype != fp:
+        raise Unsupported(f"Q, K and V dequantized to {[f.out_dtype for f in functions.values()]}")
+    scores_shape = (*q.shape[:-1], k.shape[-2])
+    score_in = [fp] + ([mask.dtype] if mask is not None else [])
+    functions["score"] = program_function("score_program", programs.get("score_program") or IDENTITY, score_in,
+                                          [scores_shape] + ([mask.shape] if mask is not None else []))
+    functions["prob"] = program_function("prob_program", programs.get("prob_program") or IDENTITY, [fp],
+                                         [scores_shape])
+    if functions["score"].out_dtype != fp or functions["prob"].out_dtype != fp:
+        raise Unsupported("score or probability program changes the chain's float type")
+    prefixes = {"q": "qk", "k": "kk", "v": "vk", "score": "sk", "prob": "pk"}
+    consts = [f"{prefixes[n]}{i}" for n, f in functions.items() for i in range(len(f.constants))]
+    held = "" if mask is None else (" != 0" if mask.dtype == torch.bool else ".to(tl.float32)")
+    if mask is not None and mask.dtype not in (torch.bool, *FLOATS):
+        raise Unsupported(f"a {mask.dtype} mask")
+    body = _KERNEL.format(
+        consts="".join(f"{c}, " for c in consts), dot=FLOATS[fp], float=FLOATS[fp],
+        ieee=', input_precision="ieee"' if fp == torch.float32 else "",
+        q_call=_call("q_program", functions["q"], "q", "qk"), k_call=_call("k_program", functions["k"], "k", "kk"),
+        v_call=_call("v_program", functions["v"], "v", "vk"),
+        mask_load="" if mask is None else _MASK.format(held=held),
+        score_call=_call("score_program", functions["score"], "s" if mask is None else "s, mv", "sk"),
+        prob_call=_call("prob_program", functions["prob"], "p", "pk"),
+        store=_STORE_CODES if quantized else _STORE_FLOAT)
+    source = _HEADER + "\n".join(f.source + "\n" for f in functions.values()) + body
+    return source, [c for f in functions.values() for c in f.constants], fp
+
+
+_GENERATED: dict[tuple[Any, ...], tuple[Any, list[float | int], torch.dtype]] = {}
+
+
+def _kernel(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, quantized: bool):  # noqa: ANN202
+    key = (json.dumps(programs, sort_keys=True), q.dtype, q.dim(), k.dtype, v.dtype, quantized,
+           None if mask is None else (mask.dtype, mask.dim()))
+    found = _GENERATED.get(key)
+    if found is None:
+        source, consts, fp = generate(programs, q, k, v, mask, quantized)
+        found = _GENERATED[key] = (compile_source(source, "kiln_qdq_attention"), consts, fp)
+    return found
+
+
+def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
+                  out_zp: Tensor | None = None, *, q_program: Any = None, k_program: Any = None,
+                  v_program: Any = None, score_program: Any = None, prob_program: Any = None,
+                  out_dtype: int = 0, precision: int = 0, config: dict[str, int] | None = None) -> Tensor:
+    """kiln::QDQAttention in one kernel (module docstring): q, k, v [B, H, L, D], Lk <= MAX_KEYS."""
+    assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "Q, K and V: [B, H, L, D]"
+    b, heads, lq, d = q.shape
+    lk = k.shape[2]
+    assert tuple(k.shape) == (b, heads, lk, d) and tuple(v.shape) == (b, heads, lk, d), \
+        f"K and V must be [{b}, {heads}, Lk, {d}]: K {tuple(k.shape)}, V {tuple(v.shape)}"
+    assert 0 < lk <= MAX_KEYS and 0 < d <= MAX_HEAD_DIM, f"{lk} keys (1..{MAX_KEYS}), head dim {d} (1..{MAX_HEAD_DIM})"
+    assert mask is None or score_program, "a mask is read through the score program"
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    programs = {"q_program": q_program, "k_program": k_program, "v_program": v_program,
+                "score_program": score_program, "prob_program": prob_program}
+    quantized = out_scale is not None
+    kernel, consts, fp = _kernel(programs, q, k, v, mask, quantized)
+    out = requantized_type(out_zp, out_dtype).torch if quantized else fp
+    assert out in (fp, torch.int8, torch.uint8), f"cannot write {out}"
+    assert not quantized or out_scale.numel() == 1, "out_scale per tensor"
+    cfg = dict(CONFIGS[0] if config is None else config)
+    # [B, H, Lq, D] stored as [B, Lq, H, D], as kiln::Attention's: the Transpose + Reshape to the
+    # output projection's [B, S, H*D] input that follows stays a view (else a copy, ~10 us a layer)
+    y = torch.empty((b, lq, heads, d), dtype=out, device=q.device).transpose(1, 2)
+    if y.numel() == 0:
+        return y
+    if mask is not None:   # broadcast to the scores (strides 0 along broadcast dims: no copy)
+        assert mask.dim() <= 4, f"a mask of rank {mask.dim()} for [B, H, Lq, Lk] scores"
+        m4 = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)).expand(b, heads, lq, lk)
+        mask_arg, mstr = (m4.view(torch.uint8) if mask.dtype == torch.bool else m4), m4.stride()
+    else:
+        mask_arg, mstr = q, (0, 0, 0, 0)
+    prec = 0
+    zp = needed_zero_point(out_zp)
+    if quantized:
+        division = onnx_to_torch(precision) if precision else out_scale.dtype
+        assert division in _PREC, f"QuantizeLinear dividing in {division}"
+        prec = _PREC[division]
+    qmin, qmax = OUT_TYPES.get(out) or (0, 0)
+    grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * b * heads,)
+    kernel[grid](
+        q, k, v, mask_arg, y, out_scale if quantized else q,
+        reciprocal_of(out_scale, {0: torch.float32, 1: torch.float16, 2: torch.bfloat16}[prec]) if quantized else q,
+        q if zp is None else zp, heads, lq, lk, d,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
+        HAS_OZP=zp is not None, PREC=prec, QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=max(16, triton.next_power_of_2(lk)), BLOCK_D=max(16, triton.next_power_of_2(d)),
+        num_warps=cfg["num_warps"])
+    return y

@@ -1,0 +1,107 @@
+"""kiln::QDQAttention's Triton kernel (kernels/triton/qdq_attention.py) against its reference
+(kernels/reference/qdq_attention.py): ONNX Runtime's fully quantized attention chain in one kernel.
+Interpreted on CPU at small odd sizes (keys and head dims not powers of two, a broadcast mask),
+compiled with `pytest --device cuda`. Agreement is the tuner's rule for quantized attention
+(compiler/tolerance.py); most codes must be equal outright."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from kiln.compiler.tolerance import mismatch
+from kiln.kernels import triton as kiln_triton
+from kiln.kernels.reference import lookup
+
+pytestmark = pytest.mark.skipif(not kiln_triton.available(), reason="Triton is not installed")
+if kiln_triton.available():
+    from kiln.kernels.triton import qdq_attention as qa
+
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
+REF = lookup("kiln::QDQAttention").fn
+OP = "kiln::QDQAttention"
+C = lambda v, dtype="float16": {"const": v, "dtype": dtype}  # noqa: E731
+
+
+def dq(scale, zp, code="int8"):
+    return [["DequantizeLinear", ["i0", C(scale), C(zp, code)], {}]]
+
+
+def qdq(ref, scale, zp, code="int8"):
+    return [["QuantizeLinear", [ref, C(scale), C(zp, code)], {"output_dtype": 3 if code == "int8" else 2}],
+            ["DequantizeLinear", ["t?", C(scale), C(zp, code)], {}]]
+
+
+def chain(*parts):
+    """Concatenated instructions, each part's "t?" reading the previous result."""
+    prog = []
+    for part in parts:
+        for op, args, attrs in part:
+            args = [f"t{len(prog) - 1}" if a == "t?" else a for a in args]
+            prog.append([op, args, attrs])
+    return prog
+
+
+# ONNX Runtime's score chain: Q/DQ the scores, scale by 1/sqrt(D), Q/DQ, add the mask, Q/DQ.
+SCORE = chain(qdq("i0", 0.031, -7), [["Mul", ["t?", C(0.2041)], {}]], qdq("t?", 0.0125, 3),
+              [["Add", ["t?", "i1"], {}]], qdq("t?", 0.0392, 100))
+PROB = chain(qdq("i0", 1 / 255, -128))
+PROGRAMS = dict(q_program=dq(0.0107, 0), k_program=dq(0.0111, 1), v_program=dq(0.0109, 4),
+                score_program=SCORE, prob_program=PROB)
+
+
+def _codes(shape, seed, dtype=torch.int8):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
+    return torch.randint(lo, hi, shape, generator=g).to(dtype)
+
+
+def _inputs(b=2, h=3, lq=20, lk=20, d=24, seed=0):
+    """Q, K, V codes as the transposed views ONNX Runtime's graph reads ([B, S, H, D] storage), and an
+    additive padding mask [B, 1, 1, Lk] (the last keys of the second sequence masked)."""
+    q = _codes((b, lq, h, d), seed).transpose(1, 2)
+    k = _codes((b, lk, h, d), seed + 1).transpose(1, 2)
+    v = _codes((b, lk, h, d), seed + 2).transpose(1, 2)
+    mask = torch.zeros(b, 1, 1, lk, dtype=torch.float16)
+    mask[1, ..., lk - 5:] = -10.0
+    return q, k, v, mask
+
+
+def _both(q, k, v, mask, out=True, config=None, **programs):
+    out_q = dict(out_scale=torch.tensor(0.0087, dtype=torch.float16), out_zp=torch.tensor(-3, dtype=torch.int8),
+                 out_dtype=3) if out else {}
+    progs = {**PROGRAMS, **programs}
+    want = REF(q, k, v, mask, **out_q, **progs)
+    dev = {k_: t.to(DEV) if isinstance(t, torch.Tensor) else t for k_, t in out_q.items()}
+    got = qa.qdq_attention(*(t.to(DEV) if t is not None else None for t in (q, k, v, mask)), **dev, **progs,
+                           config=config).cpu()
+    return got, want
+
+
+@pytest.mark.parametrize("config", qa.CONFIGS[:2] if kiln_triton.available() else [], ids=str)
+def test_codes_are_the_references(config):
+    got, want = _both(*_inputs(), config=config)
+    assert got.dtype == torch.int8 and got.shape == want.shape == (2, 3, 20, 24)
+    assert mismatch(got, want, OP) is None
+    assert (got == want).float().mean() > 0.97 and len(torch.unique(want)) > 30
+
+
+def test_float_output_and_no_probability_program():
+    got, want = _both(*_inputs(lq=9, lk=33, d=16, seed=3), out=False, prob_program=None)
+    assert got.dtype == torch.float16 and mismatch(got, want, OP) is None
+
+
+def test_without_a_mask_or_score_program():
+    q, k, v, _ = _inputs(lq=17, lk=17, d=40, seed=5)
+    got, want = _both(q, k, v, None, score_program=None)
+    assert mismatch(got, want, OP) is None
+
+
+def test_uint8_codes():
+    q, k, v, mask = (_codes(s, i, torch.uint8) if i < 3 else None for i, s in
+                     enumerate([(1, 2, 12, 16)] * 3 + [None]))
+    programs = dict(q_program=dq(0.0107, 128, "uint8"), k_program=dq(0.0111, 120, "uint8"),
+                    v_program=dq(0.0109, 131, "uint8"), score_program=None)
+    got, want = _both(q, k, v, None, **programs)
+    assert mismatch(got, want, OP) is None
