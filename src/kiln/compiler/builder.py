@@ -192,12 +192,12 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         fuse_norm_quantize(graph)
         fuse_matmul_quantize(graph)  # a float matmul kept wider writes the next layer's 8-bit input,
         fuse_input_quantize(graph)   # a folding conv (ResNet's stem) quantizes its float input itself
-        fuse_qdq_attention(graph)    # ONNX Runtime's attention with Q/DQ inside: one layer
         if quantized is not None:
             quantized["norm_quantize_fused"] = graph.op_counts().get("kiln::NormQuantize", 0)
             quantized["matmul_quantize_fused"] = graph.op_counts().get("kiln::MatMulQuantize", 0)
             quantized["input_quantize_fused"] = sum(1 for n in graph.nodes if n.attrs.get("x_dtype")
                                                     and n.qualified_op == "kiln::QConv")
+    fuse_qdq_attention(graph)        # an attention with Q/DQ inside (ONNX Runtime's QDQ models): one layer
     if (precision.changed or quantized) and dump is not None:
         from kiln.ir import print_graph
         (dump / f"{len(passes) + 1:02d}_precision_{config.precision}.txt").write_text(print_graph(graph))

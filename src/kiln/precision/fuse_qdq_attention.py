@@ -114,9 +114,9 @@ def _fold(graph: Graph, out_mm: Node, keep: set[int]) -> bool:
     last = nodes[-1] if quantize in nodes else out_mm
     if not all(only_read_by(n.outputs[0], nodes, keep) for n in nodes if n is not last):
         return False
+    # K as keys x dims: a view of the 8-bit K^T, placed where K^T's dequantization read it
+    k = graph.make_node("Transpose", [kt_dq[1]], attrs={"perm": SWAP_LAST}, before=kt_dq[0]).outputs[0]
     order = {id(n): i for i, n in enumerate(graph.nodes)}
-    first = min(nodes, key=lambda n: order[id(n)])
-    k = graph.make_node("Transpose", [kt_dq[1]], attrs={"perm": SWAP_LAST}, before=first).outputs[0]
     k.dtype, k.shape = kt_dq[1].dtype, tuple(kt_dq[1].shape[i] for i in SWAP_LAST)
     programs = {"q_program": q_dq[0].attrs["program"], "k_program": kt_dq[0].attrs["program"],
                 "v_program": v_dq[0].attrs["program"], "score_program": score_program, "prob_program": prob_program}
