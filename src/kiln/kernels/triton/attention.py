@@ -70,20 +70,24 @@ CONFIGS: tuple[dict[str, int], ...] = (
 
 
 @triton.jit
+def query_block(Lq, H, BLOCK_M: tl.constexpr):
+    """(first query row, batch, head) of this program. One flat grid (CUDA's second grid dim stops
+    at 65535): program = (batch * H + head) times the query blocks, so one head's query blocks run
+    side by side and share its K and V in L2."""
+    blocks_m = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    z = (pid // blocks_m).to(tl.int64)                                  # batch * H + head
+    return (pid % blocks_m) * BLOCK_M, z // H, z % H
+
+
+@triton.jit
 def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                       OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
                       QMIN: tl.constexpr, QMAX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # One flat grid (CUDA's second grid dim stops at 65535): program = (batch * H + head) times
-    # the query blocks, so one head's query blocks run side by side and share its K and V in L2.
-    blocks_m = tl.cdiv(Lq, BLOCK_M)
-    pid = tl.program_id(0)
-    start_m = (pid % blocks_m) * BLOCK_M
-    z = (pid // blocks_m).to(tl.int64)                                  # batch * H + head
-    b = z // H
-    h = z % H
+    start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
     offs_d = tl.arange(0, BLOCK_D)                                      # [BLOCK_D]
     d_ok = offs_d < D
