@@ -59,12 +59,12 @@ def _codes(shape, seed, dtype=torch.int8):
 
 def _inputs(b=2, h=3, lq=20, lk=20, d=24, seed=0):
     """Q, K, V codes as the transposed views ONNX Runtime's graph reads ([B, S, H, D] storage), and an
-    additive padding mask [B, 1, 1, Lk] (the last keys of the second sequence masked)."""
+    additive padding mask [B, 1, 1, Lk] (the last keys of the last sequence masked)."""
     q = _codes((b, lq, h, d), seed).transpose(1, 2)
     k = _codes((b, lk, h, d), seed + 1).transpose(1, 2)
     v = _codes((b, lk, h, d), seed + 2).transpose(1, 2)
     mask = torch.zeros(b, 1, 1, lk, dtype=torch.float16)
-    mask[1, ..., lk - 5:] = -10.0
+    mask[-1, ..., lk - 5:] = -10.0
     return q, k, v, mask
 
 
@@ -105,3 +105,18 @@ def test_uint8_codes():
                     v_program=dq(0.0109, 131, "uint8"), score_program=None)
     got, want = _both(q, k, v, None, **programs)
     assert mismatch(got, want, OP) is None
+
+
+def test_layered_tactic_gives_the_references_codes_at_any_length():
+    """The chain as the unfused layers' kernels (generated Pointwise kernels, the products by torch,
+    torch's softmax, QuantizeLinear's Triton kernel): the reference's values exactly, past the
+    one-kernel tactic's MAX_KEYS too."""
+    from kiln.tactics.qdq_attention import layered_qdq_attention
+    q, k, v, mask = _inputs(b=1, h=2, lq=5, lk=qa.MAX_KEYS + 8, d=16, seed=7)
+    out_q = dict(out_scale=torch.tensor(0.0087, dtype=torch.float16), out_zp=torch.tensor(-3, dtype=torch.int8),
+                 out_dtype=3)
+    want = REF(q, k, v, mask, **out_q, **PROGRAMS)
+    dev = [t.to(DEV) for t in (q, k, v, mask)]
+    got = layered_qdq_attention(*dev, **{n: t.to(DEV) if isinstance(t, torch.Tensor) else t
+                                         for n, t in out_q.items()}, **PROGRAMS).cpu()
+    assert torch.equal(got, want) and len(torch.unique(want)) > 30

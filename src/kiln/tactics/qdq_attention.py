@@ -1,14 +1,16 @@
 """kiln::QDQAttention: ONNX Runtime's fully quantized attention chain as one Triton kernel
-(kernels/triton/qdq_attention.py), beside the reference (the chain's own reference ops, which on
-the GPU run as torch's kernels one after another). Every key of a row is in one tile: up to
-MAX_KEYS keys and MAX_HEAD_DIM dims per head; a requantized output per tensor, to int8 or uint8."""
+(kernels/triton/qdq_attention.py), or as the kernels its layers ran before the fold (layered),
+beside the reference (the chain's own reference ops, which on the GPU run as torch's kernels one
+after another, a program's ops each its own). The one kernel holds every key of a row in one
+tile: up to MAX_KEYS keys and MAX_HEAD_DIM dims per head; a requantized output per tensor, to int8
+or uint8. The layered tactic takes any number of keys."""
 from __future__ import annotations
 
 import torch
 
 from kiln.ir import dtypes
 from kiln.kernels import triton as kiln_triton
-from kiln.kernels.reference.qdq_attention import QDQ_ATTENTION_INPUTS
+from kiln.kernels.reference.qdq_attention import QDQ_ATTENTION_INPUTS, chain
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 MASK, OUT_SCALE, OUT_ZP = (QDQ_ATTENTION_INPUTS.index(n) for n in ("mask", "out_scale", "out_zp"))
@@ -53,8 +55,36 @@ def _supports_triton(query: TacticQuery) -> bool:
     return True
 
 
+def layered_qdq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                          out_scale: torch.Tensor | None = None, out_zp: torch.Tensor | None = None, *,
+                          out_dtype: int = 0, precision: int = 0, **programs: object) -> torch.Tensor:
+    """The chain as its layers ran before the fold, one kernel each: the programs as generated
+    Pointwise kernels (a DQ of 8-bit codes as a lookup), the products by cuBLAS, torch's softmax
+    (the reference's), QuantizeLinear's Triton kernel. Every step gives the reference's values, at
+    any number of keys: the floor under the one-kernel tactic."""
+    from kiln.kernels.reference.registry import lookup
+    from kiln.kernels.triton.pointwise import pointwise
+    from kiln.kernels.triton.quantize import quantize_linear
+
+    kernels = {"pointwise": pointwise, "matmul": torch.matmul, "softmax": lookup("Softmax").fn,
+               "quantize": quantize_linear}
+    return chain(q, k, v, mask, out_scale, out_zp, programs, out_dtype, precision, kernels)
+
+
+def _supports_layered(query: TacticQuery) -> bool:
+    """8-bit Q, K, V; a requantized output per tensor (QuantizeLinear's Triton kernel takes it)."""
+    dts = tuple(query.input_dtypes) + (None,) * 6
+    if any(dts[i] not in ("int8", "uint8") for i in range(3)):
+        return False
+    shape = (tuple(query.input_shapes) + (None,) * 6)[OUT_SCALE]
+    return dts[OUT_SCALE] is None or (shape is not None and all(s == 1 for s in shape))
+
+
 if kiln_triton.available():
     from kiln.kernels.triton import qdq_attention as _qa
+
+    register_tactic(Tactic("kiln::QDQAttention.layered", "kiln::QDQAttention", 1, ("cuda",), layered_qdq_attention,
+                           _supports_layered))
 
     register_tactic(Tactic("kiln::QDQAttention.triton", "kiln::QDQAttention", 1, ("cuda",), _qa.qdq_attention,
                            _supports_triton, configs=_qa.CONFIGS))

@@ -19,7 +19,7 @@ replaced, in their order and types, so the fused layer computes what the unfused
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,8 +32,24 @@ Tensor = torch.Tensor
 QDQ_ATTENTION_INPUTS = ("q", "k", "v", "mask", "out_scale", "out_zp")
 
 
-def _apply(program: Any, *inputs: Tensor) -> Tensor:
-    return pointwise(*inputs, program=program) if program else inputs[0]
+def chain(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, out_scale: Tensor | None, out_zp: Tensor | None,
+          programs: dict[str, Any], out_dtype: int, precision: int, kernels: dict[str, Callable[..., Tensor]]) -> Tensor:
+    """The module docstring's chain with the given kernels: "pointwise" (fused.pointwise's calling
+    convention), "matmul", "softmax" (x, axis) and "quantize" (QuantizeLinear's)."""
+    def apply(name: str, *inputs: Tensor | None) -> Tensor:
+        program = programs.get(name)
+        present = [t for t in inputs if t is not None]
+        return kernels["pointwise"](*present, program=program) if program else inputs[0]
+
+    if mask is not None and not programs.get("score_program"):
+        raise ValueError("kiln::QDQAttention reads a mask only through its score_program (as i1)")
+    qf, kf, vf = apply("q_program", q), apply("k_program", k), apply("v_program", v)
+    scores = apply("score_program", kernels["matmul"](qf, kf.transpose(-1, -2)), mask)
+    probs = apply("prob_program", kernels["softmax"](scores, axis=-1))
+    y = kernels["matmul"](probs, vf)
+    if out_scale is None:
+        return y
+    return kernels["quantize"](y, out_scale, out_zp, axis=-1, output_dtype=out_dtype, precision=precision)
 
 
 @reference_op("QDQAttention", domain="kiln")
@@ -42,16 +58,8 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
                   v_program: Any = None, score_program: Any = None, prob_program: Any = None,
                   out_dtype: int = 0, precision: int = 0) -> Tensor:
     """Y as the module docstring's chain computes it (score_program reads the mask as i1)."""
-    matmul = lookup("MatMul").fn
-    qf, kf, vf = _apply(q_program, q), _apply(k_program, k), _apply(v_program, v)
-    scores = matmul(qf, kf.transpose(-1, -2))
-    if score_program:
-        scores = pointwise(scores, mask, program=score_program) if mask is not None else \
-            pointwise(scores, program=score_program)
-    elif mask is not None:
-        raise ValueError("kiln::QDQAttention reads a mask only through its score_program (as i1)")
-    probs = _apply(prob_program, lookup("Softmax").fn(scores, axis=-1))
-    y = matmul(probs, vf)
-    if out_scale is None:
-        return y
-    return lookup("QuantizeLinear").fn(y, out_scale, out_zp, axis=-1, output_dtype=out_dtype, precision=precision)
+    programs = {"q_program": q_program, "k_program": k_program, "v_program": v_program,
+                "score_program": score_program, "prob_program": prob_program}
+    kernels = {"pointwise": pointwise, "matmul": lookup("MatMul").fn, "softmax": lookup("Softmax").fn,
+               "quantize": lookup("QuantizeLinear").fn}
+    return chain(q, k, v, mask, out_scale, out_zp, programs, out_dtype, precision, kernels)
