@@ -76,6 +76,8 @@ def _scores(v: Value, nodes: list[Node]) -> tuple[Node, list | None, Value | Non
         qk = produced_by(inp, "MatMul")
         if qk is not None:
             mask = node.input(1 - i) if len(node.inputs) == 2 else None
+            if mask is inp:   # the scores twice: not a mask
+                return None
             nodes.append(node)
             return qk, (_renumbered(program, {"i0": "i1", "i1": "i0"}) if i == 1 else program), mask
     return None
@@ -101,6 +103,8 @@ def _fold(graph: Graph, out_mm: Node, keep: set[int]) -> bool:
     if q_dq is None or kt_dq is None:
         return False
     nodes += [qk, q_dq[0], kt_dq[0], v_dq[0]]
+    if len({id(n) for n in nodes}) != len(nodes):   # one DQ read twice (Q @ Q^T): not this chain
+        return False
     if len({d[0].outputs[0].dtype.name for d in (q_dq, kt_dq, v_dq)}) != 1:
         return False
     out_scale = out_zp = None
