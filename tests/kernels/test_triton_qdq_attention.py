@@ -120,3 +120,12 @@ def test_layered_tactic_gives_the_references_codes_at_any_length():
     got = layered_qdq_attention(*dev, **{n: t.to(DEV) if isinstance(t, torch.Tensor) else t
                                          for n, t in out_q.items()}, **PROGRAMS).cpu()
     assert torch.equal(got, want) and len(torch.unique(want)) > 30
+
+
+@pytest.mark.parametrize("config", [qa.CONFIGS[0], qa.CONFIGS[3]] if kiln_triton.available() else [], ids=str)
+def test_keys_past_one_tile_are_walked_twice(config):
+    """Past MAX_KEYS the kernel walks the keys in blocks: the row's maximum and sum first (online),
+    then the probabilities and P V; a ragged last block, the padding mask on the last keys."""
+    got, want = _both(*_inputs(b=1, h=2, lq=6, lk=qa.MAX_KEYS + 37, d=16, seed=11), config=config)
+    assert mismatch(got, want, OP) is None
+    assert (got == want).float().mean() > 0.97

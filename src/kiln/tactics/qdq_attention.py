@@ -1,9 +1,8 @@
 """kiln::QDQAttention: ONNX Runtime's fully quantized attention chain as one Triton kernel
 (kernels/triton/qdq_attention.py), or as the kernels its layers ran before the fold (layered),
 beside the reference (the chain's own reference ops, which on the GPU run as torch's kernels one
-after another, a program's ops each its own). The one kernel holds every key of a row in one
-tile: up to MAX_KEYS keys and MAX_HEAD_DIM dims per head; a requantized output per tensor, to int8
-or uint8. The layered tactic takes any number of keys."""
+after another, a program's ops each its own). The one kernel takes up to MAX_HEAD_DIM dims per
+head and a requantized output per tensor, to int8 or uint8."""
 from __future__ import annotations
 
 import torch
@@ -36,8 +35,7 @@ def _supports_triton(query: TacticQuery) -> bool:
     q, k, v, mask = (_probe(dts[i], shapes[i]) for i in range(4))
     if q is None or k is None or v is None or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return False
-    lk, d = shapes[1][2], shapes[0][3]
-    if not (isinstance(lk, int) and 0 < lk <= qa.MAX_KEYS and isinstance(d, int) and 0 < d <= qa.MAX_HEAD_DIM):
+    if not (isinstance(shapes[0][3], int) and 0 < shapes[0][3] <= qa.MAX_HEAD_DIM):
         return False
     if dts[MASK] is not None and (mask is None or mask.dim() > 4):
         return False

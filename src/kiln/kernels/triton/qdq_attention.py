@@ -1,8 +1,11 @@
 """kiln::QDQAttention in one generated Triton kernel (the oracle: kernels/reference/qdq_attention.py).
 
-A program holds BLOCK_M query rows of one (batch, head) and every key at once (Lk <= MAX_KEYS):
-the chain's quantization points need the softmax's exact row maximum and sum before any
-probability is quantized, which a one-pass online softmax does not have. Per tile:
+A program holds BLOCK_M query rows of one (batch, head). The chain's quantization points need the
+softmax's row maximum and sum before any probability is quantized, which a one-pass online
+softmax does not have: up to MAX_KEYS keys are one tile (ONE_TILE: the scores once, maximum and
+sum at once); past it the kernel walks the keys twice, BLOCK_N at a time, first for the row's
+maximum and sum (online, rescaled as the maximum grows: the sum in another order, as below),
+then recomputing the scores for the probabilities and P V. Per tile:
 
   codes -> q/k/v programs (DQ) -> scores = Q K^T (tensor cores, float32 sums, rounded to the
   MatMul's type) -> score program (with the mask) -> softmax in float32 (exp as torch's expf,
@@ -38,11 +41,12 @@ MAX_KEYS = 256
 MAX_HEAD_DIM = 128
 FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
 _PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# BLOCK_N: keys per step where they do not fit one tile (past MAX_KEYS); below, one tile holds them.
 CONFIGS: tuple[dict[str, int], ...] = (
-    {"BLOCK_M": 64, "num_warps": 4},
-    {"BLOCK_M": 64, "num_warps": 8},
-    {"BLOCK_M": 128, "num_warps": 8},
-    {"BLOCK_M": 32, "num_warps": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8},
+    {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4},
 )
 IDENTITY = [["Identity", ["i0"], {}]]
 
@@ -51,33 +55,60 @@ _KERNEL = '''
 def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                        {consts}HAS_OZP: tl.constexpr, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                       ONE_TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    m_ok, n_ok, d_ok = offs_m < Lq, offs_n < Lk, offs_d < D
+    m_ok, d_ok = offs_m < Lq, offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
     qf = tl.where(d_ok[None, :], {q_call}, 0.0).to({dot})             # padding lanes out of the sums
-    kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
-    vf = tl.where(n_ok[:, None] & d_ok[None, :], {v_call}, 0.0).to({dot})
-    s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
-{mask_load}    s = {score_call}
-    s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))
-    mx = tl.max(s, axis=1)
-    e = exp_f32(s - mx[:, None])
-    p = tl.math.div_rn(e, tl.sum(e, axis=1)[:, None]).to({float}).to(tl.float32)   # Softmax's output
-    p = tl.where(n_ok[None, :], {prob_call}, 0.0).to({dot})
-    y = tl.dot(p, vf{ieee}).to({float}).to(tl.float32)                  # the P V MatMul's output
+    if ONE_TILE:   # every key in one tile: the row's maximum and sum at once
+        offs_n = tl.arange(0, BLOCK_N)
+{scores8}
+        mx = tl.max(s, axis=1)
+        e = exp_f32(s - mx[:, None])
+        p = tl.math.div_rn(e, tl.sum(e, axis=1)[:, None])
+{pv8}
+        y = tl.dot(p, vf{ieee})
+    else:   # the row's maximum and sum over every key block first (online), then the probabilities
+        m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        for start_n in range(0, Lk, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+{scores12}
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new == -float("inf"), 0.0, m_new)    # no key yet: exp(-inf) = 0, not NaN
+            l_i = l_i * exp_f32(m_i - m_use) + tl.sum(exp_f32(s - m_use[:, None]), axis=1)
+            m_i = m_new
+        m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
+        y = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        for start_n in range(0, Lk, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+{scores12}
+            p = tl.math.div_rn(exp_f32(s - m_use[:, None]), l_i[:, None])
+{pv12}
+            y = tl.dot(p, vf, y{ieee})
+    y = y.to({float}).to(tl.float32)                                    # the P V MatMul's output
 {store}
 '''
-_MASK = '''    mv = tl.load(MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
-                 mask=m_ok[:, None] & n_ok[None, :], other=0){held}
+# The scores of one key block [BLOCK_M, BLOCK_N], as the reference's MatMul and score program
+# give them; keys past Lk at -inf.
+_SCORES = '''n_ok = offs_n < Lk
+k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+            mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
+kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
+s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
+{mask_load}s = {score_call}
+s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))'''
+# Softmax's output p rounded to its type, the probability program, and the block's V.
+_PV = '''p = p.to({float}).to(tl.float32)
+p = tl.where(n_ok[None, :], {prob_call}, 0.0).to({dot})
+v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+            mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
+vf = tl.where(n_ok[:, None] & d_ok[None, :], {v_call}, 0.0).to({dot})'''
+_MASK = '''mv = tl.load(MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
+             mask=m_ok[:, None] & n_ok[None, :], other=0){held}
 '''
 _STORE_CODES = '''    zp = 0
     if HAS_OZP:
@@ -95,6 +126,10 @@ from kiln.kernels.triton.pointwise_ops import (erf_f32, exp_f32, in_precision, l
                                                product_rn, quantize_code, tanh_f32)
 
 '''
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
 
 
 def _call(name: str, fn: ProgramFunction, args: str, prefix: str) -> str:
@@ -123,14 +158,16 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
     held = "" if mask is None else (" != 0" if mask.dtype == torch.bool else ".to(tl.float32)")
     if mask is not None and mask.dtype not in (torch.bool, *FLOATS):
         raise Unsupported(f"a {mask.dtype} mask")
+    words = dict(dot=FLOATS[fp], float=FLOATS[fp], ieee=', input_precision="ieee"' if fp == torch.float32 else "")
+    scores = _SCORES.format(**words, k_call=_call("k_program", functions["k"], "k", "kk"),
+                            mask_load="" if mask is None else _MASK.format(held=held),
+                            score_call=_call("score_program", functions["score"], "s" if mask is None else "s, mv",
+                                             "sk"))
+    pv = _PV.format(**words, prob_call=_call("prob_program", functions["prob"], "p", "pk"),
+                    v_call=_call("v_program", functions["v"], "v", "vk"))
     body = _KERNEL.format(
-        consts="".join(f"{c}, " for c in consts), dot=FLOATS[fp], float=FLOATS[fp],
-        ieee=', input_precision="ieee"' if fp == torch.float32 else "",
-        q_call=_call("q_program", functions["q"], "q", "qk"), k_call=_call("k_program", functions["k"], "k", "kk"),
-        v_call=_call("v_program", functions["v"], "v", "vk"),
-        mask_load="" if mask is None else _MASK.format(held=held),
-        score_call=_call("score_program", functions["score"], "s" if mask is None else "s, mv", "sk"),
-        prob_call=_call("prob_program", functions["prob"], "p", "pk"),
+        **words, consts="".join(f"{c}, " for c in consts), q_call=_call("q_program", functions["q"], "q", "qk"),
+        scores8=_indent(scores, 8), scores12=_indent(scores, 12), pv8=_indent(pv, 8), pv12=_indent(pv, 12),
         store=_STORE_CODES if quantized else _STORE_FLOAT)
     source = _HEADER + "\n".join(f.source + "\n" for f in functions.values()) + body
     return source, [c for f in functions.values() for c in f.constants], fp
@@ -159,7 +196,7 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
     lk = k.shape[2]
     assert tuple(k.shape) == (b, heads, lk, d) and tuple(v.shape) == (b, heads, lk, d), \
         f"K and V must be [{b}, {heads}, Lk, {d}]: K {tuple(k.shape)}, V {tuple(v.shape)}"
-    assert 0 < lk <= MAX_KEYS and 0 < d <= MAX_HEAD_DIM, f"{lk} keys (1..{MAX_KEYS}), head dim {d} (1..{MAX_HEAD_DIM})"
+    assert lk > 0 and 0 < d <= MAX_HEAD_DIM, f"{lk} keys (at least 1), head dim {d} (1..{MAX_HEAD_DIM})"
     assert mask is None or score_program, "a mask is read through the score program"
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     programs = {"q_program": q_program, "k_program": k_program, "v_program": v_program,
@@ -195,7 +232,7 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
         q if zp is None else zp, heads, lq, lk, d,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
-        HAS_OZP=zp is not None, PREC=prec, QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=max(16, triton.next_power_of_2(lk)), BLOCK_D=max(16, triton.next_power_of_2(d)),
-        num_warps=cfg["num_warps"])
+        HAS_OZP=zp is not None, PREC=prec, QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=max(16, triton.next_power_of_2(lk)) if lk <= MAX_KEYS else cfg["BLOCK_N"],
+        BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=cfg["num_warps"])
     return y
