@@ -86,6 +86,16 @@ def test_the_chain_is_one_layer_and_matches_onnxruntime():
         assert len(np.unique(want)) > 20
 
 
+def test_the_layer_survives_an_engine_file(tmp_path):
+    """Its programs are attributes (data): saved and loaded, the engine computes the same codes."""
+    engine = kiln.build(_model(), BuildConfig(device="cpu"))
+    engine.save(tmp_path / "attention.kiln")
+    loaded = kiln.load(tmp_path / "attention.kiln")
+    assert [s.op for s in loaded.plan.steps].count("kiln::QDQAttention") == 1
+    feeds = _feeds(5)
+    np.testing.assert_array_equal(np.asarray(loaded(**feeds)["y8"]), np.asarray(engine(**feeds)["y8"]))
+
+
 def test_a_value_read_outside_the_chain_keeps_it_apart():
     engine = kiln.build(_model(probabilities_out=True), BuildConfig(device="cpu"))
     ops = [s.op for s in engine.plan.steps]
