@@ -109,13 +109,14 @@ def _fold(graph: Graph, out_mm: Node, keep: set[int]) -> bool:
         return False
     out_scale = out_zp = None
     attrs: dict[str, Any] = {}
+    last = out_mm
     quantize = sole_user(out_mm.outputs[0], keep)
     if quantize is not None and quantize.qualified_op == "QuantizeLinear" and per_tensor(quantize):
         nodes.append(quantize)
+        last = quantize
         out_scale, out_zp = quantize.input(1), quantize.input(2)
         attrs = {"out_dtype": int(quantize.attrs.get("output_dtype", 0) or 0),
                  "precision": int(quantize.attrs.get("precision", 0) or 0)}
-    last = nodes[-1] if quantize in nodes else out_mm
     if not all(only_read_by(n.outputs[0], nodes, keep) for n in nodes if n is not last):
         return False
     # K as keys x dims: a view of the 8-bit K^T, placed where K^T's dequantization read it
