@@ -62,6 +62,9 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     assert len(gelu) == 2
     # each layer's attention, Q/DQ on its scores and probabilities included, is one layer
     assert ops.count("kiln::QDQAttention") == 2 and "Softmax" not in ops and "MatMul" not in ops
+    from kiln.cli.build_summary import explicit_line, explicit_quantization
+    summary = explicit_quantization(engine)
+    assert summary["attention"] == 2 and "2 attention(s) with Q/DQ inside as one layer" in explicit_line(summary)
     if device == "cuda":     # the kernels' codes are the reference's: nothing element-wise left on it
         assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention")
                     and s.tactic.endswith(".reference")]
