@@ -129,3 +129,19 @@ def test_keys_past_one_tile_are_walked_twice(config):
     got, want = _both(*_inputs(b=1, h=2, lq=6, lk=qa.MAX_KEYS + 37, d=16, seed=11), config=config)
     assert mismatch(got, want, OP) is None
     assert (got == want).float().mean() > 0.97
+
+
+def test_tactics_the_tuner_is_offered():
+    """A BERT-shaped layer gets the kernel, the layered floor and the reference; a head past
+    MAX_HEAD_DIM or a float8 output leaves the kernel out (the layered tactic still runs it)."""
+    from kiln.tactics.registry import TacticQuery, candidates
+
+    def names(head: int = 64, out_dtype: int = 3, keys: int = 128) -> list[str]:
+        shape = (32, 12, keys, head)
+        query = TacticQuery(OP, "cuda", ("int8", "int8", "int8", "float16", "float16", "int8"),
+                            {**PROGRAMS, "out_dtype": out_dtype}, (shape, shape, shape, (32, 1, 1, keys), (), ()))
+        return [t.name for t in candidates(query)]
+    assert names() == [f"{OP}.layered", f"{OP}.triton", f"{OP}.reference"]
+    assert names(keys=512) == names()                                   # past one tile: two walks
+    assert f"{OP}.triton" not in names(head=256) and f"{OP}.layered" in names(head=256)
+    assert f"{OP}.triton" not in names(out_dtype=17)                     # float8_e4m3fn

@@ -30,7 +30,7 @@ def _supports_triton(query: TacticQuery) -> bool:
 
     dts = tuple(query.input_dtypes) + (None,) * 6
     shapes = tuple(query.input_shapes) + (None,) * 6
-    if dts[0] not in ("int8", "uint8") or any(dts[i] not in ("int8", "uint8") for i in (1, 2)):
+    if any(dts[i] not in ("int8", "uint8") for i in range(3)):
         return False
     q, k, v, mask = (_probe(dts[i], shapes[i]) for i in range(4))
     if q is None or k is None or v is None or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -44,7 +44,10 @@ def _supports_triton(query: TacticQuery) -> bool:
         shape = shapes[OUT_SCALE]
         code = int(query.attrs.get("out_dtype", 0) or 0)
         out = dtypes.from_onnx(code).name if code else (dts[OUT_ZP] or "uint8")
-        if out not in ("int8", "uint8") or shape is None or any(s != 1 for s in shape):
+        division = int(query.attrs.get("precision", 0) or 0)
+        if out not in ("int8", "uint8") or shape is None or any(s != 1 for s in shape) or \
+                dts[OUT_SCALE] not in ("float32", "float16", "bfloat16") or \
+                (division and dtypes.from_onnx(division).name not in ("float32", "float16", "bfloat16")):
             return False
     try:
         qa.generate({p: query.attrs.get(p) for p in PROGRAMS}, q, k, v, mask, quantized)
