@@ -181,7 +181,7 @@ def test_one_8bit_input_runs_as_a_lookup_in_the_references_table(monkeypatch):
     for program in (gelu, dq_relu):
         launch = pw._launch([x], program, None, 1)
         assert launch.tabulable
-        made = pointwise_table.table(pw._program_key(program), program, None, torch.int8, x.device)
+        made = pointwise_table.table(pw.program_key(program), program, None, torch.int8, x.device)
         assert made.shape == (256,) and made.dtype == reference(x, program=program).dtype
         assert torch.equal(made, reference(torch.arange(256).to(torch.uint8).view(torch.int8).to(DEV), program=program))
         assert torch.equal(pw.pointwise(x, program=program), reference(x, program=program))
@@ -197,4 +197,4 @@ def test_one_8bit_input_runs_as_a_lookup_in_the_references_table(monkeypatch):
     assert not pw._launch([x, x], residual_add(1, 2, 3, "int8"), None, 1).tabulable
     fresh = [["DequantizeLinear", ["i0", C(0.5, "float16"), C(3, "int8")], {}]]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert pointwise_table.table(pw._program_key(fresh), fresh, None, torch.int8, torch.device("cuda")) is None
+    assert pointwise_table.table(pw.program_key(fresh), fresh, None, torch.int8, torch.device("cuda")) is None

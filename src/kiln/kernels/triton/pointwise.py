@@ -314,7 +314,7 @@ _LAUNCHES: dict[tuple[Any, ...], Launch | None] = {}
 _MAX_LAUNCHES = 4096
 
 
-def _program_key(program: Any) -> str:
+def program_key(program: Any) -> str:
     entry = _PROGRAM_KEYS.get(id(program))
     if entry is None or entry[0] is not program:
         entry = _PROGRAM_KEYS[id(program)] = (program, json.dumps(program, sort_keys=True))
@@ -322,7 +322,7 @@ def _program_key(program: Any) -> str:
 
 
 def _launch(inputs: Sequence[Tensor], program: Any, outputs: Sequence[str] | None, n_outputs: int) -> Launch | None:
-    key = (_program_key(program), tuple(outputs or ()), n_outputs,
+    key = (program_key(program), tuple(outputs or ()), n_outputs,
            tuple((t.dtype, tuple(t.shape), t.stride()) for t in inputs))
     if key in _LAUNCHES:
         return _LAUNCHES[key]
@@ -365,7 +365,7 @@ def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = No
                  for s, st, d in zip(launch.out_shapes, launch.out_strides, launch.out_dtypes))
     if launch.numel:
         cfg = config or CONFIGS[0]
-        values = (pointwise_table.table(_program_key(program), program, outputs, inputs[0].dtype, device)
+        values = (pointwise_table.table(program_key(program), program, outputs, inputs[0].dtype, device)
                   if launch.tabulable and cfg.get("TABLE", 1) else None)
         if values is not None:
             pointwise_table.lookup(inputs[0], values, outs[0], launch.numel, launch.wide, cfg)

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kiln.ir.dtypes import onnx_to_torch
 from kiln.kernels.triton.compiled import COMPILED, product_rn  # noqa: F401 - the generated source imports it
-from kiln.kernels.triton.quantize import _in_precision, _saturate_round, divide
+from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, _saturate_round, divide
 
 try:                       # Triton 3.2 on: the libdevice calls of the backend in use
     from triton.language.extra import libdevice
@@ -203,7 +203,7 @@ def _shrink(a: list[str], c: EmitContext) -> str:  # x + bias below -lambd, x - 
 
 
 _BYTES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}     # the 8-bit types Q/DQ take here
-_PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}     # quantize.py's division types
+_PREC = PRECISIONS     # quantize.py's division types and their codes
 in_precision = _in_precision   # for the generated source: x rounded to a 16-bit type, held in float32
 
 

@@ -23,24 +23,21 @@ quantized attention (compiler/tolerance.py). Q, K and V are read through their s
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 import triton
 
-from kiln.ir.dtypes import onnx_to_torch
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.pointwise import compile_source
+from kiln.kernels.triton.pointwise import compile_source, program_key
 from kiln.kernels.triton.pointwise_function import ProgramFunction, program_function
 from kiln.kernels.triton.pointwise_ops import Unsupported
-from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
+from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _division_dtype, needed_zero_point, reciprocal_of
 
 Tensor = torch.Tensor
 MAX_KEYS = 256
 MAX_HEAD_DIM = 128
 FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
-_PREC = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # BLOCK_N: keys per step where they do not fit one tile (past MAX_KEYS); below, one tile holds them.
 CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4},
@@ -177,8 +174,8 @@ _GENERATED: dict[tuple[Any, ...], tuple[Any, list[float | int], torch.dtype]] = 
 
 
 def _kernel(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, quantized: bool):  # noqa: ANN202
-    key = (json.dumps(programs, sort_keys=True), q.dtype, q.dim(), k.dtype, v.dtype, quantized,
-           None if mask is None else (mask.dtype, mask.dim()))
+    key = (tuple(None if p is None else program_key(p) for p in programs.values()), q.dtype, q.dim(), k.dtype,
+           v.dtype, quantized, None if mask is None else (mask.dtype, mask.dim()))
     found = _GENERATED.get(key)
     if found is None:
         source, consts, fp = generate(programs, q, k, v, mask, quantized)
@@ -218,21 +215,17 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
         mask_arg, mstr = (m4.view(torch.uint8) if mask.dtype == torch.bool else m4), m4.stride()
     else:
         mask_arg, mstr = q, (0, 0, 0, 0)
-    prec = 0
     zp = needed_zero_point(out_zp)
-    if quantized:
-        division = onnx_to_torch(precision) if precision else out_scale.dtype
-        assert division in _PREC, f"QuantizeLinear dividing in {division}"
-        prec = _PREC[division]
+    division = _division_dtype(out_scale, precision) if quantized else torch.float32   # QuantizeLinear's
+    assert division in PRECISIONS, f"QuantizeLinear dividing in {division}"
     qmin, qmax = OUT_TYPES.get(out) or (0, 0)
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * b * heads,)
     kernel[grid](
-        q, k, v, mask_arg, y, out_scale if quantized else q,
-        reciprocal_of(out_scale, {0: torch.float32, 1: torch.float16, 2: torch.bfloat16}[prec]) if quantized else q,
+        q, k, v, mask_arg, y, out_scale if quantized else q, reciprocal_of(out_scale, division) if quantized else q,
         q if zp is None else zp, heads, lq, lk, d,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
-        HAS_OZP=zp is not None, PREC=prec, QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, BLOCK_M=cfg["BLOCK_M"],
+        HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=max(16, triton.next_power_of_2(lk)) if lk <= MAX_KEYS else cfg["BLOCK_N"],
         BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=cfg["num_warps"])
     return y
