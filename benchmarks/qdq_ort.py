@@ -142,10 +142,12 @@ def main() -> None:
         out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
         cos = row_cosines(out, reference)
         convs = collections.Counter(s.tactic.split(".", 1)[1] for s in engine.plan.steps if s.op == "kiln::QConv")
+        attention = collections.Counter(f"{s.tactic.split('.', 1)[1]} {s.config}" for s in engine.plan.steps
+                                        if s.op == "kiln::QDQAttention")
         ms = graph_ms(engine, feeds) if args.device == "cuda" else float("nan")
         times[label] = ms
         say(f"{label}: {ms:.3f} ms ({engine.cuda_graph_status}); cosine to PyTorch fp32 min {cos.min():.5f} "
-            f"mean {cos.mean():.5f}; QConv tactics {dict(convs)}; {len(engine.plan.steps)} steps "
+            f"mean {cos.mean():.5f}; QConv tactics {dict(convs)}; QDQAttention {dict(attention)}; {len(engine.plan.steps)} steps "
             f"{dict(collections.Counter(s.op for s in engine.plan.steps).most_common(6))}; on the reference: "
             f"{dict(collections.Counter(s.op for s in engine.plan.steps if on_reference(s)))}")
         del engine

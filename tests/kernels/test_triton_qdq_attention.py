@@ -79,7 +79,11 @@ def _both(q, k, v, mask, out=True, config=None, **programs):
     return got, want
 
 
-@pytest.mark.parametrize("config", qa.CONFIGS[:2] if kiln_triton.available() else [], ids=str)
+EXACT = [c for c in qa.CONFIGS if c.get("EXACT", 1)] if kiln_triton.available() else []
+QUICK = [c for c in qa.CONFIGS if not c.get("EXACT", 1)] if kiln_triton.available() else []
+
+
+@pytest.mark.parametrize("config", EXACT, ids=str)
 def test_codes_are_the_references(config):
     got, want = _both(*_inputs(), config=config)
     assert got.dtype == torch.int8 and got.shape == want.shape == (2, 3, 20, 24)
@@ -122,7 +126,28 @@ def test_layered_tactic_gives_the_references_codes_at_any_length():
     assert torch.equal(got, want) and len(torch.unique(want)) > 30
 
 
-@pytest.mark.parametrize("config", [qa.CONFIGS[0], qa.CONFIGS[3]] if kiln_triton.available() else [], ids=str)
+@pytest.mark.parametrize("config", QUICK[:2], ids=str)
+def test_quick_arithmetic_is_within_the_rule(config):
+    """EXACT 0 (float32 throughout, Q/DQ by the reciprocal of the scale, exp2 and one reciprocal
+    per row in the softmax) at BERT's 128 keys and 64 dims: every code within the tuner's rule,
+    one step off at most, almost all equal."""
+    got, want = _both(*_inputs(b=1, h=2, lq=64, lk=128, d=64, seed=3), config=config)
+    assert mismatch(got, want, OP) is None
+    assert (got.int() - want.int()).abs().max() <= 1 and (got == want).float().mean() > 0.97
+
+
+def test_quick_programs_hold_float32():
+    """The quick kernel's score and probability programs round nothing to 16 bits and quantize by
+    quantize_value (no correctly rounded division); the exact kernel's do both."""
+    q, k, v, mask = _inputs()
+    quick, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True, exact=False)
+    exact, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True)
+    body = lambda src: src[src.index("def score_program"):src.index("def kiln_qdq_attention")]  # noqa: E731
+    assert "quantize_value(" in body(quick) and "in_precision" not in body(quick) and "quantize_code" not in body(quick)
+    assert "quantize_code(" in body(exact) and "in_precision" in body(exact)
+
+
+@pytest.mark.parametrize("config", [EXACT[0], QUICK[1]] if kiln_triton.available() else [], ids=str)
 def test_keys_past_one_tile_are_walked_twice(config):
     """Past MAX_KEYS the kernel walks the keys in blocks: the row's maximum and sum first (online),
     then the probabilities and P V; a ragged last block, the padding mask on the last keys."""

@@ -57,7 +57,9 @@ def _model(probabilities_out: bool = False) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT8, [B, H, S, D]) for n in ("q8", "k8", "v8")]
     inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [B, 1, 1, S]))
     graph = helper.make_graph(nodes, "qdq_attention", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8    # ONNX Runtime 1.30 reads IR versions up to 13; onnx 1.23 writes 14
+    return model
 
 
 def _feeds(seed: int = 0) -> dict[str, np.ndarray]:

@@ -112,9 +112,9 @@ _DOMAINS = {
 
 
 def instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], consts: Constants,
-                 per_op: bool = False) -> str:
-    """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op);
-    its constants become parameters of the kernel (`consts`)."""
+                 per_op: bool = False, exact: bool = True) -> str:
+    """`t<k> = <expression>` for one traced step (`per_op`: rounded as the reference rounds each op;
+    `exact` False: Q/DQ the quick way, EmitContext.exact); its constants become kernel parameters."""
     rule = RULES[step.op]
     _check(step.dtype, f"{step.op}'s result")
     if all(a is None or a[0] == "c" for a in step.args):
@@ -139,7 +139,7 @@ def instruction(k: int, step: Step, held: dict[tuple[str, int], torch.dtype], co
     else:
         values = tuple(a[1] if a is not None and a[0] == "c" else None for a in step.args)
         is_float = all(t in FLOATS for t in present)
-        context = EmitContext(step.attrs, values, is_float, consts.float, step.arg_dtypes, step.dtype)
+        context = EmitContext(step.attrs, values, is_float, consts.float, step.arg_dtypes, step.dtype, exact)
         expr = rule.emit(operands, context)
         if per_op and step.op not in QUANTIZED:
             expr = as_the_reference_rounds(expr, step.op, operands, context)

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kiln.ir.dtypes import onnx_to_torch
 from kiln.kernels.triton.compiled import COMPILED, product_rn  # noqa: F401 - the generated source imports it
-from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, _saturate_round, divide
+from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, _saturate_round, divide, shifted_round
 
 try:                       # Triton 3.2 on: the libdevice calls of the backend in use
     from triton.language.extra import libdevice
@@ -99,6 +99,15 @@ def quantize_code(x, s, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: t
     return _saturate_round(v, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0, zp) - 0x4B400000
 
 
+@triton.jit
+def quantize_value(x, inv, zp, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """QuantizeLinear's code of x as a float32 (an integer in [QMIN, QMAX]), the quick way: x times
+    1 / scale in float32 (not divided in the scale's type), rounded half to even, plus the zero
+    point, saturated; a NaN gives QMIN. A code a tie away from the reference's may be its neighbour
+    (EmitContext.exact)."""
+    return shifted_round(x * inv, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0) - 12582912.0 + zp
+
+
 class Unsupported(Exception):
     """The program (or one of its instructions) is outside what the generator writes."""
 
@@ -111,6 +120,9 @@ class EmitContext:
     literal: Callable[[float], str] = field(default=repr)   # a float as Triton source
     dtypes: tuple[Any, ...] = ()     # the operands' torch dtypes (None where omitted)
     result: Any = None               # the result's torch dtype
+    # False: Q/DQ as quick float32 arithmetic (quantize_value; a DQ's product unrounded), for a
+    # kernel whose tolerance allows a code one step off (kiln::QDQAttention's quick configs)
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +244,8 @@ def _dequantize(a: list[str], c: EmitContext) -> str:
     if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
         raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
     centered = x if zp is None else f"({x} - {zp})"
+    if not c.exact:
+        return f"({centered}.to(tl.float32) * {scale})"
     return rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
 
 
@@ -247,6 +261,8 @@ def _quantize(a: list[str], c: EmitContext) -> str:
     inv = torch.reciprocal(s)
     zp = a[2] if len(a) > 2 and a[2] is not None else "0"
     qmin, qmax = _BYTES[c.result]
+    if not c.exact:
+        return f"quantize_value({a[0]}, {c.literal(float(inv))}, {zp}, {qmin}, {qmax})"
     return (f"quantize_code({rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
             f"{_PREC[prec]}, {qmin}, {qmax})")
 

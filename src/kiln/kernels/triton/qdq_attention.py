@@ -18,7 +18,16 @@ own arithmetic, op by op as the reference rounds it, constants as kernel paramet
 step rounds as the reference op it replaced does. What the kernel cannot reproduce is the order
 of the two products' and the softmax's sums (cuBLAS's and torch's own), which moves a 16-bit
 value by an ulp now and then, and a quantized value then by one step: the tuner's allowance for
-quantized attention (compiler/tolerance.py). Q, K and V are read through their strides as
+quantized attention (compiler/tolerance.py).
+
+Configs with EXACT 0 take the quick way within that allowance: everything held in float32 (no
+16-bit rounding of the scores, the programs' intermediates or the probabilities), each Q/DQ a
+multiply by 1 / scale, a round and a clamp (pointwise_ops.quantize_value), exp by exp2 and one
+reciprocal of the row's sum. The exact kernel spends most of its time in 16-bit round trips and
+correctly rounded divisions (on an H200 its per-element chain, not the products, bounds it); the
+quick one's codes land a step off where a value sits that close to a rounding boundary (~1% of
+the output codes on spread inputs, one step at most in the tests), and the tuner keeps it only
+where its outputs pass the rule. Q, K and V are read through their strides as
 [B, H, L, D] (transposed views of one GEMM output); Y [B, H, Lq, D] is stored [B, Lq, H, D] in memory.
 """
 from __future__ import annotations
@@ -39,11 +48,14 @@ MAX_KEYS = 256
 MAX_HEAD_DIM = 128
 FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
 # BLOCK_N: keys per step where they do not fit one tile (past MAX_KEYS); below, one tile holds them.
+# EXACT 0: the quick arithmetic (module docstring).
 CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8},
     {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4},
+    {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "EXACT": 0},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "EXACT": 0},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "EXACT": 0},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "EXACT": 0},
 )
 IDENTITY = [["Identity", ["i0"], {}]]
 
@@ -52,7 +64,8 @@ _KERNEL = '''
 def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                        {consts}HAS_OZP: tl.constexpr, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                       ONE_TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                       ONE_TILE: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -64,8 +77,8 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
         offs_n = tl.arange(0, BLOCK_N)
 {scores8}
         mx = tl.max(s, axis=1)
-        e = exp_f32(s - mx[:, None])
-        p = tl.math.div_rn(e, tl.sum(e, axis=1)[:, None])
+        e = softmax_exp(s - mx[:, None], EXACT)
+        p = softmax_ratio(e, tl.sum(e, axis=1)[:, None], EXACT)
 {pv8}
         y = tl.dot(p, vf{ieee})
     else:   # the row's maximum and sum over every key block first (online), then the probabilities
@@ -76,14 +89,14 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
 {scores12}
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_use = tl.where(m_new == -float("inf"), 0.0, m_new)    # no key yet: exp(-inf) = 0, not NaN
-            l_i = l_i * exp_f32(m_i - m_use) + tl.sum(exp_f32(s - m_use[:, None]), axis=1)
+            l_i = l_i * softmax_exp(m_i - m_use, EXACT) + tl.sum(softmax_exp(s - m_use[:, None], EXACT), axis=1)
             m_i = m_new
         m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
         y = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for start_n in range(0, Lk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
 {scores12}
-            p = tl.math.div_rn(exp_f32(s - m_use[:, None]), l_i[:, None])
+            p = softmax_ratio(softmax_exp(s - m_use[:, None], EXACT), l_i[:, None], EXACT)
 {pv12}
             y = tl.dot(p, vf, y{ieee})
     y = y.to({float}).to(tl.float32)                                    # the P V MatMul's output
@@ -95,11 +108,14 @@ _SCORES = '''n_ok = offs_n < Lk
 k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
             mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
 kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
-s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
+s = tl.dot(qf, tl.trans(kf){ieee})
+if EXACT:
+    s = s.to({float}).to(tl.float32)                              # the scores MatMul's output
 {mask_load}s = {score_call}
 s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))'''
 # Softmax's output p rounded to its type, the probability program, and the block's V.
-_PV = '''p = p.to({float}).to(tl.float32)
+_PV = '''if EXACT:
+    p = p.to({float}).to(tl.float32)
 p = tl.where(n_ok[None, :], {prob_call}, 0.0).to({dot})
 v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
             mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
@@ -120,7 +136,25 @@ import triton
 import triton.language as tl
 from kiln.kernels.triton.attention import query_block
 from kiln.kernels.triton.pointwise_ops import (erf_f32, exp_f32, in_precision, log_f32, pow_f32,
-                                               product_rn, quantize_code, tanh_f32)
+                                               product_rn, quantize_code, quantize_value, tanh_f32)
+
+
+@triton.jit
+def softmax_exp(x, EXACT: tl.constexpr):
+    if EXACT:
+        y = exp_f32(x)
+    else:
+        y = tl.exp2(x * 1.4426950408889634)
+    return y
+
+
+@triton.jit
+def softmax_ratio(e, total, EXACT: tl.constexpr):
+    if EXACT:
+        p = tl.math.div_rn(e, total)
+    else:
+        p = e * (1.0 / total)
+    return p
 
 '''
 
@@ -134,10 +168,11 @@ def _call(name: str, fn: ProgramFunction, args: str, prefix: str) -> str:
 
 
 def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-             quantized: bool) -> tuple[str, list[float | int], torch.dtype]:
-    """(the kernel module's source, its constant arguments in order, the chain's float type)."""
+             quantized: bool, exact: bool = True) -> tuple[str, list[float | int], torch.dtype]:
+    """(the kernel module's source, its constant arguments in order, the chain's float type);
+    `exact` False: the programs the quick way (module docstring)."""
     functions = {name: program_function(f"{name}_program", programs.get(f"{name}_program") or IDENTITY, [t.dtype],
-                                        [t.shape])
+                                        [t.shape], exact)
                  for name, t in (("q", q), ("k", k), ("v", v))}
     fp = functions["q"].out_dtype
     if fp not in FLOATS or functions["k"].out_dtype != fp or functions["v"].out_dtype != fp:
@@ -145,9 +180,9 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
     scores_shape = (*q.shape[:-1], k.shape[-2])
     score_in = [fp] + ([mask.dtype] if mask is not None else [])
     functions["score"] = program_function("score_program", programs.get("score_program") or IDENTITY, score_in,
-                                          [scores_shape] + ([mask.shape] if mask is not None else []))
+                                          [scores_shape] + ([mask.shape] if mask is not None else []), exact)
     functions["prob"] = program_function("prob_program", programs.get("prob_program") or IDENTITY, [fp],
-                                         [scores_shape])
+                                         [scores_shape], exact)
     if functions["score"].out_dtype != fp or functions["prob"].out_dtype != fp:
         raise Unsupported("score or probability program changes the chain's float type")
     prefixes = {"q": "qk", "k": "kk", "v": "vk", "score": "sk", "prob": "pk"}
@@ -173,12 +208,13 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
 _GENERATED: dict[tuple[Any, ...], tuple[Any, list[float | int], torch.dtype]] = {}
 
 
-def _kernel(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, quantized: bool):  # noqa: ANN202
+def _kernel(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, quantized: bool,
+            exact: bool):  # noqa: ANN202
     key = (tuple(None if p is None else program_key(p) for p in programs.values()), q.dtype, q.dim(), k.dtype,
-           v.dtype, quantized, None if mask is None else (mask.dtype, mask.dim()))
+           v.dtype, quantized, None if mask is None else (mask.dtype, mask.dim()), exact)
     found = _GENERATED.get(key)
     if found is None:
-        source, consts, fp = generate(programs, q, k, v, mask, quantized)
+        source, consts, fp = generate(programs, q, k, v, mask, quantized, exact)
         found = _GENERATED[key] = (compile_source(source, "kiln_qdq_attention"), consts, fp)
     return found
 
@@ -199,11 +235,12 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
     programs = {"q_program": q_program, "k_program": k_program, "v_program": v_program,
                 "score_program": score_program, "prob_program": prob_program}
     quantized = out_scale is not None
-    kernel, consts, fp = _kernel(programs, q, k, v, mask, quantized)
+    cfg = dict(CONFIGS[0] if config is None else config)
+    exact = bool(cfg.get("EXACT", 1))
+    kernel, consts, fp = _kernel(programs, q, k, v, mask, quantized, exact)
     out = requantized_type(out_zp, out_dtype).torch if quantized else fp
     assert out in (fp, torch.int8, torch.uint8), f"cannot write {out}"
     assert not quantized or out_scale.numel() == 1, "out_scale per tensor"
-    cfg = dict(CONFIGS[0] if config is None else config)
     # [B, H, Lq, D] stored as [B, Lq, H, D], as kiln::Attention's: the Transpose + Reshape to the
     # output projection's [B, S, H*D] input that follows stays a view (else a copy, ~10 us a layer)
     y = torch.empty((b, lq, heads, d), dtype=out, device=q.device).transpose(1, 2)
@@ -225,7 +262,7 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
         q if zp is None else zp, heads, lq, lk, d,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
-        HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, BLOCK_M=cfg["BLOCK_M"],
+        HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, EXACT=exact, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=max(16, triton.next_power_of_2(lk)) if lk <= MAX_KEYS else cfg["BLOCK_N"],
         BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=cfg["num_warps"])
     return y
