@@ -128,23 +128,44 @@ def test_layered_tactic_gives_the_references_codes_at_any_length():
 
 @pytest.mark.parametrize("config", QUICK[:2], ids=str)
 def test_quick_arithmetic_is_within_the_rule(config):
-    """EXACT 0 (float32 throughout, Q/DQ by the reciprocal of the scale, exp2 and one reciprocal
-    per row in the softmax) at BERT's 128 keys and 64 dims: every code within the tuner's rule,
-    one step off at most, almost all equal."""
+    """EXACT 0 (QuantizeLinear by the reciprocal of the scale) at BERT's 128 keys and 64 dims:
+    every code within the tuner's rule, one step off at most, almost all equal."""
     got, want = _both(*_inputs(b=1, h=2, lq=64, lk=128, d=64, seed=3), config=config)
     assert mismatch(got, want, OP) is None
     assert (got.int() - want.int()).abs().max() <= 1 and (got == want).float().mean() > 0.97
 
 
-def test_quick_programs_hold_float32():
-    """The quick kernel's score and probability programs round nothing to 16 bits and quantize by
-    quantize_value (no correctly rounded division); the exact kernel's do both."""
+@pytest.mark.parametrize("config", [EXACT[1], QUICK[0]] if kiln_triton.available() else [], ids=str)
+def test_a_mask_per_query_and_padded_tiles(config):
+    """A causal mask [1, 1, Lq, Lk] (a row per query, read as a tile, not one broadcast row) at
+    sizes with padding lanes in every dimension, and at full tiles with a bool mask whose masked
+    scores are one constant (a value many elements hold: it must be rounded as the reference
+    rounds it, or they all move at once)."""
+    share = 0.97
+    q, k, v, _ = _inputs(b=1, h=2, lq=19, lk=23, d=24, seed=13)
+    causal = torch.triu(torch.full((19, 23), -10.0, dtype=torch.float16), diagonal=1)[None, None]
+    got, want = _both(q, k, v, causal, config=config)
+    assert mismatch(got, want, OP) is None and (got == want).float().mean() > share
+    q, k, v, _ = _inputs(b=1, h=1, lq=64, lk=64, d=32, seed=14)
+    keep = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.2
+    where = [["Where", ["i1", "t?", C(-3.0)], {}]]
+    score = chain(qdq("i0", 0.031, -7), where, qdq("t?", 0.0392, 100))
+    got, want = _both(q, k, v, keep, config=config, score_program=score)
+    assert mismatch(got, want, OP) is None and (got == want).float().mean() > share
+
+
+def test_quick_programs_multiply_by_the_reciprocal():
+    """The quick kernel's score and probability programs quantize by quantize_value (the scale's
+    reciprocal, no correctly rounded division) and keep every 16-bit rounding; the exact
+    kernel's divide (quantize_code)."""
     q, k, v, mask = _inputs()
     quick, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True, exact=False)
     exact, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True)
     body = lambda src: src[src.index("def score_program"):src.index("def kiln_qdq_attention")]  # noqa: E731
-    assert "quantize_value(" in body(quick) and "in_precision" not in body(quick) and "quantize_code" not in body(quick)
-    assert "quantize_code(" in body(exact) and "in_precision" in body(exact)
+    assert "quantize_value(" in body(quick) and "quantize_code" not in body(quick)
+    # every DQ, Mul and Add result rounded to float16: three DQ, the Mul, the Add, the probabilities' DQ
+    assert body(quick).count("in_precision(") == 6
+    assert "quantize_code(" in body(exact) and "quantize_value" not in body(exact)
 
 
 @pytest.mark.parametrize("config", [EXACT[0], QUICK[1]] if kiln_triton.available() else [], ids=str)

@@ -28,13 +28,13 @@ class ProgramFunction:
 def program_function(name: str, program: Sequence[Any], in_dtypes: Sequence[torch.dtype],
                      shapes: Sequence[Sequence[int]], exact: bool = True) -> ProgramFunction:
     """`program` over inputs of these dtypes (and shapes: their ranks type the math, as in a
-    Pointwise kernel) as the source of one @triton.jit function `name`. `exact` False: held in
-    float32 throughout, Q/DQ the quick way (pointwise_ops.EmitContext.exact; codes held as float32
+    Pointwise kernel) as the source of one @triton.jit function `name`. `exact` False: Q/DQ the
+    quick way (pointwise_ops.EmitContext.exact; a QuantizeLinear's codes held as float32
     integers). Raises pointwise_ops.Unsupported where the generator cannot write it."""
     tr = trace(program, list(in_dtypes), [tuple(s) for s in shapes], None, 1)
     held = {("i", i): d for i, d in enumerate(in_dtypes)}
     consts = Constants()
-    per_op = exact and any(s.op == "QuantizeLinear" for s in tr.steps)
+    per_op = any(s.op == "QuantizeLinear" for s in tr.steps)
     body = [instruction(k, s, held, consts, per_op, exact) for k, s in enumerate(tr.steps)]
     kind, index = tr.outputs[0]
     params = [f"x{i}" for i in range(len(in_dtypes))] + consts.names

@@ -100,12 +100,15 @@ def quantize_code(x, s, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: t
 
 
 @triton.jit
-def quantize_value(x, inv, zp, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """QuantizeLinear's code of x as a float32 (an integer in [QMIN, QMAX]), the quick way: x times
-    1 / scale in float32 (not divided in the scale's type), rounded half to even, plus the zero
-    point, saturated; a NaN gives QMIN. A code a tie away from the reference's may be its neighbour
-    (EmitContext.exact)."""
-    return shifted_round(x * inv, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0) - 12582912.0 + zp
+def quantize_value(x, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """QuantizeLinear's code of x as a float32 (an integer in [QMIN, QMAX]), the quick way: x
+    (rounded to the division's type PREC) times 1 / scale, the quotient rounded to PREC as
+    quantize_code's, then half to even, plus the zero point, saturated; a NaN gives QMIN. The
+    product is within a float32 ulp of the correctly rounded quotient, so a code differs from
+    quantize_code's only where the quotient lies that close to a rounding boundary of PREC
+    (EmitContext.exact). The shift less the zero point is one scalar: one add per element."""
+    v = _in_precision(_in_precision(x, PREC) * inv, PREC)
+    return shifted_round(v, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0) - (12582912.0 - zp)
 
 
 class Unsupported(Exception):
@@ -120,8 +123,9 @@ class EmitContext:
     literal: Callable[[float], str] = field(default=repr)   # a float as Triton source
     dtypes: tuple[Any, ...] = ()     # the operands' torch dtypes (None where omitted)
     result: Any = None               # the result's torch dtype
-    # False: Q/DQ as quick float32 arithmetic (quantize_value; a DQ's product unrounded), for a
-    # kernel whose tolerance allows a code one step off (kiln::QDQAttention's quick configs)
+    # False: QuantizeLinear by the scale's reciprocal (quantize_value, not correctly rounded) and
+    # DequantizeLinear's code as float32 in one FMA, for a kernel whose tolerance allows a code
+    # one step off now and then (kiln::QDQAttention's quick configs)
     exact: bool = True
 
 
@@ -244,8 +248,10 @@ def _dequantize(a: list[str], c: EmitContext) -> str:
     if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
         raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
     centered = x if zp is None else f"({x} - {zp})"
-    if not c.exact:
-        return f"({centered}.to(tl.float32) * {scale})"
+    if not c.exact:   # x * scale - zp * scale in one FMA: exact for a 16-bit scale, as the product above
+        value = f"({x}.to(tl.float32) * {scale})" if zp is None else \
+            f"tl.fma({x}.to(tl.float32), {scale}, -({zp} * {scale}))"
+        return rounded(value, c.result)
     return rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
 
 
@@ -262,7 +268,7 @@ def _quantize(a: list[str], c: EmitContext) -> str:
     zp = a[2] if len(a) > 2 and a[2] is not None else "0"
     qmin, qmax = _BYTES[c.result]
     if not c.exact:
-        return f"quantize_value({a[0]}, {c.literal(float(inv))}, {zp}, {qmin}, {qmax})"
+        return f"quantize_value({a[0]}, {c.literal(float(inv))}, {zp}, {_PREC[prec]}, {qmin}, {qmax})"
     return (f"quantize_code({rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
             f"{_PREC[prec]}, {qmin}, {qmax})")
 

@@ -20,13 +20,14 @@ of the two products' and the softmax's sums (cuBLAS's and torch's own), which mo
 value by an ulp now and then, and a quantized value then by one step: the tuner's allowance for
 quantized attention (compiler/tolerance.py).
 
-Configs with EXACT 0 take the quick way within that allowance: everything held in float32 (no
-16-bit rounding of the scores, the programs' intermediates or the probabilities), each Q/DQ a
-multiply by 1 / scale, a round and a clamp (pointwise_ops.quantize_value), exp by exp2 and one
-reciprocal of the row's sum. The exact kernel spends most of its time in 16-bit round trips and
-correctly rounded divisions (on an H200 its per-element chain, not the products, bounds it); the
-quick one's codes land a step off where a value sits that close to a rounding boundary (~1% of
-the output codes on spread inputs, one step at most in the tests), and the tuner keeps it only
+Configs with EXACT 0 take the quick way within that allowance: each QuantizeLinear in the
+programs multiplies by the reciprocal of its scale instead of dividing correctly rounded
+(pointwise_ops.quantize_value), every 16-bit rounding kept: a code moves only where a quotient
+lies within a float32 ulp of a rounding boundary. Not rounding the 16-bit values was tried and
+dropped: the chain's values are few (codes), so an intermediate that falls on the other side of
+a boundary (a masked score's constant, a probability 1 / n) moves every element holding it at
+once, and the output by several steps. The exact kernel spends its time in the per-element
+chain (16-bit round trips, the divisions), not in the products; the tuner keeps the quick one
 where its outputs pass the rule. Q, K and V are read through their strides as
 [B, H, L, D] (transposed views of one GEMM output); Y [B, H, Lq, D] is stored [B, Lq, H, D] in memory.
 """
@@ -64,12 +65,15 @@ _KERNEL = '''
 def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                        {consts}HAS_OZP: tl.constexpr, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                       ONE_TILE: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+                       ONE_TILE: tl.constexpr, FULL: tl.constexpr, MASK_ROW: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_ok, d_ok = offs_m < Lq, offs_d < D
+    if FULL:   # no padding lanes anywhere: the masks are constants, their selects fold away
+        m_ok, d_ok = tl.full((BLOCK_M,), 1, tl.int1), tl.full((BLOCK_D,), 1, tl.int1)
+    else:
+        m_ok, d_ok = offs_m < Lq, offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
     qf = tl.where(d_ok[None, :], {q_call}, 0.0).to({dot})             # padding lanes out of the sums
@@ -77,8 +81,8 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
         offs_n = tl.arange(0, BLOCK_N)
 {scores8}
         mx = tl.max(s, axis=1)
-        e = softmax_exp(s - mx[:, None], EXACT)
-        p = softmax_ratio(e, tl.sum(e, axis=1)[:, None], EXACT)
+        e = exp_f32(s - mx[:, None])
+        p = softmax_ratio(e, tl.sum(e, axis=1)[:, None])
 {pv8}
         y = tl.dot(p, vf{ieee})
     else:   # the row's maximum and sum over every key block first (online), then the probabilities
@@ -89,14 +93,14 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
 {scores12}
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_use = tl.where(m_new == -float("inf"), 0.0, m_new)    # no key yet: exp(-inf) = 0, not NaN
-            l_i = l_i * softmax_exp(m_i - m_use, EXACT) + tl.sum(softmax_exp(s - m_use[:, None], EXACT), axis=1)
+            l_i = l_i * exp_f32(m_i - m_use) + tl.sum(exp_f32(s - m_use[:, None]), axis=1)
             m_i = m_new
         m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
         y = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for start_n in range(0, Lk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
 {scores12}
-            p = softmax_ratio(softmax_exp(s - m_use[:, None], EXACT), l_i[:, None], EXACT)
+            p = softmax_ratio(exp_f32(s - m_use[:, None]), l_i[:, None])
 {pv12}
             y = tl.dot(p, vf, y{ieee})
     y = y.to({float}).to(tl.float32)                                    # the P V MatMul's output
@@ -104,24 +108,27 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
 '''
 # The scores of one key block [BLOCK_M, BLOCK_N], as the reference's MatMul and score program
 # give them; keys past Lk at -inf.
-_SCORES = '''n_ok = offs_n < Lk
+_SCORES = '''if FULL:
+    n_ok = tl.full((BLOCK_N,), 1, tl.int1)
+else:
+    n_ok = offs_n < Lk
 k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
             mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
 kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
-s = tl.dot(qf, tl.trans(kf){ieee})
-if EXACT:
-    s = s.to({float}).to(tl.float32)                              # the scores MatMul's output
+s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
 {mask_load}s = {score_call}
 s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))'''
 # Softmax's output p rounded to its type, the probability program, and the block's V.
-_PV = '''if EXACT:
-    p = p.to({float}).to(tl.float32)
+_PV = '''p = p.to({float}).to(tl.float32)
 p = tl.where(n_ok[None, :], {prob_call}, 0.0).to({dot})
 v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
             mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
 vf = tl.where(n_ok[:, None] & d_ok[None, :], {v_call}, 0.0).to({dot})'''
-_MASK = '''mv = tl.load(MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
-             mask=m_ok[:, None] & n_ok[None, :], other=0){held}
+_MASK = '''if MASK_ROW:   # one row for every query (a padding mask): loaded once, broadcast
+    mv = tl.load(MASK + b * smb + h * smh + offs_n[None, :] * smn, mask=n_ok[None, :], other=0){held}
+else:
+    mv = tl.load(MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
+                 mask=m_ok[:, None] & n_ok[None, :], other=0){held}
 '''
 _STORE_CODES = '''    zp = 0
     if HAS_OZP:
@@ -135,26 +142,15 @@ _HEADER = '''"""Generated by kiln.kernels.triton.qdq_attention; do not edit."""
 import triton
 import triton.language as tl
 from kiln.kernels.triton.attention import query_block
+from kiln.kernels.triton.quantize import divide
 from kiln.kernels.triton.pointwise_ops import (erf_f32, exp_f32, in_precision, log_f32, pow_f32,
                                                product_rn, quantize_code, quantize_value, tanh_f32)
 
 
 @triton.jit
-def softmax_exp(x, EXACT: tl.constexpr):
-    if EXACT:
-        y = exp_f32(x)
-    else:
-        y = tl.exp2(x * 1.4426950408889634)
-    return y
-
-
-@triton.jit
-def softmax_ratio(e, total, EXACT: tl.constexpr):
-    if EXACT:
-        p = tl.math.div_rn(e, total)
-    else:
-        p = e * (1.0 / total)
-    return p
+def softmax_ratio(e, total):
+    """e / total correctly rounded (torch's division), from one division per row (quantize.divide)."""
+    return divide(e, total, tl.math.div_rn(tl.full(total.shape, 1.0, tl.float32), total))
 
 '''
 
@@ -256,13 +252,16 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
     division = _division_dtype(out_scale, precision) if quantized else torch.float32   # QuantizeLinear's
     assert division in PRECISIONS, f"QuantizeLinear dividing in {division}"
     qmin, qmax = OUT_TYPES.get(out) or (0, 0)
+    block_n = max(16, triton.next_power_of_2(lk)) if lk <= MAX_KEYS else cfg["BLOCK_N"]
+    block_d = max(16, triton.next_power_of_2(d))
+    full = lq % cfg["BLOCK_M"] == 0 and lk % block_n == 0 and d == block_d
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * b * heads,)
     kernel[grid](
         q, k, v, mask_arg, y, out_scale if quantized else q, reciprocal_of(out_scale, division) if quantized else q,
         q if zp is None else zp, heads, lq, lk, d,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
-        HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS, EXACT=exact, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=max(16, triton.next_power_of_2(lk)) if lk <= MAX_KEYS else cfg["BLOCK_N"],
-        BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=cfg["num_warps"])
+        HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS,
+        FULL=full, MASK_ROW=mask is not None and mstr[2] == 0, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=cfg["num_warps"])
     return y
