@@ -123,7 +123,7 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BL
 @triton.jit
 def _qgemm_kernel(
         A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, COLSUM, M, N, K,
-        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1, MS, MZP,
+        stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
         FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
@@ -182,7 +182,7 @@ def _qgemm_kernel(
 
     epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-             OUT_PER_COL, QMIN, QMAX, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+             OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
@@ -291,7 +291,10 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     mid_code = 0 if mid_scale is None else (1 if mid_scale.numel() == 1 else 2)
     mid = dict(MID=mid_code, HAS_MZP=mid_zp is not None, MQMIN=-128 if mid_int8 else 0,
                MQMAX=127 if mid_int8 else 255)
+    # the mid scales and their reciprocals (float32, correctly rounded, memoised): the epilogue
+    # multiplies by them (a division per column a thread holds costs a short-K GEMM dearly)
     mid_ops = (a_scale if mid_scale is None else mid_scale.reshape(-1).contiguous(),
+               a_scale if mid_scale is None else reciprocal_of(mid_scale).reshape(-1),
                a_scale if mid_zp is None else mid_zp.reshape(-1).contiguous())
     common = dict(FP8=fp8, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=code,
                   REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,

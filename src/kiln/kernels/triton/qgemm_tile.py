@@ -30,14 +30,15 @@ def dot8(a, b, acc, FP8_ACC: tl.constexpr):
 def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
                    p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
                    OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
-                   QMAX: tl.constexpr, MS=0.0, MZP=0.0, MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False,
+                   QMAX: tl.constexpr, MS=0.0, MSI=0.0, MZP=0.0, MID: tl.constexpr = False,
+                   HAS_MZP: tl.constexpr = False,
                    MQMIN: tl.constexpr = 0, MQMAX: tl.constexpr = 0):
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
     loaded), activation; then the float value, or the code when requantizing (int8/uint8;
     float8 as its uint8 bits). MID (1: one value, 2: one per column): the product quantized to
     the codes of (MS, MZP) in [MQMIN, MQMAX] and dequantized before the bias (the reference's
     mid_scale: ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid
-    quantization."""
+    quantization; MSI holds 1 / MS (quantize.reciprocal_of, as div_rn(1, MS) gives it)."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     if MID:
@@ -46,11 +47,13 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
             if HAS_MZP:
                 mz = tl.load(MZP + rn).to(tl.float32)[None, :]
             ms = tl.load(MS + rn).to(tl.float32)[None, :]
+            msi = tl.load(MSI + rn)[None, :]          # 1 / ms, float32, made on the host
         else:
             if HAS_MZP:
                 mz = tl.load(MZP).to(tl.float32)
             ms = tl.load(MS).to(tl.float32)
-        v = (shifted_round(v * tl.math.div_rn(1.0, ms), MQMIN - mz, MQMAX - mz) - 12582912.0) * ms
+            msi = tl.load(MSI)
+        v = (shifted_round(v * msi, MQMIN - mz, MQMAX - mz) - 12582912.0) * ms
     if HAS_BIAS:
         v += tl.load(BIAS + rn * stride_bias).to(tl.float32)[None, :]
     if HAS_RES:
@@ -80,7 +83,7 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
 def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
-             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, MS=0.0, MZP=0.0,
+             OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, MS=0.0, MSI=0.0, MZP=0.0,
              MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False, MQMIN: tl.constexpr = 0,
              MQMAX: tl.constexpr = 0):
     """epilogue_value's tile stored through pointers (residual read the same way), masked at M and N."""
@@ -91,5 +94,5 @@ def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_
         res = tl.load(RES + offs_y, mask=mask, other=0.0)
     v = epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
                        p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX,
-                       MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                       MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
     tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)

@@ -21,7 +21,7 @@ SHARED_MEMORY = 227 * 1024 - 1024   # a Hopper block's shared memory, less room 
 
 @triton.jit
 def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-              stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP,
+              stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
               FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
               REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
               QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, Y_TMA: tl.constexpr,
@@ -53,19 +53,19 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
             res = RES.load([off_m, off_n])
         v = epilogue_value(acc, offs_n % N, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias,
                            stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL,
-                           QMIN, QMAX, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                           QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
         Y.store([off_m, off_n], v.to(Y.dtype))
     else:
         offs_m = off_m + tl.arange(0, BLOCK_M)
         epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP,
                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8,
-                 HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                 HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 @triton.jit
 def qgemm_tma_kernel(
         a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K, programs,
-        stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP,
+        stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
@@ -83,12 +83,12 @@ def qgemm_tma_kernel(
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
+                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
                       REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
                       BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
     else:
         _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
+                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
                   REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
                   BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
 
