@@ -96,6 +96,10 @@ def test_8bit_values_only_through_quantize_ops():
     assert not pw.supports_program(runtime_scale, ["float32", "float32"])      # 1 / scale made on the host
     dq_int32 = [["DequantizeLinear", ["i0", C(0.5)], {}], ["Relu", ["t0"], {}]]
     assert not pw.supports_program(dq_int32, ["int32"])
+    float_zp = [["QuantizeLinear", ["i0", C(0.5), C(3.0, "float16")], {"output_dtype": 3}]]
+    assert not pw.supports_program(float_zp, ["float32"])                       # not ONNX: the codes' type
+    float_zp_dq = [["DequantizeLinear", ["i0", C(0.5), C(3.0)], {}], ["Relu", ["t0"], {}]]
+    assert not pw.supports_program(float_zp_dq, ["int8"])
 
 
 def ort_gelu(code: str, dtype: str = "float16") -> list:

@@ -91,24 +91,47 @@ def test_codes_are_the_references(config):
     assert (got == want).float().mean() > 0.97 and len(torch.unique(want)) > 30
 
 
-def test_float_output_and_no_probability_program():
-    got, want = _both(*_inputs(lq=9, lk=33, d=16, seed=3), out=False, prob_program=None)
+BOTH = [None, QUICK[0]] if kiln_triton.available() else []   # the exact default and a quick config
+
+
+@pytest.mark.parametrize("config", BOTH, ids=str)
+def test_float_output_and_no_probability_program(config):
+    got, want = _both(*_inputs(lq=9, lk=33, d=16, seed=3), out=False, prob_program=None, config=config)
     assert got.dtype == torch.float16 and mismatch(got, want, OP) is None
 
 
-def test_without_a_mask_or_score_program():
+@pytest.mark.parametrize("config", BOTH, ids=str)
+def test_without_a_mask_or_score_program(config):
     q, k, v, _ = _inputs(lq=17, lk=17, d=40, seed=5)
-    got, want = _both(q, k, v, None, score_program=None)
+    got, want = _both(q, k, v, None, score_program=None, config=config)
     assert mismatch(got, want, OP) is None
 
 
-def test_uint8_codes():
+@pytest.mark.parametrize("config", BOTH, ids=str)
+def test_uint8_codes(config):
     q, k, v, mask = (_codes(s, i, torch.uint8) if i < 3 else None for i, s in
                      enumerate([(1, 2, 12, 16)] * 3 + [None]))
     programs = dict(q_program=dq(0.0107, 128, "uint8"), k_program=dq(0.0111, 120, "uint8"),
                     v_program=dq(0.0109, 131, "uint8"), score_program=None)
-    got, want = _both(q, k, v, None, **programs)
+    got, want = _both(q, k, v, None, **programs, config=config)
     assert mismatch(got, want, OP) is None
+
+
+@pytest.mark.parametrize("config", BOTH, ids=str)
+def test_a_float32_chain(config):
+    """Scales in float32 (the chain's float type float32: no 16-bit rounding, the products in
+    IEEE float32): within the rule, the quick config too."""
+    f32 = lambda v: C(v, "float32")  # noqa: E731
+    dq32 = lambda s, z: [["DequantizeLinear", ["i0", f32(s), C(z, "int8")], {}]]  # noqa: E731
+    qdq32 = lambda ref, s, z: [["QuantizeLinear", [ref, f32(s), C(z, "int8")], {"output_dtype": 3}],  # noqa: E731
+                               ["DequantizeLinear", ["t?", f32(s), C(z, "int8")], {}]]
+    programs = dict(q_program=dq32(0.0107, 0), k_program=dq32(0.0111, 1), v_program=dq32(0.0109, 4),
+                    score_program=chain(qdq32("i0", 0.031, -7), [["Mul", ["t?", f32(0.2041)], {}]],
+                                        qdq32("t?", 0.0125, 3), [["Add", ["t?", "i1"], {}]], qdq32("t?", 0.0392, 100)),
+                    prob_program=chain(qdq32("i0", 1 / 255, -128)))
+    q, k, v, mask = _inputs(lq=16, lk=16, d=16, seed=9)
+    got, want = _both(q, k, v, mask.float(), **programs, config=config)
+    assert mismatch(got, want, OP) is None and (got == want).float().mean() > 0.97
 
 
 def test_layered_tactic_gives_the_references_codes_at_any_length():

@@ -245,8 +245,10 @@ def _dequantize(a: list[str], c: EmitContext) -> str:
     product fits float32) rounded to the scale's type, as the reference rounds it."""
     x, scale = a[0], a[1]
     zp = a[2] if len(a) > 2 else None
-    if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result:
-        raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's type)")
+    if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result or \
+            (zp is not None and c.dtypes[2] != c.dtypes[0]):
+        raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's "
+                          f"type, a zero point of the codes' type)")
     centered = x if zp is None else f"({x} - {zp})"
     if not c.exact:   # x * scale - zp * scale in one FMA: exact for a 16-bit scale, as the product above
         value = f"({x}.to(tl.float32) * {scale})" if zp is None else \
@@ -257,8 +259,10 @@ def _dequantize(a: list[str], c: EmitContext) -> str:
 
 def _quantize(a: list[str], c: EmitContext) -> str:
     """QuantizeLinear per tensor to int8/uint8 with a constant scale (quantize_code)."""
-    if c.result not in _BYTES or c.consts[1] is None or c.dtypes[1] not in _PREC or c.dtypes[0] not in _PREC:
-        raise Unsupported(f"QuantizeLinear to {c.result} (int8/uint8, a constant float scale, float X)")
+    if c.result not in _BYTES or c.consts[1] is None or c.dtypes[1] not in _PREC or c.dtypes[0] not in _PREC or \
+            (len(a) > 2 and a[2] is not None and c.dtypes[2] != c.result):
+        raise Unsupported(f"QuantizeLinear to {c.result} (int8/uint8, a constant float scale, float X, a zero "
+                          f"point of the codes' type)")
     precision = int(c.attrs.get("precision", 0) or 0)
     prec = onnx_to_torch(precision) if precision else c.dtypes[1]
     if prec not in _PREC:
