@@ -62,11 +62,17 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     assert len(gelu) == 2
     # each layer's attention, Q/DQ on its scores and probabilities included, is one layer
     assert ops.count("kiln::QDQAttention") == 2 and "Softmax" not in ops and "MatMul" not in ops
+    # the residual adds (DQ + DQ -> Q -> DQ) are read by the norms that quantize their outputs: all
+    # but the last, whose norm's output is the model's (a LayerNorm, its Q/DQ pair a Pointwise after it)
+    folded = [s for s in steps if s.op == "kiln::NormQuantize" and s.attrs.get("x_program")]
+    adds = [s for s in steps if s.op == "kiln::Pointwise"
+            and [i[0] for i in s.attrs["program"]][:3] == ["DequantizeLinear"] * 2 + ["Add"]]
+    assert len(folded) == 3 and len(adds) == 1 and ops[steps.index(adds[0]) + 1] == "LayerNormalization"
     from kiln.cli.build_summary import explicit_line, explicit_quantization
     summary = explicit_quantization(engine)
     assert summary["attention"] == 2 and "2 attention(s) with Q/DQ inside as one layer" in explicit_line(summary)
     if device == "cuda":     # the kernels' codes are the reference's: nothing element-wise left on it
-        assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention")
+        assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention", "kiln::NormQuantize")
                     and s.tactic.endswith(".reference")]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # the ONNX semantics

@@ -138,7 +138,8 @@ register_tactic(Tactic("kiln::AddLayerNorm.torch", "kiln::AddLayerNorm", 1, ("cu
 def _supports_norm_quantize(query: TacticQuery) -> bool:
     """kiln::NormQuantize in one kernel: the fused norm's domain (rows of at most BLOCK_COLS known
     elements, Residual like X) and QuantizeLinear.triton's (per tensor, or per channel of the row
-    the kernel holds; int8/uint8/float8 out)."""
+    the kernel holds; int8/uint8/float8 out); an x_program only of quantized_sum.py's form."""
+    from kiln.kernels.reference.quantized_sum import quantized_sum
     from kiln.tactics.quantized import supports_triton_quantize
 
     dts = (*query.input_dtypes, *(None,) * 6)[:6]
@@ -146,6 +147,11 @@ def _supports_norm_quantize(query: TacticQuery) -> bool:
     x = shapes[0]
     if x is None or (dts[1] is not None and (dts[1] != dts[0] or shapes[1] is None or tuple(shapes[1]) != tuple(x))):
         return False
+    if query.attrs.get("x_program"):   # X and Residual: the codes of a quantized residual add
+        form = quantized_sum(query.attrs["x_program"])
+        if form is None or dts[1] is None or (dts[0], dts[1]) != form.code_types[:2]:
+            return False
+        dts = (form.float_type, None, *dts[2:])
     ln = TacticQuery("LayerNormalization", query.device, (dts[0], dts[2], dts[3]), query.attrs,
                      (x, shapes[2], shapes[3]), query.layout, 1)
     axis = _axis(query.attrs, len(x))

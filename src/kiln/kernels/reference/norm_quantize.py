@@ -11,7 +11,10 @@ QuantizeLinear that reads its output, as one op.
 
 Y is an output when `float_output` is 1 (other layers read it: a post-norm transformer's
 next residual add), Sum when `sum_output` is 1 (a pre-norm transformer's residual stream);
-Yq always comes first. The op is exactly the two it replaces, so the oracle is their
+Yq always comes first. With `x_program` (a kiln::Pointwise program over X and Residual: ONNX
+Runtime's quantized residual add, kernels/reference/quantized_sum.py), X and Residual are the
+add's 8-bit inputs and the program's output is the row normalised (no Sum; precision/
+fuse_residual_norm.py folds the Pointwise in). The op is exactly the two (three) it replaces, so the oracle is their
 references in sequence: fusing changes no reference value (precision/fuse_norm_quantize.py
 makes it, after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
 rounds Y to X's type and quantizes it while the row is still in registers, instead of
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from kiln.kernels.reference.fused import pointwise
 from kiln.kernels.reference.registry import lookup, reference_op
 
 Tensor = torch.Tensor
@@ -30,8 +34,10 @@ Tensor = torch.Tensor
 def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor | None, y_scale: Tensor,
                   y_zero_point: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
                   output_dtype: int = 0, precision: int = 0, float_output: int = 0,
-                  sum_output: int = 0) -> tuple[Tensor, ...]:
+                  sum_output: int = 0, x_program: list | None = None) -> tuple[Tensor, ...]:
     """(Yq, [Y], [Sum]) as the module docstring defines them."""
+    if x_program:
+        x, residual = pointwise(x, residual, program=x_program), None
     s = x if residual is None else x + residual
     y = lookup("LayerNormalization").fn(s, scale, b, axis=axis, epsilon=epsilon)[0]
     yq = lookup("QuantizeLinear").fn(y, y_scale, y_zero_point, axis=-1, output_dtype=output_dtype,

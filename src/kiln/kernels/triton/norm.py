@@ -18,8 +18,12 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
-from kiln.kernels.triton.quantize import (NO_QUANT, QuantOut, _in_precision, divide, quant_out, quantized_dtype,
-                                          requantize)
+from kiln.ir import dtypes
+from kiln.kernels.reference.quantized_sum import QuantizedSum, quantized_sum
+from kiln.kernels.triton.compiled import product_rn
+from kiln.kernels.triton.pointwise_ops import quantize_code
+from kiln.kernels.triton.quantize import (NO_QUANT, OUT_TYPES, PRECISIONS, QuantOut, _in_precision, divide,
+                                          quant_out, quantized_dtype, requantize)
 
 Tensor = torch.Tensor
 
@@ -35,6 +39,9 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"num_warps": 8, "rows": 4},
     {"num_warps": 4, "rows": 16},
 )
+
+# kernel arguments when the rows are not a quantized sum (unused there)
+NO_SUM = QuantizedSum("float32", ("int8", "int8", "int8"), 1.0, 0, 1.0, 0, 1.0, 1.0, 0, 1.0, "float32")
 
 BLOCK_MAX = 16384      # widest row (next_pow2) held in registers; wider rows take the loop kernel
 BLOCK_ELEMS = 8192     # at most this many elements per program when packing several short rows
@@ -70,12 +77,27 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, eps,
+def _dequantized(codes, scale, zp, FP: tl.constexpr):
+    """DequantizeLinear as the Pointwise kernel computes it (pointwise_ops._dequantize)."""
+    return _in_precision(product_rn((codes.to(tl.int32) - zp).to(tl.float32), scale), FP)
+
+
+@triton.jit
+def _quantized_sum(a, b, AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP: tl.constexpr, S_PREC: tl.constexpr,
+                   SQMIN: tl.constexpr, SQMAX: tl.constexpr):
+    """DQ(a) + DQ(b) -> Q -> DQ, op by op as the Pointwise kernel rounds it (quantized_sum.py)."""
+    t = _in_precision(_dequantized(a, AS, AZ, FP) + _dequantized(b, BS, BZ, FP), FP)
+    return _dequantized(quantize_code(t, SS, SI, SZ, S_PREC, SQMIN, SQMAX), SDS, SZ, FP)
+
+
+@triton.jit
+def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, eps, AS, AZ, BS, BZ, SS, SI, SZ, SDS,
                 RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr,
                 HAS_RES: tl.constexpr, SUM_OUT: tl.constexpr, STORE_Y: tl.constexpr,
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
                 Q_PER_COL: tl.constexpr,
-                QMIN: tl.constexpr, QMAX: tl.constexpr,
+                QMIN: tl.constexpr, QMAX: tl.constexpr, QSUM: tl.constexpr, FP: tl.constexpr, S_PREC: tl.constexpr,
+                SQMIN: tl.constexpr, SQMAX: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
@@ -83,11 +105,16 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
     col_ok = cols < n_cols
     mask = row_ok[:, None] & col_ok[None, :]                      # [ROWS, BLOCK_N]
     offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]    # int64: X may pass 2**31 elements
-    x = tl.load(X + offs, mask=mask, other=0.0)
-    if HAS_RES:  # x + residual rounded to X's type, as the Add this replaced (add_layer_norm)
-        x = (x.to(tl.float32) + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
-        if SUM_OUT:
-            tl.store(S + offs, x, mask=mask)
+    if QSUM:     # X and R: 8-bit codes of ONNX Runtime's quantized residual add (norm_quantize's x_program)
+        x = _quantized_sum(tl.load(X + offs, mask=mask, other=0), tl.load(R + offs, mask=mask, other=0),
+                           AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP, S_PREC, SQMIN, SQMAX)
+        x = tl.where(mask, x, 0.0)
+    else:
+        x = tl.load(X + offs, mask=mask, other=0.0)
+        if HAS_RES:  # x + residual rounded to X's type, as the Add this replaced (add_layer_norm)
+            x = (x.to(tl.float32) + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
+            if SUM_OUT:
+                tl.store(S + offs, x, mask=mask)
     x = x.to(tl.float32)
     if RMS:
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
@@ -104,9 +131,9 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
     y = xhat * w[None, :]
     if HAS_B:
         y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    y = y.to(Y.dtype.element_ty)
+    y = _in_precision(y, FP)     # Y's type (X's, or the quantized sum's float type), held in float32
     if STORE_Y:
-        tl.store(Y + offs, y, mask=mask)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
     if QUANT:  # quantize.py's QuantizeLinear on Y as stored (X's type), the same arithmetic
         # QI: 1 / qs, correctly rounded. Per column (SmoothQuant) or per tensor: then scalars,
         # not a [BLOCK_N] vector and the layout conversions broadcasting it costs.
@@ -169,7 +196,8 @@ def _per_col(t: Tensor, norm_shape: torch.Size) -> Tensor:
 
 def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: bool,
             config: dict | None, residual: Tensor | None = None, sum_out: Tensor | None = None,
-            stats: bool = True, quant: QuantOut | None = None, store_y: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+            stats: bool = True, quant: QuantOut | None = None, store_y: bool = True,
+            qsum: QuantizedSum | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Y, mean, rstd of X [rows, cols] normalised per row; mean/rstd are [rows] float32.
 
     With `residual` (X's shape and type) the rows normalised are X + residual, rounded to X's
@@ -177,15 +205,20 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     Without `stats` (and for RMSNorm), no statistics are stored and Y is returned in their place.
     With `quant` (block kernel only) Y is also quantized into quant.codes; without `store_y`
     Y itself is not stored and no memory is allocated for it (X is returned in its place).
+    With `qsum` (block kernel only) X and `residual` are the 8-bit codes of a quantized residual
+    add (kernels/reference/quantized_sum.py) and the rows normalised are its float values; Y is
+    of its float type.
     """
-    assert x.dtype in DTYPES, f"norm kernel takes fp16/bf16/fp32, got {x.dtype}"
+    assert x.dtype in DTYPES or (qsum is not None and x.dtype in (torch.int8, torch.uint8)), \
+        f"norm kernel takes fp16/bf16/fp32 (or 8-bit codes of a quantized sum), got {x.dtype}"
+    fp = x.dtype if qsum is None else dtypes.from_name(qsum.float_type).torch
     x = x.contiguous()
     norm_shape = x.shape[axis:]
     cols = norm_shape.numel()
     rows = x.numel() // cols if cols else 0
     wf = _per_col(w, norm_shape)
     bf = _per_col(b, norm_shape) if b is not None else wf  # dummy pointer when HAS_B is False
-    y = torch.empty_like(x) if store_y else x  # not stored: X stands in as the (unwritten) pointer
+    y = torch.empty(x.shape, dtype=fp, device=x.device) if store_y else x  # else X stands in (unwritten)
     if x.numel() == 0:  # statistics of zero columns are NaN, as in the reference
         rows = x.shape[:axis].numel()
         nan = torch.full((rows,), float("nan"), dtype=torch.float32, device=x.device)
@@ -199,7 +232,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
     p = launch_params(rows, cols, config)
     flags = dict(RMS=rms, HAS_B=b is not None, STATS=store_stats)
     if p.chunk:
-        assert residual is None and quant is None and store_y, \
+        assert residual is None and quant is None and qsum is None and store_y, \
             "the residual add and the quantized output are fused for rows of at most BLOCK_MAX elements"
         _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
                             **flags)
@@ -207,11 +240,15 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         grid = (triton.cdiv(rows, p.rows),)
         r = x if residual is None else residual.contiguous()
         q = quant or NO_QUANT
+        sq = qsum or NO_SUM
+        sums = (sq.a_scale, sq.a_zp, sq.b_scale, sq.b_zp, sq.sum_scale, sq.sum_inverse, sq.sum_zp, sq.sum_dq_scale)
+        s_range = OUT_TYPES[dtypes.from_name(sq.code_types[2]).torch]
         _norm_block[grid](x, r, wf, bf, y, y if sum_out is None else sum_out, mean, rstd,
                           y if quant is None else q.codes, y if quant is None else q.scale,
                           y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point,
-                          rows, cols, eps,
-                          HAS_RES=residual is not None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
+                          rows, cols, eps, *sums, QSUM=qsum is not None, FP=PRECISIONS[fp],
+                          S_PREC=PRECISIONS[dtypes.from_name(sq.division).torch], SQMIN=s_range[0], SQMAX=s_range[1],
+                          HAS_RES=residual is not None and qsum is None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_PER_COL=q.per_column,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
@@ -264,14 +301,18 @@ def add_layer_norm(x: Tensor, residual: Tensor, scale: Tensor, b: Tensor | None 
 def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor | None, y_scale: Tensor,
                   y_zero_point: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
                   output_dtype: int = 0, precision: int = 0, float_output: int = 0, sum_output: int = 0,
-                  config: dict | None = None) -> tuple[Tensor, ...]:
+                  x_program: list | None = None, config: dict | None = None) -> tuple[Tensor, ...]:
     """kiln::NormQuantize (kernels/reference/norm_quantize.py): (Yq, [Y], [Sum]) in one pass.
 
     LayerNorm of X (+ Residual) with the QuantizeLinear of Y (per tensor, or per channel of the
     normalised last axis) fused into the store,
     the same arithmetic as LayerNormalization then QuantizeLinear.triton (compiled separately, the
     two may sum a row in another order: Yq within compiler/tolerance.py's one step). Rows up to
-    BLOCK_MAX elements."""
+    BLOCK_MAX elements. With `x_program` (ONNX Runtime's quantized residual add, quantized_sum.py)
+    X and Residual are its 8-bit inputs, added in the kernel as the Pointwise kernel adds them."""
+    qsum = quantized_sum(x_program) if x_program else None
+    if x_program and qsum is None:
+        raise ValueError("NormQuantize's x_program is not a quantized residual add (DQ + DQ -> Q -> DQ)")
     axis = _axis(axis, x.dim())
     if triton.next_power_of_2(x.shape[axis:].numel()) > BLOCK_MAX:
         raise ValueError(f"NormQuantize rows of {x.shape[axis:].numel()} elements exceed the fused kernel's "
@@ -286,7 +327,7 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     x = x.contiguous()
     yq = torch.empty(x.shape, dtype=quantized_dtype(y_zero_point, output_dtype), device=x.device)
     quant = quant_out(yq, y_scale, y_zero_point, _division_dtype(y_scale, precision))
-    s = torch.empty_like(x) if residual is not None and sum_output else None
+    s = torch.empty_like(x) if residual is not None and sum_output and qsum is None else None
     y = _launch(x, scale, b, axis, float(epsilon), False, config, residual=residual, sum_out=s, stats=False,
-                quant=quant, store_y=bool(float_output))[0]
+                quant=quant, store_y=bool(float_output), qsum=qsum)[0]
     return (yq, *((y,) if float_output else ()), *((s,) if s is not None else ()))
