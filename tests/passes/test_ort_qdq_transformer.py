@@ -71,6 +71,8 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     from kiln.cli.build_summary import explicit_line, explicit_quantization
     summary = explicit_quantization(engine)
     assert summary["attention"] == 2 and "2 attention(s) with Q/DQ inside as one layer" in explicit_line(summary)
+    assert summary["residual_adds_in_norms"] == 3 and "3 quantized residual add(s) in their norm" in \
+        explicit_line(summary)
     if device == "cuda":     # the kernels' codes are the reference's: nothing element-wise left on it
         assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention", "kiln::NormQuantize")
                     and s.tactic.endswith(".reference")]

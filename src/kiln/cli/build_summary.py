@@ -70,7 +70,8 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
     """What the plan made of the model's own QuantizeLinear/DequantizeLinear (a build that did not
     calibrate, with quantized layers): the layers by op, the residual blocks folded into a conv
     (passes/fuse_qdq_residual.py: kiln::QConv with mid_scale), the attentions with Q/DQ inside made
-    one layer (kiln::QDQAttention), the Q/DQ steps left alone and the element-wise kernels with Q/DQ
+    one layer (kiln::QDQAttention), the quantized residual adds a norm reads itself
+    (precision/fuse_residual_norm.py), the Q/DQ steps left alone and the element-wise kernels with Q/DQ
     inside; None otherwise."""
     build = engine.header["build"]
     steps = engine.plan.steps
@@ -90,6 +91,8 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
             "residual_blocks": sum(1 for s in steps if s.op == "kiln::QConv" and len(s.inputs) > mid
                                    and s.inputs[mid] is not None),
             "attention": sum(1 for s in steps if s.op == "kiln::QDQAttention"),
+            "residual_adds_in_norms": sum(1 for s in steps
+                                          if s.op == "kiln::NormQuantize" and s.attrs.get("x_program")),
             "qdq_steps": sum(1 for s in steps if s.op in QDQ_OPS),
             "qdq_pointwise": sum(1 for s in steps if s.op == "kiln::Pointwise"
                                  and any(i[0] in QDQ_OPS for i in s.attrs.get("program", [])))}
@@ -104,6 +107,8 @@ def explicit_line(info: dict[str, Any]) -> str:
             + ", ".join(f"{t} weights {n}" for t, n in sorted(info["weight_types"].items())) + ")"
             + (f", {info['residual_blocks']} residual block(s) in their conv" if info["residual_blocks"] else "")
             + (f", {info['attention']} attention(s) with Q/DQ inside as one layer" if info.get("attention") else "")
+            + (f", {info['residual_adds_in_norms']} quantized residual add(s) in their norm"
+               if info.get("residual_adds_in_norms") else "")
             + f"; {info['qdq_steps']} Q/DQ step(s) and {info['qdq_pointwise']} element-wise Q/DQ kernel(s) left")
 
 
