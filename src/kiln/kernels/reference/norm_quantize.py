@@ -13,10 +13,10 @@ Y is an output when `float_output` is 1 (other layers read it: a post-norm trans
 next residual add), Sum when `sum_output` is 1 (a pre-norm transformer's residual stream);
 Yq always comes first. With `x_program` (a kiln::Pointwise program over X and Residual: ONNX
 Runtime's quantized residual add, kernels/reference/quantized_sum.py), X and Residual are the
-add's 8-bit inputs and the program's output is the row normalised (no Sum; precision/
-fuse_residual_norm.py folds the Pointwise in). The op is exactly the two (three) it replaces, so the oracle is their
-references in sequence: fusing changes no reference value (precision/fuse_norm_quantize.py
-makes it, after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
+add's 8-bit inputs and the program's output is the row normalised (no Sum;
+precision/fuse_residual_norm.py folds the Pointwise in). The op is exactly the ops it replaces,
+so the oracle is their references in sequence: fusing changes no reference value
+(precision/fuse_norm_quantize.py makes it, after the engine's types are fixed). What it saves on the GPU is one pass: the norm kernel
 rounds Y to X's type and quantizes it while the row is still in registers, instead of
 writing Y for a QuantizeLinear kernel to read back.
 """
