@@ -51,6 +51,7 @@ def test_the_form_is_read_off_the_program():
     prog = residual_add("float16", "int8")
     assert quantized_sum(prog[:4]) is None                                   # no DQ of the sum
     assert quantized_sum([prog[0], prog[1], ["Mul", ["t1", "t0"], {}], *prog[3:]]) is None
+    assert quantized_sum([prog[0], prog[1], ["Add", ["t1", C(1.0, "float16")], {}], *prog[3:]]) is None
     other = [*prog[:4], ["DequantizeLinear", ["t3", C(0.5, "float16"), C(2, "int8")], {}]]
     assert quantized_sum(other) is None                                      # another scale back
     assert quantized_sum([*prog[:1], ["DequantizeLinear", ["i1", C(0.1, "float32"), C(0, "int8")], {}],

@@ -63,7 +63,7 @@ def quantized_sum(program: Any) -> QuantizedSum | None:
         return None
     a, b = _dq(program[0], "i0"), _dq(program[1], "i1")
     add, q, dq = program[2], program[3], program[4]
-    if a is None or b is None or add[0] != "Add" or sorted(add[1]) != ["t0", "t1"]:
+    if a is None or b is None or add[0] != "Add" or list(add[1]) not in (["t0", "t1"], ["t1", "t0"]):
         return None
     if q[0] != "QuantizeLinear" or len(q[1]) != 3 or q[1][0] != "t2":
         return None
