@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--fp8", action="store_true",
                     help="also build the ModelOpt-style FP8 Q/DQ model (fp8_qdq_export.py) and, unless "
                          "--no-calibrated, kiln's calibrated fp8 engine")
+    ap.add_argument("--timing-cache", default=None,
+                    help="a timing cache file every build reads and extends (profile_steps.py uses /tmp/tc.json): "
+                         "a later build of the same layers skips their tuning")
     args = ap.parse_args()
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
@@ -113,11 +116,13 @@ def main() -> None:
         reference = model.module.float()(*inputs.values()).numpy()
     feeds = {n: v.to(args.device) for n, v in inputs.items()}
     profile = (Profile.from_ranges(models.profile_ranges(model, [args.batch])),)
-    fp16 = BuildConfig(precision="fp16", device=args.device, profiles=profile)   # an explicit model's float parts too
+    tc = {"timing_cache": args.timing_cache} if args.timing_cache else {}
+    # fp16: the float model's engine, and an explicit model's float parts
+    fp16 = BuildConfig(precision="fp16", device=args.device, profiles=profile, **tc)
     builds = [("kiln fp16", path, fp16, None)]
     if args.calibrated:
         builds.append(("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16",
-                                                                   device=args.device, profiles=profile), calib))
+                                                                   device=args.device, profiles=profile, **tc), calib))
     for fmt in (f for f in args.formats.split(",") if f):
         for act in (a for a in args.activations.split(",") if a):
             qdq = ort_qdq(path, calib, act, folder, fmt)
@@ -128,7 +133,8 @@ def main() -> None:
 
         if args.calibrated:
             builds.append(("kiln fp8 (calibrated)", path, BuildConfig(precision="fp8", float_precision="fp16",
-                                                                      device=args.device, profiles=profile), calib))
+                                                                      device=args.device, profiles=profile, **tc),
+                           calib))
         q8 = fp8_qdq(path, calib, folder / f"{model.name}.fp8_qdq.onnx")
         say(f"ModelOpt-style FP8 Q/DQ (fp8_qdq_export.py): {q8.name}")
         builds.append(("FP8 Q/DQ model", q8, fp16, None))
@@ -147,7 +153,8 @@ def main() -> None:
         ms = graph_ms(engine, feeds) if args.device == "cuda" else float("nan")
         times[label] = ms
         say(f"{label}: {ms:.3f} ms ({engine.cuda_graph_status}); cosine to PyTorch fp32 min {cos.min():.5f} "
-            f"mean {cos.mean():.5f}; QConv tactics {dict(convs)}; QDQAttention {dict(attention)}; {len(engine.plan.steps)} steps "
+            f"mean {cos.mean():.5f}; QConv tactics {dict(convs)}; QDQAttention {dict(attention)}; "
+            f"{len(engine.plan.steps)} steps "
             f"{dict(collections.Counter(s.op for s in engine.plan.steps).most_common(6))}; on the reference: "
             f"{dict(collections.Counter(s.op for s in engine.plan.steps if on_reference(s)))}")
         del engine
