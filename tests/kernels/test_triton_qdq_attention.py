@@ -177,6 +177,20 @@ def test_a_mask_per_query_and_padded_tiles(config):
     assert mismatch(got, want, OP) is None and (got == want).float().mean() > share
 
 
+@pytest.mark.parametrize("keys", [51, 102, 128])
+@pytest.mark.parametrize("config", [EXACT[1], QUICK[0]] if kiln_triton.available() else [], ids=str)
+def test_saturated_scores_give_equal_probabilities_on_a_tie(config, keys):
+    """Every score past the first Q/DQ's range: each row's scores are one code, p = 1 / keys for all;
+    with the probabilities' scale 1 / 255, 102 keys put every p of the row on a rounding boundary at
+    once (255 / 102 = 2.5), 51 on a code (5). The codes are the reference's, not a step off together."""
+    q, k, v, _ = _inputs(b=1, h=2, lq=16, lk=keys, d=32, seed=21)
+    q, k = torch.full_like(q, 100), torch.full_like(k, 90)
+    score = chain(qdq("i0", 0.001, 0), [["Mul", ["t?", C(0.125)], {}]], qdq("t?", 0.0125, 3),
+                  [["Add", ["t?", "i1"], {}]], qdq("t?", 0.0392, 100))
+    got, want = _both(q, k, v, torch.zeros(1, 1, 1, keys, dtype=torch.float16), config=config, score_program=score)
+    assert torch.equal(got, want)
+
+
 def test_quick_programs_multiply_by_the_reciprocal():
     """The quick kernel's score and probability programs quantize by quantize_value (the scale's
     reciprocal, no correctly rounded division) and keep every 16-bit rounding; the exact
