@@ -20,8 +20,8 @@ import triton.language as tl
 from kiln.kernels.reference.quantize import _division_dtype
 from kiln.ir import dtypes
 from kiln.kernels.reference.quantized_sum import QuantizedSum, quantized_sum
-from kiln.kernels.triton.compiled import product_rn
-from kiln.kernels.triton.pointwise_ops import quantize_code
+from kiln.kernels.triton.pointwise import program_key
+from kiln.kernels.triton.pointwise_ops import dequantize_code, quantize_code
 from kiln.kernels.triton.quantize import (NO_QUANT, OUT_TYPES, PRECISIONS, QuantOut, _in_precision, divide,
                                           quant_out, quantized_dtype, requantize)
 
@@ -77,17 +77,11 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 
 @triton.jit
-def _dequantized(codes, scale, zp, FP: tl.constexpr):
-    """DequantizeLinear as the Pointwise kernel computes it (pointwise_ops._dequantize)."""
-    return _in_precision(product_rn((codes.to(tl.int32) - zp).to(tl.float32), scale), FP)
-
-
-@triton.jit
 def _quantized_sum(a, b, AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP: tl.constexpr, S_PREC: tl.constexpr,
                    SQMIN: tl.constexpr, SQMAX: tl.constexpr):
     """DQ(a) + DQ(b) -> Q -> DQ, op by op as the Pointwise kernel rounds it (quantized_sum.py)."""
-    t = _in_precision(_dequantized(a, AS, AZ, FP) + _dequantized(b, BS, BZ, FP), FP)
-    return _dequantized(quantize_code(t, SS, SI, SZ, S_PREC, SQMIN, SQMAX), SDS, SZ, FP)
+    t = _in_precision(dequantize_code(a.to(tl.int32), AS, AZ, FP) + dequantize_code(b.to(tl.int32), BS, BZ, FP), FP)
+    return dequantize_code(quantize_code(t, SS, SI, SZ, S_PREC, SQMIN, SQMAX), SDS, SZ, FP)
 
 
 @triton.jit
@@ -298,6 +292,17 @@ def add_layer_norm(x: Tensor, residual: Tensor, scale: Tensor, b: Tensor | None 
     return y, (x if s is None else s)
 
 
+_SUM_FORMS: dict[str, QuantizedSum | None] = {}
+
+
+def _sum_form(program: list) -> QuantizedSum | None:
+    """quantized_sum(program), read once per program (not on every run of the layer)."""
+    key = program_key(program)
+    if key not in _SUM_FORMS:
+        _SUM_FORMS[key] = quantized_sum(program)
+    return _SUM_FORMS[key]
+
+
 def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor | None, y_scale: Tensor,
                   y_zero_point: Tensor | None = None, *, axis: int = -1, epsilon: float = 1e-5,
                   output_dtype: int = 0, precision: int = 0, float_output: int = 0, sum_output: int = 0,
@@ -310,7 +315,7 @@ def norm_quantize(x: Tensor, residual: Tensor | None, scale: Tensor, b: Tensor |
     two may sum a row in another order: Yq within compiler/tolerance.py's one step). Rows up to
     BLOCK_MAX elements. With `x_program` (ONNX Runtime's quantized residual add, quantized_sum.py)
     X and Residual are its 8-bit inputs, added in the kernel as the Pointwise kernel adds them."""
-    qsum = quantized_sum(x_program) if x_program else None
+    qsum = _sum_form(x_program) if x_program else None
     if x_program and qsum is None:
         raise ValueError("NormQuantize's x_program is not a quantized residual add (DQ + DQ -> Q -> DQ)")
     axis = _axis(axis, x.dim())

@@ -100,6 +100,15 @@ def quantize_code(x, s, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: t
 
 
 @triton.jit
+def dequantize_code(x, scale, zp, PREC: tl.constexpr):
+    """DequantizeLinear per tensor of x (codes held in int32): (x - zp) * scale, the product rounded
+    once to float32 and never contracted into a following add (compiled.product_rn), then (exact:
+    a 16-bit scale's product fits float32) rounded to the scale's type PREC, as the reference
+    rounds it."""
+    return _in_precision(product_rn((x - zp).to(tl.float32), scale), PREC)
+
+
+@triton.jit
 def quantize_value(x, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """QuantizeLinear's code of x as a float32 (an integer in [QMIN, QMAX]), the quick way: x
     (rounded to the division's type PREC) times 1 / scale, the quotient rounded to PREC as
@@ -109,6 +118,12 @@ def quantize_value(x, inv, zp, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.
     (EmitContext.exact). The shift less the zero point is one scalar: one add per element."""
     v = _in_precision(_in_precision(x, PREC) * inv, PREC)
     return shifted_round(v, (QMIN - zp) * 1.0, (QMAX - zp) * 1.0) - (12582912.0 - zp)
+
+
+# The generated sources' import of the helpers the emitters below write (pointwise.py's kernel,
+# pointwise_function.py's functions in qdq_attention.py's kernel).
+EMITTED_IMPORT = ("from kiln.kernels.triton.pointwise_ops import (dequantize_code, erf_f32, exp_f32, in_precision,\n"
+                  "    log_f32, pow_f32, product_rn, quantize_code, quantize_value, tanh_f32)")
 
 
 class Unsupported(Exception):
@@ -240,21 +255,18 @@ def as_the_reference_rounds(expr: str, op: str, operands: list[str], c: EmitCont
 
 
 def _dequantize(a: list[str], c: EmitContext) -> str:
-    """(x - zp) * scale, per tensor: x and zp held in int32, the product rounded once to float32
-    and never contracted into a following add (compiled.product_rn), then (exact: a 16-bit scale's
-    product fits float32) rounded to the scale's type, as the reference rounds it."""
+    """(x - zp) * scale, per tensor, x and zp held in int32 (dequantize_code)."""
     x, scale = a[0], a[1]
     zp = a[2] if len(a) > 2 else None
     if c.dtypes[0] not in _BYTES or c.result not in _PREC or c.dtypes[1] != c.result or \
             (zp is not None and c.dtypes[2] != c.dtypes[0]):
         raise Unsupported(f"DequantizeLinear of {c.dtypes[0]} to {c.result} (int8/uint8 per tensor, the scale's "
                           f"type, a zero point of the codes' type)")
-    centered = x if zp is None else f"({x} - {zp})"
-    if not c.exact:   # x * scale - zp * scale in one FMA: exact for a 16-bit scale, as the product above
+    if not c.exact:   # x * scale - zp * scale in one FMA: exact for a 16-bit scale, as dequantize_code's product
         value = f"({x}.to(tl.float32) * {scale})" if zp is None else \
             f"tl.fma({x}.to(tl.float32), {scale}, -({zp} * {scale}))"
         return rounded(value, c.result)
-    return rounded(f"product_rn({centered}.to(tl.float32), {scale})", c.result)
+    return f"dequantize_code({x}, {scale}, {zp or 0}, {_PREC[c.result]})"
 
 
 def _quantize(a: list[str], c: EmitContext) -> str:
