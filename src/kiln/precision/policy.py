@@ -13,7 +13,11 @@ order of authority:
 3. a layer whose float32 inputs are all float32 graph inputs and whose outputs are 8-bit
    (the QuantizeLinear an int8/fp8 engine puts on its image input) keeps fp32: in the reduced
    type it would read the input through a Cast, one more pass over the largest tensor of a
-   CNN's first layer, for a result of 8 bits either way (rounded once from the input itself).
+   CNN's first layer, for a result of 8 bits either way (rounded once from the input itself);
+4. quantized islands (quantized_islands.py): float math that reads and writes only 8-bit codes
+   (between the DequantizeLinear and QuantizeLinear of an explicitly quantized model) keeps
+   fp32, as the model states and ONNX Runtime computes: its values never reach memory, so a
+   16-bit type would add roundings and save nothing.
 A strongly typed engine converts nothing: every tensor keeps the type the ONNX graph states.
 Every exception is recorded (decision.py) for the engine header and `kiln inspect`.
 """
@@ -24,6 +28,7 @@ from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
 from kiln.precision.decision import LayerPrecision, PrecisionReport
 from kiln.precision.layer_rules import match_layer_rules
+from kiln.precision.quantized_islands import quantized_islands
 from kiln.precision.retype import F32, retype
 from kiln.precision.safety import fp32_reason
 
@@ -55,9 +60,10 @@ def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, Layer
     default = engine_compute_type(config)
     rules = match_layer_rules(graph, config.layer_precision)
     bindings = {id(v) for v in graph.inputs}
+    islands = quantized_islands(graph) if default != F32 else set()
     out = []
     for n in graph.nodes:
-        if not _has_float32_math(n):
+        if not _has_float32_math(n) and id(n) not in islands:
             continue
         if id(n) in rules:
             precision, pattern = rules[id(n)]
@@ -67,6 +73,9 @@ def layer_decisions(graph: Graph, config: BuildConfig) -> list[tuple[Node, Layer
         elif default != F32 and _quantizes_an_input(n, bindings):
             precision, reason = "fp32", ("reads a float32 graph input and writes 8 bits: a cast would be "
                                          "one more pass over the input")
+        elif id(n) in islands:
+            precision, reason = "fp32", ("float math between dequantization and quantization (reads and writes "
+                                         "8-bit codes only): kept as the model states it")
         else:
             continue
         if COMPUTE_TYPE[precision] != default:
