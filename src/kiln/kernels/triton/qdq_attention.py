@@ -28,7 +28,10 @@ dropped: the chain's values are few (codes), so an intermediate that falls on th
 a boundary (a masked score's constant, a probability 1 / n) moves every element holding it at
 once, and the output by several steps. The exact kernel spends its time in the per-element
 chain (16-bit round trips, the divisions), not in the products; the tuner keeps the quick one
-where its outputs pass the rule. Q, K and V are read through their strides as
+where its outputs pass the rule. A float32 chain (an fp32 engine's) multiplies on tensor cores as
+three TF32 products a pair (input_precision "tf32x3": float32's accuracy, the sums in another
+order as above); IEEE float32 operands took the CUDA cores (sm_90: 4.6x the instructions, most
+of them spills). Q, K and V are read through their strides as
 [B, H, L, D] (transposed views of one GEMM output); Y [B, H, Lq, D] is stored [B, Lq, H, D] in memory.
 """
 from __future__ import annotations
@@ -85,7 +88,7 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
         e = exp_f32(s - mx[:, None])
         p = softmax_ratio(e, tl.sum(e, axis=1)[:, None])
 {pv8}
-        y = tl.dot(p, vf{ieee})
+        y = tl.dot(p, vf{f32_dot})
     else:   # the row's maximum and sum over every key block first (online), then the probabilities
         m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -103,7 +106,7 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
 {scores12}
             p = softmax_ratio(exp_f32(s - m_use[:, None]), l_i[:, None])
 {pv12}
-            y = tl.dot(p, vf, y{ieee})
+            y = tl.dot(p, vf, y{f32_dot})
     y = y.to({float}).to(tl.float32)                                    # the P V MatMul's output
 {store}
 '''
@@ -116,7 +119,7 @@ else:
 k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
             mask=n_ok[:, None] & d_ok[None, :], other=0).to(tl.int32)
 kf = tl.where(n_ok[:, None] & d_ok[None, :], {k_call}, 0.0).to({dot})
-s = tl.dot(qf, tl.trans(kf){ieee}).to({float}).to(tl.float32)     # the scores MatMul's output
+s = tl.dot(qf, tl.trans(kf){f32_dot}).to({float}).to(tl.float32)     # the scores MatMul's output
 {mask_load}s = {score_call}
 s = tl.where(n_ok[None, :], s.to(tl.float32), -float("inf"))'''
 # Softmax's output p rounded to its type, the probability program, and the block's V.
@@ -186,7 +189,7 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
     held = "" if mask is None else (" != 0" if mask.dtype == torch.bool else ".to(tl.float32)")
     if mask is not None and mask.dtype not in (torch.bool, *FLOATS):
         raise Unsupported(f"a {mask.dtype} mask")
-    words = dict(dot=FLOATS[fp], float=FLOATS[fp], ieee=', input_precision="ieee"' if fp == torch.float32 else "")
+    words = dict(dot=FLOATS[fp], float=FLOATS[fp], f32_dot=', input_precision="tf32x3"' if fp == torch.float32 else "")
     scores = _SCORES.format(**words, k_call=_call("k_program", functions["k"], "k", "kk"),
                             mask_load="" if mask is None else _MASK.format(held=held),
                             score_call=_call("score_program", functions["score"], "s" if mask is None else "s, mv",
