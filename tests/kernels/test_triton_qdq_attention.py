@@ -117,21 +117,35 @@ def test_uint8_codes(config):
     assert mismatch(got, want, OP) is None
 
 
-@pytest.mark.parametrize("config", BOTH, ids=str)
-def test_a_float32_chain(config):
-    """Scales in float32 (the chain's float type float32: no 16-bit rounding, the products in
-    IEEE float32): within the rule, the quick config too."""
+def _f32_programs():
     f32 = lambda v: C(v, "float32")  # noqa: E731
     dq32 = lambda s, z: [["DequantizeLinear", ["i0", f32(s), C(z, "int8")], {}]]  # noqa: E731
     qdq32 = lambda ref, s, z: [["QuantizeLinear", [ref, f32(s), C(z, "int8")], {"output_dtype": 3}],  # noqa: E731
                                ["DequantizeLinear", ["t?", f32(s), C(z, "int8")], {}]]
-    programs = dict(q_program=dq32(0.0107, 0), k_program=dq32(0.0111, 1), v_program=dq32(0.0109, 4),
-                    score_program=chain(qdq32("i0", 0.031, -7), [["Mul", ["t?", f32(0.2041)], {}]],
-                                        qdq32("t?", 0.0125, 3), [["Add", ["t?", "i1"], {}]], qdq32("t?", 0.0392, 100)),
-                    prob_program=chain(qdq32("i0", 1 / 255, -128)))
+    return dict(q_program=dq32(0.0107, 0), k_program=dq32(0.0111, 1), v_program=dq32(0.0109, 4),
+                score_program=chain(qdq32("i0", 0.031, -7), [["Mul", ["t?", f32(0.2041)], {}]],
+                                    qdq32("t?", 0.0125, 3), [["Add", ["t?", "i1"], {}]], qdq32("t?", 0.0392, 100)),
+                prob_program=chain(qdq32("i0", 1 / 255, -128)))
+
+
+@pytest.mark.parametrize("config", BOTH, ids=str)
+def test_a_float32_chain(config):
+    """Scales in float32 (the chain's float type float32: no 16-bit rounding, the products in
+    float32 on tensor cores, tf32x3): within the rule, the quick config too."""
     q, k, v, mask = _inputs(lq=16, lk=16, d=16, seed=9)
-    got, want = _both(q, k, v, mask.float(), **programs, config=config)
+    got, want = _both(q, k, v, mask.float(), **_f32_programs(), config=config)
     assert mismatch(got, want, OP) is None and (got == want).float().mean() > 0.97
+
+
+def test_float32_products_take_tensor_cores():
+    """Every product of a float32 chain is a tf32x3 dot (IEEE float32 operands would run on the
+    CUDA cores); a 16-bit chain's are plain 16-bit dots."""
+    q, k, v, mask = _inputs()
+    f32, _, fp = qa.generate(_f32_programs(), q, k, v, mask.float(), True)
+    f16, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True)
+    dots = f32.count("tl.dot(")
+    assert fp == torch.float32 and dots == 5 and f32.count('input_precision="tf32x3"') == dots
+    assert "input_precision" not in f16 and f16.count("tl.dot(") == dots
 
 
 def test_layered_tactic_gives_the_references_codes_at_any_length():
