@@ -132,10 +132,11 @@ TILE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps"
 
 def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points: bool = False,
                shape: tuple[int, int, int] = FFN1, config: dict | None = None,
-               mid: bool | str = False) -> tuple[Any, tuple, dict]:
+               mid: bool | str = False, table: bool = False) -> tuple[Any, tuple, dict]:
     """The 8-bit GEMM kernel as qmatmul launches it: A [M, K] and a K-major weight, fp16 a_scale and
     bias, per-channel weight scales; requantized to `out` (an ONNX type) or fp16 out (None); mid:
-    the product rounded to uint8 codes (zero point 128) before the bias (ONNX Runtime's QDQ)."""
+    the product rounded to uint8 codes (zero point 128) before the bias (ONNX Runtime's QDQ);
+    table: the codes looked up in a table of 256 (precision/fuse_code_table.py)."""
     m, n, k = shape
     zp = torch.zeros(1, dtype=torch.int8) if zero_points else None
     requant = {} if out is None else {"out_scale": torch.tensor(0.05), "out_dtype": out,
@@ -143,6 +144,8 @@ def qgemm_case(dtype: torch.dtype, activation: str, out: int | None, zero_points
     if mid:   # "columns": one mid scale and zero point per column (merged projections)
         cols = n if mid == "columns" else 1
         requant.update(mid_scale=torch.full((cols,), 0.04), mid_zp=torch.full((cols,), 128, dtype=torch.uint8))
+    if table:
+        requant["table"] = torch.zeros(256, dtype=torch.int8)
     cfg = dict(config or {**TILE, **({"FP8_ACC": 0} if dtype == torch.float8_e4m3fn else {})})
     with recording(qgemm, "_qgemm_kernel") as plain, recording(qgemm, "qgemm_tma_kernel") as tma:
         qgemm.qmatmul(torch.zeros(m, k, dtype=dtype), torch.zeros(n, k, dtype=dtype),
@@ -271,6 +274,12 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
         config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
     "int8 FFN1, mid + bias + GELU, int8 out, TMA persistent": lambda: qgemm_case(
         torch.int8, "Gelu", TensorProto.INT8, mid=True,
+        config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
+    "int8 FFN1, mid + bias, code table, int8 out, TMA persistent (ONNX Runtime QDQ Gelu)": lambda: qgemm_case(
+        torch.int8, "", TensorProto.INT8, mid=True, table=True,
+        config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
+    "int8 FFN1, mid + bias, int8 out, TMA persistent": lambda: qgemm_case(
+        torch.int8, "", TensorProto.INT8, mid=True,
         config=next(c for c in qgemm.INT8_CONFIGS if c.get("PERSISTENT"))),
     "fp8 FFN1, bias + GELU, fp8 out": lambda: qgemm_case(torch.float8_e4m3fn, "Gelu", TensorProto.FLOAT8E4M3FN),
     "int8 FFN1, bias, fp16 out": lambda: qgemm_case(torch.int8, "", None),

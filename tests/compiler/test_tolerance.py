@@ -89,3 +89,25 @@ def test_mid_quantized_conv_may_move_by_its_mid_step() -> None:
     assert mismatch(c, r, "kiln::QConv", steps=4) is None
     c[1:4] += 1                                                               # 300 more: too many off
     assert "more than the" in mismatch(c, r, "kiln::QConv", steps=4)
+
+
+def test_a_code_table_multiplies_the_steps_by_its_largest_jump() -> None:
+    """A kiln::QMatMul that looks its codes up in a table: a code one step off reads the
+    neighbouring entry, up to the table's largest jump between neighbours (in the codes' order,
+    their zero point's type) away."""
+    from kiln.compiler.tolerance import quantized_steps
+    from kiln.kernels.reference.quantized import QMATMUL_INPUTS
+
+    args = [None] * len(QMATMUL_INPUTS)
+    args[QMATMUL_INPUTS.index("out_scale")] = torch.tensor(0.05)
+    codes = torch.arange(256).to(torch.uint8).view(torch.int8).to(torch.int32)   # entry i: the code of bits i
+    args[QMATMUL_INPUTS.index("table")] = torch.clamp(codes * 3, -128, 127).to(torch.int8)   # slope 3
+    assert quantized_steps("kiln::QMatMul", args) == 3       # no zero point: the stricter order's
+    args[QMATMUL_INPUTS.index("out_zp")] = torch.tensor(0, dtype=torch.uint8)    # uint8 codes: 127 -> 128 wraps
+    assert quantized_steps("kiln::QMatMul", args) == 255
+    args[QMATMUL_INPUTS.index("out_zp")] = torch.tensor(0, dtype=torch.int8)
+    assert quantized_steps("kiln::QMatMul", args) == 3
+    args[QMATMUL_INPUTS.index("mid_scale")] = torch.tensor(0.06)                  # 1 + ceil(0.06 / 0.05) = 3
+    assert quantized_steps("kiln::QMatMul", args) == 9
+    args[QMATMUL_INPUTS.index("table")] = torch.zeros(256, dtype=torch.int8)      # constant: at least 1
+    assert quantized_steps("kiln::QMatMul", args) == 3

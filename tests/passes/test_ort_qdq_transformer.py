@@ -1,7 +1,7 @@
 """A transformer quantized by ONNX Runtime (quantize_static, QDQ format, every op quantized): each
 MatMul's product rounded to its own codes before the bias (fuse_qdq_bias), the Q/K/V projections
-merged into one kiln::QMatMul with per-column mid scales, the Gelu chain of Q/DQ pairs one
-element-wise kernel; the engine computes what ONNX Runtime does. On a GPU (`--device cuda`) no
+merged into one kiln::QMatMul with per-column mid scales, the Gelu chain of Q/DQ pairs a table
+of codes in the FFN expansion's epilogue; the engine computes what ONNX Runtime does. On a GPU (`--device cuda`) no
 element-wise layer is left on the reference: their kernels give the reference's codes."""
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     merged = [s for s in steps if s.op == "kiln::QMatMul" and engine.plan.slots[s.inputs[1]].shape[-1] == 96]
     mid = QMATMUL_INPUTS.index("mid_scale")
     assert len(merged) == 2 and all(s.inputs[mid] is not None for s in merged)   # each member's mid scales
-    gelu = [s for s in steps if s.op == "kiln::Pointwise"
-            and {"Erf", "QuantizeLinear"} <= {i[0] for i in s.attrs["program"]}]
-    assert len(gelu) == 2
+    # the Gelu chain of Q/DQ pairs: a table of 256 codes in FFN1's epilogue (precision/fuse_code_table.py)
+    assert not [s for s in steps if s.op == "kiln::Pointwise" and "Erf" in {i[0] for i in s.attrs["program"]}]
+    table = QMATMUL_INPUTS.index("table")
+    gelu = [s for s in steps if s.op == "kiln::QMatMul" and len(s.inputs) > table and s.inputs[table] is not None]
+    assert len(gelu) == 2 and all(engine.plan.slots[s.inputs[table]].shape == (256,) for s in gelu)
     # each layer's attention, Q/DQ on its scores and probabilities included, is one layer
     assert ops.count("kiln::QDQAttention") == 2 and "Softmax" not in ops and "MatMul" not in ops
     # the residual adds (DQ + DQ -> Q -> DQ) are read by the norms that quantize their outputs: all
@@ -72,6 +74,8 @@ def test_onnxruntime_qdq_bert_builds_to_merged_layers_and_matches(tmp_path, devi
     summary = explicit_quantization(engine)
     assert summary["attention"] == 2 and "2 attention(s) with Q/DQ inside as one layer" in explicit_line(summary)
     assert summary["residual_adds_in_norms"] == 3 and "3 quantized residual add(s) in their norm" in \
+        explicit_line(summary)
+    assert summary["tables_in_gemms"] == 2 and "2 element-wise program(s) as a code table in their GEMM" in \
         explicit_line(summary)
     if device == "cuda":     # the kernels' codes are the reference's: nothing element-wise left on it
         assert not [s.name for s in steps if s.op in ("kiln::Pointwise", "kiln::QDQAttention", "kiln::NormQuantize")

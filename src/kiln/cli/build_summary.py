@@ -71,7 +71,8 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
     calibrate, with quantized layers): the layers by op, the residual blocks folded into a conv
     (passes/fuse_qdq_residual.py: kiln::QConv with mid_scale), the attentions with Q/DQ inside made
     one layer (kiln::QDQAttention), the quantized residual adds a norm reads itself
-    (precision/fuse_residual_norm.py), the Q/DQ steps left alone and the element-wise kernels with Q/DQ
+    (precision/fuse_residual_norm.py), the element-wise programs looked up in a GEMM's epilogue
+    (precision/fuse_code_table.py), the Q/DQ steps left alone and the element-wise kernels with Q/DQ
     inside; None otherwise."""
     build = engine.header["build"]
     steps = engine.plan.steps
@@ -84,15 +85,17 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
             codes[dtype] = codes.get(dtype, 0) + 1
     if build.get("int8") or build.get("fp8") or not layers:
         return None
-    from kiln.kernels.reference.quantized import QCONV_INPUTS
+    from kiln.kernels.reference.quantized import QCONV_INPUTS, QMATMUL_INPUTS
 
-    mid = QCONV_INPUTS.index("mid_scale")
+    mid, table = QCONV_INPUTS.index("mid_scale"), QMATMUL_INPUTS.index("table")
     return {"layers": layers, "weight_types": codes,
             "residual_blocks": sum(1 for s in steps if s.op == "kiln::QConv" and len(s.inputs) > mid
                                    and s.inputs[mid] is not None),
             "attention": sum(1 for s in steps if s.op == "kiln::QDQAttention"),
             "residual_adds_in_norms": sum(1 for s in steps
                                           if s.op == "kiln::NormQuantize" and s.attrs.get("x_program")),
+            "tables_in_gemms": sum(1 for s in steps if s.op == "kiln::QMatMul" and len(s.inputs) > table
+                                   and s.inputs[table] is not None),
             "qdq_steps": sum(1 for s in steps if s.op in QDQ_OPS),
             "qdq_pointwise": sum(1 for s in steps if s.op == "kiln::Pointwise"
                                  and any(i[0] in QDQ_OPS for i in s.attrs.get("program", [])))}
@@ -109,6 +112,8 @@ def explicit_line(info: dict[str, Any]) -> str:
             + (f", {info['attention']} attention(s) with Q/DQ inside as one layer" if info.get("attention") else "")
             + (f", {info['residual_adds_in_norms']} quantized residual add(s) in their norm"
                if info.get("residual_adds_in_norms") else "")
+            + (f", {info['tables_in_gemms']} element-wise program(s) as a code table in their GEMM"
+               if info.get("tables_in_gemms") else "")
             + f"; {info['qdq_steps']} Q/DQ step(s) and {info['qdq_pointwise']} element-wise Q/DQ kernel(s) left")
 
 

@@ -14,7 +14,9 @@ fold happen, precision/quantize_residuals.py; an attention's output QuantizeLine
 attention kernel, precision/quantize_attention_output.py; an explicitly quantized model's layers get the
 same folds but the residual's) before the rest is typed fp32; once it is typed,
 a QuantizeLinear of a LayerNorm's output moves into the norm (precision/fuse_norm_quantize.py), and so
-does a residual add between Q/DQ pairs in front of it (precision/fuse_residual_norm.py), one of a
+does a residual add between Q/DQ pairs in front of it (precision/fuse_residual_norm.py), an
+element-wise program of a quantized GEMM's codes into its epilogue as a table (precision/
+fuse_code_table.py), one of a
 float matmul's output (a layer kept wider) into the matmul (precision/fuse_matmul_quantize.py), one of a
 folding conv's float input into the conv (precision/fuse_input_quantize.py). An fp16 build
 given calibration data first runs it through the fp32 graph and keeps the layers that overflow
@@ -62,6 +64,7 @@ from kiln.precision.fuse_qdq_attention import fuse_qdq_attention
 from kiln.precision.fuse_matmul_quantize import fuse_matmul_quantize
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fuse_residual_norm import fuse_residual_norm
+from kiln.precision.fuse_code_table import fuse_code_table
 from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.layer_rules import match_layer_rules
@@ -193,6 +196,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         # quantize their own outputs,
         fuse_norm_quantize(graph)
         fuse_residual_norm(graph)    # and read a residual add quantized between Q/DQ (ONNX Runtime's) themselves
+        fuse_code_table(graph)       # a GEMM's codes through a program of one 8-bit input: a table in its epilogue
         fuse_matmul_quantize(graph)  # a float matmul kept wider writes the next layer's 8-bit input,
         fuse_input_quantize(graph)   # a folding conv (ResNet's stem) quantizes its float input itself
         if quantized is not None:

@@ -39,7 +39,9 @@ outputs may differ by 1 + ceil(mid_scale / out_scale) steps, in the same few ele
 (quantized_steps; the tuner passes it as `steps`). So may a kiln::QMatMul's with mid quantization
 (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias): the product rounded to its codes before the bias).
 Where such a layer writes a float value, the same elements may differ by one mid_scale beyond the
-float tolerance (mid_step; the tuner passes it as `mid`).
+float tolerance (mid_step; the tuner passes it as `mid`). A kiln::QMatMul with a code table
+(precision/fuse_code_table.py) looks its codes up after rounding them: a code that moved by k
+steps moves its entry by at most k times the table's largest jump between neighbouring codes.
 Float8 outputs of these ops (FLOAT8_QUANTIZED): float8 operands are summed by the tensor
 cores in a narrower accumulator than float32 (Hopper keeps ~14 bits per partial sum), so the
 value before rounding carries an error proportional to the terms summed, as in any float16
@@ -98,13 +100,25 @@ FLOAT8_QUANTIZED = TOLERANCES[torch.float16]  # (rtol, atol) beside the one-step
 
 def quantized_steps(op: str, args: Sequence[Any]) -> int:
     """The grid steps a quantized op's integer output may move by (in few elements): 1, or for a
-    kiln::QConv / kiln::QMatMul with mid quantization 1 + ceil(mid_scale / out_scale) (module
-    docstring)."""
+    kiln::QConv / kiln::QMatMul with mid quantization 1 + ceil(mid_scale / out_scale); times a code
+    table's largest jump (module docstring)."""
     mid, out = _mid_and_out(op, args)
-    if mid is None or out is None:
-        return 1
-    # per column (merged projections) or per tensor, either one: the largest column's ratio
-    return 1 + math.ceil(float((mid / out.abs()).max()))
+    steps = 1 if mid is None or out is None else 1 + math.ceil(float((mid / out.abs()).max()))
+    # (mid: per column, merged projections, or per tensor, either one: the largest column's ratio)
+    table, zp = (QMATMUL_INPUTS.index(n) for n in ("table", "out_zp"))
+    if op == "kiln::QMatMul" and len(args) > table and args[table] is not None:
+        codes = args[zp].dtype if args[zp] is not None else None
+        return steps * _largest_jump(args[table].detach().to("cpu", torch.int64).reshape(-1), codes)
+    return steps
+
+
+def _largest_jump(table: Any, codes: torch.dtype | None) -> int:
+    """The largest difference between the entries of neighbouring codes (at least 1), in the codes'
+    order: int8's (-128..127: bits 128..255, 0..127) or uint8's (0..255); the smaller of the two
+    where the type is not known (no zero point: the stricter allowance)."""
+    jumps = {t: max(1, int((o[1:] - o[:-1]).abs().max()))
+             for t, o in ((torch.uint8, table), (torch.int8, torch.cat([table[128:], table[:128]])))}
+    return jumps[codes] if codes in jumps else min(jumps.values())
 
 
 def mid_step(op: str, args: Sequence[Any]) -> float:

@@ -57,7 +57,7 @@ INTS = ("int8", "uint8")
 FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
 # Input positions of kiln::QMatMul.
-A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, MID_SCALE, MID_ZP = range(len(QMATMUL_INPUTS))
+A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RESIDUAL, OUT_SCALE, OUT_ZP, MID_SCALE, MID_ZP, TABLE = range(len(QMATMUL_INPUTS))
 # K a multiple of 16 (static): 16-byte rows for 8-bit operands, which the Triton GEMM needs to
 # pipeline its K loop (tactics/matmul.py's TRITON_ALIGN); _scaled_mm requires it of N too.
 ALIGN = 16
@@ -115,14 +115,14 @@ def scale_operand(scale: Tensor, shape: tuple[int, ...]) -> Tensor:
 def triton_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
                    b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
                    out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
-                   mid_zp: Tensor | None = None, *, trans_b: int = 0,
+                   mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
                    activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
                    config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul as the Triton GEMM on the K-major weight."""
     from kiln.kernels.triton.qgemm import qmatmul
 
     return qmatmul(a_q, k_major(b_q, trans_b), a_scale, a_zp, b_scale, b_zp, bias, residual, out_scale, out_zp,
-                   mid_scale, mid_zp, trans_b=1, activation=activation, activation_params=activation_params,
+                   mid_scale, mid_zp, table, trans_b=1, activation=activation, activation_params=activation_params,
                    out_dtype=out_dtype, config=config)
 
 
@@ -236,6 +236,8 @@ def _layer_ok(q: TacticQuery, fp8: bool, per_channel_out: bool = False) -> tuple
                 _one(q, MID_ZP) if _one(q, MID_SCALE) else _shape(q, MID_ZP) == _shape(q, MID_SCALE)))):
         return None
     out = _out_type(q)
+    if _dtype(q, TABLE) is not None and (out not in INTS or _dtype(q, TABLE) not in INTS or _shape(q, TABLE) != (256,)):
+        return None   # a code table: 256 int8/uint8 entries, read by the int8/uint8 codes
     if out is not None:
         scale_ok = _one(q, OUT_SCALE) or (per_channel_out and _per_channel(q, OUT_SCALE, n))
         zp_ok = _dtype(q, OUT_ZP) is None or (_dtype(q, OUT_ZP) in REQUANT_TYPES and (
@@ -278,7 +280,8 @@ def _supports_triton(q: TacticQuery, fp8: bool) -> bool:
 def supports_scaled_mm(q: TacticQuery) -> bool:
     """float8_e4m3fn A and B on sm_89+, K and N static multiples of 16; rowwise scales (a
     per-channel b_scale) need cuBLASLt's (CUDA 12.9+ on sm_90+) or a bfloat16 output."""
-    if q.device != "cuda" or _dtype(q, A) != FP8 or _dtype(q, B) != FP8 or _dtype(q, MID_SCALE) is not None:
+    if q.device != "cuda" or _dtype(q, A) != FP8 or _dtype(q, B) != FP8 or _dtype(q, MID_SCALE) is not None \
+            or _dtype(q, TABLE) is not None:
         return False
     if q.attrs.get("activation", "") not in TORCH_ACTIVATIONS:
         return False

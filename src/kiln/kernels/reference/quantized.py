@@ -76,7 +76,7 @@ FP8_EXACT_K = 2**35 // (448 * 448)
 # is not x_scale; both end with the mid quantization: QConv's before the residual, QMatMul's
 # before the bias).
 QMATMUL_INPUTS = ("a_q", "b_q", "a_scale", "a_zp", "b_scale", "b_zp", "bias", "residual", "out_scale", "out_zp",
-                  "mid_scale", "mid_zp")
+                  "mid_scale", "mid_zp", "table")
 QCONV_INPUTS = ("x_q", "w_q", "x_scale", "x_zp", "w_scale", "w_zp", "bias", "residual", "out_scale", "out_zp",
                 "residual_scale", "residual_zp", "x_quant_scale", "mid_scale", "mid_zp")
 
@@ -216,12 +216,14 @@ def requantize(v: Tensor, out_scale: Tensor, out_zp: Tensor | None, out_dtype: i
 def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
             out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
-            mid_zp: Tensor | None = None, *, trans_b: int = 0,
+            mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
     """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring). With
     mid_scale (and mid_zp, int8/uint8; uint8 without one) the product is quantized to those codes
     and back before the bias is added (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)); one value
-    each, or one per output column (merged projections, each keeping its own)."""
+    each, or one per output column (merged projections, each keeping its own). With `table` (256
+    8-bit codes; precision/fuse_code_table.py) each output code c becomes table[bits of c]: the
+    element-wise program of one 8-bit input that followed the layer (ONNX Runtime's QDQ Gelu)."""
     n = b_q.shape[-2] if trans_b else b_q.shape[-1]
     _check_inputs("QMatMul", a_q, b_q, a_zp, b_zp, a_q.shape[-1])
     # b_zp per channel centers B's columns ([K, N]) or rows when transposed ([N, K]).
@@ -234,8 +236,17 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         b = b - zb
     acc = torch.matmul(a, b.transpose(-1, -2) if trans_b else b)  # [..., M, N]
     scale = _per_tensor(a_scale, "a_scale") * _channel(b_scale, n, [-1], "b_scale")
-    return _finish(acc, scale, bias, [-1], residual, activation, activation_params, a_scale.dtype,
-                   out_scale, out_zp, out_dtype, _checked_mid("QMatMul", mid_scale, mid_zp), mid_before_bias=True)
+    y = _finish(acc, scale, bias, [-1], residual, activation, activation_params, a_scale.dtype,
+                out_scale, out_zp, out_dtype, _checked_mid("QMatMul", mid_scale, mid_zp), mid_before_bias=True)
+    return y if table is None else looked_up(y, table)
+
+
+def looked_up(codes: Tensor, table: Tensor) -> Tensor:
+    """table[bits of each code]: `codes` int8/uint8, `table` the 256 outputs of the bit patterns."""
+    if codes.dtype not in (torch.int8, torch.uint8) or table.numel() != 256:
+        raise ValueError(f"a code table of 256 entries applies to int8/uint8 codes; got {codes.dtype} codes and "
+                         f"{table.numel()} entries")
+    return table.reshape(-1).to(codes.device)[codes.view(torch.uint8).long()]
 
 
 @reference_op("QConv", domain="kiln")

@@ -124,13 +124,13 @@ def _row_sums(A, rm, K, stride_am, A_U8: tl.constexpr, BLOCK_K: tl.constexpr, BL
 def _qgemm_kernel(
         A, B, A_SCALE, A_ZP, B_SCALE, B_ZP, BIAS, RES, Y, OUT_SCALE, OUT_ZP, COLSUM, M, N, K,
         stride_am, stride_bk, stride_bn, stride_ym, stride_bs, stride_bz, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
-        FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
+        TABLE, FP8: tl.constexpr, A_U8: tl.constexpr, B_U8: tl.constexpr,
         CORR_A: tl.constexpr, CORR_B: tl.constexpr, HAS_AZP: tl.constexpr, HAS_BZP: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, REQUANT: tl.constexpr,
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
         QMAX: tl.constexpr, EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr,
-        MQMAX: tl.constexpr):
+        MQMAX: tl.constexpr, HAS_TABLE: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -182,7 +182,7 @@ def _qgemm_kernel(
 
     epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, stride_ym,
              stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP,
-             OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+             OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX, TABLE, HAS_TABLE)
 
 
 def output_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | None, out_dtype: int) -> torch.dtype:
@@ -243,14 +243,18 @@ def column_sums(b_q: Tensor, trans_b: int) -> Tensor:
 def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
             out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
-            mid_zp: Tensor | None = None, *, trans_b: int = 0,
+            mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
             config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring;
     mid_scale / mid_zp (one value each, or one per column): the product rounded to those codes and
-    back before the bias (qgemm_tile.epilogue_value)."""
+    back before the bias (qgemm_tile.epilogue_value); `table` (256 int8/uint8 entries): each output
+    code looked up in it (reference/quantized.looked_up)."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
+    if table is not None:
+        assert y_dtype in (torch.int8, torch.uint8) and table.numel() == 256 and \
+            table.dtype in (torch.int8, torch.uint8), "a code table: 256 int8/uint8 entries for int8/uint8 codes"
     # All-zero integer zero points are dropped (quantize.needed_zero_point): kiln's quantizers
     # write them, and absent ones spare the correction code, the epilogue's zero-point registers,
     # and let TMA apply. (uint8's shift by 128 does not depend on them.)
@@ -263,7 +267,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         a2 = a2.contiguous()
     w = b_q if trans_b else b_q.t()                                          # [N, K] (a view)
     m, n = a2.shape[0], w.shape[0]
-    y = torch.empty((m, n), dtype=y_dtype, device=a_q.device)                # [M, N]
+    y = torch.empty((m, n), dtype=y_dtype if table is None else table.dtype, device=a_q.device)   # [M, N]
     assert y.numel() < 2**31, "Y of 2**31 elements or more overflows int32 offsets"
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
@@ -300,7 +304,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
                   REQUANT=out_scale is not None, OUT_FP8=y_dtype == FP8, HAS_OUT_ZP=out_zp is not None,
                   OUT_PER_COL=strides[3] != 0, QMIN=qrange[0], QMAX=qrange[1], FP8_ACC=fp8_acc,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"], **mid)
+                  num_stages=cfg["num_stages"], HAS_TABLE=table is not None, **mid)
     corr_a = a_u8 or a_zp is not None
     colsum = column_sums(b_q, trans_b) if corr_a else y
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
@@ -311,12 +315,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
-            p0, p1, *mid_ops, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent, Y_TMA=y_tma,
+            p0, p1, *mid_ops, y if table is None else table.reshape(-1), A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent, Y_TMA=y_tma,
             **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1, *mid_ops,
-        A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
+        y if table is None else table.reshape(-1), A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
         HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
     return y.reshape(*lead, n)

@@ -32,13 +32,15 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
                    OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
                    QMAX: tl.constexpr, MS=0.0, MSI=0.0, MZP=0.0, MID: tl.constexpr = False,
                    HAS_MZP: tl.constexpr = False,
-                   MQMIN: tl.constexpr = 0, MQMAX: tl.constexpr = 0):
+                   MQMIN: tl.constexpr = 0, MQMAX: tl.constexpr = 0, TABLE=0, HAS_TABLE: tl.constexpr = False):
     """The accumulator tile in float32: scales, bias per column, residual (`res`, the tile as
     loaded), activation; then the float value, or the code when requantizing (int8/uint8;
     float8 as its uint8 bits). MID (1: one value, 2: one per column): the product quantized to
     the codes of (MS, MZP) in [MQMIN, MQMAX] and dequantized before the bias (the reference's
     mid_scale: ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)), rounded as qconv_epilogue's mid
-    quantization; MSI holds 1 / MS (quantize.reciprocal_of, as div_rn(1, MS) gives it)."""
+    quantization; MSI holds 1 / MS (quantize.reciprocal_of, as div_rn(1, MS) gives it). HAS_TABLE:
+    each code c then becomes TABLE[bits of c] (256 codes: the element-wise program that followed
+    the layer, reference/quantized.looked_up)."""
     scale = tl.load(A_SCALE).to(tl.float32) * tl.load(B_SCALE + rn * stride_bs).to(tl.float32)  # [BLOCK_N]
     v = acc.to(tl.float32) * scale[None, :]
     if MID:
@@ -76,6 +78,8 @@ def epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stri
             if HAS_OUT_ZP:
                 zp = tl.load(OUT_ZP)
         v = requantize(v * inv, zp, HAS_OUT_ZP, OUT_FP8, QMIN, QMAX)   # int8/uint8; float8 as its uint8 bits
+        if HAS_TABLE:   # 256 entries, L1-resident: one load per element instead of a kernel over Y
+            v = tl.load(TABLE + (v.to(tl.int32) & 255))
     return v
 
 
@@ -85,7 +89,7 @@ def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_
              ACT: tl.constexpr, REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr,
              OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, MS=0.0, MSI=0.0, MZP=0.0,
              MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False, MQMIN: tl.constexpr = 0,
-             MQMAX: tl.constexpr = 0):
+             MQMAX: tl.constexpr = 0, TABLE=0, HAS_TABLE: tl.constexpr = False):
     """epilogue_value's tile stored through pointers (residual read the same way), masked at M and N."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)                     # [BLOCK_M, BLOCK_N]
     offs_y = offs_m[:, None] * stride_ym + offs_n[None, :]                   # Y and RES: same strides
@@ -94,5 +98,5 @@ def epilogue(acc, offs_m, offs_n, rn, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_
         res = tl.load(RES + offs_y, mask=mask, other=0.0)
     v = epilogue_value(acc, rn, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias, stride_os,
                        p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX,
-                       MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                       MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX, TABLE, HAS_TABLE)
     tl.store(Y + offs_y, v.to(Y.dtype.element_ty), mask=mask)

@@ -21,13 +21,13 @@ SHARED_MEMORY = 227 * 1024 - 1024   # a Hopper block's shared memory, less room 
 
 @triton.jit
 def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-              stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
+              stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE,
               FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
               REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
               QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, Y_TMA: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
               MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
-              A_ZP, COLSUM, HAS_AZP: tl.constexpr):
+              A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr):
     """One output tile from TMA-loaded A [M, K] and B [N, K] tiles (out-of-range rows and K read
     as 0): the K walk, then the epilogue; with Y_TMA, Y and RES are descriptors of [BLOCK_M,
     BLOCK_N] boxes and the tile goes out as one TMA store (the copy engine drops what lies past
@@ -53,25 +53,25 @@ def _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, O
             res = RES.load([off_m, off_n])
         v = epilogue_value(acc, offs_n % N, res, A_SCALE, B_SCALE, BIAS, OUT_SCALE, OUT_ZP, stride_bs, stride_bias,
                            stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL,
-                           QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                           QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX, TABLE, HAS_TABLE)
         Y.store([off_m, off_n], v.to(Y.dtype))
     else:
         offs_m = off_m + tl.arange(0, BLOCK_M)
         epilogue(acc, offs_m, offs_n, offs_n % N, M, N, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP,
                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, HAS_BIAS, HAS_RES, ACT, REQUANT, OUT_FP8,
-                 HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX)
+                 HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, MS, MSI, MZP, MID, HAS_MZP, MQMIN, MQMAX, TABLE, HAS_TABLE)
 
 
 @triton.jit
 def qgemm_tma_kernel(
         a_desc, b_desc, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K, programs,
-        stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP,
+        stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE,
         FP8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         REQUANT: tl.constexpr, OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr,
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
-        A_ZP, COLSUM, HAS_AZP: tl.constexpr):
+        A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr):
     """The same GEMM with TMA descriptors (_tma_tile), int8 (A's zero point, if any, corrected by
     the weight's column sums: HAS_AZP) or float8: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
@@ -83,14 +83,14 @@ def qgemm_tma_kernel(
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
+                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS, HAS_RES, ACT,
                       REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
-                      BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
+                      BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP, HAS_TABLE)
     else:
         _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, FP8, HAS_BIAS, HAS_RES, ACT,
+                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS, HAS_RES, ACT,
                   REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
-                  BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP)
+                  BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP, HAS_TABLE)
 
 
 def descriptor_type():  # noqa: ANN202
