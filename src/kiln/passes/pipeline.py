@@ -50,7 +50,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_gelu", fuse_gelu),                      # one Gelu node, so epilogues can take it as activation
     ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
-    ("gather_before_dequantize", gather_before_dequantize),  # a quantized embedding table: read its codes, dequantize the rows
+    ("gather_before_dequantize", gather_before_dequantize),  # a quantized table: gather codes, dequantize rows
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_qdq_residual", fuse_qdq_residual),      # QConv -> DQ -> Add(DQ(r)) -> Q: the residual add in the conv
     ("fuse_qdq_activation", fuse_qdq_activation),  # Q(Relu(DQ(y_q))) of the layer's own parameters: its activation

@@ -3,11 +3,12 @@
 In an explicitly quantized model (ONNX Runtime's QDQ models quantize every op), some float
 computations read only 8-bit codes (through DequantizeLinear, or integers through a Cast) and
 end only in codes (QuantizeLinear): an element-wise chain between Q/DQ pairs (a Gelu whose every
-op is quantized, a residual add rounded to its own codes), a LayerNorm between a DQ and a Q. Their float values never reach
-memory once the chain is fused (the kernels read and write codes), so a 16-bit engine precision
-saves no bandwidth there; it would only round after every op, which neither the model (its types
-say float32) nor ONNX Runtime does, and make each kernel emulate those roundings. TensorRT's
-Q/DQ kernels likewise do their scale arithmetic in float32. These layers keep float32.
+op is quantized, a residual add rounded to its own codes), a LayerNorm between a DQ and a Q.
+Their float values never reach memory once the chain is fused (the kernels read and write
+codes), so a 16-bit engine precision saves no bandwidth there; it would only round after every
+op, which neither the model (its types say float32) nor ONNX Runtime does, and make each kernel
+emulate those roundings. TensorRT's Q/DQ kernels likewise do their scale arithmetic in float32.
+These layers keep float32.
 
 An island is a set of layers joined by non-constant float32 tensors (a connected component),
 none of which is a graph input or output or captured by a subgraph, every layer of an op the
@@ -15,12 +16,12 @@ folds after the precision policy take into kernels that read and write codes (IS
 kiln::NormQuantize takes a LayerNorm and the residual add before it, kiln::Pointwise the
 element-wise chains). A component with any other layer is left to the engine precision: a
 calibrated QConv's float output into a pooling reaches memory, where 16 bits halve the traffic,
-and an attention's float MatMuls (kiln::QDQAttention) multiply dequantized codes on tensor cores
-in 16 bits, where float32 operands would take the CUDA cores (on an H200, BERT-base's attention
-kernel compiled to 4.6x the instructions, all its products FFMA). A kiln::Pointwise from codes to
-codes (its float math inside its program, its float32 only inlined scalars) is an island by
-itself. Layers whose float32 tensors are constants only (a QMatMul's scales) are not: their
-arithmetic is their kernel's, whatever the constants' type.
+and an attention's float MatMuls (kiln::QDQAttention) multiply in one 16-bit MMA per tile there,
+in float32 in three TF32 ones (tf32x3; IEEE float32 operands took the CUDA cores: 4.6x the
+instructions on sm_90), which is not measured to pay off. A kiln::Pointwise from codes to codes
+(its float math inside its program, its float32 only inlined scalars) is an island by itself.
+Layers whose float32 tensors are constants only (a QMatMul's scales) are not: their arithmetic
+is their kernel's, whatever the constants' type.
 """
 from __future__ import annotations
 

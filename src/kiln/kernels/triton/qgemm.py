@@ -307,6 +307,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
                   num_stages=cfg["num_stages"], HAS_TABLE=table is not None, **mid)
     corr_a = a_u8 or a_zp is not None
     colsum = column_sums(b_q, trans_b) if corr_a else y
+    table1 = y if table is None else table.reshape(-1)
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
@@ -315,12 +316,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
-            p0, p1, *mid_ops, y if table is None else table.reshape(-1), A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent, Y_TMA=y_tma,
-            **common)
+            p0, p1, *mid_ops, table1, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent,
+            Y_TMA=y_tma, **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1, *mid_ops,
-        y if table is None else table.reshape(-1), A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
+        table1, A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
         HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
     return y.reshape(*lead, n)

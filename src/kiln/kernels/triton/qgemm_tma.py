@@ -83,12 +83,14 @@ def qgemm_tma_kernel(
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS, HAS_RES, ACT,
+                      stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS,
+                      HAS_RES, ACT,
                       REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
                       BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP, HAS_TABLE)
     else:
         _tma_tile(a_desc, b_desc, tl.program_id(0), A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
-                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS, HAS_RES, ACT,
+                  stride_ym, stride_bs, stride_bias, stride_os, p0, p1, MS, MSI, MZP, TABLE, FP8, HAS_BIAS,
+                  HAS_RES, ACT,
                   REQUANT, OUT_FP8, HAS_OUT_ZP, OUT_PER_COL, QMIN, QMAX, FP8_ACC, Y_TMA, BLOCK_M, BLOCK_N,
                   BLOCK_K, GROUP_M, MID, HAS_MZP, MQMIN, MQMAX, A_ZP, COLSUM, HAS_AZP, HAS_TABLE)
 
