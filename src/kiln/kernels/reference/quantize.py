@@ -106,6 +106,14 @@ def per_last_axis(x_shape: Sequence[Any], scale_shape: Sequence[Any], axis: int)
             and axis in (-1, rank - 1))
 
 
+def division_scale(scale: float, scale_type: torch.dtype, division: torch.dtype) -> tuple[float, float]:
+    """A constant QuantizeLinear scale as quantize_linear divides by it: the value in its own type,
+    then in the division's (the `precision` attribute's type, else its own), as float32; and
+    1 / that, correctly rounded in float32 (what kernels that multiply instead take)."""
+    s = torch.tensor(scale, dtype=scale_type).to(division).to(torch.float32)
+    return float(s), float(torch.reciprocal(s))
+
+
 @reference_op("QuantizeLinear")
 def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = None, *, axis: int = 1,
                     block_size: int = 0, output_dtype: int = 0, precision: int = 0,

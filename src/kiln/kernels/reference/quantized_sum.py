@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kiln.ir import dtypes
+from kiln.kernels.reference.quantize import division_scale
 
 CODES = ("int8", "uint8")
 FLOATS = ("float16", "bfloat16", "float32")
@@ -81,7 +82,6 @@ def quantized_sum(program: Any) -> QuantizedSum | None:
     division = dtypes.from_onnx(precision).name if precision else fp
     if division not in FLOATS:
         return None
-    s = _rounded(_rounded(scale[0], fp), division)
-    return QuantizedSum(fp, (a[3], b[3], zp[1]), _rounded(a[0], fp), a[2], _rounded(b[0], fp), b[2], s,
-                        float(torch.reciprocal(torch.tensor(s, dtype=torch.float32))), int(zp[0]),
-                        _rounded(back[0], fp), division)
+    s, inv = division_scale(scale[0], dtypes.from_name(fp).torch, dtypes.from_name(division).torch)
+    return QuantizedSum(fp, (a[3], b[3], zp[1]), _rounded(a[0], fp), a[2], _rounded(b[0], fp), b[2], s, inv,
+                        int(zp[0]), _rounded(back[0], fp), division)

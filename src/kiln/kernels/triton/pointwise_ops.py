@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kiln.ir.dtypes import onnx_to_torch
+from kiln.kernels.reference.quantize import division_scale
 from kiln.kernels.triton.compiled import COMPILED, product_rn  # noqa: F401 - the generated source imports it
 from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, _saturate_round, divide, shifted_round
 
@@ -279,13 +280,12 @@ def _quantize(a: list[str], c: EmitContext) -> str:
     prec = onnx_to_torch(precision) if precision else c.dtypes[1]
     if prec not in _PREC:
         raise Unsupported(f"QuantizeLinear dividing in {prec}")
-    s = torch.tensor(c.consts[1], dtype=c.dtypes[1]).to(prec).to(torch.float32)
-    inv = torch.reciprocal(s)
+    s, inv = division_scale(c.consts[1], c.dtypes[1], prec)
     zp = a[2] if len(a) > 2 and a[2] is not None else "0"
     qmin, qmax = _BYTES[c.result]
     if not c.exact:
-        return f"quantize_value({a[0]}, {c.literal(float(inv))}, {zp}, {_PREC[prec]}, {qmin}, {qmax})"
-    return (f"quantize_code({rounded(a[0], c.dtypes[0])}, {c.literal(float(s))}, {c.literal(float(inv))}, {zp}, "
+        return f"quantize_value({a[0]}, {c.literal(inv)}, {zp}, {_PREC[prec]}, {qmin}, {qmax})"
+    return (f"quantize_code({rounded(a[0], c.dtypes[0])}, {c.literal(s)}, {c.literal(inv)}, {zp}, "
             f"{_PREC[prec]}, {qmin}, {qmax})")
 
 
