@@ -2,9 +2,9 @@
 
     Gather(DequantizeLinear(codes, s, zp), idx)  ->  DequantizeLinear(Gather(codes, idx), s, zp)
 
-for a per-tensor DequantizeLinear (scalar scale and zero point): every element is dequantized
-alike, so the order does not change a value. ONNX Runtime's QDQ models quantize embedding
-tables; a table too large to fold into a float constant (BERT-base's 30522 x 768 words: 94 MB in
+for a per-tensor DequantizeLinear (scalar scale and zero point) of int8/uint8 codes: every
+element is dequantized alike, so the order does not change a value. ONNX Runtime's QDQ models
+quantize embedding tables; a table too large to fold into a float constant (BERT-base's 30522 x 768 words: 94 MB in
 float32) would otherwise be dequantized whole on every run (~19 us on an H200) to read a few
 thousand rows of it. Gathered first, the dequantization touches only the rows read and joins the
 element-wise work after it. The original DequantizeLinear stays for any other reader (dead code
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import const_array, live_nodes, next_node, produced_by
+
+CODES = ("int8", "uint8")   # 4-bit codes pack two to a byte; float8 tables are not what this is for
 
 
 def gather_before_dequantize(graph: Graph) -> bool:
@@ -37,7 +39,7 @@ def _rewrite(graph: Graph, node: Node) -> bool:
     if dq is None or not _per_tensor(dq) or node.input(1) is None:
         return False
     codes, idx, out = dq.input(0), node.input(1), node.outputs[0]
-    if codes is None or codes.dtype is None or out.dtype != dq.outputs[0].dtype:
+    if codes is None or codes.dtype is None or codes.dtype.name not in CODES or out.dtype != dq.outputs[0].dtype:
         return False
     after = next_node(graph, node)
     graph.remove_node(node)
