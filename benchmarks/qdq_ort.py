@@ -7,14 +7,16 @@ exports FP8 (benchmarks/fp8_qdq_export.py: float8 Q/DQ), built by kiln and timed
 against kiln's own calibrated int8 (and fp8) engine and kiln fp16, all on the same inputs.
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
-        [--activations QUInt8,QInt8] [--formats QDQ,QOperator] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8]
+        [--activations QUInt8,QInt8] [--formats QDQ,QOperator] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8] \
+        [--qdq-precisions fp16,fp32]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
 reads them in batches, kiln's int8 build too) and is checked on other samples against PyTorch
 fp32 (cosine per sample, min and mean) before it is timed (CUDA graph replays, median of 5 x 20).
 Each engine's line says how many of its convolutions run on the Triton kernels and how many
-stayed on the reference (the engine's float parts in fp16: kiln's --fp16 on the QDQ model).
+stayed on the reference (the engine's float parts in fp16: kiln's --fp16 on the QDQ model; with
+--qdq-precisions fp16,fp32 each explicit model is also built in kiln's default fp32).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import collections
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,9 @@ def main() -> None:
     ap.add_argument("--fp8", action="store_true",
                     help="also build the ModelOpt-style FP8 Q/DQ model (fp8_qdq_export.py) and, unless "
                          "--no-calibrated, kiln's calibrated fp8 engine")
+    ap.add_argument("--qdq-precisions", default="fp16",
+                    help="engine precisions the explicitly quantized models build in: fp16 (TensorRT's --int8 "
+                         "--fp16: their float layers in 16 bits), fp32 (kiln's default), or both")
     ap.add_argument("--timing-cache", default=None,
                     help="a timing cache file every build reads and extends (profile_steps.py uses /tmp/tc.json): "
                          "a later build of the same layers skips their tuning")
@@ -123,11 +129,13 @@ def main() -> None:
     if args.calibrated:
         builds.append(("kiln int8 (calibrated)", path, BuildConfig(precision="int8", float_precision="fp16",
                                                                    device=args.device, profiles=profile, **tc), calib))
+    explicit = {p: replace(fp16, precision=p) for p in args.qdq_precisions.split(",") if p}
+    tag = lambda p: "" if p == "fp16" else f" ({p} engine)"  # noqa: E731
     for fmt in (f for f in args.formats.split(",") if f):
         for act in (a for a in args.activations.split(",") if a):
             qdq = ort_qdq(path, calib, act, folder, fmt)
             say(f"ONNX Runtime quantized ({fmt}, {act} activations): {qdq.name}")
-            builds.append((f"ONNX Runtime {fmt}, {act}", qdq, fp16, None))
+            builds += [(f"ONNX Runtime {fmt}, {act}{tag(p)}", qdq, config, None) for p, config in explicit.items()]
     if args.fp8:
         from benchmarks.fp8_qdq_export import fp8_qdq
 
@@ -137,11 +145,11 @@ def main() -> None:
                            calib))
         q8 = fp8_qdq(path, calib, folder / f"{model.name}.fp8_qdq.onnx")
         say(f"ModelOpt-style FP8 Q/DQ (fp8_qdq_export.py): {q8.name}")
-        builds.append(("FP8 Q/DQ model", q8, fp16, None))
+        builds += [(f"FP8 Q/DQ model{tag(p)}", q8, config, None) for p, config in explicit.items()]
     if args.qat:
         qat = qat_onnx(model, calib, folder)
         say(f"QAT-style export (qat_export.py: symmetric int8 Q/DQ): {qat.name}")
-        builds.append(("QAT export", qat, fp16, None))
+        builds += [(f"QAT export{tag(p)}", qat, config, None) for p, config in explicit.items()]
     times = {}
     for label, model_path, config, calibration in builds:
         engine = kiln.build(str(model_path), config, calibration=calibration)
