@@ -21,7 +21,8 @@ F32 = dtypes.FLOAT32
 
 
 def _chain(ops: list[str], *, out_float: bool = False) -> tuple[Graph, list[Node]]:
-    """codes -> DequantizeLinear -> ops... -> QuantizeLinear -> codes (or the last float out)."""
+    """codes -> DequantizeLinear -> ops... -> QuantizeLinear -> codes (or the last float out); a
+    MatMul's second operand is the dequantized input (the islands read the structure only)."""
     g = Graph("g", 17)
     x = Value("x", dtypes.BY_NAME["int8"], (4, 8))
     g.inputs.append(x)
@@ -30,7 +31,7 @@ def _chain(ops: list[str], *, out_float: bool = False) -> tuple[Graph, list[Node
     nodes = [g.add_node(Node("DequantizeLinear", [x, s, zp], [v], name="dq"))]
     for i, op in enumerate(ops):
         y = g.value(f"y{i}", F32, (4, 8))
-        nodes.append(g.add_node(Node(op, [v], [y], name=f"{op}{i}")))
+        nodes.append(g.add_node(Node(op, [v, nodes[0].outputs[0]] if op == "MatMul" else [v], [y], name=f"{op}{i}")))
         v = y
     if out_float:
         g.outputs.append(v)
