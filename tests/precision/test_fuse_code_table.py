@@ -12,8 +12,8 @@ import torch
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.interpret import run_graph
-from kiln.kernels.reference.quantized import QMATMUL_INPUTS
-from kiln.precision.fuse_code_table import code_table, fuse_code_table
+from kiln.kernels.reference.quantized import QMATMUL_INPUTS, code_table
+from kiln.precision.fuse_code_table import fuse_code_table
 
 C = lambda v, dtype="float32": {"const": v, "dtype": dtype}  # noqa: E731
 # ONNX Runtime's quantized Gelu: x * 0.5 * (1 + erf(x / sqrt 2)), a Q/DQ pair after every op

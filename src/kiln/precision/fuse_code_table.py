@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 
 from kiln.ir.graph import Graph, Node
-from kiln.kernels.reference.fused import pointwise as reference_pointwise
-from kiln.kernels.reference.quantized import QMATMUL_INPUTS
+from kiln.kernels.reference.quantized import QMATMUL_INPUTS, code_table
 from kiln.passes.match import live_ops, only_read_by, pinned, place_inputs
 
 CODES = {"int8": torch.int8, "uint8": torch.uint8}
@@ -36,14 +35,6 @@ def fuse_code_table(graph: Graph) -> int:
     """Fold each such Pointwise into the QMatMul before it (module docstring); the number folded."""
     keep = pinned(graph)
     return sum(_fold(graph, node, keep) for node in live_ops(graph, "kiln::Pointwise"))
-
-
-def code_table(program: list, codes: torch.dtype) -> torch.Tensor | None:
-    """The program's output for each bit pattern of `codes` (entry i: the code whose bits are i),
-    None when it is not 256 int8/uint8 values."""
-    bits = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(codes)
-    values = reference_pointwise(bits, program=program, n_outputs=1).reshape(-1)
-    return values.contiguous() if values.numel() == 256 and values.dtype in CODES.values() else None
 
 
 def _fold(graph: Graph, node: Node, keep: set[int]) -> bool:
@@ -59,8 +50,8 @@ def _fold(graph: Graph, node: Node, keep: set[int]) -> bool:
     if c.dtype is None or c.dtype.name not in CODES or y.dtype is None or y.dtype.name not in CODES \
             or c.shape is None or tuple(y.shape or ()) != tuple(c.shape):
         return False
-    table = code_table(program, CODES[c.dtype.name])
-    if table is None or table.dtype != CODES[y.dtype.name]:
+    table = code_table(program, CODES[c.dtype.name])   # on the CPU, stored in the engine
+    if table.dtype != CODES[y.dtype.name]:
         return False
     graph.remove_node(node)
     place_inputs(gemm, {TABLE: graph.constant(table, f"{gemm.name}_table")})

@@ -53,13 +53,13 @@ only when it falls within that bit of a rounding tie.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from kiln.ir import dtypes
 from kiln.kernels.reference.common import FLOAT8_LIMITS, round_to_float8
-from kiln.kernels.reference.fused import apply_activation
+from kiln.kernels.reference.fused import apply_activation, pointwise
 from kiln.kernels.reference.nn import conv
 from kiln.kernels.reference.quantize import INT_RANGES, quantize_linear
 from kiln.kernels.reference.registry import reference_op
@@ -239,6 +239,18 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     y = _finish(acc, scale, bias, [-1], residual, activation, activation_params, a_scale.dtype,
                 out_scale, out_zp, out_dtype, _checked_mid("QMatMul", mid_scale, mid_zp), mid_before_bias=True)
     return y if table is None else looked_up(y, table)
+
+
+def code_table(program: Any, codes: torch.dtype, outputs: Sequence[str] | None = None,
+               device: torch.device | str = "cpu") -> Tensor:
+    """A kiln::Pointwise program of one 8-bit input on each of the 256 bit patterns of `codes`
+    (entry i: the code whose bits are i), computed by the reference on `device`: the table that
+    looked_up reads (precision/fuse_code_table.py) and the lookup kernel's (pointwise_table.py)."""
+    bits = torch.arange(256, dtype=torch.int32, device=device).to(torch.uint8).view(codes)
+    values = pointwise(bits, program=program, outputs=outputs, n_outputs=1).reshape(-1)
+    if values.numel() != 256:   # not elementwise in its input alone
+        raise ValueError(f"kiln::Pointwise table of {values.numel()} entries for 256 codes")
+    return values.contiguous()
 
 
 def looked_up(codes: Tensor, table: Tensor) -> Tensor:

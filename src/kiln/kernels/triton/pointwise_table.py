@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.reference.fused import pointwise as reference_pointwise
+from kiln.kernels.reference.quantized import code_table
 
 Tensor = torch.Tensor
 CODES = (torch.int8, torch.uint8)
@@ -63,11 +63,7 @@ def table(program_key: str, program: Any, outputs: Sequence[str] | None, dtype: 
         return found
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return None
-    codes = torch.arange(256, dtype=torch.int32, device=device).to(torch.uint8).view(dtype)
-    values = reference_pointwise(codes, program=program, outputs=outputs, n_outputs=1).reshape(-1)
-    if values.numel() != 256:   # not elementwise in its input alone: never expected of a tabulable trace
-        raise ValueError(f"kiln::Pointwise table of {values.numel()} entries for 256 codes")
-    _TABLES[key] = values.contiguous()
+    _TABLES[key] = code_table(program, dtype, outputs, device)
     return _TABLES[key]
 
 
