@@ -3,12 +3,13 @@ onnxruntime.quantization.quantize_static (QDQ or QOperator format, per-channel i
 activations with zero points: what a user brings from ONNX Runtime), with --qat as PyTorch's
 quantization toolkits for TensorRT export it (benchmarks/qat_export.py: symmetric int8 Q/DQ on every
 conv's and linear's input and weight, BatchNorm after each quantized conv), with --fp8 as ModelOpt
-exports FP8 (benchmarks/fp8_qdq_export.py: float8 Q/DQ), built by kiln and timed in one process
+exports FP8 (benchmarks/fp8_qdq_export.py: float8 Q/DQ), with --dynamic as quantize_dynamic writes it
+(int8 weights, activations quantized at run time by DynamicQuantizeLinear), built by kiln and timed in one process
 against kiln's own calibrated int8 (and fp8) engine and kiln fp16, all on the same inputs.
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
         [--activations QUInt8,QInt8] [--formats QDQ,QOperator] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8] \
-        [--qdq-precisions fp16,fp32]
+        [--dynamic] [--qdq-precisions fp16,fp32]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -59,6 +60,16 @@ def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, fo
     return out
 
 
+def ort_dynamic(path: Path, folder: Path, per_channel: bool = False) -> Path:
+    """`path` quantized by ONNX Runtime's quantize_dynamic (int8 weights, per tensor unless
+    `per_channel`; uint8 activations quantized at run time: DynamicQuantizeLinear -> MatMulInteger)."""
+    from onnxruntime import quantization as quant
+
+    out = folder / f"{path.stem}.dynamic{'_per_channel' if per_channel else ''}.onnx"
+    quant.quantize_dynamic(str(path), str(out), weight_type=quant.QuantType.QInt8, per_channel=per_channel)
+    return out
+
+
 # Steps whose reference tactic is a view or a host computation, not a kernel kiln lacks.
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Transpose", "Split"})
 
@@ -99,6 +110,8 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="also build kiln's own calibrated int8 engine (the longest build)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="also build ONNX Runtime's quantize_dynamic model (run-time activation scales)")
     ap.add_argument("--qat", action="store_true", help="also build the QAT-style export (qat_export.py)")
     ap.add_argument("--fp8", action="store_true",
                     help="also build the ModelOpt-style FP8 Q/DQ model (fp8_qdq_export.py) and, unless "
@@ -136,6 +149,10 @@ def main() -> None:
             qdq = ort_qdq(path, calib, act, folder, fmt)
             say(f"ONNX Runtime quantized ({fmt}, {act} activations): {qdq.name}")
             builds += [(f"ONNX Runtime {fmt}, {act}{tag(p)}", qdq, config, None) for p, config in explicit.items()]
+    if args.dynamic:
+        dyn = ort_dynamic(path, folder)
+        say(f"ONNX Runtime quantize_dynamic: {dyn.name}")
+        builds += [(f"ONNX Runtime dynamic{tag(p)}", dyn, config, None) for p, config in explicit.items()]
     if args.fp8:
         from benchmarks.fp8_qdq_export import fp8_qdq
 

@@ -11,11 +11,14 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
   (Gemm with transA=0 and alpha=1 counts as MatMul, transB as trans_b, beta*C as bias)
 
 - Activations (a, x) must be int8/uint8, or float8_e4m3fn (FP8 explicit quantization, as
-  ModelOpt exports it for TensorRT), with a constant per-tensor scale and zero point.
+  ModelOpt exports it for TensorRT), with a constant per-tensor scale and zero point; a MatMul's
+  may also be DynamicQuantizeLinear's codes by its own scale and zero point (ONNX Runtime's
+  dynamic quantization, passes/matmul_integer_to_qdq.py): the QMatMul then reads them on the
+  device at run time (attribute dynamic=1).
   Weights are a constant of the same kind (int8/uint8 under int8/uint8 activations, float8
   under float8) with a constant scale and zero point, per tensor or per output channel (DQ's
   axis on W's output axis: MatMul 1, Gemm 0 if transB else 1, Conv 0). A float8 zero point
-  must be 0 and is dropped (the quantized ops take none for float8). Anything else (runtime
+  must be 0 and is dropped (the quantized ops take none for float8). Anything else (other runtime
   scales, per-channel activations, blocked scales, mixed int8 and float8) is left unchanged.
 - fold_constants runs first in the pipeline and turns DQ(w_q) into a float constant W.
   Such a W is accepted when it is *exactly* a dequantization of the activation's kind,
@@ -132,15 +135,28 @@ def _sink_shape_op(graph: Graph, q: Node, keep: set[int]) -> bool:
     return True
 
 
-def activation_input(v: Value | None, types: tuple[str, ...] = QUANT_INPUTS) -> tuple[Node, QParams] | None:
+def activation_input(v: Value | None, types: tuple[str, ...] = QUANT_INPUTS,
+                     runtime: bool = False) -> tuple[Node, QParams] | None:
     """(the DequantizeLinear, its QParams) where `v` is a per-tensor dequantization of `types` codes
-    (float8 codes without a zero point)."""
+    (float8 codes without a zero point); with `runtime`, also DynamicQuantizeLinear's codes by that
+    op's own scale and zero point, which it computes per run (runtime_params)."""
     dq = produced_by(v, "DequantizeLinear")
-    p = qparams(dq)
+    p = qparams(dq) or (runtime_params(dq) if runtime else None)
     if p is None or p.channels != 1 or _dtype(dq.input(0)) not in types:
         return None
     p = _checked_float8(p, _dtype(dq.input(0)))
     return None if p is None else (dq, p)
+
+
+def runtime_params(dq: Node | None) -> QParams | None:
+    """QParams of a DequantizeLinear of DynamicQuantizeLinear's codes by its scale and zero point
+    (ONNX Runtime's dynamic quantization: passes/matmul_integer_to_qdq.py), values of one element
+    computed at run time; None for anything else."""
+    dql = None if dq is None else produced_by(dq.input(0), "DynamicQuantizeLinear")
+    if dql is None or len(dql.outputs) < 3 or dq.input(1) is not dql.outputs[1] or dq.input(2) is not dql.outputs[2] \
+            or dq.attrs.get("block_size", 0):
+        return None
+    return QParams(dq.input(1), dq.input(2), 1, 0)
 
 
 def _checked_float8(p: QParams, codes: str | None) -> QParams | None:
@@ -236,7 +252,7 @@ def mid_codes(layer: Node, keep: set[int]) -> tuple[Node, QParams] | None:
 
 
 def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
-    act = activation_input(node.input(0), LAYER_INPUTS)
+    act = activation_input(node.input(0), LAYER_INPUTS, runtime=node.op != "Conv")
     w, out = node.input(1), node.outputs[0]
     if act is None or w is None or (node.op != "Conv" and rank(w) != 2):
         return False
@@ -271,6 +287,8 @@ def _fuse_layer(graph: Graph, node: Node, keep: set[int]) -> bool:
     inputs = [dq_a.input(0), weight[0][0], pa.scale, pa.zero_point, weight[0][1], weight[0][2], bias, residual,
               None, None]
     attrs = {"activation": ep.activation, "activation_params": ep.params, "out_dtype": 0}
+    if not pa.scale.is_const:   # DynamicQuantizeLinear's: the kernels read it on the device only
+        attrs["dynamic"] = 1
     if requant is not None:
         inputs[8:10] = [requant[1].scale, requant[1].zero_point]
         attrs["out_dtype"] = requant[0].outputs[0].dtype.onnx

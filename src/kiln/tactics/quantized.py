@@ -117,20 +117,20 @@ def triton_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | Non
                    out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
                    mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
                    activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
-                   config: dict[str, Any] | None = None) -> Tensor:
+                   dynamic: int = 0, config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul as the Triton GEMM on the K-major weight."""
     from kiln.kernels.triton.qgemm import qmatmul
 
     return qmatmul(a_q, k_major(b_q, trans_b), a_scale, a_zp, b_scale, b_zp, bias, residual, out_scale, out_zp,
                    mid_scale, mid_zp, table, trans_b=1, activation=activation, activation_params=activation_params,
-                   out_dtype=out_dtype, config=config)
+                   out_dtype=out_dtype, dynamic=dynamic, config=config)
 
 
 def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
                       b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
                       out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
                       activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
-                      config: dict[str, Any] | None = None) -> Tensor:
+                      dynamic: int = 0, config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul for fp8 as one torch._scaled_mm (cuBLASLt) plus the epilogue it cannot fuse."""
     assert a_q.dtype == b_q.dtype == torch.float8_e4m3fn and a_zp is None and b_zp is None, \
         "QMatMul.scaled_mm takes float8_e4m3fn A and B without zero points"
@@ -281,7 +281,7 @@ def supports_scaled_mm(q: TacticQuery) -> bool:
     """float8_e4m3fn A and B on sm_89+, K and N static multiples of 16; rowwise scales (a
     per-channel b_scale) need cuBLASLt's (CUDA 12.9+ on sm_90+) or a bfloat16 output."""
     if q.device != "cuda" or _dtype(q, A) != FP8 or _dtype(q, B) != FP8 or _dtype(q, MID_SCALE) is not None \
-            or _dtype(q, TABLE) is not None:
+            or _dtype(q, TABLE) is not None or q.attrs.get("dynamic"):   # (its scale operands are memoised)
         return False
     if q.attrs.get("activation", "") not in TORCH_ACTIVATIONS:
         return False

@@ -83,8 +83,10 @@ def _compute_dtype(a_scale: Tensor, out_scale: Tensor | None, out_zp: Tensor | N
 def dequant_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_scale: Tensor,
                     b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
                     out_scale: Tensor | None = None, out_zp: Tensor | None = None, *, trans_b: int = 0,
-                    activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """kiln::QMatMul as dequantize + torch.matmul (cuBLAS) + the epilogue in torch."""
+                    activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
+                    dynamic: int = 0) -> Tensor:
+    """kiln::QMatMul as dequantize + torch.matmul (cuBLAS) + the epilogue in torch (A's parameters
+    read on the device alike whether `dynamic` or not)."""
     dt = _compute_dtype(a_scale, out_scale, out_zp, out_dtype)
     b = _weight(b_q, b_scale, b_zp, [-1, 1] if trans_b else [-1], dt)
     a = _dequantize(a_q, a_scale, a_zp, [-1], dt)

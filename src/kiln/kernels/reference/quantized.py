@@ -217,8 +217,11 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             b_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
             out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
             mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
-            activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0) -> Tensor:
-    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring). With
+            activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
+            dynamic: int = 0) -> Tensor:
+    """Y = [Q](act(DQ(A) @ DQ(B') + bias + residual)), exact accumulation (module docstring).
+    `dynamic` 1: a_scale and a_zp are computed at run time (DynamicQuantizeLinear's), which kernels
+    read on the device only; the arithmetic is the same. With
     mid_scale (and mid_zp, int8/uint8; uint8 without one) the product is quantized to those codes
     and back before the bias is added (ONNX Runtime's MatMul -> Q -> DQ -> Add(bias)); one value
     each, or one per output column (merged projections, each keeping its own). With `table` (256

@@ -245,11 +245,12 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             out_scale: Tensor | None = None, out_zp: Tensor | None = None, mid_scale: Tensor | None = None,
             mid_zp: Tensor | None = None, table: Tensor | None = None, *, trans_b: int = 0,
             activation: str = "", activation_params: Sequence[float] = (), out_dtype: int = 0,
-            config: dict[str, Any] | None = None) -> Tensor:
+            dynamic: int = 0, config: dict[str, Any] | None = None) -> Tensor:
     """kiln::QMatMul in one kernel; A [..., M, K], B [K, N] or [N, K] (trans_b). Module docstring;
     mid_scale / mid_zp (one value each, or one per column): the product rounded to those codes and
     back before the bias (qgemm_tile.epilogue_value); `table` (256 int8/uint8 entries): each output
-    code looked up in it (reference/quantized.looked_up)."""
+    code looked up in it (reference/quantized.looked_up); `dynamic`: a_zp is computed at run time
+    (DynamicQuantizeLinear's) and always applied, never read on the host."""
     y_dtype = output_dtype(a_scale, out_scale, out_zp, out_dtype)
     _check(a_q, b_q, a_scale, a_zp, b_zp, out_scale, out_zp, y_dtype, trans_b)
     if table is not None:
@@ -258,7 +259,8 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     # All-zero integer zero points are dropped (quantize.needed_zero_point): kiln's quantizers
     # write them, and absent ones spare the correction code, the epilogue's zero-point registers,
     # and let TMA apply. (uint8's shift by 128 does not depend on them.)
-    a_zp, b_zp, out_zp = (needed_zero_point(z) for z in (a_zp, b_zp, out_zp))
+    a_zp = a_zp if dynamic else needed_zero_point(a_zp)
+    b_zp, out_zp = (needed_zero_point(z) for z in (b_zp, out_zp))
     fp8 = a_q.dtype == FP8
     cfg = dict((FP8_CONFIGS if fp8 else INT8_CONFIGS)[0] if config is None else config)
     lead, k = tuple(a_q.shape[:-1]), a_q.shape[-1]

@@ -1,0 +1,67 @@
+"""DynamicQuantizeLinear on the GPU: one torch.aminmax over X, then one Triton pass that derives
+the scale and zero point from those two values on the device and writes the codes.
+
+The oracle is the reference op (kernels/reference/quantize.py, ONNX's definition):
+
+  hi = max(0, max X), lo = min(0, min X)
+  y_scale = (hi - lo) / 255                (1 / 255 where hi == lo)
+  y_zero_point = round_half_even(clamp(-lo / y_scale, 0, 255))
+  Y = saturate(round_half_even(X / y_scale) + y_zero_point)          uint8
+
+in float32 with correctly rounded divisions (torch's). The kernel divides the two scalars with
+div_rn and the elements with quantize.divide (from the reciprocal, exactly div_rn's quotient), and
+rounds as quantize.requantize does, so Y, y_scale and y_zero_point equal the reference's bit for
+bit. y_scale is stored in X's float type, as the reference stores it. Nothing is read on the host,
+so a CUDA graph captures both launches. ONNX Runtime's quantize_dynamic puts one before every
+quantized MatMul (passes/matmul_integer_to_qdq.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, divide, requantize, shifted_round
+
+Tensor = torch.Tensor
+CONFIGS: tuple[dict[str, int], ...] = ({"BLOCK": 2048, "num_warps": 4}, {"BLOCK": 8192, "num_warps": 8},
+                                       {"BLOCK": 1024, "num_warps": 4})
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _dynamic_quantize_kernel(X, LO, HI, Y, SCALE, ZP, n, PREC: tl.constexpr, BLOCK: tl.constexpr):
+    lo = tl.minimum(tl.load(LO).to(tl.float32), 0.0)
+    hi = tl.maximum(tl.load(HI).to(tl.float32), 0.0)
+    s = tl.math.div_rn(tl.where(hi == lo, 1.0, hi - lo), 255.0)
+    inv = tl.math.div_rn(1.0, s)
+    # -lo / s lies in [0, 255] up to rounding: rounded half to even and clamped on the shifted bits
+    zp = shifted_round(divide(-lo, s, inv), 0.0, 255.0).to(tl.int32, bitcast=True) - 0x4B400000
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    code = requantize(divide(x, s, inv), zp, True, False, 0, 255)
+    tl.store(Y + offs, code.to(tl.uint8), mask=mask)
+    if pid == 0:
+        tl.store(SCALE, _in_precision(s, PREC).to(SCALE.dtype.element_ty))   # rounded to X's type
+        tl.store(ZP, zp.to(tl.uint8))
+
+
+def dynamic_quantize_linear(x: Tensor, *, config: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(Y uint8 of X's shape, y_scale in X's type, y_zero_point uint8), both scalars: module docstring."""
+    assert x.dtype in FLOATS, f"DynamicQuantizeLinear of {x.dtype}: float32, float16 or bfloat16"
+    cfg = dict(CONFIGS[0] if config is None else config)
+    scale = torch.empty((), dtype=x.dtype, device=x.device)
+    zp = torch.empty((), dtype=torch.uint8, device=x.device)
+    y = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    if x.numel() == 0:   # as the reference: the range [0, 0] gives 1 / 255 and zero point 0
+        return y, scale.fill_(1.0 / 255.0), zp.zero_()
+    xc = x.contiguous()
+    lo, hi = torch.aminmax(xc)
+    grid = (triton.cdiv(xc.numel(), cfg["BLOCK"]),)
+    _dynamic_quantize_kernel[grid](xc, lo, hi, y, scale, zp, xc.numel(), PREC=PRECISIONS[x.dtype], BLOCK=cfg["BLOCK"],
+                                   num_warps=cfg["num_warps"])
+    return y, scale, zp

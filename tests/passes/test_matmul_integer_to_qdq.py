@@ -1,0 +1,135 @@
+"""matmul_integer_to_qdq: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear ->
+MatMulInteger -> Cast -> Mul(a_scale * w_scale)) becomes DQ(a) @ DQ(w) with the same values, and
+then one kiln::QMatMul reading its scale and zero point at run time; other Casts and second
+readers leave it alone; a quantize_dynamic BERT builds to merged QMatMuls and matches ONNX
+Runtime, in a 16-bit engine too (whose Cast of the int32 sums to float16 overflowed to NaN)."""
+from __future__ import annotations
+
+import collections
+import io
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.ir import dtypes
+from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.verify import verify
+from kiln.kernels.reference.interpret import run_graph
+from kiln.passes.fuse_qdq import fuse_qdq
+from kiln.passes.matmul_integer_to_qdq import matmul_integer_to_qdq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+RNG = np.random.default_rng(5)
+W = RNG.integers(-127, 128, (16, 6), dtype=np.int8)
+BIAS = RNG.standard_normal(6).astype(np.float32)
+
+
+def _graph(w_scale: np.ndarray, *, cast_to: int = TensorProto.FLOAT, second_reader: bool = False,
+           scale_order: int = 0) -> Graph:
+    g = Graph("g", 17)
+    x = Value("x", dtypes.FLOAT32, (3, 16))
+    g.inputs.append(x)
+    u8 = dtypes.BY_NAME["uint8"]
+    a, a_s, a_zp = g.value("a", u8, (3, 16)), g.value("a_s", dtypes.FLOAT32, ()), g.value("a_zp", u8, ())
+    g.add_node(Node("DynamicQuantizeLinear", [x], [a, a_s, a_zp], name="dql"))
+    ws = g.constant(w_scale, "w_scale")
+    s = g.value("s", dtypes.FLOAT32)
+    g.add_node(Node("Mul", [a_s, ws] if scale_order == 0 else [ws, a_s], [s], name="scales"))
+    acc = g.value("acc", dtypes.INT32, (3, 6))
+    f, y, out = (g.value(n, dtypes.FLOAT32, (3, 6)) for n in ("f", "y", "out"))
+    w_zp = g.constant(np.zeros(w_scale.shape, np.int8), "w_zp")
+    g.add_node(Node("MatMulInteger", [a, g.constant(W, "w"), a_zp, w_zp], [acc], name="mmi"))
+    g.add_node(Node("Cast", [acc], [f], {"to": cast_to}, name="cast"))
+    g.add_node(Node("Mul", [f, s], [y], name="rescale"))
+    g.add_node(Node("Add", [y, g.constant(BIAS, "bias")], [out], name="bias"))
+    g.outputs.append(out)
+    if second_reader:
+        g.outputs.append(acc)
+    return g
+
+
+@pytest.mark.parametrize("w_scale", [np.array(0.02, np.float32), (RNG.random(6) * 0.05 + 0.01).astype(np.float32)])
+@pytest.mark.parametrize("scale_order", [0, 1])
+def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
+    x = torch.from_numpy(RNG.standard_normal((3, 16)).astype(np.float32))
+    want = run_graph(_graph(w_scale, scale_order=scale_order), {"x": x})["out"]
+    g = _graph(w_scale, scale_order=scale_order)
+    assert matmul_integer_to_qdq(g)
+    verify(g)
+    ops = collections.Counter(n.op for n in g.nodes)
+    assert ops["MatMul"] == 1 and ops["DequantizeLinear"] == 2 and "MatMulInteger" not in ops and "Cast" not in ops
+    dq_w = next(n for n in g.nodes if n.op == "DequantizeLinear" and n.input(0).name == "w")
+    assert dq_w.attrs == ({"axis": 1} if w_scale.size > 1 else {})
+    torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-6, atol=1e-6)
+    assert fuse_qdq(g)
+    verify(g)
+    q = next(n for n in g.nodes if n.op == "QMatMul")
+    assert q.attrs["dynamic"] == 1 and q.input(2).name == "a_s" and q.input(3).name == "a_zp"
+    assert q.input(6) is not None and not [n for n in g.nodes if n.op in ("Add", "MatMul")]   # the bias inside
+    torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"cast_to": TensorProto.INT64}, {"second_reader": True}])
+def test_other_casts_and_shared_sums_stay(kwargs):
+    g = _graph(np.array(0.02, np.float32), **kwargs)
+    assert not matmul_integer_to_qdq(g)
+    assert [n.op for n in g.nodes].count("MatMulInteger") == 1
+
+
+def _dynamic_bert(tmp_path: Path, per_channel: bool):
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("transformers")
+    from benchmarks import models
+    from benchmarks.qdq_ort import ort_dynamic
+    from tests.passes.test_ort_qdq_transformer import TINY
+
+    bert = models.bert(0, name="tiny_bert", seq=16, **TINY)
+    names = bert.input_names
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bert.export_module, tuple(models.make_inputs(bert, 2)[n] for n in names), buf,
+                          dynamo=False, opset_version=17, input_names=list(names), output_names=[bert.output_name])
+    src = tmp_path / "bert.onnx"
+    src.write_bytes(buf.getvalue())
+    return bert, ort_dynamic(src, tmp_path, per_channel)
+
+
+@pytest.mark.parametrize("precision, per_channel", [("fp32", False), ("fp16", True)])
+def test_quantize_dynamic_bert_builds_to_qmatmuls_and_matches(tmp_path, device, precision, per_channel):
+    ort = pytest.importorskip("onnxruntime")
+    import kiln
+    from benchmarks import models
+    from kiln.config import BuildConfig, Profile
+
+    bert, path = _dynamic_bert(tmp_path, per_channel)
+    profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
+    engine = kiln.build(str(path), BuildConfig(device=device, precision=precision, profiles=profile))
+    steps = engine.plan.steps
+    ops = collections.Counter(s.op for s in steps)
+    # per layer: Q/K/V as one, O, FFN1, FFN2; the attention's input and output, FFN1's and FFN2's
+    # inputs quantized at run time
+    assert ops["kiln::QMatMul"] == 8 and ops["DynamicQuantizeLinear"] == 8 and "MatMulInteger" not in ops
+    assert all(s.attrs.get("dynamic") == 1 for s in steps if s.op == "kiln::QMatMul")
+    if device == "cuda":
+        assert not [s.name for s in steps if s.op in ("kiln::QMatMul", "DynamicQuantizeLinear")
+                    and s.tactic.endswith(".reference")]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=9).items()}
+    want = session.run(None, feeds)[0]
+    got = np.asarray(engine(**feeds)[bert.output_name], dtype=np.float32)
+    assert np.isfinite(got).all()
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    else:    # float16 activations: a code of the run-time quantization may move a step
+        got, want = (t.reshape(-1, TINY_HIDDEN) for t in (got, want))
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() > 0.999, cos
+
+
+TINY_HIDDEN = 32
