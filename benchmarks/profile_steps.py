@@ -5,7 +5,8 @@
 Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
 layers, calibrated on 4 batches of the benchmark's random inputs; qdq-QUInt8 / qdq-QInt8: the model
 quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does with --calib-samples 32,
-the same model, so that its timing cache, /tmp/tc.json, serves both; built with fp16 float layers).
+the same model, so that its timing cache, /tmp/tc.json, serves both; built with fp16 float layers;
+dynamic: its quantize_dynamic model, qdq_ort.py --dynamic's).
 One eager run (no CUDA graph) under torch.profiler, each step inside a record_function range; a
 kernel belongs to the step whose
 range holds the launch call correlated with it in the profiler's trace. Prints, per step in plan
@@ -39,6 +40,9 @@ def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str,
         from benchmarks.qdq_ort import ort_qdq
         feeds = samples.calibration_feeds(m, 32, batch, 0)
         path, precision = ort_qdq(path, feeds, precision[4:], Path(tempfile.mkdtemp(prefix="kiln-qdq-"))), "fp16"
+    elif precision == "dynamic":     # quantize_dynamic's model (qdq_ort.py --dynamic), built --fp16
+        from benchmarks.qdq_ort import ort_dynamic
+        path, precision = ort_dynamic(path, Path(tempfile.mkdtemp(prefix="kiln-dyn-"))), "fp16"
     quantized = precision in ("int8", "fp8")
     calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)] \
         if quantized else None
