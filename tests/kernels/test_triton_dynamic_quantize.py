@@ -12,7 +12,7 @@ from kiln.kernels.triton import available as triton_available
 
 REF = lookup("DynamicQuantizeLinear").fn
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-SMALL = {"BLOCK": 64, "num_warps": 4}
+SMALL = {"BLOCK": 64, "num_warps": 4, "PROGRAMS": 5}
 
 if triton_available():
     from kiln.kernels.triton import dynamic_quantize

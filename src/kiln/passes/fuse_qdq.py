@@ -13,7 +13,7 @@ Squeeze, Unsqueeze, or MaxPool without Indices):
 - Activations (a, x) must be int8/uint8, or float8_e4m3fn (FP8 explicit quantization, as
   ModelOpt exports it for TensorRT), with a constant per-tensor scale and zero point; a MatMul's
   may also be DynamicQuantizeLinear's codes by its own scale and zero point (ONNX Runtime's
-  dynamic quantization, passes/matmul_integer_to_qdq.py): the QMatMul then reads them on the
+  dynamic quantization, passes/integer_to_qdq.py): the QMatMul then reads them on the
   device at run time (attribute dynamic=1).
   Weights are a constant of the same kind (int8/uint8 under int8/uint8 activations, float8
   under float8) with a constant scale and zero point, per tensor or per output channel (DQ's
@@ -150,7 +150,7 @@ def activation_input(v: Value | None, types: tuple[str, ...] = QUANT_INPUTS,
 
 def runtime_params(dq: Node | None) -> QParams | None:
     """QParams of a DequantizeLinear of DynamicQuantizeLinear's codes by its scale and zero point
-    (ONNX Runtime's dynamic quantization: passes/matmul_integer_to_qdq.py), values of one element
+    (ONNX Runtime's dynamic quantization: passes/integer_to_qdq.py), values of one element
     computed at run time; None for anything else."""
     dql = None if dq is None else produced_by(dq.input(0), "DynamicQuantizeLinear")
     if dql is None or len(dql.outputs) < 3 or dq.input(1) is not dql.outputs[1] or dq.input(2) is not dql.outputs[2] \

@@ -14,14 +14,14 @@ Members: MatMul with a constant 2-D B, and kiln::FusedMatMul with a constant 2-D
 trans_b 0, alpha 1 and no residual, grouped by (activation, parameters, K, dtype). Run
 after fuse_epilogues (biases and activations are inside the FusedMatMuls by then).
 
-Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the
-same way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and
-a_zp (constants, or the same values computed at run time: dynamic quantization's), have a constant 2-D int8 or float8 B (trans_b 0), constant weight scales and zero points, no
-residual, and the same activation and output type, and all or none a mid quantization (ONNX
-Runtime's MatMul -> Q -> DQ -> Add(bias), fuse_qdq_bias) with zero points of one type; weight
-scales (and zero points, biases, output and mid scales and zero points) are concatenated per
-column, a per-tensor one repeated over its member's columns, so each column computes exactly
-what its member did.
+Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the same
+way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and a_zp
+(constants, or the same values computed at run time: dynamic quantization's), have a constant 2-D
+int8 or float8 B (trans_b 0), constant weight scales and zero points, no residual, and the same
+activation and output type, and all or none a mid quantization (ONNX Runtime's MatMul -> Q -> DQ ->
+Add(bias), fuse_qdq_bias) with zero points of one type; weight scales (and zero points, biases,
+output and mid scales and zero points) are concatenated per column, a per-tensor one repeated over
+its member's columns, so each column computes exactly what its member did.
 """
 from __future__ import annotations
 

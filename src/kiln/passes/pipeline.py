@@ -32,7 +32,7 @@ from kiln.passes.fuse_qdq_residual import fuse_qdq_residual
 from kiln.passes.fuse_softmax import fuse_softmax
 from kiln.passes.gather_before_dequantize import gather_before_dequantize
 from kiln.passes.gather_to_slice import gather_to_slice
-from kiln.passes.matmul_integer_to_qdq import matmul_integer_to_qdq
+from kiln.passes.integer_to_qdq import integer_to_qdq
 from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
 from kiln.passes.patches_to_matmul import patches_to_matmul
 from kiln.passes.refine_shapes import refine_shapes
@@ -52,7 +52,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_softmax", fuse_softmax),                # attention matching expects a Softmax node
     ("fuse_attention", fuse_attention),            # before epilogues, which would take its MatMuls
     ("gather_before_dequantize", gather_before_dequantize),  # a quantized table: gather codes, dequantize rows
-    ("matmul_integer_to_qdq", matmul_integer_to_qdq),  # dynamic quantization's MatMulInteger -> Cast -> Mul as DQ @ DQ
+    ("integer_to_qdq", integer_to_qdq),            # quantize_dynamic's MatMul/ConvInteger -> Cast -> Mul: on DQ
     ("fuse_qdq", fuse_qdq),                        # DQ->Conv/MatMul->[Q] to QConv/QMatMul; epilogues would take the float layer
     ("fuse_qdq_residual", fuse_qdq_residual),      # QConv -> DQ -> Add(DQ(r)) -> Q: the residual add in the conv
     ("fuse_qdq_activation", fuse_qdq_activation),  # Q(Relu(DQ(y_q))) of the layer's own parameters: its activation

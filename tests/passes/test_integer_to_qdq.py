@@ -1,8 +1,9 @@
-"""matmul_integer_to_qdq: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear ->
+"""integer_to_qdq: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear ->
 MatMulInteger -> Cast -> Mul(a_scale * w_scale)) becomes DQ(a) @ DQ(w) with the same values, and
 then one kiln::QMatMul reading its scale and zero point at run time; other Casts and second
 readers leave it alone; a quantize_dynamic BERT builds to merged QMatMuls and matches ONNX
-Runtime, in a 16-bit engine too (whose Cast of the int32 sums to float16 overflowed to NaN)."""
+Runtime, in a 16-bit engine too (whose Cast of the int32 sums to float16 overflowed to NaN), and
+so does a CNN whose ConvInteger layers become float convs on the dequantized input."""
 from __future__ import annotations
 
 import collections
@@ -21,7 +22,7 @@ from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.verify import verify
 from kiln.kernels.reference.interpret import run_graph
 from kiln.passes.fuse_qdq import fuse_qdq
-from kiln.passes.matmul_integer_to_qdq import matmul_integer_to_qdq
+from kiln.passes.integer_to_qdq import integer_to_qdq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 RNG = np.random.default_rng(5)
@@ -59,7 +60,7 @@ def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
     x = torch.from_numpy(RNG.standard_normal((3, 16)).astype(np.float32))
     want = run_graph(_graph(w_scale, scale_order=scale_order), {"x": x})["out"]
     g = _graph(w_scale, scale_order=scale_order)
-    assert matmul_integer_to_qdq(g)
+    assert integer_to_qdq(g)
     verify(g)
     ops = collections.Counter(n.op for n in g.nodes)
     assert ops["MatMul"] == 1 and ops["DequantizeLinear"] == 2 and "MatMulInteger" not in ops and "Cast" not in ops
@@ -77,7 +78,7 @@ def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
 @pytest.mark.parametrize("kwargs", [{"cast_to": TensorProto.INT64}, {"second_reader": True}])
 def test_other_casts_and_shared_sums_stay(kwargs):
     g = _graph(np.array(0.02, np.float32), **kwargs)
-    assert not matmul_integer_to_qdq(g)
+    assert not integer_to_qdq(g)
     assert [n.op for n in g.nodes].count("MatMulInteger") == 1
 
 
@@ -133,3 +134,38 @@ def test_quantize_dynamic_bert_builds_to_qmatmuls_and_matches(tmp_path, device, 
 
 
 TINY_HIDDEN = 32
+
+
+class _Cnn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, stride=2)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_quantize_dynamic_convs_build_and_match(tmp_path, device, precision):
+    ort = pytest.importorskip("onnxruntime")
+    quant = pytest.importorskip("onnxruntime.quantization")
+    import kiln
+    from kiln.config import BuildConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12) * 4
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Cnn().eval(), (x,), str(tmp_path / "cnn.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    path = tmp_path / "cnn_dynamic.onnx"
+    quant.quantize_dynamic(str(tmp_path / "cnn.onnx"), str(path), weight_type=quant.QuantType.QInt8,
+                           op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    engine = kiln.build(str(path), BuildConfig(device=device, precision=precision))
+    ops = collections.Counter(s.op for s in engine.plan.steps)
+    assert "ConvInteger" not in ops and "MatMulInteger" not in ops and ops["kiln::FusedConv"] == 2
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    got = np.asarray(engine(x=x.numpy())["y"], dtype=np.float32)
+    tol = 1e-5 if precision == "fp32" else 1e-2
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
