@@ -117,6 +117,9 @@ def test_quantize_dynamic_bert_builds_to_qmatmuls_and_matches(tmp_path, device, 
     # inputs quantized at run time
     assert ops["kiln::QMatMul"] == 8 and ops["DynamicQuantizeLinear"] == 8 and "MatMulInteger" not in ops
     assert all(s.attrs.get("dynamic") == 1 for s in steps if s.op == "kiln::QMatMul")
+    from kiln.cli.build_summary import explicit_line, explicit_quantization
+    summary = explicit_quantization(engine)
+    assert summary["dynamic"] == 8 and "8 with input scales computed at run time" in explicit_line(summary)
     if device == "cuda":
         assert not [s.name for s in steps if s.op in ("kiln::QMatMul", "DynamicQuantizeLinear")
                     and s.tactic.endswith(".reference")]

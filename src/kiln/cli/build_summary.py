@@ -72,8 +72,9 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
     (passes/fuse_qdq_residual.py: kiln::QConv with mid_scale), the attentions with Q/DQ inside made
     one layer (kiln::QDQAttention), the quantized residual adds a norm reads itself
     (precision/fuse_residual_norm.py), the element-wise programs looked up in a GEMM's epilogue
-    (precision/fuse_code_table.py), the Q/DQ steps left alone and the element-wise kernels with Q/DQ
-    inside; None otherwise."""
+    (precision/fuse_code_table.py), the layers whose input is quantized at run time (ONNX Runtime's
+    dynamic quantization: DynamicQuantizeLinear's scale, passes/integer_to_qdq.py), the Q/DQ steps
+    left alone and the element-wise kernels with Q/DQ inside; None otherwise."""
     build = engine.header["build"]
     steps = engine.plan.steps
     layers: dict[str, int] = {}
@@ -96,6 +97,7 @@ def explicit_quantization(engine: Engine) -> dict[str, Any] | None:
                                           if s.op == "kiln::NormQuantize" and s.attrs.get("x_program")),
             "tables_in_gemms": sum(1 for s in steps if s.op == "kiln::QMatMul" and len(s.inputs) > table
                                    and s.inputs[table] is not None),
+            "dynamic": sum(1 for s in steps if s.op == "kiln::QMatMul" and s.attrs.get("dynamic")),
             "qdq_steps": sum(1 for s in steps if s.op in QDQ_OPS),
             "qdq_pointwise": sum(1 for s in steps if s.op == "kiln::Pointwise"
                                  and any(i[0] in QDQ_OPS for i in s.attrs.get("program", [])))}
@@ -114,6 +116,8 @@ def explicit_line(info: dict[str, Any]) -> str:
                if info.get("residual_adds_in_norms") else "")
             + (f", {info['tables_in_gemms']} element-wise program(s) as a code table in their GEMM"
                if info.get("tables_in_gemms") else "")
+            + (f", {info['dynamic']} with input scales computed at run time (DynamicQuantizeLinear)"
+               if info.get("dynamic") else "")
             + f"; {info['qdq_steps']} Q/DQ step(s) and {info['qdq_pointwise']} element-wise Q/DQ kernel(s) left")
 
 
