@@ -107,7 +107,7 @@ def test_build_of_an_explicitly_quantized_model_says_what_it_made(tmp_path) -> N
     info = json.loads(ok(build, qdq, "-o", out, "--shapes", "x:2x3x8x8", "--device", "cpu", "--json").stdout)
     assert info["explicit_quantization"] == {"layers": {"kiln::QConv": 1}, "weight_types": {"int8": 1},
                                              "residual_blocks": 0, "attention": 0, "residual_adds_in_norms": 0,
-                                             "tables_in_gemms": 0,
+                                             "tables_in_gemms": 0, "dynamic": 0,
                                              "qdq_steps": 1, "qdq_pointwise": 1}   # the input Q, the output DQ
     text = ok(build, qdq, "-o", out, "--shapes", "x:2x3x8x8", "--device", "cpu").stdout
     assert "1 layer(s) from the model's Q/DQ (kiln::QConv 1; int8 weights 1)" in " ".join(text.split())
