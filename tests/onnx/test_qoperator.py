@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 quant = pytest.importorskip("onnxruntime.quantization")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # benchmarks, tests.passes
 from test_fuse_qdq import _feeds, _float_model, _output_step  # noqa: E402
 
 import kiln  # noqa: E402
@@ -109,3 +110,32 @@ def test_qoperator_residual_network_runs_quantized(tmp_path, device):
 def test_models_without_contrib_ops_are_left_as_they_are():
     model = _float_model()
     assert expand_contrib(model) is model
+
+
+@pytest.mark.parametrize("activation_type", ["QInt8", "QUInt8"])
+def test_qoperator_transformer_builds_like_its_qdq_form(tmp_path, activation_type, device):
+    """A BERT in QOperator format: QLinearSoftmax and the attention's QLinearMatMuls of two
+    activations become DQ -> op -> Q (they stopped the build before), so that the attention is
+    one kiln::QDQAttention as in the QDQ form, and the engine matches ONNX Runtime."""
+    pytest.importorskip("transformers")
+    import collections
+
+    from benchmarks import models
+    from benchmarks.qdq_ort import ort_qdq
+    from kiln.config import Profile
+    from tests.passes.test_ort_qdq_transformer import TINY, _export_tiny_bert
+
+    bert, src = _export_tiny_bert(tmp_path)
+    feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(4)]
+    path = ort_qdq(src, feeds, activation_type, tmp_path, "QOperator")
+    profile = (Profile.from_ranges(models.profile_ranges(bert, [2])),)
+    engine = kiln.build(str(path), BuildConfig(device=device, profiles=profile))
+    ops = collections.Counter(s.op for s in engine.plan.steps)
+    assert ops["kiln::QDQAttention"] == 2 and ops["kiln::QMatMul"] == 8 and "QLinearMatMul" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    test = {n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=9).items()}
+    want = session.run(None, test)[0]
+    got = np.asarray(engine(**test)[bert.output_name]).reshape(-1, TINY["hidden_size"])
+    want = want.reshape(-1, TINY["hidden_size"])
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999, cos

@@ -7,7 +7,6 @@ so does a CNN whose ConvInteger layers become float convs on the dequantized inp
 from __future__ import annotations
 
 import collections
-import io
 import sys
 import warnings
 from pathlib import Path
@@ -85,19 +84,10 @@ def test_other_casts_and_shared_sums_stay(kwargs):
 def _dynamic_bert(tmp_path: Path, per_channel: bool):
     pytest.importorskip("onnxruntime.quantization")
     pytest.importorskip("transformers")
-    from benchmarks import models
     from benchmarks.qdq_ort import ort_dynamic
-    from tests.passes.test_ort_qdq_transformer import TINY
+    from tests.passes.test_ort_qdq_transformer import _export_tiny_bert
 
-    bert = models.bert(0, name="tiny_bert", seq=16, **TINY)
-    names = bert.input_names
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(bert.export_module, tuple(models.make_inputs(bert, 2)[n] for n in names), buf,
-                          dynamo=False, opset_version=17, input_names=list(names), output_names=[bert.output_name])
-    src = tmp_path / "bert.onnx"
-    src.write_bytes(buf.getvalue())
+    bert, src = _export_tiny_bert(tmp_path)
     return bert, ort_dynamic(src, tmp_path, per_channel)
 
 
@@ -131,12 +121,11 @@ def test_quantize_dynamic_bert_builds_to_qmatmuls_and_matches(tmp_path, device, 
     if precision == "fp32":
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     else:    # float16 activations: a code of the run-time quantization may move a step
-        got, want = (t.reshape(-1, TINY_HIDDEN) for t in (got, want))
+        from tests.passes.test_ort_qdq_transformer import TINY
+        got, want = (t.reshape(-1, TINY["hidden_size"]) for t in (got, want))
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() > 0.999, cos
 
-
-TINY_HIDDEN = 32
 
 
 class _Cnn(torch.nn.Module):

@@ -20,13 +20,9 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
         "vocab_size": 2000, "max_position_embeddings": 64}
 
 
-def _ort_qdq_bert(tmp_path: Path):
-    """(the BenchModel, the path of its ONNX Runtime QDQ model: QInt8 activations, per-channel weights,
-    quantized as benchmarks/qdq_ort.py does)."""
-    pytest.importorskip("onnxruntime.quantization")
-    pytest.importorskip("transformers")
+def _export_tiny_bert(tmp_path: Path):
+    """(the tiny BenchModel, the path of its float ONNX export)."""
     from benchmarks import models
-    from benchmarks.qdq_ort import ort_qdq
 
     bert = models.bert(0, name="tiny_bert", seq=16, **TINY)
     names = bert.input_names
@@ -37,6 +33,18 @@ def _ort_qdq_bert(tmp_path: Path):
                           dynamo=False, opset_version=17, input_names=list(names), output_names=[bert.output_name])
     src = tmp_path / "bert.onnx"
     src.write_bytes(buf.getvalue())
+    return bert, src
+
+
+def _ort_qdq_bert(tmp_path: Path):
+    """(the BenchModel, the path of its ONNX Runtime QDQ model: QInt8 activations, per-channel weights,
+    quantized as benchmarks/qdq_ort.py does)."""
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("transformers")
+    from benchmarks import models
+    from benchmarks.qdq_ort import ort_qdq
+
+    bert, src = _export_tiny_bert(tmp_path)
     feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(4)]
     return bert, ort_qdq(src, feeds, "QInt8", tmp_path)
 

@@ -5,10 +5,11 @@ models of the ONNX model zoo and of TFLite converters) write quantized layers as
 
   QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B)  -> kiln::QConv(x, w, xs, xz, ws, wz, bias, -, ys, yz)
   QLinearMatMul(a, as, az, b, bs, bz, ys, yz)   -> kiln::QMatMul(a, b, as, az, bs, bz, -, -, ys, yz)
-      (b a constant 2-D weight and a per tensor; else it stays, on the reference)
+      (b a constant 2-D weight and a per tensor; b an activation, as in an attention: the
+      DQ -> MatMul -> Q below; else it stays, on the reference)
   com.microsoft QGemm(a, as, az, b, bs, bz, C, [ys, yz]) -> kiln::QMatMul(..., bias, ...; trans_b)
   com.microsoft QLinearAdd / QLinearMul / QLinearSigmoid / QLinearLeakyRelu /
-  QLinearGlobalAveragePool / QLinearAveragePool / QLinearConcat
+  QLinearGlobalAveragePool / QLinearAveragePool / QLinearConcat / QLinearSoftmax (last axis)
                                                 -> DequantizeLinear of each input -> the float op
                                                    -> QuantizeLinear to the output's parameters
 
@@ -131,6 +132,12 @@ def _alpha(attrs: dict) -> dict | None:
     return {"alpha": attrs.get("alpha", 0.01)}
 
 
+def _softmax(attrs: dict) -> dict | None:
+    """Softmax over the last axis (None, not mapped, for another: the contrib op's `opset` may
+    name the flattening semantics of Softmax before opset 13, which agree only on the last axis)."""
+    return {"axis": -1} if int(attrs.get("axis", -1)) == -1 else None
+
+
 def _pool(attrs: dict) -> dict | None:
     """A pool's attributes less channels_last; None (not mapped) for a channels-last pool."""
     return None if attrs.pop("channels_last", 0) else attrs
@@ -144,7 +151,20 @@ CONTRIB: dict[str, tuple[str, Callable[[dict], dict | None], str]] = {
     "QLinearGlobalAveragePool": ("GlobalAveragePool", _pool, "unary"),
     "QLinearAveragePool": ("AveragePool", _pool, "unary"),
     "QLinearConcat": ("Concat", lambda a: {"axis": a.get("axis", 0)}, "concat"),
+    "QLinearSoftmax": ("Softmax", _softmax, "unary"),
 }
+# QLinearMatMul of two activations (an attention's Q K^T and P V): DQ, DQ -> MatMul -> Q, the
+# form an ONNX Runtime QDQ model has there (precision/fuse_qdq_attention.py takes the attention).
+ACTIVATION_MATMUL = ("MatMul", lambda a: {}, "binary")
+
+
+def _spec(node: onnx.NodeProto, constants: set[str]) -> tuple[str, Callable[[dict], dict | None], str] | None:
+    if node.domain == "com.microsoft":
+        return CONTRIB.get(node.op_type)
+    if node.domain in ("", "ai.onnx") and node.op_type == "QLinearMatMul" and len(node.input) > 3 \
+            and node.input[3] not in constants:
+        return ACTIVATION_MATMUL
+    return None
 
 
 def _groups(ins: list[str], layout: str) -> tuple[list[tuple[str, str, str]], tuple[str, str]] | None:
@@ -161,16 +181,18 @@ def _groups(ins: list[str], layout: str) -> tuple[list[tuple[str, str, str]], tu
 
 
 def expand_contrib(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with its top-level com.microsoft QLinear ops (CONTRIB) as DQ -> op -> Q (module
-    docstring): a copy, or `model` itself when it has none to expand."""
-    if not any(n.domain == "com.microsoft" and n.op_type in CONTRIB for n in model.graph.node):
+    """`model` with its top-level com.microsoft QLinear ops (CONTRIB) and its QLinearMatMuls of two
+    activations as DQ -> op -> Q (module docstring): a copy, or `model` itself when it has none."""
+    constants = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") for o in n.output}
+    if not any(_spec(n, constants) for n in model.graph.node):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     types = {i.name: i.data_type for i in out.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     for k, node in enumerate(out.graph.node):
-        spec = CONTRIB.get(node.op_type) if node.domain == "com.microsoft" else None
+        spec = _spec(node, constants)
         attrs = spec[1]({a.name: helper.get_attribute_value(a) for a in node.attribute}) if spec else None
         groups = _groups(list(node.input), spec[2]) if attrs is not None else None
         if groups is None or len(node.output) != 1:
