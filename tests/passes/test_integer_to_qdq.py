@@ -161,3 +161,38 @@ def test_quantize_dynamic_convs_build_and_match(tmp_path, device, precision):
     got = np.asarray(engine(x=x.numpy())["y"], dtype=np.float32)
     tol = 1e-5 if precision == "fp32" else 1e-2
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_integer_sums_left_unfused_keep_fp32_in_a_16_bit_engine(tmp_path):
+    """A MatMulInteger whose int32 sums are also a graph output stays as it is (integer_to_qdq
+    leaves it); in an fp16 engine its Cast to float and the Mul reading it keep fp32 math
+    (precision/safety.py), where fp16 overflowed at 65504: inf, NaN."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import kiln
+    from kiln.config import BuildConfig
+
+    w = np.full((64, 4), 127, np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["a", "a_s", "a_zp"]),
+             helper.make_node("MatMulInteger", ["a", "w", "a_zp"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["a_s", "w_s"], ["s"]),
+             helper.make_node("Mul", ["f", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+                               helper.make_tensor_value_info("acc", TensorProto.INT32, [2, 4])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array(np.array(0.01, np.float32), "w_s")])
+    path = tmp_path / "sums.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.linspace(0.0, 10.0, 128, dtype=np.float32).reshape(2, 64)
+    engine = kiln.build(str(path), BuildConfig(device="cpu", precision="fp16"))
+    out = engine(x=x)
+    acc = np.asarray(out["acc"])
+    assert acc.max() > 65504      # the sums themselves: past fp16's range
+    want = acc.astype(np.float32) * np.float32(float(10.0 / 255) * 0.01)
+    np.testing.assert_allclose(np.asarray(out["y"], dtype=np.float32), want, rtol=2e-3)
+    kept = engine.header["build"]["precision"]["layers"]
+    assert len(kept) == 1 and kept[0]["precision"] == "fp32" and "Cast" in kept[0]["fused_from"] \
+        and "int32 sums" in kept[0]["reason"]

@@ -5,7 +5,12 @@ The table holds what is unsafe by nature, not what happened to fail once:
   8 (bf16) significant bits, so the error grows with the count and fp16 sums overflow at 65504;
 - Exp and Pow of an unbounded input: fp16 overflows to inf for exp(x > 11.09) or 256**2, and
   bf16 keeps 3 significant digits of a result whose error grows with its magnitude. An input
-  that a bounded op produced (Sigmoid, Tanh, Softmax ...) is safe, so those are left alone.
+  that a bounded op produced (Sigmoid, Tanh, Softmax ...) is safe, so those are left alone;
+- a layer turning MatMulInteger's or ConvInteger's int32 sums into floats (their Cast, or an
+  element-wise kernel holding it), and the layers reading such a Cast (the Mul by the scales, in
+  ONNX Runtime's dynamic quantization): the sums reach millions, far past fp16's 65504 (inf, then
+  NaN). passes/integer_to_qdq.py usually makes the whole chain one quantized layer; this covers
+  the chains it leaves (a sum that is also a graph output).
 A kept layer reads its float inputs through a Cast to fp32 and writes fp32: a consumer in the
 reduced type casts back, so the win is the accumulation and range inside the layer (and
 across a chain of kept layers, which stay fp32 end to end).
@@ -55,8 +60,23 @@ _REDUCTIONS = frozenset(op for op in FP32_MATH if op.startswith("Reduce"))
 _BOUNDED = frozenset({"Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Sin", "Cos", "Erf", "HardSigmoid", "Clip"})
 
 
+_INTEGER_SUMS = ("MatMulInteger", "ConvInteger")
+_SUMS_CAST = ("turns (or reads what turned) MatMulInteger/ConvInteger int32 sums into floats: they exceed "
+              "fp16's range (65504)")
+
+
+def _converts_integer_sums(node: Node | None) -> bool:
+    """`node` reads MatMulInteger/ConvInteger's int32 sums and writes floats."""
+    if node is None or not any(o.dtype is not None and o.dtype.is_float for o in node.outputs):
+        return False
+    producers = (None if v is None else v.producer() for v in node.inputs)
+    return any(p is not None and not p.domain and p.op in _INTEGER_SUMS for p in producers)
+
+
 def fp32_reason(node: Node) -> str | None:
     """Why `node` should keep fp32 math in a reduced-precision engine, or None when it need not."""
+    if _converts_integer_sums(node) or any(v is not None and _converts_integer_sums(v.producer()) for v in node.inputs):
+        return _SUMS_CAST
     if node.domain or node.op not in FP32_MATH:
         return None
     if node.op in _REDUCTIONS:
