@@ -11,6 +11,7 @@ from kiln.kernels.reference import lookup
 from kiln.kernels.triton import available as triton_available
 
 REF = lookup("DynamicQuantizeLinear").fn
+SIGNED_REF = lookup("kiln::DynamicQuantize").fn
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = {"BLOCK": 64, "num_warps": 4, "PROGRAMS": 5}
 
@@ -21,12 +22,12 @@ else:
 pytestmark = pytest.mark.skipif(dynamic_quantize is None, reason="Triton is not installed")
 
 
-def _check(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    got = dynamic_quantize.dynamic_quantize_linear(x.to(DEV), config=SMALL)
-    want = REF(x)
+def _check(x: torch.Tensor, signed: bool = False) -> tuple[torch.Tensor, ...]:
+    got = dynamic_quantize.dynamic_quantize_linear(x.to(DEV), config=SMALL, signed=signed)
+    want = (SIGNED_REF if signed else REF)(x)
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and g.shape == w.shape
-        assert torch.equal(g.cpu().view(torch.uint8) if g.dtype == torch.uint8 else g.cpu(), w), (g, w)
+        assert torch.equal(g.cpu(), w), (g, w)
     return got
 
 
@@ -38,6 +39,17 @@ def test_codes_scale_and_zero_point_are_the_references(dtype, lo, hi):
     y, scale, zp = _check(x)
     assert int(y.min()) == 0 or lo > 0 and int(zp) == 0           # the range's ends map to 0 and 255
     assert y.shape == x.shape and scale.dtype == dtype and zp.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_signed_codes_are_the_codes_less_128(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(9, 50, generator=g) * 3 + 1).to(dtype)
+    y8, s8, z8 = _check(x, signed=True)
+    y, s, z = REF(x)
+    assert y8.dtype == z8.dtype == torch.int8 and torch.equal(s8.cpu(), s)
+    assert torch.equal(y8.cpu().to(torch.int16) - z8.cpu().to(torch.int16), y.to(torch.int16) - z.to(torch.int16))
+    _check(torch.zeros(0, 4), signed=True)
 
 
 def test_all_zeros_take_a_scale_of_one_255th():

@@ -22,6 +22,7 @@ from kiln.ir.verify import verify
 from kiln.kernels.reference.interpret import run_graph
 from kiln.passes.fuse_qdq import fuse_qdq
 from kiln.passes.integer_to_qdq import integer_to_qdq
+from kiln.passes.signed_dynamic_codes import signed_dynamic_codes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 RNG = np.random.default_rng(5)
@@ -74,6 +75,22 @@ def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
     torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-6, atol=1e-6)
 
 
+def test_codes_only_gemms_read_become_int8():
+    x = torch.from_numpy(RNG.standard_normal((3, 16)).astype(np.float32))
+    g = _graph(np.array(0.02, np.float32))
+    want = run_graph(g, {"x": x})["out"]
+    assert integer_to_qdq(g) and fuse_qdq(g) and signed_dynamic_codes(g)
+    verify(g)
+    dq = next(n for n in g.nodes if n.op == "DynamicQuantize")
+    q = next(n for n in g.nodes if n.op == "QMatMul")
+    assert dq.domain == "kiln" and q.input(0) is dq.outputs[0] and q.input(3) is dq.outputs[2]
+    assert q.input(0).dtype.name == q.input(3).dtype.name == "int8" and q.input(2) is dq.outputs[1]
+    torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-6, atol=1e-6)
+    g = _graph(np.array(0.02, np.float32))          # the codes also read elsewhere: left uint8
+    g.outputs.append(next(n for n in g.nodes if n.op == "DynamicQuantizeLinear").outputs[0])
+    assert integer_to_qdq(g) and fuse_qdq(g) and not signed_dynamic_codes(g)
+
+
 @pytest.mark.parametrize("kwargs", [{"cast_to": TensorProto.INT64}, {"second_reader": True}])
 def test_other_casts_and_shared_sums_stay(kwargs):
     g = _graph(np.array(0.02, np.float32), **kwargs)
@@ -105,13 +122,15 @@ def test_quantize_dynamic_bert_builds_to_qmatmuls_and_matches(tmp_path, device, 
     ops = collections.Counter(s.op for s in steps)
     # per layer: Q/K/V as one, O, FFN1, FFN2; the attention's input and output, FFN1's and FFN2's
     # inputs quantized at run time
-    assert ops["kiln::QMatMul"] == 8 and ops["DynamicQuantizeLinear"] == 8 and "MatMulInteger" not in ops
-    assert all(s.attrs.get("dynamic") == 1 for s in steps if s.op == "kiln::QMatMul")
+    # their int8 form (signed_dynamic_codes): the GEMMs read int8 codes
+    assert ops["kiln::QMatMul"] == 8 and ops["kiln::DynamicQuantize"] == 8 and "MatMulInteger" not in ops
+    gemms = [s for s in steps if s.op == "kiln::QMatMul"]
+    assert all(s.attrs.get("dynamic") == 1 and engine.plan.slots[s.inputs[0]].dtype == "int8" for s in gemms)
     from kiln.cli.build_summary import explicit_line, explicit_quantization
     summary = explicit_quantization(engine)
     assert summary["dynamic"] == 8 and "8 with input scales computed at run time" in explicit_line(summary)
     if device == "cuda":
-        assert not [s.name for s in steps if s.op in ("kiln::QMatMul", "DynamicQuantizeLinear")
+        assert not [s.name for s in steps if s.op in ("kiln::QMatMul", "kiln::DynamicQuantize")
                     and s.tactic.endswith(".reference")]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=9).items()}

@@ -36,6 +36,7 @@ from kiln.passes.integer_to_qdq import integer_to_qdq
 from kiln.passes.merge_parallel_matmuls import merge_parallel_matmuls
 from kiln.passes.patches_to_matmul import patches_to_matmul
 from kiln.passes.refine_shapes import refine_shapes
+from kiln.passes.signed_dynamic_codes import signed_dynamic_codes
 
 Pass = Callable[[Graph], bool]
 
@@ -60,6 +61,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_epilogues", fuse_epilogues),            # bias/residual/activation into Conv and MatMul
     ("fold_residual_bias", fold_residual_bias),    # a residual conv's bias joins its consumer's (no bias-add kernel)
     ("merge_parallel_matmuls", merge_parallel_matmuls),  # Q/K/V projections of one input: one wider GEMM
+    ("signed_dynamic_codes", signed_dynamic_codes),  # run-time codes only int8 GEMMs read: int8 (their TMA kernels)
     ("fuse_add_layernorm", fuse_add_layernorm),    # residual add + LayerNorm in one kernel; the GEMM keeps its bias
     ("fuse_pointwise", fuse_pointwise),            # whatever element-wise work is left, in groups
     ("gather_to_slice", gather_to_slice),          # scalar-index Gathers (qkv.unbind) become views

@@ -1,5 +1,6 @@
-"""DynamicQuantizeLinear on the GPU (kernels/triton/dynamic_quantize.py): torch.aminmax and one Triton
-pass, the scale and zero point derived on the device; bit for bit the reference's outputs."""
+"""DynamicQuantizeLinear and kiln::DynamicQuantize (its int8 form) on the GPU
+(kernels/triton/dynamic_quantize.py): two Triton passes, the scale and zero point derived on the
+device; bit for bit the reference's outputs."""
 from __future__ import annotations
 
 from kiln.ir import dtypes
@@ -21,3 +22,5 @@ if triton_available():
 
     register_tactic(Tactic("DynamicQuantizeLinear.triton", "DynamicQuantizeLinear", 1, ("cuda",),
                            _kernel.dynamic_quantize_linear, supports_triton, configs=_kernel.CONFIGS))
+    register_tactic(Tactic("kiln::DynamicQuantize.triton", "kiln::DynamicQuantize", 1, ("cuda",),
+                           _kernel.signed_dynamic_quantize, supports_triton, configs=_kernel.CONFIGS))

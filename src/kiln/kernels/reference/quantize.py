@@ -166,6 +166,15 @@ def dynamic_quantize_linear(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return y.to(torch.uint8), scale.to(x.dtype), zp.to(torch.uint8)
 
 
+@reference_op("DynamicQuantize", domain="kiln")
+def signed_dynamic_quantize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(Y - 128, y_scale, y_zero_point - 128) of DynamicQuantizeLinear, codes and zero point int8:
+    every Y - y_zero_point is unchanged, in the type int8 tensor-core GEMMs read
+    (passes/signed_dynamic_codes.py)."""
+    y, scale, zp = dynamic_quantize_linear(x)
+    return (y.to(torch.int16) - 128).to(torch.int8), scale, (zp.to(torch.int16) - 128).to(torch.int8)
+
+
 # ---------------------------------------------------------------- integer matmul / conv
 
 

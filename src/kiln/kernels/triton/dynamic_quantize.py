@@ -16,7 +16,8 @@ quantize.requantize does, so Y, y_scale and y_zero_point equal the reference's b
 is stored in X's float type, as the reference stores it. Nothing is read on the host, so a CUDA
 graph captures both launches. (torch.aminmax took 8-15 us for BERT-base b32's activations on an
 H200, one reduction over a few programs.) ONNX Runtime's quantize_dynamic puts one before every
-quantized MatMul (passes/integer_to_qdq.py).
+quantized MatMul (passes/integer_to_qdq.py); kiln::DynamicQuantize, the same with codes and zero
+point less 128 as int8, where only int8 GEMMs read them (passes/signed_dynamic_codes.py).
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def _range_kernel(X, PART, n, P, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _dynamic_quantize_kernel(X, PART, P, Y, SCALE, ZP, n, PREC: tl.constexpr, BLOCK: tl.constexpr,
-                             P_BLOCK: tl.constexpr):
+def _dynamic_quantize_kernel(X, PART, P, Y, SCALE, ZP, n, PREC: tl.constexpr, SIGNED: tl.constexpr,
+                             BLOCK: tl.constexpr, P_BLOCK: tl.constexpr):
     parts = tl.arange(0, P_BLOCK)
     lo = tl.minimum(tl.min(tl.load(PART + parts, mask=parts < P, other=float("inf")), axis=0), 0.0)
     hi = tl.maximum(tl.max(tl.load(PART + P + parts, mask=parts < P, other=-float("inf")), axis=0), 0.0)
@@ -66,28 +67,40 @@ def _dynamic_quantize_kernel(X, PART, P, Y, SCALE, ZP, n, PREC: tl.constexpr, BL
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    code = requantize(divide(x, s, inv), zp, True, False, 0, 255)
-    tl.store(Y + offs, code.to(tl.uint8), mask=mask)
+    if SIGNED:   # kiln::DynamicQuantize: code and zero point less 128, int8
+        zp = zp - 128
+        code = requantize(divide(x, s, inv), zp, True, False, -128, 127)
+    else:
+        code = requantize(divide(x, s, inv), zp, True, False, 0, 255)
+    tl.store(Y + offs, code.to(Y.dtype.element_ty), mask=mask)
     if pid == 0:
         tl.store(SCALE, _in_precision(s, PREC).to(SCALE.dtype.element_ty))   # rounded to X's type
-        tl.store(ZP, zp.to(tl.uint8))
+        tl.store(ZP, zp.to(ZP.dtype.element_ty))
 
 
-def dynamic_quantize_linear(x: Tensor, *, config: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(Y uint8 of X's shape, y_scale in X's type, y_zero_point uint8), both scalars: module docstring."""
+def dynamic_quantize_linear(x: Tensor, *, config: dict[str, Any] | None = None,
+                            signed: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(Y uint8 of X's shape, y_scale in X's type, y_zero_point uint8), both scalars: module docstring.
+    `signed`: kiln::DynamicQuantize's int8 Y - 128 and y_zero_point - 128."""
     assert x.dtype in FLOATS, f"DynamicQuantizeLinear of {x.dtype}: float32, float16 or bfloat16"
     assert x.numel() < 2**31, "X of 2**31 elements or more overflows int32 offsets"
     cfg = dict(CONFIGS[0] if config is None else config)
     scale = torch.empty((), dtype=x.dtype, device=x.device)
-    zp = torch.empty((), dtype=torch.uint8, device=x.device)
-    y = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    codes = torch.int8 if signed else torch.uint8
+    zp = torch.empty((), dtype=codes, device=x.device)
+    y = torch.empty(x.shape, dtype=codes, device=x.device)
     if x.numel() == 0:   # as the reference: the range [0, 0] gives 1 / 255 and zero point 0
-        return y, scale.fill_(1.0 / 255.0), zp.zero_()
+        return y, scale.fill_(1.0 / 255.0), zp.fill_(-128 if signed else 0)
     xc, n, block = x.contiguous(), x.numel(), cfg["BLOCK"]
     programs = min(triton.cdiv(n, block), cfg["PROGRAMS"])
     part = torch.empty(2 * programs, dtype=torch.float32, device=x.device)
     _range_kernel[(programs,)](xc, part, n, programs, BLOCK=block, num_warps=cfg["num_warps"])
     _dynamic_quantize_kernel[(triton.cdiv(n, block),)](
-        xc, part, programs, y, scale, zp, n, PREC=PRECISIONS[x.dtype], BLOCK=block,
+        xc, part, programs, y, scale, zp, n, PREC=PRECISIONS[x.dtype], SIGNED=signed, BLOCK=block,
         P_BLOCK=max(16, triton.next_power_of_2(programs)), num_warps=cfg["num_warps"])
     return y, scale, zp
+
+
+def signed_dynamic_quantize(x: Tensor, *, config: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """kiln::DynamicQuantize: DynamicQuantizeLinear's codes and zero point less 128, int8."""
+    return dynamic_quantize_linear(x, config=config, signed=True)
