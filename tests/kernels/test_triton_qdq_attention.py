@@ -191,6 +191,27 @@ def test_a_mask_per_query_and_padded_tiles(config):
     assert mismatch(got, want, OP) is None and (got == want).float().mean() > share
 
 
+# A QOperator model's mask: QLinearAdd's 8-bit codes, dequantized inside the score program.
+CODE_MASK_SCORE = [["QuantizeLinear", ["i0", C(0.031), C(-7, "int8")], {"output_dtype": 3}],
+                   ["DequantizeLinear", ["t0", C(0.031), C(-7, "int8")], {}],
+                   ["DequantizeLinear", ["i1", C(0.05), C(-2, "int8")], {}],
+                   ["Add", ["t1", "t2"], {}],
+                   ["QuantizeLinear", ["t3", C(0.0392), C(100, "int8")], {"output_dtype": 3}],
+                   ["DequantizeLinear", ["t4", C(0.0392), C(100, "int8")], {}]]
+
+
+@pytest.mark.parametrize("per_query", [False, True])
+@pytest.mark.parametrize("config", [EXACT[0], QUICK[1]] if kiln_triton.available() else [], ids=str)
+def test_a_mask_of_8_bit_codes(config, per_query):
+    """The mask as int8 codes (ONNX Runtime's QOperator attention adds it with QLinearAdd), one row
+    broadcast over the queries or one per query ([B, H, Lq, Lk]), dequantized by the score program."""
+    q, k, v, _ = _inputs(b=2, h=2, lq=16, lk=21, d=16, seed=31)
+    mask = torch.full((2, 2 if per_query else 1, 16 if per_query else 1, 21), -2, dtype=torch.int8)
+    mask[-1, ..., 16:] = -128                     # (-128 + 2) * 0.05 = -6.3 on the last keys
+    got, want = _both(q, k, v, mask, config=config, score_program=CODE_MASK_SCORE)
+    assert mismatch(got, want, OP) is None and (got == want).float().mean() > 0.97
+
+
 @pytest.mark.parametrize("keys", [51, 102, 128])
 @pytest.mark.parametrize("config", [EXACT[1], QUICK[0]] if kiln_triton.available() else [], ids=str)
 def test_saturated_scores_give_equal_probabilities_on_a_tie(config, keys):
@@ -233,12 +254,16 @@ def test_tactics_the_tuner_is_offered():
     MAX_HEAD_DIM or a float8 output leaves the kernel out (the layered tactic still runs it)."""
     from kiln.tactics.registry import TacticQuery, candidates
 
-    def names(head: int = 64, out_dtype: int = 3, keys: int = 128) -> list[str]:
+    def names(head: int = 64, out_dtype: int = 3, keys: int = 128, mask: str = "float16",
+              mask_shape: tuple | None = None, **programs) -> list[str]:
         shape = (32, 12, keys, head)
-        query = TacticQuery(OP, "cuda", ("int8", "int8", "int8", "float16", "float16", "int8"),
-                            {**PROGRAMS, "out_dtype": out_dtype}, (shape, shape, shape, (32, 1, 1, keys), (), ()))
+        query = TacticQuery(OP, "cuda", ("int8", "int8", "int8", mask, "float16", "int8"),
+                            {**PROGRAMS, "out_dtype": out_dtype, **programs},
+                            (shape, shape, shape, mask_shape or (32, 1, 1, keys), (), ()))
         return [t.name for t in candidates(query)]
     assert names() == [f"{OP}.layered", f"{OP}.triton", f"{OP}.reference"]
+    # a QOperator model's mask: int8 codes, one row per query, a symbolic head dim
+    assert names(mask="int8", mask_shape=(32, "unk", 128, 128), score_program=CODE_MASK_SCORE) == names()
     assert names(keys=512) == names()                                   # past one tile: two walks
     assert f"{OP}.triton" not in names(head=256) and f"{OP}.layered" in names(head=256)
     assert f"{OP}.triton" not in names(out_dtype=17)                     # float8_e4m3fn

@@ -51,6 +51,7 @@ Tensor = torch.Tensor
 MAX_KEYS = 256
 MAX_HEAD_DIM = 128
 FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
+CODES = (torch.int8, torch.uint8)
 # BLOCK_N: keys per step where they do not fit one tile (past MAX_KEYS); below, one tile holds them.
 # EXACT 0: the quick arithmetic (module docstring). BERT-base b32 on an H200 (the tuner's
 # timings, 2026-11-28), us: quick 128x64/8 warps 38.7, 64x64/4 38.9, 32x128/4 42.6; exact
@@ -186,8 +187,11 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
         raise Unsupported("score or probability program changes the chain's float type")
     prefixes = {"q": "qk", "k": "kk", "v": "vk", "score": "sk", "prob": "pk"}
     consts = [f"{prefixes[n]}{i}" for n, f in functions.items() for i in range(len(f.constants))]
-    held = "" if mask is None else (" != 0" if mask.dtype == torch.bool else ".to(tl.float32)")
-    if mask is not None and mask.dtype not in (torch.bool, *FLOATS):
+    # a mask as the score program reads it: bool, float, or 8-bit codes it dequantizes itself
+    # (ONNX Runtime's QOperator models add the mask with QLinearAdd: onnx/qoperator.py)
+    held = "" if mask is None else (" != 0" if mask.dtype == torch.bool else
+                                    ".to(tl.int32)" if mask.dtype in CODES else ".to(tl.float32)")
+    if mask is not None and mask.dtype not in (torch.bool, *CODES, *FLOATS):
         raise Unsupported(f"a {mask.dtype} mask")
     words = dict(dot=FLOATS[fp], float=FLOATS[fp], f32_dot=', input_precision="tf32x3"' if fp == torch.float32 else "")
     scores = _SCORES.format(**words, k_call=_call("k_program", functions["k"], "k", "kk"),
