@@ -121,10 +121,11 @@ def _rewrite(graph: Graph, node: Node, keep: set[int]) -> bool:
         graph.add_node(Node("Conv", inputs, [mul.outputs[0]], dict(node.attrs), name=graph.unique_name(node.name)),
                        before=after)
         return True
-    if any(int(np.prod(v.shape or (1,))) != 1 for v in (w_scale, w_zp) if v is not None):
+    per_column = any(const_array(v).size != 1 for v in (w_scale, w_zp) if v is not None)
+    if per_column:
         w_scale, w_zp = _vector(graph, w_scale, n), _vector(graph, w_zp, n)
     w_f = graph.value(f"{node.name}_w", w_scale.dtype, w.shape)
-    graph.add_node(Node("DequantizeLinear", [w, w_scale, w_zp], [w_f], {"axis": 1} if w_scale.shape else {},
+    graph.add_node(Node("DequantizeLinear", [w, w_scale, w_zp], [w_f], {"axis": 1} if per_column else {},
                         name=graph.unique_name(f"{node.name}_dequantize_w")), before=after)
     graph.add_node(Node("MatMul", [a_f, w_f], [mul.outputs[0]], {}, name=graph.unique_name(node.name)),
                    before=after)
