@@ -3,7 +3,9 @@ MatMulInteger -> Cast -> Mul(a_scale * w_scale)) becomes DQ(a) @ DQ(w) with the 
 then one kiln::QMatMul reading its scale and zero point at run time; other Casts and second
 readers leave it alone; a quantize_dynamic BERT builds to merged QMatMuls and matches ONNX
 Runtime, in a 16-bit engine too (whose Cast of the int32 sums to float16 overflowed to NaN), and
-so does a CNN whose ConvInteger layers become float convs on the dequantized input."""
+so does a CNN whose ConvInteger layers become float convs on the dequantized input. Codes only
+int8 GEMMs read become int8 (signed_dynamic_codes); int32 sums left unfused keep fp32 math in an
+fp16 engine (precision/safety.py)."""
 from __future__ import annotations
 
 import collections
