@@ -126,3 +126,23 @@ def test_projections_with_their_own_mid_quantization_merge():
                  _qmatmul(b, a, s, 8, 0.01, out=(0.2, 1), mid=(0.04, 131), mid_type="uint8"))
     assert not check_pass(merge_parallel_matmuls, b)
     assert ops(g) == {"kiln::QMatMul": 3}
+
+
+def test_uint8_weights_merge_with_their_zero_points():
+    """uint8 weight codes (ONNX Runtime's QUInt8 weights) with a zero point each, or none: one
+    QMatMul whose per-column zero points are the members' (0 for the one without), exactly."""
+    b = Builder()
+    a = b.input("a", (3, 16), "uint8", data=b.rng.integers(0, 256, (3, 16)).astype(np.uint8))
+    s, a_zp = b.const(0.05), b.const(131, dtype="uint8")
+
+    def member(n: int, zp):
+        w = b.const(b.rng.integers(0, 256, (16, n)), "w_q", dtype="uint8")
+        return b.op("QMatMul", a, w, s, a_zp, b.const(0.01), None if zp is None else b.const(zp, dtype="uint8"),
+                    b.rand(n, name="bias"), domain="kiln", trans_b=0, activation="", activation_params=[],
+                    out_dtype=0)
+    g = b.output(member(8, 120), member(4, None), member(8, 140))
+    assert check_pass(merge_parallel_matmuls, b, rtol=0, atol=0)
+    assert ops(g) == {"kiln::QMatMul": 1, "Split": 1}
+    mm = g.nodes[0]
+    assert mm.input(1).dtype.name == "uint8" and mm.input(5).dtype.name == "uint8"
+    assert np.asarray(mm.input(5).const).tolist() == [120] * 8 + [0] * 4 + [140] * 8

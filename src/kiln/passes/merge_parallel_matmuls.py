@@ -17,7 +17,7 @@ after fuse_epilogues (biases and activations are inside the FusedMatMuls by then
 Explicitly quantized projections (a QAT export's Q/K/V: kiln::QMatMul from fuse_qdq) merge the same
 way into one kiln::QMatMul: members read the same codes A with equal per-tensor a_scale and a_zp
 (constants, or the same values computed at run time: dynamic quantization's), have a constant 2-D
-int8 or float8 B (trans_b 0), constant weight scales and zero points, no residual, and the same
+int8, uint8 or float8 B of one type (trans_b 0), constant weight scales and zero points, no residual, and the same
 activation and output type, and all or none a mid quantization (ONNX Runtime's MatMul -> Q -> DQ ->
 Add(bias), fuse_qdq_bias) with zero points of one type; weight scales (and zero points, biases,
 output and mid scales and zero points) are concatenated per column, a per-tensor one repeated over
@@ -130,6 +130,9 @@ def _per_column(v: Value | None, n: int) -> bool:
     return v is None or (arr is not None and arr.size in (1, n))
 
 
+WEIGHT_CODES = ("int8", "uint8", "float8_e4m3fn")   # (uint8: quantize_dynamic's QUInt8 weights, zero points per member)
+
+
 def _quantized_key(node: Node, w: Value) -> tuple | None:
     """A kiln::QMatMul member's key (module docstring), or None."""
     n = int(w.shape[1])
@@ -137,7 +140,7 @@ def _quantized_key(node: Node, w: Value) -> tuple | None:
     # run-time parameters (kiln::QMatMul's dynamic): equal where they are the same values
     a_params = ("run time", id(a_scale), id(a_zp)) if node.attrs.get("dynamic") else (_scalar(a_scale), _scalar(a_zp))
     requant = node.input(_Q["out_scale"]) is not None
-    if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in ("int8", "float8_e4m3fn") \
+    if int(node.attrs.get("trans_b", 0)) or w.dtype is None or w.dtype.name not in WEIGHT_CODES \
             or None in a_params or node.input(_Q["residual"]) is not None:
         return None
     if not all(_per_column(node.input(_Q[k]), n)
