@@ -76,6 +76,8 @@ INT32 = BY_NAME["int32"]
 BOOL = BY_NAME["bool"]
 # The float types kernels compute in, by name: what the tactics and precision passes accept as "float".
 FLOAT_NAMES = ("float16", "bfloat16", "float32")
+# 8-bit integer codes: what quantized layers read and write (float8 is named apart)
+CODE_NAMES = ("int8", "uint8")
 
 # torch dtype -> DType; the sub-byte types alias int8/uint8/float32 in torch, so the full types win.
 _BY_TORCH: dict[torch.dtype, DType] = {}

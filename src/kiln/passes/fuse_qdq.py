@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
 from kiln.passes.fuse_epilogues import Epilogue, bias_value, channel_vector, collect_epilogue, gemm_start
@@ -51,7 +52,7 @@ from kiln.passes.match import (bypass, const_array, drop_if_dead, live_nodes, pi
 
 SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
 # Input types whose products and sums float64 holds exactly (kernels/reference/quantized.py).
-QUANT_INPUTS = ("int8", "uint8")
+QUANT_INPUTS = dtypes.CODE_NAMES
 FP8 = "float8_e4m3fn"
 LAYER_INPUTS = (*QUANT_INPUTS, FP8)   # the codes a quantized layer reads (QUANT_INPUTS: the integer ones)
 QUANT_OUTPUTS = ("int8", "uint8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")

@@ -27,6 +27,7 @@ before fuse_pointwise (which would take the DQ -> Add -> Q chain).
 """
 from __future__ import annotations
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantized import QCONV_INPUTS
 from kiln.passes.fuse_qdq import activation_input, mid_codes, output_quantize
@@ -35,7 +36,7 @@ from kiln.passes.match import drop_if_dead, live_ops, pinned, replace_nodes, sol
 OUT_SCALE, OUT_ZP, RESIDUAL, RES_SCALE, RES_ZP, MID_SCALE, MID_ZP = (
     QCONV_INPUTS.index(n) for n in ("out_scale", "out_zp", "residual", "residual_scale", "residual_zp",
                                     "mid_scale", "mid_zp"))
-CODES = ("int8", "uint8")
+CODES = dtypes.CODE_NAMES
 
 
 def fuse_qdq_residual(graph: Graph) -> bool:

@@ -12,10 +12,11 @@ elimination drops it otherwise). Runs before the Q/DQ fusions.
 """
 from __future__ import annotations
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
 from kiln.passes.match import const_array, live_nodes, next_node, produced_by
 
-CODES = ("int8", "uint8")   # 4-bit codes pack two to a byte; float8 tables are not what this is for
+CODES = dtypes.CODE_NAMES   # 4-bit codes pack two to a byte; float8 tables are not what this is for
 
 
 def gather_before_dequantize(graph: Graph) -> bool:

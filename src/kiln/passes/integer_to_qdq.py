@@ -32,10 +32,11 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array, live_nodes, next_node, other_input, pinned, produced_by, sole_user
 
-CODES = ("int8", "uint8")
+CODES = dtypes.CODE_NAMES
 
 
 def integer_to_qdq(graph: Graph) -> bool:

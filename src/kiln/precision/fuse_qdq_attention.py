@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import live_ops, only_read_by, pinned, produced_by, rank, replace_nodes, sole_user
 from kiln.precision.fold_requantize import per_tensor
 
 POINTWISE = "kiln::Pointwise"
-CODES = ("int8", "uint8")
+CODES = dtypes.CODE_NAMES
 SWAP_LAST = [0, 1, 3, 2]
 
 

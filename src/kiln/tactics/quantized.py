@@ -53,7 +53,7 @@ from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 Tensor = torch.Tensor
 
-INTS = ("int8", "uint8")
+INTS = dtypes.CODE_NAMES
 FP8 = "float8_e4m3fn"
 REQUANT_TYPES = ("int8", "uint8", FP8)
 # Input positions of kiln::QMatMul.

@@ -18,7 +18,7 @@ import torch
 from kiln.ir import dtypes
 from kiln.kernels.reference.quantize import division_scale
 
-CODES = ("int8", "uint8")
+CODES = dtypes.CODE_NAMES
 FLOATS = ("float16", "bfloat16", "float32")
 
 
