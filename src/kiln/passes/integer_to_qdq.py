@@ -30,10 +30,12 @@ Mul the Cast's; S float32. Anything else stays as it is. Runs before fuse_qdq.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from onnx import TensorProto
 
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
+from kiln.kernels.reference.quantize import dequantize_linear
 from kiln.passes.match import const_array, live_nodes, next_node, other_input, pinned, produced_by, sole_user
 
 CODES = dtypes.CODE_NAMES
@@ -107,26 +109,23 @@ def _rewrite(graph: Graph, node: Node, keep: set[int]) -> bool:
     if scales is None:
         return False
     a_scale, w_scale = scales
+    per_channel = any(const_array(v).size != 1 for v in (w_scale, w_zp) if v is not None)
+    if per_channel:   # DequantizeLinear's per-axis scale and zero point share a shape
+        w_scale, w_zp = _vector(graph, w_scale, n), _vector(graph, w_zp, n)
     after = next_node(graph, mul)
     graph.remove_nodes([node, cast, mul])
     a_f = graph.value(f"{node.name}_a", a_scale.dtype, a.shape)
     graph.add_node(Node("DequantizeLinear", [a, a_scale, a_zp], [a_f], {},
                         name=graph.unique_name(f"{node.name}_dequantize_a")), before=after)
-    if conv:   # the float weight, as DequantizeLinear computes it (one float32 rounding)
-        zp = 0.0 if w_zp is None else const_array(w_zp).astype(np.float32).reshape(-1)
-        ws = const_array(w_scale).astype(np.float32).reshape(-1)
-        channel = (-1,) + (1,) * (arr.ndim - 1)
-        weight = (arr.astype(np.float32) - np.reshape(zp, channel if np.size(zp) > 1 else ())) * \
-            ws.reshape(channel if ws.size > 1 else ())
-        inputs = [a_f, graph.constant(weight.astype(np.float32), f"{w.name}_dequantized")]
+    if conv:   # the float weight, dequantized here by the reference op (along the output channels)
+        params = [None if v is None else torch.from_numpy(np.asarray(const_array(v))) for v in (w_scale, w_zp)]
+        weight = dequantize_linear(torch.from_numpy(np.asarray(arr)), *params, axis=0)
+        inputs = [a_f, graph.constant(weight.numpy(), f"{w.name}_dequantized")]
         graph.add_node(Node("Conv", inputs, [mul.outputs[0]], dict(node.attrs), name=graph.unique_name(node.name)),
                        before=after)
         return True
-    per_column = any(const_array(v).size != 1 for v in (w_scale, w_zp) if v is not None)
-    if per_column:
-        w_scale, w_zp = _vector(graph, w_scale, n), _vector(graph, w_zp, n)
     w_f = graph.value(f"{node.name}_w", w_scale.dtype, w.shape)
-    graph.add_node(Node("DequantizeLinear", [w, w_scale, w_zp], [w_f], {"axis": 1} if per_column else {},
+    graph.add_node(Node("DequantizeLinear", [w, w_scale, w_zp], [w_f], {"axis": 1} if per_channel else {},
                         name=graph.unique_name(f"{node.name}_dequantize_w")), before=after)
     graph.add_node(Node("MatMul", [a_f, w_f], [mul.outputs[0]], {}, name=graph.unique_name(node.name)),
                    before=after)

@@ -31,8 +31,8 @@ def signed_dynamic_codes(graph: Graph) -> bool:
 def _read_as(node: Node, index: int, keep: set[int]) -> bool:
     """Output `index` of `node` is read only by dynamic kiln::QMatMuls, at input A (codes) or
     A_ZP (zero point)."""
-    out = node.outputs[index] if index < len(node.outputs) else None
-    if out is None or id(out) in keep:
+    out = node.outputs[index]
+    if id(out) in keep:
         return False
     want = A if index == 0 else A_ZP
     return all(user.qualified_op == "kiln::QMatMul" and user.attrs.get("dynamic") and slot == want
@@ -52,7 +52,7 @@ def _rewrite(graph: Graph, node: Node, keep: set[int]) -> bool:
     new = Node("DynamicQuantize", inputs, signed, {}, name=graph.unique_name(node.name), domain="kiln")
     new.fused_from = node.fused_from or (node.name,)
     graph.add_node(new, before=after)
-    for old, new in ((codes, signed[0]), (zp, signed[2])):
+    for old, value in ((codes, signed[0]), (zp, signed[2])):
         for user, slot in readers[id(old)]:
-            user.set_input(slot, new)
+            user.set_input(slot, value)
     return True

@@ -20,13 +20,11 @@ are final (after the precision policy), with the other quantized folds.
 """
 from __future__ import annotations
 
-import torch
-
+from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS, code_table
 from kiln.passes.match import live_ops, only_read_by, pinned, place_inputs
 
-CODES = {"int8": torch.int8, "uint8": torch.uint8}
 TABLE = QMATMUL_INPUTS.index("table")
 OUT_SCALE = QMATMUL_INPUTS.index("out_scale")
 
@@ -47,11 +45,12 @@ def _fold(graph: Graph, node: Node, keep: set[int]) -> bool:
     if gemm is None or gemm.qualified_op != "kiln::QMatMul" or gemm.input(OUT_SCALE) is None \
             or gemm.input(TABLE) is not None or id(c) in keep or not only_read_by(c, [node], keep):
         return False
-    if c.dtype is None or c.dtype.name not in CODES or y.dtype is None or y.dtype.name not in CODES \
+    if c.dtype is None or c.dtype.name not in dtypes.CODE_NAMES or y.dtype is None \
+            or y.dtype.name not in dtypes.CODE_NAMES \
             or c.shape is None or tuple(y.shape or ()) != tuple(c.shape):
         return False
-    table = code_table(program, CODES[c.dtype.name])   # on the CPU, stored in the engine
-    if table.dtype != CODES[y.dtype.name]:
+    table = code_table(program, c.dtype.torch)   # on the CPU, stored in the engine
+    if table.dtype != y.dtype.torch:
         return False
     graph.remove_node(node)
     place_inputs(gemm, {TABLE: graph.constant(table, f"{gemm.name}_table")})

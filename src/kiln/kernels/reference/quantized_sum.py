@@ -19,7 +19,7 @@ from kiln.ir import dtypes
 from kiln.kernels.reference.quantize import division_scale
 
 CODES = dtypes.CODE_NAMES
-FLOATS = ("float16", "bfloat16", "float32")
+FLOATS = dtypes.FLOAT_NAMES
 
 
 @dataclass(frozen=True, slots=True)
