@@ -82,6 +82,25 @@ def test_the_kernel_adds_the_codes_as_the_pointwise_kernel(fp, code):
     assert len(torch.unique(row)) > 50
 
 
+@pytest.mark.parametrize("out", [TensorProto.INT8, TensorProto.FLOAT8E4M3FN])
+def test_quick_configs_are_within_the_rule(out):
+    """EXACT 0 (NormQuantize's QUANT_CONFIGS): the sum's QuantizeLinear and the output's by the
+    reciprocal of their scales; the codes within the tuner's rule, almost all equal."""
+    prog = residual_add("float16", "int8")
+    a, b = codes((64, 768), torch.int8, 5), codes((64, 768), torch.int8, 6)
+    w, bias = (torch.randn(768, generator=torch.Generator().manual_seed(s)).to(torch.float16) for s in (3, 4))
+    ys = torch.tensor(0.021, dtype=torch.float16)
+    yzp = torch.tensor(-4, dtype=torch.int8) if out == TensorProto.INT8 else None
+    want = lookup(OP).fn(a, b, w, bias, ys, yzp, epsilon=1e-12, output_dtype=out, x_program=prog)[0]
+    args = (a, b, w, bias, ys) + (() if yzp is None else (yzp,))
+    quick = [c for c in norm.QUANT_CONFIGS if not c.get("EXACT", 1)]
+    assert len(quick) == len(norm.CONFIGS)
+    got = norm.norm_quantize(*(t.to(DEV) for t in args), epsilon=1e-12, output_dtype=out, x_program=prog,
+                             config=quick[3])[0].cpu()
+    assert mismatch(got, want, OP) is None
+    assert (got.view(torch.uint8) == want.view(torch.uint8)).float().mean() > 0.99
+
+
 def test_a_program_of_another_form_is_refused():
     a = codes((2, 16), torch.int8, 0)
     prog = residual_add("float16", "int8")[:4]

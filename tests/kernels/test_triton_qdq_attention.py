@@ -228,8 +228,9 @@ def test_saturated_scores_give_equal_probabilities_on_a_tie(config, keys):
 
 def test_quick_programs_multiply_by_the_reciprocal():
     """The quick kernel's score and probability programs quantize by quantize_value (the scale's
-    reciprocal, no correctly rounded division) and keep every 16-bit rounding; the exact
-    kernel's divide (quantize_code)."""
+    reciprocal, no correctly rounded division) and keep every 16-bit rounding, and its softmax
+    takes tl.exp and the row's reciprocal sum; the exact kernel's divide (quantize_code), torch's
+    expf and a correctly rounded division per probability."""
     q, k, v, mask = _inputs()
     quick, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True, exact=False)
     exact, _, _ = qa.generate(PROGRAMS, q, k, v, mask, True)
@@ -238,6 +239,9 @@ def test_quick_programs_multiply_by_the_reciprocal():
     # every DQ, Mul and Add result rounded to float16: three DQ, the Mul, the Add, the probabilities' DQ
     assert body(quick).count("in_precision(") == 6
     assert "quantize_code(" in body(exact) and "quantize_value" not in body(exact)
+    kernel = lambda src: src[src.index("def kiln_qdq_attention"):]  # noqa: E731
+    assert "softmax_ratio_quick(" in kernel(quick) and "exp_f32(" not in kernel(quick)
+    assert "softmax_ratio(" in kernel(exact) and "exp_f32(" in kernel(exact) and "tl.exp(" not in kernel(exact)
 
 
 @pytest.mark.parametrize("config", [EXACT[0], QUICK[1]] if kiln_triton.available() else [], ids=str)

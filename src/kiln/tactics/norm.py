@@ -185,8 +185,8 @@ def _register() -> None:
         register_tactic(Tactic(f"kiln::AddLayerNorm.{name}", "kiln::AddLayerNorm", 1, ("cuda",),
                                functools.partial(norm.add_layer_norm, n_outputs=n_outputs),
                                functools.partial(_supports_add_norm, n_outputs=n_outputs), configs=norm.CONFIGS))
-    register_tactic(Tactic("kiln::NormQuantize.triton", "kiln::NormQuantize", 2, ("cuda",), norm.norm_quantize,
-                           _supports_norm_quantize, configs=norm.CONFIGS))
+    register_tactic(Tactic("kiln::NormQuantize.triton", "kiln::NormQuantize", 3, ("cuda",), norm.norm_quantize,
+                           _supports_norm_quantize, configs=norm.QUANT_CONFIGS))
 
 
 if kiln_triton.available():

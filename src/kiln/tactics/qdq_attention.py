@@ -87,5 +87,5 @@ if kiln_triton.available():
     register_tactic(Tactic("kiln::QDQAttention.layered", "kiln::QDQAttention", 1, ("cuda",), layered_qdq_attention,
                            _supports_layered))
 
-    register_tactic(Tactic("kiln::QDQAttention.triton", "kiln::QDQAttention", 1, ("cuda",), _qa.qdq_attention,
+    register_tactic(Tactic("kiln::QDQAttention.triton", "kiln::QDQAttention", 2, ("cuda",), _qa.qdq_attention,
                            _supports_triton, configs=_qa.CONFIGS))

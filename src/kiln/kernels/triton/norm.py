@@ -21,7 +21,7 @@ from kiln.kernels.reference.quantize import _division_dtype
 from kiln.ir import dtypes
 from kiln.kernels.reference.quantized_sum import QuantizedSum, quantized_sum
 from kiln.kernels.triton.pointwise import program_key
-from kiln.kernels.triton.pointwise_ops import dequantize_code, quantize_code
+from kiln.kernels.triton.pointwise_ops import dequantize_code, quantize_code, quantize_value
 from kiln.kernels.triton.quantize import (NO_QUANT, OUT_TYPES, PRECISIONS, QuantOut, _in_precision, divide,
                                           quant_out, quantized_dtype, requantize)
 
@@ -39,6 +39,11 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"num_warps": 8, "rows": 4},
     {"num_warps": 4, "rows": 16},
 )
+# kiln::NormQuantize's space: the above, and the same with EXACT 0, where each QuantizeLinear in
+# the kernel (the output's; a quantized sum's) multiplies by the reciprocal of its scale instead
+# of dividing correctly rounded: a code moves only where the quotient lies within a float32 ulp
+# of a rounding boundary, within the tuner's one step (compiler/tolerance.py).
+QUANT_CONFIGS: tuple[dict[str, int], ...] = CONFIGS + tuple({**c, "EXACT": 0} for c in CONFIGS)
 
 # kernel arguments when the rows are not a quantized sum (unused there)
 NO_SUM = QuantizedSum("float32", ("int8", "int8", "int8"), 1.0, 0, 1.0, 0, 1.0, 1.0, 0, 1.0, "float32")
@@ -78,10 +83,15 @@ def launch_params(n_rows: int, n_cols: int, config: dict | None) -> RowLaunch:
 
 @triton.jit
 def _quantized_sum(a, b, AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP: tl.constexpr, S_PREC: tl.constexpr,
-                   SQMIN: tl.constexpr, SQMAX: tl.constexpr):
-    """DQ(a) + DQ(b) -> Q -> DQ, op by op as the Pointwise kernel rounds it (quantized_sum.py)."""
+                   SQMIN: tl.constexpr, SQMAX: tl.constexpr, EXACT: tl.constexpr):
+    """DQ(a) + DQ(b) -> Q -> DQ, op by op as the Pointwise kernel rounds it (quantized_sum.py);
+    not EXACT: the Q by the reciprocal of its scale (pointwise_ops.quantize_value)."""
     t = _in_precision(dequantize_code(a.to(tl.int32), AS, AZ, FP) + dequantize_code(b.to(tl.int32), BS, BZ, FP), FP)
-    return dequantize_code(quantize_code(t, SS, SI, SZ, S_PREC, SQMIN, SQMAX), SDS, SZ, FP)
+    if EXACT:
+        code = quantize_code(t, SS, SI, SZ, S_PREC, SQMIN, SQMAX)
+    else:
+        code = quantize_value(t, SI, SZ, S_PREC, SQMIN, SQMAX)
+    return dequantize_code(code, SDS, SZ, FP)
 
 
 @triton.jit
@@ -91,7 +101,7 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
                 QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr, Q_PREC: tl.constexpr, Q_FP8: tl.constexpr,
                 Q_PER_COL: tl.constexpr,
                 QMIN: tl.constexpr, QMAX: tl.constexpr, QSUM: tl.constexpr, FP: tl.constexpr, S_PREC: tl.constexpr,
-                SQMIN: tl.constexpr, SQMAX: tl.constexpr,
+                SQMIN: tl.constexpr, SQMAX: tl.constexpr, EXACT: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
@@ -101,7 +111,7 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
     offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]    # int64: X may pass 2**31 elements
     if QSUM:     # X and R: 8-bit codes of ONNX Runtime's quantized residual add (norm_quantize's x_program)
         x = _quantized_sum(tl.load(X + offs, mask=mask, other=0), tl.load(R + offs, mask=mask, other=0),
-                           AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP, S_PREC, SQMIN, SQMAX)
+                           AS, AZ, BS, BZ, SS, SI, SZ, SDS, FP, S_PREC, SQMIN, SQMAX, EXACT)
         x = tl.where(mask, x, 0.0)
     else:
         x = tl.load(X + offs, mask=mask, other=0.0)
@@ -143,7 +153,10 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
             qi = tl.load(QI)
             if Q_HAS_ZP:
                 zp = tl.load(QZ)
-        v = _in_precision(divide(_in_precision(y, Q_PREC), qs, qi), Q_PREC)
+        if EXACT:
+            v = _in_precision(divide(_in_precision(y, Q_PREC), qs, qi), Q_PREC)
+        else:   # the reciprocal's product: within an ulp of the quotient (QUANT_CONFIGS)
+            v = _in_precision(_in_precision(y, Q_PREC) * qi, Q_PREC)
         code = requantize(v, zp, Q_HAS_ZP, Q_FP8, QMIN, QMAX)
         tl.store(YQ + offs, code.to(YQ.dtype.element_ty), mask=mask)
 
@@ -242,6 +255,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
                           y if quant is None else q.inverse, y if q.zero_point is None else q.zero_point,
                           rows, cols, eps, *sums, QSUM=qsum is not None, FP=PRECISIONS[fp],
                           S_PREC=PRECISIONS[dtypes.from_name(sq.division).torch], SQMIN=s_range[0], SQMAX=s_range[1],
+                          EXACT=bool((config or {}).get("EXACT", 1)),
                           HAS_RES=residual is not None and qsum is None, SUM_OUT=sum_out is not None, STORE_Y=store_y,
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_PER_COL=q.per_column,

@@ -22,8 +22,12 @@ quantized attention (compiler/tolerance.py).
 
 Configs with EXACT 0 take the quick way within that allowance: each QuantizeLinear in the
 programs multiplies by the reciprocal of its scale instead of dividing correctly rounded
-(pointwise_ops.quantize_value), every 16-bit rounding kept: a code moves only where a quotient
-lies within a float32 ulp of a rounding boundary. Not rounding the 16-bit values was tried and
+(pointwise_ops.quantize_value), and the softmax takes tl.exp (ex2.approx, a few ulp) and
+multiplies by its row's reciprocal sum (div_rn, once a row) instead of torch's expf and a
+correctly rounded division per element; every 16-bit rounding kept: a code moves only where a
+value lies within a few float32 ulp of a rounding boundary. (BERT-base b32 on an H200,
+benchmarks/kernels_qdq_attention.py: the exact softmax took 33.7 - 25.8 us of the quick kernel,
+the score chain's Q/DQ ~8 us, the probabilities' ~2.4 us; SDPA 15.3 us on the same shapes.) Not rounding the 16-bit values was tried and
 dropped: the chain's values are few (codes), so an intermediate that falls on the other side of
 a boundary (a masked score's constant, a probability 1 / n) moves every element holding it at
 once, and the output by several steps. The exact kernel spends its time in the per-element
@@ -86,8 +90,8 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
         offs_n = tl.arange(0, BLOCK_N)
 {scores8}
         mx = tl.max(s, axis=1)
-        e = exp_f32(s - mx[:, None])
-        p = softmax_ratio(e, tl.sum(e, axis=1)[:, None])
+        e = {exp}(s - mx[:, None])
+        p = {ratio}(e, tl.sum(e, axis=1)[:, None])
 {pv8}
         y = tl.dot(p, vf{f32_dot})
     else:   # the row's maximum and sum over every key block first (online), then the probabilities
@@ -98,14 +102,14 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
 {scores12}
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_use = tl.where(m_new == -float("inf"), 0.0, m_new)    # no key yet: exp(-inf) = 0, not NaN
-            l_i = l_i * exp_f32(m_i - m_use) + tl.sum(exp_f32(s - m_use[:, None]), axis=1)
+            l_i = l_i * {exp}(m_i - m_use) + tl.sum({exp}(s - m_use[:, None]), axis=1)
             m_i = m_new
         m_use = tl.where(m_i == -float("inf"), 0.0, m_i)
         y = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for start_n in range(0, Lk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
 {scores12}
-            p = softmax_ratio(exp_f32(s - m_use[:, None]), l_i[:, None])
+            p = {ratio}({exp}(s - m_use[:, None]), l_i[:, None])
 {pv12}
             y = tl.dot(p, vf, y{f32_dot})
     y = y.to({float}).to(tl.float32)                                    # the P V MatMul's output
@@ -156,6 +160,12 @@ def softmax_ratio(e, total):
     """e / total correctly rounded (torch's division), from one division per row (quantize.divide)."""
     return divide(e, total, tl.math.div_rn(tl.full(total.shape, 1.0, tl.float32), total))
 
+
+@triton.jit
+def softmax_ratio_quick(e, total):
+    """e / total within an ulp or so: e times the row's correctly rounded reciprocal (EXACT 0)."""
+    return e * tl.math.div_rn(tl.full(total.shape, 1.0, tl.float32), total)
+
 '''
 
 
@@ -193,7 +203,8 @@ def generate(programs: dict[str, Any], q: Tensor, k: Tensor, v: Tensor, mask: Te
                                     ".to(tl.int32)" if mask.dtype in CODES else ".to(tl.float32)")
     if mask is not None and mask.dtype not in (torch.bool, *CODES, *FLOATS):
         raise Unsupported(f"a {mask.dtype} mask")
-    words = dict(dot=FLOATS[fp], float=FLOATS[fp], f32_dot=', input_precision="tf32x3"' if fp == torch.float32 else "")
+    words = dict(dot=FLOATS[fp], float=FLOATS[fp], f32_dot=', input_precision="tf32x3"' if fp == torch.float32 else "",
+                 exp="exp_f32" if exact else "tl.exp", ratio="softmax_ratio" if exact else "softmax_ratio_quick")
     scores = _SCORES.format(**words, k_call=_call("k_program", functions["k"], "k", "kk"),
                             mask_load="" if mask is None else _MASK.format(held=held),
                             score_call=_call("score_program", functions["score"], "s" if mask is None else "s, mv",
