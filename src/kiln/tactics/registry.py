@@ -59,7 +59,7 @@ def _always(_: TacticQuery) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from kiln.tactics import (attention, conv, conv_triton, dynamic_quantize, host, matmul,  # noqa: F401
+    from kiln.tactics import (attention, conv, conv_triton, dynamic_quantize, gather, host, matmul,  # noqa: F401
                               matmul_quantize, norm, pointwise, pool, qdq_attention, quantized, quantized_conv,
                               quantized_fallback, reduce)  # (they register)
 
