@@ -174,18 +174,6 @@ def test_matmul_bias_residual_relu_and_requantize_fuse():
     node = g.nodes[0]
     assert node.input(0) is x and node.input(7) is r and node.outputs[0] is y
     assert node.attrs["activation"] == "Relu" and node.attrs["out_dtype"] == 2  # UINT8
-    assert node.input(5) is None     # the weight's zero points, all 0, dropped: a symmetric layer
-
-
-def test_a_weight_zero_point_other_than_zero_is_kept():
-    b = Builder()
-    x = _q_input(b, "x", (3, 8))
-    wz = b.const(np.array([0, 0, 3, 0, 0, 0]), "wz", dtype="int8")
-    w = _dq(b, b.const(RNG.integers(-120, 120, (8, 6)), "wq", dtype="int8"),
-            b.const(RNG.uniform(0.01, 0.05, 6), "ws"), wz, axis=1)
-    g = b.output(b.op("MatMul", _dq(b, x, b.const(0.05, "xs"), b.const(128, "xz", dtype="uint8")), w))
-    assert _check(b)
-    assert ops(g) == {"kiln::QMatMul": 1} and g.nodes[0].input(5) is wz
 
 
 def test_gemm_trans_b_and_conv_per_channel_float_outputs():

@@ -39,11 +39,6 @@ class Value:
     def is_const(self) -> bool:
         return self.const is not None
 
-    @property
-    def is_zero_const(self) -> bool:
-        """A constant holding only zeros (e.g. a zero point stated as 0)."""
-        return self.const is not None and not bool(self.const.any())
-
     def producer(self) -> Node | None:
         return self._producer
 

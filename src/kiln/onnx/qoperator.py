@@ -66,7 +66,7 @@ def _qgemm(graph: Graph, node: Node) -> bool:
         y.shape = (a.shape[0], b.shape[0 if trans_b else 1])
     attrs = {"activation": "", "activation_params": [], "trans_b": trans_b,
              "out_dtype": 0 if ys is None else _out_type(node, yz)}
-    inputs = [a, b, a_s, az, bs, _weight_zero_point(b, bz), bias, None, ys, yz]
+    inputs = [a, b, a_s, az, bs, bz, bias, None, ys, yz]
     return _replace(graph, node, lambda: [Node("QMatMul", inputs, [y], attrs, name=node.name, domain="kiln")])
 
 
@@ -104,7 +104,7 @@ def _quantized_layer(graph: Graph, node: Node) -> bool:
             return False
         bias = _float_bias(graph, node, b, xs, ws)
         attrs = {**node.attrs, "activation": "", "activation_params": [], "out_dtype": _out_type(node, yz)}
-        inputs = [x, w, xs, xz, ws, _weight_zero_point(w, wz), bias, None, ys, yz]
+        inputs = [x, w, xs, xz, ws, wz, bias, None, ys, yz]
         op = "QConv"
     else:
         a, a_s, az, b, bs, bz, ys, yz = ins[:8]
@@ -113,16 +113,9 @@ def _quantized_layer(graph: Graph, node: Node) -> bool:
                 or a_scale.size != 1:
             return False     # two activations, or a per-row a_scale: the reference QLinearMatMul
         attrs = {"activation": "", "activation_params": [], "out_dtype": _out_type(node, yz), "trans_b": 0}
-        inputs = [a, b, a_s, az, bs, _weight_zero_point(b, bz), None, None, ys, yz]
+        inputs = [a, b, a_s, az, bs, bz, None, None, ys, yz]
         op = "QMatMul"
     return _replace(graph, node, lambda: [Node(op, inputs, list(node.outputs), attrs, name=node.name, domain="kiln")])
-
-
-def _weight_zero_point(w: Value, zp: Value | None) -> Value | None:
-    """An int8 weight's zero point, None where it is 0 everywhere (ONNX Runtime states per-channel
-    zeros): the layer is then symmetric, and its kernels take the int8 x int8 TMA path, which a
-    weight zero point rules out (as fuse_qdq does for a DequantizeLinear weight)."""
-    return None if zp is not None and w.dtype is not None and w.dtype.name == "int8" and zp.is_zero_const else zp
 
 
 def _out_type(node: Node, y_zero_point: Value | None) -> int:

@@ -186,13 +186,6 @@ def _channel_axis(node: Node) -> int:
     return 0 if node.op == "Gemm" and node.attrs.get("transB", 0) else 1
 
 
-def _nonzero_point(zp: Value | None, codes: str) -> Value | None:
-    """An int8 weight's zero point, or None where it is 0 everywhere (ONNX Runtime's QOperator
-    models state per-channel zeros): the layer then is symmetric and its kernels take the int8
-    x int8 TMA path, which a weight zero point rules out."""
-    return None if zp is not None and codes == "int8" and zp.is_zero_const else zp
-
-
 def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None,
                   fp8: bool) -> tuple[list[Value | None], Node | None] | None:
     """[w_q, w_scale, w_zp] and the weight's DQ node (None when recovered from a float constant,
@@ -207,7 +200,7 @@ def _weight_input(graph: Graph, w: Value, axis: int, channels: int | None,
         p = _checked_float8(p, codes)
         if p is None or (p.channels != 1 and (p.axis != axis or p.channels != channels)):
             return None
-        return [dq.input(0), p.scale, _nonzero_point(p.zero_point, codes)], dq
+        return [dq.input(0), p.scale, p.zero_point], dq
     arr = const_array(w)
     if arr is None or arr.dtype != np.float32 or arr.size == 0:
         return None
