@@ -57,9 +57,10 @@ MAX_HEAD_DIM = 128
 FLOATS = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32"}
 CODES = (torch.int8, torch.uint8)
 # BLOCK_N: keys per step where they do not fit one tile (past MAX_KEYS); below, one tile holds them.
-# EXACT 0: the quick arithmetic (module docstring). BERT-base b32 on an H200 (the tuner's
-# timings, 2026-11-28), us: quick 128x64/8 warps 38.7, 64x64/4 38.9, 32x128/4 42.6; exact
-# 32x128/4 55.3, 64x64/4 70.4 (quick 64x64/8 warps, 66, dropped).
+# EXACT 0: the quick arithmetic (module docstring). ONNX Runtime's BERT-base b32 chain on an H200
+# (benchmarks/kernels_qdq_attention.py, 2026-11-28 20:46 UTC), us: quick 128x64/8 warps 25.3,
+# 64x64/4 31.8, 32x128/4 34.6; exact 64x64/4 40.6, 32x128/4 51.5 (quick 64x64/8 warps, 66 in an
+# earlier tuning, dropped).
 CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4},
     {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4},
