@@ -27,7 +27,8 @@ multiplies by its row's reciprocal sum (div_rn, once a row) instead of torch's e
 correctly rounded division per element; every 16-bit rounding kept: a code moves only where a
 value lies within a few float32 ulp of a rounding boundary. (BERT-base b32 on an H200,
 benchmarks/kernels_qdq_attention.py: the exact softmax took 33.7 - 25.8 us of the quick kernel,
-the score chain's Q/DQ ~8 us, the probabilities' ~2.4 us; SDPA 15.3 us on the same shapes.) Not rounding the 16-bit values was tried and
+the score chain's Q/DQ ~8 us, the probabilities' ~2.4 us; SDPA 15.3 us on the same shapes.)
+Not rounding the 16-bit values was tried and
 dropped: the chain's values are few (codes), so an intermediate that falls on the other side of
 a boundary (a masked score's constant, a probability 1 / n) moves every element holding it at
 once, and the output by several steps. The exact kernel spends its time in the per-element
