@@ -42,9 +42,9 @@ from kiln.config import BuildConfig, Profile  # noqa: E402
 
 
 def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, folder: Path,
-            fmt: str = "QDQ") -> Path:
+            fmt: str = "QDQ", exclude: list[str] | None = None) -> Path:
     """`path` quantized by ONNX Runtime (format `fmt` QDQ|QOperator, per-channel int8 weights,
-    `activations` QUInt8|QInt8)."""
+    `activations` QUInt8|QInt8; the nodes named in `exclude` left in float)."""
     from onnxruntime import quantization as quant
 
     class Reader(quant.CalibrationDataReader):
@@ -54,9 +54,11 @@ def ort_qdq(path: Path, feeds: list[dict[str, np.ndarray]], activations: str, fo
         def get_next(self):  # noqa: ANN201 (onnxruntime's interface)
             return next(self.it, None)
 
+    folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{path.stem}.{fmt.lower()}_{activations.lower()}.onnx"
     quant.quantize_static(str(path), str(out), Reader(), quant_format=getattr(quant.QuantFormat, fmt), per_channel=True,
-                          weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activations))
+                          weight_type=quant.QuantType.QInt8, activation_type=getattr(quant.QuantType, activations),
+                          nodes_to_exclude=exclude)
     return out
 
 

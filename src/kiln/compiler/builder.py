@@ -55,6 +55,7 @@ from kiln.passes.pipeline import optimize
 from kiln.ir import dtypes
 from kiln.precision import apply_precision
 from kiln.precision.policy import engine_compute_type
+from kiln.precision.erasing_scales import warn_erasing_quantizers
 from kiln.precision.fold_requantize import QUANTIZED_LAYERS, fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
@@ -113,6 +114,7 @@ def optimized_graph(model: str | os.PathLike | onnx.ModelProto, config: BuildCon
     bad = unsupported_nodes(graph)
     if bad:
         raise UnsupportedOpError(describe_unsupported(bad))
+    warn_erasing_quantizers(graph)   # the model's own Q/DQ pairs that erase a tensor (an attention mask's)
     n_source = len(graph.nodes)
 
     say("optimizing")
