@@ -9,7 +9,7 @@ against kiln's own calibrated int8 (and fp8) engine and kiln fp16, all on the sa
 
     PYTHONPATH=src python benchmarks/qdq_ort.py [--model resnet50|bert_base|minilm] [--batch 64] \
         [--activations QUInt8,QInt8] [--formats QDQ,QOperator] [--calib-samples 64] [--no-calibrated] [--qat] [--fp8] \
-        [--dynamic] [--qdq-precisions fp16,fp32]
+        [--dynamic] [--qdq-precisions fp16,fp32] [--exclude NODE,NODE,...]
     PYTHONPATH=src python benchmarks/qdq_ort.py --device cpu --batch 2 --calib-samples 4   # builds and accuracy only
 
 Every model gets the same calibration samples (benchmarks/samples.py: ONNX Runtime's calibrator
@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="also build kiln's own calibrated int8 engine (the longest build)")
+    ap.add_argument("--exclude", default="",
+                    help="nodes ONNX Runtime's quantize_static leaves in float (comma list), e.g. the nodes_to_exclude "
+                         "kiln's build warning names where the model's own quantization erases a tensor")
     ap.add_argument("--dynamic", action="store_true",
                     help="also build ONNX Runtime's quantize_dynamic model (run-time activation scales)")
     ap.add_argument("--qat", action="store_true", help="also build the QAT-style export (qat_export.py)")
@@ -148,7 +151,7 @@ def main() -> None:
     tag = lambda p: "" if p == "fp16" else f" ({p} engine)"  # noqa: E731
     for fmt in (f for f in args.formats.split(",") if f):
         for act in (a for a in args.activations.split(",") if a):
-            qdq = ort_qdq(path, calib, act, folder, fmt)
+            qdq = ort_qdq(path, calib, act, folder, fmt, exclude=[n for n in args.exclude.split(",") if n] or None)
             say(f"ONNX Runtime quantized ({fmt}, {act} activations): {qdq.name}")
             builds += [(f"ONNX Runtime {fmt}, {act}{tag(p)}", qdq, config, None) for p, config in explicit.items()]
     if args.dynamic:
