@@ -17,10 +17,11 @@ import warnings
 import numpy as np
 
 from kiln.ir.graph import Graph, Node
+from kiln.passes.match import const_array
+from kiln.precision.overflow import FP16_MAX
 
-FLOAT16_MAX = 65504.0
 # Above this every finite float16 value rounds to the zero point (|x| / scale < 0.5).
-ERASING_SCALE = 2 * FLOAT16_MAX
+ERASING_SCALE = 2 * FP16_MAX
 
 
 class ErasedTensorWarning(UserWarning):
@@ -31,11 +32,11 @@ def erasing_quantizers(graph: Graph) -> list[tuple[Node, float]]:
     """(QuantizeLinear node, its largest scale) for each whose constant scale exceeds ERASING_SCALE."""
     found = []
     for node in graph.nodes:
-        if node.domain != "" or node.op != "QuantizeLinear" or len(node.inputs) < 2 or node.input(1) is None \
-                or not node.input(1).is_const:
+        scale = const_array(node.input(1)) if node.qualified_op == "QuantizeLinear" and len(node.inputs) > 1 else None
+        if scale is None or scale.size == 0:
             continue
-        scale = np.abs(np.asarray(node.input(1).const, dtype=np.float64))
-        if scale.size and float(scale.max()) > ERASING_SCALE:
+        scale = np.abs(scale.astype(np.float64))
+        if float(scale.max()) > ERASING_SCALE:
             found.append((node, float(scale.max())))
     return found
 
