@@ -58,9 +58,11 @@ def test_ordinary_scales_warn_nothing():
         kiln.build(_model(0.05), BuildConfig(device="cpu"))
 
 
-def test_onnxruntime_told_to_leave_the_nodes_out_writes_no_erasing_pair(tmp_path):
-    """ONNX Runtime's QDQ BERT (a -3.4e38 mask): the mask and each attention's scores-plus-mask
-    quantized at scale ~1.3e36; with the warning's nodes_to_exclude the same quantizer writes none."""
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_onnxruntime_told_to_leave_the_nodes_out_writes_no_erasing_pair(tmp_path, fmt):
+    """ONNX Runtime's BERT (a -3.4e38 mask), QDQ or QOperator: the mask and each attention's
+    scores-plus-mask quantized at scale ~1.3e36; with the warning's nodes_to_exclude (the float
+    model's names) the same quantizer writes none."""
     pytest.importorskip("onnxruntime.quantization")
     pytest.importorskip("transformers")
     from benchmarks import models
@@ -71,9 +73,9 @@ def test_onnxruntime_told_to_leave_the_nodes_out_writes_no_erasing_pair(tmp_path
 
     bert, src = _export_tiny_bert(tmp_path)
     feeds = [{n: v.numpy() for n, v in models.make_inputs(bert, 2, seed=s).items()} for s in range(2)]
-    found = erasing_quantizers(import_model(load_model(str(ort_qdq(src, feeds, "QInt8", tmp_path)))))
+    found = erasing_quantizers(import_model(load_model(str(ort_qdq(src, feeds, "QInt8", tmp_path, fmt)))))
     assert len(found) == 3 and all(scale > 1e35 for _, scale in found)      # the mask and two layers' Adds
     names = nodes_to_exclude(found)
     assert sum("Softmax" in n for n in names) == 2 and sum(n.endswith("/Add") for n in names) == 2
-    again = ort_qdq(src, feeds, "QInt8", tmp_path / "excluded", exclude=names)
+    again = ort_qdq(src, feeds, "QInt8", tmp_path / "excluded", fmt, exclude=names)
     assert erasing_quantizers(import_model(load_model(str(again)))) == []

@@ -204,7 +204,9 @@ def expand_contrib(model: onnx.ModelProto) -> onnx.ModelProto:
             floats.append(f"{tag}_dq{j}")
             nodes.append(helper.make_node("DequantizeLinear", [x, scale] + ([zp] if zp else []), [floats[-1]],
                                           name=f"{tag}_dq{j}"))
-        nodes.append(helper.make_node(spec[0], floats, [f"{tag}_float"], name=f"{tag}_{spec[0]}", **attrs))
+        # the float op keeps the contrib node's name: what a user's tools (and kiln's warnings) call it
+        nodes.append(helper.make_node(spec[0], floats, [f"{tag}_float"], name=node.name or f"{tag}_{spec[0]}",
+                                      **attrs))
         y_scale, y_zp = groups[1]
         if not y_zp and types.get(groups[0][0][2]) not in (None, onnx.TensorProto.UINT8):
             y_zp = f"{tag}_y_zero_point"     # the input's type, not QuantizeLinear's default uint8

@@ -22,6 +22,7 @@ from kiln.precision.overflow import FP16_MAX
 
 # Above this every finite float16 value rounds to the zero point (|x| / scale < 0.5).
 ERASING_SCALE = 2 * FP16_MAX
+QUANT_SUFFIX = "_quant"   # ONNX Runtime's QOperator quantizer: a quantized node's name is the float one's + this
 
 
 class ErasedTensorWarning(UserWarning):
@@ -42,16 +43,19 @@ def erasing_quantizers(graph: Graph) -> list[tuple[Node, float]]:
 
 
 def nodes_to_exclude(found: list[tuple[Node, float]]) -> list[str]:
-    """The nodes that write and read the erased tensors, in the order found: ONNX Runtime's quantizer
-    puts a Q/DQ pair on a tensor while any of them is quantized, so all of them stay out."""
+    """The float model's names of the nodes that write and read the erased tensors, in the order
+    found: ONNX Runtime's quantizer puts a Q/DQ pair on a tensor while any of them is quantized, so
+    all of them stay out. In a QOperator model a quantized node (QLinearAdd, QLinearSoftmax ...:
+    onnx/qoperator.py keeps its name on the float op) is named after the float one plus QUANT_SUFFIX."""
     names: list[str] = []
     for node, _ in found:
         x = node.input(0)
         readers = [c for dq in node.outputs[0].consumers() if dq.op == "DequantizeLinear"
                    for out in dq.outputs for c in out.consumers()]
         for n in ([x.producer()] if x is not None else []) + readers:
-            if n is not None and n.op not in ("QuantizeLinear", "DequantizeLinear") and n.name not in names:
-                names.append(n.name)
+            name = n.name.removesuffix(QUANT_SUFFIX) if n is not None else ""
+            if n is not None and n.op not in ("QuantizeLinear", "DequantizeLinear") and name not in names:
+                names.append(name)
     return names
 
 
