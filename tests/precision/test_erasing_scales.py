@@ -52,6 +52,26 @@ def test_the_cli_prints_the_warning(tmp_path):
     assert "nodes_to_exclude=['add_mask', 'softmax']" in result.stderr and "Traceback" not in result.output
 
 
+def test_check_reports_the_erasing_nodes(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from kiln.cli.main import main
+
+    onnx.save(_model(1.3344405750530544e36), tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "m.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["erasing_quantizers"] == [{"node": "quantize", "scale": pytest.approx(1.3344405750530544e36)}]
+    assert report["nodes_to_exclude"] == ["add_mask", "softmax"] and len(report["warnings"]) == 1
+    text = CliRunner().invoke(main, ["check", str(tmp_path / "m.onnx")])
+    assert text.exit_code == 0 and "warning: 1 QuantizeLinear node(s)" in text.stderr
+    onnx.save(_model(0.05), tmp_path / "ok.onnx")
+    clean = json.loads(CliRunner().invoke(main, ["check", str(tmp_path / "ok.onnx"), "--json"]).stdout)
+    assert clean["erasing_quantizers"] == [] and clean["warnings"] == []
+
+
 def test_ordinary_scales_warn_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ErasedTensorWarning)

@@ -34,10 +34,12 @@ def check_report(path: Path) -> tuple[dict[str, Any], list[Any]]:
     from kiln.onnx.importer import import_model, load_model
     from kiln.onnx.load import default_opset
     from kiln.onnx.support import unsupported_nodes
+    from kiln.precision.erasing_scales import erasing_message, erasing_quantizers, nodes_to_exclude
 
     proto = load_model(path)
     graph = import_model(proto)
     bad = unsupported_nodes(graph)
+    erasing = erasing_quantizers(graph)
     bad_keys = {(u.node, u.op) for u in bad}
     bad_ops = {u.op for u in bad}
     nodes = [{"name": n.name, "op": n.qualified_op, "supported": (n.name, n.qualified_op) not in bad_keys}
@@ -50,6 +52,10 @@ def check_report(path: Path) -> tuple[dict[str, Any], list[Any]]:
         "node_count": len(nodes),
         "op_counts": [{"op": op, "count": c, "supported": op not in bad_ops} for op, c in sorted(counts.items())],
         "unsupported": [{"node": u.node, "op": u.op, "opset": u.opset, "reason": u.reason} for u in bad],
+        # the model's own QuantizeLinears that erase a tensor (precision/erasing_scales.py), as kiln build warns
+        "erasing_quantizers": [{"node": n.name, "scale": scale} for n, scale in erasing],
+        "nodes_to_exclude": nodes_to_exclude(erasing),
+        "warnings": [erasing_message(erasing)] if erasing else [],
         "nodes": nodes,
     }
     return report, bad
@@ -63,7 +69,8 @@ def check(model: Path, show_nodes: bool, as_json: bool) -> None:
     """Check that kiln can run every node of MODEL (an .onnx file).
 
     Loads and validates the model, imports it (with shape inference) and lists its
-    op types with their counts, each marked supported or not. Exits 0 when every node is
+    op types with their counts, each marked supported or not, and warns where the model's own
+    quantization erases a tensor (as kiln build does). Exits 0 when every node is
     supported, 1 otherwise (naming the unsupported nodes).
     """
     from kiln.errors import UnsupportedOpError
@@ -93,3 +100,5 @@ def _print(r: dict[str, Any], show_nodes: bool) -> None:
     if r["supported"]:
         out.print(f"all {r['node_count']} nodes are supported; build with `kiln build {r['model']} -o ENGINE.kiln`",
                   markup=False)
+    for w in r["warnings"]:
+        output.stderr().print(f"warning: {w}", markup=False)

@@ -59,19 +59,22 @@ def nodes_to_exclude(found: list[tuple[Node, float]]) -> list[str]:
     return names
 
 
+def erasing_message(found: list[tuple[Node, float]]) -> str:
+    """The warning's text for these erasing QuantizeLinears (one paragraph: what, why, the fix)."""
+    largest = max(scale for _, scale in found)
+    return (f"{len(found)} QuantizeLinear node(s) of the model have scales above {ERASING_SCALE:g} (largest "
+            f"{largest:.4g}, on '{found[0][0].name}'): each keeps only values at least half its scale in "
+            f"magnitude (float32's extremes, such as an attention mask's -3.4e38) and rounds every other value "
+            f"to its zero point. Where the tensor holds other values too (scores plus such a mask, before a "
+            f"softmax) they are erased, and the attention becomes uniform over the unmasked keys. kiln computes "
+            f"the model as it is stated; to keep that information, leave the nodes that write and read these "
+            f"tensors out of quantization and quantize again (onnxruntime.quantization: "
+            f"nodes_to_exclude={nodes_to_exclude(found)}).")
+
+
 def warn_erasing_quantizers(graph: Graph) -> int:
     """One ErasedTensorWarning naming the erasing QuantizeLinears' tensors (module docstring); how many."""
     found = erasing_quantizers(graph)
-    if not found:
-        return 0
-    largest = max(scale for _, scale in found)
-    warnings.warn(
-        f"{len(found)} QuantizeLinear node(s) of the model have scales above {ERASING_SCALE:g} (largest "
-        f"{largest:.4g}, on '{found[0][0].name}'): each keeps only values at least half its scale in "
-        f"magnitude (float32's extremes, such as an attention mask's -3.4e38) and rounds every other value "
-        f"to its zero point. Where the tensor holds other values too (scores plus such a mask, before a "
-        f"softmax) they are erased, and the attention becomes uniform over the unmasked keys. kiln computes "
-        f"the model as it is stated; to keep that information, leave the nodes that write and read these "
-        f"tensors out of quantization and quantize again (onnxruntime.quantization: "
-        f"nodes_to_exclude={nodes_to_exclude(found)}).", ErasedTensorWarning, stacklevel=2)
+    if found:
+        warnings.warn(erasing_message(found), ErasedTensorWarning, stacklevel=2)
     return len(found)
