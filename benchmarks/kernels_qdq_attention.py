@@ -9,7 +9,8 @@ quantized a third time, softmax, the probabilities quantized, P V, the output re
 variant is the kernel with one part of that work taken out, so the difference in time is that
 part's cost: the programs (the score chain but the mask add; the probability's Q/DQ), the
 softmax's correctly rounded exp and division (as torch's kernel computes them) against tl.exp and
-one multiply by the reciprocal. Every variant's codes are compared with the reference chain's
+one multiply by the reciprocal (what the quick configs, EXACT 0, now compute: the softmax edits
+change the exact configs only). Every variant's codes are compared with the reference chain's
 (the tuner's rule for the op); a variant that drops a program computes another function, so its
 check says by how much. torch's SDPA (fp16, the dequantized inputs) and kiln's float attention
 kernel time the same shapes without any quantization, as the floor.
@@ -82,8 +83,7 @@ def _patched_generate(edits: tuple):
 
     def generate(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         source, consts, fp = original(*args, **kwargs)
-        for old, new in edits:
-            assert old in source, f"edit {old!r} finds nothing"
+        for old, new in edits:   # (the quick configs' kernel already has them: it stays as it is)
             source = source.replace(old, new)
         return source, consts, fp
     return generate
