@@ -29,6 +29,7 @@ import numpy as np
 
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.quantized import QMATMUL_INPUTS
+from kiln.passes.fuse_qdq import LAYER_INPUTS
 from kiln.passes.match import const_array, new_const
 
 MIN_GROUP = 2
@@ -130,7 +131,8 @@ def _per_column(v: Value | None, n: int) -> bool:
     return v is None or (arr is not None and arr.size in (1, n))
 
 
-WEIGHT_CODES = ("int8", "uint8", "float8_e4m3fn")   # (uint8: quantize_dynamic's QUInt8 weights, zero points per member)
+# the codes a quantized layer reads, B's too (uint8: quantize_dynamic's QUInt8 weights, zero points per member)
+WEIGHT_CODES = LAYER_INPUTS
 
 
 def _quantized_key(node: Node, w: Value) -> tuple | None:

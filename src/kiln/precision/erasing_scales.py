@@ -53,8 +53,10 @@ def nodes_to_exclude(found: list[tuple[Node, float]]) -> list[str]:
         readers = [c for dq in node.outputs[0].consumers() if dq.op == "DequantizeLinear"
                    for out in dq.outputs for c in out.consumers()]
         for n in ([x.producer()] if x is not None else []) + readers:
-            name = n.name.removesuffix(QUANT_SUFFIX) if n is not None else ""
-            if n is not None and n.op not in ("QuantizeLinear", "DequantizeLinear") and name not in names:
+            if n is None or n.op in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            name = n.name.removesuffix(QUANT_SUFFIX)
+            if name not in names:
                 names.append(name)
     return names
 
