@@ -3,6 +3,7 @@ r"""INT8/FP8 accuracy with real weights: all-MiniLM-L6-v2 on real sentences, YOL
 Usage:
   python benchmarks/accuracy_real.py [--parts minilm,yolo,budget] [--precisions int8,fp8]
       [--methods minmax,percentile,entropy] [--device auto|cpu|cuda] [--budget cosine=0.999]
+      [--smooth-quant ALPHA|auto] [--weight-rounding nearest|gptq]
       [--out accuracy_real.json] [--markdown accuracy_real.md]
 
 Every quantized engine is compared with the kiln fp32 engine of the same model on the same
@@ -67,6 +68,7 @@ EVAL_IMAGE_SEEDS = range(0, 50)
 CALIB_IMAGE_SEEDS = range(1000, 1032)
 CALIB_IMAGE_BATCH = 8
 SMOOTH_QUANT: list[float | str | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
+WEIGHT_ROUNDING = ["nearest"]  # --weight-rounding: how every int8/fp8 build rounds its matmul weights
 
 
 def log(msg: str) -> None:
@@ -78,11 +80,14 @@ def log(msg: str) -> None:
 
 def build_engine(model: str | Path, precision: str, profile: Profile, device: str, method: str = "minmax",
                  calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None,
-                 smooth_quant: float | str | None = None) -> Any:
+                 smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
-    with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant)."""
+    with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant), and its matmul
+    weights rounded by `weight_rounding`, else WEIGHT_ROUNDING[0] (--weight-rounding)."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
-    extra = {"calib_method": method, "smooth_quant": alpha} if precision in PRECISIONS else {}
+    rounding = weight_rounding or WEIGHT_ROUNDING[0]
+    extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding} \
+        if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
@@ -206,12 +211,13 @@ def minilm_part(model: MiniLM, precisions: Sequence[str], methods: Sequence[str]
 
 
 def budget_part(model: MiniLM, budget: tuple[str, float], method: str,
-                smooth_quant: float | str | None = None, precision: str = "int8") -> dict[str, Any]:
+                smooth_quant: float | str | None = None, precision: str = "int8",
+                weight_rounding: str | None = None) -> dict[str, Any]:
     """An int8 (or fp8) build with the accuracy budget; the plan it found and how it does on the
     evaluation set."""
     t0 = time.perf_counter()
     engine = build_engine(model.path, precision, model.profile, model.device, method, model.calibration, budget,
-                          smooth_quant)
+                          smooth_quant, weight_rounding)
     build_s = time.perf_counter() - t0
     plan = engine.header["build"]["accuracy_budget"]
     metrics = model.evaluate(engine)
@@ -328,6 +334,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--smooth-quant", type=lambda v: v if v == "auto" else float(v), default=None,
                     metavar="ALPHA|auto",
                     help="build every int8/fp8 engine with SmoothQuant alpha ALPHA (BuildConfig.smooth_quant)")
+    ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest",
+                    help="how every int8/fp8 engine rounds its matmul weights (BuildConfig.weight_rounding)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")
     args = ap.parse_args(argv)
@@ -349,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": {
         "card": card, "date": datetime.date.today().isoformat(), "device": args.device,
         "command": "python benchmarks/accuracy_real.py " + shlex.join(args.argv), "python": platform.python_version(),
-        "smooth_quant": args.smooth_quant,
+        "smooth_quant": args.smooth_quant, "weight_rounding": args.weight_rounding,
         "torch": torch.__version__, "kiln": kiln.__version__,
         "note": "int8/fp8 layers run kiln's exact reference kernels on the CPU; the GPU kernels are tested to "
                 "match them, so CPU accuracy holds on the GPU."}, "errors": {}}
@@ -374,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     SMOOTH_QUANT[0] = args.smooth_quant
+    WEIGHT_ROUNDING[0] = args.weight_rounding
     results = run(args)
     text = markdown(results)
     if args.out:

@@ -2,10 +2,11 @@
 
     PYTHONPATH=src python benchmarks/budget_plan.py [--precision fp8|int8] [--batches 256,32] [--keep LAYER,LAYER,...]
                                                     [--steps] [--weight-scales channel|tensor]
+                                                    [--smooth-quant 0.9|none] [--weight-rounding nearest|gptq]
     PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
-all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9,
-budget cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at
+all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9
+(--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at
 batch 32 on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
 before: the search prints it); --search-device cpu runs it on the CPU (the reference kernels) and
 stops there. Then, per batch: tuned builds of the fp16 engine, the all-quantized
@@ -43,11 +44,13 @@ CALIB_SAMPLES = 64
 
 
 def quant_config(model: models.BenchModel, batch: int, precision: str, keep: tuple[str, ...] = (),
-                 weight_scales: str = "channel", device: str = "cuda") -> BuildConfig:
+                 weight_scales: str = "channel", device: str = "cuda", smooth_quant: float | None = 0.9,
+                 weight_rounding: str = "nearest") -> BuildConfig:
     return BuildConfig(precision=precision, device=device,
                        profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
-                       timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16", smooth_quant=0.9,
-                       layer_precision=tuple((name, "fp16") for name in keep), weight_scales=weight_scales)
+                       timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16",
+                       smooth_quant=smooth_quant, layer_precision=tuple((name, "fp16") for name in keep),
+                       weight_scales=weight_scales, weight_rounding=weight_rounding)
 
 
 def graph_ms(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> float:
@@ -75,15 +78,19 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp8", "int8"), default="fp8")
     ap.add_argument("--search-device", choices=("cuda", "cpu"), default="cuda",
                     help="where the search builds run; cpu: the search alone, then stop")
+    ap.add_argument("--smooth-quant", default="0.9", help="SmoothQuant alpha, or none")
+    ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest")
     args = ap.parse_args()
+    options = {"weight_scales": args.weight_scales, "weight_rounding": args.weight_rounding,
+               "smooth_quant": None if args.smooth_quant == "none" else float(args.smooth_quant)}
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:5.0f} s] {msg}", flush=True)  # noqa: E731
     model = models.minilm(0)
     path = models.export_onnx(model, Path("/tmp/bench"))
     keep = tuple(n for n in args.keep.split(",") if n)
     if not keep:
-        found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, weight_scales=args.weight_scales,
-                                               device=args.search_device), BUDGET,
+        found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, device=args.search_device,
+                                               **options), BUDGET,
                        calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0), progress=say)
         keep = tuple(k.name for k in found.kept)
         say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "
@@ -95,11 +102,12 @@ def main() -> None:
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
         with torch.no_grad():
             reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
-        quant = quant_config(model, batch, args.precision, weight_scales=args.weight_scales)
+        quant = quant_config(model, batch, args.precision, **options)
         times = {}
-        fp16 = replace(quant, precision="fp16", float_precision="fp32", smooth_quant=None, weight_scales="channel")
+        fp16 = replace(quant, precision="fp16", float_precision="fp32", smooth_quant=None, weight_scales="channel",
+                       weight_rounding="nearest")
         for label, config in (("fp16", fp16), (args.precision, quant),
-                              ("plan", quant_config(model, batch, args.precision, keep, args.weight_scales))):
+                              ("plan", quant_config(model, batch, args.precision, keep, **options))):
             engine = kiln.build(str(path), config, calibration=calibration if config.precision != "fp16" else None)
             out = engine.run_tensors(feeds, validate=False)[model.output_name].float().cpu().numpy()
             cos = row_cosines(out, reference)

@@ -58,7 +58,8 @@ def calibration_batch(batches: list[int], wanted: int, samples_wanted: int) -> i
 def calibrate(model: BenchModel, path: Path, batches: list[int], args: argparse.Namespace,
               scratch: Path, log: Callable[[str], None]) -> Calibration:
     """Activation ranges for `model`'s int8/fp8 builds, written to a calibration cache in `scratch`."""
-    from kiln.compiler.builder import activation_ranges, optimized_graph
+    from kiln.compiler.builder import optimized_graph
+    from kiln.compiler.quantize_step import activation_ranges
 
     batch = calibration_batch(batches, args.calib_batch, args.calib_samples)
     feeds = samples.calibration_feeds(model, args.calib_samples, batch, args.seed)

@@ -26,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 CALIB_METHODS = ("entropy", "minmax", "percentile")
 # Weight scales of an int8/fp8 engine's quantized layers (BuildConfig.weight_scales).
 WEIGHT_SCALES = ("channel", "tensor")
+# How an int8/fp8 engine's matmul weights are rounded to codes (BuildConfig.weight_rounding).
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 Dims = tuple[int, ...]
 
@@ -134,6 +136,11 @@ class BuildConfig:
         the bias in its epilogue (tactic QMatMul.scaled_mm), which per-channel scales keep from
         the fastest cuBLASLt kernels. Per-tensor weights lose precision in channels much
         narrower than the widest: check with `kiln compare`. Only with precision int8 or fp8.
+    weight_rounding: "nearest" (the default: each weight to its nearest code) | "gptq" (the
+        matmul weights' codes chosen so that the layer's outputs on the calibration data move
+        least, precision/gptq.py; convolutions keep nearest). The codes, kernels and speed are
+        the same; "gptq" needs the calibration data at each build (a calibration cache holds no
+        Gram matrices). Only with precision int8 or fp8.
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -153,6 +160,7 @@ class BuildConfig:
     float_precision: str = "fp32"
     smooth_quant: float | str | None = None
     weight_scales: str = "channel"
+    weight_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -211,6 +219,14 @@ class BuildConfig:
             raise KilnError(f"weight scales per {self.weight_scales} only change int8 and fp8 builds, which quantize "
                             f"weights, but the precision is {self.precision}; build with --int8 or --fp8, or drop "
                             "--weight-scales.")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise KilnError(f"weight rounding {self.weight_rounding!r} is not known: give \"nearest\" (each weight "
+                            "to its nearest code, the default) or \"gptq\" (codes chosen against the calibration "
+                            "data).")
+        if self.weight_rounding != "nearest" and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"weight rounding {self.weight_rounding} only changes int8 and fp8 builds, which quantize "
+                            f"weights, but the precision is {self.precision}; build with --int8 or --fp8, or drop "
+                            "--weight-rounding.")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
@@ -231,6 +247,8 @@ class BuildConfig:
                 data["smooth_quant"] = self.smooth_quant
             if self.weight_scales != "channel":
                 data["weight_scales"] = self.weight_scales
+            if self.weight_rounding != "nearest":
+                data["weight_rounding"] = self.weight_rounding
         return data
 
     @staticmethod
@@ -245,4 +263,5 @@ class BuildConfig:
                            calib_batch_size=data.get("calib_batch_size", 8),
                            float_precision=data.get("float_precision", "fp32"),
                            smooth_quant=data.get("smooth_quant"),
-                           weight_scales=data.get("weight_scales", "channel"))
+                           weight_scales=data.get("weight_scales", "channel"),
+                           weight_rounding=data.get("weight_rounding", "nearest"))

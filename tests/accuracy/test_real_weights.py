@@ -139,10 +139,11 @@ def _minilm(path: Path) -> ar.MiniLM:
 
 
 @functools.lru_cache(maxsize=None)
-def _minilm_metrics(path: Path, precision: str, smooth_quant: float | None = None) -> dict:
+def _minilm_metrics(path: Path, precision: str, smooth_quant: float | None = None,
+                    weight_rounding: str = "nearest") -> dict:
     model = _minilm(path)
     engine = ar.build_engine(model.path, precision, model.profile, "cpu", MINILM_METHOD, model.calibration,
-                             smooth_quant=smooth_quant)
+                             smooth_quant=smooth_quant, weight_rounding=weight_rounding)
     return model.evaluate(engine)
 
 
@@ -192,9 +193,27 @@ def test_minilm_fp8_cosine(minilm_model: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="measured 0.9798 on Python 3.11.7's sentences, at the threshold: fp8 "
                                         "e4m3's 3-bit mantissa on every quantized matmul of MiniLM (weights and "
-                                        "activations); no calibration method does better (minmax is best)")
+                                        "activations); no calibration method does better (minmax is best). With "
+                                        "GPTQ weight rounding it is met (test_minilm_fp8_gptq_*)")
 def test_minilm_fp8_ranking(minilm_model: Path) -> None:
     m = _minilm_metrics(minilm_model, "fp8")
+    assert m["ranking"] >= metrics.MIN_RANKING, m
+
+
+@pytest.mark.slow
+def test_minilm_fp8_gptq_cosine(minilm_model: Path) -> None:
+    """GPTQ weight rounding (same codes, kernels and speed): measured min 0.99506, mean 0.99866
+    (nearest rounding: 0.99433, 0.99769)."""
+    m = _minilm_metrics(minilm_model, "fp8", weight_rounding="gptq")
+    assert m["cosine_min"] >= metrics.MIN_COSINE and m["cosine_mean"] >= metrics.MEAN_COSINE, m
+
+
+@pytest.mark.slow
+def test_minilm_fp8_gptq_ranking(minilm_model: Path) -> None:
+    """Measured 0.98324 on Python 3.11.7's sentences (nearest rounding 0.97977): GPTQ cuts the
+    weights' share of each layer's output error on the calibration sentences ~4x (the build
+    report's mean_error_ratio, 0.23)."""
+    m = _minilm_metrics(minilm_model, "fp8", weight_rounding="gptq")
     assert m["ranking"] >= metrics.MIN_RANKING, m
 
 

@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto
 
 from kiln.calibration import collect_ranges
-from kiln.compiler import builder
+from kiln.compiler import builder, quantize_step
 from kiln.config import BuildConfig
 from kiln.ir import verify
 from kiln.ir.graph import Graph, Node
@@ -94,7 +94,7 @@ def test_engines_with_and_without_the_fold_agree(precision: str, monkeypatch) ->
     config = BuildConfig(device="cpu", precision=precision, calib_method="minmax")  # as _quantized_graph
     folded = builder.build(mlp(), config, calibration=batches((BATCH, 16)))
     with monkeypatch.context() as m:
-        m.setattr(builder, "fold_requantize", lambda _graph: False)
+        m.setattr(quantize_step, "fold_requantize", lambda _graph: False)
         unfolded = builder.build(mlp(), config, calibration=batches((BATCH, 16)))
     assert [s.op for s in folded.plan.steps] == ["QuantizeLinear", "kiln::QMatMul", "kiln::QMatMul"]
     assert [s.op for s in unfolded.plan.steps].count("QuantizeLinear") == 2

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.calibration import collect_statistics, load_channel_max, save_cache
 from kiln.cli.main import main
-from kiln.compiler import builder
+from kiln.compiler import builder, quantize_step
 from kiln.config import BuildConfig
 from kiln.errors import KilnError
 from kiln.kernels.reference.interpret import run_graph
@@ -255,7 +255,7 @@ def test_smoothed_input_of_a_quantized_layer_is_its_per_channel_requantization(p
     assert engine.plan.slots[up.outputs[0]].dtype == {"int8": "int8", "fp8": "float8_e4m3fn"}[precision]
     assert [s.op for s in steps if s.op == "QuantizeLinear"] == []             # the norm quantizes x itself
     assert engine.header["build"][precision]["requantize_folded"] == 1
-    monkeypatch.setattr(builder, "fold_requantize", lambda graph: False)
+    monkeypatch.setattr(quantize_step, "fold_requantize", lambda graph: False)
     unfolded = builder.build(model, config, calibration=feeds(False))
     assert sum(s.op == "QuantizeLinear" for s in unfolded.plan.steps) == 1
     for feed in feeds(False, seed=101):

@@ -9,7 +9,9 @@ of one forward pass. Subgraph (If/Loop) internals are not visited; their outputs
 
 `collect_statistics` also keeps, for the activations named in `channels`, the max |x| of
 each channel of the last axis over all batches (a float64 vector): what SmoothQuant
-(precision/smooth_quant.py) divides the channels by.
+(precision/smooth_quant.py) divides the channels by; with `grams`, the Gram matrix X^T X of
+each named activation's rows X [rows, last axis] summed over all batches (float32, on the
+activation's device): what GPTQ weight rounding (precision/gptq.py) weighs errors by.
 """
 from __future__ import annotations
 
@@ -39,11 +41,15 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
                        method: str = "entropy", percentile: float = 99.99,
                        progress: Callable[[int], None] | None = None,
                        channels: Collection[str] = (),
-                       samples: dict[str, np.ndarray] | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                       samples: dict[str, np.ndarray] | None = None,
+                       grams: dict[str, torch.Tensor | None] | None = None
+                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(amax per floating-point activation name, max |x| per last-axis channel of each activation
     named in `channels` that the graph computes in floating point). With `samples` (a dict to
     fill), also up to SAMPLE_ROWS rows [rows, C] (float32) of each of those activations, a
-    strided pick of about SAMPLE_ROWS_PER_BATCH rows from each batch (SmoothQuant's alpha search)."""
+    strided pick of about SAMPLE_ROWS_PER_BATCH rows from each batch (SmoothQuant's alpha search).
+    `grams`: a dict keyed by the activation names whose X^T X to sum (values None to start), filled
+    in place with float32 [C, C] tensors; a name the graph computes in no float tensor stays None."""
     make_calibrator(method, percentile)  # reject an unknown method before any work
     calibrators: dict[str, Calibrator] = {}
     wanted = set(channels)
@@ -63,6 +69,10 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
                     have = samples.get(v.name)
                     both = pick if have is None else np.concatenate([have, pick])
                     samples[v.name] = both[:SAMPLE_ROWS]
+            if grams is not None and v.name in grams and t.dim() >= 1 and t.numel() > 0:
+                rows = t.detach().reshape(-1, t.shape[-1]).to(torch.float32)
+                g = rows.T @ rows
+                grams[v.name] = g if grams[v.name] is None else grams[v.name] + g
 
     last_use = _last_use(graph)
     n = 0

@@ -14,7 +14,7 @@ from kiln.cli import output
 from kiln.cli.build_summary import print_summary, summary
 from kiln.cli.calib_options import calibration_method_options, smooth_quant_option
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, WEIGHT_SCALES, BuildConfig, Profile
+from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, WEIGHT_ROUNDINGS, WEIGHT_SCALES, BuildConfig, Profile
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -176,6 +176,11 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
               help="Scales of the --int8/--fp8 weights: one per output channel, or one per weight (tensor: "
                    "TensorRT-LLM's FP8 recipe, which lets cuBLASLt's fastest fp8 GEMMs run; check the accuracy "
                    "with kiln compare).")
+@click.option("--weight-rounding", "weight_rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="nearest",
+              show_default=True,
+              help="How the --int8/--fp8 matmul weights become codes: each to its nearest, or GPTQ (the codes "
+                   "that move the layer's outputs on the calibration data least; same kernels and speed, needs "
+                   "--calib-data).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")
@@ -211,7 +216,7 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
-          smooth_quant: float | str | None, weight_scales: str,
+          smooth_quant: float | str | None, weight_scales: str, weight_rounding: str,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
@@ -242,7 +247,8 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          calib_data=str(calib_data) if calib_data is not None and overflow_data is None else None,
                          calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
-                         smooth_quant=smooth_quant, weight_scales=weight_scales, calib_cache=None if calib_cache is None else str(calib_cache),
+                         smooth_quant=smooth_quant, weight_scales=weight_scales,
+                         weight_rounding=weight_rounding, calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),

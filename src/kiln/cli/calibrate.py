@@ -67,7 +67,8 @@ def calibrate(model: Path, calib_data: Path, out: Path, calib_method: str, calib
     file to `kiln build MODEL --int8 --calib-cache FILE`, which reuses it while the model and
     method are unchanged. The file is written atomically.
     """
-    from kiln.compiler.builder import activation_ranges, optimized_graph
+    from kiln.compiler.builder import optimized_graph
+    from kiln.compiler.quantize_step import activation_ranges
 
     if out.exists() and out.is_dir():
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.calib.json.")

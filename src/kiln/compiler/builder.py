@@ -4,10 +4,11 @@ onnx file -> load + validate -> profiles -> import (shape inference at the profi
 dims) -> supported-op check -> passes -> precision -> tactics + plan -> one run at the opt
 shapes on synthetic inputs: on a GPU it tunes the tactics as it goes (tuning_pass.py),
 elsewhere it only probes; both record real buffer sizes -> memory plan -> Engine.
-An int8 or fp8 build gets activation ranges between the passes and precision (the calibration
-cache, else a calibration run of the optimised fp32 graph), quantizes the calibrated
-layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after SmoothQuant,
-precision/smooth_quant.py) and folds the QuantizeLinear between two of them
+An int8 or fp8 build (compiler/quantize_step.py) gets activation ranges between the passes and
+precision (the calibration cache, else a calibration run of the optimised fp32 graph), quantizes
+the calibrated layers (precision/int8.py, precision/fp8.py; with config.smooth_quant after
+SmoothQuant, precision/smooth_quant.py; config.weight_rounding "gptq" rounds the matmul weights
+by GPTQ, precision/gptq.py) and folds the QuantizeLinear between two of them
 into the first (precision/fold_requantize.py; one after a MaxPool moves before it first,
 precision/quantize_before_pool.py; a conv's residual is read quantized where that lets the
 fold happen, precision/quantize_residuals.py; an attention's output QuantizeLinear moves into the
@@ -38,6 +39,7 @@ import torch
 from kiln import __version__
 from kiln.compiler.lower import lower, plan_memory
 from kiln.compiler.profiles import resolve_profiles
+from kiln.compiler.quantize_step import QUANTIZERS, calibrate_and_quantize, calibration_batch_size
 from kiln.compiler.timer import CudaTimer, Timer
 from kiln.compiler.timing_cache import TimingCache, environment
 from kiln.compiler.tuner import TuneSettings
@@ -58,7 +60,6 @@ from kiln.precision.policy import engine_compute_type
 from kiln.precision.erasing_scales import warn_erasing_quantizers
 from kiln.precision.fold_requantize import QUANTIZED_LAYERS, fold_requantize
 from kiln.precision.quantize_before_pool import quantize_before_pool
-from kiln.precision.quantize_residuals import quantize_residuals
 from kiln.precision.quantize_attention_output import quantize_attention_output
 from kiln.precision.fuse_input_quantize import fuse_input_quantize
 from kiln.precision.fuse_qdq_attention import fuse_qdq_attention
@@ -66,16 +67,10 @@ from kiln.precision.fuse_matmul_quantize import fuse_matmul_quantize
 from kiln.precision.fuse_norm_quantize import fuse_norm_quantize
 from kiln.precision.fuse_residual_norm import fuse_residual_norm
 from kiln.precision.fuse_code_table import fuse_code_table
-from kiln.precision.fp8 import quantize_fp8
-from kiln.precision.int8 import quantize_layers
-from kiln.precision.layer_rules import match_layer_rules
 from kiln.precision.overflow import Fp16OverflowWarning, OverflowReport, find_fp16_overflow
 from kiln.runtime.engine import Engine, math_mode
 
 Progress = Callable[[str], None]
-
-# Calibrated precisions -> the rewrite that quantizes their layers (its report: header["build"][precision]).
-QUANTIZERS = {"int8": quantize_layers, "fp8": quantize_fp8}
 
 
 def resolve_device(device: str) -> str:
@@ -152,32 +147,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         front.passes
     quantized: dict[str, Any] | None = None  # the quantization report of an int8 or fp8 build
     if config.precision in QUANTIZERS:
-        keep = match_layer_rules(graph, config.layer_precision)
-        smoothed = None
-        if config.smooth_quant is None:
-            ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
-        else:  # SmoothQuant: per-channel maxima too, folded into the norms and weights before quantizing
-            from kiln.precision.smooth_quant import smooth, smoothing_inputs
-            samples = {} if config.smooth_quant == "auto" else None
-            ranges, channel_max, calibrated = calibration_statistics(graph, source, config, calibration, say,
-                                                                     channels=smoothing_inputs(graph), samples=samples)
-            smoothed = smooth(graph, ranges, channel_max, config.smooth_quant, keep, samples=samples,
-                              precision=config.precision)
-            ranges = smoothed.ranges
-        quantize = QUANTIZERS[config.precision]
-        report = quantize(graph, ranges, keep_float=keep, per_tensor_weights=config.weight_scales == "tensor")
-        quantized = {"calibration": calibrated, "weight_scales": config.weight_scales, **report.to_json()}
-        if smoothed is not None:
-            quantized["smooth_quant"] = smoothed.to_json()
-        if smoothed is not None:
-            from kiln.precision.smooth_quant import fold_channel_scales
-            fold_channel_scales(graph, smoothed)
-        before = graph.op_counts().get("QuantizeLinear", 0)
-        quantize_before_pool(graph)
-        quantized["residuals_quantized"] = quantize_residuals(graph, ranges, config.precision)
-        fold_requantize(graph)
-        quantized["attention_requantized"] = quantize_attention_output(graph)
-        quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
+        quantized = calibrate_and_quantize(graph, source, config, calibration, say)
     elif any(n.qualified_op in QUANTIZED_LAYERS for n in graph.nodes):
         # Explicit quantization: the same folds where the model's own Q/DQ left a QuantizeLinear
         # after a MaxPool or an attention (a QAT export quantizes each layer's input, not its output).
@@ -254,93 +224,13 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     return engine
 
 
-@dataclass(frozen=True, slots=True)
-class CalibrationRecord:
-    """Where the ranges came from, for the engine header and `kiln calibrate`'s report."""
-    method: str
-    source: str  # "cache" (read from calib_cache) | "calibrated"
-    batches: int  # batches calibrated on (0 when read from the cache)
-    cache: str | None  # the cache file read or written
-
-    def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "source": self.source, "batches": self.batches, "cache": self.cache}
-
-
-def activation_ranges(graph: Graph, source: bytes, config: BuildConfig,
-                      calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
-                      on_batch: Callable[[int], None] | None = None,
-                      reuse_cache: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
-    """amax per activation of the optimised `graph`: from config.calib_cache when it was made for
-    these ONNX bytes and this method, else calibrated on the batches (then cached when a cache
-    path is set). Returns the ranges and a record of where they came from."""
-    ranges, _, record = calibration_statistics(graph, source, config, calibration, say, on_batch, reuse_cache)
-    return ranges, record
-
-
-def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
-                           calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
-                           on_batch: Callable[[int], None] | None = None, reuse_cache: bool = True,
-                           channels: Iterable[str] = (), samples: dict[str, Any] | None = None
-                           ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
-    """activation_ranges, plus the per-channel maxima of the activations named in `channels`
-    (SmoothQuant's statistics); a cache without all of those maxima is a miss. With `samples`
-    (a dict to fill: rows of those activations, for SmoothQuant's alpha search), the data is
-    always run: the cache holds no rows."""
-    from kiln.calibration import (calibration_batches, collect_ranges, collect_statistics, load_cache,
-                                  load_channel_max, model_hash, save_cache)
-
-    say = say or (lambda _msg: None)
-    channels = list(channels)
-    digest = model_hash(source)
-    params = {"percentile": config.calib_percentile} if config.calib_method == "percentile" else {}
-    if reuse_cache and config.calib_cache and samples is None:
-        cached = load_cache(config.calib_cache, digest, config.calib_method, params)
-        cached_channels = load_channel_max(config.calib_cache, digest, config.calib_method, params) \
-            if cached is not None and channels else {}
-        # an activation that is not floating point has a range neither in the cache nor in a calibration run
-        if cached is not None and all(n in cached_channels for n in channels if n in cached):
-            say("calibration ranges from the cache")
-            return cached, cached_channels, CalibrationRecord(config.calib_method, "cache", 0,
-                                                              config.calib_cache).to_json()
-    data = calibration if calibration is not None else config.calib_data
-    if data is None:
-        cache_note = (f"the calibration cache {config.calib_cache!r} is absent or was made for another model or "
-                      "method, and " if config.calib_cache else "")
-        raise BuildError(f"an {config.precision} build needs activation ranges, but {cache_note}no calibration data "
-                         "was given; "
-                         "pass representative inputs with --calib-data PATH (an .npz keyed by input name, axis 0 "
-                         "the samples, or a folder of .npz/.npy batches), BuildConfig(calib_data=...) or "
-                         "build(..., calibration=[{input: array}, ...]), or a cache written by `kiln calibrate` "
-                         "with --calib-cache.")
-    batch, drop_last = _calibration_batch_size(graph, config.calib_batch_size)
-    batches = calibration_batches(data, graph.inputs, batch, drop_last)
-    count = [0]
-
-    def seen(n: int) -> None:
-        count[0] = n
-        if on_batch is not None:
-            on_batch(n)
-    say("calibrating")
-    if channels:
-        ranges, channel_max = collect_statistics(graph, batches, config.calib_method, config.calib_percentile,
-                                                 progress=seen, channels=channels, samples=samples)
-    else:
-        ranges, channel_max = collect_ranges(graph, batches, config.calib_method, config.calib_percentile,
-                                             progress=seen), {}
-    if config.calib_cache:
-        save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params,
-                   channel_max=channel_max)
-    return ranges, channel_max, CalibrationRecord(config.calib_method, "calibrated", count[0],
-                                                  config.calib_cache).to_json()
-
-
 def fp16_overflow(graph: Graph, config: BuildConfig,
                   calibration: Iterable[Mapping[str, Any]] | str | os.PathLike | None, say: Progress) -> OverflowReport:
     """The layers of the optimised fp32 `graph` that overflow fp16 on the calibration data (the
     batches given, else config.calib_data), each announced with an Fp16OverflowWarning."""
     from kiln.calibration import calibration_batches
 
-    batch, drop_last = _calibration_batch_size(graph, config.calib_batch_size)
+    batch, drop_last = calibration_batch_size(graph, config.calib_batch_size)
     data = calibration if calibration is not None else config.calib_data
     say("checking fp16 overflow on the calibration data")
     report = find_fp16_overflow(graph, calibration_batches(data, graph.inputs, batch, drop_last),
@@ -350,15 +240,6 @@ def fp16_overflow(graph: Graph, config: BuildConfig,
     if report.kept:
         say(f"fp16 overflow: {len(report.kept)} layer(s) kept in fp32")
     return report
-
-
-def _calibration_batch_size(graph: Graph, wanted: int) -> tuple[int, bool]:
-    """Samples per .npz batch: the batch dim the model (or its static profile) fixes when every
-    input fixes the same one, cutting only whole batches; else `wanted`."""
-    fixed = {v.shape[0] if v.shape and isinstance(v.shape[0], int) else None for v in graph.inputs}
-    if len(fixed) == 1 and None not in fixed and next(iter(fixed)) > 0:
-        return next(iter(fixed)), True
-    return wanted, False
 
 
 def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Profile, config: BuildConfig,

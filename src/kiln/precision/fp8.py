@@ -41,19 +41,22 @@ from kiln.calibration.calibrators import FP8_E4M3_QMAX, weight_scales
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import replace_nodes
+from kiln.precision.gptq import GPTQRounding
 from kiln.precision.int8 import QuantizableLayer, QuantizeReport, quantize_with
 
 FP8 = dtypes.BY_NAME["float8_e4m3fn"]
 
 
 def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (), *,
-                 per_tensor_weights: bool = False) -> QuantizeReport:
+                 per_tensor_weights: bool = False, rounding: GPTQRounding | None = None) -> QuantizeReport:
     """Quantize every supported layer with a calibrated input range to fp8 E4M3 (module docstring).
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
-    per_tensor_weights: one weight scale per layer, max|W| / 448 (BuildConfig.weight_scales).
+    per_tensor_weights: one weight scale per layer, max|W| / 448 (BuildConfig.weight_scales);
+    rounding: GPTQ's weight codes for the matmul layers (precision/gptq.py), else nearest.
     The report has int8's shape (QuantizeReport): which layers were quantized, which kept float and why."""
-    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights))
+    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights,
+                                                            rounding=rounding))
 
 
 def fp8_weight(w: np.ndarray, axis: int, per_tensor: bool = False) -> tuple[torch.Tensor, np.ndarray]:
@@ -68,6 +71,12 @@ def fp8_weight(w: np.ndarray, axis: int, per_tensor: bool = False) -> tuple[torc
     return q.to(torch.float8_e4m3fn), scale
 
 
+def encode_fp8(t: torch.Tensor) -> torch.Tensor:
+    """Values in code units -> the nearest float8 e4m3 values (rounded from float32, saturated at +-448),
+    same dtype."""
+    return t.to(torch.float32).clamp(-FP8_E4M3_QMAX, FP8_E4M3_QMAX).to(torch.float8_e4m3fn).to(t.dtype)
+
+
 def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
     """A new saturating QuantizeLinear(x, amax / 448) -> float8_e4m3fn, placed before `before`; its output."""
     scale = graph.constant(np.array(amax / FP8_E4M3_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_fp8_scale")
@@ -79,14 +88,18 @@ def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
 
 
 def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value], *,
-             per_tensor: bool = False) -> Node:
+             per_tensor: bool = False, rounding: GPTQRounding | None = None) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
         shared_q[id(x)] = quantize_input(graph, x, amax, node)
     x_q = shared_q[id(x)]
+    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     w_q, w_scale = fp8_weight(layer.w, layer.axis, per_tensor)
+    codes = None if rounding is None or op != "QMatMul" else \
+        rounding.codes(node.name, x.name, layer.w, w_scale, layer.axis, encode_fp8)
+    if codes is not None:  # GPTQ's codes are float8 values already: the cast is exact
+        w_q = torch.from_numpy(codes).to(torch.float8_e4m3fn)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
     inputs = [x_q, graph.constant(w_q, f"{node.name}_w_fp8"), x_q.producer().input(1), None,
               graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]
-    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     return replace_nodes(graph, [node], op, inputs, dict(layer.attrs), "kiln")

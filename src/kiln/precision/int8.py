@@ -29,12 +29,14 @@ from functools import partial
 from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
+import torch
 from onnx import TensorProto
 
 from kiln.calibration.calibrators import INT8_QMAX, weight_scales
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.passes.match import const_array, replace_nodes
+from kiln.precision.gptq import GPTQRounding
 
 # Activation types a quantized layer can take (its float output is rounded to this type).
 _FLOAT_ACTIVATIONS = ("float32", "float16")
@@ -83,12 +85,14 @@ class QuantizableLayer:
 
 
 def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (), *,
-                    per_tensor_weights: bool = False) -> QuantizeReport:
+                    per_tensor_weights: bool = False, rounding: GPTQRounding | None = None) -> QuantizeReport:
     """Quantize every supported layer with a calibrated input range to int8 (module docstring).
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
-    per_tensor_weights: one weight scale per layer, max|W| / 127 (BuildConfig.weight_scales)."""
-    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights))
+    per_tensor_weights: one weight scale per layer, max|W| / 127 (BuildConfig.weight_scales);
+    rounding: GPTQ's weight codes for the matmul layers (precision/gptq.py), else nearest."""
+    return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights,
+                                                            rounding=rounding))
 
 
 def quantize_with(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int],
@@ -235,8 +239,13 @@ def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
     return x_q
 
 
+def encode_int8(t: torch.Tensor) -> torch.Tensor:
+    """Values in code units -> the nearest int8 codes (ties to even, saturated at +-127), same dtype."""
+    return torch.round(t).clamp(-INT8_QMAX, INT8_QMAX)
+
+
 def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, shared_q: dict[int, Value], *,
-             per_tensor: bool = False) -> Node:
+             per_tensor: bool = False, rounding: GPTQRounding | None = None) -> Node:
     x = layer.x
     if id(x) not in shared_q:  # one QuantizeLinear per activation, shared by its quantized readers
         shared_q[id(x)] = quantize_input(graph, x, amax, node)
@@ -247,9 +256,13 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     w_scale = weight_scales(w, layer.axis, per_tensor=per_tensor)  # [C] (or [1]) float32
     shape = [1] * w.ndim
     shape[layer.axis] = -1
-    w_q = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX).astype(np.int8)
+    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
+    codes = None if rounding is None or op != "QMatMul" else \
+        rounding.codes(node.name, x.name, w, w_scale, layer.axis, encode_int8)
+    if codes is None:
+        codes = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX)
+    w_q = codes.astype(np.int8)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)
     inputs = [x_q, graph.constant(w_q, f"{node.name}_w_int8"), scale, zp,
               graph.constant(w_scale, f"{node.name}_w_scale"), None, layer.bias, layer.residual]
-    op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     return replace_nodes(graph, [node], op, inputs, dict(layer.attrs), "kiln")

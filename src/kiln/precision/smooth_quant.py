@@ -61,7 +61,7 @@ with channels=smoothing_inputs(graph)).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -91,6 +91,8 @@ class SmoothedActivation:
     amax_after: float
     into: str = "norm"  # "norm": Scale and B divided; "quantizer": a per-channel QuantizeLinear scale
     alpha: float | None = None  # the alpha this activation got (the build's, or the search's with "auto")
+    factors: np.ndarray | None = field(default=None, compare=False, repr=False)  # s [C], float64
+    read_as: str = ""  # the name its quantized readers read it by now ("": `activation`)
 
     def to_json(self) -> dict[str, Any]:
         return {"activation": self.activation, "norm": self.norm, "readers": list(self.readers),
@@ -161,7 +163,7 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
             _scale_rows(graph, reader, layer, s)
         after = float(np.max(x_max / s))
         done.append(SmoothedActivation(y.name, node.name, tuple(r.name for r, _ in readers),
-                                       float(new_ranges[y.name]), after, "norm", a))
+                                       float(new_ranges[y.name]), after, "norm", a, s))
         new_ranges[y.name] = after
     smoothed = {a.activation for a in done}
     for name in smoothing_inputs(graph):
@@ -207,7 +209,7 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
     after = float(np.max(x_max / s))
     ranges[out.name] = after
     return SmoothedActivation(name, mul.name, tuple(r.name for r, _ in readers), float(ranges[name]), after,
-                              "quantizer", a)
+                              "quantizer", a, s, out.name)
 
 
 ALPHAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)  # the "auto" search's grid

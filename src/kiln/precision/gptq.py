@@ -1,0 +1,138 @@
+"""GPTQ weight rounding: int8/fp8 weight codes chosen against the layer's calibration inputs.
+
+Rounding each weight to its nearest code (the default, BuildConfig.weight_rounding "nearest")
+makes errors that add up independently in every output. GPTQ (Frantar et al., "GPTQ: Accurate
+Post-Training Quantization for Generative Pre-trained Transformers", 2022) rounds the input
+channels of a weight one at a time and moves each rounding error onto the channels not yet
+rounded, weighted by how the calibration inputs correlate, so that the layer's outputs on
+those inputs move as little as possible. For a layer y = x @ W' (W [N, K]: N output
+channels, K input channels) and calibration rows X [rows, K] with H = X^T X:
+
+    minimise  || X (Q - W)^T ||^2 = trace((Q - W) H (Q - W)^T)   over codes Q on W's grid
+
+Greedy in the order of decreasing diag(H) (the busiest input channels first, "act order"):
+H is damped (H += DAMP * mean(diag H) * I, the mean over excited channels), U = upper Cholesky factor of H^-1; for input
+channel k in that order: q_k = code(w_k), e = (w_k - q_k) / U_kk, w_j -= e * U_kj for every
+later j (in blocks of BLOCK columns, the rest as one matrix product per block).
+
+The scales do not change: s_w (per output channel or per tensor) is max|W| / qmax of the
+original W, and a compensated weight beyond it saturates to +-qmax codes. Input channels that
+the calibration data never excites (H_kk = 0) round to nearest and pass no error on. The
+codes stay plain int8 / float8 codes: the kernels, the engine format and the reference are the
+same as with nearest rounding. Only matmul layers (MatMul, Gemm, kiln::FusedMatMul) are
+rounded this way; convolutions keep nearest rounding.
+
+`GPTQRounding` holds the calibration Gram matrices (calibration/collect.py collects them per
+activation name) and records, per layer, the proxy error trace(E H E^T) of GPTQ's codes
+against nearest rounding's: the build report states their ratio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+DAMP = 0.01  # share of the mean diagonal added to H's diagonal (GPTQ's percdamp)
+BLOCK = 128  # input channels rounded before the rest of W is updated by one matrix product
+
+Encode = Callable[[torch.Tensor], torch.Tensor]  # values in code units -> the nearest codes (same dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundedLayer:
+    """One matmul layer's weight rounding: GPTQ's proxy error against nearest rounding's, or why nearest."""
+    layer: str
+    error_ratio: float | None  # trace(E H E^T) with GPTQ's codes / with nearest codes; None: nearest
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layer": self.layer}
+        if self.error_ratio is not None:
+            out["error_ratio"] = round(self.error_ratio, 6)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass
+class GPTQRounding:
+    """The Gram matrices H = X^T X of the activations that matmul layers read (keyed by activation
+    name) and, filled while quantizing, what each layer's rounding gave."""
+    grams: Mapping[str, torch.Tensor]
+    damp: float = DAMP
+    block: int = BLOCK
+    layers: list[RoundedLayer] = field(default_factory=list)
+
+    def codes(self, layer: str, x_name: str, w: np.ndarray, scale: np.ndarray, axis: int,
+              encode: Encode) -> np.ndarray | None:
+        """GPTQ's codes (float64, W's layout) for weight `w` of matmul `layer` reading activation
+        `x_name`, with scales `scale` ([C] along `axis`, or [1]); None when the layer has no
+        usable Gram matrix (then the caller rounds to nearest; the reason is recorded)."""
+        gram = self.grams.get(x_name)
+        k = w.shape[1 - axis]
+        if gram is None:
+            self.layers.append(RoundedLayer(layer, None, f"no calibration rows of its input {x_name!r}"))
+            return None
+        if tuple(gram.shape) != (k, k):
+            self.layers.append(RoundedLayer(layer, None, f"its input's Gram matrix is {list(gram.shape)}, "
+                                                         f"not [{k}, {k}]"))
+            return None
+        wt = torch.from_numpy(np.asarray(w, np.float64))
+        wt = wt.T if axis == 1 else wt                                    # [N, K]
+        s = torch.from_numpy(np.asarray(scale, np.float64)).reshape(-1, 1)  # [N, 1] or [1, 1]
+        h = gram.to("cpu", torch.float64)
+        try:
+            q = gptq_codes(wt / s, h, encode, self.damp, self.block)
+        except torch.linalg.LinAlgError:
+            self.layers.append(RoundedLayer(layer, None, "its damped Gram matrix is not positive definite"))
+            return None
+        nearest = encode(wt / s)
+        ratio = proxy_error(q * s - wt, h) / max(proxy_error(nearest * s - wt, h), 1e-300)
+        self.layers.append(RoundedLayer(layer, float(ratio)))
+        return (q.T if axis == 1 else q).numpy()
+
+    def to_json(self) -> dict[str, Any]:
+        ratios = [r.error_ratio for r in self.layers if r.error_ratio is not None]
+        return {"damp": self.damp, "block": self.block, "layers": [r.to_json() for r in self.layers],
+                "rounded": len(ratios), "mean_error_ratio": round(float(np.mean(ratios)), 6) if ratios else None}
+
+
+def gptq_codes(w: torch.Tensor, h: torch.Tensor, encode: Encode, damp: float = DAMP,
+               block: int = BLOCK) -> torch.Tensor:
+    """Codes [N, K] (float64) for w [N, K] in code units (W / s) minimising trace(E H E^T)
+    greedily (module docstring); h [K, K] float64. Raises torch.linalg.LinAlgError when the
+    damped h is not positive definite."""
+    w = w.clone()
+    n, k = w.shape
+    h = h.clone()
+    dead = torch.diagonal(h) <= 0
+    live = torch.diagonal(h)[~dead]
+    h[dead, :] = 0
+    h[:, dead] = 0
+    h[dead, dead] = 1.0                       # never excited: round to nearest, pass no error on
+    h += damp * (float(live.mean()) if live.numel() else 1.0) * torch.eye(k, dtype=h.dtype)
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+    w, h = w[:, order], h[order][:, order]
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.empty_like(w)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        wb, ub = w[:, b0:b1], u[b0:b1, b0:b1]
+        err = torch.empty_like(wb)
+        for j in range(b1 - b0):
+            col = wb[:, j]
+            q[:, b0 + j] = encode(col)
+            e = (col - q[:, b0 + j]) / ub[j, j]
+            wb[:, j + 1:] -= e[:, None] * ub[j, j + 1:][None, :]
+            err[:, j] = e
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    out = torch.empty_like(q)
+    out[:, order] = q
+    return out
+
+
+def proxy_error(e: torch.Tensor, h: torch.Tensor) -> float:
+    """trace(E H E^T) for E [N, K]: the squared output error of the calibration rows."""
+    return float(((e @ h) * e).sum())
