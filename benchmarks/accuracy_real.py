@@ -3,7 +3,7 @@ r"""INT8/FP8 accuracy with real weights: all-MiniLM-L6-v2 on real sentences, YOL
 Usage:
   python benchmarks/accuracy_real.py [--parts minilm,yolo,budget] [--precisions int8,fp8]
       [--methods minmax,percentile,entropy] [--device auto|cpu|cuda] [--budget cosine=0.999]
-      [--smooth-quant ALPHA|auto] [--weight-rounding nearest|gptq]
+      [--smooth-quant ALPHA|auto] [--weight-rounding nearest|gptq] [--weight-scales channel|tensor]
       [--out accuracy_real.json] [--markdown accuracy_real.md]
 
 Every quantized engine is compared with the kiln fp32 engine of the same model on the same
@@ -69,6 +69,7 @@ CALIB_IMAGE_SEEDS = range(1000, 1032)
 CALIB_IMAGE_BATCH = 8
 SMOOTH_QUANT: list[float | str | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
 WEIGHT_ROUNDING = ["nearest"]  # --weight-rounding: how every int8/fp8 build rounds its matmul weights
+WEIGHT_SCALES = ["channel"]    # --weight-scales: every int8/fp8 build's weight scales
 
 
 def log(msg: str) -> None:
@@ -83,11 +84,12 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
                  smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
     with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant), and its matmul
-    weights rounded by `weight_rounding`, else WEIGHT_ROUNDING[0] (--weight-rounding)."""
+    weights rounded by `weight_rounding`, else WEIGHT_ROUNDING[0] (--weight-rounding), with
+    WEIGHT_SCALES[0]'s weight scales (--weight-scales)."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
     rounding = weight_rounding or WEIGHT_ROUNDING[0]
-    extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding} \
-        if precision in PRECISIONS else {}
+    extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding,
+             "weight_scales": WEIGHT_SCALES[0]} if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
@@ -336,6 +338,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="build every int8/fp8 engine with SmoothQuant alpha ALPHA (BuildConfig.smooth_quant)")
     ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest",
                     help="how every int8/fp8 engine rounds its matmul weights (BuildConfig.weight_rounding)")
+    ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
+                    help="every int8/fp8 engine's weight scales (BuildConfig.weight_scales)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")
     args = ap.parse_args(argv)
@@ -358,6 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "card": card, "date": datetime.date.today().isoformat(), "device": args.device,
         "command": "python benchmarks/accuracy_real.py " + shlex.join(args.argv), "python": platform.python_version(),
         "smooth_quant": args.smooth_quant, "weight_rounding": args.weight_rounding,
+        "weight_scales": args.weight_scales,
         "torch": torch.__version__, "kiln": kiln.__version__,
         "note": "int8/fp8 layers run kiln's exact reference kernels on the CPU; the GPU kernels are tested to "
                 "match them, so CPU accuracy holds on the GPU."}, "errors": {}}
@@ -383,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     SMOOTH_QUANT[0] = args.smooth_quant
     WEIGHT_ROUNDING[0] = args.weight_rounding
+    WEIGHT_SCALES[0] = args.weight_scales
     results = run(args)
     text = markdown(results)
     if args.out:
