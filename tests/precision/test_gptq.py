@@ -43,7 +43,8 @@ def test_gptq_beats_nearest_on_its_objective_with_valid_codes(precision: str) ->
     w = torch.randn(N, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     s = w.abs().amax(1, keepdim=True) / QMAX[precision]
     encode = ENCODERS[precision]
-    q = gptq_codes(w / s, h, encode, block=16)  # blocks smaller than K: the between-block update runs too
+    # GPTQ's own damping (0.01); blocks smaller than K: the between-block update runs too
+    q = gptq_codes(w / s, h, encode, damp=0.01, block=16)
     nearest = encode(w / s)
     assert torch.equal(encode(q), q), "every GPTQ code is a code of the type"
     assert float(q.abs().max()) <= QMAX[precision]
@@ -135,8 +136,8 @@ def test_build_rounds_matmul_weights_and_is_closer_to_fp32(precision: str) -> No
         want = np.asarray(fp32(**feed)["y"], np.float64)
         for name, engine in (("nearest", nearest), ("gptq", gptq)):
             err[name] += float(((np.asarray(engine(**feed)["y"], np.float64) - want) ** 2).sum())
-    # measured: int8 1.83 -> 1.58, fp8 13.6 -> 10.5 (the activations' rounding, the same in both, is the rest)
-    assert err["gptq"] < 0.9 * err["nearest"], err
+    # measured: int8 1.83 -> 1.62, fp8 13.6 -> 10.5 (the activations' rounding, the same in both, is the rest)
+    assert err["gptq"] < {"int8": 0.95, "fp8": 0.85}[precision] * err["nearest"], err
 
 
 def test_build_with_smooth_quant_rounds_against_the_smoothed_inputs() -> None:
