@@ -67,9 +67,9 @@ IMAGE_BATCH = 10
 EVAL_IMAGE_SEEDS = range(0, 50)
 CALIB_IMAGE_SEEDS = range(1000, 1032)
 CALIB_IMAGE_BATCH = 8
-SMOOTH_QUANT: list[float | str | None] = [None]  # --smooth-quant ALPHA: every int8/fp8 build smooths with it
-WEIGHT_ROUNDING = ["nearest"]  # --weight-rounding: how every int8/fp8 build rounds its matmul weights
-WEIGHT_SCALES = ["channel"]    # --weight-scales: every int8/fp8 build's weight scales
+# Every int8/fp8 build's SmoothQuant alpha, weight rounding and weight scales (--smooth-quant etc.)
+SMOOTH_QUANT: list[float | str | None] = [None]
+WEIGHT_ROUNDING, WEIGHT_SCALES = ["nearest"], ["channel"]
 
 
 def log(msg: str) -> None:
@@ -83,9 +83,8 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
                  calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None,
                  smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
-    with SmoothQuant alpha `smooth_quant`, else SMOOTH_QUANT[0] (--smooth-quant), and its matmul
-    weights rounded by `weight_rounding`, else WEIGHT_ROUNDING[0] (--weight-rounding), with
-    WEIGHT_SCALES[0]'s weight scales (--weight-scales)."""
+    SmoothQuant alpha `smooth_quant` (else SMOOTH_QUANT[0]), matmul weights rounded by
+    `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0]."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
     rounding = weight_rounding or WEIGHT_ROUNDING[0]
     extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding,
@@ -362,8 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "card": card, "date": datetime.date.today().isoformat(), "device": args.device,
         "command": "python benchmarks/accuracy_real.py " + shlex.join(args.argv), "python": platform.python_version(),
         "smooth_quant": args.smooth_quant, "weight_rounding": args.weight_rounding,
-        "weight_scales": args.weight_scales,
-        "torch": torch.__version__, "kiln": kiln.__version__,
+        "weight_scales": args.weight_scales, "torch": torch.__version__, "kiln": kiln.__version__,
         "note": "int8/fp8 layers run kiln's exact reference kernels on the CPU; the GPU kernels are tested to "
                 "match them, so CPU accuracy holds on the GPU."}, "errors": {}}
     if {"minilm", "budget"} & set(args.parts):
@@ -386,9 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
-    SMOOTH_QUANT[0] = args.smooth_quant
-    WEIGHT_ROUNDING[0] = args.weight_rounding
-    WEIGHT_SCALES[0] = args.weight_scales
+    SMOOTH_QUANT[0], WEIGHT_ROUNDING[0], WEIGHT_SCALES[0] = args.smooth_quant, args.weight_rounding, args.weight_scales
     results = run(args)
     text = markdown(results)
     if args.out:

@@ -6,8 +6,9 @@
     PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
 all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9
-(--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at
-batch 32 on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
+(--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget
+cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
+on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
 before: the search prints it); --search-device cpu runs it on the CPU (the reference kernels) and
 stops there. Then, per batch: tuned builds of the fp16 engine, the all-quantized
 engine and the plan (the same config plus one fp16 rule per kept layer), each timed as CUDA

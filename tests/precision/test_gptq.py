@@ -32,8 +32,8 @@ def correlated_rows(rows: int, k: int, seed: int) -> torch.Tensor:
     distribution (the mixing), `seed` draws the rows."""
     mix = torch.randn(k, k, generator=torch.Generator().manual_seed(99), dtype=torch.float64) / k ** 0.5 \
         + torch.eye(k, dtype=torch.float64)
-    return torch.randn(rows, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) @ mix * torch.linspace(0.2, 3.0, k,
-                                                                                          dtype=torch.float64)
+    noise = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return noise @ mix * torch.linspace(0.2, 3.0, k, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
