@@ -59,7 +59,8 @@ def _graph(w_scale: np.ndarray, *, cast_to: int = TensorProto.FLOAT, second_read
 @pytest.mark.parametrize("w_scale", [np.array(0.02, np.float32), (RNG.random(6) * 0.05 + 0.01).astype(np.float32)])
 @pytest.mark.parametrize("scale_order", [0, 1])
 def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
-    x = torch.from_numpy(RNG.standard_normal((3, 16)).astype(np.float32))
+    # its own generator: the module's RNG hands out different x depending on which tests ran before
+    x = torch.from_numpy(np.random.default_rng(11).standard_normal((3, 16)).astype(np.float32))
     want = run_graph(_graph(w_scale, scale_order=scale_order), {"x": x})["out"]
     g = _graph(w_scale, scale_order=scale_order)
     assert integer_to_qdq(g)
@@ -68,7 +69,9 @@ def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
     assert ops["MatMul"] == 1 and ops["DequantizeLinear"] == 2 and "MatMulInteger" not in ops and "Cast" not in ops
     dq_w = next(n for n in g.nodes if n.op == "DequantizeLinear" and n.input(0).name == "w")
     assert dq_w.attrs == ({"axis": 1} if w_scale.size > 1 else {})
-    torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-6, atol=1e-6)
+    # the integer sum is exact; the float one of 16 dequantized products rounds each step (float32:
+    # a few ulps of the sum of |terms|, ~1e-6 here), so compare at 1e-5
+    torch.testing.assert_close(run_graph(g, {"x": x})["out"], want, rtol=1e-5, atol=1e-5)
     assert fuse_qdq(g)
     verify(g)
     q = next(n for n in g.nodes if n.op == "QMatMul")
@@ -78,7 +81,7 @@ def test_rewrites_to_dequantized_matmul_then_one_qmatmul(w_scale, scale_order):
 
 
 def test_codes_only_gemms_read_become_int8():
-    x = torch.from_numpy(RNG.standard_normal((3, 16)).astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(12).standard_normal((3, 16)).astype(np.float32))
     g = _graph(np.array(0.02, np.float32))
     want = run_graph(g, {"x": x})["out"]
     assert integer_to_qdq(g) and fuse_qdq(g) and signed_dynamic_codes(g)
