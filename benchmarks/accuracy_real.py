@@ -83,7 +83,7 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
                  calibration: Sequence[Feed] | None = None, budget: tuple[str, float] | None = None,
                  smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
-    SmoothQuant alpha `smooth_quant` (else SMOOTH_QUANT[0]), matmul weights rounded by
+    SmoothQuant alpha `smooth_quant` (else SMOOTH_QUANT[0]), weights rounded by
     `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0]."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
     rounding = weight_rounding or WEIGHT_ROUNDING[0]
@@ -336,7 +336,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     metavar="ALPHA|auto",
                     help="build every int8/fp8 engine with SmoothQuant alpha ALPHA (BuildConfig.smooth_quant)")
     ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest",
-                    help="how every int8/fp8 engine rounds its matmul weights (BuildConfig.weight_rounding)")
+                    help="how every int8/fp8 engine rounds its weights (BuildConfig.weight_rounding)")
     ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
                     help="every int8/fp8 engine's weight scales (BuildConfig.weight_scales)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")

@@ -26,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CALIB_METHODS = ("entropy", "minmax", "percentile")
 # Weight scales of an int8/fp8 engine's quantized layers (BuildConfig.weight_scales).
 WEIGHT_SCALES = ("channel", "tensor")
-# How an int8/fp8 engine's matmul weights are rounded to codes (BuildConfig.weight_rounding).
+# How an int8/fp8 engine's weights are rounded to codes (BuildConfig.weight_rounding).
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 Dims = tuple[int, ...]
@@ -137,8 +137,8 @@ class BuildConfig:
         the fastest cuBLASLt kernels. Per-tensor weights lose precision in channels much
         narrower than the widest: check with `kiln compare`. Only with precision int8 or fp8.
     weight_rounding: "nearest" (the default: each weight to its nearest code) | "gptq" (the
-        matmul weights' codes chosen so that the layer's outputs on the calibration data move
-        least, precision/gptq.py; convolutions keep nearest). The codes, kernels and speed are
+        matmul and 2-D convolution weights' codes chosen so that the layer's outputs on the
+        calibration data move least, precision/gptq.py). The codes, kernels and speed are
         the same; "gptq" needs the calibration data at each build (a calibration cache holds no
         Gram matrices). Only with precision int8 or fp8.
     """

@@ -19,7 +19,7 @@ from kiln.compiler import builder
 from kiln.config import BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.precision.fp8 import encode_fp8
-from kiln.precision.gptq import GPTQRounding, gptq_codes, proxy_error
+from kiln.precision.gptq import GPTQRounding, gptq_codes, patch_gram, proxy_error
 from kiln.precision.int8 import encode_int8
 
 ENCODERS = {"int8": encode_int8, "fp8": encode_fp8}
@@ -184,9 +184,79 @@ def test_cli_option(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["fp8"]["gptq"]["rounded"] == 2
     text = runner.invoke(main, args)
     flat = " ".join(text.output.split())
-    assert text.exit_code == 0 and "GPTQ rounded 2 matmul weight(s)" in flat, text.output
+    assert text.exit_code == 0 and "GPTQ rounded 2 weight(s)" in flat, text.output
     result = runner.invoke(main, ["build", str(model), "-o", str(out), "--fp16", "--weight-rounding", "gptq",
                                   "--device", "cpu"])
     assert result.exit_code == 1 and "drop --weight-rounding" in result.output
     result = runner.invoke(main, args[:-1] + ["round"])
     assert result.exit_code == 2 and "'round' is not one of" in result.output
+
+
+# ---------------------------------------------------------------- convolutions
+
+
+CONV_ATTRS = {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [1, 2], "group": 2}
+
+
+def test_patch_gram_is_the_sum_of_the_patches_outer_products() -> None:
+    x = torch.randn(2, 4, 7, 6, generator=torch.Generator().manual_seed(20))
+    got = patch_gram(x, (3, 2), CONV_ATTRS)
+    xp = torch.nn.functional.pad(x, (0, 1, 1, 2))       # pads [top, left, bottom, right] = [1, 0, 2, 1]
+    want = torch.zeros(2, 2 * 3 * 2, 2 * 3 * 2, dtype=torch.float64)
+    for g in range(2):
+        for b in range(2):
+            for oy in range(0, xp.shape[2] - 2, 2):      # kernel 3 tall, stride 2
+                for ox in range(0, xp.shape[3] - 2):     # kernel 2 wide, dilation 2: spans 3
+                    p = xp[b, 2 * g:2 * g + 2, oy:oy + 3, ox:ox + 3:2].reshape(-1).double()  # (c, i, j) order
+                    want[g] += torch.outer(p, p)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    assert patch_gram(x[0], (3, 2), CONV_ATTRS) is None  # not a batch of 2-D images
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("group", [1, 2, 8])
+def test_conv_codes_move_the_conv_outputs_less(precision: str, group: int) -> None:
+    x = correlated_rows(4 * 8 * 8, 8, 21).reshape(4, 8, 8, 8).permute(0, 3, 1, 2).float()  # channels correlated
+    x = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)                                 # neighbours too
+    attrs = {"pads": [1, 1, 1, 1], "group": group}
+    w = torch.randn(16, 8 // group, 3, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    scale = (w.abs().amax(dim=(1, 2, 3)) / QMAX[precision]).numpy()
+    rounding = GPTQRounding({}, {"conv": patch_gram(x, (3, 3), attrs)}, damp=0.01)
+    codes = torch.from_numpy(rounding.codes("conv", "conv", w.numpy(), scale, 0, ENCODERS[precision]))
+    s = torch.from_numpy(scale).reshape(-1, 1, 1, 1)
+    assert torch.equal(ENCODERS[precision](codes), codes) and codes.shape == w.shape
+
+    def out_err(q: torch.Tensor) -> float:
+        conv = torch.nn.functional.conv2d
+        return float(((conv(x.double(), q * s, padding=1, groups=group) - conv(x.double(), w, padding=1,
+                                                                                groups=group)) ** 2).sum())
+    got, base = out_err(codes), out_err(ENCODERS[precision](w / s))
+    assert got < 0.9 * base, (got, base)
+    assert rounding.layers[0].error_ratio == pytest.approx(got / base, rel=1e-6)
+
+
+def cnn_model() -> onnx.ModelProto:
+    """x[B, 4, 8, 8] -> Conv "c1" (3x3, pads 1) -> Relu -> Conv "c2" (3x3, group 2, stride 2) -> y."""
+    rng = np.random.default_rng(23)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w1", rng.standard_normal((8, 4, 3, 3)) / 6), ("b1", 0.1 * rng.standard_normal(8)),
+        ("w2", rng.standard_normal((6, 4, 3, 3)) / 6))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h0"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("Conv", ["h", "w2"], ["y"], name="c2", group=2, strides=[2, 2])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_build_rounds_conv_weights(precision: str) -> None:
+    rows = correlated_rows(16 * 64, 4, 24).float()
+    calib = [{"x": rows[i:i + 128].reshape(2, 8, 8, 4).permute(0, 3, 1, 2).contiguous().numpy()}
+             for i in range(0, len(rows), 128)]
+    engine = builder.build(cnn_model(), BuildConfig(device="cpu", precision=precision, weight_rounding="gptq"),
+                           calibration=calib)
+    layers = engine.header["build"][precision]["gptq"]["layers"]
+    assert len(layers) == 2 and all(0 < r["error_ratio"] <= 1 for r in layers), layers

@@ -11,7 +11,8 @@ of one forward pass. Subgraph (If/Loop) internals are not visited; their outputs
 each channel of the last axis over all batches (a float64 vector): what SmoothQuant
 (precision/smooth_quant.py) divides the channels by; with `grams`, the Gram matrix X^T X of
 each named activation's rows X [rows, last axis] summed over all batches (float32, on the
-activation's device): what GPTQ weight rounding (precision/gptq.py) weighs errors by.
+activation's device): what GPTQ weight rounding (precision/gptq.py) weighs errors by; with
+`conv_grams`, the same of each named 2-D convolution's input patches, per group (patch_gram).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import torch
 
 from kiln.calibration.calibrators import Calibrator, make_calibrator
 from kiln.errors import KilnError
-from kiln.ir.graph import Graph, Value
+from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.interpret import as_tensor, evaluate_node
+from kiln.precision.gptq import patch_gram
 
 
 SAMPLE_ROWS = 1024           # rows kept per sampled activation
@@ -42,18 +44,26 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
                        progress: Callable[[int], None] | None = None,
                        channels: Collection[str] = (),
                        samples: dict[str, np.ndarray] | None = None,
-                       grams: dict[str, torch.Tensor | None] | None = None
+                       grams: dict[str, torch.Tensor | None] | None = None,
+                       conv_grams: dict[str, torch.Tensor | None] | None = None
                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(amax per floating-point activation name, max |x| per last-axis channel of each activation
     named in `channels` that the graph computes in floating point). With `samples` (a dict to
     fill), also up to SAMPLE_ROWS rows [rows, C] (float32) of each of those activations, a
     strided pick of about SAMPLE_ROWS_PER_BATCH rows from each batch (SmoothQuant's alpha search).
     `grams`: a dict keyed by the activation names whose X^T X to sum (values None to start), filled
-    in place with float32 [C, C] tensors; a name the graph computes in no float tensor stays None."""
+    in place with float32 [C, C] tensors; a name the graph computes in no float tensor stays None.
+    `conv_grams`: likewise keyed by Conv / kiln::FusedConv node names, filled with their input
+    patches' [group, K, K] (None: not a 2-D convolution with a constant weight)."""
     make_calibrator(method, percentile)  # reject an unknown method before any work
     calibrators: dict[str, Calibrator] = {}
     wanted = set(channels)
     channel_max: dict[str, np.ndarray] = {}
+    conv_readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        if conv_grams is not None and node.name in conv_grams and node.input(0) is not None \
+                and node.input(1) is not None and node.input(1).is_const and node.input(1).shape:
+            conv_readers.setdefault(node.input(0).name, []).append(node)
 
     def observe(v: Value, t: object) -> None:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -73,6 +83,10 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
                 rows = t.detach().reshape(-1, t.shape[-1]).to(torch.float32)
                 g = rows.T @ rows
                 grams[v.name] = g if grams[v.name] is None else grams[v.name] + g
+            for conv in conv_readers.get(v.name, ()):
+                g = patch_gram(t, conv.input(1).shape[2:], conv.attrs)
+                if g is not None:
+                    conv_grams[conv.name] = g if conv_grams[conv.name] is None else conv_grams[conv.name] + g
 
     last_use = _last_use(graph)
     n = 0

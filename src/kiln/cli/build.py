@@ -178,7 +178,7 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
                    "with kiln compare).")
 @click.option("--weight-rounding", "weight_rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="nearest",
               show_default=True,
-              help="How the --int8/--fp8 matmul weights become codes: each to its nearest, or GPTQ (the codes "
+              help="How the --int8/--fp8 weights become codes: each to its nearest, or GPTQ (the codes "
                    "that move the layer's outputs on the calibration data least; same kernels and speed, needs "
                    "--calib-data).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -176,7 +176,7 @@ def int8_line(int8: dict[str, Any]) -> str:
             + (f"; SmoothQuant alpha {sq['alpha']}: {len(sq['smoothed'])} activation(s) smoothed"
                if (sq := int8.get("smooth_quant")) else "")
             + ("; weight scales per tensor" if int8.get("weight_scales") == "tensor" else "")
-            + (f"; GPTQ rounded {g['rounded']} matmul weight(s), calibration output error "
+            + (f"; GPTQ rounded {g['rounded']} weight(s), calibration output error "
                f"x{g['mean_error_ratio']:.3g} of nearest rounding's" if (g := int8.get("gptq")) and g["rounded"]
                else "; GPTQ rounded no weight (see --json)" if g else ""))
 

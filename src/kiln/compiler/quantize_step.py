@@ -36,8 +36,11 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
     the engine header keeps under build[precision]."""
     keep = match_layer_rules(graph, config.layer_precision)
     smoothed = None
-    grams: dict[str, torch.Tensor | None] | None = \
-        dict.fromkeys(smoothing_inputs(graph)) if config.weight_rounding == "gptq" else None
+    grams: dict[str, torch.Tensor | None] | None = None
+    conv_grams: dict[str, torch.Tensor | None] | None = None
+    if config.weight_rounding == "gptq":
+        grams = dict.fromkeys(smoothing_inputs(graph))
+        conv_grams = dict.fromkeys(n.name for n in graph.nodes if n.qualified_op in ("Conv", "kiln::FusedConv"))
     if config.smooth_quant is None and grams is None:
         ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
     else:  # SmoothQuant's per-channel maxima, GPTQ's Gram matrices: more than ranges from the data
@@ -45,7 +48,8 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
         samples = {} if config.smooth_quant == "auto" else None
         channels = smoothing_inputs(graph) if config.smooth_quant is not None else ()
         ranges, channel_max, calibrated = calibration_statistics(graph, source, config, calibration, say,
-                                                                 channels=channels, samples=samples, grams=grams)
+                                                                 channels=channels, samples=samples, grams=grams,
+                                                                 conv_grams=conv_grams)
         if config.smooth_quant is not None:  # folded into the norms and weights before quantizing
             smoothed = smooth(graph, ranges, channel_max, config.smooth_quant, keep, samples=samples,
                               precision=config.precision)
@@ -53,7 +57,8 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
     rounding = None
     if grams is not None:
         found = {name: g for name, g in grams.items() if g is not None}
-        rounding = GPTQRounding(smoothed_grams(found, smoothed) if smoothed is not None else found)
+        rounding = GPTQRounding(smoothed_grams(found, smoothed) if smoothed is not None else found,
+                                {name: g for name, g in (conv_grams or {}).items() if g is not None})
         say("rounding the weights (GPTQ)")
     report = QUANTIZERS[config.precision](graph, ranges, keep_float=keep,
                                           per_tensor_weights=config.weight_scales == "tensor", rounding=rounding)
@@ -113,13 +118,14 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
                            calibration: Iterable[Mapping[str, Any]] | None = None, say: Progress | None = None,
                            on_batch: Callable[[int], None] | None = None, reuse_cache: bool = True,
                            channels: Iterable[str] = (), samples: dict[str, Any] | None = None,
-                           grams: dict[str, torch.Tensor | None] | None = None
+                           grams: dict[str, torch.Tensor | None] | None = None,
+                           conv_grams: dict[str, torch.Tensor | None] | None = None
                            ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """activation_ranges, plus the per-channel maxima of the activations named in `channels`
     (SmoothQuant's statistics); a cache without all of those maxima is a miss. With `samples`
     (a dict to fill: rows of those activations, for SmoothQuant's alpha search), the data is
-    always run: the cache holds no rows. Likewise with `grams` (names -> None, filled in place:
-    GPTQ's Gram matrices, calibration/collect.py), which the cache does not hold either."""
+    always run: the cache holds no rows. Likewise with `grams` / `conv_grams` (names -> None, filled
+    in place: GPTQ's Gram matrices, calibration/collect.py), which the cache does not hold either."""
     from kiln.calibration import (calibration_batches, collect_ranges, collect_statistics, load_cache,
                                   load_channel_max, model_hash, save_cache)
 
@@ -162,7 +168,8 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
     say("calibrating")
     if channels or grams is not None:
         ranges, channel_max = collect_statistics(graph, batches, config.calib_method, config.calib_percentile,
-                                                 progress=seen, channels=channels, samples=samples, grams=grams)
+                                                 progress=seen, channels=channels, samples=samples, grams=grams,
+                                                 conv_grams=conv_grams)
     else:
         ranges, channel_max = collect_ranges(graph, batches, config.calib_method, config.calib_percentile,
                                              progress=seen), {}

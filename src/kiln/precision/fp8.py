@@ -53,7 +53,7 @@ def quantize_fp8(graph: Graph, ranges: Mapping[str, float], keep_float: Collecti
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
     per_tensor_weights: one weight scale per layer, max|W| / 448 (BuildConfig.weight_scales);
-    rounding: GPTQ's weight codes for the matmul layers (precision/gptq.py), else nearest.
+    rounding: GPTQ's weight codes (precision/gptq.py), else nearest.
     The report has int8's shape (QuantizeReport): which layers were quantized, which kept float and why."""
     return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights,
                                                             rounding=rounding))
@@ -95,8 +95,8 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     x_q = shared_q[id(x)]
     op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     w_q, w_scale = fp8_weight(layer.w, layer.axis, per_tensor)
-    codes = None if rounding is None or op != "QMatMul" else \
-        rounding.codes(node.name, x.name, layer.w, w_scale, layer.axis, encode_fp8)
+    codes = None if rounding is None else \
+        rounding.codes(node.name, x.name if op == "QMatMul" else node.name, layer.w, w_scale, layer.axis, encode_fp8)
     if codes is not None:  # GPTQ's codes are float8 values already: the cast is exact
         w_q = torch.from_numpy(codes).to(torch.float8_e4m3fn)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)

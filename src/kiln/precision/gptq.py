@@ -19,20 +19,25 @@ The scales do not change: s_w (per output channel or per tensor) is max|W| / qma
 original W, and a compensated weight beyond it saturates to +-qmax codes. Input channels that
 the calibration data never excites (H_kk = 0) round to nearest and pass no error on. The
 codes stay plain int8 / float8 codes: the kernels, the engine format and the reference are the
-same as with nearest rounding. Only matmul layers (MatMul, Gemm, kiln::FusedMatMul) are
-rounded this way; convolutions keep nearest rounding.
+same as with nearest rounding. Matmul layers (MatMul, Gemm, kiln::FusedMatMul) and 2-D
+convolutions are rounded this way: a convolution's X rows are its input patches (every output
+position of every image, padding included: patch_gram), one H per group; other convolutions keep
+nearest rounding.
 
 `GPTQRounding` holds the calibration Gram matrices (calibration/collect.py collects them per
-activation name) and records, per layer, the proxy error trace(E H E^T) of GPTQ's codes
+activation name, and per convolution) and records, per layer, the proxy error trace(E H E^T) of GPTQ's codes
 against nearest rounding's: the build report states their ratio.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from kiln.kernels.reference.common import resolve_pads
 
 # Share of the mean diagonal added to H's diagonal (GPTQ's percdamp, 0.01 in the paper). Larger
 # here: a few hundred calibration samples (MiniLM's 200 sentences: ~5k rows for up to 1536 input
@@ -65,40 +70,57 @@ class RoundedLayer:
 
 @dataclass
 class GPTQRounding:
-    """The Gram matrices H = X^T X of the activations that matmul layers read (keyed by activation
-    name) and, filled while quantizing, what each layer's rounding gave."""
+    """The Gram matrices of the layers' calibration inputs and, filled while quantizing, what each
+    layer's rounding gave. `grams`: H = X^T X [K, K] of each activation a matmul reads, keyed by
+    activation name; `conv_grams`: of each 2-D convolution's input patches per group, [group, K, K]
+    (K = C/group * kh * kw, patch_gram), keyed by the convolution node's name."""
     grams: Mapping[str, torch.Tensor]
+    conv_grams: Mapping[str, torch.Tensor] = field(default_factory=dict)
     damp: float = DAMP
     block: int = BLOCK
     layers: list[RoundedLayer] = field(default_factory=list)
 
-    def codes(self, layer: str, x_name: str, w: np.ndarray, scale: np.ndarray, axis: int,
+    def codes(self, layer: str, key: str, w: np.ndarray, scale: np.ndarray, axis: int,
               encode: Encode) -> np.ndarray | None:
-        """GPTQ's codes (float64, W's layout) for weight `w` of matmul `layer` reading activation
-        `x_name`, with scales `scale` ([C] along `axis`, or [1]); None when the layer has no
-        usable Gram matrix (then the caller rounds to nearest; the reason is recorded)."""
-        gram = self.grams.get(x_name)
-        k = w.shape[1 - axis]
+        """GPTQ's codes (float64, W's layout) for the weight `w` of `layer`, with scales `scale` ([C]
+        along the output-channel `axis`, or [1]): a matmul's W [K, N] or [N, K] reading activation
+        `key`, or a convolution's W [M, C/group, kh, kw] (axis 0) named `key`. None when there is no
+        usable Gram matrix (the caller rounds to nearest; the reason is recorded)."""
+        conv = w.ndim > 2
+        gram = (self.conv_grams if conv else self.grams).get(key)
         if gram is None:
-            self.layers.append(RoundedLayer(layer, None, f"no calibration rows of its input {x_name!r}"))
-            return None
-        if tuple(gram.shape) != (k, k):
-            self.layers.append(RoundedLayer(layer, None, f"its input's Gram matrix is {list(gram.shape)}, "
-                                                         f"not [{k}, {k}]"))
+            why = "no calibration patches (GPTQ covers 2-D convolutions)" if conv else \
+                f"no calibration rows of its input {key!r}"
+            self.layers.append(RoundedLayer(layer, None, why))
             return None
         wt = torch.from_numpy(np.asarray(w, np.float64))
-        wt = wt.T if axis == 1 else wt                                    # [N, K]
-        s = torch.from_numpy(np.asarray(scale, np.float64)).reshape(-1, 1)  # [N, 1] or [1, 1]
-        h = gram.to("cpu", torch.float64)
+        if conv:  # per group: [M / group, K] rows against that group's [K, K]
+            k = int(np.prod(w.shape[1:]))
+            ok = gram.dim() == 3 and tuple(gram.shape[1:]) == (k, k) and w.shape[0] % gram.shape[0] == 0
+            want = f"[group, {k}, {k}]"
+        else:
+            k = w.shape[1 - axis]
+            ok, want = tuple(gram.shape) == (k, k), f"[{k}, {k}]"
+        if not ok:
+            self.layers.append(RoundedLayer(layer, None, f"its input's Gram matrix is {list(gram.shape)}, "
+                                                         f"not {want}"))
+            return None
+        groups = wt.reshape(gram.shape[0], -1, k) if conv else (wt.T if axis == 1 else wt)[None]  # [G, rows, K]
+        s = torch.from_numpy(np.asarray(scale, np.float64)).reshape(-1, 1)    # [rows, 1] or [1, 1]
+        s = s.expand(w.shape[axis], 1).reshape(groups.shape[0], -1, 1)
+        h = gram.to("cpu", torch.float64).reshape(-1, k, k)
         try:
-            q = gptq_codes(wt / s, h, encode, self.damp, self.block)
+            q = torch.stack([gptq_codes(wg / sg, hg, encode, self.damp, self.block)
+                             for wg, sg, hg in zip(groups, s, h)])
         except torch.linalg.LinAlgError:
             self.layers.append(RoundedLayer(layer, None, "its damped Gram matrix is not positive definite"))
             return None
-        nearest = encode(wt / s)
-        ratio = proxy_error(q * s - wt, h) / max(proxy_error(nearest * s - wt, h), 1e-300)
-        self.layers.append(RoundedLayer(layer, float(ratio)))
-        return (q.T if axis == 1 else q).numpy()
+        got = sum(proxy_error(qg * sg - wg, hg) for qg, sg, wg, hg in zip(q, s, groups, h))
+        base = sum(proxy_error(encode(wg / sg) * sg - wg, hg) for sg, wg, hg in zip(s, groups, h))
+        self.layers.append(RoundedLayer(layer, float(got / max(base, 1e-300))))
+        if conv:
+            return q.reshape(w.shape).numpy()
+        return (q[0].T if axis == 1 else q[0]).numpy()
 
     def to_json(self) -> dict[str, Any]:
         ratios = [r.error_ratio for r in self.layers if r.error_ratio is not None]
@@ -143,3 +165,32 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, encode: Encode, damp: float = D
 def proxy_error(e: torch.Tensor, h: torch.Tensor) -> float:
     """trace(E H E^T) for E [N, K]: the squared output error of the calibration rows."""
     return float(((e @ h) * e).sum())
+
+
+PATCH_CHUNK = 1 << 24  # unfolded elements per step of patch_gram (bounds its scratch memory)
+
+
+def patch_gram(x: torch.Tensor, kernel: Sequence[int], attrs: Mapping[str, Any]) -> torch.Tensor | None:
+    """float32 [group, K, K]: sum over images and output positions of p p^T, p a 2-D convolution's
+    input patch of one group (K = C/group * kh * kw, in its weight's (c, i, j) order), for input x
+    [B, C, H, W] and the convolution's ONNX attributes; None where x or the kernel is not 2-D."""
+    if x.dim() != 4 or len(kernel) != 2:
+        return None
+    group = int(attrs.get("group", 1))
+    strides = [int(v) for v in attrs.get("strides") or (1, 1)]
+    dilations = [int(v) for v in attrs.get("dilations") or (1, 1)]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    top, left, bottom, right = resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    xp = F.pad(x.detach().to(torch.float32), (left, right, top, bottom))
+    b, c = x.shape[:2]
+    k = c // group * kernel[0] * kernel[1]
+    gram = torch.zeros(group, k, k, dtype=torch.float32, device=x.device)
+    per_image = c * kernel[0] * kernel[1] * max(1, xp.shape[2] * xp.shape[3])
+    step = max(1, PATCH_CHUNK // per_image)
+    for i in range(0, b, step):
+        cols = F.unfold(xp[i:i + step], tuple(kernel), dilation=dilations, stride=strides)  # [b, C*kh*kw, L]
+        n, _, positions = cols.shape
+        cols = cols.reshape(n, group, k, positions).permute(1, 0, 3, 2).reshape(group, n * positions, k)
+        gram += cols.transpose(1, 2) @ cols
+    return gram

@@ -90,7 +90,7 @@ def quantize_layers(graph: Graph, ranges: Mapping[str, float], keep_float: Colle
 
     `keep_float`: ids of nodes to leave in float (e.g. those a layer precision rule names);
     per_tensor_weights: one weight scale per layer, max|W| / 127 (BuildConfig.weight_scales);
-    rounding: GPTQ's weight codes for the matmul layers (precision/gptq.py), else nearest."""
+    rounding: GPTQ's weight codes (precision/gptq.py), else nearest."""
     return quantize_with(graph, ranges, keep_float, partial(_rewrite, per_tensor=per_tensor_weights,
                                                             rounding=rounding))
 
@@ -257,8 +257,8 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     shape = [1] * w.ndim
     shape[layer.axis] = -1
     op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
-    codes = None if rounding is None or op != "QMatMul" else \
-        rounding.codes(node.name, x.name, w, w_scale, layer.axis, encode_int8)
+    codes = None if rounding is None else \
+        rounding.codes(node.name, x.name if op == "QMatMul" else node.name, w, w_scale, layer.axis, encode_int8)
     if codes is None:
         codes = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX)
     w_q = codes.astype(np.int8)
