@@ -99,7 +99,7 @@ def main(specs: list[str]) -> None:
         print(f"== {name} b{batch} {precision}: GPU us per step (step -1: kernels no step's range holds)")
         for k in sorted(steps):
             st = engine.plan.steps[k] if k >= 0 else None
-            label = f"{st.op:18s} {st.tactic:32s} {str(st.config)[:40]}" if st else "?"
+            label = f"{st.op:18s} {st.tactic:32s} {st.config}" if st else "?"
             if st is not None and st.op == "kiln::Pointwise":   # which program: its ops
                 label += " [" + " ".join(ins[0] for ins in st.attrs.get("program", ())) + "]"
             us = sum(d for _, d in steps[k])
