@@ -4,6 +4,7 @@ with SmoothQuant), and the config/CLI checks."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,12 @@ from kiln.config import BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.precision.fp8 import encode_fp8
 from kiln.precision.gptq import GPTQRounding, gptq_codes, patch_gram, proxy_error
+from kiln.compiler.quantize_step import smoothed_grams
 from kiln.precision.int8 import encode_int8
+from kiln.precision.smooth_quant import smooth, smoothing_inputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_smooth_quant import _post_norm_model, feeds, graph_of, ln_model  # noqa: E402
 
 ENCODERS = {"int8": encode_int8, "fp8": encode_fp8}
 QMAX = {"int8": 127.0, "fp8": 448.0}
@@ -147,6 +153,25 @@ def test_build_with_smooth_quant_rounds_against_the_smoothed_inputs() -> None:
     report = engine.header["build"]["int8"]
     assert report["smooth_quant"]["smoothed"] and report["gptq"]["rounded"] == 2
     assert all(0 < r["error_ratio"] < 1 for r in report["gptq"]["layers"])
+
+
+@pytest.mark.parametrize("model", ["norm", "post_norm"])
+def test_smoothed_grams_are_the_grams_of_what_the_readers_read(model: str) -> None:
+    """SmoothQuant through the norm (the activation keeps its name) and through a Mul before the
+    readers (they read a new value): D^-1 H D^-1 equals the Gram matrix calibrated again on the
+    smoothed graph, under the name the quantized readers read."""
+    graph = graph_of(ln_model() if model == "norm" else _post_norm_model())
+    names = smoothing_inputs(graph)
+    grams: dict = dict.fromkeys(names)
+    ranges, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=names, grams=grams)
+    report = smooth(graph, ranges, channel_max, 0.5)
+    assert report.smoothed and {a.into for a in report.smoothed} == {"norm" if model == "norm" else "quantizer"}
+    got = smoothed_grams({k: v for k, v in grams.items() if v is not None}, report)
+    again: dict = dict.fromkeys(smoothing_inputs(graph))
+    collect_statistics(graph, feeds(False), "minmax", grams=again)
+    for a in report.smoothed:
+        name = a.read_as or a.activation
+        torch.testing.assert_close(got[name].float(), again[name], rtol=1e-4, atol=1e-3)
 
 
 def test_gptq_needs_calibration_data_not_only_a_cache(tmp_path: Path) -> None:
