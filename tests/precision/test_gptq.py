@@ -124,13 +124,15 @@ def test_calibration_sums_gram_matrices() -> None:
     assert grams["not_a_value"] is None
 
 
+@pytest.mark.parametrize("scales", ["channel", "tensor"])
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
-def test_build_rounds_matmul_weights_and_is_closer_to_fp32(precision: str) -> None:
+def test_build_rounds_matmul_weights_and_is_closer_to_fp32(precision: str, scales: str) -> None:
     model, calib = mlp_model(), mlp_feeds(7)
     fp32 = builder.build(model, BuildConfig(device="cpu"))
-    nearest = builder.build(model, BuildConfig(device="cpu", precision=precision), calibration=calib)
-    gptq = builder.build(model, BuildConfig(device="cpu", precision=precision, weight_rounding="gptq"),
-                         calibration=calib)
+    nearest = builder.build(model, BuildConfig(device="cpu", precision=precision, weight_scales=scales),
+                            calibration=calib)
+    gptq = builder.build(model, BuildConfig(device="cpu", precision=precision, weight_rounding="gptq",
+                                            weight_scales=scales), calibration=calib)
     report = gptq.header["build"][precision]
     assert report["weight_rounding"] == "gptq" and gptq.header["build_config"]["weight_rounding"] == "gptq"
     assert report["gptq"]["rounded"] == 2 and all(0 < r["error_ratio"] < 1 for r in report["gptq"]["layers"])
