@@ -272,6 +272,21 @@ def test_rebuild_to_another_path_with_onnx(mm_onnx: Path, folder: Path) -> None:
     assert ok_json("run", out)["outputs"]["out"]["shape"] == [2, 8]
 
 
+
+def test_rebuild_of_a_calibrated_engine_calibrates_again(mm_onnx: Path, folder: Path) -> None:
+    """An engine keeps no activation ranges: rebuilding an int8 one asks for the data, then keeps
+    the stored config (GPTQ weight rounding included) and gives the same engine."""
+    data = folder / "mm_calib.npz"
+    np.savez(data, a=np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32))
+    built = folder / "mm_int8.kiln"
+    first = ok_json("build", mm_onnx, "-o", built, "--shapes", "a:2x16", "--int8", "--calib-data", data,
+                    "--weight-rounding", "gptq", "--device", "cpu")
+    result = kiln("rebuild", built, "--device", "cpu")
+    assert result.exit_code == 1 and "is an int8 engine" in result.output and "--calib-data PATH" in result.output
+    again = ok_json("rebuild", built, "-o", folder / "mm_int8_again.kiln", "--calib-data", data, "--device", "cpu")
+    assert again["int8"]["weight_rounding"] == "gptq" and again["int8"]["gptq"] == first["int8"]["gptq"]
+    assert again["int8"]["quantized"] == first["int8"]["quantized"]
+
 # -- ops -------------------------------------------------------------------------------------------
 def test_ops_json() -> None:
     from kiln.kernels.reference import supported_ops
