@@ -311,8 +311,7 @@ def test_calibration_keeps_sample_rows() -> None:
     y = norm_of(graph).outputs[0]
     samples: dict = {}
     collect_statistics(graph, feeds(False), "minmax", channels=[y.name], samples=samples)
-    assert list(samples) == [y.name] and samples[y.name].shape == (SAMPLES * T, C)
-    assert samples[y.name].dtype == np.float32
+    assert list(samples) == [y.name] and samples[y.name].shape == (SAMPLES * T, C) and samples[y.name].dtype == "float32"
 
 
 def test_smoothing_factors_zero_channels_are_one() -> None:
