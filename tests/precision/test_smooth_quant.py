@@ -19,7 +19,7 @@ from kiln.config import BuildConfig
 from kiln.errors import KilnError
 from kiln.kernels.reference.interpret import run_graph
 from kiln.passes.match import const_array
-from kiln.precision.smooth_quant import smooth, smoothing_factors, smoothing_inputs
+from kiln.precision.smooth_quant import ALPHAS, smooth, smoothing_factors, smoothing_inputs
 
 C, N, T, BATCH, SAMPLES = 16, 8, 4, 4, 16
 OUTLIER = 3  # the channel whose LayerNorm scale is 30x the others
@@ -300,7 +300,6 @@ def test_auto_build_reports_an_alpha_per_activation() -> None:
     engine = builder.build(model, BuildConfig(device="cpu", precision="int8", smooth_quant="auto"),
                            calibration=feeds(False))
     report = engine.header["build"]["int8"]["smooth_quant"]
-    from kiln.precision.smooth_quant import ALPHAS
     assert report["alpha"] == "auto" and report["smoothed"]
     assert all(entry["alpha"] in ALPHAS for entry in report["smoothed"])
     assert engine.header["build_config"]["smooth_quant"] == "auto"
@@ -311,7 +310,8 @@ def test_calibration_keeps_sample_rows() -> None:
     y = norm_of(graph).outputs[0]
     samples: dict = {}
     collect_statistics(graph, feeds(False), "minmax", channels=[y.name], samples=samples)
-    assert list(samples) == [y.name] and samples[y.name].shape == (SAMPLES * T, C) and samples[y.name].dtype == "float32"
+    assert list(samples) == [y.name] and samples[y.name].shape == (SAMPLES * T, C)
+    assert samples[y.name].dtype == np.float32
 
 
 def test_smoothing_factors_zero_channels_are_one() -> None:
