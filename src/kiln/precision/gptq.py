@@ -11,9 +11,10 @@ channels, K input channels) and calibration rows X [rows, K] with H = X^T X:
     minimise  || X (Q - W)^T ||^2 = trace((Q - W) H (Q - W)^T)   over codes Q on W's grid
 
 Greedy in the order of decreasing diag(H) (the busiest input channels first, "act order"):
-H is damped (H += DAMP * mean(diag H) * I, the mean over excited channels), U = upper Cholesky factor of H^-1; for input
-channel k in that order: q_k = code(w_k), e = (w_k - q_k) / U_kk, w_j -= e * U_kj for every
-later j (in blocks of BLOCK columns, the rest as one matrix product per block).
+H is damped (H += DAMP * mean(diag H) * I, the mean over excited channels), U = the upper
+Cholesky factor of H^-1; for input channel k in that order: q_k = code(w_k), e = (w_k - q_k) /
+U_kk, w_j -= e * U_kj for every later j (in blocks of BLOCK columns, the rest as one matrix
+product per block).
 
 The scales do not change: s_w (per output channel or per tensor) is max|W| / qmax of the
 original W, and a compensated weight beyond it saturates to +-qmax codes. Input channels that
@@ -25,8 +26,8 @@ position of every image, padding included: patch_gram), one H per group; other c
 nearest rounding.
 
 `GPTQRounding` holds the calibration Gram matrices (calibration/collect.py collects them per
-activation name, and per convolution) and records, per layer, the proxy error trace(E H E^T) of GPTQ's codes
-against nearest rounding's: the build report states their ratio.
+activation name, and per convolution) and records, per layer, the proxy error trace(E H E^T)
+of GPTQ's codes against nearest rounding's: the build report states their ratio.
 """
 from __future__ import annotations
 
