@@ -139,8 +139,9 @@ class BuildConfig:
     weight_rounding: "nearest" (the default: each weight to its nearest code) | "gptq" (the
         matmul and 2-D convolution weights' codes chosen so that the layer's outputs on the
         calibration data move least, precision/gptq.py). The codes, kernels and speed are
-        the same; "gptq" needs the calibration data at each build (a calibration cache holds no
-        Gram matrices). Only with precision int8 or fp8.
+        the same; "gptq" needs the calibration data, or a calibration cache that a GPTQ build
+        wrote (it keeps the Gram matrices beside it, CACHE.gram.npz). Only with precision int8
+        or fp8.
     """
     precision: str = "fp32"
     device: str = "auto"

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln.calibration import collect_statistics
+from kiln.calibration.gram_cache import gram_path
 from kiln.cli.main import main
 from kiln.compiler import builder
 from kiln.config import BuildConfig
@@ -176,14 +177,29 @@ def test_smoothed_grams_are_the_grams_of_what_the_readers_read(model: str) -> No
         torch.testing.assert_close(got[name].float(), again[name], rtol=1e-4, atol=1e-3)
 
 
-def test_gptq_needs_calibration_data_not_only_a_cache(tmp_path: Path) -> None:
+def test_gptq_reads_its_gram_matrices_from_the_cache_a_gptq_build_wrote(tmp_path: Path) -> None:
     cache = tmp_path / "calib.json"
-    builder.build(mlp_model(), BuildConfig(device="cpu", precision="fp8", calib_cache=str(cache)),
-                  calibration=mlp_feeds(10))
-    with pytest.raises(BuildError, match=r"GPTQ weight rounding .* a calibration cache does not hold.*"
+    plain = BuildConfig(device="cpu", precision="fp8", calib_cache=str(cache))
+    gptq = BuildConfig(device="cpu", precision="fp8", calib_cache=str(cache), weight_rounding="gptq")
+    builder.build(mlp_model(), plain, calibration=mlp_feeds(10))       # ranges only: no Gram file
+    assert cache.is_file() and not gram_path(cache).exists()
+    with pytest.raises(BuildError, match=r"GPTQ weight rounding .* nor a calibration cache that holds them.*"
                                          r"drop --weight-rounding gptq"):
-        builder.build(mlp_model(), BuildConfig(device="cpu", precision="fp8", calib_cache=str(cache),
-                                               weight_rounding="gptq"))
+        builder.build(mlp_model(), gptq)
+    first = builder.build(mlp_model(), gptq, calibration=mlp_feeds(10))  # calibrates, writes both files
+    assert gram_path(cache).is_file()
+    again = builder.build(mlp_model(), gptq)                             # no data: all from the cache
+    assert again.header["build"]["fp8"]["calibration"]["source"] == "cache"
+    assert again.header["build"]["fp8"]["gptq"] == first.header["build"]["fp8"]["gptq"]
+    feed = mlp_feeds(12, batches=1)[0]
+    np.testing.assert_array_equal(np.asarray(first(**feed)["y"]), np.asarray(again(**feed)["y"]))
+    cache.unlink()                                                       # ranges from other data: the Grams stale
+    builder.build(mlp_model(), plain, calibration=mlp_feeds(13))
+    with pytest.raises(BuildError, match="nor a calibration cache that holds them"):
+        builder.build(mlp_model(), gptq)
+    gram_path(cache).write_bytes(b"not an npz")
+    with pytest.raises(KilnError, match=r"Gram-matrix file .*calib.json.gram.npz' is corrupt.*delete it"):
+        builder.build(mlp_model(), gptq)
 
 
 def test_config_checks_and_round_trip() -> None:

@@ -180,7 +180,7 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
               show_default=True,
               help="How the --int8/--fp8 weights become codes: each to its nearest, or GPTQ (the codes "
                    "that move the layer's outputs on the calibration data least; same kernels and speed, needs "
-                   "--calib-data).")
+                   "--calib-data or a --calib-cache a GPTQ build wrote).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")

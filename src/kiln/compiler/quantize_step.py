@@ -124,30 +124,40 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
     """activation_ranges, plus the per-channel maxima of the activations named in `channels`
     (SmoothQuant's statistics); a cache without all of those maxima is a miss. With `samples`
     (a dict to fill: rows of those activations, for SmoothQuant's alpha search), the data is
-    always run: the cache holds no rows. Likewise with `grams` / `conv_grams` (names -> None, filled
-    in place: GPTQ's Gram matrices, calibration/collect.py), which the cache does not hold either."""
+    always run: the cache holds no rows. `grams` / `conv_grams` (names -> None, filled in place:
+    GPTQ's Gram matrices, calibration/collect.py) come from the Gram file beside the cache
+    (calibration/gram_cache.py) when it matches the cached ranges, else from a calibration run,
+    which writes them there too."""
     from kiln.calibration import (calibration_batches, collect_ranges, collect_statistics, load_cache,
                                   load_channel_max, model_hash, save_cache)
+    from kiln.calibration.gram_cache import load_grams, save_grams
 
     say = say or (lambda _msg: None)
     channels = list(channels)
     digest = model_hash(source)
     params = {"percentile": config.calib_percentile} if config.calib_method == "percentile" else {}
-    if reuse_cache and config.calib_cache and samples is None and grams is None:
+    if reuse_cache and config.calib_cache and samples is None:
         cached = load_cache(config.calib_cache, digest, config.calib_method, params)
         cached_channels = load_channel_max(config.calib_cache, digest, config.calib_method, params) \
             if cached is not None and channels else {}
+        cached_grams = load_grams(config.calib_cache, graph_hash=digest, method=config.calib_method, params=params,
+                                  ranges=cached) if cached is not None and grams is not None else None
         # an activation that is not floating point has a range neither in the cache nor in a calibration run
-        if cached is not None and all(n in cached_channels for n in channels if n in cached):
+        if cached is not None and all(n in cached_channels for n in channels if n in cached) \
+                and (grams is None or cached_grams is not None):
             say("calibration ranges from the cache")
+            if cached_grams is not None:
+                _fill(grams, cached_grams[0])
+                _fill(conv_grams, cached_grams[1])
             return cached, cached_channels, CalibrationRecord(config.calib_method, "cache", 0,
                                                               config.calib_cache).to_json()
     data = calibration if calibration is not None else config.calib_data
     if data is None and grams is not None:
         raise BuildError(f"GPTQ weight rounding (weight_rounding \"gptq\") weighs each {config.precision} weight's "
-                         "rounding errors by its layer's calibration inputs, which a calibration cache does not "
-                         "hold, and no calibration data was given; pass --calib-data PATH (or build(..., "
-                         "calibration=...)), or round to nearest (drop --weight-rounding gptq).")
+                         "rounding errors by its layer's calibration inputs, and no calibration data was given "
+                         "nor a calibration cache that holds them (one written by a GPTQ build keeps them beside "
+                         "it, CACHE.gram.npz); pass --calib-data PATH (or build(..., calibration=...)), or round "
+                         "to nearest (drop --weight-rounding gptq).")
     if data is None:
         cache_note = (f"the calibration cache {config.calib_cache!r} is absent or was made for another model or "
                       "method, and " if config.calib_cache else "")
@@ -176,8 +186,19 @@ def calibration_statistics(graph: Graph, source: bytes, config: BuildConfig,
     if config.calib_cache:
         save_cache(config.calib_cache, ranges, graph_hash=digest, method=config.calib_method, params=params,
                    channel_max=channel_max)
+        if grams is not None:
+            save_grams(config.calib_cache, {n: g for n, g in grams.items() if g is not None},
+                       {n: g for n, g in (conv_grams or {}).items() if g is not None},
+                       graph_hash=digest, method=config.calib_method, params=params, ranges=ranges)
     return ranges, channel_max, CalibrationRecord(config.calib_method, "calibrated", count[0],
                                                   config.calib_cache).to_json()
+
+
+def _fill(wanted: dict[str, torch.Tensor | None] | None, found: Mapping[str, torch.Tensor]) -> None:
+    """Fill the requested Gram matrices (`wanted`'s keys) that `found` holds."""
+    for name in wanted or {}:
+        if name in found:
+            wanted[name] = found[name]
 
 
 def calibration_batch_size(graph: Graph, wanted: int) -> tuple[int, bool]:
