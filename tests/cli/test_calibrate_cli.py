@@ -64,6 +64,17 @@ def test_calibrate_then_build_from_the_cache(tmp_path) -> None:  # noqa: ANN001
     assert info["int8"]["calibration"]["source"] == "cache"
 
 
+
+def test_calibrate_for_gptq_then_build_from_the_cache(tmp_path) -> None:  # noqa: ANN001
+    model, data = files(tmp_path)
+    cache = tmp_path / "mlp.calib.json"
+    text = " ".join(ok(calibrate, model, "--calib-data", data, "-o", cache, "--weight-rounding", "gptq").stdout.split())
+    assert "Gram matrices of 2 matmul input(s) and 0 convolution(s)" in text
+    assert (tmp_path / "mlp.calib.json.gram.npz").is_file()
+    info = json.loads(ok(build, model, "-o", tmp_path / "mlp.kiln", "--fp8", "--calib-cache", cache,
+                         "--weight-rounding", "gptq", "--device", "cpu", "--json").stdout)
+    assert info["fp8"]["calibration"]["source"] == "cache" and info["fp8"]["gptq"]["rounded"] == 2
+
 def test_build_int8_without_data_fails(tmp_path) -> None:  # noqa: ANN001
     model, _ = files(tmp_path)
     result = invoke(build, model, "-o", tmp_path / "m.kiln", "--int8", "--device", "cpu")

@@ -11,7 +11,7 @@ import click
 from kiln.cli import output
 from kiln.cli.build import profile_from_options
 from kiln.cli.calib_options import calibration_method_options
-from kiln.config import BuildConfig
+from kiln.config import WEIGHT_ROUNDINGS, BuildConfig
 from kiln.errors import KilnError
 
 
@@ -58,17 +58,22 @@ def ranges_report(record: dict[str, Any], ranges: dict[str, float], out: Path) -
 @calibration_method_options
 @click.option("--shapes", metavar="NAME:DIMS[,...]",
               help="Static shapes for inputs with dynamic dims, e.g. input:8x3x224x224.")
+@click.option("--weight-rounding", "weight_rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="nearest",
+              show_default=True,
+              help="gptq: also write the Gram matrices GPTQ rounds against (OUTPUT.gram.npz), so that "
+                   "`kiln build --weight-rounding gptq --calib-cache OUTPUT` needs no data.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def calibrate(model: Path, calib_data: Path, out: Path, calib_method: str, calib_percentile: float,
-              calib_batch_size: int, shapes: str | None, as_json: bool) -> None:
+              calib_batch_size: int, shapes: str | None, weight_rounding: str, as_json: bool) -> None:
     """Calibrate MODEL (an .onnx file) on --calib-data and write the activation ranges to -o.
 
     The ranges are those an int8 build uses (same optimised graph, same method); give the
     file to `kiln build MODEL --int8 --calib-cache FILE`, which reuses it while the model and
-    method are unchanged. The file is written atomically.
+    method are unchanged. The file is written atomically. With --weight-rounding gptq the
+    Gram matrices GPTQ needs go beside it (FILE.gram.npz).
     """
     from kiln.compiler.builder import optimized_graph
-    from kiln.compiler.quantize_step import activation_ranges
+    from kiln.compiler.quantize_step import calibration_statistics, gram_requests
 
     if out.exists() and out.is_dir():
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.calib.json.")
@@ -77,9 +82,15 @@ def calibrate(model: Path, calib_data: Path, out: Path, calib_method: str, calib
                          calib_batch_size=calib_batch_size, calib_cache=str(out))
     with calibration_progress() as (stage, batch):
         front = optimized_graph(model, config, stage)
-        ranges, record = activation_ranges(front.graph, front.source, config, say=stage, on_batch=batch,
-                                           reuse_cache=False)
+        grams, conv_grams = gram_requests(front.graph) if weight_rounding == "gptq" else (None, None)
+        ranges, _, record = calibration_statistics(front.graph, front.source, config, say=stage, on_batch=batch,
+                                                   reuse_cache=False, grams=grams, conv_grams=conv_grams)
     info = ranges_report(record, ranges, out)
+    if grams is not None:
+        from kiln.calibration.gram_cache import gram_path
+        info["gram_matrices"] = {"file": str(gram_path(out)),
+                                 "matmul_inputs": sum(g is not None for g in grams.values()),
+                                 "convolutions": sum(g is not None for g in (conv_grams or {}).values())}
     if as_json:
         output.emit_json(info)
         return
@@ -89,4 +100,6 @@ def calibrate(model: Path, calib_data: Path, out: Path, calib_method: str, calib
         ("data", f"{info['batches']} batch(es) from {calib_data}"),
         ("tensors", f"{info['tensors']} activation ranges"),
         ("largest", ", ".join(f"{r['tensor']}: {output.fmt_float(r['amax'])}" for r in info["largest_ranges"])),
+        *([("GPTQ", f"Gram matrices of {g['matmul_inputs']} matmul input(s) and {g['convolutions']} convolution(s) "
+                    f"in {g['file']}")] if (g := info.get("gram_matrices")) else []),
     ]))

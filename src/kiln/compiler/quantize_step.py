@@ -36,11 +36,7 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
     the engine header keeps under build[precision]."""
     keep = match_layer_rules(graph, config.layer_precision)
     smoothed = None
-    grams: dict[str, torch.Tensor | None] | None = None
-    conv_grams: dict[str, torch.Tensor | None] | None = None
-    if config.weight_rounding == "gptq":
-        grams = dict.fromkeys(smoothing_inputs(graph))
-        conv_grams = dict.fromkeys(n.name for n in graph.nodes if n.qualified_op in ("Conv", "kiln::FusedConv"))
+    grams, conv_grams = gram_requests(graph) if config.weight_rounding == "gptq" else (None, None)
     if config.smooth_quant is None and grams is None:
         ranges, calibrated = activation_ranges(graph, source, config, calibration, say)
     else:  # SmoothQuant's per-channel maxima, GPTQ's Gram matrices: more than ranges from the data
@@ -77,6 +73,13 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
     quantized["attention_requantized"] = quantize_attention_output(graph)
     quantized["requantize_folded"] = before - graph.op_counts().get("QuantizeLinear", 0)
     return quantized
+
+
+def gram_requests(graph: Graph) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor | None]]:
+    """The Gram matrices GPTQ asks calibration for (names -> None, filled by it): each activation a
+    matmul reads, each convolution's input patches."""
+    return (dict.fromkeys(smoothing_inputs(graph)),
+            dict.fromkeys(n.name for n in graph.nodes if n.qualified_op in ("Conv", "kiln::FusedConv")))
 
 
 def smoothed_grams(grams: Mapping[str, torch.Tensor], report: SmoothReport) -> dict[str, torch.Tensor]:
