@@ -170,6 +170,21 @@ def test_calibration_batches_outside_the_profile_are_cut_to_its_batch() -> None:
     assert result.achieved >= 0.9 and result.kept == ()
 
 
+
+@pytest.mark.parametrize("batches, held_out", [(6, 3), (3, 0)])
+def test_gptq_search_measures_on_batches_its_builds_did_not_calibrate_on(batches: int, held_out: int) -> None:
+    # GPTQ fits the weights to its calibration inputs: the search's builds calibrate on the
+    # batches the budget is not measured on (none left with 3 batches: measured in sample).
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(batches)]
+    config = BuildConfig(precision="fp8", device="cpu", tune=False, weight_rounding="gptq")
+    said: list[str] = []
+    result = search(mlp(big=False), config, ("cosine", -1.0), calibration=calib, progress=said.append)
+    assert result.held_out == held_out and result.to_json()["held_out_batches"] == held_out
+    assert any(f"GPTQ calibrates on {batches - held_out} batch(es)" in m for m in said) == bool(held_out)
+    nearest = search(mlp(big=False), replace(config, weight_rounding="nearest"), ("cosine", -1.0), calibration=calib)
+    assert nearest.held_out == 0
+
 def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.compiler.feed_batches import fit_to_profile, within
+from kiln.compiler.feed_batches import batches_drawn, fit_to_profile, within
 
 PROFILE = {"x": {"min": [16, 4], "opt": [16, 4], "max": [32, 4]}}
 
@@ -36,3 +36,11 @@ def test_other_dims_outside_the_range_leave_nothing():
     assert fit_to_profile(_feeds([8, 8], item=5), PROFILE, 3) == []
     assert not within({"x": np.zeros((8, 4))}, PROFILE) and within({"x": np.zeros((20, 4))}, PROFILE)
     assert within({"y": np.zeros(3)}, PROFILE)                      # inputs the profile does not name
+
+
+def test_batches_drawn_counts_the_feeds_the_cut_takes_samples_from():
+    assert batches_drawn(_feeds([16, 20, 32, 16]), PROFILE, 3) == 3      # kept as they are
+    assert batches_drawn(_feeds([16, 20]), PROFILE, 3) == 2
+    assert batches_drawn(_feeds([8] * 10), PROFILE, 3) == 6              # 3 batches of 16 from 6 feeds of 8
+    assert batches_drawn(_feeds([8, 8, 8]), PROFILE, 3) == 3             # wraps around: all of them
+    assert batches_drawn([], PROFILE, 3) == 0

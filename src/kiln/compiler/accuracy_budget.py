@@ -13,7 +13,11 @@ if it meets the budget, used instead.
 
 1. Feeds: the caller's, else (int8/fp8) the first EVAL_BATCHES calibration batches, else
    EVAL_BATCHES synthetic batches at the profile's opt shapes (seeds 0, 1, ...). Reference:
-   an fp32 engine of the same model and profiles run on them.
+   an fp32 engine of the same model and profiles run on them. With GPTQ weight rounding
+   (weight_rounding "gptq"), which fits the weights to its calibration inputs, the search's
+   builds calibrate on the calibration batches the feeds were not drawn from (when any are
+   left; the result's held_out counts the others), so that the budget is measured on inputs
+   GPTQ did not fit; the final build calibrates on all of them.
 2. Build the reduced engine. Within budget: done, no layer kept.
 3. Candidates: the layers of the optimised graph (builder.optimized_graph, the graph layer
    rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
@@ -55,7 +59,7 @@ import numpy as np
 import onnx
 
 from kiln.accuracy.metrics import output_metrics
-from kiln.compiler.feed_batches import fit_to_profile
+from kiln.compiler.feed_batches import batches_drawn, fit_to_profile
 from kiln.config import BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.ir.graph import Graph, Node
@@ -102,11 +106,13 @@ class BudgetResult:
     builds: int
     config: BuildConfig
     kept_precision: str = "fp32"  # the type the kept layers compute in (keep_precision)
+    held_out: int = 0  # calibration batches measured on that the search's GPTQ builds did not calibrate on
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "target": self.target, "achieved": _json_float(self.achieved),
                 "reduced": _json_float(self.reduced), "kept": [k.to_json() for k in self.kept],
-                "kept_precision": self.kept_precision, "candidates": self.candidates, "builds": self.builds}
+                "kept_precision": self.kept_precision, "candidates": self.candidates, "builds": self.builds,
+                "held_out_batches": self.held_out}
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -159,7 +165,8 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         reduced = _measure(metric, reduced_engine, run.feeds, reference)
         say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
         if meets(metric, reduced, target):
-            return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config))
+            return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config),
+                                run.held_out)
         nodes = _candidates(model, config, reduced_engine, max_candidates)
         wider, best = _all_kept(run, metric, target, [n.name for n in nodes], reference)
         if not meets(metric, best, target):
@@ -172,7 +179,8 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         kept = tuple(ranked[:k])
         say(f"accuracy budget: {k} layer(s) kept in {wider}, {metric}={_fmt(achieved)}")
         return BudgetResult(metric, target, achieved, reduced, kept, len(ranked), run.builds,
-                            replace(config, layer_precision=_keep(config, [r.name for r in kept], wider)), wider)
+                            replace(config, layer_precision=_keep(config, [r.name for r in kept], wider)), wider,
+                            run.held_out)
 
 
 def _check_config(config: BuildConfig, max_candidates: int) -> None:
@@ -191,10 +199,15 @@ class _Runner:
                  say: Progress) -> None:
         self.model, self.calibration, self.say = model, calibration, say
         # Search builds: no tuning, no IR dumps, no embedded source; int8 calibrates once into a cache.
-        cache = config.calib_cache or (str(Path(tmp) / "ranges.json") if config.precision in QUANTIZED else None)
+        # GPTQ's search builds calibrate on the batches the budget is not measured on (a cache of
+        # their own, so the caller's keeps the full calibration)
+        self.gptq = config.precision in QUANTIZED and config.weight_rounding == "gptq"
+        cache = (None if self.gptq else config.calib_cache) or \
+            (str(Path(tmp) / "ranges.json") if config.precision in QUANTIZED else None)
         self.config = replace(config, tune=False, dump_ir=None, embed_source=False, calib_cache=cache)
         self.builds = 0
         self.feeds: list[Feed] = []
+        self.held_out = 0  # leading calibration batches the search's builds leave out (GPTQ)
 
     def build(self, rules: tuple[tuple[str, str], ...], precision: str | None = None) -> Any:
         from kiln.compiler.builder import build
@@ -205,20 +218,29 @@ class _Runner:
                                  embed_source=False)
         else:
             config = replace(self.config, layer_precision=rules)
-        return build(self.model, config, calibration=self.calibration if config.precision in QUANTIZED else None)
+        calibration = self.calibration[self.held_out:] if self.calibration is not None else None
+        return build(self.model, config, calibration=calibration if config.precision in QUANTIZED else None)
 
     def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
         self.say("accuracy budget: fp32 reference")
         engine = self.build((), "fp32")
-        self.feeds = _eval_feeds(engine, feeds, self.calibration, self.config)
+        self.feeds, drawn = _eval_feeds(engine, feeds, self.calibration, self.config)
+        if self.gptq and 0 < drawn < len(self.calibration or ()):
+            # GPTQ fits the weights to its calibration inputs: measured on those, the budget would look
+            # better than it is on other inputs
+            self.held_out = drawn
+            self.say(f"accuracy budget: GPTQ calibrates on {len(self.calibration) - drawn} batch(es), the budget is "
+                     f"measured on the other {drawn}")
         return [_run(engine, f) for f in self.feeds]
 
 
 def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibration: list | None,
-                config: BuildConfig) -> list[Feed]:
+                config: BuildConfig) -> tuple[list[Feed], int]:
+    """The feeds to measure on, and how many leading calibration batches they were drawn from."""
     from kiln.accuracy.compare import to_numpy
     from kiln.runtime.synthetic import synthetic_inputs
 
+    drawn = 0
     if feeds is not None:
         chosen = list(feeds)
     else:
@@ -226,7 +248,9 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
         # Calibration batches, cut to the profile's batch where theirs is outside it.
         chosen = fit_to_profile(calibration[:EVAL_CALIBRATION_BATCHES], profile, EVAL_BATCHES) \
             if config.precision in QUANTIZED and calibration is not None else []
-        if not chosen:
+        if chosen:
+            drawn = batches_drawn(calibration[:EVAL_CALIBRATION_BATCHES], profile, EVAL_BATCHES)
+        else:
             try:
                 chosen = [{k: to_numpy(v) for k, v in
                            synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
@@ -236,7 +260,7 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
                                  "or pass feeds to search().") from None
     if not chosen:
         raise BuildError("the accuracy budget has no inputs to measure on (the feeds are empty); give at least one.")
-    return [{k: np.asarray(v) for k, v in f.items()} for f in chosen]
+    return [{k: np.asarray(v) for k, v in f.items()} for f in chosen], drawn
 
 
 def _run(engine: Any, feed: Feed) -> dict[str, np.ndarray]:

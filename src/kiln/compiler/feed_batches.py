@@ -53,3 +53,24 @@ def fit_to_profile(feeds: Sequence[Mapping[str, Any]], profile: Mapping[str, Map
         if len(out) == count:
             break
     return [f for f in out if within(f, profile)]
+
+
+def batches_drawn(feeds: Sequence[Mapping[str, Any]], profile: Mapping[str, Mapping[str, Sequence[int]]] | None,
+                  count: int) -> int:
+    """How many of `feeds`, from the first, fit_to_profile(feeds, profile, count) draws its samples
+    from: the feeds it keeps as they are, else those holding the samples its batches take (all of
+    them when the batches wrap around to the first samples)."""
+    feeds = list(feeds)
+    if not feeds or all(within(f, profile) for f in feeds):
+        return min(count, len(feeds))
+    sizes = [len(np.asarray(next(iter(f.values())))) if f else 0 for f in feeds]
+    ranged = next((r for k, r in (profile or {}).items() if k in feeds[0] and len(r["min"]) > 0), None)
+    if ranged is None:
+        return len(feeds)
+    rows = count * max(ranged["min"][0], min(ranged["opt"][0], ranged["max"][0]))
+    taken = 0
+    for k, size in enumerate(sizes):
+        taken += size
+        if taken >= rows:
+            return k + 1
+    return len(feeds)
