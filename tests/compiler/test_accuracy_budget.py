@@ -182,6 +182,9 @@ def test_gptq_search_measures_on_batches_its_builds_did_not_calibrate_on(batches
     result = search(mlp(big=False), config, ("cosine", -1.0), calibration=calib, progress=said.append)
     assert result.held_out == held_out and result.to_json()["held_out_batches"] == held_out
     assert any(f"GPTQ calibrates on {batches - held_out} batch(es)" in m for m in said) == bool(held_out)
+    from kiln.cli.build_summary import budget_line
+    line = budget_line(result.to_json())
+    assert ("; measured on 3 calibration batch(es) GPTQ did not calibrate on" in line) == bool(held_out), line
     nearest = search(mlp(big=False), replace(config, weight_rounding="nearest"), ("cosine", -1.0), calibration=calib)
     assert nearest.held_out == 0
 

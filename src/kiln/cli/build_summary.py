@@ -202,6 +202,8 @@ def budget_line(budget: dict[str, Any]) -> str:
     return (f"{budget['metric']}={achieved} (target {budget['target']}): {len(budget['kept'])} layer(s) "
             f"kept in {budget.get('kept_precision', 'fp32')} of {budget['candidates']} ranked, {budget['builds']} "
             "builds" + (f" ({kept})" if kept else "")
+            + (f"; measured on {held} calibration batch(es) GPTQ did not calibrate on"
+               if (held := budget.get("held_out_batches")) else "")
             + (f"; runs in {speed['engine_ms']:.4g} ms, {speed['speedup']:.2f}x the {speed['wider_precision']} "
                f"engine's {speed['wider_ms']:.4g} ms" if speed else ""))
 
