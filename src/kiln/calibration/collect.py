@@ -60,9 +60,9 @@ def collect_statistics(graph: Graph, batches: Iterable[Mapping[str, np.ndarray |
     wanted = set(channels)
     channel_max: dict[str, np.ndarray] = {}
     conv_readers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        if conv_grams is not None and node.name in conv_grams and node.input(0) is not None \
-                and node.input(1) is not None and node.input(1).is_const and node.input(1).shape:
+    for node in graph.nodes if conv_grams else ():
+        if node.name in conv_grams and node.input(0) is not None and node.input(1) is not None \
+                and node.input(1).is_const and node.input(1).shape:
             conv_readers.setdefault(node.input(0).name, []).append(node)
 
     def observe(v: Value, t: object) -> None:

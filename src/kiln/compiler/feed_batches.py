@@ -42,10 +42,9 @@ def fit_to_profile(feeds: Sequence[Mapping[str, Any]], profile: Mapping[str, Map
     total = len(samples[names[0]])
     if total == 0 or any(len(v) != total for v in samples.values()):
         return []
-    ranged = next((r for k, r in profile.items() if k in samples and len(r["min"]) > 0), None)
-    if ranged is None:
+    batch = _opt_batch(profile, samples)
+    if batch is None:
         return []
-    batch = max(ranged["min"][0], min(ranged["opt"][0], ranged["max"][0]))
     out = []
     for start in range(0, total, batch):
         rows = np.arange(start, start + batch) % total
@@ -64,13 +63,20 @@ def batches_drawn(feeds: Sequence[Mapping[str, Any]], profile: Mapping[str, Mapp
     if not feeds or all(within(f, profile) for f in feeds):
         return min(count, len(feeds))
     sizes = [len(np.asarray(next(iter(f.values())))) if f else 0 for f in feeds]
-    ranged = next((r for k, r in (profile or {}).items() if k in feeds[0] and len(r["min"]) > 0), None)
-    if ranged is None:
+    batch = _opt_batch(profile or {}, feeds[0])
+    if batch is None:
         return len(feeds)
-    rows = count * max(ranged["min"][0], min(ranged["opt"][0], ranged["max"][0]))
+    rows = count * batch
     taken = 0
     for k, size in enumerate(sizes):
         taken += size
         if taken >= rows:
             return k + 1
     return len(feeds)
+
+
+def _opt_batch(profile: Mapping[str, Mapping[str, Sequence[int]]], names: Mapping[str, Any]) -> int | None:
+    """The batch fit_to_profile cuts into: the opt batch (clamped to its range) of the first profiled
+    input among `names` that has dims; None when there is none."""
+    ranged = next((r for k, r in profile.items() if k in names and len(r["min"]) > 0), None)
+    return None if ranged is None else max(ranged["min"][0], min(ranged["opt"][0], ranged["max"][0]))

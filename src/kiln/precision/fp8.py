@@ -96,7 +96,7 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     w_q, w_scale = fp8_weight(layer.w, layer.axis, per_tensor)
     codes = None if rounding is None else \
-        rounding.codes(node.name, x.name if op == "QMatMul" else node.name, layer.w, w_scale, layer.axis, encode_fp8)
+        rounding.codes(node.name, x.name, layer.w, w_scale, layer.axis, encode_fp8)
     if codes is not None:  # GPTQ's codes are float8 values already: the cast is exact
         w_q = torch.from_numpy(codes).to(torch.float8_e4m3fn)
     w_scale = (w_scale.astype(np.float64) * layer.alpha).astype(np.float32)

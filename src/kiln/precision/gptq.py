@@ -81,17 +81,18 @@ class GPTQRounding:
     block: int = BLOCK
     layers: list[RoundedLayer] = field(default_factory=list)
 
-    def codes(self, layer: str, key: str, w: np.ndarray, scale: np.ndarray, axis: int,
+    def codes(self, layer: str, x_name: str, w: np.ndarray, scale: np.ndarray, axis: int,
               encode: Encode) -> np.ndarray | None:
-        """GPTQ's codes (float64, W's layout) for the weight `w` of `layer`, with scales `scale` ([C]
-        along the output-channel `axis`, or [1]): a matmul's W [K, N] or [N, K] reading activation
-        `key`, or a convolution's W [M, C/group, kh, kw] (axis 0) named `key`. None when there is no
-        usable Gram matrix (the caller rounds to nearest; the reason is recorded)."""
+        """GPTQ's codes (float64, W's layout) for the weight `w` of `layer` (its node's name), reading
+        activation `x_name`, with scales `scale` ([C] along the output-channel `axis`, or [1]): a
+        matmul's W [K, N] or [N, K] (Gram matrix: `x_name`'s), or a convolution's W [M, C/group, kh,
+        kw] (axis 0; Gram matrices: `layer`'s). None when there is no usable Gram matrix (the caller
+        rounds to nearest; the reason is recorded)."""
         conv = w.ndim > 2
-        gram = (self.conv_grams if conv else self.grams).get(key)
+        gram = self.conv_grams.get(layer) if conv else self.grams.get(x_name)
         if gram is None:
             why = "no calibration patches (GPTQ covers 2-D convolutions)" if conv else \
-                f"no calibration rows of its input {key!r}"
+                f"no calibration rows of its input {x_name!r}"
             self.layers.append(RoundedLayer(layer, None, why))
             return None
         wt = torch.from_numpy(np.asarray(w, np.float64))

@@ -258,7 +258,7 @@ def _rewrite(graph: Graph, node: Node, layer: QuantizableLayer, amax: float, sha
     shape[layer.axis] = -1
     op = "QConv" if node.op in ("Conv", "FusedConv") else "QMatMul"
     codes = None if rounding is None else \
-        rounding.codes(node.name, x.name if op == "QMatMul" else node.name, w, w_scale, layer.axis, encode_int8)
+        rounding.codes(node.name, x.name, w, w_scale, layer.axis, encode_int8)
     if codes is None:
         codes = np.clip(np.round(w / w_scale.reshape(shape)), -INT8_QMAX, INT8_QMAX)
     w_q = codes.astype(np.int8)
