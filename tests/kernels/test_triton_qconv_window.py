@@ -33,6 +33,7 @@ if qw.descriptor_type() is None:
 WINDOW = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
           "FP8_ACC": 32, "TMA": 1}
 PERSISTENT = {**WINDOW, "PERSISTENT": 1}
+SHARED = {**PERSISTENT, "SM_PROGRAMS": 2}                    # two programs per SM: 8 off the GPU
 POINTERS = {k: v for k, v in WINDOW.items() if k != "TMA"}   # qconv.py's PIXELS walk for a 1x1 stride-1 conv
 
 # x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
@@ -47,7 +48,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT], ids=["tile", "persistent"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED], ids=["tile", "persistent", "two-per-sm"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_window_walk_is_exact(name, dtype, config, monkeypatch):

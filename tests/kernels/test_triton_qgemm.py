@@ -265,6 +265,10 @@ def test_every_config_is_one_the_gpu_compiles():
                for c in space.CONFIGS)
     for c in space.CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
+    for c in (c for c in space.CONFIGS if c.get("SM_PROGRAMS", 1) > 1):   # two fit an SM: stages, 8-bit Y box
+        assert c["PERSISTENT"] and 2 * ((c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"]
+                                        + c["BLOCK_M"] * c["BLOCK_N"]) <= 227 * 1024
+    assert any(c.get("SM_PROGRAMS") == 2 for c in space.FP8_CONFIGS)
     assert all("FP8_ACC" not in c for c in space.INT8_CONFIGS)
     assert all("FP8_ACC" in c for c in space.FP8_CONFIGS) and space.FP8_CONFIGS[0]["FP8_ACC"] > 0
     assert space.fp8_promotion({"BLOCK_K": 64, "FP8_ACC": 128}) == 64

@@ -76,6 +76,10 @@ def test_persistent_programs_walk_every_tile(a_dt):
     _check(args, trans_b=1, activation="Gelu", config=dict(cfg))
     out = torch.float8_e4m3fn if fp8 else torch.int8
     _check(args, trans_b=1, activation="Relu", config=dict(cfg), **_requant(out, None))
+    # Two programs per SM (SM_PROGRAMS): 8 programs for the 9 tiles, one of them takes two.
+    assert qgemm_tma.persistent_programs(9, torch.device("cpu"), {"SM_PROGRAMS": 2}) == 8
+    assert qgemm_tma.persistent_programs(9, torch.device("cpu"), {"SM_PROGRAMS": 3}) == 9
+    _check(args, trans_b=1, activation="Gelu", config={**cfg, "SM_PROGRAMS": 2})
 
 
 @pytest.mark.parametrize("a_dt", [torch.int8, torch.float8_e4m3fn])

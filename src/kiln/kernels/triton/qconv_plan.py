@@ -100,6 +100,9 @@ _TMA = {"TMA": 1}                       # qconv_window.py's WINDOW walk where it
 # 4-warp ones gained up to 1.27x on the residual layers (benchmarks/kernels_qconv_store.py, H200).
 _Y = {"Y_TMA": 1}
 _PERSISTENT = {"TMA": 1, "PERSISTENT": 1, **_Y}
+# Two persistent programs per SM (qgemm_tma.persistent_programs): one warpgroup each, stages and
+# output box within half an SM's shared memory, so one program's epilogue runs beside the other's MMAs.
+_SHARED = {**_PERSISTENT, "SM_PROGRAMS": 2}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
 # operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
 # Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage. TMA=1 takes
@@ -118,6 +121,9 @@ INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, **_PERSISTENT},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_Y},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_TMA, **_Y},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, **_SHARED},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_SHARED},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_SHARED},
 )
 # fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
 # registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
@@ -141,6 +147,10 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4, "FP8_ACC": 0, **_TMA},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0, **_TMA,
      **_Y},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, "FP8_ACC": 0,
+     **_SHARED},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
+     **_SHARED},
 )
 
 

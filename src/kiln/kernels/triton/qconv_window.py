@@ -52,7 +52,7 @@ from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
-from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_boxes
+from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, store_boxes
 
 Tensor = torch.Tensor
 EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)
@@ -234,7 +234,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     tiles = tuple(-(-d // b) for d, b in zip(dims, box))
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
     persistent = bool(cfg.get("PERSISTENT"))
-    programs = min(count, sm_count(x.device)) if persistent else count
+    programs = persistent_programs(count, x.device, cfg) if persistent else count
     res_bytes = res.element_size() if flags["HAS_RES"] else 0
     y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"

@@ -72,7 +72,7 @@ from kiln.kernels.triton.activation import activation_code
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
-from kiln.kernels.triton.qgemm_tma import descriptor_type, qgemm_tma_kernel, sm_count, store_boxes, tma_ok
+from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, qgemm_tma_kernel, store_boxes, tma_ok
 from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
 
 Tensor = torch.Tensor
@@ -313,13 +313,13 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     if (cfg.get("TMA") or cfg.get("PERSISTENT")) and tma_ok(a2, w, a_zp, b_zp):
         desc = descriptor_type()
         persistent = bool(cfg.get("PERSISTENT"))
-        programs = min(grid[0], sm_count(a2.device)) if persistent else grid[0]
+        programs = persistent_programs(grid[0], a2.device, cfg) if persistent else grid[0]
         y_arg, r_arg, y_tma = store_boxes(cfg, 1, y_out, r2, residual is not None)
         qgemm_tma_kernel[(programs,)](
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
             p0, p1, *mid_ops, table1, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent,
-            Y_TMA=y_tma, **common)
+            Y_TMA=y_tma, STAGGER_NS=int(cfg.get("STAGGER_NS", 0)), **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,

@@ -31,6 +31,13 @@ PERSISTENT_TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "Y_TMA": 1},
 )
+# Two persistent programs per SM (SM_PROGRAMS=2, qgemm_tma.persistent_programs): tiles over one
+# warpgroup whose stages and TMA staging take at most half an SM's shared memory, so that one
+# program's epilogue runs beside the other's MMAs.
+SHARED_SM_TILES: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "Y_TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "Y_TMA": 1},
+)
 INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
@@ -71,6 +78,7 @@ FP8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     *({**c, "FP8_ACC": 0, "PERSISTENT": 1} for c in PERSISTENT_TILES),
+    *({**c, "FP8_ACC": 0, "PERSISTENT": 1, "SM_PROGRAMS": 2} for c in SHARED_SM_TILES),
 )
 # Both spaces, for callers that time every config of either input type.
 CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
@@ -87,6 +95,6 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
 
 def describe(cfg: dict[str, Any]) -> str:
     """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
-    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "Y_TMA", "S2D") if k in cfg)
+    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "STAGGER_NS", "Y_TMA", "S2D") if k in cfg)
     return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
             f"s{cfg.get('num_stages')}{flags}")
