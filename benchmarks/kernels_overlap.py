@@ -88,14 +88,6 @@ def main() -> None:
                     if ref_plain is not None:
                         run(f"{name} {tag} no activation", args, plain, ref_plain, cfg)
         peers(f"{name} peer", m, n, k, FP8)
-    # The second program of each SM (pid >= programs / 2) held back before its first tile, so the
-    # two do not run their MMAs and epilogues in step.
-    args, attrs = q_case(4096, 3072, 768, FP8, "gelu8")
-    ref = reference(args, attrs)
-    for tile in qgemm_space.SHARED_SM_TILES:
-        for ns in (500, 1000, 1500, 2000, 3000):
-            run("bert ffn1 fp8 gelu8 staggered", args, attrs, ref,
-                {**tile, "PERSISTENT": 1, "SM_PROGRAMS": 2, "FP8_ACC": 0, "STAGGER_NS": ns})
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "overlap.txt").write_text("\n".join(LINES) + "\n")
 

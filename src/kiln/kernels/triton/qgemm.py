@@ -319,7 +319,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
             p0, p1, *mid_ops, table1, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent,
-            Y_TMA=y_tma, STAGGER_NS=int(cfg.get("STAGGER_NS", 0)), **common)
+            Y_TMA=y_tma, **common)
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,

@@ -33,7 +33,11 @@ PERSISTENT_TILES: tuple[dict[str, int], ...] = (
 )
 # Two persistent programs per SM (SM_PROGRAMS=2, qgemm_tma.persistent_programs): tiles over one
 # warpgroup whose stages and TMA staging take at most half an SM's shared memory, so that one
-# program's epilogue runs beside the other's MMAs.
+# program's epilogue runs beside the other's MMAs. On BERT-base b32's FFN1 (bias, exact Gelu,
+# 8-bit codes; `benchmarks/kernels_overlap.py`, H200, 2026-11-29): int8 27.9 us against 33.6 for
+# the best one-per-SM tiling (55.2 -> 29.7 for 128x128x64), fp8 25.7 against 26.7; the Gelu
+# still costs ~7 us of fp8's 25.7 (the two programs run their MMAs and epilogues mostly in step:
+# holding the second one back 0.5-3 us at the start made it slower, 26.0-32.4 us).
 SHARED_SM_TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "Y_TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "Y_TMA": 1},
@@ -51,6 +55,7 @@ INT8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "TMA": 1},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 5, "TMA": 1},
     *({**c, "PERSISTENT": 1} for c in PERSISTENT_TILES),
+    *({**c, "PERSISTENT": 1, "SM_PROGRAMS": 2} for c in SHARED_SM_TILES),
 )
 # fp8 also takes FP8_ACC, how often the accumulator is promoted (module docstring of qgemm.py,
 # dot8), default BLOCK_K; 0 lets the MMA accumulate throughout (what cuBLASLt's fast
@@ -95,6 +100,6 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
 
 def describe(cfg: dict[str, Any]) -> str:
     """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
-    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "STAGGER_NS", "Y_TMA", "S2D") if k in cfg)
+    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "Y_TMA", "S2D") if k in cfg)
     return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
             f"s{cfg.get('num_stages')}{flags}")

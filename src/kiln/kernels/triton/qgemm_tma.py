@@ -13,7 +13,6 @@ import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue, epilogue_value
-from triton.language.extra.cuda import globaltimer
 
 Tensor = torch.Tensor
 FLOAT8 = torch.float8_e4m3fn
@@ -72,7 +71,7 @@ def qgemm_tma_kernel(
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
-        A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr, STAGGER_NS: tl.constexpr = 0):
+        A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr):
     """The same GEMM with TMA descriptors (_tma_tile), int8 (A's zero point, if any, corrected by
     the weight's column sums: HAS_AZP) or float8: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
@@ -81,12 +80,6 @@ def qgemm_tma_kernel(
     loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
     benchmarks/kernel_resources.py.)"""
     if PERSISTENT:
-        if STAGGER_NS > 0:
-            if tl.program_id(0) >= programs // 2:
-                t0 = globaltimer()
-                t = t0
-                while t - t0 < STAGGER_NS:
-                    t = globaltimer()
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _tma_tile(a_desc, b_desc, tile, A_SCALE, B_SCALE, BIAS, RES, Y, OUT_SCALE, OUT_ZP, M, N, K,
