@@ -3,14 +3,18 @@
     PYTHONPATH=src python benchmarks/budget_plan.py [--precision fp8|int8] [--batches 256,32] [--keep LAYER,LAYER,...]
                                                     [--steps] [--weight-scales channel|tensor]
                                                     [--smooth-quant 0.9|none] [--weight-rounding nearest|gptq]
+                                                    [--calib-samples 64] [--eval-samples 0]
     PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
 all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9
 (--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget
 cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
-on 64 calibration sentences, unless --keep names the layers to keep in fp16 (a plan found
-before: the search prints it); --search-device cpu runs it on the CPU (the reference kernels) and
-stops there. Then, per batch: tuned builds of the fp16 engine, the all-quantized
+on --calib-samples calibration sentences (64: two batches, both measured on; with GPTQ and more
+than three batches, the search's builds calibrate on the batches the budget is not measured on),
+unless --keep names the layers to keep in fp16 (a plan found before: the search prints it);
+--search-device cpu runs it on the CPU (the reference kernels) and stops there. --eval-samples N
+also measures the budget's metric (the cosine of the flattened outputs) of each engine on N
+evaluation sentences no build calibrated on, against PyTorch fp32. Then, per batch: tuned builds of the fp16 engine, the all-quantized
 engine and the plan (the same config plus one fp16 rule per kept layer), each timed as CUDA
 graph replays (median of 5 x 20, after one run), on the same inputs, each engine's embeddings
 first compared with PyTorch fp32's (per-sentence cosine, min and mean); --steps adds the plan's GPU
@@ -41,7 +45,6 @@ from kiln.config import BuildConfig, Profile  # noqa: E402
 
 BUDGET = ("cosine", 0.999)
 SEARCH_BATCH = 32
-CALIB_SAMPLES = 64
 
 
 def quant_config(model: models.BenchModel, batch: int, precision: str, keep: tuple[str, ...] = (),
@@ -69,6 +72,27 @@ def graph_ms(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> float:
     return median(times)
 
 
+def held_out_batches(model: models.BenchModel, count: int, batch: int) -> list[dict[str, torch.Tensor]]:
+    """`count` evaluation sentences (a split no calibration draws from) in whole batches, on the GPU."""
+    if count <= 0:
+        return []
+    data = samples.make(model, -(-count // batch) * batch, 0, "evaluation")
+    total = len(next(iter(data.values())))
+    return [{k: v[i:i + batch].cuda() for k, v in data.items()} for i in range(0, total, batch)]
+
+
+def flat_cosine(engine: kiln.Engine, model: models.BenchModel, batches: list[dict[str, torch.Tensor]]) -> float:
+    """The budget's metric on `batches`: the cosine of all outputs flattened, against PyTorch fp32."""
+    got, want = [], []
+    module = model.module.float().cuda()
+    with torch.no_grad():
+        for feeds in batches:
+            got.append(engine.run_tensors(feeds, validate=False)[model.output_name].double().flatten())
+            want.append(module(*[feeds[n] for n in model.input_names]).double().flatten())
+    a, b = torch.cat(got), torch.cat(want)
+    return float(a @ b / (a.norm() * b.norm()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="256,32")
@@ -81,6 +105,8 @@ def main() -> None:
                     help="where the search builds run; cpu: the search alone, then stop")
     ap.add_argument("--smooth-quant", default="0.9", help="SmoothQuant alpha, or none")
     ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest")
+    ap.add_argument("--calib-samples", type=int, default=64, help="calibration sentences")
+    ap.add_argument("--eval-samples", type=int, default=0, help="held-out sentences for the budget's metric")
     args = ap.parse_args()
     options = {"weight_scales": args.weight_scales, "weight_rounding": args.weight_rounding,
                "smooth_quant": None if args.smooth_quant == "none" else float(args.smooth_quant)}
@@ -92,14 +118,15 @@ def main() -> None:
     if not keep:
         found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, device=args.search_device,
                                                **options), BUDGET,
-                       calibration=samples.calibration_feeds(model, CALIB_SAMPLES, SEARCH_BATCH, 0), progress=say)
+                       calibration=samples.calibration_feeds(model, args.calib_samples, SEARCH_BATCH, 0), progress=say)
         keep = tuple(k.name for k in found.kept)
         say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "
             f"(none kept: {found.reduced:.6f}), keep {len(keep)} of {found.candidates}: {','.join(keep)}")
         if args.search_device == "cpu":
             return
     for batch in (int(b) for b in args.batches.split(",")):
-        calibration = samples.calibration_feeds(model, CALIB_SAMPLES, batch, 0)
+        calibration = samples.calibration_feeds(model, args.calib_samples, batch, 0)
+        held_out = held_out_batches(model, args.eval_samples, batch)
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
         with torch.no_grad():
             reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
@@ -116,6 +143,9 @@ def main() -> None:
             kinds = collections.Counter(s.tactic for s in engine.plan.steps if s.op.startswith(("kiln::Q", "kiln::MatMulQ")))
             say(f"b{batch} {label}: {times[label]:.4f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean "
                 f"{cos.mean():.5f}; {dict(kinds)}")
+            if held_out:
+                say(f"b{batch} {label}: {BUDGET[0]} on {args.eval_samples} held-out sentences "
+                    f"{flat_cosine(engine, model, held_out):.6f} (budget {BUDGET[1]})")
             if label == "plan" and args.steps:
                 for k, kernels in sorted(per_step(engine, feeds).items()):
                     step = engine.plan.steps[k] if k >= 0 else None
