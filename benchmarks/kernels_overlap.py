@@ -2,13 +2,14 @@
 (config SM_PROGRAMS), on BERT-base b32's layer shapes, with the epilogue the engine runs and
 without its activation.
 
-    PYTHONPATH=src python3 benchmarks/kernels_overlap.py
+    PYTHONPATH=src python3 benchmarks/kernels_overlap.py [--quick]
 
 A program's epilogue (scales, bias, exact Gelu, the fp8/int8 conversion) is ALU work its own
 warps do after their MMAs; with one program per SM the tensor cores wait meanwhile. Two
 programs per SM, where registers and shared memory allow, let the warp schedulers run one's
 epilogue beside the other's MMAs. Per layer: each persistent tiling with SM_PROGRAMS 1 and 2,
-the engine's epilogue and the same without the activation (what the Gelu costs), each checked
+the engine's epilogue, the same without the activation (what the Gelu costs) and, for fp8, with the Gelu in
+its tanh form on the hardware tanh (FAST_GELU), each checked
 against the float64 reference first (the tuner's rule), with the compiled kernel's registers,
 spills and shared memory; the peer is torch._scaled_mm (cuBLASLt) with a float output. Median
 us of 10 calls in a CUDA graph (kernels_qgemm.bench). Writes $OUT/overlap.txt when $OUT is set.
@@ -72,9 +73,10 @@ def run(label: str, args: list, attrs: dict, ref: torch.Tensor, cfg: dict) -> No
 
 
 def main() -> None:
+    quick = "--quick" in sys.argv   # BERT's FFN1 in fp8 alone
     say(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  SMs {qgemm_tma.sm_count(torch.device('cuda'))}")
-    for name, m, n, k, kind in LAYERS:
-        for dtype in (FP8, torch.int8):
+    for name, m, n, k, kind in LAYERS[:1] if quick else LAYERS:
+        for dtype in (FP8,) if quick else (FP8, torch.int8):
             if dtype == torch.int8 and kind != "gelu8":
                 continue
             tag = "fp8" if dtype == FP8 else "int8"
@@ -87,6 +89,8 @@ def main() -> None:
                     run(f"{name} {tag} {kind}", args, attrs, ref, cfg)
                     if ref_plain is not None:
                         run(f"{name} {tag} no activation", args, plain, ref_plain, cfg)
+                    if kind == "gelu8" and dtype == FP8:   # the tanh form, hardware tanh (FAST_GELU)
+                        run(f"{name} {tag} {kind} fast", args, attrs, ref, {**cfg, "FAST_GELU": 1})
         peers(f"{name} peer", m, n, k, FP8)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "overlap.txt").write_text("\n".join(LINES) + "\n")

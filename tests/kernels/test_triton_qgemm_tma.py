@@ -118,3 +118,23 @@ def test_zero_point_correction_under_inference_mode():
     with torch.inference_mode():
         got = triton_qmatmul(*args, trans_b=0, config=dict(TINY_PERSISTENT), **out).cpu()
     assert got.dtype == torch.int8 and mismatch(got, want, OP) is None
+
+
+def test_fast_gelu_only_for_float8_codes_and_within_their_tolerance():
+    # FAST_GELU: a Gelu whose output becomes float8 codes is computed in its tanh form (hardware
+    # tanh where compiled); the codes still meet the quantized tolerance against the exact Gelu.
+    # Other outputs, and other activations, keep their own code.
+    from kiln.kernels.triton import activation as act
+    fast = {"FAST_GELU": 1}
+    assert act.fast_gelu_code(act.ACT_GELU_ERF, fast, True) == act.ACT_GELU_FAST
+    assert act.fast_gelu_code(act.ACT_GELU_TANH, fast, True) == act.ACT_GELU_FAST
+    assert act.fast_gelu_code(act.ACT_GELU_ERF, fast, False) == act.ACT_GELU_ERF      # int8 / float output
+    assert act.fast_gelu_code(act.ACT_GELU_ERF, {}, True) == act.ACT_GELU_ERF
+    assert act.fast_gelu_code(act.ACT_RELU, fast, True) == act.ACT_RELU
+    f8 = torch.float8_e4m3fn
+    args = _layer(45, 48, 64, a_dt=f8, b_dt=f8, trans_b=1, seed=23, fp8_ints=True)
+    cfg = {**TINY_PERSISTENT, "FP8_ACC": 32, **fast}
+    got, want = _check(args, trans_b=1, activation="Gelu", config=dict(cfg), **_requant(f8, None, 0.02))
+    exact = qgemm.qmatmul(*args, trans_b=1, activation="Gelu", config={**TINY_PERSISTENT, "FP8_ACC": 32},
+                          **_requant(f8, None, 0.02)).cpu()
+    assert want.float().unique().numel() > 10 and not torch.equal(got.view(torch.uint8), exact.view(torch.uint8))

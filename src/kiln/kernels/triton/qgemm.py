@@ -68,7 +68,7 @@ import triton.language as tl
 
 from kiln.kernels.memo import derived, derived_table
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.activation import activation_code
+from kiln.kernels.triton.activation import activation_code, fast_gelu_code
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK_K, fp8_promotion
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
@@ -278,6 +278,7 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
     # [M, N], row-major like Y: the kernel addresses both with Y's offsets.
     r2 = y if residual is None else residual.expand(*lead, n).reshape(m, n).contiguous()
     code, p0, p1 = activation_code(activation, activation_params)
+    code = fast_gelu_code(code, cfg, y_dtype == FP8 and table is None)
     a_u8, b_u8 = a_q.dtype == torch.uint8, b_q.dtype == torch.uint8
     qrange = OUT_TYPES.get(y_dtype) or (0, 0)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]

@@ -84,6 +84,7 @@ FP8_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0},
     *({**c, "FP8_ACC": 0, "PERSISTENT": 1} for c in PERSISTENT_TILES),
     *({**c, "FP8_ACC": 0, "PERSISTENT": 1, "SM_PROGRAMS": 2} for c in SHARED_SM_TILES),
+    *({**c, "FP8_ACC": 0, "PERSISTENT": 1, "SM_PROGRAMS": 2, "FAST_GELU": 1} for c in SHARED_SM_TILES),
 )
 # Both spaces, for callers that time every config of either input type.
 CONFIGS: tuple[dict[str, int], ...] = INT8_CONFIGS + FP8_CONFIGS
@@ -100,6 +101,6 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
 
 def describe(cfg: dict[str, Any]) -> str:
     """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
-    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "Y_TMA", "S2D") if k in cfg)
+    flags = "".join(f" {k}={cfg[k]}" for k in ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "FAST_GELU", "Y_TMA", "S2D") if k in cfg)
     return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
             f"s{cfg.get('num_stages')}{flags}")
