@@ -3,7 +3,8 @@ torch._scaled_mm, and a Triton QuantizeLinear.
 
 kiln::QMatMul.triton and .triton_fp8 (kernels/triton/qgemm.py): int8/uint8 x int8/uint8 ->
 int32, or float8_e4m3fn x float8_e4m3fn -> float32, on tensor cores (one tactic per input
-type, each with its own tuning space: fp8 also sets how its accumulator is promoted), the
+type, each with its own tuning space: fp8 also sets how its accumulator is promoted and, for
+a Gelu whose output is float8 codes, whether it runs on the hardware tanh), the
 whole epilogue (scales, the mid quantization of ONNX Runtime's MatMul -> Q -> DQ -> Add(bias),
 bias, residual, activation, float output or requantization) in the store. The weight is handed over K-major ([N, K] contiguous), what 8-bit tensor-core operands
 want: a [K, N] weight (trans_b=0) is transposed once and memoised per weight tensor

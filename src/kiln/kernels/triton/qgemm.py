@@ -55,7 +55,10 @@ Offsets are int32: the launcher refuses operands of 2**31 elements or more.
 Kernels: _qgemm_kernel (plain loads, any operands); qgemm_tma.py's (config TMA=1: TMA
 descriptors, int8 or float8 without zero points, K-contiguous 16-byte-aligned operands), one
 tile per program or (PERSISTENT=1) one program per SM walking the tiles with the loop nest
-flattened, so that the next tile's loads overlap this tile's epilogue.
+flattened, so that the next tile's loads overlap this tile's epilogue; SM_PROGRAMS=2, two such
+programs per SM (qgemm_tma.persistent_programs), so that one's epilogue runs beside the other's
+MMAs. FAST_GELU=1 (float8 outputs only): a Gelu in its tanh form on the hardware tanh
+(activation.fast_gelu_code; within the float8 codes' tolerance, not float32's).
 """
 from __future__ import annotations
 
