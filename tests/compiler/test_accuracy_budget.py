@@ -185,8 +185,12 @@ def test_gptq_search_measures_on_batches_its_builds_did_not_calibrate_on(batches
     from kiln.cli.build_summary import budget_line
     line = budget_line(result.to_json())
     assert ("; measured on 3 calibration batch(es) GPTQ did not calibrate on" in line) == bool(held_out), line
+    # With none left to hold out the search says it measured in sample, and the summary too.
+    assert result.gptq_in_sample == (not held_out) and result.to_json()["gptq_in_sample"] == (not held_out)
+    assert any("GPTQ also calibrates on" in m for m in said) == (not held_out)
+    assert ("; measured on the batches GPTQ calibrated on" in line) == (not held_out), line
     nearest = search(mlp(big=False), replace(config, weight_rounding="nearest"), ("cosine", -1.0), calibration=calib)
-    assert nearest.held_out == 0
+    assert nearest.held_out == 0 and not nearest.gptq_in_sample
 
 def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)

@@ -107,12 +107,13 @@ class BudgetResult:
     config: BuildConfig
     kept_precision: str = "fp32"  # the type the kept layers compute in (keep_precision)
     held_out: int = 0  # calibration batches measured on that the search's GPTQ builds did not calibrate on
+    gptq_in_sample: bool = False  # GPTQ, and every batch measured on was one its builds calibrated on
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "target": self.target, "achieved": _json_float(self.achieved),
                 "reduced": _json_float(self.reduced), "kept": [k.to_json() for k in self.kept],
                 "kept_precision": self.kept_precision, "candidates": self.candidates, "builds": self.builds,
-                "held_out_batches": self.held_out}
+                "held_out_batches": self.held_out, "gptq_in_sample": self.gptq_in_sample}
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -166,7 +167,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
         if meets(metric, reduced, target):
             return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config),
-                                run.held_out)
+                                run.held_out, run.in_sample)
         nodes = _candidates(model, config, reduced_engine, max_candidates)
         wider, best = _all_kept(run, metric, target, [n.name for n in nodes], reference)
         if not meets(metric, best, target):
@@ -180,7 +181,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         say(f"accuracy budget: {k} layer(s) kept in {wider}, {metric}={_fmt(achieved)}")
         return BudgetResult(metric, target, achieved, reduced, kept, len(ranked), run.builds,
                             replace(config, layer_precision=_keep(config, [r.name for r in kept], wider)), wider,
-                            run.held_out)
+                            run.held_out, run.in_sample)
 
 
 def _check_config(config: BuildConfig, max_candidates: int) -> None:
@@ -208,6 +209,7 @@ class _Runner:
         self.builds = 0
         self.feeds: list[Feed] = []
         self.held_out = 0  # leading calibration batches the search's builds leave out (GPTQ)
+        self.in_sample = False  # GPTQ with no batch left to hold out: measured where it calibrated
 
     def build(self, rules: tuple[tuple[str, str], ...], precision: str | None = None) -> Any:
         from kiln.compiler.builder import build
@@ -231,6 +233,10 @@ class _Runner:
             self.held_out = drawn
             self.say(f"accuracy budget: GPTQ calibrates on {len(self.calibration) - drawn} batch(es), the budget is "
                      f"measured on the other {drawn}")
+        elif self.gptq and 0 < drawn >= len(self.calibration or ()):
+            self.in_sample = True
+            self.say(f"accuracy budget: measured on the {drawn} batch(es) GPTQ also calibrates on (no other left): "
+                     f"the budget may not hold on other inputs; give more than {drawn} calibration batches")
         return [_run(engine, f) for f in self.feeds]
 
 
