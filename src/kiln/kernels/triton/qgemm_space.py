@@ -35,7 +35,7 @@ PERSISTENT_TILES: tuple[dict[str, int], ...] = (
 # warpgroup whose stages and TMA staging take at most half an SM's shared memory, so that one
 # program's epilogue runs beside the other's MMAs. On BERT-base b32's FFN1 (bias, exact Gelu,
 # 8-bit codes; `benchmarks/kernels_overlap.py`, H200, 2026-11-29): int8 27.9 us against 33.6 for
-# the best one-per-SM tiling (55.2 -> 29.7 for 128x128x64), fp8 25.7 against 26.7; the Gelu
+# the best one-per-SM tiling (55.2 -> 29.7-29.9 for 128x128x64), fp8 25.7 against 26.7; the Gelu
 # still costs ~7 us of fp8's 25.7 (the two programs run their MMAs and epilogues mostly in step:
 # holding the second one back 0.5-3 us at the start made it slower, 26.0-32.4 us). Inside the
 # engine the difference is larger than alone: BERT-base b32 fp8 (per-tensor weight scales) ran
