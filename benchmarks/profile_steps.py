@@ -4,7 +4,9 @@
 
 Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
 layers, calibrated on 4 batches of the benchmark's random inputs; int8-tensor / fp8-tensor: with
-per-tensor weight scales, --weight-scales tensor; qdq-QUInt8 / qdq-QInt8: the model
+per-tensor weight scales, --weight-scales tensor; a -real suffix (fp8-tensor-real): calibrated on 64
+real samples (benchmarks/samples.py: sentences, structured images) as the suite calibrates;
+qdq-QUInt8 / qdq-QInt8: the model
 quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does with --calib-samples 32,
 the same model, so that its timing cache, /tmp/tc.json, serves both; built with fp16 float layers;
 dynamic: its quantize_dynamic model, qdq_ort.py --dynamic's).
@@ -44,11 +46,17 @@ def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str,
     elif precision == "dynamic":     # quantize_dynamic's model (qdq_ort.py --dynamic), built --fp16
         from benchmarks.qdq_ort import ort_dynamic
         path, precision = ort_dynamic(path, Path(tempfile.mkdtemp(prefix="kiln-dyn-"))), "fp16"
+    real = precision.endswith("-real")
+    precision = precision.removesuffix("-real")
     scales = "tensor" if precision.endswith("-tensor") else "channel"
     precision = precision.removesuffix("-tensor")
     quantized = precision in ("int8", "fp8")
-    calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)] \
-        if quantized else None
+    calibration = None
+    if quantized and real:     # the suite's calibration: 64 of benchmarks/samples.py's samples
+        from benchmarks import samples
+        calibration = samples.calibration_feeds(m, 64, batch, 0)
+    elif quantized:
+        calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)]
     config = BuildConfig(precision=precision, device="cuda", timing_cache="/tmp/tc.json",
                          float_precision="fp16" if quantized else "fp32", weight_scales=scales,
                          profiles=(Profile.from_ranges(models.profile_ranges(m, [batch])),))

@@ -4,7 +4,8 @@
     rm -f /tmp/tc.json; PYTHONPATH=src python benchmarks/space_ablation.py --drop SM_PROGRAMS bert:32:fp8-tensor
 
 Each argument is model:batch:precision as benchmarks/profile_steps.py takes it (its build: fp16
-float layers, calibrated on 4 batches of the benchmark's random inputs, timing cache
+float layers, calibrated on 4 batches of the benchmark's random inputs, or with a -real suffix on
+64 real samples as the suite calibrates, timing cache
 /tmp/tc.json, which the commands above empty first so that no timing of the other space is
 reused). --drop KEY[,KEY...] leaves out of the space every config of kiln::QMatMul's Triton
 tactics (kernels/triton/qgemm_space.py) that sets one of those keys, before the tactics are
