@@ -14,8 +14,8 @@ than three batches, the search's builds calibrate on the batches the budget is n
 unless --keep names the layers to keep in fp16 (a plan found before: the search prints it);
 --search-device cpu runs it on the CPU (the reference kernels) and stops there. --eval-samples N
 also measures the budget's metric (the cosine of the flattened outputs) of each engine on N
-evaluation sentences no build calibrated on, against PyTorch fp32. Then, per batch: tuned builds of the fp16 engine, the all-quantized
-engine and the plan (the same config plus one fp16 rule per kept layer), each timed as CUDA
+evaluation sentences no build calibrated on, against PyTorch fp32. Then, per batch: tuned builds
+of the fp16 engine, the all-quantized engine and the plan (the same config plus one fp16 rule per kept layer), each timed as CUDA
 graph replays (median of 5 x 20, after one run), on the same inputs, each engine's embeddings
 first compared with PyTorch fp32's (per-sentence cosine, min and mean); --steps adds the plan's GPU
 time per step (benchmarks/profile_steps.py). Prints each time and the plan's and the

@@ -8,10 +8,9 @@ A program's epilogue (scales, bias, exact Gelu, the fp8/int8 conversion) is ALU 
 warps do after their MMAs; with one program per SM the tensor cores wait meanwhile. Two
 programs per SM, where registers and shared memory allow, let the warp schedulers run one's
 epilogue beside the other's MMAs. Per layer: each persistent tiling with SM_PROGRAMS 1 and 2,
-the engine's epilogue, the same without the activation (what the Gelu costs) and, for fp8, with the Gelu in
-its tanh form on the hardware tanh (FAST_GELU), each checked
-against the float64 reference first (the tuner's rule), with the compiled kernel's registers,
-spills and shared memory; the peer is torch._scaled_mm (cuBLASLt) with a float output. Median
+the engine's epilogue, the same without the activation (what the Gelu costs) and, for fp8, with
+the Gelu in its tanh form on the hardware tanh (FAST_GELU), each checked against the float64
+reference first (the tuner's rule), with the compiled kernel's registers, spills and shared memory; the peer is torch._scaled_mm (cuBLASLt) with a float output. Median
 us of 10 calls in a CUDA graph (kernels_qgemm.bench). Writes $OUT/overlap.txt when $OUT is set.
 """
 from __future__ import annotations
