@@ -81,16 +81,19 @@ def held_out_batches(model: models.BenchModel, count: int, batch: int) -> list[d
     return [{k: v[i:i + batch].cuda() for k, v in data.items()} for i in range(0, total, batch)]
 
 
-def flat_cosine(engine: kiln.Engine, model: models.BenchModel, batches: list[dict[str, torch.Tensor]]) -> float:
-    """The budget's metric on `batches`: the cosine of all outputs flattened, against PyTorch fp32."""
-    got, want = [], []
+def torch_outputs(model: models.BenchModel, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """PyTorch fp32's outputs on `batches`, flattened and joined (float64)."""
     module = model.module.float().cuda()
     with torch.no_grad():
-        for feeds in batches:
-            got.append(engine.run_tensors(feeds, validate=False)[model.output_name].double().flatten())
-            want.append(module(*[feeds[n] for n in model.input_names]).double().flatten())
-    a, b = torch.cat(got), torch.cat(want)
-    return float(a @ b / (a.norm() * b.norm()))
+        return torch.cat([module(*[f[n] for n in model.input_names]).double().flatten() for f in batches])
+
+
+def flat_cosine(engine: kiln.Engine, model: models.BenchModel, batches: list[dict[str, torch.Tensor]],
+                want: torch.Tensor) -> float:
+    """The budget's metric on `batches`: the cosine of all outputs flattened, against `want`
+    (torch_outputs on the same batches)."""
+    got = torch.cat([engine.run_tensors(f, validate=False)[model.output_name].double().flatten() for f in batches])
+    return float(got @ want / (got.norm() * want.norm()))
 
 
 def main() -> None:
@@ -127,6 +130,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         calibration = samples.calibration_feeds(model, args.calib_samples, batch, 0)
         held_out = held_out_batches(model, args.eval_samples, batch)
+        held_out_want = torch_outputs(model, held_out) if held_out else None
         feeds = {k: v.cuda() for k, v in models.make_inputs(model, batch).items()}
         with torch.no_grad():
             reference = model.module.float().cuda()(*[feeds[n] for n in model.input_names]).float().cpu().numpy()
@@ -145,7 +149,7 @@ def main() -> None:
                 f"{cos.mean():.5f}; {dict(kinds)}")
             if held_out:
                 say(f"b{batch} {label}: {BUDGET[0]} on {args.eval_samples} held-out sentences "
-                    f"{flat_cosine(engine, model, held_out):.6f} (budget {BUDGET[1]})")
+                    f"{flat_cosine(engine, model, held_out, held_out_want):.6f} (budget {BUDGET[1]})")
             if label == "plan" and args.steps:
                 for k, kernels in sorted(per_step(engine, feeds).items()):
                     step = engine.plan.steps[k] if k >= 0 else None

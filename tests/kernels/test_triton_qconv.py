@@ -26,6 +26,7 @@ if not available():
 
 from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton import qconv_plan as plan  # noqa: E402
+from kiln.kernels.triton.qgemm_tma import staged_bytes  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"          # interpreted on CPU, compiled on the GPU
@@ -398,8 +399,7 @@ def test_geometry_matches_the_reference_and_configs_are_well_formed():
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
         assert c["BLOCK_K"] >= plan.MIN_BLOCK_K                      # 8-bit dots take K in 32s
         if c.get("SM_PROGRAMS", 1) > 1:                              # two fit an SM: stages, 8-bit Y box
-            assert c["PERSISTENT"] and 2 * ((c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"]
-                                            + c["BLOCK_M"] * c["BLOCK_N"]) <= 227 * 1024
+            assert c["PERSISTENT"] and 2 * staged_bytes(c, 1, 1) <= 227 * 1024
 
 
 # --- GPU: the real tiles -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ DEV = "cuda" if HAS_CUDA else "cpu"   # interpreted on CPU, compiled on the GPU
 if triton_available():
     from kiln.kernels.triton import qgemm
     from kiln.kernels.triton import qgemm_space as space
+    from kiln.kernels.triton import qgemm_tma
 else:
     qgemm = None
 pytestmark = pytest.mark.skipif(qgemm is None, reason="Triton is not installed")
@@ -266,8 +267,7 @@ def test_every_config_is_one_the_gpu_compiles():
     for c in space.CONFIGS:   # pipelined operands fit an H100/H200 block's shared memory
         assert (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"] <= 227 * 1024
     for c in (c for c in space.CONFIGS if c.get("SM_PROGRAMS", 1) > 1):   # two fit an SM: stages, 8-bit Y box
-        assert c["PERSISTENT"] and 2 * ((c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * c["num_stages"]
-                                        + c["BLOCK_M"] * c["BLOCK_N"]) <= 227 * 1024
+        assert c["PERSISTENT"] and 2 * qgemm_tma.staged_bytes(c, 1, 1) <= 227 * 1024
     assert any(c.get("SM_PROGRAMS") == 2 for c in space.FP8_CONFIGS)
     assert all("FP8_ACC" not in c for c in space.INT8_CONFIGS)
     assert all("FP8_ACC" in c for c in space.FP8_CONFIGS) and space.FP8_CONFIGS[0]["FP8_ACC"] > 0

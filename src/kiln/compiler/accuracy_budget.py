@@ -233,7 +233,7 @@ class _Runner:
             self.held_out = drawn
             self.say(f"accuracy budget: GPTQ calibrates on {len(self.calibration) - drawn} batch(es), the budget is "
                      f"measured on the other {drawn}")
-        elif self.gptq and 0 < drawn >= len(self.calibration or ()):
+        elif self.gptq and drawn > 0 and drawn >= len(self.calibration or ()):
             self.in_sample = True
             self.say(f"accuracy budget: measured on the {drawn} batch(es) GPTQ also calibrates on (no other left): "
                      f"the budget may not hold on other inputs; give more than {drawn} calibration batches")

@@ -148,8 +148,14 @@ def store_tma_ok(cfg: dict, operand_bytes: int, *tiles: Tensor, extra_bytes: int
     in shared memory beside the operand stages and extra_bytes of other use (128x256x128 at 3
     stages with a 16-bit Y and residual needs 272 KiB). Elsewhere the epilogue stores through
     pointers."""
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    smem = cfg["num_stages"] * (bm + bn) * cfg["BLOCK_K"] * operand_bytes + extra_bytes + \
-        sum(bm * bn * t.element_size() for t in tiles)
+    smem = staged_bytes(cfg, operand_bytes, *(t.element_size() for t in tiles)) + extra_bytes
     return smem <= SHARED_MEMORY and all(t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
                                          and t.data_ptr() % 16 == 0 for t in tiles)
+
+
+def staged_bytes(cfg: dict, operand_bytes: int, *box_bytes: int) -> int:
+    """Shared memory of a config's operand stages and of one [BLOCK_M, BLOCK_N] staging box per
+    entry of box_bytes (its element size): what store_tma_ok fits in a block, and what two
+    programs per SM (SM_PROGRAMS=2) must fit in half of one."""
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    return cfg["num_stages"] * (bm + bn) * cfg["BLOCK_K"] * operand_bytes + sum(bm * bn * b for b in box_bytes)
