@@ -3,8 +3,9 @@
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_attention.py [--iters 50]
 
 Per shape: the outputs checked against the float32 reference first (the tuner's tolerance),
-then each config of the Triton kernel and SDPA (what kiln::Attention.sdpa runs: cuDNN or flash
-attention on Hopper) timed with CUDA events, median of --iters after warm-up, same inputs.
+then each config of the Triton kernels (streaming; one tile where S <= 256) and SDPA (what
+kiln::Attention.sdpa runs: cuDNN or flash attention on Hopper) timed with CUDA events, median of
+--iters after warm-up, same inputs.
 Shapes: BERT-base b32 (S 128, D 64, additive padding mask), all-MiniLM-L6-v2 b32 (D 32), ViT-B/16
 b32 (S 197, no mask), and a causal S 1024 case.
 """
@@ -54,7 +55,7 @@ def main() -> None:
                    is_causal=causal)
         sdpa_ms = bench(lambda: sdpa_attention(q, k, v, mask, is_causal=causal), args.iters)
         print(f"\n== {name} [{b}, {h}, {s}, {d}]: SDPA {sdpa_ms:8.1f}")
-        for cfg in ta.CONFIGS:
+        for cfg in ta.CONFIGS + (ta.ONE_TILE_CONFIGS if s <= ta.MAX_ONE_TILE_KEYS else ()):
             try:
                 got = ta.attention(q, k, v, mask, is_causal=causal, config=dict(cfg))
                 why = mismatch(got.cpu(), want.to(torch.float16))

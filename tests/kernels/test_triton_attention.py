@@ -5,7 +5,8 @@ CPU: Triton's interpreter on small shapes; the same tests run compiled with `pyt
 from [Lq, Lk] or [B, 1, 1, Lk]), causal, Lq != Lk, head dims that are not powers of two, rows
 with every key masked (NaN, as the reference), ranks 3 to 5, every tuning config; the tactic's
 support rules. bfloat16 runs compiled only (the interpreter's bfloat16 dot is wrong). GPU
-(marked): BERT-base's shape."""
+(marked): BERT-base's shape. Tests marked both_kernels run the streaming kernel and the one-tile
+kernel (config ONE_TILE: every key in one tile)."""
 from __future__ import annotations
 
 import pytest
@@ -20,6 +21,8 @@ HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
 TOL = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (2e-2, 2e-2)}
 SMALL = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2}
+SMALL_ONE_TILE = {"ONE_TILE": 1, "BLOCK_M": 16, "num_warps": 4}
+KERNEL = {"config": SMALL}     # the config _check runs by default (the kernel fixture switches it)
 
 if triton_available():
     from kiln.kernels.triton import attention as ta
@@ -28,6 +31,16 @@ else:
 pytestmark = [pytest.mark.skipif(ta is None, reason="Triton is not installed"),
               # the interpreter's numpy on rows with no key (0 / 0)
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+
+
+@pytest.fixture(params=["stream", "one_tile"])
+def kernel(request):
+    KERNEL["config"] = SMALL if request.param == "stream" else SMALL_ONE_TILE
+    yield KERNEL["config"]
+    KERNEL["config"] = SMALL
+
+
+both_kernels = pytest.mark.usefixtures("kernel")
 
 
 def _qkv(shape_q, lk, dtype, seed=0):
@@ -39,9 +52,9 @@ def _qkv(shape_q, lk, dtype, seed=0):
     return [t.to(dtype) for t in (q, k, v)]
 
 
-def _check(q, k, v, mask=None, config=SMALL, **attrs):
+def _check(q, k, v, mask=None, config=None, **attrs):
     dev = [t.to(DEV) for t in (q, k, v)]
-    got = ta.attention(*dev, None if mask is None else mask.to(DEV), config=config, **attrs).cpu()
+    got = ta.attention(*dev, None if mask is None else mask.to(DEV), config=config or KERNEL["config"], **attrs).cpu()
     want = REF(q.float(), k.float(), v.float(), None if mask is None else mask, **attrs)
     assert got.dtype == q.dtype and got.shape == q.shape
     rtol, atol = TOL[q.dtype]
@@ -51,6 +64,7 @@ def _check(q, k, v, mask=None, config=SMALL, **attrs):
     return got
 
 
+@both_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_every_type_plain_and_scaled(dtype):
     if dtype == torch.bfloat16 and not HAS_CUDA:
@@ -60,6 +74,7 @@ def test_every_type_plain_and_scaled(dtype):
     _check(q, k, v, scale=0.3)
 
 
+@both_kernels
 def test_masks_boolean_additive_and_broadcast():
     q, k, v = _qkv((2, 2, 20, 16), 24, torch.float16)
     g = torch.Generator().manual_seed(1)
@@ -73,6 +88,7 @@ def test_masks_boolean_additive_and_broadcast():
     _check(q, k, v, pad.half())
 
 
+@both_kernels
 def test_causal_top_left_and_with_a_mask():
     q, k, v = _qkv((1, 2, 33, 16), 33, torch.float32)
     _check(q, k, v, is_causal=1)
@@ -83,6 +99,7 @@ def test_causal_top_left_and_with_a_mask():
     _check(q, k, v, keep, is_causal=1)
 
 
+@both_kernels
 def test_rows_with_no_key_are_nan_like_the_reference():
     q, k, v = _qkv((1, 1, 8, 16), 16, torch.float32)
     keep = torch.ones(8, 16, dtype=torch.bool)
@@ -91,6 +108,7 @@ def test_rows_with_no_key_are_nan_like_the_reference():
     assert torch.isnan(got[0, 0, 3]).all() and not torch.isnan(got[0, 0, 2]).any()
 
 
+@both_kernels
 def test_rows_padded_everywhere_by_float32_min_average_like_the_reference():
     # HF's padding mask in an fp32 engine adds finfo(float32).min; a sequence with no valid
     # token has it at every key: the reference's softmax is uniform there (no -inf anywhere)
@@ -102,11 +120,13 @@ def test_rows_padded_everywhere_by_float32_min_average_like_the_reference():
     torch.testing.assert_close(got[1], v[1].mean(dim=-2, keepdim=True).expand(2, 12, 16), rtol=1e-4, atol=1e-5)
 
 
+@both_kernels
 @pytest.mark.parametrize("d", [8, 40, 64, 80])
 def test_head_dims(d):
     _check(*_qkv((2, 1, 19, d), 21, torch.float16))
 
 
+@both_kernels
 @pytest.mark.parametrize("shape", [(5, 17, 16), (2, 2, 3, 9, 16)])
 def test_other_ranks(shape):
     q, k, v = _qkv(shape, 11, torch.float32)
@@ -116,6 +136,7 @@ def test_other_ranks(shape):
     _check(q, k, v, keep)
 
 
+@both_kernels
 def test_strided_views_in_and_sdpa_layout_out():
     # BERT's Q/K/V: one [B, S, 3, H, D] GEMM output, each a transposed view [B, H, S, D]; read in
     # place. Y is [B, H, S, D] stored as [B, S, H, D], so Transpose(0, 2, 1, 3) is contiguous.
@@ -124,12 +145,12 @@ def test_strided_views_in_and_sdpa_layout_out():
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     assert not q.is_contiguous()
     got = _check(q, k, v)
-    y = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), config=SMALL)
+    y = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), config=KERNEL["config"])
     assert y.transpose(1, 2).is_contiguous()
     assert torch.equal(y.cpu(), got)
 
 
-@pytest.mark.parametrize("config", ta.CONFIGS if ta is not None else [])
+@pytest.mark.parametrize("config", ta.CONFIGS + ta.ONE_TILE_CONFIGS if ta is not None else [])
 def test_every_config(config):
     q, k, v = _qkv((1, 2, 70, 32), 70, torch.float16)
     _check(q, k, v, torch.zeros(1, 1, 1, 70), config=dict(config))
@@ -164,16 +185,32 @@ def test_tactic_support_rules():
     assert not tactic.supports(mixed)
 
 
+def test_one_tile_support_rules_and_refusal():
+    """The one-tile tactic: the Triton kernel's rules and at most MAX_ONE_TILE_KEYS keys, known."""
+    tactic = get_tactic("kiln::Attention.triton_one_tile")
+
+    def query(lk):
+        return TacticQuery("kiln::Attention", "cuda", ("float16",) * 3, {}, ((32, 12, 128, 64),) + ((32, 12, lk, 64),) * 2)
+
+    assert tactic.supports(query(128)) and tactic.supports(query(197)) and tactic.supports(query(ta.MAX_ONE_TILE_KEYS))
+    assert not tactic.supports(query(ta.MAX_ONE_TILE_KEYS + 1)) and not tactic.supports(query("seq"))
+    mixed = TacticQuery("kiln::Attention", "cuda", ("float16", "float32", "float16"), {}, ((1, 1, 8, 64),) * 3)
+    assert not tactic.supports(mixed)
+    z = torch.zeros(1, 1, ta.MAX_ONE_TILE_KEYS + 1, 16, device=DEV)
+    with pytest.raises(AssertionError, match="ONE_TILE takes up to"):
+        ta.attention(z, z, z, config=SMALL_ONE_TILE)
+
+
 @pytest.mark.gpu
 def test_gpu_bert_base_shape_every_config():
     q, k, v = _qkv((32, 12, 128, 64), 128, torch.float16)
     pad = torch.zeros(32, 1, 1, 128)
     pad[::3, ..., 100:] = -3.4e38
-    for config in ta.CONFIGS:
+    for config in ta.CONFIGS + ta.ONE_TILE_CONFIGS:
         _check(q, k, v, pad, config=dict(config))
 
 
-def _check_requantized(q, k, v, mask, out_dtype, zp, config=SMALL):
+def _check_requantized(q, k, v, mask, out_dtype, zp, config=None):
     """The requantized output against the reference's, judged by the tuner's rule for it."""
     from kiln.compiler.tolerance import mismatch
     types = {3: torch.int8, 2: torch.uint8, 17: torch.float8_e4m3fn}
@@ -181,7 +218,7 @@ def _check_requantized(q, k, v, mask, out_dtype, zp, config=SMALL):
     zp_t = None if zp is None else torch.tensor(zp, dtype=types[out_dtype])
     dev = [t.to(DEV) for t in (q, k, v)]
     got = ta.attention(*dev, mask.to(DEV), scale.to(DEV), None if zp_t is None else zp_t.to(DEV),
-                       out_dtype=out_dtype, config=config).cpu()
+                       out_dtype=out_dtype, config=config or KERNEL["config"]).cpu()
     want = REF(q.float(), k.float(), v.float(), mask, scale, zp_t, out_dtype=out_dtype)
     assert got.dtype == types[out_dtype] and got.shape == q.shape
     assert int((got.view(torch.uint8) != want.view(torch.uint8)).sum()) < got.numel() // 10
@@ -189,6 +226,7 @@ def _check_requantized(q, k, v, mask, out_dtype, zp, config=SMALL):
     return got
 
 
+@both_kernels
 @pytest.mark.parametrize("out_dtype, zp", [(3, 0), (3, -5), (2, 128), (17, None)], ids=["int8", "int8zp", "uint8", "fp8"])
 def test_requantized_output(out_dtype, zp):
     """out_scale (and out_zp, out_dtype): Y rounded to 8 bits in the store, in the [B, S, H, D]
@@ -200,6 +238,7 @@ def test_requantized_output(out_dtype, zp):
     assert got.transpose(1, 2).is_contiguous()
 
 
+@both_kernels
 @pytest.mark.parametrize("out_dtype", [3, 17], ids=["int8", "fp8"])
 def test_requantized_per_head_channel(out_dtype):
     """H*D scales (and zero points): channel h*D + d, SmoothQuant's scales of [B, S, H*D]."""
@@ -209,7 +248,7 @@ def test_requantized_per_head_channel(out_dtype):
     scale = torch.rand(48, generator=g) * 0.02 + 0.005
     zp = torch.zeros(48, dtype=torch.int8) if out_dtype == 3 else None
     got = ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), None, scale.to(DEV), None if zp is None else zp.to(DEV),
-                       out_dtype=out_dtype, config=SMALL).cpu()
+                       out_dtype=out_dtype, config=KERNEL["config"]).cpu()
     want = REF(q.float(), k.float(), v.float(), None, scale, zp, out_dtype=out_dtype)
     assert mismatch(got, want, "kiln::Attention") is None
     assert int((got.view(torch.uint8) != want.view(torch.uint8)).sum()) < got.numel() // 10
@@ -246,5 +285,5 @@ def test_gpu_bert_base_shape_requantized_every_config(out_dtype):
     q, k, v = _qkv((32, 12, 128, 64), 128, torch.float16)
     pad = torch.zeros(32, 1, 1, 128)
     pad[::3, ..., 100:] = -3.4e38
-    for config in ta.CONFIGS:
+    for config in ta.CONFIGS + ta.ONE_TILE_CONFIGS:
         _check_requantized(q, k, v, pad, out_dtype, 0 if out_dtype == 3 else None, config=dict(config))

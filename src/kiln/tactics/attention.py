@@ -4,7 +4,8 @@ SDPA dispatches to the flash, memory-efficient or cuDNN attention kernels on the
 (the math path elsewhere): one fused kernel instead of two matmuls, a softmax and the
 mask add. Masks keep their meaning: a boolean mask keeps True, a float mask is added.
 kiln::Attention.triton (kernels/triton/attention.py) is the same contract in one Triton
-kernel with its own tuning space; the tuner keeps whichever is faster on the node's shapes.
+kernel with its own tuning space, and kiln::Attention.triton_one_tile its kernel for keys that fit
+one tile (up to 256: BERT's, ViT's); the tuner keeps whichever is faster on the node's shapes.
 A requantized attention (out_scale: precision/quantize_attention_output.py) is one Triton
 kernel, or SDPA followed by QuantizeLinear's kernel (what the engine ran before the fold).
 """
@@ -113,8 +114,22 @@ def _supports_triton(query: TacticQuery) -> bool:
                                and (mask is None or len(mask) <= len(q)))
 
 
+def _supports_one_tile(query: TacticQuery) -> bool:
+    """The Triton kernel's rules, and every key in one tile: a known key count of at most
+    MAX_ONE_TILE_KEYS."""
+    from kiln.kernels.triton.attention import MAX_ONE_TILE_KEYS
+
+    if not _supports_triton(query):
+        return False
+    lk = query.input_shapes[1][-2]
+    return isinstance(lk, int) and 0 < lk <= MAX_ONE_TILE_KEYS
+
+
 if kiln_triton.available():
     from kiln.kernels.triton import attention as _triton_attention
 
     register_tactic(Tactic("kiln::Attention.triton", "kiln::Attention", 2, ("cuda",), _triton_attention.attention,
                            _supports_triton, configs=_triton_attention.CONFIGS))
+    register_tactic(Tactic("kiln::Attention.triton_one_tile", "kiln::Attention", 1, ("cuda",),
+                           _triton_attention.attention, _supports_one_tile,
+                           configs=_triton_attention.ONE_TILE_CONFIGS))

@@ -31,6 +31,12 @@ qgemm.py's launcher makes it, not divided in the kernel; rounded half to even,
 saturated; float8 stored as its bits): the QuantizeLinear after attention, folded in
 (precision/quantize_attention_output.py), so Y is written once, in 8 bits.
 
+One tile (config ONE_TILE, the tactic kiln::Attention.triton_one_tile): where every key fits one
+BLOCK_N of at most MAX_ONE_TILE_KEYS (BERT's 128, ViT's 197), a program takes all keys at once: the
+scores once, their maximum and sum at once, one product with V, no running rescale and no key
+loop. A mask broadcast over query rows (HF's [B, 1, 1, Lk] padding mask) is read as one row of
+keys (MASK_ROW) in both kernels, not once per query row.
+
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
 stored [B, S, H, D] in memory, as SDPA's fused kernels store it, so the transformer's
@@ -68,6 +74,15 @@ CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
 )
 
+MAX_ONE_TILE_KEYS = 256
+# ONE_TILE: BLOCK_N is the keys' power of two. BERT-base b32 on an H200 (fp16 in and out, us; the
+# streaming kernel's best 16.2): BLOCK_M 64 / 4 warps 12.4, 128 / 8 warps 15.5, 128 / 4 16.9.
+ONE_TILE_CONFIGS: tuple[dict[str, int], ...] = (
+    {"ONE_TILE": 1, "BLOCK_M": 64, "num_warps": 4},
+    {"ONE_TILE": 1, "BLOCK_M": 128, "num_warps": 8},
+    {"ONE_TILE": 1, "BLOCK_M": 32, "num_warps": 4},
+)
+
 
 @triton.jit
 def query_block(Lq, H, BLOCK_M: tl.constexpr):
@@ -81,22 +96,65 @@ def query_block(Lq, H, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def masked_scores(s, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
+                  HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr):
+    """Scores (log2 units) [BLOCK_M, BLOCK_N] with keys past Lk, causal cuts and the mask applied:
+    -inf where a key is not kept, a float mask added (clamped, then scaled by log2(e))."""
+    keep = n_ok[None, :]
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= offs_m[:, None])
+    if HAS_MASK:  # broadcast strides may be 0
+        base = MASK + b * smb + h * smh
+        if MASK_ROW:  # the same keys for every query row: one row read
+            mv = tl.load(base + offs_n * smn, mask=n_ok, other=0)[None, :]
+        else:
+            mv = tl.load(base + offs_m[:, None].to(tl.int64) * smm + offs_n[None, :] * smn,
+                         mask=m_ok[:, None] & n_ok[None, :], other=0)
+        if BOOL_MASK:
+            keep = keep & (mv != 0)
+        else:
+            # clamped first: finfo(float32).min (HF's padding mask) times log2(e) overflows
+            s = s + tl.maximum(mv.to(tl.float32), MASK_FLOOR) * 1.4426950408889634
+    return tl.where(keep, s, -float("inf"))
+
+
+@triton.jit
+def store_rows(Y, INV_OS, OZP, y, b, h, offs_m, offs_d, m_ok, d_ok, D, syb, syh, sym,
+               OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
+               QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """Y's rows, requantized first where OUT_KIND says (qgemm.py's epilogue: times 1 / out_scale,
+    rounded, saturated), per tensor or per channel h * D + d (the module docstring)."""
+    if OUT_KIND != 0:
+        zp = 0
+        if OS_PER_CHANNEL:
+            ch = h * D + offs_d
+            inv = tl.load(INV_OS + ch, mask=d_ok, other=1.0)[None, :]
+            if HAS_OZP:
+                zp = tl.load(OZP + ch, mask=d_ok, other=0)[None, :]
+        else:
+            inv = tl.load(INV_OS)
+            if HAS_OZP:
+                zp = tl.load(OZP)
+        y = requantize(y * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
+    tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
-                      HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                      OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
-                      QMIN: tl.constexpr, QMAX: tl.constexpr,
+                      HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
+                      IEEE: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
+                      HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
     offs_d = tl.arange(0, BLOCK_D)                                      # [BLOCK_D]
-    d_ok = offs_d < D
+    m_ok, d_ok = offs_m < Lq, offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=(offs_m < Lq)[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_D]
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
-    if HAS_MASK:  # broadcast strides may be 0
-        mask_base = MASK + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smm
 
     m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -113,18 +171,8 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))                                  # [BLOCK_M, BLOCK_N] float32
-        s = s * qk_scale
-        keep = n_ok[None, :]
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        if HAS_MASK:
-            mv = tl.load(mask_base + offs_n[None, :] * smn, mask=(offs_m < Lq)[:, None] & n_ok[None, :], other=0)
-            if BOOL_MASK:
-                keep = keep & (mv != 0)
-            else:
-                # clamped first: finfo(float32).min (HF's padding mask) times log2(e) overflows
-                s = s + tl.maximum(mv.to(tl.float32), MASK_FLOOR) * 1.4426950408889634
-        s = tl.where(keep, s, -float("inf"))
+        s = masked_scores(s * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
+                          HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == -float("inf"), 0.0, m_new)            # a row with no key yet: exp2(-inf) = 0
         alpha = tl.math.exp2(m_i - m_use)
@@ -137,21 +185,43 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
         else:
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
-    y = acc / l_i[:, None]                                              # every key masked: 0 / 0 = NaN
-    if OUT_KIND != 0:  # requantized as qgemm.py's epilogue: times 1 / out_scale, rounded, saturated
-        zp = 0
-        if OS_PER_CHANNEL:  # channel h * D + d (the module docstring)
-            ch = h * D + offs_d
-            inv = tl.load(INV_OS + ch, mask=d_ok, other=1.0)[None, :]
-            if HAS_OZP:
-                zp = tl.load(OZP + ch, mask=d_ok, other=0)[None, :]
-        else:
-            inv = tl.load(INV_OS)
-            if HAS_OZP:
-                zp = tl.load(OZP)
-        y = requantize(y * inv, zp, HAS_OZP, OUT_KIND == 2, QMIN, QMAX)
-    tl.store(Y + b * syb + h * syh + offs_m[:, None] * sym + offs_d[None, :], y.to(Y.dtype.element_ty),
-             mask=(offs_m < Lq)[:, None] & d_ok[None, :])
+    store_rows(Y, INV_OS, OZP, acc / l_i[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D, syb, syh, sym,  # 0/0: NaN
+               OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)
+
+
+@triton.jit
+def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
+                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
+                     HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
+                     IEEE: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
+                     HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Every key in one BLOCK_N (the module docstring): the softmax of whole rows at once."""
+    start_m, b, h = query_block(Lq, H, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok, n_ok, d_ok = offs_m < Lq, offs_n < Lk, offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_D]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))                                      # [BLOCK_M, BLOCK_N] float32
+    s = masked_scores(s * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
+                      HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
+    m = tl.max(s, axis=1)
+    p = tl.math.exp2(s - tl.where(m == -float("inf"), 0.0, m)[:, None])  # a row with no key: all 0
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
+    if IEEE:
+        acc = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        acc = tl.dot(p.to(v.dtype), v)
+    store_rows(Y, INV_OS, OZP, acc / tl.sum(p, axis=1)[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,
+               syb, syh, sym, OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)   # 0/0: NaN
 
 
 def _as4(t: Tensor) -> Tensor:
@@ -227,18 +297,23 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     else:
         mask_arg, mstr = q4, (0, 0, 0, 0)
     block_d = max(16, triton.next_power_of_2(d))
+    one_tile = bool(cfg.get("ONE_TILE"))
+    assert not one_tile or lk <= MAX_ONE_TILE_KEYS, f"ONE_TILE takes up to {MAX_ONE_TILE_KEYS} keys, got {lk}"
+    kernel, block_n = (_one_tile_kernel, max(16, triton.next_power_of_2(lk))) if one_tile else \
+        (_attention_kernel, cfg["BLOCK_N"])
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * q4.shape[0] * heads,)
     kind = 0 if out_scale is None else (2 if out == torch.float8_e4m3fn else 1)
     qmin, qmax = OUT_TYPES.get(out) or (0, 0)                               # float8: its conversion saturates
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
-    _attention_kernel[grid](
+    kernel[grid](
         q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else reciprocal_of(out_scale).reshape(-1),
         q4 if out_zp is None else out_zp.reshape(-1), heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
-        CAUSAL=bool(is_causal), IEEE=q.dtype == torch.float32, OUT_KIND=kind,
+        MASK_ROW=mask is not None and (mstr[2] == 0 or lq == 1), CAUSAL=bool(is_causal),
+        IEEE=q.dtype == torch.float32, OUT_KIND=kind,
         OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
-        QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
+        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 1))
     return y
