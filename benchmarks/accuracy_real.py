@@ -70,6 +70,7 @@ CALIB_IMAGE_BATCH = 8
 # Every int8/fp8 build's SmoothQuant alpha, weight rounding and weight scales (--smooth-quant etc.)
 SMOOTH_QUANT: list[float | str | None] = [None]
 WEIGHT_ROUNDING, WEIGHT_SCALES = ["nearest"], ["channel"]
+QUANTIZE_ATTENTION = [False]
 
 
 def log(msg: str) -> None:
@@ -84,11 +85,13 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
                  smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
     SmoothQuant alpha `smooth_quant` (else SMOOTH_QUANT[0]), weights rounded by
-    `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0]."""
+    `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0], fp8 attention's
+    inputs quantized when QUANTIZE_ATTENTION[0]."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
     rounding = weight_rounding or WEIGHT_ROUNDING[0]
     extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding,
-             "weight_scales": WEIGHT_SCALES[0]} if precision in PRECISIONS else {}
+             "weight_scales": WEIGHT_SCALES[0], "quantize_attention": precision == "fp8" and QUANTIZE_ATTENTION[0]} \
+        if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
@@ -339,6 +342,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="how every int8/fp8 engine rounds its weights (BuildConfig.weight_rounding)")
     ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
                     help="every int8/fp8 engine's weight scales (BuildConfig.weight_scales)")
+    ap.add_argument("--quantize-attention", action="store_true",
+                    help="fp8 engines with float8 Q, K and V (BuildConfig.quantize_attention)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")
     args = ap.parse_args(argv)
@@ -361,7 +366,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "card": card, "date": datetime.date.today().isoformat(), "device": args.device,
         "command": "python benchmarks/accuracy_real.py " + shlex.join(args.argv), "python": platform.python_version(),
         "smooth_quant": args.smooth_quant, "weight_rounding": args.weight_rounding,
-        "weight_scales": args.weight_scales, "torch": torch.__version__, "kiln": kiln.__version__,
+        "weight_scales": args.weight_scales, "quantize_attention": args.quantize_attention,
+        "torch": torch.__version__, "kiln": kiln.__version__,
         "note": "int8/fp8 layers run kiln's exact reference kernels on the CPU; the GPU kernels are tested to "
                 "match them, so CPU accuracy holds on the GPU."}, "errors": {}}
     if {"minilm", "budget"} & set(args.parts):
@@ -385,6 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     SMOOTH_QUANT[0], WEIGHT_ROUNDING[0], WEIGHT_SCALES[0] = args.smooth_quant, args.weight_rounding, args.weight_scales
+    QUANTIZE_ATTENTION[0] = args.quantize_attention
     results = run(args)
     text = markdown(results)
     if args.out:

@@ -5,7 +5,8 @@
 Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/fp8 with fp16 float
 layers, calibrated on 4 batches of the benchmark's random inputs; int8-tensor / fp8-tensor: with
 per-tensor weight scales, --weight-scales tensor; a -real suffix (fp8-tensor-real): calibrated on 64
-real samples (benchmarks/samples.py: sentences, structured images) as the suite calibrates;
+real samples (benchmarks/samples.py: sentences, structured images) as the suite calibrates; a -qa
+suffix before it (fp8-tensor-qa, fp8-tensor-qa-real): float8 Q, K and V, --quantize-attention;
 qdq-QUInt8 / qdq-QInt8: the model
 quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does with --calib-samples 32,
 the same model, so that its timing cache, /tmp/tc.json, serves both; built with fp16 float layers;
@@ -48,6 +49,8 @@ def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str,
         path, precision = ort_dynamic(path, Path(tempfile.mkdtemp(prefix="kiln-dyn-"))), "fp16"
     real = precision.endswith("-real")
     precision = precision.removesuffix("-real")
+    attention = precision.endswith("-qa")           # float8 Q, K and V (--quantize-attention)
+    precision = precision.removesuffix("-qa")
     scales = "tensor" if precision.endswith("-tensor") else "channel"
     precision = precision.removesuffix("-tensor")
     quantized = precision in ("int8", "fp8")
@@ -59,6 +62,7 @@ def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str,
         calibration = [{k: v.numpy() for k, v in models.make_inputs(m, batch, seed=s).items()} for s in range(1, 5)]
     config = BuildConfig(precision=precision, device="cuda", timing_cache="/tmp/tc.json",
                          float_precision="fp16" if quantized else "fp32", weight_scales=scales,
+                         quantize_attention=attention,
                          profiles=(Profile.from_ranges(models.profile_ranges(m, [batch])),))
     engine = kiln.build(str(path), config, calibration=calibration)
     return engine, {k: v.cuda() for k, v in models.make_inputs(m, batch).items()}

@@ -99,6 +99,7 @@ def meta(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "warm_build": args.warm_build, "timing_cache": args.timing_cache or "fresh per model and precision",
             "calib_method": args.calib_method, "smooth_quant": getattr(args, "smooth_quant", None),
             "weight_scales": getattr(args, "weight_scales", "channel"),
+            "quantize_attention": getattr(args, "quantize_attention", False),
             "calib_samples": args.calib_samples,
             "accuracy_samples": args.accuracy_samples,
             "min_cosine": {p: measure.MIN_COSINE[p] for p in args.precisions},

@@ -142,6 +142,10 @@ class BuildConfig:
         the same; "gptq" needs the calibration data, or a calibration cache that a GPTQ build
         wrote (it keeps the Gram matrices beside it, CACHE.gram.npz). Only with precision int8
         or fp8.
+    quantize_attention: fp8 only, off by default. Attention's Q, K and V become float8 codes
+        with calibrated per-tensor scales (precision/quantize_attention_inputs.py): the Q/K/V
+        projection writes 8 bits and the attention kernel reads them, at float8's precision
+        for Q K^T and V (check with `kiln compare`).
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -162,6 +166,7 @@ class BuildConfig:
     smooth_quant: float | str | None = None
     weight_scales: str = "channel"
     weight_rounding: str = "nearest"
+    quantize_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -228,6 +233,9 @@ class BuildConfig:
             raise KilnError(f"weight rounding {self.weight_rounding} only changes int8 and fp8 builds, which quantize "
                             f"weights, but the precision is {self.precision}; build with --int8 or --fp8, or drop "
                             "--weight-rounding.")
+        if self.quantize_attention and self.precision != "fp8":
+            raise KilnError(f"quantize_attention gives attention float8 Q, K and V, an fp8 build's, but the "
+                            f"precision is {self.precision}; build with --fp8, or drop --quantize-attention.")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")
@@ -250,6 +258,8 @@ class BuildConfig:
                 data["weight_scales"] = self.weight_scales
             if self.weight_rounding != "nearest":
                 data["weight_rounding"] = self.weight_rounding
+            if self.quantize_attention:
+                data["quantize_attention"] = True
         return data
 
     @staticmethod
@@ -265,4 +275,5 @@ class BuildConfig:
                            float_precision=data.get("float_precision", "fp32"),
                            smooth_quant=data.get("smooth_quant"),
                            weight_scales=data.get("weight_scales", "channel"),
-                           weight_rounding=data.get("weight_rounding", "nearest"))
+                           weight_rounding=data.get("weight_rounding", "nearest"),
+                           quantize_attention=bool(data.get("quantize_attention", False)))

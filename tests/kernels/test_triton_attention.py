@@ -287,3 +287,74 @@ def test_gpu_bert_base_shape_requantized_every_config(out_dtype):
     pad[::3, ..., 100:] = -3.4e38
     for config in ta.CONFIGS + ta.ONE_TILE_CONFIGS:
         _check_requantized(q, k, v, pad, out_dtype, 0 if out_dtype == 3 else None, config=dict(config))
+
+
+def _codes(shape_q, lk, seed=5):
+    """Float8 Q, K, V codes (one merged [B, L, 3, H, D] tensor's transposed views, as a quantized
+    Q/K/V projection writes them) and their shared float16 scale."""
+    b, h, lq, d = shape_q
+    assert lq == lk
+    qkv = torch.randn(b, lq, 3, h, d, generator=torch.Generator().manual_seed(seed)) * 3
+    scale = (qkv.abs().max() / 448).to(torch.float16)
+    codes = (qkv / scale.float()).to(torch.float8_e4m3fn)
+    return [codes[:, :, i].transpose(1, 2) for i in range(3)], scale
+
+
+@both_kernels
+def test_float8_codes_dequantized_by_their_scales():
+    """q_scale, k_scale, v_scale: Q K^T as one float8 product, V widened; Y in the scales' type,
+    against the reference (codes times scales, then float32 attention)."""
+    (q, k, v), s = _codes((2, 2, 24, 32), 24)
+    mask = torch.zeros(2, 1, 1, 24)
+    mask[1, ..., 18:] = -1e4
+    dev = [t.to(DEV) for t in (q, k, v, mask)] + [None, None] + [s.to(DEV)] * 3
+    got = ta.attention(*dev, config=KERNEL["config"]).cpu()
+    want = REF(q, k, v, mask, None, None, s, s, s)
+    assert got.dtype == want.dtype == torch.float16 and got.shape == q.shape
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    plain = REF(*(t.float() * s.float() for t in (q, k, v)), mask)
+    torch.testing.assert_close(want.float(), plain.float(), rtol=1e-3, atol=1e-3)
+
+
+@both_kernels
+def test_float8_codes_requantized_output():
+    from kiln.compiler.tolerance import mismatch
+    (q, k, v), s = _codes((2, 2, 16, 32), 16, seed=6)
+    out_scale = torch.tensor(0.004)
+    got = ta.attention(*(t.to(DEV) for t in (q, k, v)), None, out_scale.to(DEV), None, *[s.to(DEV)] * 3,
+                       out_dtype=17, config=KERNEL["config"]).cpu()
+    want = REF(q, k, v, None, out_scale, None, s, s, s, out_dtype=17)
+    assert got.dtype == torch.float8_e4m3fn
+    assert mismatch(got, want, "kiln::Attention") is None
+
+
+def test_float8_codes_refusals_and_support(monkeypatch):
+    (q, k, v), s = _codes((1, 1, 8, 32), 8)
+    with pytest.raises(AssertionError, match="take q_scale, k_scale and v_scale"):
+        ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), None, None, None, s.to(DEV), s.to(DEV))
+    with pytest.raises(AssertionError, match="float8 codes only"):
+        f = torch.zeros(1, 1, 8, 32, device=DEV)
+        ta.attention(f, f, f, None, None, None, *[s.to(DEV)] * 3)
+    from kiln.tactics import attention as tactics
+    shapes = ((2, 12, 128, 64),) * 3 + (None, None, None, (), (), ())
+    codes = TacticQuery("kiln::Attention", "cuda", ("float8_e4m3fn",) * 3 + (None, None, None) + ("float16",) * 3,
+                        {}, shapes)
+    monkeypatch.setattr(tactics, "device_capability", lambda: (9, 0))
+    assert get_tactic("kiln::Attention.triton").supports(codes)
+    assert get_tactic("kiln::Attention.triton_one_tile").supports(codes)
+    assert not get_tactic("kiln::Attention.sdpa").supports(codes)        # SDPA takes float inputs only
+    no_scale = TacticQuery("kiln::Attention", "cuda", ("float8_e4m3fn",) * 3, {}, shapes[:3])
+    assert not get_tactic("kiln::Attention.triton").supports(no_scale)
+    monkeypatch.setattr(tactics, "device_capability", lambda: (8, 0))   # no float8 before sm_89
+    assert not get_tactic("kiln::Attention.triton").supports(codes)
+
+
+@pytest.mark.gpu
+def test_gpu_bert_base_shape_float8_codes_every_config():
+    (q, k, v), s = _codes((32, 12, 128, 64), 128)
+    pad = torch.zeros(32, 1, 1, 128)
+    pad[::3, ..., 100:] = -3.4e38
+    want = REF(q, k, v, pad, None, None, s, s, s)
+    for config in ta.CONFIGS + ta.ONE_TILE_CONFIGS:
+        got = ta.attention(*(t.cuda() for t in (q, k, v, pad)), None, None, *[s.cuda()] * 3, config=dict(config))
+        torch.testing.assert_close(got.cpu().float(), want.float(), rtol=1e-2, atol=1e-2)

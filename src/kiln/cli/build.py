@@ -181,6 +181,10 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
               help="How the --int8/--fp8 weights become codes: each to its nearest, or GPTQ (the codes "
                    "that move the layer's outputs on the calibration data least; same kernels and speed, needs "
                    "--calib-data or a --calib-cache a GPTQ build wrote).")
+@click.option("--quantize-attention", "quantize_attention", is_flag=True,
+              help="--fp8 only: attention's Q, K and V become float8 codes too (the Q/K/V projection writes 8 "
+                   "bits, the attention kernel reads them; float8's precision in Q K^T and V: check with kiln "
+                   "compare).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "
                    "earlier build), else calibrated and written here.")
@@ -216,7 +220,7 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
 def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None, int8: bool, fp8: bool,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
-          smooth_quant: float | str | None, weight_scales: str, weight_rounding: str,
+          smooth_quant: float | str | None, weight_scales: str, weight_rounding: str, quantize_attention: bool,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
           strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
@@ -248,7 +252,8 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          calib_method=calib_method,
                          calib_percentile=calib_percentile, calib_batch_size=calib_batch_size,
                          smooth_quant=smooth_quant, weight_scales=weight_scales,
-                         weight_rounding=weight_rounding, calib_cache=None if calib_cache is None else str(calib_cache),
+                         weight_rounding=weight_rounding, quantize_attention=quantize_attention,
+                         calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),

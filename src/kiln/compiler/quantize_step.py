@@ -19,6 +19,7 @@ from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.gptq import GPTQRounding
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.layer_rules import match_layer_rules
+from kiln.precision.quantize_attention_inputs import quantize_attention_inputs
 from kiln.precision.quantize_attention_output import quantize_attention_output
 from kiln.precision.quantize_before_pool import quantize_before_pool
 from kiln.precision.quantize_residuals import quantize_residuals
@@ -66,6 +67,8 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
         from kiln.precision.smooth_quant import fold_channel_scales
         quantized["smooth_quant"] = smoothed.to_json()
         fold_channel_scales(graph, smoothed)
+    if config.quantize_attention:
+        quantized["attention_inputs_quantized"] = quantize_attention_inputs(graph, ranges)
     before = graph.op_counts().get("QuantizeLinear", 0)
     quantize_before_pool(graph)
     quantized["residuals_quantized"] = quantize_residuals(graph, ranges, config.precision)

@@ -24,6 +24,8 @@ from kiln.tactics.quantized import device_capability
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 OUT_SCALE, OUT_ZP = ATTENTION_INPUTS.index("out_scale"), ATTENTION_INPUTS.index("out_zp")
+CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v_scale"))
+FLOATS = ("float32", "float16", "bfloat16")
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -63,9 +65,26 @@ def _supports(query: TacticQuery) -> bool:
     """Same dtype for q, k, v and a float type SDPA computes in; a requantized output (out_scale)
     needs Triton's QuantizeLinear and scales (per tensor or per head channel) to a type it writes."""
     q, k, v = query.input_dtypes[:3]
-    if not (q == k == v and q in ("float32", "float16", "bfloat16")):
+    if not (q == k == v and q in FLOATS) or any(i < len(query.input_dtypes) and query.input_dtypes[i] is not None
+                                                 for i in CODE_SCALES):
         return False
+    return _output_supported(query)
+
+
+def _output_supported(query: TacticQuery) -> bool:
     return len(query.input_dtypes) <= OUT_SCALE or query.input_dtypes[OUT_SCALE] is None or _requantizable(query)
+
+
+def _codes(query: TacticQuery) -> bool:
+    """Float8 Q, K and V codes with their scales (one element each, of a float type), on a GPU with
+    float8 (sm_89 on): the Triton kernels' (precision/quantize_attention_inputs.py)."""
+    dts, shapes = tuple(query.input_dtypes) + (None,) * 9, tuple(query.input_shapes) + (None,) * 9
+    if not (dts[0] == dts[1] == dts[2] == "float8_e4m3fn") or any(dts[i] not in FLOATS for i in CODE_SCALES):
+        return False
+    if any(shapes[i] is None or any(d != 1 for d in shapes[i]) for i in CODE_SCALES):
+        return False
+    cap = device_capability()
+    return cap is not None and cap >= (8, 9) and _output_supported(query)
 
 
 def _requantizable(query: TacticQuery) -> bool:
@@ -94,11 +113,12 @@ register_tactic(Tactic("kiln::Attention.sdpa", "kiln::Attention", 2, ("cuda",), 
 
 
 def _supports_triton(query: TacticQuery) -> bool:
-    """Q, K, V of one float type and one rank, K and V with Q's leading dims (no broadcasting),
-    a known head dim of at most MAX_HEAD_DIM; a boolean or float mask of any broadcastable shape."""
+    """Q, K, V of one float type (or float8 codes with their scales) and one rank, K and V with Q's
+    leading dims (no broadcasting), a known head dim of at most MAX_HEAD_DIM; a boolean or float mask
+    of any broadcastable shape."""
     from kiln.kernels.triton.attention import MAX_HEAD_DIM
 
-    if not _supports(query):
+    if not (_supports(query) or _codes(query)):
         return False
     shapes = tuple(query.input_shapes) + (None,) * (4 - len(query.input_shapes))
     q, k, v, mask = shapes[:4]

@@ -134,12 +134,13 @@ def pointwise(*inputs: Tensor | None, program: list, outputs: Sequence[str] | No
 
 
 # kiln::Attention's input positions, as attention() takes them.
-ATTENTION_INPUTS = ("q", "k", "v", "mask", "out_scale", "out_zp")
+ATTENTION_INPUTS = ("q", "k", "v", "mask", "out_scale", "out_zp", "q_scale", "k_scale", "v_scale")
 
 
 @reference_op("Attention", domain="kiln")
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
-              out_zp: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0) -> Tensor:
+              out_zp: Tensor | None = None, q_scale: Tensor | None = None, k_scale: Tensor | None = None,
+              v_scale: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0) -> Tensor:
     """Y = softmax(Q @ K^T * scale + mask) @ V over [B, H, S, D]; computed in fp32.
 
     scale 0 means 1/sqrt(D). A boolean mask keeps True positions; a float mask is added.
@@ -150,7 +151,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     out_scale (and out_zp) hold one element, or H*D for a 4-D Y [B, H, S, D]: element h*D + d
     for head h, dim d, the channel of the [B, S, H*D] tensor a transformer makes of Y
     (SmoothQuant's per-channel activation scales).
+    With q_scale, k_scale and v_scale (one element each: precision/quantize_attention_inputs.py) Q, K
+    and V are float8 codes, dequantized exactly first (code * scale in float32, as DequantizeLinear);
+    a float Y then takes the scales' type (DequantizeLinear's output type).
     """
+    float_type = q.dtype
+    if q_scale is not None or k_scale is not None or v_scale is not None:
+        if q_scale is None or k_scale is None or v_scale is None or \
+                any(t.numel() != 1 for t in (q_scale, k_scale, v_scale)):
+            raise ValueError("kiln::Attention dequantizes Q, K and V together: q_scale, k_scale and v_scale, "
+                             "one element each")
+        float_type = q_scale.dtype
+        q, k, v = (x.float() * sc.float().reshape(()) for x, sc in ((q, q_scale), (k, k_scale), (v, v_scale)))
     d = q.shape[-1]
     s = scale if scale != 0.0 else 1.0 / math.sqrt(d)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * s  # [B, H, S, Skv]
@@ -165,7 +177,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     probs = torch.softmax(scores, dim=-1)
     y = torch.matmul(probs, v.float())
     if out_scale is None:
-        return y.to(q.dtype)
+        return y.to(float_type)
     from kiln.kernels.reference.quantized import requantize  # quantized.py imports this module
     channels = y.shape[1] * y.shape[3] if y.dim() == 4 else 1
     if out_scale.numel() not in (1, channels) or (out_zp is not None and out_zp.numel() != out_scale.numel()):

@@ -37,6 +37,12 @@ scores once, their maximum and sum at once, one product with V, no running resca
 loop. A mask broadcast over query rows (HF's [B, 1, 1, Lk] padding mask) is read as one row of
 keys (MASK_ROW) in both kernels, not once per query row.
 
+Float8 codes (with q_scale, k_scale and v_scale, one element each: an fp8 engine's attention whose
+inputs precision/quantize_attention_inputs.py quantized): Q K^T is one float8 product on the tensor
+cores (exact products, float32 sums) times q_scale * k_scale with the scores' scale; V's codes are
+widened to float16 (exact) for P V, and v_scale multiplies the result with 1 / l. The scales are
+read in the kernel (no host sync); a float Y takes their type.
+
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
 stored [B, S, H, D] in memory, as SDPA's fused kernels store it, so the transformer's
@@ -58,6 +64,7 @@ from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciproca
 Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8 = torch.float8_e4m3fn
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
@@ -119,6 +126,17 @@ def masked_scores(s, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
 
 
 @triton.jit
+def code_scales(qk_scale, QS, KS, VS, CODES: tl.constexpr):
+    """(the scores' scale, V's scale): float8 codes of Q, K and V scale their products by their
+    scales (read here, no host sync), float inputs by 1."""
+    v_scale = 1.0
+    if CODES:
+        qk_scale = qk_scale * tl.load(QS).to(tl.float32) * tl.load(KS).to(tl.float32)
+        v_scale = tl.load(VS).to(tl.float32)
+    return qk_scale, v_scale
+
+
+@triton.jit
 def store_rows(Y, INV_OS, OZP, y, b, h, offs_m, offs_d, m_ok, d_ok, D, syb, syh, sym,
                OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr, HAS_OZP: tl.constexpr,
                QMIN: tl.constexpr, QMAX: tl.constexpr):
@@ -141,10 +159,10 @@ def store_rows(Y, INV_OS, OZP, y, b, h, offs_m, offs_d, m_ok, d_ok, D, syb, syh,
 
 
 @triton.jit
-def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
+def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, qk_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
-                      IEEE: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
+                      IEEE: tl.constexpr, CODES: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
                       HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
@@ -155,6 +173,7 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_D]
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
+    qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
 
     m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -183,17 +202,19 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
         if IEEE:
             acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision="ieee")
         else:
+            if CODES:                                                   # float8 codes: exact in float16
+                v = v.to(tl.float16)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
-    store_rows(Y, INV_OS, OZP, acc / l_i[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D, syb, syh, sym,  # 0/0: NaN
-               OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)
+    store_rows(Y, INV_OS, OZP, acc * (v_scale / l_i)[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,  # 0/0: NaN
+               syb, syh, sym, OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)
 
 
 @triton.jit
-def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
+def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, qk_scale,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                      HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
-                     IEEE: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
+                     IEEE: tl.constexpr, CODES: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
                      HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Every key in one BLOCK_N (the module docstring): the softmax of whole rows at once."""
@@ -206,6 +227,7 @@ def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_D]
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
+    qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -219,8 +241,10 @@ def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, H, Lq, Lk, D, qk_scale,
     if IEEE:
         acc = tl.dot(p, v.to(tl.float32), input_precision="ieee")
     else:
+        if CODES:                                                       # float8 codes: exact in float16
+            v = v.to(tl.float16)
         acc = tl.dot(p.to(v.dtype), v)
-    store_rows(Y, INV_OS, OZP, acc / tl.sum(p, axis=1)[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,
+    store_rows(Y, INV_OS, OZP, acc * (v_scale / tl.sum(p, axis=1))[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,
                syb, syh, sym, OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)   # 0/0: NaN
 
 
@@ -261,12 +285,27 @@ def _mask_view(mask: Tensor, shape4: tuple[int, int, int, int], lead: tuple[int,
     return full if full.dim() == 4 else full.reshape(-1, full.shape[-3], lq, lk)
 
 
+def _float_type(q: Tensor, k: Tensor, v: Tensor, scales: tuple[Tensor | None, ...]) -> torch.dtype:
+    """The type a float Y takes: Q's, or for float8 codes (with their three scales) the scales'."""
+    if q.dtype != FP8:
+        assert q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype, \
+            f"Q, K and V must share a float type of {DTYPES} (or be float8 codes), got {q.dtype}, {k.dtype}, {v.dtype}"
+        assert all(t is None for t in scales), "q_scale, k_scale and v_scale go with float8 codes only"
+        return q.dtype
+    assert k.dtype == FP8 and v.dtype == FP8, f"float8 Q takes float8 K and V, got {k.dtype}, {v.dtype}"
+    assert all(t is not None and t.numel() == 1 for t in scales), "float8 codes take q_scale, k_scale and " \
+        "v_scale, one element each"
+    assert scales[0].dtype in DTYPES, f"q_scale of {scales[0].dtype}: one of {DTYPES}"
+    return scales[0].dtype
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_scale: Tensor | None = None,
-              out_zp: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0,
+              out_zp: Tensor | None = None, q_scale: Tensor | None = None, k_scale: Tensor | None = None,
+              v_scale: Tensor | None = None, *, scale: float = 0.0, is_causal: int = 0, out_dtype: int = 0,
               config: dict[str, Any] | None = None) -> Tensor:
-    """kiln::Attention in one kernel (module docstring); with out_scale, Y requantized per tensor."""
-    assert q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype, \
-        f"Q, K and V must share a float type of {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
+    """kiln::Attention in one kernel (module docstring); with out_scale, Y requantized; with q_scale,
+    k_scale and v_scale, Q, K and V are float8 codes."""
+    float_type = _float_type(q, k, v, (q_scale, k_scale, v_scale))
     assert q.dim() >= 2 and k.dim() == q.dim() and v.dim() == q.dim(), "Q, K and V: [..., S, D] of one rank"
     lead, lq, d = tuple(q.shape[:-2]), q.shape[-2], q.shape[-1]
     lk = k.shape[-2]
@@ -275,8 +314,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         f"V {tuple(v.shape)}"
     assert 0 < d <= MAX_HEAD_DIM, f"head dim {d} is outside 1..{MAX_HEAD_DIM}"
     cfg = dict(CONFIGS[0] if config is None else config)
-    out = q.dtype if out_scale is None else requantized_type(out_zp, out_dtype).torch
-    assert out in (q.dtype, *OUT_TYPES), f"cannot requantize attention to {out}"
+    out = float_type if out_scale is None else requantized_type(out_zp, out_dtype).torch
+    assert out in (float_type, *OUT_TYPES), f"cannot requantize attention to {out}"
     channels = q.shape[1] * d if q.dim() == 4 else 1
     assert out_scale is None or (out_scale.numel() in (1, channels) and (out_zp is None or
                                                                         out_zp.numel() == out_scale.numel())), \
@@ -296,7 +335,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         mask_arg, mstr = (m4.view(torch.uint8) if mask.dtype == torch.bool else m4), m4.stride()
     else:
         mask_arg, mstr = q4, (0, 0, 0, 0)
-    block_d = max(16, triton.next_power_of_2(d))
+    codes = q.dtype == FP8
+    block_d = max(32 if codes else 16, triton.next_power_of_2(d))   # a float8 dot: 32 deep at least
     one_tile = bool(cfg.get("ONE_TILE"))
     assert not one_tile or lk <= MAX_ONE_TILE_KEYS, f"ONE_TILE takes up to {MAX_ONE_TILE_KEYS} keys, got {lk}"
     kernel, block_n = (_one_tile_kernel, max(16, triton.next_power_of_2(lk))) if one_tile else \
@@ -307,12 +347,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
     kernel[grid](
         q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else reciprocal_of(out_scale).reshape(-1),
-        q4 if out_zp is None else out_zp.reshape(-1), heads, lq, lk, d, qk_scale,
+        q4 if out_zp is None else out_zp.reshape(-1), *((q_scale, k_scale, v_scale) if codes else (q4,) * 3),
+        heads, lq, lk, d, qk_scale,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), y4.stride(0), y4.stride(1), y4.stride(2), *mstr,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
         MASK_ROW=mask is not None and (mstr[2] == 0 or lq == 1), CAUSAL=bool(is_causal),
-        IEEE=q.dtype == torch.float32, OUT_KIND=kind,
+        IEEE=q.dtype == torch.float32, CODES=codes, OUT_KIND=kind,
         OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
         QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
         BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 1))

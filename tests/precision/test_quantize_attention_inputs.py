@@ -1,0 +1,135 @@
+"""quantize_attention_inputs: attention's Q, K and V as float8 codes (BuildConfig.quantize_attention).
+
+The reference attention on codes against the float attention of their dequantized values; the pass
+on a small exported BERT (its merged Q/K/V projection: one QuantizeLinear on the projection's output,
+the Split, Reshape and Transpose moving float8 values, the attention holding the scales; folded into
+the projection by fold_requantize); whole engines against fp32 and the build report; the cases left
+alone; the option's validation."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.calibration import collect_ranges
+from kiln.compiler import builder
+from kiln.config import BuildConfig, Profile
+from kiln.errors import KilnError
+from kiln.ir import verify
+from kiln.kernels.reference.fused import attention
+from kiln.kernels.reference.interpret import run_graph
+from kiln.precision.fold_requantize import fold_requantize
+from kiln.precision.fp8 import quantize_fp8
+from kiln.precision.quantize_attention_inputs import CODE_SCALES, quantize_attention_inputs
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from benchmarks import models  # noqa: E402
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "vocab_size": 2000, "max_position_embeddings": 64}
+BATCH, SEQ = 2, 16
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):  # noqa: ANN001, ANN201
+    model = models.bert(0, name="tiny_bert", seq=SEQ, **TINY)
+    path = models.export_onnx(model, tmp_path_factory.mktemp("bert"))
+    feeds = [{k: v.numpy() for k, v in models.make_inputs(model, BATCH, seed=s).items()} for s in range(3)]
+    profile = Profile.from_ranges(models.profile_ranges(model, [BATCH]))
+    return str(path), feeds, profile
+
+
+def _quantized(bert):  # noqa: ANN001, ANN202
+    """The optimised graph quantized to fp8 (its matmuls), and its calibration ranges."""
+    path, feeds, profile = bert
+    graph = builder.optimized_graph(path, BuildConfig(device="cpu", profiles=(profile,)), lambda _m: None).graph
+    ranges = collect_ranges(graph, feeds, "minmax")
+    quantize_fp8(graph, ranges)
+    return graph, ranges
+
+
+def test_reference_dequantizes_the_codes_first() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(2, 3, 8, 16, generator=g) * 2 for _ in range(3)]
+    scales = [torch.tensor(v, dtype=torch.float16) for v in (0.01, 0.02, 0.005)]
+    codes = [(t / s.float()).to(torch.float8_e4m3fn) for t, s in zip(x, scales)]
+    mask = torch.randn(2, 1, 1, 8, generator=g)
+    got = attention(*codes, mask, None, None, *scales)
+    want = attention(*(c.float() * s.float() for c, s in zip(codes, scales)), mask)
+    assert got.dtype == torch.float16                      # a float Y in the scales' type
+    torch.testing.assert_close(got.float(), want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="q_scale, k_scale and v_scale"):
+        attention(*codes, mask, None, None, scales[0], scales[1])
+    with pytest.raises(ValueError, match="one element each"):
+        attention(*codes, mask, None, None, torch.ones(2), *scales[1:])
+
+
+def test_pass_quantizes_the_merged_projection_once(bert) -> None:  # noqa: ANN001
+    graph, ranges = _quantized(bert)
+    feeds = bert[1]
+    reference = [run_graph(graph, f)[graph.outputs[0].name] for f in feeds]
+    atts = [n for n in graph.nodes if n.qualified_op == "kiln::Attention"]
+    assert len(atts) == TINY["num_hidden_layers"]
+
+    assert quantize_attention_inputs(graph, ranges) == len(atts)
+    verify(graph)
+    for a in atts:
+        assert all(a.input(i).dtype.name == "float8_e4m3fn" for i in range(3))
+        scales = {id(a.input(i)) for i in CODE_SCALES}
+        assert len(scales) == 1                            # one projection: one scale for Q, K and V
+        node = a.input(0).producer()
+        while node.op != "Split":                          # Transpose, Reshape: float8 values now
+            assert node.op in ("Transpose", "Reshape") and node.outputs[0].dtype.name == "float8_e4m3fn"
+            node = node.input(0).producer()
+        q = node.input(0).producer()
+        assert q.op == "QuantizeLinear" and id(q.input(1)) in scales
+        assert q.input(0).producer().qualified_op == "kiln::QMatMul"
+    assert quantize_attention_inputs(graph, ranges) == 0, "a second run finds nothing left"
+    for want, feed in zip(reference, feeds):
+        got = run_graph(graph, feed)[graph.outputs[0].name]
+        cos = torch.nn.functional.cosine_similarity(got.double().flatten(), want.double().flatten(), dim=0)
+        assert float(cos) > 0.999
+    before = graph.op_counts()["QuantizeLinear"]
+    fold_requantize(graph)                                 # the projection writes the codes itself
+    assert graph.op_counts().get("QuantizeLinear", 0) < before
+    for a in atts:
+        split = a.input(0).producer().input(0).producer().input(0).producer()
+        assert split.op == "Split" and split.input(0).producer().qualified_op == "kiln::QMatMul"
+        assert split.input(0).dtype.name == "float8_e4m3fn"
+
+
+def test_engine_matches_fp32_and_reports_the_count(bert) -> None:  # noqa: ANN001
+    path, feeds, profile = bert
+    fp32 = builder.build(path, BuildConfig(device="cpu", profiles=(profile,)))
+    config = BuildConfig(device="cpu", precision="fp8", profiles=(profile,), quantize_attention=True)
+    q = builder.build(path, config, calibration=feeds)
+    assert q.header["build"]["fp8"]["attention_inputs_quantized"] == TINY["num_hidden_layers"]
+    assert q.header["build_config"]["quantize_attention"] is True
+    steps = [s for s in q.plan.steps if s.op == "kiln::Attention"]
+    assert steps and all(q.plan.slots[s.inputs[i]].dtype == "float8_e4m3fn" for s in steps for i in range(3))
+    for feed in feeds:
+        want, got = (np.asarray(e(**feed)["last_hidden_state"], np.float64).ravel() for e in (fp32, q))
+        assert want @ got / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
+
+
+def test_left_alone_without_a_range_or_when_pinned(bert) -> None:  # noqa: ANN001
+    graph, ranges = _quantized(bert)
+    atts = [n for n in graph.nodes if n.qualified_op == "kiln::Attention"]
+    graph.outputs.append(atts[0].input(1))                 # K a graph output: it must stay float
+    split = atts[1].input(0).producer().input(0).producer().input(0).producer()
+    no_range = {k: v for k, v in ranges.items() if k != split.input(0).name}
+    assert quantize_attention_inputs(graph, no_range) == 0
+    assert all(a.input(i).dtype.name == "float32" for a in atts for i in range(3))
+    assert all(a.input(i) is None for a in atts for i in CODE_SCALES)
+
+
+def test_option_is_fp8_only_and_kept_in_the_engine() -> None:
+    with pytest.raises(KilnError, match="quantize_attention gives attention float8 Q, K and V"):
+        BuildConfig(precision="int8", quantize_attention=True)
+    config = BuildConfig(precision="fp8", quantize_attention=True)
+    assert BuildConfig.from_json(config.to_json()).quantize_attention
+    assert "quantize_attention" not in BuildConfig(precision="fp8").to_json()
