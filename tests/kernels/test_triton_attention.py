@@ -302,7 +302,7 @@ def _codes(shape_q, lk, seed=5):
 
 @both_kernels
 def test_float8_codes_dequantized_by_their_scales():
-    """q_scale, k_scale, v_scale: Q K^T as one float8 product, V widened; Y in the scales' type,
+    """q_scale, k_scale, v_scale: the codes widened to float16 for both products; Y in the scales' type,
     against the reference (codes times scales, then float32 attention)."""
     (q, k, v), s = _codes((2, 2, 24, 32), 24)
     mask = torch.zeros(2, 1, 1, 24)

@@ -38,10 +38,12 @@ loop. A mask broadcast over query rows (HF's [B, 1, 1, Lk] padding mask) is read
 keys (MASK_ROW) in both kernels, not once per query row.
 
 Float8 codes (with q_scale, k_scale and v_scale, one element each: an fp8 engine's attention whose
-inputs precision/quantize_attention_inputs.py quantized): Q K^T is one float8 product on the tensor
-cores (exact products, float32 sums) times q_scale * k_scale with the scores' scale; V's codes are
-widened to float16 (exact) for P V, and v_scale multiplies the result with 1 / l. The scales are
-read in the kernel (no host sync); a float Y takes their type.
+inputs precision/quantize_attention_inputs.py quantized) are loaded as 8 bits and widened to float16
+in registers (exact) for both products; Q K^T is then scaled by q_scale * k_scale with the scores'
+scale, and v_scale multiplies the result with 1 / l. Not one float8 product: Hopper's float8 MMA
+sums in a narrower accumulator than float32 (compiler/tolerance.py), which on an H200 moved large
+scores (BERT-base's shape, inputs of 3 sigma) past the float16 tolerance. The scales are read in the
+kernel (no host sync); a float Y takes their type.
 
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
@@ -174,6 +176,8 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
+    if CODES:                                                           # float8 codes: exact in float16
+        q = q.to(tl.float16)
 
     m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -186,6 +190,8 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
         n_ok = offs_n < Lk
         k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
+        if CODES:
+            k = k.to(tl.float16)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -228,6 +234,8 @@ def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, qk
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
     qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
+    if CODES:                                                           # float8 codes: exact in float16
+        q, k = q.to(tl.float16), k.to(tl.float16)
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -336,7 +344,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     else:
         mask_arg, mstr = q4, (0, 0, 0, 0)
     codes = q.dtype == FP8
-    block_d = max(32 if codes else 16, triton.next_power_of_2(d))   # a float8 dot: 32 deep at least
+    block_d = max(16, triton.next_power_of_2(d))
     one_tile = bool(cfg.get("ONE_TILE"))
     assert not one_tile or lk <= MAX_ONE_TILE_KEYS, f"ONE_TILE takes up to {MAX_ONE_TILE_KEYS} keys, got {lk}"
     kernel, block_n = (_one_tile_kernel, max(16, triton.next_power_of_2(lk))) if one_tile else \
