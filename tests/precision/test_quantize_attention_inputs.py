@@ -56,7 +56,7 @@ def test_reference_dequantizes_the_codes_first() -> None:
     g = torch.Generator().manual_seed(0)
     x = [torch.randn(2, 3, 8, 16, generator=g) * 2 for _ in range(3)]
     scales = [torch.tensor(v, dtype=torch.float16) for v in (0.01, 0.02, 0.005)]
-    codes = [(t / s.float()).to(torch.float8_e4m3fn) for t, s in zip(x, scales)]
+    codes = [(t / s.float()).clamp(-448, 448).to(torch.float8_e4m3fn) for t, s in zip(x, scales)]  # saturated
     mask = torch.randn(2, 1, 1, 8, generator=g)
     got = attention(*codes, mask, None, None, *scales)
     want = attention(*(c.float() * s.float() for c, s in zip(codes, scales)), mask)
