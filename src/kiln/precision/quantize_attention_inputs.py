@@ -17,8 +17,8 @@ kernels widen the codes in registers, kernels/triton/attention.py).
 A float8 value keeps 3 significant bits wherever it lies in the range, so a scale shared by
 Q, K and V (a merged projection's) loses only what falls below its smallest subnormal. What the
 codes cost is precision: Q K^T and V carry float8's relative error (2^-4 at worst per element),
-which is why this is an option and not what --fp8 does by default (benchmarks/fp8_attention_accuracy.py
-measures it on real weights).
+which is why this is an option and not what --fp8 does by default (`benchmarks/accuracy_real.py
+--quantize-attention` measures it on real weights: MiniLM's worst cosine 0.9953 -> 0.9943).
 
 When: q, k and v are float values, each read only by the attention (or by the next op of its
 chain), none pinned (graph output, subgraph capture); each chain's start has a calibrated range

@@ -84,8 +84,9 @@ CONFIGS: tuple[dict[str, int], ...] = (
 )
 
 MAX_ONE_TILE_KEYS = 256
-# ONE_TILE: BLOCK_N is the keys' power of two. BERT-base b32 on an H200 (fp16 in and out, us; the
-# streaming kernel's best 16.2): BLOCK_M 64 / 4 warps 12.4, 128 / 8 warps 15.5, 128 / 4 16.9.
+# ONE_TILE: BLOCK_N is the keys' power of two. BERT-base b32 on an H200 (benchmarks/kernels_attention.py,
+# 2026-11-29 02:58, fp16, us; the streaming kernel's best 12.9, SDPA 15.1): BLOCK_M 64 / 4 warps 12.0,
+# 128 / 8 warps 15.9, 32 / 4 warps 18.3; MiniLM's D 32: 9.8, 13.0, 15.9 (streaming 10.6).
 ONE_TILE_CONFIGS: tuple[dict[str, int], ...] = (
     {"ONE_TILE": 1, "BLOCK_M": 64, "num_warps": 4},
     {"ONE_TILE": 1, "BLOCK_M": 128, "num_warps": 8},
