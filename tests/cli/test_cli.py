@@ -296,6 +296,10 @@ def test_quantize_attention_needs_fp8(mm_onnx: Path, folder: Path) -> None:
                   "--quantize-attention", "--device", "cpu")
     assert result.exit_code == 1 and "build with --fp8, or drop --quantize-attention" in result.output
     assert "Traceback" not in result.output and not out.exists()
+    fp8 = ok("build", mm_onnx, "-o", folder / "mm_fp8_qa.kiln", "--shapes", "a:2x16", "--fp8", "--calib-data", data,
+             "--quantize-attention", "--device", "cpu")
+    assert "warning: --quantize-attention quantized the Q, K and V of 0 of 0 attention(s): the model has no " \
+        "attention" in " ".join(fp8.output.split())
 
 # -- ops -------------------------------------------------------------------------------------------
 def test_ops_json() -> None:

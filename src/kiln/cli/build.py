@@ -122,8 +122,8 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
     `source` overrides fields of the header's source record (rebuild keeps the original
     file's name and path when it builds from the embedded bytes). `calibration`: a path to
     calibration data the build reads outside the config (an fp16 build's overflow check).
-    Overflow, stopped-tuning and erased-tensor warnings are printed as "warning: ..." lines once the
-    progress display is gone.
+    Overflow, stopped-tuning, erased-tensor and unquantized-attention warnings are printed as
+    "warning: ..." lines once the progress display is gone.
 
     Engine.save writes a temporary file and renames it, so a failure here leaves no
     partial engine at `out` (and an older file there untouched).
@@ -132,6 +132,7 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
     from kiln.compiler.tuning_pass import TuningStoppedWarning
     from kiln.precision.erasing_scales import ErasedTensorWarning
     from kiln.precision.overflow import Fp16OverflowWarning
+    from kiln.precision.quantize_attention_inputs import AttentionNotQuantizedWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Fp16OverflowWarning)
@@ -142,7 +143,8 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
             say("writing engine")
             engine.save(out)
     for w in caught:
-        if issubclass(w.category, (Fp16OverflowWarning, TuningStoppedWarning, ErasedTensorWarning)):
+        if issubclass(w.category, (Fp16OverflowWarning, TuningStoppedWarning, ErasedTensorWarning,
+                                   AttentionNotQuantizedWarning)):
             output.stderr().print(f"warning: {w.message}", markup=False)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

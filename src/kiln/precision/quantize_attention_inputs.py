@@ -29,6 +29,7 @@ Run after quantize_fp8 and before fold_requantize (compiler/quantize_step.py).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping
 
 from kiln.ir import dtypes
@@ -42,10 +43,25 @@ CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v
 FLOATS = (dtypes.FLOAT32, dtypes.FLOAT16, dtypes.BFLOAT16)
 
 
+class AttentionNotQuantizedWarning(UserWarning):
+    """--quantize-attention left an attention's Q, K and V float (or the graph has no attention)."""
+
+
 def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float]) -> int:
-    """Give each attention that qualifies float8 Q, K and V (module docstring); the number done."""
+    """Give each attention that qualifies float8 Q, K and V (module docstring); the number done.
+    Warns (AttentionNotQuantizedWarning) when some or all attentions stay float."""
     keep = pinned(graph)
-    return sum(_quantize(graph, node, ranges, keep) for node in live_ops(graph, "kiln::Attention"))
+    attentions = list(live_ops(graph, "kiln::Attention"))
+    done = sum(_quantize(graph, node, ranges, keep) for node in attentions)
+    if done < len(attentions) or not attentions:
+        left = [n.name for n in attentions if n.input(CODE_SCALES[0]) is None]
+        warnings.warn(f"--quantize-attention quantized the Q, K and V of {done} of {len(attentions)} attention(s)"
+                      + (f"; {', '.join(left[:4])}{' ...' if len(left) > 4 else ''} keep float inputs: each of "
+                         "Q, K and V must be read by the attention alone and come, through shape ops (and one "
+                         "Split), from a tensor with a calibrated range" if left else
+                         ": the model has no attention kiln fuses (kiln::Attention), so the option changes "
+                         "nothing"), AttentionNotQuantizedWarning, stacklevel=2)
+    return done
 
 
 def _chain(v: Value, keep: set[int]) -> tuple[list[Node], Value]:
