@@ -201,3 +201,23 @@ def test_missing_onnxruntime_is_a_clear_error(mlp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
     with pytest.raises(KilnError, match="pip install onnxruntime"):
         compare(mlp_path, shapes={"x": [2, 16]}, device="cpu")
+
+
+def test_all_layers_recalibrates_a_quantized_engine(mlp_path: Path, folder: Path) -> None:
+    """An int8 engine rebuilt with every tensor as an output calibrates again: on the data given,
+    else a clear error naming the engine and --calib-data."""
+    import kiln
+    from kiln.config import BuildConfig, Profile
+
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(2)]
+    path = folder / "mlp_int8.kiln"
+    profile = Profile.static({"x": [2, 16]})
+    kiln.build(mlp_path, BuildConfig(precision="int8", device="cpu", profiles=(profile,)), calibration=data).save(path)
+    with pytest.raises(InputError, match="is an int8 engine: --all-layers rebuilds it .* --calib-data PATH"):
+        compare(mlp_path, engine=path, against="fp32", all_layers=True)
+    report = compare(mlp_path, engine=path, against="fp32", all_layers=True, feeds=data[0], calibration=data,
+                     atol=0.05, rtol=0.05)
+    assert report.precision == "int8" and "rebuilt" in report.engine
+    assert [m.name for m in report.outputs] == ["m", "a", "r", "y"] and report.passed
+    assert report.outputs[0].cosine > 0.999                   # the int8 MatMul, compared in float

@@ -120,3 +120,10 @@ def test_conflicting_options_exit_2(mm_onnx: Path, folder: Path) -> None:
     assert result.exit_code == 2 and "--engine" in result.output
     result = kiln_compare(mm_onnx, "--inputs", folder / "x.npz", "--shapes", "a:1x16")
     assert result.exit_code == 2
+
+
+def test_calib_data_goes_with_all_layers_and_an_engine(overflow_onnx: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "calib.npz", x=np.ones((4, 8), np.float32))
+    result = kiln_compare(overflow_onnx, "--against", "fp32", "--calib-data", tmp_path / "calib.npz")
+    assert result.exit_code == 2 and "--calib-data calibrates the int8/fp8 engine --all-layers rebuilds" in \
+        " ".join(result.output.split())

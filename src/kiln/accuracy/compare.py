@@ -9,12 +9,18 @@ synthetic at the engine's opt shapes, seeded. With `all_layers`, every top-level
 output of the ONNX graph is made a graph output of the model both sides run (names are the
 ONNX value names, so the engine is rebuilt even when one was given), and the report lists
 the tensors in the graph's topological order: the first one that fails is where the
-engine starts to diverge.
+engine starts to diverge. An int8/fp8 engine is rebuilt with its stored options and
+calibrated again on `calibration` (its calibration data: a path, as BuildConfig.calib_data
+takes, or feed dicts); every tensor being an output, no quantized layer requantizes its
+output or fuses across a tensor, so each one is compared in float where the engine itself
+would hand the next layer 8-bit codes: where quantization error enters, not the last bit of
+the engine's own kernels.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -83,7 +89,8 @@ def compare(model_path: str | os.PathLike, engine: Engine | str | os.PathLike | 
             precision: str = "fp32", against: str = "onnxruntime",
             feeds: Mapping[str, np.ndarray] | None = None, shapes: Mapping[str, Sequence[int]] | None = None,
             seed: int = 0, atol: float | None = None, rtol: float | None = None, top_k: int | None = None,
-            all_layers: bool = False, device: str = "auto") -> CompareReport:
+            all_layers: bool = False, device: str = "auto",
+            calibration: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None) -> CompareReport:
     """Compare a kiln engine with a reference on the same inputs; see the module's note.
 
     `engine` wins over `precision`/`device` (they are read from it). `feeds` (arrays by
@@ -98,7 +105,8 @@ def compare(model_path: str | os.PathLike, engine: Engine | str | os.PathLike | 
         check_feeds(proto, feeds)
     if all_layers:
         proto = with_all_outputs(proto)
-    kiln_engine, label = _engine(proto, engine, precision, device, shapes, feeds, rebuild=all_layers)
+    kiln_engine, label = _engine(proto, engine, precision, device, shapes, feeds, rebuild=all_layers,
+                                 calibration=calibration)
     precision = kiln_engine.header.get("build_config", {}).get("precision", precision)
     d_atol, d_rtol = default_tolerances(precision)
     atol, rtol = d_atol if atol is None else atol, d_rtol if rtol is None else rtol
@@ -193,7 +201,7 @@ def _tensor_order(proto: onnx.ModelProto) -> list[str]:
 
 def _engine(proto: onnx.ModelProto, engine: Engine | str | os.PathLike | None, precision: str, device: str,
             shapes: Mapping[str, Sequence[int]] | None, feeds: Mapping[str, np.ndarray] | None,
-            rebuild: bool) -> tuple[Engine, str]:
+            rebuild: bool, calibration: Any = None) -> tuple[Engine, str]:
     """The engine to check and a label for the report; built unless given (and not `rebuild`)."""
     import kiln
 
@@ -208,7 +216,15 @@ def _engine(proto: onnx.ModelProto, engine: Engine | str | os.PathLike | None, p
             return engine, label
         # Intermediate tensors need outputs the given engine lacks: rebuild it the same way.
         stored = BuildConfig.from_json(engine.header.get("build_config", {}))
-        built = kiln.build(proto, replace(stored, device=engine.device.type, embed_source=False))
+        if stored.precision in ("int8", "fp8") and calibration is None:
+            raise InputError(f"engine {label!r} is an {stored.precision} engine: --all-layers rebuilds it with every "
+                             "tensor as an output, which calibrates it again; give its calibration data with "
+                             "--calib-data PATH (an .npz keyed by input name, or a folder of .npz/.npy batches).")
+        from kiln.precision.quantize_attention_inputs import AttentionNotQuantizedWarning
+        with warnings.catch_warnings():   # every tensor an output: no attention fuses, as expected here
+            warnings.simplefilter("ignore", AttentionNotQuantizedWarning)
+            built = kiln.build(proto, replace(stored, device=engine.device.type, embed_source=False),
+                               calibration=calibration)
         return built, f"{label} (rebuilt with every tensor as an output)"
     dims = dict(shapes) if shapes else ({k: v.shape for k, v in feeds.items()} if feeds else None)
     return _build(proto, precision, device, dims), f"built from the model ({precision})"

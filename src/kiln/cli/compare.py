@@ -52,12 +52,15 @@ COLUMNS = ["name", "shape", "max abs", "mean abs", "max rel", "mean rel", "cosin
               help="Also report, per output, the fraction of rows whose top-k classes agree.")
 @click.option("--all-layers", is_flag=True,
               help="Compare every intermediate tensor and report the first one that diverges.")
+@click.option("--calib-data", "calib_data", type=click.Path(path_type=Path), default=None,
+              help="With --all-layers and an --int8/--fp8 --engine: its calibration data (an .npz keyed by input "
+                   "name, or a folder of .npz/.npy batches), to calibrate the rebuilt engine again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_context
 def compare(ctx: click.Context, model: Path, engine_path: Path | None, fp16: bool, bf16: bool,
             precision: str | None, device: str | None, against: str, inputs_path: Path | None, shapes: str | None,
             seed: int, atol: float | None, rtol: float | None, top_k: int | None, all_layers: bool,
-            as_json: bool) -> None:
+            calib_data: Path | None, as_json: bool) -> None:
     """Run an engine of MODEL and a reference on the same inputs; report each output's error.
 
     Per output: max/mean absolute and relative error, cosine similarity (whole tensor and
@@ -70,12 +73,15 @@ def compare(ctx: click.Context, model: Path, engine_path: Path | None, fp16: boo
     if engine_path is not None and (chosen != "fp32" or device is not None):
         raise click.UsageError("--engine gives the engine to check, with its own precision and device; leave out "
                                "--precision/--fp16/--bf16/--device, or leave out --engine to build one here.")
+    if calib_data is not None and not (all_layers and engine_path is not None):
+        raise click.UsageError("--calib-data calibrates the int8/fp8 engine --all-layers rebuilds; give it with "
+                               "--all-layers and --engine, or leave it out.")
     if inputs_path is not None and dims:
         raise click.UsageError("--shapes sets the shapes of random inputs; with --inputs the arrays' own "
                                "shapes are used, so give only one of them.")
     try:
         report = _run(model, engine_path, chosen, device or "auto", against, inputs_path, dims, seed, atol, rtol,
-                      top_k, all_layers)
+                      top_k, all_layers, calib_data)
     except KilnError as exc:
         from kiln.cli.main import format_error  # here, not at import: main imports this module
 
@@ -90,14 +96,15 @@ def compare(ctx: click.Context, model: Path, engine_path: Path | None, fp16: boo
 
 def _run(model: Path, engine_path: Path | None, precision: str, device: str, against: str,
          inputs_path: Path | None, dims: dict[str, list[int]], seed: int, atol: float | None,
-         rtol: float | None, top_k: int | None, all_layers: bool) -> CompareReport:
+         rtol: float | None, top_k: int | None, all_layers: bool, calib_data: Path | None) -> CompareReport:
     from kiln.accuracy.compare import compare as compare_model
     from kiln.cli.feeds import load_npz
 
     feeds = load_npz(inputs_path) if inputs_path is not None else None
     return compare_model(model, engine=engine_path, precision=precision, against=against, feeds=feeds,
                          shapes=dims or None, seed=seed, atol=atol, rtol=rtol, top_k=top_k,
-                         all_layers=all_layers, device=device)
+                         all_layers=all_layers, device=device,
+                         calibration=None if calib_data is None else str(calib_data))
 
 
 def _print(report: CompareReport) -> None:
