@@ -7,16 +7,13 @@ the projection by fold_requantize); whole engines against fp32 and the build rep
 alone; the option's validation."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from kiln.calibration import collect_ranges
 from kiln.compiler import builder
-from kiln.config import BuildConfig, Profile
+from kiln.config import BuildConfig
 from kiln.errors import KilnError
 from kiln.ir import verify
 from kiln.kernels.reference.fused import attention
@@ -26,22 +23,9 @@ from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.quantize_attention_inputs import (CODE_SCALES, AttentionNotQuantizedWarning,
                                                       quantize_attention_inputs)
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from benchmarks import models  # noqa: E402
+from tiny_bert import TINY_BERT  # noqa: E402  (conftest.py puts this folder on the path)
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "vocab_size": 2000, "max_position_embeddings": 64}
-BATCH, SEQ = 2, 16
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):  # noqa: ANN001, ANN201
-    model = models.bert(0, name="tiny_bert", seq=SEQ, **TINY)
-    path = models.export_onnx(model, tmp_path_factory.mktemp("bert"))
-    feeds = [{k: v.numpy() for k, v in models.make_inputs(model, BATCH, seed=s).items()} for s in range(3)]
-    profile = Profile.from_ranges(models.profile_ranges(model, [BATCH]))
-    return str(path), feeds, profile
+TINY = TINY_BERT    # conftest.py's `bert` fixture exports a BERT of these sizes
 
 
 def _quantized(bert):  # noqa: ANN001, ANN202

@@ -6,9 +6,6 @@ pass on a small exported BERT (int8 and fp8: the attention's Transpose/Reshape c
 cases left alone; the tuner's tolerance rule for a requantized attention."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +13,7 @@ import torch
 from kiln.calibration import collect_ranges
 from kiln.compiler import builder
 from kiln.compiler.tolerance import mismatch
-from kiln.config import BuildConfig, Profile
+from kiln.config import BuildConfig
 from kiln.ir import verify
 from kiln.kernels.reference.fused import attention
 from kiln.kernels.reference.interpret import run_graph
@@ -25,24 +22,11 @@ from kiln.precision.fp8 import quantize_fp8
 from kiln.precision.int8 import quantize_layers
 from kiln.precision.quantize_attention_output import OUT_SCALE, quantize_attention_output
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from benchmarks import models  # noqa: E402
+from tiny_bert import TINY_BERT  # noqa: E402  (conftest.py puts this folder on the path)
 
 QUANTIZERS = {"int8": quantize_layers, "fp8": quantize_fp8}
 QTYPES = {"int8": "int8", "fp8": "float8_e4m3fn"}
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "vocab_size": 2000, "max_position_embeddings": 64}
-BATCH, SEQ = 2, 16
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):  # noqa: ANN001, ANN201
-    model = models.bert(0, name="tiny_bert", seq=SEQ, **TINY)
-    path = models.export_onnx(model, tmp_path_factory.mktemp("bert"))
-    feeds = [{k: v.numpy() for k, v in models.make_inputs(model, BATCH, seed=s).items()} for s in range(3)]
-    profile = Profile.from_ranges(models.profile_ranges(model, [BATCH]))
-    return str(path), feeds, profile
+TINY = TINY_BERT    # conftest.py's `bert` fixture exports a BERT of these sizes
 
 
 def _quantized(bert, precision: str):  # noqa: ANN001, ANN202

@@ -166,7 +166,7 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
                       IEEE: tl.constexpr, CODES: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
-                      HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                      HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, ONE_TILE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
@@ -179,82 +179,69 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
     qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
     if CODES:                                                           # float8 codes: exact in float16
         q = q.to(tl.float16)
-
-    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    end_n = Lk
-    if CAUSAL:
-        end_n = tl.minimum(Lk, start_m + BLOCK_M)                       # keys after the last row's are all cut
-    for start_n in range(0, end_n, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)                        # [BLOCK_N]
-        n_ok = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
-        if CODES:
-            k = k.to(tl.float16)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))                                  # [BLOCK_M, BLOCK_N] float32
-        s = masked_scores(s * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
-                          HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)            # a row with no key yet: exp2(-inf) = 0
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)      # [BLOCK_N, BLOCK_D]
-        if IEEE:
-            acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision="ieee")
-        else:
-            if CODES:                                                   # float8 codes: exact in float16
-                v = v.to(tl.float16)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
+    if ONE_TILE:  # every key in one BLOCK_N (the module docstring): the softmax of whole rows at once
+        acc, l_i = _one_tile(q, k_base, v_base, MASK, b, h, offs_m, offs_d, m_ok, d_ok, Lk, qk_scale,
+                             skn, svn, smb, smh, smm, smn, HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL, IEEE, CODES,
+                             BLOCK_N)
+    else:
+        m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        end_n = Lk
+        if CAUSAL:
+            end_n = tl.minimum(Lk, start_m + BLOCK_M)                   # keys after the last row's are all cut
+        for start_n in range(0, end_n, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)                    # [BLOCK_N]
+            n_ok = offs_n < Lk
+            k = _rows(k_base, offs_n, offs_d, n_ok, d_ok, skn, CODES)   # [BLOCK_N, BLOCK_D]
+            s = masked_scores(_dot(q, tl.trans(k), IEEE) * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok,
+                              smb, smh, smm, smn, HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new == -float("inf"), 0.0, m_new)        # a row with no key yet: exp2(-inf) = 0
+            alpha = tl.math.exp2(m_i - m_use)
+            p = tl.math.exp2(s - m_use[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = _rows(v_base, offs_n, offs_d, n_ok, d_ok, svn, CODES)
+            acc = _dot(p, v, IEEE, acc * alpha[:, None])
+            m_i = m_new
     store_rows(Y, INV_OS, OZP, acc * (v_scale / l_i)[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,  # 0/0: NaN
                syb, syh, sym, OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)
 
 
 @triton.jit
-def _one_tile_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, qk_scale,
-                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
-                     HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
-                     IEEE: tl.constexpr, CODES: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
-                     HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Every key in one BLOCK_N (the module docstring): the softmax of whole rows at once."""
-    start_m, b, h = query_block(Lq, H, BLOCK_M)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+def _one_tile(q, k_base, v_base, MASK, b, h, offs_m, offs_d, m_ok, d_ok, Lk, qk_scale, skn, svn, smb, smh, smm, smn,
+              HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
+              IEEE: tl.constexpr, CODES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(P V unnormalised, the rows' sums of P) with every key in one BLOCK_N: the scores once,
+    their maximum and sum at once, no running rescale."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok, n_ok, d_ok = offs_m < Lq, offs_n < Lk, offs_d < D
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_M, BLOCK_D]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
-    qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
-    if CODES:                                                           # float8 codes: exact in float16
-        q, k = q.to(tl.float16), k.to(tl.float16)
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))                                      # [BLOCK_M, BLOCK_N] float32
-    s = masked_scores(s * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
-                      HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
+    n_ok = offs_n < Lk
+    k = _rows(k_base, offs_n, offs_d, n_ok, d_ok, skn, CODES)
+    s = masked_scores(_dot(q, tl.trans(k), IEEE) * qk_scale, MASK, b, h, offs_m, offs_n, m_ok, n_ok,
+                      smb, smh, smm, smn, HAS_MASK, BOOL_MASK, MASK_ROW, CAUSAL)
     m = tl.max(s, axis=1)
     p = tl.math.exp2(s - tl.where(m == -float("inf"), 0.0, m)[:, None])  # a row with no key: all 0
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
+    v = _rows(v_base, offs_n, offs_d, n_ok, d_ok, svn, CODES)
+    return _dot(p, v, IEEE), tl.sum(p, axis=1)
+
+
+@triton.jit
+def _rows(base, offs_n, offs_d, n_ok, d_ok, stride, CODES: tl.constexpr):
+    """K's or V's rows offs_n [BLOCK_N, BLOCK_D] (zeros past Lk and D); float8 codes widened to
+    float16 (exact)."""
+    x = tl.load(base + offs_n[:, None] * stride + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if CODES:
+        x = x.to(tl.float16)
+    return x
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, acc=None):
+    """a @ b (+ acc) in float32 on the tensor cores: IEEE float32 for fp32 inputs (TF32 would miss
+    the fp32 tolerance), else in b's 16-bit type (a, P in float32, rounded to it first)."""
     if IEEE:
-        acc = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-    else:
-        if CODES:                                                       # float8 codes: exact in float16
-            v = v.to(tl.float16)
-        acc = tl.dot(p.to(v.dtype), v)
-    store_rows(Y, INV_OS, OZP, acc * (v_scale / tl.sum(p, axis=1))[:, None], b, h, offs_m, offs_d, m_ok, d_ok, D,
-               syb, syh, sym, OUT_KIND, OS_PER_CHANNEL, HAS_OZP, QMIN, QMAX)   # 0/0: NaN
+        return tl.dot(a, b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a.to(b.dtype), b, acc)
 
 
 def _as4(t: Tensor) -> Tensor:
@@ -348,13 +335,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     block_d = max(16, triton.next_power_of_2(d))
     one_tile = bool(cfg.get("ONE_TILE"))
     assert not one_tile or lk <= MAX_ONE_TILE_KEYS, f"ONE_TILE takes up to {MAX_ONE_TILE_KEYS} keys, got {lk}"
-    kernel, block_n = (_one_tile_kernel, max(16, triton.next_power_of_2(lk))) if one_tile else \
-        (_attention_kernel, cfg["BLOCK_N"])
+    block_n = max(16, triton.next_power_of_2(lk)) if one_tile else cfg["BLOCK_N"]
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]) * q4.shape[0] * heads,)
     kind = 0 if out_scale is None else (2 if out == torch.float8_e4m3fn else 1)
     qmin, qmax = OUT_TYPES.get(out) or (0, 0)                               # float8: its conversion saturates
     y_out = y4.view(torch.uint8) if kind == 2 else y4                     # float8: the kernel stores bits
-    kernel[grid](
+    _attention_kernel[grid](
         q4, k4, v4, mask_arg, y_out, q4 if out_scale is None else reciprocal_of(out_scale).reshape(-1),
         q4 if out_zp is None else out_zp.reshape(-1), *((q_scale, k_scale, v_scale) if codes else (q4,) * 3),
         heads, lq, lk, d, qk_scale,
@@ -364,6 +350,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         MASK_ROW=mask is not None and (mstr[2] == 0 or lq == 1), CAUSAL=bool(is_causal),
         IEEE=q.dtype == torch.float32, CODES=codes, OUT_KIND=kind,
         OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
-        QMIN=qmin, QMAX=qmax, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
+        QMIN=qmin, QMAX=qmax, ONE_TILE=one_tile, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
         BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 1))
     return y
