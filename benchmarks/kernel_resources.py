@@ -234,16 +234,21 @@ NORM_TILE = {"num_warps": 4, "rows": 4}
 
 
 def attention_case(config: dict | None = None, mask: bool = True, out: int | None = None,
-                   channels: int = 1) -> tuple[Any, tuple, dict]:
-    """BERT-base b32 attention (fp16 [32, 12, 128, 64]) with its [B, 1, 1, S] additive padding mask;
-    `out`: requantized to that ONNX type (the QuantizeLinear before the output projection, folded),
-    with `channels` scales (1, or 768: SmoothQuant's per-channel ones)."""
-    q = torch.zeros(32, 12, 128, 64, dtype=torch.float16)
+                   channels: int = 1, codes: bool = False) -> tuple[Any, tuple, dict]:
+    """BERT-base b32 attention (fp16 [32, 12, 128, 64], transposed views of one [B, S, 3, H, D] Q/K/V
+    projection output) with its [B, 1, 1, S] additive padding mask; `out`: requantized to that ONNX
+    type (the QuantizeLinear before the output projection, folded), with `channels` scales (1, or
+    768: SmoothQuant's per-channel ones); `codes`: float8 Q, K and V with their scales
+    (--quantize-attention)."""
+    qkv = torch.zeros(32, 128, 3, 12, 64, dtype=torch.float8_e4m3fn if codes else torch.float16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     m = torch.zeros(32, 1, 1, 128, dtype=torch.float16) if mask else None
     requant = {} if out is None else {"out_scale": torch.full((channels,), 0.05, dtype=torch.float16),
                                       "out_dtype": out}
+    if codes:
+        requant.update(dict.fromkeys(("q_scale", "k_scale", "v_scale"), torch.full((1,), 0.01, dtype=torch.float16)))
     with recording(attention, "_attention_kernel") as rec:
-        attention.attention(q, q, q, m, config=dict(config or attention.CONFIGS[0]), **requant)
+        attention.attention(q, k, v, m, config=dict(config or attention.CONFIGS[0]), **requant)
     return (attention._attention_kernel, *rec.calls[0])
 
 
@@ -317,6 +322,11 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "fp16 attention, padding mask, int8 out": lambda: attention_case(out=TensorProto.INT8),
     "fp16 attention, padding mask, fp8 out per channel": lambda: attention_case(out=TensorProto.FLOAT8E4M3FN,
                                                                                 channels=768),
+    "fp16 attention, one tile, padding mask, fp8 out": lambda: attention_case(attention.ONE_TILE_CONFIGS[0],
+                                                                             out=TensorProto.FLOAT8E4M3FN),
+    "fp8 Q/K/V attention, one tile, fp8 out": lambda: attention_case(attention.ONE_TILE_CONFIGS[0],
+                                                                    out=TensorProto.FLOAT8E4M3FN, codes=True),
+    "fp8 Q/K/V attention, streaming, fp8 out": lambda: attention_case(out=TensorProto.FLOAT8E4M3FN, codes=True),
     "fp16 max pool 3x3/2 [64, 64, 112, 112]": lambda: pool_case(torch.float16),
     "int8 max pool 3x3/2": lambda: pool_case(torch.int8),
     "int8 max pool 3x3/2, byte keys": lambda: pool_case(torch.int8, {**pool.CONFIGS[0], "INT_KEYS": 1}),
