@@ -7,6 +7,8 @@ the projection by fold_requantize); whole engines against fp32 and the build rep
 alone; the option's validation."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,17 @@ def test_option_is_fp8_only_and_kept_in_the_engine() -> None:
     config = BuildConfig(precision="fp8", quantize_attention=True)
     assert BuildConfig.from_json(config.to_json()).quantize_attention
     assert "quantize_attention" not in BuildConfig(precision="fp8").to_json()
+
+
+def test_a_layer_precision_rule_keeps_an_attention_float(bert) -> None:  # noqa: ANN001
+    """--layer-precision on the attention's source nodes keeps its Q, K and V float, silently; the
+    other attention still takes codes."""
+    path, feeds, profile = bert
+    config = BuildConfig(device="cpu", precision="fp8", profiles=(profile,), quantize_attention=True,
+                         layer_precision=(("/bert/encoder/layer.0/attention/self/Softmax", "fp32"),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttentionNotQuantizedWarning)
+        q = builder.build(path, config, calibration=feeds)
+    assert q.header["build"]["fp8"]["attention_inputs_quantized"] == TINY["num_hidden_layers"] - 1
+    steps = [s for s in q.plan.steps if s.op == "kiln::Attention"]
+    assert sorted(q.plan.slots[s.inputs[0]].dtype for s in steps) == ["float32", "float8_e4m3fn"]

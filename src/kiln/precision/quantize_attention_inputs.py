@@ -22,15 +22,17 @@ which is why this is an option and not what --fp8 does by default (`benchmarks/a
 
 When: q, k and v are float values, each read only by the attention (or by the next op of its
 chain), none pinned (graph output, subgraph capture); each chain's start has a calibrated range
-amax > 0; the attention has no code scales yet. A Split whose every output starts one of the
-three chains moves too (its input is then the one X); otherwise each chain's start is its own X.
+amax > 0; the attention has no code scales yet, and no --layer-precision rule keeps it wider (a
+rule on the projection keeps that GEMM float, which then writes the codes: fuse_matmul_quantize).
+A Split whose every output starts one of the three chains moves too (its input is then the one X);
+otherwise each chain's start is its own X.
 Run after quantize_fp8 and before fold_requantize (compiler/quantize_step.py).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping
+from typing import Collection, Mapping
 
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
@@ -47,13 +49,15 @@ class AttentionNotQuantizedWarning(UserWarning):
     """--quantize-attention left an attention's Q, K and V float (or the graph has no attention)."""
 
 
-def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float]) -> int:
+def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> int:
     """Give each attention that qualifies float8 Q, K and V (module docstring); the number done.
-    Warns (AttentionNotQuantizedWarning) when some or all attentions stay float."""
+    `keep_float`: ids of nodes a --layer-precision rule keeps wider; such attentions keep float
+    inputs. Warns (AttentionNotQuantizedWarning) when other attentions stay float, or there is none."""
     keep = pinned(graph)
-    attentions = list(live_ops(graph, "kiln::Attention"))
+    every = list(live_ops(graph, "kiln::Attention"))
+    attentions = [n for n in every if id(n) not in keep_float]
     done = sum(_quantize(graph, node, ranges, keep) for node in attentions)
-    if done < len(attentions) or not attentions:
+    if done < len(attentions) or not every:
         left = [n.name for n in attentions if n.input(CODE_SCALES[0]) is None]
         warnings.warn(f"--quantize-attention quantized the Q, K and V of {done} of {len(attentions)} attention(s)"
                       + (f"; {', '.join(left[:4])}{' ...' if len(left) > 4 else ''} keep float inputs: each of "
