@@ -135,3 +135,23 @@ def test_a_layer_precision_rule_keeps_an_attention_float(bert) -> None:  # noqa:
     assert q.header["build"]["fp8"]["attention_inputs_quantized"] == TINY["num_hidden_layers"] - 1
     steps = [s for s in q.plan.steps if s.op == "kiln::Attention"]
     assert sorted(q.plan.slots[s.inputs[0]].dtype for s in steps) == ["float32", "float8_e4m3fn"]
+
+
+def test_accuracy_budget_ranks_the_attentions_too(bert) -> None:  # noqa: ANN001
+    """With --quantize-attention the budget search's candidates are the quantized matmuls and the
+    attentions (keeping one wider leaves its Q, K and V float); the plan it returns meets the budget."""
+    from kiln.compiler.accuracy_budget import search
+    path, feeds, profile = bert
+    config = BuildConfig(device="cpu", precision="fp8", profiles=(profile,), quantize_attention=True, tune=False)
+    plain = search(path, config, ("cosine", -1.0), calibration=feeds)
+    target = min(1.0, plain.reduced + (1.0 - plain.reduced) * 0.9)   # most of the way to exact
+    result = search(path, config, ("cosine", target), calibration=feeds)
+    assert result.candidates == plain_quantized(path, profile, feeds) + TINY["num_hidden_layers"]
+    assert result.kept and result.achieved >= target
+
+
+def plain_quantized(path: str, profile, feeds) -> int:  # noqa: ANN001
+    """How many matmuls an fp8 build of the tiny BERT quantizes."""
+    engine = builder.build(path, BuildConfig(device="cpu", precision="fp8", profiles=(profile,), tune=False),
+                           calibration=feeds)
+    return len(engine.header["build"]["fp8"]["quantized"])

@@ -23,8 +23,10 @@ if it meets the budget, used instead.
    rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
    float32 math that no rule or safety-table entry already keeps wider (policy.layer_decisions);
    int8/fp8 - the layers the reduced engine quantized (header build.int8/fp8.quantized, matched
-   by their source names; only matmuls and convolutions). At most `max_candidates`, taken weighted layers first (they hold most
-   of the reduced math), then other compute, then data movement, each in graph order.
+   by their source names; only matmuls and convolutions), and with quantize_attention (fp8) each
+   attention, whose float8 Q, K and V a rule keeping it wider leaves float. At most
+   `max_candidates`, taken weighted layers first (they hold most of the reduced math), then other
+   compute, then data movement, each in graph order.
 4. Keeping all candidates must meet the budget (in the kept type, or in fp32 as above), else
    BuildError with the best value reached.
 5. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
@@ -305,7 +307,8 @@ def _candidates(model: str | onnx.ModelProto, config: BuildConfig, reduced: Any,
     graph = optimized_graph(model, config, lambda _msg: None).graph
     if config.precision in QUANTIZED:
         quantized = {tuple(q["fused_from"]) for q in reduced.header["build"][config.precision]["quantized"]}
-        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized and n.op in QUANTIZABLE_OPS]
+        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized and n.op in QUANTIZABLE_OPS
+                 or config.quantize_attention and n.qualified_op == "kiln::Attention"]
     else:
         wider = {id(n) for n, _ in layer_decisions(graph, config)}
         nodes = [n for n in graph.nodes if id(n) not in wider and _float32_math(n) and not _holds_subgraph(n)]
