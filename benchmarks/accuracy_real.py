@@ -85,12 +85,12 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
                  smooth_quant: float | str | None = None, weight_rounding: str | None = None) -> Any:
     """A kiln engine; int8/fp8 calibrated with `method` on `calibration` (a list of feed dicts),
     SmoothQuant alpha `smooth_quant` (else SMOOTH_QUANT[0]), weights rounded by
-    `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0], fp8 attention's
+    `weight_rounding` (else WEIGHT_ROUNDING[0]), weight scales WEIGHT_SCALES[0], attention's
     inputs quantized when QUANTIZE_ATTENTION[0]."""
     alpha = smooth_quant if smooth_quant is not None else SMOOTH_QUANT[0]
     rounding = weight_rounding or WEIGHT_ROUNDING[0]
     extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding,
-             "weight_scales": WEIGHT_SCALES[0], "quantize_attention": precision == "fp8" and QUANTIZE_ATTENTION[0]} \
+             "weight_scales": WEIGHT_SCALES[0], "quantize_attention": QUANTIZE_ATTENTION[0]} \
         if precision in PRECISIONS else {}
     config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
@@ -343,7 +343,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--weight-scales", choices=("channel", "tensor"), default="channel",
                     help="every int8/fp8 engine's weight scales (BuildConfig.weight_scales)")
     ap.add_argument("--quantize-attention", action="store_true",
-                    help="fp8 engines with float8 Q, K and V (BuildConfig.quantize_attention)")
+                    help="int8/fp8 engines with 8-bit Q, K and V (BuildConfig.quantize_attention)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown summary here (default: stdout)")
     args = ap.parse_args(argv)

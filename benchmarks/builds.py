@@ -86,7 +86,7 @@ def build_config(model: BenchModel, precision: str, batches: list[int], args: ar
                             calib_method=args.calib_method,
                             smooth_quant=getattr(args, "smooth_quant", None) if quantized else None,
                             weight_scales=getattr(args, "weight_scales", "channel") if quantized else "channel",
-                            quantize_attention=precision == "fp8" and getattr(args, "quantize_attention", False),
+                            quantize_attention=quantized and getattr(args, "quantize_attention", False),
                             accuracy_budget=getattr(args, "accuracy_budget", None) if quantized else None,
                             float_precision=getattr(args, "quant_float", "fp16") if quantized else "fp32")
 

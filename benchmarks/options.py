@@ -85,7 +85,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
                     help="int8/fp8 weight scales per output channel or per tensor (kiln build --weight-scales) "
                          "[%(default)s]")
     ap.add_argument("--quantize-attention", action="store_true",
-                    help="build fp8 engines with float8 Q, K and V (kiln build --quantize-attention) [off]")
+                    help="build int8/fp8 engines with 8-bit Q, K and V (kiln build --quantize-attention) [off]")
     ap.add_argument("--quant-float", choices=("fp16", "bf16", "fp32"), default="fp16",
                     help="what int8/fp8 engines run their non-quantized layers in (kiln build --int8 --fp16) "
                          "[%(default)s]")

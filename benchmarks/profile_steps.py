@@ -6,7 +6,7 @@ Each argument is model:batch:precision (fp16, bf16, fp32, tf32, int8, fp8; int8/
 layers, calibrated on 4 batches of the benchmark's random inputs; int8-tensor / fp8-tensor: with
 per-tensor weight scales, --weight-scales tensor; a -real suffix (fp8-tensor-real): calibrated on 64
 real samples (benchmarks/samples.py: sentences, structured images) as the suite calibrates; a -qa
-suffix before it (fp8-tensor-qa, fp8-tensor-qa-real): float8 Q, K and V, --quantize-attention;
+suffix before it (fp8-tensor-qa, int8-qa-real): 8-bit Q, K and V, --quantize-attention;
 qdq-QUInt8 / qdq-QInt8: the model
 quantized by ONNX Runtime's quantize_static as benchmarks/qdq_ort.py does with --calib-samples 32,
 the same model, so that its timing cache, /tmp/tc.json, serves both; built with fp16 float layers;

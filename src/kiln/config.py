@@ -142,10 +142,10 @@ class BuildConfig:
         the same; "gptq" needs the calibration data, or a calibration cache that a GPTQ build
         wrote (it keeps the Gram matrices beside it, CACHE.gram.npz). Only with precision int8
         or fp8.
-    quantize_attention: fp8 only, off by default. Attention's Q, K and V become float8 codes
-        with calibrated per-tensor scales (precision/quantize_attention_inputs.py): the Q/K/V
-        projection writes 8 bits and the attention kernel reads them, at float8's precision
-        for Q K^T and V (check with `kiln compare`).
+    quantize_attention: int8/fp8, off by default. Attention's Q, K and V become 8-bit codes
+        of the build's type with calibrated per-tensor scales (precision/quantize_attention_inputs.py):
+        the Q/K/V projection writes 8 bits and the attention kernel reads them, at 8-bit
+        precision for Q K^T and V (check with `kiln compare`).
     """
     precision: str = "fp32"
     device: str = "auto"
@@ -233,9 +233,10 @@ class BuildConfig:
             raise KilnError(f"weight rounding {self.weight_rounding} only changes int8 and fp8 builds, which quantize "
                             f"weights, but the precision is {self.precision}; build with --int8 or --fp8, or drop "
                             "--weight-rounding.")
-        if self.quantize_attention and self.precision != "fp8":
-            raise KilnError(f"quantize_attention gives attention float8 Q, K and V, an fp8 build's, but the "
-                            f"precision is {self.precision}; build with --fp8, or drop --quantize-attention.")
+        if self.quantize_attention and self.precision not in CALIBRATED_PRECISIONS:
+            raise KilnError(f"quantize_attention gives attention 8-bit Q, K and V, an int8 or fp8 build's, but the "
+                            f"precision is {self.precision}; build with --int8 or --fp8, or drop "
+                            "--quantize-attention.")
         if self.calib_cache is not None and self.precision not in CALIBRATED_PRECISIONS:
             raise KilnError(f"calib_cache is only read by int8 and fp8 builds, but the precision is {self.precision}; "
                             "build with precision int8 (--int8) or fp8 (--fp8), or drop --calib-cache.")

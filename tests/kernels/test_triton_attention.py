@@ -289,72 +289,93 @@ def test_gpu_bert_base_shape_requantized_every_config(out_dtype):
         _check_requantized(q, k, v, pad, out_dtype, 0 if out_dtype == 3 else None, config=dict(config))
 
 
-def _codes(shape_q, lk, seed=5):
-    """Float8 Q, K, V codes (one merged [B, L, 3, H, D] tensor's transposed views, as a quantized
-    Q/K/V projection writes them) and their shared float16 scale."""
+def _codes(shape_q, lk, seed=5, kind="fp8"):
+    """8-bit Q, K, V codes (one merged [B, L, 3, H, D] tensor's transposed views, as a quantized
+    Q/K/V projection writes them) and their float16 scales: float8 with one shared scale, or
+    symmetric int8 with one scale each (precision/quantize_attention_inputs.py)."""
     b, h, lq, d = shape_q
     assert lq == lk
     qkv = torch.randn(b, lq, 3, h, d, generator=torch.Generator().manual_seed(seed)) * 3
-    scale = (qkv.abs().max() / 448).to(torch.float16)
-    codes = (qkv / scale.float()).clamp(-448, 448).to(torch.float8_e4m3fn)   # saturated (float16 scale)
-    return [codes[:, :, i].transpose(1, 2) for i in range(3)], scale
+    qkv[:, :, 2] *= 0.2                                          # V narrower than Q and K
+    if kind == "fp8":
+        scales = [(qkv.abs().max() / 448).to(torch.float16)] * 3
+        codes = (qkv / scales[0].float()).clamp(-448, 448).to(torch.float8_e4m3fn)   # saturated (float16 scale)
+    else:
+        scales = [(qkv[:, :, i].abs().max() / 127).to(torch.float16) for i in range(3)]
+        codes = torch.round(qkv / torch.stack(scales).float().view(1, 1, 3, 1, 1)).clamp(-127, 127).to(torch.int8)
+    return [codes[:, :, i].transpose(1, 2) for i in range(3)], scales
+
+
+CODE_KINDS = pytest.mark.parametrize("kind", ["fp8", "int8"])
 
 
 @both_kernels
-def test_float8_codes_dequantized_by_their_scales():
-    """q_scale, k_scale, v_scale: the codes widened to float16 for both products; Y in the scales' type,
-    against the reference (codes times scales, then float32 attention)."""
-    (q, k, v), s = _codes((2, 2, 24, 32), 24)
+@CODE_KINDS
+def test_codes_dequantized_by_their_scales(kind):
+    """q_scale, k_scale, v_scale: the codes widened to float16 for both products; Y in the scales'
+    type, against the reference (codes times scales, then float32 attention)."""
+    (q, k, v), scales = _codes((2, 2, 24, 32), 24, kind=kind)
     mask = torch.zeros(2, 1, 1, 24)
     mask[1, ..., 18:] = -1e4
-    dev = [t.to(DEV) for t in (q, k, v, mask)] + [None, None] + [s.to(DEV)] * 3
+    dev = [t.to(DEV) for t in (q, k, v, mask)] + [None, None] + [s.to(DEV) for s in scales]
     got = ta.attention(*dev, config=KERNEL["config"]).cpu()
-    want = REF(q, k, v, mask, None, None, s, s, s)
+    want = REF(q, k, v, mask, None, None, *scales)
     assert got.dtype == want.dtype == torch.float16 and got.shape == q.shape
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
-    plain = REF(*(t.float() * s.float() for t in (q, k, v)), mask)
+    plain = REF(*(t.float() * s.float() for t, s in zip((q, k, v), scales)), mask)
     torch.testing.assert_close(want.float(), plain.float(), rtol=1e-3, atol=1e-3)
 
 
 @both_kernels
-def test_float8_codes_requantized_output():
+@CODE_KINDS
+def test_codes_requantized_output(kind):
     from kiln.compiler.tolerance import mismatch
-    (q, k, v), s = _codes((2, 2, 16, 32), 16, seed=6)
+    (q, k, v), scales = _codes((2, 2, 16, 32), 16, seed=6, kind=kind)
     out_scale = torch.tensor(0.004)
-    got = ta.attention(*(t.to(DEV) for t in (q, k, v)), None, out_scale.to(DEV), None, *[s.to(DEV)] * 3,
+    got = ta.attention(*(t.to(DEV) for t in (q, k, v)), None, out_scale.to(DEV), None, *[s.to(DEV) for s in scales],
                        out_dtype=17, config=KERNEL["config"]).cpu()
-    want = REF(q, k, v, None, out_scale, None, s, s, s, out_dtype=17)
+    want = REF(q, k, v, None, out_scale, None, *scales, out_dtype=17)
     assert got.dtype == torch.float8_e4m3fn
     assert mismatch(got, want, "kiln::Attention") is None
 
 
-def test_float8_codes_refusals_and_support(monkeypatch):
-    (q, k, v), s = _codes((1, 1, 8, 32), 8)
+def test_codes_refusals_and_support(monkeypatch):
+    (q, k, v), scales = _codes((1, 1, 8, 32), 8)
+    s = scales[0]
     with pytest.raises(AssertionError, match="take q_scale, k_scale and v_scale"):
         ta.attention(q.to(DEV), k.to(DEV), v.to(DEV), None, None, None, s.to(DEV), s.to(DEV))
-    with pytest.raises(AssertionError, match="float8 codes only"):
+    with pytest.raises(AssertionError, match="8-bit codes only"):
         f = torch.zeros(1, 1, 8, 32, device=DEV)
         ta.attention(f, f, f, None, None, None, *[s.to(DEV)] * 3)
+    with pytest.raises(AssertionError, match="Q takes"):
+        ta.attention(q.to(DEV), k.to(DEV), v.view(torch.int8).to(DEV), None, None, None, *[s.to(DEV)] * 3)
     from kiln.tactics import attention as tactics
     shapes = ((2, 12, 128, 64),) * 3 + (None, None, None, (), (), ())
-    codes = TacticQuery("kiln::Attention", "cuda", ("float8_e4m3fn",) * 3 + (None, None, None) + ("float16",) * 3,
-                        {}, shapes)
+
+    def query(code: str) -> TacticQuery:
+        return TacticQuery("kiln::Attention", "cuda", (code,) * 3 + (None, None, None) + ("float16",) * 3, {}, shapes)
+
     monkeypatch.setattr(tactics, "device_capability", lambda: (9, 0))
-    assert get_tactic("kiln::Attention.triton").supports(codes)
-    assert get_tactic("kiln::Attention.triton_one_tile").supports(codes)
-    assert not get_tactic("kiln::Attention.sdpa").supports(codes)        # SDPA takes float inputs only
+    for code in ("float8_e4m3fn", "int8"):
+        assert get_tactic("kiln::Attention.triton").supports(query(code))
+        assert get_tactic("kiln::Attention.triton_one_tile").supports(query(code))
+        assert not get_tactic("kiln::Attention.sdpa").supports(query(code))    # SDPA takes float inputs only
+    assert not get_tactic("kiln::Attention.triton").supports(query("uint8"))     # codes without a zero point
     no_scale = TacticQuery("kiln::Attention", "cuda", ("float8_e4m3fn",) * 3, {}, shapes[:3])
     assert not get_tactic("kiln::Attention.triton").supports(no_scale)
-    monkeypatch.setattr(tactics, "device_capability", lambda: (8, 0))   # no float8 before sm_89
-    assert not get_tactic("kiln::Attention.triton").supports(codes)
+    monkeypatch.setattr(tactics, "device_capability", lambda: (8, 0))   # no float8 before sm_89; int8 runs
+    assert not get_tactic("kiln::Attention.triton").supports(query("float8_e4m3fn"))
+    assert get_tactic("kiln::Attention.triton").supports(query("int8"))
 
 
 @pytest.mark.gpu
-def test_gpu_bert_base_shape_float8_codes_every_config():
-    (q, k, v), s = _codes((32, 12, 128, 64), 128)
+@CODE_KINDS
+def test_gpu_bert_base_shape_codes_every_config(kind):
+    (q, k, v), scales = _codes((32, 12, 128, 64), 128, kind=kind)
     pad = torch.zeros(32, 1, 1, 128)
     pad[::3, ..., 100:] = -3.4e38
-    want = REF(q, k, v, pad, None, None, s, s, s)
+    want = REF(q, k, v, pad, None, None, *scales)
     for config in ta.CONFIGS + ta.ONE_TILE_CONFIGS:
-        got = ta.attention(*(t.cuda() for t in (q, k, v, pad)), None, None, *[s.cuda()] * 3, config=dict(config))
+        got = ta.attention(*(t.cuda() for t in (q, k, v, pad)), None, None, *[s.cuda() for s in scales],
+                           config=dict(config))
         torch.testing.assert_close(got.cpu().float(), want.float(), rtol=1e-2, atol=1e-2)

@@ -21,21 +21,24 @@ from kiln.ir import verify
 from kiln.kernels.reference.fused import attention
 from kiln.kernels.reference.interpret import run_graph
 from kiln.precision.fold_requantize import fold_requantize
+from kiln.passes.match import const_array
 from kiln.precision.fp8 import quantize_fp8
+from kiln.precision.int8 import quantize_layers
 from kiln.precision.quantize_attention_inputs import (CODE_SCALES, AttentionNotQuantizedWarning,
                                                       quantize_attention_inputs)
 
 from tiny_bert import TINY_BERT  # noqa: E402  (conftest.py puts this folder on the path)
 
 TINY = TINY_BERT    # conftest.py's `bert` fixture exports a BERT of these sizes
+CODE_TYPES = {"fp8": "float8_e4m3fn", "int8": "int8"}
 
 
-def _quantized(bert):  # noqa: ANN001, ANN202
-    """The optimised graph quantized to fp8 (its matmuls), and its calibration ranges."""
+def _quantized(bert, precision: str = "fp8"):  # noqa: ANN001, ANN202
+    """The optimised graph quantized to `precision` (its matmuls), and its calibration ranges."""
     path, feeds, profile = bert
     graph = builder.optimized_graph(path, BuildConfig(device="cpu", profiles=(profile,)), lambda _m: None).graph
     ranges = collect_ranges(graph, feeds, "minmax")
-    quantize_fp8(graph, ranges)
+    (quantize_fp8 if precision == "fp8" else quantize_layers)(graph, ranges)
     return graph, ranges
 
 
@@ -55,27 +58,35 @@ def test_reference_dequantizes_the_codes_first() -> None:
         attention(*codes, mask, None, None, torch.ones(2), *scales[1:])
 
 
-def test_pass_quantizes_the_merged_projection_once(bert) -> None:  # noqa: ANN001
-    graph, ranges = _quantized(bert)
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_pass_quantizes_the_merged_projection_once(bert, precision: str) -> None:  # noqa: ANN001
+    """One QuantizeLinear on the merged projection's output: fp8 one scale for Q, K and V; int8 per
+    channel, one block of columns (and one scale) for each of Q, K and V."""
+    graph, ranges = _quantized(bert, precision)
+    code = CODE_TYPES[precision]
     feeds = bert[1]
     reference = [run_graph(graph, f)[graph.outputs[0].name] for f in feeds]
     atts = [n for n in graph.nodes if n.qualified_op == "kiln::Attention"]
     assert len(atts) == TINY["num_hidden_layers"]
 
-    assert quantize_attention_inputs(graph, ranges) == len(atts)
+    assert quantize_attention_inputs(graph, ranges, precision=precision) == len(atts)
     verify(graph)
+    width = TINY["hidden_size"]
     for a in atts:
-        assert all(a.input(i).dtype.name == "float8_e4m3fn" for i in range(3))
-        scales = {id(a.input(i)) for i in CODE_SCALES}
-        assert len(scales) == 1                            # one projection: one scale for Q, K and V
+        assert all(a.input(i).dtype.name == code for i in range(3))
         node = a.input(0).producer()
-        while node.op != "Split":                          # Transpose, Reshape: float8 values now
-            assert node.op in ("Transpose", "Reshape") and node.outputs[0].dtype.name == "float8_e4m3fn"
+        while node.op != "Split":                          # Transpose, Reshape: 8-bit values now
+            assert node.op in ("Transpose", "Reshape") and node.outputs[0].dtype.name == code
             node = node.input(0).producer()
         q = node.input(0).producer()
-        assert q.op == "QuantizeLinear" and id(q.input(1)) in scales
-        assert q.input(0).producer().qualified_op == "kiln::QMatMul"
-    assert quantize_attention_inputs(graph, ranges) == 0, "a second run finds nothing left"
+        assert q.op == "QuantizeLinear" and q.input(0).producer().qualified_op == "kiln::QMatMul"
+        scales = [const_array(a.input(i)) for i in CODE_SCALES]
+        if precision == "fp8":                             # one projection: one scale for Q, K and V
+            assert len({id(a.input(i)) for i in CODE_SCALES}) == 1 and q.input(1) is a.input(CODE_SCALES[0])
+        else:                                              # Q's, K's, V's columns, each its own scale
+            blocks = const_array(q.input(1)).reshape(3, width)
+            assert all(np.all(blocks[i] == scales[i]) for i in range(3)) and len({float(x) for x in scales}) == 3
+    assert quantize_attention_inputs(graph, ranges, precision=precision) == 0, "a second run finds nothing left"
     for want, feed in zip(reference, feeds):
         got = run_graph(graph, feed)[graph.outputs[0].name]
         cos = torch.nn.functional.cosine_similarity(got.double().flatten(), want.double().flatten(), dim=0)
@@ -86,18 +97,19 @@ def test_pass_quantizes_the_merged_projection_once(bert) -> None:  # noqa: ANN00
     for a in atts:
         split = a.input(0).producer().input(0).producer().input(0).producer()
         assert split.op == "Split" and split.input(0).producer().qualified_op == "kiln::QMatMul"
-        assert split.input(0).dtype.name == "float8_e4m3fn"
+        assert split.input(0).dtype.name == code
 
 
-def test_engine_matches_fp32_and_reports_the_count(bert) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_engine_matches_fp32_and_reports_the_count(bert, precision: str) -> None:  # noqa: ANN001
     path, feeds, profile = bert
     fp32 = builder.build(path, BuildConfig(device="cpu", profiles=(profile,)))
-    config = BuildConfig(device="cpu", precision="fp8", profiles=(profile,), quantize_attention=True)
+    config = BuildConfig(device="cpu", precision=precision, profiles=(profile,), quantize_attention=True)
     q = builder.build(path, config, calibration=feeds)
-    assert q.header["build"]["fp8"]["attention_inputs_quantized"] == TINY["num_hidden_layers"]
+    assert q.header["build"][precision]["attention_inputs_quantized"] == TINY["num_hidden_layers"]
     assert q.header["build_config"]["quantize_attention"] is True
     steps = [s for s in q.plan.steps if s.op == "kiln::Attention"]
-    assert steps and all(q.plan.slots[s.inputs[i]].dtype == "float8_e4m3fn" for s in steps for i in range(3))
+    assert steps and all(q.plan.slots[s.inputs[i]].dtype == CODE_TYPES[precision] for s in steps for i in range(3))
     for feed in feeds:
         want, got = (np.asarray(e(**feed)["last_hidden_state"], np.float64).ravel() for e in (fp32, q))
         assert want @ got / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
@@ -115,9 +127,9 @@ def test_left_alone_without_a_range_or_when_pinned(bert) -> None:  # noqa: ANN00
     assert all(a.input(i) is None for a in atts for i in CODE_SCALES)
 
 
-def test_option_is_fp8_only_and_kept_in_the_engine() -> None:
-    with pytest.raises(KilnError, match="quantize_attention gives attention float8 Q, K and V"):
-        BuildConfig(precision="int8", quantize_attention=True)
+def test_option_is_for_8_bit_builds_and_kept_in_the_engine() -> None:
+    with pytest.raises(KilnError, match="quantize_attention gives attention 8-bit Q, K and V"):
+        BuildConfig(precision="fp16", quantize_attention=True)
     config = BuildConfig(precision="fp8", quantize_attention=True)
     assert BuildConfig.from_json(config.to_json()).quantize_attention
     assert "quantize_attention" not in BuildConfig(precision="fp8").to_json()

@@ -184,8 +184,8 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
                    "that move the layer's outputs on the calibration data least; same kernels and speed, needs "
                    "--calib-data or a --calib-cache a GPTQ build wrote).")
 @click.option("--quantize-attention", "quantize_attention", is_flag=True,
-              help="--fp8 only: attention's Q, K and V become float8 codes too (the Q/K/V projection writes 8 "
-                   "bits, the attention kernel reads them; float8's precision in Q K^T and V: check with kiln "
+              help="--int8/--fp8: attention's Q, K and V become 8-bit codes too (the Q/K/V projection writes 8 "
+                   "bits, the attention kernel reads them; 8-bit precision in Q K^T and V: check with kiln "
                    "compare).")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation ranges reused when made for this model and method (from `kiln calibrate` or an "

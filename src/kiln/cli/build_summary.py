@@ -170,7 +170,7 @@ def int8_line(int8: dict[str, Any]) -> str:
             + (f", {folded} requantizing their output" if folded else "")
             + (f", {residuals} reading an 8-bit residual" if residuals else "")
             + (f", {attention} attention(s) writing 8 bits" if attention else "")
-            + (f", {attention_in} attention(s) reading float8 Q, K and V" if attention_in else "")
+            + (f", {attention_in} attention(s) reading 8-bit Q, K and V" if attention_in else "")
             + (f", {norms} norm(s) quantizing their output" if norms else "")
             + (f", {matmuls} float matmul(s) quantizing their output" if matmuls else "")
             + (f", {inputs} conv(s) quantizing their float input" if inputs else "")

@@ -68,7 +68,8 @@ def calibrate_and_quantize(graph: Graph, source: bytes, config: BuildConfig,
         quantized["smooth_quant"] = smoothed.to_json()
         fold_channel_scales(graph, smoothed)
     if config.quantize_attention:
-        quantized["attention_inputs_quantized"] = quantize_attention_inputs(graph, ranges, keep_float=keep)
+        quantized["attention_inputs_quantized"] = quantize_attention_inputs(graph, ranges, keep_float=keep,
+                                                                             precision=config.precision)
     before = graph.op_counts().get("QuantizeLinear", 0)
     quantize_before_pool(graph)
     quantized["residuals_quantized"] = quantize_residuals(graph, ranges, config.precision)

@@ -1,24 +1,30 @@
-"""Quantize attention's Q, K and V to float8 codes (BuildConfig.quantize_attention, fp8 builds).
+"""Quantize attention's Q, K and V to 8-bit codes (BuildConfig.quantize_attention; int8, fp8 builds).
 
   X -> [Split] -> [S1 -> ... -> Sn] -> q, k, v -> kiln::Attention(q, k, v, mask, ...)
-    ->  X -> QuantizeLinear(X, s_X -> float8_e4m3fn) -> [Split] -> [S1 -> ... -> Sn]
+    ->  X -> QuantizeLinear(X, s -> T) -> [Split] -> [S1 -> ... -> Sn]
           -> kiln::Attention(q8, k8, v8, mask, ..., q_scale, k_scale, v_scale)
 
 S1..Sn are shape ops (Transpose, Reshape, Flatten, Squeeze, Unsqueeze): a transformer's Q, K and V
-are its projection's output split into three, reshaped to heads and transposed. Each value that
-starts a chain (X: the projection's output, one for a merged Q/K/V projection) gets one per-tensor
-scale s_X = amax_X / 448 from calibration, as precision/fp8.py quantizes a layer's input; the
-attention dequantizes its codes with it (kernels/reference/fused.py: attention). The shape ops and
-the Split then move float8 values, and fold_requantize folds the QuantizeLinear into X's producer
-(a kiln::QMatMul writes the codes in its epilogue): the projection writes 8 bits instead of 16 and
-the attention reads them (BERT-base b32: 9.4 MB of Q/K/V instead of 18.9 per layer; the Triton
-kernels widen the codes in registers, kernels/triton/attention.py).
+are its projection's output split into three, reshaped to heads and transposed. T is the build's
+8-bit type, and the scales come from calibration, as precision/int8.py and fp8.py quantize a
+layer's input (symmetric: amax / 127, amax / 448):
+- fp8: one per-tensor scale of X for Q, K and V (a float8 value keeps 3 significant bits wherever
+  it lies in the range, so a shared scale loses only what falls below its smallest subnormal);
+- int8: each of Q, K and V its own scale (int8's grid is uniform: V, often narrower than Q and K,
+  would lose bits under theirs), so X's QuantizeLinear is per channel of its last axis, one block
+  of channels per Split output (the Split's sizes, constant or equal parts; where they are not
+  known, each Split output is quantized after the Split instead).
+The attention dequantizes its codes with its three scales (kernels/reference/fused.py: attention).
+The shape ops and the Split then move 8-bit values, and fold_requantize folds the QuantizeLinear
+into X's producer (a kiln::QMatMul writes the codes in its epilogue, per column for int8's
+blocks): the projection writes 8 bits instead of 16 and the attention reads them (BERT-base b32:
+9.4 MB of Q/K/V instead of 18.9 per layer; the Triton kernels widen the codes in registers,
+kernels/triton/attention.py).
 
-A float8 value keeps 3 significant bits wherever it lies in the range, so a scale shared by
-Q, K and V (a merged projection's) loses only what falls below its smallest subnormal. What the
-codes cost is precision: Q K^T and V carry float8's relative error (2^-4 at worst per element),
-which is why this is an option and not what --fp8 does by default (`benchmarks/accuracy_real.py
---quantize-attention` measures it on real weights: MiniLM's worst cosine 0.9953 -> 0.9943).
+What the codes cost is precision: Q K^T and V carry the 8-bit type's error (float8: 2^-4 of each
+element at worst), which is why this is an option and not what --fp8/--int8 do by default
+(`benchmarks/accuracy_real.py --quantize-attention` measures it on real weights: MiniLM fp8's
+worst cosine 0.9953 -> 0.9943).
 
 When: q, k and v are float values, each read only by the attention (or by the next op of its
 chain), none pinned (graph output, subgraph capture); each chain's start has a calibrated range
@@ -26,7 +32,7 @@ amax > 0; the attention has no code scales yet, and no --layer-precision rule ke
 rule on the projection keeps that GEMM float, which then writes the codes: fuse_matmul_quantize).
 A Split whose every output starts one of the three chains moves too (its input is then the one X);
 otherwise each chain's start is its own X.
-Run after quantize_fp8 and before fold_requantize (compiler/quantize_step.py).
+Run after quantize_layers / quantize_fp8 and before fold_requantize (compiler/quantize_step.py).
 """
 from __future__ import annotations
 
@@ -34,11 +40,16 @@ import math
 import warnings
 from typing import Collection, Mapping
 
+import numpy as np
+from onnx import TensorProto
+
+from kiln.calibration.calibrators import INT8_QMAX
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.fused import ATTENTION_INPUTS
-from kiln.passes.match import live_ops, pinned, place_inputs, produced_by, sole_user
-from kiln.precision.fp8 import FP8, quantize_input
+from kiln.passes.match import const_ints, live_ops, pinned, place_inputs, produced_by, sole_user
+from kiln.precision.fp8 import quantize_input as quantize_fp8
+from kiln.precision.int8 import quantize_input as quantize_int8
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v_scale"))
@@ -49,14 +60,15 @@ class AttentionNotQuantizedWarning(UserWarning):
     """--quantize-attention left an attention's Q, K and V float (or the graph has no attention)."""
 
 
-def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = ()) -> int:
+def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (),
+                              precision: str = "fp8") -> int:
     """Give each attention that qualifies float8 Q, K and V (module docstring); the number done.
     `keep_float`: ids of nodes a --layer-precision rule keeps wider; such attentions keep float
     inputs. Warns (AttentionNotQuantizedWarning) when other attentions stay float, or there is none."""
     keep = pinned(graph)
     every = list(live_ops(graph, "kiln::Attention"))
     attentions = [n for n in every if id(n) not in keep_float]
-    done = sum(_quantize(graph, node, ranges, keep) for node in attentions)
+    done = sum(_quantize(graph, node, ranges, keep, precision) for node in attentions)
     if done < len(attentions) or not every:
         left = [n.name for n in attentions if n.input(CODE_SCALES[0]) is None]
         warnings.warn(f"--quantize-attention quantized the Q, K and V of {done} of {len(attentions)} attention(s)"
@@ -81,7 +93,7 @@ def _chain(v: Value, keep: set[int]) -> tuple[list[Node], Value]:
         v = p.input(0)
 
 
-def _quantize(graph: Graph, attention: Node, ranges: Mapping[str, float], keep: set[int]) -> bool:
+def _quantize(graph: Graph, attention: Node, ranges: Mapping[str, float], keep: set[int], precision: str) -> bool:
     qkv = [attention.input(i) for i in range(3)]
     if any(attention.input(i) is not None for i in CODE_SCALES) or len(attention.outputs) != 1:
         return False
@@ -91,21 +103,70 @@ def _quantize(graph: Graph, attention: Node, ranges: Mapping[str, float], keep: 
     starts = [start for _, start in chains]
     moved = [op for ops, _ in chains for op in ops]
     readers = [ops[0] if ops else attention for ops, _ in chains]      # each start's reader on the way
+    own = [ranges.get(x.name, 0.0) for x in starts]                    # each input's own range
+    if not all(a > 0 and math.isfinite(a) for a in own):
+        return False
     split = produced_by(starts[0], "Split")
+    blocks = None
     if split is not None and len(split.outputs) == 3 and {id(s) for s in starts} == {id(o) for o in split.outputs} \
             and all(sole_user(s, keep) is r for s, r in zip(starts, readers)):
-        starts, readers, moved = [split.input(0)] * 3, [split] * 3, [split, *moved]
-    amax = [ranges.get(x.name, 0.0) for x in starts]
-    if not all(a > 0 and math.isfinite(a) for a in amax):
-        return False
-    codes: dict[int, Value] = {}
-    for x, a, reader in zip(starts, amax, readers):
-        if id(x) not in codes:
-            codes[id(x)] = quantize_input(graph, x, a, before=reader)
-            for node in {id(r): r for r, s in zip(readers, starts) if s is x}.values():
-                node.set_inputs([codes[id(x)] if v is x else v for v in node.inputs])
+        blocks = _blocks(split) if precision == "int8" else ()
+    if blocks is not None and (precision != "int8" or blocks):
+        x = split.input(0)
+        amax = ranges.get(x.name, 0.0)
+        if precision == "fp8" and not (amax > 0 and math.isfinite(amax)):
+            return False
+        codes = quantize_fp8(graph, x, amax, before=split) if precision == "fp8" else \
+            _quantize_blocks(graph, x, [own[[id(s) for s in starts].index(id(o))] for o in split.outputs], blocks,
+                             split)
+        split.set_inputs([codes, *split.inputs[1:]])
+        moved = [split, *moved]
+        scales = [codes.producer().input(1)] * 3 if precision == "fp8" else \
+            [_scalar_scale(graph, x, a) for a in own]
+    else:
+        quantize = quantize_fp8 if precision == "fp8" else quantize_int8
+        made: dict[int, Value] = {}
+        for x, a, reader in zip(starts, own, readers):
+            if id(x) not in made:
+                made[id(x)] = quantize(graph, x, a, before=reader)
+                for node in {id(r): r for r, s in zip(readers, starts) if s is x}.values():
+                    node.set_inputs([made[id(x)] if v is x else v for v in node.inputs])
+        codes = made[id(starts[0])]
+        scales = [made[id(x)].producer().input(1) for x in starts]
     for node in moved:
         for out in node.outputs:
-            out.dtype = FP8
-    place_inputs(attention, {i: codes[id(x)].producer().input(1) for i, x in zip(CODE_SCALES, starts)})
+            out.dtype = codes.dtype
+    place_inputs(attention, dict(zip(CODE_SCALES, scales)))
     return True
+
+
+def _blocks(split: Node) -> tuple[int, ...]:
+    """The sizes of a Split along the last axis of its input (constant sizes, or equal parts);
+    () where they are not known."""
+    x = split.input(0)
+    rank = len(x.shape) if x.shape is not None else None
+    axis = int(split.attrs.get("axis", 0))
+    if rank is None or axis not in (-1, rank - 1) or not isinstance(x.shape[-1], int):
+        return ()
+    sizes = const_ints(split.input(1)) if split.input(1) is not None else list(split.attrs.get("split", ()))
+    if not sizes:
+        sizes = [x.shape[-1] // 3] * 3 if x.shape[-1] % 3 == 0 else []
+    return tuple(sizes) if len(sizes) == 3 and sum(sizes) == x.shape[-1] else ()
+
+
+def _quantize_blocks(graph: Graph, x: Value, amax: list[float], blocks: tuple[int, ...], before: Node) -> Value:
+    """A new QuantizeLinear(x, s, 0) -> int8 per channel of x's last axis: block i of the channels
+    (Q's, K's, V's columns of a merged projection) with s_i = amax_i / 127; its output."""
+    dtype = np.dtype(x.dtype.name)
+    scale = np.concatenate([np.full(n, a / INT8_QMAX, dtype=dtype) for n, a in zip(blocks, amax)])
+    x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
+    q = Node("QuantizeLinear", [x, graph.constant(scale, f"{x.name}_block_scales"),
+                                graph.constant(np.zeros(len(scale), np.int8), f"{x.name}_block_zero_points")],
+             [x_q], {"axis": -1, "output_dtype": TensorProto.INT8, "saturate": 1},
+             name=graph.unique_name(f"{x.name}_quantize_blocks"))
+    graph.add_node(q, before=before)
+    return x_q
+
+
+def _scalar_scale(graph: Graph, x: Value, amax: float) -> Value:
+    return graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_block_scale")

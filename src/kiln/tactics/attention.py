@@ -76,15 +76,15 @@ def _output_supported(query: TacticQuery) -> bool:
 
 
 def _codes(query: TacticQuery) -> bool:
-    """Float8 Q, K and V codes with their scales (one element each, of a float type), on a GPU with
-    float8 (sm_89 on): the Triton kernels' (precision/quantize_attention_inputs.py)."""
+    """Float8 (on a GPU with float8: sm_89 on) or int8 Q, K and V codes with their scales (one
+    element each, of a float type): the Triton kernels' (precision/quantize_attention_inputs.py)."""
     dts, shapes = tuple(query.input_dtypes) + (None,) * 9, tuple(query.input_shapes) + (None,) * 9
-    if not (dts[0] == dts[1] == dts[2] == "float8_e4m3fn") or any(dts[i] not in FLOATS for i in CODE_SCALES):
+    if not (dts[0] == dts[1] == dts[2] in ("float8_e4m3fn", "int8")) or any(dts[i] not in FLOATS for i in CODE_SCALES):
         return False
     if any(shapes[i] is None or any(d != 1 for d in shapes[i]) for i in CODE_SCALES):
         return False
     cap = device_capability()
-    return cap is not None and cap >= (8, 9) and _output_supported(query)
+    return (dts[0] == "int8" or cap is not None and cap >= (8, 9)) and _output_supported(query)
 
 
 def _requantizable(query: TacticQuery) -> bool:

@@ -152,8 +152,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
     for head h, dim d, the channel of the [B, S, H*D] tensor a transformer makes of Y
     (SmoothQuant's per-channel activation scales).
     With q_scale, k_scale and v_scale (one element each: precision/quantize_attention_inputs.py) Q, K
-    and V are float8 codes, dequantized exactly first (code * scale in float32, as DequantizeLinear);
-    a float Y then takes the scales' type (DequantizeLinear's output type).
+    and V are 8-bit codes (float8, or int8 with zero point 0), dequantized exactly first (code *
+    scale in float32, as DequantizeLinear); a float Y then takes the scales' type (DequantizeLinear's
+    output type).
     """
     float_type = q.dtype
     if q_scale is not None or k_scale is not None or v_scale is not None:

@@ -37,13 +37,14 @@ scores once, their maximum and sum at once, one product with V, no running resca
 loop. A mask broadcast over query rows (HF's [B, 1, 1, Lk] padding mask) is read as one row of
 keys (MASK_ROW) in both kernels, not once per query row.
 
-Float8 codes (with q_scale, k_scale and v_scale, one element each: an fp8 engine's attention whose
-inputs precision/quantize_attention_inputs.py quantized) are loaded as 8 bits and widened to float16
-in registers (exact) for both products; Q K^T is then scaled by q_scale * k_scale with the scores'
-scale, and v_scale multiplies the result with 1 / l. Not one float8 product: Hopper's float8 MMA
-sums in a narrower accumulator than float32 (compiler/tolerance.py), which on an H200 moved large
-scores (BERT-base's shape, inputs of 3 sigma) past the float16 tolerance. The scales are read in the
-kernel (no host sync); a float Y takes their type.
+8-bit codes (with q_scale, k_scale and v_scale, one element each: an int8 or fp8 engine's attention
+whose inputs precision/quantize_attention_inputs.py quantized; float8 e4m3, or int8 with zero point
+0) are loaded as 8 bits and widened to float16 in registers (exact) for both products; Q K^T is
+then scaled by q_scale * k_scale with the scores' scale, and v_scale multiplies the result with
+1 / l. Not one float8 product: Hopper's float8 MMA sums in a narrower accumulator than float32
+(compiler/tolerance.py), which on an H200 moved large scores (BERT-base's shape, inputs of 3
+sigma) past the float16 tolerance. The scales are read in the kernel (no host sync); a float Y
+takes their type.
 
 Q, K and V are read through their strides as [B, H, L, D] (BERT's are transposed views of one
 GEMM output: no copies); other ranks are viewed so (leading dims folded). Y of a 4-D Q is
@@ -67,6 +68,7 @@ Tensor = torch.Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8 = torch.float8_e4m3fn
+CODE_TYPES = (FP8, torch.int8)      # Q, K and V codes with scales (int8: symmetric, zero point 0)
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # Float masks are clamped here before the scaling by log2(e): float32's largest magnitude
@@ -130,7 +132,7 @@ def masked_scores(s, MASK, b, h, offs_m, offs_n, m_ok, n_ok, smb, smh, smm, smn,
 
 @triton.jit
 def code_scales(qk_scale, QS, KS, VS, CODES: tl.constexpr):
-    """(the scores' scale, V's scale): float8 codes of Q, K and V scale their products by their
+    """(the scores' scale, V's scale): 8-bit codes of Q, K and V scale their products by their
     scales (read here, no host sync), float inputs by 1."""
     v_scale = 1.0
     if CODES:
@@ -177,7 +179,7 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     qk_scale, v_scale = code_scales(qk_scale, QS, KS, VS, CODES)
-    if CODES:                                                           # float8 codes: exact in float16
+    if CODES:                                                           # 8-bit codes: exact in float16
         q = q.to(tl.float16)
     if ONE_TILE:  # every key in one BLOCK_N (the module docstring): the softmax of whole rows at once
         acc, l_i = _one_tile(q, k_base, v_base, MASK, b, h, offs_m, offs_d, m_ok, d_ok, Lk, qk_scale,
@@ -227,7 +229,7 @@ def _one_tile(q, k_base, v_base, MASK, b, h, offs_m, offs_d, m_ok, d_ok, Lk, qk_
 
 @triton.jit
 def _rows(base, offs_n, offs_d, n_ok, d_ok, stride, CODES: tl.constexpr):
-    """K's or V's rows offs_n [BLOCK_N, BLOCK_D] (zeros past Lk and D); float8 codes widened to
+    """K's or V's rows offs_n [BLOCK_N, BLOCK_D] (zeros past Lk and D); 8-bit codes widened to
     float16 (exact)."""
     x = tl.load(base + offs_n[:, None] * stride + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     if CODES:
@@ -282,14 +284,14 @@ def _mask_view(mask: Tensor, shape4: tuple[int, int, int, int], lead: tuple[int,
 
 
 def _float_type(q: Tensor, k: Tensor, v: Tensor, scales: tuple[Tensor | None, ...]) -> torch.dtype:
-    """The type a float Y takes: Q's, or for float8 codes (with their three scales) the scales'."""
-    if q.dtype != FP8:
+    """The type a float Y takes: Q's, or for 8-bit codes (with their three scales) the scales'."""
+    if q.dtype not in CODE_TYPES:
         assert q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype, \
-            f"Q, K and V must share a float type of {DTYPES} (or be float8 codes), got {q.dtype}, {k.dtype}, {v.dtype}"
-        assert all(t is None for t in scales), "q_scale, k_scale and v_scale go with float8 codes only"
+            f"Q, K and V must share a float type of {DTYPES} (or be 8-bit codes), got {q.dtype}, {k.dtype}, {v.dtype}"
+        assert all(t is None for t in scales), "q_scale, k_scale and v_scale go with 8-bit codes only"
         return q.dtype
-    assert k.dtype == FP8 and v.dtype == FP8, f"float8 Q takes float8 K and V, got {k.dtype}, {v.dtype}"
-    assert all(t is not None and t.numel() == 1 for t in scales), "float8 codes take q_scale, k_scale and " \
+    assert k.dtype == q.dtype and v.dtype == q.dtype, f"{q.dtype} Q takes {q.dtype} K and V, got {k.dtype}, {v.dtype}"
+    assert all(t is not None and t.numel() == 1 for t in scales), "8-bit codes take q_scale, k_scale and " \
         "v_scale, one element each"
     assert scales[0].dtype in DTYPES, f"q_scale of {scales[0].dtype}: one of {DTYPES}"
     return scales[0].dtype
@@ -331,7 +333,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         mask_arg, mstr = (m4.view(torch.uint8) if mask.dtype == torch.bool else m4), m4.stride()
     else:
         mask_arg, mstr = q4, (0, 0, 0, 0)
-    codes = q.dtype == FP8
+    codes = q.dtype in CODE_TYPES
     block_d = max(16, triton.next_power_of_2(d))
     one_tile = bool(cfg.get("ONE_TILE"))
     assert not one_tile or lk <= MAX_ONE_TILE_KEYS, f"ONE_TILE takes up to {MAX_ONE_TILE_KEYS} keys, got {lk}"
