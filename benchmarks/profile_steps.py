@@ -49,7 +49,7 @@ def build(name: str, batch: int, precision: str) -> tuple[kiln.Engine, dict[str,
         path, precision = ort_dynamic(path, Path(tempfile.mkdtemp(prefix="kiln-dyn-"))), "fp16"
     real = precision.endswith("-real")
     precision = precision.removesuffix("-real")
-    attention = precision.endswith("-qa")           # float8 Q, K and V (--quantize-attention)
+    attention = precision.endswith("-qa")           # 8-bit Q, K and V (--quantize-attention)
     precision = precision.removesuffix("-qa")
     scales = "tensor" if precision.endswith("-tensor") else "channel"
     precision = precision.removesuffix("-tensor")

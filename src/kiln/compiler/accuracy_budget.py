@@ -23,8 +23,8 @@ if it meets the budget, used instead.
    rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
    float32 math that no rule or safety-table entry already keeps wider (policy.layer_decisions);
    int8/fp8 - the layers the reduced engine quantized (header build.int8/fp8.quantized, matched
-   by their source names; only matmuls and convolutions), and with quantize_attention (fp8) each
-   attention, whose float8 Q, K and V a rule keeping it wider leaves float. At most
+   by their source names; only matmuls and convolutions), and with quantize_attention each
+   attention, whose 8-bit Q, K and V a rule keeping it wider leaves float. At most
    `max_candidates`, taken weighted layers first (they hold most of the reduced math), then other
    compute, then data movement, each in graph order.
 4. Keeping all candidates must meet the budget (in the kept type, or in fp32 as above), else

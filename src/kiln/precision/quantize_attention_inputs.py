@@ -62,7 +62,7 @@ class AttentionNotQuantizedWarning(UserWarning):
 
 def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float], keep_float: Collection[int] = (),
                               precision: str = "fp8") -> int:
-    """Give each attention that qualifies float8 Q, K and V (module docstring); the number done.
+    """Give each attention that qualifies 8-bit Q, K and V (module docstring); the number done.
     `keep_float`: ids of nodes a --layer-precision rule keeps wider; such attentions keep float
     inputs. Warns (AttentionNotQuantizedWarning) when other attentions stay float, or there is none."""
     keep = pinned(graph)
