@@ -17,7 +17,8 @@ from kiln.calibration import collect_ranges
 from kiln.compiler import builder
 from kiln.config import BuildConfig
 from kiln.errors import KilnError
-from kiln.ir import verify
+from kiln.ir import dtypes, verify
+from kiln.ir.graph import Graph, Node, Value
 from kiln.kernels.reference.fused import attention
 from kiln.kernels.reference.interpret import run_graph
 from kiln.precision.fold_requantize import fold_requantize
@@ -31,6 +32,7 @@ from tiny_bert import TINY_BERT  # noqa: E402  (conftest.py puts this folder on 
 
 TINY = TINY_BERT    # conftest.py's `bert` fixture exports a BERT of these sizes
 CODE_TYPES = {"fp8": "float8_e4m3fn", "int8": "int8"}
+F32 = dtypes.FLOAT32
 
 
 def _quantized(bert, precision: str = "fp8"):  # noqa: ANN001, ANN202
@@ -167,3 +169,45 @@ def plain_quantized(path: str, profile, feeds) -> int:  # noqa: ANN001
     engine = builder.build(path, BuildConfig(device="cpu", precision="fp8", profiles=(profile,), tune=False),
                            calibration=feeds)
     return len(engine.header["build"]["fp8"]["quantized"])
+
+
+def _separate_projections() -> tuple[Graph, dict[str, torch.Tensor]]:
+    """x_i [2, 8, 32] -> MatMul(W_i) -> Reshape [2, 8, 2, 16] -> Transpose -> q, k, v of one
+    attention: three projections, no Split (a model whose projections did not merge)."""
+    g = Graph("g", 17)
+    rng = np.random.default_rng(4)
+    feed, shape4 = {}, g.constant(np.array([2, 8, 2, 16], np.int64), "shape4")
+    qkv = []
+    for i, name in enumerate("qkv"):
+        x = Value(f"x_{name}", F32, (2, 8, 32))
+        g.inputs.append(x)
+        feed[x.name] = torch.from_numpy(rng.standard_normal((2, 8, 32)).astype(np.float32) * (1 + 2 * i))
+        w = g.constant(rng.standard_normal((32, 32)).astype(np.float32) / 6, f"w_{name}")
+        m, r, t = (g.value(f"{name}_{s}", F32, sh) for s, sh in
+                   (("mm", (2, 8, 32)), ("r", (2, 8, 2, 16)), ("t", (2, 2, 8, 16))))
+        g.add_node(Node("MatMul", [x, w], [m], name=f"mm_{name}"))
+        g.add_node(Node("Reshape", [m, shape4], [r], name=f"reshape_{name}"))
+        g.add_node(Node("Transpose", [r], [t], {"perm": [0, 2, 1, 3]}, name=f"transpose_{name}"))
+        qkv.append(t)
+    y = g.value("y", F32, (2, 2, 8, 16))
+    g.add_node(Node("Attention", qkv, [y], {"scale": 0.25}, name="attention", domain="kiln"))
+    g.outputs.append(y)
+    return g, feed
+
+
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_separate_projections_each_get_their_own_scale(precision: str) -> None:
+    g, feed = _separate_projections()
+    ranges = collect_ranges(g, [feed], "minmax")
+    want = run_graph(g, feed)["y"]
+    assert quantize_attention_inputs(g, ranges, precision=precision) == 1
+    verify(g)
+    attention = next(n for n in g.nodes if n.qualified_op == "kiln::Attention")
+    quantizers = [n for n in g.nodes if n.op == "QuantizeLinear"]
+    assert len(quantizers) == 3 and all(q.input(0).producer().op == "MatMul" for q in quantizers)
+    assert [attention.input(i) for i in CODE_SCALES] == [q.input(1) for q in quantizers]   # q, k, v in order
+    assert len({float(const_array(attention.input(i))) for i in CODE_SCALES}) == 3
+    assert all(attention.input(i).dtype.name == CODE_TYPES[precision] for i in range(3))
+    got = run_graph(g, feed)["y"]
+    cos = torch.nn.functional.cosine_similarity(got.double().flatten(), want.double().flatten(), dim=0)
+    assert float(cos) > 0.99           # 8-bit Q, K, V of random data (float8 0.998); a wrong scale is far off
