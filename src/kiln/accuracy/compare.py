@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from kiln.accuracy.metrics import OutputMetrics, default_tolerances, output_metrics
-from kiln.config import DEVICES, PRECISIONS, BuildConfig, Profile
+from kiln.config import CALIBRATED_PRECISIONS, DEVICES, PRECISIONS, BuildConfig, Profile
 from kiln.errors import InputError, KilnError
 
 # Precisions compare can build itself (int8 and fp8 need calibration data: give a built engine instead).
-COMPARABLE = tuple(p for p in PRECISIONS if p not in ("int8", "fp8"))
+COMPARABLE = tuple(p for p in PRECISIONS if p not in CALIBRATED_PRECISIONS)
 
 if TYPE_CHECKING:
     import onnx
@@ -216,7 +216,7 @@ def _engine(proto: onnx.ModelProto, engine: Engine | str | os.PathLike | None, p
             return engine, label
         # Intermediate tensors need outputs the given engine lacks: rebuild it the same way.
         stored = BuildConfig.from_json(engine.header.get("build_config", {}))
-        if stored.precision in ("int8", "fp8") and calibration is None:
+        if stored.precision in CALIBRATED_PRECISIONS and calibration is None:
             raise InputError(f"engine {label!r} is an {stored.precision} engine: --all-layers rebuilds it with every "
                              "tensor as an output, which calibrates it again; give its calibration data with "
                              "--calib-data PATH (an .npz keyed by input name, or a folder of .npz/.npy batches).")

@@ -228,12 +228,15 @@ QUANTIZABLE_OPS = {
 # ---------------------------------------------------------------- the rewrite
 
 
-def quantize_input(graph: Graph, x: Value, amax: float, before: Node) -> Value:
-    """A new QuantizeLinear(x, amax / 127, 0) -> int8, placed before `before`; its output."""
-    scale = graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_scale")
-    zp = graph.constant(np.array(0, dtype=np.int8), f"{x.name}_zero_point")
+def quantize_input(graph: Graph, x: Value, amax: float | np.ndarray, before: Node) -> Value:
+    """A new QuantizeLinear(x, amax / 127, 0) -> int8, placed before `before`; its output. An array
+    `amax` quantizes per channel of x's last axis."""
+    a = np.asarray(amax, dtype=np.float64)
+    scale = graph.constant((a / INT8_QMAX).astype(np.dtype(x.dtype.name)), f"{x.name}_scale")
+    zp = graph.constant(np.zeros(a.shape, dtype=np.int8), f"{x.name}_zero_point")
     x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
-    q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1},
+    q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1,
+                                                       **({"axis": -1} if a.ndim else {})},
              name=graph.unique_name(f"{x.name}_quantize"))
     graph.add_node(q, before=before)
     return x_q

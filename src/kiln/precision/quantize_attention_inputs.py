@@ -41,7 +41,6 @@ import warnings
 from typing import Collection, Mapping
 
 import numpy as np
-from onnx import TensorProto
 
 from kiln.calibration.calibrators import INT8_QMAX
 from kiln.ir import dtypes
@@ -116,9 +115,9 @@ def _quantize(graph: Graph, attention: Node, ranges: Mapping[str, float], keep: 
         amax = ranges.get(x.name, 0.0)
         if precision == "fp8" and not (amax > 0 and math.isfinite(amax)):
             return False
+        block_amax = [own[[id(s) for s in starts].index(id(o))] for o in split.outputs]   # in column order
         codes = quantize_fp8(graph, x, amax, before=split) if precision == "fp8" else \
-            _quantize_blocks(graph, x, [own[[id(s) for s in starts].index(id(o))] for o in split.outputs], blocks,
-                             split)
+            quantize_int8(graph, x, np.repeat(block_amax, blocks), before=split)
         split.set_inputs([codes, *split.inputs[1:]])
         moved = [split, *moved]
         scales = [codes.producer().input(1)] * 3 if precision == "fp8" else \
@@ -152,20 +151,6 @@ def _blocks(split: Node) -> tuple[int, ...]:
     if not sizes:
         sizes = [x.shape[-1] // 3] * 3 if x.shape[-1] % 3 == 0 else []
     return tuple(sizes) if len(sizes) == 3 and sum(sizes) == x.shape[-1] else ()
-
-
-def _quantize_blocks(graph: Graph, x: Value, amax: list[float], blocks: tuple[int, ...], before: Node) -> Value:
-    """A new QuantizeLinear(x, s, 0) -> int8 per channel of x's last axis: block i of the channels
-    (Q's, K's, V's columns of a merged projection) with s_i = amax_i / 127; its output."""
-    dtype = np.dtype(x.dtype.name)
-    scale = np.concatenate([np.full(n, a / INT8_QMAX, dtype=dtype) for n, a in zip(blocks, amax)])
-    x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
-    q = Node("QuantizeLinear", [x, graph.constant(scale, f"{x.name}_block_scales"),
-                                graph.constant(np.zeros(len(scale), np.int8), f"{x.name}_block_zero_points")],
-             [x_q], {"axis": -1, "output_dtype": TensorProto.INT8, "saturate": 1},
-             name=graph.unique_name(f"{x.name}_quantize_blocks"))
-    graph.add_node(q, before=before)
-    return x_q
 
 
 def _scalar_scale(graph: Graph, x: Value, amax: float) -> Value:

@@ -91,7 +91,7 @@ def _requantizable(query: TacticQuery) -> bool:
     """out_scale/out_zp of one element (or H*D: per head channel), to int8, uint8 or
     float8_e4m3fn, and Triton present."""
     dts, shapes = tuple(query.input_dtypes) + (None,) * 2, tuple(query.input_shapes) + (None,) * 6
-    if not kiln_triton.available() or dts[OUT_SCALE] not in ("float32", "float16", "bfloat16"):
+    if not kiln_triton.available() or dts[OUT_SCALE] not in FLOATS:
         return False
     code = int(query.attrs.get("out_dtype", 0) or 0)
     try:
@@ -130,7 +130,7 @@ def _supports_triton(query: TacticQuery) -> bool:
     if any(a != b for a, b in zip(q[:-2], k[:-2])) or any(a != b for a, b in zip(k[:-2], v[:-2])):
         return False
     mask_dt = query.input_dtypes[3] if len(query.input_dtypes) > 3 else None
-    return mask_dt is None or (mask_dt in ("bool", "float32", "float16", "bfloat16")
+    return mask_dt is None or (mask_dt in ("bool", *FLOATS)
                                and (mask is None or len(mask) <= len(q)))
 
 
