@@ -3,14 +3,15 @@
     PYTHONPATH=src python benchmarks/budget_plan.py [--precision fp8|int8] [--batches 256,32] [--keep LAYER,LAYER,...]
                                                     [--steps] [--weight-scales channel|tensor]
                                                     [--smooth-quant 0.9|none] [--weight-rounding nearest|gptq]
-                                                    [--calib-samples 64] [--eval-samples 0]
+                                                    [--calib-samples 64] [--eval-samples 0] [--budget-batches 3]
     PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
 all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9
 (--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget
 cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
-on --calib-samples calibration sentences (64: two batches, both measured on; with GPTQ and more
-than three batches, the search's builds calibrate on the batches the budget is not measured on),
+on --calib-samples calibration sentences (64: two batches, both measured on; the budget is measured
+on the first --budget-batches of them, and with GPTQ and more batches than that, the search's
+builds calibrate on the others),
 unless --keep names the layers to keep in fp16 (a plan found before: the search prints it);
 --search-device cpu runs it on the CPU (the reference kernels) and stops there. --eval-samples N
 also measures the budget's metric (the cosine of the flattened outputs) of each engine on N
@@ -41,7 +42,7 @@ from benchmarks.accuracy_metrics import row_cosines  # noqa: E402
 from benchmarks.profile_steps import per_step  # noqa: E402
 from kiln.compiler.accuracy_budget import search  # noqa: E402
 from kiln.compiler.timer import median  # noqa: E402
-from kiln.config import BuildConfig, Profile  # noqa: E402
+from kiln.config import BUDGET_BATCHES, BuildConfig, Profile  # noqa: E402
 
 BUDGET = ("cosine", 0.999)
 SEARCH_BATCH = 32
@@ -49,12 +50,12 @@ SEARCH_BATCH = 32
 
 def quant_config(model: models.BenchModel, batch: int, precision: str, keep: tuple[str, ...] = (),
                  weight_scales: str = "channel", device: str = "cuda", smooth_quant: float | None = 0.9,
-                 weight_rounding: str = "nearest") -> BuildConfig:
+                 weight_rounding: str = "nearest", budget_batches: int = BUDGET_BATCHES) -> BuildConfig:
     return BuildConfig(precision=precision, device=device,
                        profiles=(Profile.from_ranges(models.profile_ranges(model, [batch])),),
                        timing_cache=f"/tmp/kiln-budget-plan-{batch}.json", float_precision="fp16",
                        smooth_quant=smooth_quant, layer_precision=tuple((name, "fp16") for name in keep),
-                       weight_scales=weight_scales, weight_rounding=weight_rounding)
+                       weight_scales=weight_scales, weight_rounding=weight_rounding, budget_batches=budget_batches)
 
 
 def graph_ms(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> float:
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest")
     ap.add_argument("--calib-samples", type=int, default=64, help="calibration sentences")
     ap.add_argument("--eval-samples", type=int, default=0, help="held-out sentences for the budget's metric")
+    ap.add_argument("--budget-batches", type=int, default=BUDGET_BATCHES,
+                    help="calibration batches the search measures the budget on (kiln build --budget-batches)")
     args = ap.parse_args()
     options = {"weight_scales": args.weight_scales, "weight_rounding": args.weight_rounding,
                "smooth_quant": None if args.smooth_quant == "none" else float(args.smooth_quant)}
@@ -120,7 +123,7 @@ def main() -> None:
     keep = tuple(n for n in args.keep.split(",") if n)
     if not keep:
         found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, device=args.search_device,
-                                               **options), BUDGET,
+                                               budget_batches=args.budget_batches, **options), BUDGET,
                        calibration=samples.calibration_feeds(model, args.calib_samples, SEARCH_BATCH, 0), progress=say)
         keep = tuple(k.name for k in found.kept)
         say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "

@@ -28,6 +28,8 @@ CALIB_METHODS = ("entropy", "minmax", "percentile")
 WEIGHT_SCALES = ("channel", "tensor")
 # How an int8/fp8 engine's weights are rounded to codes (BuildConfig.weight_rounding).
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+# batches an accuracy budget is measured on unless set (BuildConfig.budget_batches)
+BUDGET_BATCHES = 3
 
 Dims = tuple[int, ...]
 
@@ -124,6 +126,10 @@ class BuildConfig:
         layers to keep in fp32 so the reduced engine stays within the budget of an fp32 engine
         (compiler/accuracy_budget.py); the found layers become layer_precision rules. Local, not
         stored (the engine stores the rules and build.accuracy_budget).
+    budget_batches: how many batches the accuracy budget is measured on (default 3): the first
+        calibration batches of an int8/fp8 build (with GPTQ held out of the search's
+        calibration), else synthetic batches. More batches: a closer estimate of the metric on
+        other inputs, at one run of every search build per batch. Local, not stored.
     smooth_quant: SmoothQuant's alpha in [0, 1], "auto", or None (the default: off). An int8/fp8
         build then also calibrates per-channel maxima and divides the channels of each activation
         a quantized matmul reads by s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha), folding s into the
@@ -162,6 +168,7 @@ class BuildConfig:
     calib_cache: str | None = None
     calib_batch_size: int = 8
     accuracy_budget: tuple[str, float] | None = None
+    budget_batches: int = BUDGET_BATCHES
     float_precision: str = "fp32"
     smooth_quant: float | str | None = None
     weight_scales: str = "channel"
@@ -200,6 +207,10 @@ class BuildConfig:
                 or self.calib_batch_size < 1:
             raise KilnError(f"calibration batch size {self.calib_batch_size!r} is not a whole number >= 1; "
                             "give e.g. 8.")
+        if isinstance(self.budget_batches, bool) or not isinstance(self.budget_batches, int) \
+                or self.budget_batches < 1:
+            raise KilnError(f"budget batches {self.budget_batches!r} is not a whole number >= 1: it is how many "
+                            "batches the accuracy budget is measured on; give e.g. 3.")
         if self.float_precision not in FLOAT_PRECISIONS:
             raise KilnError(f"float precision {self.float_precision!r} is not one of {', '.join(FLOAT_PRECISIONS)}.")
         if self.float_precision != "fp32" and self.precision not in CALIBRATED_PRECISIONS:

@@ -138,9 +138,24 @@ def test_cli_build_with_an_accuracy_budget(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     budget = json.loads(result.stdout)["accuracy_budget"]
     assert [k["layer"] for k in budget["kept"]] == ["fc2"] and budget["achieved"] >= 0.999
+    assert budget["batches"] == 3   # the default: three synthetic batches
     bad = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "x.kiln"), "--fp16",
                                     "--device", "cpu", "--accuracy-budget", "speed=2"])
     assert bad.exit_code != 0 and "speed" in bad.output
+    alone = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "x.kiln"), "--fp16",
+                                      "--device", "cpu", "--budget-batches", "5"])
+    assert alone.exit_code != 0 and "--budget-batches 5" in alone.output and "no --accuracy-budget" in alone.output
+    assert "Traceback" not in alone.output and not (tmp_path / "x.kiln").exists()
+    five = CliRunner().invoke(main, ["build", str(path), "-o", str(tmp_path / "five.kiln"), "--fp16", "--device",
+                                     "cpu", "--accuracy-budget", "cosine=0.999", "--budget-batches", "5", "--json"])
+    assert five.exit_code == 0, five.output
+    assert json.loads(five.stdout)["accuracy_budget"]["batches"] == 5
+
+
+@pytest.mark.parametrize("batches", [0, -1, True, 2.0])
+def test_budget_batches_must_be_a_whole_number(batches) -> None:
+    with pytest.raises(KilnError, match="budget batches .* is not a whole number >= 1"):
+        BuildConfig(precision="fp16", budget_batches=batches)
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
@@ -191,6 +206,25 @@ def test_gptq_search_measures_on_batches_its_builds_did_not_calibrate_on(batches
     assert ("; measured on the batches GPTQ calibrated on" in line) == (not held_out), line
     nearest = search(mlp(big=False), replace(config, weight_rounding="nearest"), ("cosine", -1.0), calibration=calib)
     assert nearest.held_out == 0 and not nearest.gptq_in_sample
+
+
+def test_budget_batches_sets_the_batches_measured_on() -> None:
+    # Eight calibration batches, the budget measured on five: GPTQ's search builds calibrate on
+    # the other three; without GPTQ the five are measured on all the same.
+    rng = np.random.default_rng(6)
+    calib = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(8)]
+    config = BuildConfig(precision="fp8", device="cpu", tune=False, weight_rounding="gptq", budget_batches=5)
+    said: list[str] = []
+    result = search(mlp(big=False), config, ("cosine", -1.0), calibration=calib, progress=said.append)
+    assert (result.batches, result.held_out) == (5, 5)
+    assert any("GPTQ calibrates on 3 batch(es), the budget is measured on the other 5" in m for m in said), said
+    nearest = search(mlp(big=False), replace(config, weight_rounding="nearest"), ("cosine", -1.0), calibration=calib)
+    assert (nearest.batches, nearest.held_out) == (5, 0)
+    from kiln.cli.build_summary import budget_line
+    assert "; measured on 5 batch(es)" in budget_line(nearest.to_json())
+    # More batches measured on than calibration has: all of it, and GPTQ is measured in sample.
+    every = search(mlp(big=False), replace(config, budget_batches=12), ("cosine", -1.0), calibration=calib)
+    assert (every.batches, every.held_out, every.gptq_in_sample) == (8, 0, True)
 
 def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)

@@ -14,7 +14,8 @@ from kiln.cli import output
 from kiln.cli.build_summary import print_summary, summary
 from kiln.cli.calib_options import calibration_method_options, smooth_quant_option
 from kiln.cli.shapes import parse_shapes
-from kiln.config import DEVICES, LAYER_PRECISIONS, PRECISIONS, WEIGHT_ROUNDINGS, WEIGHT_SCALES, BuildConfig, Profile
+from kiln.config import (BUDGET_BATCHES, DEVICES, LAYER_PRECISIONS, PRECISIONS, WEIGHT_ROUNDINGS, WEIGHT_SCALES,
+                         BuildConfig, Profile)
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -199,6 +200,10 @@ def build_and_save(model: str | os.PathLike | onnx.ModelProto, config: BuildConf
                    "calibration inputs: cosine=0.999 (min over outputs), max_abs=1e-2 or mean_abs=1e-3. Kept "
                    "layers compute in fp32, or in an int8/fp8 engine's float precision (--fp16/--bf16) when "
                    "that meets the budget.")
+@click.option("--budget-batches", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"Batches the accuracy budget is measured on [default: {BUDGET_BATCHES}]: the first "
+                   "calibration batches (int8/fp8), else synthetic ones. More give a plan that holds more surely "
+                   "on other inputs; each search build then runs on each of them.")
 @click.option("--strongly-typed", is_flag=True,
               help="Keep exactly the types the ONNX graph states (no conversion; precision fp32 or tf32).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -224,7 +229,8 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
           calib_data: Path | None, calib_method: str, calib_percentile: float, calib_batch_size: int,
           smooth_quant: float | str | None, weight_scales: str, weight_rounding: str, quantize_attention: bool,
           calib_cache: Path | None, layer_precision: tuple[str, ...], accuracy_budget: str | None,
-          strongly_typed: bool, device: str, shapes: str | None, min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
+          budget_batches: int | None, strongly_typed: bool, device: str, shapes: str | None,
+          min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None,
           dump_ir: Path | None, no_embed_source: bool, timing_cache: Path | None, no_tune: bool,
           as_json: bool) -> None:
     """Compile MODEL (an .onnx file) into an engine for this machine and write it to -o.
@@ -245,6 +251,11 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
         raise KilnError(f"the output path {str(out)!r} is a folder; give a file name such as model.kiln.")
     from kiln.compiler.accuracy_budget import parse_budget
 
+    if budget_batches is not None and accuracy_budget is None:
+        raise KilnError(f"--budget-batches {budget_batches} sets how many batches an accuracy budget is measured "
+                        "on, but no --accuracy-budget is given; add one (e.g. --accuracy-budget cosine=0.999) or "
+                        "drop --budget-batches.")
+
     chosen, _, float_precision = precision_from_flags(fp16, bf16, precision, int8, fp8).partition("+")
     # fp16 reads --calib-data for its overflow check, outside the config (which keeps calib_data for
     # the calibrated precisions); any other precision gets the config's error for it.
@@ -258,6 +269,7 @@ def build(model: Path, out: Path, fp16: bool, bf16: bool, precision: str | None,
                          calib_cache=None if calib_cache is None else str(calib_cache),
                          layer_precision=layer_rules_from_options(layer_precision),
                          accuracy_budget=None if accuracy_budget is None else parse_budget(accuracy_budget),
+                         budget_batches=BUDGET_BATCHES if budget_batches is None else budget_batches,
                          strongly_typed=strongly_typed, profiles=profiles, dump_ir=None if dump_ir is None else str(dump_ir),
                          embed_source=not no_embed_source, tune=not no_tune,
                          timing_cache=None if timing_cache is None else str(timing_cache))

@@ -11,8 +11,11 @@ one, and the mixed engine can still beat the float one. Where keeping every cand
 type misses the budget (the float engine alone is not accurate enough), fp32 is tried and,
 if it meets the budget, used instead.
 
-1. Feeds: the caller's, else (int8/fp8) the first EVAL_BATCHES calibration batches, else
-   EVAL_BATCHES synthetic batches at the profile's opt shapes (seeds 0, 1, ...). Reference:
+1. Feeds: the caller's, else (int8/fp8) the first config.budget_batches (3 unless set)
+   calibration batches, else that many synthetic batches at the profile's opt shapes (seeds 0, 1,
+   ...). More batches make the measured metric a closer estimate of the engine's on other
+   inputs (a budget met on 3 batches may be missed by a hair elsewhere), at a run of each search
+   build per batch. Reference:
    an fp32 engine of the same model and profiles run on them. With GPTQ weight rounding
    (weight_rounding "gptq"), which fits the weights to its calibration inputs, the search's
    builds calibrate on the calibration batches the feeds were not drawn from (when any are
@@ -75,10 +78,9 @@ REDUCED = ("fp16", "bf16", "int8", "fp8")
 QUANTIZED = ("int8", "fp8")
 # The ops a quantized layer was before the rewrite (a merged Q/K/V Split shares its fused_from).
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv")
-EVAL_BATCHES = 3
-# Calibration batches read to make them: enough samples for EVAL_BATCHES batches of the engine's
+# Calibration batches read per batch measured on: enough samples for a batch of the engine's
 # batch where the calibration's are smaller (compiler/feed_batches.py), without reading them all.
-EVAL_CALIBRATION_BATCHES = 8 * EVAL_BATCHES
+CALIBRATION_BATCHES_READ = 8
 # ops that only move or reshape data: ranked last (they add no rounding of their own beyond
 # the cast of their input)
 _DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice",
@@ -110,12 +112,13 @@ class BudgetResult:
     kept_precision: str = "fp32"  # the type the kept layers compute in (keep_precision)
     held_out: int = 0  # calibration batches measured on that the search's GPTQ builds did not calibrate on
     gptq_in_sample: bool = False  # GPTQ, and every batch measured on was one its builds calibrated on
+    batches: int = 0  # batches the metric was measured on
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "target": self.target, "achieved": _json_float(self.achieved),
                 "reduced": _json_float(self.reduced), "kept": [k.to_json() for k in self.kept],
                 "kept_precision": self.kept_precision, "candidates": self.candidates, "builds": self.builds,
-                "held_out_batches": self.held_out, "gptq_in_sample": self.gptq_in_sample}
+                "held_out_batches": self.held_out, "gptq_in_sample": self.gptq_in_sample, "batches": self.batches}
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -169,7 +172,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
         if meets(metric, reduced, target):
             return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config),
-                                run.held_out, run.in_sample)
+                                run.held_out, run.in_sample, len(run.feeds))
         nodes = _candidates(model, config, reduced_engine, max_candidates)
         wider, best = _all_kept(run, metric, target, [n.name for n in nodes], reference)
         if not meets(metric, best, target):
@@ -183,7 +186,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         say(f"accuracy budget: {k} layer(s) kept in {wider}, {metric}={_fmt(achieved)}")
         return BudgetResult(metric, target, achieved, reduced, kept, len(ranked), run.builds,
                             replace(config, layer_precision=_keep(config, [r.name for r in kept], wider)), wider,
-                            run.held_out, run.in_sample)
+                            run.held_out, run.in_sample, len(run.feeds))
 
 
 def _check_config(config: BuildConfig, max_candidates: int) -> None:
@@ -254,15 +257,17 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
     else:
         profile = dict(engine.profiles[0]) if engine.profiles else None
         # Calibration batches, cut to the profile's batch where theirs is outside it.
-        chosen = fit_to_profile(calibration[:EVAL_CALIBRATION_BATCHES], profile, EVAL_BATCHES) \
+        count = config.budget_batches
+        read = calibration[:CALIBRATION_BATCHES_READ * count] \
             if config.precision in QUANTIZED and calibration is not None else []
+        chosen = fit_to_profile(read, profile, count) if read else []
         if chosen:
-            drawn = batches_drawn(calibration[:EVAL_CALIBRATION_BATCHES], profile, EVAL_BATCHES)
+            drawn = batches_drawn(read, profile, count)
         else:
             try:
                 chosen = [{k: to_numpy(v) for k, v in
                            synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
-                          for s in range(EVAL_BATCHES)]
+                          for s in range(config.budget_batches)]
             except ValueError as exc:
                 raise BuildError(f"the accuracy budget needs inputs to measure on: {exc}; give shapes (--shapes) "
                                  "or pass feeds to search().") from None

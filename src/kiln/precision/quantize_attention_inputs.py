@@ -68,9 +68,10 @@ def quantize_attention_inputs(graph: Graph, ranges: Mapping[str, float], keep_fl
     every = list(live_ops(graph, "kiln::Attention"))
     attentions = [n for n in every if id(n) not in keep_float]
     done = sum(_quantize(graph, node, ranges, keep, precision) for node in attentions)
-    if done < len(attentions) or not every:
-        left = [n.name for n in attentions if n.input(CODE_SCALES[0]) is None]
-        warnings.warn(f"--quantize-attention quantized the Q, K and V of {done} of {len(attentions)} attention(s)"
+    left = [n.name for n in attentions if n.input(CODE_SCALES[0]) is None]   # a run before did the others
+    if left or not every:
+        warnings.warn(f"--quantize-attention quantized the Q, K and V of {len(attentions) - len(left)} of "
+                      f"{len(attentions)} attention(s)"
                       + (f"; {', '.join(left[:4])}{' ...' if len(left) > 4 else ''} keep float inputs: each of "
                          "Q, K and V must be read by the attention alone and come, through shape ops (and one "
                          "Split), from a tensor with a calibrated range" if left else
