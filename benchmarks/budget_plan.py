@@ -4,11 +4,13 @@
                                                     [--steps] [--weight-scales channel|tensor]
                                                     [--smooth-quant 0.9|none] [--weight-rounding nearest|gptq]
                                                     [--calib-samples 64] [--eval-samples 0] [--budget-batches 3]
+                                                    [--budget cosine=0.999]
     PYTHONPATH=src python benchmarks/budget_plan.py --precision int8 --search-device cpu   # the search alone
 
 all-MiniLM-L6-v2 (its packaged weights), fp8 (or int8) with fp16 float layers and SmoothQuant 0.9
 (--smooth-quant none: off), weights rounded to nearest (--weight-rounding gptq: GPTQ), budget
-cosine=0.999. The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
+cosine=0.999 (--budget: another, e.g. a stricter one for a margin; --eval-samples scores against
+0.999 either way). The search (compiler/accuracy_budget.search: untuned builds) runs once at batch 32
 on --calib-samples calibration sentences (64: two batches, both measured on; the budget is measured
 on the first --budget-batches of them, and with GPTQ and more batches than that, the search's
 builds calibrate on the others),
@@ -40,11 +42,12 @@ import kiln  # noqa: E402
 from benchmarks import models, samples  # noqa: E402
 from benchmarks.accuracy_metrics import row_cosines  # noqa: E402
 from benchmarks.profile_steps import per_step  # noqa: E402
-from kiln.compiler.accuracy_budget import search  # noqa: E402
+from kiln.compiler.accuracy_budget import parse_budget, search  # noqa: E402
 from kiln.compiler.timer import median  # noqa: E402
 from kiln.config import BUDGET_BATCHES, BuildConfig, Profile  # noqa: E402
 
-BUDGET = ("cosine", 0.999)
+BUDGET = "cosine=0.999"
+TARGET = 0.999   # issue 5's: the plan's cosine on sentences no build saw
 SEARCH_BATCH = 32
 
 
@@ -111,9 +114,12 @@ def main() -> None:
     ap.add_argument("--weight-rounding", choices=("nearest", "gptq"), default="nearest")
     ap.add_argument("--calib-samples", type=int, default=64, help="calibration sentences")
     ap.add_argument("--eval-samples", type=int, default=0, help="held-out sentences for the budget's metric")
+    ap.add_argument("--budget", default=BUDGET, help="the search's budget; a stricter one than the target "
+                    "leaves a margin for other inputs (the held-out sentences are still scored against 0.999)")
     ap.add_argument("--budget-batches", type=int, default=BUDGET_BATCHES,
                     help="calibration batches the search measures the budget on (kiln build --budget-batches)")
     args = ap.parse_args()
+    budget = parse_budget(args.budget)
     options = {"weight_scales": args.weight_scales, "weight_rounding": args.weight_rounding,
                "smooth_quant": None if args.smooth_quant == "none" else float(args.smooth_quant)}
     t0 = time.time()
@@ -123,10 +129,10 @@ def main() -> None:
     keep = tuple(n for n in args.keep.split(",") if n)
     if not keep:
         found = search(str(path), quant_config(model, SEARCH_BATCH, args.precision, device=args.search_device,
-                                               budget_batches=args.budget_batches, **options), BUDGET,
+                                               budget_batches=args.budget_batches, **options), budget,
                        calibration=samples.calibration_feeds(model, args.calib_samples, SEARCH_BATCH, 0), progress=say)
         keep = tuple(k.name for k in found.kept)
-        say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {BUDGET[0]}={found.achieved:.6f} "
+        say(f"search ({args.precision}, {args.search_device}): {found.builds} builds, {budget[0]}={found.achieved:.6f} "
             f"(none kept: {found.reduced:.6f}), keep {len(keep)} of {found.candidates}: {','.join(keep)}")
         if args.search_device == "cpu":
             return
@@ -151,8 +157,8 @@ def main() -> None:
             say(f"b{batch} {label}: {times[label]:.4f} ms; cosine to PyTorch fp32 min {cos.min():.5f} mean "
                 f"{cos.mean():.5f}; {dict(kinds)}")
             if held_out:
-                say(f"b{batch} {label}: {BUDGET[0]} on {args.eval_samples} held-out sentences "
-                    f"{flat_cosine(engine, model, held_out, held_out_want):.6f} (budget {BUDGET[1]})")
+                say(f"b{batch} {label}: cosine on {args.eval_samples} held-out sentences "
+                    f"{flat_cosine(engine, model, held_out, held_out_want):.6f} (target {TARGET})")
             if label == "plan" and args.steps:
                 for k, kernels in sorted(per_step(engine, feeds).items()):
                     step = engine.plan.steps[k] if k >= 0 else None
