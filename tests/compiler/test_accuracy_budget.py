@@ -225,6 +225,8 @@ def test_budget_batches_sets_the_batches_measured_on() -> None:
     # More batches measured on than calibration has: all of it, and GPTQ is measured in sample.
     every = search(mlp(big=False), replace(config, budget_batches=12), ("cosine", -1.0), calibration=calib)
     assert (every.batches, every.held_out, every.gptq_in_sample) == (8, 0, True)
+    assert "batch(es)" not in budget_line(every.to_json())   # only: measured on the batches GPTQ calibrated on
+
 
 def _calibration(seed: int = 3) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)

@@ -206,7 +206,8 @@ def budget_line(budget: dict[str, Any]) -> str:
             "builds" + (f" ({kept})" if kept else "")
             + (f"; measured on {held} calibration batch(es) GPTQ did not calibrate on"
                if (held := budget.get("held_out_batches")) else
-               f"; measured on {n} batch(es)" if (n := budget.get("batches")) else "")
+               f"; measured on {n} batch(es)" if (n := budget.get("batches")) and not budget.get("gptq_in_sample")
+               else "")
             + ("; measured on the batches GPTQ calibrated on (more calibration batches would hold some out)"
                if budget.get("gptq_in_sample") else "")
             + (f"; runs in {speed['engine_ms']:.4g} ms, {speed['speedup']:.2f}x the {speed['wider_precision']} "
