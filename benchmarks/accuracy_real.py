@@ -2,7 +2,7 @@ r"""INT8/FP8 accuracy with real weights: all-MiniLM-L6-v2 on real sentences, YOL
 
 Usage:
   python benchmarks/accuracy_real.py [--parts minilm,yolo,budget] [--precisions int8,fp8]
-      [--methods minmax,percentile,entropy] [--device auto|cpu|cuda] [--budget cosine=0.999]
+      [--methods minmax,percentile,entropy] [--device auto|cpu|cuda] [--budget cosine=0.999] [--budget-batches 3]
       [--smooth-quant ALPHA|auto] [--weight-rounding nearest|gptq] [--weight-scales channel|tensor]
       [--out accuracy_real.json] [--markdown accuracy_real.md]
 
@@ -18,7 +18,8 @@ inputs (and the fp32 engine with PyTorch / onnxruntime, to show the reference is
   per image, the cosine of the whole raw output [22, 2100] (min, mean); for context also
   the cosine of the 18 class-score rows alone and their largest absolute error.
 - budget: an int8 MiniLM build with --accuracy-budget (default cosine=0.999): the layers the
-  search keeps in fp32 (the float layers' type of these builds; it measures on the first 3 calibration batches, as `kiln build` does)
+  search keeps in fp32 (the float layers' type of these builds; it measures on the first --budget-batches
+  calibration batches of 25 sentences, 3 by default, as `kiln build` does)
   and whether the engine meets the budget on the 500 evaluation sentences (the budget's metric:
   the cosine of all outputs flattened together), with the per-sentence numbers beside it.
 
@@ -56,7 +57,7 @@ from benchmarks.accuracy_metrics import (MEAN_COSINE, MIN_COSINE, MIN_RANKING, d
                                          embedding_metrics, row_cosines)
 from kiln.compiler.accuracy_budget import parse_budget  # noqa: E402
 from kiln.compiler.builder import build  # noqa: E402
-from kiln.config import BuildConfig, Profile  # noqa: E402
+from kiln.config import BUDGET_BATCHES, BuildConfig, Profile  # noqa: E402
 
 Feed = dict[str, np.ndarray]
 PRECISIONS = ("int8", "fp8")
@@ -71,6 +72,7 @@ CALIB_IMAGE_BATCH = 8
 SMOOTH_QUANT: list[float | str | None] = [None]
 WEIGHT_ROUNDING, WEIGHT_SCALES = ["nearest"], ["channel"]
 QUANTIZE_ATTENTION = [False]
+BUDGET_BATCHES_SET = [BUDGET_BATCHES]   # --budget-batches: the batches the budget part's search measures on
 
 
 def log(msg: str) -> None:
@@ -92,7 +94,8 @@ def build_engine(model: str | Path, precision: str, profile: Profile, device: st
     extra = {"calib_method": method, "smooth_quant": alpha, "weight_rounding": rounding,
              "weight_scales": WEIGHT_SCALES[0], "quantize_attention": QUANTIZE_ATTENTION[0]} \
         if precision in PRECISIONS else {}
-    config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget, **extra)
+    config = BuildConfig(precision=precision, device=device, profiles=(profile,), accuracy_budget=budget,
+                         budget_batches=BUDGET_BATCHES_SET[0], **extra)
     return build(str(model), config, calibration=calibration if precision in PRECISIONS else None)
 
 
@@ -332,6 +335,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--methods", default=",".join(METHODS), help="calibration methods to compare")
     ap.add_argument("--budget", default="cosine=0.999", help="the accuracy budget of the budget part")
     ap.add_argument("--budget-method", default="minmax", help="calibration method of the budget build")
+    ap.add_argument("--budget-batches", type=int, default=BUDGET_BATCHES,
+                    help="calibration batches (25 sentences each) the budget part's search measures on")
     ap.add_argument("--budget-precision", default="int8", choices=PRECISIONS, help="precision of the budget build")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--nudenet-model", type=Path, help="320n.onnx (default: fetched from the nudenet wheel)")
@@ -391,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     SMOOTH_QUANT[0], WEIGHT_ROUNDING[0], WEIGHT_SCALES[0] = args.smooth_quant, args.weight_rounding, args.weight_scales
-    QUANTIZE_ATTENTION[0] = args.quantize_attention
+    QUANTIZE_ATTENTION[0], BUDGET_BATCHES_SET[0] = args.quantize_attention, args.budget_batches
     results = run(args)
     text = markdown(results)
     if args.out:
