@@ -52,8 +52,8 @@ def main() -> None:
         qgemm_space.INT8_CONFIGS = tuple(c for c in qgemm_space.INT8_CONFIGS if not drop & set(c))
     from benchmarks.budget_plan import graph_ms
     from benchmarks.profile_steps import build
-    from kiln.kernels.reference.fused import ATTENTION_INPUTS
-    code_scale = ATTENTION_INPUTS.index("q_scale")   # set where Q, K and V are 8-bit codes
+    from kiln.kernels.reference.fused import ATTENTION_CODE_SCALES
+    code_scale = ATTENTION_CODE_SCALES[0]   # set where Q, K and V are 8-bit codes
     label = f"without {','.join(sorted(drop))}" if drop else "whole space"
     for spec in args.specs:
         name, batch, precision = spec.split(":")

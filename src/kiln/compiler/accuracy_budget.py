@@ -267,7 +267,7 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
             try:
                 chosen = [{k: to_numpy(v) for k, v in
                            synthetic_inputs(engine.plan.inputs, profile, "opt", "cpu", s).items()}
-                          for s in range(config.budget_batches)]
+                          for s in range(count)]
             except ValueError as exc:
                 raise BuildError(f"the accuracy budget needs inputs to measure on: {exc}; give shapes (--shapes) "
                                  "or pass feeds to search().") from None

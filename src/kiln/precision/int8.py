@@ -228,15 +228,20 @@ QUANTIZABLE_OPS = {
 # ---------------------------------------------------------------- the rewrite
 
 
+def input_scale(graph: Graph, x: Value, amax: float | np.ndarray, suffix: str = "_scale") -> Value:
+    """amax / 127 in x's float type as a constant named after x (per channel for an array amax)."""
+    return graph.constant((np.asarray(amax, dtype=np.float64) / INT8_QMAX).astype(np.dtype(x.dtype.name)),
+                          f"{x.name}{suffix}")
+
+
 def quantize_input(graph: Graph, x: Value, amax: float | np.ndarray, before: Node) -> Value:
     """A new QuantizeLinear(x, amax / 127, 0) -> int8, placed before `before`; its output. An array
     `amax` quantizes per channel of x's last axis."""
-    a = np.asarray(amax, dtype=np.float64)
-    scale = graph.constant((a / INT8_QMAX).astype(np.dtype(x.dtype.name)), f"{x.name}_scale")
-    zp = graph.constant(np.zeros(a.shape, dtype=np.int8), f"{x.name}_zero_point")
+    scale = input_scale(graph, x, amax)
+    zp = graph.constant(np.zeros(np.shape(amax), dtype=np.int8), f"{x.name}_zero_point")
     x_q = graph.value(f"{x.name}_int8", dtypes.BY_NAME["int8"], x.shape)
     q = Node("QuantizeLinear", [x, scale, zp], [x_q], {"output_dtype": TensorProto.INT8, "saturate": 1,
-                                                       **({"axis": -1} if a.ndim else {})},
+                                                       **({"axis": -1} if np.ndim(amax) else {})},
              name=graph.unique_name(f"{x.name}_quantize"))
     graph.add_node(q, before=before)
     return x_q

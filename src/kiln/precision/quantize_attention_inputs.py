@@ -42,16 +42,14 @@ from typing import Collection, Mapping
 
 import numpy as np
 
-from kiln.calibration.calibrators import INT8_QMAX
 from kiln.ir import dtypes
 from kiln.ir.graph import Graph, Node, Value
-from kiln.kernels.reference.fused import ATTENTION_INPUTS
+from kiln.kernels.reference.fused import ATTENTION_CODE_SCALES as CODE_SCALES
 from kiln.passes.match import const_ints, live_ops, pinned, place_inputs, produced_by, sole_user
 from kiln.precision.fp8 import quantize_input as quantize_fp8
-from kiln.precision.int8 import quantize_input as quantize_int8
+from kiln.precision.int8 import input_scale, quantize_input as quantize_int8
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
-CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v_scale"))
 FLOATS = (dtypes.FLOAT32, dtypes.FLOAT16, dtypes.BFLOAT16)
 
 
@@ -122,7 +120,7 @@ def _quantize(graph: Graph, attention: Node, ranges: Mapping[str, float], keep: 
         split.set_inputs([codes, *split.inputs[1:]])
         moved = [split, *moved]
         scales = [codes.producer().input(1)] * 3 if precision == "fp8" else \
-            [_scalar_scale(graph, x, a) for a in own]
+            [input_scale(graph, x, a, "_block_scale") for a in own]
     else:
         quantize = quantize_fp8 if precision == "fp8" else quantize_int8
         made: dict[int, Value] = {}
@@ -152,7 +150,3 @@ def _blocks(split: Node) -> tuple[int, ...]:
     if not sizes:
         sizes = [x.shape[-1] // 3] * 3 if x.shape[-1] % 3 == 0 else []
     return tuple(sizes) if len(sizes) == 3 and sum(sizes) == x.shape[-1] else ()
-
-
-def _scalar_scale(graph: Graph, x: Value, amax: float) -> Value:
-    return graph.constant(np.array(amax / INT8_QMAX, dtype=np.dtype(x.dtype.name)), f"{x.name}_block_scale")

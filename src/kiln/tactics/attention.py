@@ -18,13 +18,12 @@ import torch.nn.functional as F
 
 from kiln.ir import dtypes
 from kiln.kernels import triton as kiln_triton
-from kiln.kernels.reference.fused import ATTENTION_INPUTS
+from kiln.kernels.reference.fused import ATTENTION_CODE_SCALES as CODE_SCALES, ATTENTION_INPUTS
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.tactics.quantized import device_capability
 from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 
 OUT_SCALE, OUT_ZP = ATTENTION_INPUTS.index("out_scale"), ATTENTION_INPUTS.index("out_zp")
-CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v_scale"))
 FLOATS = ("float32", "float16", "bfloat16")
 
 
@@ -113,7 +112,7 @@ register_tactic(Tactic("kiln::Attention.sdpa", "kiln::Attention", 2, ("cuda",), 
 
 
 def _supports_triton(query: TacticQuery) -> bool:
-    """Q, K, V of one float type (or float8 codes with their scales) and one rank, K and V with Q's
+    """Q, K, V of one float type (or 8-bit codes with their scales) and one rank, K and V with Q's
     leading dims (no broadcasting), a known head dim of at most MAX_HEAD_DIM; a boolean or float mask
     of any broadcastable shape."""
     from kiln.kernels.triton.attention import MAX_HEAD_DIM

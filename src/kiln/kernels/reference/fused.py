@@ -135,6 +135,8 @@ def pointwise(*inputs: Tensor | None, program: list, outputs: Sequence[str] | No
 
 # kiln::Attention's input positions, as attention() takes them.
 ATTENTION_INPUTS = ("q", "k", "v", "mask", "out_scale", "out_zp", "q_scale", "k_scale", "v_scale")
+# The positions of the scales of 8-bit Q, K and V codes (precision/quantize_attention_inputs.py).
+ATTENTION_CODE_SCALES = tuple(ATTENTION_INPUTS.index(n) for n in ("q_scale", "k_scale", "v_scale"))
 
 
 @reference_op("Attention", domain="kiln")
