@@ -8,8 +8,10 @@ every layer), channels-last, bias + Relu, requantized output as the quantized en
 For each: the fastest config of the tactic's space (FP8_CONFIGS / INT8_CONFIGS, every walk) and
 the fastest of the stream-K configs, each checked against the space's first config first ("d":
 the largest difference in output codes), and kiln's fp16 engine's conv (cuDNN) as the yardstick.
-Timing: kernels_qconv.bench (CUDA graphs of 5 calls, median of 20). Kernels compile first in 14
-worker processes. Prints microseconds and the totals weighted by the layer counts.
+Timing: kernels_qconv.bench (CUDA graphs of 5 calls, median of 20). The fastest stream-K config then
+runs 20 more times: how many runs' bits differ from the first (the pieces are combined in a fixed
+order, so none should), and after how many the tile counters were not back at zero. Kernels
+compile first in 14 worker processes. Prints microseconds and the totals weighted by the layer counts.
 """
 import os
 import sys
@@ -22,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.kernels_qconv import kiln_fp16_ms  # noqa: E402
 from benchmarks.kernels_qconv_walks import LAYERS, Q, fastest, make, short  # noqa: E402
+from kiln.kernels.triton.stream_k import _COUNTERS as sk_counters  # noqa: E402
 
 CHOSEN = [i for i, layer in enumerate(LAYERS) if os.environ.get("LAYERS") == "all" or layer[0][:2] in ("s3", "s4")]
 
@@ -76,12 +79,18 @@ def main() -> None:
         args, attrs = make(li)
         ref = tq.qconv(*args, **attrs, config=space[0]).view(torch.uint8).int()
         rs, rk = fastest(space, args, attrs, ref), fastest(sk, args, attrs, ref)
-        again = tq.qconv(*args, **attrs, config=rk[0][2]).view(torch.uint8).int()
-        repeat = torch.equal(again, tq.qconv(*args, **attrs, config=rk[0][2]).view(torch.uint8).int())
+        # The fastest stream-K config 20 more times: runs whose bits differ from the first, and
+        # whether the tile counters are back at zero after each.
+        first = tq.qconv(*args, **attrs, config=rk[0][2]).view(torch.uint8).int()
+        differ, stale = 0, 0
+        for _ in range(20):
+            differ += not torch.equal(first, tq.qconv(*args, **attrs, config=rk[0][2]).view(torch.uint8).int())
+            stale += any(int(c.abs().sum()) for c in sk_counters.values())
+        repeat = f"{differ}/20 differ, counters left {stale}"
         cudnn, _ = kiln_fp16_ms(n, c, h, w, oc, k, s, p)
         print(f"{name:22s} x{count} cudnn16 {cudnn * 1e3:6.1f} us | space {rs[0][0] * 1e3:6.1f} ({short(rs[0][2])}"
               f"{'T' if rs[0][2].get('TMA') else ''} d{rs[0][1]}) | stream-K {rk[0][0] * 1e3:6.1f} ({short(rk[0][2])} "
-              f"d{rk[0][1]} repeat {repeat}) | " + " ".join(f"{short(t[2])}:{t[0] * 1e3:.1f}" for t in rk[1:]),
+              f"d{rk[0][1]}; {repeat}) | " + " ".join(f"{short(t[2])}:{t[0] * 1e3:.1f}" for t in rk[1:]),
               flush=True)
         total["cudnn"] += count * cudnn
         total["space"] += count * rs[0][0]

@@ -29,12 +29,14 @@ STREAM_K = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warp
             "FP8_ACC": 0, "TMA": 1, "STREAM_K": 1}
 # x shape, w shape, attributes: one tile of 9 K steps (every program holds a piece of it: four
 # pieces off the GPU), three tiles of 18 steps (pieces that start and end inside tiles), a 1x1
-# stride-1 conv over flat rows (whole tiles and pieces), a strided 3x3 over two channel blocks.
+# stride-1 conv over flat rows (whole tiles and pieces), a strided 3x3 over two channel blocks, a
+# strided 1x1 (ResNet's downsampling convs: pieces of four K steps).
 SHAPES = {
     "one_tile": ((1, 32, 4, 4), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
     "three_tiles": ((1, 64, 6, 8), (16, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
     "flat_rows": ((2, 64, 5, 7), (48, 64, 1, 1), {}),
     "strided": ((2, 64, 8, 6), (24, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    "1x1_strided": ((4, 128, 8, 8), (32, 128, 1, 1), {"strides": [2, 2]}),
 }
 
 

@@ -53,8 +53,8 @@ from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, sm_count, store_boxes
-from kiln.kernels.triton.stream_k import (MAX_TILES, combine, share_start, stream_k_counters, stream_k_programs,
-                                          stream_k_workspace)
+from kiln.kernels.triton.stream_k import (MAX_TILES, combine, max_pieces, share_start, stream_k_counters,
+                                          stream_k_programs, stream_k_workspace)
 
 Tensor = torch.Tensor
 EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)
@@ -75,28 +75,37 @@ def _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI: tl.constexpr, BH: tl.c
 
 
 @triton.jit
-def _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_hi, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
+def _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
+                 SW: tl.constexpr, FP8_ACC: tl.constexpr, X_U8: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
+                 BW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc plus K step `step` of the tile at (n0, oh0, ow0, off_n): one TMA box of X, one of W."""
+    BLOCK_M: tl.constexpr = BI * BH * BW
+    tap = step // C_STEPS
+    c0 = (step - tap * C_STEPS) * BLOCK_K
+    kh = tap // KW
+    kw = tap - kh * KW
+    # ih = oh*SH + kh - PH: the view's row oh + floor((kh - PH) / SH), phase (kh - PH) mod SH
+    # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
+    dh = kh - PH + 8 * SH
+    dw = kw - PW + 8 * SW
+    a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
+    a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
+    b = w_desc.load([off_n, step * BLOCK_K])                                  # [BLOCK_N, BLOCK_K]
+    return dot8(a, b.T, acc, FP8_ACC)
+
+
+@triton.jit
+def _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, K_STEPS, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
                 SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr, X_U8: tl.constexpr,
                 BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The tile's accumulator over K steps [k_lo, k_hi): one TMA box of X and one of W per step."""
-    BLOCK_M: tl.constexpr = BI * BH * BW
+    """The tile's accumulator over its K_STEPS steps."""
     if FLOAT_ACC:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.float32)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for step in range(k_lo, k_hi):
-        tap = step // C_STEPS
-        c0 = (step - tap * C_STEPS) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
-        # ih = oh*SH + kh - PH: the view's row oh + floor((kh - PH) / SH), phase (kh - PH) mod SH
-        # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
-        dh = kh - PH + 8 * SH
-        dw = kw - PW + 8 * SW
-        a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
-        a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
-        b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
-        acc = dot8(a, b.T, acc, FP8_ACC)
+        acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.int32)
+    for step in range(K_STEPS):
+        acc = _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
+                           X_U8, BI, BH, BW, BLOCK_K)
     return acc
 
 
@@ -146,7 +155,7 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One whole output tile: the K walk, then the epilogue."""
     n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-    acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, 0, K_STEPS, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
+    acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, K_STEPS, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
                       FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
     _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS,
                   sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL,
@@ -166,34 +175,41 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   BI: tl.constexpr, BH: tl.constexpr,
                   BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, MAX_PIECES: tl.constexpr):
     """One tile per program; PERSISTENT: `programs` programs take tiles i, i + programs, ... (the
     loop nest flattened, so the next tile's loads overlap this tile's epilogue); STREAM_K:
     `programs` programs share the tiles' K steps evenly (stream_k.py: PART, COUNT its workspace
     and tile counters)."""
     tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
     if STREAM_K:
+        # One loop over the share's K steps, everything derived from the step index (no state carried
+        # from one tile to the next), so that the software pipeline runs across tile boundaries.
         iters = tiles * K_STEPS
         pid = tl.program_id(0)
-        it = share_start(pid, programs, iters)
-        end = share_start(pid + 1, programs, iters)
-        while it < end:
+        it_lo = share_start(pid, programs, iters)
+        it_hi = share_start(pid + 1, programs, iters)
+        if FLOAT_ACC:
+            acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.int32)
+        for it in range(it_lo, it_hi):
             tile = it // K_STEPS
-            k_lo = it - tile * K_STEPS
-            k_hi = tl.minimum(K_STEPS, k_lo + end - it)
+            k = it - tile * K_STEPS
             n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-            acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_hi, C, C_STEPS, KW, PH, PW, SH, SW,
-                              FP8_ACC, FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
-            done = k_hi - k_lo == K_STEPS
-            if k_hi - k_lo < K_STEPS:    # a piece of the tile: the last piece in adds them all
-                done, acc = combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BI * BH * BW, BLOCK_N)
-            if done:
-                _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src,
-                              XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC,
-                              ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND,
-                              HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP,
-                              MQMIN, MQMAX)
-            it += k_hi - k_lo
+            acc = _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, k, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
+                               X_U8, BI, BH, BW, BLOCK_K)
+            if (k == K_STEPS - 1) | (it == it_hi - 1):      # the tile's last step, or the share's
+                done = (k == K_STEPS - 1) & (tile * K_STEPS >= it_lo)                # the whole tile here
+                if not done:    # a piece of the tile: the piece that counts in last adds them all
+                    done, acc = combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BI * BH * BW,
+                                        BLOCK_N, MAX_PIECES)
+                if done:
+                    _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw,
+                                  src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP,
+                                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP,
+                                  ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP,
+                                  HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
+                acc = tl.zeros_like(acc)
     elif PERSISTENT:
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
@@ -298,11 +314,13 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     persistent = bool(cfg.get("PERSISTENT"))
     if stream_k:
         programs = stream_k_programs(count, k_steps, sm_count(x.device))
+        pieces = max_pieces(count, k_steps, programs)
         part = stream_k_workspace(programs, bm, bn, not flags["FLOAT_ACC"], x.device)
         counters = stream_k_counters(x.device)
     else:
         programs = persistent_programs(count, x.device, cfg) if persistent else count
         part = counters = x
+        pieces = 1
     res_bytes = res.element_size() if flags["HAS_RES"] else 0
     y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"
@@ -311,6 +329,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         *tiles, c, c // bk, geo.kw, k_steps, geo.ph, geo.pw, programs,
         *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid, PART=part, COUNT=counters,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, STREAM_K=stream_k,
+        MAX_PIECES=pieces,
         Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)

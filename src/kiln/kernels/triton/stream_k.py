@@ -44,27 +44,36 @@ def owner(it, programs, iters):
 
 @triton.jit
 def combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr):
+            BLOCK_N: tl.constexpr, MAX_PIECES: tl.constexpr):
     """This program's partial `acc` of `tile` into its slot; (whether this piece counted in last,
     the tile's full sum where it did, else `acc`). PART: two [BLOCK_M, BLOCK_N] slots per program,
-    acc's type; COUNT: the tile counters (module docstring)."""
+    acc's type; COUNT: the tile counters (module docstring); MAX_PIECES: at least the pieces of any
+    tile (max_pieces), so the sum is unrolled: a loop nested in the K loop would keep Triton from
+    pipelining it."""
     offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     first = owner(tile * K_STEPS, programs, iters)
     last = owner(tile * K_STEPS + K_STEPS - 1, programs, iters)
     # The piece that ends a share is slot 1 unless the share also starts in this tile (slot 0).
     mine = pid * 2 + (share_start(pid, programs, iters) // K_STEPS != tile).to(tl.int32)
     tl.store(PART + mine * (BLOCK_M * BLOCK_N) + offs, acc, cache_modifier=".cg")
-    tl.debug_barrier()                                  # every thread's partial stored before the count
     arrived = tl.atomic_add(COUNT + tile, 1, sem="acq_rel")
     done = arrived == last - first
     total = acc
     if done:
         total = tl.zeros_like(acc)
-        for p in range(first, last + 1):
+        for i in tl.static_range(MAX_PIECES):
+            p = tl.minimum(first + i, last)                 # past the last piece: read and dropped
             slot = p * 2 + (share_start(p, programs, iters) // K_STEPS != tile).to(tl.int32)
-            total += tl.load(PART + slot * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+            piece = tl.load(PART + slot * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+            total += tl.where(first + i <= last, piece, tl.zeros_like(piece))
         tl.atomic_xchg(COUNT + tile, 0)                 # as the next launch expects it
     return done, total
+
+
+def max_pieces(tiles: int, k_steps: int, programs: int) -> int:
+    """The most pieces any tile is split into: every share holds at least iters // programs steps."""
+    least = tiles * k_steps // programs
+    return 1 if k_steps == 1 else -(-(k_steps - 1) // least) + 1
 
 
 def stream_k_counters(device: torch.device) -> Tensor:
