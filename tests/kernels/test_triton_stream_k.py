@@ -1,6 +1,6 @@
-"""Stream-K in the WINDOW walk of the Triton kiln::QConv (config STREAM_K, kernels/triton/stream_k.py):
-the tiles' K steps shared evenly among the programs, split tiles combined by the piece that counts
-in last. On the exact operands of test_triton_qconv.py every partial sum is exact, so the output
+"""Stream-K and split-K in the WINDOW walk of the Triton kiln::QConv (configs STREAM_K, SPLIT_K;
+kernels/triton/stream_k.py): the tiles' K steps shared evenly among the programs (or each tile's
+among SPLIT_K programs), split tiles combined by the piece that counts in last. On the exact operands of test_triton_qconv.py every partial sum is exact, so the output
 equals the reference bit for bit however the tiles are split; the tile counters are back at zero
 after every launch, and a second launch gives the same bits (the pieces are added in program order,
 not arrival order). CPU: Triton's interpreter with 4 programs (qgemm_tma.sm_count off the GPU);
@@ -27,6 +27,7 @@ if descriptor_type() is None:
 
 STREAM_K = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
             "FP8_ACC": 0, "TMA": 1, "STREAM_K": 1}
+SPLIT_K = {**STREAM_K, "STREAM_K": 0, "SPLIT_K": 4}    # 4 pieces a tile, or the most below that divide its steps
 # x shape, w shape, attributes: one tile of 9 K steps (every program holds a piece of it: four
 # pieces off the GPU), three tiles of 18 steps (pieces that start and end inside tiles), a 1x1
 # stride-1 conv over flat rows (whole tiles and pieces), a strided 3x3 over two channel blocks, a
@@ -44,9 +45,10 @@ def _counters_zero() -> bool:
     return all(int(c.abs().sum()) == 0 for c in sk._COUNTERS.values())
 
 
+@pytest.mark.parametrize("config", [STREAM_K, SPLIT_K], ids=["stream-k", "split-k"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_stream_k_is_exact_and_leaves_the_counters_at_zero(name, dtype, monkeypatch):
+def test_pieces_are_exact_and_leave_the_counters_at_zero(name, dtype, config, monkeypatch):
     if DEV == "cuda" and dtype == F8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 tensor cores need compute capability 8.9")
     xs, ws, attrs = SHAPES[name]
@@ -56,19 +58,20 @@ def test_stream_k_is_exact_and_leaves_the_counters_at_zero(name, dtype, monkeypa
     args = (_channels_last(x), w, xsc, None, wsc, None, b, _channels_last(r), torch.tensor(0.25),
             torch.tensor(0, dtype=I8), rs, rzp)
     want = reference_qconv(*args, activation="Relu", **attrs)
-    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=STREAM_K, **attrs)
-    again = tq.qconv(*_to(DEV, *args), activation="Relu", config=STREAM_K, **attrs)
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=config, **attrs)
+    again = tq.qconv(*_to(DEV, *args), activation="Relu", config=config, **attrs)
     assert len(calls) == 2, "the WINDOW walk did not run"
     assert int((want != 0).sum()) > 0 and torch.equal(got.cpu(), want) and torch.equal(again, got)
     assert _counters_zero()
     # A float output, no residual: the same sums through the float epilogue.
     args = (_channels_last(x), w, xsc, None, wsc, None, b)
     want = reference_qconv(*args, **attrs)
-    got = tq.qconv(*_to(DEV, *args), config=STREAM_K, **attrs).cpu()
+    got = tq.qconv(*_to(DEV, *args), config=config, **attrs).cpu()
     assert torch.equal(got, want) and _counters_zero()
 
 
-def test_zero_point_taken_once_per_tile():
+@pytest.mark.parametrize("config", [STREAM_K, SPLIT_K], ids=["stream-k", "split-k"])
+def test_zero_point_taken_once_per_tile(config):
     """uint8 X with a zero point (a 1x1 stride-1 conv: no padding read): the correction
     za * sum(W) leaves the combined sum once, not once per piece."""
     xs, ws, attrs = SHAPES["flat_rows"]
@@ -78,11 +81,12 @@ def test_zero_point_taken_once_per_tile():
     args = (_channels_last(x), w, xsc, torch.tensor(100, dtype=torch.uint8), wsc, None, b, None, torch.tensor(0.25),
             torch.tensor(0, dtype=I8))
     want = reference_qconv(*args, activation="Relu", **attrs)
-    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=STREAM_K, **attrs).cpu()
+    got = tq.qconv(*_to(DEV, *args), activation="Relu", config=config, **attrs).cpu()
     assert int((want != 0).sum()) > 0 and torch.equal(got, want) and _counters_zero()
 
 
-def test_fp8_pieces_agree_with_whole_tiles_and_repeat_bit_for_bit():
+@pytest.mark.parametrize("config", [STREAM_K, SPLIT_K], ids=["stream-k", "split-k"])
+def test_fp8_pieces_agree_with_whole_tiles_and_repeat_bit_for_bit(config):
     """Random fp8 operands (inexact sums): the split tiles' output within one float8 step of the
     unsplit persistent kernel's in few elements, and the same bits on every launch."""
     if DEV == "cuda" and torch.cuda.get_device_capability() < (8, 9):
@@ -95,12 +99,17 @@ def test_fp8_pieces_agree_with_whole_tiles_and_repeat_bit_for_bit():
             torch.randn(ws[0], generator=g), None, torch.tensor(0.05), None)
     extra = {"activation": "Relu", "out_dtype": 17, **attrs}
     whole = tq.qconv(*_to(DEV, *args), config={**STREAM_K, "STREAM_K": 0, "PERSISTENT": 1}, **extra)
-    runs = [tq.qconv(*_to(DEV, *args), config=STREAM_K, **extra) for _ in range(3)]
+    runs = [tq.qconv(*_to(DEV, *args), config=config, **extra) for _ in range(3)]
     bits = [r.view(torch.uint8) for r in runs]
     assert all(torch.equal(b_, bits[0]) for b_ in bits[1:])
     diff = (runs[0].float() - whole.float()).abs()
     step = whole.float().abs() / 8 + 2 ** -9           # one e4m3 step at that magnitude, at most
     assert bool((diff <= step).all()) and int((diff > 0).sum()) <= max(1, diff.numel() // 100)
+
+
+def test_split_k_divides_the_steps():
+    assert [sk.split_k(36, w) for w in (1, 2, 3, 4, 5, 8)] == [1, 2, 3, 4, 4, 6]
+    assert sk.split_k(7, 4) == 1 and sk.split_k(18, 4) == 3 and sk.split_k(16, 0) == 1
 
 
 def test_share_arithmetic_covers_every_iteration_once():

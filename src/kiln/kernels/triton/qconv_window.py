@@ -53,7 +53,7 @@ from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, sm_count, store_boxes
-from kiln.kernels.triton.stream_k import (MAX_TILES, combine, max_pieces, share_start, stream_k_counters,
+from kiln.kernels.triton.stream_k import (MAX_TILES, combine, max_pieces, share_start, split_k, stream_k_counters,
                                           stream_k_programs, stream_k_workspace)
 
 Tensor = torch.Tensor
@@ -95,15 +95,15 @@ def _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW,
 
 
 @triton.jit
-def _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, K_STEPS, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
+def _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_hi, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
                 SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr, X_U8: tl.constexpr,
                 BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The tile's accumulator over its K_STEPS steps."""
+    """The tile's accumulator over its K steps [k_lo, k_hi)."""
     if FLOAT_ACC:
         acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.int32)
-    for step in range(K_STEPS):
+    for step in range(k_lo, k_hi):
         acc = _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
                            X_U8, BI, BH, BW, BLOCK_K)
     return acc
@@ -155,7 +155,7 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One whole output tile: the K walk, then the epilogue."""
     n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-    acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, K_STEPS, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
+    acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, 0, K_STEPS, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
                       FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
     _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS,
                   sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL,
@@ -175,11 +175,11 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   BI: tl.constexpr, BH: tl.constexpr,
                   BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, MAX_PIECES: tl.constexpr):
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, MAX_PIECES: tl.constexpr, SPLIT_K: tl.constexpr):
     """One tile per program; PERSISTENT: `programs` programs take tiles i, i + programs, ... (the
     loop nest flattened, so the next tile's loads overlap this tile's epilogue); STREAM_K:
     `programs` programs share the tiles' K steps evenly (stream_k.py: PART, COUNT its workspace
-    and tile counters)."""
+    and tile counters); SPLIT_K > 1: SPLIT_K programs per tile, one piece of its K steps each."""
     tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
     if STREAM_K:
         # One loop over the share's K steps, everything derived from the step index (no state carried
@@ -202,7 +202,7 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                 done = (k == K_STEPS - 1) & (tile * K_STEPS >= it_lo)                # the whole tile here
                 if not done:    # a piece of the tile: the piece that counts in last adds them all
                     done, acc = combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BI * BH * BW,
-                                        BLOCK_N, MAX_PIECES)
+                                        BLOCK_N, MAX_PIECES, 2)
                 if done:
                     _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw,
                                   src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP,
@@ -210,6 +210,22 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                                   ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP,
                                   HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
                 acc = tl.zeros_like(acc)
+    elif SPLIT_K > 1:
+        # SPLIT_K programs per tile, each one piece of K_STEPS // SPLIT_K steps (the launcher makes
+        # SPLIT_K divide K_STEPS), combined as stream-K's pieces are.
+        pid = tl.program_id(0)
+        tile = pid // SPLIT_K
+        k_lo = (pid - tile * SPLIT_K) * (K_STEPS // SPLIT_K)
+        n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
+        acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_lo + K_STEPS // SPLIT_K, C, C_STEPS, KW, PH,
+                          PW, SH, SW, FP8_ACC, FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
+        done, acc = combine(acc, tile, K_STEPS, tiles * SPLIT_K, tiles * K_STEPS, pid, PART, COUNT, BI * BH * BW,
+                            BLOCK_N, SPLIT_K, 1)
+        if done:
+            _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS,
+                          BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC, ACC_MAGIC,
+                          WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN,
+                          QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
     elif PERSISTENT:
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
@@ -311,16 +327,19 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
     k_steps = geo.kh * geo.kw * (c // bk)
     stream_k = bool(cfg.get("STREAM_K")) and count <= MAX_TILES
-    persistent = bool(cfg.get("PERSISTENT"))
+    pieces = split_k(k_steps, int(cfg.get("SPLIT_K", 1))) if count <= MAX_TILES and not stream_k else 1
+    persistent = bool(cfg.get("PERSISTENT")) and pieces == 1
+    part = counters = x
     if stream_k:
-        programs = stream_k_programs(count, k_steps, sm_count(x.device))
-        pieces = max_pieces(count, k_steps, programs)
-        part = stream_k_workspace(programs, bm, bn, not flags["FLOAT_ACC"], x.device)
-        counters = stream_k_counters(x.device)
+        programs = stream_k_programs(count, k_steps, sm_count(x.device) * int(cfg.get("SM_PROGRAMS", 1)))
+        part = stream_k_workspace(programs, 2, bm, bn, not flags["FLOAT_ACC"], x.device)
+    elif pieces > 1:
+        programs = count * pieces
+        part = stream_k_workspace(programs, 1, bm, bn, not flags["FLOAT_ACC"], x.device)
     else:
         programs = persistent_programs(count, x.device, cfg) if persistent else count
-        part = counters = x
-        pieces = 1
+    if stream_k or pieces > 1:
+        counters = stream_k_counters(x.device)
     res_bytes = res.element_size() if flags["HAS_RES"] else 0
     y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"
@@ -329,7 +348,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         *tiles, c, c // bk, geo.kw, k_steps, geo.ph, geo.pw, programs,
         *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid, PART=part, COUNT=counters,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, STREAM_K=stream_k,
-        MAX_PIECES=pieces,
+        MAX_PIECES=max_pieces(count, k_steps, programs) if stream_k else pieces, SPLIT_K=pieces,
         Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)

@@ -43,10 +43,20 @@ def owner(it, programs, iters):
 
 
 @triton.jit
+def slot_of(p, tile, K_STEPS, programs, iters, SLOTS: tl.constexpr):
+    """Program p's slot for its piece of `tile`: with SLOTS = 2, the second one where p's share
+    started in an earlier tile (the piece that ends the share); SLOTS = 1 (split-K): one piece."""
+    if SLOTS == 2:
+        return p * 2 + (share_start(p, programs, iters) // K_STEPS != tile).to(tl.int32)
+    else:
+        return p
+
+
+@triton.jit
 def combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, MAX_PIECES: tl.constexpr):
+            BLOCK_N: tl.constexpr, MAX_PIECES: tl.constexpr, SLOTS: tl.constexpr):
     """This program's partial `acc` of `tile` into its slot; (whether this piece counted in last,
-    the tile's full sum where it did, else `acc`). PART: two [BLOCK_M, BLOCK_N] slots per program,
+    the tile's full sum where it did, else `acc`). PART: SLOTS [BLOCK_M, BLOCK_N] slots per program,
     acc's type; COUNT: the tile counters (module docstring); MAX_PIECES: at least the pieces of any
     tile (max_pieces), so the sum is unrolled: a loop nested in the K loop would keep Triton from
     pipelining it."""
@@ -54,7 +64,7 @@ def combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BLOCK_M: tl.c
     first = owner(tile * K_STEPS, programs, iters)
     last = owner(tile * K_STEPS + K_STEPS - 1, programs, iters)
     # The piece that ends a share is slot 1 unless the share also starts in this tile (slot 0).
-    mine = pid * 2 + (share_start(pid, programs, iters) // K_STEPS != tile).to(tl.int32)
+    mine = slot_of(pid, tile, K_STEPS, programs, iters, SLOTS)
     tl.store(PART + mine * (BLOCK_M * BLOCK_N) + offs, acc, cache_modifier=".cg")
     arrived = tl.atomic_add(COUNT + tile, 1, sem="acq_rel")
     done = arrived == last - first
@@ -63,8 +73,8 @@ def combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BLOCK_M: tl.c
         total = tl.zeros_like(acc)
         for i in tl.static_range(MAX_PIECES):
             p = tl.minimum(first + i, last)                 # past the last piece: read and dropped
-            slot = p * 2 + (share_start(p, programs, iters) // K_STEPS != tile).to(tl.int32)
-            piece = tl.load(PART + slot * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+            piece = tl.load(PART + slot_of(p, tile, K_STEPS, programs, iters, SLOTS) * (BLOCK_M * BLOCK_N) + offs,
+                            cache_modifier=".cg")
             total += tl.where(first + i <= last, piece, tl.zeros_like(piece))
         tl.atomic_xchg(COUNT + tile, 0)                 # as the next launch expects it
     return done, total
@@ -87,12 +97,20 @@ def stream_k_counters(device: torch.device) -> Tensor:
     return counters
 
 
-def stream_k_workspace(programs: int, block_m: int, block_n: int, integer: bool, device: torch.device) -> Tensor:
-    """Two partial-accumulator slots per program (combine), int32 (int8 operands) or float32."""
-    return torch.empty(programs * 2 * block_m * block_n, dtype=torch.int32 if integer else torch.float32,
+def stream_k_workspace(programs: int, slots: int, block_m: int, block_n: int, integer: bool,
+                       device: torch.device) -> Tensor:
+    """`slots` partial-accumulator slots per program (combine), int32 (int8 operands) or float32."""
+    return torch.empty(programs * slots * block_m * block_n, dtype=torch.int32 if integer else torch.float32,
                        device=device)
 
 
-def stream_k_programs(tiles: int, k_steps: int, sms: int) -> int:
-    """The programs of a stream-K launch: one per SM, at most one per K iteration."""
-    return max(1, min(sms, tiles * k_steps))
+def split_k(k_steps: int, wanted: int) -> int:
+    """The pieces per tile of a split-K launch: the largest count <= wanted that divides the tile's
+    K steps, so that every program's share is one piece of one tile."""
+    return max(s for s in range(1, max(1, wanted) + 1) if k_steps % s == 0)
+
+
+def stream_k_programs(tiles: int, k_steps: int, slots: int) -> int:
+    """The programs of a stream-K launch: `slots` (SMs times the programs each runs at once), at
+    most one per K iteration."""
+    return max(1, min(slots, tiles * k_steps))
