@@ -34,7 +34,6 @@ WINDOW = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps"
           "FP8_ACC": 32, "TMA": 1}
 PERSISTENT = {**WINDOW, "PERSISTENT": 1}
 SHARED = {**PERSISTENT, "SM_PROGRAMS": 2}                    # two programs per SM: 8 off the GPU
-STREAM_K = {**WINDOW, "STREAM_K": 1}                         # K steps shared by 4 programs off the GPU
 POINTERS = {k: v for k, v in WINDOW.items() if k != "TMA"}   # qconv.py's PIXELS walk for a 1x1 stride-1 conv
 
 # x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
@@ -49,8 +48,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED, STREAM_K],
-                         ids=["tile", "persistent", "two-per-sm", "stream-k"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED], ids=["tile", "persistent", "two-per-sm"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_window_walk_is_exact(name, dtype, config, monkeypatch):

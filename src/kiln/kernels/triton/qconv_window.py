@@ -52,9 +52,7 @@ from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
-from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, sm_count, store_boxes
-from kiln.kernels.triton.stream_k import (MAX_TILES, combine, max_pieces, share_start, split_k, stream_k_counters,
-                                          stream_k_programs, stream_k_workspace)
+from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, store_boxes
 
 Tensor = torch.Tensor
 EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)
@@ -62,68 +60,49 @@ MAX_BOX = 256          # a TMA box holds at most 256 elements along each dim
 
 
 @triton.jit
-def _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(first image, output row, output column, output channel) of output tile `tile`, in grouped order."""
+def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
+                 syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
+                 XZP, COLSUM, MS, MZP,
+                 SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                 ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
+                 ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
+                 QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
+                 HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+    """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
+    flat row of pixels: BI = BH = 1, OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the
+    [N*H*W, OC] matrix) as one TMA box at (ow0, off_n). X_ZP (1x1 stride-1 convs only, where no box
+    reads padding): X's zero point subtracted as qconv.py's pointer walks do (uint8 X shifted into
+    int8, za * sum(W[oc]) taken from the accumulator); MID: the epilogue's mid quantization."""
     BLOCK_M: tl.constexpr = BI * BH * BW
     tiles_m = TILES_I * TILES_H * TILES_W
     pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
     ti = pid_m // (TILES_H * TILES_W)
     rest = pid_m - ti * (TILES_H * TILES_W)
     th = rest // TILES_W
-    return ti * BI, th * BH, (rest - th * TILES_W) * BW, pid_n * BLOCK_N
-
-
-@triton.jit
-def _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
-                 SW: tl.constexpr, FP8_ACC: tl.constexpr, X_U8: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-                 BW: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc plus K step `step` of the tile at (n0, oh0, ow0, off_n): one TMA box of X, one of W."""
-    BLOCK_M: tl.constexpr = BI * BH * BW
-    tap = step // C_STEPS
-    c0 = (step - tap * C_STEPS) * BLOCK_K
-    kh = tap // KW
-    kw = tap - kh * KW
-    # ih = oh*SH + kh - PH: the view's row oh + floor((kh - PH) / SH), phase (kh - PH) mod SH
-    # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
-    dh = kh - PH + 8 * SH
-    dw = kw - PW + 8 * SW
-    a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
-    a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
-    b = w_desc.load([off_n, step * BLOCK_K])                                  # [BLOCK_N, BLOCK_K]
-    return dot8(a, b.T, acc, FP8_ACC)
-
-
-@triton.jit
-def _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_hi, C, C_STEPS, KW, PH, PW, SH: tl.constexpr,
-                SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr, X_U8: tl.constexpr,
-                BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The tile's accumulator over its K steps [k_lo, k_hi)."""
+    n0 = ti * BI
+    oh0 = th * BH
+    ow0 = (rest - th * TILES_W) * BW
+    off_n = pid_n * BLOCK_N
     if FLOAT_ACC:
-        acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
-        acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.int32)
-    for step in range(k_lo, k_hi):
-        acc = _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, step, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
-                           X_U8, BI, BH, BW, BLOCK_K)
-    return acc
-
-
-@triton.jit
-def _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS,
-                  sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC: tl.constexpr,
-                  ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
-                  ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
-                  QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                  BLOCK_N: tl.constexpr, X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr,
-                  MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
-    """The tile's epilogue, stored through pointers, or with Y_TMA (a flat row of pixels: BI = BH = 1,
-    OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the [N*H*W, OC] matrix) as one TMA box
-    at (ow0, off_n). X_ZP (1x1 stride-1 convs only, where no box reads padding): X's zero point
-    subtracted as qconv.py's pointer walks do (uint8 X shifted into int8, za * sum(W[oc]) taken
-    from the accumulator); MID: the epilogue's mid quantization."""
-    BLOCK_M: tl.constexpr = BI * BH * BW
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for step in range(K_STEPS):
+        tap = step // C_STEPS
+        c0 = (step - tap * C_STEPS) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        # ih = oh*SH + kh - PH: the view's row oh + floor((kh - PH) / SH), phase (kh - PH) mod SH
+        # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
+        dh = kh - PH + 8 * SH
+        dw = kw - PW + 8 * SW
+        a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
+        a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
+        b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
+        acc = dot8(a, b.T, acc, FP8_ACC)
     offs_n = off_n + tl.arange(0, BLOCK_N)
     rn = offs_n % OC
     if X_ZP:   # sum_k (a' - za) w = acc - za * sum_k w (qconv.py)
@@ -142,91 +121,20 @@ def _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc
 
 
 @triton.jit
-def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
-                 syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                 XZP, COLSUM, MS, MZP,
-                 SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr, FLOAT_ACC: tl.constexpr,
-                 ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
-                 ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
-                 QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                 X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                 HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
-    """One whole output tile: the K walk, then the epilogue."""
-    n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-    acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, 0, K_STEPS, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
-                      FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
-    _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS,
-                  sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL,
-                  HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW,
-                  BLOCK_N, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
-
-
-@triton.jit
 def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
                   programs, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
-                  XZP, COLSUM, MS, MZP, PART, COUNT, SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr,
+                  XZP, COLSUM, MS, MZP, SH: tl.constexpr, SW: tl.constexpr, FP8_ACC: tl.constexpr,
                   FLOAT_ACC: tl.constexpr,
                   ACC_MAGIC: tl.constexpr, WS_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
-                  QMAX: tl.constexpr, PERSISTENT: tl.constexpr, STREAM_K: tl.constexpr, Y_TMA: tl.constexpr,
-                  BI: tl.constexpr, BH: tl.constexpr,
+                  QMAX: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
                   BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, MAX_PIECES: tl.constexpr, SPLIT_K: tl.constexpr):
-    """One tile per program; PERSISTENT: `programs` programs take tiles i, i + programs, ... (the
-    loop nest flattened, so the next tile's loads overlap this tile's epilogue); STREAM_K:
-    `programs` programs share the tiles' K steps evenly (stream_k.py: PART, COUNT its workspace
-    and tile counters); SPLIT_K > 1: SPLIT_K programs per tile, one piece of its K steps each."""
-    tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
-    if STREAM_K:
-        # One loop over the share's K steps, everything derived from the step index (no state carried
-        # from one tile to the next), so that the software pipeline runs across tile boundaries.
-        iters = tiles * K_STEPS
-        pid = tl.program_id(0)
-        it_lo = share_start(pid, programs, iters)
-        it_hi = share_start(pid + 1, programs, iters)
-        if FLOAT_ACC:
-            acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BI * BH * BW, BLOCK_N), dtype=tl.int32)
-        for it in range(it_lo, it_hi):
-            tile = it // K_STEPS
-            k = it - tile * K_STEPS
-            n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-            acc = _window_step(x_desc, w_desc, acc, n0, oh0, ow0, off_n, k, C, C_STEPS, KW, PH, PW, SH, SW, FP8_ACC,
-                               X_U8, BI, BH, BW, BLOCK_K)
-            if (k == K_STEPS - 1) | (it == it_hi - 1):      # the tile's last step, or the share's
-                done = (k == K_STEPS - 1) & (tile * K_STEPS >= it_lo)                # the whole tile here
-                if not done:    # a piece of the tile: the piece that counts in last adds them all
-                    done, acc = combine(acc, tile, K_STEPS, programs, iters, pid, PART, COUNT, BI * BH * BW,
-                                        BLOCK_N, MAX_PIECES, 2)
-                if done:
-                    _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw,
-                                  src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP,
-                                  FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP,
-                                  ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP,
-                                  HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
-                acc = tl.zeros_like(acc)
-    elif SPLIT_K > 1:
-        # SPLIT_K programs per tile, each one piece of K_STEPS // SPLIT_K steps (the launcher makes
-        # SPLIT_K divide K_STEPS), combined as stream-K's pieces are.
-        pid = tl.program_id(0)
-        tile = pid // SPLIT_K
-        k_lo = (pid - tile * SPLIT_K) * (K_STEPS // SPLIT_K)
-        n0, oh0, ow0, off_n = _tile_origin(tile, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW, BLOCK_N, GROUP_M)
-        acc = _window_acc(x_desc, w_desc, n0, oh0, ow0, off_n, k_lo, k_lo + K_STEPS // SPLIT_K, C, C_STEPS, KW, PH,
-                          PW, SH, SW, FP8_ACC, FLOAT_ACC, X_U8, BI, BH, BW, BLOCK_N, BLOCK_K)
-        done, acc = combine(acc, tile, K_STEPS, tiles * SPLIT_K, tiles * K_STEPS, pid, PART, COUNT, BI * BH * BW,
-                            BLOCK_N, SPLIT_K, 1)
-        if done:
-            _window_store(acc, n0, oh0, ow0, off_n, Y, N, OH, OW, OC, syn, syh, syw, syc, srn, srh, srw, src, XS, WS,
-                          BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, FLOAT_ACC, ACC_MAGIC,
-                          WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN,
-                          QMAX, Y_TMA, BI, BH, BW, BLOCK_N, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
-    elif PERSISTENT:
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+    """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
+    if PERSISTENT:
+        tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
                          K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
@@ -325,31 +233,16 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     box = window_box(*dims, bm)
     tiles = tuple(-(-d // b) for d, b in zip(dims, box))
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
-    k_steps = geo.kh * geo.kw * (c // bk)
-    stream_k = bool(cfg.get("STREAM_K")) and count <= MAX_TILES
-    pieces = split_k(k_steps, int(cfg.get("SPLIT_K", 1))) if count <= MAX_TILES and not stream_k else 1
-    persistent = bool(cfg.get("PERSISTENT")) and pieces == 1
-    part = counters = x
-    if stream_k:
-        programs = stream_k_programs(count, k_steps, sm_count(x.device) * int(cfg.get("SM_PROGRAMS", 1)))
-        part = stream_k_workspace(programs, 2, bm, bn, not flags["FLOAT_ACC"], x.device)
-    elif pieces > 1:
-        programs = count * pieces
-        part = stream_k_workspace(programs, 1, bm, bn, not flags["FLOAT_ACC"], x.device)
-    else:
-        programs = persistent_programs(count, x.device, cfg) if persistent else count
-    if stream_k or pieces > 1:
-        counters = stream_k_counters(x.device)
+    persistent = bool(cfg.get("PERSISTENT"))
+    programs = persistent_programs(count, x.device, cfg) if persistent else count
     res_bytes = res.element_size() if flags["HAS_RES"] else 0
     y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"
     window_kernel[(programs,)](
         x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
-        *tiles, c, c // bk, geo.kw, k_steps, geo.ph, geo.pw, programs,
-        *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid, PART=part, COUNT=counters,
-        SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, STREAM_K=stream_k,
-        MAX_PIECES=max_pieces(count, k_steps, programs) if stream_k else pieces, SPLIT_K=pieces,
-        Y_TMA=y_tma,
+        *tiles, c, c // bk, geo.kw, geo.kh * geo.kw * (c // bk), geo.ph, geo.pw, programs,
+        *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid,
+        SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
 
