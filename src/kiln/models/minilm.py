@@ -37,7 +37,7 @@ OPSET = 17
 
 # Bump whenever the exported graph changes (wrapper, exporter options, opset): the
 # cache file name carries it, so old caches are ignored and the model re-exported.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2      # 2: float32 whatever type the checkpoint stores
 
 # Added to attention scores at padded key positions. exp(-1e4) underflows to exactly 0
 # in fp32 and fp16 alike, and unlike finfo(float32).min it stays finite when an engine
@@ -99,7 +99,7 @@ def _tokenizer():
 def _sentence_transformer():
     from sentence_transformers import SentenceTransformer
     with _quiet_transformers():
-        return SentenceTransformer(str(_weights_dir()), device="cpu", local_files_only=True)
+        return SentenceTransformer(str(_weights_dir()), device="cpu", local_files_only=True).float()
 
 
 def embedding_module() -> torch.nn.Module:
@@ -110,8 +110,10 @@ def embedding_module() -> torch.nn.Module:
     with _quiet_transformers():
         # Eager attention: it adds our float mask to the scores as plain MatMul/Add/Softmax
         # ops, which is what kiln's attention fusion looks for.
+        # .float(): the graph is float32 whatever type the checkpoint stores (transformers 5 loads
+        # a float16 checkpoint as float16; float16 -> float32 is exact).
         bert = AutoModel.from_pretrained(str(_weights_dir()), attn_implementation="eager",
-                                         local_files_only=True).eval()
+                                         local_files_only=True).float().eval()
 
     class SentenceEmbedding(torch.nn.Module):
         def __init__(self) -> None:
