@@ -181,7 +181,7 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
     """x -> Mul(x, 1 / s) -> x / s for x's quantized readers (their weight rows times s); x's
     other readers keep x. None (nothing changed) when x has no such reader or no maxima."""
     y = next((v for n in graph.nodes for v in n.inputs if v is not None and v.name == name), None)
-    if y is None or y.is_const or y.dtype is None or y.dtype.name != "float32" or name not in channel_max:
+    if y is None or y.is_const or y.dtype is None or y.dtype.name not in _MUL_TYPES or name not in channel_max:
         return None
     x_max = np.asarray(channel_max[name], dtype=np.float64).reshape(-1)
     if x_max.size == 0 or not np.all(np.isfinite(x_max)) or not y.shape or y.shape[-1] != x_max.size:
@@ -199,7 +199,7 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
         return None
     s, a = factors(name, x_max, [layer for _, layer in readers])
     first = min(graph.nodes.index(r) for r, _ in readers)
-    inverse = graph.constant((1.0 / s).astype(np.float32), f"{name}_smooth_inverse")
+    inverse = graph.constant((1.0 / s).astype(_MUL_TYPES[y.dtype.name]), f"{name}_smooth_inverse")
     mul = graph.make_node("Mul", [y, inverse], name=f"{name}_smooth", before=graph.nodes[first])
     out = mul.outputs[0]
     out.dtype, out.shape = y.dtype, y.shape
@@ -213,6 +213,10 @@ def _divide_before_readers(graph: Graph, name: str, ranges: dict[str, float], ch
 
 
 ALPHAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)  # the "auto" search's grid
+# Activation types the inserted Mul(x, 1 / s) takes, and its constant's type (x's: ONNX's Mul takes
+# one type). A float16 1 / s is rounded, but the Mul it makes is folded into the quantizer with the
+# exact factors (fold_channel_scales), and the weights are scaled by them in their own type.
+_MUL_TYPES = {"float32": np.float32, "float16": np.float16}
 AUTO_FALLBACK = 0.85  # "auto" for an activation without calibration rows
 
 
@@ -257,14 +261,17 @@ def _fake_quantize(v: torch.Tensor, amax: torch.Tensor, precision: str) -> torch
 
 def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
     """QuantizeLinear(Mul(x, c), t, zp) -> QuantizeLinear(x, t / c, zp, axis=-1) for the Muls that
-    smooth() inserted (`report`'s "quantizer" entries: a positive float32 [C] factor over x's last
-    axis), where per-tensor QuantizeLinears alone read the Mul. Run after quantize_layers /
+    smooth() inserted (`report`'s "quantizer" entries: a positive [C] factor over x's last axis,
+    taken exact from the report, float64), where per-tensor QuantizeLinears alone read the Mul. Run after quantize_layers /
     quantize_fp8; True when any changed."""
     changed = False
-    names = {a.norm for a in report.smoothed if a.into == "quantizer"}
-    for mul in [n for n in graph.nodes if n.qualified_op == "Mul" and n.name in names]:
+    factors = {a.norm: a.factors for a in report.smoothed if a.into == "quantizer"}
+    for mul in [n for n in graph.nodes if n.qualified_op == "Mul" and n.name in factors]:
         x, c_v = mul.input(0), mul.input(1)
         c = const_array(c_v) if c_v is not None else None
+        s = factors[mul.name]
+        if c is not None and s is not None and s.shape == c.shape:
+            c = 1.0 / s.astype(np.float64)     # the exact factor (the Mul's constant may be float16)
         out = mul.outputs[0]
         users = [u for u, _ in out.uses()]
         if (c is None or c.ndim != 1 or not np.all(c > 0) or not np.all(np.isfinite(c)) or x is None or not x.shape
