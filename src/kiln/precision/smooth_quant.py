@@ -261,9 +261,9 @@ def _fake_quantize(v: torch.Tensor, amax: torch.Tensor, precision: str) -> torch
 
 def fold_channel_scales(graph: Graph, report: SmoothReport) -> bool:
     """QuantizeLinear(Mul(x, c), t, zp) -> QuantizeLinear(x, t / c, zp, axis=-1) for the Muls that
-    smooth() inserted (`report`'s "quantizer" entries: a positive [C] factor over x's last axis,
-    taken exact from the report, float64), where per-tensor QuantizeLinears alone read the Mul. Run after quantize_layers /
-    quantize_fp8; True when any changed."""
+    smooth() inserted (`report`'s "quantizer" entries: c = 1 / s over x's last axis, s positive,
+    taken exact from the report in float64), where per-tensor QuantizeLinears alone read the Mul.
+    Run after quantize_layers / quantize_fp8; True when any changed."""
     changed = False
     factors = {a.norm: a.factors for a in report.smoothed if a.into == "quantizer"}
     for mul in [n for n in graph.nodes if n.qualified_op == "Mul" and n.name in factors]:
