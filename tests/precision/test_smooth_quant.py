@@ -19,7 +19,7 @@ from kiln.config import BuildConfig
 from kiln.errors import KilnError
 from kiln.kernels.reference.interpret import run_graph
 from kiln.passes.match import const_array
-from kiln.precision.smooth_quant import ALPHAS, smooth, smoothing_factors, smoothing_inputs
+from kiln.precision.smooth_quant import ALPHAS, SmoothQuantWarning, smooth, smoothing_factors, smoothing_inputs
 
 C, N, T, BATCH, SAMPLES = 16, 8, 4, 4, 16
 OUTLIER = 3  # the channel whose LayerNorm scale is 30x the others
@@ -160,6 +160,16 @@ def test_a_reader_kept_float_moves_smoothing_to_the_quantizer() -> None:
     assert [(a.activation, a.into, a.readers) for a in report.smoothed] == [(y.name, "quantizer", (other.name,))]
     np.testing.assert_array_equal(const_array(norm_of(graph).input(1)), scale0)
     assert kept.input(0) is y and other.input(0).producer().op == "Mul"
+
+
+def test_nothing_to_smooth_warns() -> None:
+    """Every reader kept float: nothing qualifies, and the build says the option changed nothing."""
+    graph = graph_of(ln_model())
+    y = norm_of(graph).outputs[0]
+    ranges, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
+    with pytest.warns(SmoothQuantWarning, match=r"smoothed none of the 1 activation\(s\) that matmuls read"):
+        report = smooth(graph, ranges, channel_max, 0.85, keep_float={id(n) for n in y.consumers()})
+    assert report.smoothed == ()
 
 
 def _post_norm_model() -> onnx.ModelProto:

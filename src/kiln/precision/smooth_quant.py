@@ -61,6 +61,7 @@ with channels=smoothing_inputs(graph)).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
@@ -78,6 +79,10 @@ SMOOTHABLE_READERS = ("MatMul", "Gemm", "kiln::FusedMatMul")
 _SHAPE_READERS = ("Shape", "Size")
 # Normalisations whose first output is affine per channel: Y = n * Scale + B (inputs: scale, B).
 _NORMS = {"LayerNormalization": (1, 2), "kiln::AddLayerNorm": (2, 3)}
+
+
+class SmoothQuantWarning(UserWarning):
+    """--smooth-quant found no activation it could smooth."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,12 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
         found = _divide_before_readers(graph, name, new_ranges, channel_max, factors, keep_float)
         if found is not None:
             done.append(found)
+    if not done and smoothing_inputs(graph):
+        warnings.warn(f"--smooth-quant smoothed none of the {len(smoothing_inputs(graph))} activation(s) that "
+                      "matmuls read: each must be float32 or float16, calibrated per channel, and read at its "
+                      "first input by matmuls that are quantized with constant weights (a LayerNormalization's "
+                      "output may have other readers); the option changes nothing for this model",
+                      SmoothQuantWarning, stacklevel=2)
     return SmoothReport(alpha if alpha == "auto" else float(alpha), tuple(done), new_ranges)
 
 
