@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -163,13 +164,18 @@ def test_a_reader_kept_float_moves_smoothing_to_the_quantizer() -> None:
 
 
 def test_nothing_to_smooth_warns() -> None:
-    """Every reader kept float: nothing qualifies, and the build says the option changed nothing."""
+    """Quantized readers but no per-channel maxima: nothing qualifies, and the build says the option
+    changed nothing. With every reader kept wider by a layer rule (an accuracy-budget build) there is
+    nothing to smooth and no warning."""
     graph = graph_of(ln_model())
     y = norm_of(graph).outputs[0]
-    ranges, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
-    with pytest.warns(SmoothQuantWarning, match=r"smoothed none of the 1 activation\(s\) that matmuls read"):
-        report = smooth(graph, ranges, channel_max, 0.85, keep_float={id(n) for n in y.consumers()})
-    assert report.smoothed == ()
+    ranges, _ = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
+    with pytest.warns(SmoothQuantWarning, match=r"smoothed none of the 1 activation\(s\) that quantized matmuls"):
+        assert smooth(graph, ranges, {}, 0.85).smoothed == ()
+    _, channel_max = collect_statistics(graph, feeds(False), "minmax", channels=smoothing_inputs(graph))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmoothQuantWarning)
+        assert smooth(graph, ranges, channel_max, 0.85, keep_float={id(n) for n in y.consumers()}).smoothed == ()
 
 
 def _post_norm_model() -> onnx.ModelProto:

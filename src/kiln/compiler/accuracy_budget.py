@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from glob import escape
 from pathlib import Path
@@ -68,6 +69,7 @@ from kiln.compiler.feed_batches import batches_drawn, fit_to_profile
 from kiln.config import BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.ir.graph import Graph, Node
+from kiln.precision.smooth_quant import SmoothQuantWarning
 
 Progress = Callable[[str], None]
 Feed = dict[str, np.ndarray]
@@ -226,7 +228,11 @@ class _Runner:
         else:
             config = replace(self.config, layer_precision=rules)
         calibration = self.calibration[self.held_out:] if self.calibration is not None else None
-        return build(self.model, config, calibration=calibration if config.precision in QUANTIZED else None)
+        with warnings.catch_warnings():
+            # A search build keeping most layers wider may leave SmoothQuant nothing to do; the
+            # engine built with the plan warns where that holds for it.
+            warnings.simplefilter("ignore", SmoothQuantWarning)
+            return build(self.model, config, calibration=calibration if config.precision in QUANTIZED else None)
 
     def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
         self.say("accuracy budget: fp32 reference")

@@ -177,12 +177,14 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
         found = _divide_before_readers(graph, name, new_ranges, channel_max, factors, keep_float)
         if found is not None:
             done.append(found)
-    if not done and smoothing_inputs(graph):
-        warnings.warn(f"--smooth-quant smoothed none of the {len(smoothing_inputs(graph))} activation(s) that "
-                      "matmuls read: each must be float32 or float16, calibrated per channel, and read at its "
-                      "first input by matmuls that are quantized with constant weights (a LayerNormalization's "
-                      "output may have other readers); the option changes nothing for this model",
-                      SmoothQuantWarning, stacklevel=2)
+    # Activations some matmul reads that no layer rule keeps wider: none smoothed is worth a warning.
+    wanted = {n.input(0).name for n in graph.nodes if n.qualified_op in SMOOTHABLE_READERS and id(n) not in keep_float
+              and n.input(0) is not None and not n.input(0).is_const}
+    if not done and wanted:
+        warnings.warn(f"--smooth-quant smoothed none of the {len(wanted)} activation(s) that quantized matmuls "
+                      "read: each must be float32 or float16, calibrated per channel, and read at its first input "
+                      "by matmuls that are quantized with constant weights (a LayerNormalization's output may have "
+                      "other readers); the option changes nothing for this model", SmoothQuantWarning, stacklevel=2)
     return SmoothReport(alpha if alpha == "auto" else float(alpha), tuple(done), new_ranges)
 
 
