@@ -181,8 +181,8 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
     wanted = {n.input(0).name for n in graph.nodes if n.qualified_op in SMOOTHABLE_READERS and id(n) not in keep_float
               and n.input(0) is not None and not n.input(0).is_const}
     if not done and wanted:
-        warnings.warn(f"--smooth-quant smoothed none of the {len(wanted)} activation(s) that quantized matmuls "
-                      "read: each must be float32 or float16, calibrated per channel, and read at its first input "
+        warnings.warn(f"--smooth-quant smoothed none of the {len(wanted)} activation(s) that matmuls read "
+                      "(none kept wider): each must be float32 or float16, calibrated per channel, and read at its first input "
                       "by matmuls that are quantized with constant weights (a LayerNormalization's output may have "
                       "other readers); the option changes nothing for this model", SmoothQuantWarning, stacklevel=2)
     return SmoothReport(alpha if alpha == "auto" else float(alpha), tuple(done), new_ranges)
