@@ -22,14 +22,9 @@ if it meets the budget, used instead.
    left; the result's held_out counts the others), so that the budget is measured on inputs
    GPTQ did not fit; the final build calibrates on all of them.
 2. Build the reduced engine. Within budget: done, no layer kept.
-3. Candidates: the layers of the optimised graph (builder.optimized_graph, the graph layer
-   rules are matched on) that the precision would reduce: fp16/bf16 - every layer with
-   float32 math that no rule or safety-table entry already keeps wider (policy.layer_decisions);
-   int8/fp8 - the layers the reduced engine quantized (header build.int8/fp8.quantized, matched
-   by their source names; only matmuls and convolutions), and with quantize_attention each
-   attention, whose 8-bit Q, K and V a rule keeping it wider leaves float. At most
-   `max_candidates`, taken weighted layers first (they hold most of the reduced math), then other
-   compute, then data movement, each in graph order.
+3. Candidates (compiler/budget_candidates.py): the layers of the optimised graph
+   (builder.optimized_graph, the graph layer rules are matched on) that the precision would
+   reduce, at most `max_candidates`, weighted layers first.
 4. Keeping all candidates must meet the budget (in the kept type, or in fp32 as above), else
    BuildError with the best value reached.
 5. Sensitivity: for each candidate L, build with *only L reduced* (every other candidate kept
@@ -65,10 +60,11 @@ import numpy as np
 import onnx
 
 from kiln.accuracy.metrics import output_metrics
+from kiln.compiler.budget_candidates import candidates
 from kiln.compiler.feed_batches import batches_drawn, fit_to_profile
-from kiln.config import BuildConfig
+from kiln.config import CALIBRATED_PRECISIONS, BuildConfig
 from kiln.errors import BuildError, KilnError
-from kiln.ir.graph import Graph, Node
+from kiln.ir.graph import Node
 from kiln.precision.smooth_quant import SmoothQuantWarning
 
 Progress = Callable[[str], None]
@@ -77,16 +73,9 @@ Feed = dict[str, np.ndarray]
 # metric -> True when higher is better
 METRICS: Mapping[str, bool] = {"cosine": True, "max_abs": False, "mean_abs": False}
 REDUCED = ("fp16", "bf16", "int8", "fp8")
-QUANTIZED = ("int8", "fp8")
-# The ops a quantized layer was before the rewrite (a merged Q/K/V Split shares its fused_from).
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv")
 # Calibration batches read per batch measured on: enough samples for a batch of the engine's
 # batch where the calibration's are smaller (compiler/feed_batches.py), without reading them all.
 CALIBRATION_BATCHES_READ = 8
-# ops that only move or reshape data: ranked last (they add no rounding of their own beyond
-# the cast of their input)
-_DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice",
-                            "Gather", "GatherElements", "Expand", "Identity", "Cast", "Pad", "Tile", "Shape", "Size"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +144,7 @@ def meets(metric: str, value: float, target: float) -> bool:
 def keep_precision(config: BuildConfig) -> str:
     """The type a kept layer computes in first (module docstring): an int8/fp8 engine's float
     precision, else fp32."""
-    return config.float_precision if config.precision in QUANTIZED else "fp32"
+    return config.float_precision if config.precision in CALIBRATED_PRECISIONS else "fp32"
 
 
 def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str, float],
@@ -175,7 +164,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
         if meets(metric, reduced, target):
             return BudgetResult(metric, target, reduced, reduced, (), 0, run.builds, config, keep_precision(config),
                                 run.held_out, run.in_sample, len(run.feeds))
-        nodes = _candidates(model, config, reduced_engine, max_candidates)
+        nodes = candidates(model, config, reduced_engine, max_candidates)
         wider, best = _all_kept(run, metric, target, [n.name for n in nodes], reference)
         if not meets(metric, best, target):
             raise BuildError(f"accuracy budget {metric}={target} cannot be met: with all {len(nodes)} candidate "
@@ -209,9 +198,9 @@ class _Runner:
         # Search builds: no tuning, no IR dumps, no embedded source; int8 calibrates once into a cache.
         # GPTQ's search builds calibrate on the batches the budget is not measured on (a cache of
         # their own, so the caller's keeps the full calibration)
-        self.gptq = config.precision in QUANTIZED and config.weight_rounding == "gptq"
+        self.gptq = config.precision in CALIBRATED_PRECISIONS and config.weight_rounding == "gptq"
         cache = (None if self.gptq else config.calib_cache) or \
-            (str(Path(tmp) / "ranges.json") if config.precision in QUANTIZED else None)
+            (str(Path(tmp) / "ranges.json") if config.precision in CALIBRATED_PRECISIONS else None)
         self.config = replace(config, tune=False, dump_ir=None, embed_source=False, calib_cache=cache)
         self.builds = 0
         self.feeds: list[Feed] = []
@@ -232,7 +221,7 @@ class _Runner:
             # A search build keeping most layers wider may leave SmoothQuant nothing to do; the
             # engine built with the plan warns where that holds for it.
             warnings.simplefilter("ignore", SmoothQuantWarning)
-            return build(self.model, config, calibration=calibration if config.precision in QUANTIZED else None)
+            return build(self.model, config, calibration=calibration if config.precision in CALIBRATED_PRECISIONS else None)
 
     def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
         self.say("accuracy budget: fp32 reference")
@@ -265,7 +254,7 @@ def _eval_feeds(engine: Any, feeds: Sequence[Mapping[str, Any]] | None, calibrat
         # Calibration batches, cut to the profile's batch where theirs is outside it.
         count = config.budget_batches
         read = calibration[:CALIBRATION_BATCHES_READ * count] \
-            if config.precision in QUANTIZED and calibration is not None else []
+            if config.precision in CALIBRATED_PRECISIONS and calibration is not None else []
         chosen = fit_to_profile(read, profile, count) if read else []
         if chosen:
             drawn = batches_drawn(read, profile, count)
@@ -308,40 +297,6 @@ def _measure(metric: str, engine: Any, feeds: list[Feed], reference: list[dict[s
     if not values:
         raise BuildError("the accuracy budget measures tensor outputs, but the model has none.")
     return min(values) if METRICS[metric] else max(values)
-
-
-def _candidates(model: str | onnx.ModelProto, config: BuildConfig, reduced: Any, limit: int) -> list[Node]:
-    """The layers `config` reduces, weighted ones first, at most `limit`, in graph order."""
-    from kiln.compiler.builder import optimized_graph
-    from kiln.precision.policy import layer_decisions
-
-    graph = optimized_graph(model, config, lambda _msg: None).graph
-    if config.precision in QUANTIZED:
-        quantized = {tuple(q["fused_from"]) for q in reduced.header["build"][config.precision]["quantized"]}
-        nodes = [n for n in graph.nodes if (n.fused_from or (n.name,)) in quantized and n.op in QUANTIZABLE_OPS
-                 or config.quantize_attention and n.qualified_op == "kiln::Attention"]
-    else:
-        wider = {id(n) for n, _ in layer_decisions(graph, config)}
-        nodes = [n for n in graph.nodes if id(n) not in wider and _float32_math(n) and not _holds_subgraph(n)]
-    order = {id(n): i for i, n in enumerate(graph.nodes)}
-    chosen = sorted(nodes, key=lambda n: (_priority(n), order[id(n)]))[:limit]
-    return sorted(chosen, key=lambda n: order[id(n)])
-
-
-def _priority(n: Node) -> int:
-    if any(v is not None and v.is_const and v.dtype is not None and v.dtype.is_float and v.shape
-           for v in n.inputs):
-        return 0
-    return 2 if not n.domain and n.op in _DATA_MOVEMENT else 1
-
-
-def _float32_math(n: Node) -> bool:
-    return any(v is not None and v.dtype is not None and v.dtype.name == "float32" for v in (*n.inputs, *n.outputs))
-
-
-def _holds_subgraph(n: Node) -> bool:
-    return any(isinstance(a, Graph) or isinstance(a, list) and any(isinstance(g, Graph) for g in a)
-               for a in n.attrs.values())
 
 
 def _all_kept(run: _Runner, metric: str, target: float, names: list[str],
