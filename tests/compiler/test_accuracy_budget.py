@@ -325,3 +325,46 @@ def test_time_engine_is_the_median_of_timed_runs() -> None:
         return [3.0, 1.0, 2.0] + [2.5] * (repeats - 3)
 
     assert _time_engine(engine, timer) == 2.5 and runs == [SPEED_REPEATS]
+
+
+def scaled_output() -> onnx.ModelProto:
+    """mlp(big=False) with y = fc3's output times 1e5: the Mul writes beyond fp16's range on any
+    input, so an engine with fp16 float layers keeps it in fp32."""
+    m = mlp(big=False)
+    m.graph.node[-1].output[0] = "h3"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1e5, np.float32), "big"))
+    m.graph.node.append(helper.make_node("Mul", ["h3", "big"], ["y"], name="scale"))
+    return m
+
+
+def test_search_builds_reuse_the_overflow_check(monkeypatch) -> None:
+    # int8 with fp16 float layers and calibration data: only the reduced and the all-kept builds
+    # measure fp16 overflow; the ranking and bisection builds reuse their findings (the Mul kept in
+    # fp32, else every engine's output is inf) and reach what fresh checks reach.
+    import kiln.compiler.accuracy_budget as budget_module
+    import kiln.compiler.builder as builder_module
+
+    model, calib = scaled_output(), _calibration()
+    config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", tune=False)
+    plain = search(model, config, ("cosine", -1.0), calibration=calib)
+    target = min(1.0, plain.reduced + (1.0 - plain.reduced) * 0.9)
+    checks: list[int] = []
+    measure = builder_module.fp16_overflow
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        checks.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(builder_module, "fp16_overflow", counted)
+    with pytest.warns(UserWarning, match="layer 'scale'"):
+        reused = search(model, config, ("cosine", target), calibration=calib)
+    assert reused.kept and reused.achieved >= target and len(checks) == 2 < reused.builds - 1
+    fresh_build = budget_module._Runner.build
+    monkeypatch.setattr(budget_module._Runner, "build",
+                        lambda self, rules, precision=None, check=False: fresh_build(self, rules, precision, True))
+    checks.clear()
+    with pytest.warns(UserWarning, match="layer 'scale'"):
+        fresh = search(model, config, ("cosine", target), calibration=calib)
+    assert len(checks) == fresh.builds - 1  # every build but the fp32 reference
+    assert [k.name for k in fresh.kept] == [k.name for k in reused.kept] and fresh.achieved == reused.achieved
+    assert [k.sensitivity for k in fresh.kept] == [k.sensitivity for k in reused.kept]

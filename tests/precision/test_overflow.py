@@ -22,7 +22,7 @@ from kiln.cli.build import build as build_command
 from kiln.compiler import builder
 from kiln.config import BuildConfig
 from kiln.errors import KilnError
-from kiln.precision.overflow import LIMIT, Fp16OverflowWarning
+from kiln.precision.overflow import LIMIT, Fp16OverflowWarning, OverflowReport
 from kiln.runtime.engine import Engine, load
 
 SHAPE = (4, 8)
@@ -332,3 +332,15 @@ def test_retype_clamps_finite_constants_only() -> None:
     assert in_range(float(np.finfo(np.float32).min), dtypes.BFLOAT16) == -float(torch.finfo(torch.bfloat16).max)
     bf = _convert(torch.tensor([-3.4e38]), dtypes.BFLOAT16)
     assert torch.isfinite(bf).all()
+
+
+def test_report_round_trips_through_the_header() -> None:
+    model = matmuls()
+    engine, _ = fp16_build(model, feeds())
+    data = engine.header["build"]["fp16_overflow"]
+    report = OverflowReport.from_json(data)
+    assert report.to_json() == data and [o.layer for o in report.kept] == ["up", "down"]
+    # reused by a later build of the same model: the same layers kept, with no new measurement
+    again = builder.build(model, BuildConfig(precision="fp16", device="cpu", tune=False), calibration=feeds(),
+                          overflow=report)
+    assert again.header["build"]["fp16_overflow"] == data and step_dtypes(again) == step_dtypes(engine)

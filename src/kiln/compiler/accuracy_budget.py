@@ -37,7 +37,13 @@ if it meets the budget, used instead.
 Builds: 2 (reference, reduced) + 1 (all kept; 2 when fp32 is tried) + N (ranking) + ceil(log2 N)
 (search). Search
 builds do not tune (tune=False) and use a temporary calibration cache for int8/fp8, so each build
-is cheap and calibrates once; the returned config keeps the caller's settings.
+is cheap and calibrates once; the returned config keeps the caller's settings. Where the engine
+checks fp16 overflow (int8/fp8 with fp16 float layers, given calibration data), only the reduced
+and the first all-kept build measure it; the others reuse the union of the layers those two kept
+in fp32 (between them every candidate has been measured both quantized and in fp16, and a
+layer a build keeps wider by rule wins over the reused fp32 rule, as it would over a fresh one):
+the check runs the reference ops on the CPU over all the calibration data, most of a search
+build's time on MiniLM's float32 graph. The engine built with the result checks afresh.
 
 Speed: compiler/plan_speed.py times the found plan against the engine it would replace.
 
@@ -65,6 +71,7 @@ from kiln.compiler.feed_batches import batches_drawn, fit_to_profile
 from kiln.config import CALIBRATED_PRECISIONS, BuildConfig
 from kiln.errors import BuildError, KilnError
 from kiln.ir.graph import Node
+from kiln.precision.overflow import OverflowReport
 from kiln.precision.smooth_quant import SmoothQuantWarning
 
 Progress = Callable[[str], None]
@@ -158,7 +165,7 @@ def search(model: str | onnx.ModelProto, config: BuildConfig, budget: tuple[str,
     with tempfile.TemporaryDirectory(prefix="kiln-budget-") as tmp:
         run = _Runner(model, config, calib, tmp, say)
         reference = run.reference(feeds)
-        reduced_engine = run.build(config.layer_precision)
+        reduced_engine = run.build(config.layer_precision, check=True)
         reduced = _measure(metric, reduced_engine, run.feeds, reference)
         say(f"accuracy budget: {config.precision} engine {metric}={_fmt(reduced)} (target {target})")
         if meets(metric, reduced, target):
@@ -203,11 +210,14 @@ class _Runner:
             (str(Path(tmp) / "ranges.json") if config.precision in CALIBRATED_PRECISIONS else None)
         self.config = replace(config, tune=False, dump_ir=None, embed_source=False, calib_cache=cache)
         self.builds = 0
+        self.overflow: OverflowReport | None = None  # the fp16 overflow check's report the later builds reuse
         self.feeds: list[Feed] = []
         self.held_out = 0  # leading calibration batches the search's builds leave out (GPTQ)
         self.in_sample = False  # GPTQ with no batch left to hold out: measured where it calibrated
 
-    def build(self, rules: tuple[tuple[str, str], ...], precision: str | None = None) -> Any:
+    def build(self, rules: tuple[tuple[str, str], ...], precision: str | None = None, check: bool = False) -> Any:
+        """An untuned engine with layer precision `rules` (or fp32). `check`: its fp16 overflow
+        check's report joins the one later builds reuse (module docstring, step 5)."""
         from kiln.compiler.builder import build
 
         self.builds += 1
@@ -221,7 +231,16 @@ class _Runner:
             # A search build keeping most layers wider may leave SmoothQuant nothing to do; the
             # engine built with the plan warns where that holds for it.
             warnings.simplefilter("ignore", SmoothQuantWarning)
-            return build(self.model, config, calibration=calibration if config.precision in CALIBRATED_PRECISIONS else None)
+            engine = build(self.model, config, calibration=calibration if config.precision in CALIBRATED_PRECISIONS
+                           else None, overflow=None if check else self.overflow)
+        found = engine.header["build"].get("fp16_overflow")
+        if check and found is not None:
+            report = OverflowReport.from_json(found)
+            if self.overflow is not None:  # the union of the layers kept
+                names = {o.layer for o in self.overflow.kept}
+                report = replace(report, kept=self.overflow.kept + tuple(o for o in report.kept if o.layer not in names))
+            self.overflow = report
+        return engine
 
     def reference(self, feeds: Sequence[Mapping[str, Any]] | None) -> list[dict[str, np.ndarray]]:
         self.say("accuracy budget: fp32 reference")
@@ -304,7 +323,7 @@ def _all_kept(run: _Runner, metric: str, target: float, names: list[str],
     """(kept type, metric) with every candidate kept: keep_precision's type, else fp32 where
     that misses the budget (module docstring)."""
     wider = keep_precision(run.config)
-    best = _measure(metric, run.build(_keep(run.config, names, wider)), run.feeds, reference)
+    best = _measure(metric, run.build(_keep(run.config, names, wider), check=True), run.feeds, reference)
     if wider != "fp32" and not meets(metric, best, target):
         run.say(f"accuracy budget: every candidate in {wider} gives {metric}={_fmt(best)}; trying fp32")
         wider, best = "fp32", _measure(metric, run.build(_keep(run.config, names, "fp32")), run.feeds, reference)

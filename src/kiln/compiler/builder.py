@@ -120,14 +120,17 @@ def optimized_graph(model: str | os.PathLike | onnx.ModelProto, config: BuildCon
 
 def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None = None,
           progress: Progress | None = None, timer: Timer | None = None,
-          calibration: Iterable[Mapping[str, Any]] | str | os.PathLike | None = None) -> Engine:
+          calibration: Iterable[Mapping[str, Any]] | str | os.PathLike | None = None, *,
+          overflow: OverflowReport | None = None) -> Engine:
     """Compile an ONNX model (path or ModelProto) into an Engine for this machine's device.
 
     On CUDA the tactics are tuned (unless config.tune is off) with CUDA-event timings;
     `timer` replaces those, and makes a CPU build tune too (tests use a fake timer).
     `calibration`: calibration batches, feed dicts {input name: array} (or a path, as
     config.calib_data takes), used in place of config.calib_data: int8/fp8 builds calibrate on
-    them, fp16 builds check them for fp16 overflow. config.accuracy_budget first searches the
+    them, fp16 builds check them for fp16 overflow (`overflow`: the report of that check made
+    by an earlier build of the same model on the same data, used instead of measuring again;
+    the accuracy budget's search builds pass it). config.accuracy_budget first searches the
     layers to keep wider (compiler/accuracy_budget.py) and builds with them as layer
     precision rules."""
     config = config or BuildConfig()
@@ -154,9 +157,13 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
         quantize_before_pool(graph)
         fold_requantize(graph)
         quantize_attention_output(graph)
-    overflow = None
-    if engine_compute_type(config) == dtypes.FLOAT16 and (calibration is not None or config.calib_data is not None):
-        overflow = fp16_overflow(graph, config, calibration, say)
+    if engine_compute_type(config) != dtypes.FLOAT16 or (calibration is None and config.calib_data is None):
+        overflow = None
+    else:
+        if overflow is None:
+            overflow = fp16_overflow(graph, config, calibration, say)
+        else:
+            say(f"fp16 overflow: {len(overflow.kept)} layer(s) kept in fp32 (an earlier check's report)")
         config = replace(config, layer_precision=config.layer_precision + overflow.rules())
     dump = Path(config.dump_ir) if config.dump_ir else None
     precision = apply_precision(graph, config)

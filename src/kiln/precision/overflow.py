@@ -114,6 +114,11 @@ class Overflow:
             out["rule"] = self.rule
         return out
 
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Overflow:
+        return Overflow(str(data["layer"]), str(data["op"]), str(data["tensor"]), float(data["amax"]),
+                        str(data["role"]), tuple(data.get("fused_from", ())), str(data.get("rule", "")))
+
 
 @dataclass(frozen=True, slots=True)
 class OverflowReport:
@@ -139,6 +144,12 @@ class OverflowReport:
     def to_json(self) -> dict[str, Any]:
         return {"limit": LIMIT, "batches": self.batches, "kept_fp32": [o.to_json() for o in self.kept],
                 "overridden": [o.to_json() for o in self.overridden]}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> OverflowReport:
+        """The report an engine header's build.fp16_overflow holds."""
+        return OverflowReport(int(data["batches"]), tuple(Overflow.from_json(o) for o in data["kept_fp32"]),
+                              tuple(Overflow.from_json(o) for o in data.get("overridden", ())))
 
 
 def find_fp16_overflow(graph: Graph, batches: Iterable[Mapping[str, Any]],
@@ -225,11 +236,16 @@ def _note(seen: dict[Any, float], key: Any, t: object, highs: dict[Any, float] |
     """seen[key] = the largest finite |t| so far, for a float32 tensor t; highs[key] the largest finite t."""
     if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() == 0:
         return
-    finite = t.detach()[torch.isfinite(t.detach())]
-    if finite.numel():
-        seen[key] = max(seen.get(key, 0.0), float(finite.abs().max()))
-        if highs is not None:
-            highs[key] = max(highs.get(key, -math.inf), float(finite.max()))
+    t = t.detach()
+    low, high = (float(x) for x in torch.aminmax(t))
+    if not (math.isfinite(low) and math.isfinite(high)):  # an inf or NaN (aminmax propagates NaN): mask them out
+        finite = t[torch.isfinite(t)]
+        if not finite.numel():
+            return
+        low, high = float(finite.min()), float(finite.max())
+    seen[key] = max(seen.get(key, 0.0), -low, high)
+    if highs is not None:
+        highs[key] = max(highs.get(key, -math.inf), high)
 
 
 def _program_steps(node: Node, args: list[Any]) -> tuple[torch.Tensor, ...]:
