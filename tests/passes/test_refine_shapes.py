@@ -113,3 +113,47 @@ def test_concat_sums_its_axis():
     c.shape = (2, "n", 8)
     assert check_pass(refine_shapes, b)
     assert c.shape == (2, 7, 8)
+
+
+def test_dynamic_batch_symbol_reaches_the_heads_and_fixes_them():
+    """A dynamic batch: ONNX inference names the Reshape's computed batch entry afresh (u1) and
+    leaves -1 unknown (u2). The entry is the input's batch read back (Unsqueeze(Gather(Shape(x),
+    0))), so it is "B", and -1 is X's size over [B, 4, 2] with B cancelled: 3 heads. Transpose,
+    the scores' MatMul and the mask's broadcast then carry B on, and the output Reshape's -1 is
+    fixed the same way."""
+    b = Builder()
+    x = b.input("x", (2, 4, 6))
+    mask = b.input("mask", (2, 1, 1, 4))
+    batch = b.op("Unsqueeze", b.op("Gather", b.op("Shape", x), b.const(0, dtype="int64"), axis=0),
+                 b.const([0], dtype="int64"))
+    heads = b.op("Reshape", x, b.op("Concat", batch, b.const([4, -1, 2], dtype="int64"), axis=0))
+    q = b.op("Transpose", heads, perm=[0, 2, 1, 3])
+    k = b.op("Transpose", heads, perm=[0, 2, 3, 1])
+    scores = b.op("Add", b.op("MatMul", q, k), mask)
+    ctx = b.op("Transpose", b.op("MatMul", scores, q), perm=[0, 2, 1, 3])
+    out = b.op("Reshape", ctx, b.op("Concat", batch, b.const([4, -1], dtype="int64"), axis=0))
+    b.output(out)
+    x.shape, mask.shape = ("B", 4, 6), ("B", 1, 1, 4)
+    heads.shape, q.shape, k.shape = ("u1", 4, "u2", 2), ("u1", "u2", 4, 2), ("u1", "u2", 2, 4)
+    scores.producer().inputs[0].shape, scores.shape = ("u3", "u4", 4, 4), ("u5", "u6", 4, 4)
+    ctx.producer().inputs[0].shape, ctx.shape, out.shape = ("u7", "u8", 4, 2), ("u7", 4, "u8", 2), ("u9", 4, "u10")
+    assert check_pass(refine_shapes, b)
+    assert heads.shape == ("B", 4, 3, 2) and q.shape == ("B", 3, 4, 2) and k.shape == ("B", 3, 2, 4)
+    assert scores.shape == ("B", 3, 4, 4) and ctx.shape == ("B", 4, 3, 2) and out.shape == ("B", 4, 6)
+    assert not refine_shapes(b.graph)
+
+
+def test_symbols_that_do_not_cancel_or_match_are_left_alone():
+    """-1 against an input whose symbol the other dims do not hold stays unknown; a broadcast of
+    two different symbols (or an anonymous "?") is not either of them."""
+    b = Builder()
+    x = b.input("x", (2, 6))
+    y = b.input("y", (2, 6))
+    r = b.op("Reshape", x, b.op("Concat", b.const([3], dtype="int64"), b.const([-1], dtype="int64"), axis=0))
+    s = b.op("Add", x, y)
+    t = b.op("Add", x, b.input("z", (2, 6)))
+    b.output(r, s, t)
+    x.shape, y.shape, t.producer().inputs[1].shape = ("B", 6), ("C", 6), ("?", 6)
+    r.shape, s.shape, t.shape = (3, "n"), ("u", 6), ("w", 6)
+    assert not check_pass(refine_shapes, b)
+    assert r.shape == (3, "n") and s.shape == ("u", 6) and t.shape == ("w", 6)

@@ -14,10 +14,18 @@ the dims of Concat, Expand, norms and matmuls from their inputs: a static batch 
 its shape arithmetic as a larger batch does. The pass runs in the cleanup rounds, before any
 fusion, so it reads ai.onnx nodes only (passes/match.py: live_nodes).
 
+Symbols too: a symbolic dim the op's definition equates with an input's symbolic dim takes
+that symbol (ONNX's convention: one name, one value). ONNX inference names a dim it cannot
+relate to its inputs afresh (unk__N), so a dynamic batch reaches an attention as unk__7 while
+the profile binds only the input's "batch"; carried forward, the batch is "batch" throughout,
+the tuner sees every shape at the profile's points, and a Reshape's -1 is fixed where its
+other dims' symbols cancel against its input's ([batch, 128, 384] to [batch, 128, -1, 32]:
+12 heads), as they do for a batch-1 or static-batch model.
+
 Sound by construction: a dim is refined only from what the op's definition fixes (a
-positive constant entry of a Reshape shape, a permutation, ...); a symbolic dim becomes an
-int, an int is never changed, and a rank is never changed. Part of the cleanup loop: each
-refinement can let fold_constants fold more.
+positive constant entry of a Reshape shape, a permutation, a symbol the op carries over,
+...); a symbolic dim becomes an int or an equal symbol, an int is never changed, and a rank
+is never changed. Part of the cleanup loop: each refinement can let fold_constants fold more.
 """
 from __future__ import annotations
 
@@ -52,12 +60,17 @@ def refine_shapes(graph: Graph) -> bool:
     return changed
 
 
+UNKNOWN = "?"  # a rule's "this dim is not fixed by the op"
+
+
 def _refine(v: Value, dims: Shape) -> bool:
-    """Write the int dims of `dims` into v's symbolic ones (same rank only); True if any changed."""
+    """Write the int and symbolic dims of `dims` (not UNKNOWN) into v's symbolic ones (same rank
+    only); True if any changed."""
     old = v.shape
     if old is None or len(old) != len(dims):
         return False
-    new = tuple(d if isinstance(d, int) else (n if isinstance(n, int) and n >= 0 else d) for d, n in zip(old, dims))
+    new = tuple(d if isinstance(d, int) else n if isinstance(n, int) and n >= 0 or isinstance(n, str) and n != UNKNOWN
+                else d for d, n in zip(old, dims))
     if new == tuple(old):
         return False
     v.shape = new
@@ -73,7 +86,7 @@ def _reshape(node: Node) -> Shape | None:
         return None
     whole = const_ints(target)
     if whole is not None:
-        entries: list[int | None] = list(whole)
+        entries: list[int | str | None] = list(whole)
     else:
         producer = target.producer()
         if producer is None or producer.op != "Concat" or producer.domain != "":
@@ -83,24 +96,71 @@ def _reshape(node: Node) -> Shape | None:
             if part is None or part.shape is None or len(part.shape) != 1 or not isinstance(part.shape[0], int):
                 return None
             values = const_ints(part)
-            entries += list(values) if values is not None else [None] * part.shape[0]
+            entries += list(values) if values is not None else _shape_dims(part) or [None] * part.shape[0]
     x = node.input(0).shape
     copy = not node.attrs.get("allowzero", 0)
+    out = node.outputs[0].shape
     dims: list[int | str] = []
     for i, e in enumerate(entries):
-        if e is not None and e > 0:
+        if isinstance(e, str) or e is not None and e > 0:
             dims.append(e)
         elif e == 0 and copy and x is not None and i < len(x):
             dims.append(x[i])
+        elif e is None and out is not None and len(out) == len(entries):
+            dims.append(out[i])   # a computed entry: the dim the output already has (ONNX's, or refined)
         else:
-            dims.append("?")
-    if entries.count(-1) == 1 and x is not None and all(isinstance(d, int) for d in x):
+            dims.append(UNKNOWN)
+    if entries.count(-1) == 1 and x is not None:
         i = entries.index(-1)
-        rest = math.prod(d for j, d in enumerate(dims) if j != i) if all(
-            isinstance(d, int) for j, d in enumerate(dims) if j != i) else None
-        if rest:
-            dims[i] = math.prod(x) // rest
+        dims[i] = _leftover(x, [d for j, d in enumerate(dims) if j != i])
     return tuple(dims)
+
+
+def _shape_dims(part: Value) -> list[int | str] | None:
+    """The dims a 1-D shape tensor holds where it is a tensor's shape read back: Shape(v), or
+    Unsqueeze(Gather(Shape(v), k)) (a symbol stays a symbol; exporters build a Reshape's target
+    from them)."""
+    node = part.producer()
+    if node is not None and node.op == "Unsqueeze" and not node.domain and node.inputs[0] is not None \
+            and node.inputs[0].shape == ():
+        node = node.inputs[0].producer()
+        if node is None or node.op != "Gather" or node.domain or node.input(1) is None:
+            return None
+        index, source = const_ints(node.input(1)), node.inputs[0].producer()
+        if index is None or len(index) != 1 or source is None or not _whole_shape(source):
+            return None
+        shape = source.inputs[0].shape
+        k = index[0] + len(shape) if shape is not None and index[0] < 0 else index[0]
+        return [shape[k]] if shape is not None and 0 <= k < len(shape) else None
+    if node is not None and _whole_shape(node):
+        shape = node.inputs[0].shape
+        return list(shape) if shape is not None and len(shape) == part.shape[0] else None
+    return None
+
+
+def _whole_shape(node: Node) -> bool:
+    """A Shape node reading its whole input's shape (no start or end)."""
+    return node.op == "Shape" and not node.domain and node.inputs[0] is not None \
+        and "start" not in node.attrs and "end" not in node.attrs
+
+
+def _leftover(x: Shape, others: list[int | str]) -> int | str:
+    """A Reshape's -1: X's size over the other dims' product, once the symbols the two have in
+    common cancel (each symbol of `others` against one equal symbol of X); UNKNOWN where a symbol
+    is left on either side or the division is not exact."""
+    left = list(x)
+    ints: list[int] = []
+    for d in others:
+        if isinstance(d, int):
+            ints.append(d)
+        elif d != UNKNOWN and d in left:
+            left.remove(d)
+        else:
+            return UNKNOWN
+    if not all(isinstance(d, int) for d in left):
+        return UNKNOWN
+    size, rest = math.prod(left), math.prod(ints)
+    return size // rest if rest > 0 and size % rest == 0 else UNKNOWN
 
 
 def _transpose(node: Node) -> Shape | None:
@@ -139,7 +199,7 @@ def _slice(node: Node) -> Shape | None:
     if x is None or starts is None:
         return None
     cut = {a + len(x) if a < 0 else a for a in (axes if axes is not None else range(len(starts)))}
-    return tuple("?" if i in cut else d for i, d in enumerate(x))
+    return tuple(UNKNOWN if i in cut else d for i, d in enumerate(x))
 
 
 def _gather(node: Node) -> Shape | None:
@@ -158,13 +218,16 @@ def _same_as_input(node: Node) -> Shape | None:
 
 def _broadcast_dims(shapes: list[Shape]) -> Shape:
     """Multidirectional broadcasting, dim by dim from the right: a dim other than 1 in any shape
-    fixes the result's (valid broadcasting allows no other), all 1 give 1, else unknown."""
+    fixes the result's (valid broadcasting allows no other), all 1 give 1, one symbol against
+    1s only gives that symbol (1 if it is 1), else unknown."""
     rank = max(len(sh) for sh in shapes)
     out: list[int | str] = []
     for i in range(rank):
         dims = [sh[len(sh) - rank + i] for sh in shapes if len(sh) - rank + i >= 0]
         fixed = [d for d in dims if isinstance(d, int) and d != 1]
-        out.append(fixed[0] if fixed else 1 if all(d == 1 for d in dims) else "?")
+        symbols = {d for d in dims if isinstance(d, str)}
+        out.append(fixed[0] if fixed else 1 if all(d == 1 for d in dims) else
+                   symbols.pop() if len(symbols) == 1 and UNKNOWN not in symbols else UNKNOWN)
     return tuple(out)
 
 
@@ -198,9 +261,9 @@ def _concat(node: Node) -> Shape | None:
     for i in range(rank):
         dims = [sh[i] for sh in shapes]
         if i == axis:
-            out.append(sum(dims) if all(isinstance(d, int) for d in dims) else "?")
+            out.append(sum(dims) if all(isinstance(d, int) for d in dims) else UNKNOWN)
         else:
-            out.append(next((d for d in dims if isinstance(d, int)), "?"))
+            out.append(next((d for d in dims if isinstance(d, int)), next(iter(dims))))
     return tuple(out)
 
 
