@@ -157,3 +157,29 @@ def test_symbols_that_do_not_cancel_or_match_are_left_alone():
     r.shape, s.shape, t.shape = (3, "n"), ("u", 6), ("w", 6)
     assert not check_pass(refine_shapes, b)
     assert r.shape == (3, "n") and s.shape == ("u", 6) and t.shape == ("w", 6)
+
+
+def test_a_mask_expanded_to_a_computed_shape_keeps_the_batch():
+    """Hugging Face's mask: Range(0, batch, 1) is the batch's rows, and Expand's target is
+    Where(Equal(t, -1), ones, t) of t = Concat(batch, 1, 4, 4), the exporters' expand(-1): its
+    entries are the batch symbol and 1, 4, 4. The mask then broadcasts with the scores as
+    [B, 1, 4, 4] and the scores keep B."""
+    b = Builder()
+    x = b.input("x", (2, 4))
+    scores = b.input("scores", (2, 3, 4, 4))
+    n = b.op("Gather", b.op("Shape", x), b.const(0, dtype="int64"), axis=0)
+    rows = b.op("Range", b.const(0, dtype="int64"), n, b.const(1, dtype="int64"))
+    cast = b.op("Cast", rows, to=1)
+    grid = b.op("Unsqueeze", cast, b.const([1, 2, 3], dtype="int64"))
+    t = b.op("Concat", b.op("Unsqueeze", n, b.const([0], dtype="int64")), b.const([1, 4, 4], dtype="int64"), axis=0)
+    minus = b.op("Equal", t, b.const([-1, -1, -1, -1], dtype="int64"))
+    target = b.op("Where", minus, b.const([1, 1, 1, 1], dtype="int64"), t)
+    mask = b.op("Expand", grid, target)
+    out = b.op("Add", scores, mask)
+    b.output(out)
+    x.shape, scores.shape = ("B", 4), ("B", 3, 4, 4)
+    rows.shape, cast.shape, grid.shape = ("r",), ("r",), ("r", 1, 1, 1)
+    mask.shape, out.shape = ("m0", "m1", "m2", "m3"), ("o", 3, 4, 4)
+    assert check_pass(refine_shapes, b)
+    assert rows.shape == ("B",) and grid.shape == ("B", 1, 1, 1)
+    assert mask.shape == ("B", 1, 4, 4) and out.shape == ("B", 3, 4, 4)

@@ -35,6 +35,7 @@ from typing import Callable
 from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.shapes import Shape
 from kiln.passes.match import const_ints, live_nodes
+from kiln.passes.shape_values import scalar_dim, vector_dims
 
 UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Identity",
                    "Cast", "Softmax", "LeakyRelu", "Clip", "Reciprocal", "Floor", "Ceil", "Round", "Sign"})
@@ -78,25 +79,12 @@ def _refine(v: Value, dims: Shape) -> bool:
 
 
 def _reshape(node: Node) -> Shape | None:
-    """Constant entries of the shape input (a constant, or a Concat of parts): a positive one is
-    the dim; 0 copies X's dim there (allowzero 0); -1 is what X's size leaves once every other
-    dim is static."""
-    target = node.input(1)
-    if target is None:
+    """The shape input's known entries (shape_values.vector_dims): a positive one or a symbol is
+    the dim; 0 copies X's dim there (allowzero 0); an unknown one keeps the output's dim; -1 is
+    what X's size leaves (_leftover)."""
+    entries = vector_dims(node.input(1))
+    if entries is None:
         return None
-    whole = const_ints(target)
-    if whole is not None:
-        entries: list[int | str | None] = list(whole)
-    else:
-        producer = target.producer()
-        if producer is None or producer.op != "Concat" or producer.domain != "":
-            return None
-        entries = []
-        for part in producer.inputs:
-            if part is None or part.shape is None or len(part.shape) != 1 or not isinstance(part.shape[0], int):
-                return None
-            values = const_ints(part)
-            entries += list(values) if values is not None else _shape_dims(part) or [None] * part.shape[0]
     x = node.input(0).shape
     copy = not node.attrs.get("allowzero", 0)
     out = node.outputs[0].shape
@@ -114,34 +102,6 @@ def _reshape(node: Node) -> Shape | None:
         i = entries.index(-1)
         dims[i] = _leftover(x, [d for j, d in enumerate(dims) if j != i])
     return tuple(dims)
-
-
-def _shape_dims(part: Value) -> list[int | str] | None:
-    """The dims a 1-D shape tensor holds where it is a tensor's shape read back: Shape(v), or
-    Unsqueeze(Gather(Shape(v), k)) (a symbol stays a symbol; exporters build a Reshape's target
-    from them)."""
-    node = part.producer()
-    if node is not None and node.op == "Unsqueeze" and not node.domain and node.inputs[0] is not None \
-            and node.inputs[0].shape == ():
-        node = node.inputs[0].producer()
-        if node is None or node.op != "Gather" or node.domain or node.input(1) is None:
-            return None
-        index, source = const_ints(node.input(1)), node.inputs[0].producer()
-        if index is None or len(index) != 1 or source is None or not _whole_shape(source):
-            return None
-        shape = source.inputs[0].shape
-        k = index[0] + len(shape) if shape is not None and index[0] < 0 else index[0]
-        return [shape[k]] if shape is not None and 0 <= k < len(shape) else None
-    if node is not None and _whole_shape(node):
-        shape = node.inputs[0].shape
-        return list(shape) if shape is not None and len(shape) == part.shape[0] else None
-    return None
-
-
-def _whole_shape(node: Node) -> bool:
-    """A Shape node reading its whole input's shape (no start or end)."""
-    return node.op == "Shape" and not node.domain and node.inputs[0] is not None \
-        and "start" not in node.attrs and "end" not in node.attrs
 
 
 def _leftover(x: Shape, others: list[int | str]) -> int | str:
@@ -239,11 +199,19 @@ def _broadcast(node: Node) -> Shape | None:
 
 
 def _expand(node: Node) -> Shape | None:
-    """X broadcast against the constant target shape."""
-    x, target = node.input(0).shape, const_ints(node.input(1)) if node.input(1) is not None else None
+    """X broadcast against the target shape (its entries as far as known: shape_values.py)."""
+    x, target = node.input(0).shape, vector_dims(node.input(1))
     if x is None or target is None:
         return None
-    return _broadcast_dims([x, tuple(target)])
+    return _broadcast_dims([x, tuple(UNKNOWN if d is None or isinstance(d, int) and d < 0 else d for d in target)])
+
+
+def _range(node: Node) -> Shape | None:
+    """Range(0, n, 1): n elements, n a constant or a dim read back from a shape."""
+    if const_ints(node.input(0)) != [0] or const_ints(node.input(2)) != [1]:
+        return None
+    n = scalar_dim(node.input(1))
+    return (n,) if isinstance(n, str) or isinstance(n, int) and n >= 0 else None
 
 
 def _concat(node: Node) -> Shape | None:
@@ -286,6 +254,7 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "MatMul": _matmul,
     "Expand": _expand,
     "Concat": _concat,
+    "Range": _range,
     **{op: _broadcast for op in BROADCAST},
     **{op: _same_as_input for op in SAME_AS_INPUT},
 }
