@@ -1,0 +1,50 @@
+"""A dynamic batch reaches every layer as the one symbol the profile binds (refine_shapes): a
+Hugging Face BERT exported with a dynamic batch (torch.onnx, dynamic_axes) has its Reshape
+targets, its mask's Range/Expand and the attention's output Reshape computed from Shape ops, and
+ONNX inference names their dims afresh (unk__N); the tactics that need those dims (the one-tile
+attention, fp8 GEMMs with a known K) were then not offered for a batch 1-32 engine."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+pytest.importorskip("transformers")
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "vocab_size": 2000, "max_position_embeddings": 32}
+
+
+def test_dynamic_batch_bert_keeps_the_batch_symbol_and_static_heads(tmp_path: Path) -> None:
+    from benchmarks import models
+    from kiln.compiler.builder import build, optimized_graph
+    from kiln.config import BuildConfig, Profile
+
+    bert = models.bert(0, name="tiny_bert", seq=16, **TINY)
+    path = models.export_onnx(bert, tmp_path)
+    config = BuildConfig(precision="fp32", device="cpu", tune=False,
+                         profiles=(Profile.from_ranges(models.profile_ranges(bert, [1, 4])),))
+    graph = optimized_graph(str(path), config, lambda _msg: None).graph
+
+    def known(shape) -> bool:  # noqa: ANN001
+        return shape is not None and all(isinstance(d, int) or d == "batch" for d in shape)
+
+    attentions = [n for n in graph.nodes if n.qualified_op == "kiln::Attention"]
+    assert len(attentions) == 2
+    for node in attentions:
+        assert all(known(v.shape) for v in node.inputs if v is not None), [v.shape for v in node.inputs]
+        assert node.inputs[0].shape == ("batch", 4, 16, 8) and known(node.outputs[0].shape)
+    matmuls = [n for n in graph.nodes if n.qualified_op == "kiln::FusedMatMul"]
+    assert matmuls and all(known(n.inputs[0].shape) and n.inputs[0].shape[-1] in (32, 64) for n in matmuls)
+    # and the engine still computes the model, at a batch the export did not see
+    engine = build(str(path), config)
+    feeds = models.make_inputs(bert, 3, seed=1)
+    got = engine.run_tensors(feeds)[bert.output_name]
+    with torch.no_grad():
+        want = bert.module(*[feeds[n] for n in bert.input_names])
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
