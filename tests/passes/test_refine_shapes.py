@@ -183,3 +183,20 @@ def test_a_mask_expanded_to_a_computed_shape_keeps_the_batch():
     assert check_pass(refine_shapes, b)
     assert rows.shape == ("B",) and grid.shape == ("B", 1, 1, 1)
     assert mask.shape == ("B", 1, 4, 4) and out.shape == ("B", 3, 4, 4)
+
+
+def test_reductions_and_flatten_carry_the_batch():
+    """MiniLM's pooling: ReduceSum over the tokens (keepdims 0) is [B, 384], ReduceL2 with
+    keepdims [B, 1]; Flatten keeps a lone symbol, and a product of a symbol and an int is
+    unknown."""
+    b = Builder()
+    x = b.input("x", (2, 4, 6))
+    pooled = b.op("ReduceSum", x, b.const([1], dtype="int64"), keepdims=0)
+    norm = b.op("ReduceL2", pooled, b.const([-1], dtype="int64"), keepdims=1)
+    flat = b.op("Flatten", x, axis=1)
+    rows = b.op("Flatten", x, axis=2)
+    b.output(b.op("Div", pooled, norm), flat, rows)
+    x.shape = ("B", 4, 6)
+    pooled.shape, norm.shape, flat.shape, rows.shape = ("u", 6), ("v", "w"), ("p", "q"), ("r", 6)
+    assert check_pass(refine_shapes, b)
+    assert pooled.shape == ("B", 6) and norm.shape == ("B", 1) and flat.shape == ("B", 24) and rows.shape == ("r", 6)

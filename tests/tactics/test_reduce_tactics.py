@@ -1,7 +1,8 @@
-"""ReduceSum.torch / ReduceMean.torch (tactics/reduce.py): one-pass float32-accumulating
-reductions of 16-bit data, against the reference (which widens the input first), across
+"""ReduceSum.torch / ReduceMean.torch / ReduceL2.torch (tactics/reduce.py): one-pass
+float32-accumulating reductions, against the reference (which widens 16-bit input first), across
 axes, keepdims, negative axes, no axes and noop_with_empty_axes; offered on CUDA for float16
-and bfloat16 data only. The kernels are torch calls, so they run on CPU tensors here."""
+and bfloat16 data (ReduceL2 for float32 too). The kernels are torch calls, so they run on CPU
+tensors here (float32 sums and means too, though not offered for it)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from kiln.compiler.tolerance import mismatch
 from kiln.kernels.reference.registry import lookup
-from kiln.tactics.reduce import reduce_mean, reduce_sum
+from kiln.tactics.reduce import reduce_l2, reduce_mean, reduce_sum
 from kiln.tactics.registry import TacticQuery, candidates
 
 CASES = [
@@ -21,9 +22,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("axes, attrs", CASES)
-@pytest.mark.parametrize("op, kernel", [("ReduceSum", reduce_sum), ("ReduceMean", reduce_mean)])
+@pytest.mark.parametrize("op, kernel", [("ReduceSum", reduce_sum), ("ReduceMean", reduce_mean), ("ReduceL2", reduce_l2)])
 def test_matches_reference(op, kernel, axes, attrs, dtype):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 128, 24, generator=g) * 3).to(dtype)
@@ -38,6 +39,8 @@ def test_offered_for_half_types_on_cuda_only():
     for dtype, offered in (("float16", True), ("bfloat16", True), ("float32", False)):
         names = [t.name for t in candidates(TacticQuery("ReduceSum", "cuda", (dtype, "int64"), {}))]
         assert ("ReduceSum.torch" in names) is offered and names[-1] == "ReduceSum.reference"
+        l2 = [t.name for t in candidates(TacticQuery("ReduceL2", "cuda", (dtype, "int64"), {}))]
+        assert "ReduceL2.torch" in l2 and l2[-1] == "ReduceL2.reference"   # float32 too (one kernel for three)
     assert [t.name for t in candidates(TacticQuery("ReduceMean", "cpu", ("float16", "int64"), {}))] == \
         ["ReduceMean.reference"]
 

@@ -244,6 +244,48 @@ def _matmul(node: Node) -> Shape | None:
     return (*batch, a[-2], b[-1])
 
 
+def _reduce(node: Node) -> Shape | None:
+    """Reduce*: the kept axes' dims, a reduced axis 1 (keepdims) or gone; axes from the input
+    (opset 18) or the attribute (earlier ReduceSum takes them as an input since 13)."""
+    x = node.input(0).shape
+    if x is None:
+        return None
+    axes = const_ints(node.input(1)) if node.input(1) is not None else node.attrs.get("axes")
+    if axes is None and node.input(1) is not None:
+        return None   # axes computed at run time
+    if not axes:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(len(x)))
+    drop = {a + len(x) if a < 0 else a for a in axes}
+    if node.attrs.get("keepdims", 1):
+        return tuple(1 if i in drop else d for i, d in enumerate(x))
+    return tuple(d for i, d in enumerate(x) if i not in drop)
+
+
+def _flatten(node: Node) -> Shape | None:
+    """Flatten: [prod(dims before axis), prod(dims from axis)], each side's product where its
+    dims are ints but at most one symbol beside 1s (that symbol)."""
+    x = node.input(0).shape
+    if x is None:
+        return None
+    axis = int(node.attrs.get("axis", 1))
+    axis = axis + len(x) if axis < 0 else axis
+    return (_product(x[:axis]), _product(x[axis:])) if 0 <= axis <= len(x) else None
+
+
+def _product(dims: Shape) -> int | str:
+    symbols = [d for d in dims if isinstance(d, str)]
+    if not symbols:
+        return math.prod(dims)
+    if len(symbols) == 1 and all(d == 1 for d in dims if isinstance(d, int)) and symbols[0] != UNKNOWN:
+        return symbols[0]
+    return UNKNOWN
+
+
+REDUCE = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
 RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Reshape": _reshape,
     "Transpose": _transpose,
@@ -255,6 +297,8 @@ RULES: dict[str, Callable[[Node], Shape | None]] = {
     "Expand": _expand,
     "Concat": _concat,
     "Range": _range,
+    "Flatten": _flatten,
+    **{op: _reduce for op in REDUCE},
     **{op: _broadcast for op in BROADCAST},
     **{op: _same_as_input for op in SAME_AS_INPUT},
 }

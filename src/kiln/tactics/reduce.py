@@ -1,4 +1,4 @@
-"""ReduceSum / ReduceMean of float16/bfloat16 data on the GPU, in one pass.
+"""ReduceSum / ReduceMean of float16/bfloat16 data (and ReduceL2 of those and float32) on the GPU, in one pass.
 
 The reference widens the whole input to float32 first (kernels/reference/reduce.py: float
 reductions accumulate in float32), a copy twice the input's size that the reduction then
@@ -36,11 +36,21 @@ def _one_pass(reduce: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 reduce_sum = _one_pass(torch.sum)
 reduce_mean = _one_pass(torch.mean)
+reduce_l2 = _one_pass(lambda data, dim, keepdim, dtype: torch.linalg.vector_norm(data, 2, dim=dim, keepdim=keepdim,
+                                                                                 dtype=dtype))
 
 
 def _supports(query: TacticQuery) -> bool:
     return query.device == "cuda" and len(query.input_dtypes) > 0 and query.input_dtypes[0] in HALF_TYPES
 
 
+def _supports_l2(query: TacticQuery) -> bool:
+    """ReduceL2 of float32 data too: the reference squares into a copy, sums and takes the root
+    (three kernels), vector_norm does it in one."""
+    return query.device == "cuda" and len(query.input_dtypes) > 0 and query.input_dtypes[0] in (*HALF_TYPES,
+                                                                                                 "float32")
+
+
 register_tactic(Tactic("ReduceSum.torch", "ReduceSum", 1, ("cuda",), reduce_sum, _supports))
 register_tactic(Tactic("ReduceMean.torch", "ReduceMean", 1, ("cuda",), reduce_mean, _supports))
+register_tactic(Tactic("ReduceL2.torch", "ReduceL2", 1, ("cuda",), reduce_l2, _supports_l2))
