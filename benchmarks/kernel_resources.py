@@ -1,7 +1,8 @@
 """What kiln's Triton GEMM kernels compile to for a GPU, without one: registers, spills and
 machine instructions per kernel variant.
 
-    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12] [--cases SUBSTRING] [--space | --conv-space]
+    PYTHONPATH=src python benchmarks/kernel_resources.py [--arch 90] [--top 12] [--cases SUBSTRING] [--operands]
+                                                        [--space | --conv-space]
 
 Each case calls a real launcher (qgemm.qmatmul, gemm.fused_matmul) on CPU tensors of the shapes
 it names, with the kernel swapped for a recorder, so the arguments, constexprs and
@@ -103,14 +104,30 @@ def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dic
     return sig, consts, attrs
 
 
-def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int) -> Resources:
-    """Compile the recorded call for sm_`arch` and read its resources and SASS."""
+def compile_kernel(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int) -> Any:
+    """The recorded call compiled for sm_`arch` (Triton's CompiledKernel: .asm holds each stage)."""
     from triton.backends.compiler import GPUTarget
 
     kw = dict(kw)
     options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
     sig, consts, attrs = _signature(jit, args, kw)
-    kernel = triton.compile(ASTSource(jit, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(ASTSource(jit, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def mma_operands(ttgir: str) -> str:
+    """How the warp-group MMAs of a compiled kernel get their A operand: from shared memory (a
+    memdesc, as TMA wrote it) or from registers (a tensor: a shared-memory load, then layout
+    conversions to the MMA's operand layout), with the counts of those loads and conversions."""
+    dots = re.findall(r"ttng\.warp_group_dot %\S+, %\S+, %\S+ \{[^}]*\} : (\S+)", ttgir)
+    from_smem = sum(1 for a in dots if a.startswith("!ttg.memdesc"))
+    return (f"{len(dots)} warp_group_dot: A from shared memory {from_smem}, from registers {len(dots) - from_smem}; "
+            f"local_load {ttgir.count('ttg.local_load')}, convert_layout {ttgir.count('ttg.convert_layout')}, "
+            f"reshape {ttgir.count('tt.reshape')}")
+
+
+def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int) -> Resources:
+    """Compile the recorded call for sm_`arch` and read its resources and SASS."""
+    kernel = compile_kernel(jit, args, kw, arch)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -301,6 +318,15 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
         config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),
     "uint8 X (zero point) conv 1x1, int8 residual + mid, pointer walk": lambda: qconv_case(
         torch.int8, TensorProto.INT8, True, kernel=1, x_uint8=True, residual_8bit=True, mid=True),
+    **{f"{label} conv 3x3 {size}x{size}, WINDOW walk (TMA persistent)": (
+        lambda dtype=dtype, size=size, out=out, space=space: qconv_case(
+            dtype, out, False, size=size, config=next(c for c in space if c.get("TMA") and c.get("PERSISTENT"))))
+       for label, dtype, out, space in (("int8", torch.int8, TensorProto.INT8, qconv.INT8_CONFIGS),
+                                        ("fp8", torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, qconv.FP8_CONFIGS))
+       for size in (7, 14, 56)},
+    "int8 conv 1x1, int8 residual + Relu, flat rows, WINDOW walk (TMA persistent)": lambda: qconv_case(
+        torch.int8, TensorProto.INT8, True, kernel=1, residual_8bit=True,
+        config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),
     "fp8 conv 1x1, residual + Relu, fp8 out": lambda: qconv_case(torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True,
                                                                   kernel=1),
     "int8 conv 1x1, int8 residual + Relu, int8 out": lambda: qconv_case(torch.int8, TensorProto.INT8, True, kernel=1,
@@ -344,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--space", action="store_true",
                     help="instead: every config of the 8-bit GEMM's tuning spaces on BERT's FFN1 with the GELU + "
                          "requantizing epilogue (which spill, which do not)")
+    ap.add_argument("--operands", action="store_true",
+                    help="also: how each case's warp-group MMAs read their A operand (mma_operands)")
     ap.add_argument("--conv-space", action="store_true",
                     help="instead: every config of the 8-bit conv's tuning spaces on a ResNet-50 stage-3 3x3 conv "
                          "(Relu, requantized) and a 1x1 conv reading an 8-bit residual")
@@ -370,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         top = ", ".join(f"{op} {n}" for op, n in r.opcodes.most_common(args.top))
         print(f"{name:52s} regs {r.registers:3d}  spill {r.local:4d} B  stack {r.stack:4d} B  "
               f"instructions {r.instructions:5d}\n    {top}")
+        if args.operands:
+            print(f"    {mma_operands(compile_kernel(jit, call_args, kw, args.arch).asm['ttgir'])}")
 
 
 if __name__ == "__main__":
