@@ -3,7 +3,6 @@ one-op program, absent optional inputs, attributes (Cast's `to`), and which quer
 CPU tests run the kernel in Triton's interpreter (tests/conftest.py) on tiny shapes."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,18 +12,8 @@ from kiln.kernels.reference import supported_ops
 from kiln.tactics.elementwise import one_op_program
 from kiln.tactics.registry import TacticQuery, candidates, get_tactic
 
-pytestmark = [pytest.mark.skipif(not kiln_triton.available(), reason="Triton is not installed")]
-
-
-@pytest.fixture(autouse=True)
-def _kernel_device():  # noqa: ANN202
-    """The CPU under Triton's interpreter (no GPU), the GPU otherwise (compiled kernels take no CPU tensors)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        yield
-        return
-    torch.set_default_device("cuda")
-    yield
-    torch.set_default_device(None)
+pytestmark = [pytest.mark.skipif(not kiln_triton.available(), reason="Triton is not installed"),
+              pytest.mark.usefixtures("kernel_device")]
 
 
 def test_one_op_program_maps_given_inputs_and_keeps_absent_ones() -> None:

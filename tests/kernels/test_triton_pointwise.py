@@ -7,7 +7,6 @@ tactic's whole domain (dtypes, broadcast patterns, every tuning config, odd size
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from kiln.kernels import triton as kiln_triton
 
 pytestmark = [pytest.mark.skipif(not kiln_triton.available(), reason="Triton is not installed"),
+              pytest.mark.usefixtures("kernel_device"),
               # the interpreter's numpy warns on the inf/NaN cases the tests make on purpose
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -40,18 +40,6 @@ def _tol(dtypes: set[torch.dtype]) -> dict[str, float]:
     if torch.float16 in dtypes:
         return {"rtol": 1e-2, "atol": 1e-2}
     return {"rtol": 1e-4, "atol": 1e-5}
-
-
-@pytest.fixture(autouse=True)
-def _kernel_device():  # noqa: ANN202
-    """Tensors made without a device go where the kernels run: the CPU under Triton's interpreter
-    (no GPU), the GPU otherwise (the compiled kernels take no CPU tensors)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        yield
-        return
-    torch.set_default_device("cuda")
-    yield
-    torch.set_default_device(None)
 
 
 @pytest.fixture(autouse=True)
