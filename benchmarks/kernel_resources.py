@@ -318,12 +318,13 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
         config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),
     "uint8 X (zero point) conv 1x1, int8 residual + mid, pointer walk": lambda: qconv_case(
         torch.int8, TensorProto.INT8, True, kernel=1, x_uint8=True, residual_8bit=True, mid=True),
-    **{f"{label} conv 3x3 {size}x{size}, WINDOW walk (TMA persistent)": (
-        lambda dtype=dtype, size=size, out=out, space=space: qconv_case(
-            dtype, out, False, size=size, config=next(c for c in space if c.get("TMA") and c.get("PERSISTENT"))))
+    **{f"{label} conv 3x3 {size}x{size}, WINDOW walk (TMA persistent{', IMAGES boxes' if images else ''})": (
+        lambda dtype=dtype, size=size, out=out, space=space, images=images: qconv_case(
+            dtype, out, False, size=size, config={**next(c for c in space if c.get("TMA") and c.get("PERSISTENT")),
+                                                  **({"IMAGES": 1, "BLOCK_M": 64} if images else {})}))
        for label, dtype, out, space in (("int8", torch.int8, TensorProto.INT8, qconv.INT8_CONFIGS),
                                         ("fp8", torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, qconv.FP8_CONFIGS))
-       for size in (7, 14, 56)},
+       for size in (7, 14, 56) for images in (False, True)},
     "int8 conv 1x1, int8 residual + Relu, flat rows, WINDOW walk (TMA persistent)": lambda: qconv_case(
         torch.int8, TensorProto.INT8, True, kernel=1, residual_8bit=True,
         config=next(c for c in qconv.INT8_CONFIGS if c.get("TMA") and c.get("PERSISTENT"))),

@@ -6,7 +6,8 @@ Every distinct convolution of ResNet-50 (v1.5) at batch 64 but the stem (22 shap
 often each occurs), channels-last, bias + Relu, requantized output (float8 e4m3 or int8) as
 the quantized engines run them. For each: the fastest config of the tuning space without TMA
 (the pointer walks, qconv.py), the fastest with TMA=1 (the WINDOW walk, qconv_window.py; the
-space's TMA configs plus the non-persistent twins of its persistent ones and three more tiles),
+space's TMA configs plus the non-persistent twins of its persistent ones, three more tiles and four
+of IMAGES boxes, marked I),
 kiln's fp16 engine (cuDNN channels-last, tactics/conv.py, the faster of its two epilogue
 configs), and for 1x1 stride-1 layers cuBLASLt's fp8 GEMM (torch._scaled_mm, bf16 out with
 bias, the better of fast and exact accumulation) as a yardstick. Timing: kernels_qconv.bench
@@ -46,6 +47,12 @@ TILE = {"BLOCK_K": 128, "GROUP_M": 8}
 EXTRA = [{"BLOCK_M": 64, "BLOCK_N": 64, **TILE, "num_warps": 4, "num_stages": 6},
          {"BLOCK_M": 256, "BLOCK_N": 64, **TILE, "num_warps": 8, "num_stages": 4},
          {"BLOCK_M": 128, "BLOCK_N": 256, **TILE, "num_warps": 8, "num_stages": 4}]
+# IMAGES boxes (qconv_window.py: BLOCK_M images at one pixel, the MMA reading them from shared
+# memory): not in the tuning spaces until they win a layer here. BLOCK_M 64 = the batch.
+IMAGES = [{"BLOCK_M": 64, "BLOCK_N": 128, **TILE, "num_warps": 4, "num_stages": 4, "IMAGES": 1},
+          {"BLOCK_M": 64, "BLOCK_N": 256, **TILE, "num_warps": 4, "num_stages": 4, "IMAGES": 1},
+          {"BLOCK_M": 64, "BLOCK_N": 128, **TILE, "num_warps": 4, "num_stages": 4, "IMAGES": 1, "SM_PROGRAMS": 2},
+          {"BLOCK_M": 128, "BLOCK_N": 128, **TILE, "num_warps": 8, "num_stages": 4, "IMAGES": 1}]
 
 
 def space() -> tuple[list[dict], list[dict]]:
@@ -55,7 +62,7 @@ def space() -> tuple[list[dict], list[dict]]:
     pointer = [c for c in sp if not c.get("TMA")]
     window = [c for c in sp if c.get("TMA")]
     twins = [{**c, "PERSISTENT": 0} for c in window if c.get("PERSISTENT") and c.get("FP8_ACC", 0) == 0]
-    more = [{**c, "TMA": 1, "PERSISTENT": 1, **({"FP8_ACC": 0} if Q == "fp8" else {})} for c in EXTRA]
+    more = [{**c, "TMA": 1, "PERSISTENT": 1, **({"FP8_ACC": 0} if Q == "fp8" else {})} for c in EXTRA + IMAGES]
     return pointer, window + twins + more
 
 
@@ -105,7 +112,8 @@ def tops(li: int, ms: float) -> float:
 
 def short(c: dict) -> str:
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}w{c['num_warps']}s{c['num_stages']}"
-            + (f"a{c['FP8_ACC']}" if "FP8_ACC" in c else "") + ("P" if c.get("PERSISTENT") else ""))
+            + (f"a{c['FP8_ACC']}" if "FP8_ACC" in c else "") + ("P" if c.get("PERSISTENT") else "")
+            + ("I" if c.get("IMAGES") else ""))
 
 
 def fastest(configs: list[dict], args: tuple, attrs: dict, ref: torch.Tensor) -> list[tuple[float, int, dict]]:

@@ -35,6 +35,8 @@ WINDOW = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps"
 PERSISTENT = {**WINDOW, "PERSISTENT": 1}
 SHARED = {**PERSISTENT, "SM_PROGRAMS": 2}                    # two programs per SM: 8 off the GPU
 POINTERS = {k: v for k, v in WINDOW.items() if k != "TMA"}   # qconv.py's PIXELS walk for a 1x1 stride-1 conv
+IMAGES = {**WINDOW, "IMAGES": 1}                             # boxes of BLOCK_M images at one pixel
+IMAGES_PERSISTENT = {**PERSISTENT, "IMAGES": 1}
 
 # x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
 # strided view), boxes running past the images, more channels than one K step.
@@ -48,7 +50,8 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED], ids=["tile", "persistent", "two-per-sm"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED, IMAGES, IMAGES_PERSISTENT],
+                         ids=["tile", "persistent", "two-per-sm", "images", "images-persistent"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_window_walk_is_exact(name, dtype, config, monkeypatch):
@@ -184,3 +187,24 @@ def test_window_configs_fit_and_are_in_both_spaces():
     y = torch.empty((4096, 256), dtype=I8)
     boxed = [c for c in tq.INT8_CONFIGS + tq.FP8_CONFIGS if c.get("Y_TMA")]
     assert boxed and all(store_tma_ok(c, 1, y) for c in boxed)
+
+
+def test_images_boxes_take_the_images_view(monkeypatch):
+    """IMAGES=1: the descriptor is of [H/SH, SH, W/SW, N, SW*C] with boxes [1, 1, 1, BLOCK_M, BLOCK_K]
+    (BLOCK_M images at one pixel; 32 here, past the batch of 3: masked), and the output is exact;
+    a 1x1 stride-1 conv keeps its flat row of pixels."""
+    made = []
+    real = qw.x_descriptor
+    monkeypatch.setattr(qw, "x_descriptor", lambda *a, **k: (made.append(a[5] if len(a) > 5 else k.get("images")),
+                                                             real(*a, **k))[1])
+    for name, images in (("3x3s2p1", True), ("1x1s1", False)):
+        made.clear()
+        xs, ws, attrs = SHAPES[name]
+        x, w, xsc, wsc, b, _ = _exact_operands(xs, ws, attrs, I8, seed=5)
+        got, want = _both(_channels_last(x), w, xsc, wsc, b, None, activation="Relu", config=IMAGES, **attrs)
+        assert torch.equal(got, want) and made == [images]
+    x = torch.zeros(3, 64, 8, 6, dtype=I8).contiguous(memory_format=torch.channels_last)
+    geo = plan.conv_geometry(x.shape, (24, 64, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2])
+    desc = real(x, geo, False, (32, 1, 1), 64, True)
+    assert list(desc.shape) == [4, 2, 3, 3, 128] and list(desc.block_shape) == [1, 1, 1, 32, 64]
+    assert list(desc.strides) == [2 * 6 * 64, 6 * 64, 2 * 64, 8 * 6 * 64, 1]

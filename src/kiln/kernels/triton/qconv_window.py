@@ -27,7 +27,13 @@ inside X). An X with a zero point or of type uint8 is shifted and corrected as i
 is 0), and the mid quantization of an explicitly quantized residual block runs in the epilogue
 too. A 1x1 stride-1 conv takes the view [1, 1, 1, N*H*W, C]: a plain GEMM over rows of pixels.
 The box (window_box) is the split of BLOCK_M that wastes the fewest computed pixels on the output's edges: ResNet-50's 56x56 outputs take 2x8x8 boxes, 28x28
-8x4x4, 14x14 32x2x2, none wasted. PERSISTENT=1: one program per SM walks the tiles, the loop nest
+8x4x4, 14x14 32x2x2, none wasted. Config IMAGES=1 (not a 1x1 stride-1 conv's flat row) takes
+boxes of BLOCK_M images at one output pixel instead, from the view [H/SH, SH, W/SW, N, SW*C] (the
+images next to the channels, strides permuted): the box is [1, 1, 1, BI, BLOCK_K], one row of
+the operand per image, so the reshape to [BLOCK_M, BLOCK_K] only drops unit dims and the MMA
+reads the box from shared memory as TMA wrote it (a multi-row box goes through registers:
+`benchmarks/kernel_resources.py --operands`), and a 7x7 output wastes no pixel; images past N
+(N not a multiple of BLOCK_M) are computed and masked. PERSISTENT=1: one program per SM walks the tiles, the loop nest
 flattened so that the next tile's loads overlap this tile's epilogue.
 
 The epilogue is qconv.py's (qconv_epilogue.py), on the box's pixels: Y and the residual are
@@ -68,7 +74,7 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                  ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                  QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 IMAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                  X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
@@ -99,7 +105,10 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
         # (shifted by 8*SH so that the division is of a non-negative number: PH < 8*SH).
         dh = kh - PH + 8 * SH
         dw = kw - PW + 8 * SW
-        a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
+        if IMAGES:   # the view [H/SH, SH, W/SW, N, SW*C]: a box of BI images at one pixel
+            a = x_desc.load([oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, n0, (dw % SW) * C + c0])
+        else:
+            a = x_desc.load([n0, oh0 + dh // SH - 8, dh % SH, ow0 + dw // SW - 8, (dw % SW) * C + c0])
         a = signed_x(tl.reshape(a, [BLOCK_M, BLOCK_K]), X_U8)
         b = w_desc.load([off_n, step * BLOCK_K])                              # [BLOCK_N, BLOCK_K]
         acc = dot8(a, b.T, acc, FP8_ACC)
@@ -129,7 +138,8 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   HAS_RES: tl.constexpr, RES_Q: tl.constexpr, RES_INT: tl.constexpr, HAS_RZP: tl.constexpr,
                   ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr,
                   QMAX: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-                  BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  BW: tl.constexpr, IMAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
                   HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
     """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
@@ -140,14 +150,14 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                          K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
                          OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC,
                          WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN,
-                         QMAX, Y_TMA, BI, BH, BW, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP,
-                         MQMIN, MQMAX)
+                         QMAX, Y_TMA, BI, BH, BW, IMAGES, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID,
+                         HAS_MZP, MQMIN, MQMAX)
     else:
         _window_tile(x_desc, w_desc, tl.program_id(0), Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS,
                      KW, K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
                      OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL,
                      HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, BI, BH,
-                     BW, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
+                     BW, IMAGES, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 # --- host side ------------------------------------------------------------------------------------
@@ -199,14 +209,21 @@ def window_applies(x: Tensor, wp: Tensor, geo, pointwise: bool, dense: bool, blo
     return h % geo.sh == 0 and wd % geo.sw == 0 and geo.ph < 8 * geo.sh and geo.pw < 8 * geo.sw
 
 
-def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], block_k: int):  # noqa: ANN001, ANN201
+def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], block_k: int,  # noqa: ANN001, ANN201
+                 images: bool = False):
     """The 5-D TMA descriptor of X's strided view [N, H/SH, SH, W/SW, SW*C] (module docstring), or
-    of [1, 1, 1, N*H*W, C] for a 1x1 stride-1 conv; the box [BI, BH, 1, BW, BLOCK_K]."""
+    of [1, 1, 1, N*H*W, C] for a 1x1 stride-1 conv; the box [BI, BH, 1, BW, BLOCK_K]. `images`:
+    the images moved next to the channels, [H/SH, SH, W/SW, N, SW*C], and the box [1, 1, 1, BI,
+    BLOCK_K]: BI images at one pixel (the module docstring's IMAGES boxes)."""
     n, c, h, w = x.shape
     bi, bh, bw = box
     if pointwise:
         shape = [1, 1, 1, n * h * w, c]
         strides = [n * h * w * c, n * h * w * c, n * h * w * c, c, 1]
+    elif images:
+        sn, _, sh, sw = x.stride()
+        return descriptor_type()(x, [h // geo.sh, geo.sh, w // geo.sw, n, geo.sw * c],
+                                 [geo.sh * sh, sh, geo.sw * sw, sn, 1], [1, 1, 1, bi, block_k])
     else:
         sn, _, sh, sw = x.stride()
         shape = [n, h // geo.sh, geo.sh, w // geo.sw, geo.sw * c]
@@ -230,7 +247,8 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     else:
         dims, ys, rs = (n, geo.oh, geo.ow), (y.stride(0), y.stride(2), y.stride(3)), \
             (res.stride(0), res.stride(2), res.stride(3))
-    box = window_box(*dims, bm)
+    images = bool(cfg.get("IMAGES")) and not flat_rows
+    box = (bm, 1, 1) if images else window_box(*dims, bm)
     tiles = tuple(-(-d // b) for d, b in zip(dims, box))
     count = tiles[0] * tiles[1] * tiles[2] * triton.cdiv(oc, bn)
     persistent = bool(cfg.get("PERSISTENT"))
@@ -239,11 +257,11 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
     y_arg, y_tma = output_boxes(y_out, cfg, bk, 1, res_bytes) if flat_rows else (y_out, False)
     assert not y_tma or box[:2] == (1, 1), "a TMA-stored tile is a run of pixels (the kernel stores it at (ow0, n))"
     window_kernel[(programs,)](
-        x_descriptor(x, geo, flat_rows, box, bk), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
+        x_descriptor(x, geo, flat_rows, box, bk, images), descriptor_type().from_tensor(wp, [bn, bk]), y_arg, *dims, oc,
         *tiles, c, c // bk, geo.kw, geo.kh * geo.kw * (c // bk), geo.ph, geo.pw, programs,
         *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
-        BI=box[0], BH=box[1], BW=box[2], BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
+        BI=box[0], BH=box[1], BW=box[2], IMAGES=images, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
 
 
