@@ -40,7 +40,8 @@ step. Three walks (the constexpr PATH, chosen by `k_loop`), TAPS in two forms:
   tap's C channels are walked in blocks of BLOCK_K, the last one masked past C in X (MASK_C)
   and zero-padded in the packed W ([OC, KH*KW*C'], C' = C rounded up to BLOCK_K).
 A fourth walk, WINDOW (config TMA=1, qconv_window.py), brings X in by TMA boxes of several
-images, rows and columns where C is a multiple of 32 and the strides divide H and W; elsewhere a
+images, rows and columns (IMAGES=1: of BLOCK_M images at one pixel, which the MMA reads from
+shared memory) where C is a multiple of 32 and the strides divide H and W; elsewhere a
 TMA config runs the same tile through the walks above. The Y_TMA key stores the output tile as
 one TMA box where the output is a flat [N*OH*OW, OC] matrix (channels-last Y: any pointer walk,
 whose tile is BLOCK_M consecutive output pixels; WINDOW where its box is a run of pixels). The
