@@ -200,3 +200,13 @@ def test_reductions_and_flatten_carry_the_batch():
     pooled.shape, norm.shape, flat.shape, rows.shape = ("u", 6), ("v", "w"), ("p", "q"), ("r", 6)
     assert check_pass(refine_shapes, b)
     assert pooled.shape == ("B", 6) and norm.shape == ("B", 1) and flat.shape == ("B", 24) and rows.shape == ("r", 6)
+
+
+def test_a_float_range_is_not_read_as_a_shape():
+    """Range(0, 5.5, 1) has 6 elements: float scalars are not dims (const_ints would truncate)."""
+    b = Builder()
+    r = b.op("Range", b.const(0.0), b.const(5.5), b.const(1.0))
+    b.output(r)
+    r.shape = ("n",)
+    refine_shapes(b.graph)
+    assert r.shape == ("n",)

@@ -17,7 +17,7 @@ Entry = int | str | None
 def vector_dims(v: Value | None) -> list[Entry] | None:
     """The entries of the 1-D int tensor `v` (None where unknown), or None when even its length
     is not known."""
-    if v is None or v.shape is None or len(v.shape) != 1 or not isinstance(v.shape[0], int):
+    if v is None or v.shape is None or len(v.shape) != 1 or not isinstance(v.shape[0], int) or _float(v):
         return None
     n = v.shape[0]
     values = const_ints(v)
@@ -49,7 +49,7 @@ def vector_dims(v: Value | None) -> list[Entry] | None:
 def scalar_dim(v: Value | None) -> Entry:
     """The value of the int scalar `v`: a constant, or one dim of a tensor's shape read back
     (Gather(Shape(x), k) with a constant k): x's dim k, a symbol where it is one."""
-    if v is None:
+    if v is None or _float(v):
         return None
     values = const_ints(v)
     if values is not None:
@@ -84,6 +84,11 @@ def _where_minus_one(node: Node) -> list[Entry] | None:
     fill = single * len(dims) if single else vector_dims(a)
     return [d if isinstance(d, str) or isinstance(d, int) and d != -1 else
             fill[i] if fill is not None and len(fill) == len(dims) and d == -1 else None for i, d in enumerate(dims)]
+
+
+def _float(v: Value) -> bool:
+    """A float tensor: not a shape (its values would be truncated by const_ints)."""
+    return v.dtype is not None and v.dtype.is_float
 
 
 def _whole_shape(node: Node) -> bool:
