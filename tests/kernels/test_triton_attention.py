@@ -186,7 +186,8 @@ def test_tactic_support_rules():
 
 
 def test_one_tile_support_rules_and_refusal():
-    """The one-tile tactic: the Triton kernel's rules and at most MAX_ONE_TILE_KEYS keys, known."""
+    """The one-tile tactic: the Triton kernel's rules and at most MAX_ONE_TILE_KEYS keys, known or
+    bounded by the profiles."""
     tactic = get_tactic("kiln::Attention.triton_one_tile")
 
     def query(lk):
@@ -194,6 +195,10 @@ def test_one_tile_support_rules_and_refusal():
 
     assert tactic.supports(query(128)) and tactic.supports(query(197)) and tactic.supports(query(ta.MAX_ONE_TILE_KEYS))
     assert not tactic.supports(query(ta.MAX_ONE_TILE_KEYS + 1)) and not tactic.supports(query("seq"))
+    # a dynamic sequence whose profiles keep it within one tile (TacticQuery.dim_max)
+    bounded = lambda most: TacticQuery("kiln::Attention", "cuda", ("float16",) * 3, {},  # noqa: E731
+                                       (("b", 12, "seq", 64),) * 3, dim_max={"seq": most})
+    assert tactic.supports(bounded(128)) and not tactic.supports(bounded(ta.MAX_ONE_TILE_KEYS + 1))
     mixed = TacticQuery("kiln::Attention", "cuda", ("float16", "float32", "float16"), {}, ((1, 1, 8, 64),) * 3)
     assert not tactic.supports(mixed)
     z = torch.zeros(1, 1, ta.MAX_ONE_TILE_KEYS + 1, 16, device=DEV)

@@ -210,3 +210,20 @@ def test_a_float_range_is_not_read_as_a_shape():
     r.shape = ("n",)
     refine_shapes(b.graph)
     assert r.shape == ("n",)
+
+
+def test_position_ids_cut_to_a_bounded_sequence():
+    """position_ids[:, :seq] (Slice(0, Gather(Shape(x), 1)) of a [1, 8] table) is seq long where the
+    profiles keep seq within the table (graph.dim_bounds); without that bound it stays unknown."""
+    for bounds, want in (({"S": (1, 8)}, (1, "S")), ({"S": (1, 9)}, (1, "n")), ({}, (1, "n"))):
+        b = Builder()
+        x = b.input("x", (2, 6))
+        table = b.input("table", (1, 8))
+        seq = b.op("Unsqueeze", b.op("Gather", b.op("Shape", x), b.const(1, dtype="int64"), axis=0),
+                   b.const([0], dtype="int64"))
+        cut = b.op("Slice", table, b.const([0], dtype="int64"), seq, b.const([1], dtype="int64"))
+        b.output(cut)
+        x.shape, table.shape, cut.shape = ("B", "S"), (1, 8), ("u", "n")
+        b.graph.dim_bounds = bounds
+        refine_shapes(b.graph)
+        assert cut.shape == want, (bounds, cut.shape)

@@ -38,7 +38,7 @@ import torch
 
 from kiln import __version__
 from kiln.compiler.lower import lower, plan_memory
-from kiln.compiler.profiles import resolve_profiles
+from kiln.compiler.profiles import resolve_profiles, symbol_bounds
 from kiln.compiler.quantize_step import QUANTIZERS, calibrate_and_quantize, calibration_batch_size
 from kiln.compiler.timer import CudaTimer, Timer
 from kiln.compiler.timing_cache import TimingCache, environment
@@ -106,6 +106,7 @@ def optimized_graph(model: str | os.PathLike | onnx.ModelProto, config: BuildCon
 
     say("importing")
     graph = import_model(fix_input_dims(proto, dims))
+    graph.dim_bounds = symbol_bounds(profiles, dims)
     bad = unsupported_nodes(graph)
     if bad:
         raise UnsupportedOpError(describe_unsupported(bad))
@@ -192,7 +193,8 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     plan, consts = lower(graph, device)
     tune = config.tune and (timer is not None or device == "cuda")
     if tune:  # one run at the opt shapes: tactics timed and activation sizes recorded together
-        outcome = _tune(plan, consts, device, profiles[0], config, timer, say, graph.layout)
+        outcome = _tune(plan, consts, device, profiles[0], config, timer, say, graph.layout,
+                        {sym: hi for sym, (_, hi) in graph.dim_bounds.items()})
         plan, probe = outcome.plan, outcome.sizes
     header = {
         "kiln_version": __version__,
@@ -250,13 +252,13 @@ def fp16_overflow(graph: Graph, config: BuildConfig,
 
 
 def _tune(plan: Plan, consts: dict[str, torch.Tensor], device: str, profile: Profile, config: BuildConfig,
-          timer: Timer | None, say: Progress, layout: str) -> TuneOutcome:
+          timer: Timer | None, say: Progress, layout: str, dim_max: dict[str, int]) -> TuneOutcome:
     say("tuning")
     cache = TimingCache(config.timing_cache, environment(device)) if config.timing_cache else None
     # Time the kernels under the engine's math mode (fp32: TF32 off, tf32: on; runtime/engine.py).
     with math_mode(config.precision if device == "cuda" else None):
         return tune_plan(plan, consts, device, profile, timer or CudaTimer(), cache, say,
-                         TuneSettings(tf32=config.precision == "tf32"), layout=layout)
+                         TuneSettings(tf32=config.precision == "tf32"), layout=layout, dim_max=dim_max)
 
 
 def _probe_sizes(engine: Engine, profile) -> dict[int, int] | str:  # noqa: ANN001

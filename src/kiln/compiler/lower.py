@@ -66,12 +66,13 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
     inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"),
                            v.kind) for v in graph.inputs)
     steps: list[Step] = []
+    dim_max = {sym: hi for sym, (_, hi) in graph.dim_bounds.items()}
     for n in graph.nodes:
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
         # Shapes as inferred (symbolic dims as str): the tactic must hold over the whole profile.
         shapes = tuple(None if v is None else _dims(v) for v in n.inputs)
         tactic = choose_tactic(TacticQuery(n.qualified_op, device, dts, n.attrs, shapes, graph.layout,
-                                             len(n.outputs)))
+                                             len(n.outputs), dim_max))
         host = is_host_step(n, tactic.placement)
         if host and tactic.placement != "host":
             tactic = get_tactic(f"{n.qualified_op}.reference")  # host steps compute on host tensors

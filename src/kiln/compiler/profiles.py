@@ -71,3 +71,25 @@ def resolve_profiles(model: onnx.ModelProto, config: BuildConfig) -> tuple[tuple
             fixed.append(seen.pop() if all(ranges) and len(seen) == 1 else d)
         import_dims[name] = fixed
     return profiles, import_dims
+
+
+def symbol_bounds(profiles: tuple[Profile, ...], import_dims: dict[str, list[int | str]]) -> dict[str, tuple[int, int]]:
+    """(min, max) of each symbolic dim the model is imported with (resolve_profiles' dims) over
+    `profiles`: every input an engine runs lies inside one profile, so every value of the symbol
+    lies inside these bounds. A symbol in several places ('batch' of each input) takes, per
+    profile, the intersection of their ranges, then the hull over the profiles."""
+    hull: dict[str, tuple[int, int]] = {}
+    for p in profiles:
+        own: dict[str, tuple[int, int]] = {}
+        for name, dims in import_dims.items():
+            r = p.get(name)
+            if r is None:
+                continue
+            for i, d in enumerate(dims):
+                if isinstance(d, str) and d != "?" and i < len(r.min):
+                    lo, hi = own.get(d, (r.min[i], r.max[i]))
+                    own[d] = (max(lo, r.min[i]), min(hi, r.max[i]))
+        for sym, (lo, hi) in own.items():
+            old = hull.get(sym)
+            hull[sym] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return hull

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -46,14 +46,16 @@ class TuneOutcome:
 
 def tune_plan(plan: Plan, constants: dict[str, torch.Tensor], device: str, profile: Profile, timer: Timer,
               cache: TimingCache | None = None, progress: Callable[[str], None] | None = None,
-              settings: TuneSettings = TuneSettings(), layout: str = "nchw") -> TuneOutcome:
-    """Tune `plan` (lowered from a graph with `layout`, see passes/choose_layout.py)."""
+              settings: TuneSettings = TuneSettings(), layout: str = "nchw",
+              dim_max: Mapping[str, int] | None = None) -> TuneOutcome:
+    """Tune `plan` (lowered from a graph with `layout`, see passes/choose_layout.py; `dim_max`:
+    its symbolic dims' largest values over the build's profiles, TacticQuery.dim_max)."""
     t0 = time.perf_counter()
     if any(b.kind != "tensor" for b in plan.inputs):
         why = "the engine has sequence or optional inputs"
         return TuneOutcome(plan, why, {"skipped": why})
     dev = torch.device(device)
-    tuner = _StepTuner(plan, device, layout, timer, cache, settings, progress or (lambda _msg: None))
+    tuner = _StepTuner(plan, device, layout, timer, cache, settings, progress or (lambda _msg: None), dim_max or {})
     executor = _TuningExecutor(plan, constants_by_slot(plan, constants, dev), dev, tuner)
     feeds = synthetic_inputs(plan.inputs, profile, "opt", dev)
     sizes: dict[int, int] | str = {}
@@ -109,8 +111,9 @@ def _route(tuner: _StepTuner, k: int) -> Callable[..., Any]:
 
 class _StepTuner:
     def __init__(self, plan: Plan, device: str, layout: str, timer: Timer, cache: TimingCache | None,
-                 settings: TuneSettings, progress: Callable[[str], None]) -> None:
+                 settings: TuneSettings, progress: Callable[[str], None], dim_max: Mapping[str, int]) -> None:
         self.plan, self.device, self.layout, self.timer, self.cache = plan, device, layout, timer, cache
+        self.dim_max = dim_max
         self.settings = settings
         self.progress = progress
         self.choices: dict[int, Choice | Candidate] = {}
@@ -157,7 +160,7 @@ class _StepTuner:
         symbolic = tuple(None if i is None else self.plan.slots[i].shape for i in ins)
         concrete = _shapes(args, len(ins))
         query = TacticQuery(step.op, self.device, dtypes, step.attrs, symbolic, self.layout,
-                            len(step.outputs))
+                            len(step.outputs), self.dim_max)
         general = {t.name for t in candidates(query)}
         placement = get_tactic(step.tactic).placement
         found = candidates(replace(query, input_shapes=concrete))

@@ -137,6 +137,9 @@ class Graph:
         self.outer: dict[str, Value] = {}
         # "nhwc": 2-D convolution regions run channels-last (passes/choose_layout.py decides).
         self.layout: str = "nchw"
+        # (min, max) of each symbolic input dim over the build's profiles (compiler/profiles.py:
+        # symbol_bounds): an engine runs only inputs inside them. Empty: nothing known.
+        self.dim_bounds: dict[str, tuple[int, int]] = {}
 
     def captured_values(self) -> list[Value]:
         """Non-constant values this graph (as a subgraph) reads from enclosing graphs, nested

@@ -152,14 +152,26 @@ def _unsqueeze(node: Node) -> Shape | None:
 
 
 def _slice(node: Node) -> Shape | None:
-    """Dims of the axes the Slice does not cut (the cut ones stay as they are)."""
+    """Dims of the axes the Slice does not cut; a cut axis [0, s) with step 1, s a dim read back
+    from a shape (a model's position ids cut to its sequence: position_ids[:, :seq]) whose
+    profile bounds (graph.dim_bounds) keep it within the axis' static size, is s long. Other cut
+    axes stay as they are."""
     x = node.input(0).shape
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
     starts = const_ints(node.input(1))
     if x is None or starts is None:
         return None
-    cut = {a + len(x) if a < 0 else a for a in (axes if axes is not None else range(len(starts)))}
-    return tuple(UNKNOWN if i in cut else d for i, d in enumerate(x))
+    order = [a + len(x) if a < 0 else a for a in (axes if axes is not None else range(len(starts)))]
+    dims = [UNKNOWN if i in order else d for i, d in enumerate(x)]
+    ends = vector_dims(node.input(2))
+    steps = const_ints(node.input(4)) if node.input(4) is not None else [1] * len(starts)
+    bounds = node.graph.dim_bounds if node.graph is not None else {}
+    if ends is not None and steps is not None and len(ends) == len(starts) == len(steps) == len(order):
+        for i, start, end, step in zip(order, starts, ends, steps):
+            if (start == 0 and step == 1 and 0 <= i < len(x) and isinstance(x[i], int) and isinstance(end, str)
+                    and end in bounds and 0 <= bounds[end][0] and bounds[end][1] <= x[i]):
+                dims[i] = end
+    return tuple(dims)
 
 
 def _gather(node: Node) -> Shape | None:

@@ -134,13 +134,15 @@ def _supports_triton(query: TacticQuery) -> bool:
 
 
 def _supports_one_tile(query: TacticQuery) -> bool:
-    """The Triton kernel's rules, and every key in one tile: a known key count of at most
-    MAX_ONE_TILE_KEYS."""
+    """The Triton kernel's rules, and every key in one tile: a key count of at most
+    MAX_ONE_TILE_KEYS, known, or symbolic with a largest value (query.dim_max: a dynamic sequence
+    within the build's profiles) that is; the launcher sizes the tile to each run's keys."""
     from kiln.kernels.triton.attention import MAX_ONE_TILE_KEYS
 
     if not _supports_triton(query):
         return False
     lk = query.input_shapes[1][-2]
+    lk = query.dim_max.get(lk) if isinstance(lk, str) else lk
     return isinstance(lk, int) and 0 < lk <= MAX_ONE_TILE_KEYS
 
 

@@ -9,8 +9,8 @@ tuner picks among the candidates whose `supports` accepts the node.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from kiln.errors import EngineFormatError
 from kiln.kernels.reference import supported_ops
@@ -28,6 +28,9 @@ class TacticQuery:
     input_shapes: tuple[tuple[int | str, ...] | None, ...] = ()
     layout: str = "nchw"                     # the graph's layout decision (passes/choose_layout.py)
     n_outputs: int = 1                       # outputs the node uses (e.g. MaxPool without Indices)
+    # The largest value of each symbolic dim over the build's profiles (Graph.dim_bounds): a
+    # tactic whose limit is an upper bound (the one-tile attention's key count) may read it.
+    dim_max: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
