@@ -155,23 +155,27 @@ MODELS: dict[str, Callable[[int], BenchModel]] = {
 }
 
 
-def export_onnx(model: BenchModel, folder: Path, seed: int = 0) -> Path:
-    """The model as ONNX with a dynamic batch dim, exported once into `folder` and reused.
+def export_onnx(model: BenchModel, folder: Path, seed: int = 0, dynamic_seq: bool = False) -> Path:
+    """The model as ONNX with a dynamic batch dim (and with `dynamic_seq`, a token model's dynamic
+    sequence dim too), exported once into `folder` and reused.
 
     The file name carries the architecture source (with its version), the seed and
     EXPORT_VERSION, so a cached file always holds the same weights as `model.module`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if dynamic_seq and (model.kind != "tokens" or model.exporter is not None):
+        raise ValueError(f"{model.name}: a dynamic sequence needs a token model exported here (not an image model, "
+                         "nor one with its own exporter)")
     if model.exporter is not None:
         return model.exporter(folder)
     tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in "_".join(model.source.split()[:2]))
-    path = folder / f"{model.name}.{tag}.seed{seed}.export{EXPORT_VERSION}.opset{OPSET}.onnx"
+    path = folder / f"{model.name}.{tag}.seed{seed}{'.seq' if dynamic_seq else ''}.export{EXPORT_VERSION}.opset{OPSET}.onnx"
     if path.exists():
         return path
     example = make_inputs(model, 2, seed)
     args = tuple(example[n] for n in model.input_names)
-    axes = {n: {0: "batch"} for n in (*model.input_names, model.output_name)}
+    axes = {n: {0: "batch", **({1: "seq"} if dynamic_seq else {})} for n in (*model.input_names, model.output_name)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
