@@ -1,6 +1,6 @@
 """GPU: the Triton kiln::QConv's pointer walks against its TMA WINDOW walk, per ResNet-50 layer.
 
-    Q=fp8 PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_walks.py     (Q=int8 for int8)
+    Q=fp8 PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_walks.py     (Q=int8 for int8; ONLY=3x3: those layers)
 
 Every distinct convolution of ResNet-50 (v1.5) at batch 64 but the stem (22 shapes, with how
 often each occurs), channels-last, bias + Relu, requantized output (float8 e4m3 or int8) as
@@ -43,6 +43,7 @@ LAYERS = [
     ("s4 1x1 2048->512", 2, 64, 2048, 7, 7, 512, 1, 1, 0), ("s4 3x3 512", 2, 64, 512, 7, 7, 512, 3, 1, 1),
 ]
 Q = os.environ.get("Q", "fp8")
+ONLY = os.environ.get("ONLY", "")   # a substring of the layer names to keep (e.g. "3x3"); all when empty
 TILE = {"BLOCK_K": 128, "GROUP_M": 8}
 EXTRA = [{"BLOCK_M": 64, "BLOCK_N": 64, **TILE, "num_warps": 4, "num_stages": 6},
          {"BLOCK_M": 256, "BLOCK_N": 64, **TILE, "num_warps": 8, "num_stages": 4},
@@ -132,7 +133,8 @@ def main() -> None:
     from kiln.kernels.triton import qconv as tq
     print(torch.cuda.get_device_name(), torch.__version__, Q, flush=True)
     pointer, window = space()
-    tasks = [(li, w, ci) for li in range(len(LAYERS)) for w, sp in ((0, pointer), (1, window)) for ci in range(len(sp))]
+    chosen = [li for li, layer in enumerate(LAYERS) if ONLY in layer[0]]
+    tasks = [(li, w, ci) for li in chosen for w, sp in ((0, pointer), (1, window)) for ci in range(len(sp))]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=14, mp_context=get_context("spawn")) as pool:
         errors = [e for e in pool.map(warm, tasks, chunksize=2) if e]
@@ -140,10 +142,13 @@ def main() -> None:
     for e in errors[:12]:
         print("  ERROR", e)
     total = dict(cudnn=0.0, pointer=0.0, window=0.0, best=0.0)
-    for li, (name, count, n, c, h, w, oc, k, s, p) in enumerate(LAYERS):
+    for li in chosen:
+        name, count, n, c, h, w, oc, k, s, p = LAYERS[li]
         args, attrs = make(li)
         ref = tq.qconv(*args, **attrs, config=pointer[0]).view(torch.uint8).int()
         rp, rw = fastest(pointer, args, attrs, ref), fastest(window, args, attrs, ref)
+        none = {"BLOCK_M": 0, "BLOCK_N": 0, "num_warps": 0, "num_stages": 0}
+        images = next((t for t in rw if t[2].get("IMAGES")), (float("nan"), -1, none))   # the fastest IMAGES config
         cudnn, (_, _, b16) = kiln_fp16_ms(n, c, h, w, oc, k, s, p)
         mm = float("nan")
         if k == 1 and s == 1 and Q == "fp8":
@@ -153,7 +158,8 @@ def main() -> None:
                                                          use_fast_accum=fa)) for fa in (True, False))
         print(f"{name:22s} x{count} cudnn16 {cudnn * 1e3:6.1f} us | pointer {rp[0][0] * 1e3:6.1f} ({tops(li, rp[0][0]):4.0f} T "
               f"{short(rp[0][2])} d{rp[0][1]}) | window {rw[0][0] * 1e3:6.1f} ({tops(li, rw[0][0]):4.0f} T {short(rw[0][2])} "
-              f"d{rw[0][1]}) | scaled_mm {mm * 1e3:6.1f} | " + " ".join(f"{short(t[2])}:{t[0] * 1e3:.1f}" for t in rw[1:5]),
+              f"d{rw[0][1]}) | images {images[0] * 1e3:6.1f} ({short(images[2])} d{images[1]}) | "
+              f"scaled_mm {mm * 1e3:6.1f} | " + " ".join(f"{short(t[2])}:{t[0] * 1e3:.1f}" for t in rw[1:5]),
               flush=True)
         total["cudnn"] += count * cudnn
         total["pointer"] += count * rp[0][0]
