@@ -346,7 +346,8 @@ def test_search_builds_reuse_the_overflow_check(monkeypatch) -> None:
 
     model, calib = scaled_output(), _calibration()
     config = BuildConfig(precision="int8", float_precision="fp16", device="cpu", tune=False)
-    plain = search(model, config, ("cosine", -1.0), calibration=calib)
+    with pytest.warns(UserWarning, match="layer 'scale'"):
+        plain = search(model, config, ("cosine", -1.0), calibration=calib)
     target = min(1.0, plain.reduced + (1.0 - plain.reduced) * 0.9)
     checks: list[int] = []
     measure = builder_module.fp16_overflow
