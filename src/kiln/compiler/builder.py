@@ -193,8 +193,7 @@ def build(model: str | os.PathLike | onnx.ModelProto, config: BuildConfig | None
     plan, consts = lower(graph, device)
     tune = config.tune and (timer is not None or device == "cuda")
     if tune:  # one run at the opt shapes: tactics timed and activation sizes recorded together
-        outcome = _tune(plan, consts, device, profiles[0], config, timer, say, graph.layout,
-                        {sym: hi for sym, (_, hi) in graph.dim_bounds.items()})
+        outcome = _tune(plan, consts, device, profiles[0], config, timer, say, graph.layout, graph.dim_max)
         plan, probe = outcome.plan, outcome.sizes
     header = {
         "kiln_version": __version__,

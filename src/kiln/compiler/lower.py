@@ -66,7 +66,7 @@ def lower(graph: Graph, device: str) -> tuple[Plan, dict[str, torch.Tensor]]:
     inputs = tuple(Binding(v.name, v.dtype.name if v.dtype else "float32", _dims(v) or (), slot_of(v, "input"),
                            v.kind) for v in graph.inputs)
     steps: list[Step] = []
-    dim_max = {sym: hi for sym, (_, hi) in graph.dim_bounds.items()}
+    dim_max = graph.dim_max
     for n in graph.nodes:
         dts = tuple(None if v is None or v.dtype is None else v.dtype.name for v in n.inputs)
         # Shapes as inferred (symbolic dims as str): the tactic must hold over the whole profile.

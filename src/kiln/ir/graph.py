@@ -141,6 +141,11 @@ class Graph:
         # symbol_bounds): an engine runs only inputs inside them. Empty: nothing known.
         self.dim_bounds: dict[str, tuple[int, int]] = {}
 
+    @property
+    def dim_max(self) -> dict[str, int]:
+        """Each bounded symbol's largest value (dim_bounds' maxima): TacticQuery.dim_max."""
+        return {sym: hi for sym, (_, hi) in self.dim_bounds.items()}
+
     def captured_values(self) -> list[Value]:
         """Non-constant values this graph (as a subgraph) reads from enclosing graphs, nested
         bodies included, in first-use order: they become the trailing inputs of the body."""
