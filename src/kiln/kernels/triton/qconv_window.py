@@ -217,18 +217,17 @@ def x_descriptor(x: Tensor, geo, pointwise: bool, box: tuple[int, int, int], blo
     BLOCK_K]: BI images at one pixel (the module docstring's IMAGES boxes)."""
     n, c, h, w = x.shape
     bi, bh, bw = box
+    block = [bi, bh, 1, bw, block_k]
     if pointwise:
         shape = [1, 1, 1, n * h * w, c]
         strides = [n * h * w * c, n * h * w * c, n * h * w * c, c, 1]
-    elif images:
-        sn, _, sh, sw = x.stride()
-        return descriptor_type()(x, [h // geo.sh, geo.sh, w // geo.sw, n, geo.sw * c],
-                                 [geo.sh * sh, sh, geo.sw * sw, sn, 1], [1, 1, 1, bi, block_k])
     else:
         sn, _, sh, sw = x.stride()
         shape = [n, h // geo.sh, geo.sh, w // geo.sw, geo.sw * c]
         strides = [sn, geo.sh * sh, sh, geo.sw * sw, 1]
-    return descriptor_type()(x, shape, strides, [bi, bh, 1, bw, block_k])
+        if images:   # the images dim moved next to the channels
+            shape, strides, block = shape[1:4] + [n, shape[4]], strides[1:4] + [sn, 1], [1, 1, 1, bi, block_k]
+    return descriptor_type()(x, shape, strides, block)
 
 
 def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, geo, flat_rows: bool,  # noqa: ANN001
