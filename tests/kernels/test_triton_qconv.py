@@ -390,7 +390,7 @@ def test_geometry_matches_the_reference_and_configs_are_well_formed():
     assert plan.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1)).pointwise(5, 5)
     assert not plan.conv_geometry((1, 16, 5, 5), (4, 16, 1, 1), pads=[0, 0, 1, 1]).pointwise(5, 5)
     keys = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
-    window = {"TMA", "PERSISTENT", "Y_TMA", "SM_PROGRAMS"}            # qconv_window.py's walk
+    window = {"TMA", "PERSISTENT", "Y_TMA", "SM_PROGRAMS", "IMAGES"}            # qconv_window.py's walk
     assert all(keys <= set(c) <= keys | window for c in tq.INT8_CONFIGS)
     assert all(keys | {"FP8_ACC"} <= set(c) <= keys | window | {"FP8_ACC"} for c in tq.FP8_CONFIGS)
     assert tq.FP8_CONFIGS[0]["FP8_ACC"] > 0 and "TMA" not in tq.FP8_CONFIGS[0]

@@ -103,6 +103,11 @@ _PERSISTENT = {"TMA": 1, "PERSISTENT": 1, **_Y}
 # Two persistent programs per SM (qgemm_tma.persistent_programs): one warpgroup each, stages and
 # output box within half an SM's shared memory, so one program's epilogue runs beside the other's MMAs.
 _SHARED = {**_PERSISTENT, "SM_PROGRAMS": 2}
+# IMAGES boxes (qconv_window.py): BLOCK_M images at one output pixel, persistent, the tile stored
+# through its strides. They won ResNet-50's 3x3 layers past stage 1 and its 7x7 ones at batch 64
+# with fp8 (s4 3x3 512 26.4 -> 17.0 us) and one int8 layer (benchmarks/kernels_qconv_walks.py,
+# H200, 2026-11-29). A 1x1 stride-1 conv runs the config as the flat-row WINDOW walk.
+_IMAGES = {"TMA": 1, "PERSISTENT": 1, "IMAGES": 1}
 # The tuning spaces. Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes (8-bit
 # operands): 128x256x128 at 3 stages is 144 KiB of the 227 KiB an H100/H200 block may have.
 # Narrow tiles (BLOCK_N 64) are for the 64-channel layers of ResNet's first stage. TMA=1 takes
@@ -124,6 +129,8 @@ INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, **_SHARED},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_SHARED},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_SHARED},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, **_TMA},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_IMAGES},
 )
 # fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
 # registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
@@ -151,6 +158,10 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
      **_SHARED},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
      **_SHARED},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
+     **_IMAGES},
+    {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
+     **_IMAGES},
 )
 
 

@@ -105,7 +105,7 @@ def fp8_promotion(cfg: dict[str, Any], block_k: int | None = None) -> int:
 
 def describe(cfg: dict[str, Any]) -> str:
     """A config as the reports print it: "128x128x64 w4 s4 FP8_ACC=0 TMA=1"."""
-    keys = ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "FAST_GELU", "Y_TMA", "S2D")
+    keys = ("FP8_ACC", "TMA", "PERSISTENT", "SM_PROGRAMS", "FAST_GELU", "Y_TMA", "S2D", "IMAGES")
     flags = "".join(f" {k}={cfg[k]}" for k in keys if k in cfg)
     return (f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} "
             f"s{cfg.get('num_stages')}{flags}")
