@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tuning_fakes import FakeTimer, failing, fake, relu, wrong_relu  # noqa: E402
 
 from kiln.compiler.timing_cache import TimingCache  # noqa: E402
-from kiln.compiler.tuner import Candidate, TuneSettings, choose, expand  # noqa: E402
+from kiln.compiler.tuner import Candidate, TuneSettings, choose, expand, warm  # noqa: E402
 
 X = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -111,3 +111,34 @@ def test_candidates_run_with_a_config_keyword_only_when_they_have_one() -> None:
     Candidate(plain, {}).run((X,), {"alpha": 1.0})
     Candidate(plain, {"BLOCK": 8}).run((X,), {"alpha": 1.0})
     assert seen == [{"alpha": 1.0}, {"alpha": 1.0, "config": {"BLOCK": 8}}]
+
+
+def test_warm_runs_each_candidate_once_in_threads_and_drops_errors() -> None:
+    import threading
+    seen: list[tuple[str, int, bool]] = []
+
+    def probe(name: str, fails: bool = False):  # noqa: ANN202
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            seen.append((name, threading.get_ident(), torch.is_inference_mode_enabled()))
+            if fails:
+                raise RuntimeError("compile failed")
+            return x + 1
+        return fn
+
+    log: list[str] = []
+    cands = expand([fake("t.a", "Relu", probe("t.a"), log), fake("t.b", "Relu", probe("t.b", fails=True), log),
+                    fake("t.c", "Relu", probe("t.c"), log), fake("t.d", "Relu", probe("t.d"), log)])
+    assert warm(cands, (X,), {}, threads=3) == 3                        # t.b's error dropped
+    assert sorted(n for n, _, _ in seen) == ["t.a", "t.b", "t.c", "t.d"]   # each once
+    assert all(mode for _, _, mode in seen)                              # in inference mode, as tuning runs
+    me = threading.get_ident()
+    assert seen[0][:2] == ("t.a", me) and all(tid != me for _, tid, _ in seen[1:])   # the rest in the pool
+    assert warm([], (X,), {}, threads=3) == 0
+
+
+def test_choose_does_not_warm_off_the_gpu() -> None:
+    # CPU inputs: every candidate runs once for its check and then only under the timer.
+    log: list[str] = []
+    tactics = [fake("t.a", "Relu", relu, log), fake("t.b", "Relu", relu, log), fake("t.reference", "Relu", relu, log)]
+    pick(tactics, {"t.a": 1.0, "t.b": 2.0, "t.reference": 3.0}, log, settings=TuneSettings(warm_threads=4))
+    assert log[:3] == ["t.reference", "t.a", "t.a"]

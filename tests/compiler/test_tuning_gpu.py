@@ -132,3 +132,37 @@ def test_accuracy_budget_times_its_plan_on_the_gpu() -> None:
     assert [k["layer"] for k in budget["kept"]] == ["fc2"]
     speed = budget["speed"]
     assert speed["engine_ms"] > 0 and speed["wider_ms"] > 0 and speed["wider_precision"] == "fp32"
+
+
+def test_choose_warms_cuda_candidates_in_threads_on_the_callers_stream() -> None:
+    """On a CUDA input the candidates first run once each in the warm threads, on the calling
+    thread's device and stream, and are then checked and timed on the calling thread."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tuning_fakes import fake
+
+    from kiln.compiler.tuner import TuneSettings, choose, expand
+
+    seen: list[tuple[str, int, int]] = []
+
+    def probe(name: str):  # noqa: ANN202
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            seen.append((name, threading.get_ident(), torch.cuda.current_stream().cuda_stream))
+            return torch.relu(x)
+        return fn
+
+    log: list[str] = []
+    tactics = [fake(f"t.{n}", "Relu", probe(f"t.{n}"), log) for n in "abc"] + \
+        [fake("t.reference", "Relu", probe("t.reference"), log)]
+    x = torch.randn(64, 64, device="cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side), torch.inference_mode():
+        choice = choose(expand(tactics), (x,), {}, CudaTimer(), 1, TuneSettings(repeats=2, probe=1, warm_threads=3))
+    me = threading.get_ident()
+    warmed = seen[:3]
+    assert warmed[0][:2] == ("t.a", me) and sorted(n for n, _, _ in warmed[1:]) == ["t.b", "t.c"]
+    assert all(tid != me for _, tid, _ in warmed[1:])                   # the rest in the pool
+    assert all(s == side.cuda_stream for _, _, s in seen)
+    assert all(tid == me for _, tid, _ in seen[3:])                      # checks and timings: the calling thread
+    assert torch.equal(choice.outputs[0], torch.relu(x))

@@ -10,12 +10,20 @@ tactic whose `supports` accepts the node. For each candidate, in order:
   3. it is timed `probe` times; when that median is over `drop_ratio` x the best so far
      it is dropped (early stop: a kernel 2x slower will not win on more samples), else
      it is timed `repeats - probe` times more and the median of all is its time.
+Before step 2, on a CUDA device, the candidates the cache does not answer first run once each in
+`warm_threads` threads (warm): Triton compiles a kernel variant on its first launch (about a
+second for an 8-bit conv config; its compiler releases the GIL), so the variants compile side by
+side instead of one after another; those runs' results are dropped, and every check and timing
+above still runs on the calling thread, one candidate at a time, after all of them have finished.
 The fastest valid candidate wins, ties going to the earlier one (the registry lists
 specialised tactics first); the runner-up is kept for `kiln inspect`. The plan's run
 goes on with the winner's outputs.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -59,6 +67,7 @@ class TuneSettings:
     probe: int = 3             # first runs, after which a slow candidate is dropped
     drop_ratio: float = 2.0    # "slow": probe median > drop_ratio x the best so far
     tf32: bool = False         # a tf32 engine: float32 outputs checked at TF32's tolerance, timings cached apart
+    warm_threads: int = min(8, os.cpu_count() or 1)   # threads compiling a step's candidates (warm); 1: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,10 @@ def choose(cands: Sequence[Candidate], args: Sequence[Any], attrs: dict[str, Any
             if e is not None:
                 trials[i] = Trial(c, e.status, e.ms, "from the timing cache", cached=True)
     best_ms = min((t.ms for t in trials if t is not None and t.valid), default=float("inf"))
+    pending = [c for c, t in zip(cands, trials) if t is None and c is not oracle]
+    device = next((a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda), None)
+    if device is not None and settings.warm_threads > 1 and len(pending) > 1:
+        warm(pending, args, attrs, settings.warm_threads, device)
     reference: tuple[Any, ...] | None = None
     best_outputs: tuple[int, Any] | None = None
     calls = 0
@@ -143,6 +156,37 @@ def choose(cands: Sequence[Candidate], args: Sequence[Any], attrs: dict[str, Any
     tried = "; ".join(f"{t.candidate.label}: {t.status}" for t in done)
     raise BuildError(f"no candidate tactic gave valid results ({tried}); the timing cache may be stale: delete it "
                      "and build again.")
+
+
+def warm(cands: Sequence[Candidate], args: Sequence[Any], attrs: dict[str, Any], threads: int,
+         device: torch.device | None = None) -> int:
+    """Run each candidate once, `threads` at a time (the design note's warm), in inference mode
+    as the tuning run is and, on a CUDA `device`, on the calling thread's device and stream (both
+    are per thread) once the inputs are ready; waits for the runs. Results and errors are dropped:
+    the trials report them. Returns how many ran without error. The first runs on the calling
+    thread (a process's first Triton launch sets up its driver)."""
+    cuda = device is not None and device.type == "cuda"
+    stream = torch.cuda.current_stream(device) if cuda else None
+    if cuda:
+        torch.cuda.synchronize(device)
+
+    def one(c: Candidate) -> bool:
+        try:
+            with torch.inference_mode(), torch.cuda.device(device) if cuda else nullcontext(), \
+                    torch.cuda.stream(stream) if cuda else nullcontext():
+                c.run(args, attrs)
+            return True
+        except Exception:  # noqa: BLE001 - the candidate's trial reports the failure
+            return False
+
+    if not cands:
+        return 0
+    ran = int(one(cands[0]))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        ran += sum(pool.map(one, cands[1:]))
+    if cuda:
+        torch.cuda.synchronize(device)
+    return ran
 
 
 def _trial(c: Candidate, is_oracle: bool, reference: tuple[Any, ...], args: Sequence[Any], attrs: dict[str, Any],
