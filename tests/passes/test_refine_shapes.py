@@ -227,3 +227,22 @@ def test_position_ids_cut_to_a_bounded_sequence():
         b.graph.dim_bounds = bounds
         refine_shapes(b.graph)
         assert cut.shape == want, (bounds, cut.shape)
+
+
+def test_reshape_targets_read_from_shape_slices_and_gathers():
+    """Reshape targets taken from part of a shape: Shape(x, end=1), Slice(Shape(x), 0, 1) and
+    Gather(Shape(x), [0, 1]) hold x's leading dims, symbols included, so the Reshape's -1 is
+    fixed with B cancelled; the same dims fold to constants where they are static."""
+    b = Builder()
+    x = b.input("x", (2, 3, 8))
+    first = b.op("Shape", x, end=1)
+    sliced = b.op("Slice", b.op("Shape", x), b.const([0], dtype="int64"), b.const([1], dtype="int64"))
+    pair = b.op("Gather", b.op("Shape", x), b.const([0, 1], dtype="int64"), axis=0)
+    r1 = b.op("Reshape", x, b.op("Concat", first, b.const([-1, 4], dtype="int64"), axis=0))
+    r2 = b.op("Reshape", x, b.op("Concat", sliced, b.const([6, -1], dtype="int64"), axis=0))
+    r3 = b.op("Reshape", x, b.op("Concat", pair, b.const([2, -1], dtype="int64"), axis=0))
+    b.output(r1, r2, r3)
+    x.shape = ("B", 3, 8)
+    r1.shape, r2.shape, r3.shape = ("u1", "u2", 4), ("u3", 6, "u4"), ("u5", "u6", 2, "u7")
+    assert check_pass(refine_shapes, b)
+    assert r1.shape == ("B", 6, 4) and r2.shape == ("B", 6, 4) and r3.shape == ("B", 3, 2, 4)

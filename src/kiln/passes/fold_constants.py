@@ -20,7 +20,8 @@ from kiln.ir.dtypes import from_torch
 from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.shapes import Shape, is_static, numel
 from kiln.kernels.reference.interpret import as_tensor, evaluate_node
-from kiln.passes.match import const_array, const_ints, produced_by
+from kiln.passes.match import const_array
+from kiln.passes.shape_values import gathered_dims, shape_slice, sliced_dims
 
 # Folding must give the same answer on every run.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -92,56 +93,24 @@ def _evaluate(node: Node) -> list[torch.Tensor] | None:
     return [t.contiguous() for t in results[:len(node.outputs)]]
 
 
-def _shape_slice(node: Node) -> Shape | None:
-    """The dims a Shape node returns (its start/end applied), when x's rank is known."""
-    x = node.input(0)
-    if x is None or x.shape is None:
-        return None
-    start, end = node.attrs.get("start", 0), node.attrs.get("end")
-    return tuple(x.shape[start:end])
-
-
 def _fold_shape_arithmetic(node: Node) -> list[torch.Tensor] | None:
     if node.domain != "":
         return None
     dims: Shape | None = None
     if node.op == "Shape":
-        dims = _shape_slice(node)
+        dims = shape_slice(node)
     elif node.op == "Size" and is_static(node.input(0).shape):
         return [torch.tensor(numel(node.input(0).shape), dtype=torch.int64)]
-    elif node.op == "Gather" and node.attrs.get("axis", 0) == 0:
-        dims = _gathered_dims(node)
+    elif node.op == "Gather":
+        dims = gathered_dims(node)
     elif node.op == "Slice":
-        dims = _sliced_dims(node)
+        dims = sliced_dims(node)
     if dims is None or not is_static(dims):
         return None
     if node.op == "Gather":
         idx = const_array(node.input(1))
         return [torch.tensor(dims, dtype=torch.int64).reshape(idx.shape)]
     return [torch.tensor(dims, dtype=torch.int64).reshape(len(dims))]
-
-
-def _sliced_dims(node: Node) -> Shape | None:
-    """Slice(Shape(x), starts, ends[, axes=[0], steps=[1]]): the dims picked, when constant."""
-    shape_node = produced_by(node.input(0), "Shape")
-    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
-    axes = const_ints(node.input(3)) if node.input(3) is not None else [0]
-    steps = const_ints(node.input(4)) if node.input(4) is not None else [1]
-    if shape_node is None or starts is None or ends is None or axes not in ([0], [-1]) or steps != [1]:
-        return None
-    dims = _shape_slice(shape_node)
-    return None if dims is None else tuple(dims[starts[0]:ends[0]])
-
-
-def _gathered_dims(node: Node) -> Shape | None:
-    shape_node = produced_by(node.input(0), "Shape")
-    idx = const_ints(node.input(1))
-    if shape_node is None or idx is None:
-        return None
-    dims = _shape_slice(shape_node)
-    if dims is None or any(not -len(dims) <= i < len(dims) for i in idx):
-        return None
-    return tuple(dims[i] for i in idx)
 
 
 def _become_constant(out: Value, data: torch.Tensor) -> None:

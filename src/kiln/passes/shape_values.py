@@ -9,7 +9,7 @@ when it fixes a Reshape's -1. Entries nothing fixes are None. Read-only: no node
 from __future__ import annotations
 
 from kiln.ir.graph import Node, Value
-from kiln.passes.match import const_ints
+from kiln.passes.match import const_ints, produced_by
 
 Entry = int | str | None
 
@@ -27,9 +27,15 @@ def vector_dims(v: Value | None) -> list[Entry] | None:
     found: list[Entry] | None = None
     if node is None or node.domain:
         found = None
-    elif node.op == "Shape" and _whole_shape(node):
-        shape = node.inputs[0].shape
-        found = list(shape) if shape is not None else None
+    elif node.op == "Shape":
+        dims = shape_slice(node)
+        found = list(dims) if dims is not None else None
+    elif node.op == "Slice":
+        dims = sliced_dims(node)
+        found = list(dims) if dims is not None else None
+    elif node.op == "Gather" and node.inputs[1] is not None and node.inputs[1].shape == (n,):
+        dims = gathered_dims(node)
+        found = list(dims) if dims is not None else None
     elif node.op == "Unsqueeze" and node.inputs[0] is not None and node.inputs[0].shape == ():
         found = [scalar_dim(node.inputs[0])]
     elif node.op == "Concat":
@@ -55,16 +61,43 @@ def scalar_dim(v: Value | None) -> Entry:
     if values is not None:
         return values[0] if len(values) == 1 else None
     node = v.producer()
-    if node is None or node.domain or node.op != "Gather" or node.input(1) is None:
+    dims = gathered_dims(node) if node is not None else None
+    return dims[0] if dims is not None and len(dims) == 1 else None
+
+
+def shape_slice(node: Node) -> tuple[Entry, ...] | None:
+    """The dims a Shape node returns (its start and end applied as ONNX defines them: negative
+    counts from the rank, clamped), when its input's rank is known."""
+    x = node.input(0)
+    if node.qualified_op != "Shape" or x is None or x.shape is None:
         return None
-    index, source = const_ints(node.input(1)), node.inputs[0].producer() if node.inputs[0] is not None else None
-    if index is None or len(index) != 1 or source is None or not _whole_shape(source):
+    return tuple(x.shape[node.attrs.get("start", 0):node.attrs.get("end")])
+
+
+def gathered_dims(node: Node) -> tuple[Entry, ...] | None:
+    """Gather(Shape(x), indices) along axis 0 with constant indices: the dims picked."""
+    if node.qualified_op != "Gather" or node.attrs.get("axis", 0) not in (0, -1):
         return None
-    shape = source.inputs[0].shape
-    if shape is None:
+    source = produced_by(node.input(0), "Shape")
+    idx = const_ints(node.input(1))
+    dims = shape_slice(source) if source is not None else None
+    if dims is None or idx is None or any(not -len(dims) <= i < len(dims) for i in idx):
         return None
-    k = index[0] + len(shape) if index[0] < 0 else index[0]
-    return shape[k] if 0 <= k < len(shape) else None
+    return tuple(dims[i] for i in idx)
+
+
+def sliced_dims(node: Node) -> tuple[Entry, ...] | None:
+    """Slice(Shape(x), starts, ends[, axes=[0], steps=[1]]) with constant bounds: the dims picked."""
+    if node.qualified_op != "Slice":
+        return None
+    source = produced_by(node.input(0), "Shape")
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes = const_ints(node.input(3)) if node.input(3) is not None else [0]
+    steps = const_ints(node.input(4)) if node.input(4) is not None else [1]
+    if source is None or starts is None or ends is None or axes not in ([0], [-1]) or steps != [1]:
+        return None
+    dims = shape_slice(source)
+    return None if dims is None else tuple(dims[starts[0]:ends[0]])
 
 
 def _where_minus_one(node: Node) -> list[Entry] | None:
@@ -91,7 +124,3 @@ def _float(v: Value) -> bool:
     return v.dtype is not None and v.dtype.is_float
 
 
-def _whole_shape(node: Node) -> bool:
-    """A Shape node reading its whole input's shape (no start or end)."""
-    return node.op == "Shape" and not node.domain and node.inputs[0] is not None \
-        and "start" not in node.attrs and "end" not in node.attrs
