@@ -1,6 +1,7 @@
 """GPU: the Triton kiln::QConv's pointer walks against its TMA WINDOW walk, per ResNet-50 layer.
 
-    Q=fp8 PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_walks.py     (Q=int8 for int8; ONLY=3x3: those layers)
+    Q=fp8 PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_walks.py     (Q=int8 for int8; ONLY=3x3: those layers;
+                                                                          BK=256: also every config with BLOCK_K 256)
 
 Every distinct convolution of ResNet-50 (v1.5) at batch 64 but the stem (22 shapes, with how
 often each occurs), channels-last, bias + Relu, requantized output (float8 e4m3 or int8) as
@@ -44,6 +45,10 @@ LAYERS = [
 ]
 Q = os.environ.get("Q", "fp8")
 ONLY = os.environ.get("ONLY", "")   # a substring of the layer names to keep (e.g. "3x3"); all when empty
+# BK=256: every config also with that BLOCK_K (stages cut to fit 200 KiB of operands). Triton keeps no
+# int32-accumulating wgmma in flight across K steps (it waits for each), so a longer K step halves
+# how often int8's tensor cores stall; marked kN.
+BK = int(os.environ.get("BK", "0"))
 TILE = {"BLOCK_K": 128, "GROUP_M": 8}
 EXTRA = [{"BLOCK_M": 64, "BLOCK_N": 64, **TILE, "num_warps": 4, "num_stages": 6},
          {"BLOCK_M": 256, "BLOCK_N": 64, **TILE, "num_warps": 8, "num_stages": 4},
@@ -64,7 +69,20 @@ def space() -> tuple[list[dict], list[dict]]:
     window = [c for c in sp if c.get("TMA")]
     twins = [{**c, "PERSISTENT": 0} for c in window if c.get("PERSISTENT") and c.get("FP8_ACC", 0) == 0]
     more = [{**c, "TMA": 1, "PERSISTENT": 1, **({"FP8_ACC": 0} if Q == "fp8" else {})} for c in EXTRA + IMAGES]
-    return pointer, window + twins + more
+    window = window + twins + more
+    if BK:
+        pointer, window = pointer + _with_block_k(pointer), window + _with_block_k(window)
+    return pointer, window
+
+
+def _with_block_k(configs: list[dict]) -> list[dict]:
+    """The configs with BLOCK_K = BK, num_stages cut so that the operand stages fit 200 KiB."""
+    out = []
+    for c in configs:
+        stages = min(c["num_stages"], 200 * 1024 // ((c["BLOCK_M"] + c["BLOCK_N"]) * BK))
+        if stages >= 2 and c["BLOCK_K"] != BK:
+            out.append({**c, "BLOCK_K": BK, "num_stages": stages})
+    return out
 
 
 def make(li: int) -> tuple[tuple, dict]:
@@ -114,7 +132,7 @@ def tops(li: int, ms: float) -> float:
 def short(c: dict) -> str:
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}w{c['num_warps']}s{c['num_stages']}"
             + (f"a{c['FP8_ACC']}" if "FP8_ACC" in c else "") + ("P" if c.get("PERSISTENT") else "")
-            + ("I" if c.get("IMAGES") else ""))
+            + ("I" if c.get("IMAGES") else "") + (f"k{c['BLOCK_K']}" if c["BLOCK_K"] != 128 else ""))
 
 
 def fastest(configs: list[dict], args: tuple, attrs: dict, ref: torch.Tensor) -> list[tuple[float, int, dict]]:
