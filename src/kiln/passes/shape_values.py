@@ -122,5 +122,3 @@ def _where_minus_one(node: Node) -> list[Entry] | None:
 def _float(v: Value) -> bool:
     """A float tensor: not a shape (its values would be truncated by const_ints)."""
     return v.dtype is not None and v.dtype.is_float
-
-
