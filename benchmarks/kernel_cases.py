@@ -106,18 +106,21 @@ def qconv_case(dtype: torch.dtype, out: int | None, residual: bool, kernel: int 
 
 def stem_case(dtype: torch.dtype, config: dict | None = None) -> tuple[Any, tuple, dict]:
     """ResNet-50's stem as the 8-bit conv runs it: X [64, 3, 224, 224] channels-last (three channels:
-    the ROWS walk, or with an S2D config the folded TAPS walk), 7x7 stride 2 pad 3, fp16 bias, Relu,
+    the ROWS walk, or with an S2D config the folded TAPS walk or, with TMA, the WINDOW walk), 7x7 stride 2 pad 3, fp16 bias, Relu,
     requantized to the 8-bit type (the int8/fp8 engines' stem, whose MaxPool then runs on 8-bit
     values)."""
     x = torch.zeros(64, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.zeros(64, 3, 7, 7, dtype=dtype)
     out = TensorProto.FLOAT8E4M3FN if dtype == torch.float8_e4m3fn else TensorProto.INT8
     space = qconv.FP8_CONFIGS if dtype == torch.float8_e4m3fn else qconv.INT8_CONFIGS
-    with recording(qconv, "_qconv_kernel") as rec, recording(frame, "_frame_kernel"):   # the framing copy not run
+    with recording(qconv, "_qconv_kernel") as rec, recording(frame, "_frame_kernel"), \
+            recording(qconv_window, "window_kernel") as window:   # the framing copy not run
         qconv.qconv(x, w, torch.tensor(0.02, dtype=torch.float16), None, torch.rand(64).half(), None,
                     torch.zeros(64, dtype=torch.float16), None, out_scale=torch.tensor(0.05, dtype=torch.float16),
                     out_dtype=out, pads=[3] * 4, strides=[2, 2], activation="Relu",
                     config=dict(config or space[4]))
+    if window.calls:   # an S2D config with TMA: the WINDOW walk over the folded view
+        return (qconv_window.window_kernel, *window.calls[0])
     return (qconv._qconv_kernel, *rec.calls[0])
 
 
@@ -227,6 +230,10 @@ CASES: dict[str, Callable[[], tuple[Any, tuple, dict]]] = {
     "int8 stem, folded space to depth (S2D)": lambda: stem_case(torch.int8, qconv_plan.INT8_S2D_CONFIGS[0]),
     "fp8 stem, folded space to depth (S2D)": lambda: stem_case(torch.float8_e4m3fn,
                                                                {**qconv_plan.FP8_S2D_CONFIGS[0]}),
+    "fp8 stem, folded, WINDOW walk (S2D TMA)": lambda: stem_case(torch.float8_e4m3fn,
+                                                                 {**qconv_plan.INT8_S2D_CONFIGS[3], "FP8_ACC": 0}),
+    "fp8 stem, folded, WINDOW walk persistent (S2D TMA)": lambda: stem_case(
+        torch.float8_e4m3fn, {**qconv_plan.INT8_S2D_CONFIGS[3], "FP8_ACC": 0, "PERSISTENT": 1}),
     "int8 conv 1x1 stride 2 (unpadded: every tap inside)": lambda: qconv_case(
         torch.int8, TensorProto.INT8, False, kernel=1, channels=256, size=56, config=qconv.INT8_CONFIGS[1],
         strides=[2, 2]),

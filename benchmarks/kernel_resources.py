@@ -50,6 +50,9 @@ class Resources:
     local: int            # spilled bytes per thread
     instructions: int     # static count of the SASS
     opcodes: collections.Counter
+    # each WARPGROUP.DEPBAR's count: the warp-group MMA groups it lets stay in flight (0: it waits for
+    # every one issued; Triton keeps a dot in flight across K steps only with a float32 accumulator)
+    mma_waits: collections.Counter
 
 
 def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -122,7 +125,8 @@ def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int)
     if m is None:
         raise RuntimeError(f"cuobjdump gave no resource usage:\n{usage}")
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
-    return Resources(int(m[1]), int(m[2]), int(m[3]), len(ops), collections.Counter(ops))
+    waits = collections.Counter(int(n, 16) for n in re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass))
+    return Resources(int(m[1]), int(m[2]), int(m[3]), len(ops), collections.Counter(ops), waits)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:52s} regs {r.registers:3d}  spill {r.local:4d} B  stack {r.stack:4d} B  "
               f"instructions {r.instructions:5d}\n    {top}")
         if args.operands:
-            print(f"    {mma_operands(compile_kernel(jit, call_args, kw, args.arch).asm['ttgir'])}")
+            waits = ", ".join(f"{n} x{k}" for n, k in sorted(r.mma_waits.items())) or "none"
+            print(f"    {mma_operands(compile_kernel(jit, call_args, kw, args.arch).asm['ttgir'])}; "
+                  f"MMA groups left in flight by each wait (SASS): {waits}")
 
 
 if __name__ == "__main__":

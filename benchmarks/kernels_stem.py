@@ -2,7 +2,7 @@
 cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 convolution
 (kernels/triton/conv.py, every config of its space) and kiln's int8 and fp8 kiln::QConv
 (kernels/triton/qconv.py, every config; the ROWS walk's and the folded space-to-depth ones, S2D=1,
-qconv_s2d.py); then the framed copy of an NCHW input that the Triton ones start with
+qconv_s2d.py; and S2D_TRIALS, persistent ones not in the spaces); then the framed copy of an NCHW input that the Triton ones start with
 (kernels/triton/frame.py), plain and folded.
 
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
@@ -29,6 +29,15 @@ from kiln.kernels.triton import qconv as tq  # noqa: E402
 from kiln.kernels.triton.frame import frame  # noqa: E402
 from kiln.kernels.triton.qconv_plan import FLOAT_CONFIGS  # noqa: E402
 from kiln.kernels.triton.qconv_plan import FP8_S2D_CONFIGS, INT8_S2D_CONFIGS  # noqa: E402
+
+
+# S2D configs not in the spaces: the WINDOW walk persistent (the next tile's loads overlap this
+# tile's epilogue; the stem's K is 4 steps of 64 and every tile writes 128 pixels x 64 channels),
+# with one or two programs per SM, and a 256-row tile.
+_PERSISTENT_S2D = {"BLOCK_K": 64, "GROUP_M": 8, "num_stages": 4, "TMA": 1, "PERSISTENT": 1, "S2D": 1}
+S2D_TRIALS = [{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, **_PERSISTENT_S2D},
+              {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, **_PERSISTENT_S2D, "SM_PROGRAMS": 2},
+              {"BLOCK_M": 256, "BLOCK_N": 64, "num_warps": 8, **_PERSISTENT_S2D}]
 
 
 def median_us(fn) -> float:
@@ -66,12 +75,13 @@ def main() -> None:
     xs = torch.tensor(0.125, device="cuda", dtype=torch.float16)
     ws = torch.full((64,), 0.0125, device="cuda", dtype=torch.float16)
     os_ = torch.tensor(0.05, device="cuda", dtype=torch.float16)
-    quantized("fp8", x8, w8, xs, ws, b, os_, 17, tq.FP8_CONFIGS + FP8_S2D_CONFIGS, attrs)
+    quantized("fp8", x8, w8, xs, ws, b, os_, 17, tq.FP8_CONFIGS + FP8_S2D_CONFIGS
+              + [{**c, "FP8_ACC": 0} for c in S2D_TRIALS], attrs)
     xi = (x.float() * 40).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     wi = (w.float() * 400).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     xsi = torch.tensor(0.025, device="cuda", dtype=torch.float16)
     wsi = torch.full((64,), 0.0025, device="cuda", dtype=torch.float16)
-    quantized("int8", xi, wi, xsi, wsi, b, os_, 3, tq.INT8_CONFIGS + INT8_S2D_CONFIGS, attrs)
+    quantized("int8", xi, wi, xsi, wsi, b, os_, 3, tq.INT8_CONFIGS + INT8_S2D_CONFIGS + S2D_TRIALS, attrs)
     framing(x.contiguous(), x8.contiguous())
 
 

@@ -58,9 +58,11 @@ def test_window_walk_with_a_zero_point_and_mid_quantization_compiles() -> None:
 
 def test_operands_report_where_the_mma_reads_a() -> None:
     """--operands: a 1x1 conv over a flat row of pixels (a box of one row) feeds its MMA from shared
-    memory, as TMA wrote it; the report names the count of each kind."""
+    memory, as TMA wrote it; the report names the count of each kind, and the MMA waits' depths."""
     out = _output("flat rows, WINDOW walk", "--operands")
     assert re.search(r"1 warp_group_dot: A from shared memory 1, from registers 0; local_load 0,", out), out
+    # and what the K loop's waits leave in flight, read from the SASS (at least the wait after the loop)
+    assert re.search(r"MMA groups left in flight by each wait \(SASS\): \d+ x\d+", out), out
 
 
 def test_mma_operands_parses_ttgir() -> None:

@@ -30,6 +30,7 @@ from tests.kernels.test_triton_qconv import window_spy as _windows  # noqa: E402
 TINY = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
         "FP8_ACC": 32, "S2D": 1}
 TINY_TMA = {**TINY, "BLOCK_K": 32, "TMA": 1}
+TINY_PERSISTENT = {**TINY_TMA, "PERSISTENT": 1, "SM_PROGRAMS": 2}
 # x shape, w shape, attributes: the stem, odd sizes and asymmetric padding, stride 4, C 5 and 16.
 SHAPES = {
     "stem_c3": ((2, 3, 11, 11), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
@@ -39,7 +40,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_TMA], ids=["pointers", "tma"])
+@pytest.mark.parametrize("config", [TINY, TINY_TMA, TINY_PERSISTENT], ids=["pointers", "tma", "tma-persistent"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_folded_conv_is_exact(name, dtype, config, monkeypatch):
