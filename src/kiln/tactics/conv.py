@@ -27,6 +27,7 @@ is Relu (otherwise it runs as "torch"). Plain Conv has nothing to tune.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -60,15 +61,28 @@ def cached_weights() -> int:
 
 
 class _Benchmark:
-    """Sets torch.backends.cudnn.benchmark for the duration of a call, then restores it."""
-    __slots__ = ("prev",)
+    """Sets torch.backends.cudnn.benchmark for the duration of a call, then restores it. Calls that
+    overlap (the tuner's warm threads run candidates side by side) share one setting: the first
+    to enter saves the process's value, the last to leave puts it back."""
+    __slots__ = ()
+    _lock = threading.Lock()
+    _inside = 0
+    _saved = False
 
     def __enter__(self) -> None:
-        self.prev = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
+        cls = type(self)
+        with cls._lock:
+            if cls._inside == 0:
+                cls._saved = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = True
+            cls._inside += 1
 
     def __exit__(self, *exc: object) -> None:
-        torch.backends.cudnn.benchmark = self.prev
+        cls = type(self)
+        with cls._lock:
+            cls._inside -= 1
+            if cls._inside == 0:
+                torch.backends.cudnn.benchmark = cls._saved
 
 
 def _fused_cudnn(x: Tensor, w: Tensor, b: Tensor | None, residual: Tensor | None, s: list[int],
