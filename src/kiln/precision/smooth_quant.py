@@ -115,12 +115,13 @@ class SmoothReport:
         return {"alpha": self.alpha, "smoothed": [a.to_json() for a in self.smoothed]}
 
 
-def smoothing_inputs(graph: Graph) -> list[str]:
+def smoothing_inputs(graph: Graph, skip: Collection[int] = ()) -> list[str]:
     """Names of the activations read by a MatMul, Gemm or kiln::FusedMatMul: those whose
-    per-channel maxima a smoothed build calibrates."""
+    per-channel maxima a smoothed build calibrates. `skip`: ids of reader nodes not counted."""
     names: dict[str, None] = {}
     for node in graph.nodes:
-        if node.qualified_op in SMOOTHABLE_READERS and node.input(0) is not None and not node.input(0).is_const:
+        if node.qualified_op in SMOOTHABLE_READERS and id(node) not in skip and node.input(0) is not None \
+                and not node.input(0).is_const:
             names[node.input(0).name] = None
     return list(names)
 
@@ -178,8 +179,7 @@ def smooth(graph: Graph, ranges: Mapping[str, float], channel_max: Mapping[str, 
         if found is not None:
             done.append(found)
     # Activations some matmul reads that no layer rule keeps wider: none smoothed is worth a warning.
-    wanted = {n.input(0).name for n in graph.nodes if n.qualified_op in SMOOTHABLE_READERS and id(n) not in keep_float
-              and n.input(0) is not None and not n.input(0).is_const}
+    wanted = smoothing_inputs(graph, keep_float)
     if not done and wanted:
         warnings.warn(f"--smooth-quant smoothed none of the {len(wanted)} activation(s) that matmuls read "
                       "(none kept wider): each must be float32 or float16, calibrated per channel, and read at its first input "
