@@ -40,17 +40,13 @@ reduce_l2 = _one_pass(lambda data, dim, keepdim, dtype: torch.linalg.vector_norm
                                                                                  dtype=dtype))
 
 
-def _supports(query: TacticQuery) -> bool:
-    return query.device == "cuda" and len(query.input_dtypes) > 0 and query.input_dtypes[0] in HALF_TYPES
+def _gpu_data_of(types: tuple[str, ...]) -> Callable[[TacticQuery], bool]:
+    """`supports`: on the GPU, with data of one of `types`."""
+    return lambda query: query.device == "cuda" and len(query.input_dtypes) > 0 and query.input_dtypes[0] in types
 
 
-def _supports_l2(query: TacticQuery) -> bool:
-    """ReduceL2 of float32 data too: the reference squares into a copy, sums and takes the root
-    (three kernels), vector_norm does it in one."""
-    return query.device == "cuda" and len(query.input_dtypes) > 0 and query.input_dtypes[0] in (*HALF_TYPES,
-                                                                                                 "float32")
-
-
-register_tactic(Tactic("ReduceSum.torch", "ReduceSum", 1, ("cuda",), reduce_sum, _supports))
-register_tactic(Tactic("ReduceMean.torch", "ReduceMean", 1, ("cuda",), reduce_mean, _supports))
-register_tactic(Tactic("ReduceL2.torch", "ReduceL2", 1, ("cuda",), reduce_l2, _supports_l2))
+# ReduceL2 of float32 data too: the reference squares into a copy, sums and takes the root
+# (three kernels), vector_norm does it in one.
+register_tactic(Tactic("ReduceSum.torch", "ReduceSum", 1, ("cuda",), reduce_sum, _gpu_data_of(HALF_TYPES)))
+register_tactic(Tactic("ReduceMean.torch", "ReduceMean", 1, ("cuda",), reduce_mean, _gpu_data_of(HALF_TYPES)))
+register_tactic(Tactic("ReduceL2.torch", "ReduceL2", 1, ("cuda",), reduce_l2, _gpu_data_of((*HALF_TYPES, "float32"))))
