@@ -202,13 +202,13 @@ def main() -> None:
                         rows.append((label, f"gluon {cfg} WAIT={wait} FAILED {type(exc).__name__}: {str(exc)[:120]}",
                                      float("inf"), False))
         ones = torch.ones(n, device="cuda", dtype=torch.float16)
+        scale16 = torch.tensor(scale, device="cuda", dtype=torch.float16)   # made here: a copy cannot be captured
         for label, a, b, space in (("int8", ai, bi, GEMM_INT8), ("fp8", af, bf, GEMM_FP8)):
             best = (float("inf"), None)
             for cfg in space:
                 try:
                     fn = lambda cfg=cfg, a=a, b=b: qgemm.qmatmul(  # noqa: E731
-                        a, b, torch.tensor(scale, device="cuda", dtype=torch.float16), None, ones, trans_b=1,
-                        config=cfg)
+                        a, b, scale16, None, ones, trans_b=1, config=cfg)
                     fn()
                     best = min(best, (bench(fn), str(cfg)), key=lambda t: t[0])
                 except Exception:  # noqa: BLE001 - a config that does not launch here

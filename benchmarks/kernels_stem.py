@@ -62,7 +62,7 @@ def main() -> None:
     print(f"  cuDNN fp16 conv+bias, ReLU in place   {median_us(lambda: F.conv2d(x, w, b, stride=2, padding=3).relu_()):8.1f} us")
     fused = median_us(lambda: torch.cudnn_convolution_relu(x, w, b, [2, 2], [3, 3], [1, 1], 1))
     print(f"  cuDNN fp16 fused conv+bias+ReLU       {fused:8.1f} us")
-    for i, cfg in enumerate(FLOAT_CONFIGS + INT8_S2D_CONFIGS[:2]):     # fp16 folded too (no tactic has it)
+    for i, cfg in enumerate([*FLOAT_CONFIGS, *INT8_S2D_CONFIGS[:2]]):     # fp16 folded too (no tactic has it)
         def run(cfg=cfg):
             return tconv.conv(x, w, b, None, activation="Relu", config=cfg, **attrs)
         try:
@@ -75,13 +75,13 @@ def main() -> None:
     xs = torch.tensor(0.125, device="cuda", dtype=torch.float16)
     ws = torch.full((64,), 0.0125, device="cuda", dtype=torch.float16)
     os_ = torch.tensor(0.05, device="cuda", dtype=torch.float16)
-    quantized("fp8", x8, w8, xs, ws, b, os_, 17, tq.FP8_CONFIGS + FP8_S2D_CONFIGS
-              + [{**c, "FP8_ACC": 0} for c in S2D_TRIALS], attrs)
+    quantized("fp8", x8, w8, xs, ws, b, os_, 17, [*tq.FP8_CONFIGS, *FP8_S2D_CONFIGS,
+              *({**c, "FP8_ACC": 0} for c in S2D_TRIALS)], attrs)
     xi = (x.float() * 40).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     wi = (w.float() * 400).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     xsi = torch.tensor(0.025, device="cuda", dtype=torch.float16)
     wsi = torch.full((64,), 0.0025, device="cuda", dtype=torch.float16)
-    quantized("int8", xi, wi, xsi, wsi, b, os_, 3, tq.INT8_CONFIGS + INT8_S2D_CONFIGS + S2D_TRIALS, attrs)
+    quantized("int8", xi, wi, xsi, wsi, b, os_, 3, [*tq.INT8_CONFIGS, *INT8_S2D_CONFIGS, *S2D_TRIALS], attrs)
     framing(x.contiguous(), x8.contiguous())
 
 
