@@ -115,7 +115,11 @@ _IMAGES = {"TMA": 1, "PERSISTENT": 1, "IMAGES": 1}
 # channels-last X; elsewhere the same tile through the pointer walks), PERSISTENT=1 with one
 # program per SM. Each config is one that won at least one ResNet-50 layer at batch 64 on the
 # H200 (benchmarks/kernels_qconv.py and the window comparison in BENCHMARKS.md, 2026-11-27),
-# or the default; the build times every config per layer, so the spaces stay that short.
+# or the default; the build times every config per layer, so the spaces stay that short. The
+# last two of each space won ResNet-50's residual 1x1 layers of stages 2-4 against the configs
+# before them (benchmarks/kernels_qconv_residual.py, H200, 2026-11-29: fp8 s4 512->2048 14.0 ->
+# 12.5 us, s3 16.2 -> 15.5; int8 s4 15.3 -> 13.3, s3 19.4 -> 18.5): shared memory for 2-3 stages
+# only, where those layers have 1-4 K steps, leaves room for more programs per SM.
 INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 8, "num_stages": 4},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, **_TILE, "num_warps": 4, "num_stages": 4, **_Y},
@@ -131,6 +135,9 @@ INT8_CONFIGS: tuple[dict[str, Any], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_SHARED},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, **_TMA},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, **_IMAGES},
+    # fewer stages, more programs per SM: the residual 1x1 layers of stages 2-4 (below)
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 2, **_SHARED},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, **_TMA, **_Y},
 )
 # fp8: configs with FP8_ACC > 0 keep a second float32 accumulator, so they stay at 64 float32
 # registers per thread per accumulator (128x128 over 8 warps, 128x64 over 4). The first config
@@ -162,6 +169,10 @@ FP8_CONFIGS: tuple[dict[str, Any], ...] = (
      **_IMAGES},
     {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 4, "FP8_ACC": 0,
      **_IMAGES},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 2, "FP8_ACC": 0,
+     **_SHARED},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, **_TILE, "num_warps": 4, "num_stages": 3, "FP8_ACC": 0, **_TMA,
+     **_Y},
 )
 
 
