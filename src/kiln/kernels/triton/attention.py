@@ -63,6 +63,7 @@ import triton.language as tl
 
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of, requantize
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -169,7 +170,8 @@ def _attention_kernel(Q, K, V, MASK, Y, INV_OS, OZP, QS, KS, VS, H, Lq, Lk, D, q
                       HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, MASK_ROW: tl.constexpr, CAUSAL: tl.constexpr,
                       IEEE: tl.constexpr, CODES: tl.constexpr, OUT_KIND: tl.constexpr, OS_PER_CHANNEL: tl.constexpr,
                       HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, ONE_TILE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)                            # [BLOCK_M]
     offs_d = tl.arange(0, BLOCK_D)                                      # [BLOCK_D]
@@ -353,5 +355,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, out_s
         IEEE=q.dtype == torch.float32, CODES=codes, OUT_KIND=kind,
         OS_PER_CHANNEL=out_scale is not None and out_scale.numel() > 1, HAS_OZP=out_zp is not None,
         QMIN=qmin, QMAX=qmax, ONE_TILE=one_tile, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
-        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 1))
+        BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 1), **launch_options(q4))
     return y

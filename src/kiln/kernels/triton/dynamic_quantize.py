@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.quantize import PRECISIONS, _in_precision, divide, requantize, shifted_round
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 # PROGRAMS: the first pass's programs (partials every program of the second reads).
@@ -39,8 +40,9 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _range_kernel(X, PART, n, P, BLOCK: tl.constexpr):
+def _range_kernel(X, PART, n, P, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """PART[pid] = min, PART[P + pid] = max of blocks pid, pid + P, ... of X."""
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     pid = tl.program_id(0)
     lo = tl.full((BLOCK,), float("inf"), tl.float32)
     hi = tl.full((BLOCK,), -float("inf"), tl.float32)
@@ -55,7 +57,8 @@ def _range_kernel(X, PART, n, P, BLOCK: tl.constexpr):
 
 @triton.jit
 def _dynamic_quantize_kernel(X, PART, P, Y, SCALE, ZP, n, PREC: tl.constexpr, SIGNED: tl.constexpr,
-                             BLOCK: tl.constexpr, P_BLOCK: tl.constexpr):
+                             BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     parts = tl.arange(0, P_BLOCK)
     lo = tl.minimum(tl.min(tl.load(PART + parts, mask=parts < P, other=float("inf")), axis=0), 0.0)
     hi = tl.maximum(tl.max(tl.load(PART + P + parts, mask=parts < P, other=-float("inf")), axis=0), 0.0)
@@ -94,10 +97,10 @@ def dynamic_quantize_linear(x: Tensor, *, config: dict[str, Any] | None = None,
     xc, n, block = x.contiguous(), x.numel(), cfg["BLOCK"]
     programs = min(triton.cdiv(n, block), cfg["PROGRAMS"])
     part = torch.empty(2 * programs, dtype=torch.float32, device=x.device)
-    _range_kernel[(programs,)](xc, part, n, programs, BLOCK=block, num_warps=cfg["num_warps"])
+    _range_kernel[(programs,)](xc, part, n, programs, BLOCK=block, num_warps=cfg["num_warps"], **launch_options(xc))
     _dynamic_quantize_kernel[(triton.cdiv(n, block),)](
         xc, part, programs, y, scale, zp, n, PREC=PRECISIONS[x.dtype], SIGNED=signed, BLOCK=block,
-        P_BLOCK=max(16, triton.next_power_of_2(programs)), num_warps=cfg["num_warps"])
+        P_BLOCK=max(16, triton.next_power_of_2(programs)), num_warps=cfg["num_warps"], **launch_options(xc))
     return y, scale, zp
 
 

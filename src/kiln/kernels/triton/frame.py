@@ -30,6 +30,7 @@ import triton.language as tl
 
 from kiln.kernels.reference.quantize import _division_dtype
 from kiln.kernels.triton.quantize import IN_DTYPES, OUT_TYPES, _in_precision, divide, quant_out, requantize
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 BLOCK_W = 256       # framed columns per program (a ResNet stem row, 230, in one)
@@ -42,7 +43,8 @@ ROWS = 8            # framed rows per program: a row of 230 4-byte pixels is ~1 
 def _frame_kernel(x_ptr, y_ptr, R, C, H, W, HP, WP, PIX, PH, PW, sxn, sxc, sxh, sxw, QS, QI, QZ, FILL,
                   FOLD: tl.constexpr, HAS_FILL: tl.constexpr, QUANT: tl.constexpr, Q_HAS_ZP: tl.constexpr,
                   Q_PREC: tl.constexpr, Q_FP8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr):
+                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     wp = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)  # framed columns
     ch = tl.arange(0, BLOCK_P)                               # elements of a pixel
     iw = wp - PW
@@ -97,7 +99,7 @@ def frame(x: Tensor, pixel: int, hp: int, wp: int, ph: int, pw: int, fold: int =
         _frame_kernel[grid](src, out, n * hp, c, h, w, hp, wp, pixel, ph, pw, *src.stride(), *q["pointers"],
                             out if fill is None else fill.reshape(1).view(bits),
                             FOLD=fold, HAS_FILL=fill is not None, **q["flags"], ROWS=ROWS, BLOCK_W=block_w,
-                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4)
+                            BLOCK_P=triton.next_power_of_2(pixel), num_warps=4, **launch_options(src))
     return out.permute(0, 3, 1, 2).view(out_type)
 
 

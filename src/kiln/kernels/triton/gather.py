@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 CONFIGS: tuple[dict[str, int], ...] = (
@@ -27,7 +28,8 @@ BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}   # elem
 
 
 @triton.jit
-def _gather_kernel(D, I, Y, n_rows, k, n, inner, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _gather_kernel(D, I, Y, n_rows, k, n, inner, ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)             # output rows [outer * K]
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < n_rows
@@ -59,5 +61,5 @@ def gather(data: Tensor, indices: Tensor, *, axis: int = 0, config: dict[str, An
     idx = indices if indices.device == data.device else indices.to(data.device)
     grid = (triton.cdiv(outer * k, cfg["ROWS"]), triton.cdiv(inner, cfg["BLOCK"]))
     _gather_kernel[grid](data.contiguous().view(bits), idx.contiguous(), y.view(bits), outer * k, k, n, inner,
-                         ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+                         ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"], **launch_options(data))
     return y

@@ -37,6 +37,7 @@ import triton.language as tl
 from kiln.kernels.reference.quantize import _division_dtype
 from kiln.kernels.triton.activation import activate, activation_code
 from kiln.kernels.triton.quantize import NO_QUANT, quant_out, quantized_dtype, requantize
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -138,7 +139,9 @@ def _gemm_epilogue_kernel(
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
         EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, QUANT: tl.constexpr = False, Q_PER_CHANNEL: tl.constexpr = False,
-        Q_HAS_ZP: tl.constexpr = False, FLOAT8: tl.constexpr = False, QMIN: tl.constexpr = 0, QMAX: tl.constexpr = 0):
+        Q_HAS_ZP: tl.constexpr = False, FLOAT8: tl.constexpr = False, QMIN: tl.constexpr = 0, QMAX: tl.constexpr = 0,
+        PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -247,5 +250,6 @@ def _launch(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, 
     grid = (triton.cdiv(m, flags["BLOCK_M"]) * triton.cdiv(n, flags["BLOCK_N"]),)
     _gemm_epilogue_kernel[grid](
         a2, w, *pointers, m, n, k, a2.stride(0), a2.stride(1), w.stride(0), w.stride(1), y.stride(0),
-        float(alpha), p0, p1, IEEE=a.dtype == torch.float32, EVEN_K=k % flags["BLOCK_K"] == 0, **flags)
+        float(alpha), p0, p1, IEEE=a.dtype == torch.float32, EVEN_K=k % flags["BLOCK_K"] == 0, **flags,
+        **launch_options(a2))
     return y.reshape(*lead, n)

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from kiln.kernels.triton.gemm import epilogue_value, grouped_tile, store_epilogue
 from kiln.kernels.triton.qgemm_tma import descriptor_type, sm_count, store_boxes
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -32,7 +33,8 @@ def gemm_tma_kernel(
         B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         QUANT: tl.constexpr, Q_PER_CHANNEL: tl.constexpr, Q_HAS_ZP: tl.constexpr, FLOAT8: tl.constexpr,
-        QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr):
+        QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -81,4 +83,5 @@ def launch(a2: Tensor, b: Tensor, trans_b: int, pointers: tuple[Tensor, ...], m:
     y, res, y_tma = store_boxes({**flags, "Y_TMA": y_tma}, a2.element_size(), y, res, flags["HAS_RES"])
     gemm_tma_kernel[(programs,)](
         desc.from_tensor(a2, [bm, bk]), desc.from_tensor(b, [bn, bk] if trans_b else [bk, bn]), bias, res, y,
-        qinv, qzp, m, n, k, programs, stride_ym, alpha, p0, p1, B_NK=bool(trans_b), Y_TMA=y_tma, **flags)
+        qinv, qzp, m, n, k, programs, stride_ym, alpha, p0, p1, B_NK=bool(trans_b), Y_TMA=y_tma, **flags,
+        **launch_options(a2))

@@ -24,6 +24,7 @@ from kiln.kernels.triton.pointwise import program_key
 from kiln.kernels.triton.pointwise_ops import dequantize_code, quantize_code, quantize_value
 from kiln.kernels.triton.quantize import (NO_QUANT, OUT_TYPES, PRECISIONS, QuantOut, _in_precision, divide,
                                           quant_out, quantized_dtype, requantize)
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -102,7 +103,8 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
                 Q_PER_COL: tl.constexpr,
                 QMIN: tl.constexpr, QMAX: tl.constexpr, QSUM: tl.constexpr, FP: tl.constexpr, S_PREC: tl.constexpr,
                 SQMIN: tl.constexpr, SQMAX: tl.constexpr, EXACT: tl.constexpr,
-                ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+                ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)           # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                  # [BLOCK_N]
     row_ok = rows < n_rows
@@ -163,7 +165,9 @@ def _norm_block(X, R, W, B, Y, S, MEAN, RSTD, YQ, QS, QI, QZ, n_rows, n_cols, ep
 
 @triton.jit
 def _norm_loop(X, W, B, Y, MEAN, RSTD, n_cols, eps,
-               RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr, CHUNK: tl.constexpr):
+               RMS: tl.constexpr, HAS_B: tl.constexpr, STATS: tl.constexpr, CHUNK: tl.constexpr,
+               PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     row = tl.program_id(0)
     base = row.to(tl.int64) * n_cols
     cols = tl.arange(0, CHUNK)
@@ -242,7 +246,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
         assert residual is None and quant is None and qsum is None and store_y, \
             "the residual add and the quantized output are fused for rows of at most BLOCK_MAX elements"
         _norm_loop[(rows,)](x, wf, bf, y, mean, rstd, cols, eps, CHUNK=p.chunk, num_warps=p.num_warps,
-                            **flags)
+                            **flags, **launch_options(x))
     else:
         grid = (triton.cdiv(rows, p.rows),)
         r = x if residual is None else residual.contiguous()
@@ -260,7 +264,7 @@ def _launch(x: Tensor, w: Tensor, b: Tensor | None, axis: int, eps: float, rms: 
                           QUANT=quant is not None, Q_HAS_ZP=q.zero_point is not None, Q_PREC=q.precision,
                           Q_PER_COL=q.per_column,
                           Q_FP8=q.fp8, QMIN=q.qmin, QMAX=q.qmax, ROWS=p.rows,
-                          BLOCK_N=p.block_n, num_warps=p.num_warps, **flags)
+                          BLOCK_N=p.block_n, num_warps=p.num_warps, **flags, **launch_options(x))
     return y, mean, rstd
 
 

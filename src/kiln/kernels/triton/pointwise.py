@@ -46,6 +46,7 @@ from kiln.kernels.triton.pointwise_layout import (
 )
 from kiln.kernels.triton import pointwise_table
 from kiln.kernels.triton.pointwise_constants import FLOATS, Constants
+from kiln.kernels.triton.pdl import launch_options
 from kiln.kernels.triton.pointwise_ops import (EMITTED_IMPORT, RULES, EmitContext, Unsupported,
                                                as_the_reference_rounds)
 from kiln.kernels.triton.pointwise_trace import Step, Trace, trace
@@ -215,7 +216,8 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout) -> tupl
     stride_args = [f"st{j}_{d}" for j, st in enumerate(layout.strides) if layout.kind(j) == "strided"
                    for d, s in enumerate(st) if s not in (0, 1)]
     params = ([f"in{i}" for i in range(n_in)] + [f"out{j}" for j in range(len(tr.outputs))]
-              + ["numel"] + size_args + stride_args + consts.names + ["BLOCK: tl.constexpr"])
+              + ["numel"] + size_args + stride_args + consts.names
+              + ["BLOCK: tl.constexpr", "PDL: tl.constexpr = False"])
     pid = "tl.program_id(0).to(tl.int64)" if layout.wide() else "tl.program_id(0)"
     lines = ["offs = pid * BLOCK + tl.arange(0, BLOCK)", "mask = offs < numel", *index_lines,
              *loads, *body, *stores]
@@ -224,12 +226,14 @@ def _source(tr: Trace, in_dtypes: Sequence[torch.dtype], layout: Layout) -> tupl
         "import triton",
         "import triton.language as tl",
         EMITTED_IMPORT,
+        "from kiln.kernels.triton.pdl import wait_for_inputs",
         "",
         "",
         "@triton.jit",
         f"def kiln_pointwise({', '.join(params)}):",
         f"    # ops: {' '.join(s.op for s in tr.steps)}",
         f"    # rank {len(layout.sizes)}; operands: {[layout.kind(j) for j in range(len(layout.strides))]}",
+        "    wait_for_inputs(PDL)   # first: pdl.py's rule",
         f"    pid = {pid}",
         *[f"    {line}" for line in lines],
         "",
@@ -371,7 +375,8 @@ def pointwise(*inputs: Tensor, program: list, outputs: Sequence[str] | None = No
             pointwise_table.lookup(inputs[0], values, outs[0], launch.numel, launch.wide, cfg)
             return outs[0]
         grid = (triton.cdiv(launch.numel, cfg["BLOCK"]),)
-        launch.kernel[grid](*inputs, *outs, *launch.args, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+        launch.kernel[grid](*inputs, *outs, *launch.args, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"],
+                            **launch_options(inputs[0]))
     return outs[0] if n_outputs == 1 else outs
 
 

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.reference.quantized import code_table
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 CODES = (torch.int8, torch.uint8)
@@ -32,8 +33,9 @@ _TABLES: dict[tuple[Any, ...], Tensor] = {}
 
 
 @triton.jit
-def _lookup(X, T, Y, numel, BLOCK: tl.constexpr, WIDE: tl.constexpr):
+def _lookup(X, T, Y, numel, BLOCK: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr = False):
     """Y[i] = T[bits of X[i]]: the table holds the output of each 8-bit pattern."""
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     pid = tl.program_id(0)
     if WIDE:
         pid = pid.to(tl.int64)
@@ -70,4 +72,5 @@ def table(program_key: str, program: Any, outputs: Sequence[str] | None, dtype: 
 def lookup(x: Tensor, values: Tensor, out: Tensor, numel: int, wide: bool, config: dict[str, int]) -> None:
     """out = values[bits of x] over the flat index (x and out share one dense layout)."""
     grid = (triton.cdiv(numel, config["BLOCK"]),)
-    _lookup[grid](x, values, out, numel, BLOCK=config["BLOCK"], WIDE=wide, num_warps=config["num_warps"])
+    _lookup[grid](x, values, out, numel, BLOCK=config["BLOCK"], WIDE=wide, num_warps=config["num_warps"],
+                  **launch_options(x))

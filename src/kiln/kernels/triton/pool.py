@@ -45,6 +45,7 @@ import triton.language as tl
 
 from kiln.kernels.reference.pooling import pool_geometry
 from kiln.kernels.triton.compiled import COMPILED
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -85,7 +86,8 @@ def _fp8_bits(key):
 def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                        SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, KIND: tl.constexpr,
                        LOW: tl.constexpr, SIGNED: tl.constexpr, INT_KEYS: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
+                       BLOCK_C: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)              # [BLOCK_P] output pixels
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] channels
     p_ok = offs_p < P
@@ -178,5 +180,6 @@ def max_pool2d(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilat
     _max_pool2d_kernel[grid](x_in, y_out, pixels, c, h, w, oh, ow, *x.stride(), *y.stride(),
                              s[0], s[1], p[0], p[1], d[0], d[1], KH=k[0], KW=k[1], KIND=kind, LOW=low,
                              SIGNED=x.dtype == torch.int8, INT_KEYS=int(cfg.get("INT_KEYS", 0)),
-                             BLOCK_P=int(cfg["BLOCK_P"]), BLOCK_C=block_c, num_warps=int(cfg["num_warps"]))
+                             BLOCK_P=int(cfg["BLOCK_P"]), BLOCK_C=block_c, num_warps=int(cfg["num_warps"]),
+                             **launch_options(x_in))
     return y

@@ -125,6 +125,7 @@ from kiln.kernels.triton.qgemm_space import fp8_promotion
 from kiln.kernels.triton.qconv_s2d import space_to_depth
 from kiln.kernels.triton.qconv_window import launch_window, output_boxes, window_applies
 from kiln.kernels.triton.quantize import needed_zero_point, quantize_linear
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -144,7 +145,8 @@ def _qconv_kernel(
         HAS_RZP: tl.constexpr, FLAT_OUT: tl.constexpr, Y_TMA: tl.constexpr,
         ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+        MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     # Grouped tile order: GROUP_M tile rows are walked channel block by channel block, so
     # consecutive programs reuse the same input rows while they sit in L2.
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, OC, BLOCK_M, BLOCK_N, GROUP_M)
@@ -374,6 +376,6 @@ def qconv(x_q: Tensor, w_q: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scal
         PATH=loop.path, MASK_C=loop.path != ROWS and loop.tap_pad > 0, PIX=max(loop.pixel, 1), INSIDE=inside,
         ROW=geo.kw * loop.pixel, FLAT_OUT=flat, Y_TMA=y_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=int(cfg["GROUP_M"]), num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags,
-        **mid)
+        **mid, **launch_options(x))
     return y
 

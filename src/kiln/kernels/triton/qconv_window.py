@@ -59,6 +59,7 @@ from kiln.kernels.triton.qconv_epilogue import conv_epilogue
 from kiln.kernels.triton.qconv_load import signed_x
 from kiln.kernels.triton.qgemm_tile import dot8
 from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, store_boxes
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn)
@@ -141,8 +142,9 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   BW: tl.constexpr, IMAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, PDL: tl.constexpr = False):
     """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     if PERSISTENT:
         tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
@@ -261,7 +263,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], IMAGES=images, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags)
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags, **launch_options(x))
 
 
 def output_boxes(y_out: Tensor, cfg: dict, bk: int, operand_bytes: int, residual_bytes: int) -> tuple[Any, bool]:

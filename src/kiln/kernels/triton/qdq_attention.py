@@ -49,6 +49,7 @@ import triton
 from kiln.kernels.reference.quantized import requantized_type
 from kiln.kernels.triton.pointwise import compile_source, program_key
 from kiln.kernels.triton.pointwise_function import ProgramFunction, program_function
+from kiln.kernels.triton.pdl import launch_options
 from kiln.kernels.triton.pointwise_ops import EMITTED_IMPORT, Unsupported
 from kiln.kernels.triton.quantize import OUT_TYPES, PRECISIONS, _division_dtype, needed_zero_point, reciprocal_of
 
@@ -77,7 +78,8 @@ def kiln_qdq_attention(Q, K, V, MASK, Y, OS, OINV, OZP, H, Lq, Lk, D,
                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, syb, syh, sym, smb, smh, smm, smn,
                        {consts}HAS_OZP: tl.constexpr, PREC: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                        ONE_TILE: tl.constexpr, FULL: tl.constexpr, MASK_ROW: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     start_m, b, h = query_block(Lq, H, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -154,6 +156,7 @@ import triton
 import triton.language as tl
 from kiln.kernels.triton.attention import query_block
 from kiln.kernels.triton.quantize import divide
+from kiln.kernels.triton.pdl import wait_for_inputs
 {EMITTED_IMPORT}
 
 
@@ -283,5 +286,5 @@ def qdq_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, o
         v.stride(0), v.stride(1), v.stride(2), y.stride(0), y.stride(1), y.stride(2), *mstr, *consts,
         HAS_OZP=zp is not None, PREC=PRECISIONS[division], QMIN=qmin, QMAX=qmax, ONE_TILE=lk <= MAX_KEYS,
         FULL=full, MASK_ROW=mask is not None and mstr[2] == 0, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=cfg["num_warps"])
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=cfg["num_warps"], **launch_options(q))
     return y

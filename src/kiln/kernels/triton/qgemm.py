@@ -77,6 +77,7 @@ from kiln.kernels.triton.qgemm_space import FP8_CONFIGS, INT8_CONFIGS, MIN_BLOCK
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue
 from kiln.kernels.triton.qgemm_tma import descriptor_type, persistent_programs, qgemm_tma_kernel, store_boxes, tma_ok
 from kiln.kernels.triton.quantize import OUT_TYPES, needed_zero_point, reciprocal_of
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -133,7 +134,8 @@ def _qgemm_kernel(
         OUT_FP8: tl.constexpr, HAS_OUT_ZP: tl.constexpr, OUT_PER_COL: tl.constexpr, QMIN: tl.constexpr,
         QMAX: tl.constexpr, EVEN_K: tl.constexpr, FP8_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr,
-        MQMAX: tl.constexpr, HAS_TABLE: tl.constexpr):
+        MQMAX: tl.constexpr, HAS_TABLE: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                         # [BLOCK_M]
@@ -323,11 +325,11 @@ def qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | None, b_sc
             desc.from_tensor(a2, [bm, bk]), desc.from_tensor(w, [bn, bk]), a_scale.reshape(-1), b_scale1, bias1,
             r_arg, y_arg, out_scale1, out_zp1, m, n, k, programs, y.stride(0), strides[0], strides[2], strides[3],
             p0, p1, *mid_ops, table1, A_ZP=a_zp1, COLSUM=colsum, HAS_AZP=a_zp is not None, PERSISTENT=persistent,
-            Y_TMA=y_tma, **common)
+            Y_TMA=y_tma, **common, **launch_options(a2))
         return y.reshape(*lead, n)
     _qgemm_kernel[grid](
         a2, w, a_scale.reshape(-1), a_zp1, b_scale1, b_zp1, bias1, r2, y_out, out_scale1, out_zp1, colsum, m, n, k,
         a2.stride(0), w.stride(1), w.stride(0), y.stride(0), *strides, p0, p1, *mid_ops,
         table1, A_U8=a_u8, B_U8=b_u8, CORR_A=corr_a, CORR_B=b_u8 or b_zp is not None,
-        HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common)
+        HAS_AZP=a_zp is not None, HAS_BZP=b_zp is not None, EVEN_K=k % bk == 0, **common, **launch_options(a2))
     return y.reshape(*lead, n)

@@ -13,6 +13,7 @@ import triton.language as tl
 
 from kiln.kernels.triton.gemm import grouped_tile
 from kiln.kernels.triton.qgemm_tile import dot8, epilogue, epilogue_value
+from kiln.kernels.triton.pdl import wait_for_inputs
 
 Tensor = torch.Tensor
 FLOAT8 = torch.float8_e4m3fn
@@ -71,7 +72,7 @@ def qgemm_tma_kernel(
         QMIN: tl.constexpr, QMAX: tl.constexpr, FP8_ACC: tl.constexpr, PERSISTENT: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         MID: tl.constexpr, HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr,
-        A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr):
+        A_ZP, COLSUM, HAS_AZP: tl.constexpr, HAS_TABLE: tl.constexpr, PDL: tl.constexpr = False):
     """The same GEMM with TMA descriptors (_tma_tile), int8 (A's zero point, if any, corrected by
     the weight's column sums: HAS_AZP) or float8: one tile
     per program, or PERSISTENT: `programs` programs (one per SM) take tiles i, i + programs, ...,
@@ -79,6 +80,7 @@ def qgemm_tma_kernel(
     are in flight while this tile's epilogue runs, an overlap one tile per program lacks. (One
     loop for both shapes costs the one-tile kernel registers: 255 and a stack frame against 197,
     benchmarks/kernel_resources.py.)"""
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     if PERSISTENT:
         tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):

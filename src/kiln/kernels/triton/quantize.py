@@ -45,6 +45,7 @@ from kiln.kernels.memo import all_zero, derived, derived_table
 from kiln.kernels.reference.quantize import _division_dtype, _quant_type, per_last_axis
 from kiln.kernels.triton.activation import activate, activation_code
 from kiln.kernels.triton.compiled import COMPILED
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -254,7 +255,8 @@ def divide(x, s, inv):
 @triton.jit
 def _quantize_kernel(X, Y, SCALE, INV, ZP, n, C, p0, p1, HAS_ZP: tl.constexpr, PREC: tl.constexpr,
                      FLOAT8: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                     ACT: tl.constexpr, BLOCK: tl.constexpr):
+                     ACT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # [BLOCK], storage order
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0)
@@ -357,7 +359,7 @@ def quantize_linear(x: Tensor, y_scale: Tensor, y_zero_point: Tensor | None = No
     _quantize_kernel[grid](x, y_codes, y_scale.reshape(-1), inv, zp.reshape(-1), n, x.shape[-1] if per_channel else 1,
                            p0, p1, HAS_ZP=y_zero_point is not None, PREC=PRECISIONS[prec], FLOAT8=info is None,
                            QMIN=qmin, QMAX=qmax, PER_CHANNEL=per_channel, ACT=act, BLOCK=cfg["BLOCK"],
-                           num_warps=cfg["num_warps"])
+                           num_warps=cfg["num_warps"], **launch_options(x))
     return y
 
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels.triton.norm import CONFIGS, DTYPES, launch_params
+from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
 
@@ -43,7 +44,8 @@ def _col_offset(cols, inner, STRIDED: tl.constexpr):
 
 @triton.jit
 def _softmax_block(X, Y, n_rows, n_cols, inner, LOG: tl.constexpr, STRIDED: tl.constexpr,
-                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)                 # [ROWS]
     cols = tl.arange(0, BLOCK_N)                                        # [BLOCK_N]
     row_ok = rows < n_rows
@@ -63,7 +65,9 @@ def _softmax_block(X, Y, n_rows, n_cols, inner, LOG: tl.constexpr, STRIDED: tl.c
 
 
 @triton.jit
-def _softmax_loop(X, Y, n_cols, inner, LOG: tl.constexpr, STRIDED: tl.constexpr, CHUNK: tl.constexpr):
+def _softmax_loop(X, Y, n_cols, inner, LOG: tl.constexpr, STRIDED: tl.constexpr, CHUNK: tl.constexpr,
+                  PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)   # first: pdl.py's rule
     row = tl.program_id(0)
     base = _row_base(row, n_cols, inner, STRIDED)
     cols = tl.arange(0, CHUNK)
@@ -110,10 +114,11 @@ def _launch(x: Tensor, axis: int, coerce_2d: int, log: bool, config: dict | None
     p = launch_params(rows, cols, config)
     if p.chunk:
         _softmax_loop[(rows,)](x, y, cols, inner, LOG=log, STRIDED=inner != 1, CHUNK=p.chunk,
-                               num_warps=p.num_warps)
+                               num_warps=p.num_warps, **launch_options(x))
     else:
         _softmax_block[(triton.cdiv(rows, p.rows),)](x, y, rows, cols, inner, LOG=log, STRIDED=inner != 1,
-                                                    ROWS=p.rows, BLOCK_N=p.block_n, num_warps=p.num_warps)
+                                                    ROWS=p.rows, BLOCK_N=p.block_n, num_warps=p.num_warps,
+                                                    **launch_options(x))
     return y
 
 
