@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -58,7 +59,9 @@ class Resources:
 def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict, dict, dict]:
     """Triton's signature, constexprs and divisibility attributes for this call, as the runtime
     specialises them."""
-    values = dict(zip(jit.arg_names, args))
+    values = {p.name: p.default for p in inspect.signature(jit.fn).parameters.values()
+              if p.default is not inspect.Parameter.empty}      # defaults: PDL (False) and the like
+    values.update(zip(jit.arg_names, args))
     values.update(kw)
     sig: dict[str, str] = {}
     consts: dict[str, Any] = {}

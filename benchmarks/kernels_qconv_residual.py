@@ -3,12 +3,13 @@ memory system. They move more bytes than they compute (stage 1 at batch 64: 12.8
 8-bit residual of 51 MB read, 51 MB written, 2 FLOP per byte), so a tile walk that keeps too few
 loads in flight shows here first.
 
-    PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_residual.py [int8|fp8 ...]
+    PYTHONPATH=$PWD/src python3 benchmarks/kernels_qconv_residual.py [--quick] [int8|fp8 ...]
 
 Per layer (kernels_qconv_store.LAYERS' residual rows and the stage-1 downsample, batch 64,
 channels-last, bias + residual + Relu, requantized): the best config of the tuning space, then the
 best of a grid beyond it (tile shapes 64-256, 4 or 8 warps, 1-3 stages, each walk: pointer, WINDOW,
-persistent, two persistent programs per SM), every variant's output codes compared with the space's
+persistent, two persistent programs per SM; the persistent ones also with R_NEXT, the residual
+loaded a tile ahead, suffix R; --quick: the persistent walks of four tiles only), every variant's output codes compared with the space's
 first config's (int8 must agree exactly; fp8 sums in another order may move a code by one); each in GB/s of the bytes the layer must move, beside a device-to-device
 copy's rate timed the same way (the ceiling). CUDA graphs of 5 calls, median of 20
 (kernels_qconv.bench). Kernels compile first in 14 worker processes. Writes $OUT/qconv_residual.txt
@@ -34,17 +35,23 @@ import benchmarks.kernels_qconv_store as store  # noqa: E402
 ROWS = [i for i, layer in enumerate(LAYERS) if layer[-1] or layer[0].endswith(" ds")]
 TILES = [(64, 64, 4), (64, 128, 4), (64, 256, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (128, 256, 8),
          (256, 64, 8), (256, 128, 8)]
+QUICK = "--quick" in sys.argv
 WALKS = {"pointer": {}, "window": {"TMA": 1}, "persistent": {"TMA": 1, "PERSISTENT": 1},
          "2/SM": {"TMA": 1, "PERSISTENT": 1, "SM_PROGRAMS": 2}}
 
 
 def grid(q: str) -> list[dict]:
-    """The configs beyond the space: every tile, stage count and walk, Y through TMA boxes."""
+    """The configs beyond the space: every tile, stage count and walk, Y through TMA boxes; the
+    persistent walks also with R_NEXT (the residual loaded a tile ahead). QUICK: the four tiles
+    and two stage counts that won a layer, persistent walks only."""
     out = []
-    for (bm, bn, warps), stages, walk in itertools.product(TILES, (1, 2, 3), WALKS.values()):
+    tiles = [(128, 128, 4), (64, 256, 4), (128, 64, 4), (128, 256, 8)] if QUICK else TILES
+    walks = [w for w in WALKS.values() if w.get("PERSISTENT")] if QUICK else WALKS.values()
+    for (bm, bn, warps), stages, walk in itertools.product(tiles, (2, 3) if QUICK else (1, 2, 3), walks):
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": warps,
                "num_stages": stages, "Y_TMA": 1, **walk}
-        out.append({**cfg, "FP8_ACC": 0} if q == "fp8" else cfg)
+        cfg = {**cfg, "FP8_ACC": 0} if q == "fp8" else cfg
+        out += [cfg, {**cfg, "R_NEXT": 1}] if walk.get("PERSISTENT") else [cfg]
     return out
 
 
@@ -78,7 +85,8 @@ def measure(q: str) -> None:
                 if us == float("inf"):
                     continue
                 differ = float((_run(li, q, cfg).view(torch.uint8) != want).float().mean())
-                rows.append((us, label, short(cfg) + ("2" if cfg.get("SM_PROGRAMS") else ""), differ))
+                rows.append((us, label, short(cfg) + ("2" if cfg.get("SM_PROGRAMS") else "") + ("R" if cfg.get("R_NEXT") else ""),
+                             differ))
         best_space = min(r for r in rows if r[1] == "space")
         gb = moved(li) / 1e3
         say(f"{q} {name:22s} x{count}  {moved(li) / 1e6:6.1f} MB  space best {best_space[0]:6.1f} us "
