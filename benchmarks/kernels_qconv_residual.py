@@ -8,12 +8,18 @@ loads in flight shows here first.
 Per layer (kernels_qconv_store.LAYERS' residual rows and the stage-1 downsample, batch 64,
 channels-last, bias + residual + Relu, requantized): the best config of the tuning space, then the
 best of a grid beyond it (tile shapes 64-256, 4 or 8 warps, 1-3 stages, each walk: pointer, WINDOW,
-persistent, two persistent programs per SM; the persistent ones also with R_NEXT, the residual
-loaded a tile ahead, suffix R; --quick: the persistent walks of four tiles only), every variant's output codes compared with the space's
+persistent, two persistent programs per SM; --quick: the persistent walks of four tiles only), every variant's output codes compared with the space's
 first config's (int8 must agree exactly; fp8 sums in another order may move a code by one); each in GB/s of the bytes the layer must move, beside a device-to-device
 copy's rate timed the same way (the ceiling). CUDA graphs of 5 calls, median of 20
 (kernels_qconv.bench). Kernels compile first in 14 worker processes. Writes $OUT/qconv_residual.txt
 when $OUT is set.
+
+Tried and removed (411caf1, H200, 2026-11-29 12:20 UTC, `--quick fp8`): R_NEXT, the persistent
+WINDOW walk loading the residual tile of a program's next tile while it computes this one (the
+tile carried in registers across the loop; 16-byte loads, no spills for sm_90). No R_NEXT variant
+was among the eight fastest configs of any of the four residual layers (s1 64->256: all >= 52.3
+us against the space's 48.5), so the residual's latency in the epilogue is not what holds these
+layers at ~2.4 TB/s.
 """
 from __future__ import annotations
 
@@ -41,17 +47,15 @@ WALKS = {"pointer": {}, "window": {"TMA": 1}, "persistent": {"TMA": 1, "PERSISTE
 
 
 def grid(q: str) -> list[dict]:
-    """The configs beyond the space: every tile, stage count and walk, Y through TMA boxes; the
-    persistent walks also with R_NEXT (the residual loaded a tile ahead). QUICK: the four tiles
-    and two stage counts that won a layer, persistent walks only."""
+    """The configs beyond the space: every tile, stage count and walk, Y through TMA boxes. QUICK:
+    the four tiles and two stage counts that won a layer, persistent walks only."""
     out = []
     tiles = [(128, 128, 4), (64, 256, 4), (128, 64, 4), (128, 256, 8)] if QUICK else TILES
     walks = [w for w in WALKS.values() if w.get("PERSISTENT")] if QUICK else WALKS.values()
     for (bm, bn, warps), stages, walk in itertools.product(tiles, (2, 3) if QUICK else (1, 2, 3), walks):
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": warps,
                "num_stages": stages, "Y_TMA": 1, **walk}
-        cfg = {**cfg, "FP8_ACC": 0} if q == "fp8" else cfg
-        out += [cfg, {**cfg, "R_NEXT": 1}] if walk.get("PERSISTENT") else [cfg]
+        out.append({**cfg, "FP8_ACC": 0} if q == "fp8" else cfg)
     return out
 
 
@@ -85,8 +89,7 @@ def measure(q: str) -> None:
                 if us == float("inf"):
                     continue
                 differ = float((_run(li, q, cfg).view(torch.uint8) != want).float().mean())
-                rows.append((us, label, short(cfg) + ("2" if cfg.get("SM_PROGRAMS") else "") + ("R" if cfg.get("R_NEXT") else ""),
-                             differ))
+                rows.append((us, label, short(cfg) + ("2" if cfg.get("SM_PROGRAMS") else ""), differ))
         best_space = min(r for r in rows if r[1] == "space")
         gb = moved(li) / 1e3
         say(f"{q} {name:22s} x{count}  {moved(li) / 1e6:6.1f} MB  space best {best_space[0]:6.1f} us "

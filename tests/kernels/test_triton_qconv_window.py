@@ -37,9 +37,6 @@ SHARED = {**PERSISTENT, "SM_PROGRAMS": 2}                    # two programs per 
 POINTERS = {k: v for k, v in WINDOW.items() if k != "TMA"}   # qconv.py's PIXELS walk for a 1x1 stride-1 conv
 IMAGES = {**WINDOW, "IMAGES": 1}                             # boxes of BLOCK_M images at one pixel
 IMAGES_PERSISTENT = {**PERSISTENT, "IMAGES": 1}
-# the residual tile loaded a tile ahead (several tiles per program here: 8 programs, or 16 with two per SM)
-R_NEXT = {**SHARED, "R_NEXT": 1}
-IMAGES_R_NEXT = {**IMAGES_PERSISTENT, "R_NEXT": 1}
 
 # x shape, w shape, attributes: padding at every edge, strides 1 and 2, 1x1 (flat rows and the
 # strided view), boxes running past the images, more channels than one K step.
@@ -53,9 +50,8 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED, IMAGES, IMAGES_PERSISTENT, R_NEXT, IMAGES_R_NEXT],
-                         ids=["tile", "persistent", "two-per-sm", "images", "images-persistent", "r-next",
-                              "images-r-next"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, SHARED, IMAGES, IMAGES_PERSISTENT],
+                         ids=["tile", "persistent", "two-per-sm", "images", "images-persistent"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_window_walk_is_exact(name, dtype, config, monkeypatch):
@@ -83,8 +79,7 @@ def _spy_boxes(monkeypatch):
 @pytest.mark.parametrize("residual", ["none", "float", "int8", "uint8", "fp8"])
 @pytest.mark.parametrize("out", ["int8", "float"])
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
-@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, R_NEXT, POINTERS],
-                         ids=["tile", "persistent", "r-next", "pixels-walk"])
+@pytest.mark.parametrize("config", [WINDOW, PERSISTENT, POINTERS], ids=["tile", "persistent", "pixels-walk"])
 def test_tma_store_is_exact_and_matches_the_pointer_store(config, dtype, out, residual, monkeypatch):
     """Y_TMA on flat rows (a 1x1 stride-1 conv, either walk): Y leaves as TMA boxes, clipped at M = 70 pixels,
     beside a float or 8-bit residual read through pointers; the same codes as the reference and as

@@ -77,20 +77,16 @@ def conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP
                   HAS_RZP: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, HAS_OZP: tl.constexpr,
                   QMIN: tl.constexpr, QMAX: tl.constexpr, Y_TMA: tl.constexpr = False, off_m=0, off_n=0, MS=0.0,
                   MZP=0.0, MID: tl.constexpr = False, HAS_MZP: tl.constexpr = False, MQMIN: tl.constexpr = 0,
-                  MQMAX: tl.constexpr = 0, r_given=0.0, R_GIVEN: tl.constexpr = False):
+                  MQMAX: tl.constexpr = 0):
     """conv_epilogue_value's tile stored at Y + y_off through pointers (masked), or with Y_TMA (Y a
     descriptor of [BLOCK_M, BLOCK_N] boxes of the flat [N*H*W, OC] output) as one TMA box at
     (off_m, off_n), the copy engine clipping it at the matrix's edges. The residual is read at
     RES + r_off through pointers either way (a TMA box loaded here would make the epilogue wait for
     it: slower on ResNet-50's residual layers, benchmarks/kernels_qconv_store.py). MID and its
-    operands: conv_epilogue_value's. R_GIVEN: the residual tile is r_given, loaded by the caller
-    (qconv_window.py's R_NEXT, a tile ahead)."""
+    operands: conv_epilogue_value's."""
     r = 0.0
     if HAS_RES:
-        if R_GIVEN:
-            r = r_given
-        else:
-            r = tl.load(RES + r_off, mask=mask, other=0.0)
+        r = tl.load(RES + r_off, mask=mask, other=0.0)
     v = conv_epilogue_value(acc, rn, r, XS, WS, BIAS, sb, RS, RZP, OS, OZP, p0, p1, FLOAT_ACC, ACC_MAGIC,
                             WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP,
                             QMIN, QMAX, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)

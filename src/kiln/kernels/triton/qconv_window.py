@@ -34,11 +34,7 @@ the operand per image, so the reshape to [BLOCK_M, BLOCK_K] only drops unit dims
 reads the box from shared memory as TMA wrote it (a multi-row box goes through registers:
 `benchmarks/kernel_resources.py --operands`), and a 7x7 output wastes no pixel; images past N
 (N not a multiple of BLOCK_M) are computed and masked. PERSISTENT=1: one program per SM walks the tiles, the loop nest
-flattened so that the next tile's loads overlap this tile's epilogue. R_NEXT=1 (persistent, with a
-residual): each program loads the residual tile of its next tile while it computes this one, the
-tile carried in registers across the loop, so that the residual's latency is not paid in every
-epilogue: ResNet-50's residual 1x1 convs move ~2 bytes per FLOP and ran at ~2.4 TB/s against a
-device copy's 4.2 (benchmarks/kernels_qconv_residual.py, H200, 2026-11-29).
+flattened so that the next tile's loads overlap this tile's epilogue.
 
 The epilogue is qconv.py's (qconv_epilogue.py), on the box's pixels: Y and the residual are
 written and read through their strides, pixels past the output's edges masked; or, with config
@@ -71,40 +67,6 @@ MAX_BOX = 256          # a TMA box holds at most 256 elements along each dim
 
 
 @triton.jit
-def _tile_pixels(tile, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, BI: tl.constexpr, BH: tl.constexpr,
-                 BW: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Tile `tile`'s box origin (n0, oh0, ow0), first output channel, and its BLOCK_M pixels'
-    image, row and column (the box's pixels in order: images, rows, columns)."""
-    BLOCK_M: tl.constexpr = BI * BH * BW
-    tiles_m = TILES_I * TILES_H * TILES_W
-    pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
-    ti = pid_m // (TILES_H * TILES_W)
-    rest = pid_m - ti * (TILES_H * TILES_W)
-    th = rest // TILES_W
-    n0 = ti * BI
-    oh0 = th * BH
-    ow0 = (rest - th * TILES_W) * BW
-    i = tl.arange(0, BLOCK_M)
-    return n0, oh0, ow0, pid_n * BLOCK_N, n0 + i // (BH * BW), oh0 + (i // BW) % BH, ow0 + i % BW
-
-
-@triton.jit
-def _tile_residual(RES, tile, tiles, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, srn, srh, srw, src,
-                   BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr,
-                   GROUP_M: tl.constexpr):
-    """The residual's [BLOCK_M, BLOCK_N] tile for output tile `tile` as the epilogue reads it
-    (pixels and channels past the output's edges masked; all of it masked, so no traffic, for a
-    tile past `tiles`): R_NEXT's load one tile ahead."""
-    _, _, _, off_n, n, oh, ow = _tile_pixels(tile, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW,
-                                             BLOCK_N, GROUP_M)
-    offs_n = off_n + tl.arange(0, BLOCK_N)
-    live = (n < N) & (oh < OH) & (ow < OW) & (tl.zeros_like(n) + tile < tiles)         # [BLOCK_M]
-    mask = live[:, None] & (offs_n < OC)[None, :]
-    return tl.load(RES + (n * srn + oh * srh + ow * srw)[:, None] + (offs_n % OC)[None, :] * src, mask=mask,
-                   other=0.0)
-
-
-@triton.jit
 def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW, K_STEPS, PH, PW,
                  syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
                  XZP, COLSUM, MS, MZP,
@@ -115,17 +77,22 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
                  QMAX: tl.constexpr, Y_TMA: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                  IMAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                  X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                 HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, r_given=0.0,
-                 R_GIVEN: tl.constexpr = False):
-    """One output tile: the K walk, then the epilogue (R_GIVEN: with the residual tile r_given,
-    loaded by the caller a tile ahead, instead of loading it there), stored through pointers, or with Y_TMA (a
+                 HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr):
+    """One output tile: the K walk, then the epilogue, stored through pointers, or with Y_TMA (a
     flat row of pixels: BI = BH = 1, OW = N*H*W; Y a descriptor of [BLOCK_M, BLOCK_N] boxes of the
     [N*H*W, OC] matrix) as one TMA box at (ow0, off_n). X_ZP (1x1 stride-1 convs only, where no box
     reads padding): X's zero point subtracted as qconv.py's pointer walks do (uint8 X shifted into
     int8, za * sum(W[oc]) taken from the accumulator); MID: the epilogue's mid quantization."""
     BLOCK_M: tl.constexpr = BI * BH * BW
-    n0, oh0, ow0, off_n, n, oh, ow = _tile_pixels(tile, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, BI, BH, BW,
-                                                  BLOCK_N, GROUP_M)
+    tiles_m = TILES_I * TILES_H * TILES_W
+    pid_m, pid_n = grouped_tile(tile, tiles_m * BLOCK_M, OC, BLOCK_M, BLOCK_N, GROUP_M)
+    ti = pid_m // (TILES_H * TILES_W)
+    rest = pid_m - ti * (TILES_H * TILES_W)
+    th = rest // TILES_W
+    n0 = ti * BI
+    oh0 = th * BH
+    ow0 = (rest - th * TILES_W) * BW
+    off_n = pid_n * BLOCK_N
     if FLOAT_ACC:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
@@ -151,13 +118,16 @@ def _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES
     if X_ZP:   # sum_k (a' - za) w = acc - za * sum_k w (qconv.py)
         za = (tl.load(XZP).to(tl.int32) if HAS_XZP else 0) - (128 if X_U8 else 0)
         acc -= za * tl.load(COLSUM + rn)[None, :]
+    i = tl.arange(0, BLOCK_M)
+    n = n0 + i // (BH * BW)
+    oh = oh0 + (i // BW) % BH
+    ow = ow0 + i % BW
     mask = ((n < N) & (oh < OH) & (ow < OW))[:, None] & (offs_n < OC)[None, :]
     y_off = (n * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc
     r_off = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
     conv_epilogue(acc, rn, y_off, r_off, mask, Y, XS, WS, BIAS, sb, RES, RS, RZP, OS, OZP, p0, p1,
                   FLOAT_ACC, ACC_MAGIC, WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT,
-                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX,
-                  r_given, R_GIVEN)
+                  OUT_KIND, HAS_OZP, QMIN, QMAX, Y_TMA, ow0, off_n, MS, MZP, MID, HAS_MZP, MQMIN, MQMAX)
 
 
 @triton.jit
@@ -172,27 +142,10 @@ def window_kernel(x_desc, w_desc, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C
                   BW: tl.constexpr, IMAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr,
                   X_U8: tl.constexpr, X_ZP: tl.constexpr, HAS_XZP: tl.constexpr, MID: tl.constexpr,
-                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, R_NEXT: tl.constexpr = False,
-                  PDL: tl.constexpr = False):
-    """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ...;
-    with R_NEXT (and a residual) each program loads the residual tile of its next tile while it
-    computes this one (module docstring)."""
+                  HAS_MZP: tl.constexpr, MQMIN: tl.constexpr, MQMAX: tl.constexpr, PDL: tl.constexpr = False):
+    """One tile per program, or PERSISTENT: `programs` programs take tiles i, i + programs, ..."""
     wait_for_inputs(PDL)   # first: pdl.py's rule
-    if PERSISTENT and R_NEXT:
-        tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
-        r_next = _tile_residual(RES, tl.program_id(0), tiles, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, srn, srh,
-                                srw, src, BI, BH, BW, BLOCK_N, GROUP_M)
-        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
-            r = r_next
-            r_next = _tile_residual(RES, tile + programs, tiles, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, srn,
-                                    srh, srw, src, BI, BH, BW, BLOCK_N, GROUP_M)
-            _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
-                         K_STEPS, PH, PW, syn, syh, syw, syc, srn, srh, srw, src, XS, WS, BIAS, sb, RES, RS, RZP,
-                         OS, OZP, p0, p1, XZP, COLSUM, MS, MZP, SH, SW, FP8_ACC, FLOAT_ACC, ACC_MAGIC,
-                         WS_PER_CHANNEL, HAS_BIAS, HAS_RES, RES_Q, RES_INT, HAS_RZP, ACT, OUT_KIND, HAS_OZP, QMIN,
-                         QMAX, Y_TMA, BI, BH, BW, IMAGES, BLOCK_N, BLOCK_K, GROUP_M, X_U8, X_ZP, HAS_XZP, MID,
-                         HAS_MZP, MQMIN, MQMAX, r, True)
-    elif PERSISTENT:
+    if PERSISTENT:
         tiles = TILES_I * TILES_H * TILES_W * tl.cdiv(OC, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
             _window_tile(x_desc, w_desc, tile, Y, N, OH, OW, OC, TILES_I, TILES_H, TILES_W, C, C_STEPS, KW,
@@ -310,8 +263,7 @@ def launch_window(x: Tensor, wp: Tensor, y: Tensor, y_out: Tensor, res: Tensor, 
         *ys, y.stride(1), *rs, res.stride(1), **ops, **zp, **mid,
         SH=1 if flat_rows else geo.sh, SW=1 if flat_rows else geo.sw, PERSISTENT=persistent, Y_TMA=y_tma,
         BI=box[0], BH=box[1], BW=box[2], IMAGES=images, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg["GROUP_M"]),
-        R_NEXT=persistent and flags["HAS_RES"] and bool(cfg.get("R_NEXT")), num_warps=int(cfg["num_warps"]),
-        num_stages=int(cfg["num_stages"]), **flags, **launch_options(x))
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **flags, **launch_options(x))
 
 
 def output_boxes(y_out: Tensor, cfg: dict, bk: int, operand_bytes: int, residual_bytes: int) -> tuple[Any, bool]:
