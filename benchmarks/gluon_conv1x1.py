@@ -49,6 +49,7 @@ from benchmarks.gluon_wgmma_wait import _mma_layout  # noqa: E402
 
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_barrier = getattr(gl, "thread_barrier", None) or gl.barrier     # renamed after Triton 3.6
 
 # maxnreg: the registers per thread the kernel's 8 warps (the warpgroup, the loader's) are allotted,
 # of which the loader keeps 40 and the compute warpgroup gets the rest; 128 lets two programs share
@@ -150,7 +151,7 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, IN
             y = gl.minimum(v, 448.0).to(gl.float8e4nv)
         yb = count % Y_BUFS
         tma.store_wait(Y_BUFS - 1)          # the store that last used this buffer is done ...
-        gl.thread_barrier()                 # ... for every warp of the partition, not only the issuing thread
+        _barrier()                          # ... for every warp of the partition, not only the issuing thread
         y_bufs.index(yb).store(y)
         fence_async_shared()
         _tma_store(y_desc, [off_m, off_n], y_bufs.index(yb))
