@@ -18,8 +18,8 @@ i, i + programs, ..., row-major over (pixel block, channel block).
 The conv is a GEMM here: X channels-last [N*H*W, C], the packed weight [OC, C], the residual and Y
 [N*H*W, OC], all 8-bit (int8 or float8 e4m3); Y = requantize(Relu(acc * x_scale * w_scale[oc] +
 bias[oc] + R * r_scale)) as kiln::QConv computes it (int8 rounded half to even, fp8 saturated).
-Per layer (kernels_qconv_store.LAYERS' residual rows, batch 64): kiln's fastest config of its
-space, then each Gluon config, its codes compared with kiln's (at most one code apart: the
+Per 1x1 stride-1 layer (kernels_qconv_store.LAYERS, batch 64; without a residual the kernel skips
+its ring): kiln's fastest config of its space, then each Gluon config, its codes compared with kiln's (at most one code apart: the
 rounding of the scale product may differ by an ulp; the share of identical codes printed), in GB/s
 of the bytes the layer must move. CUDA graphs of 5 calls, median of 20 (kernels_qconv.bench).
 Not a tactic: the measurement that decides whether one is worth writing. Compiled for sm_90 with
@@ -61,9 +61,9 @@ CONFIGS = [dict(BM=128, BN=128, STAGES=2, R_BUFS=2, Y_BUFS=2, SM_PROGRAMS=1, max
 
 
 @gluon.jit
-def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs):
-    """Worker partition (one warp): X's and W's K steps into the operand ring, then the tile's
-    residual into the residual ring, each buffer once the compute partition has freed it."""
+def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES: gl.constexpr):
+    """Worker partition (one warp): X's and W's K steps into the operand ring, then (HAS_RES) the
+    tile's residual into the residual ring, each buffer once the compute partition has freed it."""
     ready, empty, r_ready, r_empty = bars
     a_bufs, w_bufs, r_bufs = bufs
     BM: gl.constexpr = a_desc.block_type.shape[0]
@@ -86,16 +86,17 @@ def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs):
             _tma_load(a_desc, [off_m, k * BK], ready.index(s), a_bufs.index(s))
             _tma_load(w_desc, [off_n, k * BK], ready.index(s), w_bufs.index(s))
             it += 1
-        rb = count % R_BUFS
-        mbarrier.wait(r_empty.index(rb), ((count // R_BUFS) & 1) ^ 1)
-        mbarrier.expect(r_ready.index(rb), r_desc.block_type.nbytes)
-        _tma_load(r_desc, [off_m, off_n], r_ready.index(rb), r_bufs.index(rb))
+        if HAS_RES:
+            rb = count % R_BUFS
+            mbarrier.wait(r_empty.index(rb), ((count // R_BUFS) & 1) ^ 1)
+            mbarrier.expect(r_ready.index(rb), r_desc.block_type.nbytes)
+            _tma_load(r_desc, [off_m, off_n], r_ready.index(rb), r_bufs.index(rb))
         count += 1
 
 
 @gluon.jit
 def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, INV_OS,
-             INT: gl.constexpr, num_warps: gl.constexpr):
+             INT: gl.constexpr, HAS_RES: gl.constexpr, num_warps: gl.constexpr):
     """Default partition (a warpgroup): the MMAs of each tile, one group left in flight, the
     operand buffers freed as their group completes; then the epilogue on the residual tile and
     the requantized tile handed to a TMA store that is not waited for until its buffer comes
@@ -138,12 +139,14 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, IN
         offs_n = off_n + gl.arange(0, BN, layout=cols)
         ws = gl.load(WS + offs_n, mask=offs_n < N, other=0.0)
         bias = gl.load(BIAS + offs_n, mask=offs_n < N, other=0.0)
-        rb = count % R_BUFS
-        mbarrier.wait(r_ready.index(rb), (count // R_BUFS) & 1)
-        r = r_bufs.index(rb).load(layout)
-        fence_async_shared()
-        mbarrier.arrive(r_empty.index(rb))
-        v = acc.to(gl.float32) * (xs * ws)[None, :] + bias[None, :] + r.to(gl.float32) * rs
+        v = acc.to(gl.float32) * (xs * ws)[None, :] + bias[None, :]
+        if HAS_RES:
+            rb = count % R_BUFS
+            mbarrier.wait(r_ready.index(rb), (count // R_BUFS) & 1)
+            r = r_bufs.index(rb).load(layout)
+            fence_async_shared()
+            mbarrier.arrive(r_empty.index(rb))
+            v = v + r.to(gl.float32) * rs
         v = gl.maximum(v * inv, 0.0)
         if INT:   # half to even by the float32 add of 1.5 * 2^23, then saturated
             y = gl.minimum((v + 12582912.0) - 12582912.0, 127.0).to(gl.int8)
@@ -162,7 +165,7 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, IN
 @gluon.jit
 def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BIAS, RS, INV_OS,
                    STAGES: gl.constexpr, R_BUFS: gl.constexpr, Y_BUFS: gl.constexpr, INT: gl.constexpr,
-                   num_warps: gl.constexpr):
+                   HAS_RES: gl.constexpr, num_warps: gl.constexpr):
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, [R_BUFS] + r_desc.block_type.shape, r_desc.layout)
@@ -180,8 +183,9 @@ def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BI
     bars = (ready, empty, r_ready, r_empty)
     bufs = (a_bufs, w_bufs, r_bufs)
     gl.warp_specialize([
-        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, INV_OS, INT, num_warps)),
-        (_loader, (a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs)),
+        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, INV_OS, INT, HAS_RES,
+                    num_warps)),
+        (_loader, (a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES)),
     ], [1], [40])
 
 
@@ -196,8 +200,11 @@ def _descriptors(a: torch.Tensor, w: torch.Tensor, r: torch.Tensor, y: torch.Ten
 
 
 def conv1x1(a, w, r, y, xs, ws, bias, rs, inv_os, cfg: dict, sms: int) -> torch.Tensor:  # noqa: ANN001
-    """Y [M, N] from A [M, K], W [N, K], R [M, N] (8-bit, contiguous) and the epilogue's float32
-    operands (scalars as 1-element tensors)."""
+    """Y [M, N] from A [M, K], W [N, K], R [M, N] or None (8-bit, contiguous) and the epilogue's
+    float32 operands (scalars as 1-element tensors; rs unused without R)."""
+    has_res = r is not None
+    cfg = cfg if has_res else {**cfg, "R_BUFS": 1}     # one idle buffer: the descriptor's layout
+    r = r if has_res else y
     m, k = a.shape
     n = w.shape[0]
     bk = min(128, k)
@@ -205,7 +212,7 @@ def conv1x1(a, w, r, y, xs, ws, bias, rs, inv_os, cfg: dict, sms: int) -> torch.
     programs = min(tiles, sms * cfg["SM_PROGRAMS"])
     conv1x1_kernel[(programs,)](*_descriptors(a, w, r, y, cfg, bk), m, n, k, programs, xs, ws, bias, rs, inv_os,
                                 STAGES=cfg["STAGES"], R_BUFS=cfg["R_BUFS"], Y_BUFS=cfg["Y_BUFS"],
-                                INT=a.dtype == torch.int8, num_warps=4,
+                                INT=a.dtype == torch.int8, HAS_RES=has_res, num_warps=4,
                                 **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}))
     return y
 
@@ -220,7 +227,7 @@ def compile_only(arch: int) -> None:
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     for dtype in (torch.int8, torch.float8_e4m3fn):
         for cfg in CONFIGS:
-            for k in (64, 256):
+            for k, has_res in ((64, True), (256, True), (256, False)):
                 a, w = torch.zeros(3136, k, dtype=dtype), torch.zeros(4 * k, k, dtype=dtype)
                 r, y = torch.zeros(3136, 4 * k, dtype=dtype), torch.zeros(3136, 4 * k, dtype=dtype)
                 descs = _descriptors(a, w, r, y, cfg, min(128, k))
@@ -228,9 +235,9 @@ def compile_only(arch: int) -> None:
                 sig = {**{nm: mangle_type(d) for nm, d in zip(names, descs)}, "M": "i32", "N": "i32", "K": "i32",
                        "programs": "i32", "XS": "*fp32", "WS": "*fp32", "BIAS": "*fp32", "RS": "*fp32",
                        "INV_OS": "*fp32", "STAGES": "constexpr", "R_BUFS": "constexpr", "Y_BUFS": "constexpr",
-                       "INT": "constexpr", "num_warps": "constexpr"}
+                       "INT": "constexpr", "HAS_RES": "constexpr", "num_warps": "constexpr"}
                 consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"],
-                          "INT": dtype == torch.int8, "num_warps": 4}
+                          "INT": dtype == torch.int8, "HAS_RES": has_res, "num_warps": 4}
                 kernel = triton.compile(GluonASTSource(conv1x1_kernel, sig, consts),
                                         target=GPUTarget("cuda", arch, 32),
                                         options={"num_warps": 4, **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {})})
@@ -244,7 +251,7 @@ def compile_only(arch: int) -> None:
                 os.remove(path)
                 res = re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage)
                 waits = sorted(set(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass)))
-                print(f"{str(dtype)[6:]:14s} K {k:3d} {cfg}: regs {res[1]}, spill {res[2]} B, shared "
+                print(f"{str(dtype)[6:]:14s} K {k:3d}{' residual' if has_res else ''} {cfg}: regs {res[1]}, spill {res[2]} B, shared "
                       f"{kernel.metadata.shared} B, SASS waits {waits}")
 
 
@@ -264,10 +271,9 @@ def main() -> None:
     print(torch.cuda.get_device_name(), torch.__version__, "triton", triton.__version__, flush=True)
     for q in args.precisions:
         space = tq.FP8_CONFIGS if q == "fp8" else tq.INT8_CONFIGS
+        total_kiln = total_gluon = 0.0
         for li, layer in enumerate(LAYERS):
-            if not layer[-1]:
-                continue
-            name, count, n, c, h, wd, oc, _ = layer
+            name, count, n, c, h, wd, oc, has_res = layer
             ops, attrs = make(li, q)
             x, wq, xs, _, ws, _, bias, res, os_, _, rs, _ = ops
             kiln = []
@@ -283,19 +289,26 @@ def main() -> None:
             print(f"{q} {name:24s} x{count}  kiln best {best_us:6.1f} us ({gb / best_us:5.0f} GB/s)", flush=True)
             a = x.permute(0, 2, 3, 1).reshape(-1, c)
             w2 = wq.reshape(oc, c).contiguous()
-            r2 = res.permute(0, 2, 3, 1).reshape(-1, oc)
-            y = torch.empty_like(r2)
+            r2 = res.permute(0, 2, 3, 1).reshape(-1, oc) if has_res else None
+            y = torch.empty((a.shape[0], oc), dtype=a.dtype, device="cuda")
             f32 = dict(xs=xs.float().reshape(1), ws=ws.float().contiguous(), bias=bias.float().contiguous(),
-                       rs=rs.float().reshape(1), inv_os=(1.0 / os_.float()).reshape(1))
+                       rs=(rs if has_res else xs).float().reshape(1), inv_os=(1.0 / os_.float()).reshape(1))
+            best_gluon = float("inf")
             for cfg in CONFIGS:
                 try:
                     got = conv1x1(a, w2, r2, y, **f32, cfg=cfg, sms=sms).view(torch.uint8).int()
                     diff = (got - want).abs()
                     us = bench(lambda cfg=cfg: conv1x1(a, w2, r2, y, **f32, cfg=cfg, sms=sms)) * 1e3
+                    if int(diff.max()) <= 1:
+                        best_gluon = min(best_gluon, us)
                     print(f"    gluon {cfg}: {us:6.1f} us ({gb / us:5.0f} GB/s)  codes equal {float((diff == 0).float().mean()):.4%}, "
                           f"max code difference {int(diff.max())}", flush=True)
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     print(f"    gluon {cfg}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            total_kiln += count * best_us
+            total_gluon += count * min(best_us, best_gluon)
+        print(f"{q}: the 1x1 layers weighted by their counts: kiln {total_kiln:.1f} us, with the Gluon kernel where it "
+              f"is faster and within a code {total_gluon:.1f} us", flush=True)
 
 
 if __name__ == "__main__":
