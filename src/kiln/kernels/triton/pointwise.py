@@ -24,9 +24,7 @@ launches are cached by program, input dtypes, shapes and strides.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import linecache
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -46,6 +44,7 @@ from kiln.kernels.triton.pointwise_layout import (
 )
 from kiln.kernels.triton import pointwise_table
 from kiln.kernels.triton.pointwise_constants import FLOATS, Constants
+from kiln.kernels.triton.generated import compile_source
 from kiln.kernels.triton.pdl import launch_options
 from kiln.kernels.triton.pointwise_ops import (EMITTED_IMPORT, RULES, EmitContext, Unsupported,
                                                as_the_reference_rounds)
@@ -292,23 +291,6 @@ def generate_source(program: Sequence[Any], input_dtypes: Sequence[torch.dtype |
                     n_outputs: int = 1, input_strides: Sequence[Sequence[int]] | None = None) -> str:
     """generate's source only."""
     return generate(program, input_dtypes, input_shapes, outputs, n_outputs, input_strides)[0]
-
-
-_KERNELS: dict[str, Any] = {}
-
-
-def compile_source(source: str, entry: str = "kiln_pointwise") -> Any:
-    """The `entry` kernel of a generated module, one per distinct source text. The text is
-    registered with linecache under a made-up file name, so that Triton (which reads a kernel's
-    source through `inspect`) and tracebacks see it without a file on disk."""
-    kernel = _KERNELS.get(source)
-    if kernel is None:
-        name = f"<kiln-pointwise-{hashlib.sha256(source.encode()).hexdigest()[:16]}>"
-        linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
-        namespace: dict[str, Any] = {"__name__": name.strip("<>").replace("-", "_")}
-        exec(compile(source, name, "exec"), namespace)  # noqa: S102 (our own generated text)
-        kernel = _KERNELS[source] = namespace[entry]
-    return kernel
 
 
 # id(program) -> (program, its JSON text): the attribute object is reused call after call, so the

@@ -47,7 +47,8 @@ import torch
 import triton
 
 from kiln.kernels.reference.quantized import requantized_type
-from kiln.kernels.triton.pointwise import compile_source, program_key
+from kiln.kernels.triton.generated import compile_source
+from kiln.kernels.triton.pointwise import program_key
 from kiln.kernels.triton.pointwise_function import ProgramFunction, program_function
 from kiln.kernels.triton.pdl import launch_options
 from kiln.kernels.triton.pointwise_ops import EMITTED_IMPORT, Unsupported
