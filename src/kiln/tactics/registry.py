@@ -64,7 +64,7 @@ def _always(_: TacticQuery) -> bool:
 def _ensure_loaded() -> None:
     from kiln.tactics import (attention, conv, conv_triton, dynamic_quantize, elementwise, gather, host,  # noqa: F401
                               matmul, matmul_quantize, norm, pointwise, pool, qdq_attention, quantized,
-                              quantized_conv, quantized_fallback, reduce)  # (they register)
+                              quantized_conv, quantized_conv_gluon, quantized_fallback, reduce)  # (they register)
 
     for op, opdef in supported_ops().items():
         name = f"{op}.reference"

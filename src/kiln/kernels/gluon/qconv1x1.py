@@ -1,0 +1,316 @@
+"""kiln::QConv for 1x1 stride-1 convolutions over channels-last 8-bit tensors, warp-specialized
+(Gluon). The oracle is kiln::QConv (kernels/reference/quantized.py).
+
+Such a conv is a GEMM: X [N*H*W, C] (channels-last, a view), the weight [OC, C], the residual and
+Y [N*H*W, OC]. ResNet-50's are bandwidth-bound (the expand convs with the block's residual move ~2
+bytes per FLOP), and kiln's Triton kernels run them at ~2.4 TB/s where a device copy reaches ~4.2
+on an H200 (benchmarks/kernels_qconv_residual.py, 2026-11-29): a Triton program does a tile's
+loads, MMAs, epilogue and store in order. Here the work is split by warps: one warp issues the TMA
+loads of X's and W's K steps and of the residual's tile into rings of shared-memory buffers, as far
+ahead as the rings allow and across tiles; a warpgroup runs the MMAs (int8 ones leaving a group in
+flight across K steps, which Triton does not: benchmarks/gluon_wgmma_wait.py) and the epilogue,
+and hands Y to the copy engine as TMA stores it waits for only when their buffer comes round again.
+Persistent: SM_PROGRAMS programs per SM take tiles i, i + programs, ..., row-major over (pixel
+block, channel block), so a block of X is read for all its channel blocks in a row.
+
+Arithmetic (the reference's, as kernels/triton/qconv_epilogue.py computes it): acc (int32, or
+float32 for float8 operands) * (x_scale * w_scale[oc]) + bias[oc] + R * residual_scale, Relu where
+asked, times the correctly rounded 1 / out_scale, then int8 rounded half to even and saturated,
+or float8 e4m3 saturated at +-448 and rounded to nearest even. Zero points must be 0 (kiln's
+symmetric quantization): the launcher checks each once and raises otherwise. Compiled for sm_90
+under Triton 3.6 and 3.9: no spills at 128 registers a thread (maxnreg) and one wgmma group left
+in flight (benchmarks/gluon_conv1x1.py --compile 90).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from kiln.ir import dtypes
+from kiln.kernels.memo import all_zero
+
+Tensor = torch.Tensor
+
+# Names across Triton versions: the TMA copies became async_load / async_store in 3.7, the
+# partition barrier gl.barrier after 3.6.
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
+# The tuning space. maxnreg: the registers per thread of the kernel's 8 warps (the compute
+# warpgroup, the loader's warpgroup of which one warp works), of which the loader keeps 40; 128
+# lets two programs share an SM's registers.
+CONFIGS: tuple[dict[str, Any], ...] = (
+    {"BM": 128, "BN": 128, "STAGES": 2, "R_BUFS": 2, "Y_BUFS": 2, "SM_PROGRAMS": 1, "maxnreg": 0},
+    {"BM": 128, "BN": 128, "STAGES": 2, "R_BUFS": 2, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
+    {"BM": 128, "BN": 64, "STAGES": 3, "R_BUFS": 3, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
+    {"BM": 64, "BN": 128, "STAGES": 3, "R_BUFS": 3, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
+)
+EIGHT_BIT = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
+
+
+@gluon.constexpr_function
+def mma_layout(BM, BN, num_warps, int_operands):
+    """The wgmma accumulator layout: warps along M first (16 rows each, at least a warpgroup),
+    the widest instruction N that divides BN (int8 instructions stop at N = 224)."""
+    warps = [4, 1]
+    while warps[0] * warps[1] != num_warps:
+        if BM > 16 * warps[0]:
+            warps[0] *= 2
+        else:
+            warps[1] *= 2
+    n = min(BN // warps[1], 128 if int_operands else 256)
+    while BN % n:
+        n -= 16
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=warps, instr_shape=[16, n, 32])
+
+
+@gluon.jit
+def _tiles(M, N, K, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
+    """(channel blocks, tiles, K steps)."""
+    tiles_n = gl.cdiv(N, BN)
+    return tiles_n, gl.cdiv(M, BM) * tiles_n, gl.cdiv(K, BK)
+
+
+@gluon.jit
+def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES: gl.constexpr):
+    """Worker partition (one warp): X's and W's K steps into the operand ring, then (HAS_RES) the
+    tile's residual into the residual ring, each buffer once the compute partition has freed it."""
+    ready, empty, r_ready, r_empty = bars
+    a_bufs, w_bufs, r_bufs = bufs
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BN: gl.constexpr = w_desc.block_type.shape[0]
+    STAGES: gl.constexpr = a_bufs.type.shape[0]
+    R_BUFS: gl.constexpr = r_bufs.type.shape[0]
+    tiles_n, tiles, steps = _tiles(M, N, K, BM, BN, BK)
+    it = 0
+    count = 0
+    for tile in range(gl.program_id(0), tiles, programs):
+        off_m = (tile // tiles_n) * BM
+        off_n = (tile % tiles_n) * BN
+        for k in range(steps):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)    # a fresh barrier passes phase 1
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            _tma_load(a_desc, [off_m, k * BK], ready.index(s), a_bufs.index(s))
+            _tma_load(w_desc, [off_n, k * BK], ready.index(s), w_bufs.index(s))
+            it += 1
+        if HAS_RES:
+            rb = count % R_BUFS
+            mbarrier.wait(r_empty.index(rb), ((count // R_BUFS) & 1) ^ 1)
+            mbarrier.expect(r_ready.index(rb), r_desc.block_type.nbytes)
+            _tma_load(r_desc, [off_m, off_n], r_ready.index(rb), r_bufs.index(rb))
+        count += 1
+
+
+@gluon.jit
+def _channel_values(P, offs_n, N, PER_CHANNEL: gl.constexpr):
+    """A per-channel vector at offs_n (float32), or its one value."""
+    if PER_CHANNEL:
+        return gl.load(P + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)
+    return gl.load(P + offs_n * 0).to(gl.float32)
+
+
+@gluon.jit
+def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT: gl.constexpr,
+             HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr,
+             BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
+    """Default partition (a warpgroup): each tile's MMAs with one group left in flight, the operand
+    buffers freed as their group completes; the epilogue on the residual tile; the 8-bit tile
+    handed to a TMA store."""
+    ready, empty, r_ready, r_empty = bars
+    a_bufs, w_bufs, r_bufs = bufs
+    BM: gl.constexpr = y_desc.block_type.shape[0]
+    BN: gl.constexpr = y_desc.block_type.shape[1]
+    BK: gl.constexpr = a_bufs.type.shape[2]
+    STAGES: gl.constexpr = a_bufs.type.shape[0]
+    R_BUFS: gl.constexpr = r_bufs.type.shape[0]
+    Y_BUFS: gl.constexpr = y_bufs.type.shape[0]
+    layout: gl.constexpr = mma_layout(BM, BN, num_warps, INT)
+    tiles_n, tiles, steps = _tiles(M, N, K, BM, BN, BK)
+    xs = gl.load(XS).to(gl.float32)
+    os_ = gl.load(OS).to(gl.float32)
+    inv = gl.div_rn(os_ * 0.0 + 1.0, os_)          # 1 / out_scale, correctly rounded once
+    it = 0
+    count = 0
+    for tile in range(gl.program_id(0), tiles, programs):
+        off_m = (tile // tiles_n) * BM
+        off_n = (tile % tiles_n) * BN
+        if INT:
+            acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
+        else:
+            acc = gl.zeros((BM, BN), dtype=gl.float32, layout=layout)
+        for k in range(steps):
+            s = it % STAGES
+            mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+            acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            # the group before this one has completed: its buffers go back to the loader
+            mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k > 0)
+            it += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES))
+        offs_n = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
+        v = acc.to(gl.float32) * (xs * _channel_values(WS, offs_n, N, WS_PER_CHANNEL))[None, :]
+        if HAS_BIAS:
+            v = v + _channel_values(BIAS, offs_n, N, BIAS_PER_CHANNEL)[None, :]
+        if HAS_RES:
+            rb = count % R_BUFS
+            mbarrier.wait(r_ready.index(rb), (count // R_BUFS) & 1)
+            r = r_bufs.index(rb).load(layout)
+            fence_async_shared()                     # the read is ordered before the next TMA write
+            mbarrier.arrive(r_empty.index(rb))
+            v = v + r.to(gl.float32) * gl.load(RS).to(gl.float32)
+        if RELU:
+            v = gl.maximum(v, 0.0)
+        if INT:   # half to even by the float32 add of 1.5 * 2^23, then saturated
+            y = gl.minimum(gl.maximum((v * inv + 12582912.0) - 12582912.0, -128.0), 127.0).to(gl.int8)
+        else:
+            y = gl.minimum(gl.maximum(v * inv, -448.0), 448.0).to(gl.float8e4nv)
+        yb = count % Y_BUFS
+        tma.store_wait(Y_BUFS - 1)                   # the store that last used this buffer is done ...
+        _barrier()                                   # ... for every warp, not only the issuing thread
+        y_bufs.index(yb).store(y)
+        fence_async_shared()
+        _tma_store(y_desc, [off_m, off_n], y_bufs.index(yb))
+        count += 1
+    tma.store_wait(0)
+
+
+@gluon.jit
+def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BIAS, RS, OS,
+                   STAGES: gl.constexpr, R_BUFS: gl.constexpr, Y_BUFS: gl.constexpr, INT: gl.constexpr,
+                   HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr,
+                   BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+    r_bufs = gl.allocate_shared_memory(r_desc.dtype, [R_BUFS] + r_desc.block_type.shape, r_desc.layout)
+    y_bufs = gl.allocate_shared_memory(y_desc.dtype, [Y_BUFS] + y_desc.block_type.shape, y_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    r_ready = gl.allocate_shared_memory(gl.int64, [R_BUFS, 1], mbarrier.MBarrierLayout())
+    r_empty = gl.allocate_shared_memory(gl.int64, [R_BUFS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    for i in gl.static_range(R_BUFS):
+        mbarrier.init(r_ready.index(i), count=1)
+        mbarrier.init(r_empty.index(i), count=1)
+    bars = (ready, empty, r_ready, r_empty)
+    bufs = (a_bufs, w_bufs, r_bufs)
+    gl.warp_specialize([
+        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT, HAS_RES,
+                    WS_PER_CHANNEL, HAS_BIAS, BIAS_PER_CHANNEL, RELU, num_warps)),
+        (_loader, (a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES)),
+    ], [1], [40])
+
+
+# --- host side ------------------------------------------------------------------------------------
+
+
+def descriptors(a: Tensor, w: Tensor, r: Tensor, y: Tensor, cfg: dict, bk: int) -> tuple:
+    """TMA descriptors of X [M, K] (boxes BM x bk), W [N, K] (BN x bk), R and Y [M, N] (BM x BN)."""
+    bits = EIGHT_BIT[a.dtype]
+    la = gl.NVMMASharedLayout.get_default_for([cfg["BM"], bk], bits)
+    lw = gl.NVMMASharedLayout.get_default_for([cfg["BN"], bk], bits)
+    lr = gl.NVMMASharedLayout.get_default_for([cfg["BM"], cfg["BN"]], bits)
+    return (TensorDescriptor.from_tensor(a, [cfg["BM"], bk], la), TensorDescriptor.from_tensor(w, [cfg["BN"], bk], lw),
+            TensorDescriptor.from_tensor(r, [cfg["BM"], cfg["BN"]], lr),
+            TensorDescriptor.from_tensor(y, [cfg["BM"], cfg["BN"]], lr))
+
+
+def applies(x_shape: Sequence[int], w_shape: Sequence[int], attrs: dict) -> bool:
+    """A 1x1 conv, stride 1, no padding, dilation 1, group 1, C and OC multiples of 16 (TMA rows
+    of whole 16 bytes) and C at least 32 (an 8-bit MMA's K)."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
+        return False
+    oc, c = w_shape[0], w_shape[1]
+    if not (isinstance(c, int) and isinstance(oc, int)) or c % 16 or oc % 16 or c < 32:
+        return False
+    ones = lambda key: all(int(v) == 1 for v in (attrs.get(key) or [1, 1]))  # noqa: E731
+    flat = all(int(v) == 0 for v in (attrs.get("pads") or [0, 0, 0, 0]))
+    return ones("strides") and ones("dilations") and flat and int(attrs.get("group", 1)) == 1 and \
+        attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    return t if t.is_contiguous(memory_format=torch.channels_last) else t.contiguous(memory_format=torch.channels_last)
+
+
+def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
+             w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
+             out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
+             residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, mid_scale: Tensor | None = None,
+             mid_zp: Tensor | None = None, *, activation: str = "", out_dtype: int = 0,
+             config: dict[str, Any] | None = None, **conv_attrs: Any) -> Tensor:
+    """kiln::QConv's contract for what `applies` takes, X and W int8 or float8_e4m3fn alike, Y
+    requantized to X's type (channels-last), an optional residual of X's type with its scale,
+    activation "" or "Relu", zero points 0 (module docstring)."""
+    cfg = dict(config or CONFIGS[0])
+    if x.dtype not in EIGHT_BIT or w.dtype != x.dtype or not applies(x.shape, w.shape, conv_attrs):
+        raise ValueError(f"qconv1x1: 8-bit X and W alike, a 1x1 stride-1 conv; got X {x.dtype} {tuple(x.shape)}, "
+                         f"W {w.dtype} {tuple(w.shape)}, {conv_attrs}")
+    if out_scale is None or x_quant_scale is not None or mid_scale is not None or activation not in ("", "Relu"):
+        raise ValueError("qconv1x1: a requantized output, no input quantization, no mid quantization, Relu or none")
+    out_type = dtypes.from_onnx(out_dtype).torch if out_dtype else (out_zp.dtype if out_zp is not None else None)
+    if out_type != x.dtype or (residual is not None and (residual.dtype != x.dtype or residual_scale is None)):
+        raise ValueError(f"qconv1x1: Y and the residual of X's type {x.dtype} (the residual with its scale)")
+    for name, zp in (("x_zp", x_zp), ("w_zp", w_zp), ("out_zp", out_zp), ("residual_zp", residual_zp)):
+        if zp is not None and not all_zero(zp):
+            raise ValueError(f"qconv1x1: {name} must be 0 (symmetric quantization)")
+    n, c, h, wd = x.shape
+    oc = w.shape[0]
+    m = n * h * wd
+    a = _channels_last(x).permute(0, 2, 3, 1).reshape(m, c)
+    w2 = w.reshape(oc, c)
+    if not w2.is_contiguous():
+        w2 = w2.contiguous()
+    y = torch.empty((n, oc, h, wd), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    y2 = y.permute(0, 2, 3, 1).reshape(m, oc)
+    r2 = _channels_last(residual).permute(0, 2, 3, 1).reshape(m, oc) if residual is not None else y2
+    bk = min(128, c)
+    tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(oc, cfg["BN"])
+    programs = min(tiles, _sm_count(x.device) * int(cfg["SM_PROGRAMS"]))
+    has_res = residual is not None
+    conv1x1_kernel[(programs,)](
+        *descriptors(a, w2, r2, y2, {**cfg, "R_BUFS": cfg["R_BUFS"] if has_res else 1}, bk), m, oc, c, programs,
+        x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
+        STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
+        INT=x.dtype == torch.int8, HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
+        BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu", num_warps=4,
+        **({"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}))
+    return y
+
+
+def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool, relu: bool = True) -> Any:
+    """conv1x1_kernel compiled for sm_`arch` without a GPU (Triton's CompiledKernel: .asm holds each
+    stage), for a [3136, k] x [4k, k] GEMM of `dtype` with per-channel scales and a bias."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    a, w = torch.zeros(3136, k, dtype=dtype), torch.zeros(4 * k, k, dtype=dtype)
+    r, y = torch.zeros(3136, 4 * k, dtype=dtype), torch.zeros(3136, 4 * k, dtype=dtype)
+    descs = descriptors(a, w, r, y, cfg, min(128, k))
+    sig = {**{nm: mangle_type(d) for nm, d in zip(("a_desc", "w_desc", "r_desc", "y_desc"), descs)},
+           "M": "i32", "N": "i32", "K": "i32", "programs": "i32", "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32",
+           "RS": "*fp32", "OS": "*fp32"}
+    consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
+              "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
+              "num_warps": 4}
+    sig.update({name: "constexpr" for name in consts})
+    options = {"num_warps": 4, **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {})}
+    return triton.compile(GluonASTSource(conv1x1_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132

@@ -1,0 +1,47 @@
+"""The warp-specialized Gluon kernel for kiln::QConv's 1x1 stride-1 convolutions
+(kernels/gluon/qconv1x1.py), as tactic `kiln::QConv.gluon_1x1`, beside the Triton ones
+(quantized_conv.py), which the tuner times it against.
+
+Registered only with KILN_GLUON=1 (kernels/gluon: Gluon has no interpreter, and this kernel has not
+yet run on a GPU). What `supports` accepts: a channels-last graph on a GPU of compute capability
+9.0 (Hopper's TMA and warp-group MMA), X and W both int8 or both float8_e4m3fn (no input
+quantization, no mid quantization), Y requantized to that type, an optional residual of that type
+with its scale, zero points of that type or absent (the kernel checks they are 0), x_scale and
+out_scale of one element, w_scale and bias of 1 or OC, activation Relu or none, and the geometry
+qconv1x1.applies takes (1x1, stride 1, no padding, C and OC multiples of 16, C >= 32).
+"""
+from __future__ import annotations
+
+from kiln.kernels import gluon
+from kiln.tactics import quantized_conv as qc
+from kiln.tactics.quantized import device_capability
+from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
+
+EIGHT_BIT = ("int8", "float8_e4m3fn")
+
+
+def supports(query: TacticQuery) -> bool:
+    if query.device != "cuda" or query.layout != "nhwc":
+        return False
+    dts, at = query.input_dtypes, qc._at
+    t = at(dts, qc.X)
+    if t not in EIGHT_BIT or not qc._types_ok(query, t) or not qc._shapes_ok(query):
+        return False
+    if query.attrs.get("x_dtype") or at(dts, qc.X_QUANT_SCALE) is not None or at(dts, qc.MID_SCALE) is not None:
+        return False
+    if at(dts, qc.OUT_SCALE) is None or qc._output_type(query) != t or at(dts, qc.RESIDUAL) not in (None, t):
+        return False
+    if query.attrs.get("activation", "") not in ("", "Relu"):
+        return False
+    from kiln.kernels.gluon.qconv1x1 import applies
+    if not applies(at(query.input_shapes, qc.X) or (), at(query.input_shapes, qc.W) or (), query.attrs):
+        return False
+    cap = device_capability()
+    return cap is not None and cap >= (9, 0)
+
+
+if gluon.enabled():
+    from kiln.kernels.gluon.qconv1x1 import CONFIGS, qconv1x1
+
+    register_tactic(Tactic("kiln::QConv.gluon_1x1", "kiln::QConv", 1, ("cuda",), qconv1x1, supports,
+                           configs=CONFIGS))

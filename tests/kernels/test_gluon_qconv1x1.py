@@ -1,0 +1,169 @@
+"""The warp-specialized Gluon 1x1 conv (kernels/gluon/qconv1x1.py) and its tactic: what the tactic
+accepts, what the launcher hands the kernel, that it compiles for sm_90 with an int8 MMA group left
+in flight, and (GPU) that its codes are the reference kiln::QConv's within one step."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from kiln.kernels import gluon
+
+if not gluon.available():
+    pytest.skip("this Triton has no Gluon with the Hopper APIs", allow_module_level=True)
+
+from kiln.kernels.gluon import qconv1x1 as g  # noqa: E402
+from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
+from kiln.tactics import quantized_conv_gluon as tactic  # noqa: E402
+from kiln.tactics.registry import TacticQuery  # noqa: E402
+
+F8, I8 = torch.float8_e4m3fn, torch.int8
+CL = torch.channels_last
+
+
+def _query(t="int8", w_shape=(256, 64, 1, 1), residual=True, out=None, activation="Relu", layout="nhwc",
+           mid=False, **attrs):
+    """kiln::QConv's query as the tuner asks it for ResNet-50's stage-1 expand conv."""
+    oc = w_shape[0]
+    dts = [t, t, "float16", None, "float32", None, "float32", t if residual else None, "float32", None,
+           "float32" if residual else None, None, None, "float32" if mid else None]
+    shapes = [(64, w_shape[1], 56, 56), w_shape, (), None, (oc,), None, (oc,), (64, oc, 56, 56) if residual else None,
+              (), None, () if residual else None, None, None, () if mid else None]
+    code = {"int8": TensorProto.INT8, "float8_e4m3fn": TensorProto.FLOAT8E4M3FN}.get(out or t, TensorProto.UINT8)
+    return TacticQuery("kiln::QConv", "cuda", tuple(dts), {"activation": activation, "out_dtype": code,
+                                                           "kernel_shape": list(w_shape[2:]), **attrs},
+                       tuple(shapes), layout=layout)
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    monkeypatch.setattr(tactic, "device_capability", lambda: (9, 0))
+
+
+@pytest.mark.parametrize("t", ["int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_takes_resnets_1x1_layers(hopper, t, residual):
+    assert tactic.supports(_query(t, residual=residual))
+    assert tactic.supports(_query(t, w_shape=(512, 2048, 1, 1), residual=residual, activation=""))
+
+
+@pytest.mark.parametrize("why, query", [
+    ("3x3", _query(w_shape=(64, 64, 3, 3), pads=[1, 1, 1, 1])),
+    ("stride 2", _query(strides=[2, 2])),
+    ("padding", _query(pads=[1, 1, 1, 1])),
+    ("C not a multiple of 16", _query(w_shape=(256, 40, 1, 1))),
+    ("C under an MMA's K", _query(w_shape=(256, 16, 1, 1))),
+    ("uint8 X", _query("uint8")),
+    ("a float output", _query(out="float16")),
+    ("another 8-bit output", _query(out="uint8")),
+    ("mid quantization", _query(mid=True)),
+    ("Gelu", _query(activation="Gelu")),
+    ("an NCHW graph", _query(layout="nchw")),
+])
+def test_leaves_the_rest_to_the_triton_kernels(hopper, why, query):
+    assert not tactic.supports(query), why
+
+
+def test_needs_hopper(monkeypatch):
+    monkeypatch.setattr(tactic, "device_capability", lambda: (8, 9))
+    assert not tactic.supports(_query())
+
+
+def _operands(dtype, n=2, c=64, oc=128, hw=5, residual=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def eight(shape):
+        v = torch.randint(-100, 101, shape, generator=gen).float()
+        return (v / 4).to(F8) if dtype == F8 else v.to(I8)
+    x = eight((n, c, hw, hw)).contiguous(memory_format=CL)
+    w = eight((oc, c, 1, 1)).contiguous(memory_format=CL)
+    r = eight((n, oc, hw, hw)).contiguous(memory_format=CL) if residual else None
+    zp = torch.zeros((), dtype=I8) if dtype == I8 else None
+    out = {"out_dtype": TensorProto.INT8 if dtype == I8 else TensorProto.FLOAT8E4M3FN}
+    return (x, w, torch.tensor(0.02, dtype=torch.float16), zp, torch.rand(oc, generator=gen) * 0.01 + 0.001, zp,
+            torch.randn(oc, generator=gen), r, torch.tensor(0.5), zp, torch.tensor(0.04) if residual else None,
+            zp if residual else None), out
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.calls.append((grid, args, kw))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_launcher_hands_the_kernel_flat_views(monkeypatch, residual):
+    rec = _Recorder()
+    monkeypatch.setattr(g, "conv1x1_kernel", rec)
+    ops, out = _operands(I8, residual=residual)
+    cfg = g.CONFIGS[1]
+    y = g.qconv1x1(*ops, activation="Relu", kernel_shape=[1, 1], config=cfg, **out)
+    assert y.shape == (2, 128, 5, 5) and y.is_contiguous(memory_format=CL) and y.dtype == I8
+    (grid,), args, kw = rec.calls[0][0], rec.calls[0][1], rec.calls[0][2]
+    a_desc, w_desc, r_desc, y_desc, m, n, k, programs = args[:8]
+    assert (m, n, k) == (50, 128, 64) and programs == grid == 1          # one 128 x 128 tile
+    assert list(a_desc.shape) == [50, 64] and list(a_desc.block_shape) == [128, 64]
+    assert list(w_desc.shape) == [128, 64] and list(y_desc.shape) == [50, 128]
+    assert y_desc.base.data_ptr() == y.data_ptr()
+    assert (r_desc.base.data_ptr() == ops[7].data_ptr()) if residual else r_desc.base.data_ptr() == y.data_ptr()
+    assert kw["HAS_RES"] is residual and kw["R_BUFS"] == (cfg["R_BUFS"] if residual else 1)
+    assert kw["INT"] and kw["WS_PER_CHANNEL"] and kw["HAS_BIAS"] and kw["BIAS_PER_CHANNEL"] and kw["RELU"]
+    assert kw["maxnreg"] == 128 and kw["num_warps"] == 4
+
+
+def test_launcher_refuses_what_the_kernel_cannot_do():
+    ops, out = _operands(I8)
+    with pytest.raises(ValueError, match="x_zp must be 0"):
+        g.qconv1x1(ops[0], ops[1], ops[2], torch.tensor(3, dtype=I8), *ops[4:], activation="Relu", **out)
+    with pytest.raises(ValueError, match="1x1 stride-1"):
+        g.qconv1x1(*ops, activation="Relu", strides=[2, 2], **out)
+    with pytest.raises(ValueError, match="Relu or none"):
+        g.qconv1x1(*ops, activation="Gelu", **out)
+
+
+_COMPILE = """
+import torch
+from kiln.kernels.gluon.qconv1x1 import CONFIGS, compile_for
+for dtype in (torch.int8, torch.float8_e4m3fn):
+    ptx = compile_for(90, dtype, CONFIGS[1], 64, True).asm["ptx"]
+    print(dtype, "wgmma.wait_group.sync.aligned 1;" in ptx, "setmaxnreg" in ptx)
+"""
+
+
+def test_compiles_for_sm90_with_a_group_in_flight(tmp_path):
+    """Compiled for sm_90 (no GPU needed; outside the interpreter, so in a child process): both
+    types' kernels leave one wgmma group in flight (what Triton-compiled int8 kernels do not) and
+    hand registers between the partitions."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(g.__file__).parents[3]), env.get("PYTHONPATH", "")])
+    got = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.split("\n")[:2] == ["torch.int8 True True", "torch.float8_e4m3fn True True"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("activation", ["Relu", ""])
+@pytest.mark.parametrize("cfg", g.CONFIGS, ids=[f"{c['BM']}x{c['BN']}-{c['SM_PROGRAMS']}" for c in g.CONFIGS])
+def test_codes_are_the_reference_within_a_step(dtype, residual, activation, cfg):
+    """Against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC 144), several
+    K steps (C 256) and per-tensor scales on the way."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("Hopper's TMA and warp-group MMA")
+    ops, out = _operands(dtype, n=2, c=256, oc=144, hw=9, residual=residual, seed=3)
+    want = reference_qconv(*ops, activation=activation, kernel_shape=[1, 1], **out)
+    dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in ops]
+    got = g.qconv1x1(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
+    diff = (got.view(torch.uint8).int() - want.contiguous(memory_format=CL).view(torch.uint8).int()).abs()
+    if dtype == I8:
+        diff = (got.int() - want.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) > 0.99
