@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+
 from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
 
 Tensor = torch.Tensor
