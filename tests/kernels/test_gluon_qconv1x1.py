@@ -153,7 +153,7 @@ def test_compiles_for_sm90_with_a_group_in_flight(tmp_path):
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("activation", ["Relu", ""])
-@pytest.mark.parametrize("cfg", g.CONFIGS, ids=[f"{c['BM']}x{c['BN']}-{c['SM_PROGRAMS']}" for c in g.CONFIGS])
+@pytest.mark.parametrize("cfg", g.CONFIGS, ids=[f"{c['BM']}x{c['BN']}s{c['STAGES']}x{c['SM_PROGRAMS']}" for c in g.CONFIGS])
 def test_codes_are_the_reference_within_a_step(dtype, residual, activation, cfg):
     """Against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC 144), several
     K steps (C 256) and per-tensor scales on the way."""

@@ -52,6 +52,9 @@ CONFIGS: tuple[dict[str, Any], ...] = (
     {"BM": 128, "BN": 128, "STAGES": 2, "R_BUFS": 2, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
     {"BM": 128, "BN": 64, "STAGES": 3, "R_BUFS": 3, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
     {"BM": 64, "BN": 128, "STAGES": 3, "R_BUFS": 3, "Y_BUFS": 2, "SM_PROGRAMS": 2, "maxnreg": 128},
+    # deeper rings for the layers with many K steps (C 512-2048), one program per SM
+    {"BM": 128, "BN": 128, "STAGES": 4, "R_BUFS": 2, "Y_BUFS": 1, "SM_PROGRAMS": 1, "maxnreg": 0},
+    {"BM": 128, "BN": 256, "STAGES": 3, "R_BUFS": 1, "Y_BUFS": 1, "SM_PROGRAMS": 1, "maxnreg": 0, "num_warps": 8},
 )
 EIGHT_BIT = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
 
@@ -285,7 +288,8 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
         x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
         STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
         INT=x.dtype == torch.int8, HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
-        BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu", num_warps=4,
+        BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu",
+        num_warps=int(cfg.get("num_warps", 4)),
         **({"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}))
     return y
 
@@ -305,9 +309,9 @@ def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool,
            "RS": "*fp32", "OS": "*fp32"}
     consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
               "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
-              "num_warps": 4}
+              "num_warps": int(cfg.get("num_warps", 4))}
     sig.update({name: "constexpr" for name in consts})
-    options = {"num_warps": 4, **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {})}
+    options = {"num_warps": consts["num_warps"], **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {})}
     return triton.compile(GluonASTSource(conv1x1_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
                           options=options)
 
