@@ -151,19 +151,20 @@ def test_compiles_for_sm90_with_a_group_in_flight(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
-@pytest.mark.parametrize("residual", [True, False])
-@pytest.mark.parametrize("activation", ["Relu", ""])
-@pytest.mark.parametrize("cfg", g.CONFIGS, ids=[f"{c['BM']}x{c['BN']}s{c['STAGES']}x{c['SM_PROGRAMS']}" for c in g.CONFIGS])
-def test_codes_are_the_reference_within_a_step(dtype, residual, activation, cfg):
-    """Against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC 144), several
-    K steps (C 256) and per-tensor scales on the way."""
+@pytest.mark.parametrize("residual", [True, False], ids=["residual-relu", "plain"])
+def test_codes_are_the_reference_within_a_step(dtype, residual):
+    """Every config against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC
+    144), several K steps (C 256); with a residual and Relu, or neither (negative codes)."""
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("Hopper's TMA and warp-group MMA")
+    activation = "Relu" if residual else ""
     ops, out = _operands(dtype, n=2, c=256, oc=144, hw=9, residual=residual, seed=3)
     want = reference_qconv(*ops, activation=activation, kernel_shape=[1, 1], **out)
     dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in ops]
-    got = g.qconv1x1(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
-    diff = (got.view(torch.uint8).int() - want.contiguous(memory_format=CL).view(torch.uint8).int()).abs()
-    if dtype == I8:
-        diff = (got.int() - want.int()).abs()
-    assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) > 0.99
+    for cfg in g.CONFIGS:
+        got = g.qconv1x1(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
+        if dtype == I8:
+            diff = (got.int() - want.int()).abs()
+        else:   # e4m3 codes of one sign are ordered: neighbouring values differ by one
+            diff = (got.view(torch.uint8).int() - want.contiguous(memory_format=CL).view(torch.uint8).int()).abs()
+        assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) > 0.99, cfg
