@@ -35,6 +35,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kiln.kernels.gluon.qconv1x1 import mma_layout  # noqa: E402
 
 # The TMA copies' names: async_load / async_store since Triton 3.7, before that (3.6, the device's)
 # async_copy_global_to_shared / async_copy_shared_to_global.
@@ -46,22 +47,6 @@ SHAPES = {"BERT FFN1 (b32 s128)": (4096, 3072, 768), "ResNet s3 3x3 as GEMM (b64
           "ResNet s1 1x1 64->256 (b64)": (200704, 256, 64)}
 CONFIGS = [dict(BM=128, BN=128, BK=128, STAGES=4, num_warps=4), dict(BM=128, BN=256, BK=128, STAGES=3, num_warps=8),
            dict(BM=64, BN=128, BK=128, STAGES=4, num_warps=4)]
-
-
-@gluon.constexpr_function
-def _mma_layout(BM, BN, num_warps, int_operands):
-    """The wgmma accumulator layout: warps along M first (16 rows each, at least a warpgroup),
-    the widest instruction N that divides BN (int8 instructions stop at N = 224)."""
-    warps = [4, 1]
-    while warps[0] * warps[1] != num_warps:
-        if BM > 16 * warps[0]:
-            warps[0] *= 2
-        else:
-            warps[1] *= 2
-    n = min(BN // warps[1], 128 if int_operands else 256)
-    while BN % n:
-        n -= 16
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=warps, instr_shape=[16, n, 32])
 
 
 @gluon.jit
@@ -81,7 +66,7 @@ def gemm_kernel(a_desc, b_desc, c_desc, scale, K, WAIT: gl.constexpr, STAGES: gl
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
     nbytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes
-    layout: gl.constexpr = _mma_layout(BM, BN, num_warps, INT)
+    layout: gl.constexpr = mma_layout(BM, BN, num_warps, INT)
     if INT:
         acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
     else:

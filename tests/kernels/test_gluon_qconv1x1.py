@@ -3,11 +3,6 @@ accepts, what the launcher hands the kernel, that it compiles for sm_90 with an 
 in flight, and (GPU) that its codes are the reference kiln::QConv's within one step."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from onnx import TensorProto
@@ -21,6 +16,7 @@ from kiln.kernels.gluon import qconv1x1 as g  # noqa: E402
 from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
 from kiln.tactics import quantized_conv_gluon as tactic  # noqa: E402
 from kiln.tactics.registry import TacticQuery  # noqa: E402
+from tests.kernels.compiled_child import run_compiled  # noqa: E402
 
 F8, I8 = torch.float8_e4m3fn, torch.int8
 CL = torch.channels_last
@@ -141,12 +137,7 @@ def test_compiles_for_sm90_with_a_group_in_flight(tmp_path):
     """Compiled for sm_90 (no GPU needed; outside the interpreter, so in a child process): both
     types' kernels leave one wgmma group in flight (what Triton-compiled int8 kernels do not) and
     hand registers between the partitions."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(g.__file__).parents[3]), env.get("PYTHONPATH", "")])
-    got = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
-    assert got.returncode == 0, got.stderr[-2000:]
-    assert got.stdout.split("\n")[:2] == ["torch.int8 True True", "torch.float8_e4m3fn True True"]
+    assert run_compiled(_COMPILE, tmp_path)[:2] == ["torch.int8 True True", "torch.float8_e4m3fn True True"]
 
 
 @pytest.mark.gpu

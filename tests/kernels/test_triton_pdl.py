@@ -5,13 +5,9 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import os
 import pkgutil
 import re
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +15,7 @@ from triton.runtime.jit import KernelInterface
 
 import kiln.kernels.triton as kt
 from kiln.kernels.triton import pdl, pointwise
+from tests.kernels.compiled_child import run_compiled
 
 
 def _modules() -> list[types.ModuleType]:
@@ -112,12 +109,7 @@ def test_the_wait_compiles_to_griddepcontrol_for_sm90(tmp_path):
     """Compiled for sm_90 (no GPU needed; outside the interpreter, so in a child process): with
     PDL the kernel's PTX waits (griddepcontrol.wait) before its first global load and the kernel
     asks its launcher for PDL; without, neither."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(pdl.__file__).parents[3]), env.get("PYTHONPATH", "")])
-    got = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300)
-    assert got.returncode == 0, got.stderr[-2000:]
-    assert got.stdout.split("\n")[:2] == ["True True True True", "False False False False"]
+    assert run_compiled(_COMPILE, tmp_path)[:2] == ["True True True True", "False False False False"]
 
 
 @pytest.mark.gpu
