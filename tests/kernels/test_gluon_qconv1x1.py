@@ -122,6 +122,8 @@ def test_launcher_refuses_what_the_kernel_cannot_do():
         g.qconv1x1(*ops, activation="Relu", strides=[2, 2], **out)
     with pytest.raises(ValueError, match="Relu or none"):
         g.qconv1x1(*ops, activation="Gelu", **out)
+    with pytest.raises(ValueError, match="a residual of Y's shape"):
+        g.qconv1x1(*ops[:7], ops[7][:, :, :1, :1], *ops[8:], activation="Relu", **out)
 
 
 _COMPILE = """

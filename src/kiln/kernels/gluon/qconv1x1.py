@@ -276,6 +276,8 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
     w2 = w.reshape(oc, c)
     if not w2.is_contiguous():
         w2 = w2.contiguous()
+    if residual is not None and tuple(residual.shape) != (n, oc, h, wd):
+        raise ValueError(f"qconv1x1: a residual of Y's shape {(n, oc, h, wd)}; got {tuple(residual.shape)}")
     y = torch.empty((n, oc, h, wd), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     y2 = y.permute(0, 2, 3, 1).reshape(m, oc)
     r2 = _channels_last(residual).permute(0, 2, 3, 1).reshape(m, oc) if residual is not None else y2
