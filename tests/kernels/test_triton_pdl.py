@@ -87,6 +87,10 @@ def test_generated_kernels_wait_first():
     fn = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "kiln_pointwise")
     assert fn.args.args[-1].arg == "PDL"
     assert ast.unparse(fn.body[0]) == "wait_for_inputs(PDL)"
+    # the quantized attention's template (its constants' parameters filled in at generation)
+    from kiln.kernels.triton import qdq_attention
+    signature_end = qdq_attention._KERNEL.index("PDL: tl.constexpr = False):")
+    assert qdq_attention._KERNEL[signature_end:].split("\n")[1].strip().startswith("wait_for_inputs(PDL)")
 
 
 _COMPILE = """
