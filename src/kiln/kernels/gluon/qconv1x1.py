@@ -35,6 +35,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
+from kiln.kernels.triton.qconv_plan import conv_geometry
 
 Tensor = torch.Tensor
 
@@ -230,22 +231,24 @@ def descriptors(a: Tensor, w: Tensor, r: Tensor, y: Tensor, cfg: dict, bk: int) 
             TensorDescriptor.from_tensor(y, [cfg["BM"], cfg["BN"]], lr))
 
 
-def applies(x_shape: Sequence[int], w_shape: Sequence[int], attrs: dict) -> bool:
-    """A 1x1 conv, stride 1, no padding, dilation 1, group 1, C and OC multiples of 16 (TMA rows
-    of whole 16 bytes) and C at least 32 (an 8-bit MMA's K)."""
-    if len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
+GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")   # conv_geometry's attributes
+
+
+def applies(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> bool:
+    """A pointwise window (qconv_plan.ConvGeometry.pointwise: 1x1, stride 1, no padding), group 1,
+    C and OC multiples of 16 (TMA rows of whole 16 bytes) and C at least 32 (an 8-bit MMA's K). A
+    symbolic H or W counts as any size: such a window keeps it."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or int(attrs.get("group", 1)) != 1:
         return False
     oc, c = w_shape[0], w_shape[1]
     if not (isinstance(c, int) and isinstance(oc, int)) or c % 16 or oc % 16 or c < 32:
         return False
-    ones = lambda key: all(int(v) == 1 for v in (attrs.get(key) or [1, 1]))  # noqa: E731
-    flat = all(int(v) == 0 for v in (attrs.get("pads") or [0, 0, 0, 0]))
-    return ones("strides") and ones("dilations") and flat and int(attrs.get("group", 1)) == 1 and \
-        attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
-
-
-def _channels_last(t: Tensor) -> Tensor:
-    return t if t.is_contiguous(memory_format=torch.channels_last) else t.contiguous(memory_format=torch.channels_last)
+    hw = [d if isinstance(d, int) else 1 for d in x_shape[2:]]
+    try:
+        geo = conv_geometry([1, c, *hw], w_shape, **{k: attrs[k] for k in GEOMETRY if k in attrs})
+    except (ValueError, TypeError):
+        return False
+    return geo.pointwise(*hw)
 
 
 def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
@@ -272,15 +275,14 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
     n, c, h, wd = x.shape
     oc = w.shape[0]
     m = n * h * wd
-    a = _channels_last(x).permute(0, 2, 3, 1).reshape(m, c)
-    w2 = w.reshape(oc, c)
-    if not w2.is_contiguous():
-        w2 = w2.contiguous()
+    cl = torch.channels_last                        # .contiguous() returns the tensor itself where it already is
+    a = x.contiguous(memory_format=cl).permute(0, 2, 3, 1).reshape(m, c)
+    w2 = w.reshape(oc, c).contiguous()
     if residual is not None and tuple(residual.shape) != (n, oc, h, wd):
         raise ValueError(f"qconv1x1: a residual of Y's shape {(n, oc, h, wd)}; got {tuple(residual.shape)}")
-    y = torch.empty((n, oc, h, wd), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    y = torch.empty((n, oc, h, wd), dtype=x.dtype, device=x.device, memory_format=cl)
     y2 = y.permute(0, 2, 3, 1).reshape(m, oc)
-    r2 = _channels_last(residual).permute(0, 2, 3, 1).reshape(m, oc) if residual is not None else y2
+    r2 = residual.contiguous(memory_format=cl).permute(0, 2, 3, 1).reshape(m, oc) if residual is not None else y2
     bk = min(128, c)
     tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(oc, cfg["BN"])
     programs = min(tiles, _sm_count(x.device) * int(cfg["SM_PROGRAMS"]))
