@@ -20,9 +20,6 @@ maxnreg 128, one wgmma group left in flight). Not yet run on a GPU.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,23 +33,15 @@ from kiln.kernels.gluon.qconv1x1 import CONFIGS, compile_for, qconv1x1  # noqa: 
 def compile_only(arch: int) -> None:
     """Compile conv1x1_kernel for sm_`arch` without a GPU: registers, spills, shared memory and
     the SASS waits of each variant."""
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    from benchmarks.kernel_resources import cubin_resources
     for dtype in (torch.int8, torch.float8_e4m3fn):
         for cfg in CONFIGS:
             for k, has_res in ((64, True), (256, True), (256, False)):
                 kernel = compile_for(arch, dtype, cfg, k, has_res)
-                path = f"/tmp/gluon_conv1x1_{os.getpid()}.cubin"
-                with open(path, "wb") as f:
-                    f.write(kernel.asm["cubin"])
-                usage = subprocess.run([os.path.join(bin_dir, "cuobjdump"), "--dump-resource-usage", path],
-                                       capture_output=True, text=True, check=True).stdout
-                sass = subprocess.run([os.path.join(bin_dir, "cuobjdump"), "-sass", path], capture_output=True,
-                                      text=True, check=True).stdout
-                os.remove(path)
-                res = re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage)
-                waits = sorted(set(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass)))
-                print(f"{str(dtype)[6:]:14s} K {k:3d}{' residual' if has_res else ''} {cfg}: regs {res[1]}, "
-                      f"spill {res[2]} B, shared {kernel.metadata.shared} B, SASS waits {waits}")
+                r = cubin_resources(kernel)
+                print(f"{str(dtype)[6:]:14s} K {k:3d}{' residual' if has_res else ''} {cfg}: regs {r.registers}, "
+                      f"spill {r.local} B, shared {kernel.metadata.shared} B, "
+                      f"SASS waits (groups left in flight: count) {dict(sorted(r.mma_waits.items()))}")
 
 
 def main() -> None:

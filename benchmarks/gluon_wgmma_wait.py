@@ -20,9 +20,6 @@ of 5 calls, median of 20). Not a tactic: a measurement to decide whether one is 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -125,7 +122,7 @@ def compile_only(arch: int) -> None:
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    from benchmarks.kernel_resources import cubin_resources
     for dtype in (torch.int8, torch.float8_e4m3fn):
         for cfg in CONFIGS:
             for wait in (0, 1):
@@ -139,16 +136,10 @@ def compile_only(arch: int) -> None:
                 consts = {"WAIT": wait, "STAGES": cfg["STAGES"], "INT": dtype == torch.int8,
                           "num_warps": cfg["num_warps"]}
                 src = GluonASTSource(gemm_kernel, sig, consts, {(4,): [["tt.divisibility", 16]]})
-                kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg["num_warps"]})
-                path = f"/tmp/gluon_wgmma_{os.getpid()}.cubin"
-                with open(path, "wb") as f:
-                    f.write(kernel.asm["cubin"])
-                sass = subprocess.run([os.path.join(bin_dir, "cuobjdump"), "-sass", path], capture_output=True,
-                                      text=True, check=True).stdout
-                os.remove(path)
-                waits = re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass)
-                mma = sorted({op for op in re.findall(r"\b([IQH]GMMA\.\S+)", sass)})
-                print(f"{str(dtype)[6:]:14s} {cfg} WAIT={wait}: SASS waits {waits}, {mma}")
+                r = cubin_resources(triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                                   options={"num_warps": cfg["num_warps"]}))
+                print(f"{str(dtype)[6:]:14s} {cfg} WAIT={wait}: SASS waits (groups left in flight: count) "
+                      f"{dict(sorted(r.mma_waits.items()))}, {list(r.mma)}")
 
 
 def main() -> None:

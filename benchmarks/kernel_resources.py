@@ -54,6 +54,7 @@ class Resources:
     # each WARPGROUP.DEPBAR's count: the warp-group MMA groups it lets stay in flight (0: it waits for
     # every one issued; Triton keeps a dot in flight across K steps only with a float32 accumulator)
     mma_waits: collections.Counter
+    mma: tuple[str, ...] = ()   # the warp-group MMA instructions, shape and types included (IGMMA.64x128x32...)
 
 
 def _signature(jit: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -115,7 +116,12 @@ def mma_operands(ttgir: str) -> str:
 
 def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int) -> Resources:
     """Compile the recorded call for sm_`arch` and read its resources and SASS."""
-    kernel = compile_kernel(jit, args, kw, arch)
+    return cubin_resources(compile_kernel(jit, args, kw, arch))
+
+
+def cubin_resources(kernel: Any) -> Resources:
+    """A compiled kernel's registers, stack, spills, SASS opcodes and MMA waits, read from its cubin
+    by the cuobjdump Triton ships (Triton and Gluon kernels alike)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -129,7 +135,8 @@ def compile_call(jit: Any, args: tuple[Any, ...], kw: dict[str, Any], arch: int)
         raise RuntimeError(f"cuobjdump gave no resource usage:\n{usage}")
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
     waits = collections.Counter(int(n, 16) for n in re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass))
-    return Resources(int(m[1]), int(m[2]), int(m[3]), len(ops), collections.Counter(ops), waits)
+    mma = tuple(sorted(set(re.findall(r"\b([IQH]GMMA\.\S+)", sass))))
+    return Resources(int(m[1]), int(m[2]), int(m[3]), len(ops), collections.Counter(ops), waits, mma)
 
 
 def main(argv: list[str] | None = None) -> None:
