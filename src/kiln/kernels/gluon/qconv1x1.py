@@ -35,7 +35,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
-from kiln.kernels.triton.qconv_plan import conv_geometry
+from kiln.kernels.triton.qconv_plan import conv_geometry, small_accumulator
 
 Tensor = torch.Tensor
 
@@ -116,6 +116,13 @@ def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES: gl.c
 
 
 @gluon.jit
+def _small_int_to_float(x):
+    """int32 values below 2^22 in magnitude as float32, exactly (quantize.small_int_to_float): two
+    full-rate instructions where the I2F conversion runs at a fraction of the ALU's rate."""
+    return (x + 0x4B400000).to(gl.float32, bitcast=True) - 12582912.0
+
+
+@gluon.jit
 def _channel_values(P, offs_n, N, PER_CHANNEL: gl.constexpr):
     """A per-channel vector at offs_n (float32), or its one value."""
     if PER_CHANNEL:
@@ -125,8 +132,8 @@ def _channel_values(P, offs_n, N, PER_CHANNEL: gl.constexpr):
 
 @gluon.jit
 def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT: gl.constexpr,
-             HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr,
-             BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
+             ACC_MAGIC: gl.constexpr, HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr,
+             HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
     """Default partition (a warpgroup): each tile's MMAs with one group left in flight, the operand
     buffers freed as their group completes; the epilogue on the residual tile; the 8-bit tile
     handed to a TMA store."""
@@ -143,6 +150,14 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
     xs = gl.load(XS).to(gl.float32)
     os_ = gl.load(OS).to(gl.float32)
     inv = gl.div_rn(os_ * 0.0 + 1.0, os_)          # 1 / out_scale, correctly rounded once
+    rs = gl.load(RS).to(gl.float32)
+    # int8's bounds in the domain shifted by 1.5 * 2^23; Relu folds into the bound on the side the
+    # sign of 1 / out_scale keeps (quantize.requantize_relu)
+    lo = -128.0 + 12582912.0
+    hi = 127.0 + 12582912.0
+    if RELU:
+        lo = gl.where(inv > 0, 12582912.0, lo)
+        hi = gl.where(inv < 0, 12582912.0, hi)
     it = 0
     count = 0
     for tile in range(gl.program_id(0), tiles, programs):
@@ -163,7 +178,11 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES))
         offs_n = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
-        v = acc.to(gl.float32) * (xs * _channel_values(WS, offs_n, N, WS_PER_CHANNEL))[None, :]
+        if INT and ACC_MAGIC:   # |acc| < 2^22: exactly, by the bits of acc + 1.5 * 2^23 (no I2F)
+            v = _small_int_to_float(acc)
+        else:
+            v = acc.to(gl.float32)
+        v = v * (xs * _channel_values(WS, offs_n, N, WS_PER_CHANNEL))[None, :]
         if HAS_BIAS:
             v = v + _channel_values(BIAS, offs_n, N, BIAS_PER_CHANNEL)[None, :]
         if HAS_RES:
@@ -172,13 +191,18 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
             r = r_bufs.index(rb).load(layout)
             fence_async_shared()                     # the read is ordered before the next TMA write
             mbarrier.arrive(r_empty.index(rb))
-            v = v + r.to(gl.float32) * gl.load(RS).to(gl.float32)
-        if RELU:
-            v = gl.maximum(v, 0.0)
-        if INT:   # half to even by the float32 add of 1.5 * 2^23, then saturated
-            y = gl.minimum(gl.maximum((v * inv + 12582912.0) - 12582912.0, -128.0), 127.0).to(gl.int8)
-        else:
-            y = gl.minimum(gl.maximum(v * inv, -448.0), 448.0).to(gl.float8e4nv)
+            if INT:
+                rf = _small_int_to_float(r.to(gl.int32))
+            else:
+                rf = r.to(gl.float32)
+            v = v + rf * rs
+        if INT:   # half to even by the float32 add of 1.5 * 2^23, saturated (Relu: from 0), the low byte
+            t = gl.minimum(gl.maximum(v * inv + 12582912.0, lo), hi)
+            y = t.to(gl.int32, bitcast=True).to(gl.int8)
+        else:     # the conversion saturates at +-448 itself (cvt.rn.satfinite)
+            if RELU:
+                v = gl.maximum(v, 0.0)
+            y = (v * inv).to(gl.float8e4nv)
         yb = count % Y_BUFS
         tma.store_wait(Y_BUFS - 1)                   # the store that last used this buffer is done ...
         _barrier()                                   # ... for every warp, not only the issuing thread
@@ -192,8 +216,8 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
 @gluon.jit
 def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BIAS, RS, OS,
                    STAGES: gl.constexpr, R_BUFS: gl.constexpr, Y_BUFS: gl.constexpr, INT: gl.constexpr,
-                   HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr,
-                   BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
+                   ACC_MAGIC: gl.constexpr, HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr,
+                   HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, [R_BUFS] + r_desc.block_type.shape, r_desc.layout)
@@ -211,7 +235,7 @@ def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BI
     bars = (ready, empty, r_ready, r_empty)
     bufs = (a_bufs, w_bufs, r_bufs)
     gl.warp_specialize([
-        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT, HAS_RES,
+        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT, ACC_MAGIC, HAS_RES,
                     WS_PER_CHANNEL, HAS_BIAS, BIAS_PER_CHANNEL, RELU, num_warps)),
         (_loader, (a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES)),
     ], [1], [40])
@@ -291,7 +315,8 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
         *descriptors(a, w2, r2, y2, {**cfg, "R_BUFS": cfg["R_BUFS"] if has_res else 1}, bk), m, oc, c, programs,
         x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
         STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
-        INT=x.dtype == torch.int8, HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
+        INT=x.dtype == torch.int8, ACC_MAGIC=x.dtype == torch.int8 and small_accumulator(c, w), HAS_RES=has_res,
+        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
         BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu",
         num_warps=int(cfg.get("num_warps", 4)),
         **({"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}))
@@ -312,6 +337,7 @@ def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool,
            "M": "i32", "N": "i32", "K": "i32", "programs": "i32", "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32",
            "RS": "*fp32", "OS": "*fp32"}
     consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
+              "ACC_MAGIC": dtype == torch.int8 and k < 256,
               "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
               "num_warps": int(cfg.get("num_warps", 4))}
     sig.update({name: "constexpr" for name in consts})
