@@ -7,6 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto
 
+from kiln.compiler.tolerance import mismatch
 from kiln.kernels import gluon
 
 if not gluon.available():
@@ -143,17 +144,6 @@ def test_compiles_for_sm90_with_a_group_in_flight(tmp_path):
     assert run_compiled(_COMPILE, tmp_path)[:2] == ["torch.int8 True True", "torch.float8_e4m3fn True True"]
 
 
-def _ordinal(codes: torch.Tensor) -> torch.Tensor:
-    """e4m3 codes as signed ordinals: neighbouring values differ by one, +0 and -0 are both 0."""
-    bits = codes.contiguous().view(torch.uint8).int()
-    return torch.where(bits >= 128, 128 - bits, bits)
-
-
-def test_ordinal_of_e4m3_codes():
-    x = torch.tensor([-0.0, 0.0, 2.0 ** -9, -(2.0 ** -9), 448.0, -448.0]).to(F8)
-    assert _ordinal(x).tolist() == [0, 0, 1, -1, 126, -126]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [I8, F8], ids=["int8", "fp8"])
 @pytest.mark.parametrize("residual", [True, False], ids=["residual-relu", "plain"])
@@ -161,7 +151,9 @@ def test_ordinal_of_e4m3_codes():
 def test_codes_are_the_reference_within_a_step(dtype, residual, c):
     """Every config against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC
     144), several K steps; with a residual and Relu, or neither (negative codes); int8 at C 256
-    with accumulators below 2^22 (converted by their bits), at C 1024 larger ones."""
+    with accumulators below 2^22 (converted by their bits), at C 1024 larger ones. int8 sums
+    exactly: within one code, 99% identical. float8 as the tuner judges it (compiler/tolerance.py:
+    one step, or the error of the tensor cores' narrower accumulator over 1024 products)."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("Hopper's TMA and warp-group MMA")
     activation = "Relu" if residual else ""
@@ -170,8 +162,8 @@ def test_codes_are_the_reference_within_a_step(dtype, residual, c):
     dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in ops]
     for cfg in g.CONFIGS:
         got = g.qconv1x1(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
-        if dtype == I8:
-            diff = (got.int() - want.int()).abs()
-        else:
-            diff = (_ordinal(got) - _ordinal(want.contiguous(memory_format=CL))).abs()
+        if dtype == F8:
+            assert mismatch(got, want, "kiln::QConv") is None, cfg
+            continue
+        diff = (got.int() - want.int()).abs()
         assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) > 0.99, cfg

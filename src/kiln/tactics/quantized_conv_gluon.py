@@ -2,8 +2,8 @@
 (kernels/gluon/qconv1x1.py), as tactic `kiln::QConv.gluon_1x1`, beside the Triton ones
 (quantized_conv.py), which the tuner times it against.
 
-Registered only with KILN_GLUON=1 (kernels/gluon: Gluon has no interpreter, and this kernel has
-not yet run on a GPU). What `supports` accepts: a channels-last graph on a GPU of compute
+Registered unless KILN_GLUON=0 (kernels/gluon); untuned builds take the Triton tactic, registered
+first. What `supports` accepts: a channels-last graph on a GPU of compute
 capability 9.x (Hopper's TMA and warp-group MMA, which later GPUs do not have), X and W both int8
 or both float8_e4m3fn (no input quantization, no mid quantization), Y requantized to that type, an
 optional residual of that type with its scale, zero points of that type or absent (the kernel

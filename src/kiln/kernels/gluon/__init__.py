@@ -1,8 +1,9 @@
 """kiln's GPU kernels written in Gluon, Triton's lower-level dialect, where a kernel lays out its own
 shared memory, barriers, warp partitions and MMA waits: what Triton's compiler does not do on
 Hopper (warp specialization; int8 MMAs left in flight). Gluon has no interpreter, so these kernels
-run on the GPU only: their conformance tests are GPU tests against the reference ops, and their
-tactics are opt-in (KILN_GLUON=1) until those have run on a GPU."""
+run on the GPU only: their conformance tests are GPU tests against the reference ops. Their
+tactics are registered unless KILN_GLUON=0; the tuner times them against the Triton kernels and
+keeps one where it is faster and agrees with the reference."""
 from __future__ import annotations
 
 import os
@@ -19,5 +20,5 @@ def available() -> bool:
 
 
 def enabled() -> bool:
-    """The Gluon tactics are registered: Gluon is available and KILN_GLUON=1."""
-    return os.environ.get("KILN_GLUON") == "1" and available()
+    """The Gluon tactics are registered: Gluon is available and KILN_GLUON is not 0."""
+    return os.environ.get("KILN_GLUON", "1") != "0" and available()
