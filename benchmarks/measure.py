@@ -82,6 +82,13 @@ def cuda_median_ms(fn: Callable[[], Any], iters: int, warmup: int = 10,
                    before_each=before_each, hold_cycles=HOLD_CYCLES).median_ms
 
 
+def ran_as(engine: Any, status: str) -> str:
+    """A timed row's status with how the engine ran: an engine whose CUDA graph could not be
+    captured ran step by step (the executor's Python loop), which its time then includes."""
+    graph = engine.cuda_graph_status
+    return status if graph in ("captured", "off") else f"{status} ({graph})"
+
+
 def throughput(ms: float, iterations: int, batch: int, flops: int | None = None,
                peak: float | None = None) -> dict[str, Any]:
     """A contender's timing entry: its median ms, items per second and, given FLOPs, TFLOP/s and

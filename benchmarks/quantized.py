@@ -66,7 +66,7 @@ def quant_row(model: BenchModel, engine: Any, precision: str, batch: int, data: 
                                     iters=args.iters, max_seconds=args.max_seconds)
             row["check"] = chk.to_json()
             row["kiln"] = {**measure.throughput(t.median_ms, t.iterations, batch), "check": chk.to_json()}
-            row["status"] = "ok" if chk.ok and (acc is None or acc.ok) else LOW
+            row["status"] = measure.ran_as(engine, "ok" if chk.ok and (acc is None or acc.ok) else LOW)
         except Exception as exc:  # noqa: BLE001 - an engine that fails to run is a finding, not a crash
             row["status"], row["error"] = "RUN FAILED", f"{type(exc).__name__}: {exc}"[:500]
             log(f"{model.name} {precision} b{batch}: kiln run FAILED\n{traceback.format_exc()}")

@@ -134,6 +134,7 @@ def bench_row(model: BenchModel, engine: Any, module: torch.nn.Module, precision
                                         max_seconds=args.max_seconds)
                     row["kiln"] = {**measure.throughput(t.median_ms, t.iterations, batch, flops, peak),
                                    "check": chk.to_json()}
+                    row["status"] = measure.ran_as(engine, row["status"])
             except Exception as exc:  # noqa: BLE001 - an engine that fails to run is a finding, not a crash
                 row["status"], row["error"] = "RUN FAILED", f"{type(exc).__name__}: {exc}"[:500]
                 log(f"{model.name} {precision} b{batch}: kiln run FAILED\n{traceback.format_exc()}")
