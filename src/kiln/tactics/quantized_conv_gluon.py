@@ -8,8 +8,8 @@ capability 9.x (Hopper's TMA and warp-group MMA, which later GPUs do not have), 
 or both float8_e4m3fn (no input quantization, no mid quantization), Y requantized to that type, an
 optional residual of that type with its scale, zero points of that type or absent (the kernel
 checks they are 0), x_scale and out_scale of one element, w_scale and bias of 1 or OC, activation
-Relu or none, and the geometry qconv1x1.applies takes (1x1, stride 1, no padding, C and OC
-multiples of 16, C >= 32).
+Relu or none, and the geometry qconv1x1.applies takes (stride 1, no dilation, group 1, OC a
+multiple of 16, C >= 32 and a multiple of 32, or of 16 for a 1x1 conv without padding).
 """
 from __future__ import annotations
 

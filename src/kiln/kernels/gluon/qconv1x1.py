@@ -12,6 +12,20 @@ flight across K steps, which Triton does not: benchmarks/gluon_wgmma_wait.py) an
 and hands Y to the copy engine as TMA stores it waits for only when their buffer comes round again.
 Persistent: SM_PROGRAMS programs per SM take tiles i, i + programs, ..., row-major over (pixel
 block, channel block), so a block of X is read for all its channel blocks in a row.
+Programmatic dependent launch as kiln's Triton kernels (kernels/triton/pdl.py): launched with it
+on sm_90, the kernel's first statement, before the partitions fork, waits for the kernel before.
+
+Other stride-1 convs (3x3 and any KxK, padding of any size, no dilation) take the same kernel as
+the WINDOW walk of kernels/triton/qconv_window.py: an output tile is a box of BI images x BH rows
+x BW columns (window_box), and each K step (a tap (kh, kw), then BK of its C channels) is one 4-D
+TMA copy of X's box at the tap's offset, the copy engine filling what lies outside X (the
+padding) with zeros, beside a block of the packed weight [OC, KH*KW*C]. The box's pixels land in
+shared memory as consecutive rows of BK bytes, swizzled as a [BM, BK] matrix's would be, so the
+MMA reads that view directly (Triton's compiler does so only for a box of one row, and otherwise
+takes the operand through registers without a group in flight). Y and the residual are boxes of
+[N, OH, OW, OC], clipped by the copy engine at the edges. A 1x1 stride-1 conv without padding is
+the case of one tap over the view [1, 1, N*H*W, C]. Compiled for sm_90 (Triton 3.6 and 3.9); the
+window path has not yet run on a GPU.
 
 Arithmetic (the reference's, as kernels/triton/qconv_epilogue.py computes it): acc (int32, or
 float32 for float8 operands) * (x_scale * w_scale[oc]) + bias[oc] + R * residual_scale, Relu where
@@ -41,7 +55,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kiln.ir import dtypes
 from kiln.kernels.memo import all_zero
-from kiln.kernels.triton.qconv_plan import conv_geometry, small_accumulator
+from kiln.kernels.triton.pdl import gdc_wait, launch_options
+from kiln.kernels.triton.qconv_plan import ConvGeometry, conv_geometry, packed_weight, small_accumulator
+from kiln.kernels.triton.qconv_window import window_box
 
 Tensor = torch.Tensor
 
@@ -83,41 +99,58 @@ def mma_layout(BM, BN, num_warps, int_operands):
 
 
 @gluon.jit
-def _tiles(M, N, K, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
-    """(channel blocks, tiles, K steps)."""
-    tiles_n = gl.cdiv(N, BN)
-    return tiles_n, gl.cdiv(M, BM) * tiles_n, gl.cdiv(K, BK)
+def _tile_count(NI, OH, OW, OC, BI: gl.constexpr, BH: gl.constexpr, BW: gl.constexpr, BN: gl.constexpr):
+    """Output tiles: boxes of BI images x BH rows x BW columns x BN channels."""
+    return gl.cdiv(NI, BI) * gl.cdiv(OH, BH) * gl.cdiv(OW, BW) * gl.cdiv(OC, BN)
 
 
 @gluon.jit
-def _loader(a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES: gl.constexpr):
-    """Worker partition (one warp): X's and W's K steps into the operand ring, then (HAS_RES) the
-    tile's residual into the residual ring, each buffer once the compute partition has freed it."""
+def _tile_origin(tile, OH, OW, OC, BI: gl.constexpr, BH: gl.constexpr, BW: gl.constexpr, BN: gl.constexpr):
+    """The tile's first (image, row, column, channel): channel blocks fastest, then columns, rows
+    and images, so a box of X is read for all its channel blocks in a row."""
+    tiles_n = gl.cdiv(OC, BN)
+    tiles_w = gl.cdiv(OW, BW)
+    tiles_h = gl.cdiv(OH, BH)
+    p = tile // tiles_n
+    return ((p // (tiles_w * tiles_h)) * BI, ((p // tiles_w) % tiles_h) * BH, (p % tiles_w) * BW,
+            (tile % tiles_n) * BN)
+
+
+@gluon.jit
+def _loader(a_desc, w_desc, r_desc, bars, bufs, NI, OH, OW, OC, C, KW, PH, PW, KSTEPS, programs,
+            HAS_RES: gl.constexpr):
+    """Worker partition (one warp): for each K step (tap (kh, kw), then BK channels) X's box at the
+    tap's offset (the copy engine fills the padding outside X with zeros) and W's block into the
+    operand ring, then (HAS_RES) the tile's residual box into the residual ring, each buffer once
+    the compute partition has freed it."""
     ready, empty, r_ready, r_empty = bars
     a_bufs, w_bufs, r_bufs = bufs
-    BM: gl.constexpr = a_desc.block_type.shape[0]
-    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BK: gl.constexpr = a_desc.block_type.shape[3]
+    BI: gl.constexpr = r_desc.block_type.shape[0]
+    BH: gl.constexpr = r_desc.block_type.shape[1]
+    BW: gl.constexpr = r_desc.block_type.shape[2]
     BN: gl.constexpr = w_desc.block_type.shape[0]
     STAGES: gl.constexpr = a_bufs.type.shape[0]
     R_BUFS: gl.constexpr = r_bufs.type.shape[0]
-    tiles_n, tiles, steps = _tiles(M, N, K, BM, BN, BK)
+    c_steps = gl.cdiv(C, BK)
     it = 0
     count = 0
-    for tile in range(gl.program_id(0), tiles, programs):
-        off_m = (tile // tiles_n) * BM
-        off_n = (tile % tiles_n) * BN
-        for k in range(steps):
+    for tile in range(gl.program_id(0), _tile_count(NI, OH, OW, OC, BI, BH, BW, BN), programs):
+        off_i, off_h, off_w, off_n = _tile_origin(tile, OH, OW, OC, BI, BH, BW, BN)
+        for k in range(KSTEPS):
+            tap = k // c_steps
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)    # a fresh barrier passes phase 1
             mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
-            _tma_load(a_desc, [off_m, k * BK], ready.index(s), a_bufs.index(s))
-            _tma_load(w_desc, [off_n, k * BK], ready.index(s), w_bufs.index(s))
+            _tma_load(a_desc, [off_i, off_h + tap // KW - PH, off_w + tap % KW - PW, (k % c_steps) * BK],
+                      ready.index(s), a_bufs.index(s))
+            _tma_load(w_desc, [off_n, k * BK], ready.index(s), w_bufs.index(s))   # W packed (kh, kw, c)
             it += 1
         if HAS_RES:
             rb = count % R_BUFS
             mbarrier.wait(r_empty.index(rb), ((count // R_BUFS) & 1) ^ 1)
             mbarrier.expect(r_ready.index(rb), r_desc.block_type.nbytes)
-            _tma_load(r_desc, [off_m, off_n], r_ready.index(rb), r_bufs.index(rb))
+            _tma_load(r_desc, [off_i, off_h, off_w, off_n], r_ready.index(rb), r_bufs.index(rb))
         count += 1
 
 
@@ -137,7 +170,7 @@ def _channel_values(P, offs_n, N, PER_CHANNEL: gl.constexpr):
 
 
 @gluon.jit
-def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT: gl.constexpr,
+def _compute(y_desc, bars, bufs, y_bufs, NI, OH, OW, OC, KSTEPS, programs, XS, WS, BIAS, RS, OS, INT: gl.constexpr,
              ACC_MAGIC: gl.constexpr, HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr,
              HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
     """Default partition (a warpgroup): each tile's MMAs with one group left in flight, the operand
@@ -145,14 +178,16 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
     handed to a TMA store."""
     ready, empty, r_ready, r_empty = bars
     a_bufs, w_bufs, r_bufs = bufs
-    BM: gl.constexpr = y_desc.block_type.shape[0]
-    BN: gl.constexpr = y_desc.block_type.shape[1]
-    BK: gl.constexpr = a_bufs.type.shape[2]
+    BI: gl.constexpr = y_desc.block_type.shape[0]
+    BH: gl.constexpr = y_desc.block_type.shape[1]
+    BW: gl.constexpr = y_desc.block_type.shape[2]
+    BN: gl.constexpr = y_desc.block_type.shape[3]
+    BM: gl.constexpr = BI * BH * BW
+    BK: gl.constexpr = a_bufs.type.shape[4]
     STAGES: gl.constexpr = a_bufs.type.shape[0]
     R_BUFS: gl.constexpr = r_bufs.type.shape[0]
     Y_BUFS: gl.constexpr = y_bufs.type.shape[0]
     layout: gl.constexpr = mma_layout(BM, BN, num_warps, INT)
-    tiles_n, tiles, steps = _tiles(M, N, K, BM, BN, BK)
     xs = gl.load(XS).to(gl.float32)
     os_ = gl.load(OS).to(gl.float32)
     inv = gl.div_rn(os_ * 0.0 + 1.0, os_)          # 1 / out_scale, correctly rounded once
@@ -166,17 +201,18 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
         hi = gl.where(inv < 0, 12582912.0, hi)
     it = 0
     count = 0
-    for tile in range(gl.program_id(0), tiles, programs):
-        off_m = (tile // tiles_n) * BM
-        off_n = (tile % tiles_n) * BN
+    for tile in range(gl.program_id(0), _tile_count(NI, OH, OW, OC, BI, BH, BW, BN), programs):
+        off_i, off_h, off_w, off_n = _tile_origin(tile, OH, OW, OC, BI, BH, BW, BN)
         if INT:
             acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
         else:
             acc = gl.zeros((BM, BN), dtype=gl.float32, layout=layout)
-        for k in range(steps):
+        for k in range(KSTEPS):
             s = it % STAGES
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-            acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            # the box's pixels are the operand's rows, as TMA wrote them (a view, no copy)
+            acc = warpgroup_mma(a_bufs.index(s).reshape([BM, BK]), w_bufs.index(s).permute((1, 0)), acc,
+                                is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             # the group before this one has completed: its buffers go back to the loader
             mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k > 0)
@@ -188,13 +224,13 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
             v = _small_int_to_float(acc)
         else:
             v = acc.to(gl.float32)
-        v = v * (xs * _channel_values(WS, offs_n, N, WS_PER_CHANNEL))[None, :]
+        v = v * (xs * _channel_values(WS, offs_n, OC, WS_PER_CHANNEL))[None, :]
         if HAS_BIAS:
-            v = v + _channel_values(BIAS, offs_n, N, BIAS_PER_CHANNEL)[None, :]
+            v = v + _channel_values(BIAS, offs_n, OC, BIAS_PER_CHANNEL)[None, :]
         if HAS_RES:
             rb = count % R_BUFS
             mbarrier.wait(r_ready.index(rb), (count // R_BUFS) & 1)
-            r = r_bufs.index(rb).load(layout)
+            r = r_bufs.index(rb).reshape([BM, BN]).load(layout)
             fence_async_shared()                     # the read is ordered before the next TMA write
             mbarrier.arrive(r_empty.index(rb))
             if INT:
@@ -212,18 +248,21 @@ def _compute(y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS
         yb = count % Y_BUFS
         tma.store_wait(Y_BUFS - 1)                   # the store that last used this buffer is done ...
         _barrier()                                   # ... for every warp, not only the issuing thread
-        y_bufs.index(yb).store(y)
+        y_bufs.index(yb).reshape([BM, BN]).store(y)
         fence_async_shared()
-        _tma_store(y_desc, [off_m, off_n], y_bufs.index(yb))
+        _tma_store(y_desc, [off_i, off_h, off_w, off_n], y_bufs.index(yb))   # clipped at Y's edges
         count += 1
     tma.store_wait(0)
 
 
 @gluon.jit
-def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BIAS, RS, OS,
+def conv_kernel(a_desc, w_desc, r_desc, y_desc, NI, OH, OW, OC, C, KW, PH, PW, KSTEPS, programs, XS, WS, BIAS, RS, OS,
                    STAGES: gl.constexpr, R_BUFS: gl.constexpr, Y_BUFS: gl.constexpr, INT: gl.constexpr,
                    ACC_MAGIC: gl.constexpr, HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr,
-                   HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr):
+                   HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr,
+                   PDL: gl.constexpr = False):
+    if PDL:   # kernels/triton/pdl.py's rule: wait for the kernel before, first, in every partition alike
+        gdc_wait()
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, [R_BUFS] + r_desc.block_type.shape, r_desc.layout)
@@ -241,44 +280,53 @@ def conv1x1_kernel(a_desc, w_desc, r_desc, y_desc, M, N, K, programs, XS, WS, BI
     bars = (ready, empty, r_ready, r_empty)
     bufs = (a_bufs, w_bufs, r_bufs)
     gl.warp_specialize([
-        (_compute, (y_desc, bars, bufs, y_bufs, M, N, K, programs, XS, WS, BIAS, RS, OS, INT, ACC_MAGIC, HAS_RES,
-                    WS_PER_CHANNEL, HAS_BIAS, BIAS_PER_CHANNEL, RELU, num_warps)),
-        (_loader, (a_desc, w_desc, r_desc, bars, bufs, M, N, K, programs, HAS_RES)),
+        (_compute, (y_desc, bars, bufs, y_bufs, NI, OH, OW, OC, KSTEPS, programs, XS, WS, BIAS, RS, OS, INT,
+                    ACC_MAGIC, HAS_RES, WS_PER_CHANNEL, HAS_BIAS, BIAS_PER_CHANNEL, RELU, num_warps)),
+        (_loader, (a_desc, w_desc, r_desc, bars, bufs, NI, OH, OW, OC, C, KW, PH, PW, KSTEPS, programs, HAS_RES)),
     ], [1], [40])
 
 
 # --- host side ------------------------------------------------------------------------------------
 
 
-def descriptors(a: Tensor, w: Tensor, r: Tensor, y: Tensor, cfg: dict, bk: int) -> tuple:
-    """TMA descriptors of X [M, K] (boxes BM x bk), W [N, K] (BN x bk), R and Y [M, N] (BM x BN)."""
-    bits = EIGHT_BIT[a.dtype]
-    la = gl.NVMMASharedLayout.get_default_for([cfg["BM"], bk], bits)
-    lw = gl.NVMMASharedLayout.get_default_for([cfg["BN"], bk], bits)
-    lr = gl.NVMMASharedLayout.get_default_for([cfg["BM"], cfg["BN"]], bits)
-    return (TensorDescriptor.from_tensor(a, [cfg["BM"], bk], la), TensorDescriptor.from_tensor(w, [cfg["BN"], bk], lw),
-            TensorDescriptor.from_tensor(r, [cfg["BM"], cfg["BN"]], lr),
-            TensorDescriptor.from_tensor(y, [cfg["BM"], cfg["BN"]], lr))
+def descriptors(x4: Tensor, w2: Tensor, r4: Tensor, y4: Tensor, box: tuple[int, int, int], bn: int,
+                bk: int) -> tuple:
+    """TMA descriptors of X [N, H, W, C] (boxes BI x BH x BW x bk), the packed W [OC, K] (BN x bk),
+    R and Y [N, OH, OW, OC] (BI x BH x BW x BN)."""
+    bits = EIGHT_BIT[x4.dtype]
+    la = gl.NVMMASharedLayout.get_default_for([*box, bk], bits)
+    lw = gl.NVMMASharedLayout.get_default_for([bn, bk], bits)
+    ly = gl.NVMMASharedLayout.get_default_for([*box, bn], bits)
+    return (TensorDescriptor.from_tensor(x4, [*box, bk], la), TensorDescriptor.from_tensor(w2, [bn, bk], lw),
+            TensorDescriptor.from_tensor(r4, [*box, bn], ly), TensorDescriptor.from_tensor(y4, [*box, bn], ly))
 
 
 GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")   # conv_geometry's attributes
 
 
-def applies(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> bool:
-    """A pointwise window (qconv_plan.ConvGeometry.pointwise: 1x1, stride 1, no padding), group 1,
-    C and OC multiples of 16 (TMA rows of whole 16 bytes) and C at least 32 (an 8-bit MMA's K). A
-    symbolic H or W counts as any size: such a window keeps it."""
+def geometry(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> ConvGeometry | None:
+    """The conv's geometry where the kernel takes it, else None: group 1, stride 1, no dilation, C
+    a multiple of 32 (an 8-bit MMA's K; BK divides C, so a K step stays within one tap) or, for a
+    pointwise window (1x1, no padding: a GEMM over rows of pixels), of 16 (TMA rows of whole 16
+    bytes), C at least 32, OC a multiple of 16. A symbolic H or W counts as any size."""
     if len(x_shape) != 4 or len(w_shape) != 4 or int(attrs.get("group", 1)) != 1:
-        return False
+        return None
     oc, c = w_shape[0], w_shape[1]
     if not (isinstance(c, int) and isinstance(oc, int)) or c % 16 or oc % 16 or c < 32:
-        return False
+        return None
     hw = [d if isinstance(d, int) else 1 for d in x_shape[2:]]
     try:
         geo = conv_geometry([1, c, *hw], w_shape, **{k: attrs[k] for k in GEOMETRY if k in attrs})
     except (ValueError, TypeError):
-        return False
-    return geo.pointwise(*hw)
+        return None
+    if geo.pointwise(*hw):
+        return geo
+    ok = (geo.sh, geo.sw, geo.dh, geo.dw) == (1, 1, 1, 1) and c % 32 == 0 and geo.oh > 0 and geo.ow > 0
+    return geo if ok else None
+
+
+def applies(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> bool:
+    return geometry(x_shape, w_shape, attrs) is not None
 
 
 def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
@@ -291,8 +339,9 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
     requantized to X's type (channels-last), an optional residual of X's type with its scale,
     activation "" or "Relu", zero points 0 (module docstring)."""
     cfg = dict(config or CONFIGS[0])
-    if x.dtype not in EIGHT_BIT or w.dtype != x.dtype or not applies(x.shape, w.shape, conv_attrs):
-        raise ValueError(f"qconv1x1: 8-bit X and W alike, a 1x1 stride-1 conv; got X {x.dtype} {tuple(x.shape)}, "
+    geo = geometry(x.shape, w.shape, conv_attrs) if x.dtype in EIGHT_BIT and w.dtype == x.dtype else None
+    if geo is None:
+        raise ValueError(f"qconv1x1: 8-bit X and W alike, a stride-1 conv; got X {x.dtype} {tuple(x.shape)}, "
                          f"W {w.dtype} {tuple(w.shape)}, {conv_attrs}")
     if out_scale is None or x_quant_scale is not None or mid_scale is not None or activation not in ("", "Relu"):
         raise ValueError("qconv1x1: a requantized output, no input quantization, no mid quantization, Relu or none")
@@ -304,51 +353,71 @@ def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale
             raise ValueError(f"qconv1x1: {name} must be 0 (symmetric quantization)")
     n, c, h, wd = x.shape
     oc = w.shape[0]
-    m = n * h * wd
+    oh, ow = geo.oh, geo.ow
+    if residual is not None and tuple(residual.shape) != (n, oc, oh, ow):
+        raise ValueError(f"qconv1x1: a residual of Y's shape {(n, oc, oh, ow)}; got {tuple(residual.shape)}")
     cl = torch.channels_last                        # .contiguous() returns the tensor itself where it already is
-    a = x.contiguous(memory_format=cl).permute(0, 2, 3, 1).reshape(m, c)
-    w2 = w.reshape(oc, c).contiguous()
-    if residual is not None and tuple(residual.shape) != (n, oc, h, wd):
-        raise ValueError(f"qconv1x1: a residual of Y's shape {(n, oc, h, wd)}; got {tuple(residual.shape)}")
-    y = torch.empty((n, oc, h, wd), dtype=x.dtype, device=x.device, memory_format=cl)
-    y2 = y.permute(0, 2, 3, 1).reshape(m, oc)
-    r2 = residual.contiguous(memory_format=cl).permute(0, 2, 3, 1).reshape(m, oc) if residual is not None else y2
-    bk = min(128, c)
-    tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(oc, cfg["BN"])
+    y = torch.empty((n, oc, oh, ow), dtype=x.dtype, device=x.device, memory_format=cl)
+    x4 = x.contiguous(memory_format=cl).permute(0, 2, 3, 1)
+    y4 = y.permute(0, 2, 3, 1)
+    r4 = residual.contiguous(memory_format=cl).permute(0, 2, 3, 1) if residual is not None else y4
+    pointwise = geo.pointwise(h, wd)
+    if pointwise:   # a GEMM over rows of pixels: the view [1, 1, N*H*W, C], boxes of BM rows
+        x4, y4, r4 = (t.reshape(1, 1, -1, t.shape[-1]) for t in (x4, y4, r4))
+        box = (1, 1, int(cfg["BM"]))
+        bk = min(128, c)
+        w2 = w.reshape(oc, c).contiguous()
+    else:
+        box = window_box(n, oh, ow, int(cfg["BM"]))
+        bk = next(b for b in (128, 64, 32) if c % b == 0)
+        w2 = packed_weight(w)
+    geo_n, geo_h, geo_w = x4.shape[0], y4.shape[1], y4.shape[2]
+    ksteps = geo.kh * geo.kw * triton.cdiv(c, bk)
+    tiles = (triton.cdiv(geo_n, box[0]) * triton.cdiv(geo_h, box[1]) * triton.cdiv(geo_w, box[2]) *
+             triton.cdiv(oc, cfg["BN"]))
     programs = min(tiles, _sm_count(x.device) * int(cfg["SM_PROGRAMS"]))
     has_res = residual is not None
-    conv1x1_kernel[(programs,)](
-        *descriptors(a, w2, r2, y2, {**cfg, "R_BUFS": cfg["R_BUFS"] if has_res else 1}, bk), m, oc, c, programs,
+    conv_kernel[(programs,)](
+        *descriptors(x4, w2, r4, y4, box, int(cfg["BN"]), bk), geo_n, geo_h, geo_w, oc, c, geo.kw,
+        0 if pointwise else geo.ph, 0 if pointwise else geo.pw, ksteps, programs,
         x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
         STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
-        INT=x.dtype == torch.int8, ACC_MAGIC=x.dtype == torch.int8 and small_accumulator(c, w), HAS_RES=has_res,
-        WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
+        INT=x.dtype == torch.int8, ACC_MAGIC=x.dtype == torch.int8 and small_accumulator(c * geo.kh * geo.kw, w),
+        HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
         BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu",
-        num_warps=int(cfg.get("num_warps", 4)),
+        num_warps=int(cfg.get("num_warps", 4)), **launch_options(x),
         **({"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}))
     return y
 
 
-def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool, relu: bool = True) -> Any:
-    """conv1x1_kernel compiled for sm_`arch` without a GPU (Triton's CompiledKernel: .asm holds each
-    stage), for a [3136, k] x [4k, k] GEMM of `dtype` with per-channel scales and a bias."""
+def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool, relu: bool = True,
+                kernel: int = 1, pdl: bool = False) -> Any:
+    """conv_kernel compiled for sm_`arch` without a GPU (Triton's CompiledKernel: .asm holds each
+    stage), with per-channel scales and a bias: kernel 1, a [3136, k] x [4k, k] GEMM (a 1x1 conv's
+    flat rows); kernel 3, a 3x3 conv over [64, 14, 14, k] to k channels (boxes window_box's)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    a, w = torch.zeros(3136, k, dtype=dtype), torch.zeros(4 * k, k, dtype=dtype)
-    r, y = torch.zeros(3136, 4 * k, dtype=dtype), torch.zeros(3136, 4 * k, dtype=dtype)
-    descs = descriptors(a, w, r, y, cfg, min(128, k))
+    if kernel == 1:
+        x4, y4 = torch.zeros(1, 1, 3136, k, dtype=dtype), torch.zeros(1, 1, 3136, 4 * k, dtype=dtype)
+        w2, box, bk = torch.zeros(4 * k, k, dtype=dtype), (1, 1, int(cfg["BM"])), min(128, k)
+    else:
+        x4, y4 = torch.zeros(64, 14, 14, k, dtype=dtype), torch.zeros(64, 14, 14, k, dtype=dtype)
+        w2, box = torch.zeros(k, kernel * kernel * k, dtype=dtype), window_box(64, 14, 14, int(cfg["BM"]))
+        bk = next(b for b in (128, 64, 32) if k % b == 0)
+    descs = descriptors(x4, w2, y4, y4, box, int(cfg["BN"]), bk)
     sig = {**{nm: mangle_type(d) for nm, d in zip(("a_desc", "w_desc", "r_desc", "y_desc"), descs)},
-           "M": "i32", "N": "i32", "K": "i32", "programs": "i32", "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32",
-           "RS": "*fp32", "OS": "*fp32"}
+           **{nm: "i32" for nm in ("NI", "OH", "OW", "OC", "C", "KW", "PH", "PW", "KSTEPS", "programs")},
+           "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32", "RS": "*fp32", "OS": "*fp32"}
     consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
-              "ACC_MAGIC": dtype == torch.int8 and k < 256,
+              "ACC_MAGIC": dtype == torch.int8 and k * kernel * kernel < 256,
               "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
-              "num_warps": int(cfg.get("num_warps", 4))}
+              "num_warps": int(cfg.get("num_warps", 4)), "PDL": pdl}
     sig.update({name: "constexpr" for name in consts})
-    options = {"num_warps": consts["num_warps"], **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {})}
-    return triton.compile(GluonASTSource(conv1x1_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
+    options = {"num_warps": consts["num_warps"], **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
+               **({"launch_pdl": True} if pdl else {})}
+    return triton.compile(GluonASTSource(conv_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
                           options=options)
 
 
