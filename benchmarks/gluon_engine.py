@@ -71,7 +71,7 @@ def kernel_trace(engine: kiln.Engine, feeds: dict[str, torch.Tensor]) -> list[tu
 
 
 def kind(name: str) -> str:
-    if "conv1x1_kernel" in name:
+    if name.split("(")[0] == "conv_kernel":    # the Gluon kernel (not the Triton _qconv_kernel)
         return "gluon"
     if name.startswith(("void", "at::", "cudnn", "sm90", "cutlass", "nvjet")) or "::" in name:
         return "library"
