@@ -1,5 +1,5 @@
-"""GPU: the warp-specialized Gluon kernel for ResNet-50's 1x1 convs (kernels/gluon/qconv1x1.py,
-the opt-in tactic kiln::QConv.gluon_1x1) against kiln's Triton kiln::QConv on the same operands.
+"""GPU: the warp-specialized Gluon kernel for ResNet-50's 1x1 convs (kernels/gluon/qconv.py,
+the tactic kiln::QConv.gluon) against kiln's Triton kiln::QConv on the same operands.
 
     PYTHONPATH=$PWD/src python3 benchmarks/gluon_conv1x1.py [int8|fp8 ...]      # H100/H200: check and time it
     PYTHONPATH=$PWD/src python3 benchmarks/gluon_conv1x1.py --compile 90       # no GPU: compile for sm_90
@@ -29,7 +29,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kiln.kernels.gluon.qconv1x1 import CONFIGS, compile_for, qconv1x1  # noqa: E402
+from kiln.kernels.gluon.qconv import CONFIGS, compile_for, qconv  # noqa: E402
 
 
 def compile_only(arch: int) -> None:
@@ -78,9 +78,9 @@ def main() -> None:
             best_gluon = float("inf")
             for cfg in CONFIGS:
                 try:
-                    got = qconv1x1(*ops, **attrs, config=cfg)
+                    got = qconv(*ops, **attrs, config=cfg)
                     diff = (got.view(torch.uint8).int() - want).abs()
-                    us = bench(lambda cfg=cfg: qconv1x1(*ops, **attrs, config=cfg)) * 1e3
+                    us = bench(lambda cfg=cfg: qconv(*ops, **attrs, config=cfg)) * 1e3
                     if int(diff.max()) <= 1:
                         best_gluon = min(best_gluon, us)
                     print(f"    gluon {cfg}: {us:6.1f} us ({gb / us:5.0f} GB/s)  codes equal "

@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kiln.kernels.gluon.qconv1x1 import mma_layout  # noqa: E402
+from kiln.kernels.gluon.qconv_kernel import mma_layout  # noqa: E402
 
 # The TMA copies' names: async_load / async_store since Triton 3.7, before that (3.6, the device's)
 # async_copy_global_to_shared / async_copy_shared_to_global.

@@ -1,5 +1,5 @@
-"""The warp-specialized Gluon kernel for kiln::QConv's 1x1 stride-1 convolutions
-(kernels/gluon/qconv1x1.py), as tactic `kiln::QConv.gluon_1x1`, beside the Triton ones
+"""The warp-specialized Gluon kernel for kiln::QConv's stride-1 convolutions
+(kernels/gluon/qconv.py), as tactic `kiln::QConv.gluon`, beside the Triton ones
 (quantized_conv.py), which the tuner times it against.
 
 Registered unless KILN_GLUON=0 (kernels/gluon); untuned builds take the Triton tactic, registered
@@ -8,7 +8,7 @@ capability 9.x (Hopper's TMA and warp-group MMA, which later GPUs do not have), 
 or both float8_e4m3fn (no input quantization, no mid quantization), Y requantized to that type, an
 optional residual of that type with its scale, zero points of that type or absent (the kernel
 checks they are 0), x_scale and out_scale of one element, w_scale and bias of 1 or OC, activation
-Relu or none, and the geometry qconv1x1.applies takes (stride 1, no dilation, group 1, OC a
+Relu or none, and the geometry qconv.applies takes (stride 1, no dilation, group 1, OC a
 multiple of 16, C >= 32 and a multiple of 32, or of 16 for a 1x1 conv without padding).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def supports(query: TacticQuery) -> bool:
         return False
     if query.attrs.get("activation", "") not in ("", "Relu"):
         return False
-    from kiln.kernels.gluon.qconv1x1 import applies
+    from kiln.kernels.gluon.qconv import applies
     if not applies(at(query.input_shapes, qc.X) or (), at(query.input_shapes, qc.W) or (), query.attrs):
         return False
     cap = device_capability()
@@ -42,7 +42,7 @@ def supports(query: TacticQuery) -> bool:
 
 
 if gluon.enabled():
-    from kiln.kernels.gluon.qconv1x1 import CONFIGS, qconv1x1
+    from kiln.kernels.gluon.qconv import CONFIGS, qconv
 
-    register_tactic(Tactic("kiln::QConv.gluon_1x1", "kiln::QConv", 1, ("cuda",), qconv1x1, supports,
+    register_tactic(Tactic("kiln::QConv.gluon", "kiln::QConv", 2, ("cuda",), qconv, supports,
                            configs=CONFIGS))

@@ -1,4 +1,4 @@
-"""The warp-specialized Gluon 1x1 conv (kernels/gluon/qconv1x1.py) and its tactic: what the tactic
+"""The warp-specialized Gluon conv (kernels/gluon/qconv.py) and its tactic: what the tactic
 accepts, what the launcher hands the kernel, that it compiles for sm_90 with an int8 MMA group left
 in flight, and (GPU) that its codes are the reference kiln::QConv's within one step."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from kiln.kernels import gluon
 if not gluon.available():
     pytest.skip("this Triton has no Gluon with the Hopper APIs", allow_module_level=True)
 
-from kiln.kernels.gluon import qconv1x1 as g  # noqa: E402
+from kiln.kernels.gluon import qconv as g  # noqa: E402
 from kiln.kernels.reference.quantized import qconv as reference_qconv  # noqa: E402
 from kiln.tactics import quantized_conv_gluon as tactic  # noqa: E402
 from kiln.tactics.registry import TacticQuery  # noqa: E402
@@ -105,7 +105,7 @@ def test_launcher_hands_the_kernel_flat_views(monkeypatch, residual):
     monkeypatch.setattr(g, "conv_kernel", rec)
     ops, out = _operands(I8, residual=residual)
     cfg = g.CONFIGS[1]
-    y = g.qconv1x1(*ops, activation="Relu", kernel_shape=[1, 1], config=cfg, **out)
+    y = g.qconv(*ops, activation="Relu", kernel_shape=[1, 1], config=cfg, **out)
     assert y.shape == (2, 128, 5, 5) and y.is_contiguous(memory_format=CL) and y.dtype == I8
     (grid,), args, kw = rec.calls[0][0], rec.calls[0][1], rec.calls[0][2]
     a_desc, w_desc, r_desc, y_desc, ni, oh, ow, oc, c, kw_, ph, pw, ksteps, programs = args[:14]
@@ -126,7 +126,7 @@ def test_launcher_hands_a_3x3_conv_its_window(monkeypatch):
     monkeypatch.setattr(g, "conv_kernel", rec)
     ops, out = _operands(F8, c=64, oc=64, hw=9, residual=False)
     ops = (ops[0], torch.cat([ops[1]] * 9, dim=2).reshape(64, 64, 3, 3), *ops[2:])
-    y = g.qconv1x1(*ops, kernel_shape=[3, 3], pads=[1, 1, 1, 1], config=g.CONFIGS[2], **out)
+    y = g.qconv(*ops, kernel_shape=[3, 3], pads=[1, 1, 1, 1], config=g.CONFIGS[2], **out)
     assert y.shape == (2, 64, 9, 9) and y.is_contiguous(memory_format=CL)
     args, kw = rec.calls[0][1], rec.calls[0][2]
     a_desc, w_desc, r_desc, y_desc, ni, oh, ow, oc, c, kw_, ph, pw, ksteps, programs = args[:14]
@@ -142,18 +142,18 @@ def test_launcher_hands_a_3x3_conv_its_window(monkeypatch):
 def test_launcher_refuses_what_the_kernel_cannot_do():
     ops, out = _operands(I8)
     with pytest.raises(ValueError, match="x_zp must be 0"):
-        g.qconv1x1(ops[0], ops[1], ops[2], torch.tensor(3, dtype=I8), *ops[4:], activation="Relu", **out)
+        g.qconv(ops[0], ops[1], ops[2], torch.tensor(3, dtype=I8), *ops[4:], activation="Relu", **out)
     with pytest.raises(ValueError, match="a stride-1 conv"):
-        g.qconv1x1(*ops, activation="Relu", strides=[2, 2], **out)
+        g.qconv(*ops, activation="Relu", strides=[2, 2], **out)
     with pytest.raises(ValueError, match="Relu or none"):
-        g.qconv1x1(*ops, activation="Gelu", **out)
+        g.qconv(*ops, activation="Gelu", **out)
     with pytest.raises(ValueError, match="a residual of Y's shape"):
-        g.qconv1x1(*ops[:7], ops[7][:, :, :1, :1], *ops[8:], activation="Relu", **out)
+        g.qconv(*ops[:7], ops[7][:, :, :1, :1], *ops[8:], activation="Relu", **out)
 
 
 _COMPILE = """
 import torch
-from kiln.kernels.gluon.qconv1x1 import CONFIGS, compile_for
+from kiln.kernels.gluon.qconv import CONFIGS, compile_for
 for dtype in (torch.int8, torch.float8_e4m3fn):
     ptx = compile_for(90, dtype, CONFIGS[1], 64, True).asm["ptx"]
     print(dtype, "wgmma.wait_group.sync.aligned 1;" in ptx, "setmaxnreg" in ptx)
@@ -199,7 +199,7 @@ def test_codes_are_the_reference_within_a_step(dtype, residual, c):
     want = reference_qconv(*ops, activation=activation, kernel_shape=[1, 1], **out)
     dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in ops]
     for cfg in g.CONFIGS:
-        got = g.qconv1x1(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
+        got = g.qconv(*dev, activation=activation, kernel_shape=[1, 1], config=cfg, **out).cpu()
         if dtype == F8:
             assert mismatch(got, want, "kiln::QConv") is None, cfg
             continue
@@ -227,7 +227,7 @@ def test_window_codes_are_the_reference_within_a_step(dtype, kernel, pads, resid
     want = reference_qconv(*ops, activation=activation, **attrs, **out)
     dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in ops]
     for cfg in g.CONFIGS:
-        got = g.qconv1x1(*dev, activation=activation, config=cfg, **attrs, **out).cpu()
+        got = g.qconv(*dev, activation=activation, config=cfg, **attrs, **out).cpu()
         if dtype == F8:
             assert mismatch(got, want, "kiln::QConv") is None, cfg
             continue

@@ -1,7 +1,8 @@
-"""kiln::QConv for 1x1 stride-1 convolutions over channels-last 8-bit tensors, warp-specialized
-(Gluon). The oracle is kiln::QConv (kernels/reference/quantized.py).
+"""The device side of kiln::QConv for stride-1 convolutions over channels-last 8-bit tensors,
+warp-specialized (Gluon); its launcher is kernels/gluon/qconv.py. The oracle is kiln::QConv
+(kernels/reference/quantized.py).
 
-Such a conv is a GEMM: X [N*H*W, C] (channels-last, a view), the weight [OC, C], the residual and
+A 1x1 stride-1 conv is a GEMM: X [N*H*W, C] (channels-last, a view), the weight [OC, C], the residual and
 Y [N*H*W, OC]. ResNet-50's are bandwidth-bound (the expand convs with the block's residual move ~2
 bytes per FLOP), and kiln's Triton kernels run them at ~2.4 TB/s where a device copy reaches ~4.2
 on an H200 (benchmarks/kernels_qconv_residual.py, 2026-11-29): a Triton program does a tile's
@@ -24,8 +25,8 @@ shared memory as consecutive rows of BK bytes, swizzled as a [BM, BK] matrix's w
 MMA reads that view directly (Triton's compiler does so only for a box of one row, and otherwise
 takes the operand through registers without a group in flight). Y and the residual are boxes of
 [N, OH, OW, OC], clipped by the copy engine at the edges. A 1x1 stride-1 conv without padding is
-the case of one tap over the view [1, 1, N*H*W, C]. Compiled for sm_90 (Triton 3.6 and 3.9); the
-window path has not yet run on a GPU.
+the case of one tap over the view [1, 1, N*H*W, C]. Compiled for sm_90 (Triton 3.6 and 3.9); its
+GPU tests (3x3, 5x5 and padded 1x1 convs) pass on an H200 (2026-11-29).
 
 Arithmetic (the reference's, as kernels/triton/qconv_epilogue.py computes it): acc (int32, or
 float32 for float8 operands) * (x_scale * w_scale[oc]) + bias[oc] + R * residual_scale, Relu where
@@ -43,23 +44,15 @@ convs most: 49.1 -> 36.7 us at stage 1, fp8; BENCHMARKS.md).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kiln.ir import dtypes
-from kiln.kernels.memo import all_zero
-from kiln.kernels.triton.pdl import gdc_wait, launch_options
-from kiln.kernels.triton.qconv_plan import ConvGeometry, conv_geometry, packed_weight, small_accumulator
-from kiln.kernels.triton.qconv_window import window_box
-
-Tensor = torch.Tensor
+from kiln.kernels.triton.pdl import gdc_wait
 
 # Names across Triton versions: the TMA copies became async_load / async_store in 3.7, the
 # partition barrier gl.barrier after 3.6.
@@ -284,142 +277,3 @@ def conv_kernel(a_desc, w_desc, r_desc, y_desc, NI, OH, OW, OC, C, KW, PH, PW, K
                     ACC_MAGIC, HAS_RES, WS_PER_CHANNEL, HAS_BIAS, BIAS_PER_CHANNEL, RELU, num_warps)),
         (_loader, (a_desc, w_desc, r_desc, bars, bufs, NI, OH, OW, OC, C, KW, PH, PW, KSTEPS, programs, HAS_RES)),
     ], [1], [40])
-
-
-# --- host side ------------------------------------------------------------------------------------
-
-
-def descriptors(x4: Tensor, w2: Tensor, r4: Tensor, y4: Tensor, box: tuple[int, int, int], bn: int,
-                bk: int) -> tuple:
-    """TMA descriptors of X [N, H, W, C] (boxes BI x BH x BW x bk), the packed W [OC, K] (BN x bk),
-    R and Y [N, OH, OW, OC] (BI x BH x BW x BN)."""
-    bits = EIGHT_BIT[x4.dtype]
-    la = gl.NVMMASharedLayout.get_default_for([*box, bk], bits)
-    lw = gl.NVMMASharedLayout.get_default_for([bn, bk], bits)
-    ly = gl.NVMMASharedLayout.get_default_for([*box, bn], bits)
-    return (TensorDescriptor.from_tensor(x4, [*box, bk], la), TensorDescriptor.from_tensor(w2, [bn, bk], lw),
-            TensorDescriptor.from_tensor(r4, [*box, bn], ly), TensorDescriptor.from_tensor(y4, [*box, bn], ly))
-
-
-GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")   # conv_geometry's attributes
-
-
-def geometry(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> ConvGeometry | None:
-    """The conv's geometry where the kernel takes it, else None: group 1, stride 1, no dilation, C
-    a multiple of 32 (an 8-bit MMA's K; BK divides C, so a K step stays within one tap) or, for a
-    pointwise window (1x1, no padding: a GEMM over rows of pixels), of 16 (TMA rows of whole 16
-    bytes), C at least 32, OC a multiple of 16. A symbolic H or W counts as any size."""
-    if len(x_shape) != 4 or len(w_shape) != 4 or int(attrs.get("group", 1)) != 1:
-        return None
-    oc, c = w_shape[0], w_shape[1]
-    if not (isinstance(c, int) and isinstance(oc, int)) or c % 16 or oc % 16 or c < 32:
-        return None
-    hw = [d if isinstance(d, int) else 1 for d in x_shape[2:]]
-    try:
-        geo = conv_geometry([1, c, *hw], w_shape, **{k: attrs[k] for k in GEOMETRY if k in attrs})
-    except (ValueError, TypeError):
-        return None
-    if geo.pointwise(*hw):
-        return geo
-    ok = (geo.sh, geo.sw, geo.dh, geo.dw) == (1, 1, 1, 1) and c % 32 == 0 and geo.oh > 0 and geo.ow > 0
-    return geo if ok else None
-
-
-def applies(x_shape: Sequence[int | str], w_shape: Sequence[int], attrs: dict) -> bool:
-    return geometry(x_shape, w_shape, attrs) is not None
-
-
-def qconv1x1(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: Tensor,
-             w_zp: Tensor | None = None, bias: Tensor | None = None, residual: Tensor | None = None,
-             out_scale: Tensor | None = None, out_zp: Tensor | None = None, residual_scale: Tensor | None = None,
-             residual_zp: Tensor | None = None, x_quant_scale: Tensor | None = None, mid_scale: Tensor | None = None,
-             mid_zp: Tensor | None = None, *, activation: str = "", out_dtype: int = 0,
-             config: dict[str, Any] | None = None, **conv_attrs: Any) -> Tensor:
-    """kiln::QConv's contract for what `applies` takes, X and W int8 or float8_e4m3fn alike, Y
-    requantized to X's type (channels-last), an optional residual of X's type with its scale,
-    activation "" or "Relu", zero points 0 (module docstring)."""
-    cfg = dict(config or CONFIGS[0])
-    geo = geometry(x.shape, w.shape, conv_attrs) if x.dtype in EIGHT_BIT and w.dtype == x.dtype else None
-    if geo is None:
-        raise ValueError(f"qconv1x1: 8-bit X and W alike, a stride-1 conv; got X {x.dtype} {tuple(x.shape)}, "
-                         f"W {w.dtype} {tuple(w.shape)}, {conv_attrs}")
-    if out_scale is None or x_quant_scale is not None or mid_scale is not None or activation not in ("", "Relu"):
-        raise ValueError("qconv1x1: a requantized output, no input quantization, no mid quantization, Relu or none")
-    out_type = dtypes.from_onnx(out_dtype).torch if out_dtype else (out_zp.dtype if out_zp is not None else None)
-    if out_type != x.dtype or (residual is not None and (residual.dtype != x.dtype or residual_scale is None)):
-        raise ValueError(f"qconv1x1: Y and the residual of X's type {x.dtype} (the residual with its scale)")
-    for name, zp in (("x_zp", x_zp), ("w_zp", w_zp), ("out_zp", out_zp), ("residual_zp", residual_zp)):
-        if zp is not None and not all_zero(zp):
-            raise ValueError(f"qconv1x1: {name} must be 0 (symmetric quantization)")
-    n, c, h, wd = x.shape
-    oc = w.shape[0]
-    oh, ow = geo.oh, geo.ow
-    if residual is not None and tuple(residual.shape) != (n, oc, oh, ow):
-        raise ValueError(f"qconv1x1: a residual of Y's shape {(n, oc, oh, ow)}; got {tuple(residual.shape)}")
-    cl = torch.channels_last                        # .contiguous() returns the tensor itself where it already is
-    y = torch.empty((n, oc, oh, ow), dtype=x.dtype, device=x.device, memory_format=cl)
-    x4 = x.contiguous(memory_format=cl).permute(0, 2, 3, 1)
-    y4 = y.permute(0, 2, 3, 1)
-    r4 = residual.contiguous(memory_format=cl).permute(0, 2, 3, 1) if residual is not None else y4
-    pointwise = geo.pointwise(h, wd)
-    if pointwise:   # a GEMM over rows of pixels: the view [1, 1, N*H*W, C], boxes of BM rows
-        x4, y4, r4 = (t.reshape(1, 1, -1, t.shape[-1]) for t in (x4, y4, r4))
-        box = (1, 1, int(cfg["BM"]))
-        bk = min(128, c)
-        w2 = w.reshape(oc, c).contiguous()
-    else:
-        box = window_box(n, oh, ow, int(cfg["BM"]))
-        bk = next(b for b in (128, 64, 32) if c % b == 0)
-        w2 = packed_weight(w)
-    geo_n, geo_h, geo_w = x4.shape[0], y4.shape[1], y4.shape[2]
-    ksteps = geo.kh * geo.kw * triton.cdiv(c, bk)
-    tiles = (triton.cdiv(geo_n, box[0]) * triton.cdiv(geo_h, box[1]) * triton.cdiv(geo_w, box[2]) *
-             triton.cdiv(oc, cfg["BN"]))
-    programs = min(tiles, _sm_count(x.device) * int(cfg["SM_PROGRAMS"]))
-    has_res = residual is not None
-    conv_kernel[(programs,)](
-        *descriptors(x4, w2, r4, y4, box, int(cfg["BN"]), bk), geo_n, geo_h, geo_w, oc, c, geo.kw,
-        0 if pointwise else geo.ph, 0 if pointwise else geo.pw, ksteps, programs,
-        x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
-        STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
-        INT=x.dtype == torch.int8, ACC_MAGIC=x.dtype == torch.int8 and small_accumulator(c * geo.kh * geo.kw, w),
-        HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
-        BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu",
-        num_warps=int(cfg.get("num_warps", 4)), **launch_options(x),
-        **({"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}))
-    return y
-
-
-def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool, relu: bool = True,
-                kernel: int = 1, pdl: bool = False) -> Any:
-    """conv_kernel compiled for sm_`arch` without a GPU (Triton's CompiledKernel: .asm holds each
-    stage), with per-channel scales and a bias: kernel 1, a [3136, k] x [4k, k] GEMM (a 1x1 conv's
-    flat rows); kernel 3, a 3x3 conv over [64, 14, 14, k] to k channels (boxes window_box's)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
-    if kernel == 1:
-        x4, y4 = torch.zeros(1, 1, 3136, k, dtype=dtype), torch.zeros(1, 1, 3136, 4 * k, dtype=dtype)
-        w2, box, bk = torch.zeros(4 * k, k, dtype=dtype), (1, 1, int(cfg["BM"])), min(128, k)
-    else:
-        x4, y4 = torch.zeros(64, 14, 14, k, dtype=dtype), torch.zeros(64, 14, 14, k, dtype=dtype)
-        w2, box = torch.zeros(k, kernel * kernel * k, dtype=dtype), window_box(64, 14, 14, int(cfg["BM"]))
-        bk = next(b for b in (128, 64, 32) if k % b == 0)
-    descs = descriptors(x4, w2, y4, y4, box, int(cfg["BN"]), bk)
-    sig = {**{nm: mangle_type(d) for nm, d in zip(("a_desc", "w_desc", "r_desc", "y_desc"), descs)},
-           **{nm: "i32" for nm in ("NI", "OH", "OW", "OC", "C", "KW", "PH", "PW", "KSTEPS", "programs")},
-           "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32", "RS": "*fp32", "OS": "*fp32"}
-    consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
-              "ACC_MAGIC": dtype == torch.int8 and k * kernel * kernel < 256,
-              "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
-              "num_warps": int(cfg.get("num_warps", 4)), "PDL": pdl}
-    sig.update({name: "constexpr" for name in consts})
-    options = {"num_warps": consts["num_warps"], **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
-               **({"launch_pdl": True} if pdl else {})}
-    return triton.compile(GluonASTSource(conv_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
-                          options=options)
-
-
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
