@@ -17,7 +17,9 @@ replay's span from the first kernel's start to the last one's end, and the idle 
 consecutive kernels, split by the kind of the kernel after the gap (Gluon, other Triton, other)
 with the largest gaps named. The question it answers (H200, 2026-11-29): ResNet-50 b64 fp8's
 kernels summed to 1087 us in an eager profile, its graph replay took 1209 us in the suite; the
-engines before the Gluon tactic had ~30 us between the two.
+engines before the Gluon tactic had ~30 us between the two. With PDL on the Gluon kernel (H200,
+2026-11-29, 14:41) the replay took 1.108 ms with 7.3 us idle between its kernels; int8 with the
+Gluon conv for every stride-1 conv (aade6c1): 1.201 ms against 1.316 without, outputs bit-equal.
 """
 from __future__ import annotations
 
