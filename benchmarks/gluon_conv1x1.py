@@ -13,8 +13,8 @@ one): kiln's fastest Triton config, then each Gluon config on the same operands,
 compared with the Triton kernel's (the tuner's tolerance is one step: the share of identical codes
 and the largest difference printed), in GB/s of the bytes the layer must move; and the layers'
 count-weighted totals, with the Gluon kernel where it is faster and within a step. CUDA graphs of
-5 calls, median of 20 (kernels_qconv.bench). --compile: registers, spills, shared memory and SASS
-waits of each config (compiled for sm_90 under Triton 3.6 and 3.9, 2026-11-29: no spills at
+5 calls, median of 20 (kernels_qconv.bench). --compile: registers, spills, shared memory, SASS
+waits and opcode counts of each config (compiled for sm_90 under Triton 3.6 and 3.9, 2026-11-29: no spills at
 maxnreg 128, one wgmma group left in flight). H200, 2026-11-29 (b261f68): codes equal to the
 Triton kernel's on every layer and config; count-weighted totals fp8 616.5 -> 546.0 us, int8
 688.5 -> 635.3 (BENCHMARKS.md).
@@ -33,17 +33,19 @@ from kiln.kernels.gluon.qconv import CONFIGS, compile_for, qconv  # noqa: E402
 
 
 def compile_only(arch: int) -> None:
-    """Compile conv1x1_kernel for sm_`arch` without a GPU: registers, spills, shared memory and
-    the SASS waits of each variant."""
+    """Compile conv_kernel for sm_`arch` without a GPU: registers, spills, shared memory, the SASS
+    waits and the most frequent SASS opcodes of each variant."""
     from benchmarks.kernel_resources import cubin_resources
     for dtype in (torch.int8, torch.float8_e4m3fn):
         for cfg in CONFIGS:
             for k, has_res in ((64, True), (256, True), (256, False)):
                 kernel = compile_for(arch, dtype, cfg, k, has_res)
                 r = cubin_resources(kernel)
+                top = ", ".join(f"{op} {n}" for op, n in r.opcodes.most_common(12))
                 print(f"{str(dtype)[6:]:14s} K {k:3d}{' residual' if has_res else ''} {cfg}: regs {r.registers}, "
                       f"spill {r.local} B, shared {kernel.metadata.shared} B, "
-                      f"SASS waits (groups left in flight: count) {dict(sorted(r.mma_waits.items()))}")
+                      f"SASS waits (groups left in flight: count) {dict(sorted(r.mma_waits.items()))}, "
+                      f"{sum(r.opcodes.values())} instructions: {top}")
 
 
 def main() -> None:
