@@ -82,7 +82,7 @@ def _stem_operands(dtype, n=2, hw=16, oc=64, seed=0):
     w = ((v / 4).to(F8) if dtype == F8 else v.to(I8)).contiguous(memory_format=torch.channels_last)
     xs = torch.tensor(0.03)
     ops = (x, w, xs, None, torch.rand(oc, generator=gen) * 0.01 + 0.001, None, torch.randn(oc, generator=gen),
-           None, torch.tensor(0.5), None, None, None, xs)
+           None, torch.tensor(0.1), None, None, None, xs)
     return ops, {"out_dtype": CODE[str(dtype)[6:]], "x_dtype": CODE[str(dtype)[6:]], **STEM}
 
 
