@@ -165,6 +165,13 @@ def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | 
     return y.reshape(*lead, n)
 
 
+def triton_qmatmul_splitk(a_q: Tensor, b_q: Tensor, *args: Any, trans_b: int = 0, **kwargs: Any) -> Tensor:
+    """kiln::QMatMul split over K (kernels/triton/qgemm_splitk.py) on the K-major weight."""
+    from kiln.kernels.triton.qgemm_splitk import qmatmul_splitk
+
+    return qmatmul_splitk(a_q, k_major(b_q, trans_b), *args, trans_b=1, **kwargs)
+
+
 # --- supports ----------------------------------------------------------------------------------
 
 def _dtype(q: TacticQuery, i: int) -> str | None:
@@ -343,6 +350,24 @@ def supports_triton_quantize(q: TacticQuery) -> bool:
     return out != FP8 or (int(q.attrs.get("saturate", 1)) == 1 and cap >= (8, 9))
 
 
+def few_tiles_long_k(q: TacticQuery) -> bool:
+    """Whether split-K (kernels/triton/qgemm_splitk.py) is for this GEMM: static M (A's leading
+    dims), N and K, at most MAX_TILES output tiles of 64 x 64, K at least MIN_K; int8 or float8 A
+    and B alike, no mid quantization, code table or run-time zero point."""
+    from kiln.kernels.triton.qgemm_splitk import MAX_TILES, MIN_K
+
+    a, b = _shape(q, A), _shape(q, B)
+    if a is None or b is None or _dtype(q, A) not in ("int8", FP8) or _dtype(q, B) != _dtype(q, A):
+        return False
+    if _dtype(q, MID_SCALE) is not None or _dtype(q, TABLE) is not None or q.attrs.get("dynamic"):
+        return False
+    n = b[0] if int(q.attrs.get("trans_b", 0)) else b[-1]
+    if not all(isinstance(d, int) for d in (*a, n)):
+        return False
+    m = math.prod(a[:-1])
+    return -(-m // 64) * -(-n // 64) <= MAX_TILES and a[-1] >= MIN_K
+
+
 # Registration order is the untuned build's choice (compiler/lower.py takes the first
 # candidate): the Triton GEMM, which fuses every epilogue, before scaled_mm.
 if triton_available():
@@ -358,31 +383,6 @@ if triton_available():
 
 register_tactic(Tactic("kiln::QMatMul.scaled_mm", "kiln::QMatMul", 1, ("cuda",), scaled_mm_qmatmul,
                        supports_scaled_mm, configs=SCALED_MM_CONFIGS))
-
-
-def few_tiles_long_k(q: TacticQuery) -> bool:
-    """A GEMM split-K is for (kernels/triton/qgemm_splitk.py): static M (A's leading dims), N and
-    K, at most MAX_TILES output tiles of 64 x 64, K at least MIN_K; symmetric int8 or float8 A and
-    B, no mid quantization, code table or run-time zero point."""
-    from kiln.kernels.triton.qgemm_splitk import MAX_TILES, MIN_K
-
-    a, b = _shape(q, A), _shape(q, B)
-    if a is None or b is None or _dtype(q, A) not in ("int8", FP8) or _dtype(q, B) != _dtype(q, A):
-        return False
-    if _dtype(q, MID_SCALE) is not None or _dtype(q, TABLE) is not None or q.attrs.get("dynamic"):
-        return False
-    n = b[0] if int(q.attrs.get("trans_b", 0)) else b[-1]
-    if not all(isinstance(d, int) for d in (*a, n)):
-        return False
-    m = math.prod(a[:-1])
-    return -(-m // 64) * -(-n // 64) <= MAX_TILES and a[-1] >= MIN_K
-
-
-def triton_qmatmul_splitk(a_q: Tensor, b_q: Tensor, *args: Any, trans_b: int = 0, **kwargs: Any) -> Tensor:
-    """kiln::QMatMul split over K (kernels/triton/qgemm_splitk.py) on the K-major weight."""
-    from kiln.kernels.triton.qgemm_splitk import qmatmul_splitk
-
-    return qmatmul_splitk(a_q, k_major(b_q, trans_b), *args, trans_b=1, **kwargs)
 
 
 # After the one-pass tactics (an untuned build keeps those): the tuner times these beside them on
