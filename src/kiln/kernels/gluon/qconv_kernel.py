@@ -52,7 +52,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from kiln.kernels.triton.pdl import gdc_wait
+from kiln.kernels.triton.pdl import wait_for_inputs
 
 # Names across Triton versions: the TMA copies became async_load / async_store in 3.7, the
 # partition barrier gl.barrier after 3.6.
@@ -270,8 +270,7 @@ def conv_kernel(a_desc, w_desc, r_desc, y_desc, NI, OH, OW, OC, C, KW, PH, PW, K
                    ACC_MAGIC: gl.constexpr, HAS_RES: gl.constexpr, WS_PER_CHANNEL: gl.constexpr,
                    HAS_BIAS: gl.constexpr, BIAS_PER_CHANNEL: gl.constexpr, RELU: gl.constexpr, num_warps: gl.constexpr,
                    PDL: gl.constexpr = False):
-    if PDL:   # kernels/triton/pdl.py's rule: wait for the kernel before, first, in every partition alike
-        gdc_wait()
+    wait_for_inputs(PDL)   # first, before the partitions fork: pdl.py's rule
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, [R_BUFS] + r_desc.block_type.shape, r_desc.layout)
