@@ -3,6 +3,8 @@ takes, what the launcher hands the kernel after the framing copy (which runs her
 interpreter) and, on a Hopper GPU, that its codes are the reference kiln::QConv's."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from onnx import TensorProto
@@ -93,6 +95,8 @@ def test_launcher_hands_the_kernel_the_folded_view(monkeypatch, dtype):
     rec = _Recorder()
     monkeypatch.setattr(g, "conv_kernel", rec)
     ops, attrs = _stem_operands(dtype)
+    on = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"     # where the framing copy runs
+    ops = tuple(t.to(on) if isinstance(t, torch.Tensor) else t for t in ops)
     y = s2d.qconv_s2d(*ops, activation="Relu", config=s2d.S2D_CONFIGS[0], **attrs)
     assert y.shape == (2, 64, 8, 8) and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     args, kw = rec.calls[0][1], rec.calls[0][2]
@@ -102,8 +106,8 @@ def test_launcher_hands_the_kernel_the_folded_view(monkeypatch, dtype):
     assert list(a_desc.shape) == [2, hs, 8, 64] and list(a_desc.strides) == [hs * ws * 16, ws * 16, 16, 1]
     assert list(w_desc.shape) == [64, 4 * 64] and not kw["HAS_RES"] and kw["RELU"]
     # the folded buffer: X's codes (QuantizeLinear's) at (2i + dy - 3, 2j + dx - 3), zeros elsewhere
-    folded = a_desc.base.as_strided((2, hs, ws, 16), (hs * ws * 16, ws * 16, 16, 1))
-    q = quantize_linear(ops[0], ops[12], None, output_dtype=attrs["x_dtype"])
+    folded = a_desc.base.as_strided((2, hs, ws, 16), (hs * ws * 16, ws * 16, 16, 1)).cpu()
+    q = quantize_linear(ops[0].cpu(), ops[12].cpu(), None, output_dtype=attrs["x_dtype"])
     framed = torch.zeros((2, 4, 2 * hs, 2 * ws), dtype=dtype)
     framed[:, :3, 3:19, 3:19] = q
     want = framed.reshape(2, 4, hs, 2, ws, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, hs, ws, 16)
