@@ -2,8 +2,9 @@
 cuDNN fp16 (what kiln::FusedConv.cudnn_nhwc and torch run), kiln's Triton fp16 convolution
 (kernels/triton/conv.py, every config of its space) and kiln's int8 and fp8 kiln::QConv
 (kernels/triton/qconv.py, every config; the ROWS walk's and the folded space-to-depth ones, S2D=1,
-qconv_s2d.py; and S2D_TRIALS, persistent ones not in the spaces); then the framed copy of an NCHW input that the Triton ones start with
-(kernels/triton/frame.py), plain and folded.
+qconv_s2d.py; and S2D_TRIALS, persistent ones not in the spaces), and on Hopper the folded conv on
+the warp-specialized Gluon kernel (kernels/gluon/qconv_s2d.py, every config); then the framed copy
+of an NCHW input that the Triton ones start with (kernels/triton/frame.py), plain and folded.
 
     PYTHONPATH=$PWD/src python3 benchmarks/kernels_stem.py [--batch 64]
 
@@ -77,25 +78,40 @@ def main() -> None:
     os_ = torch.tensor(0.05, device="cuda", dtype=torch.float16)
     quantized("fp8", x8, w8, xs, ws, b, os_, 17, [*tq.FP8_CONFIGS, *FP8_S2D_CONFIGS,
               *({**c, "FP8_ACC": 0} for c in S2D_TRIALS)], attrs)
+    gluon_s2d = _gluon_s2d()
     xi = (x.float() * 40).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     wi = (w.float() * 400).round().clamp(-127, 127).to(torch.int8).contiguous(memory_format=cl)
     xsi = torch.tensor(0.025, device="cuda", dtype=torch.float16)
     wsi = torch.full((64,), 0.0025, device="cuda", dtype=torch.float16)
     quantized("int8", xi, wi, xsi, wsi, b, os_, 3, [*tq.INT8_CONFIGS, *INT8_S2D_CONFIGS, *S2D_TRIALS], attrs)
+    if gluon_s2d is not None:
+        qconv_s2d, configs = gluon_s2d
+        quantized("fp8 gluon s2d", x8, w8, xs, ws, b, os_, 17, configs, attrs, qconv_s2d)
+        quantized("int8 gluon s2d", xi, wi, xsi, wsi, b, os_, 3, configs, attrs, qconv_s2d)
     framing(x.contiguous(), x8.contiguous())
 
 
-def quantized(name: str, x, w, xs, ws, b, os_, out_dtype: int, configs, attrs) -> None:  # noqa: ANN001
+def _gluon_s2d():  # noqa: ANN202 - (launcher, configs) or None
+    """The Gluon stem's launcher and configs where this GPU and Triton run them (Hopper, Gluon)."""
+    from kiln.kernels import gluon
+    if not gluon.available() or torch.cuda.get_device_capability()[0] != 9:
+        return None
+    from kiln.kernels.gluon.qconv_s2d import S2D_CONFIGS, qconv_s2d
+    return qconv_s2d, S2D_CONFIGS
+
+
+def quantized(name: str, x, w, xs, ws, b, os_, out_dtype: int, configs, attrs, fn=None) -> None:  # noqa: ANN001
     """Every config of a QConv space on the stem, 8-bit output: us per call, and the largest
-    difference in output codes from the reference kiln::QConv's (computed on the CPU)."""
+    difference in output codes from the reference kiln::QConv's (computed on the CPU). `fn`: the
+    launcher (kiln::QConv's contract), Triton's qconv by default."""
     from kiln.kernels.reference.quantized import qconv as reference
     cpu = [t.cpu() for t in (x, w, xs, ws, b, os_)]
     want = reference(cpu[0], cpu[1], cpu[2], None, cpu[3], None, cpu[4], None, cpu[5], None, activation="Relu",
                      out_dtype=out_dtype, **attrs).float()
     for i, cfg in enumerate(configs):
         def run(cfg=cfg):
-            return tq.qconv(x, w, xs, None, ws, None, b, None, os_, None, activation="Relu", out_dtype=out_dtype,
-                            config=cfg, **attrs)
+            return (fn or tq.qconv)(x, w, xs, None, ws, None, b, None, os_, None, activation="Relu",
+                                    out_dtype=out_dtype, config=cfg, **attrs)
         try:
             diff = float((run().cpu().float() - want).abs().max())
             print(f"  kiln {name} QConv cfg {i} {cfg}: {median_us(run):8.1f} us  max |diff| to the reference {diff:g}")

@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from kiln.compiler.tolerance import mismatch
 from kiln.kernels.reference import lookup
-from kiln.tactics import TacticQuery, candidates
+from kiln.tactics import TacticQuery, candidates, get_tactic
 from kiln.tactics import quantized as qt
 
 REF = lookup("kiln::QMatMul").fn
@@ -299,3 +299,25 @@ def test_scaled_mm_scale_operands_are_memoised_float32():
     assert sb.tolist() == [[1.0, 2.0, 3.0]] and qt.scale_operand(b_scale, (1, 3)) is sb
     b_scale.add_(1.0)                                                      # a changed constant is re-read
     assert qt.scale_operand(b_scale, (1, 3)).tolist() == [[2.0, 3.0, 4.0]]
+
+
+# --- split-K (kernels/triton/qgemm_splitk.py) ----------------------------------------------------
+
+@pytest.mark.skipif(not qt.triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize("t, name", [("int8", "kiln::QMatMul.triton_splitk"),
+                                     ("float8_e4m3fn", "kiln::QMatMul.triton_fp8_splitk")])
+def test_split_k_takes_few_tiles_over_a_long_k(hopper, t, name):
+    """A classifier over a batch (ResNet-50's FC: [64, 2048] x [2048, 1000]) and nothing else:
+    not BERT's FFN (many tiles), not a short K, not a symbolic M, not uint8 or mid quantization."""
+    supports = get_tactic(name).supports
+    zp = "int8" if t == "int8" else None
+    fc = dict(m=32, n=1000, k=2048, a_zp=zp, b_zp=None, scale="float32")
+    assert supports(_qmm(t, t, **fc))
+    assert supports(_qmm(t, t, **fc, trans_b=1, out=TensorProto.INT8 if t == "int8" else None))
+    assert not supports(_qmm(t, t, m=2048, n=3072, k=768, a_zp=zp))            # BERT-base FFN1: 48 x 48 tiles
+    assert not supports(_qmm(t, t, **{**fc, "k": 512}))                        # short K
+    symbolic = _qmm(t, t, **fc)
+    shapes = (("batch", 32, 2048),) + symbolic.input_shapes[1:]
+    assert not supports(TacticQuery(OP, "cuda", symbolic.input_dtypes, symbolic.attrs, shapes))
+    if t == "int8":
+        assert not supports(_qmm("uint8", "int8", **{**fc, "a_zp": "uint8"}))

@@ -10,6 +10,12 @@ bias, residual, activation, float output or requantization) in the store. The we
 want: a [K, N] weight (trans_b=0) is transposed once and memoised per weight tensor
 (`k_major`), as tactics/conv.py memoises channels-last weights. A's leading dims fold into M.
 
+kiln::QMatMul.triton_splitk and .triton_fp8_splitk (kernels/triton/qgemm_splitk.py): the same
+arithmetic split over K, partial tiles summed by a second kernel that runs the epilogue, for
+the layers `few_tiles_long_k` takes (a classifier over a batch: few output tiles, a long K);
+symmetric int8 or float8 operands (the launcher refuses a non-zero zero point, which the tuner
+then skips). Registered after the one-pass tactics: the tuner times them side by side.
+
 kiln::QMatMul.scaled_mm: fp8 x fp8 through torch._scaled_mm (cuBLASLt; sm_89+). Its
 constraints, and what this tactic does with them:
   - A row-major [M, K], B column-major [K, N] (the K-major weight's transpose), K and N
@@ -157,6 +163,13 @@ def scaled_mm_qmatmul(a_q: Tensor, b_q: Tensor, a_scale: Tensor, a_zp: Tensor | 
     if out_scale is not None:
         y = requantize(y, out_scale, out_zp, out_dtype)   # the reference's rounding, on float32
     return y.reshape(*lead, n)
+
+
+def triton_qmatmul_splitk(a_q: Tensor, b_q: Tensor, *args: Any, trans_b: int = 0, **kwargs: Any) -> Tensor:
+    """kiln::QMatMul split over K (kernels/triton/qgemm_splitk.py) on the K-major weight."""
+    from kiln.kernels.triton.qgemm_splitk import qmatmul_splitk
+
+    return qmatmul_splitk(a_q, k_major(b_q, trans_b), *args, trans_b=1, **kwargs)
 
 
 # --- supports ----------------------------------------------------------------------------------
@@ -337,6 +350,24 @@ def supports_triton_quantize(q: TacticQuery) -> bool:
     return out != FP8 or (int(q.attrs.get("saturate", 1)) == 1 and cap >= (8, 9))
 
 
+def few_tiles_long_k(q: TacticQuery) -> bool:
+    """Whether split-K (kernels/triton/qgemm_splitk.py) is for this GEMM: static M (A's leading
+    dims), N and K, at most MAX_TILES output tiles of 64 x 64, K at least MIN_K; int8 or float8 A
+    and B alike, no mid quantization, code table or run-time zero point."""
+    from kiln.kernels.triton.qgemm_splitk import MAX_TILES, MIN_K
+
+    a, b = _shape(q, A), _shape(q, B)
+    if a is None or b is None or _dtype(q, A) not in ("int8", FP8) or _dtype(q, B) != _dtype(q, A):
+        return False
+    if _dtype(q, MID_SCALE) is not None or _dtype(q, TABLE) is not None or q.attrs.get("dynamic"):
+        return False
+    n = b[0] if int(q.attrs.get("trans_b", 0)) else b[-1]
+    if not all(isinstance(d, int) for d in (*a, n)):
+        return False
+    m = math.prod(a[:-1])
+    return -(-m // 64) * -(-n // 64) <= MAX_TILES and a[-1] >= MIN_K
+
+
 # Registration order is the untuned build's choice (compiler/lower.py takes the first
 # candidate): the Triton GEMM, which fuses every epilogue, before scaled_mm.
 if triton_available():
@@ -352,3 +383,16 @@ if triton_available():
 
 register_tactic(Tactic("kiln::QMatMul.scaled_mm", "kiln::QMatMul", 1, ("cuda",), scaled_mm_qmatmul,
                        supports_scaled_mm, configs=SCALED_MM_CONFIGS))
+
+
+# After the one-pass tactics (an untuned build keeps those): the tuner times these beside them on
+# the layers `few_tiles_long_k` takes.
+if triton_available():
+    from kiln.kernels.triton import qgemm_splitk as _splitk
+
+    register_tactic(Tactic("kiln::QMatMul.triton_splitk", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul_splitk,
+                           lambda q: supports_triton_qmatmul(q) and few_tiles_long_k(q),
+                           configs=_splitk.INT8_CONFIGS))
+    register_tactic(Tactic("kiln::QMatMul.triton_fp8_splitk", "kiln::QMatMul", 1, ("cuda",), triton_qmatmul_splitk,
+                           lambda q: supports_triton_qmatmul_fp8(q) and few_tiles_long_k(q),
+                           configs=_splitk.FP8_CONFIGS))

@@ -10,6 +10,8 @@ optional residual of that type with its scale, zero points of that type or absen
 checks they are 0), x_scale and out_scale of one element, w_scale and bias of 1 or OC, activation
 Relu or none, and the geometry qconv.applies takes (stride 1, no dilation, group 1, OC a
 multiple of 16, C >= 32 and a multiple of 32, or of 16 for a 1x1 conv without padding).
+`kiln::QConv.gluon_s2d` (kernels/gluon/qconv_s2d.py): the stem's strided conv over few channels,
+folded space to depth, its float input quantized in the framing copy (`supports_s2d`).
 """
 from __future__ import annotations
 
@@ -41,8 +43,32 @@ def supports(query: TacticQuery) -> bool:
     return cap is not None and cap[0] == 9          # Hopper's wgmma: sm_90 only (Blackwell has tcgen05 instead)
 
 
+def supports_s2d(query: TacticQuery) -> bool:
+    """`kiln::QConv.gluon_s2d`: a conv that folds space to depth (kernels/conv_fold.folds: the
+    stem), X of W's 8-bit type or float with x_dtype naming it (quantized in the framing copy),
+    otherwise what `supports` asks of the folded conv (OC a multiple of 16)."""
+    if query.device != "cuda" or query.layout != "nhwc" or not qc.folds(query):
+        return False
+    dts, at = query.input_dtypes, qc._at
+    t = at(dts, qc.W)
+    if t not in EIGHT_BIT or qc._x_type(query, t) != t or not qc._types_ok(query, t) or not qc._shapes_ok(query):
+        return False
+    if at(dts, qc.MID_SCALE) is not None or at(dts, qc.OUT_SCALE) is None or qc._output_type(query) != t:
+        return False
+    if at(dts, qc.RESIDUAL) not in (None, t) or query.attrs.get("activation", "") not in ("", "Relu"):
+        return False
+    oc = (at(query.input_shapes, qc.W) or (0,))[0]
+    if not isinstance(oc, int) or oc % 16:
+        return False
+    cap = device_capability()
+    return cap is not None and cap[0] == 9
+
+
 if gluon.enabled():
     from kiln.kernels.gluon.qconv import CONFIGS, qconv
+    from kiln.kernels.gluon.qconv_s2d import S2D_CONFIGS, qconv_s2d
 
     register_tactic(Tactic("kiln::QConv.gluon", "kiln::QConv", 2, ("cuda",), qconv, supports,
                            configs=CONFIGS))
+    register_tactic(Tactic("kiln::QConv.gluon_s2d", "kiln::QConv", 1, ("cuda",), qconv_s2d, supports_s2d,
+                           configs=S2D_CONFIGS))

@@ -35,6 +35,16 @@ def descriptors(x4: Tensor, w2: Tensor, r4: Tensor, y4: Tensor, box: tuple[int, 
             TensorDescriptor.from_tensor(r4, [*box, bn], ly), TensorDescriptor.from_tensor(y4, [*box, bn], ly))
 
 
+def tma_view(x: Tensor) -> Tensor:
+    """X [N, C, H, W] as the [N, H, W, C] view its TMA descriptor reads: X itself where its
+    channels are dense and its other strides whole 16 bytes (a channels-last tensor; the folded
+    stem's view of overlapping pixels, qconv_s2d.py), else a channels-last copy."""
+    v = x.permute(0, 2, 3, 1)
+    if v.stride(3) == 1 and all(s * x.element_size() % 16 == 0 for s in v.stride()[:3]) and x.data_ptr() % 16 == 0:
+        return v
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+
+
 GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")   # conv_geometry's attributes
 
 
@@ -92,7 +102,7 @@ def qconv(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: T
         raise ValueError(f"gluon qconv: a residual of Y's shape {(n, oc, oh, ow)}; got {tuple(residual.shape)}")
     cl = torch.channels_last                        # .contiguous() returns the tensor itself where it already is
     y = torch.empty((n, oc, oh, ow), dtype=x.dtype, device=x.device, memory_format=cl)
-    x4 = x.contiguous(memory_format=cl).permute(0, 2, 3, 1)
+    x4 = tma_view(x)
     y4 = y.permute(0, 2, 3, 1)
     r4 = residual.contiguous(memory_format=cl).permute(0, 2, 3, 1) if residual is not None else y4
     pointwise = geo.pointwise(h, wd)
