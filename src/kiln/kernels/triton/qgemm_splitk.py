@@ -11,6 +11,8 @@ differs from one pass's: within the quantized tolerance, which the tuner checks 
 Symmetric operands only: int8 or float8 A and B without zero points (all-zero ones are
 dropped, as qgemm.py drops them); uint8, zero points, mid quantization and code tables stay
 with the one-pass kernels. Rows and columns past M and N are read wrapped, as qgemm.py's.
+On an H200 (2026-11-29) the tuner picks it for the int8 FC (SPLIT_K 4: 7.8 us, from 8.8); for the
+float8 FC the one-pass kernel stays faster (7.9 us).
 """
 from __future__ import annotations
 
