@@ -142,12 +142,45 @@ def test_gpu_resnet_stem_shape_every_config(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
-@pytest.mark.parametrize("keys", [0, 1])
-def test_integer_extremes_and_padding_only_windows(dtype, keys):
+@pytest.mark.parametrize("path", [{"INT_KEYS": 0}, {"INT_KEYS": 1}, {"WORDS": 1}], ids=["float", "keys", "words"])
+def test_integer_extremes_and_padding_only_windows(dtype, path):
     """The lowest and highest values win where they should, and a window inside the padding
-    alone (pads wider than the kernel's reach) gives the type's lowest value, on both integer paths."""
+    alone (pads wider than the kernel's reach) gives the type's lowest value, on every integer
+    path (four channels: the words path takes them, each channel its own values)."""
     lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
-    x = torch.tensor([[lo, lo, hi], [lo, 0, lo], [hi, lo, lo]], dtype=dtype).reshape(1, 1, 3, 3)
-    config = {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4, "INT_KEYS": keys}
+    plane = torch.tensor([[lo, lo, hi], [lo, 0, lo], [hi, lo, lo]], dtype=torch.int32)
+    x = torch.stack([plane, plane.flip(0), plane.clamp(min=lo + 1), plane.clamp(max=hi - 1)]).to(dtype)[None]
+    config = {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4, **path}
     got = _check(x, config=config, kernel_shape=[2, 2], pads=[3, 3, 3, 3], strides=[1, 1])
     assert int(got.min()) == lo and int(got.max()) == hi
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
+def test_words_every_byte_of_a_word_its_own_channel(dtype):
+    """The words path (pool_words.py): in each word one channel holds the window's maximum at
+    a different tap and the others hold values that would win in a neighbouring lane's byte (a
+    lane's low byte never decides its high byte's maximum, nor the reverse)."""
+    lo, hi = (-128, 127) if dtype == torch.int8 else (0, 255)
+    x = torch.full((1, 8, 3, 3), lo, dtype=torch.int32)
+    for c in range(8):
+        x[0, c, c % 3, (c // 3) % 3] = hi - c
+        x[0, c ^ 1, (c + 1) % 3, (c + 2) % 3] = max(lo + 1, hi - 7 - c)
+    x = x.to(dtype)
+    config = {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4, "WORDS": 1}
+    got = _check(x, config=config, kernel_shape=[3, 3], strides=[1, 1])
+    assert [int(v) for v in got.flatten()] == [hi - c for c in range(8)]
+
+
+def test_words_only_where_they_apply():
+    """Four channels a word needs a dense channels-last 8-bit X with C a multiple of 4 at an
+    aligned address; any other X (those below) pools on the byte path, to the same result."""
+    from kiln.kernels.triton.pool_words import words_apply
+    x = _x((2, 12, 7, 7), torch.int8, seed=5)
+    assert words_apply(x.contiguous(memory_format=torch.channels_last))
+    others = [x, _x((2, 6, 7, 7), torch.int8).contiguous(memory_format=torch.channels_last),
+              x.half().contiguous(memory_format=torch.channels_last),
+              torch.empty(2 * 12 * 49 + 1, dtype=torch.int8)[1:].view(2, 7, 7, 12).permute(0, 3, 1, 2)]
+    assert not any(words_apply(o) for o in others)
+    config = {"BLOCK_P": 16, "BLOCK_C": 16, "num_warps": 4, "WORDS": 1}
+    _check(x, channels_last=False, config=config, **STEM)
+    _check(others[1], config=config, **STEM)

@@ -29,6 +29,8 @@ is set by a select, not by the load's `other`: taking the masked load's `other` 
 value's byte) as the key, the compiled kernel missed 151 of 802816 maxima on an H200
 (2026-11-27, the stem shape, seed 4). With the select: exact there, 28.6 us against the float
 path's 66.0 (benchmarks/kernels_pool.py, same day and card).
+The WORDS configs take channels-last int8/uint8 four channels a 32-bit word, two 16-bit lanes
+an instruction (pool_words.py), about a quarter of the byte keys' instructions per byte.
 float8_e4m3fn: compiled, the GPU's conversion to float32 and back (exact: every e4m3
 value is a float32, and the maximum is one of them); in the interpreter, whose float8 casts
 drop NaN, its bits are mapped to an order-preserving integer key (sign-magnitude to two's
@@ -46,6 +48,7 @@ import triton.language as tl
 from kiln.kernels.reference.pooling import pool_geometry
 from kiln.kernels.triton.compiled import COMPILED
 from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
+from kiln.kernels.triton.pool_words import max_pool2d_words, words_apply
 
 Tensor = torch.Tensor
 
@@ -58,6 +61,7 @@ MAX_TAPS = 64
 # axis in channels-last memory: wide BLOCK_C for wide layers, more pixels for narrow ones.
 # INT_KEYS (8-bit integer inputs only; other types ignore it): 1 compares byte keys in int32,
 # 0 compares the values in float32 (module docstring); the tuner keeps whichever is faster and right.
+# A WORDS config over any other X runs the byte path with its BLOCK_P x BLOCK_C.
 _TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_P": 64, "BLOCK_C": 64, "num_warps": 4},
     {"BLOCK_P": 128, "BLOCK_C": 64, "num_warps": 4},
@@ -65,7 +69,16 @@ _TILES: tuple[dict[str, int], ...] = (
     {"BLOCK_P": 16, "BLOCK_C": 256, "num_warps": 4},
     {"BLOCK_P": 256, "BLOCK_C": 32, "num_warps": 8},
 )
-CONFIGS: tuple[dict[str, int], ...] = _TILES + tuple({**t, "INT_KEYS": 1} for t in _TILES[:3])
+# WORDS (int8 and uint8 in channels-last memory, C a multiple of 4; others ignore it): four
+# channels a 32-bit word, compared two lanes of 16 bits at a time (the words kernel below).
+_WORD_TILES: tuple[dict[str, int], ...] = (
+    {"BLOCK_P": 64, "BLOCK_C": 16, "num_warps": 4},
+    {"BLOCK_P": 128, "BLOCK_C": 16, "num_warps": 4},
+    {"BLOCK_P": 256, "BLOCK_C": 16, "num_warps": 8},
+    {"BLOCK_P": 32, "BLOCK_C": 64, "num_warps": 4},
+)
+CONFIGS: tuple[dict[str, int], ...] = (_TILES + tuple({**t, "INT_KEYS": 1} for t in _TILES[:3])
+                                       + tuple({**t, "WORDS": 1} for t in _WORD_TILES))
 
 
 @triton.jit
@@ -173,6 +186,9 @@ def max_pool2d(x: Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilat
     if y.numel() == 0:
         return y
     assert x.numel() > 0, f"MaxPool.triton: X of shape {tuple(x.shape)} is empty, its windows hold only padding"
+    if cfg.get("WORDS") and words_apply(x):   # four channels a word (pool_words.py)
+        max_pool2d_words(x, y, k, s, d, p, int(cfg["BLOCK_P"]), int(cfg["BLOCK_C"]), int(cfg["num_warps"]))
+        return y
     kind, low = _kind(x.dtype)
     x_in, y_out = (x, y) if kind == KIND_FLOAT else (x.view(torch.uint8), y.view(torch.uint8))  # 8-bit: as bytes
     block_c = min(int(cfg["BLOCK_C"]), max(16, triton.next_power_of_2(c)))
