@@ -136,7 +136,7 @@ def test_launcher_hands_a_3x3_conv_its_window(monkeypatch):
     assert list(a_desc.shape) == [2, 9, 9, 64] and list(y_desc.shape) == [2, 9, 9, 64]
     # the weight packed (kh, kw, c) along K, as the W box walks it
     assert list(w_desc.shape) == [64, 576] and w_desc.base.data_ptr() == g.packed_weight(ops[1]).data_ptr()
-    assert not kw["HAS_RES"] and kw["ACC_MAGIC"] is False
+    assert not kw["HAS_RES"] and kw["INT"] is False
 
 
 def test_launcher_refuses_what_the_kernel_cannot_do():

@@ -16,7 +16,7 @@ from kiln.ir import dtypes
 from kiln.kernels.gluon.qconv_kernel import CONFIGS, EIGHT_BIT, conv_kernel
 from kiln.kernels.memo import all_zero
 from kiln.kernels.triton.pdl import launch_options
-from kiln.kernels.triton.qconv_plan import ConvGeometry, conv_geometry, packed_weight, small_accumulator
+from kiln.kernels.triton.qconv_plan import ConvGeometry, conv_geometry, packed_weight
 from kiln.kernels.triton.qconv_window import window_box
 
 Tensor = torch.Tensor
@@ -126,7 +126,7 @@ def qconv(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: T
         0 if pointwise else geo.ph, 0 if pointwise else geo.pw, ksteps, programs,
         x_scale, w_scale, x_scale if bias is None else bias, residual_scale if has_res else x_scale, out_scale,
         STAGES=int(cfg["STAGES"]), R_BUFS=int(cfg["R_BUFS"]) if has_res else 1, Y_BUFS=int(cfg["Y_BUFS"]),
-        INT=x.dtype == torch.int8, ACC_MAGIC=x.dtype == torch.int8 and small_accumulator(c * geo.kh * geo.kw, w),
+        INT=x.dtype == torch.int8,
         HAS_RES=has_res, WS_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
         BIAS_PER_CHANNEL=bias is not None and bias.numel() > 1, RELU=activation == "Relu",
         num_warps=int(cfg.get("num_warps", 4)), **launch_options(x),
@@ -155,7 +155,6 @@ def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool,
            **{nm: "i32" for nm in ("NI", "OH", "OW", "OC", "C", "KW", "PH", "PW", "KSTEPS", "programs")},
            "XS": "*fp16", "WS": "*fp32", "BIAS": "*fp32", "RS": "*fp32", "OS": "*fp32"}
     consts = {"STAGES": cfg["STAGES"], "R_BUFS": cfg["R_BUFS"], "Y_BUFS": cfg["Y_BUFS"], "INT": dtype == torch.int8,
-              "ACC_MAGIC": dtype == torch.int8 and k * kernel * kernel < 256,
               "HAS_RES": has_res, "WS_PER_CHANNEL": True, "HAS_BIAS": True, "BIAS_PER_CHANNEL": True, "RELU": relu,
               "num_warps": int(cfg.get("num_warps", 4)), "PDL": pdl}
     sig.update({name: "constexpr" for name in consts})
