@@ -68,7 +68,7 @@ if gluon.enabled():
     from kiln.kernels.gluon.qconv import CONFIGS, qconv
     from kiln.kernels.gluon.qconv_s2d import S2D_CONFIGS, qconv_s2d
 
-    register_tactic(Tactic("kiln::QConv.gluon", "kiln::QConv", 2, ("cuda",), qconv, supports,
+    register_tactic(Tactic("kiln::QConv.gluon", "kiln::QConv", 3, ("cuda",), qconv, supports,
                            configs=CONFIGS))
-    register_tactic(Tactic("kiln::QConv.gluon_s2d", "kiln::QConv", 1, ("cuda",), qconv_s2d, supports_s2d,
+    register_tactic(Tactic("kiln::QConv.gluon_s2d", "kiln::QConv", 2, ("cuda",), qconv_s2d, supports_s2d,
                            configs=S2D_CONFIGS))
