@@ -48,6 +48,7 @@ import triton.language as tl
 from kiln.kernels.reference.pooling import pool_geometry
 from kiln.kernels.triton.compiled import COMPILED
 from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
+from kiln.kernels.triton.pool_window import output_pixels, window_tap
 from kiln.kernels.triton.pool_words import max_pool2d_words, words_apply
 
 Tensor = torch.Tensor
@@ -105,9 +106,7 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] channels
     p_ok = offs_p < P
     c_ok = offs_c < C
-    ow = offs_p % OW
-    oh = (offs_p // OW) % OH
-    n = (offs_p // (OW * OH)).to(tl.int64)
+    n, oh, ow = output_pixels(offs_p, OH, OW)
     x_pix = X + n * sxn                                                      # [BLOCK_P]
     x_ch = offs_c.to(tl.int64)[None, :] * sxc                                # [1, BLOCK_C]
     if KIND == 2 and not COMPILED:
@@ -119,12 +118,9 @@ def _max_pool2d_kernel(X, Y, P, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, s
     else:           # every other type compares in float32 (exact both ways)
         best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
     for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        h_ok = p_ok & (ih >= 0) & (ih < H)
         for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & c_ok[None, :]
-            ptrs = x_pix[:, None] + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None] + x_ch
+            at, ok = window_tap(oh, ow, p_ok, c_ok, H, W, sxh, sxw, kh, kw, SH, SW, PH, PW, DH, DW)
+            ptrs = x_pix[:, None] + at + x_ch
             if KIND == 2 and COMPILED:   # the GPU's exact e4m3 -> float32 conversion
                 v = tl.load(ptrs, mask=ok, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
                 best = tl.where(ok, tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL), best)

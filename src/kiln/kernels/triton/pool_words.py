@@ -31,6 +31,7 @@ import triton.language as tl
 
 from kiln.kernels.triton.compiled import COMPILED
 from kiln.kernels.triton.pdl import launch_options, wait_for_inputs
+from kiln.kernels.triton.pool_window import output_pixels, window_tap
 
 Tensor = torch.Tensor
 
@@ -67,20 +68,15 @@ def _max_pool2d_words_kernel(X, Y, P, C4, H, W, OH, OW, sxn, sxh, sxw, syn, syh,
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)              # [BLOCK_C] words of 4 channels
     p_ok = offs_p < P
     c_ok = offs_c < C4
-    ow = offs_p % OW
-    oh = (offs_p // OW) % OH
-    n = (offs_p // (OW * OH)).to(tl.int64)
+    n, oh, ow = output_pixels(offs_p, OH, OW)
     x_pix = X + n * sxn
     low = tl.full((BLOCK_P, BLOCK_C), LOWEST, tl.int32)
     odd = low        # lanes' high bytes: channels 1 and 3 of each word
     even = low       # of the word shifted left by 8: channels 0 and 2
     for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        h_ok = p_ok & (ih >= 0) & (ih < H)
         for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & c_ok[None, :]
-            ptrs = x_pix[:, None] + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None] + offs_c[None, :]
+            at, ok = window_tap(oh, ow, p_ok, c_ok, H, W, sxh, sxw, kh, kw, SH, SW, PH, PW, DH, DW)
+            ptrs = x_pix[:, None] + at + offs_c[None, :]
             w = tl.where(ok, tl.load(ptrs, mask=ok, other=0), low)
             odd = _lane_max(odd, w, SIGNED)
             even = _lane_max(even, w << 8, SIGNED)
