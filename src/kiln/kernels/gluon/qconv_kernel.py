@@ -35,8 +35,8 @@ or float8 e4m3 saturated at +-448 and rounded to nearest even. The int8 accumula
 float32 by the conversion (I2FP, which an H200 runs faster here than the bits of acc + 1.5 * 2^23
 that the Triton kernels use), residual codes by their bits, int8 codes are read off the bits of
 the value shifted by 1.5 * 2^23 (Relu folded into a bound), and float8 is left to the
-conversion's own saturation. Zero points must be 0 (kiln's symmetric
-quantization): the launcher checks each once and raises otherwise. Compiled for sm_90 under
+conversion's own saturation. Zero points must be 0 (kiln's symmetric quantization): the
+launcher checks each once and raises otherwise. Compiled for sm_90 under
 Triton 3.6 and 3.9: no spills at 128 registers a thread (maxnreg) and one wgmma group left in
 flight (benchmarks/gluon_conv1x1.py --compile 90). On an H200 (2026-11-29) its codes equal the
 Triton kernel's on ResNet-50's 1x1 layers, and it is faster on most of them (the residual expand
@@ -156,8 +156,9 @@ def _int8_to_float(x):
     bits), read as float32, less 1.5 * 2^23 + 128. On sm_90 (benchmarks/gluon_conv1x1.py
     --compile 90) this takes the stage-1 residual conv's int8 kernel from 2768 SASS instructions
     to 2600, registers and spills unchanged, where sign extension (two byte permutes) then the
-    same trick on the int32 (add 1.5 * 2^23, read as float32, subtract) took one more add. (In the Triton kernels, which load the residual with
-    vector loads, the same form raised registers and instructions, so they keep the other.)"""
+    same trick on the int32 (add 1.5 * 2^23, read as float32, subtract) took one more add. (In
+    the Triton kernels, which load the residual with vector loads, the same form raised
+    registers and instructions, so they keep the other.)"""
     u = x.to(gl.uint8, bitcast=True).to(gl.int32)
     return (u ^ 0x4B400080).to(gl.float32, bitcast=True) - 12583040.0
 
@@ -223,8 +224,7 @@ def _compute(y_desc, bars, bufs, y_bufs, NI, OH, OW, OC, KSTEPS, programs, XS, W
         offs_n = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
         # int32 to float32 by the conversion (I2FP on sm_90): faster than by the bits of acc + 1.5 *
         # 2^23 (an integer and a float add) on an H200, 38.9 against 41.0 us on stage 1's residual
-        # conv, codes equal (the A/B in BENCHMARKS.md,
-        # 2026-11-29 16:50)
+        # conv, codes equal (the A/B in BENCHMARKS.md, 2026-11-29 16:50)
         v = acc.to(gl.float32)
         v = v * (xs * _channel_values(WS, offs_n, OC, WS_PER_CHANNEL))[None, :]
         if HAS_BIAS:
