@@ -7,7 +7,7 @@ with pointer loads. The stem: folded pixels of 16 bytes, C' = 64, 4 taps, K = 25
 
 The result is the convolution's (the same products, zeros added), requantized as qconv.py's
 epilogue does; zero points must be 0. On an H200 (2026-11-29, benchmarks/kernels_stem.py, batch 64)
-its best config runs the int8 stem conv in 100.9 us beside the Triton S2D kernel's 99.9-104.5, and
+its best config runs the int8 stem conv in 100.9 us, the Triton S2D kernel's best 99.9, and
 in ResNet-50's int8 engine the tuner picks it (conv 79.7 us where the Triton one took 83.8)."""
 from __future__ import annotations
 
