@@ -203,8 +203,8 @@ def _every_config_matches_the_reference(ops, out, **attrs):
 def test_codes_are_the_reference_within_a_step(dtype, residual, c):
     """Every config against the reference kiln::QConv: tiles past M and OC (M = 2*9*9 = 162, OC
     144), several K steps; with a residual and Relu, or neither (negative codes); int8 at C 256
-    with accumulators below 2^22 (converted by their bits), at C 1024 larger ones. int8 sums
-    exactly: within one code, 99% identical. float8 as the tuner judges it (compiler/tolerance.py:
+    with accumulators below 2^22, at C 1024 larger ones (both converted to float32 by I2FP). int8
+    sums exactly: within one code, 99% identical. float8 as the tuner judges it (compiler/tolerance.py:
     one step, or the error of the tensor cores' narrower accumulator over 1024 products)."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("Hopper's TMA and warp-group MMA")
