@@ -18,6 +18,7 @@ from kiln.kernels.memo import all_zero
 from kiln.kernels.triton.pdl import launch_options
 from kiln.kernels.triton.qconv_plan import ConvGeometry, conv_geometry, packed_weight
 from kiln.kernels.triton.qconv_window import window_box
+from kiln.kernels.triton.qgemm_tma import persistent_programs
 
 Tensor = torch.Tensor
 __all__ = ["CONFIGS", "applies", "compile_for", "geometry", "qconv"]
@@ -110,16 +111,15 @@ def qconv(x: Tensor, w: Tensor, x_scale: Tensor, x_zp: Tensor | None, w_scale: T
         x4, y4, r4 = (t.reshape(1, 1, -1, t.shape[-1]) for t in (x4, y4, r4))
         box = (1, 1, int(cfg["BM"]))
         bk = min(128, c)
-        w2 = w.reshape(oc, c).contiguous()
     else:
         box = window_box(n, oh, ow, int(cfg["BM"]))
         bk = next(b for b in (128, 64, 32) if c % b == 0)
-        w2 = packed_weight(w)
+    w2 = packed_weight(w)                           # [OC, KH*KW*C]: a view of a channels-last W, else made once
     geo_n, geo_h, geo_w = x4.shape[0], y4.shape[1], y4.shape[2]
     ksteps = geo.kh * geo.kw * triton.cdiv(c, bk)
     tiles = (triton.cdiv(geo_n, box[0]) * triton.cdiv(geo_h, box[1]) * triton.cdiv(geo_w, box[2]) *
              triton.cdiv(oc, cfg["BN"]))
-    programs = min(tiles, _sm_count(x.device) * int(cfg["SM_PROGRAMS"]))
+    programs = persistent_programs(tiles, x.device, cfg)
     has_res = residual is not None
     conv_kernel[(programs,)](
         *descriptors(x4, w2, r4, y4, box, int(cfg["BN"]), bk), geo_n, geo_h, geo_w, oc, c, geo.kw,
@@ -162,7 +162,3 @@ def compile_for(arch: int, dtype: torch.dtype, cfg: dict, k: int, has_res: bool,
                **({"launch_pdl": True} if pdl else {})}
     return triton.compile(GluonASTSource(conv_kernel, sig, consts), target=GPUTarget("cuda", arch, 32),
                           options=options)
-
-
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
