@@ -23,45 +23,42 @@ from kiln.tactics.registry import Tactic, TacticQuery, register_tactic
 EIGHT_BIT = ("int8", "float8_e4m3fn")
 
 
-def supports(query: TacticQuery) -> bool:
+def _kernel_takes(query: TacticQuery, t: str | None) -> bool:
+    """What both tactics ask of the layer around the conv: a channels-last graph on the GPU, 8-bit
+    operands of type t (quantized_conv's type and shape rules), Y requantized to t with no mid
+    quantization, a residual of t or none, Relu or no activation."""
     if query.device != "cuda" or query.layout != "nhwc":
         return False
     dts, at = query.input_dtypes, qc._at
-    t = at(dts, qc.X)
     if t not in EIGHT_BIT or not qc._types_ok(query, t) or not qc._shapes_ok(query):
         return False
-    if query.attrs.get("x_dtype") or at(dts, qc.X_QUANT_SCALE) is not None or at(dts, qc.MID_SCALE) is not None:
+    if at(dts, qc.MID_SCALE) is not None or at(dts, qc.OUT_SCALE) is None or qc._output_type(query) != t:
         return False
-    if at(dts, qc.OUT_SCALE) is None or qc._output_type(query) != t or at(dts, qc.RESIDUAL) not in (None, t):
-        return False
-    if query.attrs.get("activation", "") not in ("", "Relu"):
-        return False
-    from kiln.kernels.gluon.qconv import applies
-    if not applies(at(query.input_shapes, qc.X) or (), at(query.input_shapes, qc.W) or (), query.attrs):
-        return False
+    return at(dts, qc.RESIDUAL) in (None, t) and query.attrs.get("activation", "") in ("", "Relu")
+
+
+def _on_hopper() -> bool:
     cap = device_capability()
     return cap is not None and cap[0] == 9          # Hopper's wgmma: sm_90 only (Blackwell has tcgen05 instead)
+
+
+def supports(query: TacticQuery) -> bool:
+    dts, at = query.input_dtypes, qc._at
+    if not _kernel_takes(query, at(dts, qc.X)) or query.attrs.get("x_dtype") or at(dts, qc.X_QUANT_SCALE) is not None:
+        return False
+    from kiln.kernels.gluon.qconv import applies
+    return applies(at(query.input_shapes, qc.X) or (), at(query.input_shapes, qc.W) or (), query.attrs) and _on_hopper()
 
 
 def supports_s2d(query: TacticQuery) -> bool:
     """`kiln::QConv.gluon_s2d`: a conv that folds space to depth (kernels/conv_fold.folds: the
     stem), X of W's 8-bit type or float with x_dtype naming it (quantized in the framing copy),
     otherwise what `supports` asks of the folded conv (OC a multiple of 16)."""
-    if query.device != "cuda" or query.layout != "nhwc" or not qc.folds(query):
+    t = qc._at(query.input_dtypes, qc.W)
+    if not _kernel_takes(query, t) or not qc.folds(query) or qc._x_type(query, t) != t:
         return False
-    dts, at = query.input_dtypes, qc._at
-    t = at(dts, qc.W)
-    if t not in EIGHT_BIT or qc._x_type(query, t) != t or not qc._types_ok(query, t) or not qc._shapes_ok(query):
-        return False
-    if at(dts, qc.MID_SCALE) is not None or at(dts, qc.OUT_SCALE) is None or qc._output_type(query) != t:
-        return False
-    if at(dts, qc.RESIDUAL) not in (None, t) or query.attrs.get("activation", "") not in ("", "Relu"):
-        return False
-    oc = (at(query.input_shapes, qc.W) or (0,))[0]
-    if not isinstance(oc, int) or oc % 16:
-        return False
-    cap = device_capability()
-    return cap is not None and cap[0] == 9
+    oc = (qc._at(query.input_shapes, qc.W) or (0,))[0]
+    return isinstance(oc, int) and oc % 16 == 0 and _on_hopper()
 
 
 if gluon.enabled():
